@@ -1,0 +1,239 @@
+"""Reading untrusted JSON with errors that name the file, the JSON path and what was expected.
+
+Every trace format reader goes through these helpers, so "truncated file", "an id that is a number", "a timestamp
+that is a word" all produce the same kind of message: ``file: at $.resourceSpans[0].scopeSpans[0].spans[3].spanId:
+expected 16 hex characters, got 12345``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_llmtrace.errors import TraceFormatError
+
+# Attribute values larger than this are refused: they are almost always a whole document or an image pasted into
+# a span by mistake, and a golden file that size would make every diff unreadable.
+MAX_ATTRIBUTE_CHARS = 1_000_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+UINT64_MAX = 2**64 - 1
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def describe(value: Any) -> str:
+    """A short description of a wrong value for an error message (never the whole value)."""
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}" + (f" ({len(value)} characters)" if len(value) > 40 else "")
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    if isinstance(value, dict):
+        keys = ", ".join(list(value)[:5])
+        return "an object with keys {" + keys + ("..." if len(value) > 5 else "") + "}"
+    return type(value).__name__
+
+
+def loads(data: bytes | str, source: str | Path | None) -> Any:
+    """Parse JSON; non-UTF-8 bytes and truncated or invalid JSON become ``TraceFormatError``."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise TraceFormatError(
+                source, "$", "UTF-8 encoded JSON", f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+            ) from None
+    else:
+        text = data
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "end of file (the file is truncated)" if exc.pos >= len(text.rstrip()) else exc.msg.lower()
+        raise TraceFormatError(source, "$", "valid JSON", f"{what} at line {exc.lineno} column {exc.colno}") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TraceFormatError(path, "$", "a readable file", exc.strerror or str(exc)) from None
+
+
+class Doc:
+    """A JSON value plus where it came from; accessors check types and extend the path."""
+
+    __slots__ = ("path", "source", "value")
+
+    def __init__(self, value: Any, source: str | Path | None, path: str = "$") -> None:
+        self.value = value
+        self.source = source
+        self.path = path
+
+    def error(self, expected: str, got: str | None = None, *, suffix: str = "") -> TraceFormatError:
+        return TraceFormatError(self.source, self.path + suffix, expected, got)
+
+    def fail(self, expected: str) -> TraceFormatError:
+        return self.error(expected, describe(self.value))
+
+    # navigation
+    def key(self, name: str) -> Doc:
+        return Doc(self.obj().get(name), self.source, f"{self.path}.{name}")
+
+    def has(self, name: str) -> bool:
+        return isinstance(self.value, dict) and self.value.get(name) is not None
+
+    def index(self, i: int) -> Doc:
+        return Doc(self.value[i], self.source, f"{self.path}[{i}]")
+
+    # typed values
+    def obj(self) -> Mapping[str, Any]:
+        if not isinstance(self.value, dict):
+            raise self.fail("an object")
+        return self.value
+
+    def items(self, *, optional: bool = True) -> list[Doc]:
+        if self.value is None and optional:
+            return []
+        if not isinstance(self.value, list):
+            raise self.fail("an array")
+        return [Doc(v, self.source, f"{self.path}[{i}]") for i, v in enumerate(self.value)]
+
+    def string(self, *, optional: bool = False, default: str = "") -> str:
+        if self.value is None and optional:
+            return default
+        if not isinstance(self.value, str):
+            raise self.fail("a string")
+        check_size(self, self.value)
+        return self.value
+
+    def integer(self, *, optional: bool = False, default: int = 0, lo: int = INT64_MIN, hi: int = UINT64_MAX) -> int:
+        """OTLP writes 64-bit ints as strings; some producers write numbers or (LangChain) floats."""
+        value = self.value
+        if value is None and optional:
+            return default
+        result: int | None = None
+        if isinstance(value, bool):
+            result = None
+        elif isinstance(value, int):
+            result = value
+        elif isinstance(value, float) and value.is_integer():
+            result = int(value)
+        elif isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            result = int(value.strip())
+        if result is None:
+            raise self.fail("an integer (a number or a decimal string)")
+        if not lo <= result <= hi:
+            raise self.error(f"an integer between {lo} and {hi}", f"{result}")
+        return result
+
+    def hex_id(self, nbytes: int, *, optional: bool = False) -> str | None:
+        """A trace or span id: lowercase hex in spec OTLP JSON; base64 as protobuf's MessageToDict writes it."""
+        value = self.value
+        if optional and (value is None or value == ""):
+            return None
+        expected = f"{nbytes * 2} hex characters"
+        if not isinstance(value, str):
+            raise self.fail(expected)
+        if len(value) == nbytes * 2 and _HEX.match(value):
+            result = value.lower()
+        else:
+            try:
+                raw = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != nbytes:
+                raise self.fail(expected)
+            result = raw.hex()
+        if set(result) == {"0"}:
+            raise self.error(expected + " (not all zero)", describe(value))
+        return result
+
+
+def check_size(doc: Doc, value: str) -> None:
+    if len(value) > MAX_ATTRIBUTE_CHARS:
+        raise doc.error(f"a value of at most {MAX_ATTRIBUTE_CHARS:,} characters", f"{len(value):,} characters")
+
+
+def attr_value_to_python(doc: Doc) -> Any:
+    """Decode an OTLP ``AnyValue`` object (``{"stringValue": ...}``) into the model's ``AttrValue``."""
+    obj = doc.obj()
+    if not obj:
+        return ""  # an empty AnyValue: OTLP's way of writing "no value"
+    if len(obj) != 1:
+        raise doc.error("exactly one of stringValue, boolValue, intValue, doubleValue, arrayValue, kvlistValue, "
+                        "bytesValue", describe(obj))
+    ((key, _),) = obj.items()
+    inner = doc.key(key)
+    if key == "stringValue":
+        return inner.string()
+    if key == "boolValue":
+        if not isinstance(inner.value, bool):
+            raise inner.fail("true or false")
+        return inner.value
+    if key == "intValue":
+        return inner.integer(hi=INT64_MAX)
+    if key == "doubleValue":
+        if isinstance(inner.value, (int, float)) and not isinstance(inner.value, bool):
+            return float(inner.value)
+        if isinstance(inner.value, str) and inner.value in ("NaN", "Infinity", "-Infinity"):
+            return float(inner.value.replace("Infinity", "inf"))
+        raise inner.fail("a number")
+    if key == "arrayValue":
+        return tuple(attr_value_to_python(v) for v in inner.key("values").items())
+    if key == "kvlistValue":
+        return attributes_from_otlp(inner.key("values"))
+    if key == "bytesValue":
+        text = inner.string()
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise inner.fail("base64 bytes") from None
+    raise doc.error("one of stringValue, boolValue, intValue, doubleValue, arrayValue, kvlistValue, bytesValue",
+                    f"the key {key!r}")
+
+
+def attributes_from_otlp(doc: Doc) -> dict[str, Any]:
+    """An OTLP ``[{"key": ..., "value": AnyValue}]`` list into a dict; duplicate keys are an error."""
+    result: dict[str, Any] = {}
+    for item in doc.items():
+        key = item.key("key").string()
+        if key in result:
+            raise item.error("unique attribute keys", f"{key!r} twice", suffix=".key")
+        value_doc = item.key("value")
+        result[key] = attr_value_to_python(value_doc) if value_doc.value is not None else ""
+    return result
+
+
+def attr_value_to_otlp(value: Any) -> dict[str, Any]:
+    """The inverse of ``attr_value_to_python``: spec OTLP JSON (64-bit ints as strings)."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {"doubleValue": {float("inf"): "Infinity", float("-inf"): "-Infinity"}.get(value, "NaN")}
+        return {"doubleValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, (tuple, list)):
+        return {"arrayValue": {"values": [attr_value_to_otlp(v) for v in value]}}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": attributes_to_otlp(value)}}
+    raise TypeError(f"cannot write attribute value of type {type(value).__name__}")
+
+
+def attributes_to_otlp(attributes: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": k, "value": attr_value_to_otlp(v)} for k, v in attributes.items()]
