@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 # What an OTLP AnyValue can hold. ``dict`` stands for kvlistValue; ``bytes`` for bytesValue; a tuple for arrayValue.
-AttrValue = Union[str, bool, int, float, bytes, tuple["AttrValue", ...], dict[str, "AttrValue"]]
+AttrValue = Union[str, bool, int, float, bytes, tuple["AttrValue", ...], dict[str, "AttrValue"]]  # noqa: UP007 (recursive alias needs Union at runtime)
 
 # OpenInference and OpenTelemetry attribute names used by the accessors. The OpenInference package defines the same
 # strings; they are spelled out here so the model can be read (and imported) without it.
@@ -124,7 +124,7 @@ class Span:
 
     @property
     def kind(self) -> str:
-        """The OpenInference span kind (``LLM``, ``CHAIN``, ...), or ``UNKNOWN`` for spans that are not OpenInference."""
+        """The OpenInference span kind (``LLM``, ``CHAIN``, ...); ``UNKNOWN`` for spans that are not OpenInference."""
         value = self.attributes.get(SPAN_KIND)
         return str(value).upper() if isinstance(value, str) and value else "UNKNOWN"
 
@@ -320,7 +320,7 @@ class Trace:
                     source,
                     paths.get(span.span_id, f"$.spans[span_id={span.span_id}]") + ".parentSpanId",
                     "a parent chain that ends at a root span",
-                    "a cycle " + " -> ".join(cycle + [cursor or ""]),
+                    "a cycle " + " -> ".join([*cycle, cursor or ""]),
                 )
 
     # -- the tree ---------------------------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def _span(
     end_ns = end.integer(lo=0) if end.value not in (None, "0", 0) else None
     trace_id = sp.key("traceId").hex_id(16)
     span_id = sp.key("spanId").hex_id(8)
-    assert trace_id is not None and span_id is not None
+    assert trace_id is not None
+    assert span_id is not None
     return Span(
         trace_id=trace_id,
         span_id=span_id,
@@ -115,7 +116,8 @@ def _event(doc: Doc) -> SpanEvent:
 def _link(doc: Doc) -> SpanLink:
     trace_id = doc.key("traceId").hex_id(16)
     span_id = doc.key("spanId").hex_id(8)
-    assert trace_id is not None and span_id is not None
+    assert trace_id is not None
+    assert span_id is not None
     return SpanLink(
         trace_id=trace_id,
         span_id=span_id,
@@ -132,7 +134,9 @@ def traces_from_request(value: Any, source: str | Path | None, base_path: str = 
     return group_traces(spans, source, paths)
 
 
-def group_traces(spans: Iterable[Span], source: str | Path | None, paths: Mapping[str, str] | None = None) -> list[Trace]:
+def group_traces(
+    spans: Iterable[Span], source: str | Path | None, paths: Mapping[str, str] | None = None
+) -> list[Trace]:
     by_trace: dict[str, list[Span]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
