@@ -170,8 +170,10 @@ def attr_value_to_python(doc: Doc) -> Any:
     if not obj:
         return ""  # an empty AnyValue: OTLP's way of writing "no value"
     if len(obj) != 1:
-        raise doc.error("exactly one of stringValue, boolValue, intValue, doubleValue, arrayValue, kvlistValue, "
-                        "bytesValue", describe(obj))
+        raise doc.error(
+            "exactly one of stringValue, boolValue, intValue, doubleValue, arrayValue, kvlistValue, bytesValue",
+            describe(obj),
+        )
     ((key, _),) = obj.items()
     inner = doc.key(key)
     if key == "stringValue":
@@ -198,8 +200,9 @@ def attr_value_to_python(doc: Doc) -> Any:
             return base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise inner.fail("base64 bytes") from None
-    raise doc.error("one of stringValue, boolValue, intValue, doubleValue, arrayValue, kvlistValue, bytesValue",
-                    f"the key {key!r}")
+    raise doc.error(
+        "one of stringValue, boolValue, intValue, doubleValue, arrayValue, kvlistValue, bytesValue", f"the key {key!r}"
+    )
 
 
 def attributes_from_otlp(doc: Doc) -> dict[str, Any]:

@@ -153,16 +153,12 @@ class Span:
     @property
     def exception_messages(self) -> tuple[str, ...]:
         """Messages of the ``exception`` events, which is where OTel puts the error text (Postgres errors too)."""
-        return tuple(
-            str(e.attributes.get("exception.message", ""))
-            for e in self.events
-            if e.name == "exception"
-        )
+        return tuple(str(e.attributes.get("exception.message", "")) for e in self.events if e.name == "exception")
 
     def prefixed(self, prefix: str) -> dict[str, AttrValue]:
         """Attributes under a dotted prefix, with the prefix removed (``llm.input_messages`` -> ``0.message.role``)."""
         start = prefix + "."
-        return {k[len(start):]: v for k, v in self.attributes.items() if k.startswith(start)}
+        return {k[len(start) :]: v for k, v in self.attributes.items() if k.startswith(start)}
 
 
 @dataclass(frozen=True)
@@ -388,8 +384,7 @@ class Trace:
         """Spans by exact name and/or OpenInference kind (case-insensitive), in start order."""
         wanted_kind = kind.upper() if kind is not None else None
         return tuple(
-            s for s in self.spans
-            if (name is None or s.name == name) and (wanted_kind is None or s.kind == wanted_kind)
+            s for s in self.spans if (name is None or s.name == name) and (wanted_kind is None or s.kind == wanted_kind)
         )
 
     def find_one(self, name: str | None = None, *, kind: str | None = None) -> Span:

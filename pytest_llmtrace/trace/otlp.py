@@ -22,8 +22,15 @@ from pytest_llmtrace.trace.jsondoc import (
 )
 from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
 
-__all__ = ["dumps", "is_otlp", "read_trace", "spans_from_request", "trace_to_request", "traces_from_request",
-           "write_trace"]
+__all__ = [
+    "dumps",
+    "is_otlp",
+    "read_trace",
+    "spans_from_request",
+    "trace_to_request",
+    "traces_from_request",
+    "write_trace",
+]
 
 
 def is_otlp(value: Any) -> bool:
@@ -36,8 +43,10 @@ def spans_from_request(doc: Doc) -> tuple[list[Span], dict[str, str]]:
     paths: dict[str, str] = {}
     root = doc.obj()
     if "resourceSpans" not in root:
-        raise doc.error("an OTLP ExportTraceServiceRequest object with a 'resourceSpans' array",
-                        "keys {" + ", ".join(list(root)[:5]) + "}")
+        raise doc.error(
+            "an OTLP ExportTraceServiceRequest object with a 'resourceSpans' array",
+            "keys {" + ", ".join(list(root)[:5]) + "}",
+        )
     for rs in doc.key("resourceSpans").items(optional=False):
         resource = rs.key("resource")
         resource_attrs = attributes_from_otlp(resource.key("attributes")) if resource.value is not None else {}
@@ -150,7 +159,9 @@ def read_trace(path: str | Path) -> Trace:
     traces = traces_from_request(value, path)
     if len(traces) != 1:
         raise TraceFormatError(
-            path, "$.resourceSpans", "exactly one trace per golden file",
+            path,
+            "$.resourceSpans",
+            "exactly one trace per golden file",
             f"{len(traces)} traces" + (f" ({', '.join(t.trace_ids[0] for t in traces[:3])}...)" if traces else ""),
         )
     return traces[0]
@@ -165,7 +176,8 @@ def trace_to_request(trace: Trace | Iterable[Span]) -> dict[str, Any]:
     for span in trace:
         for key_span, members in resource_groups:
             if (key_span.resource_attributes, key_span.resource_schema_url) == (
-                span.resource_attributes, span.resource_schema_url
+                span.resource_attributes,
+                span.resource_schema_url,
             ):
                 members.append(span)
                 break

@@ -53,8 +53,15 @@ def render_waterfall(trace: Trace) -> str:
         width = max(1, round(span.duration_ns / total * BAR_WIDTH))
         bar = " " * min(offset, BAR_WIDTH - 1) + "#" * min(width, BAR_WIDTH - min(offset, BAR_WIDTH - 1))
         duration = "open" if span.is_open else f"{span.duration_ms:,.1f} ms"
-        rows.append(("  " * depth + span.name, span.kind, duration, span.status.value, f"|{bar:<{BAR_WIDTH}}| "
-                     + key_attributes(span)))
+        rows.append(
+            (
+                "  " * depth + span.name,
+                span.kind,
+                duration,
+                span.status.value,
+                f"|{bar:<{BAR_WIDTH}}| " + key_attributes(span),
+            )
+        )
     name_w = max(len(r[0]) for r in rows)
     kind_w = max(len(r[1]) for r in rows)
     dur_w = max(len(r[2]) for r in rows)

@@ -45,8 +45,7 @@ def span_from_readable(span: ReadableSpan, *, open_end: bool = False) -> Span:
         status_message=span.status.description or "",
         otel_kind=span.kind.value + 1,  # the SDK's SpanKind starts at INTERNAL=0; OTLP has UNSPECIFIED=0
         events=tuple(
-            SpanEvent(name=e.name, time_unix_nano=e.timestamp, attributes=_attrs(e.attributes))
-            for e in span.events
+            SpanEvent(name=e.name, time_unix_nano=e.timestamp, attributes=_attrs(e.attributes)) for e in span.events
         ),
         links=tuple(
             SpanLink(
