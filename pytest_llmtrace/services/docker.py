@@ -1,0 +1,66 @@
+"""The little the Docker backends share: is a daemon there, and start one pinned image with an HTTP wait.
+
+testcontainers is imported here and only here, lazily: without Docker, constructing a container raises at once, so
+``auto`` asks ``docker_available()`` first and never pays for the import on a machine without a daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
+    """(True, "") when a daemon answers a ping; else (False, why) for the report header and error messages."""
+    try:
+        import docker
+    except ImportError:
+        return False, "the docker package is not installed (pip install testcontainers)"
+    try:
+        client = docker.from_env(timeout=int(max(timeout, 1)))
+    except Exception as exc:  # DockerException and connection errors: all mean "no daemon here"
+        return False, _first_line(exc)
+    try:
+        client.ping()
+    except Exception as exc:
+        return False, _first_line(exc)
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+    return True, ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def docker_error_fix(service: str) -> str:
+    embedded = "binary" if service == "ollama" else "embedded"
+    return f"Docker is not reachable: start it or use --llmtrace-{service}={embedded}"
+
+
+def start_container(
+    image: str,
+    *,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    health_path: str,
+    timeout: float,
+    volumes: Mapping[str, str] | None = None,
+) -> tuple[Any, str, int]:
+    """Start ``image`` exposing ``port``, wait for ``GET health_path`` to answer 2xx; returns (container, host, port)."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+    container = DockerContainer(image).with_exposed_ports(port)
+    for key, value in (env or {}).items():
+        container = container.with_env(key, value)
+    for host_path, container_path in (volumes or {}).items():
+        container = container.with_volume_mapping(host_path, container_path, "rw")
+    container = container.waiting_for(HttpWaitStrategy(port, health_path).with_startup_timeout(int(timeout)))
+    container.start()
+    return container, container.get_container_host_ip(), int(container.get_exposed_port(port))

@@ -1,0 +1,169 @@
+"""Arize Phoenix for the session: ``phoenix serve`` as a subprocess, the official image, or a user's server.
+
+Phoenix is large (hundreds of MB) and slow to start (15-20 s), so it lives in the ``[phoenix]`` extra, is imported
+only by the backend that runs it, and starts only when a test asks for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
+from pytest_llmtrace.services.process import ManagedProcess, OwnedTempDir
+
+if TYPE_CHECKING:
+    from pytest_llmtrace.services.process import RunRecord
+
+# Pinned: the REST shapes the importers read changed between major versions.
+PHOENIX_IMAGE = "arizephoenix/phoenix:version-12.9.0"
+START_TIMEOUT_S = 90.0
+INSTALL_HINT = "pip install 'pytest-llmtrace[phoenix]'"
+
+
+def _endpoint(backend: str, url: str, started: float, grpc_port: int | None = None) -> Endpoint:
+    parts = urlsplit(url)
+    extra = {"collector_endpoint": url.rstrip("/"), "traces_endpoint": url.rstrip("/") + "/v1/traces"}
+    if grpc_port is not None:
+        extra["grpc_port"] = str(grpc_port)
+    return Endpoint(
+        service="phoenix",
+        backend=backend,
+        url=url.rstrip("/"),
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port,
+        ready_s=time.monotonic() - started,
+        extra=extra,
+    )
+
+
+class EmbeddedPhoenix:
+    """``phoenix serve`` with a throwaway working dir, free ports, loopback only and telemetry off."""
+
+    backend = "embedded"
+
+    def __init__(self, record: RunRecord | None = None, timeout: float = START_TIMEOUT_S) -> None:
+        self.record = record
+        self.timeout = timeout
+        self._process: ManagedProcess | None = None
+        self._workdir: OwnedTempDir | None = None
+
+    def start(self) -> Endpoint:
+        if importlib.util.find_spec("phoenix.server") is None:
+            raise ServiceStartError(
+                "phoenix",
+                self.backend,
+                "arize-phoenix is not installed",
+                fix=f"{INSTALL_HINT}, or use --llmtrace-phoenix=http://host:6006 for a running Phoenix",
+            )
+        started = time.monotonic()
+        self._workdir = OwnedTempDir("llmtrace-phoenix-", self.record)
+        port, grpc_port = free_port(), free_port()
+        env = {
+            **_clean_environ(),
+            "PHOENIX_WORKING_DIR": str(self._workdir.path),
+            "PHOENIX_HOST": "127.0.0.1",
+            "PHOENIX_PORT": str(port),
+            "PHOENIX_GRPC_PORT": str(grpc_port),
+            "PHOENIX_TELEMETRY_ENABLED": "false",
+        }
+        self._process = ManagedProcess(
+            [sys.executable, "-m", "phoenix.server.main", "serve"],
+            log_path=self._workdir.path / "phoenix.log",
+            env=env,
+            record=self.record,
+        )
+        self._process.start()
+        url = f"http://127.0.0.1:{port}"
+        if not wait_until(lambda: http_ok(url + "/healthz"), timeout=self.timeout, alive=self._process.alive):
+            process = self._process
+            reason = (
+                f"exited with code {process.returncode}"
+                if not process.alive()
+                else f"GET {url}/healthz did not answer within {self.timeout:.0f} s"
+            )
+            log = process.log_tail()
+            self.stop()
+            raise ServiceStartError(
+                "phoenix",
+                self.backend,
+                reason,
+                log=log,
+                fix="check the log above; or point at a running Phoenix with --llmtrace-phoenix=http://host:6006",
+            )
+        return _endpoint(self.backend, url, started, grpc_port)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+
+class DockerPhoenix:
+    """The official image. It is distroless (no shell), so readiness is an HTTP wait on ``/healthz``."""
+
+    backend = "docker"
+
+    def __init__(self, image: str = PHOENIX_IMAGE, timeout: float = START_TIMEOUT_S) -> None:
+        self.image = image
+        self.timeout = timeout
+        self._container: object | None = None
+
+    def start(self) -> Endpoint:
+        from pytest_llmtrace.services.docker import docker_error_fix, start_container
+
+        started = time.monotonic()
+        try:
+            container, host, port = start_container(
+                self.image,
+                port=6006,
+                env={"PHOENIX_TELEMETRY_ENABLED": "false"},
+                health_path="/healthz",
+                timeout=self.timeout,
+            )
+        except Exception as exc:  # docker errors have many types; all mean "could not start"
+            raise ServiceStartError("phoenix", self.backend, str(exc), fix=docker_error_fix("phoenix")) from exc
+        self._container = container
+        return _endpoint(self.backend, f"http://{host}:{port}", started)
+
+    def stop(self) -> None:
+        if self._container is not None:
+            self._container.stop()  # type: ignore[attr-defined]
+            self._container = None
+
+
+class UrlPhoenix:
+    """A Phoenix the user already runs: only checked, never started or stopped."""
+
+    backend = "url"
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def start(self) -> Endpoint:
+        started = time.monotonic()
+        if not wait_until(lambda: http_ok(self.url + "/healthz"), timeout=self.timeout):
+            raise ServiceStartError(
+                "phoenix",
+                self.backend,
+                f"GET {self.url}/healthz did not answer within {self.timeout:.0f} s",
+                fix="start Phoenix there, fix the URL, or use --llmtrace-phoenix=embedded",
+            )
+        return _endpoint(self.backend, self.url, started)
+
+    def stop(self) -> None:
+        """Nothing to stop: the server belongs to the user."""
+
+
+def _clean_environ() -> dict[str, str]:
+    """The parent's environment minus Phoenix settings a developer may have exported for their own Phoenix."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}

@@ -1,0 +1,175 @@
+"""Every setting is resolved once per session, remembering where its value came from.
+
+Precedence is the one pytest-django uses: command line > environment > ini file > default. The report header prints
+each value with its source, so "why did CI use Docker?" is answered by the first screen of output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+Source = Literal["command line", "environment", "ini", "default"]
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One user-facing knob: its option, env var and ini key are derived from one name so they cannot drift apart."""
+
+    name: str  # e.g. "postgres" -> --llmtrace-postgres, LLMTRACE_POSTGRES, llmtrace_postgres
+    help: str
+    default: str
+    choices: tuple[str, ...] = ()  # when set, values outside it are an error (a URL may be allowed separately)
+    allow_url: tuple[str, ...] = ()  # URL schemes accepted besides the choices
+    env: bool = True
+    ini_type: Literal["string", "linelist", "args"] = "string"
+
+    @property
+    def option(self) -> str:
+        return "--llmtrace-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "llmtrace_" + self.name
+
+    @property
+    def env_var(self) -> str:
+        return "LLMTRACE_" + self.name.upper()
+
+    @property
+    def ini(self) -> str:
+        return "llmtrace_" + self.name
+
+
+SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "postgres",
+        "Postgres backend: auto, docker, embedded, or a postgresql:// URL of a server to use.",
+        "auto",
+        choices=("auto", "docker", "embedded"),
+        allow_url=("postgresql", "postgres"),
+    ),
+    SettingSpec(
+        "ollama",
+        "Ollama backend: auto, docker, binary (an `ollama` on PATH), embedded (llama.cpp in-process), or an http:// URL.",
+        "auto",
+        choices=("auto", "docker", "binary", "embedded"),
+        allow_url=("http", "https"),
+    ),
+    SettingSpec(
+        "phoenix",
+        "Phoenix backend: auto, docker, embedded (`phoenix serve`), or an http:// URL of a running Phoenix.",
+        "auto",
+        choices=("auto", "docker", "embedded"),
+        allow_url=("http", "https"),
+    ),
+    SettingSpec(
+        "use_app_env",
+        "yes: let `auto` use the app's own DB_URI / OLLAMA_HOST / PHOENIX_COLLECTOR_ENDPOINT (often production!).",
+        "no",
+        choices=("yes", "no"),
+    ),
+    SettingSpec("ollama_model", "Model name the app asks Ollama for.", "qwen-sql-prod"),
+    SettingSpec(
+        "ollama_modelfile",
+        "Modelfile that defines the model (relative to the rootdir).",
+        "fixtures/Modelfile",
+    ),
+    SettingSpec(
+        "sql_fixtures",
+        "SQL files or globs (relative to the rootdir) loaded in order into the template database.",
+        "fixtures/**/*.sql",
+        env=False,
+        ini_type="linelist",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: str
+    source: Source
+
+    def __str__(self) -> str:
+        return f"{self.value} (from {self.source})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All resolved settings; ``values[name]`` keeps the source for the report header."""
+
+    values: Mapping[str, Resolved] = field(default_factory=dict)
+    rootdir: Path | None = None
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name].value
+
+    def source(self, name: str) -> Source:
+        return self.values[name].source
+
+
+def add_options(parser: pytest.Parser, specs: tuple[SettingSpec, ...] = SERVICE_SETTINGS) -> None:
+    group = parser.getgroup("llmtrace", "LLM trace regression testing")
+    for spec in specs:
+        if spec.ini_type == "string":
+            group.addoption(spec.option, dest=spec.dest, default=None, help=f"{spec.help} [default: {spec.default}]")
+        parser.addini(spec.ini, spec.help, type=spec.ini_type, default=None)
+
+
+def _validate(spec: SettingSpec, value: str, where: str) -> str:
+    lowered = value.strip()
+    if not spec.choices:
+        return lowered
+    if lowered.lower() in spec.choices:
+        return lowered.lower()
+    scheme = lowered.split("://", 1)[0].lower() if "://" in lowered else ""
+    if scheme and scheme in spec.allow_url:
+        return lowered
+    options = ", ".join(spec.choices)
+    if spec.allow_url:
+        options += ", or a URL (" + ", ".join(f"{s}://..." for s in spec.allow_url) + ")"
+    near = _near_miss(lowered, spec.choices)
+    hint = f" Did you mean {near!r}?" if near else ""
+    raise pytest.UsageError(f"{where}: {value!r} is not a valid {spec.name} setting; use {options}.{hint}")
+
+
+def _near_miss(value: str, choices: tuple[str, ...]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def resolve(
+    config: pytest.Config,
+    specs: tuple[SettingSpec, ...] = SERVICE_SETTINGS,
+    environ: Mapping[str, str] | None = None,
+    getini: Callable[[str], object] | None = None,
+) -> Settings:
+    """CLI > env > ini > default, validated; a bad value is a ``pytest.UsageError`` naming where it came from."""
+    env = os.environ if environ is None else environ
+    read_ini = config.getini if getini is None else getini
+    values: dict[str, Resolved] = {}
+    for spec in specs:
+        cli = config.getoption(spec.dest, default=None) if spec.ini_type == "string" else None
+        if cli is not None:
+            values[spec.name] = Resolved(_validate(spec, str(cli), spec.option), "command line")
+            continue
+        if spec.env and env.get(spec.env_var):
+            values[spec.name] = Resolved(_validate(spec, env[spec.env_var], spec.env_var), "environment")
+            continue
+        ini_value = read_ini(spec.ini)
+        if isinstance(ini_value, list):
+            ini_value = "\n".join(str(v) for v in ini_value) if ini_value else None
+        if ini_value:
+            values[spec.name] = Resolved(_validate(spec, str(ini_value), f"ini {spec.ini}"), "ini")
+            continue
+        values[spec.name] = Resolved(spec.default, "default")
+    return Settings(values=values, rootdir=config.rootpath)
