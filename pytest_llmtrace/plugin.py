@@ -1,1 +1,38 @@
 """pytest hooks only; the work is done in the modules these hooks call."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llmtrace import recording, settings
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    settings.add_options(parser, recording.RECORDING_SETTINGS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    recording.configure(config)
+    from pytest_llmtrace import fixtures
+
+    config.pluginmanager.register(fixtures, "llmtrace-fixtures")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    recording.unconfigure(config)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return recording.report_header(config)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """First, so spans ended while fixtures are set up belong to the test too."""
+    recording.start_test(item)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Last, after every fixture finalizer has run and had its chance to end its spans."""
+    recording.finish_test(item)

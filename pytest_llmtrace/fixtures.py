@@ -1,0 +1,118 @@
+"""The fixtures users meet. Spans are recorded for every test anyway; these fixtures are views on the recording."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NoReturn
+
+import pytest
+
+from pytest_llmtrace import recording
+from pytest_llmtrace.errors import RecordingError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from pytest_llmtrace.trace.model import LLMCall, Span, SqlStatement, Trace
+
+__all__ = ["TestRecording", "llm_trace", "llmtrace_tracer_provider"]
+
+
+def _fail(problem: RecordingError) -> NoReturn:
+    # A broken recording is the environment's fault, not the test code's: show the message, not our traceback.
+    pytest.fail(str(problem), pytrace=False)
+
+
+class TestRecording:
+    """The spans of the running test. Every property takes a fresh snapshot, so it sees spans finished a moment ago.
+
+    A snapshot holds the spans that ended during this test plus those started in it that are still running (shown
+    as open), so ``print(llm_trace)`` inside a ``with tracer.start_as_current_span(...)`` block shows the whole tree.
+    """
+
+    __test__ = False  # a user importing this for a type hint must not get a collection warning
+
+    def __init__(self, recorder: recording.Recorder, window: recording.TestWindow) -> None:
+        self._recorder = recorder
+        self._window = window
+
+    def _check(self) -> None:
+        problem = self._recorder.problem(self._window)
+        if problem is not None:
+            _fail(problem)
+
+    @property
+    def trace(self) -> Trace:
+        self._check()
+        return self._recorder.trace(self._window)
+
+    @property
+    def spans(self) -> tuple[Span, ...]:
+        return self.trace.spans
+
+    @property
+    def root(self) -> Span:
+        return self.trace.root
+
+    @property
+    def llm_calls(self) -> tuple[LLMCall, ...]:
+        return self.trace.llm_calls
+
+    @property
+    def sql_statements(self) -> tuple[SqlStatement, ...]:
+        return self.trace.sql_statements
+
+    @property
+    def open_spans(self) -> tuple[Span, ...]:
+        return self.trace.open_spans
+
+    def find(self, name: str | None = None, *, kind: str | None = None) -> tuple[Span, ...]:
+        return self.trace.find(name, kind=kind)
+
+    def find_one(self, name: str | None = None, *, kind: str | None = None) -> Span:
+        return self.trace.find_one(name, kind=kind)
+
+    def clear(self) -> None:
+        """Forget what was recorded so far, to look only at what comes next (spans still open are still checked)."""
+        self._recorder.clear(self._window)
+
+    def attach(self, provider: TracerProvider) -> None:
+        """Also record from ``provider``: for applications that do not make theirs the global provider."""
+        try:
+            self._recorder.attach(provider)
+        except RecordingError as problem:
+            _fail(problem)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def __str__(self) -> str:
+        return str(self.trace)
+
+    def __repr__(self) -> str:
+        return f"<TestRecording of {self._window.nodeid}: {len(self._recorder.spans(self._window))} spans>"
+
+
+@pytest.fixture
+def llm_trace(request: pytest.FixtureRequest) -> TestRecording:
+    """The spans recorded during this test: ``llm_trace.trace``, ``.llm_calls``, ``.sql_statements``, ``print()``."""
+    recorder = recording.get_recorder(request.config)
+    window = recorder.current
+    if window is None or window.nodeid != request.node.nodeid:
+        raise RuntimeError(f"pytest-llmtrace is not recording {request.node.nodeid} (its setup hook did not run)")
+    problem = recorder.problem(window)
+    if problem is not None:
+        _fail(problem)  # before `viewed` is set, so teardown does not report the same problem a second time
+    window.viewed = True
+    return TestRecording(recorder, window)
+
+
+@pytest.fixture(scope="session")
+def llmtrace_tracer_provider(request: pytest.FixtureRequest) -> TracerProvider:
+    """The SDK TracerProvider spans are recorded from: give it to instrumentors that take ``tracer_provider=``."""
+    recorder = recording.get_recorder(request.config)
+    recorder.ensure_global()
+    if recorder.provider is None:
+        window = recorder.current
+        problem = recorder.problem(window) if window is not None else None
+        _fail(problem or RecordingError("pytest-llmtrace has no TracerProvider to record from"))
+    return recorder.provider
