@@ -58,7 +58,7 @@ SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "ollama",
-        "Ollama backend: auto, docker, binary (an `ollama` on PATH), embedded (llama.cpp in-process), or an http:// URL.",
+        "Ollama backend: auto, docker, binary (`ollama` on PATH), embedded (llama.cpp in-process), or an http:// URL.",
         "auto",
         choices=("auto", "docker", "binary", "embedded"),
         allow_url=("http", "https"),

@@ -89,7 +89,7 @@ def parse_modelfile_text(text: str, path: Path) -> Modelfile:
                 body += "\n" + lines[i]
                 i += 1
             if '"""' not in body:
-                raise ModelfileError(f"{path}:{line_no}: {instruction} opens a \"\"\" block that is never closed")
+                raise ModelfileError(f'{path}:{line_no}: {instruction} opens a """ block that is never closed')
             rest = body[: body.index('"""')]
         elif len(rest) >= 2 and rest[0] == rest[-1] == '"':
             rest = rest[1:-1]
@@ -109,7 +109,8 @@ def parse_modelfile_text(text: str, path: Path) -> Modelfile:
             messages.append((role.lower(), content.strip()))
         elif instruction not in KNOWN_INSTRUCTIONS:
             raise ModelfileError(
-                f"{path}:{line_no}: unknown instruction {instruction!r}; expected one of {', '.join(KNOWN_INSTRUCTIONS)}"
+                f"{path}:{line_no}: unknown instruction {instruction!r}; "
+                f"expected one of {', '.join(KNOWN_INSTRUCTIONS)}"
             )
     if not source:
         raise ModelfileError(f"{path}: no FROM line; a Modelfile must name the GGUF file or model it builds on")

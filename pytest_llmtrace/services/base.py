@@ -58,7 +58,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback or user-given URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return bool(200 <= response.status < 300)
     except (urllib.error.URLError, OSError, ValueError):
         return False

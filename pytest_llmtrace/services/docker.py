@@ -52,7 +52,7 @@ def start_container(
     timeout: float,
     volumes: Mapping[str, str] | None = None,
 ) -> tuple[Any, str, int]:
-    """Start ``image`` exposing ``port``, wait for ``GET health_path`` to answer 2xx; returns (container, host, port)."""
+    """Start ``image`` exposing ``port``, wait for ``GET health_path``; returns (container, host, port)."""
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import HttpWaitStrategy
 

@@ -44,17 +44,19 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def decode(data: bytes, source: str | Path | None) -> str:
+    """UTF-8 (with or without BOM) to text; JSONL readers decode once, then parse line by line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TraceFormatError(
+            source, "$", "UTF-8 encoded JSON", f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        ) from None
+
+
 def loads(data: bytes | str, source: str | Path | None) -> Any:
     """Parse JSON; non-UTF-8 bytes and truncated or invalid JSON become ``TraceFormatError``."""
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise TraceFormatError(
-                source, "$", "UTF-8 encoded JSON", f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
-            ) from None
-    else:
-        text = data
+    text = decode(data, source) if isinstance(data, bytes) else data
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -158,11 +158,12 @@ def read_trace(path: str | Path) -> Trace:
     value = loads(read_bytes(path), path)
     traces = traces_from_request(value, path)
     if len(traces) != 1:
+        shown = ", ".join(t.trace_ids[0] for t in traces[:3]) + ("..." if len(traces) > 3 else "")
         raise TraceFormatError(
             path,
             "$.resourceSpans",
             "exactly one trace per golden file",
-            f"{len(traces)} traces" + (f" ({', '.join(t.trace_ids[0] for t in traces[:3])}...)" if traces else ""),
+            f"{len(traces)} traces" + (f" ({shown})" if traces else ""),
         )
     return traces[0]
 

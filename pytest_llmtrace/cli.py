@@ -1,0 +1,173 @@
+"""``llmtrace``: turn exported traces into golden files and look at them in the terminal.
+
+The command never prints a traceback for a bad input file: a ``TraceFormatError`` already says which file, where and
+what was expected, so it is printed as ``error: ...`` and the other sources are still converted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from pytest_llmtrace.errors import LLMTraceError, TraceFormatWarning
+from pytest_llmtrace.trace.importing import KNOWN_FORMATS, Imported, import_file
+from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.otlp import dumps
+
+__all__ = ["golden_file_name", "main"]
+
+SLUG_CHARS = 48
+
+
+def golden_file_name(trace: Trace) -> str:
+    """A name that is the same every time the same trace is imported, and readable in a directory listing.
+
+    The slug comes from the question (the root span's ``input.value``), else the root span's name; the first 8 hex
+    digits of the trace id keep two runs of the same question apart.
+    """
+    root = trace.root
+    slug = re.sub(r"[^a-z0-9]+", "-", (root.input_value or root.name).lower()).strip("-")
+    slug = slug[:SLUG_CHARS].rstrip("-") or "trace"
+    return f"{slug}-{trace.trace_ids[0][:8]}.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    formats = "\n".join(f"  - {f}" for f in KNOWN_FORMATS)
+    parser = argparse.ArgumentParser(
+        prog="llmtrace",
+        description="Convert exported traces into golden files for pytest-llmtrace, and show trace files.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    imp = commands.add_parser(
+        "import",
+        help="convert exports (OTLP, Phoenix) into one golden OTLP JSON file per trace",
+        description="Convert each SRC into one spec OTLP JSON golden file per trace, named from the root span's "
+        "input and the trace id so that importing the same export again gives the same files.",
+        epilog=f"Formats are recognised from the content, not the file name:\n{formats}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imp.add_argument("sources", nargs="+", metavar="SRC", type=Path, help="exported trace file")
+    imp.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the golden files")
+    imp.add_argument("--force", action="store_true", help="overwrite existing files whose content differs")
+    imp.set_defaults(handler=_import)
+    show = commands.add_parser(
+        "show",
+        help="print the waterfall of trace files",
+        description="Print each trace as an indented waterfall: golden files or any format `import` reads.",
+    )
+    show.add_argument("files", nargs="+", metavar="FILE", type=Path, help="trace file")
+    show.set_defaults(handler=_show)
+    return parser
+
+
+def _import(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    status = 0
+    written: dict[Path, tuple[str, Path]] = {}  # this run's files, so two sources cannot overwrite each other
+    traces_done = spans_done = unchanged = 0
+    for source in args.sources:
+        imported = _load(source)
+        if imported is None:
+            status = 1
+            continue
+        print(f"{source}: {len(imported.traces)} traces ({imported.span_count} spans), read as {imported.format}")
+        for trace in imported.traces:
+            target = out / golden_file_name(trace)
+            text = dumps(trace)
+            if target in written and written[target][0] != text:
+                _error(
+                    f"{target}: trace {trace.trace_ids[0]} from {source} differs from the one just written from "
+                    f"{written[target][1]}; import them into different directories"
+                )
+                status = 1
+                continue
+            previous = target.read_text(encoding="utf-8") if target.is_file() else None
+            if previous == text:
+                unchanged += 1
+                print(f"  {target} unchanged")
+            elif previous is not None and not args.force and target not in written:
+                _error(f"{target} exists with different content; use --force to overwrite it")
+                status = 1
+                continue
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+                traces_done += 1
+                spans_done += len(trace)
+                print(f"  {target} ({len(trace)} spans)")
+            written[target] = (text, source)
+    summary = f"wrote {traces_done} traces ({spans_done} spans) to {out}"
+    if unchanged:
+        summary += f"; {unchanged} unchanged"
+    print(summary)
+    return status
+
+
+def _show(args: argparse.Namespace) -> int:
+    status = 0
+    first = True
+    for path in args.files:
+        imported = _load(path)
+        if imported is None:
+            status = 1
+            continue
+        for trace in imported.traces:
+            if not first:
+                print()
+            first = False
+            if len(args.files) > 1 or len(imported.traces) > 1:
+                print(f"== {path}")
+            print(trace)
+    return status
+
+
+def _load(path: Path) -> Imported | None:
+    """Import one file; errors and warnings are printed, never raised, so one bad file does not stop the rest."""
+    try:
+        with _printed_warnings(sys.stderr):
+            return import_file(path)
+    except LLMTraceError as exc:
+        _error(str(exc))
+    except ImportError as exc:  # a parquet file without pyarrow: the message carries the install hint
+        _error(str(exc))
+    return None
+
+
+@contextmanager
+def _printed_warnings(stream: TextIO) -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TraceFormatWarning)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, TraceFormatWarning):
+                    print(f"warning: {warning.message}", file=stream)
+                else:
+                    warnings.warn_explicit(
+                        warning.message, warning.category, warning.filename, warning.lineno, source=warning.source
+                    )
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

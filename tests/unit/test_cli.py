@@ -1,0 +1,179 @@
+"""``llmtrace import`` / ``show`` as a user runs them: stable file names, clear summaries, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_llmtrace.cli import main
+from pytest_llmtrace.trace.otlp import read_trace
+
+DATA = Path(__file__).parent.parent / "data" / "phoenix"
+REST = DATA / "rest_spans.json"
+OTLPV1 = DATA / "spans_otlpv1.json"
+NAMES = [
+    "how-many-customers-are-in-berlin-1bcf109c.json",
+    "list-the-three-most-expensive-products-4e0c8f41.json",
+    "total-revenue-per-month-in-2024-b1a5d98c.json",
+]
+
+
+def listing(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(directory.iterdir())}
+
+
+def test_import_writes_one_golden_file_per_trace_with_stable_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "golden"
+
+    assert main(["import", str(REST), "--out", str(out)]) == 0
+
+    stdout, stderr = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == NAMES
+    assert stdout.splitlines()[0] == f"{REST}: 3 traces (9 spans), read as Phoenix REST spans"
+    assert stdout.splitlines()[-1] == f"wrote 3 traces (9 spans) to {out}"
+    assert stderr == ""
+    first = listing(out)
+    for name in NAMES:
+        assert len(read_trace(out / name)) == 3  # each file is a valid single-trace golden file
+
+    assert main(["import", str(REST), "--out", str(out)]) == 0
+
+    assert listing(out) == first
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 0 traces (0 spans) to {out}; 3 unchanged"
+
+
+def test_same_spans_from_another_phoenix_export_are_unchanged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "golden"
+
+    assert main(["import", str(REST), str(OTLPV1), "--out", str(out)]) == 0
+
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote 3 traces (9 spans) to {out}; 3 unchanged"
+
+
+def test_differing_existing_file_is_refused_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "golden"
+    out.mkdir()
+    edited = out / NAMES[0]
+    edited.write_text("{}\n", encoding="utf-8")
+
+    assert main(["import", str(REST), "--out", str(out)]) == 1
+
+    stdout, stderr = capsys.readouterr()
+    assert stderr == f"error: {edited} exists with different content; use --force to overwrite it\n"
+    assert stdout.splitlines()[-1] == f"wrote 2 traces (6 spans) to {out}"
+    assert edited.read_text(encoding="utf-8") == "{}\n"
+
+    assert main(["import", str(REST), "--out", str(out), "--force"]) == 0
+
+    assert read_trace(edited).input == "How many customers are in Berlin?"
+
+
+def test_malformed_source_is_an_error_line_and_the_others_still_convert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"resourceSpans": [', encoding="utf-8")
+    out = tmp_path / "golden"
+
+    assert main(["import", str(broken), str(REST), "--out", str(out)]) == 1
+
+    stdout, stderr = capsys.readouterr()
+    assert stderr == (
+        f"error: {broken}: at $: expected valid JSON, got end of file (the file is truncated) at line 1 column 20\n"
+    )
+    assert "Traceback" not in stdout + stderr
+    assert stdout.splitlines()[-1] == f"wrote 3 traces (9 spans) to {out}"
+
+
+def test_refused_traces_export_and_warnings_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page = json.loads(REST.read_text(encoding="utf-8"))
+    page["data"] = [s for s in page["data"] if s["name"] != "text_to_sql"][:1]
+    orphan = tmp_path / "orphan.json"
+    orphan.write_text(json.dumps(page), encoding="utf-8")
+
+    code = main(["import", str(DATA / "traces_include_spans.json"), str(orphan), "--out", str(tmp_path / "o")])
+
+    stderr = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert stderr[0].startswith(f"error: {DATA / 'traces_include_spans.json'}: at $.data[0].spans: expected spans")
+    assert stderr[1] == (
+        f"warning: {orphan}: at $.data[0].parentSpanId: parent span '3eda0dd7882da166' of span 'SELECT shop' is not "
+        "in the trace; kept as an extra root"
+    )
+
+
+def test_two_sources_with_different_versions_of_a_trace_do_not_overwrite_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    changed = tmp_path / "changed.json"
+    changed.write_text(REST.read_text(encoding="utf-8").replace("session-42", "session-43"), encoding="utf-8")
+    out = tmp_path / "golden"
+
+    assert main(["import", str(REST), str(changed), "--out", str(out)]) == 1
+
+    stderr = capsys.readouterr().err.splitlines()
+    assert len(stderr) == 3
+    assert stderr[0] == (
+        f"error: {out / NAMES[0]}: trace 1bcf109c28b2f1db9f4ba242b348dbb0 from {changed} differs from the one "
+        f"just written from {REST}; import them into different directories"
+    )
+    assert "session-42" in (out / NAMES[0]).read_text(encoding="utf-8")
+
+
+def test_show_prints_the_waterfall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["import", str(REST), "--out", str(tmp_path)])
+    capsys.readouterr()
+
+    assert main(["show", str(tmp_path / NAMES[2])]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("trace b1a5d98ca14c0e0d988d7549a9cc92cb  3 spans")
+    assert lines[1].startswith("text_to_sql ")
+    assert "model=qwen2.5-coder:1.5b  tokens=405+40" in lines[2]
+    assert "ERROR" in lines[3]
+    assert "error='relation \"orderz\" does not exist'" in lines[3]
+
+
+def test_show_reads_exports_directly_and_reports_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.json"
+
+    assert main(["show", str(REST), str(missing)]) == 1
+
+    stdout, stderr = capsys.readouterr()
+    assert stdout.count(f"== {REST}") == 3
+    assert stderr.startswith(f"error: {missing}: at $: expected a readable file, got ")
+
+
+def test_no_command_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: llmtrace" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["import", "show"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+
+    assert info.value.code == 0
+    assert f"usage: llmtrace {command}" in capsys.readouterr().out
+
+
+def test_console_script_is_installed() -> None:
+    script = shutil.which("llmtrace", path=str(Path(sys.executable).parent))
+    assert script is not None, "the llmtrace console script is not installed next to this Python"
+
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, check=False)
+
+    assert result.returncode == 0, result.stderr
+    assert "usage: llmtrace" in result.stdout
+    assert "import" in result.stdout
+    assert "show" in result.stdout
