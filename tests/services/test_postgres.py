@@ -1,0 +1,58 @@
+"""Embedded Postgres: it starts, clones, reports broken fixture files by name, and leaves nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import psycopg2
+import pytest
+
+from pytest_llmtrace.services.postgres import (
+    EmbeddedPostgres,
+    SqlFileError,
+    clone_database,
+    create_template,
+    database_url,
+    drop_database,
+)
+
+
+def test_template_clone_and_clean_stop(tmp_path: Path) -> None:
+    good = tmp_path / "01_schema.sql"
+    good.write_text("CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);")
+    bad = tmp_path / "02_broken.sql"
+    bad.write_text("INSERT INTO t VALUES (3);\nSELECT * FROM missing_table;")
+    pg = EmbeddedPostgres()
+    endpoint = pg.start()
+    pgdata = Path(endpoint.extra["pgdata"])
+    pid = pg._pid
+    try:
+        assert (endpoint.service, endpoint.backend) == ("postgres", "embedded")
+        create_template(endpoint.url, "tpl", [good])
+        url = clone_database(endpoint.url, "tpl", "one")
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT sum(x) FROM t")
+            assert cur.fetchone() == (3,)
+        conn.close()
+        with pytest.raises(SqlFileError, match=r"02_broken\.sql: loading into database 'tpl2' failed: .*missing_table"):
+            create_template(endpoint.url, "tpl2", [good, bad])
+        create_template(endpoint.url, "tpl2", [good])  # the failed attempt left nothing in the way
+        drop_database(endpoint.url, "one")
+        drop_database(endpoint.url, "tpl")
+        drop_database(endpoint.url, "not_there")
+    finally:
+        pg.stop()
+    pg.stop()  # twice is fine
+    assert pid is not None
+    assert not psutil.pid_exists(pid)
+    assert not pgdata.exists()
+    assert not pgdata.parent.exists()
+
+
+def test_database_url_keeps_the_socket_parameter() -> None:
+    url = "postgresql://postgres:@/postgres?host=/tmp/x/pgdata"
+    assert database_url(url, "clone_1") == "postgresql://postgres:@/clone_1?host=/tmp/x/pgdata"
+    with pytest.raises(ValueError, match="must match"):
+        database_url(url, 'x"; DROP DATABASE postgres; --')
