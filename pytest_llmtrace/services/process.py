@@ -8,6 +8,7 @@ so the next run reads the records of dead owners and finishes the job.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
 STOP_TIMEOUT_S = 10.0
 
@@ -33,11 +34,29 @@ def registry_dir() -> Path:
 
 
 class RunRecord:
-    """The processes and paths one pytest process owns, on disk, so a later run can reap them after a SIGKILL."""
+    """The processes and paths one test run owns, on disk, so a later run can reap them after a SIGKILL.
 
-    def __init__(self, directory: Path | None = None) -> None:
-        self.path = (directory or registry_dir()) / f"{os.getpid()}.json"
-        self.owner_create_time = psutil.Process().create_time()
+    The owner is the process whose end means "the run is over": the pytest process, or the xdist controller when
+    workers start shared services on its behalf (they write into the controller's record, under a file lock).
+    """
+
+    def __init__(
+        self, directory: Path | None = None, *, owner_pid: int | None = None, owner_create_time: float | None = None
+    ) -> None:
+        self.owner_pid = os.getpid() if owner_pid is None else owner_pid
+        self.path = (directory or registry_dir()) / f"{self.owner_pid}.json"
+        self.owner_create_time = (
+            psutil.Process(self.owner_pid).create_time() if owner_create_time is None else owner_create_time
+        )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self.path.with_suffix(".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _load(self) -> dict[str, list[dict[str, object]]]:
         try:
@@ -46,44 +65,51 @@ class RunRecord:
             return {"processes": [], "paths": []}
         return {"processes": list(data.get("processes", [])), "paths": list(data.get("paths", []))}
 
-    def _save(self, data: Mapping[str, object]) -> None:
-        body = {"owner_pid": os.getpid(), "owner_create_time": self.owner_create_time, **data}
-        tmp = self.path.with_suffix(".tmp")
+    def _save(self, data: dict[str, list[dict[str, object]]]) -> None:
+        if not data["processes"] and not data["paths"]:
+            self.path.unlink(missing_ok=True)
+            return
+        body = {"owner_pid": self.owner_pid, "owner_create_time": self.owner_create_time, **data}
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(body))
         tmp.replace(self.path)
 
+    def _update(
+        self, kind: str, add: dict[str, object] | None = None, remove: Callable[[dict[str, object]], bool] | None = None
+    ) -> None:
+        with self._locked():
+            data = self._load()
+            if remove is not None:
+                data[kind] = [entry for entry in data[kind] if not remove(entry)]
+            if add is not None:
+                data[kind].append(add)
+            self._save(data)
+
     def add_process(self, pid: int, *, group: bool) -> None:
-        data = self._load()
-        data["processes"].append({"pid": pid, "create_time": psutil.Process(pid).create_time(), "group": group})
-        self._save(data)
+        self._update("processes", {"pid": pid, "create_time": psutil.Process(pid).create_time(), "group": group})
 
     def add_path(self, path: Path) -> None:
-        data = self._load()
-        data["paths"].append({"path": str(path)})
-        self._save(data)
+        self._update("paths", {"path": str(path)})
 
     def remove_process(self, pid: int) -> None:
-        data = self._load()
-        data["processes"] = [p for p in data["processes"] if p.get("pid") != pid]
-        self._finish(data)
+        self._update("processes", remove=lambda entry: entry.get("pid") == pid)
 
     def remove_path(self, path: Path) -> None:
-        data = self._load()
-        data["paths"] = [p for p in data["paths"] if p.get("path") != str(path)]
-        self._finish(data)
+        self._update("paths", remove=lambda entry: entry.get("path") == str(path))
 
-    def _finish(self, data: dict[str, list[dict[str, object]]]) -> None:
-        if data["processes"] or data["paths"]:
-            self._save(data)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+    def cleanup(self) -> list[str]:
+        """Stop everything still recorded (what workers started for the run, what a failed stop left) and forget it."""
+        with self._locked():
+            done = _clean(self._load())
+            self.path.unlink(missing_ok=True)
+        self.path.with_suffix(".lock").unlink(missing_ok=True)
+        return done
 
 
 def reap_orphans(directory: Path | None = None) -> list[str]:
     """Kill processes and delete paths recorded by runs whose pytest process no longer exists. Returns what it did."""
     done: list[str] = []
-    for record in (directory or registry_dir()).glob("*.json"):
+    for record in sorted((directory or registry_dir()).glob("*.json")):
         try:
             data = json.loads(record.read_text())
         except (OSError, ValueError):
@@ -91,18 +117,29 @@ def reap_orphans(directory: Path | None = None) -> list[str]:
             continue
         if _same_process(data.get("owner_pid"), data.get("owner_create_time")):
             continue  # that run is alive (another session, or an xdist controller): not ours to touch
-        for proc in data.get("processes", []):
-            pid = proc.get("pid")
-            if _same_process(pid, proc.get("create_time")):
-                assert isinstance(pid, int)
-                _kill(pid, group=bool(proc.get("group")))
-                done.append(f"killed orphan process {pid}")
-        for entry in data.get("paths", []):
-            path = Path(str(entry.get("path")))
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
-                done.append(f"removed orphan directory {path}")
+        done.extend(_clean(data))
         record.unlink(missing_ok=True)
+        record.with_suffix(".lock").unlink(missing_ok=True)
+    return done
+
+
+def _clean(data: Mapping[str, object]) -> list[str]:
+    done: list[str] = []
+    processes = data.get("processes", [])
+    paths = data.get("paths", [])
+    assert isinstance(processes, list)
+    assert isinstance(paths, list)
+    for proc in processes:
+        pid = proc.get("pid")
+        if _same_process(pid, proc.get("create_time")):
+            assert isinstance(pid, int)
+            _kill(pid, group=bool(proc.get("group")))
+            done.append(f"stopped process {pid}")
+    for entry in paths:
+        path = Path(str(entry.get("path")))
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path}")
     return done
 
 
