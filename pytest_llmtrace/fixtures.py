@@ -7,14 +7,25 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from pytest_llmtrace import recording
-from pytest_llmtrace.errors import RecordingError
+from pytest_llmtrace.errors import LLMTraceError, RecordingError
+from pytest_llmtrace.services import session as services
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from opentelemetry.sdk.trace import TracerProvider
 
+    from pytest_llmtrace.services.base import Endpoint
     from pytest_llmtrace.trace.model import LLMCall, Span, SqlStatement, Trace
 
-__all__ = ["TestRecording", "llm_trace", "llmtrace_tracer_provider"]
+__all__ = [
+    "TestRecording",
+    "llm_trace",
+    "llmtrace_ollama",
+    "llmtrace_phoenix",
+    "llmtrace_postgres",
+    "llmtrace_tracer_provider",
+]
 
 
 def _fail(problem: RecordingError) -> NoReturn:
@@ -116,3 +127,48 @@ def llmtrace_tracer_provider(request: pytest.FixtureRequest) -> TracerProvider:
         problem = recorder.problem(window) if window is not None else None
         _fail(problem or RecordingError("pytest-llmtrace has no TracerProvider to record from"))
     return recorder.provider
+
+
+# -- services -----------------------------------------------------------------------------------------------------------
+# Session-scoped and lazy: a service starts the first time a test asks for it, so a run that never touches Phoenix
+# never pays its 15 s start. Each fixture also sets the variable the application reads, and puts it back afterwards.
+
+
+def _start(request: pytest.FixtureRequest, service: str) -> Endpoint:
+    manager = services.get_manager(request.config)
+    try:
+        return manager.endpoint(service)
+    except LLMTraceError as exc:  # ServiceStartError: backend, log tail and fix are in the message
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[services.PostgresDatabase]:
+    """This session's own database (cloned from the SQL fixtures' template); ``DB_URI`` is its read-only DSN."""
+    manager = services.get_manager(request.config)
+    _start(request, "postgres")
+    try:
+        database = manager.database()
+    except LLMTraceError as exc:  # a SQL fixture that does not load names its file
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        with services.app_environment(DB_URI=database.reader_url):
+            yield database
+    finally:
+        manager.drop_database(database)
+
+
+@pytest.fixture(scope="session")
+def llmtrace_ollama(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
+    """A ready Ollama API serving the configured model; ``OLLAMA_HOST`` points at it."""
+    endpoint = _start(request, "ollama")
+    with services.app_environment(OLLAMA_HOST=endpoint.url):
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def llmtrace_phoenix(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
+    """A ready Phoenix; ``PHOENIX_COLLECTOR_ENDPOINT`` points at it, so ``phoenix.otel.register()`` exports there."""
+    endpoint = _start(request, "phoenix")
+    with services.app_environment(PHOENIX_COLLECTOR_ENDPOINT=endpoint.url):
+        yield endpoint

@@ -5,25 +5,30 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmtrace import recording, settings
+from pytest_llmtrace.services import session as services
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
+    settings.add_options(parser, settings.SERVICE_SETTINGS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
+    services.configure(config)
     from pytest_llmtrace import fixtures
 
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """After every session fixture is torn down: stop the services this run started."""
+    services.unconfigure(config)
     recording.unconfigure(config)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return recording.report_header(config)
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [recording.report_header(config), *services.report_header(config)]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -29,12 +29,19 @@ if TYPE_CHECKING:
     from pytest_llmtrace.services.process import RunRecord
 
 __all__ = [
+    "READER_ROLE",
+    "DockerPostgres",
     "EmbeddedPostgres",
     "SqlFileError",
+    "UrlPostgres",
+    "can_connect",
     "clone_database",
     "create_template",
+    "database_exists",
     "database_url",
     "drop_database",
+    "grant_read_only",
+    "reader_url",
 ]
 
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -115,6 +122,21 @@ def clone_database(url: str, template: str, name: str | None = None) -> str:
     return database_url(url, name)
 
 
+def database_exists(url: str, name: str) -> bool:
+    with _admin(url) as admin, admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        return cur.fetchone() is not None
+
+
+def can_connect(url: str, timeout: int = 2) -> bool:
+    psycopg2 = _psycopg2()
+    try:
+        psycopg2.connect(url, connect_timeout=timeout).close()
+    except psycopg2.Error:
+        return False
+    return True
+
+
 def drop_database(url: str, name: str) -> None:
     """Drop a clone or a template, even with sessions still connected (an app under test may leak one)."""
     from psycopg2 import sql
@@ -143,8 +165,11 @@ class EmbeddedPostgres:
     service = "postgres"
     backend = "embedded"
 
-    def __init__(self, record: RunRecord | None = None) -> None:
+    def __init__(self, record: RunRecord | None = None, *, shared: bool = False) -> None:
         self.record = record
+        # Shared by xdist workers: the worker that starts it may finish first, so the wheel's own at-exit stop is
+        # turned off and the run's owner stops it through the RunRecord.
+        self.shared = shared
         self._tmp: OwnedTempDir | None = None
         self._server: Any = None
         self._pid: int | None = None
@@ -170,7 +195,7 @@ class EmbeddedPostgres:
         pgdata = self._tmp.path.resolve() / "pgdata"
         pgdata.mkdir()
         try:
-            self._server = PostgresServer(pgdata, cleanup_mode="delete")
+            self._server = PostgresServer(pgdata, cleanup_mode=None if self.shared else "delete")
             info = self._server.get_postmaster_info()
             self._pid = int(info.pid)
             if self.record is not None:
@@ -240,3 +265,124 @@ class EmbeddedPostgres:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# -- the read-only role model SQL runs as ---------------------------------------------------------------------------
+
+READER_ROLE = "llmtrace_reader"
+READER_PASSWORD = "llmtrace_reader"  # a test server's role that can only read; the password guards nothing real
+
+
+def grant_read_only(admin_url: str, database: str, role: str = READER_ROLE) -> None:
+    """Make ``role`` able to connect and SELECT in ``database``, and nothing else.
+
+    Runs on the template, so every clone inherits the grants. The role is also forced into read-only transactions:
+    even a grant added later by a fixture cannot let model-written SQL change data.
+    """
+    from psycopg2 import sql
+
+    ident = sql.Identifier(role)
+    with _admin(admin_url) as admin, admin.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        if cur.fetchone() is None:
+            cur.execute(
+                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(ident),
+                (READER_PASSWORD,),
+            )
+        cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident))
+        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), ident))
+    with _admin(database_url(admin_url, database)) as conn, conn.cursor() as cur:
+        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+        cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(ident))
+        cur.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+
+
+def reader_url(url: str, role: str = READER_ROLE) -> str:
+    """``url`` logged in as the read-only role (socket DSNs keep their ``?host=``)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{role}:{READER_PASSWORD}@{host}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _endpoint_from_url(backend: str, url: str, started: float) -> Endpoint:
+    parts = urlsplit(url)
+    return Endpoint(
+        service="postgres",
+        backend=backend,
+        url=url,
+        host=parts.hostname or "",
+        port=parts.port,
+        ready_s=time.monotonic() - started,
+    )
+
+
+# Pinned: the image tag decides the server version that results were recorded against.
+POSTGRES_IMAGE = "postgres:17.6-alpine"
+
+
+class DockerPostgres:
+    """``testcontainers.community.postgres`` with a pinned image; Ryuk removes the container if the run dies."""
+
+    service = "postgres"
+    backend = "docker"
+
+    def __init__(self, image: str = POSTGRES_IMAGE) -> None:
+        self.image = image
+        self._container: Any = None
+
+    def start(self) -> Endpoint:
+        from pytest_llmtrace.services.docker import docker_error_fix
+
+        started = time.monotonic()
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+
+            self._container = PostgresContainer(self.image, driver=None).start()
+            url = self._container.get_connection_url()
+        except Exception as exc:  # docker's errors have many types; all mean "could not start"
+            raise ServiceStartError(self.service, self.backend, str(exc), fix=docker_error_fix("postgres")) from exc
+        return _endpoint_from_url(self.backend, url, started)
+
+    def stop(self) -> None:
+        if self._container is not None:
+            self._container.stop()
+            self._container = None
+
+
+class UrlPostgres:
+    """A server the user runs. Only checked: it must accept the DSN and allow CREATE DATABASE for the template."""
+
+    service = "postgres"
+    backend = "url"
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout
+
+    def start(self) -> Endpoint:
+        started = time.monotonic()
+        psycopg2 = _psycopg2()
+        try:
+            conn = psycopg2.connect(self.url, connect_timeout=max(1, int(self.timeout)))
+        except psycopg2.Error as exc:
+            raise ServiceStartError(
+                self.service,
+                self.backend,
+                f"cannot connect to {_redact(self.url)}: {str(exc).strip()}",
+                fix="check the URL and that the server is up, or use --llmtrace-postgres=embedded",
+            ) from exc
+        conn.close()
+        return _endpoint_from_url(self.backend, self.url, started)
+
+    def stop(self) -> None:
+        """Nothing to stop: the server belongs to the user."""
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")))
+    return url
