@@ -129,7 +129,7 @@ def llmtrace_tracer_provider(request: pytest.FixtureRequest) -> TracerProvider:
     return recorder.provider
 
 
-# -- services -----------------------------------------------------------------------------------------------------------
+# -- services ---------------------------------------------------------------------------------------------------------
 # Session-scoped and lazy: a service starts the first time a test asks for it, so a run that never touches Phoenix
 # never pays its 15 s start. Each fixture also sets the variable the application reads, and puts it back afterwards.
 
