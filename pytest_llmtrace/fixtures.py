@@ -139,7 +139,8 @@ def _start(request: pytest.FixtureRequest, service: str) -> Endpoint:
     try:
         return manager.endpoint(service)
     except LLMTraceError as exc:  # ServiceStartError: backend, log tail and fix are in the message
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except block: no "direct cause" chain in the report
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +151,11 @@ def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[services.Postg
     try:
         database = manager.database()
     except LLMTraceError as exc:  # a SQL fixture that does not load names its file
-        pytest.fail(str(exc), pytrace=False)
+        message = str(exc)
+    else:
+        message = ""
+    if message:
+        pytest.fail(message, pytrace=False)
     try:
         with services.app_environment(DB_URI=database.reader_url):
             yield database

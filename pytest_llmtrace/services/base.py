@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from pytest_llmtrace.errors import LLMTraceError
 
@@ -47,6 +48,14 @@ class ServiceStartError(LLMTraceError):
         if fix:
             lines.append(f"fix: {fix}")
         super().__init__("\n".join(lines))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden: URLs end up in report headers and CI logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")))
+    return url
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,6 +7,7 @@ testcontainers is imported here and only here, lazily: without Docker, construct
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,8 +35,11 @@ def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    text = str(exc).strip()
+    if "FileNotFoundError" in text or "No such file or directory" in text:
+        return "no Docker daemon socket, DOCKER_HOST " + os.environ.get("DOCKER_HOST", "unset")
+    lines = text.splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def docker_error_fix(service: str) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pytest_llmtrace.errors import LLMTraceError
-from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError
+from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.process import OwnedTempDir
 
 if TYPE_CHECKING:
@@ -371,7 +371,7 @@ class UrlPostgres:
             raise ServiceStartError(
                 self.service,
                 self.backend,
-                f"cannot connect to {_redact(self.url)}: {str(exc).strip()}",
+                f"cannot connect to {redact_url(self.url)}: {str(exc).strip()}",
                 fix="check the URL and that the server is up, or use --llmtrace-postgres=embedded",
             ) from exc
         conn.close()
@@ -379,10 +379,3 @@ class UrlPostgres:
 
     def stop(self) -> None:
         """Nothing to stop: the server belongs to the user."""
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")))
-    return url

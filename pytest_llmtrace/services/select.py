@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_llmtrace.services.base import redact_url
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
@@ -29,7 +31,7 @@ class Choice:
     why: str  # for the report header: "auto: Docker did not answer (...)", "--llmtrace-postgres", ...
 
     def __str__(self) -> str:
-        where = f" {self.url}" if self.url else ""
+        where = f" {redact_url(self.url)}" if self.url else ""
         return f"{self.backend}{where} ({self.why})"
 
 

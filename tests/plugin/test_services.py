@@ -1,0 +1,268 @@
+"""The session services as users meet them: option precedence in the header, bad values, real embedded Postgres
+(alone and shared by xdist workers), and nothing left behind after a normal, an interrupted or a killed run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pytest_llmtrace.services.process import registry_dir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _project(pytester: pytest.Pytester) -> None:
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
+
+
+def _postgres_of(pgdata_prefix: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(attrs=["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if pgdata_prefix in cmdline:
+            found.append(proc)
+    return found
+
+
+def _leftovers(before: set[str]) -> set[str]:
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    return {p.name for p in tmp.glob("llmtrace-pg-*")} - before
+
+
+def _dead_owner_records() -> list[Path]:
+    """Run records whose pytest process is gone: a run that ended normally removes its own."""
+    dead = []
+    for record in registry_dir().glob("*.json"):
+        if not psutil.pid_exists(int(record.stem)):
+            dead.append(record)
+    return dead
+
+
+@pytest.fixture
+def tmp_before() -> set[str]:
+    return _leftovers(set())
+
+
+def test_header_shows_each_service_backend_and_where_it_came_from(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _project(pytester)
+    pytester.makepyfile("def test_nothing(): pass")
+    monkeypatch.setenv("LLMTRACE_PHOENIX", "http://127.0.0.1:9")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-o", "llmtrace_ollama=http://127.0.0.1:8")
+    result.stdout.fnmatch_lines(
+        [
+            "llmtrace postgres: embedded (from --llmtrace-postgres)",
+            "llmtrace ollama: url http://127.0.0.1:8 (from ini llmtrace_ollama)",
+            "llmtrace phoenix: url http://127.0.0.1:9 (from LLMTRACE_PHOENIX)",
+        ]
+    )
+    assert result.ret == 0
+
+
+def test_command_line_beats_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    _project(pytester)
+    pytester.makepyfile("def test_nothing(): pass")
+    monkeypatch.setenv("LLMTRACE_POSTGRES", "postgresql://nobody@127.0.0.1:1/x")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result.stdout.fnmatch_lines(["llmtrace postgres: embedded (from --llmtrace-postgres)"])
+
+
+def test_a_misspelled_backend_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embeded")
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --llmtrace-postgres: 'embeded' is not a valid postgres setting; use auto, docker, embedded, "
+            "or a URL (postgresql://..., postgres://...). Did you mean 'embedded'?"
+        ]
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_embedded_postgres_gives_a_read_only_app_dsn_and_a_writable_owner_dsn(
+    pytester: pytest.Pytester, tmp_before: set[str]
+) -> None:
+    _project(pytester)
+    pytester.makepyfile(
+        """
+        import os
+        import psycopg2
+        import pytest
+
+        def test_app_reads_but_cannot_write(llmtrace_postgres):
+            assert llmtrace_postgres.backend == "embedded"
+            assert llmtrace_postgres.ready_s > 0
+            conn = psycopg2.connect(os.environ["DB_URI"])
+            cur = conn.cursor()
+            cur.execute("SELECT count(*) FROM customers")
+            assert cur.fetchone()[0] == 300
+            with pytest.raises(psycopg2.Error, match="read-only transaction"):
+                cur.execute("DELETE FROM orders")
+
+        def test_owner_can_write_its_own_clone(llmtrace_postgres):
+            conn = psycopg2.connect(llmtrace_postgres.url)
+            with conn, conn.cursor() as cur:
+                cur.execute("DELETE FROM order_items")
+                cur.execute("SELECT count(*) FROM order_items")
+                assert cur.fetchone()[0] == 0
+        """
+    )
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result.assert_outcomes(passed=2)
+    assert _leftovers(tmp_before) == set()
+    assert _dead_owner_records() == [], "the run record must be gone after a normal run"
+
+
+def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makeconftest(
+        """
+        import os
+        os.environ["DB_URI"] = "postgresql://prod.example/db"
+
+        def pytest_unconfigure(config):
+            assert os.environ["DB_URI"] == "postgresql://prod.example/db", os.environ["DB_URI"]
+            print("DB_URI RESTORED")
+        """
+    )
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_uses_local(llmtrace_postgres):
+            assert os.environ["DB_URI"] == llmtrace_postgres.reader_url
+            assert "prod.example" not in os.environ["DB_URI"]
+        """
+    )
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*DB_URI RESTORED*"])
+
+
+def test_sql_fixture_pattern_matching_nothing_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix\nllmtrace_sql_fixtures =\n    db/schema.sql\n")
+    pytester.makepyfile("def test_db(llmtrace_postgres): pass")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result.stdout.fnmatch_lines(["*llmtrace_sql_fixtures: 'db/schema.sql' matches no file under *"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_a_broken_sql_fixture_names_its_file(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.path.joinpath("fixtures", "company_db", "03_broken.sql").write_text("CREATE TABLE oops (;\n")
+    pytester.makepyfile("def test_db(llmtrace_postgres): pass")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result.stdout.fnmatch_lines(["*fixtures/company_db/03_broken.sql: loading into database * failed: syntax error*"])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_unreachable_url_fails_with_the_reason_and_the_fix(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makepyfile("def test_db(llmtrace_postgres): pass")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=postgresql://u:secret@127.0.0.1:9/db")
+    result.stdout.fnmatch_lines(
+        [
+            "*postgres (url) did not start: cannot connect to postgresql://u:***@127.0.0.1:9/db*",
+            "*fix: check the URL and that the server is up, or use --llmtrace-postgres=embedded*",
+        ]
+    )
+    assert "secret" not in result.stdout.str()
+
+
+def test_xdist_workers_share_one_server_and_get_their_own_databases(
+    pytester: pytest.Pytester, tmp_before: set[str]
+) -> None:
+    _project(pytester)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("i", range(4))
+        def test_db(llmtrace_postgres, i, worker_id):
+            print("SERVER", llmtrace_postgres.endpoint.url, "DB", llmtrace_postgres.database, "WORKER", worker_id)
+            assert llmtrace_postgres.database.startswith(f"llmtrace_{worker_id}_")
+        """
+    )
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-n", "2", "-rP")
+    result.assert_outcomes(passed=4)
+    lines = [line for line in result.stdout.lines if line.startswith("SERVER ")]
+    servers = {line.split()[1] for line in lines}
+    databases = {line.split()[3] for line in lines}
+    assert len(servers) == 1, lines
+    assert len(databases) == 2, lines  # one per worker, shared by that worker's tests
+    assert _leftovers(tmp_before) == set()
+
+
+def _run_until(pytester: pytest.Pytester, marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start pytest, read its output until ``marker`` appears; the test then sleeps so the run can be interrupted."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", *args],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            return proc, seen
+    proc.kill()
+    raise AssertionError("pytest never reached the marker:\n" + "".join(seen))
+
+
+SLEEPER = """
+import time
+
+def test_sleeps(llmtrace_postgres):
+    print("PGDATA", llmtrace_postgres.endpoint.extra["pgdata"], flush=True)
+    time.sleep(60)
+"""
+
+
+def test_ctrl_c_stops_the_server_and_removes_its_files(pytester: pytest.Pytester, tmp_before: set[str]) -> None:
+    _project(pytester)
+    pytester.makepyfile(SLEEPER)
+    proc, seen = _run_until(pytester, "PGDATA", "--llmtrace-postgres=embedded")
+    pgdata = seen[-1].split()[-1]
+    assert _postgres_of(pgdata), "the server should be running while the test sleeps"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert _postgres_of(pgdata) == []
+    assert not Path(pgdata).exists()
+    assert _leftovers(tmp_before) == set()
+
+
+def test_a_killed_run_is_cleaned_up_by_the_next_run(pytester: pytest.Pytester, tmp_before: set[str]) -> None:
+    _project(pytester)
+    pytester.makepyfile(SLEEPER)
+    proc, seen = _run_until(pytester, "PGDATA", "--llmtrace-postgres=embedded")
+    pgdata = seen[-1].split()[-1]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert _postgres_of(pgdata), "SIGKILL gives no chance to clean up: the detached server survives it"
+    # the next run, even one that starts no service, reaps what the dead run left
+    pytester.makepyfile(test_other="def test_nothing(): pass")
+    pytester.runpytest_subprocess("test_other.py").assert_outcomes(passed=1)
+    assert _postgres_of(pgdata) == []
+    assert not Path(pgdata).exists()
+    assert _leftovers(tmp_before) == set()
