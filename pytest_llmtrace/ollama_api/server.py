@@ -209,7 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         handler = routes.get(path.rstrip("/") or "/")
         try:
-            body = self._read_body()
+            body = self._read_body(parse=handler is not None)
             if handler is None:
                 self._send_text(404, "404 page not found")
                 return
@@ -221,7 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             self._send_json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
-    def _read_body(self) -> dict[str, Any]:
+    def _read_body(self, parse: bool = True) -> dict[str, Any]:
+        """The JSON body; an unknown route's body is only drained, so it gets Ollama's 404 and not a JSON error."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             raw = b""
             while True:
@@ -233,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         else:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.command != "POST":
+        if self.command != "POST" or not parse:
             return {}
         if not raw.strip():
             raise _HTTPError(400, "EOF")

@@ -1,0 +1,376 @@
+"""Ollama for the session: llama.cpp in-process, ``ollama serve`` from PATH, the official image, or a user's server.
+
+Every backend ends with the same check: the configured model (``qwen-sql-prod``) is on the server. The app under
+test asks for it by name, so a server without it would fail every test with a 404 from inside the app; failing once
+at start-up, with the ``ollama create`` command that makes the model, is the useful version of that error.
+
+Backends we run (binary, docker) create a missing model from the Modelfile, with models kept in a persistent cache
+(``~/.cache/pytest-llmtrace/ollama/models``, or ``LLMTRACE_OLLAMA_MODELS``) so the GGUF is imported once per machine,
+not once per run. A user's server (url) is never changed: it only gets the error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from pytest_llmtrace.ollama_api.server import normalize_model_name
+from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
+from pytest_llmtrace.services.process import ManagedProcess, OwnedTempDir
+
+if TYPE_CHECKING:
+    from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend
+    from pytest_llmtrace.ollama_api.modelfile import Modelfile
+    from pytest_llmtrace.ollama_api.server import OllamaAPIServer
+    from pytest_llmtrace.services.process import RunRecord
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "OLLAMA_IMAGE",
+    "BinaryOllama",
+    "DockerOllama",
+    "EmbeddedOllama",
+    "UrlOllama",
+    "create_command",
+    "ensure_model",
+    "models_dir",
+]
+
+# Pinned: testcontainers' default (0.1.44) predates the JSON /api/create this module uses (Ollama >= 0.5.6), and
+# 0.12.6 is the version the HTTP front in ollama_api/server.py reports.
+OLLAMA_IMAGE = "ollama/ollama:0.12.6"
+DEFAULT_MODEL = "qwen-sql-prod"
+START_TIMEOUT_S = 60.0
+LIST_TIMEOUT_S = 30.0
+# Importing a GGUF hashes and copies it (about 1 GB for the production model); pulling downloads it.
+CREATE_TIMEOUT_S = 900.0
+SERVICE = "ollama"
+OTHER_BACKENDS = "--llmtrace-ollama=embedded, binary, docker or http://host:11434"
+
+
+def models_dir() -> Path:
+    """Where Ollama keeps models between runs: ``LLMTRACE_OLLAMA_MODELS`` or ``~/.cache/pytest-llmtrace/ollama/models``.
+
+    Read when a backend starts, not at import, so a test (or conftest) can set the variable first.
+    """
+    configured = os.environ.get("LLMTRACE_OLLAMA_MODELS")
+    if configured:
+        return Path(configured).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "pytest-llmtrace" / "ollama" / "models"
+
+
+def create_command(model_name: str, modelfile_path: Path | None) -> str:
+    """The command a user runs to make the model, with the Modelfile path as they would type it."""
+    if modelfile_path is None:
+        return f"ollama create {model_name} -f fixtures/Modelfile"
+    try:
+        shown = modelfile_path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = modelfile_path
+    return f"ollama create {model_name} -f {shown}"
+
+
+def _endpoint(backend: str, url: str, started: float, model_name: str, **extra: str) -> Endpoint:
+    parts = urlsplit(url)
+    return Endpoint(
+        service=SERVICE,
+        backend=backend,
+        url=url.rstrip("/"),
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port,
+        ready_s=time.monotonic() - started,
+        extra={"model": model_name, **extra},
+    )
+
+
+def _read_modelfile(path: Path | None, backend: str) -> Modelfile | None:
+    from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
+
+    if path is None:
+        return None
+    try:
+        return parse_modelfile(path)
+    except ModelfileError as exc:
+        raise ServiceStartError(SERVICE, backend, str(exc), fix="fix the Modelfile") from exc
+
+
+def ensure_model(
+    url: str,
+    model_name: str,
+    modelfile: Modelfile | None,
+    *,
+    backend: str,
+    create: bool = True,
+    modelfile_path: Path | None = None,
+    timeout: float = CREATE_TIMEOUT_S,
+) -> bool:
+    """Make sure the server at ``url`` has ``model_name``; returns True when it had to be created.
+
+    When it is missing and ``create`` is set, it is built from the Modelfile the way ``ollama create`` does over the
+    JSON API (Ollama >= 0.5.6 takes no raw Modelfile): a local GGUF is uploaded as a blob and referenced by digest;
+    a FROM naming a registry model is pulled first. Anything else is a ``ServiceStartError`` with the command to run.
+    """
+    import httpx
+    import ollama
+
+    path = modelfile.path if modelfile is not None else modelfile_path
+    fix = f"create it with `{create_command(model_name, path)}`"
+    client = ollama.Client(host=url, timeout=timeout)
+    try:
+        present = _model_names(ollama.Client(host=url, timeout=LIST_TIMEOUT_S))
+    except (ollama.ResponseError, httpx.HTTPError) as exc:
+        raise ServiceStartError(SERVICE, backend, f"GET {url}/api/tags failed: {exc}", fix=fix) from exc
+    wanted = normalize_model_name(model_name)
+    if wanted in present:
+        return False
+    have = ", ".join(sorted(present)) or "no models"
+    missing = f"model {model_name!r} is not on the Ollama server at {url} (it has {have})"
+    if not create or modelfile is None:
+        raise ServiceStartError(SERVICE, backend, missing, fix=fix)
+    gguf = modelfile.from_path
+    if gguf is not None and not gguf.is_file():
+        raise ServiceStartError(
+            SERVICE,
+            backend,
+            f"{missing}, and it cannot be created: {modelfile.path} says FROM {modelfile.source}, "
+            f"but the GGUF file {gguf} does not exist",
+            fix=f"download the GGUF to {gguf} (see the comments in {modelfile.path}), then {fix}",
+        )
+    try:
+        if gguf is None:
+            client.pull(modelfile.source)
+            source: dict[str, Any] = {"from_": modelfile.source}
+        else:
+            source = {"files": {gguf.name: client.create_blob(gguf)}}
+        client.create(
+            model=model_name,
+            template=modelfile.template,
+            system=modelfile.system,
+            parameters=modelfile.options() or None,
+            messages=[{"role": role, "content": content} for role, content in modelfile.messages] or None,
+            stream=False,
+            **source,
+        )
+        present = _model_names(client)
+    except (ollama.ResponseError, httpx.HTTPError, OSError) as exc:
+        how = f"pulling {modelfile.source}" if gguf is None else f"importing {gguf}"
+        raise ServiceStartError(
+            SERVICE, backend, f"{missing}; creating it from {modelfile.path} ({how}) failed: {exc}", fix=fix
+        ) from exc
+    if wanted not in present:
+        raise ServiceStartError(
+            SERVICE, backend, f"{missing}; /api/create reported success but it is not listed", fix=fix
+        )
+    return True
+
+
+def _model_names(client: Any) -> set[str]:
+    return {normalize_model_name(m.model) for m in client.list().models if m.model}
+
+
+class EmbeddedOllama:
+    """The Ollama API front (``OllamaAPIServer``) in front of llama.cpp in this process, on a free loopback port."""
+
+    backend = "embedded"
+
+    def __init__(
+        self, modelfile_path: Path, model_name: str = DEFAULT_MODEL, n_ctx: int | None = None, threads: int = 2
+    ) -> None:
+        self.modelfile_path = modelfile_path
+        self.model_name = model_name
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self._backend: LlamaCppBackend | None = None
+        self._server: OllamaAPIServer | None = None
+
+    def start(self) -> Endpoint:
+        from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend, LlamaCppError
+        from pytest_llmtrace.ollama_api.server import OllamaAPIServer
+
+        started = time.monotonic()
+        modelfile = _read_modelfile(self.modelfile_path, self.backend)
+        assert modelfile is not None
+        backend = LlamaCppBackend(modelfile, self.model_name, n_ctx=self.n_ctx, threads=self.threads)
+        try:
+            backend.load()
+        except LlamaCppError as exc:
+            raise ServiceStartError(SERVICE, self.backend, str(exc), fix=exc.fix) from exc
+        self._backend = backend
+        self._server = OllamaAPIServer(backend).start()
+        url = self._server.url
+        try:
+            ensure_model(url, self.model_name, modelfile, backend=self.backend, create=False)
+        except ServiceStartError:
+            self.stop()
+            raise
+        return _endpoint(self.backend, url, started, self.model_name, gguf=str(backend.gguf_path()))
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+class BinaryOllama:
+    """``ollama serve`` from PATH on a free loopback port, models in the persistent cache, log in a temp dir."""
+
+    backend = "binary"
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_MODEL,
+        modelfile_path: Path | None = None,
+        record: RunRecord | None = None,
+        *,
+        executable: str = "ollama",
+        timeout: float = START_TIMEOUT_S,
+    ) -> None:
+        self.model_name = model_name
+        self.modelfile_path = modelfile_path
+        self.record = record
+        self.executable = executable
+        self.timeout = timeout
+        self._process: ManagedProcess | None = None
+        self._workdir: OwnedTempDir | None = None
+
+    def start(self) -> Endpoint:
+        started = time.monotonic()
+        found = shutil.which(self.executable)
+        if found is None:
+            raise ServiceStartError(
+                SERVICE,
+                self.backend,
+                f"no `{self.executable}` executable on PATH",
+                fix=f"install Ollama (https://ollama.com/download) or use {OTHER_BACKENDS}",
+            )
+        modelfile = _read_modelfile(self.modelfile_path, self.backend)
+        models = models_dir()
+        models.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        self._workdir = OwnedTempDir("llmtrace-ollama-", self.record)
+        env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(models)}
+        self._process = process = ManagedProcess(
+            [found, "serve"], log_path=self._workdir.path / "ollama.log", env=env, record=self.record
+        )
+        try:
+            process.start()
+        except OSError as exc:
+            self.stop()
+            raise ServiceStartError(
+                SERVICE, self.backend, f"cannot run {found}: {exc.strerror or exc}", fix="reinstall Ollama"
+            ) from exc
+        if not wait_until(lambda: http_ok(url + "/api/version"), timeout=self.timeout, alive=process.alive):
+            reason = (
+                f"`{found} serve` exited with code {process.returncode}"
+                if not process.alive()
+                else f"GET {url}/api/version did not answer within {self.timeout:.0f} s"
+            )
+            log = process.log_tail()
+            self.stop()
+            raise ServiceStartError(
+                SERVICE, self.backend, reason, log=log, fix=f"check the log above, or use {OTHER_BACKENDS}"
+            )
+        try:
+            ensure_model(url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path)
+        except ServiceStartError as exc:
+            log = process.log_tail()
+            self.stop()
+            raise ServiceStartError(SERVICE, self.backend, exc.reason, log=log, fix=exc.fix) from exc
+        return _endpoint(self.backend, url, started, self.model_name, models_dir=str(models))
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+
+class DockerOllama:
+    """The official image (pinned), with the persistent model cache mounted so models survive the container."""
+
+    backend = "docker"
+
+    def __init__(
+        self, model_name: str = DEFAULT_MODEL, modelfile_path: Path | None = None, image: str = OLLAMA_IMAGE
+    ) -> None:
+        self.model_name = model_name
+        self.modelfile_path = modelfile_path
+        self.image = image
+        self._container: Any = None
+
+    def start(self) -> Endpoint:
+        from pytest_llmtrace.services.docker import docker_error_fix
+
+        started = time.monotonic()
+        modelfile = _read_modelfile(self.modelfile_path, self.backend)
+        try:
+            from testcontainers.community.ollama import OllamaContainer
+        except ImportError as exc:
+            raise ServiceStartError(
+                SERVICE, self.backend, "testcontainers is not installed", fix="pip install testcontainers"
+            ) from exc
+        models = models_dir()
+        models.mkdir(parents=True, exist_ok=True)
+        try:
+            container: Any = OllamaContainer(image=self.image)  # asks the daemon at once: raises without Docker
+            container.with_volume_mapping(str(models), "/root/.ollama/models", "rw")
+            self._container = container
+            container.start()
+            url = str(container.get_endpoint())
+        except Exception as exc:  # docker errors have many types; all mean "could not start"
+            self.stop()
+            raise ServiceStartError(SERVICE, self.backend, str(exc), fix=docker_error_fix(SERVICE)) from exc
+        try:
+            ensure_model(url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path)
+        except ServiceStartError:
+            self.stop()
+            raise
+        return _endpoint(self.backend, url, started, self.model_name, image=self.image, models_dir=str(models))
+
+    def stop(self) -> None:
+        container, self._container = self._container, None
+        if container is not None and getattr(container, "_container", None) is not None:
+            container.stop()
+
+
+class UrlOllama:
+    """An Ollama the user already runs: checked (it answers, it has the model), never started, stopped or changed."""
+
+    backend = "url"
+
+    def __init__(
+        self, url: str, model_name: str = DEFAULT_MODEL, modelfile_path: Path | None = None, timeout: float = 10.0
+    ) -> None:
+        # OLLAMA_HOST is often written host:port, without a scheme
+        self.url = (url if "://" in url else "http://" + url).rstrip("/")
+        self.model_name = model_name
+        self.modelfile_path = modelfile_path
+        self.timeout = timeout
+
+    def start(self) -> Endpoint:
+        started = time.monotonic()
+        if not wait_until(lambda: http_ok(self.url + "/api/version"), timeout=self.timeout):
+            raise ServiceStartError(
+                SERVICE,
+                self.backend,
+                f"GET {self.url}/api/version did not answer within {self.timeout:.0f} s",
+                fix="start Ollama there (`ollama serve`), fix the URL, or use --llmtrace-ollama=embedded",
+            )
+        ensure_model(
+            self.url, self.model_name, None, backend=self.backend, create=False, modelfile_path=self.modelfile_path
+        )
+        return _endpoint(self.backend, self.url, started, self.model_name)
+
+    def stop(self) -> None:
+        """Nothing to stop: the server belongs to the user."""
