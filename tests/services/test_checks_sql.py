@@ -1,0 +1,173 @@
+"""Model-written SQL against real Postgres: reads work, writes and runaway queries are stopped, errors are reported."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from pytest_llmtrace.checks.sql import compare_results, execute_readonly
+from pytest_llmtrace.services.postgres import (
+    EmbeddedPostgres,
+    clone_database,
+    create_template,
+    grant_read_only,
+    reader_url,
+)
+
+COMPANY_DB = sorted((Path(__file__).parents[2] / "fixtures" / "company_db").glob("*.sql"))
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    pg = EmbeddedPostgres()
+    try:
+        endpoint = pg.start()
+        create_template(endpoint.url, "company_tpl", COMPANY_DB)
+        grant_read_only(endpoint.url, "company_tpl")
+        yield endpoint.url
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def owner_url(server_url: str) -> str:
+    """A fresh clone per test, so a statement that did get through could not hide behind an earlier test's damage."""
+    return clone_database(server_url, "company_tpl")
+
+
+@pytest.fixture
+def reader(owner_url: str) -> str:
+    return reader_url(owner_url)
+
+
+def _count(url: str, table: str) -> int:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {table}")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+    finally:
+        conn.close()
+
+
+def test_select_returns_normalized_json_ready_rows(reader: str) -> None:
+    outcome = execute_readonly(
+        reader,
+        "SELECT sku, list_price, active, TIMESTAMPTZ '2024-03-01 12:00:00+02' AS at FROM products "
+        "WHERE id <= 2 ORDER BY id;",
+    )
+    assert outcome.ok, outcome.error
+    assert outcome.columns == ("sku", "list_price", "active", "at")
+    assert outcome.rows == (
+        ("PLT-CORE", 1200.0, True, "2024-03-01T10:00:00+00:00"),
+        ("PLT-PRO", 2400.0, True, "2024-03-01T10:00:00+00:00"),
+    )
+    assert type(outcome.rows[0][1]) is float  # numeric arrives as Decimal
+    assert (outcome.row_count, outcome.truncated, outcome.error, outcome.sqlstate) == (2, False, None, None)
+    assert outcome.elapsed_ms > 0
+    assert json.loads(json.dumps(outcome.rows)) == [list(r) for r in outcome.rows]
+
+
+def test_the_transaction_is_read_only_even_for_the_owner(owner_url: str) -> None:
+    outcome = execute_readonly(owner_url, "SHOW transaction_read_only")
+    assert outcome.rows == (("on",),)
+
+
+@pytest.mark.parametrize(
+    ("sql", "table"),
+    [
+        ("DELETE FROM order_items WHERE discount > 0;", "order_items"),
+        ("UPDATE orders SET amount = 0", "orders"),
+        ("INSERT INTO products (id, sku, name, category, list_price) VALUES (99, 'X', 'X', 'Add-on', 1)", "products"),
+        ("WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone", "customers"),
+        ("DROP TABLE order_items", "order_items"),
+    ],
+)
+def test_writes_fail_with_25006_and_change_nothing(owner_url: str, sql: str, table: str) -> None:
+    before = _count(owner_url, table)
+    assert before > 0
+    # As the owner, so the read-only transaction alone (not missing grants) is what stops the write.
+    outcome = execute_readonly(owner_url, sql)
+    assert not outcome.ok
+    assert outcome.sqlstate == "25006", outcome.error
+    assert outcome.error is not None
+    assert "read-only transaction" in outcome.error
+    assert _count(owner_url, table) == before
+
+
+def test_the_reader_role_cannot_write_either(owner_url: str, reader: str) -> None:
+    before = _count(owner_url, "order_items")
+    outcome = execute_readonly(reader, "DELETE FROM order_items")
+    assert outcome.sqlstate == "25006"
+    assert _count(owner_url, "order_items") == before
+
+
+def test_multiple_statements_are_refused_before_anything_runs(owner_url: str) -> None:
+    before = _count(owner_url, "orders")
+    outcome = execute_readonly(owner_url, "SELECT 1; COMMIT; DELETE FROM order_items; DELETE FROM orders")
+    assert not outcome.ok
+    assert outcome.error == "4 statements; expected exactly one"
+    assert outcome.sqlstate is None
+    assert _count(owner_url, "orders") == before
+
+
+def test_a_slow_query_is_cancelled_with_57014(reader: str) -> None:
+    outcome = execute_readonly(reader, "SELECT pg_sleep(5)", timeout_ms=200)
+    assert not outcome.ok
+    assert outcome.sqlstate == "57014"
+    assert outcome.error == "canceling statement due to statement timeout"
+    assert 150 < outcome.elapsed_ms < 3000
+
+
+@pytest.mark.parametrize(
+    ("sql", "sqlstate", "message"),
+    [
+        (
+            "SELECT o.id FROM orders o ORDER BY o.ordered_at DESC LIMT 10;",
+            "42601",
+            'syntax error at or near "LIMT"',
+        ),
+        ("SELECT c.segment FROM customers c", "42703", "column c.segment does not exist"),
+        ("SELECT count(*) FROM invoices", "42P01", 'relation "invoices" does not exist'),
+        ("SELEC 1", "42601", 'syntax error at or near "SELEC"'),
+    ],
+)
+def test_errors_carry_sqlstate_and_first_message_line(reader: str, sql: str, sqlstate: str, message: str) -> None:
+    outcome = execute_readonly(reader, sql)
+    assert (outcome.ok, outcome.sqlstate, outcome.error) == (False, sqlstate, message)
+    assert outcome.rows == ()
+
+
+def test_max_rows_truncates_and_says_so(reader: str) -> None:
+    outcome = execute_readonly(reader, "SELECT id FROM customers ORDER BY id", max_rows=5)
+    assert outcome.ok
+    assert outcome.rows == ((1,), (2,), (3,), (4,), (5,))
+    assert (outcome.row_count, outcome.truncated) == (5, True)
+    exact = execute_readonly(reader, "SELECT id FROM customers WHERE id <= 5", max_rows=5)
+    assert (exact.row_count, exact.truncated) == (5, False)
+
+
+def test_statements_that_are_not_queries_still_run(reader: str) -> None:
+    outcome = execute_readonly(reader, "EXPLAIN SELECT * FROM customers")
+    assert outcome.ok, outcome.error
+    assert outcome.columns == ("QUERY PLAN",)
+    assert "customers" in outcome.rows[0][0]
+
+
+def test_golden_and_rewritten_sql_compare_equal_under_bag(reader: str) -> None:
+    golden = execute_readonly(reader, "SELECT tier, count(*) AS n FROM customers GROUP BY tier ORDER BY n DESC")
+    rewritten = execute_readonly(reader, "SELECT count(id)::numeric, tier FROM customers GROUP BY 2")
+    wrong = execute_readonly(reader, "SELECT tier, count(*) FROM customers WHERE region = 'NA' GROUP BY tier")
+    assert golden.ok
+    assert rewritten.ok
+    assert wrong.ok
+    assert compare_results(golden.rows, rewritten.rows, "bag") is None
+    diff = compare_results(golden.rows, wrong.rows, "bag")
+    assert diff is not None
+    assert diff.summary.startswith("golden 3 rows, now 3 rows; 3 missing, 3 unexpected")

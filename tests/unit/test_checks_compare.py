@@ -1,0 +1,443 @@
+"""The pure regression checks: SQL text handling, result comparison, latency and token budgets."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from pytest_llmtrace.checks import (
+    Violation,
+    check_latency,
+    check_tokens,
+    compare_results,
+    execute_readonly,
+    format_table,
+    has_top_level_order_by,
+    latencies_ms,
+    normalize_value,
+    split_statements,
+    strip_code_fences,
+)
+from pytest_llmtrace.trace.model import Span, Trace
+from pytest_llmtrace.trace.otlp import read_trace
+
+GOLDEN = Path(__file__).parents[2] / "golden_traces"
+
+# -- answers and statements -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "sql"),
+    [
+        ("SELECT 1;", "SELECT 1;"),
+        ("  SELECT 1\n", "SELECT 1"),
+        ("```sql\nSELECT 1;\n```", "SELECT 1;"),
+        ("```SQL\nSELECT 1\n```", "SELECT 1"),
+        ("```\nSELECT 1\n```", "SELECT 1"),
+        ("```sql SELECT 1```", "SELECT 1"),
+        ("```SELECT 1```", "SELECT 1"),
+        ("```postgresql\nSELECT 1\n```", "SELECT 1"),
+        ("Here you go:\n```sql\nSELECT 1\n```\nThis counts rows.", "SELECT 1"),
+        ("```sql\nSELECT 1\n```\n```sql\nSELECT 2\n```", "SELECT 1"),
+        ("```sql\nSELECT 1 FROM t", "SELECT 1 FROM t"),  # cut off at the token limit
+    ],
+)
+def test_strip_code_fences(answer: str, sql: str) -> None:
+    assert strip_code_fences(answer) == sql
+
+
+def test_strip_code_fences_on_the_golden_fenced_answer() -> None:
+    trace = read_trace(GOLDEN / "fenced_largest_order.json")
+    answer = trace.llm_calls[0].output_text
+    assert answer.startswith("```")
+    assert strip_code_fences(answer) == trace.sql_statements[0].text
+
+
+@pytest.mark.parametrize(
+    ("sql", "statements"),
+    [
+        ("SELECT 1", ["SELECT 1"]),
+        ("SELECT 1;", ["SELECT 1"]),
+        ("SELECT 1; -- done\n", ["SELECT 1"]),
+        ("SELECT 1; /* a; b */ ;", ["SELECT 1"]),
+        ("SELECT ';' AS a; SELECT 2", ["SELECT ';' AS a", "SELECT 2"]),
+        ("SELECT $$a;b$$, $x$;$x$", ["SELECT $$a;b$$, $x$;$x$"]),
+        ("SELECT E'\\';' AS a", ["SELECT E'\\';' AS a"]),
+        ('SELECT 1 AS ";"', ['SELECT 1 AS ";"']),
+        ("SELECT 1; COMMIT; DELETE FROM t", ["SELECT 1", "COMMIT", "DELETE FROM t"]),
+        ("  ; -- nothing", []),
+        ("", []),
+    ],
+)
+def test_split_statements(sql: str, statements: list[str]) -> None:
+    assert split_statements(sql) == statements
+
+
+def test_refusals_happen_before_connecting() -> None:
+    unreachable = "postgresql://nobody@127.0.0.1:1/none"
+    refused = execute_readonly(unreachable, "SELECT 1; DELETE FROM t")
+    assert (refused.ok, refused.error, refused.sqlstate) == (False, "2 statements; expected exactly one", None)
+    empty = execute_readonly(unreachable, "  -- nothing to run\n")
+    assert (empty.ok, empty.error) == (False, "no SQL statement")
+    with pytest.raises(ValueError, match="timeout_ms >= 1"):
+        execute_readonly(unreachable, "SELECT 1", timeout_ms=0)
+
+
+@pytest.mark.parametrize(
+    ("sql", "ordered"),
+    [
+        ("SELECT a FROM t ORDER BY a", True),
+        ("select a from t order\n  by a desc limit 3;", True),
+        ("SELECT a FROM t ORDER /* why not */ BY a", True),
+        ("SELECT a FROM t UNION SELECT a FROM u ORDER BY 1", True),
+        ("WITH x AS (SELECT a FROM t ORDER BY a) SELECT * FROM x ORDER BY a", True),
+        ("SELECT a FROM t", False),
+        ("SELECT a FROM (SELECT a FROM t ORDER BY a LIMIT 3) sub", False),
+        ("WITH x AS (SELECT a FROM t ORDER BY a) SELECT * FROM x", False),
+        ("SELECT row_number() OVER (ORDER BY a) FROM t", False),
+        ("SELECT string_agg(a, ',' ORDER BY a) FROM t", False),
+        ("SELECT 'order by a' FROM t", False),
+        ("SELECT a FROM t -- ORDER BY a", False),
+        ("SELECT a FROM t /* ORDER BY a */", False),
+        ('SELECT a AS "order by" FROM t', False),
+        ("SELECT $$ ORDER BY a $$ FROM t", False),
+        ("SELECT E'it\\'s ORDER BY a' FROM t", False),
+        ("SELECT a AS order_by FROM t", False),
+        ("SELECT a FROM t GROUP BY a", False),
+    ],
+)
+def test_has_top_level_order_by(sql: str, ordered: bool) -> None:
+    assert has_top_level_order_by(sql) is ordered
+
+
+def test_order_by_detection_on_golden_sql() -> None:
+    found = {
+        name: has_top_level_order_by(read_trace(GOLDEN / f"{name}.json").sql_statements[0].text)
+        for name in ("customers_by_tier", "pending_orders_value", "slow_higher_priced_items")
+    }
+    assert found == {"customers_by_tier": True, "pending_orders_value": False, "slow_higher_priced_items": False}
+
+
+# -- values -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "normalized"),
+    [
+        (None, None),
+        (True, True),
+        (7, 7),
+        ("x", "x"),
+        (Decimal("12.50"), 12.5),
+        (1.25, 1.25),
+        (Decimal("NaN"), "NaN"),
+        (float("inf"), "Infinity"),
+        (float("-inf"), "-Infinity"),
+        (
+            dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "2024-03-01T10:00:00+00:00",
+        ),
+        (dt.datetime(2024, 3, 1, 12, 0, 5), "2024-03-01T12:00:05"),
+        (dt.date(2024, 3, 1), "2024-03-01"),
+        (dt.time(9, 30), "09:30:00"),
+        (dt.timedelta(days=1, seconds=30), 86430.0),
+        (b"\x00\xff", "00ff"),
+        (memoryview(b"\x01"), "01"),
+        (uuid.UUID("12345678-1234-5678-1234-567812345678"), "12345678-1234-5678-1234-567812345678"),
+        ([Decimal("1.5"), [dt.date(2024, 1, 1)]], (1.5, ("2024-01-01",))),
+        ({"b": 1, "a": [1, 2]}, '{"a":[1,2],"b":1}'),
+    ],
+)
+def test_normalize_value(value: object, normalized: object) -> None:
+    result = normalize_value(value)
+    assert result == normalized
+    assert type(result) is type(normalized)
+    json.dumps(result, allow_nan=False)
+
+
+def test_normalize_value_is_idempotent() -> None:
+    row = (Decimal("1.5"), dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc), [1, 2], {"k": "v"})
+    once = tuple(normalize_value(v) for v in row)
+    assert tuple(normalize_value(v) for v in once) == once
+
+
+# -- comparison -------------------------------------------------------------------------------------------------------
+
+ROWS = [("EMEA", 10, 1200.5), ("NA", 20, 300.25), ("APAC", 5, 99.0)]
+
+
+@pytest.mark.parametrize("rule", ["bag", "set", "ordered"])
+def test_identical_results_are_equal_under_every_rule(rule: str) -> None:
+    assert compare_results(ROWS, list(ROWS), rule) is None  # type: ignore[arg-type]
+
+
+def test_bag_ignores_order_unless_it_matters() -> None:
+    shuffled = [ROWS[2], ROWS[0], ROWS[1]]
+    assert compare_results(ROWS, shuffled, "bag") is None
+    diff = compare_results(ROWS, shuffled, "bag", order_matters=True)
+    assert diff is not None
+    assert diff.summary == "golden 3 rows, now 3 rows; rows differ in order or value from row 1"
+    assert compare_results(ROWS, shuffled, "ordered") is not None
+
+
+def test_bag_counts_duplicates_set_does_not() -> None:
+    golden = [("a", 1), ("a", 1), ("b", 2)]
+    now = [("a", 1), ("b", 2), ("b", 2)]
+    diff = compare_results(golden, now, "bag")
+    assert diff is not None
+    assert diff.summary == "golden 3 rows, now 3 rows; 1 missing, 1 unexpected"
+    assert diff.lines() == ["missing:    ('a', 1)", "unexpected: ('b', 2)"]
+    assert compare_results(golden, now, "set") is None
+
+
+def test_numbers_match_within_tolerance_only() -> None:
+    golden = [("x", Decimal("1200.50")), ("y", 1 / 3)]
+    assert compare_results(golden, [("y", 0.3333333334), ("x", 1200.5000001)], "bag") is None
+    assert compare_results(golden, [("y", 0.3333333334), ("x", 1200.5000001)], "set") is None
+    diff = compare_results(golden, [("y", 0.3333333334), ("x", 1200.51)], "bag")
+    assert diff is not None
+    assert diff.lines() == ["missing:    ('x', 1200.5)", "unexpected: ('x', 1200.51)"]
+    assert compare_results(golden, [("x", 1200.51), ("y", 1 / 3)], "bag", rel_tol=1e-3) is None
+
+
+def test_tolerance_works_across_rounding_boundaries() -> None:
+    # Rounding both to 9 places would put these in different buckets; tolerant matching pairs them.
+    golden = [(0.4999999999995,), (2.0,)]
+    now = [(2.0,), (0.5000000000004,)]
+    assert compare_results(golden, now, "bag", rel_tol=1e-9, abs_tol=1e-12) is None
+    assert compare_results(golden, now, "set", rel_tol=1e-9, abs_tol=1e-12) is None
+
+
+def test_int_and_float_compare_by_value_but_bool_does_not() -> None:
+    assert compare_results([("a", 3)], [("a", 3.0)], "bag") is None
+    assert compare_results([(True,)], [(1,)], "bag") is not None
+    assert compare_results([(None,)], [(0,)], "bag") is not None
+
+
+def test_tolerant_matching_scales_to_ten_thousand_drifted_rows() -> None:
+    golden = [(i, i * 0.1) for i in range(10_000)]
+    now = [(i, i * 0.1 * (1 + 1e-9)) for i in reversed(range(10_000))]
+    assert compare_results(golden, now, "bag") is None
+    now[1234] = (1234, 0.0)
+    diff = compare_results(golden, now, "bag")
+    assert diff is not None
+    assert (len(diff.missing), len(diff.unexpected)) == (1, 1)
+
+
+def test_bag_allows_reordered_columns_like_test_suite_accuracy() -> None:
+    now = [(c, r, n) for r, n, c in ROWS]
+    assert compare_results(ROWS, now, "bag") is None
+    assert compare_results(ROWS, now, "bag", order_matters=True) is None
+    assert compare_results(ROWS, now, "set") is not None
+    assert compare_results(ROWS, now, "ordered") is not None
+
+
+def test_column_count_mismatch_is_a_difference() -> None:
+    diff = compare_results([("a", 1)], [("a", 1, "x")], "bag")
+    assert diff is not None
+    assert diff.summary == "golden 2 columns, now 3 columns (1 and 1 rows)"
+    assert compare_results([("a", 1)], [("a", 1, "x")], "set") is not None
+
+
+def test_empty_results() -> None:
+    assert compare_results([], [], "bag") is None
+    diff = compare_results([], [(1,)], "set")
+    assert diff is not None
+    assert diff.summary == "golden 0 rows, now 1 row; 0 missing, 1 unexpected"
+
+
+def test_rule_none_always_agrees() -> None:
+    assert compare_results(ROWS, [], "none") is None
+
+
+def test_unknown_rule_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown comparison rule 'fuzzy'"):
+        compare_results(ROWS, ROWS, "fuzzy")  # type: ignore[arg-type]
+
+
+def test_rows_read_back_from_json_compare_equal_to_driver_rows() -> None:
+    driver = [(Decimal("1.10"), dt.date(2024, 1, 1), [1, 2], None)]
+    snapshot = json.loads(json.dumps([[normalize_value(v) for v in driver[0]]]))
+    assert compare_results(snapshot, driver, "ordered") is None
+
+
+def test_diff_lines_are_capped() -> None:
+    diff = compare_results([(i,) for i in range(8)], [(i,) for i in range(100, 102)], "bag")
+    assert diff is not None
+    assert diff.summary == "golden 8 rows, now 2 rows; 8 missing, 2 unexpected"
+    assert diff.lines() == [
+        "missing:    (0)",
+        "missing:    (1)",
+        "missing:    (2)",
+        "missing:    (3)",
+        "missing:    (4)",
+        "... 3 more missing",
+        "unexpected: (100)",
+        "unexpected: (101)",
+    ]
+    assert str(diff).splitlines()[0] == diff.summary
+
+
+def test_ordered_diff_shows_rows_from_the_first_difference() -> None:
+    diff = compare_results([(1,), (2,), (3,)], [(1,), (3,)], "ordered")
+    assert diff is not None
+    assert diff.first_difference == 1
+    assert diff.summary == "golden 3 rows, now 2 rows; rows differ in order or value from row 2"
+    assert diff.lines() == ["golden:     (2)", "golden:     (3)", "now:        (3)"]
+    nulls = compare_results([("a", None)], [("a", 1.5)], "ordered")
+    assert nulls is not None
+    assert nulls.lines() == ["golden:     ('a', NULL)", "now:        ('a', 1.5)"]
+
+
+# -- latency and tokens -----------------------------------------------------------------------------------------------
+
+MS = 1_000_000
+
+
+def span(span_id: str, parent: str | None, start_ms: float, end_ms: float, kind: str | None, **attrs: object) -> Span:
+    attributes: dict[str, object] = dict(attrs)
+    if kind is not None:
+        attributes["openinference.span.kind"] = kind
+    return Span(
+        trace_id="t" * 32,
+        span_id=span_id,
+        parent_span_id=parent,
+        name=span_id,
+        start_time_unix_nano=int(start_ms * MS),
+        end_time_unix_nano=int(end_ms * MS),
+        attributes=attributes,  # type: ignore[arg-type]
+    )
+
+
+def app_trace(llm_ms: float, sql_ms: float, prompt: int = 300, completion: int = 40) -> Trace:
+    """A gateway-shaped trace: CHAIN root, an LLM call, then a SQL span."""
+    return Trace(
+        [
+            span("root", None, 0, llm_ms + sql_ms + 1, "CHAIN"),
+            span(
+                "llm",
+                "root",
+                0.5,
+                0.5 + llm_ms,
+                "LLM",
+                **{"llm.token_count.prompt": prompt, "llm.token_count.completion": completion},
+            ),
+            span("sql", "root", 0.5 + llm_ms, 0.5 + llm_ms + sql_ms, None, **{"db.query.text": "SELECT 1"}),
+        ]
+    )
+
+
+def test_latencies_per_kind_count_nested_spans_once() -> None:
+    trace = Trace(
+        [
+            span("root", None, 0, 100, "CHAIN"),
+            span("inner", "root", 10, 60, "CHAIN"),
+            span("llm", "inner", 10, 40, "LLM"),
+            span("retry", "llm", 20, 40, "LLM"),
+            span("tool", "root", 60, 90, "TOOL", **{"db.query.text": "SELECT 1"}),
+        ]
+    )
+    assert latencies_ms(trace) == {"total": 100.0, "LLM": 30.0, "SQL": 30.0, "CHAIN": 100.0, "TOOL": 30.0}
+
+
+def test_latencies_of_a_golden_trace() -> None:
+    slow = latencies_ms(read_trace(GOLDEN / "slow_higher_priced_items.json"))
+    assert set(slow) == {"total", "LLM", "SQL", "CHAIN"}
+    assert slow["SQL"] > 1500
+    assert slow["LLM"] < 50
+    assert slow["total"] == slow["CHAIN"]
+    assert slow["total"] >= slow["SQL"] + slow["LLM"]
+
+
+def test_slow_sql_is_a_relative_latency_violation() -> None:
+    golden = read_trace(GOLDEN / "customers_by_tier.json")
+    slow = read_trace(GOLDEN / "slow_higher_priced_items.json")
+    violations = check_latency(golden, slow, budgets_ms={})
+    assert [v.metric for v in violations] == ["total ms", "SQL ms", "CHAIN ms"]
+    sql = violations[1]
+    assert sql.check == "latency"
+    assert sql.golden == pytest.approx(latencies_ms(golden)["SQL"])
+    assert sql.now > 1500
+    assert sql.limit.startswith("<= golden + 50 ms (")
+    assert check_latency(slow, slow, budgets_ms={}) == []
+    assert check_latency(slow, golden, budgets_ms={}) == []  # faster is never a regression
+
+
+def test_tiny_durations_need_the_floor_to_be_exceeded() -> None:
+    golden, now = app_trace(llm_ms=1000, sql_ms=2), app_trace(llm_ms=1000, sql_ms=40)
+    assert check_latency(golden, now, budgets_ms={}) == []  # 20x slower, but only 38 ms more
+    violations = check_latency(golden, now, budgets_ms={}, min_ms=10)
+    assert [(v.metric, v.limit) for v in violations] == [("SQL ms", "<= golden + 10 ms (12.0 ms)")]
+
+
+def test_relative_limit_is_the_tolerance_when_that_is_larger() -> None:
+    violations = check_latency(app_trace(1000, 2), app_trace(2000, 2), budgets_ms={})
+    assert [(v.metric, v.limit) for v in violations] == [
+        ("total ms", "<= 1.5x golden (1504.5 ms)"),
+        ("LLM ms", "<= 1.5x golden (1500.0 ms)"),
+        ("CHAIN ms", "<= 1.5x golden (1504.5 ms)"),
+    ]
+    assert check_latency(app_trace(1000, 2), app_trace(2000, 2), budgets_ms={}, tolerance=2.5) == []
+
+
+def test_absolute_budgets() -> None:
+    golden, now = app_trace(4000, 5), app_trace(5200, 5)
+    violations = check_latency(golden, now, budgets_ms={"llm": 5000, "Total": 8000, "SQL": None}, tolerance=2)
+    assert violations == [Violation("latency", "LLM ms", 4000.0, 5200.0, "<= 5000 ms budget")]
+    with pytest.raises(ValueError, match="unknown latency budget 'LMM'"):
+        check_latency(golden, now, budgets_ms={"LMM": 1})
+
+
+def test_token_counts_within_tolerance_and_maxima() -> None:
+    golden = app_trace(10, 1, prompt=311, completion=44)
+    assert check_tokens(golden, app_trace(10, 1, prompt=330, completion=40)) == []
+    violations = check_tokens(golden, app_trace(10, 1, prompt=700, completion=20), max_prompt=500)
+    assert violations == [
+        Violation("tokens", "prompt tokens", 311, 700, "<= 500 max"),
+        Violation("tokens", "prompt tokens", 311, 700, "within +-10% of golden (280-342)"),
+        Violation("tokens", "completion tokens", 44, 20, "within +-10% of golden (40-48)"),
+        Violation("tokens", "total tokens", 355, 720, "within +-10% of golden (320-390)"),
+    ]
+
+
+def test_tokens_without_golden_counts_only_check_maxima() -> None:
+    golden = app_trace(10, 1, prompt=0, completion=0)
+    assert check_tokens(golden, app_trace(10, 1, prompt=900, completion=10)) == []
+    assert [v.limit for v in check_tokens(golden, app_trace(10, 1), max_total=100)] == ["<= 100 max"]
+
+
+def test_tokens_of_golden_traces() -> None:
+    a = read_trace(GOLDEN / "customers_by_tier.json")
+    b = read_trace(GOLDEN / "top_customers_2024.json")
+    assert check_tokens(a, a) == []
+    assert [v.metric for v in check_tokens(a, b)] == ["completion tokens", "total tokens"]  # 22 -> 63, 330 -> 372
+
+
+def test_format_table_is_pinned() -> None:
+    table = format_table(
+        [
+            Violation("latency", "LLM ms", 1.66, 5200.0, "<= 5000 ms budget"),
+            Violation("latency", "SQL ms", 7.712, 2084.31, "<= golden + 50 ms (57.7 ms)"),
+            Violation("tokens", "prompt tokens", 311, 700, "within +-10% of golden (280-342)"),
+            Violation("tokens", "total tokens", None, 1200, "<= 1000 max"),
+        ]
+    )
+    assert table == (
+        "metric        | golden | now    | limit\n"
+        "LLM ms        |    1.7 | 5200.0 | <= 5000 ms budget\n"
+        "SQL ms        |    7.7 | 2084.3 | <= golden + 50 ms (57.7 ms)\n"
+        "prompt tokens |    311 |    700 | within +-10% of golden (280-342)\n"
+        "total tokens  |      - |   1200 | <= 1000 max"
+    )
+    assert format_table([]) == ""
+
+
+def test_nan_equals_nan_and_nothing_else() -> None:
+    assert compare_results([(math.nan,)], [(math.nan,)], "bag") is None
+    assert compare_results([(math.nan,)], [(0.0,)], "bag") is not None
