@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NoReturn
+import difflib
+import importlib
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -11,7 +13,7 @@ from pytest_llmtrace.errors import LLMTraceError, RecordingError
 from pytest_llmtrace.services import session as services
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TestRecording",
     "llm_trace",
+    "llmtrace_app",
     "llmtrace_ollama",
     "llmtrace_phoenix",
     "llmtrace_postgres",
@@ -177,3 +180,50 @@ def llmtrace_phoenix(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
     endpoint = _start(request, "phoenix")
     with services.app_environment(PHOENIX_COLLECTOR_ENDPOINT=endpoint.url):
         yield endpoint
+
+
+@pytest.fixture
+def llmtrace_app(
+    request: pytest.FixtureRequest,
+    llmtrace_postgres: services.PostgresDatabase,
+    llmtrace_ollama: Endpoint,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[str], Any]:
+    """The app a golden case replays through: ``llmtrace_target`` from the ini, imported only now.
+
+    Imported after the services are up and DB_URI / OLLAMA_HOST are set, because apps often read them (and set up
+    their TracerProvider) at import time. Override this fixture for full control over how a question is asked.
+    """
+    from pytest_llmtrace import cases
+
+    config = cases.get_config(request.config)
+    if config.app_db == "owner":
+        monkeypatch.setenv("DB_URI", llmtrace_postgres.url)
+    app = _load_target(config.target, config.settings.source("target"))
+    recording.get_recorder(request.config).ensure_global()  # the import may have installed the app's provider
+    return app
+
+
+def _load_target(target: str, source: str) -> Callable[[str], Any]:
+    if not target:
+        pytest.fail(
+            'no app to replay the golden traces against: set llmtrace_target = "package.module:function" in the '
+            "pytest ini (the function is called with the user question), or override the llmtrace_app fixture",
+            pytrace=False,
+        )
+    module_name, sep, attribute = target.partition(":")
+    where = f"llmtrace_target {target!r} (from {source})"
+    if not sep or not module_name or not attribute:
+        pytest.fail(f"{where}: expected 'package.module:function'", pytrace=False)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        message = f"{where}: cannot import {module_name!r}: {exc} (is its folder on pythonpath?)"
+    else:
+        app = getattr(module, attribute, None)
+        if callable(app):
+            return app  # type: ignore[no-any-return]
+        near = difflib.get_close_matches(attribute, [n for n in dir(module) if not n.startswith("_")], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        message = f"{where}: module {module_name!r} has no function {attribute!r}{hint}"
+    pytest.fail(message, pytrace=False)

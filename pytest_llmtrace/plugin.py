@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from pytest_llmtrace import recording, settings
+from pytest_llmtrace import cases, recording, settings
 from pytest_llmtrace.services import session as services
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
     settings.add_options(parser, settings.SERVICE_SETTINGS)
+    settings.add_options(parser, settings.REPLAY_SETTINGS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
-    services.configure(config)
+    cases.configure(config)
+    services.configure(config, replay=cases.get_config(config).mode == "replay")
     from pytest_llmtrace import fixtures
 
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
@@ -34,10 +38,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """First, so spans ended while fixtures are set up belong to the test too."""
-    recording.start_test(item)
+    recording.start_test(item, install_provider=not cases.is_golden_item(item))
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item) -> None:
     """Last, after every fixture finalizer has run and had its chance to end its spans."""
     recording.finish_test(item)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """Each golden trace file under llmtrace_golden_dir is one test item."""
+    if cases.is_golden_file(parent.config, file_path):
+        return cases.GoldenFile.from_parent(parent, path=file_path)
+    return None

@@ -205,14 +205,17 @@ class Recorder:
     def is_attached(self, provider: object) -> bool:
         return isinstance(provider, SDKTracerProvider) and provider in self._attached
 
-    def ensure_global(self) -> None:
+    def ensure_global(self, *, install: bool = True) -> None:
         """Record from the global provider, installing one if the application has not; cheap when nothing changed.
 
         Called at the start of every test because applications often install their provider late (on first import,
-        in a fixture of an earlier test).
+        in a fixture of an earlier test). ``install=False`` leaves an empty slot empty: a golden case imports the app
+        during the test, and an app that calls ``set_tracer_provider`` at import must find the slot free.
         """
         current = trace_api.get_tracer_provider()
         if current is self._seen_global:
+            return
+        if not install and type(current) is trace_api.ProxyTracerProvider:
             return
         for _ in range(2):  # a second pass only if another thread won the race to install a provider
             if isinstance(current, SDKTracerProvider):
@@ -386,9 +389,9 @@ def report_header(config: pytest.Config) -> str:
     return f"llmtrace: recording spans via {get_recorder(config).describe()}"
 
 
-def start_test(item: pytest.Item) -> None:
+def start_test(item: pytest.Item, *, install_provider: bool = True) -> None:
     recorder = get_recorder(item.config)
-    recorder.ensure_global()
+    recorder.ensure_global(install=install_provider)
     recorder.begin(item.nodeid)
 
 

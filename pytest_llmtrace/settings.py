@@ -92,6 +92,75 @@ SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
 )
 
 
+REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "mode",
+        "replay: answer model calls from the golden traces; live: call the real model; record: live, then write the "
+        "new answers into the golden files.",
+        "replay",
+        choices=("replay", "live", "record"),
+    ),
+    SettingSpec("golden_dir", "Folder of golden trace files, relative to the rootdir.", "golden_traces"),
+    SettingSpec("target", "The app's entry point, 'package.module:function', called with the user question.", ""),
+    SettingSpec(
+        "replay_speed",
+        "recorded: replayed model calls take the recorded time; instant: they answer at once.",
+        "recorded",
+        choices=("recorded", "instant"),
+    ),
+    SettingSpec(
+        "replay_match",
+        "What a model request must match in the recording: model, messages, last_user_message, system.",
+        "model messages",
+        env=False,
+    ),
+    SettingSpec(
+        "app_db",
+        "readonly: the app's DB_URI logs in as the read-only role; owner: as the database owner (apps that write).",
+        "readonly",
+        choices=("readonly", "owner"),
+    ),
+    SettingSpec(
+        "checks",
+        "Checks run on every golden case: sql results latency tokens snapshot.",
+        "sql results latency tokens snapshot",
+        env=False,
+    ),
+    SettingSpec("sql_timeout_ms", "statement_timeout for re-executing the app's SQL.", "5000", env=False),
+    SettingSpec(
+        "result_match",
+        "How result rows are compared with the snapshot: bag, set, ordered or none.",
+        "bag",
+        choices=("bag", "set", "ordered", "none"),
+    ),
+    SettingSpec(
+        "latency_budgets_ms",
+        "Absolute latency budgets in ms per kind: total, LLM, SQL, CHAIN (e.g. 'LLM=5000 total=8000 SQL=1000').",
+        "LLM=5000 total=8000 SQL=1000",
+        env=False,
+    ),
+    SettingSpec("latency_tolerance", "Allowed slowdown relative to the golden durations.", "1.5", env=False),
+    SettingSpec(
+        "latency_floor_ms",
+        "Slowdowns smaller than this many ms are noise, whatever the ratio (a 2 ms span taking 40 ms is not a "
+        "regression on a busy CI machine).",
+        "200",
+        env=False,
+    ),
+    SettingSpec(
+        "token_tolerance", "Allowed relative change of token counts against the golden ones.", "0.10", env=False
+    ),
+    SettingSpec("token_max", "Absolute token maxima, e.g. 'prompt=4000 completion=512 total=4500'.", "", env=False),
+    SettingSpec(
+        "case_marks",
+        "Marks for golden cases: lines of '<case glob>: <mark>', e.g. 'error_*: xfail(reason=\"fails in prod\")'.",
+        "",
+        env=False,
+        ini_type="linelist",
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Resolved:
     value: str

@@ -174,6 +174,7 @@ class _HTTPError(Exception):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], backend: Backend) -> None:

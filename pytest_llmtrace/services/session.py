@@ -122,6 +122,60 @@ def _probes() -> Probes:
     return Probes(docker=docker, which=shutil.which, environ=os.environ)
 
 
+class ReplaySwitch:
+    """The backend behind the session's one replay server: each golden case plugs in its own recording.
+
+    One server for the whole run, because apps often build their Ollama client at import time from OLLAMA_HOST and
+    keep it; a new port per case would leave them talking to the first case's server.
+    """
+
+    def __init__(self) -> None:
+        self._current: Any = None
+
+    def use(self, backend: Any) -> None:
+        self._current = backend
+
+    def models(self) -> Any:
+        return self._current.models() if self._current is not None else []
+
+    def chat(self, request: Any) -> Any:
+        from pytest_llmtrace.ollama_api.server import BackendError
+
+        if self._current is None:
+            raise BackendError(
+                503,
+                "pytest-llmtrace replay server: no golden case is being replayed now (use --llmtrace-mode=live "
+                "for a real model outside golden cases)",
+            )
+        return self._current.chat(request)
+
+
+class ReplayServer:
+    """The replay mode's Ollama service: our Ollama-API front over the ReplaySwitch, on a free loopback port."""
+
+    backend = "replay"
+
+    def __init__(self, switch: ReplaySwitch) -> None:
+        self.switch = switch
+        self._server: Any = None
+
+    def start(self) -> Endpoint:
+        import time
+
+        from pytest_llmtrace.ollama_api.server import OllamaAPIServer
+
+        started = time.monotonic()
+        self._server = OllamaAPIServer(self.switch).start()
+        url = self._server.url
+        port = int(url.rsplit(":", 1)[1])
+        return Endpoint("ollama", "replay", url, "127.0.0.1", port, time.monotonic() - started)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
 class ServiceManager:
     """Chooses each service's backend once, starts it on first request, and knows how to share and stop it."""
 
@@ -134,6 +188,7 @@ class ServiceManager:
         self._choices: dict[str, Choice] = {}
         self._endpoints: dict[str, Endpoint] = {}
         self._owned: list[Backend] = []  # started by this process and stopped by it
+        self.replay_switch = ReplaySwitch()
 
     # -- choices ----------------------------------------------------------------------------------------------------
 
@@ -236,6 +291,8 @@ class ServiceManager:
             return phoenix.EmbeddedPhoenix(record)
         from pytest_llmtrace.services import ollama
 
+        if choice.backend == "replay":
+            return ReplayServer(self.replay_switch)
         if choice.backend == "url":
             assert choice.url is not None
             return ollama.UrlOllama(choice.url, model)
@@ -340,12 +397,12 @@ def app_environment(**values: str) -> Iterator[None]:
 _MANAGER_KEY = pytest.StashKey[ServiceManager]()
 
 
-def configure(config: pytest.Config) -> None:
+def configure(config: pytest.Config, *, replay: bool) -> None:
     """Resolve the service settings (a bad value is a UsageError now, not at the first test) and set up the run."""
     from pytest_llmtrace.settings import SERVICE_SETTINGS, resolve
 
     settings = resolve(config, SERVICE_SETTINGS)
-    config.stash[_MANAGER_KEY] = ServiceManager(settings, run_context(config))
+    config.stash[_MANAGER_KEY] = ServiceManager(settings, run_context(config), replay=replay)
 
 
 def get_manager(config: pytest.Config) -> ServiceManager:

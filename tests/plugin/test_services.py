@@ -320,7 +320,7 @@ def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_us
             assert again.message.content == twice.message.content  # temperature 0, no prompt cache
         """
     )
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-p", "no:randomly")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "--llmtrace-mode=live", "-p", "no:randomly")
     result.stdout.fnmatch_lines(
         ["llmtrace ollama: embedded (auto: no Docker (*), no ollama on PATH; llama.cpp serves *)"]
     )

@@ -1,0 +1,494 @@
+"""Golden trace files as pytest items: collection, the replay of one case, and its checks.
+
+Each file under the golden directory becomes one item whose id is the file stem, so ``-k``, ``-m``, ``--lf``, ``-x``
+and xdist treat captured production traffic like any other test. An item is a ``pytest.Function`` over
+``run_golden_case``: fixtures, markers and reports behave exactly as for a test function.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import fnmatch
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_llmtrace.errors import TraceFormatError
+from pytest_llmtrace.settings import REPLAY_SETTINGS, Settings, resolve
+from pytest_llmtrace.trace.otlp import read_trace, write_trace
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from pytest_llmtrace.checks.budgets import Violation
+    from pytest_llmtrace.checks.sql import SqlOutcome
+    from pytest_llmtrace.fixtures import TestRecording
+    from pytest_llmtrace.services.session import PostgresDatabase
+    from pytest_llmtrace.trace.model import Trace
+
+CHECKS = ("sql", "results", "latency", "tokens", "snapshot")
+KINDS = ("total", "LLM", "SQL", "CHAIN")
+TOKEN_KINDS = ("prompt", "completion", "total")
+MARKER = "llmtrace"
+MARKER_HELP = (
+    "llmtrace(checks=None, skip_checks=(), result_match=None, latency_budgets_ms=None, latency_tolerance=None, "
+    "latency_floor_ms=None, "
+    "token_tolerance=None, token_max=None, sql_timeout_ms=None): tune the checks of a golden case or of the "
+    "llmtrace_check helpers"
+)
+
+
+# -- configuration --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Everything a case's checks depend on: the session's settings, then the case's ``llmtrace`` marker."""
+
+    checks: frozenset[str] = frozenset(CHECKS)
+    result_match: str = "bag"
+    latency_budgets_ms: dict[str, float] = field(default_factory=dict)
+    latency_tolerance: float = 1.5
+    latency_floor_ms: float = 200.0
+    token_tolerance: float = 0.10
+    token_max: dict[str, int] = field(default_factory=dict)
+    sql_timeout_ms: int = 5000
+
+    def with_marker(self, mark: pytest.Mark, where: str) -> CheckOptions:
+        """Apply ``@pytest.mark.llmtrace(...)``; unknown names and bad values name the marker and the near miss."""
+        if mark.args:
+            raise pytest.UsageError(f"{where}: llmtrace() takes keyword arguments only, got {mark.args!r}")
+        allowed = ("checks", "skip_checks", *(f for f in self.__dataclass_fields__ if f != "checks"))
+        changes: dict[str, Any] = {}
+        for key, value in mark.kwargs.items():
+            if key not in allowed:
+                near = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise pytest.UsageError(
+                    f"{where}: llmtrace() got an unknown argument {key!r}{hint} (valid: {', '.join(allowed)})"
+                )
+            if key in ("checks", "skip_checks"):
+                names = _names(value, CHECKS, f"{where}: llmtrace({key}=...)")
+                base = set(names) if key == "checks" else set(changes.get("checks", self.checks)) - set(names)
+                changes["checks"] = frozenset(base)
+            elif key == "result_match":
+                _names([value], ("bag", "set", "ordered", "none"), f"{where}: llmtrace(result_match=...)")
+                changes[key] = value
+            elif key == "latency_budgets_ms":
+                changes[key] = {**self.latency_budgets_ms, **_numbers(value, KINDS, f"{where}: {key}", float)}
+            elif key == "token_max":
+                changes[key] = {**self.token_max, **_numbers(value, TOKEN_KINDS, f"{where}: {key}", int)}
+            else:
+                changes[key] = _number(value, f"{where}: {key}", int if key == "sql_timeout_ms" else float)
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The session's replay settings, parsed and validated once (bad values stop the run as usage errors)."""
+
+    settings: Settings
+    mode: str
+    golden_dir: Path
+    target: str
+    speed: str
+    match: tuple[str, ...]
+    app_db: str
+    options: CheckOptions
+    case_marks: tuple[tuple[str, pytest.MarkDecorator], ...]
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> ReplayConfig:
+        s = resolve(config, REPLAY_SETTINGS)
+        options = CheckOptions(
+            checks=frozenset(_names(s["checks"].split(), CHECKS, "llmtrace_checks")),
+            result_match=s["result_match"],
+            latency_budgets_ms=_parse_pairs(s["latency_budgets_ms"], KINDS, "llmtrace_latency_budgets_ms", float),
+            latency_tolerance=_number(s["latency_tolerance"], "llmtrace_latency_tolerance", float),
+            latency_floor_ms=_number(s["latency_floor_ms"], "llmtrace_latency_floor_ms", float),
+            token_tolerance=_number(s["token_tolerance"], "llmtrace_token_tolerance", float),
+            token_max=_parse_pairs(s["token_max"], TOKEN_KINDS, "llmtrace_token_max", int),
+            sql_timeout_ms=_number(s["sql_timeout_ms"], "llmtrace_sql_timeout_ms", int),
+        )
+        from pytest_llmtrace.ollama_api.replay import MATCHERS
+
+        match = tuple(_names(s["replay_match"].split(), tuple(MATCHERS), "llmtrace_replay_match"))
+        root = config.rootpath
+        return cls(
+            settings=s,
+            mode=s["mode"],
+            golden_dir=(root / s["golden_dir"]).resolve(),
+            target=s["target"],
+            speed=s["replay_speed"],
+            match=match,
+            app_db=s["app_db"],
+            options=options,
+            case_marks=tuple(_parse_case_marks(s["case_marks"])),
+        )
+
+
+def _names(values: Any, valid: tuple[str, ...], where: str) -> list[str]:
+    items = [values] if isinstance(values, str) else list(values)
+    for name in items:
+        if name not in valid:
+            near = difflib.get_close_matches(str(name), valid, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            raise pytest.UsageError(f"{where}: {name!r} is not one of {', '.join(valid)}.{hint}")
+    return [str(n) for n in items]
+
+
+def _number(value: Any, where: str, kind: type[int] | type[float]) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"{where}: expected a {kind.__name__} number, got {value!r}") from None
+    if number < 0:
+        raise pytest.UsageError(f"{where}: expected a number >= 0, got {value!r}")
+    return number
+
+
+def _numbers(value: Any, keys: tuple[str, ...], where: str, kind: type[int] | type[float]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise pytest.UsageError(f"{where}: expected a dict like {{{keys[0]!r}: 1000}}, got {value!r}")
+    _names(list(value), keys, where)
+    return {k: _number(v, f"{where}[{k!r}]", kind) for k, v in value.items()}
+
+
+def _parse_pairs(text: str, keys: tuple[str, ...], where: str, kind: type[int] | type[float]) -> dict[str, Any]:
+    pairs: dict[str, Any] = {}
+    for part in text.split():
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise pytest.UsageError(f"{where}: expected NAME=NUMBER pairs like '{keys[0]}=1000', got {part!r}")
+        _names([name], keys, where)
+        pairs[name] = _number(value, f"{where} {name}", kind)
+    return pairs
+
+
+def _parse_case_marks(text: str) -> Iterator[tuple[str, pytest.MarkDecorator]]:
+    """``<glob>: <mark>`` lines, where mark is ``name`` or ``name(key=literal, ...)``: parsed, never evaluated."""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        pattern, sep, expression = line.partition(":")
+        where = f"llmtrace_case_marks line {line.strip()!r}"
+        if not sep or not pattern.strip() or not expression.strip():
+            raise pytest.UsageError(f"{where}: expected '<case glob>: <mark>', e.g. 'error_*: xfail'")
+        try:
+            node = ast.parse(expression.strip(), mode="eval").body
+        except SyntaxError:
+            raise pytest.UsageError(f"{where}: {expression.strip()!r} is not a mark like xfail(reason='...')") from None
+        if isinstance(node, ast.Name):
+            name, kwargs, args = node.id, {}, []
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            try:
+                args = [ast.literal_eval(a) for a in node.args]
+                kwargs = {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
+            except ValueError:
+                raise pytest.UsageError(f"{where}: mark arguments must be literals (strings, numbers, True)") from None
+            name = node.func.id
+        else:
+            raise pytest.UsageError(f"{where}: {expression.strip()!r} is not a mark like xfail(reason='...')")
+        yield pattern.strip(), getattr(pytest.mark, name)(*args, **kwargs)
+
+
+# -- collection -----------------------------------------------------------------------------------------------------
+
+CONFIG_KEY = pytest.StashKey[ReplayConfig]()
+CASE_KEY = pytest.StashKey["GoldenCase"]()
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    path: Path
+    trace: Trace | None
+    error: TraceFormatError | None = None
+
+
+def configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    config.stash[CONFIG_KEY] = ReplayConfig.from_config(config)
+
+
+def get_config(config: pytest.Config) -> ReplayConfig:
+    return config.stash[CONFIG_KEY]
+
+
+def is_golden_file(config: pytest.Config, file_path: Path) -> bool:
+    golden_dir = get_config(config).golden_dir
+    return (
+        file_path.suffix == ".json"
+        and file_path.resolve().is_relative_to(golden_dir)
+        and "__snapshots__" not in file_path.parts
+    )
+
+
+def is_golden_item(item: pytest.Item) -> bool:
+    return CASE_KEY in item.stash
+
+
+class GoldenItem(pytest.Function):
+    """A ``pytest.Function`` over ``run_golden_case`` that reports the golden file, not the runner's source."""
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"golden case {self.name}"
+
+
+class GoldenFile(pytest.File):
+    """One golden trace file; yields one item named after the file, even when the file cannot be read."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            case = GoldenCase(self.path, read_trace(self.path))
+        except TraceFormatError as exc:
+            case = GoldenCase(self.path, None, exc)
+        item = GoldenItem.from_parent(self, name=self.path.stem, callobj=run_golden_case)
+        item.stash[CASE_KEY] = case
+        config = get_config(self.config)
+        for pattern, mark in config.case_marks:
+            if fnmatch.fnmatchcase(self.path.stem, pattern):
+                item.add_marker(mark)
+        yield item
+
+
+# -- running one case -----------------------------------------------------------------------------------------------
+
+
+def run_golden_case(
+    request: pytest.FixtureRequest, llm_trace: TestRecording, llmtrace_app: Callable[[str], Any]
+) -> None:
+    """Replay one captured request through the current app and check what it did now against what it did then."""
+    from pytest_llmtrace import checks as _checks  # noqa: F401 (imported for its side-effect-free submodules)
+
+    item = request.node
+    case = item.stash[CASE_KEY]
+    if case.error is not None:
+        pytest.fail(f"cannot replay this golden trace: {case.error}", pytrace=False)
+    assert case.trace is not None
+    golden = case.trace
+    config = get_config(request.config)
+    options = _options_for(item, config.options)
+    question = golden.input
+    if question is None:
+        pytest.fail(
+            f"{case.path}: the root span {golden.root.name!r} has no input.value, so there is no question to replay",
+            pytrace=False,
+        )
+    database: PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
+    replay = None
+    if config.mode == "replay":
+        from pytest_llmtrace.ollama_api.replay import ReplayBackend
+
+        replay = ReplayBackend(golden, match=config.match, speed=config.speed)  # type: ignore[arg-type]
+        services_manager(request).replay_switch.use(replay)
+    app_error: str | None = None
+    try:
+        llmtrace_app(question)
+    except Exception as exc:  # the app's failure is the finding, reported with the checks below
+        app_error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if replay is not None:
+            services_manager(request).replay_switch.use(None)
+    now = llm_trace.trace
+
+    failures: list[str] = []
+    if app_error is not None:
+        failures.append(f"[app] the app raised {app_error}")
+    if replay is not None:
+        failures.extend(_replay_failures(replay))
+    sql, result = _run_sql(now, golden, database, options, failures)
+    golden_sql = _sql_of(golden)
+    if "results" in options.checks and result is not None and result.ok:
+        failures.extend(_result_failure(request, case, golden_sql, sql, result, options))
+    if "latency" in options.checks:
+        failures.extend(_latency_failures(golden, now, options))
+    if "tokens" in options.checks:
+        failures.extend(_token_failures(golden, now, options))
+    if "snapshot" in options.checks:
+        failures.extend(_snapshot_failure(request, now, sql, result, options))
+    if config.mode == "record":
+        write_trace(now, case.path)
+    if failures:
+        header = f"golden case {item.name}: {len(failures)} check{'s' if len(failures) > 1 else ''} failed"
+        pytest.fail("\n\n".join([header, *failures]), pytrace=False)
+
+
+def services_manager(request: pytest.FixtureRequest) -> Any:
+    from pytest_llmtrace.services import session
+
+    return session.get_manager(request.config)
+
+
+def _options_for(item: pytest.Item, base: CheckOptions) -> CheckOptions:
+    options = base
+    for mark in reversed(list(item.iter_markers(MARKER))):  # closest mark applied last
+        options = options.with_marker(mark, item.nodeid)
+    return options
+
+
+def _sql_of(trace: Trace) -> str | None:
+    """The SQL the app ran; without a SQL span, the model's answer with code fences stripped."""
+    from pytest_llmtrace.checks.sql import strip_code_fences
+
+    if trace.sql_statements:
+        return trace.sql_statements[-1].text
+    calls = trace.llm_calls
+    if calls:
+        return strip_code_fences(calls[-1].output_text) or None
+    return None
+
+
+def _replay_failures(replay: Any) -> list[str]:
+    failures = []
+    for miss in replay.misses:
+        failures.append("[replay] prompt changed: " + _indent(miss.explain()).lstrip())
+    for call in replay.unused():
+        failures.append(
+            f"[replay] recorded call never made: the app did not call {call.model or 'the model'} with the "
+            f"recorded prompt ({len(call.input_messages)} messages)"
+        )
+    return failures
+
+
+def _run_sql(
+    now: Trace, golden: Trace, database: PostgresDatabase, options: CheckOptions, failures: list[str]
+) -> tuple[str | None, SqlOutcome | None]:
+    from pytest_llmtrace.checks.sql import execute_readonly
+
+    sql = _sql_of(now)
+    if sql is None:
+        if "sql" in options.checks and _sql_of(golden) is not None:
+            failures.append("[sql] the app ran no SQL now (the golden trace did)")
+        return None, None
+    result = execute_readonly(database.reader_url, sql, timeout_ms=options.sql_timeout_ms)
+    if "sql" in options.checks and not result.ok:
+        failures.append(
+            f"[sql] the SQL does not execute: {result.error} (SQLSTATE {result.sqlstate})\n"
+            + _indent(sql)
+            + _sql_diff(_sql_of(golden), sql)
+        )
+    return sql, result
+
+
+def _sql_diff(golden_sql: str | None, now_sql: str) -> str:
+    if golden_sql is None or golden_sql.strip() == now_sql.strip():
+        return ""
+    diff = difflib.unified_diff(
+        golden_sql.strip().splitlines(), now_sql.strip().splitlines(), "golden SQL", "SQL now", lineterm=""
+    )
+    return "\n" + _indent("\n".join(diff))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _snapshot_path(case: GoldenCase) -> Path:
+    return case.path.parent / "__snapshots__" / f"{case.path.stem}.json"
+
+
+def _result_failure(
+    request: pytest.FixtureRequest,
+    case: GoldenCase,
+    golden_sql: str | None,
+    sql: str | None,
+    result: SqlOutcome,
+    options: CheckOptions,
+) -> list[str]:
+    """Rows now vs the rows in the case's snapshot (what the golden SQL returned when the snapshot was taken)."""
+    from pytest_llmtrace.checks.sql import compare_results, has_top_level_order_by
+
+    if options.result_match == "none" or request.config.getoption("update_snapshots", False):
+        return []
+    try:
+        golden_result = json.loads(_snapshot_path(case).read_text()).get("result") or {}
+    except (OSError, ValueError):
+        return []  # no snapshot yet: the snapshot check reports that
+    if "rows" not in golden_result:
+        return []
+    rows = [list(r) for r in result.rows]
+    diff = compare_results(
+        golden_result["rows"],
+        rows,
+        options.result_match,  # type: ignore[arg-type]
+        order_matters=bool(golden_sql and has_top_level_order_by(golden_sql)),
+    )
+    if diff is None:
+        return []
+    lines = [f"[results] the rows differ from the snapshot ({options.result_match}): {diff.summary}"]
+    lines.extend("    " + line for line in diff.lines())
+    if sql is not None:
+        lines.append(_sql_diff(golden_sql, sql).rstrip())
+    return ["\n".join(line for line in lines if line)]
+
+
+def _latency_failures(golden: Trace, now: Trace, options: CheckOptions) -> list[str]:
+    from pytest_llmtrace.checks.budgets import check_latency
+
+    return _table(
+        "latency",
+        check_latency(
+            golden,
+            now,
+            budgets_ms=options.latency_budgets_ms,
+            tolerance=options.latency_tolerance,
+            min_ms=options.latency_floor_ms,
+        ),
+    )
+
+
+def _token_failures(golden: Trace, now: Trace, options: CheckOptions) -> list[str]:
+    from pytest_llmtrace.checks.budgets import check_tokens
+
+    violations = check_tokens(
+        golden,
+        now,
+        tolerance=options.token_tolerance,
+        max_prompt=options.token_max.get("prompt"),
+        max_completion=options.token_max.get("completion"),
+        max_total=options.token_max.get("total"),
+    )
+    return _table("tokens", violations)
+
+
+def _table(check: str, violations: list[Violation]) -> list[str]:
+    from pytest_llmtrace.checks.budgets import format_table
+
+    if not violations:
+        return []
+    return [f"[{check}]\n" + _indent(format_table(violations))]
+
+
+def _snapshot_failure(
+    request: pytest.FixtureRequest, now: Trace, sql: str | None, result: SqlOutcome | None, options: CheckOptions
+) -> list[str]:
+    from pytest_llmtrace.snapshot import OutcomeSnapshotExtension, outcome
+
+    snapshot = request.getfixturevalue("snapshot")
+    extension = OutcomeSnapshotExtension.configured(
+        result_match=options.result_match,
+        token_tolerance=options.token_tolerance,
+        latency_tolerance=options.latency_tolerance,
+        latency_floor_ms=options.latency_floor_ms,
+    )
+    data = outcome(now, sql, result)
+    try:
+        assert snapshot.use_extension(extension) == data
+    except AssertionError:
+        path = _snapshot_path(request.node.stash[CASE_KEY])
+        try:
+            golden = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return [f"[snapshot] no snapshot at {path}: run with --snapshot-update to create it"]
+        changes = extension.differences(golden, data)
+        return [
+            "[snapshot] the outcome differs from "
+            + str(path)
+            + " (--snapshot-update accepts it):\n"
+            + _indent("\n".join(changes))
+        ]
+    return []

@@ -1,0 +1,465 @@
+"""Replaying golden traces over the Ollama API: real recordings, the real HTTP front, the clients apps really use.
+
+Every test reads a trace recorded from fixtures/gateway/app.py and serves it with ``ReplayBackend`` behind
+``OllamaAPIServer``; nothing is mocked, so a recording the clients cannot consume, a counter lost on the way or a
+miss that does not reach the app as an error fails here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from pytest_llmtrace.ollama_api import BackendError, ChatMessage, ChatRequest, OllamaAPIServer
+from pytest_llmtrace.ollama_api.replay import (
+    EVAL_TOKEN_WEIGHT,
+    ReplayBackend,
+    ReplayServer,
+    format_prompt_diff,
+    replay_server,
+)
+from pytest_llmtrace.trace.model import LLMCall, Message, Trace
+from pytest_llmtrace.trace.otlp import read_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "golden_traces"
+FIXTURES = ROOT / "fixtures"
+MODEL = "qwen-sql-prod"
+PAID_SENTENCE = "Revenue means the sum of orders.amount over orders with status 'paid'."
+SLOW_NS = 2_000_000_000
+PAID_OR_PENDING = "Revenue means the sum of orders.amount over orders with status 'paid' or 'pending'."
+
+
+def golden(name: str) -> Trace:
+    return read_trace(GOLDEN / f"{name}.json")
+
+
+def only_call(trace: Trace) -> LLMCall:
+    (call,) = trace.llm_calls
+    return call
+
+
+def wire(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def with_duration(call: LLMCall, duration_ns: int) -> LLMCall:
+    span = dataclasses.replace(call.span, end_time_unix_nano=call.span.start_time_unix_nano + duration_ns)
+    return dataclasses.replace(call, span=span)
+
+
+def changed_system_prompt(call: LLMCall) -> list[dict[str, str]]:
+    messages = wire(call.input_messages)
+    assert PAID_SENTENCE in messages[0]["content"]
+    messages[0]["content"] = messages[0]["content"].replace(PAID_SENTENCE, PAID_OR_PENDING)
+    return messages
+
+
+@pytest.fixture
+def trace() -> Trace:
+    """A multi-line fenced answer: exact text survives streaming only if whitespace and newlines do."""
+    return golden("fenced_largest_order")
+
+
+@pytest.fixture
+def call(trace: Trace) -> LLMCall:
+    return only_call(trace)
+
+
+@pytest.fixture
+def server(trace: Trace) -> Iterator[ReplayServer]:
+    with replay_server(trace) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: ReplayServer) -> ollama.Client:
+    return ollama.Client(host=server.url)
+
+
+# -- the ollama client ------------------------------------------------------------------------------------------------
+
+
+def test_chat_gets_the_recorded_answer_counts_and_duration(
+    server: ReplayServer, client: ollama.Client, call: LLMCall
+) -> None:
+    response = client.chat(model=MODEL, messages=wire(call.input_messages), options={"temperature": 0}, stream=False)
+
+    assert response.message.content == call.output_text
+    assert response.message.content.startswith("```sql\nSELECT o.id")  # the fixture is what the docstring says
+    assert (
+        (response.prompt_eval_count, response.eval_count) == (call.prompt_tokens, call.completion_tokens) == (307, 36)
+    )
+    assert response.total_duration == call.span.duration_ns == 1_490_463
+    assert response.load_duration == 0
+    prompt_ns = 1_490_463 * 307 // (307 + EVAL_TOKEN_WEIGHT * 36)
+    assert (response.prompt_eval_duration, response.eval_duration) == (prompt_ns, 1_490_463 - prompt_ns)
+    assert server.backend.unused() == []
+    assert server.backend.misses == []
+
+
+def test_streamed_chat_joins_to_the_recorded_answer(client: ollama.Client, call: LLMCall) -> None:
+    parts = list(client.chat(model=MODEL, messages=wire(call.input_messages), stream=True))
+
+    assert len(parts) > 3
+    assert "".join(p.message.content or "" for p in parts) == call.output_text
+    final = parts[-1]
+    assert final.done is True
+    assert (final.prompt_eval_count, final.eval_count) == (call.prompt_tokens, call.completion_tokens)
+    assert final.total_duration == call.span.duration_ns
+
+
+def test_generate_with_system_and_prompt_matches_the_recorded_chat(client: ollama.Client, call: LLMCall) -> None:
+    system, user = call.input_messages
+    response = client.generate(model=MODEL, system=system.content, prompt=user.content, stream=False)
+
+    assert response.response == call.output_text
+    assert (response.prompt_eval_count, response.eval_count) == (call.prompt_tokens, call.completion_tokens)
+    assert response.total_duration == call.span.duration_ns
+
+
+def test_tags_and_show_list_the_recorded_model(client: ollama.Client) -> None:
+    assert [m.model for m in client.list().models] == [MODEL + ":latest"]
+    assert client.show(MODEL).capabilities == ["completion"]
+
+
+def test_model_name_with_latest_tag_is_the_recorded_model(client: ollama.Client, call: LLMCall) -> None:
+    response = client.chat(model=MODEL + ":latest", messages=wire(call.input_messages))
+    assert response.message.content == call.output_text
+
+
+# -- other clients ----------------------------------------------------------------------------------------------------
+
+
+def test_langchain_chat_ollama_gets_the_recording(server: ReplayServer, call: LLMCall) -> None:
+    from langchain_ollama import ChatOllama
+
+    llm = ChatOllama(model=MODEL, base_url=server.url, temperature=0)
+    message = llm.invoke([(m.role, m.content) for m in call.input_messages])
+
+    assert message.content == call.output_text
+    assert message.usage_metadata is not None
+    assert message.usage_metadata["input_tokens"] == call.prompt_tokens
+    assert message.usage_metadata["output_tokens"] == call.completion_tokens
+    assert server.backend.unused() == []
+
+
+def test_openai_chat_completions_get_answer_and_usage() -> None:
+    first, second = (only_call(golden(n)) for n in ("customers_by_tier", "top_customers_2024"))
+    with replay_server([first, second]) as running, httpx.Client(base_url=running.url) as http:
+        body = http.post("/v1/chat/completions", json={"model": MODEL, "messages": wire(first.input_messages)})
+        assert body.status_code == 200
+        completion: dict[str, Any] = body.json()
+        openai = pytest.importorskip("openai")
+        sdk = openai.OpenAI(base_url=running.url + "/v1", api_key="ollama")
+        try:
+            via_sdk = sdk.chat.completions.create(model=MODEL, messages=wire(second.input_messages))
+        finally:
+            sdk.close()
+
+    assert completion["choices"][0]["message"]["content"] == first.output_text
+    assert completion["usage"] == {
+        "prompt_tokens": first.prompt_tokens,
+        "completion_tokens": first.completion_tokens,
+        "total_tokens": first.total_tokens,
+    }
+    assert via_sdk.choices[0].message.content == second.output_text
+    assert via_sdk.usage is not None
+    assert (via_sdk.usage.prompt_tokens, via_sdk.usage.completion_tokens) == (
+        second.prompt_tokens,
+        second.completion_tokens,
+    )
+
+
+def test_the_reference_app_gets_the_recorded_sql(
+    server: ReplayServer, trace: Trace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", server.url)
+    monkeypatch.setenv("DB_URI", "postgresql://replay@127.0.0.1:1/company_db?connect_timeout=1")  # nothing listens
+    monkeypatch.delenv("LLM_MODEL", raising=False)
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    from gateway.app import handle_user_request
+
+    assert trace.input is not None
+    result = handle_user_request(trace.input)
+
+    (statement,) = trace.sql_statements
+    assert result["sql"] == statement.text  # the recorded fenced answer, unwrapped by the app as when recorded
+    assert result["error"]  # only the LLM leg is replayed; the database is deliberately unreachable here
+    assert server.backend.unused() == []
+    assert server.backend.misses == []
+
+
+# -- misses -----------------------------------------------------------------------------------------------------------
+
+
+def test_changed_system_prompt_is_a_miss_with_a_diff(
+    server: ReplayServer, client: ollama.Client, call: LLMCall
+) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.chat(model=MODEL, messages=changed_system_prompt(call))
+
+    assert caught.value.status_code == 400
+    assert caught.value.error == (
+        "no recorded LLM call matches this request (prompt changed?); "
+        "nearest: recorded call #0 'ollama.chat' (similarity 0.99, differs in messages)"
+    )
+    (miss,) = server.backend.misses
+    assert miss.nearest == call
+    assert miss.model == MODEL
+    assert miss.route == "/api/chat"
+    assert miss.messages[1] == ChatMessage("user", "What was the largest single order ever?")
+    assert miss.diff.splitlines()[:8] == [
+        "--- recorded prompt",
+        "+++ new prompt",
+        "@@ -1,7 +1,7 @@",
+        " [system]",
+        " You translate questions about a B2B SaaS company's database into SQL.",
+        " Answer with exactly one PostgreSQL SELECT statement and nothing else: no explanation, no comments.",
+        "-" + PAID_SENTENCE,
+        "+" + PAID_OR_PENDING,
+    ]
+    assert server.backend.unused() == [call]  # a miss uses nothing up
+    explained = miss.explain()
+    assert explained.startswith("no recorded LLM call matches the request to 'qwen-sql-prod' on /api/chat\n")
+    assert miss.diff in explained
+
+
+def test_a_miss_fails_streaming_and_openai_requests_too(server: ReplayServer, call: LLMCall) -> None:
+    messages = changed_system_prompt(call)
+    with pytest.raises(ollama.ResponseError, match=re.escape("(prompt changed?)")):
+        list(ollama.Client(host=server.url).chat(model=MODEL, messages=messages, stream=True))
+    response = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": messages})
+
+    assert response.status_code == 400
+    assert "no recorded LLM call matches this request (prompt changed?)" in response.json()["error"]["message"]
+    assert [m.route for m in server.backend.misses] == ["/api/chat", "/v1/chat/completions"]
+
+
+def test_nearest_candidates_are_ranked_by_similarity(call: LLMCall) -> None:
+    names = ("fenced_largest_order", "customers_by_tier", "top_customers_2024", "pending_orders_value")
+    backend = ReplayBackend([only_call(golden(n)) for n in names], speed="instant")
+    messages = tuple(ChatMessage(m["role"], m["content"]) for m in changed_system_prompt(call))
+
+    with pytest.raises(Exception, match="nearest: recorded call #0"):
+        backend.chat(ChatRequest(MODEL, messages))
+
+    (miss,) = backend.misses
+    assert len(miss.candidates) == 3
+    assert miss.candidates[0].index == 0
+    similarities = [c.similarity for c in miss.candidates]
+    assert similarities == sorted(similarities, reverse=True)
+    assert similarities[0] > similarities[1]
+
+
+def test_unused_until_requested_and_a_recording_answers_once(
+    server: ReplayServer, client: ollama.Client, call: LLMCall
+) -> None:
+    assert server.backend.unused() == [call]
+
+    client.chat(model=MODEL, messages=wire(call.input_messages))
+    assert server.backend.unused() == []
+    with pytest.raises(ollama.ResponseError, match="already used"):
+        client.chat(model=MODEL, messages=wire(call.input_messages))
+
+    (miss,) = server.backend.misses
+    (nearest, *_) = miss.candidates
+    assert (nearest.used, nearest.differs_in, nearest.similarity) == (True, (), 1.0)
+    assert miss.diff == ""
+    assert "the prompt is the same as the nearest recording's" in miss.explain()
+
+
+def test_calls_are_matched_by_content_not_order() -> None:
+    first, second = (only_call(golden(n)) for n in ("customers_by_tier", "inactive_products"))
+    with replay_server([first, second], speed="instant") as running:
+        client = ollama.Client(host=running.url)
+        answers = [client.chat(model=MODEL, messages=wire(c.input_messages)).message.content for c in (second, first)]
+
+    assert answers == [second.output_text, first.output_text]
+
+
+def test_parallel_http_requests_use_each_recording_once(call: LLMCall) -> None:
+    """Apps fire model calls in parallel (batch evaluation); each gets its own connection and server thread."""
+    backend = ReplayBackend([call] * 10, speed="instant")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(30)
+    with OllamaAPIServer(backend) as running:
+        clients = [ollama.Client(host=running.url) for _ in range(30)]
+
+        def ask(client: ollama.Client) -> None:
+            barrier.wait()
+            try:
+                client.chat(model=MODEL, messages=wire(call.input_messages))
+                outcomes.append("answered")
+            except ollama.ResponseError:
+                outcomes.append("missed")
+
+        threads = [threading.Thread(target=ask, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+
+    assert sorted(outcomes) == ["answered"] * 10 + ["missed"] * 20
+    assert backend.unused() == []
+    assert len(backend.misses) == 20
+
+
+def test_threads_racing_in_the_backend_use_each_recording_once(call: LLMCall) -> None:
+    """A tiny switch interval makes threads interleave between "find an unused call" and "mark it used"."""
+    short = dataclasses.replace(call, input_messages=(Message("user", "How many?"),))  # keeps the misses cheap
+    backend = ReplayBackend([short] * 50, speed="instant")
+    request = ChatRequest(MODEL, (ChatMessage("user", "How many?"),))
+    answered: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def ask() -> None:
+        barrier.wait()
+        for _ in range(25):
+            with contextlib.suppress(BackendError):
+                answered.append(backend.chat(request).eval_count)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+
+    assert len(answered) == 50
+    assert len(backend.misses) == 8 * 25 - 50
+    assert backend.unused() == []
+
+
+# -- matchers ---------------------------------------------------------------------------------------------------------
+
+
+def test_last_user_message_matcher_ignores_a_changed_system_prompt(call: LLMCall) -> None:
+    with replay_server([call], match=("model", "last_user_message")) as running:
+        response = ollama.Client(host=running.url).chat(model=MODEL, messages=changed_system_prompt(call))
+    assert response.message.content == call.output_text
+
+
+def test_system_matcher_ignores_the_question_but_not_the_system_prompt(call: LLMCall) -> None:
+    backend = ReplayBackend([call, call], match=("system",), speed="instant")
+    system = ChatMessage("system", call.input_messages[0].content)
+
+    answer = backend.chat(ChatRequest(MODEL, (system, ChatMessage("user", "Something else entirely?"))))
+    assert answer.text == call.output_text
+    changed = ChatMessage("system", system.content.replace(PAID_SENTENCE, PAID_OR_PENDING))
+    with pytest.raises(Exception, match="differs in system"):
+        backend.chat(ChatRequest(MODEL, (changed, ChatMessage("user", "Something else entirely?"))))
+
+
+def test_messages_match_after_normalizing_role_case_and_whitespace(call: LLMCall) -> None:
+    backend = ReplayBackend([call], speed="instant")
+    system, user = call.input_messages
+    reflowed = (
+        ChatMessage("System", "  " + re.sub(r"\s+", "  \n ", system.content)),
+        ChatMessage("USER", user.content + "\n\n"),
+    )
+
+    assert backend.chat(ChatRequest(MODEL + ":latest", reflowed)).text == call.output_text
+
+
+def test_model_matcher_tells_recorded_models_apart(call: LLMCall) -> None:
+    canary_answer = (Message("assistant", "SELECT 1;"),)
+    canary = dataclasses.replace(call, model="qwen-sql-canary:latest", output_messages=canary_answer)
+    backend = ReplayBackend([call, canary], speed="instant")
+    messages = tuple(ChatMessage(m.role, m.content) for m in call.input_messages)
+
+    assert [m.name for m in backend.models()] == ["qwen-sql-prod:latest", "qwen-sql-canary:latest"]
+    assert backend.chat(ChatRequest("qwen-sql-canary", messages)).text == "SELECT 1;"
+    with pytest.raises(Exception, match=re.escape("similarity 1.00, differs in model")):
+        backend.chat(ChatRequest("qwen-sql-canary", messages))
+
+
+def test_model_option_serves_the_recording_under_another_name(call: LLMCall) -> None:
+    backend = ReplayBackend([dataclasses.replace(call, model=None)], model="qwen-sql-next", speed="instant")
+    messages = tuple(ChatMessage(m.role, m.content) for m in call.input_messages)
+
+    assert [m.name for m in backend.models()] == ["qwen-sql-next:latest"]
+    assert backend.chat(ChatRequest("qwen-sql-next", messages)).text == call.output_text
+
+
+def test_a_recording_without_model_name_needs_the_model_option(call: LLMCall) -> None:
+    with pytest.raises(ValueError, match=re.escape("recorded LLM call #0 'ollama.chat' has no llm.model_name")):
+        ReplayBackend([dataclasses.replace(call, model=None)])
+
+
+def test_unknown_matcher_names_the_valid_ones(trace: Trace) -> None:
+    expected = "unknown replay matcher 'prompt'; valid matchers: last_user_message, messages, model, system"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        ReplayBackend(trace, match=("model", "prompt"))
+
+
+def test_empty_match_replays_in_recorded_order() -> None:
+    first, second = (only_call(golden(n)) for n in ("customers_by_tier", "inactive_products"))
+    backend = ReplayBackend([first, second], match=(), speed="instant")
+    anything = (ChatMessage("user", "anything"),)
+
+    assert [backend.chat(ChatRequest(MODEL, anything)).text for _ in range(2)] == [
+        first.output_text,
+        second.output_text,
+    ]
+
+
+# -- speed ------------------------------------------------------------------------------------------------------------
+
+
+def test_instant_does_not_wait_for_the_recorded_duration(call: LLMCall) -> None:
+    slow = with_duration(call, SLOW_NS)
+    with replay_server([slow], speed="instant") as running:
+        started = time.monotonic()
+        response = ollama.Client(host=running.url).chat(model=MODEL, messages=wire(call.input_messages))
+        elapsed = time.monotonic() - started
+
+    assert response.total_duration == SLOW_NS  # still reported as recorded
+    assert elapsed < 1.0
+
+
+def test_recorded_speed_takes_at_least_the_recorded_duration(call: LLMCall) -> None:
+    slow = with_duration(call, SLOW_NS)
+    with replay_server([slow]) as running:
+        started = time.monotonic()
+        response = ollama.Client(host=running.url).chat(model=MODEL, messages=wire(call.input_messages))
+        elapsed = time.monotonic() - started
+
+    assert response.message.content == call.output_text
+    assert elapsed >= SLOW_NS / 1e9
+
+
+# -- the diff ---------------------------------------------------------------------------------------------------------
+
+
+def test_prompt_diff_renders_one_block_per_message_and_keeps_long_lines() -> None:
+    long_line = "x" * 500
+    recorded = [Message("system", f"Be brief.\n{long_line}"), Message("user", "How many?")]
+    new = [ChatMessage("system", f"Be brief.\n{long_line}"), ChatMessage("user", "How many orders?")]
+
+    assert format_prompt_diff(recorded, new).splitlines() == [
+        "--- recorded prompt",
+        "+++ new prompt",
+        "@@ -3,4 +3,4 @@",
+        " " + long_line,
+        " ",
+        " [user]",
+        "-How many?",
+        "+How many orders?",
+    ]
+    assert format_prompt_diff(recorded, recorded) == ""
