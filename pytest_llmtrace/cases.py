@@ -271,7 +271,7 @@ def run_golden_case(
     assert case.trace is not None
     golden = case.trace
     config = get_config(request.config)
-    options = _options_for(item, config.options)
+    options = options_for(item, config.options)
     question = golden.input
     if question is None:
         pytest.fail(
@@ -301,7 +301,7 @@ def run_golden_case(
     if replay is not None:
         failures.extend(_replay_failures(replay))
     sql, result = _run_sql(now, golden, database, options, failures)
-    golden_sql = _sql_of(golden)
+    golden_sql = sql_of(golden)
     if "results" in options.checks and result is not None and result.ok:
         failures.extend(_result_failure(request, case, golden_sql, sql, result, options))
     if "latency" in options.checks:
@@ -309,7 +309,7 @@ def run_golden_case(
     if "tokens" in options.checks:
         failures.extend(_token_failures(golden, now, options))
     if "snapshot" in options.checks:
-        failures.extend(_snapshot_failure(request, now, sql, result, options))
+        failures.extend(snapshot_failures(request, now, sql, result, options))
     if config.mode == "record":
         write_trace(now, case.path)
     if failures:
@@ -323,14 +323,14 @@ def services_manager(request: pytest.FixtureRequest) -> Any:
     return session.get_manager(request.config)
 
 
-def _options_for(item: pytest.Item, base: CheckOptions) -> CheckOptions:
+def options_for(item: pytest.Item, base: CheckOptions) -> CheckOptions:
     options = base
     for mark in reversed(list(item.iter_markers(MARKER))):  # closest mark applied last
         options = options.with_marker(mark, item.nodeid)
     return options
 
 
-def _sql_of(trace: Trace) -> str | None:
+def sql_of(trace: Trace) -> str | None:
     """The SQL the app ran; without a SQL span, the model's answer with code fences stripped."""
     from pytest_llmtrace.checks.sql import strip_code_fences
 
@@ -359,9 +359,9 @@ def _run_sql(
 ) -> tuple[str | None, SqlOutcome | None]:
     from pytest_llmtrace.checks.sql import execute_readonly
 
-    sql = _sql_of(now)
+    sql = sql_of(now)
     if sql is None:
-        if "sql" in options.checks and _sql_of(golden) is not None:
+        if "sql" in options.checks and sql_of(golden) is not None:
             failures.append("[sql] the app ran no SQL now (the golden trace did)")
         return None, None
     result = execute_readonly(database.reader_url, sql, timeout_ms=options.sql_timeout_ms)
@@ -369,7 +369,7 @@ def _run_sql(
         failures.append(
             f"[sql] the SQL does not execute: {result.error} (SQLSTATE {result.sqlstate})\n"
             + _indent(sql)
-            + _sql_diff(_sql_of(golden), sql)
+            + _sql_diff(sql_of(golden), sql)
         )
     return sql, result
 
@@ -463,7 +463,14 @@ def _table(check: str, violations: list[Violation]) -> list[str]:
     return [f"[{check}]\n" + _indent(format_table(violations))]
 
 
-def _snapshot_failure(
+def budget_failures(violations: list[Violation]) -> list[str]:
+    """Latency and token violations as the report shows them: one table per check."""
+    return _table("latency", [v for v in violations if v.check == "latency"]) + _table(
+        "tokens", [v for v in violations if v.check == "tokens"]
+    )
+
+
+def snapshot_failures(
     request: pytest.FixtureRequest, now: Trace, sql: str | None, result: SqlOutcome | None, options: CheckOptions
 ) -> list[str]:
     from pytest_llmtrace.snapshot import OutcomeSnapshotExtension, outcome
@@ -476,10 +483,11 @@ def _snapshot_failure(
         latency_floor_ms=options.latency_floor_ms,
     )
     data = outcome(now, sql, result)
+    assertion = snapshot.use_extension(extension)
+    path = Path(extension.get_location(test_location=assertion.test_location, index=assertion.index))
     try:
-        assert snapshot.use_extension(extension) == data
+        assert assertion == data
     except AssertionError:
-        path = _snapshot_path(request.node.stash[CASE_KEY])
         try:
             golden = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import TracerProvider
 
+    from pytest_llmtrace.assertions import Checker
     from pytest_llmtrace.services.base import Endpoint
     from pytest_llmtrace.trace.model import LLMCall, Span, SqlStatement, Trace
 
@@ -24,6 +25,7 @@ __all__ = [
     "TestRecording",
     "llm_trace",
     "llmtrace_app",
+    "llmtrace_check",
     "llmtrace_ollama",
     "llmtrace_phoenix",
     "llmtrace_postgres",
@@ -227,3 +229,11 @@ def _load_target(target: str, source: str) -> Callable[[str], Any]:
         hint = f"; did you mean {near[0]!r}?" if near else ""
         message = f"{where}: module {module_name!r} has no function {attribute!r}{hint}"
     pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def llmtrace_check(request: pytest.FixtureRequest, llm_trace: TestRecording) -> Checker:
+    """Golden-case checks for hand-written tests: ``sql_executes()``, ``within_budget()``, ``matches_snapshot()``."""
+    from pytest_llmtrace.assertions import Checker
+
+    return Checker(request, llm_trace)

@@ -1,0 +1,106 @@
+"""llmtrace_check in hand-written tests: the golden-case checks on whatever the test just recorded."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+APP = '''
+from opentelemetry import trace
+
+tracer = trace.get_tracer("app")
+
+
+def ask(question, sql, *, prompt_tokens=300, completion_tokens=40):
+    """Spans shaped like the reference gateway's, without a model: the helpers only read spans."""
+    with tracer.start_as_current_span("request", attributes={"openinference.span.kind": "CHAIN",
+                                                             "input.value": question}):
+        with tracer.start_as_current_span("llm", attributes={
+            "openinference.span.kind": "LLM",
+            "llm.model_name": "qwen-sql-prod",
+            "llm.token_count.prompt": prompt_tokens,
+            "llm.token_count.completion": completion_tokens,
+            "llm.output_messages.0.message.role": "assistant",
+            "llm.output_messages.0.message.content": sql,
+        }):
+            pass
+        with tracer.start_as_current_span("sql", attributes={"db.system.name": "postgresql", "db.query.text": sql}):
+            pass
+'''
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    pytester.makepyfile(app=APP)
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n")
+    return pytester
+
+
+def test_passing_helpers_and_snapshot_creation(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_app="""
+        from app import ask
+
+        def test_revenue(llm_trace, llmtrace_check):
+            ask("SMB revenue?", "SELECT tier, count(*) FROM customers GROUP BY tier ORDER BY tier")
+            result = llmtrace_check.sql_executes()
+            assert result.rows == (("Enterprise", 30), ("Mid-Market", 90), ("SMB", 180))
+            llmtrace_check.within_budget(latency_ms={"total": 60_000}, tokens={"total": 1000})
+            llmtrace_check.matches_snapshot()
+        """
+    )
+    first = project.runpytest_subprocess("--llmtrace-postgres=embedded")
+    first.stdout.fnmatch_lines(["*[[]snapshot[]] no snapshot at *__snapshots__/test_revenue.json*"])
+    first.assert_outcomes(failed=1)
+    project.runpytest_subprocess("--llmtrace-postgres=embedded", "--snapshot-update").assert_outcomes(passed=1)
+    stored = (project.path / "__snapshots__" / "test_revenue.json").read_text()
+    assert '"Mid-Market"' in stored
+    assert '"prompt": 300' in stored
+    project.runpytest_subprocess("--llmtrace-postgres=embedded").assert_outcomes(passed=1)
+
+
+def test_failing_helpers_name_the_check(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_app="""
+        import pytest
+        from app import ask
+
+        def test_bad_sql(llm_trace, llmtrace_check):
+            ask("segments?", "SELECT segment FROM customers")
+            llmtrace_check.sql_executes()
+
+        def test_destructive(llm_trace, llmtrace_check):
+            ask("clean up", "DELETE FROM orders")
+            llmtrace_check.sql_executes()
+
+        def test_over_budget(llm_trace, llmtrace_check):
+            ask("big", "SELECT 1", prompt_tokens=5000, completion_tokens=10)
+            llmtrace_check.within_budget(tokens={"prompt": 4000})
+
+        @pytest.mark.llmtrace(token_max={"total": 100})
+        def test_marker_budget(llm_trace, llmtrace_check):
+            ask("small", "SELECT 1", prompt_tokens=90, completion_tokens=20)
+            llmtrace_check.within_budget()
+
+        def test_typo(llm_trace, llmtrace_check):
+            ask("x", "SELECT 1")
+            llmtrace_check.within_budget(latency_ms={"LMM": 10})
+        """
+    )
+    result = project.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result.assert_outcomes(failed=5)
+    result.stdout.fnmatch_lines(
+        [
+            '*[[]sql[]] the SQL does not execute: column "segment" does not exist (SQLSTATE 42703)',
+            "*[[]sql[]] the SQL does not execute: cannot execute DELETE in a read-only transaction (SQLSTATE 25006)",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*[[]tokens[]]", "*prompt tokens*5000*<= 4000*"])
+    result.stdout.fnmatch_lines(["*[[]tokens[]]", "*total tokens*110*<= 100*"])
+    result.stdout.fnmatch_lines(["*llmtrace_check.within_budget: *LMM*"])
+    assert "Traceback" not in result.stdout.str()
