@@ -174,7 +174,7 @@ class _HTTPError(Exception):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-
+    request_queue_size = 128  # socketserver's 5 resets connections when an app fires parallel model calls
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], backend: Backend) -> None:

@@ -316,17 +316,21 @@ def test_parallel_http_requests_use_each_recording_once(call: LLMCall) -> None:
     assert len(backend.misses) == 20
 
 
-def test_threads_racing_in_the_backend_use_each_recording_once(call: LLMCall) -> None:
-    """A tiny switch interval makes threads interleave between "find an unused call" and "mark it used"."""
+@pytest.mark.parametrize("attempt", range(5))
+def test_threads_racing_in_the_backend_use_each_recording_once(call: LLMCall, attempt: int) -> None:
+    """A tiny switch interval makes threads interleave between "find an unused call" and "mark it used".
+
+    A race is probabilistic, so the test runs several times (0.1 s each); without the lock most attempts fail.
+    """
     short = dataclasses.replace(call, input_messages=(Message("user", "How many?"),))  # keeps the misses cheap
-    backend = ReplayBackend([short] * 50, speed="instant")
+    backend = ReplayBackend([short] * 200, speed="instant")
     request = ChatRequest(MODEL, (ChatMessage("user", "How many?"),))
     answered: list[int] = []
     barrier = threading.Barrier(8)
 
     def ask() -> None:
         barrier.wait()
-        for _ in range(25):
+        for _ in range(50):
             with contextlib.suppress(BackendError):
                 answered.append(backend.chat(request).eval_count)
 
@@ -341,8 +345,8 @@ def test_threads_racing_in_the_backend_use_each_recording_once(call: LLMCall) ->
     finally:
         sys.setswitchinterval(interval)
 
-    assert len(answered) == 50
-    assert len(backend.misses) == 8 * 25 - 50
+    assert len(answered) == 200
+    assert len(backend.misses) == 8 * 50 - 200
     assert backend.unused() == []
 
 
