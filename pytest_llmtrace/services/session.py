@@ -233,6 +233,11 @@ class ServiceManager:
             lines.append(f"llmtrace {service}: {decided}")
         return lines
 
+    @property
+    def started(self) -> tuple[str, ...]:
+        """The services this process started or attached to, in that order."""
+        return tuple(self._endpoints)
+
     # -- starting ---------------------------------------------------------------------------------------------------
 
     def endpoint(self, service: str) -> Endpoint:

@@ -325,3 +325,28 @@ def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_us
         ["llmtrace ollama: embedded (auto: no Docker (*), no ollama on PATH; llama.cpp serves *)"]
     )
     result.assert_outcomes(passed=1)
+
+
+def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            loaded = sorted(m for m in sys.modules if m == "phoenix" or m.startswith(("phoenix.", "testcontainers")))
+            print("LOADED", loaded)
+            from pytest_llmtrace.services.session import get_manager
+
+            print("STARTED", list(get_manager(session.config).started))
+        """
+    )
+    pytester.makepyfile("def test_db(llmtrace_postgres): pass")
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*LOADED []*"])
+    assert not [
+        p
+        for p in psutil.process_iter(attrs=["cmdline"])
+        if "phoenix.server.main" in " ".join(p.info.get("cmdline") or [])
+    ]
