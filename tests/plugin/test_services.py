@@ -344,4 +344,4 @@ def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*LOADED []*", "*STARTED ['postgres']*"])
+    result.stdout.fnmatch_lines(["*LOADED [[][]]*", "*STARTED [[]'postgres'[]]*"])
