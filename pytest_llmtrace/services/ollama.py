@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pytest_llmtrace.ollama_api.server import normalize_model_name
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
-from pytest_llmtrace.services.process import ManagedProcess, OwnedTempDir
+from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
     from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend
@@ -238,8 +238,7 @@ class BinaryOllama:
         self.record = record
         self.executable = executable
         self.timeout = timeout
-        self._process: ManagedProcess | None = None
-        self._workdir: OwnedTempDir | None = None
+        self._server = ServerProcess(SERVICE, self.backend, prefix="llmtrace-ollama-", record=record)
 
     def start(self) -> Endpoint:
         started = time.monotonic()
@@ -256,44 +255,24 @@ class BinaryOllama:
         models.mkdir(parents=True, exist_ok=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        self._workdir = OwnedTempDir("llmtrace-ollama-", self.record)
         env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(models)}
-        self._process = process = ManagedProcess(
-            [found, "serve"], log_path=self._workdir.path / "ollama.log", env=env, record=self.record
+        self._server.start(
+            [found, "serve"],
+            env=env,
+            health_url=url + "/api/version",
+            timeout=self.timeout,
+            fix=f"check the log above, or use {OTHER_BACKENDS}",
         )
-        try:
-            process.start()
-        except OSError as exc:
-            self.stop()
-            raise ServiceStartError(
-                SERVICE, self.backend, f"cannot run {found}: {exc.strerror or exc}", fix="reinstall Ollama"
-            ) from exc
-        if not wait_until(lambda: http_ok(url + "/api/version"), timeout=self.timeout, alive=process.alive):
-            reason = (
-                f"`{found} serve` exited with code {process.returncode}"
-                if not process.alive()
-                else f"GET {url}/api/version did not answer within {self.timeout:.0f} s"
-            )
-            log = process.log_tail()
-            self.stop()
-            raise ServiceStartError(
-                SERVICE, self.backend, reason, log=log, fix=f"check the log above, or use {OTHER_BACKENDS}"
-            )
         try:
             ensure_model(url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path)
         except ServiceStartError as exc:
-            log = process.log_tail()
+            log = self._server.log_tail()
             self.stop()
             raise ServiceStartError(SERVICE, self.backend, exc.reason, log=log, fix=exc.fix) from exc
         return _endpoint(self.backend, url, started, self.model_name, models_dir=str(models))
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
+        self._server.stop()
 
 
 class DockerOllama:

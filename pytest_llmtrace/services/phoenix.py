@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
-from pytest_llmtrace.services.process import ManagedProcess, OwnedTempDir
+from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.process import RunRecord
@@ -46,10 +46,8 @@ class EmbeddedPhoenix:
     backend = "embedded"
 
     def __init__(self, record: RunRecord | None = None, timeout: float = START_TIMEOUT_S) -> None:
-        self.record = record
         self.timeout = timeout
-        self._process: ManagedProcess | None = None
-        self._workdir: OwnedTempDir | None = None
+        self._server = ServerProcess("phoenix", self.backend, prefix="llmtrace-phoenix-", record=record)
 
     def start(self) -> Endpoint:
         if importlib.util.find_spec("phoenix.server") is None:
@@ -60,49 +58,27 @@ class EmbeddedPhoenix:
                 fix=f"{INSTALL_HINT}, or use --llmtrace-phoenix=http://host:6006 for a running Phoenix",
             )
         started = time.monotonic()
-        self._workdir = OwnedTempDir("llmtrace-phoenix-", self.record)
         port, grpc_port = free_port(), free_port()
         env = {
             **_clean_environ(),
-            "PHOENIX_WORKING_DIR": str(self._workdir.path),
+            "PHOENIX_WORKING_DIR": str(self._server.workdir),
             "PHOENIX_HOST": "127.0.0.1",
             "PHOENIX_PORT": str(port),
             "PHOENIX_GRPC_PORT": str(grpc_port),
             "PHOENIX_TELEMETRY_ENABLED": "false",
         }
-        self._process = ManagedProcess(
-            [sys.executable, "-m", "phoenix.server.main", "serve"],
-            log_path=self._workdir.path / "phoenix.log",
-            env=env,
-            record=self.record,
-        )
-        self._process.start()
         url = f"http://127.0.0.1:{port}"
-        if not wait_until(lambda: http_ok(url + "/healthz"), timeout=self.timeout, alive=self._process.alive):
-            process = self._process
-            reason = (
-                f"exited with code {process.returncode}"
-                if not process.alive()
-                else f"GET {url}/healthz did not answer within {self.timeout:.0f} s"
-            )
-            log = process.log_tail()
-            self.stop()
-            raise ServiceStartError(
-                "phoenix",
-                self.backend,
-                reason,
-                log=log,
-                fix="check the log above; or point at a running Phoenix with --llmtrace-phoenix=http://host:6006",
-            )
+        self._server.start(
+            [sys.executable, "-m", "phoenix.server.main", "serve"],
+            env=env,
+            health_url=url + "/healthz",
+            timeout=self.timeout,
+            fix="check the log above; or point at a running Phoenix with --llmtrace-phoenix=http://host:6006",
+        )
         return _endpoint(self.backend, url, started, grpc_port)
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
+        self._server.stop()
 
 
 class DockerPhoenix:

@@ -254,3 +254,65 @@ class OwnedTempDir:
             shutil.rmtree(self.path, ignore_errors=True)
         if self.record is not None:
             self.record.remove_path(self.path)
+
+
+class ServerProcess:
+    """A server subprocess with a throwaway working dir, awaited over HTTP: what ``phoenix serve`` and
+    ``ollama serve`` have in common. A start that fails says why, shows the log's tail and names the fix."""
+
+    def __init__(self, service: str, backend: str, *, prefix: str, record: RunRecord | None = None) -> None:
+        self.service = service
+        self.backend = backend
+        self.prefix = prefix
+        self.record = record
+        self._workdir: OwnedTempDir | None = None
+        self._process: ManagedProcess | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """Created on first use, so the caller can point the server's environment at it before ``start``."""
+        if self._workdir is None:
+            self._workdir = OwnedTempDir(self.prefix, self.record)
+        return self._workdir.path
+
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str], health_url: str, timeout: float, fix: str) -> None:
+        from pytest_llmtrace.services.base import ServiceStartError, http_ok, wait_until
+
+        process = ManagedProcess(argv, log_path=self.workdir / f"{self.service}.log", env=env, record=self.record)
+        self._process = process
+        try:
+            process.start()
+        except OSError as exc:
+            self.stop()
+            raise ServiceStartError(
+                self.service, self.backend, f"cannot run {argv[0]}: {exc.strerror or exc}", fix=fix
+            ) from exc
+        if not wait_until(lambda: http_ok(health_url), timeout=timeout, alive=process.alive):
+            reason = (
+                f"`{' '.join(argv[-2:])}` exited with code {process.returncode}"
+                if not process.alive()
+                else f"GET {health_url} did not answer within {timeout:.0f} s"
+            )
+            log = process.log_tail()
+            self.stop()
+            raise ServiceStartError(self.service, self.backend, reason, log=log, fix=fix)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process or its working dir still exists (a stop leaves neither)."""
+        return self._process is not None or self._workdir is not None
+
+    def log_tail(self) -> list[str]:
+        return self._process.log_tail() if self._process is not None else []
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None

@@ -272,8 +272,7 @@ def test_binary_that_exits_at_once_shows_its_log_and_leaves_nothing_behind(fake_
     assert error.log_tail == ["Error: listen tcp 127.0.0.1:11434: bind: address in use"]
     assert "last 1 lines of its log:" in str(error)
     assert not record.path.exists()  # no process or temp dir left to reap
-    assert service._workdir is None
-    assert service._process is None
+    assert not service._server.running
 
 
 def test_binary_serves_on_a_free_port_with_the_model_cache_and_stops_its_process_group(
@@ -286,9 +285,7 @@ def test_binary_serves_on_a_free_port_with_the_model_cache_and_stops_its_process
 
     endpoint = service.start()
     try:
-        assert service._process is not None
-        assert service._workdir is not None
-        pid, workdir = service._process.pid, service._workdir.path
+        pid, workdir = service._server.pid, service._server.workdir
         assert (endpoint.backend, endpoint.host) == ("binary", "127.0.0.1")
         assert (model_cache / "seen-by-fake-ollama").read_text() == f"127.0.0.1:{endpoint.port}"
         assert endpoint.extra == {"model": MODEL, "models_dir": str(model_cache)}
