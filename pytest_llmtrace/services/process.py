@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,10 +42,16 @@ class RunRecord:
     """
 
     def __init__(
-        self, directory: Path | None = None, *, owner_pid: int | None = None, owner_create_time: float | None = None
+        self,
+        directory: Path | None = None,
+        *,
+        owner_pid: int | None = None,
+        owner_create_time: float | None = None,
+        path: Path | None = None,
     ) -> None:
         self.owner_pid = os.getpid() if owner_pid is None else owner_pid
-        self.path = (directory or registry_dir()) / f"{self.owner_pid}.json"
+        # The run id in the name: two runs in one process (pytester's in-process runs) must not share a record.
+        self.path = path or (directory or registry_dir()) / f"{self.owner_pid}-{uuid.uuid4().hex[:8]}.json"
         self.owner_create_time = (
             psutil.Process(self.owner_pid).create_time() if owner_create_time is None else owner_create_time
         )

@@ -83,7 +83,9 @@ def run_context(config: pytest.Config) -> RunContext:
         run_id = str(workerinput["testrunuid"])
         run_dir = registry_dir().parent / f"run-{run_id}"
         owner = json.loads((run_dir / "owner.json").read_text())
-        record = RunRecord(owner_pid=int(owner["pid"]), owner_create_time=float(owner["create_time"]))
+        record = RunRecord(
+            owner_pid=int(owner["pid"]), owner_create_time=float(owner["create_time"]), path=Path(owner["record"])
+        )
         return RunContext(run_id, run_dir, record, coordinator=False, worker_id=str(workerinput["workerid"]))
     reap_orphans()
     run_id = uuid.uuid4().hex
@@ -95,7 +97,8 @@ def run_context(config: pytest.Config) -> RunContext:
     run_dir.mkdir(parents=True, exist_ok=True)
     record = RunRecord()
     record.add_path(run_dir)
-    (run_dir / "owner.json").write_text(json.dumps({"pid": record.owner_pid, "create_time": record.owner_create_time}))
+    owner = {"pid": record.owner_pid, "create_time": record.owner_create_time, "record": str(record.path)}
+    (run_dir / "owner.json").write_text(json.dumps(owner))
     return RunContext(run_id, run_dir, record, coordinator=True, worker_id="main")
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,11 +11,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
 
 from pytest_llmtrace.services.process import registry_dir
+
+if TYPE_CHECKING:
+    from pytest_llmtrace.services.session import PostgresDatabase
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +47,8 @@ def _dead_owner_records() -> list[Path]:
     """Run records whose pytest process is gone: a run that ended normally removes its own."""
     dead = []
     for record in registry_dir().glob("*.json"):
-        if not psutil.pid_exists(int(record.stem)):
+        owner = json.loads(record.read_text())["owner_pid"]
+        if not psutil.pid_exists(owner):
             dead.append(record)
     return dead
 
@@ -345,3 +351,17 @@ def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*LOADED [[][]]*", "*STARTED [[]'postgres'[]]*"])
+
+
+def test_an_in_process_pytester_run_leaves_the_outer_runs_services_alone(
+    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase
+) -> None:
+    """Both runs live in one process: the inner run's clean-up must not reap the outer run's server."""
+    import psycopg2
+
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    with psycopg2.connect(llmtrace_postgres.url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM customers")
+        assert cur.fetchone() == (300,)
