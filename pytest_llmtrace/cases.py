@@ -258,12 +258,35 @@ class GoldenFile(pytest.File):
 # -- running one case -----------------------------------------------------------------------------------------------
 
 
-def run_golden_case(
-    request: pytest.FixtureRequest, llm_trace: TestRecording, llmtrace_app: Callable[[str], Any]
-) -> None:
+def run_golden_case(request: pytest.FixtureRequest, llm_trace: TestRecording) -> None:
     """Replay one captured request through the current app and check what it did now against what it did then."""
-    from pytest_llmtrace import checks as _checks  # noqa: F401 (imported for its side-effect-free submodules)
+    snapshot_asserted: list[bool] = []
+    try:
+        _replay_case(request, llm_trace, snapshot_asserted)
+    finally:
+        if not snapshot_asserted:
+            _keep_snapshot(request)
 
+
+def _keep_snapshot(request: pytest.FixtureRequest) -> None:
+    """Tell syrupy the case's snapshot is still in use when the case could not reach its snapshot check.
+
+    Otherwise ``--snapshot-update`` deletes the snapshot of every case that failed early (an app error, a
+    malformed file) or runs without the snapshot check, as syrupy does for tests that never assert their snapshot.
+    Asserting the stored outcome against itself marks it used and writes nothing.
+    """
+    from pytest_llmtrace.snapshot import OutcomeSnapshotExtension
+
+    snapshot = request.getfixturevalue("snapshot").use_extension(OutcomeSnapshotExtension)
+    path = Path(OutcomeSnapshotExtension.get_location(test_location=snapshot.test_location, index=snapshot.index))
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # nothing stored, nothing to keep
+    assert snapshot == stored
+
+
+def _replay_case(request: pytest.FixtureRequest, llm_trace: TestRecording, snapshot_asserted: list[bool]) -> None:
     item = request.node
     case = item.stash[CASE_KEY]
     if case.error is not None:
@@ -278,6 +301,7 @@ def run_golden_case(
             f"{case.path}: the root span {golden.root.name!r} has no input.value, so there is no question to replay",
             pytrace=False,
         )
+    llmtrace_app: Callable[[str], Any] = request.getfixturevalue("llmtrace_app")  # starts the services
     database: PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
     replay = None
     if config.mode == "replay":
@@ -294,6 +318,9 @@ def run_golden_case(
         if replay is not None:
             services_manager(request).replay_switch.use(None)
     now = llm_trace.trace
+    if config.mode == "record":
+        write_trace(now, case.path)
+        golden = now  # the new recording is the reference from now on; absolute budgets still apply
 
     failures: list[str] = []
     if app_error is not None:
@@ -310,8 +337,7 @@ def run_golden_case(
         failures.extend(_token_failures(golden, now, options))
     if "snapshot" in options.checks:
         failures.extend(snapshot_failures(request, now, sql, result, options))
-    if config.mode == "record":
-        write_trace(now, case.path)
+        snapshot_asserted.append(True)
     if failures:
         header = f"golden case {item.name}: {len(failures)} check{'s' if len(failures) > 1 else ''} failed"
         pytest.fail("\n\n".join([header, *failures]), pytrace=False)

