@@ -302,6 +302,10 @@ def _replay_case(request: pytest.FixtureRequest, llm_trace: TestRecording, snaps
             pytrace=False,
         )
     llmtrace_app: Callable[[str], Any] = request.getfixturevalue("llmtrace_app")  # starts the services
+    # Only now is the app imported: record from the provider it installed, or install ours if it installed none.
+    from pytest_llmtrace.recording import get_recorder
+
+    get_recorder(request.config).ensure_global()
     database: PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
     replay = None
     if config.mode == "replay":

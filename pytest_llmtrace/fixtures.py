@@ -201,9 +201,7 @@ def llmtrace_app(
     config = cases.get_config(request.config)
     if config.app_db == "owner":
         monkeypatch.setenv("DB_URI", llmtrace_postgres.url)
-    app = _load_target(config.target, config.settings.source("target"))
-    recording.get_recorder(request.config).ensure_global()  # the import may have installed the app's provider
-    return app
+    return _load_target(config.target, config.settings.source("target"))
 
 
 def _load_target(target: str, source: str) -> Callable[[str], Any]:

@@ -596,3 +596,65 @@ def test_snapshot_update_keeps_the_snapshot_of_a_case_that_could_not_run(
     )
     off.assert_outcomes(passed=1)
     assert (golden / "__snapshots__" / "customers_by_tier.json").read_text() == content
+
+
+# An app that does what many production apps do at import: build its own SDK TracerProvider with its own exporter
+# and make it the global one. The golden case must record its spans, and the app's exporter must still get them.
+OWN_PROVIDER_APP = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+APP_EXPORTER = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(APP_EXPORTER))
+trace.set_tracer_provider(_provider)
+
+from gateway.app import handle_user_request  # noqa: E402
+
+
+def answer(question):
+    result = handle_user_request(question)
+    exported = len(APP_EXPORTER.get_finished_spans())
+    print("APP-EXPORTED", exported, "GLOBAL-IS-APP", trace.get_tracer_provider() is _provider)
+    return result
+"""
+
+
+def test_an_app_that_installs_its_own_provider_at_import_is_recorded(pytester: pytest.Pytester, pg_url: str) -> None:
+    _project(pytester, "customers_by_tier", target="ownapp:answer")
+    pytester.makepyfile(ownapp=OWN_PROVIDER_APP)
+    result = _run(pytester, pg_url, "-s")
+    result.assert_outcomes(passed=1)  # the snapshot's span tree matched: the recorder saw the app's three spans
+    assert _printed(result, "APP-EXPORTED") == ["3 GLOBAL-IS-APP True"]
+
+
+def test_the_app_fixture_can_be_overridden_and_the_app_may_get_a_writable_db(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    _project(pytester, "customers_by_tier", target=None, ini="llmtrace_app_db = owner\n")
+    pytester.makeconftest(
+        """
+        import os
+        import pytest
+
+        @pytest.fixture
+        def llmtrace_app(llmtrace_postgres, llmtrace_ollama):
+            from gateway.app import handle_user_request
+
+            def ask(question):
+                print("DB-IS-OWNER", os.environ["DB_URI"] == llmtrace_postgres.url)
+                return handle_user_request(question, user_id="from-conftest")
+
+            return ask
+        """
+    )
+    result = _run(pytester, pg_url, "-s", "-o", "llmtrace_checks=sql results tokens")
+    result.assert_outcomes(passed=1)
+    # the conftest fixture replaced the plugin's, so llmtrace_app_db (applied by the plugin's fixture) did not apply
+    assert _printed(result, "DB-IS-OWNER") == ["False"]
+
+    pytester.makeconftest("")
+    owner = _run(pytester, pg_url, "-o", "llmtrace_target=gateway.app:handle_user_request", "-o", "llmtrace_checks=sql")
+    owner.assert_outcomes(passed=1)
