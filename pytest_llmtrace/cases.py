@@ -218,6 +218,15 @@ def get_config(config: pytest.Config) -> ReplayConfig:
     return config.stash[CONFIG_KEY]
 
 
+def report_header(config: pytest.Config) -> str:
+    """Mode, golden dir and target with where each came from: the first things to check when replay misbehaves."""
+    replay = get_config(config)
+    values = replay.settings.values
+    parts = [f"{name}={values[name].value or '(unset)'} ({values[name].source})" for name in ("mode", "target")]
+    parts.insert(1, f"golden_dir={replay.golden_dir} ({values['golden_dir'].source})")
+    return "llmtrace golden cases: " + ", ".join(parts)
+
+
 def is_golden_file(config: pytest.Config, file_path: Path) -> bool:
     golden_dir = get_config(config).golden_dir
     return (

@@ -32,7 +32,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [recording.report_header(config), *services.report_header(config)]
+    return [recording.report_header(config), cases.report_header(config), *services.report_header(config)]
 
 
 @pytest.hookimpl(tryfirst=True)
