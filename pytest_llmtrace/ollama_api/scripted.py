@@ -10,8 +10,9 @@ Counting rule (a rough stand-in for a tokenizer, about four characters per token
   template's role markers);
 - ``eval_count`` = ``max(1, ceil(len(answer) / 4))``.
 
-Durations (ns) model a small CPU model: load 5 ms, prompt 2 ms per token, generation 25 ms per token, total the sum.
-They are reported, not slept: recording stays fast.
+Durations (ns) model a 1.5B model on a fast machine: load 5 ms, prompt 0.5 ms per token, generation 8 ms per token,
+total the sum. With ``realtime=True`` the backend also takes that long to answer, so a recorded LLM span lasts what
+its reported durations say (how the golden traces are recorded); by default it answers at once, for fast tests.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 
 from pytest_llmtrace.ollama_api.server import (
@@ -33,8 +35,8 @@ from pytest_llmtrace.ollama_api.server import (
 __all__ = ["ScriptedBackend", "estimate_tokens", "normalize_question"]
 
 LOAD_NS = 5_000_000
-PROMPT_NS_PER_TOKEN = 2_000_000
-EVAL_NS_PER_TOKEN = 25_000_000
+PROMPT_NS_PER_TOKEN = 500_000
+EVAL_NS_PER_TOKEN = 8_000_000
 
 
 def normalize_question(text: str) -> str:
@@ -57,7 +59,10 @@ class ScriptedBackend:
     question edited in one place and not the other.
     """
 
-    def __init__(self, answers: Mapping[str, str], models: Sequence[ModelInfo] | str = "qwen-sql-prod") -> None:
+    def __init__(
+        self, answers: Mapping[str, str], models: Sequence[ModelInfo] | str = "qwen-sql-prod", *, realtime: bool = False
+    ) -> None:
+        self.realtime = realtime
         self._answers = {normalize_question(q): a for q, a in answers.items()}
         self._questions = {normalize_question(q): q for q in answers}
         self._models = (ModelInfo(models),) if isinstance(models, str) else tuple(models)
@@ -78,6 +83,8 @@ class ScriptedBackend:
         completion = max(1, estimate_tokens(text))
         prompt_ns = prompt * PROMPT_NS_PER_TOKEN
         eval_ns = completion * EVAL_NS_PER_TOKEN
+        if self.realtime:
+            time.sleep((LOAD_NS + prompt_ns + eval_ns) / 1e9)
         return ChatResult(
             text=text,
             prompt_eval_count=prompt,

@@ -445,7 +445,9 @@ def test_replay_answers_other_ollama_clients_with_the_recorded_text(
     pytester.makepyfile(clients=CLIENTS)
     recorded = read_trace(GOLDEN / "fenced_largest_order.json").llm_calls[0].output_text
     assert recorded.startswith("```")
-    result = _run(pytester, pg_url, "-s")
+    # what is under test is the clients' wire format, not their speed: a client's first call includes its own
+    # start-up (LangChain's takes ~200 ms on a loaded CI machine), which the latency check would flag
+    result = _run(pytester, pg_url, "-s", "-o", "llmtrace_checks=sql results tokens snapshot")
     result.assert_outcomes(passed=1)
     assert _printed(result, "ANSWER") == [json.dumps(recorded)]
 

@@ -101,10 +101,11 @@ def test_chat_gets_the_recorded_answer_counts_and_duration(
     assert (
         (response.prompt_eval_count, response.eval_count) == (call.prompt_tokens, call.completion_tokens) == (307, 36)
     )
-    assert response.total_duration == call.span.duration_ns == 1_490_463
+    recorded_ns = call.span.duration_ns
+    assert response.total_duration == recorded_ns > 0
     assert response.load_duration == 0
-    prompt_ns = 1_490_463 * 307 // (307 + EVAL_TOKEN_WEIGHT * 36)
-    assert (response.prompt_eval_duration, response.eval_duration) == (prompt_ns, 1_490_463 - prompt_ns)
+    prompt_ns = recorded_ns * 307 // (307 + EVAL_TOKEN_WEIGHT * 36)
+    assert (response.prompt_eval_duration, response.eval_duration) == (prompt_ns, recorded_ns - prompt_ns)
     assert server.backend.unused() == []
     assert server.backend.misses == []
 

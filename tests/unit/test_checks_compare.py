@@ -350,7 +350,8 @@ def test_latencies_of_a_golden_trace() -> None:
     slow = latencies_ms(read_trace(GOLDEN / "slow_higher_priced_items.json"))
     assert set(slow) == {"total", "LLM", "SQL", "CHAIN"}
     assert slow["SQL"] > 1500
-    assert slow["LLM"] < 50
+    # the scripted responder took the 531 ms it reported (5 + 316 * 0.5 + 46 * 8) while recording
+    assert 531 <= slow["LLM"] < slow["SQL"]
     assert slow["total"] == slow["CHAIN"]
     assert slow["total"] >= slow["SQL"] + slow["LLM"]
 
