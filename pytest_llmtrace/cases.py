@@ -236,6 +236,13 @@ def is_golden_file(config: pytest.Config, file_path: Path) -> bool:
     )
 
 
+def validate_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check every ``llmtrace`` mark once, at collection: a typo stops the run with its location, not mid-run."""
+    base = get_config(config).options
+    for item in items:
+        options_for(item, base)
+
+
 def is_golden_item(item: pytest.Item) -> bool:
     return CASE_KEY in item.stash
 

@@ -47,6 +47,10 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
     recording.finish_test(item)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cases.validate_markers(config, items)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """Each golden trace file under llmtrace_golden_dir is one test item."""
     if cases.is_golden_file(parent.config, file_path):

@@ -104,3 +104,23 @@ def test_failing_helpers_name_the_check(project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*[[]tokens[]]", "*total tokens*110*<= 100*"])
     result.stdout.fnmatch_lines(["*llmtrace_check.within_budget: *LMM*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_a_misspelled_llmtrace_mark_argument_stops_the_run_at_collection(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_app="""
+        import pytest
+
+        @pytest.mark.llmtrace(latency_tolerence=2)
+        def test_x():
+            pass
+        """
+    )
+    result = project.runpytest_subprocess()
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: test_app.py::test_x: llmtrace() got an unknown argument 'latency_tolerence'; "
+            "did you mean 'latency_tolerance'? (valid: *)"
+        ]
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
