@@ -67,20 +67,20 @@ def _text(value: str) -> str:
     return re.sub(r"\s+", " ", value).strip()
 
 
-def _messages_key(messages: Sequence[ChatMessage | Message]) -> tuple[tuple[str, str], ...]:
+def _messages_key(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:
     return tuple((m.role.strip().lower(), _text(m.content)) for m in messages)
 
 
-def _last_user_key(messages: Sequence[ChatMessage | Message]) -> str:
+def _last_user_key(messages: Sequence[Message]) -> str:
     return next((_text(m.content) for m in reversed(messages) if m.role.strip().lower() == "user"), "")
 
 
-def _system_key(messages: Sequence[ChatMessage | Message]) -> tuple[str, ...]:
+def _system_key(messages: Sequence[Message]) -> tuple[str, ...]:
     return tuple(_text(m.content) for m in messages if m.role.strip().lower() == "system")
 
 
 # Matcher name -> (key of a request, key of a recorded call under its served model name). Equal keys match.
-_Key = Callable[[str, Sequence[ChatMessage | Message]], object]
+_Key = Callable[[str, Sequence[Message]], object]
 MATCHERS: Mapping[str, _Key] = {
     "model": lambda model, messages: normalize_model_name(model),
     "messages": lambda model, messages: _messages_key(messages),
@@ -89,7 +89,7 @@ MATCHERS: Mapping[str, _Key] = {
 }
 
 
-def _render_prompt(messages: Sequence[ChatMessage | Message]) -> list[str]:
+def _render_prompt(messages: Sequence[Message]) -> list[str]:
     """One block per message: a ``[role]`` header line, then the content's lines, blocks separated by a blank line."""
     lines: list[str] = []
     for i, message in enumerate(messages):
@@ -100,11 +100,11 @@ def _render_prompt(messages: Sequence[ChatMessage | Message]) -> list[str]:
     return lines
 
 
-def _prompt_text(messages: Sequence[ChatMessage | Message]) -> str:
+def _prompt_text(messages: Sequence[Message]) -> str:
     return "\n".join(_render_prompt(messages))
 
 
-def format_prompt_diff(recorded: Sequence[Message], new: Sequence[ChatMessage | Message]) -> str:
+def format_prompt_diff(recorded: Sequence[Message], new: Sequence[Message]) -> str:
     """A unified diff from the recorded prompt to the new one; empty when they are the same text.
 
     Lines are kept whole however long: a changed schema line is only recognisable in full.

@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.trace.model import Message
 
 __all__ = [
     "Backend",
@@ -88,10 +89,8 @@ class ModelInfo:
         }
 
 
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str
-    content: str
+# A request's messages are the same thing a recorded LLM span holds, so replay compares like with like.
+ChatMessage = Message
 
 
 @dataclass(frozen=True)
