@@ -36,18 +36,13 @@ class Checker:
 
     def sql_executes(self, trace: Trace | None = None, *, sql: str | None = None) -> SqlOutcome:
         """Re-run the SQL the app ran (or ``sql``) read-only on the session database; fail with the Postgres error."""
-        from pytest_llmtrace.checks.sql import execute_readonly
-
         statement = sql if sql is not None else cases.sql_of(self._trace(trace))
         if statement is None:
             pytest.fail("llmtrace_check.sql_executes: the trace has no SQL span and no model answer", pytrace=False)
         database: PostgresDatabase = self._request.getfixturevalue("llmtrace_postgres")
-        result = execute_readonly(database.reader_url, statement, timeout_ms=self.options.sql_timeout_ms)
+        result = cases.execute_untrusted(database.reader_url, statement, self.options.sql_timeout_ms)
         if not result.ok:
-            pytest.fail(
-                f"[sql] the SQL does not execute: {result.error} (SQLSTATE {result.sqlstate})\n    {statement}",
-                pytrace=False,
-            )
+            pytest.fail(cases.sql_failure(result, statement), pytrace=False)
         return result
 
     def within_budget(

@@ -82,8 +82,10 @@ class CheckOptions:
                 changes[key] = {**self.latency_budgets_ms, **_numbers(value, KINDS, f"{where}: {key}", float)}
             elif key == "token_max":
                 changes[key] = {**self.token_max, **_numbers(value, TOKEN_KINDS, f"{where}: {key}", int)}
+            elif key == "sql_timeout_ms":  # 0 would mean "no timeout" to Postgres: model SQL is never unbounded
+                changes[key] = _number(value, f"{where}: {key}", int, minimum=1)
             else:
-                changes[key] = _number(value, f"{where}: {key}", int if key == "sql_timeout_ms" else float)
+                changes[key] = _number(value, f"{where}: {key}", float)
         return replace(self, **changes)
 
 
@@ -112,7 +114,7 @@ class ReplayConfig:
             latency_floor_ms=_number(s["latency_floor_ms"], "llmtrace_latency_floor_ms", float),
             token_tolerance=_number(s["token_tolerance"], "llmtrace_token_tolerance", float),
             token_max=_parse_pairs(s["token_max"], TOKEN_KINDS, "llmtrace_token_max", int),
-            sql_timeout_ms=_number(s["sql_timeout_ms"], "llmtrace_sql_timeout_ms", int),
+            sql_timeout_ms=_number(s["sql_timeout_ms"], "llmtrace_sql_timeout_ms", int, minimum=1),
         )
         from pytest_llmtrace.ollama_api.replay import MATCHERS
 
@@ -141,13 +143,13 @@ def _names(values: Any, valid: tuple[str, ...], where: str) -> list[str]:
     return [str(n) for n in items]
 
 
-def _number(value: Any, where: str, kind: type[int] | type[float]) -> Any:
+def _number(value: Any, where: str, kind: type[int] | type[float], minimum: float = 0) -> Any:
     try:
         number = kind(value)
     except (TypeError, ValueError):
         raise pytest.UsageError(f"{where}: expected a {kind.__name__} number, got {value!r}") from None
-    if number < 0:
-        raise pytest.UsageError(f"{where}: expected a number >= 0, got {value!r}")
+    if number < minimum:
+        raise pytest.UsageError(f"{where}: expected a number >= {minimum:g}, got {value!r}")
     return number
 
 
@@ -327,7 +329,11 @@ def _replay_case(request: pytest.FixtureRequest, llm_trace: TestRecording, snaps
     if config.mode == "replay":
         from pytest_llmtrace.ollama_api.replay import ReplayBackend
 
-        replay = ReplayBackend(golden, match=config.match, speed=config.speed)  # type: ignore[arg-type]
+        # Recordings from instrumentations that leave out llm.model_name answer to the model the app is set up for.
+        fallback = (
+            None if all(call.model for call in golden.llm_calls) else services_manager(request).settings["ollama_model"]
+        )
+        replay = ReplayBackend(golden, model=fallback, match=config.match, speed=config.speed)  # type: ignore[arg-type]
         services_manager(request).replay_switch.use(replay)
     app_error: str | None = None
     try:
@@ -403,21 +409,47 @@ def _replay_failures(replay: Any) -> list[str]:
 def _run_sql(
     now: Trace, golden: Trace, database: PostgresDatabase, options: CheckOptions, failures: list[str]
 ) -> tuple[str | None, SqlOutcome | None]:
-    from pytest_llmtrace.checks.sql import execute_readonly
-
     sql = sql_of(now)
     if sql is None:
         if "sql" in options.checks and sql_of(golden) is not None:
             failures.append("[sql] the app ran no SQL now (the golden trace did)")
         return None, None
-    result = execute_readonly(database.reader_url, sql, timeout_ms=options.sql_timeout_ms)
+    result = execute_untrusted(database.reader_url, sql, options.sql_timeout_ms)
     if "sql" in options.checks and not result.ok:
-        failures.append(
-            f"[sql] the SQL does not execute: {result.error} (SQLSTATE {result.sqlstate})\n"
-            + _indent(sql)
-            + _sql_diff(sql_of(golden), sql)
-        )
+        failures.append(sql_failure(result, sql, sql_of(golden)))
     return sql, result
+
+
+def execute_untrusted(dsn: str, sql: str, timeout_ms: int) -> SqlOutcome:
+    """``execute_readonly``, with a failure to connect reported as an outcome like any SQL error.
+
+    The read-only role may be refused by a user's server (pg_hba, a missing grant): the case should fail saying so,
+    not end in psycopg2's traceback.
+    """
+    import psycopg2
+
+    from pytest_llmtrace.checks.sql import SqlOutcome, execute_readonly
+
+    try:
+        return execute_readonly(dsn, sql, timeout_ms=timeout_ms)
+    except psycopg2.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return SqlOutcome(
+            ok=False,
+            columns=(),
+            rows=(),
+            row_count=0,
+            truncated=False,
+            error=f"cannot connect to the session database as the read-only role: {reason}",
+            sqlstate=exc.pgcode,
+            elapsed_ms=0.0,
+        )
+
+
+def sql_failure(result: SqlOutcome, sql: str, golden_sql: str | None = None) -> str:
+    """The ``[sql]`` message: the error, its SQLSTATE when Postgres gave one, the SQL, and how it changed."""
+    state = f" (SQLSTATE {result.sqlstate})" if result.sqlstate else ""
+    return f"[sql] the SQL does not execute: {result.error}{state}\n" + _indent(sql) + _sql_diff(golden_sql, sql)
 
 
 def _sql_diff(golden_sql: str | None, now_sql: str) -> str:

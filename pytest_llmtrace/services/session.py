@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from pytest_llmtrace.services.base import Endpoint, http_ok
+from pytest_llmtrace.services.base import Endpoint, ServiceStartError, http_ok, redact_url
 from pytest_llmtrace.services.process import RunRecord, reap_orphans, registry_dir
 from pytest_llmtrace.services.select import APP_ENV, Choice, Probes, choose
 
@@ -329,6 +329,8 @@ class ServiceManager:
 
     def database(self) -> PostgresDatabase:
         """Clone this session's database from the template (built once per server, under the lock)."""
+        import psycopg2
+
         from pytest_llmtrace.services import postgres
 
         endpoint = self.endpoint("postgres")
@@ -337,12 +339,22 @@ class ServiceManager:
         for path in files:
             digest.update(str(path.relative_to(self.rootdir)).encode() + b"\0" + path.read_bytes())
         template = f"llmtrace_tpl_{digest.hexdigest()[:12]}"
-        with _locked(self.context.run_dir / "postgres-template.lock"):
-            if not postgres.database_exists(endpoint.url, template):
-                postgres.create_template(endpoint.url, template, files)
-                postgres.grant_read_only(endpoint.url, template)
         name = f"llmtrace_{self.context.worker_id}_{uuid.uuid4().hex[:8]}".lower()
-        url = postgres.clone_database(endpoint.url, template, name)
+        try:
+            with _locked(self.context.run_dir / "postgres-template.lock"):
+                if not postgres.database_exists(endpoint.url, template):
+                    postgres.create_template(endpoint.url, template, files)
+                    postgres.grant_read_only(endpoint.url, template)
+            url = postgres.clone_database(endpoint.url, template, name)
+        except psycopg2.Error as exc:  # a user's server where this login may not create databases
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ServiceStartError(
+                "postgres",
+                endpoint.backend,
+                f"cannot set up the test databases on {redact_url(endpoint.url)}: {reason}",
+                fix="connect as a role with CREATEDB and CREATEROLE (it creates a template, a clone per session and "
+                "the read-only role llmtrace_reader), or use --llmtrace-postgres=embedded",
+            ) from exc
         return PostgresDatabase(
             endpoint=endpoint, url=url, reader_url=postgres.reader_url(url), database=name, template=template
         )

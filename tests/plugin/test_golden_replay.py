@@ -651,3 +651,18 @@ def test_the_app_fixture_can_be_overridden_and_the_app_may_get_a_writable_db(
     pytester.makeconftest("")
     owner = _run(pytester, pg_url, "-o", "llmtrace_target=gateway.app:handle_user_request", "-o", "llmtrace_checks=sql")
     owner.assert_outcomes(passed=1)
+
+
+def test_a_recording_without_model_names_replays_under_the_configured_model(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """Some instrumentations leave out llm.model_name; the replay server then answers to llmtrace_ollama_model."""
+    golden = _project(pytester, "customers_by_tier")
+
+    def drop_model_name(doc: dict[str, Any]) -> None:
+        for span in _spans(doc):
+            span["attributes"] = [a for a in span["attributes"] if a["key"] != "llm.model_name"]
+
+    _edit_json(golden / "customers_by_tier.json", drop_model_name)
+    result = _run(pytester, pg_url, "-o", "llmtrace_checks=sql results tokens")
+    result.assert_outcomes(passed=1)

@@ -368,3 +368,34 @@ def test_an_in_process_pytester_run_leaves_the_outer_runs_services_alone(
     with psycopg2.connect(llmtrace_postgres.url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM customers")
         assert cur.fetchone() == (300,)
+
+
+def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
+    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase
+) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    from pytest_llmtrace.services.postgres import database_url
+
+    server = llmtrace_postgres.endpoint.url
+    conn = psycopg2.connect(server)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'llmtrace_nocreate'")
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE ROLE llmtrace_nocreate LOGIN NOCREATEDB NOCREATEROLE"))
+    conn.close()
+    limited = database_url(server, "postgres").replace("postgresql://postgres:@", "postgresql://llmtrace_nocreate@")
+    _project(pytester)
+    pytester.makepyfile("def test_db(llmtrace_postgres): pass")
+    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={limited}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*postgres (url) did not start: cannot set up the test databases on *: permission denied to create "
+            "database*",
+            "*fix: connect as a role with CREATEDB and CREATEROLE *, or use --llmtrace-postgres=embedded",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
