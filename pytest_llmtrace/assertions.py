@@ -93,6 +93,8 @@ class Checker:
         now = self._trace(trace)
         sql = cases.sql_of(now)
         result = self.sql_executes(now) if sql is not None else None
-        failures = cases.snapshot_failures(self._request, now, sql, result, self.options)
+        from pytest_llmtrace.snapshot import outcome
+
+        failures = cases.OutcomeSnapshot.of(self._request, self.options).failures(outcome(now, sql, result))
         if failures:
             pytest.fail("\n\n".join(failures), pytrace=False)

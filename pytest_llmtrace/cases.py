@@ -278,33 +278,71 @@ class GoldenFile(pytest.File):
 
 def run_golden_case(request: pytest.FixtureRequest, llm_trace: TestRecording) -> None:
     """Replay one captured request through the current app and check what it did now against what it did then."""
-    snapshot_asserted: list[bool] = []
+    options = options_for(request.node, get_config(request.config).options)
+    snapshot = OutcomeSnapshot.of(request, options)
     try:
-        _replay_case(request, llm_trace, snapshot_asserted)
+        _replay_case(request, llm_trace, options, snapshot)
     finally:
-        if not snapshot_asserted:
-            _keep_snapshot(request)
+        if not snapshot.asserted:
+            snapshot.keep()
 
 
-def _keep_snapshot(request: pytest.FixtureRequest) -> None:
-    """Tell syrupy the case's snapshot is still in use when the case could not reach its snapshot check.
+@dataclass
+class OutcomeSnapshot:
+    """A test's outcome snapshot: the syrupy assertion, where its file is, and what it held before this run."""
 
-    Otherwise ``--snapshot-update`` deletes the snapshot of every case that failed early (an app error, a
-    malformed file) or runs without the snapshot check, as syrupy does for tests that never assert their snapshot.
-    Asserting the stored outcome against itself marks it used and writes nothing.
-    """
-    from pytest_llmtrace.snapshot import OutcomeSnapshotExtension
+    assertion: Any  # syrupy's SnapshotAssertion, with the OutcomeSnapshotExtension configured for this test
+    path: Path
+    stored: dict[str, Any] | None
+    asserted: bool = False
 
-    snapshot = request.getfixturevalue("snapshot").use_extension(OutcomeSnapshotExtension)
-    path = Path(OutcomeSnapshotExtension.get_location(test_location=snapshot.test_location, index=snapshot.index))
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return  # nothing stored, nothing to keep
-    assert snapshot == stored
+    @classmethod
+    def of(cls, request: pytest.FixtureRequest, options: CheckOptions) -> OutcomeSnapshot:
+        from pytest_llmtrace.snapshot import OutcomeSnapshotExtension
+
+        extension = OutcomeSnapshotExtension.configured(
+            result_match=options.result_match,
+            token_tolerance=options.token_tolerance,
+            latency_tolerance=options.latency_tolerance,
+            latency_floor_ms=options.latency_floor_ms,
+        )
+        assertion = request.getfixturevalue("snapshot").use_extension(extension)
+        path = Path(extension.get_location(test_location=assertion.test_location, index=assertion.index))
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = None
+        return cls(assertion, path, stored if isinstance(stored, dict) else None)
+
+    def failures(self, data: dict[str, Any]) -> list[str]:
+        """Compare ``data`` with the stored outcome (syrupy writes it instead under ``--snapshot-update``)."""
+        self.asserted = True
+        try:
+            assert self.assertion == data
+        except AssertionError:
+            if self.stored is None:
+                return [f"[snapshot] no snapshot at {self.path}: run with --snapshot-update to create it"]
+            changes = self.assertion.extension.differences(self.stored, data)
+            return [
+                f"[snapshot] the outcome differs from {self.path} (--snapshot-update accepts it):\n"
+                + _indent("\n".join(changes))
+            ]
+        return []
+
+    def keep(self) -> None:
+        """Tell syrupy the snapshot is still in use when the test could not reach its snapshot check.
+
+        Otherwise ``--snapshot-update`` deletes the snapshot of every case that failed early (an app error, a
+        malformed file) or runs without the snapshot check, as syrupy does for tests that never assert their
+        snapshot. Asserting the stored outcome against itself marks it used and writes nothing.
+        """
+        if self.stored is not None:
+            assert self.assertion == self.stored
 
 
-def _replay_case(request: pytest.FixtureRequest, llm_trace: TestRecording, snapshot_asserted: list[bool]) -> None:
+def _replay_case(
+    request: pytest.FixtureRequest, llm_trace: TestRecording, options: CheckOptions, snapshot: OutcomeSnapshot
+) -> None:
     item = request.node
     case = item.stash[CASE_KEY]
     if case.error is not None:
@@ -312,7 +350,6 @@ def _replay_case(request: pytest.FixtureRequest, llm_trace: TestRecording, snaps
     assert case.trace is not None
     golden = case.trace
     config = get_config(request.config)
-    options = options_for(item, config.options)
     question = golden.input
     if question is None:
         pytest.fail(
@@ -356,14 +393,15 @@ def _replay_case(request: pytest.FixtureRequest, llm_trace: TestRecording, snaps
     sql, result = _run_sql(now, golden, database, options, failures)
     golden_sql = sql_of(golden)
     if "results" in options.checks and result is not None and result.ok:
-        failures.extend(_result_failure(request, case, golden_sql, sql, result, options))
+        failures.extend(_result_failure(request, snapshot.stored, golden_sql, sql, result, options))
     if "latency" in options.checks:
         failures.extend(_latency_failures(golden, now, options))
     if "tokens" in options.checks:
         failures.extend(_token_failures(golden, now, options))
     if "snapshot" in options.checks:
-        failures.extend(snapshot_failures(request, now, sql, result, options))
-        snapshot_asserted.append(True)
+        from pytest_llmtrace.snapshot import outcome
+
+        failures.extend(snapshot.failures(outcome(now, sql, result)))
     if failures:
         header = f"golden case {item.name}: {len(failures)} check{'s' if len(failures) > 1 else ''} failed"
         pytest.fail("\n\n".join([header, *failures]), pytrace=False)
@@ -465,13 +503,9 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def _snapshot_path(case: GoldenCase) -> Path:
-    return case.path.parent / "__snapshots__" / f"{case.path.stem}.json"
-
-
 def _result_failure(
     request: pytest.FixtureRequest,
-    case: GoldenCase,
+    stored: dict[str, Any] | None,
     golden_sql: str | None,
     sql: str | None,
     result: SqlOutcome,
@@ -482,10 +516,7 @@ def _result_failure(
 
     if options.result_match == "none" or request.config.getoption("update_snapshots", False):
         return []
-    try:
-        golden_result = json.loads(_snapshot_path(case).read_text()).get("result") or {}
-    except (OSError, ValueError):
-        return []  # no snapshot yet: the snapshot check reports that
+    golden_result = (stored or {}).get("result") or {}  # no snapshot yet: the snapshot check reports that
     if "rows" not in golden_result:
         return []
     rows = [list(r) for r in result.rows]
@@ -546,35 +577,3 @@ def budget_failures(violations: list[Violation]) -> list[str]:
     return _table("latency", [v for v in violations if v.check == "latency"]) + _table(
         "tokens", [v for v in violations if v.check == "tokens"]
     )
-
-
-def snapshot_failures(
-    request: pytest.FixtureRequest, now: Trace, sql: str | None, result: SqlOutcome | None, options: CheckOptions
-) -> list[str]:
-    from pytest_llmtrace.snapshot import OutcomeSnapshotExtension, outcome
-
-    snapshot = request.getfixturevalue("snapshot")
-    extension = OutcomeSnapshotExtension.configured(
-        result_match=options.result_match,
-        token_tolerance=options.token_tolerance,
-        latency_tolerance=options.latency_tolerance,
-        latency_floor_ms=options.latency_floor_ms,
-    )
-    data = outcome(now, sql, result)
-    assertion = snapshot.use_extension(extension)
-    path = Path(extension.get_location(test_location=assertion.test_location, index=assertion.index))
-    try:
-        assert assertion == data
-    except AssertionError:
-        try:
-            golden = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return [f"[snapshot] no snapshot at {path}: run with --snapshot-update to create it"]
-        changes = extension.differences(golden, data)
-        return [
-            "[snapshot] the outcome differs from "
-            + str(path)
-            + " (--snapshot-update accepts it):\n"
-            + _indent("\n".join(changes))
-        ]
-    return []
