@@ -165,6 +165,7 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
 class Resolved:
     value: str
     source: Source
+    origin: str = "default"  # the exact knob: "--llmtrace-postgres", "LLMTRACE_POSTGRES", "ini llmtrace_postgres"
 
     def __str__(self) -> str:
         return f"{self.value} (from {self.source})"
@@ -229,16 +230,17 @@ def resolve(
     for spec in specs:
         cli = config.getoption(spec.dest, default=None) if spec.ini_type == "string" else None
         if cli is not None:
-            values[spec.name] = Resolved(_validate(spec, str(cli), spec.option), "command line")
+            values[spec.name] = Resolved(_validate(spec, str(cli), spec.option), "command line", spec.option)
             continue
         if spec.env and env.get(spec.env_var):
-            values[spec.name] = Resolved(_validate(spec, env[spec.env_var], spec.env_var), "environment")
+            values[spec.name] = Resolved(_validate(spec, env[spec.env_var], spec.env_var), "environment", spec.env_var)
             continue
         ini_value = read_ini(spec.ini)
         if isinstance(ini_value, list):
             ini_value = "\n".join(str(v) for v in ini_value) if ini_value else None
         if ini_value:
-            values[spec.name] = Resolved(_validate(spec, str(ini_value), f"ini {spec.ini}"), "ini")
+            origin = f"ini {spec.ini}"
+            values[spec.name] = Resolved(_validate(spec, str(ini_value), origin), "ini", origin)
             continue
         values[spec.name] = Resolved(spec.default, "default")
     return Settings(values=values, rootdir=config.rootpath)

@@ -55,13 +55,10 @@ def choose(
     replay: bool = False,
 ) -> Choice:
     value = setting.value
-    source = {"command line": f"--llmtrace-{service}", "environment": f"LLMTRACE_{service.upper()}"}.get(
-        setting.source, f"{setting.source} llmtrace_{service}" if setting.source == "ini" else setting.source
-    )
     if "://" in value:
-        return Choice(service, "url", value, f"from {source}")
+        return Choice(service, "url", value, f"from {setting.origin}")
     if value != "auto":
-        return Choice(service, value, None, f"from {source}")
+        return Choice(service, value, None, f"from {setting.origin}")
     if service == "ollama" and replay:
         return Choice(service, "replay", None, "auto: replay mode answers from the golden traces")
     app_var = APP_ENV[service]

@@ -26,14 +26,16 @@ def test_auto_prefers_docker_then_embedded(service: str) -> None:
 
 
 def test_a_url_setting_means_use_that_server_and_says_where_it_came_from() -> None:
-    chosen = choose("postgres", Resolved("postgresql://u:pw@db:5432/x", "environment"), probes(docker=True))
+    chosen = choose(
+        "postgres", Resolved("postgresql://u:pw@db:5432/x", "environment", "LLMTRACE_POSTGRES"), probes(docker=True)
+    )
     assert chosen.backend == "url"
     assert chosen.url == "postgresql://u:pw@db:5432/x"
     assert str(chosen) == "url postgresql://u:***@db:5432/x (from LLMTRACE_POSTGRES)"
 
 
 def test_an_explicit_backend_wins_over_what_the_machine_has() -> None:
-    chosen = choose("postgres", Resolved("embedded", "ini"), probes(docker=True))
+    chosen = choose("postgres", Resolved("embedded", "ini", "ini llmtrace_postgres"), probes(docker=True))
     assert str(chosen) == "embedded (from ini llmtrace_postgres)"
 
 
