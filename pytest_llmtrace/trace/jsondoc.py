@@ -138,11 +138,13 @@ class Doc:
             raise self.error(f"an integer between {lo} and {hi}", f"{result}")
         return result
 
-    def hex_id(self, nbytes: int, *, optional: bool = False) -> str | None:
+    def optional_hex_id(self, nbytes: int) -> str | None:
+        """A parent id: absent, null and "" all mean "no parent"."""
+        return None if self.value is None or self.value == "" else self.hex_id(nbytes)
+
+    def hex_id(self, nbytes: int) -> str:
         """A trace or span id: lowercase hex in spec OTLP JSON; base64 as protobuf's MessageToDict writes it."""
         value = self.value
-        if optional and (value is None or value == ""):
-            return None
         expected = f"{nbytes * 2} hex characters"
         if not isinstance(value, str):
             raise self.fail(expected)

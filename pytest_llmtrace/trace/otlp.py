@@ -84,12 +84,10 @@ def _span(
     end_ns = end.integer(lo=0) if end.value not in (None, "0", 0) else None
     trace_id = sp.key("traceId").hex_id(16)
     span_id = sp.key("spanId").hex_id(8)
-    assert trace_id is not None
-    assert span_id is not None
     return Span(
         trace_id=trace_id,
         span_id=span_id,
-        parent_span_id=sp.key("parentSpanId").hex_id(8, optional=True),
+        parent_span_id=sp.key("parentSpanId").optional_hex_id(8),
         name=sp.key("name").string(),
         start_time_unix_nano=sp.key("startTimeUnixNano").integer(lo=0),
         end_time_unix_nano=end_ns,
@@ -125,8 +123,6 @@ def _event(doc: Doc) -> SpanEvent:
 def _link(doc: Doc) -> SpanLink:
     trace_id = doc.key("traceId").hex_id(16)
     span_id = doc.key("spanId").hex_id(8)
-    assert trace_id is not None
-    assert span_id is not None
     return SpanLink(
         trace_id=trace_id,
         span_id=span_id,

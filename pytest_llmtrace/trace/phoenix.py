@@ -148,13 +148,13 @@ def refuse_traces_export(doc: Doc) -> NoReturn:
 def span_from_rest(doc: Doc) -> Span:
     """One span of ``GET /v1/projects/{project}/spans`` (Phoenix's ``Span`` model in ``routers/v1/spans.py``)."""
     context = doc.key("context")
-    trace_id = _required_id(context.key("trace_id"), 16)
-    span_id = _required_id(context.key("span_id"), 8)
+    trace_id = context.key("trace_id").hex_id(16)
+    span_id = context.key("span_id").hex_id(8)
     attributes = flatten_attributes(doc.key("attributes"))
     return Span(
         trace_id=trace_id,
         span_id=span_id,
-        parent_span_id=doc.key("parent_id").hex_id(8, optional=True),
+        parent_span_id=doc.key("parent_id").optional_hex_id(8),
         name=doc.key("name").string(),
         start_time_unix_nano=iso_to_ns(doc.key("start_time")),
         end_time_unix_nano=iso_to_ns(doc.key("end_time")) if doc.has("end_time") else None,
@@ -172,12 +172,6 @@ def _iso_event(doc: Doc) -> SpanEvent:
         time_unix_nano=iso_to_ns(doc.key("timestamp")),
         attributes=flatten_attributes(doc.key("attributes")),
     )
-
-
-def _required_id(doc: Doc, nbytes: int) -> str:
-    value = doc.hex_id(nbytes)
-    assert value is not None  # hex_id returns None only for optional ids
-    return value
 
 
 def _with_span_kind(attributes: dict[str, AttrValue], kind_doc: Doc) -> dict[str, AttrValue]:
@@ -201,8 +195,8 @@ def _status(doc: Doc) -> Status:
 
 def span_from_otlpv1(doc: Doc) -> Span:
     """One span of ``/spans/otlpv1`` (Phoenix's ``OtlpSpan``). ``kind`` is ignored: Phoenix always writes INTERNAL."""
-    trace_id = _required_id(doc.key("trace_id"), 16)
-    span_id = _required_id(doc.key("span_id"), 8)
+    trace_id = doc.key("trace_id").hex_id(16)
+    span_id = doc.key("span_id").hex_id(8)
     status = doc.key("status")
     code, message = 0, ""
     if status.value is not None:
@@ -212,7 +206,7 @@ def span_from_otlpv1(doc: Doc) -> Span:
     return Span(
         trace_id=trace_id,
         span_id=span_id,
-        parent_span_id=doc.key("parent_span_id").hex_id(8, optional=True),
+        parent_span_id=doc.key("parent_span_id").optional_hex_id(8),
         name=doc.key("name").string(),
         start_time_unix_nano=_phoenix_ns(doc.key("start_time_unix_nano")),
         end_time_unix_nano=_phoenix_ns(end) if end.value not in (None, 0, "0") else None,
@@ -322,8 +316,8 @@ def span_from_dataframe_record(doc: Doc, *, epoch_unit: str | None = None) -> Sp
     ``epoch_unit`` (``s``, ``ms``, ``us``, ``ns``) says what numeric times count; ``None`` guesses from the
     magnitude, since ``to_json`` writes milliseconds by default but ``date_unit`` can change that.
     """
-    trace_id = _required_id(doc.key("context.trace_id"), 16)
-    span_id = _required_id(doc.key("context.span_id"), 8)
+    trace_id = doc.key("context.trace_id").hex_id(16)
+    span_id = doc.key("context.span_id").hex_id(8)
     attributes: dict[str, AttrValue] = {}
     for column, value in doc.obj().items():
         if column.startswith("attributes.") and value is not None:
@@ -335,7 +329,7 @@ def span_from_dataframe_record(doc: Doc, *, epoch_unit: str | None = None) -> Sp
     return Span(
         trace_id=trace_id,
         span_id=span_id,
-        parent_span_id=doc.key("parent_id").hex_id(8, optional=True),
+        parent_span_id=doc.key("parent_id").optional_hex_id(8),
         name=doc.key("name").string(),
         start_time_unix_nano=_any_time_ns(doc.key("start_time"), epoch_unit),
         end_time_unix_nano=_any_time_ns(doc.key("end_time"), epoch_unit) if doc.has("end_time") else None,
