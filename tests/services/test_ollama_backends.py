@@ -37,6 +37,7 @@ from pytest_llmtrace.services.ollama import (
 from pytest_llmtrace.services.process import RunRecord
 
 MODEL = "qwen-sql-prod"
+TEST_MODEL = "llmtrace-test-smollm2"  # a name no real Ollama has yet, so the backend must create it
 
 
 GGUF = bundled_smollm2()
@@ -313,16 +314,22 @@ def test_binary_without_the_model_shows_the_create_command_and_the_log(
 @pytest.mark.skipif(shutil.which("ollama") is None, reason="no `ollama` executable on PATH")
 def test_real_ollama_binary_creates_the_model_from_the_modelfile(tmp_path: Path) -> None:
     assert GGUF is not None
-    service = BinaryOllama("llmtrace-test-smollm2", write_modelfile(tmp_path, GGUF), RunRecord(tmp_path))
+    created = _created_model_answers(BinaryOllama(TEST_MODEL, write_modelfile(tmp_path, GGUF), RunRecord(tmp_path)))
+    assert created.backend == "binary"
+
+
+def _created_model_answers(service: BinaryOllama | DockerOllama) -> Endpoint:
+    """Start a real Ollama that lacks the test model: the backend must create it from the Modelfile, then serve it."""
     endpoint = service.start()
     try:
         reply = ollama.Client(host=endpoint.url).chat(
-            model="llmtrace-test-smollm2", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
+            model=TEST_MODEL, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
         )
         assert reply.eval_count
         assert reply.eval_count > 0
     finally:
         service.stop()
+    return endpoint
 
 
 # -- docker --------------------------------------------------------------------------------------------------------
@@ -351,17 +358,8 @@ def test_docker_without_a_daemon_says_so_and_names_the_fallback(tmp_path: Path) 
 @pytest.mark.skipif(not DOCKER_OK, reason=f"Docker is not available: {DOCKER_WHY}")
 def test_docker_creates_the_model_from_the_modelfile(tmp_path: Path) -> None:
     assert GGUF is not None
-    service = DockerOllama("llmtrace-test-smollm2", write_modelfile(tmp_path, GGUF))
-    endpoint = service.start()
-    try:
-        assert endpoint.extra["image"] == OLLAMA_IMAGE
-        reply = ollama.Client(host=endpoint.url).chat(
-            model="llmtrace-test-smollm2", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
-        )
-        assert reply.eval_count
-        assert reply.eval_count > 0
-    finally:
-        service.stop()
+    created = _created_model_answers(DockerOllama(TEST_MODEL, write_modelfile(tmp_path, GGUF)))
+    assert created.extra["image"] == OLLAMA_IMAGE
 
 
 def test_no_fake_ollama_outlives_the_tests() -> None:
