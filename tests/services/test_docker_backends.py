@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import psycopg2
 import pytest
 
 from pytest_llmtrace.services.base import ServiceStartError, http_ok
-from pytest_llmtrace.services.docker import docker_available, docker_error_fix
+from pytest_llmtrace.services.docker import DEFAULT_SOCKET, docker_available, docker_error_fix
 from pytest_llmtrace.services.phoenix import DockerPhoenix
 from pytest_llmtrace.services.postgres import DockerPostgres
 
@@ -48,3 +51,11 @@ def test_without_docker_the_error_names_the_fix() -> None:
     assert message.startswith("postgres (docker) did not start: ")
     assert message.endswith("fix: Docker is not reachable: start it or use --llmtrace-postgres=embedded")
     assert docker_error_fix("ollama") == "Docker is not reachable: start it or use --llmtrace-ollama=binary"
+
+
+@pytest.mark.skipif(
+    DOCKER or bool(os.environ.get("DOCKER_HOST")) or Path(DEFAULT_SOCKET).exists(),
+    reason="checks the answer on a machine with no Docker socket and no DOCKER_HOST",
+)
+def test_without_a_socket_the_answer_comes_without_connecting() -> None:
+    assert docker_available() == (False, f"no Docker daemon socket at {DEFAULT_SOCKET}, DOCKER_HOST unset")
