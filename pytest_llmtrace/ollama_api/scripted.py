@@ -29,7 +29,6 @@ from pytest_llmtrace.ollama_api.server import (
     ChatRequest,
     ChatResult,
     ModelInfo,
-    normalize_model_name,
 )
 
 __all__ = ["ScriptedBackend", "estimate_tokens", "normalize_question"]
@@ -66,7 +65,6 @@ class ScriptedBackend:
         self._answers = {normalize_question(q): a for q, a in answers.items()}
         self._questions = {normalize_question(q): q for q in answers}
         self._models = (ModelInfo(models),) if isinstance(models, str) else tuple(models)
-        self.model_names = frozenset(normalize_model_name(m.name) for m in self._models)
 
     def models(self) -> Sequence[ModelInfo]:
         return self._models

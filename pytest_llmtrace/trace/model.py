@@ -72,10 +72,6 @@ class Status(str, Enum):
         return {0: cls.UNSET, 1: cls.OK, 2: cls.ERROR}[code]
 
 
-# OTLP SpanKind enum: index -> name, as printed in the waterfall.
-OTEL_KIND_NAMES = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
-
-
 @dataclass(frozen=True)
 class SpanEvent:
     name: str
