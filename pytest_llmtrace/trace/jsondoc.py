@@ -168,6 +168,30 @@ def check_size(doc: Doc, value: str) -> None:
         raise doc.error(f"a value of at most {MAX_ATTRIBUTE_CHARS:,} characters", f"{len(value):,} characters")
 
 
+SCALAR_KINDS = ("string", "bool", "int", "double")
+_SPECIAL_DOUBLES = {"nan": "nan", "infinity": "inf", "-infinity": "-inf", "inf": "inf", "-inf": "-inf"}
+
+
+def decode_scalar(kind: str, inner: Doc) -> Any:
+    """The scalar AnyValue kinds, shared by spec OTLP (``stringValue``) and Phoenix's snake_case (``string_value``).
+
+    Doubles may be JSON numbers or, for the values JSON cannot write, "NaN" / "Infinity" (any case).
+    """
+    if kind == "string":
+        return inner.string()
+    if kind == "bool":
+        if not isinstance(inner.value, bool):
+            raise inner.fail("true or false")
+        return inner.value
+    if kind == "int":
+        return inner.integer(lo=INT64_MIN, hi=INT64_MAX)
+    if isinstance(inner.value, (int, float)) and not isinstance(inner.value, bool):
+        return float(inner.value)
+    if isinstance(inner.value, str) and inner.value.lower() in _SPECIAL_DOUBLES:
+        return float(_SPECIAL_DOUBLES[inner.value.lower()])
+    raise inner.fail("a number")
+
+
 def attr_value_to_python(doc: Doc) -> Any:
     """Decode an OTLP ``AnyValue`` object (``{"stringValue": ...}``) into the model's ``AttrValue``."""
     obj = doc.obj()
@@ -180,20 +204,8 @@ def attr_value_to_python(doc: Doc) -> Any:
         )
     ((key, _),) = obj.items()
     inner = doc.key(key)
-    if key == "stringValue":
-        return inner.string()
-    if key == "boolValue":
-        if not isinstance(inner.value, bool):
-            raise inner.fail("true or false")
-        return inner.value
-    if key == "intValue":
-        return inner.integer(hi=INT64_MAX)
-    if key == "doubleValue":
-        if isinstance(inner.value, (int, float)) and not isinstance(inner.value, bool):
-            return float(inner.value)
-        if isinstance(inner.value, str) and inner.value in ("NaN", "Infinity", "-Infinity"):
-            return float(inner.value.replace("Infinity", "inf"))
-        raise inner.fail("a number")
+    if key.removesuffix("Value") in SCALAR_KINDS:
+        return decode_scalar(key.removesuffix("Value"), inner)
     if key == "arrayValue":
         return tuple(attr_value_to_python(v) for v in inner.key("values").items())
     if key == "kvlistValue":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pytest_llmtrace.errors import TraceFormatError, warn_format
-from pytest_llmtrace.trace.jsondoc import INT64_MAX, INT64_MIN, Doc, check_size, describe
+from pytest_llmtrace.trace.jsondoc import INT64_MAX, INT64_MIN, SCALAR_KINDS, Doc, check_size, decode_scalar, describe
 from pytest_llmtrace.trace.model import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 
 __all__ = [
@@ -270,21 +270,8 @@ def _snake_value(doc: Doc) -> AttrValue | None:
         raise doc.error("exactly one non-null value", "the keys " + ", ".join(present))
     key = present[0]
     inner = doc.key(key)
-    if key == "string_value":
-        return inner.string()
-    if key == "bool_value":
-        if not isinstance(inner.value, bool):
-            raise inner.fail("true or false")
-        return inner.value
-    if key == "int_value":
-        return inner.integer(lo=INT64_MIN, hi=INT64_MAX)
-    if key == "double_value":
-        if isinstance(inner.value, (int, float)) and not isinstance(inner.value, bool):
-            return float(inner.value)
-        special = {"nan": "nan", "inf": "inf", "-inf": "-inf", "infinity": "inf", "-infinity": "-inf"}
-        if isinstance(inner.value, str) and inner.value.lower() in special:
-            return float(special[inner.value.lower()])
-        raise inner.fail("a number")
+    if key.removesuffix("_value") in SCALAR_KINDS:
+        return decode_scalar(key.removesuffix("_value"), inner)  # type: ignore[no-any-return]
     if key == "bytes_value":
         return _phoenix_bytes(inner)
     if key == "array_value":
