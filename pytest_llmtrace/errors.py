@@ -6,10 +6,20 @@ enough context to fix the problem without reading a traceback: which file, where
 
 from __future__ import annotations
 
+import difflib
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["LLMTraceError", "RecordingError", "TraceFormatError", "TraceFormatWarning"]
+__all__ = [
+    "LLMTraceError",
+    "RecordingError",
+    "TraceFormatError",
+    "TraceFormatWarning",
+    "did_you_mean",
+    "first_line",
+    "near_misses",
+]
 
 
 class LLMTraceError(Exception):
@@ -46,3 +56,24 @@ def warn_format(source: str | Path | None, json_path: str, message: str) -> None
 
 class RecordingError(LLMTraceError):
     """Span recording cannot work in this process (for example, a non-SDK TracerProvider is installed)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty.
+
+    Drivers put the reason on the first line and follow it with context (psycopg2's ``LINE 1: ...`` and caret,
+    docker's HTTP details): one line is what a header or a failure summary has room for.
+    """
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def near_misses(value: str, choices: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """The valid names closest to a misspelled one, best first (none when nothing is close)."""
+    return difflib.get_close_matches(value, list(choices), n=n, cutoff=cutoff)
+
+
+def did_you_mean(value: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'?"`` for the closest valid name, or ``""``: the suffix every near-miss message shares."""
+    near = near_misses(value, choices, cutoff=cutoff)
+    return f"did you mean {near[0]!r}?" if near else ""
