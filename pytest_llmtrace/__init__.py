@@ -9,8 +9,10 @@ from pytest_llmtrace.errors import LLMTraceError, RecordingError, TraceFormatErr
 from pytest_llmtrace.fixtures import TestRecording
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError
 from pytest_llmtrace.services.session import PostgresDatabase
-from pytest_llmtrace.trace.model import LLMCall, Message, Span, SqlStatement, Status, Trace
+from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
+from pytest_llmtrace.trace.span import Span, Status
+from pytest_llmtrace.trace.views import LLMCall, Message, SqlStatement
 
 __all__ = [
     "Checker",

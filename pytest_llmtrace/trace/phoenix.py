@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 from pytest_llmtrace.errors import TraceFormatError, warn_format
 from pytest_llmtrace.trace.jsondoc import INT64_MAX, INT64_MIN, SCALAR_KINDS, Doc, check_size, decode_scalar, describe
-from pytest_llmtrace.trace.model import SPAN_KIND, AttrValue, Span, SpanEvent, Status
+from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 
 __all__ = [
     "DATAFRAME_INSTALL_HINT",

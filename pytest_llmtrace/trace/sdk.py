@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
+from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.span import Span, SpanEvent, SpanLink, Status
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
