@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pytest_llmtrace.ollama_api.server import normalize_model_name
+from pytest_llmtrace.ollama_api.backend import normalize_model_name
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
 from pytest_llmtrace.services.process import ServerProcess
 

@@ -142,7 +142,7 @@ class ReplaySwitch:
         return self._current.models() if self._current is not None else []
 
     def chat(self, request: Any) -> Any:
-        from pytest_llmtrace.ollama_api.server import BackendError
+        from pytest_llmtrace.ollama_api.backend import BackendError
 
         if self._current is None:
             raise BackendError(
