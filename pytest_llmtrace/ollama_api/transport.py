@@ -50,6 +50,8 @@ __all__ = [
 
 MAX_LINE = 65536  # request line, header line and chunk-size line, as http.server limits its own lines
 MAX_CHUNK_TRAILERS = 100
+LINGER_S = 1.0  # after a refusal, how long to read (and drop) what the client is still sending
+LINGER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # not 0.9, which has no status line: refusals of garbage stay readable
     server_version = "ollama-api-stand-in"
     sys_version = ""
     server: RouteServer
@@ -187,6 +190,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._buffered = io.BufferedReader(self._reader)
         self.rfile = self._buffered
         self._started = False
+        self._linger = False
 
     @property
     def backend(self) -> ModelBackend:
@@ -206,10 +210,10 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         self._reader.deadline = time.monotonic() + limits.read_timeout_s
         self._started = False
+        self.command, self.path, self.requestline, self.request_version = "", "", "", self.default_request_version
         try:
             self.raw_requestline = self.rfile.readline(MAX_LINE + 1)
             if len(self.raw_requestline) > MAX_LINE:
-                self.requestline, self.request_version, self.command = "", "", ""
                 self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, "the request line is too long")
                 return
             if not self.parse_request():  # a malformed request line or header: answered through send_error
@@ -220,7 +224,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             if not self._started:  # the request itself was late, not our answer to it
                 self.connection.settimeout(limits.read_timeout_s)
                 seconds = f"{limits.read_timeout_s:g}"
-                late = HTTPError(408, f"the request did not arrive within {seconds} s; the connection is closed")
+                late = HTTPError(
+                    408, f"the request did not arrive within {seconds} s; the connection is closed", close=True
+                )
                 self._refuse_quietly(late)
         except OSError:  # the client went away mid-request or mid-response
             self.close_connection = True
@@ -255,6 +261,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _refuse(self, error: HTTPError, error_body: ErrorBody) -> None:
         if error.close:
             self.close_connection = True
+            self._linger = True
         if self._started:  # a stream already under way cannot become an error response: end the connection
             self.close_connection = True
             return
@@ -263,6 +270,31 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _refuse_quietly(self, error: HTTPError) -> None:
         with contextlib.suppress(OSError):  # the client is gone; the connection is closed either way
             self._refuse(error, ollama_error)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self._linger:
+                self._drain()
+
+    def _drain(self) -> None:
+        """Read and drop what a refused client is still sending, for a moment, before the connection is closed.
+
+        Closing a socket with unread input makes the kernel reset the connection, and a reset can discard the refusal
+        from the client's buffer before the client reads it: the client would see "connection reset" instead of 413.
+        Half-closing first tells the client the answer is complete; the time and byte caps keep a client that never
+        stops sending from holding the thread.
+        """
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, left = time.monotonic() + LINGER_S, LINGER_BYTES
+            while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining)
+                data = self.connection.recv(min(65536, left))
+                if not data:
+                    break
+                left -= len(data)
 
     def _check_host(self) -> None:
         host = self.headers.get_all("Host") or []

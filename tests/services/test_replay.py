@@ -21,12 +21,15 @@ import httpx
 import ollama
 import pytest
 
-from pytest_llmtrace.ollama_api import BackendError, ChatRequest, OllamaAPIServer
+from pytest_llmtrace.ollama_api import BackendError, ChatRequest, OllamaAPIServer, replay
 from pytest_llmtrace.ollama_api.replay import (
     EVAL_TOKEN_WEIGHT,
+    MATCHERS,
     ReplayBackend,
     ReplayServer,
     format_prompt_diff,
+    matcher_names,
+    register_matcher,
     replay_server,
 )
 from pytest_llmtrace.trace.model import Trace
@@ -417,6 +420,67 @@ def test_unknown_matcher_names_the_valid_ones(trace: Trace) -> None:
         ReplayBackend(trace, match=("model", "prompt"))
     with pytest.raises(ValueError, match=re.escape("unknown replay matcher 'mesages'; did you mean 'messages'?;")):
         ReplayBackend(trace, match=("mesages",))
+
+
+@pytest.fixture
+def own_matchers() -> Iterator[None]:
+    """The registry is process-wide: a matcher a test registers must not outlive the test."""
+    before = dict(MATCHERS)
+    yield
+    replay._MATCHERS.clear()
+    replay._MATCHERS.update(before)
+
+
+def test_built_in_matchers_are_registered_in_order() -> None:
+    assert matcher_names() == ("model", "messages", "last_user_message", "system")
+
+
+def test_a_registered_matcher_replays_over_http_and_is_named_in_misses(call: LLMCall, own_matchers: None) -> None:
+    seen: list[tuple[ChatRequest, ChatRequest]] = []
+
+    def same_question_any_case(request: ChatRequest, recorded: ChatRequest) -> bool:
+        seen.append((request, recorded))
+        return request.last_user_message.casefold() == recorded.last_user_message.casefold()
+
+    register_matcher("question_any_case", same_question_any_case)
+    messages = changed_system_prompt(call)
+    messages[-1]["content"] = messages[-1]["content"].upper()
+    with replay_server([call], match=("model", "question_any_case"), speed="instant") as running:
+        client = ollama.Client(host=running.url)
+        answer = client.chat(model=MODEL, messages=messages)
+        with pytest.raises(ollama.ResponseError) as caught:
+            client.chat(model=MODEL, messages=[{"role": "user", "content": "Something else?"}])
+
+    assert "question_any_case" in matcher_names()
+    assert answer.message.content == call.output_text
+    assert "differs in question_any_case, already used" in caught.value.error
+    request, recorded = seen[0]
+    assert (request.model, request.route, request.body["messages"]) == (MODEL, "/api/chat", messages)
+    assert (recorded.model, recorded.messages, recorded.route) == (MODEL + ":latest", call.input_messages, "")
+
+
+def test_a_matcher_name_is_taken_once_unless_replaced(own_matchers: None) -> None:
+    def anything(request: ChatRequest, recorded: ChatRequest) -> bool:
+        return True
+
+    with pytest.raises(ValueError, match="a replay matcher named 'messages' is already registered; pass replace=True"):
+        register_matcher("messages", anything)
+    with pytest.raises(ValueError, match="must be a word"):
+        register_matcher("two words", anything)
+    register_matcher("messages", anything, replace=True)
+    assert MATCHERS["messages"] is anything
+
+
+def test_a_matcher_that_raises_fails_the_request_naming_it(call: LLMCall, own_matchers: None) -> None:
+    def broken(request: ChatRequest, recorded: ChatRequest) -> bool:
+        raise KeyError("tools")
+
+    register_matcher("broken", broken)
+    with replay_server([call], match=("broken",), speed="instant") as running:
+        response = httpx.post(f"{running.url}/api/chat", json={"model": MODEL, "messages": wire(call.input_messages)})
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "replay matcher 'broken' raised KeyError: 'tools'"}
 
 
 def test_empty_match_replays_in_recorded_order() -> None:
