@@ -222,7 +222,6 @@ class RequestHandler(BaseHTTPRequestHandler):
         except TimeoutError:
             self.close_connection = True
             if not self._started:  # the request itself was late, not our answer to it
-                self.connection.settimeout(limits.read_timeout_s)
                 seconds = f"{limits.read_timeout_s:g}"
                 late = HTTPError(
                     408, f"the request did not arrive within {seconds} s; the connection is closed", close=True
@@ -248,7 +247,6 @@ class RequestHandler(BaseHTTPRequestHandler):
         if route is None:
             self.send_bytes(404, "text/plain; charset=utf-8", b"404 page not found")  # as Ollama (gin) says it
             return
-        self.connection.settimeout(self.server.limits.idle_timeout_s)  # the answer may take long to write
         try:
             route.handle(self, _json_object(raw) if route.json_body else {})
         except HTTPError as exc:
@@ -368,9 +366,14 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     # -- responses --------------------------------------------------------------------------------------------------
 
-    def send_bytes(self, status: int, content_type: str, data: bytes) -> None:
+    def _start_response(self, status: int) -> None:
+        """From here on the request is answered: a failure can only end the connection, not send an error."""
         self._started = True
+        self.connection.settimeout(self.server.limits.idle_timeout_s)  # for writes: a client that stops reading
         self.send_response(status)
+
+    def send_bytes(self, status: int, content_type: str, data: bytes) -> None:
+        self._start_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         if self.close_connection:
@@ -387,8 +390,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def send_stream(self, content_type: str, pieces: Iterator[bytes]) -> None:
         """A 200 whose body is sent piece by piece (chunked), as Ollama streams NDJSON and OpenAI streams SSE."""
-        self._started = True
-        self.send_response(200)
+        self._start_response(200)
         self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
