@@ -13,14 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.errors import TraceFormatError
-from pytest_llmtrace.trace.jsondoc import (
-    Doc,
-    attributes_from_otlp,
-    attributes_to_otlp,
-    loads,
-    read_bytes,
-)
+from pytest_llmtrace.trace.jsondoc import Doc, attributes_from_otlp, attributes_to_otlp
 from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
+from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, parse, read_bytes
 
 __all__ = [
     "dumps",
@@ -148,10 +143,14 @@ def group_traces(
     return [Trace(group, source=source, span_paths=paths) for group in by_trace.values()]
 
 
-def read_trace(path: str | Path) -> Trace:
-    """Read one golden trace file: spec OTLP JSON holding exactly one trace."""
+def read_trace(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> Trace:
+    """Read one golden trace file: spec OTLP JSON holding exactly one trace.
+
+    Any malformed or hostile content raises ``TraceFormatError`` (see ``safejson`` for the limits), so a collector
+    can turn one bad file into one failing item; ``max_bytes`` is the ``llmtrace_max_trace_bytes`` setting.
+    """
     path = Path(path)
-    value = loads(read_bytes(path), path)
+    value = parse(decode(read_bytes(path, max_bytes), path), path)
     traces = traces_from_request(value, path)
     if len(traces) != 1:
         shown = ", ".join(t.trace_ids[0] for t in traces[:3]) + ("..." if len(traces) > 3 else "")
