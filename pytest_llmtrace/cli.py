@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from pytest_llmtrace import capture, redact
 from pytest_llmtrace.errors import LLMTraceError, TraceFormatWarning
 from pytest_llmtrace.trace.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
@@ -65,7 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("sources", nargs="+", metavar="SRC", type=Path, help="exported trace file")
     imp.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the golden files")
     imp.add_argument("--force", action="store_true", help="overwrite existing files whose content differs")
+    redact.add_arguments(imp)
     imp.set_defaults(handler=_import)
+    cap = commands.add_parser(
+        "capture",
+        help="read a Phoenix project's traces into redacted golden files",
+        description="Read traces from a Phoenix project over its REST API and write each one as a redacted golden "
+        "file named like `import` names them, with where it came from in its resource attributes. "
+        "PHOENIX_API_KEY, when set, is sent as a bearer token and never printed or written.",
+    )
+    capture.add_arguments(cap)
+    redact.add_arguments(cap)
+    cap.set_defaults(handler=lambda args: capture.run(args, golden_file_name))
     show = commands.add_parser(
         "show",
         help="print the waterfall of trace files",
@@ -78,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _import(args: argparse.Namespace) -> int:
     out: Path = args.out
+    try:
+        redactor = redact.from_args(args)
+    except redact.RedactionError as exc:
+        _error(str(exc))
+        return 2
     status = 0
     written: dict[Path, tuple[str, Path]] = {}  # this run's files, so two sources cannot overwrite each other
     traces_done = spans_done = unchanged = 0
@@ -88,6 +105,8 @@ def _import(args: argparse.Namespace) -> int:
             continue
         print(f"{source}: {len(imported.traces)} traces ({imported.span_count} spans), read as {imported.format}")
         for trace in imported.traces:
+            if redactor is not None:  # before the name: the slug comes from the question
+                trace = redactor.trace(trace)
             target = out / golden_file_name(trace)
             text = dumps(trace)
             if target in written and written[target][0] != text:
@@ -112,6 +131,8 @@ def _import(args: argparse.Namespace) -> int:
                 spans_done += len(trace)
                 print(f"  {target} ({len(trace)} spans)")
             written[target] = (text, source)
+    if redactor is not None:
+        print(redactor.summary())
     summary = f"wrote {traces_done} traces ({spans_done} spans) to {out}"
     if unchanged:
         summary += f"; {unchanged} unchanged"
