@@ -196,7 +196,10 @@ class Source:
         """Trace ids that pass every filter, newest root first (``--limit`` is the caller's: it counts files)."""
         f = self.filters
         errors = self.error_trace_ids() if f.errors_only else None
-        params = [("limit", str(PAGE_LIMIT)), ("parent_id", "null"), ("sort", "start_time"), ("order", "desc")]
+        page_size = PAGE_LIMIT
+        if f.limit is not None and f.sample is None and not f.errors_only:
+            page_size = min(PAGE_LIMIT, f.limit)  # --limit 5 needs five roots, not a page of a thousand
+        params = [("limit", str(page_size)), ("parent_id", "null"), ("sort", "start_time"), ("order", "desc")]
         if f.since is not None:
             params.append(("start_time", f.since.isoformat()))
         if f.until is not None:
