@@ -1,6 +1,6 @@
 """Capture speed: ``llmtrace capture`` from a local Phoenix, printed as spans/s and the ratio to its target.
 
-Run: python tests/benchmarks/bench_capture.py [--traces 2000] [--runs 3] [--phoenix-url URL]
+Run: python tests/benchmarks/bench_capture.py [--traces 2000] [--runs 3] [--phoenix-url URL [--project NAME]]
 
 Phoenix is filled with copies of the golden traces (3 spans each, new ids and times), a third of them with an email
 address and a phone number in the question, so redaction has work to do. Filling is not timed: Phoenix ingests a few
@@ -142,6 +142,7 @@ def main() -> int:
     parser.add_argument("--traces", type=int, default=2000, help="traces to fill Phoenix with (3 spans each)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--phoenix-url", help="a running Phoenix to fill instead of an embedded one")
+    parser.add_argument("--project", help="measure this project of --phoenix-url as it is, without filling it")
     args = parser.parse_args()
 
     server = None
@@ -153,12 +154,12 @@ def main() -> int:
         server = EmbeddedPhoenix()
         url = server.start().url
     try:
-        project = f"bench-capture-{random.randrange(10**6)}"
-        filled_at = time.perf_counter()
-        sent = fill(url, project, args.traces)
-        print(
-            f"filled {url} project {project}: {sent} spans in {time.perf_counter() - filled_at:.0f} s", file=sys.stderr
-        )
+        project = args.project or f"bench-capture-{random.randrange(10**6)}"
+        if not args.project:
+            filled_at = time.perf_counter()
+            sent = fill(url, project, args.traces)
+            elapsed = time.perf_counter() - filled_at
+            print(f"filled {url} project {project}: {sent} spans in {elapsed:.0f} s", file=sys.stderr)
         raw = [raw_read(url, project) for _ in range(args.runs)]
         runs = [capture(url, project) for _ in range(args.runs)]
     finally:
