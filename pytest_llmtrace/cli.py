@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from pytest_llmtrace import capture, redact
 from pytest_llmtrace.errors import LLMTraceError, TraceFormatWarning, first_line
 from pytest_llmtrace.trace.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import dumps, write_golden
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, MAX_TRACE_BYTES_ENV
-from pytest_llmtrace.trace.secrets import redact_trace
 
 __all__ = ["INTERNAL_ERROR", "golden_file_name", "import_sources", "main"]
 
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
-    if args.max_trace_bytes is None:
+    if hasattr(args, "max_trace_bytes") and args.max_trace_bytes is None:  # import and show read files
         env = os.environ.get(MAX_TRACE_BYTES_ENV, "").strip()
         try:
             args.max_trace_bytes = _positive_int(env) if env else DEFAULT_MAX_TRACE_BYTES
@@ -90,13 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the golden files")
     imp.add_argument("--force", action="store_true", help="overwrite existing files whose content differs")
     _add_max_bytes(imp)
-    imp.add_argument(
-        "--no-redact",
-        dest="redact",
-        action="store_false",
-        help="keep credentials (URL passwords, API keys, Authorization headers) in the golden files",
-    )
+    redact.add_arguments(imp)
     imp.set_defaults(handler=_import)
+    cap = commands.add_parser(
+        "capture",
+        help="read a Phoenix project's traces into redacted golden files",
+        description="Read traces from a Phoenix project over its REST API and write each one as a redacted golden "
+        "file named like `import` names them, with where it came from in its resource attributes. "
+        "PHOENIX_API_KEY, when set, is sent as a bearer token and never printed or written.",
+    )
+    capture.add_arguments(cap)
+    redact.add_arguments(cap)
+    cap.set_defaults(handler=lambda args: capture.run(args, golden_file_name))
     show = commands.add_parser(
         "show",
         help="print the waterfall of trace files",
@@ -119,7 +124,12 @@ def _add_max_bytes(parser: argparse.ArgumentParser) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    return import_sources(args.sources, args.out, force=args.force, max_bytes=args.max_trace_bytes, redact=args.redact)
+    try:
+        redactor = redact.from_args(args)
+    except redact.RedactionError as exc:
+        _error(str(exc))
+        return 2
+    return import_sources(args.sources, args.out, force=args.force, max_bytes=args.max_trace_bytes, redactor=redactor)
 
 
 def import_sources(
@@ -128,12 +138,14 @@ def import_sources(
     *,
     force: bool = False,
     max_bytes: int = DEFAULT_MAX_TRACE_BYTES,
-    redact: bool = True,
+    redactor: redact.Redactor | None = None,
 ) -> int:
     """``llmtrace import``: every good source is converted, every bad one is one ``error:`` line; 1 if any failed.
 
-    Files are written atomically (a temporary file in the target directory, then ``os.replace``), never through a
-    symbolic link, and an existing file with other content is kept unless ``force``.
+    With a ``redactor`` (the default from the command line) personal data and credentials are replaced before the
+    file name is made and before anything is written. Files are written atomically (a temporary file in the target
+    directory, then ``os.replace``), never through a symbolic link, and an existing file with other content is kept
+    unless ``force``.
     """
     status = 0
     written: dict[Path, tuple[str, Path]] = {}  # this run's files, so two sources cannot overwrite each other
@@ -145,13 +157,8 @@ def import_sources(
             continue
         print(f"{source}: {len(imported.traces)} traces ({imported.span_count} spans), read as {imported.format}")
         for trace in imported.traces:
-            note = ""
-            if redact:
-                redaction = redact_trace(trace)
-                trace = redaction.trace
-                if redaction.count:  # which attributes, never the values
-                    keys = _clip(", ".join(sorted(redaction.fields)), 200)
-                    note = f"; redacted {redaction.count} secret values in {keys}"
+            if redactor is not None:  # before the name: the slug comes from the question
+                trace = redactor.trace(trace)
             target = out / golden_file_name(trace)
             text = dumps(trace)
             if target in written and written[target][0] != text:
@@ -169,12 +176,14 @@ def import_sources(
                 continue
             if outcome == "unchanged":
                 unchanged += 1
-                print(f"  {target} unchanged{note}")
+                print(f"  {target} unchanged")
             else:
                 traces_done += 1
                 spans_done += len(trace)
-                print(f"  {target} ({len(trace)} spans{note})")
+                print(f"  {target} ({len(trace)} spans)")
             written[target] = (text, source)
+    if redactor is not None:
+        print(redactor.summary())
     summary = f"wrote {traces_done} traces ({spans_done} spans) to {out}"
     if unchanged:
         summary += f"; {unchanged} unchanged"

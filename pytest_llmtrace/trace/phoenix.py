@@ -37,8 +37,8 @@ from pytest_llmtrace.trace.jsondoc import (
     decode_scalar,
     describe,
 )
-from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 from pytest_llmtrace.trace.safejson import check_tree
+from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 
 __all__ = [
     "DATAFRAME_INSTALL_HINT",

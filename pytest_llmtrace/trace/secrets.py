@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 REDACTED = "***"
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
 
 SECRET_KEYS = frozenset(
     {
@@ -110,6 +111,10 @@ _QUOTED_PAIR = re.compile(
 
 
 def _keep_head(match: re.Match[str]) -> str:
+    tail = match.group("v") if "v" in match.groupdict() else ""
+    secret = match.group()[len(match.group("head")) : len(match.group()) - len(tail or "")]
+    if _PLACEHOLDER.fullmatch(secret.strip("'\"")):  # already replaced by the PII redaction: keep it consistent
+        return match.group()
     return match.group("head") + REDACTED + (match.group("v") if "v" in match.groupdict() else "")
 
 
@@ -146,6 +151,11 @@ def is_secret_key(key: str) -> bool:
     """Rule 1: the attribute's name says its value is a credential."""
     last = key.rsplit(".", 1)[-1].lower().replace("-", "_")
     return last in SECRET_KEYS or last.endswith(SECRET_KEY_SUFFIXES)
+
+
+def _is_placeholder(value: AttrValue) -> bool:
+    """``<API_KEY_1>``: what ``pytest_llmtrace.redact`` writes in place of a value it recognised."""
+    return isinstance(value, str) and _PLACEHOLDER.fullmatch(value) is not None
 
 
 def _is_connection_key(key: str) -> bool:
@@ -240,8 +250,8 @@ def _redact_attributes(
             changed = changed or inner is not value
             result[key] = dict(inner) if inner is not value else value
             continue
-        if is_secret_key(key):
-            new = value if value in ("", REDACTED) else REDACTED
+        if is_secret_key(key):  # a placeholder the PII redaction already put there stays, so it stays consistent
+            new = value if value in ("", REDACTED) or _is_placeholder(value) else REDACTED
         else:
             new = _redact_value(value, connection=_is_connection_key(key))
         if not (new is value or (type(new) is type(value) and new == value)):
