@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_llmtrace import cases
+from pytest_llmtrace.options import TOKEN_KINDS, UnknownName, options_for
+from pytest_llmtrace.replay_config import get_config
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -29,7 +31,7 @@ class Checker:
     def __init__(self, request: pytest.FixtureRequest, recording: TestRecording) -> None:
         self._request = request
         self._recording = recording
-        self.options = cases.options_for(request.node, cases.get_config(request.config).options)
+        self.options = options_for(request.node, get_config(request.config).options)
 
     def _trace(self, trace: Trace | None) -> Trace:
         return trace if trace is not None else self._recording.trace
@@ -62,15 +64,14 @@ class Checker:
         limits = dict(self.options.latency_budgets_ms if latency_ms is None else latency_ms)
         token_max = dict(self.options.token_max if tokens is None else tokens)
         # Compared with itself, only the absolute budgets can be violated: there is no golden trace here.
-        unknown = sorted(set(token_max) - set(cases.TOKEN_KINDS))
+        unknown = sorted(set(token_max) - set(TOKEN_KINDS))
         if unknown:
             pytest.fail(
-                f"llmtrace_check.within_budget: unknown token kind {unknown[0]!r}; use {cases.TOKEN_KINDS}",
-                pytrace=False,
+                f"llmtrace_check.within_budget: {UnknownName('token kind', unknown[0], TOKEN_KINDS)}", pytrace=False
             )
         try:
             violations = check_latency(now, now, budgets_ms=limits, tolerance=float("inf"))
-        except ValueError as exc:  # an unknown span kind in latency_ms
+        except UnknownName as exc:  # an unknown span kind in latency_ms
             message = f"llmtrace_check.within_budget: {exc}"
         else:
             message = ""

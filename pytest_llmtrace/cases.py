@@ -7,18 +7,18 @@ and xdist treat captured production traffic like any other test. An item is a ``
 
 from __future__ import annotations
 
-import ast
 import difflib
 import fnmatch
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_llmtrace.errors import TraceFormatError
-from pytest_llmtrace.settings import REPLAY_SETTINGS, Settings, resolve
+from pytest_llmtrace.options import CheckOptions, options_for
+from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 
 if TYPE_CHECKING:
@@ -30,177 +30,8 @@ if TYPE_CHECKING:
     from pytest_llmtrace.services.session import PostgresDatabase
     from pytest_llmtrace.trace.model import Trace
 
-CHECKS = ("sql", "results", "latency", "tokens", "snapshot")
-KINDS = ("total", "LLM", "SQL", "CHAIN")
-TOKEN_KINDS = ("prompt", "completion", "total")
-MARKER = "llmtrace"
-MARKER_HELP = (
-    "llmtrace(checks=None, skip_checks=(), result_match=None, latency_budgets_ms=None, latency_tolerance=None, "
-    "latency_floor_ms=None, "
-    "token_tolerance=None, token_max=None, sql_timeout_ms=None): tune the checks of a golden case or of the "
-    "llmtrace_check helpers"
-)
-
-
-# -- configuration --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    """Everything a case's checks depend on: the session's settings, then the case's ``llmtrace`` marker."""
-
-    checks: frozenset[str] = frozenset(CHECKS)
-    result_match: str = "bag"
-    latency_budgets_ms: dict[str, float] = field(default_factory=dict)
-    latency_tolerance: float = 1.5
-    latency_floor_ms: float = 200.0
-    token_tolerance: float = 0.10
-    token_max: dict[str, int] = field(default_factory=dict)
-    sql_timeout_ms: int = 5000
-
-    def with_marker(self, mark: pytest.Mark, where: str) -> CheckOptions:
-        """Apply ``@pytest.mark.llmtrace(...)``; unknown names and bad values name the marker and the near miss."""
-        if mark.args:
-            raise pytest.UsageError(f"{where}: llmtrace() takes keyword arguments only, got {mark.args!r}")
-        allowed = ("checks", "skip_checks", *(f for f in self.__dataclass_fields__ if f != "checks"))
-        changes: dict[str, Any] = {}
-        for key, value in mark.kwargs.items():
-            if key not in allowed:
-                near = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise pytest.UsageError(
-                    f"{where}: llmtrace() got an unknown argument {key!r}{hint} (valid: {', '.join(allowed)})"
-                )
-            if key in ("checks", "skip_checks"):
-                names = _names(value, CHECKS, f"{where}: llmtrace({key}=...)")
-                base = set(names) if key == "checks" else set(changes.get("checks", self.checks)) - set(names)
-                changes["checks"] = frozenset(base)
-            elif key == "result_match":
-                _names([value], ("bag", "set", "ordered", "none"), f"{where}: llmtrace(result_match=...)")
-                changes[key] = value
-            elif key == "latency_budgets_ms":
-                changes[key] = {**self.latency_budgets_ms, **_numbers(value, KINDS, f"{where}: {key}", float)}
-            elif key == "token_max":
-                changes[key] = {**self.token_max, **_numbers(value, TOKEN_KINDS, f"{where}: {key}", int)}
-            elif key == "sql_timeout_ms":  # 0 would mean "no timeout" to Postgres: model SQL is never unbounded
-                changes[key] = _number(value, f"{where}: {key}", int, minimum=1)
-            else:
-                changes[key] = _number(value, f"{where}: {key}", float)
-        return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class ReplayConfig:
-    """The session's replay settings, parsed and validated once (bad values stop the run as usage errors)."""
-
-    settings: Settings
-    mode: str
-    golden_dir: Path
-    target: str
-    speed: str
-    match: tuple[str, ...]
-    app_db: str
-    options: CheckOptions
-    case_marks: tuple[tuple[str, pytest.MarkDecorator], ...]
-
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> ReplayConfig:
-        s = resolve(config, REPLAY_SETTINGS)
-        options = CheckOptions(
-            checks=frozenset(_names(s["checks"].split(), CHECKS, "llmtrace_checks")),
-            result_match=s["result_match"],
-            latency_budgets_ms=_parse_pairs(s["latency_budgets_ms"], KINDS, "llmtrace_latency_budgets_ms", float),
-            latency_tolerance=_number(s["latency_tolerance"], "llmtrace_latency_tolerance", float),
-            latency_floor_ms=_number(s["latency_floor_ms"], "llmtrace_latency_floor_ms", float),
-            token_tolerance=_number(s["token_tolerance"], "llmtrace_token_tolerance", float),
-            token_max=_parse_pairs(s["token_max"], TOKEN_KINDS, "llmtrace_token_max", int),
-            sql_timeout_ms=_number(s["sql_timeout_ms"], "llmtrace_sql_timeout_ms", int, minimum=1),
-        )
-        from pytest_llmtrace.ollama_api.replay import MATCHERS
-
-        match = tuple(_names(s["replay_match"].split(), tuple(MATCHERS), "llmtrace_replay_match"))
-        root = config.rootpath
-        return cls(
-            settings=s,
-            mode=s["mode"],
-            golden_dir=(root / s["golden_dir"]).resolve(),
-            target=s["target"],
-            speed=s["replay_speed"],
-            match=match,
-            app_db=s["app_db"],
-            options=options,
-            case_marks=tuple(_parse_case_marks(s["case_marks"])),
-        )
-
-
-def _names(values: Any, valid: tuple[str, ...], where: str) -> list[str]:
-    items = [values] if isinstance(values, str) else list(values)
-    for name in items:
-        if name not in valid:
-            near = difflib.get_close_matches(str(name), valid, n=1)
-            hint = f" Did you mean {near[0]!r}?" if near else ""
-            raise pytest.UsageError(f"{where}: {name!r} is not one of {', '.join(valid)}.{hint}")
-    return [str(n) for n in items]
-
-
-def _number(value: Any, where: str, kind: type[int] | type[float], minimum: float = 0) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"{where}: expected a {kind.__name__} number, got {value!r}") from None
-    if number < minimum:
-        raise pytest.UsageError(f"{where}: expected a number >= {minimum:g}, got {value!r}")
-    return number
-
-
-def _numbers(value: Any, keys: tuple[str, ...], where: str, kind: type[int] | type[float]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise pytest.UsageError(f"{where}: expected a dict like {{{keys[0]!r}: 1000}}, got {value!r}")
-    _names(list(value), keys, where)
-    return {k: _number(v, f"{where}[{k!r}]", kind) for k, v in value.items()}
-
-
-def _parse_pairs(text: str, keys: tuple[str, ...], where: str, kind: type[int] | type[float]) -> dict[str, Any]:
-    pairs: dict[str, Any] = {}
-    for part in text.split():
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise pytest.UsageError(f"{where}: expected NAME=NUMBER pairs like '{keys[0]}=1000', got {part!r}")
-        _names([name], keys, where)
-        pairs[name] = _number(value, f"{where} {name}", kind)
-    return pairs
-
-
-def _parse_case_marks(text: str) -> Iterator[tuple[str, pytest.MarkDecorator]]:
-    """``<glob>: <mark>`` lines, where mark is ``name`` or ``name(key=literal, ...)``: parsed, never evaluated."""
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        pattern, sep, expression = line.partition(":")
-        where = f"llmtrace_case_marks line {line.strip()!r}"
-        if not sep or not pattern.strip() or not expression.strip():
-            raise pytest.UsageError(f"{where}: expected '<case glob>: <mark>', e.g. 'error_*: xfail'")
-        try:
-            node = ast.parse(expression.strip(), mode="eval").body
-        except SyntaxError:
-            raise pytest.UsageError(f"{where}: {expression.strip()!r} is not a mark like xfail(reason='...')") from None
-        if isinstance(node, ast.Name):
-            name, kwargs, args = node.id, {}, []
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            try:
-                args = [ast.literal_eval(a) for a in node.args]
-                kwargs = {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
-            except ValueError:
-                raise pytest.UsageError(f"{where}: mark arguments must be literals (strings, numbers, True)") from None
-            name = node.func.id
-        else:
-            raise pytest.UsageError(f"{where}: {expression.strip()!r} is not a mark like xfail(reason='...')")
-        yield pattern.strip(), getattr(pytest.mark, name)(*args, **kwargs)
-
-
 # -- collection -----------------------------------------------------------------------------------------------------
 
-CONFIG_KEY = pytest.StashKey[ReplayConfig]()
 CASE_KEY = pytest.StashKey["GoldenCase"]()
 
 
@@ -211,24 +42,6 @@ class GoldenCase:
     error: TraceFormatError | None = None
 
 
-def configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER_HELP)
-    config.stash[CONFIG_KEY] = ReplayConfig.from_config(config)
-
-
-def get_config(config: pytest.Config) -> ReplayConfig:
-    return config.stash[CONFIG_KEY]
-
-
-def report_header(config: pytest.Config) -> str:
-    """Mode, golden dir and target with where each came from: the first things to check when replay misbehaves."""
-    replay = get_config(config)
-    values = replay.settings.values
-    parts = [f"{name}={values[name].value or '(unset)'} ({values[name].source})" for name in ("mode", "target")]
-    parts.insert(1, f"golden_dir={replay.golden_dir} ({values['golden_dir'].source})")
-    return "llmtrace golden cases: " + ", ".join(parts)
-
-
 def is_golden_file(config: pytest.Config, file_path: Path) -> bool:
     golden_dir = get_config(config).golden_dir
     return (
@@ -236,13 +49,6 @@ def is_golden_file(config: pytest.Config, file_path: Path) -> bool:
         and file_path.resolve().is_relative_to(golden_dir)
         and "__snapshots__" not in file_path.parts
     )
-
-
-def validate_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Check every ``llmtrace`` mark once, at collection: a typo stops the run with its location, not mid-run."""
-    base = get_config(config).options
-    for item in items:
-        options_for(item, base)
 
 
 def is_golden_item(item: pytest.Item) -> bool:
@@ -413,13 +219,6 @@ def services_manager(request: pytest.FixtureRequest) -> Any:
     return session.get_manager(request.config)
 
 
-def options_for(item: pytest.Item, base: CheckOptions) -> CheckOptions:
-    options = base
-    for mark in reversed(list(item.iter_markers(MARKER))):  # closest mark applied last
-        options = options.with_marker(mark, item.nodeid)
-    return options
-
-
 def sql_of(trace: Trace) -> str | None:
     """The SQL the app ran; without a SQL span, the model's answer with code fences stripped."""
     from pytest_llmtrace.checks.sql import strip_code_fences
@@ -523,7 +322,7 @@ def _result_failure(
     diff = compare_results(
         golden_result["rows"],
         rows,
-        options.result_match,  # type: ignore[arg-type]
+        options.result_match,
         order_matters=bool(golden_sql and has_top_level_order_by(golden_sql)),
     )
     if diff is None:

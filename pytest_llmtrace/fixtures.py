@@ -196,9 +196,9 @@ def llmtrace_app(
     Imported after the services are up and DB_URI / OLLAMA_HOST are set, because apps often read them (and set up
     their TracerProvider) at import time. Override this fixture for full control over how a question is asked.
     """
-    from pytest_llmtrace import cases
+    from pytest_llmtrace.replay_config import get_config
 
-    config = cases.get_config(request.config)
+    config = get_config(request.config)
     if config.app_db == "owner":
         monkeypatch.setenv("DB_URI", llmtrace_postgres.url)
     return _load_target(config.target, config.settings.source("target"))

@@ -6,20 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace import cases, recording, settings
+from pytest_llmtrace import cases, recording, replay_config, settings
 from pytest_llmtrace.services import session as services
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
     settings.add_options(parser, settings.SERVICE_SETTINGS)
-    settings.add_options(parser, settings.REPLAY_SETTINGS)
+    settings.add_options(parser, replay_config.REPLAY_SETTINGS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
-    cases.configure(config)
-    services.configure(config, replay=cases.get_config(config).mode == "replay")
+    replay_config.configure(config)
+    services.configure(config, replay=replay_config.get_config(config).mode == "replay")
     from pytest_llmtrace import fixtures
 
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
@@ -32,7 +32,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [recording.report_header(config), cases.report_header(config), *services.report_header(config)]
+    return [recording.report_header(config), replay_config.report_header(config), *services.report_header(config)]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -48,7 +48,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    cases.validate_markers(config, items)
+    replay_config.validate_markers(config, items)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -11,14 +11,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from pytest_llmtrace.options import LATENCY_METRICS, SPAN_KINDS, CheckOptions, canonical_metric
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
 
-__all__ = ["LATENCY_METRICS", "Violation", "check_latency", "check_tokens", "format_table", "latencies_ms"]
+__all__ = ["Violation", "check_latency", "check_tokens", "format_table", "latencies_ms"]
 
-# OpenInference span kinds, plus the two metrics that are not kinds: the whole trace and the SQL spans (which OTel's
-# database conventions mark, not OpenInference).
-_KINDS = ("LLM", "CHAIN", "TOOL", "RETRIEVER", "EMBEDDING", "AGENT", "RERANKER", "GUARDRAIL", "EVALUATOR", "PROMPT")
-LATENCY_METRICS = ("total", "LLM", "SQL", *_KINDS[1:])
+_DEFAULTS = CheckOptions()
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ def latencies_ms(trace: Trace) -> dict[str, float]:
 
 
 def _metrics_of(span: Span) -> tuple[str, ...]:
-    kind = span.kind if span.kind in _KINDS else None
+    kind = span.kind if span.kind in SPAN_KINDS else None
     sql = "SQL" if SqlStatement.from_span(span) is not None else None
     return tuple(m for m in (kind, sql) if m is not None)
 
@@ -62,21 +60,13 @@ def _ancestors(trace: Trace, span: Span) -> Iterable[Span]:
         parent = trace.parent(parent)
 
 
-def _canonical_metric(name: str) -> str:
-    """Budget keys are case-insensitive (``llm``, ``Total``); an unknown key is a typo, not a budget to ignore."""
-    for metric in LATENCY_METRICS:
-        if name.strip().lower() == metric.lower():
-            return metric
-    raise ValueError(f"unknown latency budget {name!r}; expected one of {', '.join(LATENCY_METRICS)}")
-
-
 def check_latency(
     golden: Trace,
     now: Trace,
     *,
     budgets_ms: Mapping[str, float | None],
-    tolerance: float = 1.5,
-    min_ms: float = 50.0,
+    tolerance: float = _DEFAULTS.latency_tolerance,
+    min_ms: float = _DEFAULTS.latency_floor_ms,
 ) -> list[Violation]:
     """Latencies over an absolute budget, and latencies that grew past ``tolerance`` times the golden value.
 
@@ -86,7 +76,7 @@ def check_latency(
     """
     if tolerance <= 0:
         raise ValueError(f"latency tolerance must be positive, got {tolerance!r}")
-    budgets = {_canonical_metric(k): v for k, v in budgets_ms.items()}
+    budgets = {canonical_metric(k): v for k, v in budgets_ms.items()}
     g, n = latencies_ms(golden), latencies_ms(now)
     metrics = [m for m in LATENCY_METRICS if m in g or m in n or m in budgets]
     violations: list[Violation] = []
@@ -108,7 +98,7 @@ def check_tokens(
     golden: Trace,
     now: Trace,
     *,
-    tolerance: float = 0.10,
+    tolerance: float = _DEFAULTS.token_tolerance,
     max_prompt: int | None = None,
     max_completion: int | None = None,
     max_total: int | None = None,
