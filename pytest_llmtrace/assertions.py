@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from pytest_llmtrace.checks.sql import SqlOutcome
-    from pytest_llmtrace.fixtures import TestRecording
+    from pytest_llmtrace.recording import TestRecording
     from pytest_llmtrace.services.session import PostgresDatabase
     from pytest_llmtrace.trace.model import Trace
 
