@@ -11,7 +11,10 @@ from typing import NoReturn
 
 import pytest
 
-__all__ = ["fail", "fail_on"]
+from pytest_llmtrace.checks.report import failure_message
+from pytest_llmtrace.outcome import CaseOutcome
+
+__all__ = ["OUTCOMES_KEY", "conclude", "fail", "fail_on"]
 
 
 def fail(message: str) -> NoReturn:
@@ -45,3 +48,14 @@ class fail_on:  # used like contextlib.suppress, so named like it
         __tracebackhide__ = True
         if exc is not None and isinstance(exc, self._errors):
             fail(f"{self._prefix}{exc}{self._suffix}")
+
+
+OUTCOMES_KEY = pytest.StashKey[list[CaseOutcome]]()
+
+
+def conclude(item: pytest.Item, outcome: CaseOutcome, *, title: str | None = None) -> None:
+    """Keep ``outcome`` on the test item (reports read ``item.stash[OUTCOMES_KEY]``) and fail unless it passed."""
+    __tracebackhide__ = True
+    item.stash.setdefault(OUTCOMES_KEY, []).append(outcome)
+    if not outcome.passed:
+        fail(failure_message(outcome, title=title))

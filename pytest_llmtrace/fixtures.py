@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmtrace import recording
+from pytest_llmtrace.checker import Checker
 from pytest_llmtrace.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.failing import fail, fail_on
 from pytest_llmtrace.recording import TestRecording
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import TracerProvider
 
-    from pytest_llmtrace.assertions import Checker
     from pytest_llmtrace.services.base import Endpoint
 
 __all__ = [
@@ -134,6 +134,4 @@ def _load_target(target: str, source: str) -> Callable[[str], Any]:
 @pytest.fixture
 def llmtrace_check(request: pytest.FixtureRequest, llm_trace: TestRecording) -> Checker:
     """Golden-case checks for hand-written tests: ``sql_executes()``, ``within_budget()``, ``matches_snapshot()``."""
-    from pytest_llmtrace.assertions import Checker
-
     return Checker(request, llm_trace)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace import cases, recording, replay_config, settings
+from pytest_llmtrace import fixtures, golden, recording, replay_config, settings
 from pytest_llmtrace.services import session as services
 
 
@@ -20,8 +20,6 @@ def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
     replay_config.configure(config)
     services.configure(config, replay=replay_config.get_config(config).mode == "replay")
-    from pytest_llmtrace import fixtures
-
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
 
@@ -38,7 +36,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """First, so spans ended while fixtures are set up belong to the test too."""
-    recording.start_test(item, install_provider=not cases.is_golden_item(item))
+    recording.start_test(item, install_provider=not golden.is_golden_item(item))
 
 
 @pytest.hookimpl(trylast=True)
@@ -53,6 +51,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """Each golden trace file under llmtrace_golden_dir is one test item."""
-    if cases.is_golden_file(parent.config, file_path):
-        return cases.GoldenFile.from_parent(parent, path=file_path)
+    if golden.is_golden_file(parent.config, file_path):
+        return golden.GoldenFile.from_parent(parent, path=file_path)
     return None

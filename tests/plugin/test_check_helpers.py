@@ -109,7 +109,7 @@ def test_failing_helpers_name_the_check(project: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*[[]tokens[]]", "*prompt tokens*5000*<= 4000*"])
     result.stdout.fnmatch_lines(["*[[]tokens[]]", "*total tokens*110*<= 100*"])
     result.stdout.fnmatch_lines(
-        ["*llmtrace_check.within_budget: unknown latency metric 'LMM'; did you mean 'LLM'? (valid: *)"]
+        ["[[]latency[]] llmtrace_check.within_budget: unknown latency metric 'LMM'; did you mean 'LLM'? (valid: *)"]
     )
     assert "Traceback" not in result.stdout.str()
 

@@ -7,6 +7,7 @@ from dataclasses import fields
 import pytest
 from openinference.semconv.trace import OpenInferenceSpanKindValues
 
+from pytest_llmtrace.checks import budgets
 from pytest_llmtrace.options import (
     CHECK_SETTINGS,
     CHECKS,
@@ -20,6 +21,7 @@ from pytest_llmtrace.options import (
 )
 from pytest_llmtrace.replay_config import REPLAY_SETTINGS, parse_case_marks
 from pytest_llmtrace.settings import Resolved, Settings
+from pytest_llmtrace.snapshot import OutcomeSnapshotExtension
 
 
 def mark(**kwargs: object) -> pytest.Mark:
@@ -105,6 +107,12 @@ def test_ini_defaults_are_derived_from_the_dataclass_and_read_back_to_it() -> No
     }
     assert from_ini(**{name: text for name, text in defaults.items() if text}) == CheckOptions()
     assert [spec.name for spec in REPLAY_SETTINGS if spec.name in defaults] == list(defaults)
+
+
+def test_the_latency_floor_is_200_ms_everywhere() -> None:
+    assert CheckOptions().latency_floor_ms == 200.0
+    assert OutcomeSnapshotExtension.options.latency_floor_ms == 200.0
+    assert (budgets.check_latency.__kwdefaults__ or {})["floor_ms"] == 200.0
 
 
 # -- 5. check names and result_match choices: defined once; the marker's help is generated ----------------------------
