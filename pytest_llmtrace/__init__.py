@@ -4,9 +4,9 @@ The public API: the trace model and its golden-file format, the errors users cat
 return (for type hints in tests).
 """
 
-from pytest_llmtrace.assertions import Checker
+from pytest_llmtrace.checker import Checker
 from pytest_llmtrace.errors import LLMTraceError, RecordingError, TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.fixtures import TestRecording
+from pytest_llmtrace.recording import TestRecording
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError
 from pytest_llmtrace.services.session import PostgresDatabase
 from pytest_llmtrace.trace.model import Trace
