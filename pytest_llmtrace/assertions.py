@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from pytest_llmtrace.checks.sql import SqlOutcome
     from pytest_llmtrace.fixtures import TestRecording
-    from pytest_llmtrace.services.session import PostgresDatabase
+    from pytest_llmtrace.services.postgres import PostgresDatabase
     from pytest_llmtrace.trace.model import Trace
 
 
