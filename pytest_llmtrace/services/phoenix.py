@@ -10,6 +10,7 @@ import importlib.util
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
@@ -50,7 +51,7 @@ class EmbeddedPhoenix:
         self._server = ServerProcess("phoenix", self.backend, prefix="llmtrace-phoenix-", record=record)
 
     def start(self) -> Endpoint:
-        if importlib.util.find_spec("phoenix.server") is None:
+        if not _server_installed():
             raise ServiceStartError(
                 "phoenix",
                 self.backend,
@@ -136,6 +137,17 @@ class UrlPhoenix:
 
     def stop(self) -> None:
         """Nothing to stop: the server belongs to the user."""
+
+
+def _server_installed() -> bool:
+    """Whether arize-phoenix (not only its client, which also lives under ``phoenix``) is installed.
+
+    Asked without importing it: ``find_spec("phoenix.server")`` would import the ``phoenix`` package into the pytest
+    process first, which takes seconds and hundreds of MB for a server that runs in a process of its own.
+    """
+    spec = importlib.util.find_spec("phoenix")
+    locations = spec.submodule_search_locations if spec is not None else None
+    return any((Path(location) / "server" / "main.py").is_file() for location in locations or ())
 
 
 def _clean_environ() -> dict[str, str]:
