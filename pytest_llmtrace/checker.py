@@ -22,7 +22,7 @@ from pytest_llmtrace.snapshot import OutcomeSnapshot
 
 if TYPE_CHECKING:
     from pytest_llmtrace.recording import TestRecording
-    from pytest_llmtrace.services.session import PostgresDatabase
+    from pytest_llmtrace.services.postgres import PostgresDatabase
     from pytest_llmtrace.trace.model import Trace
 
 __all__ = ["Checker"]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
     from pytest_llmtrace.services.base import Endpoint
+    from pytest_llmtrace.services.postgres import PostgresDatabase
 
 __all__ = [
     "llm_trace",
@@ -63,7 +64,7 @@ def _start(request: pytest.FixtureRequest, service: str) -> Endpoint:
 
 
 @pytest.fixture(scope="session")
-def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[services.PostgresDatabase]:
+def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[PostgresDatabase]:
     """This session's own database (cloned from the SQL fixtures' template); ``DB_URI`` is its read-only DSN."""
     manager = services.get_manager(request.config)
     _start(request, "postgres")
@@ -95,7 +96,7 @@ def llmtrace_phoenix(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
 @pytest.fixture
 def llmtrace_app(
     request: pytest.FixtureRequest,
-    llmtrace_postgres: services.PostgresDatabase,
+    llmtrace_postgres: PostgresDatabase,
     llmtrace_ollama: Endpoint,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[str], Any]:

@@ -31,6 +31,7 @@ from pytest_llmtrace.recording import TestRecording, get_recorder
 from pytest_llmtrace.replay_config import ReplayConfig, get_config
 from pytest_llmtrace.runner import run_checks
 from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.snapshot import OutcomeSnapshot
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
@@ -118,7 +119,7 @@ def _replay_case(
     llmtrace_app: Callable[[str], Any] = request.getfixturevalue("llmtrace_app")  # starts the services
     # Only now is the app imported: record from the provider it installed, or install ours if it installed none.
     get_recorder(request.config).ensure_global()
-    database: services.PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
+    database: PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
     replay = _replay_backend(request, golden, config) if config.mode == "replay" else None
     manager = services.get_manager(request.config)
     app_error: str | None = None

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Literal
 
 import pytest
 
+from pytest_llmtrace.errors import near_misses
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -27,7 +29,7 @@ class SettingSpec:
     help: str
     default: str
     choices: tuple[str, ...] = ()  # when set, values outside it are an error (a URL may be allowed separately)
-    allow_url: tuple[str, ...] = ()  # URL schemes accepted besides the choices
+    allow_url: tuple[str, ...] = ()  # URL schemes accepted besides the choices (or besides any value, without them)
     env: bool = True
     ini_type: Literal["string", "linelist", "args"] = "string"
 
@@ -49,25 +51,27 @@ class SettingSpec:
 
 
 SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
+    # The three backends take no fixed choices here: the names come from the backend registry (built-in ones and
+    # those given to register_backend), and services.choice.check_setting checks them once the run is configured.
     SettingSpec(
         "postgres",
-        "Postgres backend: auto, docker, embedded, or a postgresql:// URL of a server to use.",
+        "Postgres backend: auto, docker, embedded, a name given to register_backend, or a postgresql:// URL of a "
+        "server to use.",
         "auto",
-        choices=("auto", "docker", "embedded"),
         allow_url=("postgresql", "postgres"),
     ),
     SettingSpec(
         "ollama",
-        "Ollama backend: auto, docker, binary (`ollama` on PATH), embedded (llama.cpp in-process), or an http:// URL.",
+        "Ollama backend: auto, docker, binary (`ollama` on PATH), embedded (llama.cpp in-process), a name given to "
+        "register_backend, or an http:// URL.",
         "auto",
-        choices=("auto", "docker", "binary", "embedded"),
         allow_url=("http", "https"),
     ),
     SettingSpec(
         "phoenix",
-        "Phoenix backend: auto, docker, embedded (`phoenix serve`), or an http:// URL of a running Phoenix.",
+        "Phoenix backend: auto, docker, embedded (`phoenix serve`), a name given to register_backend, or an http:// "
+        "URL of a running Phoenix.",
         "auto",
-        choices=("auto", "docker", "embedded"),
         allow_url=("http", "https"),
     ),
     SettingSpec(
@@ -136,16 +140,9 @@ def _validate(spec: SettingSpec, value: str, where: str) -> str:
     options = ", ".join(spec.choices)
     if spec.allow_url:
         options += ", or a URL (" + ", ".join(f"{s}://..." for s in spec.allow_url) + ")"
-    near = _near_miss(lowered, spec.choices)
-    hint = f" Did you mean {near!r}?" if near else ""
+    near = near_misses(lowered.lower(), spec.choices)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
     raise pytest.UsageError(f"{where}: {value!r} is not a valid {spec.name} setting; use {options}.{hint}")
-
-
-def _near_miss(value: str, choices: tuple[str, ...]) -> str | None:
-    import difflib
-
-    found = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
-    return found[0] if found else None
 
 
 def resolve(

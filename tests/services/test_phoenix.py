@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from pytest_llmtrace.recording import TestRecording
     from pytest_llmtrace.services.base import Endpoint
-    from pytest_llmtrace.services.session import PostgresDatabase
+    from pytest_llmtrace.services.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.slow
 
