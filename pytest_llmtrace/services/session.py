@@ -70,6 +70,12 @@ class StopOnSignal:
             signal.signal(signum, previous)
         self._previous.clear()
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        """From here on the run is stopping anyway (fixtures torn down, xdist workers ended, servers stopped): a first
+        signal must not cut that clean-up short, so it no longer interrupts; a second still exits at once."""
+        self.closing = True
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:
             self.uninstall()
@@ -118,6 +124,7 @@ def configure(config: pytest.Config, *, replay: bool) -> None:
     config.stash[_MANAGER_KEY] = manager
     guard = StopOnSignal()
     guard.install()
+    config.pluginmanager.register(guard, "llmtrace-stop-on-signal")
     config.stash[_SIGNALS_KEY] = guard
 
 

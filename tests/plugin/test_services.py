@@ -307,48 +307,38 @@ def test_xdist_workers_share_one_server_and_get_their_own_databases(
     assert _leftovers(tmp_before) == set()
 
 
-def _run_until(pytester: pytest.Pytester, marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """Start pytest, read its output until ``marker`` appears; the test then sleeps so the run can be interrupted."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen: list[str] = []
-    _read_until(proc, marker, seen)
-    return proc, seen
-
-
-def _read_until(proc: subprocess.Popen[str], marker: str, seen: list[str]) -> None:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if marker in line:
-            return
-    proc.kill()
-    raise AssertionError(f"pytest never printed {marker!r}:\n" + "".join(seen))
-
-
 # A detached embedded Postgres (unix socket) and a stand-in `ollama serve` (TCP port), each in its own process group:
-# neither dies with pytest, so only the plugin's clean-up (or the next run's) can stop them.
+# neither dies with pytest, so only the plugin's clean-up (or the next run's) can stop them. The test says where they
+# are in a file, since xdist workers' output does not reach the terminal while they run.
 SLEEPER = """
+import pathlib
 import time
 
-def test_sleeps(llmtrace_postgres, llmtrace_ollama):
-    print("SERVERS", llmtrace_postgres.endpoint.extra["pgdata"], llmtrace_ollama.port, flush=True)
+import pytest
+
+@pytest.mark.parametrize("i", range(2))
+def test_sleeps(llmtrace_postgres, llmtrace_ollama, i):
+    servers = f"{llmtrace_postgres.endpoint.extra['pgdata']} {llmtrace_ollama.port}"
+    pathlib.Path("servers.txt").write_text(servers)
     time.sleep(60)
+"""
+
+SLOW_TEARDOWN = """
+import pathlib
+import time
+
+import pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def slow_teardown():
+    yield
+    pathlib.Path("teardown.txt").write_text("started")
+    time.sleep(600)
 """
 
 
 def _project_with_servers(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The project, a stand-in `ollama` first on PATH, and the options that pick both servers."""
+    """The project, a stand-in `ollama` first on PATH, the sleeping test, and the options that pick both servers."""
     _project(pytester)
     pytester.path.joinpath("fixtures", "Modelfile").write_text("FROM ./model.gguf\n")
     bin_dir = pytester.path / "bin"
@@ -363,12 +353,34 @@ def _project_with_servers(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
     return ["--llmtrace-postgres=embedded", "--llmtrace-ollama=binary"]
 
 
+def _start_and_wait(pytester: pytest.Pytester, *args: str) -> tuple[subprocess.Popen[str], str, int]:
+    """Start pytest and wait until its test sleeps with both servers up; returns the run, the pgdata and the port."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for(proc, pytester.path / "servers.txt")
+    pgdata, port = (pytester.path / "servers.txt").read_text().split()
+    assert _postgres_of(pgdata), "the server should be running while the test sleeps"
+    return proc, pgdata, int(port)
+
+
+def _wait_for(proc: subprocess.Popen[str], path: Path) -> None:
+    deadline = time.monotonic() + 180
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not path.exists():
+        proc.kill()
+        raise AssertionError(f"pytest never wrote {path.name}:\n{proc.communicate()[0]}")
+
+
 def _left_behind(pytester: pytest.Pytester, tmp_before: set[str], port: int) -> list[str]:
     """Every process, port, temp folder and run record the inner runs left, one line each (none after a clean-up)."""
-    roots = (
-        os.environ["TMPDIR"],
-        str(pytester.path),
-    )  # Postgres runs in the first, the stand-in Ollama from the second
+    roots = (os.environ["TMPDIR"], str(pytester.path))  # Postgres runs in the first, the stand-in from the second
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info.get("cmdline") or [])
@@ -382,42 +394,29 @@ def _left_behind(pytester: pytest.Pytester, tmp_before: set[str], port: int) -> 
     return found
 
 
-def _servers(seen: list[str]) -> tuple[str, int]:
-    pgdata, port = seen[-1].split()[-2:]  # after "test_x.py " on the same line, as -s prints it
-    assert _postgres_of(pgdata), "the server should be running while the test sleeps"
-    return pgdata, int(port)
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    ("signum", "xdist"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGTERM-xdist"],
+)
 def test_a_signal_stops_every_server_the_run_started_and_removes_its_files(
     pytester: pytest.Pytester,
     tmp_before: set[str],
     monkeypatch: pytest.MonkeyPatch,
     signum: signal.Signals,
+    xdist: bool,
 ) -> None:
-    """Ctrl-C, CI's SIGTERM on cancel or timeout, and SIGHUP from a closed terminal all end the run the same way."""
+    """Ctrl-C, CI's SIGTERM on cancel or timeout, and SIGHUP from a closed terminal all end the run the same way;
+    under xdist the controller stops the servers its workers started."""
     options = _project_with_servers(pytester, monkeypatch)
-    proc, seen = _run_until(pytester, "SERVERS", *options)
-    _, port = _servers(seen)
+    proc, _, port = _start_and_wait(pytester, *options, *(["-n", "2"] if xdist else []))
     assert _left_behind(pytester, tmp_before, port), "while the test sleeps, the servers and their folders exist"
     os.kill(proc.pid, signum)  # the pytest process only, as `kill PID` does: the servers get no signal of their own
-    output, _ = proc.communicate(timeout=120)
+    output, _ = proc.communicate(timeout=180)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     if signum != signal.SIGINT:
         assert f"{signum.name}: stopping the servers this run started (a second signal exits at once)" in output
     assert _left_behind(pytester, tmp_before, port) == []
-
-
-SLOW_TEARDOWN = """
-import time
-import pytest
-
-@pytest.fixture(scope="session")
-def slow_teardown(llmtrace_postgres, llmtrace_ollama):
-    yield
-    print("TEARING DOWN", flush=True)
-    time.sleep(600)
-"""
 
 
 def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
@@ -425,11 +424,9 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
 ) -> None:
     options = _project_with_servers(pytester, monkeypatch)
     pytester.makeconftest(SLOW_TEARDOWN)
-    pytester.makepyfile(SLEEPER.replace("(llmtrace_postgres,", "(slow_teardown, llmtrace_postgres,"))
-    proc, seen = _run_until(pytester, "SERVERS", *options)
-    pgdata, port = _servers(seen)
+    proc, pgdata, port = _start_and_wait(pytester, *options)
     os.kill(proc.pid, signal.SIGTERM)
-    _read_until(proc, "TEARING DOWN", seen)  # the first signal started the teardown; it hangs
+    _wait_for(proc, pytester.path / "teardown.txt")  # the first signal started the teardown, which hangs
     os.kill(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=60)  # far sooner than the hanging teardown's ten minutes
     assert proc.returncode == -signal.SIGTERM
@@ -443,8 +440,7 @@ def test_a_killed_run_is_cleaned_up_by_the_next_run(
     pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     options = _project_with_servers(pytester, monkeypatch)
-    proc, seen = _run_until(pytester, "SERVERS", *options)
-    pgdata, port = _servers(seen)
+    proc, pgdata, port = _start_and_wait(pytester, *options)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     assert _postgres_of(pgdata), "SIGKILL gives no chance to clean up: the detached server survives it"
