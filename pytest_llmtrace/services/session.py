@@ -230,11 +230,25 @@ class ServiceManager:
         lines = []
         for service in SERVICES:
             try:
-                decided = str(self.choice(service))
+                choice = self.choice(service)
             except pytest.UsageError:
                 decided = f"unavailable with {self.settings.values[service]} (tests that use llmtrace_{service} fail)"
+            else:
+                decided = str(choice)
+                if choice.backend == "docker":
+                    decided += self._docker_details(service)
             lines.append(f"llmtrace {service}: {decided}")
         return lines
+
+    def _docker_details(self, service: str) -> str:
+        """The image (and, for Ollama, the GPUs): what the user chose and where that came from."""
+        from pytest_llmtrace.services.docker import gpu_request
+
+        image = self.settings.values[f"{service}_image"]
+        details = f"; image {image.value} ({image.origin})"
+        if service == "ollama":
+            details += f"; GPUs: {gpu_request(self.settings['ollama_gpu'])[1]}"
+        return details
 
     @property
     def started(self) -> tuple[str, ...]:
@@ -286,7 +300,7 @@ class ServiceManager:
                 assert choice.url is not None
                 return postgres.UrlPostgres(choice.url)
             if choice.backend == "docker":
-                return postgres.DockerPostgres()
+                return postgres.DockerPostgres(self.settings["postgres_image"], record)
             return postgres.EmbeddedPostgres(record, shared=shared)
         if choice.service == "phoenix":
             from pytest_llmtrace.services import phoenix
@@ -295,7 +309,7 @@ class ServiceManager:
                 assert choice.url is not None
                 return phoenix.UrlPhoenix(choice.url)
             if choice.backend == "docker":
-                return phoenix.DockerPhoenix()
+                return phoenix.DockerPhoenix(self.settings["phoenix_image"], record)
             return phoenix.EmbeddedPhoenix(record)
         from pytest_llmtrace.services import ollama
 
@@ -305,7 +319,8 @@ class ServiceManager:
             assert choice.url is not None
             return ollama.UrlOllama(choice.url, model)
         if choice.backend == "docker":
-            return ollama.DockerOllama(model, self.modelfile_path)
+            image, gpu = self.settings["ollama_image"], self.settings["ollama_gpu"]
+            return ollama.DockerOllama(model, self.modelfile_path, image, record, gpu=gpu)
         if choice.backend == "binary":
             return ollama.BinaryOllama(model, self.modelfile_path, record)
         return ollama.EmbeddedOllama(self.modelfile_path, model)
@@ -378,8 +393,19 @@ class ServiceManager:
         self._endpoints.clear()
         if self.context.coordinator:
             self.context.record.cleanup()
+            if any(choice.backend == "docker" for choice in self._choices.values()):
+                self._remove_run_containers(errors)
         if errors:
             raise RuntimeError("pytest-llmtrace could not stop: " + "; ".join(errors))
+
+    def _remove_run_containers(self, errors: list[str]) -> None:
+        """Containers of this run that no backend stopped: an xdist worker's, when the worker was killed."""
+        from pytest_llmtrace.services.docker import ContainerOwner, remove_run_containers
+
+        try:
+            remove_run_containers(ContainerOwner.of(self.context.record).run)
+        except Exception as exc:  # the daemon went away: the next run's sweep removes them
+            errors.append(f"Docker containers of this run: {exc}")
 
 
 def _load_endpoint(state: Path) -> Endpoint | None:

@@ -14,9 +14,9 @@ SUITE=bookworm
 LABEL=org.pytest-llmtrace.inputs
 ROOTS="$STATE/rootfs"
 POSTGRES_IMAGE=local/llmtrace-postgres:15
-# The Phoenix the plugin's default image pins (one place: services/phoenix.py).
+# The Phoenix the plugin's default image pins (one place: services/docker.py).
 PHOENIX_VERSION=$(sed -n 's|^PHOENIX_IMAGE = "arizephoenix/phoenix:version-\(.*\)"$|\1|p' \
-    "$REPO/pytest_llmtrace/services/phoenix.py")
+    "$REPO/pytest_llmtrace/services/docker.py")
 PHOENIX_IMAGE=local/llmtrace-phoenix:$PHOENIX_VERSION
 OLLAMA_IMAGE=local/llmtrace-ollama:standin
 
