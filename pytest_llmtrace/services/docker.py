@@ -153,7 +153,7 @@ class ContainerOwner:
         }
 
 
-def _owner_alive(labels: Mapping[str, str]) -> bool:
+def owner_alive(labels: Mapping[str, str]) -> bool:
     """Whether the process named by a container's labels still runs (the same check the run records use)."""
     try:
         pid = int(labels[f"{LABEL_PREFIX}.pid"])
@@ -168,7 +168,7 @@ def reap_containers(client: Any, host: str | None = None) -> list[str]:
     host = host or socket.gethostname()
     removed: list[str] = []
     for container in client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.host={host}"}):
-        if _owner_alive(container.labels):
+        if owner_alive(container.labels):
             continue  # a live run's (another session, or this one): not ours to touch
         with contextlib.suppress(Exception):  # already gone, or being removed by its own run right now
             container.remove(force=True, v=True)
