@@ -388,7 +388,7 @@ def test_main_job_with_docker_postgres_gives_the_known_outcome() -> None:
     assert f"llmtrace postgres: docker (from --llmtrace-postgres); image {IMAGE['postgres']} ({origin})" in lines
     failed = {line.split("::")[1].split(" ")[0] for line in lines if line.startswith("FAILED golden_traces/")}
     assert failed == FAILING_CASES, result.stdout[-3000:]
-    assert "18 passed, 5 failed" in lines[-1], lines[-1]
+    assert " 5 failed, 18 passed in " in lines[-1], lines[-1]
 
 
 # -- without an engine --------------------------------------------------------------------------------------------
