@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from pytest_llmtrace.ollama_api.server import (
-    Backend,
+from pytest_llmtrace.ollama_api.backend import (
     BackendError,
-    ChatMessage,
     ChatRequest,
     ChatResult,
+    ModelBackend,
     ModelInfo,
-    OllamaAPIServer,
+    normalize_model_name,
 )
+from pytest_llmtrace.ollama_api.server import OllamaAPIServer
+from pytest_llmtrace.ollama_api.transport import Limits
 
-__all__ = ["Backend", "BackendError", "ChatMessage", "ChatRequest", "ChatResult", "ModelInfo", "OllamaAPIServer"]
+__all__ = [
+    "BackendError",
+    "ChatRequest",
+    "ChatResult",
+    "Limits",
+    "ModelBackend",
+    "ModelInfo",
+    "OllamaAPIServer",
+    "normalize_model_name",
+]

@@ -29,16 +29,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.errors import LLMTraceError, first_line
+from pytest_llmtrace.ollama_api.backend import BackendError, ChatRequest, ChatResult, ModelInfo, normalize_model_name
 from pytest_llmtrace.ollama_api.modelfile import Modelfile
-from pytest_llmtrace.ollama_api.server import (
-    BackendError,
-    ChatMessage,
-    ChatRequest,
-    ChatResult,
-    ModelInfo,
-    normalize_model_name,
-)
+from pytest_llmtrace.trace.views import Message
 
 __all__ = ["INSTALL_HINT", "LlamaCppBackend", "LlamaCppError", "guess_model_details", "ollama_to_llamacpp"]
 
@@ -236,7 +230,7 @@ class LlamaCppBackend:
                 return
             path = self.gguf_path()
             try:
-                import xllamacpp
+                import xllamacpp  # optional and heavy (llama.cpp's native library): only when a model is loaded
             except ImportError:
                 raise LlamaCppError(
                     "the embedded Ollama backend needs xllamacpp (llama.cpp for Python), which is not installed",
@@ -253,7 +247,8 @@ class LlamaCppBackend:
                 self._server = xllamacpp.Server(params)
             except Exception as exc:  # RuntimeError("Failed to init server ..."); the reason went to stderr
                 raise LlamaCppError(
-                    f"{self.modelfile.path}: llama.cpp could not load {path}: {exc} (its own messages are on stderr)",
+                    f"{self.modelfile.path}: llama.cpp could not load {path}: {first_line(exc)} "
+                    "(its own messages are on stderr)",
                     fix="check that the file is a complete GGUF model (re-download it) and that n_ctx fits in memory",
                 ) from exc
             self._pending_load_ns = time.perf_counter_ns() - started
@@ -265,24 +260,24 @@ class LlamaCppBackend:
 
     # -- answering --------------------------------------------------------------------------------------------------
 
-    def messages_for(self, request: ChatRequest) -> list[ChatMessage]:
+    def messages_for(self, request: ChatRequest) -> list[Message]:
         """The conversation the model sees, with the Modelfile's SYSTEM and MESSAGE lines placed as Ollama does.
 
         /api/chat: MESSAGE lines, then the request's messages; SYSTEM first unless the request's first message is a
         system message. /api/generate: the request's system (or else SYSTEM), then MESSAGE lines, then the prompt.
         """
-        fixed = [ChatMessage(role, content) for role, content in self.modelfile.messages]
+        fixed = [Message(role, content) for role, content in self.modelfile.messages]
         system = self.modelfile.system
         given = list(request.messages)
         if request.route == "/api/generate":
             if given and given[0].role == "system":
                 head, rest = given[:1], given[1:]
             else:
-                head, rest = ([ChatMessage("system", system)] if system else []), given
+                head, rest = ([Message("system", system)] if system else []), given
             return [*head, *fixed, *rest]
         out = [*fixed, *given]
         if system and not (given and given[0].role == "system"):
-            out.insert(0, ChatMessage("system", system))
+            out.insert(0, Message("system", system))
         return out
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
@@ -297,7 +292,7 @@ class LlamaCppBackend:
 
     def chat(self, request: ChatRequest) -> ChatResult:
         if normalize_model_name(request.model) != normalize_model_name(self.model_name):
-            # the same words as the HTTP front (server.py), which checks names before a backend is asked
+            # the same words as the HTTP front (ollama_routes.find_model), which checks names before a backend is asked
             raise BackendError(404, f'model "{request.model}" not found, try pulling it first')
         body = self.request_body(request)
         with self._lock:

@@ -7,14 +7,11 @@ to prepend, and the sampling parameters (temperature 0 matters: it is what makes
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pytest_llmtrace.errors import LLMTraceError
-
-if TYPE_CHECKING:
-    from collections.abc import Mapping
 
 KNOWN_INSTRUCTIONS = ("FROM", "SYSTEM", "PARAMETER", "TEMPLATE", "MESSAGE", "ADAPTER", "LICENSE", "REQUIRES")
 

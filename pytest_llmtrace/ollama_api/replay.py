@@ -6,9 +6,10 @@ instrumentation) deterministically and offline; what the regression test then le
 the model the same things.
 
 Matching: each request is answered by the first recorded call, in recording order, that is not used yet and that
-agrees with the request under every configured matcher (``MATCHERS``). A recording answers once: an app that now
-asks twice what it asked once gets a miss the second time, and a call it no longer makes shows up in ``unused()``.
-Text is compared after collapsing whitespace runs and stripping, so re-indenting a prompt is not a change.
+agrees with the request under every configured matcher. A recording answers once: an app that now asks twice what
+it asked once gets a miss the second time, and a call it no longer makes shows up in ``unused()``. The built-in
+matchers (``model``, ``messages``, ``last_user_message``, ``system``) compare text after collapsing whitespace runs
+and stripping, so re-indenting a prompt is not a change; more are added with ``register_matcher`` (see there).
 
 A request that matches nothing is refused with HTTP 400, not 404: some apps treat a 404 from Ollama as "model not
 pulled" and start a pull. The refusal is remembered in ``misses`` with a diff against the nearest recording, because
@@ -25,33 +26,40 @@ The split is an estimate; the total is the recording.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
-from pytest_llmtrace.ollama_api.server import (
+from pytest_llmtrace.errors import did_you_mean
+from pytest_llmtrace.ollama_api.backend import (
     BackendError,
-    ChatMessage,
     ChatRequest,
     ChatResult,
     ModelInfo,
-    OllamaAPIServer,
     normalize_model_name,
 )
-from pytest_llmtrace.trace.model import LLMCall, Message, Trace
+from pytest_llmtrace.ollama_api.server import OllamaAPIServer
+from pytest_llmtrace.ollama_api.transport import Limits
+from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.views import LLMCall, Message
 
 __all__ = [
     "EVAL_TOKEN_WEIGHT",
     "MATCHERS",
     "MISS_STATUS",
     "Candidate",
+    "Matcher",
     "Miss",
     "ReplayBackend",
     "ReplayServer",
     "format_prompt_diff",
+    "matcher_names",
+    "register_matcher",
     "replay_server",
 ]
 
@@ -62,31 +70,99 @@ SHORTLIST = 10  # distinct recorded prompts that get the exact (slow) similarity
 
 Speed = Literal["recorded", "instant"]
 
+# -- matchers ---------------------------------------------------------------------------------------------------------
 
+Matcher = Callable[[ChatRequest, ChatRequest], bool]
+
+_MATCHERS: dict[str, Matcher] = {}
+MATCHERS: Mapping[str, Matcher] = MappingProxyType(_MATCHERS)  # read-only and live: registrations show up here
+_MATCHER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def register_matcher(name: str, matcher: Matcher, *, replace: bool = False) -> None:
+    """Make ``name`` usable in ``match=`` and in the ``llmtrace_replay_match`` ini value.
+
+    ``matcher(request, recorded) -> bool`` says whether a recorded call may answer a request. Both arguments are
+    ``ChatRequest`` objects: ``request`` is what the app sent (model name as sent, messages, options, the route and
+    the raw JSON ``body``); ``recorded`` is the request the recorded call answered, rebuilt from its span (``model``
+    is the name it is served under, ``messages`` its input messages, ``options`` its invocation parameters; ``route``
+    is ``""`` and ``body`` empty, as a recording does not hold them). It is called from server threads, so it must
+    not change shared state; an exception it raises fails the request with a 500 that names the matcher.
+
+    A call answers when every configured matcher returns true; on a miss, the report lists for each near recording
+    the matchers that returned false. Register from a ``conftest.py`` (every xdist worker imports it)::
+
+        def same_question_any_date(request: ChatRequest, recorded: ChatRequest) -> bool:
+            return strip_dates(request.last_user_message) == strip_dates(recorded.last_user_message)
+
+        register_matcher("question_any_date", same_question_any_date)
+
+    A name that is taken raises ``ValueError`` unless ``replace=True``: two plugins choosing one name should not
+    silently change each other's matching.
+    """
+    if not _MATCHER_NAME.fullmatch(name):
+        raise ValueError(f"replay matcher name {name!r} must be a word (letters, digits, '_', '.', '-'), no spaces")
+    if not callable(matcher):
+        raise TypeError(f"replay matcher {name!r} must be a function (request, recorded) -> bool")
+    if name in _MATCHERS and _MATCHERS[name] is not matcher and not replace:
+        raise ValueError(f"a replay matcher named {name!r} is already registered; pass replace=True to replace it")
+    _MATCHERS[name] = matcher
+
+
+def matcher_names() -> tuple[str, ...]:
+    """The registered matcher names, built-ins first: what ``match=`` and ``llmtrace_replay_match`` accept."""
+    return tuple(_MATCHERS)
+
+
+@functools.lru_cache(maxsize=4096)
 def _text(value: str) -> str:
+    """Whitespace runs collapsed and stripped (cached: a recorded prompt is compared with every request)."""
     return re.sub(r"\s+", " ", value).strip()
 
 
-def _messages_key(messages: Sequence[Message]) -> tuple[tuple[str, str], ...]:
-    return tuple((m.role.strip().lower(), _text(m.content)) for m in messages)
+def _role(message: Message) -> str:
+    return message.role.strip().lower()
 
 
-def _last_user_key(messages: Sequence[Message]) -> str:
-    return next((_text(m.content) for m in reversed(messages) if m.role.strip().lower() == "user"), "")
+def _same_model(request: ChatRequest, recorded: ChatRequest) -> bool:
+    return normalize_model_name(request.model) == normalize_model_name(recorded.model)
 
 
-def _system_key(messages: Sequence[Message]) -> tuple[str, ...]:
-    return tuple(_text(m.content) for m in messages if m.role.strip().lower() == "system")
+def _same_messages(request: ChatRequest, recorded: ChatRequest) -> bool:
+    def key(messages: Sequence[Message]) -> list[tuple[str, str]]:
+        return [(_role(m), _text(m.content)) for m in messages]
+
+    return key(request.messages) == key(recorded.messages)
 
 
-# Matcher name -> (key of a request, key of a recorded call under its served model name). Equal keys match.
-_Key = Callable[[str, Sequence[Message]], object]
-MATCHERS: Mapping[str, _Key] = {
-    "model": lambda model, messages: normalize_model_name(model),
-    "messages": lambda model, messages: _messages_key(messages),
-    "last_user_message": lambda model, messages: _last_user_key(messages),
-    "system": lambda model, messages: _system_key(messages),
-}
+def _same_last_user_message(request: ChatRequest, recorded: ChatRequest) -> bool:
+    def key(messages: Sequence[Message]) -> str:
+        return next((_text(m.content) for m in reversed(messages) if _role(m) == "user"), "")
+
+    return key(request.messages) == key(recorded.messages)
+
+
+def _same_system(request: ChatRequest, recorded: ChatRequest) -> bool:
+    def key(messages: Sequence[Message]) -> list[str]:
+        return [_text(m.content) for m in messages if _role(m) == "system"]
+
+    return key(request.messages) == key(recorded.messages)
+
+
+register_matcher("model", _same_model)
+register_matcher("messages", _same_messages)
+register_matcher("last_user_message", _same_last_user_message)
+register_matcher("system", _same_system)
+
+
+def _agrees(name: str, request: ChatRequest, recorded: ChatRequest) -> bool:
+    try:
+        return bool(MATCHERS[name](request, recorded))
+    except Exception as exc:  # a user's matcher: the app sees a 500 naming it, the run goes on
+        raise BackendError(500, f"replay matcher {name!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+# -- the near-miss report ---------------------------------------------------------------------------------------------
 
 
 def _render_prompt(messages: Sequence[Message]) -> list[str]:
@@ -162,7 +238,7 @@ class Miss:
     """A request no recorded call answered, with what the test report needs to show why."""
 
     model: str
-    messages: tuple[ChatMessage, ...]
+    messages: tuple[Message, ...]
     route: str
     candidates: tuple[Candidate, ...]  # the nearest recorded calls, most similar first (at most 3)
     diff: str  # format_prompt_diff(nearest recorded prompt, this request's prompt); "" if there is no recording
@@ -190,8 +266,9 @@ class ReplayBackend:
     """Answers each request with a recorded LLM call's answer; see the module docstring for the rules.
 
     ``model`` overrides the recorded model names, for replaying against an app configured with another model name
-    (and for recordings whose spans lack ``llm.model_name``). ``match`` names the ``MATCHERS`` a request must pass;
-    an empty ``match`` replays the calls in recorded order whatever is asked. ``speed="recorded"`` holds each answer
+    (and for recordings whose spans lack ``llm.model_name``). ``match`` names the registered matchers (see
+    ``register_matcher``) a request must pass; an empty ``match`` replays the calls in recorded order whatever is
+    asked. ``speed="recorded"`` holds each answer
     until the recorded duration has passed, so timeouts and latency checks see production-like timing;
     ``"instant"`` answers at once.
     """
@@ -204,11 +281,13 @@ class ReplayBackend:
         match: Sequence[str] = ("model", "messages"),
         speed: Speed = "recorded",
     ) -> None:
-        unknown = [name for name in match if name not in MATCHERS]
-        if unknown:
-            raise ValueError(
-                f"unknown replay matcher {', '.join(map(repr, unknown))}; valid matchers: {', '.join(sorted(MATCHERS))}"
-            )
+        for wanted in match:
+            if wanted not in MATCHERS:
+                hint = did_you_mean(wanted, MATCHERS)
+                raise ValueError(
+                    f"unknown replay matcher {wanted!r}{'; ' + hint if hint else ''}; valid matchers: "
+                    f"{', '.join(sorted(MATCHERS))} (add one with pytest_llmtrace.ollama_api.replay.register_matcher)"
+                )
         if speed not in ("recorded", "instant"):
             raise ValueError(f"unknown replay speed {speed!r}; valid speeds: 'instant', 'recorded'")
         calls = recorded.llm_calls if isinstance(recorded, Trace) else tuple(recorded)
@@ -223,9 +302,8 @@ class ReplayBackend:
         self.calls: tuple[LLMCall, ...] = calls
         self.match: tuple[str, ...] = tuple(dict.fromkeys(match))
         self.speed: Speed = speed
-        self._names = tuple(names)
-        self._keys = tuple(
-            {m: MATCHERS[m](name, call.input_messages) for m in self.match}
+        self._recorded = tuple(  # each call as the request it answered, for the matchers
+            ChatRequest(name, call.input_messages, call.invocation_parameters, route="")
             for name, call in zip(names, calls, strict=True)
         )
         self._models = tuple(ModelInfo(name) for name in dict.fromkeys(names))
@@ -250,14 +328,11 @@ class ReplayBackend:
 
     def chat(self, request: ChatRequest) -> ChatResult:
         started = time.monotonic()
-        keys = {m: MATCHERS[m](request.model, request.messages) for m in self.match}
-        with self._lock:
-            index = next((i for i, used in enumerate(self._used) if not used and self._keys[i] == keys), None)
-            if index is not None:
-                self._used[index] = True
-            used = tuple(self._used)
+        index = self._claim(request)
         if index is None:
-            miss = self._miss(request, keys, used)  # outside the lock: ranking is slow and other calls must go on
+            with self._lock:
+                used = tuple(self._used)
+            miss = self._miss(request, used)  # outside the lock: ranking is slow and other calls must go on
             with self._lock:
                 self._misses.append(miss)
             hint = f"; nearest: {miss.candidates[0].describe()}" if miss.candidates else "; the recording has none"
@@ -269,23 +344,41 @@ class ReplayBackend:
                 time.sleep(remaining)  # outside the lock: concurrent calls overlap as they did when recorded
         return result
 
-    def _miss(self, request: ChatRequest, keys: Mapping[str, object], used: Sequence[bool]) -> Miss:
+    def _claim(self, request: ChatRequest) -> int | None:
+        """The first unused recorded call that every matcher accepts, marked used; ``None`` if there is none.
+
+        Matchers run outside the lock (a user's matcher may be slow); only marking a call used is locked, and a call
+        another thread took meanwhile is passed over. Calls never become unused again, so the first one found that
+        is still free is the first free match.
+        """
+        with self._lock:
+            used = tuple(self._used)
+        for i, recorded in enumerate(self._recorded):
+            if used[i] or not all(_agrees(name, request, recorded) for name in self.match):
+                continue
+            with self._lock:
+                if not self._used[i]:
+                    self._used[i] = True
+                    return i
+        return None
+
+    def _miss(self, request: ChatRequest, used: Sequence[bool]) -> Miss:
         similarity = _rank(self._prompts, _prompt_text(request.messages))
-        ranked = sorted(
-            (
-                Candidate(
-                    index=i,
-                    call=call,
-                    similarity=similarity[self._prompts[i]],
-                    used=used[i],
-                    differs_in=tuple(m for m in self.match if self._keys[i][m] != keys[m]),
-                )
-                for i, call in enumerate(self.calls)
-                if self._prompts[i] in similarity
-            ),
+        nearest = sorted(
+            (i for i in range(len(self.calls)) if self._prompts[i] in similarity),
             # most similar first; on a tie an unused call, which is what the request would have wanted
-            key=lambda c: (-c.similarity, c.used, c.index),
+            key=lambda i: (-similarity[self._prompts[i]], used[i], i),
         )[:MAX_CANDIDATES]
+        ranked = [
+            Candidate(
+                index=i,
+                call=self.calls[i],
+                similarity=similarity[self._prompts[i]],
+                used=used[i],
+                differs_in=tuple(m for m in self.match if not _agrees(m, request, self._recorded[i])),
+            )
+            for i in nearest
+        ]
         diff = format_prompt_diff(ranked[0].call.input_messages, request.messages) if ranked else ""
         return Miss(request.model, request.messages, request.route, tuple(ranked), diff)
 
@@ -312,8 +405,10 @@ class ReplayServer(OllamaAPIServer):
 
     backend: ReplayBackend
 
-    def __init__(self, backend: ReplayBackend, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(backend, host, port)
+    def __init__(
+        self, backend: ReplayBackend, host: str = "127.0.0.1", port: int = 0, *, limits: Limits | None = None
+    ) -> None:
+        super().__init__(backend, host, port, limits=limits)
 
     def __enter__(self) -> ReplayServer:
         self.start()
@@ -328,9 +423,11 @@ def replay_server(
     speed: Speed = "recorded",
     host: str = "127.0.0.1",
     port: int = 0,
+    limits: Limits | None = None,
 ) -> ReplayServer:
     """An unstarted server replaying ``recorded``: ``with replay_server(trace) as server:`` starts and stops it.
 
     Its ``backend`` is the ``ReplayBackend``, for reading ``misses`` and ``unused()`` after the app ran.
     """
-    return ReplayServer(ReplayBackend(recorded, model=model, match=match, speed=speed), host=host, port=port)
+    backend = ReplayBackend(recorded, model=model, match=match, speed=speed)
+    return ReplayServer(backend, host=host, port=port, limits=limits)

@@ -17,19 +17,14 @@ its reported durations say (how the golden traces are recorded); by default it a
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 
-from pytest_llmtrace.ollama_api.server import (
-    BackendError,
-    ChatMessage,
-    ChatRequest,
-    ChatResult,
-    ModelInfo,
-)
+from pytest_llmtrace.errors import near_misses
+from pytest_llmtrace.ollama_api.backend import BackendError, ChatRequest, ChatResult, ModelInfo
+from pytest_llmtrace.trace.views import Message
 
 __all__ = ["ScriptedBackend", "estimate_tokens", "normalize_question"]
 
@@ -47,7 +42,7 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-def prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+def prompt_tokens(messages: Sequence[Message]) -> int:
     return sum(4 + estimate_tokens(m.content) for m in messages)
 
 
@@ -73,7 +68,7 @@ class ScriptedBackend:
         question = request.last_user_message
         key = normalize_question(question)
         if key not in self._answers:
-            near = difflib.get_close_matches(key, list(self._answers), n=3, cutoff=0.5)
+            near = near_misses(key, self._answers, n=3, cutoff=0.5)
             hint = "; nearest scripted: " + ", ".join(repr(self._questions[k]) for k in near) if near else ""
             raise BackendError(404, f"no scripted answer for question {question!r}{hint}")
         text = self._answers[key]

@@ -37,7 +37,7 @@ from pytest_llmtrace.errors import first_line
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
 
-    from pytest_llmtrace.services.process import RunRecord
+    from pytest_llmtrace.services.runs import RunRecord
 
 # The images the Docker backends run unless --llmtrace-<service>-image says otherwise. Pinned: a tag decides the
 # server version results were recorded against, and "latest" changes under a test suite without a commit.

@@ -9,16 +9,16 @@ line), so ``file: at line 3: $...`` points straight at the place to look.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.errors import TraceFormatError
 from pytest_llmtrace.trace import phoenix
-from pytest_llmtrace.trace.jsondoc import Doc, decode, describe, loads, read_bytes
+from pytest_llmtrace.trace.jsondoc import Doc, describe
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces, is_otlp, spans_from_request
+from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, is_syntax_error, parse, read_bytes
 
 __all__ = ["KNOWN_FORMATS", "Imported", "import_file", "load_traces"]
 
@@ -51,27 +51,31 @@ class Imported:
         return sum(len(t) for t in self.traces)
 
 
-def load_traces(path: str | Path) -> list[Trace]:
+def load_traces(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> list[Trace]:
     """Every trace in an export file, oldest first; ``TraceFormatError`` if the content is not a known format."""
-    return import_file(path).traces
+    return import_file(path, max_bytes=max_bytes).traces
 
 
-def import_file(path: str | Path) -> Imported:
+def import_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> Imported:
+    """The traces of one export and the format it was read as.
+
+    Whatever the bytes, the result is an ``Imported`` or a ``TraceFormatError`` (an ``ImportError`` with the
+    install hint for a parquet file without pyarrow): malformed input never escapes as another exception.
+    """
     path = Path(path)
-    data = read_bytes(path)
+    data = read_bytes(path, max_bytes)
     if data.startswith(_PARQUET_MAGIC):
-        spans, paths = phoenix.spans_from_parquet(path)
+        spans, paths = phoenix.spans_from_parquet(path, data)
         return _result(path, PHOENIX_DATAFRAME_PARQUET, spans, paths)
     text = decode(data, path)
     if not text.strip():
         raise TraceFormatError(path, "$", "a trace export", "an empty file")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        lines = _json_lines(text)
+        value = parse(text, path)
+    except TraceFormatError:
+        lines = _json_lines(path, text)  # JSONL is not one document; its errors are named by line
         if lines is None:
-            loads(text, path)  # raises the whole-document error (truncated file, bad syntax) with line and column
-            raise AssertionError("unreachable: the document did not parse above") from None
+            raise  # the whole-document error (truncated file, bad syntax, a limit) with its line and column or path
         return _from_lines(path, lines)
     return _from_document(path, value)
 
@@ -92,20 +96,28 @@ def _from_document(path: Path, value: Any) -> Imported:
     raise _unknown(doc)
 
 
-def _json_lines(text: str) -> list[tuple[int, Any]] | None:
-    """``(line number, raw line)`` pairs if the text looks like JSONL: the first non-blank line is JSON by itself.
+def _json_lines(path: Path, text: str) -> list[tuple[int, Any]] | None:
+    """``(line number, value)`` pairs if the text is JSONL: the first non-blank line is a JSON object by itself.
 
     A pretty-printed document that is truncated fails that test (its first line is ``{``), so it gets the
-    whole-document error instead of a confusing per-line one.
+    whole-document error instead of a confusing per-line one. Lines end at ``\n`` only: ``str.splitlines`` would
+    also cut at U+2028 and other characters that JSON strings may hold raw.
     """
-    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    try:
-        first = json.loads(numbered[0][1])
-    except json.JSONDecodeError:
+    numbered = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    if len(numbered) < 2:
         return None
-    if not isinstance(first, dict):
-        return None
-    return list(numbered)
+    values: list[tuple[int, Any]] = []
+    for number, line in numbered:
+        try:
+            value = parse(line, path, f"line {number}: $", line=True)
+        except TraceFormatError as exc:
+            if not values and is_syntax_error(exc):
+                return None  # not JSONL: the caller reports the whole-document error
+            raise
+        if not values and not isinstance(value, dict):
+            return None
+        values.append((number, value))
+    return values
 
 
 def _from_lines(path: Path, lines: list[tuple[int, Any]]) -> Imported:
@@ -115,9 +127,8 @@ def _from_lines(path: Path, lines: list[tuple[int, Any]]) -> Imported:
     spans: list[Span] = []
     paths: dict[str, str] = {}
     kinds: list[str] = []
-    for number, raw in lines:
+    for number, value in lines:
         where = f"line {number}: $"
-        value = _parse_line(path, where, raw) if isinstance(raw, str) else raw
         doc = Doc(value, path, where)
         if is_otlp(value):
             line_spans, line_paths = spans_from_request(doc)
@@ -140,19 +151,6 @@ def _from_lines(path: Path, lines: list[tuple[int, Any]]) -> Imported:
         if kind not in kinds:
             kinds.append(kind)
     return _result(path, " + ".join(kinds), spans, paths)
-
-
-def _parse_line(path: Path, where: str, line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        # A string cannot hold a raw newline, so on one line "unterminated string" means the line stops inside it.
-        end = len(line.rstrip())
-        if exc.pos >= end or exc.msg.startswith("Unterminated string"):
-            got = f"end of line (the line is truncated) at column {end + 1}"
-        else:
-            got = f"{exc.msg.lower()} at column {exc.colno}"
-        raise TraceFormatError(path, where, "valid JSON", got) from None
 
 
 def _label(kinds: list[str], fallback: str) -> str:

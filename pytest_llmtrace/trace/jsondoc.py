@@ -16,13 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.errors import TraceFormatError
+from pytest_llmtrace.trace.safejson import segment
 
 # Attribute values larger than this are refused: they are almost always a whole document or an image pasted into
 # a span by mistake, and a golden file that size would make every diff unreadable.
 MAX_ATTRIBUTE_CHARS = 1_000_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 UINT64_MAX = 2**64 - 1
+# An integer written as a string: ASCII digits only (``int()`` would also take "٣" and "²"-like digits), and few
+# enough of them that ``int()`` is cheap and cannot hit Python's 4,300-digit limit; 40 is twice what 64 bits need.
+_DECIMAL = re.compile(r"-?[0-9]{1,40}")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def _key_text(key: str) -> str:
+    """A key as a message shows it: as is when short and printable, else quoted with escapes (no raw newlines)."""
+    shown = key if len(key) <= 40 else key[:37] + "..."
+    return shown if shown.isprintable() else json.dumps(shown)
 
 
 def describe(value: Any) -> str:
@@ -39,36 +49,9 @@ def describe(value: Any) -> str:
     if isinstance(value, list):
         return f"an array of {len(value)}"
     if isinstance(value, dict):
-        keys = ", ".join(list(value)[:5])
+        keys = ", ".join(_key_text(k) for k in list(value)[:5])
         return "an object with keys {" + keys + ("..." if len(value) > 5 else "") + "}"
     return type(value).__name__
-
-
-def decode(data: bytes, source: str | Path | None) -> str:
-    """UTF-8 (with or without BOM) to text; JSONL readers decode once, then parse line by line."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise TraceFormatError(
-            source, "$", "UTF-8 encoded JSON", f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
-        ) from None
-
-
-def loads(data: bytes | str, source: str | Path | None) -> Any:
-    """Parse JSON; non-UTF-8 bytes and truncated or invalid JSON become ``TraceFormatError``."""
-    text = decode(data, source) if isinstance(data, bytes) else data
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        what = "end of file (the file is truncated)" if exc.pos >= len(text.rstrip()) else exc.msg.lower()
-        raise TraceFormatError(source, "$", "valid JSON", f"{what} at line {exc.lineno} column {exc.colno}") from None
-
-
-def read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise TraceFormatError(path, "$", "a readable file", exc.strerror or str(exc)) from None
 
 
 class Doc:
@@ -89,7 +72,7 @@ class Doc:
 
     # navigation
     def key(self, name: str) -> Doc:
-        return Doc(self.obj().get(name), self.source, f"{self.path}.{name}")
+        return Doc(self.obj().get(name), self.source, self.path + segment(name))
 
     def has(self, name: str) -> bool:
         return isinstance(self.value, dict) and self.value.get(name) is not None
@@ -130,8 +113,10 @@ class Doc:
             result = value
         elif isinstance(value, float) and value.is_integer():
             result = int(value)
-        elif isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        elif isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
             result = int(value.strip())
+        elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            raise self.error(f"an integer between {lo} and {hi}", f"a number of {len(value.strip()):,} digits")
         if result is None:
             raise self.fail("an integer (a number or a decimal string)")
         if not lo <= result <= hi:
@@ -227,7 +212,9 @@ def attributes_from_otlp(doc: Doc) -> dict[str, Any]:
     for item in doc.items():
         key = item.key("key").string()
         if key in result:
-            raise item.error("unique attribute keys", f"{key!r} twice", suffix=".key")
+            raise item.error(
+                "unique attribute keys", ascii(key if len(key) <= 40 else key[:37] + "...") + " twice", suffix=".key"
+            )
         value_doc = item.key("value")
         result[key] = attr_value_to_python(value_doc) if value_doc.value is not None else ""
     return result

@@ -1,24 +1,20 @@
-"""The trace model every other part of the plugin speaks: immutable, typed, and OpenInference-aware.
+"""The trace: every span of one trace (or of one test), as a parent tree, with the sums a regression check needs.
 
-Raw OpenTelemetry objects differ between the SDK (``ReadableSpan``), OTLP JSON and Phoenix's exports; tests and
-checks should not care where a trace came from, so every source is converted into these classes once.
-
-Attributes are kept flat and dotted, as OpenTelemetry and OpenInference define them
-(``llm.input_messages.0.message.role``); the accessors below reassemble the structured views (LLM calls, SQL
-statements) that regression checks need.
+Dependencies run one way: ``span`` (one span) <- ``views`` (what a span did) <- ``render`` (the waterfall) <- this
+module. The names users import from here (``Trace``, ``Span``, ``LLMCall``, ``Message``, ``SqlStatement``,
+``Status``, ...) live in those modules; they are re-exported so ``pytest_llmtrace.trace.model`` stays the one
+import for the model.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Union
 
 from pytest_llmtrace.errors import TraceFormatError, warn_format
+from pytest_llmtrace.trace.render import render_waterfall
+from pytest_llmtrace.trace.span import AttrValue, Span, SpanEvent, SpanLink, Status
+from pytest_llmtrace.trace.views import LLMCall, Message, SqlStatement, llm_call
 
 __all__ = [
     "AttrValue",
@@ -31,216 +27,6 @@ __all__ = [
     "Status",
     "Trace",
 ]
-
-# What an OTLP AnyValue can hold. ``dict`` stands for kvlistValue; ``bytes`` for bytesValue; a tuple for arrayValue.
-AttrValue = Union[str, bool, int, float, bytes, tuple["AttrValue", ...], dict[str, "AttrValue"]]  # noqa: UP007 (recursive alias needs Union at runtime)
-
-# OpenInference and OpenTelemetry attribute names used by the accessors. The OpenInference package defines the same
-# strings; they are spelled out here so the model can be read (and imported) without it.
-SPAN_KIND = "openinference.span.kind"
-INPUT_VALUE = "input.value"
-OUTPUT_VALUE = "output.value"
-LLM_MODEL_NAME = "llm.model_name"
-LLM_PROVIDER = "llm.provider"
-LLM_SYSTEM = "llm.system"
-LLM_INVOCATION_PARAMETERS = "llm.invocation_parameters"
-LLM_INPUT_MESSAGES = "llm.input_messages"
-LLM_OUTPUT_MESSAGES = "llm.output_messages"
-LLM_TOKENS_PROMPT = "llm.token_count.prompt"
-LLM_TOKENS_COMPLETION = "llm.token_count.completion"
-LLM_TOKENS_TOTAL = "llm.token_count.total"
-DB_QUERY_TEXT = "db.query.text"
-DB_STATEMENT_DEPRECATED = "db.statement"
-DB_SYSTEM_NAME = "db.system.name"
-DB_SYSTEM_DEPRECATED = "db.system"
-DB_RETURNED_ROWS = "db.response.returned_rows"
-
-
-class Status(str, Enum):
-    """OTel status codes by name; the integer values are the OTLP enum values."""
-
-    UNSET = "UNSET"
-    OK = "OK"
-    ERROR = "ERROR"
-
-    @property
-    def otlp_code(self) -> int:
-        return {"UNSET": 0, "OK": 1, "ERROR": 2}[self.value]
-
-    @classmethod
-    def from_otlp_code(cls, code: int) -> Status:
-        return {0: cls.UNSET, 1: cls.OK, 2: cls.ERROR}[code]
-
-
-@dataclass(frozen=True)
-class SpanEvent:
-    name: str
-    time_unix_nano: int
-    attributes: Mapping[str, AttrValue] = field(default_factory=dict)
-    dropped_attributes_count: int = 0
-
-
-@dataclass(frozen=True)
-class SpanLink:
-    trace_id: str
-    span_id: str
-    trace_state: str = ""
-    attributes: Mapping[str, AttrValue] = field(default_factory=dict)
-    dropped_attributes_count: int = 0
-    flags: int = 0
-
-
-@dataclass(frozen=True)
-class Span:
-    """One span. Resource and scope are kept per span so a trace written back to OTLP loses nothing."""
-
-    trace_id: str
-    span_id: str
-    parent_span_id: str | None
-    name: str
-    start_time_unix_nano: int
-    end_time_unix_nano: int | None  # None: the span was still open when it was captured
-    attributes: Mapping[str, AttrValue] = field(default_factory=dict)
-    status: Status = Status.UNSET
-    status_message: str = ""
-    otel_kind: int = 1  # SPAN_KIND_INTERNAL
-    events: tuple[SpanEvent, ...] = ()
-    links: tuple[SpanLink, ...] = ()
-    trace_state: str = ""
-    flags: int = 0
-    dropped_attributes_count: int = 0
-    dropped_events_count: int = 0
-    dropped_links_count: int = 0
-    resource_attributes: Mapping[str, AttrValue] = field(default_factory=dict)
-    resource_schema_url: str = ""
-    scope_name: str = ""
-    scope_version: str = ""
-    scope_attributes: Mapping[str, AttrValue] = field(default_factory=dict)
-    scope_schema_url: str = ""
-
-    @property
-    def kind(self) -> str:
-        """The OpenInference span kind (``LLM``, ``CHAIN``, ...); ``UNKNOWN`` for spans that are not OpenInference."""
-        value = self.attributes.get(SPAN_KIND)
-        return str(value).upper() if isinstance(value, str) and value else "UNKNOWN"
-
-    @property
-    def is_open(self) -> bool:
-        return self.end_time_unix_nano is None
-
-    @property
-    def duration_ns(self) -> int:
-        if self.end_time_unix_nano is None:
-            return 0
-        return self.end_time_unix_nano - self.start_time_unix_nano
-
-    @property
-    def duration_ms(self) -> float:
-        return self.duration_ns / 1e6
-
-    @property
-    def input_value(self) -> str | None:
-        return _as_str(self.attributes.get(INPUT_VALUE))
-
-    @property
-    def output_value(self) -> str | None:
-        return _as_str(self.attributes.get(OUTPUT_VALUE))
-
-    @property
-    def exception_messages(self) -> tuple[str, ...]:
-        """Messages of the ``exception`` events, which is where OTel puts the error text (Postgres errors too)."""
-        return tuple(str(e.attributes.get("exception.message", "")) for e in self.events if e.name == "exception")
-
-    def prefixed(self, prefix: str) -> dict[str, AttrValue]:
-        """Attributes under a dotted prefix, with the prefix removed (``llm.input_messages`` -> ``0.message.role``)."""
-        start = prefix + "."
-        return {k[len(start) :]: v for k, v in self.attributes.items() if k.startswith(start)}
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class LLMCall:
-    """What a regression check needs from an OpenInference LLM span."""
-
-    span: Span
-    model: str | None
-    provider: str | None
-    input_messages: tuple[Message, ...]
-    output_messages: tuple[Message, ...]
-    invocation_parameters: Mapping[str, Any]
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    total_tokens: int | None
-
-    @property
-    def output_text(self) -> str:
-        """The assistant's answer: the output messages if recorded, else ``output.value``."""
-        if self.output_messages:
-            return "".join(m.content for m in self.output_messages)
-        return self.span.output_value or ""
-
-    @classmethod
-    def from_span(cls, span: Span) -> LLMCall:
-        attrs = span.attributes
-        params_raw = attrs.get(LLM_INVOCATION_PARAMETERS)
-        params: Mapping[str, Any] = {}
-        if isinstance(params_raw, str) and params_raw:
-            try:
-                loaded = json.loads(params_raw)
-            except ValueError:
-                loaded = None
-            if isinstance(loaded, dict):
-                params = loaded
-        total = _as_int(attrs.get(LLM_TOKENS_TOTAL))
-        prompt = _as_int(attrs.get(LLM_TOKENS_PROMPT))
-        completion = _as_int(attrs.get(LLM_TOKENS_COMPLETION))
-        if total is None and prompt is not None and completion is not None:
-            total = prompt + completion
-        return cls(
-            span=span,
-            model=_as_str(attrs.get(LLM_MODEL_NAME)),
-            provider=_as_str(attrs.get(LLM_PROVIDER)) or _as_str(attrs.get(LLM_SYSTEM)),
-            input_messages=_messages(span.prefixed(LLM_INPUT_MESSAGES)),
-            output_messages=_messages(span.prefixed(LLM_OUTPUT_MESSAGES)),
-            invocation_parameters=params,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=total,
-        )
-
-
-@dataclass(frozen=True)
-class SqlStatement:
-    """A statement the application executed, read from OTel database semantic conventions."""
-
-    span: Span
-    text: str
-    system: str | None
-    returned_rows: int | None
-
-    @property
-    def ok(self) -> bool:
-        return self.span.status is not Status.ERROR
-
-    @property
-    def error(self) -> str | None:
-        """The database error as recorded: the status message, else the exception event's message."""
-        if self.ok:
-            return None
-        return self.span.status_message or next(iter(self.span.exception_messages), "") or "error"
-
-    @classmethod
-    def from_span(cls, span: Span) -> SqlStatement | None:
-        text = _as_str(span.attributes.get(DB_QUERY_TEXT)) or _as_str(span.attributes.get(DB_STATEMENT_DEPRECATED))
-        if text is None:
-            return None
-        system = _as_str(span.attributes.get(DB_SYSTEM_NAME)) or _as_str(span.attributes.get(DB_SYSTEM_DEPRECATED))
-        return cls(span=span, text=text, system=system, returned_rows=_as_int(span.attributes.get(DB_RETURNED_ROWS)))
 
 
 class Trace:
@@ -330,8 +116,6 @@ class Trace:
         return f"<Trace {len(self.spans)} spans, roots={[s.name for s in self.roots]!r}>"
 
     def __str__(self) -> str:
-        from pytest_llmtrace.trace.render import render_waterfall
-
         return render_waterfall(self)
 
     def __eq__(self, other: object) -> bool:
@@ -398,7 +182,9 @@ class Trace:
 
     @property
     def llm_calls(self) -> tuple[LLMCall, ...]:
-        return tuple(LLMCall.from_span(s) for s in self.find(kind="LLM"))
+        """Every span that records an LLM call, in any convention ``views.LLM_READERS`` knows, in start order."""
+        found = (llm_call(s) for s in self.spans)
+        return tuple(c for c in found if c is not None)
 
     @property
     def sql_statements(self) -> tuple[SqlStatement, ...]:
@@ -437,52 +223,3 @@ class Trace:
     @property
     def total_tokens(self) -> int:
         return sum(c.total_tokens or 0 for c in self.llm_calls)
-
-
-# -- helpers ----------------------------------------------------------------------------------------------------------
-
-_INDEXED = re.compile(r"^(\d+)\.(.+)$")
-
-
-def _messages(flat: Mapping[str, AttrValue]) -> tuple[Message, ...]:
-    """Rebuild ``{i}.message.role`` / ``{i}.message.content`` pairs in index order.
-
-    Multimodal messages (``message.contents.{j}.message_content.text``) are joined into one text, which is what a
-    prompt diff needs.
-    """
-    rows: dict[int, dict[str, str]] = {}
-    for key, value in flat.items():
-        match = _INDEXED.match(key)
-        if not match:
-            continue
-        index, rest = int(match.group(1)), match.group(2)
-        row = rows.setdefault(index, {})
-        if rest == "message.role":
-            row["role"] = str(value)
-        elif rest == "message.content":
-            row["content"] = str(value)
-        elif rest.startswith("message.contents.") and rest.endswith(".message_content.text"):
-            row["parts"] = row.get("parts", "") + str(value)
-    return tuple(
-        Message(role=row.get("role", ""), content=row.get("content", row.get("parts", "")))
-        for _, row in sorted(rows.items())
-    )
-
-
-def _as_str(value: AttrValue | None) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else str(value)
-
-
-def _as_int(value: AttrValue | None) -> int | None:
-    """Token counts arrive as int, float (Phoenix dataframes) or numeric strings; anything else is ``None``."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None

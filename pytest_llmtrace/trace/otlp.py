@@ -7,20 +7,19 @@ order) so a golden file that is read and written again does not change, and diff
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.errors import TraceFormatError
-from pytest_llmtrace.trace.jsondoc import (
-    Doc,
-    attributes_from_otlp,
-    attributes_to_otlp,
-    loads,
-    read_bytes,
-)
+from pytest_llmtrace.errors import LLMTraceError, TraceFormatError
+from pytest_llmtrace.trace.jsondoc import Doc, attributes_from_otlp, attributes_to_otlp
 from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
+from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, parse, read_bytes
+from pytest_llmtrace.trace.secrets import redact_secrets, redact_spans
 
 __all__ = [
     "dumps",
@@ -29,6 +28,7 @@ __all__ = [
     "spans_from_request",
     "trace_to_request",
     "traces_from_request",
+    "write_golden",
     "write_trace",
 ]
 
@@ -148,10 +148,14 @@ def group_traces(
     return [Trace(group, source=source, span_paths=paths) for group in by_trace.values()]
 
 
-def read_trace(path: str | Path) -> Trace:
-    """Read one golden trace file: spec OTLP JSON holding exactly one trace."""
+def read_trace(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> Trace:
+    """Read one golden trace file: spec OTLP JSON holding exactly one trace.
+
+    Any malformed or hostile content raises ``TraceFormatError`` (see ``safejson`` for the limits), so a collector
+    can turn one bad file into one failing item; ``max_bytes`` is the ``llmtrace_max_trace_bytes`` setting.
+    """
     path = Path(path)
-    value = loads(read_bytes(path), path)
+    value = parse(decode(read_bytes(path, max_bytes), path), path)
     traces = traces_from_request(value, path)
     if len(traces) != 1:
         shown = ", ".join(t.trace_ids[0] for t in traces[:3]) + ("..." if len(traces) > 3 else "")
@@ -271,8 +275,78 @@ def dumps(trace: Trace | Iterable[Span]) -> str:
     return json.dumps(trace_to_request(trace), indent=2, ensure_ascii=False) + "\n"
 
 
-def write_trace(trace: Trace | Iterable[Span], path: str | Path) -> Path:
+def write_trace(trace: Trace | Iterable[Span], path: str | Path, *, redact: bool = True) -> Path:
+    """Write a golden file atomically, never through a symbolic link, with credentials redacted.
+
+    Golden files are committed and printed, so ``redact`` (on by default) applies ``secrets.redact_secrets``. A
+    reader never sees a half-written file: the text goes to a temporary file next to ``path``, then replaces it.
+    """
     path = Path(path)
+    if redact:
+        trace = redact_secrets(trace) if isinstance(trace, Trace) else redact_spans(trace)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(trace), encoding="utf-8")
+    write_golden(path, dumps(trace), force=True)
     return path
+
+
+def write_golden(path: Path, text: str, *, force: bool = False) -> str:
+    """``"unchanged"`` if ``path`` already holds ``text``, else ``"written"``; ``LLMTraceError`` if refused.
+
+    Refused: a symbolic link at ``path`` (a planted link would redirect the write anywhere the user can write), an
+    existing path that is not a regular file, and, without ``force``, a file with other content.
+    """
+    encoded = text.encode("utf-8")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise LLMTraceError(f"{path}: cannot check the target: {exc.strerror or exc}") from None
+    if info is not None:
+        if stat.S_ISLNK(info.st_mode):
+            raise LLMTraceError(
+                f"{path} is a symbolic link; golden files are never written through a link: remove it or write "
+                "to another directory"
+            )
+        if not stat.S_ISREG(info.st_mode):
+            raise LLMTraceError(f"{path} exists and is not a regular file; remove it or write to another directory")
+        if _read_no_follow(path) == encoded:
+            return "unchanged"
+        if not force:
+            raise LLMTraceError(f"{path} exists with different content; use --force to overwrite it")
+    _replace_atomically(path, encoded)
+    return "written"
+
+
+def _read_no_follow(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None  # replaced in between: treat as different content
+    with os.fdopen(fd, "rb") as stream:
+        return stream.read()
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """A temporary file in the same directory (so ``os.replace`` is a rename), created exclusively, then renamed.
+
+    ``os.replace`` renames over a link without following it, so a link planted after the check above is replaced,
+    not written through.
+    """
+    temp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, flags, 0o666)  # the umask applies, as for any file the user creates
+    except OSError as exc:
+        raise LLMTraceError(f"{path}: cannot create a file in {path.parent}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise LLMTraceError(f"{path}: cannot write: {exc.strerror or exc}") from None

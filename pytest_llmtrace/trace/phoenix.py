@@ -27,8 +27,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pytest_llmtrace.errors import TraceFormatError, warn_format
-from pytest_llmtrace.trace.jsondoc import INT64_MAX, INT64_MIN, SCALAR_KINDS, Doc, check_size, decode_scalar, describe
-from pytest_llmtrace.trace.model import SPAN_KIND, AttrValue, Span, SpanEvent, Status
+from pytest_llmtrace.trace.jsondoc import (
+    INT64_MAX,
+    INT64_MIN,
+    SCALAR_KINDS,
+    UINT64_MAX,
+    Doc,
+    check_size,
+    decode_scalar,
+    describe,
+)
+from pytest_llmtrace.trace.safejson import check_tree
+from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 
 __all__ = [
     "DATAFRAME_INSTALL_HINT",
@@ -57,7 +67,8 @@ _FLOAT_INT_PREFIXES = ("llm.token_count.",)
 
 _STATUS_NAMES = {"UNSET": Status.UNSET, "OK": Status.OK, "ERROR": Status.ERROR}
 _ISO = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\s*(Z|z|[+-]\d{2}:?\d{2}|UTC)$",
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?\s*"
+    r"(Z|z|[+-][0-9]{2}:?[0-9]{2}|UTC)$",
 )
 _REFUSAL = (
     "Phoenix's GET /v1/projects/{project}/traces?include_spans=true export, whose spans have no attributes "
@@ -251,7 +262,7 @@ def _snake_attributes(doc: Doc) -> dict[str, AttrValue]:
     for item in doc.items():
         key = item.key("key").string()
         if key in result:
-            raise item.error("unique attribute keys", f"{key!r} twice", suffix=".key")
+            raise item.error("unique attribute keys", _twice(key), suffix=".key")
         value = _snake_value(item.key("value")) if item.has("value") else None
         if value is not None:
             result[key] = value
@@ -310,7 +321,7 @@ def span_from_dataframe_record(doc: Doc, *, epoch_unit: str | None = None) -> Sp
         if column.startswith("attributes.") and value is not None:
             _flatten_into(attributes, column[len("attributes.") :], doc.key(column))
     for key, value in attributes.items():
-        if key.startswith(_FLOAT_INT_PREFIXES) and isinstance(value, float) and value.is_integer():
+        if key.startswith(_FLOAT_INT_PREFIXES) and isinstance(value, float) and value.is_integer() and _fits(value):
             attributes[key] = int(value)
     attributes = sorted_attributes(attributes)
     return Span(
@@ -335,8 +346,17 @@ def span_from_dataframe_record(doc: Doc, *, epoch_unit: str | None = None) -> Sp
     )
 
 
-def spans_from_parquet(path: Path) -> tuple[list[Span], dict[str, str]]:
-    """A spans dataframe saved with ``df.to_parquet()``; needs ``pyarrow`` (not pandas)."""
+def _fits(value: float) -> bool:
+    """A float that becomes an int64 attribute (a larger one would make a golden file no reader accepts)."""
+    return INT64_MIN <= value <= INT64_MAX
+
+
+def spans_from_parquet(path: Path, data: bytes | None = None) -> tuple[list[Span], dict[str, str]]:
+    """A spans dataframe saved with ``df.to_parquet()``; needs ``pyarrow`` (not pandas).
+
+    ``data`` is the file's content when the caller has already read it within the size limit; the file is then not
+    opened again (it could have grown or been replaced in between).
+    """
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -345,7 +365,7 @@ def spans_from_parquet(path: Path) -> tuple[list[Span], dict[str, str]]:
             f"reading the parquet file {path} needs pyarrow: {DATAFRAME_INSTALL_HINT}", name=exc.name
         ) from None
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(data) if data is not None else path)
     except (pa.ArrowException, OSError) as exc:
         raise TraceFormatError(path, "$", "a readable parquet file", str(exc).splitlines()[0]) from None
     # Timestamps become integer nanoseconds here, so rows hold only JSON-like values (no pandas.Timestamp).
@@ -357,6 +377,7 @@ def spans_from_parquet(path: Path) -> tuple[list[Span], dict[str, str]]:
     paths: dict[str, str] = {}
     for row_index, row in enumerate(table.to_pylist()):
         doc = Doc(row, path, f"$[{row_index}]")
+        check_tree(row, path, doc.path)
         if not is_dataframe_record(row):
             raise doc.fail("a spans dataframe row with a 'context.span_id' column")
         span = span_from_dataframe_record(doc, epoch_unit="ns")
@@ -392,7 +413,11 @@ def sorted_attributes(attributes: dict[str, AttrValue]) -> dict[str, AttrValue]:
 
 
 def _natural_key(key: str) -> tuple[tuple[int, int, str], ...]:
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split("."))
+    """ASCII digit runs compare by length, then text: numeric order without ``int()`` (no digit limit, no "²")."""
+    return tuple(
+        (0, len(part.lstrip("0")), part.lstrip("0")) if part.isascii() and part.isdigit() else (1, 0, part)
+        for part in key.split(".")
+    )
 
 
 def _flatten_into(out: dict[str, AttrValue], prefix: str, doc: Doc) -> None:
@@ -405,10 +430,17 @@ def _flatten_into(out: dict[str, AttrValue], prefix: str, doc: Doc) -> None:
     elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
         for i, item in enumerate(doc.items()):
             _flatten_into(out, f"{prefix}.{i}", item)
+    elif prefix in out:
+        # {"a.b": 1, "a": {"b": 2}} names one attribute twice; which one wins would depend on the export's key order
+        raise doc.error("each attribute once (a nested key and a dotted key name the same attribute)", _twice(prefix))
     elif isinstance(value, list):
         out[prefix] = tuple(_scalar(item) for item in doc.items())
     else:
         out[prefix] = _scalar(doc)
+
+
+def _twice(key: str) -> str:
+    return ascii(key if len(key) <= 40 else key[:37] + "...") + " twice"
 
 
 def _scalar(doc: Doc) -> AttrValue:
@@ -461,5 +493,8 @@ def _any_time_ns(doc: Doc, unit: str | None) -> int:
         if unit is None:
             magnitude = abs(value)
             unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
-        return round(value * _EPOCH_SCALE[unit]) if isinstance(value, float) else value * _EPOCH_SCALE[unit]
+        scaled = value * _EPOCH_SCALE[unit]
+        if scaled <= UINT64_MAX:  # a float that large would be inf or lose the nanoseconds anyway
+            return round(scaled) if isinstance(scaled, float) else scaled
+        raise doc.error(f"a time before the year 2554 (at most {UINT64_MAX} ns)", describe(value))
     raise doc.fail("a time: epoch milliseconds or an ISO 8601 string")

@@ -1,16 +1,42 @@
-"""The terminal waterfall: one line per span, indented by depth, with the attributes a reviewer looks at first."""
+"""The terminal waterfall: one line per span, indented by depth, with the attributes a reviewer looks at first.
+
+It reads a trace through the small ``SpanTree`` protocol rather than the ``Trace`` class, so the trace can print
+itself (``str(trace)``) without the two modules importing each other.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import Protocol
 
-from pytest_llmtrace.trace.model import LLMCall, Span, SqlStatement, Status
+from pytest_llmtrace.trace.span import Span, Status
+from pytest_llmtrace.trace.views import SqlStatement, llm_call
 
-if TYPE_CHECKING:
-    from pytest_llmtrace.trace.model import Trace
+__all__ = ["SpanTree", "key_attributes", "render_waterfall"]
 
 BAR_WIDTH = 20
 MAX_VALUE_CHARS = 60
+
+
+class SpanTree(Protocol):
+    """What the waterfall needs from a trace; ``Trace`` has it."""
+
+    @property
+    def spans(self) -> tuple[Span, ...]: ...
+
+    @property
+    def trace_ids(self) -> tuple[str, ...]: ...
+
+    @property
+    def start_time_unix_nano(self) -> int: ...
+
+    @property
+    def end_time_unix_nano(self) -> int: ...
+
+    @property
+    def duration_ms(self) -> float: ...
+
+    def walk(self) -> Iterator[tuple[int, Span]]: ...
 
 
 def _short(text: str, limit: int = MAX_VALUE_CHARS) -> str:
@@ -19,10 +45,10 @@ def _short(text: str, limit: int = MAX_VALUE_CHARS) -> str:
 
 
 def key_attributes(span: Span) -> str:
-    """The few attributes that say what a span did, by OpenInference kind."""
+    """The few attributes that say what a span did: model and tokens, SQL and rows, the question, the error."""
     parts: list[str] = []
-    if span.kind == "LLM":
-        call = LLMCall.from_span(span)
+    call = llm_call(span)
+    if call is not None:
         if call.model:
             parts.append(f"model={call.model}")
         if call.prompt_tokens is not None or call.completion_tokens is not None:
@@ -34,14 +60,12 @@ def key_attributes(span: Span) -> str:
             parts.append(f"rows={sql.returned_rows}")
     elif span.parent_span_id is None and span.input_value is not None:
         parts.append(f"input={_short(span.input_value)!r}")
-    if span.status is Status.ERROR:
-        error = span.status_message or next(iter(span.exception_messages), "")
-        if error:
-            parts.append(f"error={_short(error)!r}")
+    if span.status is Status.ERROR and span.error_text:
+        parts.append(f"error={_short(span.error_text)!r}")
     return "  ".join(parts)
 
 
-def render_waterfall(trace: Trace) -> str:
+def render_waterfall(trace: SpanTree) -> str:
     """An indented tree with a time bar, so the slow span stands out without opening Phoenix."""
     if not trace.spans:
         return "(no spans)"

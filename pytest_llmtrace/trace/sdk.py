@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
+from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.span import Span, SpanEvent, SpanLink, Status
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotations only: converting reads attributes, so trace/ loads without the SDK
     from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = ["span_from_readable", "trace_from_readable"]

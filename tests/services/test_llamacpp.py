@@ -14,7 +14,7 @@ from pathlib import Path
 import ollama
 import pytest
 
-from pytest_llmtrace.ollama_api import BackendError, ChatMessage, ChatRequest
+from pytest_llmtrace.ollama_api import BackendError, ChatRequest
 from pytest_llmtrace.ollama_api.llamacpp import (
     LlamaCppBackend,
     LlamaCppError,
@@ -26,6 +26,7 @@ from pytest_llmtrace.ollama_api.llamacpp import (
 from pytest_llmtrace.ollama_api.modelfile import parse_modelfile, parse_modelfile_text
 from pytest_llmtrace.services.base import Endpoint
 from pytest_llmtrace.services.ollama import EmbeddedOllama
+from pytest_llmtrace.trace.views import Message
 
 MODEL = "qwen-sql-prod"
 SYSTEM = "You are a SQL assistant for a B2B SaaS company. Answer every question with one PostgreSQL SELECT statement."
@@ -215,7 +216,7 @@ def test_langchain_chat_ollama_streams_from_it(endpoint: Endpoint, client: ollam
 def test_first_answer_after_a_load_reports_the_load_time_and_close_frees_the_model(tmp_path: Path) -> None:
     assert GGUF is not None
     backend = LlamaCppBackend(parse_modelfile(write_modelfile(tmp_path, GGUF)), MODEL, n_ctx=512)
-    request = ChatRequest(MODEL, (ChatMessage("user", "Hi"),), {"num_predict": 2})
+    request = ChatRequest(MODEL, (Message("user", "Hi"),), {"num_predict": 2})
     backend.load()
     try:
         first = backend.chat(request)
@@ -253,8 +254,8 @@ def test_messages_are_arranged_as_ollama_arranges_them() -> None:
         'FROM x.gguf\nSYSTEM "S"\nMESSAGE user example q\nMESSAGE assistant example a\n', Path("/m/Modelfile")
     )
     backend = LlamaCppBackend(modelfile)
-    question = ChatMessage("user", "q")
-    own = ChatMessage("system", "own")
+    question = Message("user", "q")
+    own = Message("system", "own")
 
     def roles(request: ChatRequest) -> list[tuple[str, str]]:
         return [(m.role, m.content) for m in backend.messages_for(request)]
@@ -273,7 +274,7 @@ def test_request_body_layers_ollama_defaults_modelfile_and_request_options() -> 
         Path("/m/Modelfile"),
     )
     body = LlamaCppBackend(modelfile).request_body(
-        ChatRequest(MODEL, (ChatMessage("user", "q"),), {"num_predict": 8, "seed": 7, "num_thread": 4})
+        ChatRequest(MODEL, (Message("user", "q"),), {"num_predict": 8, "seed": 7, "num_thread": 4})
     )
 
     assert body["cache_prompt"] is False

@@ -13,16 +13,17 @@ import httpx
 import ollama
 import pytest
 
-from pytest_llmtrace.ollama_api import BackendError, ChatMessage, ChatRequest, ChatResult, ModelInfo, OllamaAPIServer
+from pytest_llmtrace.ollama_api import BackendError, ChatRequest, ChatResult, ModelInfo, OllamaAPIServer
+from pytest_llmtrace.ollama_api.ollama_routes import split_stream_chunks
 from pytest_llmtrace.ollama_api.scripted import ScriptedBackend, estimate_tokens, normalize_question, prompt_tokens
-from pytest_llmtrace.ollama_api.server import split_stream_chunks
+from pytest_llmtrace.trace.views import Message
 
 MODEL = "qwen-sql-prod"
 QUESTION = "How many customers do we have in each tier?"
 ANSWER = "SELECT tier, count(*) AS customers FROM customers GROUP BY tier ORDER BY customers DESC;"
 SYSTEM = "Answer with one PostgreSQL SELECT statement."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
-EXPECTED_PROMPT_TOKENS = prompt_tokens([ChatMessage("system", SYSTEM), ChatMessage("user", QUESTION)])
+EXPECTED_PROMPT_TOKENS = prompt_tokens([Message("system", SYSTEM), Message("user", QUESTION)])
 EXPECTED_EVAL_TOKENS = estimate_tokens(ANSWER)
 
 
@@ -267,7 +268,7 @@ def test_question_normalization_ignores_case_spacing_and_final_punctuation() -> 
 
 
 def test_scripted_counts_follow_the_documented_rule(backend: ScriptedBackend) -> None:
-    result = backend.chat(ChatRequest(MODEL, (ChatMessage("user", QUESTION),)))
+    result = backend.chat(ChatRequest(MODEL, (Message("user", QUESTION),)))
     assert result.prompt_eval_count == 4 + -(-len(QUESTION) // 4)
     assert result.eval_count == -(-len(ANSWER) // 4)
     assert result.total_duration == result.load_duration + result.prompt_eval_duration + result.eval_duration

@@ -21,16 +21,20 @@ import httpx
 import ollama
 import pytest
 
-from pytest_llmtrace.ollama_api import BackendError, ChatMessage, ChatRequest, OllamaAPIServer
+from pytest_llmtrace.ollama_api import BackendError, ChatRequest, OllamaAPIServer, replay
 from pytest_llmtrace.ollama_api.replay import (
     EVAL_TOKEN_WEIGHT,
+    MATCHERS,
     ReplayBackend,
     ReplayServer,
     format_prompt_diff,
+    matcher_names,
+    register_matcher,
     replay_server,
 )
-from pytest_llmtrace.trace.model import LLMCall, Message, Trace
+from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace
+from pytest_llmtrace.trace.views import LLMCall, Message
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "golden_traces"
@@ -220,7 +224,7 @@ def test_changed_system_prompt_is_a_miss_with_a_diff(
     assert miss.nearest == call
     assert miss.model == MODEL
     assert miss.route == "/api/chat"
-    assert miss.messages[1] == ChatMessage("user", "What was the largest single order ever?")
+    assert miss.messages[1] == Message("user", "What was the largest single order ever?")
     assert miss.diff.splitlines()[:8] == [
         "--- recorded prompt",
         "+++ new prompt",
@@ -251,7 +255,7 @@ def test_a_miss_fails_streaming_and_openai_requests_too(server: ReplayServer, ca
 def test_nearest_candidates_are_ranked_by_similarity(call: LLMCall) -> None:
     names = ("fenced_largest_order", "customers_by_tier", "top_customers_2024", "pending_orders_value")
     backend = ReplayBackend([only_call(golden(n)) for n in names], speed="instant")
-    messages = tuple(ChatMessage(m["role"], m["content"]) for m in changed_system_prompt(call))
+    messages = tuple(Message(m["role"], m["content"]) for m in changed_system_prompt(call))
 
     with pytest.raises(Exception, match="nearest: recorded call #0"):
         backend.chat(ChatRequest(MODEL, messages))
@@ -325,7 +329,7 @@ def test_threads_racing_in_the_backend_use_each_recording_once(call: LLMCall, at
     """
     short = dataclasses.replace(call, input_messages=(Message("user", "How many?"),))  # keeps the misses cheap
     backend = ReplayBackend([short] * 200, speed="instant")
-    request = ChatRequest(MODEL, (ChatMessage("user", "How many?"),))
+    request = ChatRequest(MODEL, (Message("user", "How many?"),))
     answered: list[int] = []
     barrier = threading.Barrier(8)
 
@@ -362,21 +366,21 @@ def test_last_user_message_matcher_ignores_a_changed_system_prompt(call: LLMCall
 
 def test_system_matcher_ignores_the_question_but_not_the_system_prompt(call: LLMCall) -> None:
     backend = ReplayBackend([call, call], match=("system",), speed="instant")
-    system = ChatMessage("system", call.input_messages[0].content)
+    system = Message("system", call.input_messages[0].content)
 
-    answer = backend.chat(ChatRequest(MODEL, (system, ChatMessage("user", "Something else entirely?"))))
+    answer = backend.chat(ChatRequest(MODEL, (system, Message("user", "Something else entirely?"))))
     assert answer.text == call.output_text
-    changed = ChatMessage("system", system.content.replace(PAID_SENTENCE, PAID_OR_PENDING))
+    changed = Message("system", system.content.replace(PAID_SENTENCE, PAID_OR_PENDING))
     with pytest.raises(Exception, match="differs in system"):
-        backend.chat(ChatRequest(MODEL, (changed, ChatMessage("user", "Something else entirely?"))))
+        backend.chat(ChatRequest(MODEL, (changed, Message("user", "Something else entirely?"))))
 
 
 def test_messages_match_after_normalizing_role_case_and_whitespace(call: LLMCall) -> None:
     backend = ReplayBackend([call], speed="instant")
     system, user = call.input_messages
     reflowed = (
-        ChatMessage("System", "  " + re.sub(r"\s+", "  \n ", system.content)),
-        ChatMessage("USER", user.content + "\n\n"),
+        Message("System", "  " + re.sub(r"\s+", "  \n ", system.content)),
+        Message("USER", user.content + "\n\n"),
     )
 
     assert backend.chat(ChatRequest(MODEL + ":latest", reflowed)).text == call.output_text
@@ -386,7 +390,7 @@ def test_model_matcher_tells_recorded_models_apart(call: LLMCall) -> None:
     canary_answer = (Message("assistant", "SELECT 1;"),)
     canary = dataclasses.replace(call, model="qwen-sql-canary:latest", output_messages=canary_answer)
     backend = ReplayBackend([call, canary], speed="instant")
-    messages = tuple(ChatMessage(m.role, m.content) for m in call.input_messages)
+    messages = tuple(Message(m.role, m.content) for m in call.input_messages)
 
     assert [m.name for m in backend.models()] == ["qwen-sql-prod:latest", "qwen-sql-canary:latest"]
     assert backend.chat(ChatRequest("qwen-sql-canary", messages)).text == "SELECT 1;"
@@ -396,7 +400,7 @@ def test_model_matcher_tells_recorded_models_apart(call: LLMCall) -> None:
 
 def test_model_option_serves_the_recording_under_another_name(call: LLMCall) -> None:
     backend = ReplayBackend([dataclasses.replace(call, model=None)], model="qwen-sql-next", speed="instant")
-    messages = tuple(ChatMessage(m.role, m.content) for m in call.input_messages)
+    messages = tuple(Message(m.role, m.content) for m in call.input_messages)
 
     assert [m.name for m in backend.models()] == ["qwen-sql-next:latest"]
     assert backend.chat(ChatRequest("qwen-sql-next", messages)).text == call.output_text
@@ -408,15 +412,81 @@ def test_a_recording_without_model_name_needs_the_model_option(call: LLMCall) ->
 
 
 def test_unknown_matcher_names_the_valid_ones(trace: Trace) -> None:
-    expected = "unknown replay matcher 'prompt'; valid matchers: last_user_message, messages, model, system"
+    expected = (
+        "unknown replay matcher 'prompt'; valid matchers: last_user_message, messages, model, system "
+        "(add one with pytest_llmtrace.ollama_api.replay.register_matcher)"
+    )
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         ReplayBackend(trace, match=("model", "prompt"))
+    with pytest.raises(ValueError, match=re.escape("unknown replay matcher 'mesages'; did you mean 'messages'?;")):
+        ReplayBackend(trace, match=("mesages",))
+
+
+@pytest.fixture
+def own_matchers() -> Iterator[None]:
+    """The registry is process-wide: a matcher a test registers must not outlive the test."""
+    before = dict(MATCHERS)
+    yield
+    replay._MATCHERS.clear()
+    replay._MATCHERS.update(before)
+
+
+def test_built_in_matchers_are_registered_in_order() -> None:
+    assert matcher_names() == ("model", "messages", "last_user_message", "system")
+
+
+def test_a_registered_matcher_replays_over_http_and_is_named_in_misses(call: LLMCall, own_matchers: None) -> None:
+    seen: list[tuple[ChatRequest, ChatRequest]] = []
+
+    def same_question_any_case(request: ChatRequest, recorded: ChatRequest) -> bool:
+        seen.append((request, recorded))
+        return request.last_user_message.casefold() == recorded.last_user_message.casefold()
+
+    register_matcher("question_any_case", same_question_any_case)
+    messages = changed_system_prompt(call)
+    messages[-1]["content"] = messages[-1]["content"].upper()
+    with replay_server([call], match=("model", "question_any_case"), speed="instant") as running:
+        client = ollama.Client(host=running.url)
+        answer = client.chat(model=MODEL, messages=messages)
+        with pytest.raises(ollama.ResponseError) as caught:
+            client.chat(model=MODEL, messages=[{"role": "user", "content": "Something else?"}])
+
+    assert "question_any_case" in matcher_names()
+    assert answer.message.content == call.output_text
+    assert "differs in question_any_case, already used" in caught.value.error
+    request, recorded = seen[0]
+    assert (request.model, request.route, request.body["messages"]) == (MODEL, "/api/chat", messages)
+    assert (recorded.model, recorded.messages, recorded.route) == (MODEL + ":latest", call.input_messages, "")
+
+
+def test_a_matcher_name_is_taken_once_unless_replaced(own_matchers: None) -> None:
+    def anything(request: ChatRequest, recorded: ChatRequest) -> bool:
+        return True
+
+    with pytest.raises(ValueError, match="a replay matcher named 'messages' is already registered; pass replace=True"):
+        register_matcher("messages", anything)
+    with pytest.raises(ValueError, match="must be a word"):
+        register_matcher("two words", anything)
+    register_matcher("messages", anything, replace=True)
+    assert MATCHERS["messages"] is anything
+
+
+def test_a_matcher_that_raises_fails_the_request_naming_it(call: LLMCall, own_matchers: None) -> None:
+    def broken(request: ChatRequest, recorded: ChatRequest) -> bool:
+        raise KeyError("tools")
+
+    register_matcher("broken", broken)
+    with replay_server([call], match=("broken",), speed="instant") as running:
+        response = httpx.post(f"{running.url}/api/chat", json={"model": MODEL, "messages": wire(call.input_messages)})
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "replay matcher 'broken' raised KeyError: 'tools'"}
 
 
 def test_empty_match_replays_in_recorded_order() -> None:
     first, second = (only_call(golden(n)) for n in ("customers_by_tier", "inactive_products"))
     backend = ReplayBackend([first, second], match=(), speed="instant")
-    anything = (ChatMessage("user", "anything"),)
+    anything = (Message("user", "anything"),)
 
     assert [backend.chat(ChatRequest(MODEL, anything)).text for _ in range(2)] == [
         first.output_text,
@@ -455,7 +525,7 @@ def test_recorded_speed_takes_at_least_the_recorded_duration(call: LLMCall) -> N
 def test_prompt_diff_renders_one_block_per_message_and_keeps_long_lines() -> None:
     long_line = "x" * 500
     recorded = [Message("system", f"Be brief.\n{long_line}"), Message("user", "How many?")]
-    new = [ChatMessage("system", f"Be brief.\n{long_line}"), ChatMessage("user", "How many orders?")]
+    new = [Message("system", f"Be brief.\n{long_line}"), Message("user", "How many orders?")]
 
     assert format_prompt_diff(recorded, new).splitlines() == [
         "--- recorded prompt",

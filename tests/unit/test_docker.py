@@ -26,7 +26,7 @@ from pytest_llmtrace.services.docker import (
     start_fix,
 )
 from pytest_llmtrace.services.ollama import place_blob
-from pytest_llmtrace.services.process import RunRecord
+from pytest_llmtrace.services.runs import RunRecord
 
 
 def test_a_container_names_its_run_owner_and_host() -> None:

@@ -1,0 +1,90 @@
+"""A hostile golden file is one failing item: it never ends the collection, and the other cases still run.
+
+Before the loaders refused them with a ``TraceFormatError``, a file nested 100,000 levels deep (``RecursionError``)
+or holding a 5,000-digit timestamp (``ValueError``: Python's integer digit limit) ended the whole run with
+"Interrupted: 2 errors during collection". The project is built as in ``test_golden_replay.py``: two real cases
+replayed through the reference gateway on this session's Postgres, plus the hostile files.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_llmtrace.services.postgres import PostgresDatabase
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "golden_traces"
+CASES = ("customers_by_tier", "inactive_products")
+FIRST_START = "$.resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano"
+
+
+@pytest.fixture(scope="module")
+def pg_url(llmtrace_postgres: PostgresDatabase) -> str:
+    return llmtrace_postgres.endpoint.url
+
+
+def hostile(golden: Path, name: str, start_time: str) -> Path:
+    """A copy of a real case whose first span's start time is written as ``start_time`` verbatim."""
+    text = (GOLDEN / "customers_by_tier.json").read_text(encoding="utf-8")
+    key = '"startTimeUnixNano": '
+    head, tail = text.split(key, 1)
+    tail = tail.split(",", 1)[1]  # drop the recorded value
+    path = golden / f"{name}.json"
+    path.write_text(head + key + start_time + "," + tail, encoding="utf-8")
+    return path
+
+
+def lines_with(output: str, needle: str) -> list[str]:
+    return [line for line in output.splitlines() if needle in line]
+
+
+def test_deep_and_long_digit_files_fail_alone_and_the_good_cases_still_run(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
+    golden = pytester.path / "golden_traces"
+    (golden / "__snapshots__").mkdir(parents=True)
+    for case in CASES:
+        shutil.copy(GOLDEN / f"{case}.json", golden / f"{case}.json")
+        shutil.copy(GOLDEN / "__snapshots__" / f"{case}.json", golden / "__snapshots__" / f"{case}.json")
+    deep = hostile(golden, "deep_nesting", "[" * 100_000 + "]" * 100_000)
+    digits = hostile(golden, "long_digits", "1" * 5_000)
+    before = {p.name: p.read_bytes() for p in golden.glob("*.json")}
+    pytester.makeini(
+        "[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n"
+        "llmtrace_target = gateway.app:handle_user_request\n"
+    )
+
+    collected = pytester.runpytest_subprocess("--collect-only", "-q", timeout=120)
+
+    assert "Interrupted" not in collected.stdout.str()
+    assert "error" not in collected.stdout.str().lower()
+    collected.stdout.fnmatch_lines(["4 tests collected in *"])
+
+    result = pytester.runpytest_subprocess(
+        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", "-rA", timeout=180
+    )
+
+    result.assert_outcomes(passed=2, failed=2)
+    output = result.stdout.str()
+    assert "Interrupted" not in output
+    assert "Traceback" not in output
+    assert "RecursionError" not in output
+    assert lines_with(output, f"cannot replay this golden trace: {deep}: ")[0].endswith(
+        f"at {FIRST_START}[0]...(x93): expected at most 100 levels of nested arrays and objects, got level 101 here"
+    )
+    assert lines_with(output, f"cannot replay this golden trace: {digits}: ")[0].endswith(
+        f"at {FIRST_START}: expected a number of at most 100 characters, got a number of 5,000 characters "
+        "(11111111111111111111...)"
+    )
+    passed = {m.group(1) for m in re.finditer(r"^PASSED golden_traces/(\w+)\.json", output, re.MULTILINE)}
+    assert passed == set(CASES)
+    # nothing was rewritten, and no snapshot was made up for the files that could not be read
+    assert {p.name: p.read_bytes() for p in golden.glob("*.json")} == before
+    assert not (golden / "__snapshots__" / "deep_nesting.json").exists()
+    assert not (golden / "__snapshots__" / "long_digits.json").exists()
