@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 
 from pytest_llmtrace.errors import near_misses
+from pytest_llmtrace.services.docker import GPU_SETTINGS, IMAGES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -92,6 +93,24 @@ SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
         "fixtures/**/*.sql",
         env=False,
         ini_type="linelist",
+    ),
+    SettingSpec(
+        "postgres_image",
+        "Image of the docker Postgres backend: your production server's version, an extension image "
+        "(pgvector/pgvector:pg17), or a registry mirror's copy.",
+        IMAGES["postgres"],
+    ),
+    SettingSpec(
+        "phoenix_image", "Image of the docker Phoenix backend (a version or a registry mirror).", IMAGES["phoenix"]
+    ),
+    SettingSpec(
+        "ollama_image", "Image of the docker Ollama backend (a version or a registry mirror).", IMAGES["ollama"]
+    ),
+    SettingSpec(
+        "ollama_gpu",
+        "GPUs for the docker Ollama backend: auto (all, when nvidia-smi is on PATH), all, or none.",
+        "auto",
+        choices=GPU_SETTINGS,
     ),
 )
 

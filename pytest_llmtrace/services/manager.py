@@ -10,6 +10,7 @@ the coordinator stops them all when the run ends (or the next run reaps them aft
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -29,7 +30,7 @@ from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.services import ollama, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
-from pytest_llmtrace.services.docker import docker_available
+from pytest_llmtrace.services.docker import ContainerOwner, docker_available, gpu_request, remove_run_containers
 from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.services.runs import RunContext, RunRecord, file_lock
@@ -190,11 +191,23 @@ class ServiceManager:
         lines = []
         for service in SERVICES:
             try:
-                decided = str(self.choice(service))
+                choice = self.choice(service)
             except pytest.UsageError:
                 decided = f"unavailable with {self.settings.values[service]} (tests that use llmtrace_{service} fail)"
+            else:
+                decided = str(choice)
+                if choice.backend == "docker":
+                    decided += self._docker_details(service)
             lines.append(f"llmtrace {service}: {decided}")
         return lines
+
+    def _docker_details(self, service: str) -> str:
+        """The image (and, for Ollama, the GPUs): what the user chose and where that came from."""
+        image = self.settings.values[f"{service}_image"]
+        details = f"; image {image.value} ({image.origin})"
+        if service == "ollama":
+            details += f"; GPUs: {gpu_request(self.settings['ollama_gpu'])[1]}"
+        return details
 
     @property
     def started(self) -> tuple[str, ...]:
@@ -301,8 +314,18 @@ class ServiceManager:
         self._endpoints.clear()
         if self.context.coordinator:
             self.context.record.cleanup()
+            if any(choice.backend == "docker" for choice in self._choices.values()):
+                self._remove_run_containers()
         if errors:
             raise RuntimeError("pytest-llmtrace could not stop: " + "; ".join(errors))
+
+    def _remove_run_containers(self) -> None:
+        """Containers of this run that no backend stopped (an xdist worker's, when the worker was killed). Best
+        effort: when Docker does not answer now, the next run's sweep removes them."""
+        if not self._probes.docker()[0]:
+            return
+        with contextlib.suppress(Exception):
+            remove_run_containers(ContainerOwner.of(self.context.record).run)
 
 
 def _checked(settings: Settings) -> dict[str, Resolved]:
@@ -339,15 +362,21 @@ def _url(context: BackendContext) -> str:
 
 
 register_backend("postgres", "embedded", lambda c: postgres.EmbeddedPostgres(c.record, shared=c.shared), shared=True)
-register_backend("postgres", "docker", lambda c: postgres.DockerPostgres())
+register_backend("postgres", "docker", lambda c: postgres.DockerPostgres(c.settings["postgres_image"], c.record))
 register_backend("postgres", "url", lambda c: postgres.UrlPostgres(_url(c)))
 register_backend("ollama", "embedded", lambda c: ollama.EmbeddedOllama(c.modelfile_path, c.model_name))
 register_backend(
     "ollama", "binary", lambda c: ollama.BinaryOllama(c.model_name, c.modelfile_path, c.record), shared=True
 )
-register_backend("ollama", "docker", lambda c: ollama.DockerOllama(c.model_name, c.modelfile_path))
+register_backend(
+    "ollama",
+    "docker",
+    lambda c: ollama.DockerOllama(
+        c.model_name, c.modelfile_path, c.settings["ollama_image"], c.record, gpu=c.settings["ollama_gpu"]
+    ),
+)
 register_backend("ollama", "url", lambda c: ollama.UrlOllama(_url(c), c.model_name))
 register_backend("ollama", "replay", lambda c: ollama.ReplayOllama(c.replay_switch))
 register_backend("phoenix", "embedded", lambda c: phoenix.EmbeddedPhoenix(c.record), shared=True)
-register_backend("phoenix", "docker", lambda c: phoenix.DockerPhoenix())
+register_backend("phoenix", "docker", lambda c: phoenix.DockerPhoenix(c.settings["phoenix_image"], c.record))
 register_backend("phoenix", "url", lambda c: phoenix.UrlPhoenix(_url(c)))

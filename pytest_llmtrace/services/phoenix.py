@@ -11,9 +11,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pytest_llmtrace.errors import first_line
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
+from pytest_llmtrace.services.docker import PHOENIX_IMAGE
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
@@ -21,8 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["PHOENIX_IMAGE", "DockerPhoenix", "EmbeddedPhoenix", "UrlPhoenix", "answers"]
 
-# Pinned to the version the importers were checked against (facts.md): REST shapes change between majors.
-PHOENIX_IMAGE = "arizephoenix/phoenix:version-20.26.1"
 START_TIMEOUT_S = 90.0
 INSTALL_HINT = "pip install 'pytest-llmtrace[phoenix]'"
 
@@ -83,36 +83,49 @@ class EmbeddedPhoenix:
 
 
 class DockerPhoenix:
-    """The official image. It is distroless (no shell), so readiness is an HTTP wait on ``/healthz``."""
+    """The official image (or the one chosen with --llmtrace-phoenix-image), labelled and published on loopback.
+
+    The official image is distroless (no shell), so readiness is an HTTP wait on ``/healthz``.
+    """
 
     backend = "docker"
 
-    def __init__(self, image: str = PHOENIX_IMAGE, timeout: float = START_TIMEOUT_S) -> None:
+    def __init__(
+        self, image: str = PHOENIX_IMAGE, record: RunRecord | None = None, timeout: float = START_TIMEOUT_S
+    ) -> None:
         self.image = image
+        self.record = record
         self.timeout = timeout
-        self._container: object | None = None
+        self._container: Any = None
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services.docker import docker_error_fix, start_container
+        from pytest_llmtrace.services import docker
 
         started = time.monotonic()
         try:
-            container, host, port = start_container(
+            self._container = container = docker.http_container(
                 self.image,
+                service="phoenix",
                 port=6006,
+                owner=docker.ContainerOwner.of(self.record),
                 env={"PHOENIX_TELEMETRY_ENABLED": "false"},
-                health_path="/healthz",
-                timeout=self.timeout,
             )
+            docker.start_prepared(container)
+            url = f"http://{docker.container_host(container)}:{container.get_exposed_port(6006)}"
+            docker.wait_http(container, url + "/healthz", timeout=self.timeout)
         except Exception as exc:  # docker errors have many types; all mean "could not start"
-            raise ServiceStartError("phoenix", self.backend, str(exc), fix=docker_error_fix("phoenix")) from exc
-        self._container = container
-        return _endpoint(self.backend, f"http://{host}:{port}", started)
+            log = docker.log_tail(self._container)
+            self.stop()
+            fix = docker.start_fix("phoenix", self.image, exc)
+            reason = f"{self.image}: {first_line(exc)}"
+            raise ServiceStartError("phoenix", self.backend, reason, log=log, fix=fix) from exc
+        return _endpoint(self.backend, url, started)
 
     def stop(self) -> None:
-        if self._container is not None:
-            self._container.stop()  # type: ignore[attr-defined]
-            self._container = None
+        from pytest_llmtrace.services.docker import remove
+
+        container, self._container = self._container, None
+        remove(container)
 
 
 class UrlPhoenix:

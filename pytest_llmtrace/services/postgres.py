@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import time
 import uuid
 import warnings
@@ -26,8 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.errors import LLMTraceError, first_line
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
+from pytest_llmtrace.services.docker import POSTGRES_IMAGE
 from pytest_llmtrace.services.process import OwnedTempDir
 
 if TYPE_CHECKING:
@@ -358,37 +360,53 @@ def _endpoint_from_url(backend: str, url: str, started: float) -> Endpoint:
     return Endpoint.from_url("postgres", backend, url, started=started)
 
 
-# Pinned: the image tag decides the server version that results were recorded against.
-POSTGRES_IMAGE = "postgres:17.6-alpine"
+DOCKER_USER = "llmtrace"
 
 
 class DockerPostgres:
-    """``testcontainers.community.postgres`` with a pinned image; Ryuk removes the container if the run dies."""
+    """``testcontainers.community.postgres`` with a chosen image: labelled, on loopback, a random password.
+
+    The password is new for every container and never printed: a test database is still a database, and its port is
+    reachable by anything on this machine while the tests run.
+    """
 
     service = "postgres"
     backend = "docker"
 
-    def __init__(self, image: str = POSTGRES_IMAGE) -> None:
+    def __init__(self, image: str = POSTGRES_IMAGE, record: RunRecord | None = None) -> None:
         self.image = image
+        self.record = record
         self._container: Any = None
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services.docker import docker_error_fix
+        from pytest_llmtrace.services import docker
 
         started = time.monotonic()
+        password = secrets.token_urlsafe(18)
         try:
             from testcontainers.community.postgres import PostgresContainer
 
-            self._container = PostgresContainer(self.image, driver=None).start()
-            url = self._container.get_connection_url()
+            container = PostgresContainer(
+                self.image, username=DOCKER_USER, password=password, dbname=DOCKER_USER, driver=None
+            )
+            self._container = container
+            owner = docker.ContainerOwner.of(self.record)
+            docker.prepare_container(container, service=self.service, ports=[5432], owner=owner)
+            docker.start_prepared(container)
+            url = container.get_connection_url(host=docker.container_host(container))
         except Exception as exc:  # docker's errors have many types; all mean "could not start"
-            raise ServiceStartError(self.service, self.backend, str(exc), fix=docker_error_fix("postgres")) from exc
+            log = [docker.scrub(line, [password]) for line in docker.log_tail(self._container)]
+            self.stop()
+            reason = docker.scrub(f"{self.image}: {first_line(exc)}", [password])
+            fix = docker.start_fix(self.service, self.image, exc)
+            raise ServiceStartError(self.service, self.backend, reason, log=log, fix=fix) from exc
         return _endpoint_from_url(self.backend, url, started)
 
     def stop(self) -> None:
-        if self._container is not None:
-            self._container.stop()
-            self._container = None
+        from pytest_llmtrace.services.docker import remove
+
+        container, self._container = self._container, None
+        remove(container)
 
 
 class UrlPostgres:
