@@ -53,8 +53,8 @@ class Checker:
     ) -> CaseOutcome:
         now = trace if trace is not None else self._recording.trace
         database = None
-        if {"sql", "snapshot"} & set(checks):
-            postgres: PostgresDatabase = self._request.getfixturevalue("llmtrace_postgres")
+        if {"sql", "snapshot"} & set(checks) and (sql is not None or sql_of(now) is not None):
+            postgres: PostgresDatabase = self._request.getfixturevalue("llmtrace_postgres")  # starts Postgres
             database = postgres.reader_url
         outcome = run_checks(
             now,

@@ -142,7 +142,7 @@ def _replay_case(
         now,
         options=options,
         case_id=request.node.name,
-        mode=config.mode,  # type: ignore[arg-type]  # validated against the mode setting's choices
+        mode=config.mode,
         golden=golden,
         file=str(case.path),
         database=database.reader_url,

@@ -10,6 +10,7 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast, get_args
 
 import pytest
 
@@ -27,13 +28,15 @@ __all__ = [
     "validate_markers",
 ]
 
+GoldenMode = Literal["replay", "live", "record"]
+
 REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "mode",
         "replay: answer model calls from the golden traces; live: call the real model; record: live, then write the "
         "new answers into the golden files.",
         "replay",
-        choices=("replay", "live", "record"),
+        choices=get_args(GoldenMode),
     ),
     SettingSpec("golden_dir", "Folder of golden trace files, relative to the rootdir.", "golden_traces"),
     SettingSpec("target", "The app's entry point, 'package.module:function', called with the user question.", ""),
@@ -71,7 +74,7 @@ class ReplayConfig:
     """The session's replay settings, parsed and validated once (bad values stop the run as usage errors)."""
 
     settings: Settings
-    mode: str  # replay | live | record
+    mode: GoldenMode
     golden_dir: Path
     target: str
     speed: str  # recorded | instant
@@ -89,7 +92,7 @@ class ReplayConfig:
             raise pytest.UsageError(f"{s.values['replay_match'].origin}: {exc}") from None
         return cls(
             settings=s,
-            mode=s["mode"],
+            mode=cast("GoldenMode", s["mode"]),  # one of the mode setting's choices, validated by resolve()
             golden_dir=(config.rootpath / s["golden_dir"]).resolve(),
             target=s["target"],
             speed=s["replay_speed"],
