@@ -18,6 +18,7 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 from pytest_llmtrace.checks.budgets import latencies_ms
 from pytest_llmtrace.checks.sql import compare_results
+from pytest_llmtrace.trace.views import span_kind
 
 if TYPE_CHECKING:
     from syrupy.location import PyTestLocation
@@ -31,7 +32,7 @@ MAX_SNAPSHOT_ROWS = 50  # larger results are kept as a digest, so snapshot files
 
 def outcome(trace: Trace, sql: str | None, result: SqlOutcome | None) -> dict[str, Any]:
     """The normalized, JSON-ready outcome of one case."""
-    spans = [f"{'  ' * depth}{span.name} {span.kind} {span.status.value}" for depth, span in trace.walk()]
+    spans = [f"{'  ' * depth}{span.name} {span_kind(span)} {span.status.value}" for depth, span in trace.walk()]
     data: dict[str, Any] = {"spans": spans, "sql": sql}
     if result is not None:
         if result.ok:

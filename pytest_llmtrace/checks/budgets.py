@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
+from pytest_llmtrace.trace.views import span_kind
 
 __all__ = ["LATENCY_METRICS", "Violation", "check_latency", "check_tokens", "format_table", "latencies_ms"]
 
@@ -50,7 +51,8 @@ def latencies_ms(trace: Trace) -> dict[str, float]:
 
 
 def _metrics_of(span: Span) -> tuple[str, ...]:
-    kind = span.kind if span.kind in _KINDS else None
+    found = span_kind(span)  # an LLM call in any convention is LLM, not only OpenInference's
+    kind = found if found in _KINDS else None
     sql = "SQL" if SqlStatement.from_span(span) is not None else None
     return tuple(m for m in (kind, sql) if m is not None)
 
