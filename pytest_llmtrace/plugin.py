@@ -6,22 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace import cases, recording, settings
+from pytest_llmtrace import fixtures, golden, recording, replay_config, settings
 from pytest_llmtrace.services import session as services
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
     settings.add_options(parser, settings.SERVICE_SETTINGS)
-    settings.add_options(parser, settings.REPLAY_SETTINGS)
+    settings.add_options(parser, replay_config.REPLAY_SETTINGS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
-    cases.configure(config)
-    services.configure(config, replay=cases.get_config(config).mode == "replay")
-    from pytest_llmtrace import fixtures
-
+    replay_config.configure(config)
+    services.configure(config, replay=replay_config.get_config(config).mode == "replay")
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
 
@@ -32,13 +30,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [recording.report_header(config), cases.report_header(config), *services.report_header(config)]
+    return [recording.report_header(config), replay_config.report_header(config), *services.report_header(config)]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """First, so spans ended while fixtures are set up belong to the test too."""
-    recording.start_test(item, install_provider=not cases.is_golden_item(item))
+    recording.start_test(item, install_provider=not golden.is_golden_item(item))
 
 
 @pytest.hookimpl(trylast=True)
@@ -48,11 +46,11 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    cases.validate_markers(config, items)
+    replay_config.validate_markers(config, items)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """Each golden trace file under llmtrace_golden_dir is one test item."""
-    if cases.is_golden_file(parent.config, file_path):
-        return cases.GoldenFile.from_parent(parent, path=file_path)
+    if golden.is_golden_file(parent.config, file_path):
+        return golden.GoldenFile.from_parent(parent, path=file_path)
     return None

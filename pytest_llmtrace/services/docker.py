@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmtrace.errors import first_line
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -45,11 +47,11 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The reason for the header; docker-py's missing-socket error is a long nested repr, so it is said plainly."""
+    text = str(exc)
     if "FileNotFoundError" in text or "No such file or directory" in text:
         return "no Docker daemon socket, DOCKER_HOST " + os.environ.get("DOCKER_HOST", "unset")
-    lines = text.splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return first_line(exc)
 
 
 def docker_error_fix(service: str) -> str:

@@ -1,4 +1,5 @@
-"""Ollama for the session: llama.cpp in-process, ``ollama serve`` from PATH, the official image, or a user's server.
+"""Ollama for the session: llama.cpp in-process, ``ollama serve`` from PATH, the official image, a user's server, or
+(in replay mode) our own Ollama-API front answering from the golden traces.
 
 Every backend ends with the same check: the configured model (``qwen-sql-prod``) is on the server. The app under
 test asks for it by name, so a server without it would fail every test with a 404 from inside the app; failing once
@@ -16,17 +17,18 @@ import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from pytest_llmtrace.ollama_api.backend import normalize_model_name
+from pytest_llmtrace.ollama_api import BackendError, OllamaAPIServer, normalize_model_name
+from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend, LlamaCppError
+from pytest_llmtrace.ollama_api.modelfile import Modelfile, ModelfileError, parse_modelfile
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend
-    from pytest_llmtrace.ollama_api.modelfile import Modelfile
-    from pytest_llmtrace.ollama_api.server import OllamaAPIServer
-    from pytest_llmtrace.services.process import RunRecord
+    from collections.abc import Sequence
+
+    from pytest_llmtrace.ollama_api import ChatRequest, ChatResult, ModelBackend, ModelInfo
+    from pytest_llmtrace.services.runs import RunRecord
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -34,7 +36,10 @@ __all__ = [
     "BinaryOllama",
     "DockerOllama",
     "EmbeddedOllama",
+    "ReplayOllama",
+    "ReplaySwitch",
     "UrlOllama",
+    "answers",
     "create_command",
     "ensure_model",
     "models_dir",
@@ -76,21 +81,16 @@ def create_command(model_name: str, modelfile_path: Path | None) -> str:
 
 
 def _endpoint(backend: str, url: str, started: float, model_name: str, **extra: str) -> Endpoint:
-    parts = urlsplit(url)
-    return Endpoint(
-        service=SERVICE,
-        backend=backend,
-        url=url.rstrip("/"),
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port,
-        ready_s=time.monotonic() - started,
-        extra={"model": model_name, **extra},
-    )
+    """An Ollama endpoint names the model it was checked to serve."""
+    return Endpoint.from_url(SERVICE, backend, url, started=started, model=model_name, **extra)
+
+
+def answers(endpoint: Endpoint) -> bool:
+    """Whether the Ollama at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
+    return http_ok(endpoint.url + "/api/version")
 
 
 def _read_modelfile(path: Path | None, backend: str) -> Modelfile | None:
-    from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
-
     if path is None:
         return None
     try:
@@ -115,6 +115,7 @@ def ensure_model(
     JSON API (Ollama >= 0.5.6 takes no raw Modelfile): a local GGUF is uploaded as a blob and referenced by digest;
     a FROM naming a registry model is pulled first. Anything else is a ``ServiceStartError`` with the command to run.
     """
+    # The ollama client pulls in httpx and pydantic (over a second cold): paid only when a server is checked.
     import httpx
     import ollama
 
@@ -189,9 +190,6 @@ class EmbeddedOllama:
         self._server: OllamaAPIServer | None = None
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend, LlamaCppError
-        from pytest_llmtrace.ollama_api.server import OllamaAPIServer
-
         started = time.monotonic()
         modelfile = _read_modelfile(self.modelfile_path, self.backend)
         assert modelfile is not None
@@ -353,3 +351,49 @@ class UrlOllama:
 
     def stop(self) -> None:
         """Nothing to stop: the server belongs to the user."""
+
+
+class ReplaySwitch:
+    """The model behind the replay mode's one Ollama server: each golden case plugs in its own recording.
+
+    One server for the whole run, because apps often build their Ollama client at import time from OLLAMA_HOST and
+    keep it; a new port per case would leave them talking to the first case's server.
+    """
+
+    def __init__(self) -> None:
+        self._current: ModelBackend | None = None
+
+    def use(self, backend: ModelBackend | None) -> None:
+        self._current = backend
+
+    def models(self) -> Sequence[ModelInfo]:
+        return self._current.models() if self._current is not None else []
+
+    def chat(self, request: ChatRequest) -> ChatResult:
+        if self._current is None:
+            raise BackendError(
+                503,
+                "pytest-llmtrace replay server: no golden case is being replayed now (use --llmtrace-mode=live "
+                "for a real model outside golden cases)",
+            )
+        return self._current.chat(request)
+
+
+class ReplayOllama:
+    """The replay mode's Ollama: our Ollama-API front over the run's ``ReplaySwitch``, on a free loopback port."""
+
+    backend = "replay"
+
+    def __init__(self, switch: ReplaySwitch) -> None:
+        self.switch = switch
+        self._server: OllamaAPIServer | None = None
+
+    def start(self) -> Endpoint:
+        started = time.monotonic()
+        self._server = OllamaAPIServer(self.switch).start()
+        return Endpoint.from_url(SERVICE, self.backend, self._server.url, started=started)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

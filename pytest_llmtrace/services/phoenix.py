@@ -7,16 +7,19 @@ only by the backend that runs it, and starts only when a test asks for it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.process import RunRecord
+    from pytest_llmtrace.services.runs import RunRecord
+
+__all__ = ["PHOENIX_IMAGE", "DockerPhoenix", "EmbeddedPhoenix", "UrlPhoenix", "answers"]
 
 # Pinned to the version the importers were checked against (facts.md): REST shapes change between majors.
 PHOENIX_IMAGE = "arizephoenix/phoenix:version-20.26.1"
@@ -25,19 +28,17 @@ INSTALL_HINT = "pip install 'pytest-llmtrace[phoenix]'"
 
 
 def _endpoint(backend: str, url: str, started: float, grpc_port: int | None = None) -> Endpoint:
-    parts = urlsplit(url)
-    extra = {"collector_endpoint": url.rstrip("/"), "traces_endpoint": url.rstrip("/") + "/v1/traces"}
+    """Phoenix's endpoint also names where OTLP goes: what ``phoenix.otel`` and a plain OTLP exporter each want."""
+    base = url.rstrip("/")
+    extra = {"collector_endpoint": base, "traces_endpoint": base + "/v1/traces"}
     if grpc_port is not None:
         extra["grpc_port"] = str(grpc_port)
-    return Endpoint(
-        service="phoenix",
-        backend=backend,
-        url=url.rstrip("/"),
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port,
-        ready_s=time.monotonic() - started,
-        extra=extra,
-    )
+    return Endpoint.from_url("phoenix", backend, base, started=started, **extra)
+
+
+def answers(endpoint: Endpoint) -> bool:
+    """Whether the Phoenix at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
+    return http_ok(endpoint.url + "/healthz")
 
 
 class EmbeddedPhoenix:
@@ -50,7 +51,7 @@ class EmbeddedPhoenix:
         self._server = ServerProcess("phoenix", self.backend, prefix="llmtrace-phoenix-", record=record)
 
     def start(self) -> Endpoint:
-        if importlib.util.find_spec("phoenix.server") is None:
+        if not _server_installed():
             raise ServiceStartError(
                 "phoenix",
                 self.backend,
@@ -138,8 +139,17 @@ class UrlPhoenix:
         """Nothing to stop: the server belongs to the user."""
 
 
+def _server_installed() -> bool:
+    """Whether arize-phoenix (not only its client, which also lives under ``phoenix``) is installed.
+
+    Asked without importing it: ``find_spec("phoenix.server")`` would import the ``phoenix`` package into the pytest
+    process first, which takes seconds and hundreds of MB for a server that runs in a process of its own.
+    """
+    spec = importlib.util.find_spec("phoenix")
+    locations = spec.submodule_search_locations if spec is not None else None
+    return any((Path(location) / "server" / "main.py").is_file() for location in locations or ())
+
+
 def _clean_environ() -> dict[str, str]:
     """The parent's environment minus Phoenix settings a developer may have exported for their own Phoenix."""
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}

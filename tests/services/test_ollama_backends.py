@@ -34,7 +34,7 @@ from pytest_llmtrace.services.ollama import (
     ensure_model,
     models_dir,
 )
-from pytest_llmtrace.services.process import RunRecord
+from pytest_llmtrace.services.runs import RunRecord
 
 MODEL = "qwen-sql-prod"
 TEST_MODEL = "llmtrace-test-smollm2"  # a name no real Ollama has yet, so the backend must create it
@@ -206,20 +206,8 @@ def test_models_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
 
 # -- binary --------------------------------------------------------------------------------------------------------
 
-FAKE_OLLAMA = """#!{python}
-# A stand-in `ollama serve`: the scripted Ollama front on OLLAMA_HOST, with the models named in FAKE_OLLAMA_HAS.
-import os, pathlib, sys, time
-from pytest_llmtrace.ollama_api import ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
-assert sys.argv[1:] == ["serve"], sys.argv
-pathlib.Path(os.environ["OLLAMA_MODELS"], "seen-by-fake-ollama").write_text(os.environ["OLLAMA_HOST"])
-host, port = os.environ["OLLAMA_HOST"].rsplit(":", 1)
-names = [n for n in os.environ.get("FAKE_OLLAMA_HAS", "").split(",") if n]
-OllamaAPIServer(ScriptedBackend({{"hi": "hello"}}, [ModelInfo(n) for n in names]), host, int(port)).start()
-print("Listening on " + os.environ["OLLAMA_HOST"], flush=True)
-while True:
-    time.sleep(1)
-"""
+# A stand-in `ollama serve` (the scripted front on OLLAMA_HOST), run by this interpreter.
+FAKE_OLLAMA = f"#!{sys.executable}\n" + (Path(__file__).parents[1] / "data" / "fake_ollama.py").read_text()
 
 
 def install_executable(directory: Path, text: str) -> Path:
@@ -270,7 +258,7 @@ def test_binary_that_exits_at_once_shows_its_log_and_leaves_nothing_behind(fake_
 def test_binary_serves_on_a_free_port_with_the_model_cache_and_stops_its_process_group(
     fake_path: Path, tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    install_executable(fake_path, FAKE_OLLAMA.format(python=sys.executable))
+    install_executable(fake_path, FAKE_OLLAMA)
     monkeypatch.setenv("FAKE_OLLAMA_HAS", MODEL)
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:11434")  # a developer's setting must not leak into the child
     service = BinaryOllama(MODEL, record=RunRecord(tmp_path), timeout=30)
@@ -293,7 +281,7 @@ def test_binary_serves_on_a_free_port_with_the_model_cache_and_stops_its_process
 def test_binary_without_the_model_shows_the_create_command_and_the_log(
     fake_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    install_executable(fake_path, FAKE_OLLAMA.format(python=sys.executable))
+    install_executable(fake_path, FAKE_OLLAMA)
     monkeypatch.delenv("FAKE_OLLAMA_HAS", raising=False)
     (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
     modelfile = write_modelfile(tmp_path, "./tiny.gguf")
