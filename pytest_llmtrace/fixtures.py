@@ -99,11 +99,14 @@ def llmtrace_app(
     llmtrace_postgres: PostgresDatabase,
     llmtrace_ollama: Endpoint,
     monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[str], Any]:
+) -> Callable[..., Any]:
     """The app a golden case replays through: ``llmtrace_target`` from the ini, imported only now.
 
     Imported after the services are up and DB_URI / OLLAMA_HOST are set, because apps often read them (and set up
-    their TracerProvider) at import time. Override this fixture for full control over how a question is asked.
+    their TracerProvider) at import time. Each case calls it with the question (``llmtrace_question`` says where
+    the golden trace has it) and, when it has a parameter named ``trace``, with ``trace=`` the golden ``Trace``,
+    so an app with several inputs (user id, session, locale) is driven exactly as recorded. Override this fixture
+    for full control: the callable it returns is called the same way.
     """
     config = get_config(request.config)
     if config.app_db == "owner":
@@ -111,11 +114,12 @@ def llmtrace_app(
     return _load_target(config.target, config.settings.source("target"))
 
 
-def _load_target(target: str, source: str) -> Callable[[str], Any]:
+def _load_target(target: str, source: str) -> Callable[..., Any]:
     if not target:
         fail(
             'no app to replay the golden traces against: set llmtrace_target = "package.module:function" in the '
-            "pytest ini (the function is called with the user question), or override the llmtrace_app fixture"
+            "pytest ini (the function is called with the user question, and trace= the golden Trace if it has a "
+            "parameter named trace), or override the llmtrace_app fixture"
         )
     module_name, sep, attribute = target.partition(":")
     where = f"llmtrace_target {target!r} (from {source})"

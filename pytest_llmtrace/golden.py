@@ -14,9 +14,10 @@ and fails the test with ``checks.report``'s text unless it passed.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,20 @@ from pytest_llmtrace.snapshot import OutcomeSnapshot
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 
-__all__ = ["CASE_KEY", "GoldenCase", "GoldenFile", "GoldenItem", "is_golden_file", "is_golden_item", "run_golden_case"]
+__all__ = [
+    "CASE_KEY",
+    "TRACE_PARAMETER",
+    "GoldenCase",
+    "GoldenFile",
+    "GoldenItem",
+    "ask_app",
+    "is_golden_file",
+    "is_golden_item",
+    "run_golden_case",
+]
+
+# An app (or the callable an overridden llmtrace_app returns) with a parameter of this name gets the golden Trace too.
+TRACE_PARAMETER = "trace"
 
 
 @dataclass(frozen=True)
@@ -113,10 +127,11 @@ def _replay_case(
     assert case.trace is not None, "a case without an error has a trace"
     golden = case.trace
     config = get_config(request.config)
-    question = golden.input
-    if question is None:
-        fail(f"{case.path}: the root span {golden.root.name!r} has no input.value, so there is no question to replay")
-    llmtrace_app: Callable[[str], Any] = request.getfixturevalue("llmtrace_app")  # starts the services
+    found = golden.question(config.question)
+    if found.text is None:
+        fail(f"{case.path}: {found.explain()}")
+    question = found.text
+    llmtrace_app: Callable[..., Any] = request.getfixturevalue("llmtrace_app")  # starts the services
     # Only now is the app imported: record from the provider it installed, or install ours if it installed none.
     get_recorder(request.config).ensure_global()
     database: PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
@@ -127,7 +142,7 @@ def _replay_case(
     if replay is not None:
         manager.replay_switch.use(replay)
     try:
-        llmtrace_app(question)
+        ask_app(llmtrace_app, question, golden)
     except Exception as exc:  # the app's failure is the finding, reported with the checks
         app_error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -138,7 +153,7 @@ def _replay_case(
     if config.mode == "record":
         write_trace(now, case.path)
         golden = now  # the new recording is the reference from now on; absolute budgets still apply
-    return run_checks(
+    outcome = run_checks(
         now,
         options=options,
         case_id=request.node.name,
@@ -153,6 +168,22 @@ def _replay_case(
         app_ms=app_ms,
         started=started,
     )
+    return replace(outcome, question=question, question_source=str(found.source))
+
+
+def ask_app(app: Callable[..., Any], question: str, golden: Trace) -> Any:
+    """Ask ``app`` the question; with ``trace=golden`` too when it has a parameter named ``trace``.
+
+    The name, not the number of parameters, decides: apps often take more optional arguments (``user_id=None``)
+    that must not receive a Trace. An app with several inputs reads them from the golden trace it is given.
+    """
+    try:
+        parameter = inspect.signature(app).parameters.get(TRACE_PARAMETER)
+    except (TypeError, ValueError):  # a callable without a signature (a builtin): the question only
+        parameter = None
+    if parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+        return app(question, **{TRACE_PARAMETER: golden})
+    return app(question)
 
 
 def _replay_backend(request: pytest.FixtureRequest, golden: Trace, config: ReplayConfig) -> ReplayBackend:

@@ -194,6 +194,8 @@ class CaseOutcome:
     - ``tokens`` / ``golden_tokens``: token sums per kind; ``durations_ms`` / ``golden_durations_ms``: time per
       latency metric (``checks.budgets.latencies_ms``). Golden values are ``None`` without a golden trace.
     - ``timings``: see ``Timings``.
+    - ``question`` / ``question_source``: what a golden case asked the app, and which ``llmtrace_question`` source
+      it came from (``None`` for ``llmtrace_check`` calls).
     """
 
     case_id: str
@@ -210,6 +212,8 @@ class CaseOutcome:
     durations_ms: dict[str, float] = field(default_factory=dict)
     golden_durations_ms: dict[str, float] | None = None
     timings: Timings | None = None
+    question: str | None = None
+    question_source: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -237,6 +241,8 @@ class CaseOutcome:
             "durations_ms": dict(self.durations_ms),
             "golden_durations_ms": None if self.golden_durations_ms is None else dict(self.golden_durations_ms),
             "timings": None if self.timings is None else asdict(self.timings),
+            "question": self.question,
+            "question_source": self.question_source,
         }
 
     @classmethod
@@ -258,4 +264,6 @@ class CaseOutcome:
             durations_ms=dict(data.get("durations_ms", {})),
             golden_durations_ms=None if data.get("golden_durations_ms") is None else dict(data["golden_durations_ms"]),
             timings=None if data.get("timings") is None else Timings(**data["timings"]),
+            question=data.get("question"),
+            question_source=data.get("question_source"),
         )

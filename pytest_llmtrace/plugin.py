@@ -30,7 +30,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [recording.report_header(config), replay_config.report_header(config), *services.report_header(config)]
+    return [recording.report_header(config), *replay_config.report_header(config), *services.report_header(config)]
 
 
 @pytest.hookimpl(tryfirst=True)

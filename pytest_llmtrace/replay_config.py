@@ -17,6 +17,7 @@ import pytest
 from pytest_llmtrace.ollama_api.replay import MATCHERS
 from pytest_llmtrace.options import CHECK_SETTINGS, MARKER_HELP, CheckOptions, UnknownName, canonical, validate_marks
 from pytest_llmtrace.settings import Settings, SettingSpec, resolve
+from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
 
 __all__ = [
     "REPLAY_SETTINGS",
@@ -39,7 +40,19 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
         choices=get_args(GoldenMode),
     ),
     SettingSpec("golden_dir", "Folder of golden trace files, relative to the rootdir.", "golden_traces"),
-    SettingSpec("target", "The app's entry point, 'package.module:function', called with the user question.", ""),
+    SettingSpec(
+        "target",
+        "The app's entry point, 'package.module:function', called with the user question (and trace=the golden "
+        "Trace when it has a parameter named trace).",
+        "",
+    ),
+    SettingSpec(
+        "question",
+        "Where a golden trace keeps the question, in order, first text wins: input.value, "
+        "traceloop.entity.input[:PATH], a root span attribute NAME[:JSON path], llm.last_user_message "
+        "(see docs/conventions.md).",
+        DEFAULT_SOURCES,
+    ),
     SettingSpec(
         "replay_speed",
         "recorded: replayed model calls take the recorded time; instant: they answer at once.",
@@ -77,6 +90,7 @@ class ReplayConfig:
     mode: GoldenMode
     golden_dir: Path
     target: str
+    question: tuple[QuestionSource, ...]  # where each case's question is, first text wins
     speed: str  # recorded | instant
     match: tuple[str, ...]  # replay matcher names
     app_db: str  # readonly | owner
@@ -90,11 +104,16 @@ class ReplayConfig:
             match = tuple(canonical(name, tuple(MATCHERS), "replay matcher") for name in s["replay_match"].split())
         except UnknownName as exc:
             raise pytest.UsageError(f"{s.values['replay_match'].origin}: {exc}") from None
+        try:
+            question = parse_sources(s["question"])
+        except QuestionSourceError as exc:
+            raise pytest.UsageError(f"{s.values['question'].origin}: {exc}") from None
         return cls(
             settings=s,
             mode=cast("GoldenMode", s["mode"]),  # one of the mode setting's choices, validated by resolve()
             golden_dir=(config.rootpath / s["golden_dir"]).resolve(),
             target=s["target"],
+            question=question,
             speed=s["replay_speed"],
             match=match,
             app_db=s["app_db"],
@@ -142,13 +161,18 @@ def get_config(config: pytest.Config) -> ReplayConfig:
     return config.stash[CONFIG_KEY]
 
 
-def report_header(config: pytest.Config) -> str:
-    """Mode, golden dir and target with where each came from: the first things to check when replay misbehaves."""
+def report_header(config: pytest.Config) -> list[str]:
+    """Mode, golden dir, target and question sources with where each came from: the first things to check when
+    replay misbehaves."""
     replay = get_config(config)
     values = replay.settings.values
     parts = [f"{name}={values[name].value or '(unset)'} ({values[name].source})" for name in ("mode", "target")]
     parts.insert(1, f"golden_dir={replay.golden_dir} ({values['golden_dir'].source})")
-    return "llmtrace golden cases: " + ", ".join(parts)
+    sources = ", ".join(map(str, replay.question))
+    return [
+        "llmtrace golden cases: " + ", ".join(parts),
+        f"llmtrace question: the first text from {sources} ({values['question'].source})",
+    ]
 
 
 def validate_markers(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -24,6 +24,7 @@ from pytest_llmtrace.checks.budgets import latencies_ms, latency_vs_golden, sour
 from pytest_llmtrace.checks.results import compare_results
 from pytest_llmtrace.options import CheckOptions
 from pytest_llmtrace.outcome import CheckResult, Measurement, SqlOutcome
+from pytest_llmtrace.trace.views import span_kind
 
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
@@ -39,7 +40,7 @@ MAX_SNAPSHOT_ROWS = 50  # larger results are kept as a digest, so snapshot files
 
 def snapshot_data(trace: Trace, sql: str | None, result: SqlOutcome | None) -> dict[str, Any]:
     """The normalized, JSON-ready outcome of one case, as its snapshot file holds it."""
-    spans = [f"{'  ' * depth}{span.name} {span.kind} {span.status.value}" for depth, span in trace.walk()]
+    spans = [f"{'  ' * depth}{span.name} {span_kind(span)} {span.status.value}" for depth, span in trace.walk()]
     data: dict[str, Any] = {"spans": spans, "sql": sql}
     if result is not None:
         if result.ok:

@@ -23,6 +23,7 @@ from pytest_llmtrace.options import (
 )
 from pytest_llmtrace.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
+from pytest_llmtrace.trace.views import span_kind
 
 __all__ = [
     "NO_GOLDEN_USAGE",
@@ -64,7 +65,8 @@ def tokens_of(trace: Trace) -> dict[str, int]:
 
 
 def _metrics_of(span: Span) -> tuple[str, ...]:
-    kind = span.kind if span.kind in SPAN_KINDS else None
+    found = span_kind(span)  # an LLM call in any convention is LLM, not only OpenInference's
+    kind = found if found in SPAN_KINDS else None
     sql = "SQL" if SqlStatement.from_span(span) is not None else None
     return tuple(m for m in (kind, sql) if m is not None)
 

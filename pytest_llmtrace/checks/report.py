@@ -109,9 +109,16 @@ def failure_blocks(outcome: CaseOutcome) -> list[str]:
 
 
 def failure_message(outcome: CaseOutcome, *, title: str | None = None) -> str:
-    """The blocks, separated by blank lines, under ``"<title>: N checks failed"`` when a title is given."""
+    """The blocks, separated by blank lines, under ``"<title>: N checks failed"`` when a title is given, and last
+    the question the case asked and where it came from, when the case has one."""
     blocks = failure_blocks(outcome)
     if title is not None:
         count = len(blocks)
         blocks.insert(0, f"{title}: {count} check{'s' if count != 1 else ''} failed")
+    if outcome.question is not None:
+        blocks.append(f"question (from {outcome.question_source}): {_clip(outcome.question)!r}")
     return "\n\n".join(blocks)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
