@@ -21,6 +21,14 @@ Counters: ``prompt_eval_count`` and ``eval_count`` are the recorded token counts
 with each generated token weighted ``EVAL_TOKEN_WEIGHT`` times a prompt token: generating a token costs a forward
 pass of its own while prompt tokens are evaluated in batches (about 3x on a small CPU model, 20x and more on a GPU).
 The split is an estimate; the total is the recording.
+
+Time: with ``speed="virtual"`` (the default) an answer comes at once and the recorded duration is what the call
+*counts*: every answer is noted in ``answers`` (when it was asked, when it was answered, what it stands for), and
+``pytest_llmtrace.trace.virtual.virtualize`` puts the recorded time in place of the measured one in the trace the
+checks read. ``speed="recorded"`` also holds each answer until the recorded duration has passed, for apps whose
+behaviour depends on real waiting (their own timeouts, a spinner); ``"instant"`` is the old name of ``virtual``.
+A recorded duration longer than ``max_recorded_s`` (the case deadline) counts as ``max_recorded_s``, with a
+``ReplayDurationWarning``: a recording that says 10^9 s must neither hang the run nor hide behind a huge budget.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import functools
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,8 +56,10 @@ from pytest_llmtrace.ollama_api.server import OllamaAPIServer
 from pytest_llmtrace.ollama_api.transport import Limits
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.views import LLMCall, Message
+from pytest_llmtrace.trace.virtual import ReplayedAnswer
 
 __all__ = [
+    "DEFAULT_MAX_RECORDED_S",
     "EVAL_TOKEN_WEIGHT",
     "MATCHERS",
     "MISS_STATUS",
@@ -56,7 +67,9 @@ __all__ = [
     "Matcher",
     "Miss",
     "ReplayBackend",
+    "ReplayDurationWarning",
     "ReplayServer",
+    "Speed",
     "format_prompt_diff",
     "matcher_names",
     "register_matcher",
@@ -68,7 +81,16 @@ MISS_STATUS = 400
 MAX_CANDIDATES = 3
 SHORTLIST = 10  # distinct recorded prompts that get the exact (slow) similarity on a miss
 
-Speed = Literal["recorded", "instant"]
+Speed = Literal["virtual", "recorded", "instant"]
+SPEEDS: tuple[str, ...] = ("virtual", "recorded", "instant")
+# The longest a recorded model call may count (and, at recorded speed, wait): the case deadline. Until the run has a
+# configurable deadline, one minute: longer than any budget a text-to-SQL request is held to.
+DEFAULT_MAX_RECORDED_S = 60.0
+
+
+class ReplayDurationWarning(UserWarning):
+    """A recorded model call lasted longer than the case deadline; replay counts (and waits) only the deadline."""
+
 
 # -- matchers ---------------------------------------------------------------------------------------------------------
 
@@ -268,9 +290,9 @@ class ReplayBackend:
     ``model`` overrides the recorded model names, for replaying against an app configured with another model name
     (and for recordings whose spans lack ``llm.model_name``). ``match`` names the registered matchers (see
     ``register_matcher``) a request must pass; an empty ``match`` replays the calls in recorded order whatever is
-    asked. ``speed="recorded"`` holds each answer
-    until the recorded duration has passed, so timeouts and latency checks see production-like timing;
-    ``"instant"`` answers at once.
+    asked. ``speed`` is ``virtual`` (answer at once; the recorded duration is counted, see ``answers``),
+    ``recorded`` (also wait that long) or ``instant`` (the old name of ``virtual``). ``max_recorded_s`` caps what a
+    recorded duration counts and waits (see the module docstring).
     """
 
     def __init__(
@@ -279,7 +301,8 @@ class ReplayBackend:
         *,
         model: str | None = None,
         match: Sequence[str] = ("model", "messages"),
-        speed: Speed = "recorded",
+        speed: Speed = "virtual",
+        max_recorded_s: float = DEFAULT_MAX_RECORDED_S,
     ) -> None:
         for wanted in match:
             if wanted not in MATCHERS:
@@ -288,8 +311,13 @@ class ReplayBackend:
                     f"unknown replay matcher {wanted!r}{'; ' + hint if hint else ''}; valid matchers: "
                     f"{', '.join(sorted(MATCHERS))} (add one with pytest_llmtrace.ollama_api.replay.register_matcher)"
                 )
-        if speed not in ("recorded", "instant"):
-            raise ValueError(f"unknown replay speed {speed!r}; valid speeds: 'instant', 'recorded'")
+        if speed not in SPEEDS:
+            hint = did_you_mean(str(speed), SPEEDS)
+            raise ValueError(
+                f"unknown replay speed {speed!r}{'; ' + hint if hint else ''}; valid speeds: {', '.join(SPEEDS)}"
+            )
+        if not max_recorded_s > 0:
+            raise ValueError(f"max_recorded_s must be a positive number of seconds, got {max_recorded_s!r}")
         calls = recorded.llm_calls if isinstance(recorded, Trace) else tuple(recorded)
         names: list[str] = []
         for i, call in enumerate(calls):
@@ -301,7 +329,11 @@ class ReplayBackend:
             names.append(normalize_model_name(name))
         self.calls: tuple[LLMCall, ...] = calls
         self.match: tuple[str, ...] = tuple(dict.fromkeys(match))
-        self.speed: Speed = speed
+        self.speed: Speed = "virtual" if speed == "instant" else speed
+        self.max_recorded_ns = int(max_recorded_s * 1e9)
+        self._durations = tuple(
+            self._capped(i, call, source=getattr(recorded, "source", None)) for i, call in enumerate(calls)
+        )
         self._recorded = tuple(  # each call as the request it answered, for the matchers
             ChatRequest(name, call.input_messages, call.invocation_parameters, route="")
             for name, call in zip(names, calls, strict=True)
@@ -310,7 +342,28 @@ class ReplayBackend:
         self._prompts = tuple(_prompt_text(call.input_messages) for call in calls)
         self._used = [False] * len(calls)
         self._misses: list[Miss] = []
+        self._answers: list[ReplayedAnswer] = []
         self._lock = threading.Lock()
+
+    def _capped(self, index: int, call: LLMCall, source: str | None) -> int:
+        """The call's recorded duration in ns, at most ``max_recorded_ns`` (with a warning when it was more)."""
+        duration = call.span.duration_ns
+        if duration <= self.max_recorded_ns:
+            return duration
+        where = f"{source}: " if source else ""
+        warnings.warn(
+            f"{where}recorded LLM call #{index} {call.span.name!r} lasted {duration / 1e9:g} s; replay counts it as "
+            f"{self.max_recorded_ns / 1e9:g} s (the case deadline)",
+            ReplayDurationWarning,
+            stacklevel=3,
+        )
+        return self.max_recorded_ns
+
+    @property
+    def answers(self) -> list[ReplayedAnswer]:
+        """Every request answered from the recording, in the order answered (a copy): the input of ``virtualize``."""
+        with self._lock:
+            return list(self._answers)
 
     @property
     def misses(self) -> list[Miss]:
@@ -327,7 +380,7 @@ class ReplayBackend:
         return self._models
 
     def chat(self, request: ChatRequest) -> ChatResult:
-        started = time.monotonic()
+        received = time.time_ns()  # the clock OpenTelemetry stamps spans with: the app's span encloses this window
         index = self._claim(request)
         if index is None:
             with self._lock:
@@ -337,11 +390,15 @@ class ReplayBackend:
                 self._misses.append(miss)
             hint = f"; nearest: {miss.candidates[0].describe()}" if miss.candidates else "; the recording has none"
             raise BackendError(MISS_STATUS, f"no recorded LLM call matches this request (prompt changed?){hint}")
-        result = self._result(self.calls[index])
+        duration = self._durations[index]
+        result = self._result(self.calls[index], duration)
         if self.speed == "recorded":
-            remaining = result.total_duration / 1e9 - (time.monotonic() - started)
+            remaining = duration - (time.time_ns() - received)
             if remaining > 0:
-                time.sleep(remaining)  # outside the lock: concurrent calls overlap as they did when recorded
+                time.sleep(remaining / 1e9)  # outside the lock: concurrent calls overlap as they did when recorded
+        answer = ReplayedAnswer(received, time.time_ns(), duration, index, tuple(request.messages))
+        with self._lock:
+            self._answers.append(answer)
         return result
 
     def _claim(self, request: ChatRequest) -> int | None:
@@ -383,10 +440,9 @@ class ReplayBackend:
         return Miss(request.model, request.messages, request.route, tuple(ranked), diff)
 
     @staticmethod
-    def _result(call: LLMCall) -> ChatResult:
+    def _result(call: LLMCall, total: int) -> ChatResult:
         prompt = call.prompt_tokens or 0
         completion = call.completion_tokens or 0
-        total = call.span.duration_ns
         weight = prompt + EVAL_TOKEN_WEIGHT * completion
         prompt_ns = total * prompt // weight if weight else 0
         return ChatResult(
@@ -420,14 +476,15 @@ def replay_server(
     *,
     model: str | None = None,
     match: Sequence[str] = ("model", "messages"),
-    speed: Speed = "recorded",
+    speed: Speed = "virtual",
+    max_recorded_s: float = DEFAULT_MAX_RECORDED_S,
     host: str = "127.0.0.1",
     port: int = 0,
     limits: Limits | None = None,
 ) -> ReplayServer:
     """An unstarted server replaying ``recorded``: ``with replay_server(trace) as server:`` starts and stops it.
 
-    Its ``backend`` is the ``ReplayBackend``, for reading ``misses`` and ``unused()`` after the app ran.
+    Its ``backend`` is the ``ReplayBackend``, for reading ``misses``, ``unused()`` and ``answers`` after the app ran.
     """
-    backend = ReplayBackend(recorded, model=model, match=match, speed=speed)
+    backend = ReplayBackend(recorded, model=model, match=match, speed=speed, max_recorded_s=max_recorded_s)
     return ReplayServer(backend, host=host, port=port, limits=limits)

@@ -497,26 +497,82 @@ def test_empty_match_replays_in_recorded_order() -> None:
 # -- speed ------------------------------------------------------------------------------------------------------------
 
 
-def test_instant_does_not_wait_for_the_recorded_duration(call: LLMCall) -> None:
-    slow = with_duration(call, SLOW_NS)
-    with replay_server([slow], speed="instant") as running:
-        started = time.monotonic()
+def test_virtual_speed_answers_at_once_and_notes_what_the_answer_stands_for(call: LLMCall) -> None:
+    recorded_ns = 50 * 10**9  # a wait no test run could hide: answering before it passed means nothing waited
+    with replay_server([with_duration(call, recorded_ns)]) as running:
         response = ollama.Client(host=running.url).chat(model=MODEL, messages=wire(call.input_messages))
-        elapsed = time.monotonic() - started
+        (answer,) = running.backend.answers
 
-    assert response.total_duration == SLOW_NS  # still reported as recorded
-    assert elapsed < 1.0
+    assert running.backend.speed == "virtual"
+    assert response.total_duration == recorded_ns  # the app sees the recorded counters
+    assert answer.recorded_ns == recorded_ns
+    assert answer.recorded_index == 0
+    assert answer.messages == call.input_messages
+    assert 0 <= answer.answered_ns - answer.received_ns < recorded_ns
+
+
+def test_instant_is_the_old_name_of_virtual(call: LLMCall) -> None:
+    assert ReplayBackend([call], speed="instant").speed == "virtual"
+    with pytest.raises(ValueError, match=r"unknown replay speed 'virtul'; did you mean 'virtual'\?"):
+        ReplayBackend([call], speed="virtul")  # type: ignore[arg-type]
 
 
 def test_recorded_speed_takes_at_least_the_recorded_duration(call: LLMCall) -> None:
     slow = with_duration(call, SLOW_NS)
-    with replay_server([slow]) as running:
+    with replay_server([slow], speed="recorded") as running:
         started = time.monotonic()
         response = ollama.Client(host=running.url).chat(model=MODEL, messages=wire(call.input_messages))
         elapsed = time.monotonic() - started
+        (answer,) = running.backend.answers
 
     assert response.message.content == call.output_text
     assert elapsed >= SLOW_NS / 1e9
+    assert answer.answered_ns - answer.received_ns >= SLOW_NS
+
+
+def test_a_recorded_duration_past_the_deadline_counts_as_the_deadline_with_a_warning(call: LLMCall) -> None:
+    forever = with_duration(call, 10**18)  # 10^9 s: a broken or hostile recording
+    with pytest.warns(replay.ReplayDurationWarning, match=r"recorded LLM call #0 'ollama.chat' lasted 1e\+09 s; "):
+        backend = ReplayBackend([forever])
+    assert backend.max_recorded_ns == replay.DEFAULT_MAX_RECORDED_S * 1e9 == 60e9
+
+    with pytest.warns(replay.ReplayDurationWarning, match=r"replay counts it as 0.2 s \(the case deadline\)"):
+        server = replay_server([forever], speed="recorded", max_recorded_s=0.2)
+    with server as running:
+        response = ollama.Client(host=running.url).chat(model=MODEL, messages=wire(call.input_messages))
+        (answer,) = running.backend.answers
+
+    assert response.total_duration == answer.recorded_ns == 200_000_000  # and the recorded speed waited only that
+    assert answer.answered_ns - answer.received_ns >= 200_000_000
+
+
+def test_the_reference_app_replayed_in_virtual_time_counts_the_recorded_llm_duration(
+    server: ReplayServer, trace: Trace, call: LLMCall, llm_trace: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llmtrace.trace.virtual import virtualize
+
+    monkeypatch.setenv("OLLAMA_HOST", server.url)
+    monkeypatch.setenv("DB_URI", "postgresql://replay@127.0.0.1:1/company_db?connect_timeout=1")  # nothing listens
+    monkeypatch.delenv("LLM_MODEL", raising=False)
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    from gateway.app import handle_user_request
+
+    assert trace.input is not None
+    handle_user_request(trace.input)
+    now = llm_trace.trace
+    virtual = virtualize(now, server.backend.answers)
+
+    (llm,) = virtual.trace.find("ollama.chat")
+    (sql,) = virtual.trace.find("sql.execute")
+    (llm_now,) = now.find("ollama.chat")
+    (sql_now,) = now.find("sql.execute")
+    assert llm.duration_ns == call.span.duration_ns  # exactly the recorded duration
+    assert virtual.is_replayed(llm)
+    assert sql.duration_ns == sql_now.duration_ns > 0  # measured in this run, untouched
+    assert virtual.replayed_ns.get(sql.span_id) is None
+    root_now, root = now.root, virtual.trace.root
+    assert root.duration_ns == root_now.duration_ns + call.span.duration_ns - llm_now.duration_ns
+    assert virtual.replayed_ns[root.span_id] == call.span.duration_ns
 
 
 # -- the diff ---------------------------------------------------------------------------------------------------------
