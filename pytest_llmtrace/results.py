@@ -24,7 +24,7 @@ import pytest
 from pytest_llmtrace import gate, golden
 from pytest_llmtrace.failing import OUTCOMES_KEY
 from pytest_llmtrace.replay_config import get_config
-from pytest_llmtrace.settings import SettingSpec, resolve
+from pytest_llmtrace.settings import SERVICE_SETTINGS, SettingSpec, resolve
 
 __all__ = [
     "REPORT_SETTINGS",
@@ -75,6 +75,8 @@ _ERROR_KEY = pytest.StashKey[str]()
 
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmtrace")
+    # the short spelling the issue asks for; --llmtrace-report-dir (from the ini key's name) sets the same value
+    group.addoption("--llmtrace-report", dest="llmtrace_report_dir", metavar="DIR", help=REPORT_SETTINGS[0].help)
     group.addoption(
         "--llmtrace-gate", dest="llmtrace_gate", action="append", default=[], metavar="EXPR", help=_GATE_HELP
     )
@@ -276,7 +278,7 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         "plugin_version": version,
         "git_revision": _git_revision(root),
         "mode": get_config(config).mode,
-        "model": config.getoption("llmtrace_ollama_model", default=None) or config.getini("llmtrace_ollama_model"),
+        "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
         "system_prompt_hashes": sorted(config.stash[_KEY].prompt_hashes),
         "sql_fixture_hashes": fixtures,
         "python": sys.version.split()[0],
