@@ -9,10 +9,12 @@ that was skipped or never ran all count as failures, and a case without a latenc
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.errors import did_you_mean
@@ -21,14 +23,18 @@ __all__ = [
     "EXAMPLE",
     "GATE_EXIT_STATUS",
     "METRICS",
+    "RESULTS_SCHEMA_VERSION",
     "GateError",
     "GateResult",
     "Rule",
     "evaluate",
     "format_result",
+    "load_cases",
     "parse",
 ]
 
+# results.json's schema_version (docs/results-schema.md); bumped only when a field changes meaning or goes away.
+RESULTS_SCHEMA_VERSION = 1
 # pytest owns exit statuses 0-5; 6 says "the tests ran, the gate said no" so CI can tell the two apart.
 GATE_EXIT_STATUS = 6
 EXAMPLE = "sql_success_rate >= 0.95"
@@ -190,3 +196,18 @@ def format_result(result: GateResult) -> str:
     shown = ", ".join(result.cases[:_SHOWN_CASES]) + (", ..." if len(result.cases) > _SHOWN_CASES else "")
     cases = f" ({len(result.cases)} case{'s' if len(result.cases) != 1 else ''}: {shown})" if result.cases else ""
     return f"llmtrace gate: FAILED {rule.name} {_num(result.value)} {_NEGATED[rule.op]} {_num(rule.threshold)}{cases}"
+
+
+def load_cases(path: Path) -> list[dict[str, Any]]:
+    """The cases of a results.json; a wrong file is a ``ValueError`` that names it and what was expected."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable results.json ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema_version") != RESULTS_SCHEMA_VERSION:
+        found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: schema_version {found!r} is not {RESULTS_SCHEMA_VERSION}; is it a results.json?")
+    cases = data.get("cases")
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        raise ValueError(f"{path}: at $.cases: expected a list of case objects")
+    return cases

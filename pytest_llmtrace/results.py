@@ -31,7 +31,6 @@ __all__ = [
     "RESULTS_SCHEMA_VERSION",
     "add_options",
     "configure",
-    "load_cases",
     "record",
     "sessionfinish",
     "shard_of",
@@ -40,7 +39,7 @@ __all__ = [
     "write_reports",
 ]
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
 _WORKER_KEY = "llmtrace_cases"
 
 REPORT_SETTINGS: tuple[SettingSpec, ...] = (
@@ -92,18 +91,6 @@ def _shard(text: str) -> tuple[int, int] | None:
     return int(k), int(n)
 
 
-def load_cases(path: Path) -> list[dict[str, Any]]:
-    """The cases of a results.json; a wrong file is a ``ValueError`` that names it and what was expected."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable results.json ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema_version") != RESULTS_SCHEMA_VERSION:
-        found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: schema_version {found!r} is not {RESULTS_SCHEMA_VERSION}; is it a results.json?")
-    return list(data.get("cases", []))
-
-
 def configure(config: pytest.Config) -> None:
     settings = resolve(config, REPORT_SETTINGS)
     expressions = [*config.getoption("llmtrace_gate", default=[]), *config.getini("llmtrace_gate")]
@@ -114,7 +101,7 @@ def configure(config: pytest.Config) -> None:
     baseline = None
     if settings["baseline"]:
         try:
-            baseline = load_cases(config.rootpath / settings["baseline"])
+            baseline = gate.load_cases(config.rootpath / settings["baseline"])
         except ValueError as exc:
             raise pytest.UsageError(f"--llmtrace-baseline: {exc}") from None
     elif any(r.metric == "regressions" for r in rules):

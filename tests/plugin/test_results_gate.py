@@ -93,7 +93,10 @@ def test_a_violated_gate_exits_6_names_the_cases_and_counts_a_broken_case_as_fai
     assert next(c for c in failing["checks"] if c["name"] == "sql")["status"] == "failed"
     run = data["run"]
     schema = pytester.path / "fixtures" / "company_db" / "01_schema.sql"
-    assert run["sql_fixture_hashes"]["fixtures/company_db/01_schema.sql"] == hashlib.sha256(schema.read_bytes()).hexdigest()
+    assert (
+        run["sql_fixture_hashes"]["fixtures/company_db/01_schema.sql"]
+        == hashlib.sha256(schema.read_bytes()).hexdigest()
+    )
     assert len(run["system_prompt_hashes"]) >= 1
     assert run["cpu_count"] == os.cpu_count()
     assert run["plugin_version"]
