@@ -23,6 +23,7 @@ import pytest
 
 from pytest_llmtrace import gate, golden
 from pytest_llmtrace.failing import OUTCOMES_KEY
+from pytest_llmtrace.outcome import CaseOutcome
 from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.settings import SERVICE_SETTINGS, SettingSpec, resolve
 
@@ -136,6 +137,7 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
     if report.when != "teardown":
         return
     outcomes = item.stash.get(OUTCOMES_KEY, [])
+    report.user_properties.extend(junit_properties(outcomes))
     for outcome in outcomes:
         state.cases.append(_case(outcome.to_dict(), item))
     error = item.stash.get(_ERROR_KEY, None)
@@ -149,6 +151,19 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
         state.cases.append(_stand_in(item, state.mode, error or "the case ended without an outcome"))
     elif error and not error.startswith("skipped") and not outcomes:
         state.other_failures += 1
+
+
+def junit_properties(outcomes: list[CaseOutcome]) -> list[tuple[str, object]]:
+    """What ``--junitxml`` carries per case, so CI dashboards can chart it without reading results.json."""
+    props: list[tuple[str, object]] = []
+    for outcome in outcomes:
+        sql, results = outcome.check("sql"), outcome.check("results")
+        ok = outcome.app_error is None and not outcome.replay_misses
+        props.append(("sql_ok", ok and sql is not None and sql.status == "passed"))
+        props.append(("result_match", ok and results is not None and results.status == "passed"))
+        props += [(f"latency_ms.{kind}", round(ms, 3)) for kind, ms in outcome.durations_ms.items()]
+        props += [(f"tokens.{kind}", count) for kind, count in outcome.tokens.items()]
+    return props
 
 
 def _first_line(report: pytest.TestReport) -> str:

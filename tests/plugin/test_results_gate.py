@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -71,7 +72,14 @@ def test_a_violated_gate_exits_6_names_the_cases_and_counts_a_broken_case_as_fai
     step_summary = pytester.path / "step_summary.md"
     step_summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
-    result = _run(pytester, pg_url, "--llmtrace-report=reports", "--llmtrace-gate", "sql_success_rate >= 0.95")
+    result = _run(
+        pytester,
+        pg_url,
+        "--llmtrace-report=reports",
+        "--llmtrace-gate",
+        "sql_success_rate >= 0.95",
+        "--junitxml=junit.xml",
+    )
     assert result.ret == GATE_EXIT_STATUS
     result.stdout.fnmatch_lines(
         [
@@ -105,6 +113,18 @@ def test_a_violated_gate_exits_6_names_the_cases_and_counts_a_broken_case_as_fai
     assert "5 cases: 3 passed, 1 failed, 1 errors" in summary
     assert f"| {FAILING} | failed | sql:" in summary
     assert step_summary.read_text() == "earlier step\n" + summary
+
+    properties = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ElementTree.parse(pytester.path / "junit.xml").iter("testcase")
+    }
+    assert properties[FAILING]["sql_ok"] == "False"
+    assert properties[FAILING]["result_match"] == "False"
+    assert properties["customers_by_tier"]["sql_ok"] == "True"
+    assert properties["customers_by_tier"]["result_match"] == "True"
+    tokens = next(c["tokens"] for c in data["cases"] if c["case_id"] == "customers_by_tier")
+    assert properties["customers_by_tier"]["tokens.total"] == str(tokens["total"])
+    assert float(properties["customers_by_tier"]["latency_ms.SQL"] or "nan") > 0
 
 
 def test_a_met_gate_exits_0_and_xdist_and_shards_give_the_serial_totals(
