@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from pytest_llmtrace import capture, redact
+from pytest_llmtrace import capture, compare, redact
 from pytest_llmtrace.errors import LLMTraceError, TraceFormatWarning, first_line
 from pytest_llmtrace.trace.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
@@ -122,6 +122,22 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("files", nargs="+", metavar="FILE", type=Path, help="trace file")
     _add_max_bytes(show)
     show.set_defaults(handler=_show)
+    compare.add_gate_arguments(
+        commands.add_parser(
+            "gate",
+            help="evaluate release gates over results.json files (e.g. a CI matrix's shards), merged",
+            description="Merge the cases of every RESULTS file and evaluate each --gate once over all of them; "
+            "output and exit status are the in-run gate's (0 met, 6 violated, 2 bad input).",
+        )
+    )
+    compare.add_compare_arguments(
+        commands.add_parser(
+            "compare",
+            help="list cases that regressed, improved or changed between two results.json, with McNemar's test",
+            description="Pair the cases of two runs by id; McNemar's exact test says whether the difference in "
+            "pass rate is more than chance.",
+        )
+    )
     return parser
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_llmtrace import fixtures, golden, recording, replay_config, settings
+from pytest_llmtrace import fixtures, golden, recording, replay_config, results, settings
 from pytest_llmtrace.services import session as services
 
 
@@ -14,11 +16,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
     settings.add_options(parser, settings.SERVICE_SETTINGS)
     settings.add_options(parser, replay_config.REPLAY_SETTINGS)
+    settings.add_options(parser, results.REPORT_SETTINGS)
+    results.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
     replay_config.configure(config)
+    results.configure(config)
     services.configure(config, replay=replay_config.get_config(config).mode == "replay")
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
@@ -47,6 +52,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     replay_config.validate_markers(config, items)
+    results.select_shard(config, items)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -54,3 +60,26 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if golden.is_golden_file(parent.config, file_path):
         return golden.GoldenFile.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    results.record(item, report)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    results.sessionfinish(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: a worker finished; merge its cases."""
+    results.testnodedown(node)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    results.terminal_summary(terminalreporter, config)
