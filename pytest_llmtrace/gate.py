@@ -166,7 +166,10 @@ def _value(rule: Rule, cases: Sequence[Mapping[str, Any]], baseline: Sequence[Ma
         return GateResult(rule, value, passed, () if passed else worst)
     # regressions
     if baseline is None:
-        raise GateError(f"gate '{rule}' needs a baseline: pass --llmtrace-baseline PATH (a previous results.json)")
+        raise GateError(
+            f"gate '{rule}' needs a baseline, a previous results.json: --llmtrace-baseline PATH in pytest, "
+            "--baseline PATH with llmtrace gate"
+        )
     before = {str(c.get("case_id")): _passed(c) for c in baseline}
     regressed = tuple(i for i, c in zip(ids, cases, strict=True) if before.get(i) and not _passed(c))
     value = float(len(regressed))

@@ -167,3 +167,14 @@ def test_a_malformed_gate_is_a_usage_error_with_a_valid_example(pytester: pytest
     result = pytester.runpytest_subprocess("--llmtrace-gate", "sql_success_rate > 0.9", timeout=60)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*gate 'sql_success_rate > 0.9' is not*e.g. 'sql_success_rate >= 0.95'*"])
+
+
+def test_a_met_gate_does_not_excuse_a_failed_test_that_is_no_case(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
+    pytester.makepyfile(test_plain="def test_broken():\n    assert 1 == 2\n")
+    met = pytester.runpytest_subprocess("--llmtrace-gate", "cases == 0", timeout=60)
+    assert met.ret == pytest.ExitCode.TESTS_FAILED
+    met.stdout.fnmatch_lines(["llmtrace gate: passed cases 0 == 0 (+0)"])
+    violated = pytester.runpytest_subprocess("--llmtrace-gate", "sql_success_rate >= 0.5", timeout=60)
+    assert violated.ret == GATE_EXIT_STATUS, "no cases at all: a rate gate fails closed"
+    violated.stdout.fnmatch_lines(["llmtrace gate: FAILED sql_success_rate 0 < 0.5"])
