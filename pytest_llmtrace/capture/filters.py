@@ -142,7 +142,7 @@ def dedupe_key(trace: Trace, fields: Sequence[str]) -> tuple[str, ...] | None:
     parts = []
     for name in fields:
         if name == "question":
-            text = " ".join((trace.input or "").casefold().split()).rstrip("?.! ")
+            text = " ".join((trace.question().text or "").casefold().split()).rstrip("?.! ")  # any convention
         else:
             text = " ".join((sql_of(trace) or "").split()).rstrip("; ")
         parts.append(text)

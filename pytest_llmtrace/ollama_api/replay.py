@@ -324,7 +324,8 @@ class ReplayBackend:
             name = model or call.model
             if not name:
                 raise ValueError(
-                    f"recorded LLM call #{i} {call.span.name!r} has no llm.model_name; pass model= to name it"
+                    f"recorded LLM call #{i} {call.span.name!r} has no model name (llm.model_name, "
+                    "gen_ai.request.model); pass model= to name it"
                 )
             names.append(normalize_model_name(name))
         self.calls: tuple[LLMCall, ...] = calls

@@ -407,7 +407,10 @@ def test_model_option_serves_the_recording_under_another_name(call: LLMCall) -> 
 
 
 def test_a_recording_without_model_name_needs_the_model_option(call: LLMCall) -> None:
-    with pytest.raises(ValueError, match=re.escape("recorded LLM call #0 'ollama.chat' has no llm.model_name")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("recorded LLM call #0 'ollama.chat' has no model name (llm.model_name, gen_ai.request.model)"),
+    ):
         ReplayBackend([dataclasses.replace(call, model=None)])
 
 

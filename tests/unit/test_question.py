@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from pytest_llmtrace.capture.filters import dedupe_key
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.question import (
     DEFAULT_SOURCES,
@@ -193,3 +194,10 @@ def test_a_source_prints_as_it_is_written() -> None:
 def test_the_waterfall_shows_the_workflow_input_as_the_root_input() -> None:
     first = str(Trace([workflow([QUESTION])])).splitlines()[1]
     assert first.endswith(f"input={QUESTION!r}")
+
+
+def test_captures_dedupe_key_finds_the_question_where_the_app_put_it() -> None:
+    asked = Trace([workflow([QUESTION])])
+    asked_again = Trace([workflow([QUESTION.upper() + "  "])])
+    assert dedupe_key(asked, ("question",)) == ("how many customers",)
+    assert dedupe_key(asked, ("question",)) == dedupe_key(asked_again, ("question",))
