@@ -1,20 +1,22 @@
 """pytest-llmtrace: trace-based regression testing for LLM applications.
 
-The public API: the trace model and its golden-file format, the errors users catch, and the types the fixtures
-return (for type hints in tests).
+The public API: the trace model and its golden-file format, the errors users catch, the types the fixtures
+return (for type hints in tests), and ``register_backend`` for a service backend of one's own.
 """
 
-from pytest_llmtrace.assertions import Checker
+from pytest_llmtrace.checker import Checker
 from pytest_llmtrace.errors import LLMTraceError, RecordingError, TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.fixtures import TestRecording
+from pytest_llmtrace.recording import TestRecording
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError
-from pytest_llmtrace.services.session import PostgresDatabase
+from pytest_llmtrace.services.manager import BackendContext, ServiceBackend, register_backend
+from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 from pytest_llmtrace.trace.span import Span, Status
 from pytest_llmtrace.trace.views import LLMCall, Message, SqlStatement
 
 __all__ = [
+    "BackendContext",
     "Checker",
     "Endpoint",
     "LLMCall",
@@ -22,6 +24,7 @@ __all__ = [
     "Message",
     "PostgresDatabase",
     "RecordingError",
+    "ServiceBackend",
     "ServiceStartError",
     "Span",
     "SqlStatement",
@@ -31,5 +34,6 @@ __all__ = [
     "TraceFormatError",
     "TraceFormatWarning",
     "read_trace",
+    "register_backend",
     "write_trace",
 ]

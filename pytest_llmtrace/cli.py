@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from pytest_llmtrace import capture, redact
+from pytest_llmtrace import capture, compare, redact
 from pytest_llmtrace.errors import LLMTraceError, TraceFormatWarning, first_line
 from pytest_llmtrace.trace.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import dumps, write_golden
+from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, MAX_TRACE_BYTES_ENV
 
 __all__ = ["INTERNAL_ERROR", "golden_file_name", "import_sources", "main"]
@@ -31,14 +32,18 @@ INTERNAL_ERROR = "internal error in llmtrace while reading this file"
 SLUG_CHARS = 48
 
 
-def golden_file_name(trace: Trace) -> str:
+QUESTION_ENV = "LLMTRACE_QUESTION"
+
+
+def golden_file_name(trace: Trace, sources: Sequence[QuestionSource] | str = DEFAULT_SOURCES) -> str:
     """A name that is the same every time the same trace is imported, and readable in a directory listing.
 
-    The slug comes from the question (the root span's ``input.value``), else the root span's name; the first 8 hex
-    digits of the trace id keep two runs of the same question apart.
+    The slug comes from the question, found by the same sources golden cases replay it from (``input.value``,
+    OpenLLMetry's ``traceloop.entity.input``, the first LLM call's user message, or ``sources``), else the root
+    span's name; the first 8 hex digits of the trace id keep two runs of the same question apart.
     """
-    root = trace.root
-    slug = re.sub(r"[^a-z0-9]+", "-", (root.input_value or root.name).lower()).strip("-")
+    question = trace.question(sources).text
+    slug = re.sub(r"[^a-z0-9]+", "-", (question or trace.root.name).lower()).strip("-")
     slug = slug[:SLUG_CHARS].rstrip("-") or "trace"
     return f"{slug}-{trace.trace_ids[0][:8]}.json"
 
@@ -77,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     imp = commands.add_parser(
         "import",
         help="convert exports (OTLP, Phoenix) into one golden OTLP JSON file per trace",
-        description="Convert each SRC into one spec OTLP JSON golden file per trace, named from the root span's\n"
-        "input and the trace id so that importing the same export again gives the same files.\n\n"
+        description="Convert each SRC into one spec OTLP JSON golden file per trace, named from the question\n"
+        "(see --question) and the trace id so that importing the same export again gives the same files.\n\n"
         "A bad SRC is one error line and the others are still converted (exit status 1). Files are\n"
         "written atomically, never through a symbolic link, and an existing file with other content\n"
         "is kept unless --force. Credentials (URL passwords, API keys, Authorization headers) are\n"
@@ -89,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("sources", nargs="+", metavar="SRC", type=Path, help="exported trace file")
     imp.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the golden files")
     imp.add_argument("--force", action="store_true", help="overwrite existing files whose content differs")
+    imp.add_argument(
+        "--question",
+        metavar="SOURCES",
+        default=None,
+        help="where the question is, for the file names: sources as for the llmtrace_question setting, first text "
+        f"wins (default: ${QUESTION_ENV}, else {DEFAULT_SOURCES!r})",
+    )
     _add_max_bytes(imp)
     redact.add_arguments(imp)
     imp.set_defaults(handler=_import)
@@ -110,6 +122,22 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("files", nargs="+", metavar="FILE", type=Path, help="trace file")
     _add_max_bytes(show)
     show.set_defaults(handler=_show)
+    compare.add_gate_arguments(
+        commands.add_parser(
+            "gate",
+            help="evaluate release gates over results.json files (e.g. a CI matrix's shards), merged",
+            description="Merge the cases of every RESULTS file and evaluate each --gate once over all of them; "
+            "output and exit status are the in-run gate's (0 met, 6 violated, 2 bad input).",
+        )
+    )
+    compare.add_compare_arguments(
+        commands.add_parser(
+            "compare",
+            help="list cases that regressed, improved or changed between two results.json, with McNemar's test",
+            description="Pair the cases of two runs by id; McNemar's exact test says whether the difference in "
+            "pass rate is more than chance.",
+        )
+    )
     return parser
 
 
@@ -129,7 +157,17 @@ def _import(args: argparse.Namespace) -> int:
     except redact.RedactionError as exc:
         _error(str(exc))
         return 2
-    return import_sources(args.sources, args.out, force=args.force, max_bytes=args.max_trace_bytes, redactor=redactor)
+    where, text = (
+        ("--question", args.question) if args.question is not None else (QUESTION_ENV, os.environ.get(QUESTION_ENV))
+    )
+    try:
+        sources = parse_sources(text) if text and text.strip() else parse_sources(DEFAULT_SOURCES)
+    except QuestionSourceError as exc:
+        _error(f"{where}: {exc}")
+        return 2
+    return import_sources(
+        args.sources, args.out, force=args.force, max_bytes=args.max_trace_bytes, redactor=redactor, question=sources
+    )
 
 
 def import_sources(
@@ -139,8 +177,11 @@ def import_sources(
     force: bool = False,
     max_bytes: int = DEFAULT_MAX_TRACE_BYTES,
     redactor: redact.Redactor | None = None,
+    question: Sequence[QuestionSource] | str = DEFAULT_SOURCES,
 ) -> int:
     """``llmtrace import``: every good source is converted, every bad one is one ``error:`` line; 1 if any failed.
+
+    File names come from the question, found by the ``question`` sources (see ``golden_file_name``).
 
     With a ``redactor`` (the default from the command line) personal data and credentials are replaced before the
     file name is made and before anything is written. Files are written atomically (a temporary file in the target
@@ -159,7 +200,7 @@ def import_sources(
         for trace in imported.traces:
             if redactor is not None:  # before the name: the slug comes from the question
                 trace = redactor.trace(trace)
-            target = out / golden_file_name(trace)
+            target = out / golden_file_name(trace, question)
             text = dumps(trace)
             if target in written and written[target][0] != text:
                 _error(

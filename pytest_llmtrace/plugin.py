@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pytest_llmtrace import cases, recording, settings
+from pytest_llmtrace import fixtures, golden, recording, replay_config, results, settings
 from pytest_llmtrace.services import session as services
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
     settings.add_options(parser, settings.SERVICE_SETTINGS)
-    settings.add_options(parser, settings.REPLAY_SETTINGS)
+    settings.add_options(parser, replay_config.REPLAY_SETTINGS)
+    settings.add_options(parser, results.REPORT_SETTINGS)
+    results.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
-    cases.configure(config)
-    services.configure(config, replay=cases.get_config(config).mode == "replay")
-    from pytest_llmtrace import fixtures
-
+    replay_config.configure(config)
+    results.configure(config)
+    services.configure(config, replay=replay_config.get_config(config).mode == "replay")
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
 
@@ -32,13 +35,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [recording.report_header(config), cases.report_header(config), *services.report_header(config)]
+    return [recording.report_header(config), *replay_config.report_header(config), *services.report_header(config)]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """First, so spans ended while fixtures are set up belong to the test too."""
-    recording.start_test(item, install_provider=not cases.is_golden_item(item))
+    recording.start_test(item, install_provider=not golden.is_golden_item(item))
 
 
 @pytest.hookimpl(trylast=True)
@@ -48,11 +51,35 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    cases.validate_markers(config, items)
+    replay_config.validate_markers(config, items)
+    results.select_shard(config, items)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """Each golden trace file under llmtrace_golden_dir is one test item."""
-    if cases.is_golden_file(parent.config, file_path):
-        return cases.GoldenFile.from_parent(parent, path=file_path)
+    if golden.is_golden_file(parent.config, file_path):
+        return golden.GoldenFile.from_parent(parent, path=file_path)
     return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    results.record(item, report)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    results.sessionfinish(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: a worker finished; merge its cases."""
+    results.testnodedown(node)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    results.terminal_summary(terminalreporter, config)

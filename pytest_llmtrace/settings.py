@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Literal
 
 import pytest
 
+from pytest_llmtrace.errors import near_misses
+from pytest_llmtrace.services.docker import GPU_SETTINGS, IMAGES
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -27,7 +30,7 @@ class SettingSpec:
     help: str
     default: str
     choices: tuple[str, ...] = ()  # when set, values outside it are an error (a URL may be allowed separately)
-    allow_url: tuple[str, ...] = ()  # URL schemes accepted besides the choices
+    allow_url: tuple[str, ...] = ()  # URL schemes accepted besides the choices (or besides any value, without them)
     env: bool = True
     ini_type: Literal["string", "linelist", "args"] = "string"
 
@@ -49,25 +52,27 @@ class SettingSpec:
 
 
 SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
+    # The three backends take no fixed choices here: the names come from the backend registry (built-in ones and
+    # those given to register_backend), and services.choice.check_setting checks them once the run is configured.
     SettingSpec(
         "postgres",
-        "Postgres backend: auto, docker, embedded, or a postgresql:// URL of a server to use.",
+        "Postgres backend: auto, docker, embedded, a name given to register_backend, or a postgresql:// URL of a "
+        "server to use.",
         "auto",
-        choices=("auto", "docker", "embedded"),
         allow_url=("postgresql", "postgres"),
     ),
     SettingSpec(
         "ollama",
-        "Ollama backend: auto, docker, binary (`ollama` on PATH), embedded (llama.cpp in-process), or an http:// URL.",
+        "Ollama backend: auto, docker, binary (`ollama` on PATH), embedded (llama.cpp in-process), a name given to "
+        "register_backend, or an http:// URL.",
         "auto",
-        choices=("auto", "docker", "binary", "embedded"),
         allow_url=("http", "https"),
     ),
     SettingSpec(
         "phoenix",
-        "Phoenix backend: auto, docker, embedded (`phoenix serve`), or an http:// URL of a running Phoenix.",
+        "Phoenix backend: auto, docker, embedded (`phoenix serve`), a name given to register_backend, or an http:// "
+        "URL of a running Phoenix.",
         "auto",
-        choices=("auto", "docker", "embedded"),
         allow_url=("http", "https"),
     ),
     SettingSpec(
@@ -89,74 +94,23 @@ SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
         env=False,
         ini_type="linelist",
     ),
-)
-
-
-REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
-        "mode",
-        "replay: answer model calls from the golden traces; live: call the real model; record: live, then write the "
-        "new answers into the golden files.",
-        "replay",
-        choices=("replay", "live", "record"),
-    ),
-    SettingSpec("golden_dir", "Folder of golden trace files, relative to the rootdir.", "golden_traces"),
-    SettingSpec("target", "The app's entry point, 'package.module:function', called with the user question.", ""),
-    SettingSpec(
-        "replay_speed",
-        "recorded: replayed model calls take the recorded time; instant: they answer at once.",
-        "recorded",
-        choices=("recorded", "instant"),
+        "postgres_image",
+        "Image of the docker Postgres backend: your production server's version, an extension image "
+        "(pgvector/pgvector:pg17), or a registry mirror's copy.",
+        IMAGES["postgres"],
     ),
     SettingSpec(
-        "replay_match",
-        "What a model request must match in the recording: model, messages, last_user_message, system.",
-        "model messages",
-        env=False,
+        "phoenix_image", "Image of the docker Phoenix backend (a version or a registry mirror).", IMAGES["phoenix"]
     ),
     SettingSpec(
-        "app_db",
-        "readonly: the app's DB_URI logs in as the read-only role; owner: as the database owner (apps that write).",
-        "readonly",
-        choices=("readonly", "owner"),
+        "ollama_image", "Image of the docker Ollama backend (a version or a registry mirror).", IMAGES["ollama"]
     ),
     SettingSpec(
-        "checks",
-        "Checks run on every golden case: sql results latency tokens snapshot.",
-        "sql results latency tokens snapshot",
-        env=False,
-    ),
-    SettingSpec("sql_timeout_ms", "statement_timeout for re-executing the app's SQL.", "5000", env=False),
-    SettingSpec(
-        "result_match",
-        "How result rows are compared with the snapshot: bag, set, ordered or none.",
-        "bag",
-        choices=("bag", "set", "ordered", "none"),
-    ),
-    SettingSpec(
-        "latency_budgets_ms",
-        "Absolute latency budgets in ms per kind: total, LLM, SQL, CHAIN (e.g. 'LLM=5000 total=8000 SQL=1000').",
-        "LLM=5000 total=8000 SQL=1000",
-        env=False,
-    ),
-    SettingSpec("latency_tolerance", "Allowed slowdown relative to the golden durations.", "1.5", env=False),
-    SettingSpec(
-        "latency_floor_ms",
-        "Slowdowns smaller than this many ms are noise, whatever the ratio (a 2 ms span taking 40 ms is not a "
-        "regression on a busy CI machine).",
-        "200",
-        env=False,
-    ),
-    SettingSpec(
-        "token_tolerance", "Allowed relative change of token counts against the golden ones.", "0.10", env=False
-    ),
-    SettingSpec("token_max", "Absolute token maxima, e.g. 'prompt=4000 completion=512 total=4500'.", "", env=False),
-    SettingSpec(
-        "case_marks",
-        "Marks for golden cases: lines of '<case glob>: <mark>', e.g. 'error_*: xfail(reason=\"fails in prod\")'.",
-        "",
-        env=False,
-        ini_type="linelist",
+        "ollama_gpu",
+        "GPUs for the docker Ollama backend: auto (all, when nvidia-smi is on PATH), all, or none.",
+        "auto",
+        choices=GPU_SETTINGS,
     ),
 )
 
@@ -205,16 +159,9 @@ def _validate(spec: SettingSpec, value: str, where: str) -> str:
     options = ", ".join(spec.choices)
     if spec.allow_url:
         options += ", or a URL (" + ", ".join(f"{s}://..." for s in spec.allow_url) + ")"
-    near = _near_miss(lowered, spec.choices)
-    hint = f" Did you mean {near!r}?" if near else ""
+    near = near_misses(lowered.lower(), spec.choices)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
     raise pytest.UsageError(f"{where}: {value!r} is not a valid {spec.name} setting; use {options}.{hint}")
-
-
-def _near_miss(value: str, choices: tuple[str, ...]) -> str | None:
-    import difflib
-
-    found = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.6)
-    return found[0] if found else None
 
 
 def resolve(

@@ -2,8 +2,10 @@
 
 What is compared is the outcome, not the trace: the span tree (names, kinds, statuses), the SQL, its result rows (or a
 digest of large results), token counts and durations. Timestamps and ids change on every run and are left out;
-numbers that legitimately wobble (durations, tokens after a model update) are compared with tolerances, so a snapshot
-only fails, and ``--snapshot-update`` only rewrites it, when something really changed.
+numbers that legitimately wobble (durations, tokens after a model update) are compared with the tolerance rules of
+``checks.budgets`` and rows with the row-order rule of ``checks.results``, the same functions the latency, tokens
+and results checks use, so a snapshot only fails, and ``--snapshot-update`` only rewrites it, when something really
+changed.
 """
 
 from __future__ import annotations
@@ -11,27 +13,34 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
+import pytest
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from pytest_llmtrace.checks.budgets import latencies_ms
-from pytest_llmtrace.checks.sql import compare_results
+from pytest_llmtrace.checks.budgets import latencies_ms, latency_vs_golden, source_of, tokens_of, tokens_vs_golden
+from pytest_llmtrace.checks.results import compare_results
+from pytest_llmtrace.options import CheckOptions
+from pytest_llmtrace.outcome import CheckResult, Measurement, SqlOutcome
+from pytest_llmtrace.trace.views import span_kind
 
 if TYPE_CHECKING:
+    from syrupy.assertion import SnapshotAssertion
     from syrupy.location import PyTestLocation
     from syrupy.types import SerializableData
 
-    from pytest_llmtrace.checks.sql import SqlOutcome
     from pytest_llmtrace.trace.model import Trace
+
+__all__ = ["MAX_SNAPSHOT_ROWS", "OutcomeSnapshot", "OutcomeSnapshotExtension", "compare_outcomes", "snapshot_data"]
 
 MAX_SNAPSHOT_ROWS = 50  # larger results are kept as a digest, so snapshot files stay reviewable
 
 
-def outcome(trace: Trace, sql: str | None, result: SqlOutcome | None) -> dict[str, Any]:
-    """The normalized, JSON-ready outcome of one case."""
-    spans = [f"{'  ' * depth}{span.name} {span.kind} {span.status.value}" for depth, span in trace.walk()]
+def snapshot_data(trace: Trace, sql: str | None, result: SqlOutcome | None) -> dict[str, Any]:
+    """The normalized, JSON-ready outcome of one case, as its snapshot file holds it."""
+    spans = [f"{'  ' * depth}{span.name} {span_kind(span)} {span.status.value}" for depth, span in trace.walk()]
     data: dict[str, Any] = {"spans": spans, "sql": sql}
     if result is not None:
         if result.ok:
@@ -43,37 +52,82 @@ def outcome(trace: Trace, sql: str | None, result: SqlOutcome | None) -> dict[st
                 data["result"]["digest"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
         else:
             data["result"] = {"error": result.error, "sqlstate": result.sqlstate}
-    data["tokens"] = {"prompt": trace.prompt_tokens, "completion": trace.completion_tokens, "total": trace.total_tokens}
+    data["tokens"] = tokens_of(trace)
     data["durations_ms"] = {k: round(v, 1) for k, v in sorted(latencies_ms(trace).items())}
     return data
+
+
+def compare_outcomes(
+    golden: dict[str, Any], now: dict[str, Any], options: CheckOptions, *, replayed: bool = False
+) -> tuple[list[str], list[Measurement]]:
+    """What differs beyond the tolerances (one short line each), and the token and duration measurements made."""
+    found: list[str] = []
+    for key in ("spans", "sql"):
+        if golden.get(key) != now.get(key):
+            found.append(f"{key} changed")
+    found.extend(_result_changes(golden, now, options))
+    measurements: list[Measurement] = []
+    now_tokens = now.get("tokens") or {}
+    for name, value in (golden.get("tokens") or {}).items():
+        new = now_tokens.get(name)
+        if not _is_number(new):
+            found.append(f"{name} tokens {value} -> {new}")
+            continue
+        source = source_of(name, "tokens", replayed=replayed)
+        measured = tokens_vs_golden(name, value, new, tolerance=options.token_tolerance, source=source)
+        measurements.append(measured)
+        if measured.status == "failed":
+            found.append(f"{name} tokens {value} -> {new}")
+    now_durations = now.get("durations_ms") or {}
+    for name, value in (golden.get("durations_ms") or {}).items():
+        new = now_durations.get(name)
+        if not _is_number(new) or math.isnan(new):
+            found.append(f"{name} duration missing")
+            continue
+        source = source_of(name, "ms", replayed=replayed)
+        measured = latency_vs_golden(
+            name, value, new, tolerance=options.latency_tolerance, floor_ms=options.latency_floor_ms, source=source
+        )
+        measurements.append(measured)
+        if measured.status == "failed":
+            found.append(f"{name} {value} ms -> {new} ms")
+    return found, measurements
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _result_changes(golden: dict[str, Any], now: dict[str, Any], options: CheckOptions) -> list[str]:
+    golden_result, now_result = golden.get("result") or {}, now.get("result") or {}
+    if ("error" in golden_result) != ("error" in now_result) or golden_result.get("sqlstate") != now_result.get(
+        "sqlstate"
+    ):
+        return ["SQL outcome changed (error vs rows)"]
+    if "error" in golden_result or not golden_result:
+        return []
+    if golden_result.get("columns") != now_result.get("columns"):
+        return ["result columns changed"]
+    if "digest" in golden_result or "digest" in now_result:
+        return [] if golden_result.get("digest") == now_result.get("digest") else ["result digest changed"]
+    diff = compare_results(
+        golden_result.get("rows", []), now_result.get("rows", []), options.result_match, golden_sql=golden.get("sql")
+    )
+    return [] if diff is None else [f"result rows changed: {diff.summary}"]
 
 
 class OutcomeSnapshotExtension(JSONSnapshotExtension):
     """One JSON file per case, named after it, directly in ``<golden dir>/__snapshots__/``.
 
-    Tolerances are class attributes because syrupy instantiates extensions itself; ``configured`` makes a subclass
-    carrying the session's settings.
+    The options are a class attribute because syrupy instantiates extensions itself; ``configured`` makes a subclass
+    carrying a test's options.
     """
 
-    result_match: ClassVar[str] = "bag"
-    token_tolerance: ClassVar[float] = 0.10
-    latency_tolerance: ClassVar[float] = 1.5
-    latency_floor_ms: ClassVar[float] = 200.0
+    options: ClassVar[CheckOptions] = CheckOptions()
 
     @classmethod
-    def configured(
-        cls, *, result_match: str, token_tolerance: float, latency_tolerance: float, latency_floor_ms: float
-    ) -> type[OutcomeSnapshotExtension]:
-        return type(
-            "OutcomeSnapshotExtension",
-            (cls,),
-            {
-                "result_match": result_match,
-                "token_tolerance": token_tolerance,
-                "latency_tolerance": latency_tolerance,
-                "latency_floor_ms": latency_floor_ms,
-            },
-        )
+    def configured(cls, options: CheckOptions) -> type[OutcomeSnapshotExtension]:
+        return type("OutcomeSnapshotExtension", (cls,), {"options": options})
 
     @classmethod
     def dirname(cls, *, test_location: PyTestLocation) -> str:
@@ -85,44 +139,53 @@ class OutcomeSnapshotExtension(JSONSnapshotExtension):
             golden = json.loads(str(snapshot_data))
         except ValueError:
             return bool(serialized_data == snapshot_data)
-        return not self.differences(golden, now)
+        changes, _ = compare_outcomes(golden, now, self.options)
+        return not changes
+
+
+@dataclass
+class OutcomeSnapshot:
+    """A test's outcome snapshot: the syrupy assertion, where its file is, and what it held before this run."""
+
+    assertion: SnapshotAssertion  # with the OutcomeSnapshotExtension configured for this test
+    options: CheckOptions
+    path: Path
+    stored: dict[str, Any] | None
+    asserted: bool = False
 
     @classmethod
-    def differences(cls, golden: dict[str, Any], now: dict[str, Any]) -> list[str]:
-        """What differs beyond the tolerances, one short line each (used for messages and for ``matches``)."""
-        found: list[str] = []
-        for key in ("spans", "sql"):
-            if golden.get(key) != now.get(key):
-                found.append(f"{key} changed")
-        golden_result, now_result = golden.get("result") or {}, now.get("result") or {}
-        if ("error" in golden_result) != ("error" in now_result) or golden_result.get("sqlstate") != now_result.get(
-            "sqlstate"
-        ):
-            found.append("SQL outcome changed (error vs rows)")
-        elif "error" not in golden_result and golden_result:
-            if golden_result.get("columns") != now_result.get("columns"):
-                found.append("result columns changed")
-            elif "digest" in golden_result or "digest" in now_result:
-                if golden_result.get("digest") != now_result.get("digest"):
-                    found.append("result digest changed")
-            else:
-                order = cls.result_match == "ordered"
-                diff = compare_results(
-                    golden_result.get("rows", []),
-                    now_result.get("rows", []),
-                    cls.result_match,  # type: ignore[arg-type]
-                    order_matters=order,
-                )
-                if diff is not None:
-                    found.append(f"result rows changed: {diff.summary}")
-        for name, value in (golden.get("tokens") or {}).items():
-            new = (now.get("tokens") or {}).get(name)
-            if not isinstance(new, (int, float)) or abs(new - value) > cls.token_tolerance * max(value, 1):
-                found.append(f"{name} tokens {value} -> {new}")
-        for name, value in (golden.get("durations_ms") or {}).items():
-            new = (now.get("durations_ms") or {}).get(name)
-            if not isinstance(new, (int, float)) or math.isnan(new):
-                found.append(f"{name} duration missing")
-            elif new > value * cls.latency_tolerance and new - value > cls.latency_floor_ms:
-                found.append(f"{name} {value} ms -> {new} ms")
-        return found
+    def of(cls, request: pytest.FixtureRequest, options: CheckOptions) -> OutcomeSnapshot:
+        extension = OutcomeSnapshotExtension.configured(options)
+        assertion = request.getfixturevalue("snapshot").use_extension(extension)
+        path = Path(extension.get_location(test_location=assertion.test_location, index=assertion.index))
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = None
+        return cls(assertion, options, path, stored if isinstance(stored, dict) else None)
+
+    def check(self, data: dict[str, Any], *, replayed: bool = False) -> CheckResult:
+        """The ``snapshot`` check: ``data`` against the stored outcome (``--snapshot-update`` writes it instead)."""
+        self.asserted = True
+        changes: list[str] = []
+        measurements: list[Measurement] = []
+        if self.stored is not None:
+            changes, measurements = compare_outcomes(self.stored, data, self.options, replayed=replayed)
+        if self.assertion == data:  # syrupy's comparison: also records the snapshot as used, and writes it if updating
+            return CheckResult("snapshot", "passed", "", tuple(measurements))
+        if self.stored is None:
+            return CheckResult(
+                "snapshot", "failed", f"no snapshot at {self.path}: run with --snapshot-update to create it"
+            )
+        reason = f"the outcome differs from {self.path} (--snapshot-update accepts it)"
+        return CheckResult("snapshot", "failed", reason, tuple(measurements), tuple(changes))
+
+    def keep(self) -> None:
+        """Tell syrupy the snapshot is still in use when the test could not reach its snapshot check.
+
+        Otherwise ``--snapshot-update`` deletes the snapshot of every case that failed early (an app error, a
+        malformed file) or runs without the snapshot check, as syrupy does for tests that never assert their
+        snapshot. Asserting the stored outcome against itself marks it used and writes nothing.
+        """
+        if self.stored is not None:
+            _ = self.assertion == self.stored

@@ -137,7 +137,7 @@ def dedupe_key(trace: Trace, fields: Sequence[str]) -> tuple[str, ...] | None:
     semicolons, but not case, because ``'SMB'`` and ``'smb'`` select different rows. Run on redacted traces, two
     questions that differ only in an email address are duplicates: they make the same regression case.
     """
-    from pytest_llmtrace.cases import sql_of  # the SQL a golden case replays: one definition for both
+    from pytest_llmtrace.runner import sql_of  # the SQL a golden case replays: one definition for both
 
     parts = []
     for name in fields:

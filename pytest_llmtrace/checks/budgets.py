@@ -1,35 +1,45 @@
-"""Latency and token budgets: the regressions a correct answer can still have.
+"""Latency and token limits: the regressions a correct answer can still have, and the only copy of their rules.
 
 A prompt change that doubles the context, or a query that now scans a table, still returns the right rows; these
-checks compare the new trace with the golden one (relative limits) and with fixed budgets (absolute limits).
+checks compare the new trace with the golden one (relative limits) and with fixed budgets (absolute limits). The
+snapshot compares its stored durations and token counts with the same functions (``latency_vs_golden``,
+``tokens_vs_golden``), so the two can never disagree about the same numbers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Literal
 
+from pytest_llmtrace.options import (
+    LATENCY_METRICS,
+    SPAN_KINDS,
+    TOKEN_KINDS,
+    CheckOptions,
+    canonical_metric,
+    canonical_token_kind,
+    number_text,
+)
+from pytest_llmtrace.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
+from pytest_llmtrace.trace.views import span_kind
 
-__all__ = ["LATENCY_METRICS", "Violation", "check_latency", "check_tokens", "format_table", "latencies_ms"]
+__all__ = [
+    "NO_GOLDEN_USAGE",
+    "check_latency",
+    "check_tokens",
+    "latencies_ms",
+    "latency_vs_budget",
+    "latency_vs_golden",
+    "source_of",
+    "tokens_of",
+    "tokens_vs_golden",
+    "tokens_vs_max",
+]
 
-# OpenInference span kinds, plus the two metrics that are not kinds: the whole trace and the SQL spans (which OTel's
-# database conventions mark, not OpenInference).
-_KINDS = ("LLM", "CHAIN", "TOOL", "RETRIEVER", "EMBEDDING", "AGENT", "RERANKER", "GUARDRAIL", "EVALUATOR", "PROMPT")
-LATENCY_METRICS = ("total", "LLM", "SQL", *_KINDS[1:])
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One limit a trace broke. ``golden`` is ``None`` when the limit does not depend on the golden trace."""
-
-    check: Literal["latency", "tokens"]
-    metric: str
-    golden: float | None
-    now: float
-    limit: str
+_DEFAULTS = CheckOptions()
+NO_GOLDEN_USAGE = "the golden trace recorded no token usage"
 
 
 def latencies_ms(trace: Trace) -> dict[str, float]:
@@ -49,8 +59,14 @@ def latencies_ms(trace: Trace) -> dict[str, float]:
     return out
 
 
+def tokens_of(trace: Trace) -> dict[str, int]:
+    """Token sums per kind (``TOKEN_KINDS``)."""
+    return {"prompt": trace.prompt_tokens, "completion": trace.completion_tokens, "total": trace.total_tokens}
+
+
 def _metrics_of(span: Span) -> tuple[str, ...]:
-    kind = span.kind if span.kind in _KINDS else None
+    found = span_kind(span)  # an LLM call in any convention is LLM, not only OpenInference's
+    kind = found if found in SPAN_KINDS else None
     sql = "SQL" if SqlStatement.from_span(span) is not None else None
     return tuple(m for m in (kind, sql) if m is not None)
 
@@ -62,109 +78,145 @@ def _ancestors(trace: Trace, span: Span) -> Iterable[Span]:
         parent = trace.parent(parent)
 
 
-def _canonical_metric(name: str) -> str:
-    """Budget keys are case-insensitive (``llm``, ``Total``); an unknown key is a typo, not a budget to ignore."""
-    for metric in LATENCY_METRICS:
-        if name.strip().lower() == metric.lower():
-            return metric
-    raise ValueError(f"unknown latency budget {name!r}; expected one of {', '.join(LATENCY_METRICS)}")
+def source_of(metric: str, unit: Literal["ms", "tokens"], *, replayed: bool) -> Source:
+    """Whether a value comes from the recording: when replaying, the LLM spans take the recorded time and report
+    the recorded token counts; SQL and the app's own code run for real."""
+    return "replayed" if replayed and (unit == "tokens" or metric == "LLM") else "measured"
 
 
-def check_latency(
-    golden: Trace,
-    now: Trace,
-    *,
-    budgets_ms: Mapping[str, float | None],
-    tolerance: float = 1.5,
-    min_ms: float = 50.0,
-) -> list[Violation]:
-    """Latencies over an absolute budget, and latencies that grew past ``tolerance`` times the golden value.
+# -- the rules --------------------------------------------------------------------------------------------------------
 
-    The relative check only fires when the growth is also more than ``min_ms``: durations of a few milliseconds are
-    dominated by scheduling and cache noise, and a SQL span going from 2 ms to 4 ms is not a regression anyone would
-    act on. A budget of ``None`` switches that metric's absolute check off.
+
+def latency_vs_golden(
+    metric: str, golden_ms: float, now_ms: float, *, tolerance: float, floor_ms: float, source: Source = "measured"
+) -> Measurement:
+    """Slower than ``tolerance`` times the golden value AND by more than ``floor_ms`` fails.
+
+    The floor is there because durations of a few milliseconds are dominated by scheduling and cache noise: a SQL
+    span going from 2 ms to 40 ms is not a regression anyone would act on. So the limit is the larger of the two.
+    Faster is never a regression.
     """
-    if tolerance <= 0:
-        raise ValueError(f"latency tolerance must be positive, got {tolerance!r}")
-    budgets = {_canonical_metric(k): v for k, v in budgets_ms.items()}
-    g, n = latencies_ms(golden), latencies_ms(now)
-    metrics = [m for m in LATENCY_METRICS if m in g or m in n or m in budgets]
-    violations: list[Violation] = []
-    for metric in metrics:
-        g_ms, n_ms = g.get(metric, 0.0), n.get(metric, 0.0)
-        budget = budgets.get(metric)
-        if budget is not None and n_ms > budget:
-            violations.append(Violation("latency", f"{metric} ms", g_ms, n_ms, f"<= {_num(budget)} ms budget"))
-        if n_ms > g_ms * tolerance and n_ms - g_ms > min_ms:
-            if g_ms * tolerance >= g_ms + min_ms:
-                limit = f"<= {_num(tolerance)}x golden ({g_ms * tolerance:.1f} ms)"
-            else:
-                limit = f"<= golden + {_num(min_ms)} ms ({g_ms + min_ms:.1f} ms)"
-            violations.append(Violation("latency", f"{metric} ms", g_ms, n_ms, limit))
-    return violations
+    if tolerance < 0 or floor_ms < 0:
+        raise ValueError(f"latency tolerance and floor must not be negative, got {tolerance!r}, {floor_ms!r}")
+    if golden_ms * tolerance >= golden_ms + floor_ms:
+        limit, rule = golden_ms * tolerance, f"<= {number_text(tolerance)}x golden ({golden_ms * tolerance:.1f} ms)"
+    else:
+        limit, rule = golden_ms + floor_ms, f"<= golden + {number_text(floor_ms)} ms ({golden_ms + floor_ms:.1f} ms)"
+    status: Status = "failed" if now_ms > limit else "passed"
+    return Measurement(metric, "ms", now_ms, golden_ms, "relative", limit, rule, status, source)
 
 
-def check_tokens(
-    golden: Trace,
-    now: Trace,
-    *,
-    tolerance: float = 0.10,
-    max_prompt: int | None = None,
-    max_completion: int | None = None,
-    max_total: int | None = None,
-) -> list[Violation]:
-    """Token sums outside ``golden * (1 +- tolerance)``, and sums over an absolute maximum.
+def latency_vs_budget(
+    metric: str, golden_ms: float | None, now_ms: float, budget_ms: float, *, source: Source = "measured"
+) -> Measurement:
+    status: Status = "failed" if now_ms > budget_ms else "passed"
+    rule = f"<= {number_text(budget_ms)} ms budget"
+    return Measurement(metric, "ms", now_ms, golden_ms, "absolute", budget_ms, rule, status, source)
+
+
+def tokens_vs_golden(
+    kind: str, golden: float, now: float, *, tolerance: float, source: Source = "measured"
+) -> Measurement:
+    """Outside ``golden * (1 +- tolerance)`` fails; a golden count of 0 skips the comparison.
 
     Both directions count: a prompt that shrank may have lost the schema, and a much shorter answer may be cut off.
-    A golden sum of 0 means the golden trace recorded no counts (an instrumentation without usage data), so there
-    is nothing to be relative to and only the maxima apply.
+    A golden count of 0 means the golden trace recorded no usage (an instrumentation without usage data), so there is
+    nothing to be relative to: the comparison is skipped, and only maxima apply.
     """
     if tolerance < 0:
         raise ValueError(f"token tolerance must not be negative, got {tolerance!r}")
-    violations: list[Violation] = []
-    for name, g_tokens, n_tokens, maximum in (
-        ("prompt", golden.prompt_tokens, now.prompt_tokens, max_prompt),
-        ("completion", golden.completion_tokens, now.completion_tokens, max_completion),
-        ("total", golden.total_tokens, now.total_tokens, max_total),
-    ):
-        metric = f"{name} tokens"
-        if maximum is not None and n_tokens > maximum:
-            violations.append(Violation("tokens", metric, g_tokens, n_tokens, f"<= {maximum} max"))
-        low, high = g_tokens * (1 - tolerance), g_tokens * (1 + tolerance)
-        if g_tokens > 0 and not low <= n_tokens <= high:
-            band = f"{math.ceil(low - 1e-9)}-{math.floor(high + 1e-9)}"
-            violations.append(
-                Violation("tokens", metric, g_tokens, n_tokens, f"within +-{_num(tolerance * 100)}% of golden ({band})")
+    percent = f"within +-{number_text(tolerance * 100)}% of golden"
+    if golden <= 0:
+        return Measurement(
+            kind,
+            "tokens",
+            now,
+            golden,
+            "relative",
+            limit=None,
+            rule=percent,
+            status="skipped",
+            source=source,
+            reason=NO_GOLDEN_USAGE,
+        )
+    low, high = golden * (1 - tolerance), golden * (1 + tolerance)
+    rule = f"{percent} ({math.ceil(low - 1e-9)}-{math.floor(high + 1e-9)})"
+    status: Status = "passed" if low <= now <= high else "failed"
+    return Measurement(kind, "tokens", now, golden, "relative", high, rule, status, source, low=low)
+
+
+def tokens_vs_max(
+    kind: str, golden: float | None, now: float, maximum: float, *, source: Source = "measured"
+) -> Measurement:
+    status: Status = "failed" if now > maximum else "passed"
+    rule = f"<= {number_text(maximum)} max"
+    return Measurement(kind, "tokens", now, golden, "absolute", maximum, rule, status, source)
+
+
+# -- the checks -------------------------------------------------------------------------------------------------------
+
+
+def check_latency(
+    golden: Trace | None,
+    now: Trace,
+    *,
+    budgets_ms: Mapping[str, float | None],
+    tolerance: float = _DEFAULTS.latency_tolerance,
+    floor_ms: float = _DEFAULTS.latency_floor_ms,
+    replayed: bool = False,
+) -> CheckResult:
+    """Each metric against its absolute budget (``None`` switches one off) and, with a golden trace, against the
+    golden duration. Budget keys may be spelled in any case; an unknown one raises ``options.UnknownName``."""
+    budgets = {canonical_metric(k): v for k, v in budgets_ms.items()}
+    n = latencies_ms(now)
+    g = latencies_ms(golden) if golden is not None else None
+    measurements: list[Measurement] = []
+    for metric in LATENCY_METRICS:
+        budget = budgets.get(metric)
+        if metric not in n and (g is None or metric not in g) and budget is None:
+            continue
+        n_ms, g_ms = n.get(metric, 0.0), None if g is None else g.get(metric, 0.0)
+        source = source_of(metric, "ms", replayed=replayed)
+        if budget is not None:
+            measurements.append(latency_vs_budget(metric, g_ms, n_ms, budget, source=source))
+        if g_ms is not None:
+            measurements.append(
+                latency_vs_golden(metric, g_ms, n_ms, tolerance=tolerance, floor_ms=floor_ms, source=source)
             )
-    return violations
+    return _verdict("latency", measurements, "no latency budget set and no golden trace to compare with")
 
 
-def _num(value: float) -> str:
-    """``5000`` rather than ``5000.0`` in limits people wrote as whole numbers."""
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+def check_tokens(
+    golden: Trace | None,
+    now: Trace,
+    *,
+    tolerance: float = _DEFAULTS.token_tolerance,
+    maxima: Mapping[str, int | None] | None = None,
+    replayed: bool = False,
+) -> CheckResult:
+    """Token sums against their maxima and, with a golden trace, within ``tolerance`` of the golden sums."""
+    limits = {canonical_token_kind(k): v for k, v in (maxima or {}).items()}
+    n = tokens_of(now)
+    g = tokens_of(golden) if golden is not None else None
+    measurements: list[Measurement] = []
+    for kind in TOKEN_KINDS:
+        maximum = limits.get(kind)
+        source = source_of(kind, "tokens", replayed=replayed)
+        g_tokens = None if g is None else g[kind]
+        if maximum is not None:
+            measurements.append(tokens_vs_max(kind, g_tokens, n[kind], maximum, source=source))
+        if g_tokens is not None:
+            measurements.append(tokens_vs_golden(kind, g_tokens, n[kind], tolerance=tolerance, source=source))
+    return _verdict("tokens", measurements, "no token maximum set and no golden trace to compare with")
 
 
-def _cell(check: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}" if check == "latency" else str(round(value))
-
-
-def format_table(violations: Iterable[Violation]) -> str:
-    """The violations as an aligned table for a test failure message; empty string when there are none.
-
-    Numbers are right-aligned so that magnitudes can be compared at a glance; ms get one decimal, tokens none.
-    """
-    rows = [(v.metric, _cell(v.check, v.golden), _cell(v.check, v.now), v.limit) for v in violations]
-    if not rows:
-        return ""
-    header = ("metric", "golden", "now", "limit")
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(3)]
-
-    def line(cells: tuple[str, str, str, str], numbers: bool) -> str:
-        metric, g, n, limit = cells
-        g_cell = g.rjust(widths[1]) if numbers else g.ljust(widths[1])
-        n_cell = n.rjust(widths[2]) if numbers else n.ljust(widths[2])
-        return f"{metric.ljust(widths[0])} | {g_cell} | {n_cell} | {limit}".rstrip()
-
-    return "\n".join([line(header, numbers=False), *(line(r, numbers=True) for r in rows)])
+def _verdict(name: str, measurements: list[Measurement], nothing: str) -> CheckResult:
+    """Failed if any limit failed, passed if any applied, else skipped with the reasons the limits gave."""
+    failed = [m for m in measurements if m.status == "failed"]
+    if failed:
+        labels = ", ".join(dict.fromkeys(m.label for m in failed))
+        return CheckResult(name, "failed", f"out of limits: {labels}", tuple(measurements))
+    if any(m.status == "passed" for m in measurements):
+        return CheckResult(name, "passed", "", tuple(measurements))
+    reasons = "; ".join(dict.fromkeys(m.reason for m in measurements if m.reason)) or nothing
+    return CheckResult(name, "skipped", reasons, tuple(measurements))

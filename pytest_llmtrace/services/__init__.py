@@ -1,5 +1,11 @@
-"""The real servers a trace test talks to (Postgres, Ollama, Phoenix), one module per service.
+"""The real servers a trace test talks to (Postgres, Ollama, Phoenix).
 
-Each module has one class per way of getting the service (embedded child processes, a Docker container, a URL the
-user already runs); all of them hand back a ``base.Endpoint``, so tests do not care which one ran.
+- ``base``: the ``Endpoint`` every backend hands back, ``ServiceStartError``, and helpers all backends share.
+- ``choice``: which backend serves each service (``auto``, a name, a URL), decided purely, for the report header.
+- ``runs``: what a run leaves on disk (run records, the xdist state folder), and reaping what a killed run left.
+- ``process``: server child processes and their temp folders.
+- ``postgres``, ``ollama``, ``phoenix``: one class per way of getting each service, plus what is special to it.
+- ``docker``: the little the Docker backends share.
+- ``manager``: the backend registry (``register_backend``) and the ``ServiceManager`` that starts, shares, stops.
+- ``session``: the pytest glue (configure, header, unconfigure, signals, the app's environment variables).
 """

@@ -1,4 +1,5 @@
-"""What every service backend hands to tests, and the error it raises when it cannot start."""
+"""What every service backend hands to tests, the error it raises when it cannot start, and the small helpers all
+backends share (a free port, an HTTP wait, a URL safe to print)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,31 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pytest_llmtrace.errors import LLMTraceError
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+__all__ = [
+    "LOG_TAIL_LINES",
+    "SERVICES",
+    "Endpoint",
+    "ServiceStartError",
+    "free_port",
+    "http_ok",
+    "redact_url",
+    "wait_until",
+]
 
+# The services a session can start; each has a fixture ``llmtrace_<service>`` and a setting ``--llmtrace-<service>``.
+SERVICES = ("postgres", "ollama", "phoenix")
 LOG_TAIL_LINES = 50
+# Query parameters libpq reads a secret from: a DSN may carry the password there instead of in its user part.
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Endpoint:
     """A ready server. ``url`` is the DSN for Postgres and the HTTP base URL for Ollama and Phoenix."""
 
@@ -31,8 +43,29 @@ class Endpoint:
     ready_s: float
     extra: Mapping[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def from_url(cls, service: str, backend: str, url: str, *, started: float, **extra: str) -> Endpoint:
+        """The endpoint of a server that answered at ``url``; ``started`` is the ``time.monotonic()`` of the start."""
+        parts = urlsplit(url)
+        return cls(
+            service=service,
+            backend=backend,
+            url=url.rstrip("/"),
+            host=parts.hostname or "",  # empty for a Postgres unix socket (``?host=/dir`` in the query)
+            port=parts.port,
+            ready_s=time.monotonic() - started,
+            extra=extra,
+        )
+
     def __str__(self) -> str:
-        return f"{self.service} ({self.backend}) at {self.url}, ready in {self.ready_s:.1f} s"
+        return f"{self.service} ({self.backend}) at {redact_url(self.url)}, ready in {self.ready_s:.1f} s"
+
+    def __repr__(self) -> str:
+        # Printed by pytest in failure reports (fixture values, locals): a user's DSN may carry a password.
+        return (
+            f"Endpoint(service={self.service!r}, backend={self.backend!r}, url={redact_url(self.url)!r}, "
+            f"host={self.host!r}, port={self.port!r}, ready_s={self.ready_s:.2f})"
+        )
 
 
 class ServiceStartError(LLMTraceError):
@@ -51,11 +84,22 @@ class ServiceStartError(LLMTraceError):
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password hidden: URLs end up in report headers and CI logs."""
-    parts = urlsplit(url)
-    if parts.password:
-        return urlunsplit(parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@")))
-    return url
+    """The URL with its secrets hidden (the password in its user part or query): URLs end up in report headers,
+    failure messages and CI logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can take apart (a bad port, say): show only its scheme
+        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
+    if password:
+        user_info, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=user_info.split(":", 1)[0] + ":***@" + host)
+    if parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key.lower() in SECRET_QUERY_KEYS for key, _ in query):
+            hidden = [(key, "***" if key.lower() in SECRET_QUERY_KEYS else value) for key, value in query]
+            parts = parts._replace(query=urlencode(hidden, safe="/*"))
+    return urlunsplit(parts)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

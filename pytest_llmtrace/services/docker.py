@@ -1,18 +1,59 @@
-"""The little the Docker backends share: is a daemon there, and start one pinned image with an HTTP wait.
+"""What the Docker backends share: is a daemon there, and how this plugin runs a container.
 
-testcontainers is imported here and only here, lazily: without Docker, constructing a container raises at once, so
-``auto`` asks ``docker_available()`` first and never pays for the import on a machine without a daemon.
+Every container the plugin starts
+- carries labels (``org.pytest-llmtrace.run``, ``.pid``, ``.pid-started``, ``.host``, ``.service``) naming the run and
+  the process that owns it (the pytest process, or the xdist controller), with that process's start time so that a
+  reused pid is not taken for it;
+- publishes its ports on 127.0.0.1 only: a test database must not be open to the network while the tests run (a
+  remote daemon, or the host's daemon seen from inside a CI job container, gets all interfaces, or nothing here could
+  reach the ports);
+- is removed by its backend's ``stop()``, at the end of the session and when a signal stops the run; a run that could
+  do neither (SIGKILL) leaves it behind, and the next container start on this host removes it: the sweep removes
+  containers of this host whose owner process is gone, never those of a live run or of another host.
+
+Ryuk, where it can run, keeps removing what testcontainers started when the session's connection drops; nothing here
+turns it off (``TESTCONTAINERS_RYUK_DISABLED`` is the user's choice, or CI's where Ryuk's image cannot be pulled).
+
+testcontainers and the docker SDK are imported here, lazily: without Docker, constructing a container raises at once,
+so ``auto`` asks ``docker_available()`` first and never pays for the import on a machine without a daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from pytest_llmtrace.errors import first_line
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from pytest_llmtrace.services.runs import RunRecord
+
+# The images the Docker backends run unless --llmtrace-<service>-image says otherwise. Pinned: a tag decides the
+# server version results were recorded against, and "latest" changes under a test suite without a commit.
+POSTGRES_IMAGE = "postgres:17.6-alpine"
+# The Phoenix the importers were checked against (facts.md): REST shapes change between majors.
+# tests/docker/images.sh reads the version from this line for its local image.
+PHOENIX_IMAGE = "arizephoenix/phoenix:version-20.26.1"
+# testcontainers' default (0.1.44) predates the JSON /api/create the Ollama backend uses (Ollama >= 0.5.6), and
+# 0.12.6 is the version the HTTP front in ollama_api/server.py reports.
+OLLAMA_IMAGE = "ollama/ollama:0.12.6"
+IMAGES = {"postgres": POSTGRES_IMAGE, "phoenix": PHOENIX_IMAGE, "ollama": OLLAMA_IMAGE}
+
+LABEL_PREFIX = "org.pytest-llmtrace"
+LOOPBACK = "127.0.0.1"
+DEFAULT_SOCKET = "/var/run/docker.sock"
+GPU_SETTINGS = ("auto", "all", "none")
 
 
 def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
@@ -41,40 +82,238 @@ def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
     return True, ""
 
 
-DEFAULT_SOCKET = "/var/run/docker.sock"
-
-
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The reason for the header; docker-py's missing-socket error is a long nested repr, so it is said plainly."""
+    text = str(exc)
     if "FileNotFoundError" in text or "No such file or directory" in text:
         return "no Docker daemon socket, DOCKER_HOST " + os.environ.get("DOCKER_HOST", "unset")
-    lines = text.splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return first_line(exc)
 
 
 def docker_error_fix(service: str) -> str:
-    embedded = "binary" if service == "ollama" else "embedded"
-    return f"Docker is not reachable: start it or use --llmtrace-{service}={embedded}"
+    return f"Docker is not reachable: start it or use --llmtrace-{service}={_fallback(service)}"
 
 
-def start_container(
-    image: str,
-    *,
-    port: int,
-    env: Mapping[str, str] | None = None,
-    health_path: str,
-    timeout: float,
-    volumes: Mapping[str, str] | None = None,
-) -> tuple[Any, str, int]:
-    """Start ``image`` exposing ``port``, wait for ``GET health_path``; returns (container, host, port)."""
+def _fallback(service: str) -> str:
+    return "binary" if service == "ollama" else "embedded"
+
+
+def start_fix(service: str, image: str, exc: BaseException) -> str:
+    """The fix for a container that did not start: a daemon to start, an image to get, or a log to read."""
+    try:
+        import docker.errors
+    except ImportError:
+        return docker_error_fix(service)
+    text = str(exc).lower()
+    if "could not select device driver" in text:
+        return (
+            "the Docker host cannot pass GPUs through (no NVIDIA Container Toolkit there): install it, or use "
+            f"--llmtrace-{service}-gpu=none"
+        )
+    if isinstance(exc, docker.errors.ImageNotFound) or (
+        isinstance(exc, docker.errors.APIError)
+        and any(word in text for word in ("pull", "manifest", "registry", "no such host", "not found"))
+    ):
+        return (
+            f"the image {image} is not on the Docker host and could not be pulled: check the name, run "
+            f"`docker pull {image}` (or build it), or choose another with --llmtrace-{service}-image"
+        )
+    if isinstance(exc, docker.errors.DockerException) and not isinstance(exc, docker.errors.APIError):
+        return docker_error_fix(service)
+    return f"read the container's log above; or use --llmtrace-{service}={_fallback(service)}"
+
+
+# -- who owns a container ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerOwner:
+    """The run a container belongs to, written on it as labels so a later run can tell a dead run's containers."""
+
+    run: str
+    pid: int
+    pid_started: float  # the owner's create time: with the pid, it names one process
+    host: str
+
+    @classmethod
+    def of(cls, record: RunRecord | None) -> ContainerOwner:
+        """The owner of ``record``'s run; without a record (a backend used on its own), this process."""
+        if record is None:
+            pid = os.getpid()
+            return cls(f"{pid}-{uuid.uuid4().hex[:8]}", pid, psutil.Process(pid).create_time(), socket.gethostname())
+        return cls(record.path.stem, record.owner_pid, record.owner_create_time, socket.gethostname())
+
+    def labels(self, service: str) -> dict[str, str]:
+        return {
+            f"{LABEL_PREFIX}.run": self.run,
+            f"{LABEL_PREFIX}.pid": str(self.pid),
+            f"{LABEL_PREFIX}.pid-started": repr(self.pid_started),
+            f"{LABEL_PREFIX}.host": self.host,
+            f"{LABEL_PREFIX}.service": service,
+        }
+
+
+def owner_alive(labels: Mapping[str, str]) -> bool:
+    """Whether the process named by a container's labels still runs (the same check the run records use)."""
+    try:
+        pid = int(labels[f"{LABEL_PREFIX}.pid"])
+        started = float(labels[f"{LABEL_PREFIX}.pid-started"])
+        return abs(psutil.Process(pid).create_time() - started) < 0.01
+    except (KeyError, ValueError, psutil.Error):
+        return False
+
+
+def reap_containers(client: Any, host: str | None = None) -> list[str]:
+    """Remove this host's plugin containers whose owner process is gone; returns the names of those removed."""
+    host = host or socket.gethostname()
+    removed: list[str] = []
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.host={host}"}):
+        if owner_alive(container.labels):
+            continue  # a live run's (another session, or this one): not ours to touch
+        with contextlib.suppress(Exception):  # already gone, or being removed by its own run right now
+            container.remove(force=True, v=True)
+            removed.append(str(container.name))
+    return removed
+
+
+def remove_run_containers(run: str) -> list[str]:
+    """Remove every container of run ``run``: what a killed xdist worker left for its controller to stop."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        removed: list[str] = []
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.run={run}"}):
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+                removed.append(str(container.name))
+        return removed
+    finally:
+        client.close()
+
+
+# -- running a container ----------------------------------------------------------------------------------------------
+
+
+def publish_on_loopback(client: Any) -> bool:
+    """Whether this process reaches published ports on 127.0.0.1: the daemon runs on this machine (a unix socket or
+    loopback TCP, and the daemon's host name is this machine's).
+
+    Not so from a CI job container that talks to the host's daemon through a mounted socket (loopback there is the
+    job's own) or for a remote daemon: their ports go on all interfaces, reached the way testcontainers finds them.
+    """
+    if os.environ.get("TESTCONTAINERS_HOST_OVERRIDE") or os.environ.get("TC_HOST"):
+        return False  # the user said where containers are reached
+    url = os.environ.get("DOCKER_HOST", "")
+    remote = url and not url.startswith(("unix://", "npipe://"))
+    if remote and (urlsplit(url).hostname or "") not in {"localhost", "127.0.0.1", "::1"}:
+        return False
+    try:
+        return bool(client.info().get("Name") == socket.gethostname())
+    except Exception:  # an old or unusual daemon: what the socket says
+        return True
+
+
+def gpu_request(setting: str) -> tuple[bool, str]:
+    """Whether to pass all GPUs through (``auto``: when ``nvidia-smi`` is on PATH), and why, for the header."""
+    if setting == "all":
+        return True, "all GPUs (llmtrace_ollama_gpu = all)"
+    if setting == "none":
+        return False, "none (llmtrace_ollama_gpu = none)"
+    found = shutil.which("nvidia-smi")
+    if found:
+        return True, f"all GPUs (auto: {found})"
+    return False, "none (auto: no nvidia-smi on PATH)"
+
+
+def prepare_container(
+    container: Any, *, service: str, ports: Iterable[int], owner: ContainerOwner, gpu: bool = False
+) -> None:
+    """Label ``container``, publish ``ports`` on loopback (random host ports), and ask for the GPUs if ``gpu``.
+
+    Replaces whatever ``with_kwargs`` set before: testcontainers' OllamaContainer adds a GPU request by itself when
+    the daemon has an nvidia runtime, and the decision here (``gpu``) is the one the header shows.
+    """
+    address = LOOPBACK if publish_on_loopback(container.get_docker_client().client) else "0.0.0.0"
+    for port in ports:
+        container.ports[str(port)] = (address, None)  # docker-py: (host ip, host port); None = any free port
+    kwargs: dict[str, Any] = {"labels": owner.labels(service)}
+    if gpu:
+        from docker.types import DeviceRequest
+
+        kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    container.with_kwargs(**kwargs)
+
+
+def start_prepared(container: Any) -> None:
+    """Sweep what dead runs left on this host, then start ``container`` (and wait, with its own wait strategy)."""
+    reap_containers(container.get_docker_client().client)
+    container.start()
+
+
+def container_host(container: Any) -> str:
+    """Where the published ports are reached: 127.0.0.1 when they are bound there (not ``localhost``, which may
+    resolve to ::1 first), else where testcontainers says (the daemon's host, or a gateway inside a CI container)."""
+    bound = container.get_wrapped_container().attrs["HostConfig"].get("PortBindings") or {}
+    if any(b.get("HostIp") == LOOPBACK for entries in bound.values() for b in entries or []):
+        return LOOPBACK
+    return str(container.get_container_host_ip())
+
+
+def log_tail(container: Any, lines: int = 50) -> list[str]:
+    """The end of a container's output, for a start that failed; empty when there is no container to ask."""
+    if container is None or getattr(container, "_container", None) is None:
+        return []
+    try:
+        stdout, stderr = container.get_logs()
+    except Exception:  # the container is already gone
+        return []
+    text: str = (stdout + stderr).decode(errors="replace")
+    return text.splitlines()[-lines:]
+
+
+def remove(container: Any) -> None:
+    """Remove a started (or half-started) container and its anonymous volumes; one already gone is no error."""
+    if container is None or getattr(container, "_container", None) is None:
+        return  # never created: the image was missing, or the daemon refused the request
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.NotFound):
+        container.stop()
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each secret replaced by ``***``: docker errors and logs may quote the environment."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def http_container(
+    image: str, *, service: str, port: int, owner: ContainerOwner, env: Mapping[str, str] | None = None
+) -> Any:
+    """A prepared container of ``image`` (labels, ``port`` published on loopback); start it with ``start_prepared``
+    and wait with ``wait_http``: the readiness check for images without a shell, like Phoenix's distroless one."""
     from testcontainers.core.container import DockerContainer
-    from testcontainers.core.wait_strategies import HttpWaitStrategy
 
-    container = DockerContainer(image).with_exposed_ports(port)
+    container = DockerContainer(image)
     for key, value in (env or {}).items():
         container = container.with_env(key, value)
-    for host_path, container_path in (volumes or {}).items():
-        container = container.with_volume_mapping(host_path, container_path, "rw")
-    container = container.waiting_for(HttpWaitStrategy(port, health_path).with_startup_timeout(int(timeout)))
-    container.start()
-    return container, container.get_container_host_ip(), int(container.get_exposed_port(port))
+    prepare_container(container, service=service, ports=[port], owner=owner)
+    return container
+
+
+def wait_http(container: Any, url: str, *, timeout: float) -> None:
+    """Wait for ``GET url`` to answer 2xx from here, where the tests connect from (testcontainers' own HTTP wait
+    asks the address it computes, a gateway inside a CI container, not the loopback port the plugin published).
+    Raises ``TimeoutError`` saying whether the container exited."""
+    from pytest_llmtrace.services.base import http_ok, wait_until
+
+    def running() -> bool:
+        container.get_wrapped_container().reload()
+        return bool(container.get_wrapped_container().status in ("created", "running"))
+
+    if not wait_until(lambda: http_ok(url), timeout=timeout, interval=0.5, alive=running):
+        state = "the container is running" if running() else "the container exited"
+        raise TimeoutError(f"GET {url} did not answer within {timeout:.0f} s ({state})")

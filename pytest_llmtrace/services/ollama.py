@@ -1,4 +1,5 @@
-"""Ollama for the session: llama.cpp in-process, ``ollama serve`` from PATH, the official image, or a user's server.
+"""Ollama for the session: llama.cpp in-process, ``ollama serve`` from PATH, the official image, a user's server, or
+(in replay mode) our own Ollama-API front answering from the golden traces.
 
 Every backend ends with the same check: the configured model (``qwen-sql-prod``) is on the server. The app under
 test asks for it by name, so a server without it would fail every test with a 404 from inside the app; failing once
@@ -11,22 +12,26 @@ not once per run. A user's server (url) is never changed: it only gets the error
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from pytest_llmtrace.ollama_api.backend import normalize_model_name
+from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.ollama_api import BackendError, OllamaAPIServer, normalize_model_name
+from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend, LlamaCppError
+from pytest_llmtrace.ollama_api.modelfile import Modelfile, ModelfileError, parse_modelfile
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
+from pytest_llmtrace.services.docker import OLLAMA_IMAGE
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend
-    from pytest_llmtrace.ollama_api.modelfile import Modelfile
-    from pytest_llmtrace.ollama_api.server import OllamaAPIServer
-    from pytest_llmtrace.services.process import RunRecord
+    from collections.abc import Sequence
+
+    from pytest_llmtrace.ollama_api import ChatRequest, ChatResult, ModelBackend, ModelInfo
+    from pytest_llmtrace.services.runs import RunRecord
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -34,15 +39,15 @@ __all__ = [
     "BinaryOllama",
     "DockerOllama",
     "EmbeddedOllama",
+    "ReplayOllama",
+    "ReplaySwitch",
     "UrlOllama",
+    "answers",
     "create_command",
     "ensure_model",
     "models_dir",
 ]
 
-# Pinned: testcontainers' default (0.1.44) predates the JSON /api/create this module uses (Ollama >= 0.5.6), and
-# 0.12.6 is the version the HTTP front in ollama_api/server.py reports.
-OLLAMA_IMAGE = "ollama/ollama:0.12.6"
 DEFAULT_MODEL = "qwen-sql-prod"
 START_TIMEOUT_S = 60.0
 LIST_TIMEOUT_S = 30.0
@@ -76,21 +81,16 @@ def create_command(model_name: str, modelfile_path: Path | None) -> str:
 
 
 def _endpoint(backend: str, url: str, started: float, model_name: str, **extra: str) -> Endpoint:
-    parts = urlsplit(url)
-    return Endpoint(
-        service=SERVICE,
-        backend=backend,
-        url=url.rstrip("/"),
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port,
-        ready_s=time.monotonic() - started,
-        extra={"model": model_name, **extra},
-    )
+    """An Ollama endpoint names the model it was checked to serve."""
+    return Endpoint.from_url(SERVICE, backend, url, started=started, model=model_name, **extra)
+
+
+def answers(endpoint: Endpoint) -> bool:
+    """Whether the Ollama at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
+    return http_ok(endpoint.url + "/api/version")
 
 
 def _read_modelfile(path: Path | None, backend: str) -> Modelfile | None:
-    from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
-
     if path is None:
         return None
     try:
@@ -108,13 +108,17 @@ def ensure_model(
     create: bool = True,
     modelfile_path: Path | None = None,
     timeout: float = CREATE_TIMEOUT_S,
+    models: Path | None = None,
 ) -> bool:
     """Make sure the server at ``url`` has ``model_name``; returns True when it had to be created.
 
     When it is missing and ``create`` is set, it is built from the Modelfile the way ``ollama create`` does over the
-    JSON API (Ollama >= 0.5.6 takes no raw Modelfile): a local GGUF is uploaded as a blob and referenced by digest;
-    a FROM naming a registry model is pulled first. Anything else is a ``ServiceStartError`` with the command to run.
+    JSON API (Ollama >= 0.5.6 takes no raw Modelfile): a local GGUF becomes a blob referenced by digest; a FROM naming
+    a registry model is pulled first. ``models`` is the server's model directory when it is mounted from here (binary,
+    docker): the GGUF is then linked into its blob store, so a 1 GB file is not sent through HTTP. Anything else is a
+    ``ServiceStartError`` with the command to run.
     """
+    # The ollama client pulls in httpx and pydantic (over a second cold): paid only when a server is checked.
     import httpx
     import ollama
 
@@ -134,19 +138,25 @@ def ensure_model(
         raise ServiceStartError(SERVICE, backend, missing, fix=fix)
     gguf = modelfile.from_path
     if gguf is not None and not gguf.is_file():
+        then = (
+            f"then run the tests again: the {backend} backend creates it from the Modelfile (as "
+            f"`{create_command(model_name, path)}` would)"
+            if create
+            else f"then {fix}"
+        )
         raise ServiceStartError(
             SERVICE,
             backend,
             f"{missing}, and it cannot be created: {modelfile.path} says FROM {modelfile.source}, "
             f"but the GGUF file {gguf} does not exist",
-            fix=f"download the GGUF to {gguf} (see the comments in {modelfile.path}), then {fix}",
+            fix=f"download the GGUF to {gguf} (see the comments in {modelfile.path}), {then}",
         )
     try:
         if gguf is None:
             client.pull(modelfile.source)
             source: dict[str, Any] = {"from_": modelfile.source}
         else:
-            source = {"files": {gguf.name: client.create_blob(gguf)}}
+            source = {"files": {gguf.name: _blob(client, url, gguf, models)}}
         client.create(
             model=model_name,
             template=modelfile.template,
@@ -169,6 +179,39 @@ def ensure_model(
     return True
 
 
+def _blob(client: Any, url: str, gguf: Path, models: Path | None) -> str:
+    """The GGUF's digest, with the file in the server's blob store: linked into a mounted model dir, else uploaded."""
+    import httpx
+
+    if models is not None:
+        digest = place_blob(models, gguf)
+        if httpx.head(f"{url}/api/blobs/{digest}", timeout=LIST_TIMEOUT_S).status_code == 200:
+            return digest
+    return str(client.create_blob(gguf))  # a server that does not see the directory (a remote Docker host)
+
+
+def place_blob(models: Path, gguf: Path) -> str:
+    """Put ``gguf`` into Ollama's blob store under ``models`` (``blobs/sha256-<hex>``); returns ``sha256:<hex>``.
+
+    A hard link when both are on one filesystem (no copy, no extra disk), else a copy; either way it stays in the
+    persistent model directory, so the next run (or the next CI job restoring that directory) finds the model.
+    """
+    hasher = hashlib.sha256()
+    with gguf.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            hasher.update(chunk)
+    blob = models / "blobs" / f"sha256-{hasher.hexdigest()}"
+    if not blob.exists():
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        partial = blob.with_name(f"{blob.name}-{os.getpid()}-partial")
+        try:
+            os.link(gguf, partial)
+        except OSError:  # another filesystem, or links not allowed there
+            shutil.copyfile(gguf, partial)
+        partial.replace(blob)
+    return f"sha256:{hasher.hexdigest()}"
+
+
 def _model_names(client: Any) -> set[str]:
     return {normalize_model_name(m.model) for m in client.list().models if m.model}
 
@@ -189,9 +232,6 @@ class EmbeddedOllama:
         self._server: OllamaAPIServer | None = None
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend, LlamaCppError
-        from pytest_llmtrace.ollama_api.server import OllamaAPIServer
-
         started = time.monotonic()
         modelfile = _read_modelfile(self.modelfile_path, self.backend)
         assert modelfile is not None
@@ -264,7 +304,9 @@ class BinaryOllama:
             fix=f"check the log above, or use {OTHER_BACKENDS}",
         )
         try:
-            ensure_model(url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path)
+            ensure_model(
+                url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path, models=models
+            )
         except ServiceStartError as exc:
             log = self._server.log_tail()
             self.stop()
@@ -276,51 +318,72 @@ class BinaryOllama:
 
 
 class DockerOllama:
-    """The official image (pinned), with the persistent model cache mounted so models survive the container."""
+    """The official image (pinned; or --llmtrace-ollama-image), labelled and published on loopback, with the
+    persistent model cache mounted so models survive the container and the GGUF reaches it without an upload."""
 
     backend = "docker"
 
     def __init__(
-        self, model_name: str = DEFAULT_MODEL, modelfile_path: Path | None = None, image: str = OLLAMA_IMAGE
+        self,
+        model_name: str = DEFAULT_MODEL,
+        modelfile_path: Path | None = None,
+        image: str = OLLAMA_IMAGE,
+        record: RunRecord | None = None,
+        *,
+        gpu: str = "auto",
     ) -> None:
         self.model_name = model_name
         self.modelfile_path = modelfile_path
         self.image = image
+        self.record = record
+        self.gpu = gpu
         self._container: Any = None
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services.docker import docker_error_fix
+        from pytest_llmtrace.services import docker
 
         started = time.monotonic()
         modelfile = _read_modelfile(self.modelfile_path, self.backend)
-        try:
-            from testcontainers.community.ollama import OllamaContainer
-        except ImportError as exc:
-            raise ServiceStartError(
-                SERVICE, self.backend, "testcontainers is not installed", fix="pip install testcontainers"
-            ) from exc
         models = models_dir()
         models.mkdir(parents=True, exist_ok=True)
+        gpu, _ = docker.gpu_request(self.gpu)
         try:
+            from testcontainers.community.ollama import OllamaContainer
+
             container: Any = OllamaContainer(image=self.image)  # asks the daemon at once: raises without Docker
-            container.with_volume_mapping(str(models), "/root/.ollama/models", "rw")
             self._container = container
-            container.start()
-            url = str(container.get_endpoint())
+            container.with_volume_mapping(str(models), "/root/.ollama/models", "rw")
+            owner = docker.ContainerOwner.of(self.record)
+            docker.prepare_container(container, service=SERVICE, ports=[11434], owner=owner, gpu=gpu)
+            docker.start_prepared(container)  # then waits for "Listening on" in its log
+            url = f"http://{docker.container_host(container)}:{container.get_exposed_port(11434)}"
         except Exception as exc:  # docker errors have many types; all mean "could not start"
+            log = docker.log_tail(self._container)
             self.stop()
-            raise ServiceStartError(SERVICE, self.backend, str(exc), fix=docker_error_fix(SERVICE)) from exc
+            fix = docker.start_fix(SERVICE, self.image, exc)
+            raise ServiceStartError(
+                SERVICE, self.backend, f"{self.image}: {first_line(exc)}", log=log, fix=fix
+            ) from exc
         try:
-            ensure_model(url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path)
-        except ServiceStartError:
+            ensure_model(
+                url,
+                self.model_name,
+                modelfile,
+                backend=self.backend,
+                modelfile_path=self.modelfile_path,
+                models=models,
+            )
+        except ServiceStartError as exc:
+            log = docker.log_tail(self._container)
             self.stop()
-            raise
+            raise ServiceStartError(SERVICE, self.backend, exc.reason, log=log, fix=exc.fix) from exc
         return _endpoint(self.backend, url, started, self.model_name, image=self.image, models_dir=str(models))
 
     def stop(self) -> None:
+        from pytest_llmtrace.services.docker import remove
+
         container, self._container = self._container, None
-        if container is not None and getattr(container, "_container", None) is not None:
-            container.stop()
+        remove(container)
 
 
 class UrlOllama:
@@ -353,3 +416,49 @@ class UrlOllama:
 
     def stop(self) -> None:
         """Nothing to stop: the server belongs to the user."""
+
+
+class ReplaySwitch:
+    """The model behind the replay mode's one Ollama server: each golden case plugs in its own recording.
+
+    One server for the whole run, because apps often build their Ollama client at import time from OLLAMA_HOST and
+    keep it; a new port per case would leave them talking to the first case's server.
+    """
+
+    def __init__(self) -> None:
+        self._current: ModelBackend | None = None
+
+    def use(self, backend: ModelBackend | None) -> None:
+        self._current = backend
+
+    def models(self) -> Sequence[ModelInfo]:
+        return self._current.models() if self._current is not None else []
+
+    def chat(self, request: ChatRequest) -> ChatResult:
+        if self._current is None:
+            raise BackendError(
+                503,
+                "pytest-llmtrace replay server: no golden case is being replayed now (use --llmtrace-mode=live "
+                "for a real model outside golden cases)",
+            )
+        return self._current.chat(request)
+
+
+class ReplayOllama:
+    """The replay mode's Ollama: our Ollama-API front over the run's ``ReplaySwitch``, on a free loopback port."""
+
+    backend = "replay"
+
+    def __init__(self, switch: ReplaySwitch) -> None:
+        self.switch = switch
+        self._server: OllamaAPIServer | None = None
+
+    def start(self) -> Endpoint:
+        started = time.monotonic()
+        self._server = OllamaAPIServer(self.switch).start()
+        return Endpoint.from_url(SERVICE, self.backend, self._server.url, started=started)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

@@ -7,37 +7,38 @@ only by the backend that runs it, and starts only when a test asks for it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import time
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pytest_llmtrace.errors import first_line
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
+from pytest_llmtrace.services.docker import PHOENIX_IMAGE
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.process import RunRecord
+    from pytest_llmtrace.services.runs import RunRecord
 
-# Pinned to the version the importers were checked against (facts.md): REST shapes change between majors.
-PHOENIX_IMAGE = "arizephoenix/phoenix:version-20.26.1"
+__all__ = ["PHOENIX_IMAGE", "DockerPhoenix", "EmbeddedPhoenix", "UrlPhoenix", "answers"]
+
 START_TIMEOUT_S = 90.0
 INSTALL_HINT = "pip install 'pytest-llmtrace[phoenix]'"
 
 
 def _endpoint(backend: str, url: str, started: float, grpc_port: int | None = None) -> Endpoint:
-    parts = urlsplit(url)
-    extra = {"collector_endpoint": url.rstrip("/"), "traces_endpoint": url.rstrip("/") + "/v1/traces"}
+    """Phoenix's endpoint also names where OTLP goes: what ``phoenix.otel`` and a plain OTLP exporter each want."""
+    base = url.rstrip("/")
+    extra = {"collector_endpoint": base, "traces_endpoint": base + "/v1/traces"}
     if grpc_port is not None:
         extra["grpc_port"] = str(grpc_port)
-    return Endpoint(
-        service="phoenix",
-        backend=backend,
-        url=url.rstrip("/"),
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port,
-        ready_s=time.monotonic() - started,
-        extra=extra,
-    )
+    return Endpoint.from_url("phoenix", backend, base, started=started, **extra)
+
+
+def answers(endpoint: Endpoint) -> bool:
+    """Whether the Phoenix at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
+    return http_ok(endpoint.url + "/healthz")
 
 
 class EmbeddedPhoenix:
@@ -50,7 +51,7 @@ class EmbeddedPhoenix:
         self._server = ServerProcess("phoenix", self.backend, prefix="llmtrace-phoenix-", record=record)
 
     def start(self) -> Endpoint:
-        if importlib.util.find_spec("phoenix.server") is None:
+        if not _server_installed():
             raise ServiceStartError(
                 "phoenix",
                 self.backend,
@@ -82,36 +83,49 @@ class EmbeddedPhoenix:
 
 
 class DockerPhoenix:
-    """The official image. It is distroless (no shell), so readiness is an HTTP wait on ``/healthz``."""
+    """The official image (or the one chosen with --llmtrace-phoenix-image), labelled and published on loopback.
+
+    The official image is distroless (no shell), so readiness is an HTTP wait on ``/healthz``.
+    """
 
     backend = "docker"
 
-    def __init__(self, image: str = PHOENIX_IMAGE, timeout: float = START_TIMEOUT_S) -> None:
+    def __init__(
+        self, image: str = PHOENIX_IMAGE, record: RunRecord | None = None, timeout: float = START_TIMEOUT_S
+    ) -> None:
         self.image = image
+        self.record = record
         self.timeout = timeout
-        self._container: object | None = None
+        self._container: Any = None
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services.docker import docker_error_fix, start_container
+        from pytest_llmtrace.services import docker
 
         started = time.monotonic()
         try:
-            container, host, port = start_container(
+            self._container = container = docker.http_container(
                 self.image,
+                service="phoenix",
                 port=6006,
+                owner=docker.ContainerOwner.of(self.record),
                 env={"PHOENIX_TELEMETRY_ENABLED": "false"},
-                health_path="/healthz",
-                timeout=self.timeout,
             )
+            docker.start_prepared(container)
+            url = f"http://{docker.container_host(container)}:{container.get_exposed_port(6006)}"
+            docker.wait_http(container, url + "/healthz", timeout=self.timeout)
         except Exception as exc:  # docker errors have many types; all mean "could not start"
-            raise ServiceStartError("phoenix", self.backend, str(exc), fix=docker_error_fix("phoenix")) from exc
-        self._container = container
-        return _endpoint(self.backend, f"http://{host}:{port}", started)
+            log = docker.log_tail(self._container)
+            self.stop()
+            fix = docker.start_fix("phoenix", self.image, exc)
+            reason = f"{self.image}: {first_line(exc)}"
+            raise ServiceStartError("phoenix", self.backend, reason, log=log, fix=fix) from exc
+        return _endpoint(self.backend, url, started)
 
     def stop(self) -> None:
-        if self._container is not None:
-            self._container.stop()  # type: ignore[attr-defined]
-            self._container = None
+        from pytest_llmtrace.services.docker import remove
+
+        container, self._container = self._container, None
+        remove(container)
 
 
 class UrlPhoenix:
@@ -138,8 +152,17 @@ class UrlPhoenix:
         """Nothing to stop: the server belongs to the user."""
 
 
+def _server_installed() -> bool:
+    """Whether arize-phoenix (not only its client, which also lives under ``phoenix``) is installed.
+
+    Asked without importing it: ``find_spec("phoenix.server")`` would import the ``phoenix`` package into the pytest
+    process first, which takes seconds and hundreds of MB for a server that runs in a process of its own.
+    """
+    spec = importlib.util.find_spec("phoenix")
+    locations = spec.submodule_search_locations if spec is not None else None
+    return any((Path(location) / "server" / "main.py").is_file() for location in locations or ())
+
+
 def _clean_environ() -> dict[str, str]:
     """The parent's environment minus Phoenix settings a developer may have exported for their own Phoenix."""
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}

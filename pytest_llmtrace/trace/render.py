@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from pytest_llmtrace.trace.span import Span, Status
-from pytest_llmtrace.trace.views import SqlStatement, llm_call
+from pytest_llmtrace.trace.question import QuestionSource, find_question
+from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, Span, Status
+from pytest_llmtrace.trace.views import SqlStatement, llm_call, span_kind
 
 __all__ = ["SpanTree", "key_attributes", "render_waterfall"]
 
 BAR_WIDTH = 20
 MAX_VALUE_CHARS = 60
+# The root's input as the default question sources read it from the root span alone (the waterfall reads one span).
+ROOT_INPUT_SOURCES = (QuestionSource(INPUT_VALUE), QuestionSource(TRACELOOP_ENTITY_INPUT))
 
 
 class SpanTree(Protocol):
@@ -45,10 +48,12 @@ def _short(text: str, limit: int = MAX_VALUE_CHARS) -> str:
 
 
 def key_attributes(span: Span) -> str:
-    """The few attributes that say what a span did: model and tokens, SQL and rows, the question, the error."""
+    """The few attributes that say what a span did: the LLM convention, model and tokens, SQL and rows, the question,
+    the error."""
     parts: list[str] = []
     call = llm_call(span)
     if call is not None:
+        parts.append(f"convention={call.convention}")
         if call.model:
             parts.append(f"model={call.model}")
         if call.prompt_tokens is not None or call.completion_tokens is not None:
@@ -58,8 +63,10 @@ def key_attributes(span: Span) -> str:
         parts.append(f"sql={_short(sql.text)!r}")
         if sql.returned_rows is not None:
             parts.append(f"rows={sql.returned_rows}")
-    elif span.parent_span_id is None and span.input_value is not None:
-        parts.append(f"input={_short(span.input_value)!r}")
+    elif span.parent_span_id is None:
+        question = find_question(span, (), ROOT_INPUT_SOURCES).text
+        if question is not None:
+            parts.append(f"input={_short(question)!r}")
     if span.status is Status.ERROR and span.error_text:
         parts.append(f"error={_short(span.error_text)!r}")
     return "  ".join(parts)
@@ -80,7 +87,7 @@ def render_waterfall(trace: SpanTree) -> str:
         rows.append(
             (
                 "  " * depth + span.name,
-                span.kind,
+                span_kind(span),
                 duration,
                 span.status.value,
                 f"|{bar:<{BAR_WIDTH}}| " + key_attributes(span),

@@ -19,18 +19,37 @@ __all__ = [
     "DB_STATEMENT_DEPRECATED",
     "DB_SYSTEM_DEPRECATED",
     "DB_SYSTEM_NAME",
+    "GEN_AI_COMPLETION",
+    "GEN_AI_EVENT_CONTENT",
+    "GEN_AI_INPUT_MESSAGES",
+    "GEN_AI_OPERATION_NAME",
+    "GEN_AI_OUTPUT_MESSAGES",
+    "GEN_AI_PROMPT",
+    "GEN_AI_PROVIDER_NAME",
+    "GEN_AI_REQUEST_MODEL",
+    "GEN_AI_RESPONSE_MODEL",
+    "GEN_AI_SYSTEM",
+    "GEN_AI_SYSTEM_INSTRUCTIONS",
+    "GEN_AI_USAGE_COMPLETION_TOKENS",
+    "GEN_AI_USAGE_INPUT_TOKENS",
+    "GEN_AI_USAGE_OUTPUT_TOKENS",
+    "GEN_AI_USAGE_PROMPT_TOKENS",
+    "GEN_AI_USAGE_TOTAL_TOKENS",
     "INPUT_VALUE",
     "LLM_INPUT_MESSAGES",
     "LLM_INVOCATION_PARAMETERS",
     "LLM_MODEL_NAME",
     "LLM_OUTPUT_MESSAGES",
     "LLM_PROVIDER",
+    "LLM_REQUEST_TYPE",
     "LLM_SYSTEM",
     "LLM_TOKENS_COMPLETION",
     "LLM_TOKENS_PROMPT",
     "LLM_TOKENS_TOTAL",
+    "LLM_USAGE_TOTAL_TOKENS",
     "OUTPUT_VALUE",
     "SPAN_KIND",
+    "TRACELOOP_ENTITY_INPUT",
     "AttrValue",
     "Span",
     "SpanEvent",
@@ -62,6 +81,30 @@ DB_STATEMENT_DEPRECATED = "db.statement"
 DB_SYSTEM_NAME = "db.system.name"
 DB_SYSTEM_DEPRECATED = "db.system"
 DB_RETURNED_ROWS = "db.response.returned_rows"
+
+# OpenLLMetry (Traceloop) and the OTel GenAI semantic conventions share the ``gen_ai.`` namespace; docs/conventions.md
+# maps each to its concept. Checked against opentelemetry-semantic-conventions 0.66b1, -semantic-conventions-ai 0.5.1,
+# opentelemetry-instrumentation-ollama 0.62.4 and -openai-v2 2.4b0.
+GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
+GEN_AI_SYSTEM = "gen_ai.system"  # the provider before semconv 1.37
+GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+# OpenLLMetry: gen_ai.prompt.{i}.role|content; older semconv: JSON, on the gen_ai.content.prompt span event
+GEN_AI_PROMPT = "gen_ai.prompt"
+GEN_AI_COMPLETION = "gen_ai.completion"
+GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_USAGE_PROMPT_TOKENS = "gen_ai.usage.prompt_tokens"  # the older names, still written by some instrumentations
+GEN_AI_USAGE_COMPLETION_TOKENS = "gen_ai.usage.completion_tokens"
+GEN_AI_USAGE_TOTAL_TOKENS = "gen_ai.usage.total_tokens"
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"  # semconv 1.37+: JSON
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+GEN_AI_EVENT_CONTENT = "gen_ai.event.content"  # span events of Azure's SDKs: the event body as JSON
+LLM_REQUEST_TYPE = "llm.request.type"  # OpenLLMetry: chat, completion, embedding, rerank
+LLM_USAGE_TOTAL_TOKENS = "llm.usage.total_tokens"
+TRACELOOP_ENTITY_INPUT = "traceloop.entity.input"  # OpenLLMetry's @workflow / @task: {"args": [...], "kwargs": {...}}
 
 
 class Status(str, Enum):

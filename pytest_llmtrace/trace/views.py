@@ -24,15 +24,33 @@ from pytest_llmtrace.trace.span import (
     DB_STATEMENT_DEPRECATED,
     DB_SYSTEM_DEPRECATED,
     DB_SYSTEM_NAME,
+    GEN_AI_COMPLETION,
+    GEN_AI_EVENT_CONTENT,
+    GEN_AI_INPUT_MESSAGES,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_OUTPUT_MESSAGES,
+    GEN_AI_PROMPT,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_SYSTEM,
+    GEN_AI_SYSTEM_INSTRUCTIONS,
+    GEN_AI_USAGE_COMPLETION_TOKENS,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+    GEN_AI_USAGE_PROMPT_TOKENS,
+    GEN_AI_USAGE_TOTAL_TOKENS,
     LLM_INPUT_MESSAGES,
     LLM_INVOCATION_PARAMETERS,
     LLM_MODEL_NAME,
     LLM_OUTPUT_MESSAGES,
     LLM_PROVIDER,
+    LLM_REQUEST_TYPE,
     LLM_SYSTEM,
     LLM_TOKENS_COMPLETION,
     LLM_TOKENS_PROMPT,
     LLM_TOKENS_TOTAL,
+    LLM_USAGE_TOTAL_TOKENS,
     AttrValue,
     Span,
     Status,
@@ -48,6 +66,9 @@ __all__ = [
     "SqlStatement",
     "llm_call",
     "read_openinference",
+    "read_openllmetry",
+    "read_otel_genai",
+    "span_kind",
 ]
 
 
@@ -116,9 +137,76 @@ def _openinference(span: Span) -> LLMCall:
     )
 
 
-# Convention name -> reader, in the order they are tried.
+def read_openllmetry(span: Span) -> LLMCall | None:
+    """OpenLLMetry (Traceloop's instrumentations): ``llm.request.type`` and indexed ``gen_ai.prompt.{i}.*``.
+
+    Its messages are flat indexed attributes (``gen_ai.prompt.0.role``, ``gen_ai.completion.0.content``), token
+    counts use either generation of usage names, and the total is OpenLLMetry's own ``llm.usage.total_tokens``.
+    Embedding and rerank requests are not LLM calls a replay could answer.
+    """
+    attrs = span.attributes
+    request_type = attr_str(attrs.get(LLM_REQUEST_TYPE))
+    prompts = span.prefixed(GEN_AI_PROMPT)
+    completions = span.prefixed(GEN_AI_COMPLETION)
+    if request_type is None:
+        if not any(_INDEXED.match(k) for k in (*prompts, *completions)):
+            return None
+    elif request_type.lower() not in _OPENLLMETRY_CALLS:
+        return None
+    return LLMCall(
+        span=span,
+        model=_first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL),
+        provider=attr_str(attrs.get(GEN_AI_SYSTEM)),
+        input_messages=_indexed_messages(prompts, prefix=""),
+        output_messages=_indexed_messages(completions, prefix=""),
+        invocation_parameters=_request_parameters(span),
+        prompt_tokens=_first_int(attrs, GEN_AI_USAGE_PROMPT_TOKENS, GEN_AI_USAGE_INPUT_TOKENS),
+        completion_tokens=_first_int(attrs, GEN_AI_USAGE_COMPLETION_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS),
+        total_tokens=_first_int(attrs, LLM_USAGE_TOTAL_TOKENS, GEN_AI_USAGE_TOTAL_TOKENS),
+        convention="openllmetry",
+    )
+
+
+def read_otel_genai(span: Span) -> LLMCall | None:
+    """The OpenTelemetry GenAI semantic conventions, in each generation of where they put the messages.
+
+    A span is an inference when ``gen_ai.operation.name`` is ``chat``, ``text_completion`` or
+    ``generate_content`` (or, before that attribute existed, when it names a requested model). Messages are read
+    from the first place that has them: the JSON attributes ``gen_ai.input.messages`` / ``gen_ai.output.messages``
+    / ``gen_ai.system_instructions`` (semconv 1.37+), the same attributes on a
+    ``gen_ai.client.inference.operation.details`` span event, one span event per message
+    (``gen_ai.system.message``, ``gen_ai.user.message``, ``gen_ai.assistant.message``, ``gen_ai.tool.message``,
+    ``gen_ai.choice``) with the body in the event's attributes, or the oldest ``gen_ai.content.prompt`` /
+    ``gen_ai.content.completion`` events. The provider is ``gen_ai.provider.name``, formerly ``gen_ai.system``.
+    """
+    attrs = span.attributes
+    operation = attr_str(attrs.get(GEN_AI_OPERATION_NAME))
+    if operation is not None:
+        if operation.lower() not in _GENAI_INFERENCE_OPERATIONS:
+            return None
+    elif LLM_REQUEST_TYPE in attrs or not _first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL):
+        return None  # an OpenLLMetry span its reader turned down (an embedding), or no model call at all
+    inputs, outputs = _genai_messages(span)
+    return LLMCall(
+        span=span,
+        model=_first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL),
+        provider=_first_str(attrs, GEN_AI_PROVIDER_NAME, GEN_AI_SYSTEM),
+        input_messages=inputs,
+        output_messages=outputs,
+        invocation_parameters=_request_parameters(span),
+        prompt_tokens=_first_int(attrs, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_PROMPT_TOKENS),
+        completion_tokens=_first_int(attrs, GEN_AI_USAGE_OUTPUT_TOKENS, GEN_AI_USAGE_COMPLETION_TOKENS),
+        total_tokens=attr_int(attrs.get(GEN_AI_USAGE_TOTAL_TOKENS)),
+        convention="otel-genai",
+    )
+
+
+# Convention name -> reader, in the order they are tried: OpenInference's kind is explicit, OpenLLMetry's indexed
+# attributes are specific, and the OTel GenAI conventions are the broadest test (any span naming a requested model).
 LLM_READERS: Mapping[str, LLMReader] = {
     "openinference": read_openinference,
+    "openllmetry": read_openllmetry,
+    "otel-genai": read_otel_genai,
 }
 
 
@@ -129,6 +217,18 @@ def llm_call(span: Span) -> LLMCall | None:
         if call is not None:
             return call
     return None
+
+
+def span_kind(span: Span) -> str:
+    """The span's OpenInference kind; ``LLM`` for an LLM call in another convention; else ``UNKNOWN``.
+
+    Latency per kind, ``Trace.find(kind=...)``, the waterfall and the outcome snapshot all use this, so an
+    auto-instrumented model call counts as an LLM call everywhere, not only in ``Trace.llm_calls``.
+    """
+    kind = span.kind
+    if kind == "UNKNOWN" and llm_call(span) is not None:
+        return "LLM"
+    return kind
 
 
 @dataclass(frozen=True)
@@ -165,13 +265,25 @@ class SqlStatement:
 # -- helpers shared by the readers ------------------------------------------------------------------------------------
 
 _INDEXED = re.compile(r"^(\d+)\.(.+)$")
+_OPENLLMETRY_CALLS = frozenset({"chat", "completion"})
+_GENAI_INFERENCE_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
+_GENAI_DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+_GENAI_MESSAGE_EVENTS = {
+    "gen_ai.system.message": "system",
+    "gen_ai.user.message": "user",
+    "gen_ai.assistant.message": "assistant",
+    "gen_ai.tool.message": "tool",
+}
+_GENAI_CHOICE_EVENT = "gen_ai.choice"
+_GENAI_PROMPT_EVENT = "gen_ai.content.prompt"
+_GENAI_COMPLETION_EVENT = "gen_ai.content.completion"
 
 
-def _indexed_messages(flat: Mapping[str, AttrValue]) -> tuple[Message, ...]:
-    """Rebuild ``{i}.message.role`` / ``{i}.message.content`` pairs in index order.
+def _indexed_messages(flat: Mapping[str, AttrValue], prefix: str = "message.") -> tuple[Message, ...]:
+    """Rebuild ``{i}.message.role`` / ``{i}.message.content`` pairs (OpenLLMetry: ``{i}.role``) in index order.
 
-    Multimodal messages (``message.contents.{j}.message_content.text``) are joined into one text, which is what a
-    prompt diff needs.
+    Multimodal messages (OpenInference's ``message.contents.{j}.message_content.text``, OpenLLMetry's JSON list of
+    parts) are joined into one text, which is what a prompt diff needs.
     """
     rows: dict[int, dict[str, str]] = {}
     for key, value in flat.items():
@@ -180,10 +292,10 @@ def _indexed_messages(flat: Mapping[str, AttrValue]) -> tuple[Message, ...]:
             continue
         index, rest = int(match.group(1)), match.group(2)
         row = rows.setdefault(index, {})
-        if rest == "message.role":
+        if rest == prefix + "role":
             row["role"] = str(value)
-        elif rest == "message.content":
-            row["content"] = str(value)
+        elif rest == prefix + "content":  # OpenLLMetry writes multimodal content as a JSON list of parts
+            row["content"] = str(value) if prefix else _content_text(value)
         elif rest.startswith("message.contents.") and rest.endswith(".message_content.text"):
             row["parts"] = row.get("parts", "") + str(value)
     return tuple(
@@ -192,12 +304,133 @@ def _indexed_messages(flat: Mapping[str, AttrValue]) -> tuple[Message, ...]:
     )
 
 
+def _genai_messages(span: Span) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+    """Input and output messages from the first of the GenAI conventions' places that holds any."""
+    holders = [span.attributes]
+    holders.extend(e.attributes for e in span.events if e.name == _GENAI_DETAILS_EVENT)
+    for attrs in holders:
+        inputs = _json_messages(attrs.get(GEN_AI_INPUT_MESSAGES))
+        outputs = _json_messages(attrs.get(GEN_AI_OUTPUT_MESSAGES))
+        system = _content_text(attrs.get(GEN_AI_SYSTEM_INSTRUCTIONS))
+        if system and not any(m.role == "system" and m.content == system for m in inputs):
+            inputs = (Message("system", system), *inputs)
+        if inputs or outputs:
+            return inputs, outputs
+    events_in: list[Message] = []
+    events_out: list[Message] = []
+    for event in span.events:
+        body = _event_body(event.attributes)
+        if event.name in _GENAI_MESSAGE_EVENTS:
+            events_in.append(Message(_GENAI_MESSAGE_EVENTS[event.name], _content_text(body.get("content", ""))))
+        elif event.name == _GENAI_CHOICE_EVENT:
+            message = _loads(body.get("message"))
+            if isinstance(message, dict):
+                role, content = message.get("role") or "assistant", message.get("content", "")
+            elif "message" in body:  # the content itself, or its blocks as JSON (Strands)
+                role, content = "assistant", body["message"]
+            else:
+                role = str(body.get("message.role") or body.get("role") or "assistant")
+                content = body.get("message.content", body.get("content", ""))
+            events_out.append(Message(str(role), _content_text(content)))
+        elif event.name == _GENAI_PROMPT_EVENT:
+            events_in.extend(_json_messages(event.attributes.get(GEN_AI_PROMPT)))
+        elif event.name == _GENAI_COMPLETION_EVENT:
+            events_out.extend(_json_messages(event.attributes.get(GEN_AI_COMPLETION), role="assistant"))
+    return tuple(events_in), tuple(events_out)
+
+
+def _event_body(attrs: Mapping[str, AttrValue]) -> dict[str, Any]:
+    """A message event's body: its attributes, with Azure's ``gen_ai.event.content`` JSON body merged in."""
+    body: dict[str, Any] = dict(attrs)
+    content = _loads(body.pop(GEN_AI_EVENT_CONTENT, None))
+    if isinstance(content, dict):
+        body.update(content)
+    return body
+
+
+def _json_messages(value: AttrValue | None, role: str = "") -> tuple[Message, ...]:
+    """JSON messages: ``[{"role", "parts": [{"type": "text", "content"}]}]`` (semconv 1.37+), or with ``content``."""
+    loaded = _loads(value)
+    if isinstance(loaded, dict):
+        loaded = [loaded]
+    if not isinstance(loaded, (list, tuple)):
+        return ()
+    messages = []
+    for item in loaded:
+        if isinstance(item, str):
+            messages.append(Message(role, item))
+        elif isinstance(item, dict):
+            inner: dict[str, Any] = item["message"] if isinstance(item.get("message"), dict) else item
+            text = _parts_text(inner["parts"]) if "parts" in inner else None
+            messages.append(Message(str(inner.get("role") or role), text or _content_text(inner.get("content", ""))))
+    return tuple(messages)
+
+
+def _content_text(value: Any) -> str:
+    """A message's text, whether a string, a list of parts, or a string holding a JSON list of parts."""
+    if isinstance(value, str):
+        stripped = value.lstrip()
+        if stripped[:1] in ("[", "{"):
+            text = _parts_text(_loads(value))
+            if text is not None:
+                return text
+        return value
+    text = _parts_text(value)
+    return text if text is not None else ("" if value is None else str(value))
+
+
+def _parts_text(parts: Any) -> str | None:
+    """The text of a list of content parts (``{"type": "text", "content"|"text": ...}``), ``None`` if it is not one.
+
+    Parts that are not text (tool calls, images, reasoning) are left out: replay compares what was said.
+    """
+    if isinstance(parts, str):
+        return parts
+    if isinstance(parts, dict):
+        parts = [parts]
+    if not isinstance(parts, (list, tuple)) or not parts or not all(isinstance(p, dict) for p in parts):
+        return None
+    texts = []
+    for part in parts:
+        kind = part.get("type", "text")
+        text = part.get("content", part.get("text"))
+        if isinstance(text, dict):  # {"text": {"value": ...}}, as Azure's agents write it
+            text = text.get("value")
+        if kind == "text" and isinstance(text, str):
+            texts.append(text)
+    return "".join(texts) if texts else None
+
+
+def _request_parameters(span: Span) -> Mapping[str, Any]:
+    """``gen_ai.request.*`` settings (temperature, max_tokens, ...): the GenAI conventions' invocation parameters."""
+    return {
+        key: value
+        for key, value in span.prefixed("gen_ai.request").items()
+        if key != "model" and "." not in key and isinstance(value, (str, int, float, bool))
+    }
+
+
+def _first_str(attrs: Mapping[str, AttrValue], *names: str) -> str | None:
+    return next((text for text in (attr_str(attrs.get(n)) for n in names) if text), None)
+
+
+def _first_int(attrs: Mapping[str, AttrValue], *names: str) -> int | None:
+    return next((number for number in (attr_int(attrs.get(n)) for n in names) if number is not None), None)
+
+
+def _loads(value: Any) -> Any:
+    """JSON text decoded; anything else (already structured, or unreadable) as it is, or ``None`` if unreadable."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):  # RecursionError: a hostile trace nesting arrays thousands deep
+        return None
+
+
 def _json_object(value: AttrValue | None) -> Mapping[str, Any]:
     """A JSON-object attribute (invocation parameters); anything unreadable is an empty mapping, not an error."""
     if not isinstance(value, str) or not value:
         return {}
-    try:
-        loaded = json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: a hostile trace nesting arrays thousands deep
-        return {}
+    loaded = _loads(value)
     return loaded if isinstance(loaded, dict) else {}

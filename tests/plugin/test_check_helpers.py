@@ -90,10 +90,16 @@ def test_failing_helpers_name_the_check(project: pytest.Pytester) -> None:
         def test_typo(llm_trace, llmtrace_check):
             ask("x", "SELECT 1")
             llmtrace_check.within_budget(latency_ms={"LMM": 10})
+
+        @pytest.mark.llmtrace(latency_budgets_ms={"TOOL": 60_000})
+        def test_every_span_kind_is_a_metric_in_any_case(llm_trace, llmtrace_check):
+            ask("x", "SELECT 1")
+            assert llmtrace_check.options.latency_budgets_ms["TOOL"] == 60_000
+            llmtrace_check.within_budget(latency_ms={"tool": 60_000, "llm": 60_000})
         """
     )
     result = project.runpytest_subprocess("--llmtrace-postgres=embedded")
-    result.assert_outcomes(failed=5)
+    result.assert_outcomes(failed=5, passed=1)
     result.stdout.fnmatch_lines(
         [
             '*[[]sql[]] the SQL does not execute: column "segment" does not exist (SQLSTATE 42703)',
@@ -102,7 +108,9 @@ def test_failing_helpers_name_the_check(project: pytest.Pytester) -> None:
     )
     result.stdout.fnmatch_lines(["*[[]tokens[]]", "*prompt tokens*5000*<= 4000*"])
     result.stdout.fnmatch_lines(["*[[]tokens[]]", "*total tokens*110*<= 100*"])
-    result.stdout.fnmatch_lines(["*llmtrace_check.within_budget: *LMM*"])
+    result.stdout.fnmatch_lines(
+        ["[[]latency[]] llmtrace_check.within_budget: unknown latency metric 'LMM'; did you mean 'LLM'? (valid: *)"]
+    )
     assert "Traceback" not in result.stdout.str()
 
 

@@ -19,7 +19,7 @@ import psycopg2
 import pytest
 
 from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
-from pytest_llmtrace.services.session import PostgresDatabase
+from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.otlp import read_trace
 
 REPO = Path(__file__).resolve().parents[2]

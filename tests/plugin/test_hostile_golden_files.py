@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace.services.session import PostgresDatabase
+from pytest_llmtrace.services.postgres import PostgresDatabase
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "golden_traces"

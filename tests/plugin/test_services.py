@@ -1,5 +1,6 @@
-"""The session services as users meet them: option precedence in the header, bad values, real embedded Postgres
-(alone and shared by xdist workers), and nothing left behind after a normal, an interrupted or a killed run."""
+"""The session services as users meet them: option precedence in the header, bad values, a backend of one's own,
+real embedded Postgres (alone and shared by xdist workers), and nothing left behind after a normal run, Ctrl-C,
+SIGTERM, SIGHUP, a second signal, or SIGKILL."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +22,7 @@ import pytest
 from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.session import PostgresDatabase
+    from pytest_llmtrace.services.postgres import PostgresDatabase
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,13 +42,17 @@ def _postgres_of(pgdata_prefix: str) -> list[psutil.Process]:
 
 
 @pytest.fixture(autouse=True)
-def own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def own_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The inner runs' TMPDIR: their temp dirs and run records land here, so the leak checks below see only what
-    these runs left, even while another pytest run (a CI job, a second terminal) uses the machine's /tmp."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    these runs left, even while another pytest run (a CI job, a second terminal) uses the machine's /tmp.
+
+    Made outside pytest's basetemp: run as root, embedded Postgres opens its data folder's parents to its own system
+    user, and every pytest that starts on the machine closes /tmp/pytest-of-root again (initdb then fails with
+    "Permission denied" when sessions run side by side)."""
+    tmp = Path(tempfile.mkdtemp(prefix="pytest-llmtrace-test-"))
     monkeypatch.setenv("TMPDIR", str(tmp))
-    return tmp
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _leftovers(before: set[str]) -> set[str]:
@@ -104,11 +111,85 @@ def test_a_misspelled_backend_is_a_usage_error_with_the_near_miss(pytester: pyte
     result.stderr.fnmatch_lines(
         [
             "ERROR: --llmtrace-postgres: 'embeded' is not a valid postgres setting; use auto, docker, embedded, "
-            "or a URL (postgresql://..., postgres://...). Did you mean 'embedded'?"
+            "or a URL (postgresql://..., postgres://...); did you mean 'embedded'?"
         ]
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "Traceback" not in result.stderr.str()
+
+
+TEAM_BACKEND = """
+import os
+import time
+
+from pytest_llmtrace import BackendContext, Endpoint, register_backend
+
+
+class TeamPostgres:
+    \"\"\"The team's shared server: its DSN comes from the team's own variable.\"\"\"
+
+    def __init__(self, context: BackendContext) -> None:
+        self.url = os.environ["TEAM_PG_URL"]
+
+    def start(self) -> Endpoint:
+        return Endpoint.from_url("postgres", "team", self.url, started=time.monotonic())
+
+    def stop(self) -> None:
+        print("TEAM POSTGRES RELEASED")
+
+
+register_backend("postgres", "team", TeamPostgres)
+"""
+
+
+def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_session(
+    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_llmtrace.services.postgres import database_url
+
+    _project(pytester)
+    pytester.makeconftest(TEAM_BACKEND)
+    pytester.makepyfile(
+        """
+        import os
+        import psycopg2
+
+        def test_team(llmtrace_postgres):
+            assert llmtrace_postgres.backend == "team"
+            with psycopg2.connect(os.environ["DB_URI"]) as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM customers")
+                assert cur.fetchone() == (300,)
+        """
+    )
+    monkeypatch.setenv("TEAM_PG_URL", database_url(llmtrace_postgres.endpoint.url, "postgres"))
+    result = pytester.runpytest_subprocess("--llmtrace-postgres=team", "-s")
+    result.stdout.fnmatch_lines(["llmtrace postgres: team (from --llmtrace-postgres)", "*TEAM POSTGRES RELEASED*"])
+    result.assert_outcomes(passed=1)
+
+    typo = pytester.runpytest_subprocess("--llmtrace-postgres=taem")
+    typo.stderr.fnmatch_lines(
+        [
+            "ERROR: --llmtrace-postgres: 'taem' is not a valid postgres setting; use auto, docker, embedded, team, "
+            "or a URL (postgresql://..., postgres://...); did you mean 'team'?"
+        ]
+    )
+    assert typo.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_run_folder_that_is_not_the_users_own_stops_the_run(
+    pytester: pytest.Pytester, own_tmpdir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (own_tmpdir / f"pytest-llmtrace-{os.getuid()}").symlink_to(elsewhere)
+    _project(pytester)
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess()
+    result.stderr.fnmatch_lines(
+        [f"ERROR: pytest-llmtrace: {own_tmpdir}/pytest-llmtrace-{os.getuid()} is a symlink (to {elsewhere}), *"]
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_embedded_postgres_gives_a_read_only_app_dsn_and_a_writable_owner_dsn(
@@ -226,66 +307,147 @@ def test_xdist_workers_share_one_server_and_get_their_own_databases(
     assert _leftovers(tmp_before) == set()
 
 
-def _run_until(pytester: pytest.Pytester, marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    """Start pytest, read its output until ``marker`` appears; the test then sleeps so the run can be interrupted."""
+# A detached embedded Postgres (unix socket) and a stand-in `ollama serve` (TCP port), each in its own process group:
+# neither dies with pytest, so only the plugin's clean-up (or the next run's) can stop them. The test says where they
+# are in a file, since xdist workers' output does not reach the terminal while they run.
+SLEEPER = """
+import pathlib
+import time
+
+import pytest
+
+@pytest.mark.parametrize("i", range(2))
+def test_sleeps(llmtrace_postgres, llmtrace_ollama, i):
+    servers = f"{llmtrace_postgres.endpoint.extra['pgdata']} {llmtrace_ollama.port}"
+    pathlib.Path("servers.txt").write_text(servers)
+    time.sleep(60)
+"""
+
+SLOW_TEARDOWN = """
+import pathlib
+import time
+
+import pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def slow_teardown():
+    yield
+    pathlib.Path("teardown.txt").write_text("started")
+    time.sleep(600)
+"""
+
+
+def _project_with_servers(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The project, a stand-in `ollama` first on PATH, the sleeping test, and the options that pick both servers."""
+    _project(pytester)
+    pytester.path.joinpath("fixtures", "Modelfile").write_text("FROM ./model.gguf\n")
+    bin_dir = pytester.path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ollama"
+    fake.write_text(f"#!{sys.executable}\n" + (REPO / "tests" / "data" / "fake_ollama.py").read_text())
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_OLLAMA_HAS", "qwen-sql-prod")
+    monkeypatch.setenv("LLMTRACE_OLLAMA_MODELS", str(pytester.path / "models"))
+    pytester.makepyfile(SLEEPER)
+    return ["--llmtrace-postgres=embedded", "--llmtrace-ollama=binary"]
+
+
+def _start_and_wait(pytester: pytest.Pytester, *args: str) -> tuple[subprocess.Popen[str], str, int]:
+    """Start pytest and wait until its test sleeps with both servers up; returns the run, the pgdata and the port."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", *args],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=pytester.path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
-    assert proc.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if marker in line:
-            return proc, seen
-    proc.kill()
-    raise AssertionError("pytest never reached the marker:\n" + "".join(seen))
-
-
-SLEEPER = """
-import time
-
-def test_sleeps(llmtrace_postgres):
-    print("PGDATA", llmtrace_postgres.endpoint.extra["pgdata"], flush=True)
-    time.sleep(60)
-"""
-
-
-def test_ctrl_c_stops_the_server_and_removes_its_files(pytester: pytest.Pytester, tmp_before: set[str]) -> None:
-    _project(pytester)
-    pytester.makepyfile(SLEEPER)
-    proc, seen = _run_until(pytester, "PGDATA", "--llmtrace-postgres=embedded")
-    pgdata = seen[-1].split()[-1]
+    _wait_for(proc, pytester.path / "servers.txt")
+    pgdata, port = (pytester.path / "servers.txt").read_text().split()
     assert _postgres_of(pgdata), "the server should be running while the test sleeps"
-    os.killpg(proc.pid, signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert _postgres_of(pgdata) == []
-    assert not Path(pgdata).exists()
-    assert _leftovers(tmp_before) == set()
+    return proc, pgdata, int(port)
 
 
-def test_a_killed_run_is_cleaned_up_by_the_next_run(pytester: pytest.Pytester, tmp_before: set[str]) -> None:
-    _project(pytester)
-    pytester.makepyfile(SLEEPER)
-    proc, seen = _run_until(pytester, "PGDATA", "--llmtrace-postgres=embedded")
-    pgdata = seen[-1].split()[-1]
+def _wait_for(proc: subprocess.Popen[str], path: Path) -> None:
+    deadline = time.monotonic() + 180
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not path.exists():
+        proc.kill()
+        raise AssertionError(f"pytest never wrote {path.name}:\n{proc.communicate()[0]}")
+
+
+def _left_behind(pytester: pytest.Pytester, tmp_before: set[str], port: int) -> list[str]:
+    """Every process, port, temp folder and run record the inner runs left, one line each (none after a clean-up)."""
+    roots = (os.environ["TMPDIR"], str(pytester.path))  # Postgres runs in the first, the stand-in from the second
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if any(root in cmdline for root in roots):
+            found.append(f"process {proc.info['pid']}: {cmdline}")
+    for conn in psutil.net_connections("inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            found.append(f"port {port} still listening (pid {conn.pid})")
+    found += [f"temp folder {name}" for name in sorted(_leftovers(tmp_before))]
+    found += [f"run record {path}" for path in _dead_owner_records()]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("signum", "xdist"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGTERM-xdist"],
+)
+def test_a_signal_stops_every_server_the_run_started_and_removes_its_files(
+    pytester: pytest.Pytester,
+    tmp_before: set[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signum: signal.Signals,
+    xdist: bool,
+) -> None:
+    """Ctrl-C, CI's SIGTERM on cancel or timeout, and SIGHUP from a closed terminal all end the run the same way;
+    under xdist the controller stops the servers its workers started."""
+    options = _project_with_servers(pytester, monkeypatch)
+    proc, _, port = _start_and_wait(pytester, *options, *(["-n", "2"] if xdist else []))
+    assert _left_behind(pytester, tmp_before, port), "while the test sleeps, the servers and their folders exist"
+    os.kill(proc.pid, signum)  # the pytest process only, as `kill PID` does: the servers get no signal of their own
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    if signum != signal.SIGINT:
+        assert f"{signum.name}: stopping the servers this run started (a second signal exits at once)" in output
+    assert _left_behind(pytester, tmp_before, port) == []
+
+
+def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
+    pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = _project_with_servers(pytester, monkeypatch)
+    pytester.makeconftest(SLOW_TEARDOWN)
+    proc, pgdata, port = _start_and_wait(pytester, *options)
+    os.kill(proc.pid, signal.SIGTERM)
+    _wait_for(proc, pytester.path / "teardown.txt")  # the first signal started the teardown, which hangs
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=60)  # far sooner than the hanging teardown's ten minutes
+    assert proc.returncode == -signal.SIGTERM
+    assert _postgres_of(pgdata), "exiting at once leaves the servers for the next run"
+    pytester.makepyfile(test_other="def test_nothing(): pass")
+    pytester.runpytest_subprocess("test_other.py").assert_outcomes(passed=1)
+    assert _left_behind(pytester, tmp_before, port) == []
+
+
+def test_a_killed_run_is_cleaned_up_by_the_next_run(
+    pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = _project_with_servers(pytester, monkeypatch)
+    proc, pgdata, port = _start_and_wait(pytester, *options)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     assert _postgres_of(pgdata), "SIGKILL gives no chance to clean up: the detached server survives it"
     # the next run, even one that starts no service, reaps what the dead run left
     pytester.makepyfile(test_other="def test_nothing(): pass")
     pytester.runpytest_subprocess("test_other.py").assert_outcomes(passed=1)
-    assert _postgres_of(pgdata) == []
-    assert not Path(pgdata).exists()
-    assert _leftovers(tmp_before) == set()
+    assert _left_behind(pytester, tmp_before, port) == []
 
 
 @pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")

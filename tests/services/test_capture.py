@@ -31,7 +31,7 @@ from pytest_llmtrace.trace.otlp import read_trace
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.base import Endpoint
-    from pytest_llmtrace.services.session import PostgresDatabase
+    from pytest_llmtrace.services.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from pytest_llmtrace.checks.sql import compare_results, execute_readonly
+from pytest_llmtrace.checks import compare_results, execute_readonly
 from pytest_llmtrace.services.postgres import (
     EmbeddedPostgres,
     clone_database,

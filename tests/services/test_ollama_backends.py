@@ -2,7 +2,8 @@
 
 The servers here are real HTTP servers: the scripted Ollama front, llama.cpp behind it, and a stand-in ``ollama``
 executable (a script that serves the front on ``OLLAMA_HOST``) so ``BinaryOllama``'s process handling, environment
-and cleanup run on machines without Ollama. The real binary and Docker are used when present and skipped otherwise.
+and cleanup run on machines without Ollama. The real binary is used when present and skipped otherwise; the Docker
+backend runs against a real engine in tests/docker/.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pytest_llmtrace.services.ollama import (
     ensure_model,
     models_dir,
 )
-from pytest_llmtrace.services.process import RunRecord
+from pytest_llmtrace.services.runs import RunRecord
 
 MODEL = "qwen-sql-prod"
 TEST_MODEL = "llmtrace-test-smollm2"  # a name no real Ollama has yet, so the backend must create it
@@ -206,20 +207,8 @@ def test_models_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp
 
 # -- binary --------------------------------------------------------------------------------------------------------
 
-FAKE_OLLAMA = """#!{python}
-# A stand-in `ollama serve`: the scripted Ollama front on OLLAMA_HOST, with the models named in FAKE_OLLAMA_HAS.
-import os, pathlib, sys, time
-from pytest_llmtrace.ollama_api import ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
-assert sys.argv[1:] == ["serve"], sys.argv
-pathlib.Path(os.environ["OLLAMA_MODELS"], "seen-by-fake-ollama").write_text(os.environ["OLLAMA_HOST"])
-host, port = os.environ["OLLAMA_HOST"].rsplit(":", 1)
-names = [n for n in os.environ.get("FAKE_OLLAMA_HAS", "").split(",") if n]
-OllamaAPIServer(ScriptedBackend({{"hi": "hello"}}, [ModelInfo(n) for n in names]), host, int(port)).start()
-print("Listening on " + os.environ["OLLAMA_HOST"], flush=True)
-while True:
-    time.sleep(1)
-"""
+# A stand-in `ollama serve` (the scripted front on OLLAMA_HOST), run by this interpreter.
+FAKE_OLLAMA = f"#!{sys.executable}\n" + (Path(__file__).parents[1] / "data" / "fake_ollama.py").read_text()
 
 
 def install_executable(directory: Path, text: str) -> Path:
@@ -270,7 +259,7 @@ def test_binary_that_exits_at_once_shows_its_log_and_leaves_nothing_behind(fake_
 def test_binary_serves_on_a_free_port_with_the_model_cache_and_stops_its_process_group(
     fake_path: Path, tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    install_executable(fake_path, FAKE_OLLAMA.format(python=sys.executable))
+    install_executable(fake_path, FAKE_OLLAMA)
     monkeypatch.setenv("FAKE_OLLAMA_HAS", MODEL)
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:11434")  # a developer's setting must not leak into the child
     service = BinaryOllama(MODEL, record=RunRecord(tmp_path), timeout=30)
@@ -293,7 +282,7 @@ def test_binary_serves_on_a_free_port_with_the_model_cache_and_stops_its_process
 def test_binary_without_the_model_shows_the_create_command_and_the_log(
     fake_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    install_executable(fake_path, FAKE_OLLAMA.format(python=sys.executable))
+    install_executable(fake_path, FAKE_OLLAMA)
     monkeypatch.delenv("FAKE_OLLAMA_HAS", raising=False)
     (tmp_path / "tiny.gguf").write_bytes(b"GGUF")
     modelfile = write_modelfile(tmp_path, "./tiny.gguf")
@@ -318,7 +307,7 @@ def test_real_ollama_binary_creates_the_model_from_the_modelfile(tmp_path: Path)
     assert created.backend == "binary"
 
 
-def _created_model_answers(service: BinaryOllama | DockerOllama) -> Endpoint:
+def _created_model_answers(service: BinaryOllama) -> Endpoint:
     """Start a real Ollama that lacks the test model: the backend must create it from the Modelfile, then serve it."""
     endpoint = service.start()
     try:
@@ -334,7 +323,7 @@ def _created_model_answers(service: BinaryOllama | DockerOllama) -> Endpoint:
 
 # -- docker --------------------------------------------------------------------------------------------------------
 
-DOCKER_OK, DOCKER_WHY = docker_available()
+DOCKER_OK = docker_available()[0]
 
 
 def test_the_docker_image_is_pinned() -> None:
@@ -351,15 +340,6 @@ def test_docker_without_a_daemon_says_so_and_names_the_fallback(tmp_path: Path) 
 
     assert caught.value.backend == "docker"
     assert caught.value.fix == "Docker is not reachable: start it or use --llmtrace-ollama=binary"
-
-
-@pytest.mark.slow
-@needs_model
-@pytest.mark.skipif(not DOCKER_OK, reason=f"Docker is not available: {DOCKER_WHY}")
-def test_docker_creates_the_model_from_the_modelfile(tmp_path: Path) -> None:
-    assert GGUF is not None
-    created = _created_model_answers(DockerOllama(TEST_MODEL, write_modelfile(tmp_path, GGUF)))
-    assert created.extra["image"] == OLLAMA_IMAGE
 
 
 def test_no_fake_ollama_outlives_the_tests() -> None:

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import TracerProvider
 
-    from pytest_llmtrace.fixtures import TestRecording
+    from pytest_llmtrace.recording import TestRecording
     from pytest_llmtrace.services.base import Endpoint
-    from pytest_llmtrace.services.session import PostgresDatabase
+    from pytest_llmtrace.services.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.slow
 

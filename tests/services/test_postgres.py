@@ -8,8 +8,10 @@ import psutil
 import psycopg2
 import pytest
 
+from pytest_llmtrace.services.base import Endpoint
 from pytest_llmtrace.services.postgres import (
     EmbeddedPostgres,
+    PostgresDatabase,
     SqlFileError,
     clone_database,
     create_template,
@@ -56,3 +58,23 @@ def test_database_url_keeps_the_socket_parameter() -> None:
     assert database_url(url, "clone_1") == "postgresql://postgres:@/clone_1?host=/tmp/x/pgdata"
     with pytest.raises(ValueError, match="must match"):
         database_url(url, 'x"; DROP DATABASE postgres; --')
+
+
+def test_a_database_and_its_server_print_no_password() -> None:
+    """pytest prints fixture values and locals in failure reports; a user's DSN may carry a password, in its user
+    part or in its query."""
+    server = "postgresql://admin:s3cret@db.example:5432/postgres?sslmode=require&sslpassword=k3y"
+    endpoint = Endpoint.from_url("postgres", "url", server, started=0.0)
+    database = PostgresDatabase(
+        endpoint=endpoint,
+        url=database_url(server, "llmtrace_main_1"),
+        reader_url="postgresql://llmtrace_reader:r3ader@db.example:5432/llmtrace_main_1?password=r3ader",
+        database="llmtrace_main_1",
+        template="llmtrace_tpl_0",
+    )
+    shown = "\n".join([repr(database), repr(endpoint), str(endpoint), repr([database])])
+    for secret in ("s3cret", "k3y", "r3ader"):
+        assert secret not in shown
+    assert "url='postgresql://admin:***@db.example:5432/llmtrace_main_1?sslmode=require&sslpassword=***'" in shown
+    assert "reader_url='postgresql://llmtrace_reader:***@db.example:5432/llmtrace_main_1?password=***'" in shown
+    assert str(endpoint).startswith("postgres (url) at postgresql://admin:***@db.example:5432/postgres?")

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pytest_llmtrace.checks import (
-    Violation,
     check_latency,
     check_tokens,
     compare_results,
@@ -24,6 +23,8 @@ from pytest_llmtrace.checks import (
     split_statements,
     strip_code_fences,
 )
+from pytest_llmtrace.options import UnknownName
+from pytest_llmtrace.outcome import CheckResult, Measurement
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import read_trace
 
@@ -180,7 +181,7 @@ def test_identical_results_are_equal_under_every_rule(rule: str) -> None:
 def test_bag_ignores_order_unless_it_matters() -> None:
     shuffled = [ROWS[2], ROWS[0], ROWS[1]]
     assert compare_results(ROWS, shuffled, "bag") is None
-    diff = compare_results(ROWS, shuffled, "bag", order_matters=True)
+    diff = compare_results(ROWS, shuffled, "bag", golden_sql="SELECT * FROM t ORDER BY 1")
     assert diff is not None
     assert diff.summary == "golden 3 rows, now 3 rows; rows differ in order or value from row 1"
     assert compare_results(ROWS, shuffled, "ordered") is not None
@@ -233,7 +234,7 @@ def test_tolerant_matching_scales_to_ten_thousand_drifted_rows() -> None:
 def test_bag_allows_reordered_columns_like_test_suite_accuracy() -> None:
     now = [(c, r, n) for r, n, c in ROWS]
     assert compare_results(ROWS, now, "bag") is None
-    assert compare_results(ROWS, now, "bag", order_matters=True) is None
+    assert compare_results(ROWS, now, "bag", golden_sql="SELECT * FROM t ORDER BY 1") is None
     assert compare_results(ROWS, now, "set") is not None
     assert compare_results(ROWS, now, "ordered") is not None
 
@@ -356,83 +357,116 @@ def test_latencies_of_a_golden_trace() -> None:
     assert slow["total"] >= slow["SQL"] + slow["LLM"]
 
 
+def failed(result: CheckResult) -> list[Measurement]:
+    return [m for m in result.measurements if m.status == "failed"]
+
+
 def test_slow_sql_is_a_relative_latency_violation() -> None:
     golden = read_trace(GOLDEN / "customers_by_tier.json")
     slow = read_trace(GOLDEN / "slow_higher_priced_items.json")
-    violations = check_latency(golden, slow, budgets_ms={})
-    assert [v.metric for v in violations] == ["total ms", "SQL ms", "CHAIN ms"]
+    result = check_latency(golden, slow, budgets_ms={})
+    assert result.status == "failed"
+    violations = failed(result)
+    assert [v.label for v in violations] == ["total ms", "SQL ms", "CHAIN ms"]
     sql = violations[1]
-    assert sql.check == "latency"
     assert sql.golden == pytest.approx(latencies_ms(golden)["SQL"])
     assert sql.now > 1500
-    assert sql.limit.startswith("<= golden + 50 ms (")
-    assert check_latency(slow, slow, budgets_ms={}) == []
-    assert check_latency(slow, golden, budgets_ms={}) == []  # faster is never a regression
+    assert sql.rule.startswith("<= golden + 200 ms (")  # the one latency floor: 200 ms
+    assert sql.limit == pytest.approx(latencies_ms(golden)["SQL"] + 200)
+    assert check_latency(slow, slow, budgets_ms={}).status == "passed"
+    assert check_latency(slow, golden, budgets_ms={}).status == "passed"  # faster is never a regression
 
 
 def test_tiny_durations_need_the_floor_to_be_exceeded() -> None:
     golden, now = app_trace(llm_ms=1000, sql_ms=2), app_trace(llm_ms=1000, sql_ms=40)
-    assert check_latency(golden, now, budgets_ms={}) == []  # 20x slower, but only 38 ms more
-    violations = check_latency(golden, now, budgets_ms={}, min_ms=10)
-    assert [(v.metric, v.limit) for v in violations] == [("SQL ms", "<= golden + 10 ms (12.0 ms)")]
+    assert not failed(check_latency(golden, now, budgets_ms={}))  # 20x slower, but only 38 ms more
+    violations = failed(check_latency(golden, now, budgets_ms={}, floor_ms=10))
+    assert [(v.label, v.rule) for v in violations] == [("SQL ms", "<= golden + 10 ms (12.0 ms)")]
 
 
 def test_relative_limit_is_the_tolerance_when_that_is_larger() -> None:
-    violations = check_latency(app_trace(1000, 2), app_trace(2000, 2), budgets_ms={})
-    assert [(v.metric, v.limit) for v in violations] == [
+    violations = failed(check_latency(app_trace(1000, 2), app_trace(2000, 2), budgets_ms={}))
+    assert [(v.label, v.rule) for v in violations] == [
         ("total ms", "<= 1.5x golden (1504.5 ms)"),
         ("LLM ms", "<= 1.5x golden (1500.0 ms)"),
         ("CHAIN ms", "<= 1.5x golden (1504.5 ms)"),
     ]
-    assert check_latency(app_trace(1000, 2), app_trace(2000, 2), budgets_ms={}, tolerance=2.5) == []
+    assert check_latency(app_trace(1000, 2), app_trace(2000, 2), budgets_ms={}, tolerance=2.5).status == "passed"
 
 
 def test_absolute_budgets() -> None:
     golden, now = app_trace(4000, 5), app_trace(5200, 5)
-    violations = check_latency(golden, now, budgets_ms={"llm": 5000, "Total": 8000, "SQL": None}, tolerance=2)
-    assert violations == [Violation("latency", "LLM ms", 4000.0, 5200.0, "<= 5000 ms budget")]
-    with pytest.raises(ValueError, match="unknown latency budget 'LMM'"):
+    result = check_latency(golden, now, budgets_ms={"llm": 5000, "Total": 8000, "SQL": None}, tolerance=2)
+    assert failed(result) == [
+        Measurement("LLM", "ms", 5200.0, 4000.0, "absolute", 5000, "<= 5000 ms budget", "failed"),
+    ]
+    assert [(m.label, m.basis) for m in result.measurements if m.basis == "absolute"] == [
+        ("total ms", "absolute"),
+        ("LLM ms", "absolute"),
+    ]
+    with pytest.raises(UnknownName, match="unknown latency metric 'LMM'; did you mean 'LLM'"):
         check_latency(golden, now, budgets_ms={"LMM": 1})
+
+
+def test_without_a_golden_trace_only_budgets_apply() -> None:
+    now = app_trace(4000, 5)
+    result = check_latency(None, now, budgets_ms={"LLM": 100})
+    assert [(m.label, m.basis, m.golden) for m in result.measurements] == [("LLM ms", "absolute", None)]
+    assert result.status == "failed"
+    assert check_latency(None, now, budgets_ms={}).status == "skipped"
+
+
+def test_replayed_values_are_marked_as_replayed() -> None:
+    golden, now = app_trace(1000, 5), app_trace(1000, 5)
+    sources = {m.label: m.source for m in check_latency(golden, now, budgets_ms={}, replayed=True).measurements}
+    assert sources == {"total ms": "measured", "LLM ms": "replayed", "SQL ms": "measured", "CHAIN ms": "measured"}
+    assert {m.source for m in check_tokens(golden, now, replayed=True).measurements} == {"replayed"}
+    assert {m.source for m in check_tokens(golden, now).measurements} == {"measured"}
 
 
 def test_token_counts_within_tolerance_and_maxima() -> None:
     golden = app_trace(10, 1, prompt=311, completion=44)
-    assert check_tokens(golden, app_trace(10, 1, prompt=330, completion=40)) == []
-    violations = check_tokens(golden, app_trace(10, 1, prompt=700, completion=20), max_prompt=500)
-    assert violations == [
-        Violation("tokens", "prompt tokens", 311, 700, "<= 500 max"),
-        Violation("tokens", "prompt tokens", 311, 700, "within +-10% of golden (280-342)"),
-        Violation("tokens", "completion tokens", 44, 20, "within +-10% of golden (40-48)"),
-        Violation("tokens", "total tokens", 355, 720, "within +-10% of golden (320-390)"),
+    assert check_tokens(golden, app_trace(10, 1, prompt=330, completion=40)).status == "passed"
+    result = check_tokens(golden, app_trace(10, 1, prompt=700, completion=20), maxima={"prompt": 500})
+    assert [(v.label, v.golden, v.now, v.rule) for v in failed(result)] == [
+        ("prompt tokens", 311, 700, "<= 500 max"),
+        ("prompt tokens", 311, 700, "within +-10% of golden (280-342)"),
+        ("completion tokens", 44, 20, "within +-10% of golden (40-48)"),
+        ("total tokens", 355, 720, "within +-10% of golden (320-390)"),
     ]
 
 
 def test_tokens_without_golden_counts_only_check_maxima() -> None:
     golden = app_trace(10, 1, prompt=0, completion=0)
-    assert check_tokens(golden, app_trace(10, 1, prompt=900, completion=10)) == []
-    assert [v.limit for v in check_tokens(golden, app_trace(10, 1), max_total=100)] == ["<= 100 max"]
+    result = check_tokens(golden, app_trace(10, 1, prompt=900, completion=10))
+    assert result.status == "skipped"
+    assert result.reason == "the golden trace recorded no token usage"
+    assert {(m.status, m.reason) for m in result.measurements} == {("skipped", result.reason)}
+    with_max = check_tokens(golden, app_trace(10, 1), maxima={"total": 100})
+    assert [v.rule for v in failed(with_max)] == ["<= 100 max"]
 
 
 def test_tokens_of_golden_traces() -> None:
     a = read_trace(GOLDEN / "customers_by_tier.json")
     b = read_trace(GOLDEN / "top_customers_2024.json")
-    assert check_tokens(a, a) == []
-    assert [v.metric for v in check_tokens(a, b)] == ["completion tokens", "total tokens"]  # 22 -> 63, 330 -> 372
+    assert check_tokens(a, a).status == "passed"
+    # 22 -> 63, 330 -> 372
+    assert [v.label for v in failed(check_tokens(a, b))] == ["completion tokens", "total tokens"]
 
 
 def test_format_table_is_pinned() -> None:
     table = format_table(
         [
-            Violation("latency", "LLM ms", 1.66, 5200.0, "<= 5000 ms budget"),
-            Violation("latency", "SQL ms", 7.712, 2084.31, "<= golden + 50 ms (57.7 ms)"),
-            Violation("tokens", "prompt tokens", 311, 700, "within +-10% of golden (280-342)"),
-            Violation("tokens", "total tokens", None, 1200, "<= 1000 max"),
+            Measurement("LLM", "ms", 5200.0, 1.66, "absolute", 5000, "<= 5000 ms budget", "failed"),
+            Measurement("SQL", "ms", 2084.31, 7.712, "relative", 207.7, "<= golden + 200 ms (207.7 ms)", "failed"),
+            Measurement("prompt", "tokens", 700, 311, "relative", 342, "within +-10% of golden (280-342)", "failed"),
+            Measurement("total", "tokens", 1200, None, "absolute", 1000, "<= 1000 max", "failed"),
         ]
     )
     assert table == (
         "metric        | golden | now    | limit\n"
         "LLM ms        |    1.7 | 5200.0 | <= 5000 ms budget\n"
-        "SQL ms        |    7.7 | 2084.3 | <= golden + 50 ms (57.7 ms)\n"
+        "SQL ms        |    7.7 | 2084.3 | <= golden + 200 ms (207.7 ms)\n"
         "prompt tokens |    311 |    700 | within +-10% of golden (280-342)\n"
         "total tokens  |      - |   1200 | <= 1000 max"
     )

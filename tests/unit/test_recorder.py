@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracerProvider
 
 from pytest_llmtrace.errors import RecordingError
-from pytest_llmtrace.recording import Recorder, _OverrideRefusedHandler, describe_provider, open_spans_message
+from pytest_llmtrace.recorder import OverrideRefusedHandler, Recorder, describe_provider, open_spans_message
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def refused_record() -> logging.LogRecord:
 
 
 def test_refused_override_is_a_problem_until_the_provider_is_attached(recorder: Recorder) -> None:
-    handler = _OverrideRefusedHandler(recorder)
+    handler = OverrideRefusedHandler(recorder)
     handler.handle(refused_record())  # between tests: carried over to the next one
     window = recorder.begin("t")
     problem = recorder.problem(window)
@@ -159,7 +159,7 @@ def test_refused_override_is_a_problem_until_the_provider_is_attached(recorder: 
 def test_other_log_lines_are_not_mistaken_for_a_refusal(recorder: Recorder) -> None:
     record = refused_record()
     record.msg = "something else"
-    _OverrideRefusedHandler(recorder).handle(record)
+    OverrideRefusedHandler(recorder).handle(record)
     assert recorder.problem(recorder.begin("t")) is None
 
 

@@ -2,31 +2,37 @@
 
 ``auto`` prefers what the user pointed at, then Docker (closest to production), then what runs in-process. The app's
 own variables (DB_URI, OLLAMA_HOST, PHOENIX_COLLECTOR_ENDPOINT) usually point at production, so ``auto`` uses them
-only when the user opts in with ``llmtrace_use_app_env = yes``.
+only when the user opts in with ``llmtrace_use_app_env = yes``. Any other value names a backend (a built-in one or
+one registered with ``register_backend``) or is the URL of a server the user runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_llmtrace.errors import did_you_mean
 from pytest_llmtrace.services.base import redact_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from pytest_llmtrace.settings import Resolved
 
+__all__ = ["APP_ENV", "IMPLICIT_BACKENDS", "Choice", "Probes", "check_setting", "choose"]
+
 # The variable each service's application reads; the session sets it, and ``use_app_env`` may read it.
 APP_ENV = {"postgres": "DB_URI", "ollama": "OLLAMA_HOST", "phoenix": "PHOENIX_COLLECTOR_ENDPOINT"}
+# Backends chosen by what the user gives rather than by name: a URL value means ``url``, replay mode means ``replay``.
+IMPLICIT_BACKENDS = frozenset({"url", "replay"})
 
 
 @dataclass(frozen=True)
 class Choice:
     service: str
-    backend: str  # docker | embedded | binary | url | replay
+    backend: str  # docker | embedded | binary | url | replay, or a name registered with register_backend
     url: str | None
     why: str  # for the report header: "auto: Docker did not answer (...)", "--llmtrace-postgres", ...
 
@@ -86,4 +92,28 @@ def choose(
         "fix one of: start Docker; install Ollama; put the GGUF file where the Modelfile's FROM line says; "
         "point at a server with --llmtrace-ollama=http://host:11434; or replay recorded answers with "
         "--llmtrace-mode=replay"
+    )
+
+
+def check_setting(service: str, setting: Resolved, names: Iterable[str], url_schemes: Iterable[str]) -> Resolved:
+    """``setting`` with a backend name lower-cased, once it is known to be ``auto``, a backend in ``names`` or a URL
+    of one of ``url_schemes``; anything else is a ``pytest.UsageError`` naming where it came from and the near miss.
+
+    Checked once when the run is configured, so a typo stops the run before the first test, not at the first test
+    that needs the service. Names come from the backend registry, so a registered backend is accepted like a
+    built-in one.
+    """
+    value = setting.value.strip()
+    schemes = tuple(url_schemes)
+    selectable = ["auto", *sorted(set(names) - IMPLICIT_BACKENDS)]
+    if "://" in value:
+        if value.split("://", 1)[0].lower() in schemes:
+            return replace(setting, value=value)
+    elif value.lower() in selectable:
+        return replace(setting, value=value.lower())
+    options = ", ".join(selectable) + ", or a URL (" + ", ".join(f"{scheme}://..." for scheme in schemes) + ")"
+    hint = did_you_mean(value.lower(), selectable) if "://" not in value else ""
+    raise pytest.UsageError(
+        f"{setting.origin}: {redact_url(value)!r} is not a valid {service} setting; use {options}"
+        + (f"; {hint}" if hint else "")
     )

@@ -1,288 +1,38 @@
-"""Running model-written SQL safely and deciding whether two query results mean the same thing.
+"""Whether two query results mean the same thing, following the published text-to-SQL metrics.
 
-A regression check replays the golden SQL and the model's new SQL against the same fixture database and compares
-what came back. Both statements are untrusted text from a language model, so execution is locked down: a read-only
-transaction with a statement timeout, always rolled back, on a connection closed before returning. Comparison
-follows the published text-to-SQL metrics (test-suite accuracy, BIRD's execution accuracy) so that a failing test
-means what people who evaluate text-to-SQL already expect it to mean.
+Comparison follows test-suite accuracy and BIRD's execution accuracy, so that a failing test means what people who
+evaluate text-to-SQL already expect it to mean. Rows are normalized first, so raw driver rows and rows read back
+from a snapshot file compare alike.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import datetime as dt
 import itertools
 import json
 import math
-import re
-import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
+
+from pytest_llmtrace.checks.sql_text import has_top_level_order_by
+from pytest_llmtrace.options import RESULT_MATCH, ResultMatch
+from pytest_llmtrace.outcome import CheckResult, SqlOutcome
 
 __all__ = [
     "CompareRule",
     "ResultDiff",
-    "SqlOutcome",
+    "check_results",
     "compare_results",
-    "execute_readonly",
-    "has_top_level_order_by",
     "normalize_value",
-    "split_statements",
-    "strip_code_fences",
+    "row_order_matters",
 ]
 
-CompareRule = Literal["bag", "set", "ordered", "none"]
-
-# -- answers and statements -------------------------------------------------------------------------------------------
-
-# A language tag is only taken as one when it is a known SQL tag or ends the fence line: in "```SELECT 1```" the first
-# word is SQL, not a language.
-_FENCE = re.compile(
-    r"```[ \t]*(?:(?:sql|postgresql|postgres|pgsql|psql|plpgsql)\b|[\w+.-]*(?=[ \t]*\r?\n))?(.*?)```",
-    re.DOTALL | re.IGNORECASE,
-)
-_OPEN_FENCE = re.compile(r"^\s*```[^\n]*\n?")
-
-
-def strip_code_fences(text: str) -> str:
-    """The SQL inside the first Markdown code fence, else the whole text, trimmed.
-
-    Small models wrap SQL in fences despite being told not to, sometimes with a sentence around it. Taking the first
-    fenced block matches what the reference gateway executes. An opening fence without a closing one (an answer cut
-    off at the token limit) still loses its fence line, so the SQL is not rejected for a Markdown artifact.
-    """
-    match = _FENCE.search(text)
-    if match:
-        return match.group(1).strip()
-    return _OPEN_FENCE.sub("", text, count=1).strip()
-
-
-@dataclass(frozen=True)
-class _Token:
-    kind: Literal["word", "punct", "literal"]
-    text: str
-    depth: int  # parenthesis depth before the token
-    start: int
-
-
-_DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
-
-
-def _tokens(sql: str) -> Iterator[_Token]:
-    """Words, punctuation and literals outside comments, with their paren depth; literals are opaque.
-
-    Not a parser: just enough of PostgreSQL's lexical rules (standard and E'' strings, quoted identifiers, dollar
-    quoting, nested block comments) that a keyword or semicolon inside a literal or comment is never taken for SQL.
-    """
-    i, n, depth = 0, len(sql), 0
-    while i < n:
-        c = sql[i]
-        start = i
-        if c.isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            level, i = 1, i + 2
-            while i < n and level:
-                if sql.startswith("/*", i):
-                    level, i = level + 1, i + 2
-                elif sql.startswith("*/", i):
-                    level, i = level - 1, i + 2
-                else:
-                    i += 1
-        elif c in "'\"":
-            i = _skip_quoted(sql, i, c, backslash=False)
-            yield _Token("literal", sql[start:i], depth, start)
-        elif c == "$" and (m := _DOLLAR_TAG.match(sql, i)):
-            close = sql.find(m.group(0), m.end())
-            i = n if close < 0 else close + len(m.group(0))
-            yield _Token("literal", sql[start:i], depth, start)
-        elif c.isalpha() or c == "_":
-            while i < n and (sql[i].isalnum() or sql[i] in "_$"):
-                i += 1
-            if i - start == 1 and c in "eE" and i < n and sql[i] == "'":
-                i = _skip_quoted(sql, i, "'", backslash=True)
-                yield _Token("literal", sql[start:i], depth, start)
-            else:
-                yield _Token("word", sql[start:i].upper(), depth, start)
-        else:
-            if c == ")":
-                depth = max(depth - 1, 0)
-            yield _Token("punct", c, depth, start)
-            if c == "(":
-                depth += 1
-            i += 1
-
-
-def _skip_quoted(sql: str, i: int, quote: str, *, backslash: bool) -> int:
-    """Index after the literal starting at ``i``; a doubled quote (and in E'' strings a backslash) escapes."""
-    i += 1
-    n = len(sql)
-    while i < n:
-        c = sql[i]
-        if backslash and c == "\\":
-            i += 2
-        elif c == quote:
-            if i + 1 < n and sql[i + 1] == quote:
-                i += 2
-            else:
-                return i + 1
-        else:
-            i += 1
-    return n
-
-
-def split_statements(sql: str) -> list[str]:
-    """The statements in ``sql``, split at semicolons outside literals and comments; empty statements are dropped.
-
-    A statement that holds only comments is empty too, so ``SELECT 1; -- done`` is one statement.
-    """
-    statements: list[str] = []
-    start = 0
-    has_code = False
-    for token in _tokens(sql):
-        if token.kind == "punct" and token.text == ";":
-            if has_code:
-                statements.append(sql[start : token.start].strip())
-            start, has_code = token.start + 1, False
-        else:
-            has_code = True
-    if has_code:
-        statements.append(sql[start:].strip())
-    return statements
-
-
-def has_top_level_order_by(sql: str) -> bool:
-    """Whether the outer query is ordered: ORDER BY outside parentheses, literals and comments.
-
-    Test-suite accuracy compares rows in order only when the gold query orders them; an ORDER BY inside a subquery,
-    a window (``OVER (ORDER BY ...)``) or an aggregate (``string_agg(x, ',' ORDER BY x)``) does not order the result.
-    """
-    previous: _Token | None = None
-    for token in _tokens(sql):
-        if (
-            token.kind == "word"
-            and token.text == "BY"
-            and token.depth == 0
-            and previous is not None
-            and previous.kind == "word"
-            and previous.text == "ORDER"
-            and previous.depth == 0
-        ):
-            return True
-        previous = token
-    return False
-
-
-# -- execution --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SqlOutcome:
-    """What one statement did. ``row_count`` counts the rows returned here (at most ``max_rows``); when
-    ``truncated`` is true the query produced more, and comparing truncated results would compare prefixes."""
-
-    ok: bool
-    columns: tuple[str, ...]
-    rows: tuple[tuple[Any, ...], ...]
-    row_count: int
-    truncated: bool
-    error: str | None
-    sqlstate: str | None
-    elapsed_ms: float
-
-
-# Errors that DECLARE CURSOR raises for statements that are not plain queries (DML, EXPLAIN, SHOW, data-modifying
-# WITH): those are run again without a cursor, so the error reported is the statement's own (25006 for a DELETE).
-_NOT_A_CURSOR_QUERY = frozenset({"42601", "0A000"})
-_CURSOR = "llmtrace_readonly"
-
-
-def execute_readonly(dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: int = 10_000) -> SqlOutcome:
-    """Run one untrusted statement and report what happened; SQL errors are outcomes, connection errors raise.
-
-    Safety does not depend on the role behind ``dsn``: the transaction is started READ ONLY (a write fails with
-    SQLSTATE 25006), ``SET LOCAL statement_timeout`` cancels a runaway query (57014), the transaction is rolled back
-    even on success (so volatile functions leave nothing either), and the connection is always closed.
-
-    More than one statement is refused without running anything: inside a string of statements, ``COMMIT;`` or
-    ``ROLLBACK;`` would end the read-only transaction and let the rest run in a new, writable one, and ``SET
-    TRANSACTION READ WRITE`` before the first query would lift it. The model was asked for exactly one statement, so
-    a refusal is also the honest result. Trailing semicolons and comments are fine. Refusals and an empty answer
-    come back with ``sqlstate=None``: Postgres never saw them.
-
-    Queries run through a server-side cursor so that at most ``max_rows + 1`` rows ever reach this process: a cross
-    join the model wrote by mistake must not fill memory. ``cursor_tuple_fraction = 1`` makes the planner choose the
-    plan it would choose without a cursor, so rows come back as the application saw them. ``elapsed_ms`` covers
-    executing and fetching, not connecting.
-    """
-    import psycopg2
-
-    if timeout_ms < 1 or max_rows < 0:  # statement_timeout = 0 would mean no timeout at all
-        raise ValueError(f"need timeout_ms >= 1 and max_rows >= 0, got timeout_ms={timeout_ms}, max_rows={max_rows}")
-    statements = split_statements(sql)
-    if len(statements) != 1:
-        problem = "no SQL statement" if not statements else f"{len(statements)} statements; expected exactly one"
-        return SqlOutcome(False, (), (), 0, False, problem, None, 0.0)
-
-    conn = psycopg2.connect(dsn, connect_timeout=10, application_name="pytest-llmtrace")
-    try:
-        conn.autocommit = True  # transactions are spelled out below, so nothing depends on psycopg2's defaults
-        with conn.cursor() as cur:
-            cur.execute("BEGIN TRANSACTION READ ONLY")
-            cur.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-            cur.execute("SET LOCAL cursor_tuple_fraction = 1")
-            started = time.perf_counter()
-            try:
-                columns, raw, truncated = _run(cur, statements[0], max_rows)
-            except psycopg2.Error as exc:
-                elapsed = (time.perf_counter() - started) * 1000
-                return SqlOutcome(False, (), (), 0, False, _message(exc), exc.pgcode, elapsed)
-            finally:
-                with contextlib.suppress(psycopg2.Error):  # a dead connection has no transaction left to end
-                    cur.execute("ROLLBACK")
-            elapsed = (time.perf_counter() - started) * 1000
-    finally:
-        conn.close()
-    rows = tuple(tuple(normalize_value(v) for v in row) for row in raw)
-    return SqlOutcome(True, columns, rows, len(rows), truncated, None, None, elapsed)
-
-
-def _run(cur: Any, statement: str, max_rows: int) -> tuple[tuple[str, ...], list[tuple[Any, ...]], bool]:
-    import psycopg2
-
-    cur.execute("SAVEPOINT llmtrace_declare")
-    try:
-        cur.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {statement}")
-    except psycopg2.Error as exc:
-        if exc.pgcode not in _NOT_A_CURSOR_QUERY:
-            raise
-        cur.execute("ROLLBACK TO SAVEPOINT llmtrace_declare")
-        cur.execute(statement)
-        rows = cur.fetchmany(max_rows + 1) if cur.description is not None else []
-    else:
-        cur.execute(f"FETCH FORWARD {int(max_rows) + 1} FROM {_CURSOR}")
-        rows = cur.fetchall()
-    columns = tuple(column.name for column in cur.description or ())
-    truncated = len(rows) > max_rows
-    return columns, [tuple(r) for r in rows[:max_rows]], truncated
-
-
-def _message(exc: Any) -> str:
-    """Postgres's primary message (no ``ERROR:`` prefix, no ``LINE 1:`` context), as the application logs it."""
-    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
-    if primary:
-        return str(primary)
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
+CompareRule = ResultMatch
 
 # -- values -----------------------------------------------------------------------------------------------------------
 
@@ -377,20 +127,36 @@ def _format_row(row: Sequence[Any], width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def row_order_matters(rule: ResultMatch, golden_sql: str | None) -> bool:
+    """Whether rows must come in the golden order: the one rule the results check and the snapshot both use.
+
+    - ``ordered``: always.
+    - ``bag``: only when the golden SQL orders its outer query (a top-level ORDER BY), as test-suite accuracy
+      (Zhong et al. 2020) does: without one, the database may return rows in any order and both are right.
+    - ``set``: never (BIRD's execution accuracy compares sets).
+    - ``none``: rows are not compared at all.
+    """
+    if rule == "ordered":
+        return True
+    if rule == "bag":
+        return golden_sql is not None and has_top_level_order_by(golden_sql)
+    return False
+
+
 def compare_results(
     golden: Sequence[Sequence[Any]],
     now: Sequence[Sequence[Any]],
-    rule: Literal["bag", "set", "ordered", "none"],
+    rule: ResultMatch,
     *,
-    order_matters: bool = False,
+    golden_sql: str | None = None,
     rel_tol: float = 1e-6,
     abs_tol: float = 1e-9,
 ) -> ResultDiff | None:
     """``None`` when ``now`` is an equivalent result to ``golden`` under ``rule``, else what differs.
 
-    - ``bag``: test-suite accuracy (Zhong et al. 2020): rows as a multiset, in order only if ``order_matters`` (pass
-      ``has_top_level_order_by(golden_sql)``). As there, columns may come in another order: ``SELECT count(*), tier``
-      answers the same question as ``SELECT tier, count(*)``.
+    - ``bag``: test-suite accuracy: rows as a multiset, in order only if ``row_order_matters`` says so for
+      ``golden_sql``. As there, columns may come in another order: ``SELECT count(*), tier`` answers the same
+      question as ``SELECT tier, count(*)``.
     - ``set``: BIRD's execution accuracy: ``set(golden) == set(now)``; duplicates and order are ignored, columns not.
     - ``ordered``: the same rows in the same order.
     - ``none``: always equivalent (the check is off, but the rows are still recorded).
@@ -402,22 +168,48 @@ def compare_results(
     non-numeric values whose first number lies within the tolerance window (found by bisection). Greedy matching
     could pair wrongly only if two distinct rows were themselves within the tolerance of each other.
     """
+    if rule not in RESULT_MATCH:
+        raise ValueError(f"unknown comparison rule {rule!r}; expected one of {', '.join(RESULT_MATCH)}")
+    if rule == "none":
+        return None
     g = [_row(r) for r in golden]
     n = [_row(r) for r in now]
     g_cols = len(g[0]) if g else 0
     n_cols = len(n[0]) if n else 0
-    if rule == "none":
-        return None
     if g and n and g_cols != n_cols:
         return ResultDiff(rule, len(g), len(n), g_cols, n_cols)
     tol = _Tolerance(rel_tol, abs_tol)
-    if rule == "ordered" or (rule == "bag" and order_matters):
+    if row_order_matters(rule, golden_sql):
         return _compare_ordered(rule, g, n, tol, permute=rule == "bag")
     if rule == "set":
         return _compare_set(g, n, tol)
-    if rule == "bag":
-        return _compare_bag(g, n, tol)
-    raise ValueError(f"unknown comparison rule {rule!r}; expected one of bag, set, ordered, none")
+    return _compare_bag(g, n, tol)
+
+
+def check_results(
+    result: SqlOutcome | None,
+    golden_result: Mapping[str, Any] | None,
+    rule: ResultMatch,
+    *,
+    golden_sql: str | None,
+) -> CheckResult:
+    """The ``results`` check: the rows now against the rows the snapshot holds for the golden SQL.
+
+    ``golden_result`` is the snapshot's ``result`` entry; without rows there (no snapshot yet, or a digest of a large
+    result) the check is skipped and the snapshot check reports what is missing.
+    """
+    if rule == "none":
+        return CheckResult("results", "skipped", "result_match is none")
+    if result is None or not result.ok:
+        return CheckResult("results", "skipped", "the SQL did not execute")
+    if golden_result is None or "rows" not in golden_result:
+        return CheckResult("results", "skipped", "the snapshot holds no golden rows to compare with")
+    diff = compare_results(golden_result["rows"], result.rows, rule, golden_sql=golden_sql)
+    if diff is None:
+        return CheckResult("results", "passed")
+    return CheckResult(
+        "results", "failed", f"the rows differ from the snapshot ({rule}): {diff.summary}", details=tuple(diff.lines())
+    )
 
 
 def _row(row: Sequence[Any]) -> Row:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmtrace.services.select import Choice, Probes, choose
+from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
 from pytest_llmtrace.settings import Resolved
 
 AUTO = Resolved("auto", "default")
@@ -66,3 +66,42 @@ def test_ollama_with_nothing_available_lists_every_way_out() -> None:
     assert "an `ollama` executable: not on PATH" in message
     assert "the Modelfile's GGUF /m/q.gguf does not exist" in message
     assert "--llmtrace-ollama=http://host:11434" in message
+
+
+NAMES = ("docker", "embedded", "url", "team")
+PG_SCHEMES = ("postgresql", "postgres")
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("auto", "auto"), ("Embedded", "embedded"), ("team", "team"), ("postgresql://db/x", "postgresql://db/x")],
+)
+def test_auto_a_registered_name_or_a_url_of_the_service_pass_the_check(given: str, kept: str) -> None:
+    setting = Resolved(given, "command line", "--llmtrace-postgres")
+    assert check_setting("postgres", setting, NAMES, PG_SCHEMES) == Resolved(
+        kept, "command line", "--llmtrace-postgres"
+    )
+
+
+def test_a_misspelled_backend_names_where_it_came_from_every_valid_name_and_the_near_miss() -> None:
+    with pytest.raises(pytest.UsageError) as caught:
+        check_setting("postgres", Resolved("tema", "ini", "ini llmtrace_postgres"), NAMES, PG_SCHEMES)
+    assert str(caught.value) == (
+        "ini llmtrace_postgres: 'tema' is not a valid postgres setting; use auto, docker, embedded, team, or a URL "
+        "(postgresql://..., postgres://...); did you mean 'team'?"
+    )
+
+
+@pytest.mark.parametrize("given", ["url", "replay"])
+def test_url_and_replay_are_chosen_by_a_url_and_by_replay_mode_not_by_name(given: str) -> None:
+    with pytest.raises(pytest.UsageError, match="is not a valid ollama setting"):
+        check_setting("ollama", Resolved(given, "environment", "LLMTRACE_OLLAMA"), ("url", "replay", "docker"), ())
+
+
+def test_a_url_of_another_kind_is_refused_without_printing_its_password() -> None:
+    with pytest.raises(pytest.UsageError) as caught:
+        check_setting(
+            "postgres", Resolved("mysql://me:hunter2@db/x", "environment", "LLMTRACE_POSTGRES"), NAMES, PG_SCHEMES
+        )
+    assert "'mysql://me:***@db/x' is not a valid postgres setting" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

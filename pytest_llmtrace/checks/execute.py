@@ -1,0 +1,133 @@
+"""Running model-written SQL safely: read-only, bounded, always rolled back, connection always closed.
+
+The SQL is untrusted text from a language model, so safety does not depend on the role it runs as (see
+``execute_readonly``). A connection that cannot be made is an outcome like any SQL error (``execute_untrusted``):
+a case fails saying so, not with the driver's traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from pytest_llmtrace.checks.results import normalize_value
+from pytest_llmtrace.checks.sql_text import split_statements
+from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.outcome import CheckResult, SqlOutcome
+
+__all__ = ["check_sql", "execute_readonly", "execute_untrusted"]
+
+
+# Errors that DECLARE CURSOR raises for statements that are not plain queries (DML, EXPLAIN, SHOW, data-modifying
+# WITH): those are run again without a cursor, so the error reported is the statement's own (25006 for a DELETE).
+_NOT_A_CURSOR_QUERY = frozenset({"42601", "0A000"})
+_CURSOR = "llmtrace_readonly"
+
+
+def execute_readonly(dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: int = 10_000) -> SqlOutcome:
+    """Run one untrusted statement and report what happened; SQL errors are outcomes, connection errors raise.
+
+    Safety does not depend on the role behind ``dsn``: the transaction is started READ ONLY (a write fails with
+    SQLSTATE 25006), ``SET LOCAL statement_timeout`` cancels a runaway query (57014), the transaction is rolled back
+    even on success (so volatile functions leave nothing either), and the connection is always closed.
+
+    More than one statement is refused without running anything: inside a string of statements, ``COMMIT;`` or
+    ``ROLLBACK;`` would end the read-only transaction and let the rest run in a new, writable one, and ``SET
+    TRANSACTION READ WRITE`` before the first query would lift it. The model was asked for exactly one statement, so
+    a refusal is also the honest result. Trailing semicolons and comments are fine. Refusals and an empty answer
+    come back with ``sqlstate=None``: Postgres never saw them.
+
+    Queries run through a server-side cursor so that at most ``max_rows + 1`` rows ever reach this process: a cross
+    join the model wrote by mistake must not fill memory. ``cursor_tuple_fraction = 1`` makes the planner choose the
+    plan it would choose without a cursor, so rows come back as the application saw them. ``elapsed_ms`` covers
+    executing and fetching, not connecting.
+    """
+    import psycopg2  # a C extension with libpq: loaded when a case first executes SQL, not when pytest starts
+
+    if timeout_ms < 1 or max_rows < 0:  # statement_timeout = 0 would mean no timeout at all
+        raise ValueError(f"need timeout_ms >= 1 and max_rows >= 0, got timeout_ms={timeout_ms}, max_rows={max_rows}")
+    statements = split_statements(sql)
+    if len(statements) != 1:
+        problem = "no SQL statement" if not statements else f"{len(statements)} statements; expected exactly one"
+        return SqlOutcome(False, (), (), 0, False, problem, None, 0.0)
+
+    conn = psycopg2.connect(dsn, connect_timeout=10, application_name="pytest-llmtrace")
+    try:
+        conn.autocommit = True  # transactions are spelled out below, so nothing depends on psycopg2's defaults
+        with conn.cursor() as cur:
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            cur.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            cur.execute("SET LOCAL cursor_tuple_fraction = 1")
+            started = time.perf_counter()
+            try:
+                columns, raw, truncated = _run(cur, statements[0], max_rows)
+            except psycopg2.Error as exc:
+                elapsed = (time.perf_counter() - started) * 1000
+                return SqlOutcome(False, (), (), 0, False, _message(exc), exc.pgcode, elapsed)
+            finally:
+                with contextlib.suppress(psycopg2.Error):  # a dead connection has no transaction left to end
+                    cur.execute("ROLLBACK")
+            elapsed = (time.perf_counter() - started) * 1000
+    finally:
+        conn.close()
+    rows = tuple(tuple(normalize_value(v) for v in row) for row in raw)
+    return SqlOutcome(True, columns, rows, len(rows), truncated, None, None, elapsed)
+
+
+def _run(cur: Any, statement: str, max_rows: int) -> tuple[tuple[str, ...], list[tuple[Any, ...]], bool]:
+    import psycopg2  # already loaded by execute_readonly; imported here for its exception type
+
+    cur.execute("SAVEPOINT llmtrace_declare")
+    try:
+        cur.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {statement}")
+    except psycopg2.Error as exc:
+        if exc.pgcode not in _NOT_A_CURSOR_QUERY:
+            raise
+        cur.execute("ROLLBACK TO SAVEPOINT llmtrace_declare")
+        cur.execute(statement)
+        rows = cur.fetchmany(max_rows + 1) if cur.description is not None else []
+    else:
+        cur.execute(f"FETCH FORWARD {int(max_rows) + 1} FROM {_CURSOR}")
+        rows = cur.fetchall()
+    columns = tuple(column.name for column in cur.description or ())
+    truncated = len(rows) > max_rows
+    return columns, [tuple(r) for r in rows[:max_rows]], truncated
+
+
+def _message(exc: Any) -> str:
+    """Postgres's primary message (no ``ERROR:`` prefix, no ``LINE 1:`` context), as the application logs it."""
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None)
+    return str(primary) if primary else first_line(exc)
+
+
+def execute_untrusted(dsn: str, sql: str, timeout_ms: int) -> SqlOutcome:
+    """``execute_readonly``, with a failure to connect reported as an outcome like any SQL error.
+
+    The read-only role may be refused by a user's server (pg_hba, a missing grant): the case should fail saying so,
+    not end in psycopg2's traceback.
+    """
+    import psycopg2  # see execute_readonly
+
+    try:
+        return execute_readonly(dsn, sql, timeout_ms=timeout_ms)
+    except psycopg2.Error as exc:
+        error = f"cannot connect to the session database as the read-only role: {first_line(exc)}"
+        return SqlOutcome(False, (), (), 0, False, error, exc.pgcode, 0.0)
+
+
+def check_sql(
+    sql: str | None, result: SqlOutcome | None, *, golden_sql: str | None, against_golden: bool
+) -> CheckResult:
+    """The ``sql`` check: the app's SQL must execute. Without SQL now it fails only if SQL was expected: always
+    for ``llmtrace_check.sql_executes``, and for a golden case when the golden trace ran SQL."""
+    if sql is None or result is None:
+        if not against_golden:
+            return CheckResult("sql", "failed", "the trace has no SQL span and no model answer")
+        if golden_sql is not None:
+            return CheckResult("sql", "failed", "the app ran no SQL now (the golden trace did)")
+        return CheckResult("sql", "skipped", "neither the app now nor the golden trace ran SQL")
+    if not result.ok:
+        state = f" (SQLSTATE {result.sqlstate})" if result.sqlstate else ""
+        return CheckResult("sql", "failed", f"the SQL does not execute: {result.error}{state}")
+    return CheckResult("sql", "passed")

@@ -1,0 +1,154 @@
+"""SQL as text: the statement inside a model's answer, statement splitting, and whether the outer query is ordered.
+
+Not a parser: just enough of PostgreSQL's lexical rules (standard and E'' strings, quoted identifiers, dollar
+quoting, nested block comments) that a keyword or semicolon inside a literal or comment is never taken for SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["has_top_level_order_by", "split_statements", "strip_code_fences"]
+
+# A language tag is only taken as one when it is a known SQL tag or ends the fence line: in "```SELECT 1```" the first
+# word is SQL, not a language.
+_FENCE = re.compile(
+    r"```[ \t]*(?:(?:sql|postgresql|postgres|pgsql|psql|plpgsql)\b|[\w+.-]*(?=[ \t]*\r?\n))?(.*?)```",
+    re.DOTALL | re.IGNORECASE,
+)
+_OPEN_FENCE = re.compile(r"^\s*```[^\n]*\n?")
+
+
+def strip_code_fences(text: str) -> str:
+    """The SQL inside the first Markdown code fence, else the whole text, trimmed.
+
+    Small models wrap SQL in fences despite being told not to, sometimes with a sentence around it. Taking the first
+    fenced block matches what the reference gateway executes. An opening fence without a closing one (an answer cut
+    off at the token limit) still loses its fence line, so the SQL is not rejected for a Markdown artifact.
+    """
+    match = _FENCE.search(text)
+    if match:
+        return match.group(1).strip()
+    return _OPEN_FENCE.sub("", text, count=1).strip()
+
+
+@dataclass(frozen=True)
+class _Token:
+    kind: Literal["word", "punct", "literal"]
+    text: str
+    depth: int  # parenthesis depth before the token
+    start: int
+
+
+_DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+
+
+def _tokens(sql: str) -> Iterator[_Token]:
+    """Words, punctuation and literals outside comments, with their paren depth; literals are opaque.
+
+    Not a parser: just enough of PostgreSQL's lexical rules (standard and E'' strings, quoted identifiers, dollar
+    quoting, nested block comments) that a keyword or semicolon inside a literal or comment is never taken for SQL.
+    """
+    i, n, depth = 0, len(sql), 0
+    while i < n:
+        c = sql[i]
+        start = i
+        if c.isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            level, i = 1, i + 2
+            while i < n and level:
+                if sql.startswith("/*", i):
+                    level, i = level + 1, i + 2
+                elif sql.startswith("*/", i):
+                    level, i = level - 1, i + 2
+                else:
+                    i += 1
+        elif c in "'\"":
+            i = _skip_quoted(sql, i, c, backslash=False)
+            yield _Token("literal", sql[start:i], depth, start)
+        elif c == "$" and (m := _DOLLAR_TAG.match(sql, i)):
+            close = sql.find(m.group(0), m.end())
+            i = n if close < 0 else close + len(m.group(0))
+            yield _Token("literal", sql[start:i], depth, start)
+        elif c.isalpha() or c == "_":
+            while i < n and (sql[i].isalnum() or sql[i] in "_$"):
+                i += 1
+            if i - start == 1 and c in "eE" and i < n and sql[i] == "'":
+                i = _skip_quoted(sql, i, "'", backslash=True)
+                yield _Token("literal", sql[start:i], depth, start)
+            else:
+                yield _Token("word", sql[start:i].upper(), depth, start)
+        else:
+            if c == ")":
+                depth = max(depth - 1, 0)
+            yield _Token("punct", c, depth, start)
+            if c == "(":
+                depth += 1
+            i += 1
+
+
+def _skip_quoted(sql: str, i: int, quote: str, *, backslash: bool) -> int:
+    """Index after the literal starting at ``i``; a doubled quote (and in E'' strings a backslash) escapes."""
+    i += 1
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if backslash and c == "\\":
+            i += 2
+        elif c == quote:
+            if i + 1 < n and sql[i + 1] == quote:
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    return n
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements in ``sql``, split at semicolons outside literals and comments; empty statements are dropped.
+
+    A statement that holds only comments is empty too, so ``SELECT 1; -- done`` is one statement.
+    """
+    statements: list[str] = []
+    start = 0
+    has_code = False
+    for token in _tokens(sql):
+        if token.kind == "punct" and token.text == ";":
+            if has_code:
+                statements.append(sql[start : token.start].strip())
+            start, has_code = token.start + 1, False
+        else:
+            has_code = True
+    if has_code:
+        statements.append(sql[start:].strip())
+    return statements
+
+
+def has_top_level_order_by(sql: str) -> bool:
+    """Whether the outer query is ordered: ORDER BY outside parentheses, literals and comments.
+
+    Test-suite accuracy compares rows in order only when the gold query orders them; an ORDER BY inside a subquery,
+    a window (``OVER (ORDER BY ...)``) or an aggregate (``string_agg(x, ',' ORDER BY x)``) does not order the result.
+    """
+    previous: _Token | None = None
+    for token in _tokens(sql):
+        if (
+            token.kind == "word"
+            and token.text == "BY"
+            and token.depth == 0
+            and previous is not None
+            and previous.kind == "word"
+            and previous.text == "ORDER"
+            and previous.depth == 0
+        ):
+            return True
+        previous = token
+    return False

@@ -1,0 +1,61 @@
+"""The edge where findings become pytest failures: the only place this package calls ``pytest.fail``.
+
+Outcomes and environment problems fail with their message and no traceback (``pytrace=False``): the message names
+what to fix, and a traceback into this plugin would only bury it.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import NoReturn
+
+import pytest
+
+from pytest_llmtrace.checks.report import failure_message
+from pytest_llmtrace.outcome import CaseOutcome
+
+__all__ = ["OUTCOMES_KEY", "conclude", "fail", "fail_on"]
+
+
+def fail(message: str) -> NoReturn:
+    """Fail the running test with ``message`` alone.
+
+    Raised ``from None``: called while an exception is being handled (in an ``except`` block or a ``__exit__``), a
+    plain ``pytest.fail`` would print the caught error first, under "During handling of the above exception".
+    """
+    __tracebackhide__ = True
+    raise pytest.fail.Exception(message, pytrace=False) from None
+
+
+class fail_on:  # used like contextlib.suppress, so named like it
+    """``with fail_on(SomeError): ...``: an expected error fails the test with its message, without a traceback.
+
+    This replaces "catch, keep the message, call ``pytest.fail`` after the ``except`` block" wherever an error of
+    the environment (a service that will not start, an app that will not import) should end the test readably.
+    """
+
+    def __init__(self, *errors: type[BaseException], prefix: str = "", suffix: str = "") -> None:
+        self._errors = errors
+        self._prefix = prefix
+        self._suffix = suffix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        __tracebackhide__ = True
+        if exc is not None and isinstance(exc, self._errors):
+            fail(f"{self._prefix}{exc}{self._suffix}")
+
+
+OUTCOMES_KEY = pytest.StashKey[list[CaseOutcome]]()
+
+
+def conclude(item: pytest.Item, outcome: CaseOutcome, *, title: str | None = None) -> None:
+    """Keep ``outcome`` on the test item (reports read ``item.stash[OUTCOMES_KEY]``) and fail unless it passed."""
+    __tracebackhide__ = True
+    item.stash.setdefault(OUTCOMES_KEY, []).append(outcome)
+    if not outcome.passed:
+        fail(failure_message(outcome, title=title))

@@ -1,0 +1,213 @@
+"""The release gate: expressions over a whole run's cases, evaluated once, fail-closed.
+
+Pure: it reads case dicts as ``results.json`` holds them (``CaseOutcome.to_dict``), so the in-run gate and
+``llmtrace gate SHARD.json ...`` share every line of it and cannot disagree.
+
+Fail-closed means a case counts against a rate unless it positively passed: an app error, a replay miss, a check
+that was skipped or never ran all count as failures, and a case without a latency value counts as infinitely slow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_llmtrace.errors import did_you_mean
+
+__all__ = [
+    "EXAMPLE",
+    "GATE_EXIT_STATUS",
+    "METRICS",
+    "RESULTS_SCHEMA_VERSION",
+    "GateError",
+    "GateResult",
+    "Rule",
+    "evaluate",
+    "format_result",
+    "load_cases",
+    "parse",
+]
+
+# results.json's schema_version (docs/results-schema.md); bumped only when a field changes meaning or goes away.
+RESULTS_SCHEMA_VERSION = 1
+# pytest owns exit statuses 0-5; 6 says "the tests ran, the gate said no" so CI can tell the two apart.
+GATE_EXIT_STATUS = 6
+EXAMPLE = "sql_success_rate >= 0.95"
+METRICS = (
+    "sql_success_rate",
+    "result_match_rate",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "token_growth",
+    "cases",
+    "regressions",
+)
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12),
+}
+_NEGATED = {">=": "<", "<=": ">", "==": "!="}
+_EXPR = re.compile(
+    r"^\s*([a-z0-9_]+)(?:\[([A-Za-z0-9_.\-]+)\])?\s*(>=|<=|==)\s*([-+]?[0-9]*\.?[0-9]+(?:e[-+]?\d+)?)\s*$"
+)
+_SHOWN_CASES = 10
+
+
+class GateError(ValueError):
+    """A malformed gate expression or a gate that cannot be evaluated (``regressions`` without a baseline)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    kind: str | None
+    op: str
+    threshold: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}[{self.kind}]" if self.kind else self.metric
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.op} {_num(self.threshold)}"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    rule: Rule
+    value: float
+    passed: bool
+    cases: tuple[str, ...]  # the cases that pulled the value to the wrong side (failing, slow, grown, regressed)
+
+
+def parse(expression: str) -> Rule:
+    """``metric[KIND] OP number``; anything else is a ``GateError`` that shows a valid expression."""
+    match = _EXPR.match(expression)
+    if not match:
+        raise GateError(
+            f"gate {expression!r} is not 'METRIC OP NUMBER' (OP is >=, <= or ==), e.g. {EXAMPLE!r} or "
+            f"'latency_p95_ms[SQL] <= 500'; metrics: {', '.join(METRICS)}"
+        )
+    metric, kind, op, number = match.groups()
+    if metric not in METRICS:
+        hint = did_you_mean(metric, METRICS)
+        raise GateError(
+            f"gate {expression!r}: unknown metric {metric!r}{'; ' + hint if hint else ''}; e.g. {EXAMPLE!r}"
+        )
+    if kind and not metric.startswith("latency_"):
+        raise GateError(f"gate {expression!r}: only latency metrics take [KIND], e.g. 'latency_p95_ms[SQL] <= 500'")
+    return Rule(metric, kind, op, float(number))
+
+
+def _passed(case: Mapping[str, Any]) -> bool:
+    return bool(case.get("passed")) and case.get("verdict", "passed") == "passed"
+
+
+def _check_ok(case: Mapping[str, Any], name: str) -> bool:
+    if case.get("app_error") or case.get("replay_misses"):
+        return False
+    return any(c.get("name") == name and c.get("status") == "passed" for c in case.get("checks", ()))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile: always one of the values, so a reported p95 is a latency some case really had."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _latency(case: Mapping[str, Any], kind: str) -> float:
+    if case.get("app_error"):
+        return math.inf
+    value = (case.get("durations_ms") or {}).get(kind)
+    return math.inf if value is None else float(value)
+
+
+def _value(rule: Rule, cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]] | None) -> GateResult:
+    ids = [str(c.get("case_id")) for c in cases]
+    if rule.metric == "cases":
+        value = float(len(cases))
+        return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), ())
+    if rule.metric in ("sql_success_rate", "result_match_rate"):
+        check = "sql" if rule.metric == "sql_success_rate" else "results"
+        bad = tuple(i for i, c in zip(ids, cases, strict=True) if not _check_ok(c, check))
+        value = 1 - len(bad) / len(cases) if cases else 0.0  # no cases: nothing passed, fail-closed
+        return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), bad)
+    if rule.metric.startswith("latency_"):
+        kind = rule.kind or "total"
+        values = [_latency(c, kind) for c in cases]
+        value = percentile(values, 50 if rule.metric == "latency_p50_ms" else 95) if values else math.inf
+        passed = _OPERATORS[rule.op](value, rule.threshold)
+        slow = tuple(
+            i
+            for i, v in sorted(zip(ids, values, strict=True), key=lambda p: -p[1])
+            if not _OPERATORS[rule.op](v, rule.threshold)
+        )
+        return GateResult(rule, value, passed, () if passed else slow)
+    if rule.metric == "token_growth":
+        now = golden = 0.0
+        grown: list[tuple[float, str]] = []
+        for case_id, case in zip(ids, cases, strict=True):
+            before = (case.get("golden_tokens") or {}).get("total")
+            after = (case.get("tokens") or {}).get("total")
+            if not before or after is None:
+                continue
+            now, golden = now + after, golden + before
+            grown.append((after / before - 1, case_id))
+        value = now / golden - 1 if golden else 0.0
+        passed = _OPERATORS[rule.op](value, rule.threshold)
+        worst = tuple(i for g, i in sorted(grown, reverse=True) if not _OPERATORS[rule.op](g, rule.threshold))
+        return GateResult(rule, value, passed, () if passed else worst)
+    # regressions
+    if baseline is None:
+        raise GateError(f"gate '{rule}' needs a baseline: pass --llmtrace-baseline PATH (a previous results.json)")
+    before = {str(c.get("case_id")): _passed(c) for c in baseline}
+    regressed = tuple(i for i, c in zip(ids, cases, strict=True) if before.get(i) and not _passed(c))
+    value = float(len(regressed))
+    return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), regressed)
+
+
+def evaluate(
+    rules: Sequence[Rule], cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]] | None = None
+) -> list[GateResult]:
+    return [_value(rule, cases, baseline) for rule in rules]
+
+
+def _num(value: float) -> str:
+    if math.isinf(value):
+        return "inf"
+    return str(int(value)) if value == int(value) else f"{value:.4g}"
+
+
+def format_result(result: GateResult) -> str:
+    """One line: ``llmtrace gate: FAILED sql_success_rate 0.75 < 0.95 (4 cases: a, b, c, d)`` or the margin."""
+    rule = result.rule
+    if result.passed:
+        margin = result.value - rule.threshold
+        sign = "+" if margin >= 0 else "-"
+        held = f"{rule.name} {_num(result.value)} {rule.op} {_num(rule.threshold)}"
+        return f"llmtrace gate: passed {held} ({sign}{_num(abs(margin))})"
+    shown = ", ".join(result.cases[:_SHOWN_CASES]) + (", ..." if len(result.cases) > _SHOWN_CASES else "")
+    cases = f" ({len(result.cases)} case{'s' if len(result.cases) != 1 else ''}: {shown})" if result.cases else ""
+    return f"llmtrace gate: FAILED {rule.name} {_num(result.value)} {_NEGATED[rule.op]} {_num(rule.threshold)}{cases}"
+
+
+def load_cases(path: Path) -> list[dict[str, Any]]:
+    """The cases of a results.json; a wrong file is a ``ValueError`` that names it and what was expected."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable results.json ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema_version") != RESULTS_SCHEMA_VERSION:
+        found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: schema_version {found!r} is not {RESULTS_SCHEMA_VERSION}; is it a results.json?")
+    cases = data.get("cases")
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        raise ValueError(f"{path}: at $.cases: expected a list of case objects")
+    return cases

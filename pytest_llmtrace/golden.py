@@ -1,0 +1,207 @@
+"""Golden trace files as pytest items: collection, and the replay (or recording) of one case up to its outcome.
+
+Each file under the golden directory becomes one item whose id is the file stem, so ``-k``, ``-m``, ``--lf``, ``-x``
+and xdist treat captured production traffic like any other test. An item is a ``pytest.Function`` over
+``run_golden_case``: fixtures, markers and reports behave exactly as for a test function.
+
+The path of one case: ``GoldenFile.collect`` reads the trace (a malformed file still becomes an item, which fails
+saying why) -> ``run_golden_case`` starts the services through the ``llmtrace_app`` fixture, points the Ollama API at
+a ``ReplayBackend`` serving the recorded answers (replay mode), asks the app the recorded question, and collects
+the recorded spans -> ``runner.run_checks`` gives the ``CaseOutcome`` -> ``failing.conclude`` keeps it on the item
+and fails the test with ``checks.report``'s text unless it passed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmtrace.errors import TraceFormatError
+from pytest_llmtrace.failing import conclude, fail
+from pytest_llmtrace.ollama_api.replay import ReplayBackend
+from pytest_llmtrace.options import CheckOptions, options_for
+from pytest_llmtrace.outcome import CaseOutcome, ReplayMiss
+from pytest_llmtrace.recording import TestRecording, get_recorder
+from pytest_llmtrace.replay_config import ReplayConfig, get_config
+from pytest_llmtrace.runner import run_checks
+from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.postgres import PostgresDatabase
+from pytest_llmtrace.snapshot import OutcomeSnapshot
+from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.otlp import read_trace, write_trace
+
+__all__ = [
+    "CASE_KEY",
+    "TRACE_PARAMETER",
+    "GoldenCase",
+    "GoldenFile",
+    "GoldenItem",
+    "ask_app",
+    "is_golden_file",
+    "is_golden_item",
+    "run_golden_case",
+]
+
+# An app (or the callable an overridden llmtrace_app returns) with a parameter of this name gets the golden Trace too.
+TRACE_PARAMETER = "trace"
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """A golden file as collected: its trace, or why it could not be read."""
+
+    path: Path
+    trace: Trace | None
+    error: TraceFormatError | None = None
+
+
+CASE_KEY = pytest.StashKey[GoldenCase]()
+
+
+def is_golden_file(config: pytest.Config, file_path: Path) -> bool:
+    golden_dir = get_config(config).golden_dir
+    return (
+        file_path.suffix == ".json"
+        and file_path.resolve().is_relative_to(golden_dir)
+        and "__snapshots__" not in file_path.parts
+    )
+
+
+def is_golden_item(item: pytest.Item) -> bool:
+    return CASE_KEY in item.stash
+
+
+class GoldenItem(pytest.Function):
+    """A ``pytest.Function`` over ``run_golden_case`` that reports the golden file, not the runner's source."""
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"golden case {self.name}"
+
+
+class GoldenFile(pytest.File):
+    """One golden trace file; yields one item named after the file, even when the file cannot be read."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            case = GoldenCase(self.path, read_trace(self.path))
+        except TraceFormatError as exc:
+            case = GoldenCase(self.path, None, exc)
+        item = GoldenItem.from_parent(self, name=self.path.stem, callobj=run_golden_case)
+        item.stash[CASE_KEY] = case
+        for pattern, mark in get_config(self.config).case_marks:
+            if fnmatch.fnmatchcase(self.path.stem, pattern):
+                item.add_marker(mark)
+        yield item
+
+
+def run_golden_case(request: pytest.FixtureRequest, llm_trace: TestRecording) -> None:
+    """Replay one captured request through the current app and check what it did now against what it did then."""
+    started = time.perf_counter()
+    options = options_for(request.node, get_config(request.config).options)
+    snapshot = OutcomeSnapshot.of(request, options)
+    try:
+        outcome = _replay_case(request, llm_trace, options, snapshot, started)
+    finally:
+        if not snapshot.asserted:
+            snapshot.keep()
+    conclude(request.node, outcome, title=f"golden case {request.node.name}")
+
+
+def _replay_case(
+    request: pytest.FixtureRequest,
+    llm_trace: TestRecording,
+    options: CheckOptions,
+    snapshot: OutcomeSnapshot,
+    started: float,
+) -> CaseOutcome:
+    case = request.node.stash[CASE_KEY]
+    if case.error is not None:
+        fail(f"cannot replay this golden trace: {case.error}")
+    assert case.trace is not None, "a case without an error has a trace"
+    golden = case.trace
+    config = get_config(request.config)
+    found = golden.question(config.question)
+    if found.text is None:
+        fail(f"{case.path}: {found.explain()}")
+    question = found.text
+    llmtrace_app: Callable[..., Any] = request.getfixturevalue("llmtrace_app")  # starts the services
+    # Only now is the app imported: record from the provider it installed, or install ours if it installed none.
+    get_recorder(request.config).ensure_global()
+    database: PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
+    replay = _replay_backend(request, golden, config) if config.mode == "replay" else None
+    manager = services.get_manager(request.config)
+    app_error: str | None = None
+    app_started = time.perf_counter()
+    if replay is not None:
+        manager.replay_switch.use(replay)
+    try:
+        ask_app(llmtrace_app, question, golden)
+    except Exception as exc:  # the app's failure is the finding, reported with the checks
+        app_error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if replay is not None:
+            manager.replay_switch.use(None)
+    app_ms = (time.perf_counter() - app_started) * 1000
+    now = llm_trace.trace
+    if config.mode == "record":
+        write_trace(now, case.path)
+        golden = now  # the new recording is the reference from now on; absolute budgets still apply
+    outcome = run_checks(
+        now,
+        options=options,
+        case_id=request.node.name,
+        mode=config.mode,
+        golden=golden,
+        file=str(case.path),
+        database=database.reader_url,
+        snapshot=snapshot,
+        update_snapshots=bool(request.config.getoption("update_snapshots", False)),
+        app_error=app_error,
+        replay_misses=[] if replay is None else _misses(replay),
+        app_ms=app_ms,
+        started=started,
+    )
+    return replace(outcome, question=question, question_source=str(found.source))
+
+
+def ask_app(app: Callable[..., Any], question: str, golden: Trace) -> Any:
+    """Ask ``app`` the question; with ``trace=golden`` too when it has a parameter named ``trace``.
+
+    The name, not the number of parameters, decides: apps often take more optional arguments (``user_id=None``)
+    that must not receive a Trace. An app with several inputs reads them from the golden trace it is given.
+    """
+    try:
+        parameter = inspect.signature(app).parameters.get(TRACE_PARAMETER)
+    except (TypeError, ValueError):  # a callable without a signature (a builtin): the question only
+        parameter = None
+    if parameter is not None and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+        return app(question, **{TRACE_PARAMETER: golden})
+    return app(question)
+
+
+def _replay_backend(request: pytest.FixtureRequest, golden: Trace, config: ReplayConfig) -> ReplayBackend:
+    # Recordings from instrumentations that leave out llm.model_name answer to the model the app is set up for.
+    fallback = None
+    if not all(call.model for call in golden.llm_calls):
+        fallback = services.get_manager(request.config).settings["ollama_model"]
+    return ReplayBackend(golden, model=fallback, match=config.match, speed=config.speed)  # type: ignore[arg-type]
+
+
+def _misses(replay: ReplayBackend) -> list[ReplayMiss]:
+    misses = [ReplayMiss("prompt_changed", miss.explain()) for miss in replay.misses]
+    misses.extend(
+        ReplayMiss(
+            "call_never_made",
+            f"the app did not call {call.model or 'the model'} with the recorded prompt "
+            f"({len(call.input_messages)} messages)",
+        )
+        for call in replay.unused()
+    )
+    return misses

@@ -1,0 +1,179 @@
+"""The session's golden-case settings: where the cases are, how they replay, and which marks they get.
+
+Parsed and validated once at configure time, so a bad value stops the run as a usage error before any case starts.
+The check knobs themselves (budgets, tolerances, ...) are ``options.CheckOptions``; this module adds the replay ones.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast, get_args
+
+import pytest
+
+from pytest_llmtrace.ollama_api.replay import MATCHERS
+from pytest_llmtrace.options import CHECK_SETTINGS, MARKER_HELP, CheckOptions, UnknownName, canonical, validate_marks
+from pytest_llmtrace.settings import Settings, SettingSpec, resolve
+from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
+
+__all__ = [
+    "REPLAY_SETTINGS",
+    "ReplayConfig",
+    "configure",
+    "get_config",
+    "parse_case_marks",
+    "report_header",
+    "validate_markers",
+]
+
+GoldenMode = Literal["replay", "live", "record"]
+
+REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "mode",
+        "replay: answer model calls from the golden traces; live: call the real model; record: live, then write the "
+        "new answers into the golden files.",
+        "replay",
+        choices=get_args(GoldenMode),
+    ),
+    SettingSpec("golden_dir", "Folder of golden trace files, relative to the rootdir.", "golden_traces"),
+    SettingSpec(
+        "target",
+        "The app's entry point, 'package.module:function', called with the user question (and trace=the golden "
+        "Trace when it has a parameter named trace).",
+        "",
+    ),
+    SettingSpec(
+        "question",
+        "Where a golden trace keeps the question, in order, first text wins: input.value, "
+        "traceloop.entity.input[:PATH], a root span attribute NAME[:JSON path], llm.last_user_message "
+        "(see docs/conventions.md).",
+        DEFAULT_SOURCES,
+    ),
+    SettingSpec(
+        "replay_speed",
+        "recorded: replayed model calls take the recorded time; instant: they answer at once.",
+        "recorded",
+        choices=("recorded", "instant"),
+    ),
+    SettingSpec(
+        "replay_match",
+        f"What a model request must match in the recording: {', '.join(MATCHERS)}.",
+        "model messages",
+        env=False,
+    ),
+    SettingSpec(
+        "app_db",
+        "readonly: the app's DB_URI logs in as the read-only role; owner: as the database owner (apps that write).",
+        "readonly",
+        choices=("readonly", "owner"),
+    ),
+    *CHECK_SETTINGS,
+    SettingSpec(
+        "case_marks",
+        "Marks for golden cases: lines of '<case glob>: <mark>', e.g. 'error_*: xfail(reason=\"fails in prod\")'.",
+        "",
+        env=False,
+        ini_type="linelist",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The session's replay settings, parsed and validated once (bad values stop the run as usage errors)."""
+
+    settings: Settings
+    mode: GoldenMode
+    golden_dir: Path
+    target: str
+    question: tuple[QuestionSource, ...]  # where each case's question is, first text wins
+    speed: str  # recorded | instant
+    match: tuple[str, ...]  # replay matcher names
+    app_db: str  # readonly | owner
+    options: CheckOptions
+    case_marks: tuple[tuple[str, pytest.MarkDecorator], ...]
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> ReplayConfig:
+        s = resolve(config, REPLAY_SETTINGS)
+        try:
+            match = tuple(canonical(name, tuple(MATCHERS), "replay matcher") for name in s["replay_match"].split())
+        except UnknownName as exc:
+            raise pytest.UsageError(f"{s.values['replay_match'].origin}: {exc}") from None
+        try:
+            question = parse_sources(s["question"])
+        except QuestionSourceError as exc:
+            raise pytest.UsageError(f"{s.values['question'].origin}: {exc}") from None
+        return cls(
+            settings=s,
+            mode=cast("GoldenMode", s["mode"]),  # one of the mode setting's choices, validated by resolve()
+            golden_dir=(config.rootpath / s["golden_dir"]).resolve(),
+            target=s["target"],
+            question=question,
+            speed=s["replay_speed"],
+            match=match,
+            app_db=s["app_db"],
+            options=CheckOptions.from_settings(s),
+            case_marks=tuple(parse_case_marks(s["case_marks"])),
+        )
+
+
+def parse_case_marks(text: str) -> Iterator[tuple[str, pytest.MarkDecorator]]:
+    """``<glob>: <mark>`` lines, where mark is ``name`` or ``name(key=literal, ...)``: parsed, never evaluated."""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        pattern, sep, expression = line.partition(":")
+        where = f"llmtrace_case_marks line {line.strip()!r}"
+        if not sep or not pattern.strip() or not expression.strip():
+            raise pytest.UsageError(f"{where}: expected '<case glob>: <mark>', e.g. 'error_*: xfail'")
+        try:
+            node = ast.parse(expression.strip(), mode="eval").body
+        except SyntaxError:
+            raise pytest.UsageError(f"{where}: {expression.strip()!r} is not a mark like xfail(reason='...')") from None
+        if isinstance(node, ast.Name):
+            name, kwargs, args = node.id, {}, []
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            try:
+                args = [ast.literal_eval(a) for a in node.args]
+                kwargs = {str(k.arg): ast.literal_eval(k.value) for k in node.keywords}
+            except ValueError:
+                raise pytest.UsageError(f"{where}: mark arguments must be literals (strings, numbers, True)") from None
+            name = node.func.id
+        else:
+            raise pytest.UsageError(f"{where}: {expression.strip()!r} is not a mark like xfail(reason='...')")
+        yield pattern.strip(), getattr(pytest.mark, name)(*args, **kwargs)
+
+
+CONFIG_KEY = pytest.StashKey[ReplayConfig]()
+
+
+def configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    config.stash[CONFIG_KEY] = ReplayConfig.from_config(config)
+
+
+def get_config(config: pytest.Config) -> ReplayConfig:
+    return config.stash[CONFIG_KEY]
+
+
+def report_header(config: pytest.Config) -> list[str]:
+    """Mode, golden dir, target and question sources with where each came from: the first things to check when
+    replay misbehaves."""
+    replay = get_config(config)
+    values = replay.settings.values
+    parts = [f"{name}={values[name].value or '(unset)'} ({values[name].source})" for name in ("mode", "target")]
+    parts.insert(1, f"golden_dir={replay.golden_dir} ({values['golden_dir'].source})")
+    sources = ", ".join(map(str, replay.question))
+    return [
+        "llmtrace golden cases: " + ", ".join(parts),
+        f"llmtrace question: the first text from {sources} ({values['question'].source})",
+    ]
+
+
+def validate_markers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    validate_marks(items, get_config(config).options)

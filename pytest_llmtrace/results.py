@@ -1,0 +1,345 @@
+"""The run's results: every case's outcome collected (across xdist workers), written as ``results.json`` and
+``summary.md``, and judged by the release gate once at session end.
+
+``results.json`` is the one source every report is made from; its schema is docs/results-schema.md and it carries
+``schema_version``. A case that ended without an outcome (a setup error, a skip, a crash before the checks) is kept
+as a failed case with its error, so the gate stays fail-closed and a broken case cannot vanish from the totals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmtrace import gate, golden
+from pytest_llmtrace.failing import OUTCOMES_KEY
+from pytest_llmtrace.outcome import CaseOutcome
+from pytest_llmtrace.replay_config import get_config
+from pytest_llmtrace.settings import SERVICE_SETTINGS, SettingSpec, resolve
+
+__all__ = [
+    "REPORT_SETTINGS",
+    "RESULTS_SCHEMA_VERSION",
+    "add_options",
+    "configure",
+    "record",
+    "sessionfinish",
+    "shard_of",
+    "terminal_summary",
+    "testnodedown",
+    "write_reports",
+]
+
+RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
+_WORKER_KEY = "llmtrace_cases"
+
+REPORT_SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("report_dir", "Write results.json and summary.md into this folder at session end.", "", env=False),
+    SettingSpec("baseline", "A previous results.json: defines the `regressions` gate metric.", "", env=False),
+    SettingSpec("shard", "K/N: run only the K-th of N stable shares of the cases (a hash of the node id).", ""),
+)
+_GATE_HELP = (
+    f"Release gate, e.g. '{gate.EXAMPLE}'; repeatable, all must hold (ini llmtrace_gate: one per line). "
+    f"Violated: exit status {gate.GATE_EXIT_STATUS}."
+)
+
+
+@dataclass
+class RunResults:
+    """The session's state: the cases seen so far and the configured gate."""
+
+    report_dir: Path | None
+    rules: list[gate.Rule]
+    baseline: list[dict[str, Any]] | None
+    shard: tuple[int, int] | None
+    mode: str
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    other_failures: int = 0  # failed items that are not cases: a gate does not excuse them
+    gate_results: list[gate.GateResult] = field(default_factory=list)
+    prompt_hashes: set[str] = field(default_factory=set)  # sha256 of each system prompt the cases' LLM calls hold
+
+
+_KEY = pytest.StashKey[RunResults]()
+_ERROR_KEY = pytest.StashKey[str]()
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmtrace")
+    # the short spelling the issue asks for; --llmtrace-report-dir (from the ini key's name) sets the same value
+    group.addoption("--llmtrace-report", dest="llmtrace_report_dir", metavar="DIR", help=REPORT_SETTINGS[0].help)
+    group.addoption(
+        "--llmtrace-gate", dest="llmtrace_gate", action="append", default=[], metavar="EXPR", help=_GATE_HELP
+    )
+    parser.addini("llmtrace_gate", _GATE_HELP, type="linelist", default=[])
+
+
+def _shard(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise pytest.UsageError(f"--llmtrace-shard {text!r}: use K/N with 1 <= K <= N, e.g. 2/4")
+    return int(k), int(n)
+
+
+def configure(config: pytest.Config) -> None:
+    settings = resolve(config, REPORT_SETTINGS)
+    expressions = [*config.getoption("llmtrace_gate", default=[]), *config.getini("llmtrace_gate")]
+    try:
+        rules = [gate.parse(e) for e in expressions if e.strip()]
+    except gate.GateError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    baseline = None
+    if settings["baseline"]:
+        try:
+            baseline = gate.load_cases(config.rootpath / settings["baseline"])
+        except ValueError as exc:
+            raise pytest.UsageError(f"--llmtrace-baseline: {exc}") from None
+    elif any(r.metric == "regressions" for r in rules):
+        raise pytest.UsageError("gate 'regressions' needs --llmtrace-baseline PATH (a previous results.json)")
+    report_dir = config.rootpath / settings["report_dir"] if settings["report_dir"] else None
+    config.stash[_KEY] = RunResults(report_dir, rules, baseline, _shard(settings["shard"]), get_config(config).mode)
+
+
+def shard_of(node_id: str, count: int) -> int:
+    """0-based shard of a case: sha256 of its id, so adding a case never moves another."""
+    return int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big") % count
+
+
+def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash.get(_KEY, None)
+    if state is None or state.shard is None:
+        return
+    k, n = state.shard
+    keep = [i for i in items if shard_of(i.nodeid, n) == k - 1]
+    config.hook.pytest_deselected(items=[i for i in items if shard_of(i.nodeid, n) != k - 1])
+    items[:] = keep
+
+
+def record(item: pytest.Item, report: pytest.TestReport) -> None:
+    """After each phase: remember the first error; after teardown, keep the item's outcomes (or a failed stand-in)."""
+    state = item.config.stash.get(_KEY, None)
+    if state is None:
+        return
+    if (report.failed or report.skipped) and _ERROR_KEY not in item.stash:
+        kind = "skipped" if report.skipped else f"{report.when} failed"
+        item.stash[_ERROR_KEY] = f"{kind}: {_first_line(report)}"
+    if report.when != "teardown":
+        return
+    outcomes = item.stash.get(OUTCOMES_KEY, [])
+    report.user_properties.extend(junit_properties(outcomes))
+    for outcome in outcomes:
+        state.cases.append(_case(outcome.to_dict(), item))
+    error = item.stash.get(_ERROR_KEY, None)
+    case = item.stash.get(golden.CASE_KEY, None)
+    if case is not None and case.trace is not None:
+        for call in case.trace.llm_calls:
+            for message in call.input_messages:
+                if message.role == "system":
+                    state.prompt_hashes.add(hashlib.sha256(message.content.encode()).hexdigest())
+    if case is not None and not outcomes:
+        state.cases.append(_stand_in(item, state.mode, error or "the case ended without an outcome"))
+    elif error and not error.startswith("skipped") and not outcomes:
+        state.other_failures += 1
+
+
+def junit_properties(outcomes: list[CaseOutcome]) -> list[tuple[str, object]]:
+    """What ``--junitxml`` carries per case, so CI dashboards can chart it without reading results.json."""
+    props: list[tuple[str, object]] = []
+    for outcome in outcomes:
+        sql, results = outcome.check("sql"), outcome.check("results")
+        ok = outcome.app_error is None and not outcome.replay_misses
+        props.append(("sql_ok", ok and sql is not None and sql.status == "passed"))
+        props.append(("result_match", ok and results is not None and results.status == "passed"))
+        props += [(f"latency_ms.{kind}", round(ms, 3)) for kind, ms in outcome.durations_ms.items()]
+        props += [(f"tokens.{kind}", count) for kind, count in outcome.tokens.items()]
+    return props
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    text = report.longreprtext.strip().splitlines()
+    return text[-1] if text else "no message"
+
+
+def _case(data: dict[str, Any], item: pytest.Item) -> dict[str, Any]:
+    data["verdict"] = "passed" if data["passed"] else "failed"
+    data["nodeid"] = item.nodeid
+    return data
+
+
+def _stand_in(item: pytest.Item, mode: str, error: str) -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "case_id": item.name,
+        "mode": mode,
+        "file": str(item.path),
+        "passed": False,
+        "verdict": "error",
+        "checks": [],
+        "app_error": error,
+        "replay_misses": [],
+        "sql": None,
+        "golden_sql": None,
+        "result": None,
+        "tokens": {},
+        "golden_tokens": None,
+        "durations_ms": {},
+        "golden_durations_ms": None,
+        "timings": None,
+        "nodeid": item.nodeid,
+    }
+
+
+def sessionfinish(session: pytest.Session) -> None:
+    """Workers hand their cases to the controller; the controller (or a serial run) writes reports and gates."""
+    config = session.config
+    state = config.stash.get(_KEY, None)
+    if state is None:
+        return
+    if hasattr(config, "workerinput"):
+        config.workeroutput[_WORKER_KEY] = json.dumps(  # type: ignore[attr-defined]
+            {"cases": state.cases, "other_failures": state.other_failures, "prompt_hashes": sorted(state.prompt_hashes)}
+        )
+        return
+    state.cases.sort(key=lambda c: (str(c.get("nodeid")), str(c.get("case_id"))))
+    if state.report_dir is not None:
+        write_reports(state.report_dir, state.cases, run_metadata(config), state.rules, state.baseline)
+    if state.rules:
+        state.gate_results = gate.evaluate(state.rules, state.cases, state.baseline)
+        status = int(session.exitstatus)
+        if status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            if not all(r.passed for r in state.gate_results):
+                session.exitstatus = gate.GATE_EXIT_STATUS
+            elif state.other_failures == 0:
+                session.exitstatus = pytest.ExitCode.OK  # failed cases are the gate's to judge, and it passed
+
+
+def testnodedown(node: Any) -> None:
+    """On the xdist controller: merge a finished worker's cases, so totals equal a serial run's."""
+    state = node.config.stash.get(_KEY, None)
+    payload = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
+    if state is None or payload is None:
+        return
+    data = json.loads(payload)
+    state.cases.extend(data["cases"])
+    state.other_failures += data["other_failures"]
+    state.prompt_hashes.update(data["prompt_hashes"])
+
+
+def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(_KEY, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    if state.gate_results:
+        terminalreporter.section("llmtrace gate")
+        for result in state.gate_results:
+            terminalreporter.line(gate.format_result(result), red=not result.passed, green=result.passed)
+    if state.report_dir is not None:
+        terminalreporter.line(f"llmtrace report: {state.report_dir / 'results.json'}")
+
+
+def _git_revision(root: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_metadata(config: pytest.Config) -> dict[str, Any]:
+    """What a later reader needs to tell two runs apart: code, prompts, data and machine."""
+    root = config.rootpath
+    fixtures: dict[str, str] = {}
+    for pattern in config.getini("llmtrace_sql_fixtures") or ["fixtures/**/*.sql"]:
+        for path in sorted(root.glob(str(pattern))):
+            if path.is_file():
+                fixtures[path.relative_to(root).as_posix()] = _sha256(path)
+    try:
+        version = metadata.version("pytest-llmtrace")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "plugin_version": version,
+        "git_revision": _git_revision(root),
+        "mode": get_config(config).mode,
+        "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
+        "system_prompt_hashes": sorted(config.stash[_KEY].prompt_hashes),
+        "sql_fixture_hashes": fixtures,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def totals(cases: list[dict[str, Any]]) -> dict[str, int]:
+    out = {"cases": len(cases), "passed": 0, "failed": 0, "error": 0}
+    for case in cases:
+        out[case.get("verdict", "failed")] = out.get(case.get("verdict", "failed"), 0) + 1
+    return out
+
+
+def write_reports(
+    directory: Path,
+    cases: list[dict[str, Any]],
+    meta: dict[str, Any],
+    rules: list[gate.Rule],
+    baseline: list[dict[str, Any]] | None,
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = {"schema_version": RESULTS_SCHEMA_VERSION, "run": meta, "totals": totals(cases), "cases": cases}
+    (directory / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    summary = summary_markdown(cases, gate.evaluate(rules, cases, baseline) if rules else [])
+    (directory / "summary.md").write_text(summary, encoding="utf-8")
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as out:
+            out.write(summary)
+
+
+def summary_markdown(cases: list[dict[str, Any]], gate_results: list[gate.GateResult]) -> str:
+    """What a person reads in ten seconds: totals, the gate, then the failing cases with their first reason."""
+    count = totals(cases)
+    lines = [
+        "## llmtrace results",
+        "",
+        f"{count['cases']} cases: {count['passed']} passed, {count['failed']} failed, {count['error']} errors",
+        "",
+    ]
+    if gate_results:
+        lines += ["### Gate", ""] + [f"- `{gate.format_result(r)}`" for r in gate_results] + [""]
+    failing = [c for c in cases if c.get("verdict") != "passed"]
+    if failing:
+        lines += ["### Failing cases", "", "| case | verdict | why |", "|---|---|---|"]
+        for case in failing:
+            lines.append(f"| {case['case_id']} | {case.get('verdict')} | {_why(case)} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _why(case: dict[str, Any]) -> str:
+    if case.get("app_error"):
+        reason = str(case["app_error"])
+    elif case.get("replay_misses"):
+        reason = f"replay: {case['replay_misses'][0]['kind']}"
+    else:
+        failed = [c for c in case.get("checks", []) if c.get("status") == "failed"]
+        reason = f"{failed[0]['name']}: {failed[0]['reason']}" if failed else ""
+    return reason.replace("|", "\\|").replace("\n", " ")[:160]

@@ -1,0 +1,364 @@
+"""What a test run leaves on disk, so that nothing it started outlives it, and nobody else can abuse that.
+
+Every process and temporary folder a run starts is written to a small record file in a per-user folder,
+``$TMPDIR/pytest-llmtrace-<uid>/runs/``. A run stops and deletes what its record lists when it ends; a run killed
+with SIGKILL never gets to, so the next run reads the records of dead runs and finishes the job. Under xdist the
+workers share a state folder, ``$TMPDIR/pytest-llmtrace-<uid>/run-<id>/``, keyed by the run id the controller
+hands them, and write into the controller's record.
+
+A record tells a later run to kill and delete, so it is trusted no further than this (as pytest does for its
+basetemp): the per-user folder is created 0700 and its owner checked before use; a record is read only if this user
+owns it; a path is deleted only if it is one of the plugin's own kinds (``llmtrace-*`` in the temp root, ``run-*``
+in the per-user folder), is not a symlink, and this user owns it; a process is killed only if it is the very process
+recorded: same pid, same start time, same command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from pytest_llmtrace.errors import LLMTraceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+    import pytest
+
+__all__ = [
+    "OWN_PREFIX",
+    "RUN_DIR_PREFIX",
+    "RunContext",
+    "RunRecord",
+    "UnsafeRunFolder",
+    "file_lock",
+    "may_delete",
+    "private_dir",
+    "reap_orphans",
+    "records_dir",
+    "run_context",
+    "stop_process",
+    "user_dir",
+]
+
+STOP_TIMEOUT_S = 10.0
+OWN_PREFIX = "llmtrace-"  # the temp folders servers get: llmtrace-pg-*, llmtrace-ollama-*, llmtrace-phoenix-*
+RUN_DIR_PREFIX = "run-"  # xdist state folders, in the per-user folder
+
+
+class UnsafeRunFolder(LLMTraceError):
+    """The per-user folder is not this user's own: using it would let another user steer what a run deletes or kills."""
+
+
+def user_dir() -> Path:
+    """``$TMPDIR/pytest-llmtrace-<uid>``: created 0700, verified before every use."""
+    return private_dir(Path(tempfile.gettempdir()) / f"pytest-llmtrace-{os.getuid()}")
+
+
+def records_dir() -> Path:
+    """Where runs keep their records: one JSON file per run."""
+    return private_dir(user_dir() / "runs")
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only this user can use: created 0700, or checked to be a real folder this user owns.
+
+    Like pytest's basetemp: a folder owned by someone else (or a symlink) is refused, since anyone could have created
+    it first in a shared /tmp; a folder this user owns but left open to others (older versions made it 0755) is
+    tightened, since only its owner could have opened it.
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    fix = "remove it, or set TMPDIR to a folder of your own, then run again"
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeRunFolder(f"pytest-llmtrace: {path} is a symlink (to {os.readlink(path)}), not a folder; {fix}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeRunFolder(f"pytest-llmtrace: {path} is not a folder; {fix}")
+    if info.st_uid != os.getuid():
+        raise UnsafeRunFolder(
+            f"pytest-llmtrace: {path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}); another user "
+            f"may have created it to make this run delete files or stop processes. {fix[0].upper()}{fix[1:]}"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def _owned_by_me(info: os.stat_result) -> bool:
+    return info.st_uid == os.getuid() and not stat.S_ISLNK(info.st_mode)
+
+
+def may_delete(path: Path) -> str | None:
+    """Why ``path`` must not be deleted, or None when it is the plugin's own folder (its kind, its place, its owner)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return "it no longer exists"
+    if stat.S_ISLNK(info.st_mode):
+        return "it is a symlink"
+    temp_root, mine = Path(tempfile.gettempdir()).resolve(), user_dir().resolve()
+    parent = path.parent.resolve()
+    own_kind = (parent == temp_root and path.name.startswith(OWN_PREFIX)) or (
+        parent == mine and path.name.startswith(RUN_DIR_PREFIX)
+    )
+    if not own_kind:
+        return f"it is not a pytest-llmtrace folder ({temp_root}/{OWN_PREFIX}* or {mine}/{RUN_DIR_PREFIX}*)"
+    if not _owned_by_me(info):
+        return f"it is owned by uid {info.st_uid}"
+    return None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (the xdist workers and controller of a run), held while in the block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _running(pid: object, create_time: object) -> psutil.Process | None:
+    """The very process recorded, if it still runs: a reused pid has a different start time."""
+    if not isinstance(pid, int) or not isinstance(create_time, (int, float)):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        return proc if abs(proc.create_time() - create_time) < 0.01 else None
+    except psutil.Error:
+        return None
+
+
+def _is_recorded_process(entry: Mapping[str, Any]) -> str | None:
+    """Why the process in ``entry`` is not the one recorded (so must not be touched), or None when it is."""
+    cmdline = entry.get("cmdline")
+    if not isinstance(cmdline, list):
+        return "the record does not say which command it ran"
+    proc = _running(entry.get("pid"), entry.get("create_time"))
+    if proc is None:
+        return "it has exited"
+    try:
+        now = proc.cmdline()
+    except psutil.Error as exc:
+        return f"its command line cannot be read ({type(exc).__name__})"
+    if now != cmdline:
+        return f"its command line is {' '.join(now)!r}, the record says {' '.join(map(str, cmdline))!r}"
+    return None
+
+
+def stop_process(pid: int, *, group: bool, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``: servers get a chance to flush, but never hang the session."""
+    send = os.killpg if group else os.kill
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        send(pid, signal.SIGTERM)
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            send(pid, signal.SIGKILL)
+    except psutil.Error:
+        pass
+    if group:  # children that ignored SIGTERM after their leader exited
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+class RunRecord:
+    """The processes and paths one test run owns, on disk, so a later run can reap them after a SIGKILL.
+
+    The owner is the process whose end means "the run is over": the pytest process, or the xdist controller when
+    workers start shared services on its behalf (they write into the controller's record, under a file lock).
+    """
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        owner_pid: int | None = None,
+        owner_create_time: float | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.owner_pid = os.getpid() if owner_pid is None else owner_pid
+        # The run id in the name: two runs in one process (pytester's in-process runs) must not share a record.
+        self.path = path or (directory or records_dir()) / f"{self.owner_pid}-{uuid.uuid4().hex[:8]}.json"
+        self.owner_create_time = (
+            psutil.Process(self.owner_pid).create_time() if owner_create_time is None else owner_create_time
+        )
+
+    def _load(self) -> dict[str, list[dict[str, Any]]]:
+        data = _read_record(self.path)
+        return {"processes": list(data.get("processes", [])), "paths": list(data.get("paths", []))}
+
+    def _save(self, data: dict[str, list[dict[str, Any]]]) -> None:
+        if not data["processes"] and not data["paths"]:
+            self.path.unlink(missing_ok=True)
+            return
+        body = {"owner_pid": self.owner_pid, "owner_create_time": self.owner_create_time, **data}
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(body))
+        tmp.replace(self.path)
+
+    def _update(
+        self, kind: str, add: dict[str, Any] | None = None, remove: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
+        with file_lock(self.path.with_suffix(".lock")):
+            data = self._load()
+            if remove is not None:
+                data[kind] = [entry for entry in data[kind] if not remove(entry)]
+            if add is not None:
+                data[kind].append(add)
+            self._save(data)
+
+    def add_process(self, pid: int, *, group: bool) -> None:
+        """Record a running server; its command line is kept so that a reused pid is never mistaken for it."""
+        try:
+            proc = psutil.Process(pid)
+            entry = {"pid": pid, "create_time": proc.create_time(), "cmdline": _settled_cmdline(proc), "group": group}
+        except psutil.Error:  # it exited already (a server that failed at once): nothing a later run could stop
+            return
+        self._update("processes", entry)
+
+    def add_path(self, path: Path) -> None:
+        self._update("paths", {"path": str(path)})
+
+    def remove_process(self, pid: int) -> None:
+        self._update("processes", remove=lambda entry: entry.get("pid") == pid)
+
+    def remove_path(self, path: Path) -> None:
+        self._update("paths", remove=lambda entry: entry.get("path") == str(path))
+
+    def cleanup(self) -> list[str]:
+        """Stop everything still recorded (what workers started for the run, what a failed stop left) and forget it."""
+        with file_lock(self.path.with_suffix(".lock")):
+            done = _clean(self._load())
+            self.path.unlink(missing_ok=True)
+        self.path.with_suffix(".lock").unlink(missing_ok=True)
+        return done
+
+
+def _settled_cmdline(proc: psutil.Process, timeout: float = 2.0) -> list[str]:
+    """The command line of a process that has just been started.
+
+    ``Popen`` returns once the child has called exec, but the kernel sets up the new program's arguments a moment
+    later; read in between, the command line is empty, and a record saying so would never match the running server.
+    """
+    deadline = time.monotonic() + timeout
+    while not (cmdline := proc.cmdline()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cmdline
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A record's content, or {} when it is missing, unreadable, or not this user's own regular file."""
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or not _owned_by_me(info):
+            return {}
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def reap_orphans(directory: Path | None = None) -> list[str]:
+    """Stop processes and delete paths recorded by runs whose pytest process no longer exists.
+
+    Returns what it did and what it refused, one line each: a record another user owns is left alone, and every
+    entry of a trusted record still has to pass ``may_delete`` or the command-line check.
+    """
+    done: list[str] = []
+    for record in sorted((directory or records_dir()).glob("*.json")):
+        try:
+            info = os.lstat(record)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode) or not _owned_by_me(info):
+            done.append(f"ignored {record}: not a file of yours (uid {info.st_uid})")
+            continue
+        data = _read_record(record)
+        if _running(data.get("owner_pid"), data.get("owner_create_time")) is not None:
+            continue  # that run is alive (another session, or an xdist controller): not ours to touch
+        done.extend(_clean(data))
+        record.unlink(missing_ok=True)
+        record.with_suffix(".lock").unlink(missing_ok=True)
+    return done
+
+
+def _clean(data: Mapping[str, Any]) -> list[str]:
+    done: list[str] = []
+    for entry in data.get("processes", []):
+        if not isinstance(entry, dict):
+            continue
+        pid = entry.get("pid")
+        refused = _is_recorded_process(entry)
+        if refused is None:
+            assert isinstance(pid, int)
+            stop_process(pid, group=bool(entry.get("group")))
+            done.append(f"stopped process {pid}")
+        elif refused != "it has exited":
+            done.append(f"left process {pid} alone: {refused}")
+    for entry in data.get("paths", []):
+        path = Path(str(entry.get("path") if isinstance(entry, dict) else entry))
+        refused = may_delete(path)
+        if refused is None:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path}")
+        elif refused != "it no longer exists":
+            done.append(f"kept {path}: {refused}")
+    return done
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who coordinates this run and where its shared state lives."""
+
+    run_id: str
+    run_dir: Path  # state files and locks shared by the coordinator and its workers
+    record: RunRecord
+    coordinator: bool
+    worker_id: str  # "main" without xdist, else gw0, gw1, ...
+
+
+def run_context(config: pytest.Config) -> RunContext:
+    """Who coordinates this run; the controller gives xdist a run id it knows, so its workers find the state dir.
+
+    The coordinator first reaps what dead runs left. Raises ``UnsafeRunFolder`` when the per-user folder is not
+    the user's own.
+    """
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        run_id = str(workerinput["testrunuid"])
+        run_dir = private_dir(user_dir() / f"{RUN_DIR_PREFIX}{run_id}")
+        owner = _read_record(run_dir / "owner.json")
+        record_path = Path(str(owner.get("record")))
+        if not owner or record_path.parent.resolve() != records_dir().resolve():
+            raise UnsafeRunFolder(f"pytest-llmtrace: {run_dir / 'owner.json'} does not name a run record of yours")
+        record = RunRecord(owner_pid=int(owner["pid"]), owner_create_time=float(owner["create_time"]), path=record_path)
+        return RunContext(run_id, run_dir, record, coordinator=False, worker_id=str(workerinput["workerid"]))
+    reap_orphans()
+    run_id = uuid.uuid4().hex
+    if getattr(config.option, "dist", "no") != "no" and hasattr(config.option, "testrunuid"):
+        if config.option.testrunuid is None:
+            config.option.testrunuid = run_id
+        run_id = str(config.option.testrunuid)
+    run_dir = private_dir(user_dir() / f"{RUN_DIR_PREFIX}{run_id}")
+    record = RunRecord()
+    record.add_path(run_dir)
+    owner = {"pid": record.owner_pid, "create_time": record.owner_create_time, "record": str(record.path)}
+    (run_dir / "owner.json").write_text(json.dumps(owner))
+    return RunContext(run_id, run_dir, record, coordinator=True, worker_id="main")
