@@ -1,6 +1,7 @@
 """Capture speed: ``llmtrace capture`` from a local Phoenix, printed as spans/s and the ratio to its target.
 
-Run: python tests/benchmarks/bench_capture.py [--traces 2000] [--runs 3] [--phoenix-url URL [--project NAME]]
+Run alone: python benchmarks/capture.py [--traces 2000] [--runs 3] [--phoenix-url URL [--project NAME]]
+(``benchmarks/run.py`` measures it as its ``capture`` row, with 1,000 traces, through ``measure``).
 
 Phoenix is filled with copies of the golden traces (3 spans each, new ids and times), a third of them with an email
 address and a phone number in the question, so redaction has work to do. Filling is not timed: Phoenix ingests a few
@@ -34,7 +35,7 @@ from pytest_llmtrace.cli import main as llmtrace
 from pytest_llmtrace.trace.otlp import read_trace, trace_to_request
 
 TARGET_SPANS_PER_S = 5000.0
-GOLDEN = Path(__file__).resolve().parents[2] / "golden_traces"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden_traces"
 BATCH_TRACES = 300
 
 
@@ -135,6 +136,22 @@ def capture(url: str, project: str) -> tuple[int, float]:
             raise SystemExit(f"llmtrace capture failed ({status}):\n{stderr.getvalue()}")
         files = list(Path(out).glob("*.json"))
         return sum(len(read_trace(f)) for f in files), elapsed
+
+
+def measure(traces: int, runs: int) -> tuple[int, float, float]:
+    """Fill an embedded Phoenix with ``traces`` traces; (spans, median capture s, median raw read s) over ``runs``."""
+    from pytest_llmtrace.services.phoenix import EmbeddedPhoenix
+
+    server = EmbeddedPhoenix()
+    url = server.start().url
+    try:
+        project = f"bench-capture-{random.randrange(10**6)}"
+        fill(url, project, traces)
+        raw = [raw_read(url, project) for _ in range(runs)]
+        captured = [capture(url, project) for _ in range(runs)]
+    finally:
+        server.stop()
+    return captured[0][0], statistics.median(s for _, s in captured), statistics.median(s for _, s in raw)
 
 
 def main() -> int:
