@@ -90,7 +90,7 @@ class GoldenFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Item]:
         try:
-            case = GoldenCase(self.path, read_trace(self.path))
+            case = GoldenCase(self.path, read_trace(self.path, max_bytes=get_config(self.config).max_trace_bytes))
         except TraceFormatError as exc:
             case = GoldenCase(self.path, None, exc)
         item = GoldenItem.from_parent(self, name=self.path.stem, callobj=run_golden_case)

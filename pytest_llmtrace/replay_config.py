@@ -18,6 +18,7 @@ from pytest_llmtrace.ollama_api.replay import MATCHERS
 from pytest_llmtrace.options import CHECK_SETTINGS, MARKER_HELP, CheckOptions, UnknownName, canonical, validate_marks
 from pytest_llmtrace.settings import Settings, SettingSpec, resolve
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
+from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
 
 __all__ = [
     "REPLAY_SETTINGS",
@@ -40,6 +41,11 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
         choices=get_args(GoldenMode),
     ),
     SettingSpec("golden_dir", "Folder of golden trace files, relative to the rootdir.", "golden_traces"),
+    SettingSpec(
+        "max_trace_bytes",
+        "Golden trace files larger than this many bytes are refused (one failing case, not a run out of memory).",
+        str(DEFAULT_MAX_TRACE_BYTES),
+    ),
     SettingSpec(
         "target",
         "The app's entry point, 'package.module:function', called with the user question (and trace=the golden "
@@ -89,6 +95,7 @@ class ReplayConfig:
     settings: Settings
     mode: GoldenMode
     golden_dir: Path
+    max_trace_bytes: int
     target: str
     question: tuple[QuestionSource, ...]  # where each case's question is, first text wins
     speed: str  # recorded | instant
@@ -112,6 +119,7 @@ class ReplayConfig:
             settings=s,
             mode=cast("GoldenMode", s["mode"]),  # one of the mode setting's choices, validated by resolve()
             golden_dir=(config.rootpath / s["golden_dir"]).resolve(),
+            max_trace_bytes=_positive_int(s["max_trace_bytes"], s.values["max_trace_bytes"].origin),
             target=s["target"],
             question=question,
             speed=s["replay_speed"],
@@ -120,6 +128,16 @@ class ReplayConfig:
             options=CheckOptions.from_settings(s),
             case_marks=tuple(parse_case_marks(s["case_marks"])),
         )
+
+
+def _positive_int(value: str, origin: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise pytest.UsageError(f"{origin}: expected a positive whole number of bytes, got {value!r}")
+    return number
 
 
 def parse_case_marks(text: str) -> Iterator[tuple[str, pytest.MarkDecorator]]:

@@ -88,3 +88,26 @@ def test_deep_and_long_digit_files_fail_alone_and_the_good_cases_still_run(
     assert {p.name: p.read_bytes() for p in golden.glob("*.json")} == before
     assert not (golden / "__snapshots__" / "deep_nesting.json").exists()
     assert not (golden / "__snapshots__" / "long_digits.json").exists()
+
+
+def test_a_file_over_the_size_limit_is_one_failing_item_naming_the_setting(pytester: pytest.Pytester) -> None:
+    golden = pytester.path / "golden_traces"
+    golden.mkdir()
+    shutil.copy(GOLDEN / "customers_by_tier.json", golden / "customers_by_tier.json")
+    size = (golden / "customers_by_tier.json").stat().st_size
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
+
+    result = pytester.runpytest_subprocess(f"--llmtrace-max-trace-bytes={size - 1}", "-rA", timeout=120)
+
+    result.assert_outcomes(failed=1)
+    output = result.stdout.str()
+    assert "Traceback" not in output
+    assert f"{golden / 'customers_by_tier.json'}" in output
+    assert "LLMTRACE_MAX_TRACE_BYTES" in output or "max-trace-bytes" in output
+
+
+def test_a_size_limit_that_is_not_a_number_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--llmtrace-max-trace-bytes=lots", timeout=60)
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--llmtrace-max-trace-bytes: expected a positive whole number of bytes, got 'lots'*"])
