@@ -128,14 +128,21 @@ class OutcomeSnapshotExtension(JSONSnapshotExtension):
     """One JSON file per case, named after it, directly in ``<golden dir>/__snapshots__/``.
 
     The options are a class attribute because syrupy instantiates extensions itself; ``configured`` makes a subclass
-    carrying a test's options.
+    carrying a test's options, one per distinct options: syrupy scans the snapshot folder once per extension class,
+    so a class per test made a run of N cases read the folder N times (quadratic: minutes at 1,000 cases).
     """
 
     options: ClassVar[CheckOptions] = CheckOptions()
+    _configured: ClassVar[dict[str, type[OutcomeSnapshotExtension]]] = {}
 
     @classmethod
     def configured(cls, options: CheckOptions) -> type[OutcomeSnapshotExtension]:
-        return type("OutcomeSnapshotExtension", (cls,), {"options": options})
+        key = f"{cls.__module__}.{cls.__qualname__}:{options!r}"  # CheckOptions holds dicts: its repr is the key
+        found = OutcomeSnapshotExtension._configured.get(key)
+        if found is None:
+            found = type("OutcomeSnapshotExtension", (cls,), {"options": options})
+            OutcomeSnapshotExtension._configured[key] = found
+        return found
 
     @classmethod
     def dirname(cls, *, test_location: PyTestLocation) -> str:
