@@ -7,7 +7,8 @@ and xdist treat captured production traffic like any other test. An item is a ``
 The path of one case: ``GoldenFile.collect`` reads the trace (a malformed file still becomes an item, which fails
 saying why) -> ``run_golden_case`` starts the services through the ``llmtrace_app`` fixture, points the Ollama API at
 a ``ReplayBackend`` serving the recorded answers (replay mode), asks the app the recorded question, and collects
-the recorded spans -> ``runner.run_checks`` gives the ``CaseOutcome`` -> ``failing.conclude`` keeps it on the item
+the recorded spans, on virtual time when replaying (``trace.virtual``: each replayed call lasts its recorded
+duration) -> ``runner.run_checks`` gives the ``CaseOutcome`` -> ``failing.conclude`` keeps it on the item
 and fails the test with ``checks.report``'s text unless it passed.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llmtrace.checks.budgets import replayed_latencies_ms
 from pytest_llmtrace.errors import TraceFormatError
 from pytest_llmtrace.failing import conclude, fail
 from pytest_llmtrace.ollama_api.replay import ReplayBackend
@@ -36,6 +38,7 @@ from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.snapshot import OutcomeSnapshot
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
+from pytest_llmtrace.trace.virtual import virtualize
 
 __all__ = [
     "CASE_KEY",
@@ -150,6 +153,10 @@ def _replay_case(
             manager.replay_switch.use(None)
     app_ms = (time.perf_counter() - app_started) * 1000
     now = llm_trace.trace
+    replayed_ms = None
+    if replay is not None:  # the recorded durations in place of the instant answers; the rest stays as measured
+        virtual = virtualize(now, replay.answers)
+        now, replayed_ms = virtual.trace, replayed_latencies_ms(virtual)
     if config.mode == "record":
         write_trace(now, case.path)
         golden = now  # the new recording is the reference from now on; absolute budgets still apply
@@ -167,6 +174,7 @@ def _replay_case(
         replay_misses=[] if replay is None else _misses(replay),
         app_ms=app_ms,
         started=started,
+        replayed_ms=replayed_ms,
     )
     return replace(outcome, question=question, question_source=str(found.source))
 

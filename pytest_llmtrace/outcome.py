@@ -48,8 +48,10 @@ class Measurement:
     - ``rule``: the limit as the failure table shows it (``<= 1.5x golden (3471.3 ms)``).
     - ``status``: ``passed``, ``failed``, or ``skipped`` (the limit could not apply; ``reason`` says why).
     - ``source``: ``replayed`` when the value comes from the recording rather than from this run: in replay mode,
-      the LLM spans' durations and all token counts. Everything else (SQL, the app's own code, and ``total`` even
-      though it encloses replayed LLM time) is ``measured``.
+      the LLM spans' durations (virtual time: each replayed call counts its recorded duration) and all token counts.
+      Everything else (SQL, the app's own code) is ``measured``.
+    - ``replayed``: for durations, how many of the ``now`` ms come from the recording: all of them for a
+      ``replayed`` value, some for a ``measured`` one that encloses replayed calls (``total``, CHAIN), else 0.
     """
 
     metric: str
@@ -63,6 +65,7 @@ class Measurement:
     source: Source = "measured"
     low: float | None = None
     reason: str = ""
+    replayed: float = 0.0
 
     @property
     def label(self) -> str:
@@ -193,6 +196,8 @@ class CaseOutcome:
       fences stripped when there is no SQL span); ``result``: what re-executing ``sql`` read-only returned.
     - ``tokens`` / ``golden_tokens``: token sums per kind; ``durations_ms`` / ``golden_durations_ms``: time per
       latency metric (``checks.budgets.latencies_ms``). Golden values are ``None`` without a golden trace.
+    - ``replayed_durations_ms``: per latency metric, the part of ``durations_ms`` replay took from the recording
+      (virtual time); metrics measured in full are absent, so ``{}`` means nothing was replayed.
     - ``timings``: see ``Timings``.
     - ``question`` / ``question_source``: what a golden case asked the app, and which ``llmtrace_question`` source
       it came from (``None`` for ``llmtrace_check`` calls).
@@ -211,6 +216,7 @@ class CaseOutcome:
     golden_tokens: dict[str, int] | None = None
     durations_ms: dict[str, float] = field(default_factory=dict)
     golden_durations_ms: dict[str, float] | None = None
+    replayed_durations_ms: dict[str, float] = field(default_factory=dict)
     timings: Timings | None = None
     question: str | None = None
     question_source: str | None = None
@@ -240,6 +246,7 @@ class CaseOutcome:
             "golden_tokens": None if self.golden_tokens is None else dict(self.golden_tokens),
             "durations_ms": dict(self.durations_ms),
             "golden_durations_ms": None if self.golden_durations_ms is None else dict(self.golden_durations_ms),
+            "replayed_durations_ms": dict(self.replayed_durations_ms),
             "timings": None if self.timings is None else asdict(self.timings),
             "question": self.question,
             "question_source": self.question_source,
@@ -263,6 +270,7 @@ class CaseOutcome:
             golden_tokens=None if data.get("golden_tokens") is None else dict(data["golden_tokens"]),
             durations_ms=dict(data.get("durations_ms", {})),
             golden_durations_ms=None if data.get("golden_durations_ms") is None else dict(data["golden_durations_ms"]),
+            replayed_durations_ms=dict(data.get("replayed_durations_ms", {})),
             timings=None if data.get("timings") is None else Timings(**data["timings"]),
             question=data.get("question"),
             question_source=data.get("question_source"),

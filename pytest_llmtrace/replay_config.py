@@ -14,7 +14,7 @@ from typing import Literal, cast, get_args
 
 import pytest
 
-from pytest_llmtrace.ollama_api.replay import MATCHERS
+from pytest_llmtrace.ollama_api.replay import MATCHERS, SPEEDS
 from pytest_llmtrace.options import CHECK_SETTINGS, MARKER_HELP, CheckOptions, UnknownName, canonical, validate_marks
 from pytest_llmtrace.settings import Settings, SettingSpec, resolve
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
@@ -61,9 +61,11 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "replay_speed",
-        "recorded: replayed model calls take the recorded time; instant: they answer at once.",
-        "recorded",
-        choices=("recorded", "instant"),
+        "virtual: replayed model calls answer at once and count their recorded duration as their latency; recorded: "
+        "they also make the app wait that long (apps whose behaviour depends on real waiting); instant: the old name "
+        "of virtual.",
+        "virtual",
+        choices=SPEEDS,
     ),
     SettingSpec(
         "replay_match",
@@ -98,7 +100,7 @@ class ReplayConfig:
     max_trace_bytes: int
     target: str
     question: tuple[QuestionSource, ...]  # where each case's question is, first text wins
-    speed: str  # recorded | instant
+    speed: str  # virtual | recorded | instant (= virtual)
     match: tuple[str, ...]  # replay matcher names
     app_db: str  # readonly | owner
     options: CheckOptions

@@ -8,7 +8,7 @@ failure with ``checks.report``'s text, and keep the outcome for reports.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencies_ms, tokens_of
@@ -54,6 +54,7 @@ def run_checks(
     replay_misses: Sequence[ReplayMiss] = (),
     app_ms: float | None = None,
     started: float | None = None,
+    replayed_ms: Mapping[str, float] | None = None,
 ) -> CaseOutcome:
     """Run ``checks`` (default: ``options.checks``) on ``now`` and gather the verdicts.
 
@@ -61,7 +62,9 @@ def run_checks(
     ``sql`` replaces the statement taken from ``now``. Without ``golden`` only absolute limits apply, and a missing
     statement fails the sql check. ``snapshot`` holds the stored outcome: the results check compares rows with it
     (skipped under ``--snapshot-update``, which rewrites it) and the snapshot check asserts against it.
-    ``started`` is the ``time.perf_counter()`` at which the case began, for its wall time.
+    ``started`` is the ``time.perf_counter()`` at which the case began, for its wall time. ``replayed_ms`` is the
+    part of each latency metric of ``now`` that replay took from the recording (``now`` is then the trace on virtual
+    time, ``trace.virtual``); the latency and snapshot checks mark those numbers as replayed.
     """
     checks_started = time.perf_counter()
     selected = options.checks if checks is None else frozenset(checks)
@@ -90,7 +93,7 @@ def run_checks(
     def snapshot_check() -> CheckResult:
         if snapshot is None:
             return CheckResult("snapshot", "skipped", "no snapshot for this test")
-        return snapshot.check(snapshot_data(now, statement, result), replayed=replayed)
+        return snapshot.check(snapshot_data(now, statement, result), replayed=replayed, replayed_ms=replayed_ms)
 
     runs: dict[str, Callable[[], CheckResult]] = {
         "sql": lambda: check_sql(statement, result, golden_sql=golden_sql, against_golden=golden is not None),
@@ -101,7 +104,7 @@ def run_checks(
             budgets_ms=options.latency_budgets_ms,
             tolerance=options.latency_tolerance,
             floor_ms=options.latency_floor_ms,
-            replayed=replayed,
+            replayed_ms=replayed_ms,
         ),
         "tokens": lambda: check_tokens(
             golden, now, tolerance=options.token_tolerance, maxima=options.token_max, replayed=replayed
@@ -124,6 +127,7 @@ def run_checks(
         golden_tokens=None if golden is None else tokens_of(golden),
         durations_ms=latencies_ms(now),
         golden_durations_ms=None if golden is None else latencies_ms(golden),
+        replayed_durations_ms=dict(replayed_ms or {}),
         timings=Timings(
             wall_ms=(finished - (checks_started if started is None else started)) * 1000,
             app_ms=app_ms,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
@@ -58,9 +59,16 @@ def snapshot_data(trace: Trace, sql: str | None, result: SqlOutcome | None) -> d
 
 
 def compare_outcomes(
-    golden: dict[str, Any], now: dict[str, Any], options: CheckOptions, *, replayed: bool = False
+    golden: dict[str, Any],
+    now: dict[str, Any],
+    options: CheckOptions,
+    *,
+    replayed: bool = False,
+    replayed_ms: Mapping[str, float] | None = None,
 ) -> tuple[list[str], list[Measurement]]:
-    """What differs beyond the tolerances (one short line each), and the token and duration measurements made."""
+    """What differs beyond the tolerances (one short line each), and the token and duration measurements made.
+
+    ``replayed`` marks the token counts as the recording's; ``replayed_ms`` is each duration's replayed part."""
     found: list[str] = []
     for key in ("spans", "sql"):
         if golden.get(key) != now.get(key):
@@ -84,9 +92,9 @@ def compare_outcomes(
         if not _is_number(new) or math.isnan(new):
             found.append(f"{name} duration missing")
             continue
-        source = source_of(name, "ms", replayed=replayed)
+        part = round((replayed_ms or {}).get(name, 0.0), 1)  # durations are stored rounded to 0.1 ms
         measured = latency_vs_golden(
-            name, value, new, tolerance=options.latency_tolerance, floor_ms=options.latency_floor_ms, source=source
+            name, value, new, tolerance=options.latency_tolerance, floor_ms=options.latency_floor_ms, replayed_ms=part
         )
         measurements.append(measured)
         if measured.status == "failed":
@@ -120,14 +128,21 @@ class OutcomeSnapshotExtension(JSONSnapshotExtension):
     """One JSON file per case, named after it, directly in ``<golden dir>/__snapshots__/``.
 
     The options are a class attribute because syrupy instantiates extensions itself; ``configured`` makes a subclass
-    carrying a test's options.
+    carrying a test's options, one per distinct options: syrupy scans the snapshot folder once per extension class,
+    so a class per test made a run of N cases read the folder N times (quadratic: minutes at 1,000 cases).
     """
 
     options: ClassVar[CheckOptions] = CheckOptions()
+    _configured: ClassVar[dict[str, type[OutcomeSnapshotExtension]]] = {}
 
     @classmethod
     def configured(cls, options: CheckOptions) -> type[OutcomeSnapshotExtension]:
-        return type("OutcomeSnapshotExtension", (cls,), {"options": options})
+        key = f"{cls.__module__}.{cls.__qualname__}:{options!r}"  # CheckOptions holds dicts: its repr is the key
+        found = OutcomeSnapshotExtension._configured.get(key)
+        if found is None:
+            found = type("OutcomeSnapshotExtension", (cls,), {"options": options})
+            OutcomeSnapshotExtension._configured[key] = found
+        return found
 
     @classmethod
     def dirname(cls, *, test_location: PyTestLocation) -> str:
@@ -164,13 +179,17 @@ class OutcomeSnapshot:
             stored = None
         return cls(assertion, options, path, stored if isinstance(stored, dict) else None)
 
-    def check(self, data: dict[str, Any], *, replayed: bool = False) -> CheckResult:
+    def check(
+        self, data: dict[str, Any], *, replayed: bool = False, replayed_ms: Mapping[str, float] | None = None
+    ) -> CheckResult:
         """The ``snapshot`` check: ``data`` against the stored outcome (``--snapshot-update`` writes it instead)."""
         self.asserted = True
         changes: list[str] = []
         measurements: list[Measurement] = []
         if self.stored is not None:
-            changes, measurements = compare_outcomes(self.stored, data, self.options, replayed=replayed)
+            changes, measurements = compare_outcomes(
+                self.stored, data, self.options, replayed=replayed, replayed_ms=replayed_ms
+            )
         if self.assertion == data:  # syrupy's comparison: also records the snapshot as used, and writes it if updating
             return CheckResult("snapshot", "passed", "", tuple(measurements))
         if self.stored is None:

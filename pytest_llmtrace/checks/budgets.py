@@ -9,8 +9,8 @@ snapshot compares its stored durations and token counts with the same functions 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Literal
 
 from pytest_llmtrace.options import (
     LATENCY_METRICS,
@@ -25,13 +25,18 @@ from pytest_llmtrace.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
 from pytest_llmtrace.trace.views import span_kind
 
+if TYPE_CHECKING:
+    from pytest_llmtrace.trace.virtual import VirtualTrace
+
 __all__ = [
     "NO_GOLDEN_USAGE",
     "check_latency",
     "check_tokens",
     "latencies_ms",
+    "latency_source",
     "latency_vs_budget",
     "latency_vs_golden",
+    "replayed_latencies_ms",
     "source_of",
     "tokens_of",
     "tokens_vs_golden",
@@ -51,11 +56,26 @@ def latencies_ms(trace: Trace) -> dict[str, float]:
     ``SQL`` is every span that records a statement (``db.query.text``), whatever its OpenInference kind. ``total``,
     ``LLM`` and ``SQL`` are always present (0.0 when the trace has none), so budgets on them never silently vanish.
     """
-    out = {"total": trace.duration_ms if trace else 0.0, "LLM": 0.0, "SQL": 0.0}
+    return {"total": trace.duration_ms if trace else 0.0, **_by_metric(trace, lambda span: span.duration_ms)}
+
+
+def replayed_latencies_ms(virtual: VirtualTrace) -> dict[str, float]:
+    """The part of each metric of ``latencies_ms(virtual.trace)`` that comes from the recording, not from this run.
+
+    Counted by the same outermost-span rule, so ``LLM`` is replayed in full when every outermost LLM span replaced
+    its call, and ``total`` and CHAIN hold the replayed calls inside them. Metrics with nothing replayed are left out.
+    """
+    parts = _by_metric(virtual.trace, virtual.replayed_ms)
+    parts["total"] = min(virtual.total_replayed_ns / 1e6, virtual.trace.duration_ms if virtual.trace else 0.0)
+    return {metric: ms for metric, ms in parts.items() if ms > 0}
+
+
+def _by_metric(trace: Trace, ms_of: Callable[[Span], float]) -> dict[str, float]:
+    out = {"LLM": 0.0, "SQL": 0.0}
     for span in trace:
         for metric in _metrics_of(span):
             if not any(metric in _metrics_of(a) for a in _ancestors(trace, span)):
-                out[metric] = out.get(metric, 0.0) + span.duration_ms
+                out[metric] = out.get(metric, 0.0) + ms_of(span)
     return out
 
 
@@ -79,16 +99,22 @@ def _ancestors(trace: Trace, span: Span) -> Iterable[Span]:
 
 
 def source_of(metric: str, unit: Literal["ms", "tokens"], *, replayed: bool) -> Source:
-    """Whether a value comes from the recording: when replaying, the LLM spans take the recorded time and report
-    the recorded token counts; SQL and the app's own code run for real."""
+    """Whether a token count comes from the recording: when replaying, the model's counters are the recorded ones.
+    (Durations say it with ``latency_source``, from what virtual time replaced.)"""
     return "replayed" if replayed and (unit == "tokens" or metric == "LLM") else "measured"
+
+
+def latency_source(now_ms: float, replayed_ms: float) -> Source:
+    """``replayed`` when all of a duration comes from the recording (within display rounding); a duration that only
+    holds replayed time (``total`` around a replayed LLM call) stays ``measured``, with its replayed part beside it."""
+    return "replayed" if replayed_ms > 0 and replayed_ms >= now_ms - 0.05 else "measured"
 
 
 # -- the rules --------------------------------------------------------------------------------------------------------
 
 
 def latency_vs_golden(
-    metric: str, golden_ms: float, now_ms: float, *, tolerance: float, floor_ms: float, source: Source = "measured"
+    metric: str, golden_ms: float, now_ms: float, *, tolerance: float, floor_ms: float, replayed_ms: float = 0.0
 ) -> Measurement:
     """Slower than ``tolerance`` times the golden value AND by more than ``floor_ms`` fails.
 
@@ -103,15 +129,19 @@ def latency_vs_golden(
     else:
         limit, rule = golden_ms + floor_ms, f"<= golden + {number_text(floor_ms)} ms ({golden_ms + floor_ms:.1f} ms)"
     status: Status = "failed" if now_ms > limit else "passed"
-    return Measurement(metric, "ms", now_ms, golden_ms, "relative", limit, rule, status, source)
+    source = latency_source(now_ms, replayed_ms)
+    return Measurement(metric, "ms", now_ms, golden_ms, "relative", limit, rule, status, source, replayed=replayed_ms)
 
 
 def latency_vs_budget(
-    metric: str, golden_ms: float | None, now_ms: float, budget_ms: float, *, source: Source = "measured"
+    metric: str, golden_ms: float | None, now_ms: float, budget_ms: float, *, replayed_ms: float = 0.0
 ) -> Measurement:
     status: Status = "failed" if now_ms > budget_ms else "passed"
     rule = f"<= {number_text(budget_ms)} ms budget"
-    return Measurement(metric, "ms", now_ms, golden_ms, "absolute", budget_ms, rule, status, source)
+    source = latency_source(now_ms, replayed_ms)
+    return Measurement(
+        metric, "ms", now_ms, golden_ms, "absolute", budget_ms, rule, status, source, replayed=replayed_ms
+    )
 
 
 def tokens_vs_golden(
@@ -163,10 +193,13 @@ def check_latency(
     budgets_ms: Mapping[str, float | None],
     tolerance: float = _DEFAULTS.latency_tolerance,
     floor_ms: float = _DEFAULTS.latency_floor_ms,
-    replayed: bool = False,
+    replayed_ms: Mapping[str, float] | None = None,
 ) -> CheckResult:
     """Each metric against its absolute budget (``None`` switches one off) and, with a golden trace, against the
-    golden duration. Budget keys may be spelled in any case; an unknown one raises ``options.UnknownName``."""
+    golden duration. Budget keys may be spelled in any case; an unknown one raises ``options.UnknownName``.
+
+    ``replayed_ms`` is the part of each metric of ``now`` that replay took from the recording
+    (``replayed_latencies_ms``); each measurement carries it, so a replayed number is never shown as measured."""
     budgets = {canonical_metric(k): v for k, v in budgets_ms.items()}
     n = latencies_ms(now)
     g = latencies_ms(golden) if golden is not None else None
@@ -176,12 +209,12 @@ def check_latency(
         if metric not in n and (g is None or metric not in g) and budget is None:
             continue
         n_ms, g_ms = n.get(metric, 0.0), None if g is None else g.get(metric, 0.0)
-        source = source_of(metric, "ms", replayed=replayed)
+        part = (replayed_ms or {}).get(metric, 0.0)
         if budget is not None:
-            measurements.append(latency_vs_budget(metric, g_ms, n_ms, budget, source=source))
+            measurements.append(latency_vs_budget(metric, g_ms, n_ms, budget, replayed_ms=part))
         if g_ms is not None:
             measurements.append(
-                latency_vs_golden(metric, g_ms, n_ms, tolerance=tolerance, floor_ms=floor_ms, source=source)
+                latency_vs_golden(metric, g_ms, n_ms, tolerance=tolerance, floor_ms=floor_ms, replayed_ms=part)
             )
     return _verdict("latency", measurements, "no latency budget set and no golden trace to compare with")
 

@@ -24,12 +24,20 @@ def _cell(m: Measurement, value: float | None) -> str:
     return f"{value:.1f}" if m.unit == "ms" else str(round(value))
 
 
+def _now_cell(m: Measurement) -> str:
+    """The value now, and how much of it replay took from the recording: a replayed number never reads as measured."""
+    text = _cell(m, m.now)
+    if m.unit != "ms" or m.replayed <= 0:
+        return text
+    return f"{text} (replayed)" if m.source == "replayed" else f"{text} ({m.replayed:.1f} replayed)"
+
+
 def format_table(measurements: Iterable[Measurement]) -> str:
     """Measurements as an aligned table for a failure message; empty string when there are none.
 
     Numbers are right-aligned so that magnitudes can be compared at a glance; ms get one decimal, tokens none.
     """
-    rows = [(m.label, _cell(m, m.golden), _cell(m, m.now), m.rule) for m in measurements]
+    rows = [(m.label, _cell(m, m.golden), _now_cell(m), m.rule) for m in measurements]
     if not rows:
         return ""
     header = ("metric", "golden", "now", "limit")

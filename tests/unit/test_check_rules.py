@@ -116,3 +116,14 @@ def test_the_results_check_and_the_snapshot_agree_on_rows(rule: ResultMatch, gol
 
     extension = OutcomeSnapshotExtension.configured(options)()
     assert extension.matches(serialized_data=json.dumps(now), snapshot_data=json.dumps(golden)) == (not changes)
+
+
+def test_one_snapshot_extension_class_per_distinct_options() -> None:
+    """syrupy scans the snapshot folder once per extension class: a class per case made big runs quadratic."""
+    first = OutcomeSnapshotExtension.configured(CheckOptions(latency_budgets_ms={"LLM": 5000.0}))
+    again = OutcomeSnapshotExtension.configured(CheckOptions(latency_budgets_ms={"LLM": 5000.0}))
+    other = OutcomeSnapshotExtension.configured(CheckOptions(latency_budgets_ms={"LLM": 6000.0}))
+
+    assert first is again
+    assert other is not first
+    assert (first.options.latency_budgets_ms, other.options.latency_budgets_ms) == ({"LLM": 5000.0}, {"LLM": 6000.0})

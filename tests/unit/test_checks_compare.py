@@ -23,10 +23,12 @@ from pytest_llmtrace.checks import (
     split_statements,
     strip_code_fences,
 )
+from pytest_llmtrace.checks.budgets import replayed_latencies_ms
 from pytest_llmtrace.options import UnknownName
 from pytest_llmtrace.outcome import CheckResult, Measurement
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import read_trace
+from pytest_llmtrace.trace.virtual import ReplayedAnswer, virtualize
 
 GOLDEN = Path(__file__).parents[2] / "golden_traces"
 
@@ -417,11 +419,31 @@ def test_without_a_golden_trace_only_budgets_apply() -> None:
 
 
 def test_replayed_values_are_marked_as_replayed() -> None:
-    golden, now = app_trace(1000, 5), app_trace(1000, 5)
-    sources = {m.label: m.source for m in check_latency(golden, now, budgets_ms={}, replayed=True).measurements}
-    assert sources == {"total ms": "measured", "LLM ms": "replayed", "SQL ms": "measured", "CHAIN ms": "measured"}
-    assert {m.source for m in check_tokens(golden, now, replayed=True).measurements} == {"replayed"}
-    assert {m.source for m in check_tokens(golden, now).measurements} == {"measured"}
+    """Virtual time: the LLM call answered in 5 ms counts its recorded 1000 ms; total and CHAIN hold it."""
+    golden, instant = app_trace(1000, 5), app_trace(5, 5)
+    answer = ReplayedAnswer(int(1 * MS), int(2 * MS), 1000 * MS, 0)
+    virtual = virtualize(instant, [answer])
+    replayed = replayed_latencies_ms(virtual)
+    assert replayed == {"LLM": 1000.0, "CHAIN": 1000.0, "total": 1000.0}
+
+    result = check_latency(golden, virtual.trace, budgets_ms={"LLM": 900}, replayed_ms=replayed)
+    by_label = {(m.label, m.basis): (m.now, m.source, m.replayed) for m in result.measurements}
+    assert by_label == {
+        ("total ms", "relative"): (1006.0, "measured", 1000.0),
+        ("LLM ms", "absolute"): (1000.0, "replayed", 1000.0),
+        ("LLM ms", "relative"): (1000.0, "replayed", 1000.0),
+        ("SQL ms", "relative"): (5.0, "measured", 0.0),
+        ("CHAIN ms", "relative"): (1006.0, "measured", 1000.0),
+    }
+    failed = [m for m in result.measurements if m.status == "failed"]
+    assert format_table(failed).splitlines()[1] == "LLM ms | 1000.0 | 1000.0 (replayed) | <= 900 ms budget"
+    assert {m.source for m in check_tokens(golden, virtual.trace, replayed=True).measurements} == {"replayed"}
+    assert {m.source for m in check_tokens(golden, virtual.trace).measurements} == {"measured"}
+
+
+def test_a_duration_holding_replayed_time_shows_its_replayed_part() -> None:
+    slow = Measurement("total", "ms", 1406.0, 1006.0, "relative", 1509.0, "<= 1.5x golden", "failed", replayed=1000)
+    assert format_table([slow]).splitlines()[1] == "total ms | 1006.0 | 1406.0 (1000.0 replayed) | <= 1.5x golden"
 
 
 def test_token_counts_within_tolerance_and_maxima() -> None:
@@ -454,7 +476,7 @@ def test_tokens_of_golden_traces() -> None:
     assert [v.label for v in failed(check_tokens(a, b))] == ["completion tokens", "total tokens"]
 
 
-def test_format_table_is_pinned() -> None:
+def test_format_table_is_pinned() -> None:  # measured values: no mark
     table = format_table(
         [
             Measurement("LLM", "ms", 5200.0, 1.66, "absolute", 5000, "<= 5000 ms budget", "failed"),
