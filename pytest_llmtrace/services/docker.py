@@ -46,7 +46,7 @@ POSTGRES_IMAGE = "postgres:17.6-alpine"
 # tests/docker/images.sh reads the version from this line for its local image.
 PHOENIX_IMAGE = "arizephoenix/phoenix:version-20.26.1"
 # testcontainers' default (0.1.44) predates the JSON /api/create the Ollama backend uses (Ollama >= 0.5.6), and
-# 0.12.6 is the version the HTTP front in ollama_api/server.py reports.
+# 0.12.6 is the version the package's Ollama-API front reports (ollama_api/ollama_routes.py).
 OLLAMA_IMAGE = "ollama/ollama:0.12.6"
 IMAGES = {"postgres": POSTGRES_IMAGE, "phoenix": PHOENIX_IMAGE, "ollama": OLLAMA_IMAGE}
 
@@ -112,7 +112,7 @@ def start_fix(service: str, image: str, exc: BaseException) -> str:
         )
     if isinstance(exc, docker.errors.ImageNotFound) or (
         isinstance(exc, docker.errors.APIError)
-        and any(word in text for word in ("pull", "manifest", "registry", "no such host", "not found"))
+        and any(word in text for word in ("pull", "manifest", "registry", "no such host"))
     ):
         return (
             f"the image {image} is not on the Docker host and could not be pulled: check the name, run "
@@ -231,8 +231,7 @@ def prepare_container(
 ) -> None:
     """Label ``container``, publish ``ports`` on loopback (random host ports), and ask for the GPUs if ``gpu``.
 
-    Replaces whatever ``with_kwargs`` set before: testcontainers' OllamaContainer adds a GPU request by itself when
-    the daemon has an nvidia runtime, and the decision here (``gpu``) is the one the header shows.
+    Replaces whatever ``with_kwargs`` set before, so the GPU decision is this one, the one the header shows.
     """
     address = LOOPBACK if publish_on_loopback(container.get_docker_client().client) else "0.0.0.0"
     for port in ports:
@@ -291,16 +290,26 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
 
 
 def http_container(
-    image: str, *, service: str, port: int, owner: ContainerOwner, env: Mapping[str, str] | None = None
+    image: str,
+    *,
+    service: str,
+    port: int,
+    owner: ContainerOwner,
+    env: Mapping[str, str] | None = None,
+    volumes: Mapping[str, str] | None = None,
+    gpu: bool = False,
 ) -> Any:
-    """A prepared container of ``image`` (labels, ``port`` published on loopback); start it with ``start_prepared``
-    and wait with ``wait_http``: the readiness check for images without a shell, like Phoenix's distroless one."""
+    """A prepared container of ``image`` (labels, ``port`` published on loopback, ``volumes`` host path -> container
+    path); start it with ``start_prepared`` and wait with ``wait_http``, which needs nothing inside the image (the
+    Phoenix image is distroless)."""
     from testcontainers.core.container import DockerContainer
 
     container = DockerContainer(image)
     for key, value in (env or {}).items():
         container = container.with_env(key, value)
-    prepare_container(container, service=service, ports=[port], owner=owner)
+    for host_path, container_path in (volumes or {}).items():
+        container = container.with_volume_mapping(host_path, container_path, "rw")
+    prepare_container(container, service=service, ports=[port], owner=owner, gpu=gpu)
     return container
 
 

@@ -348,15 +348,17 @@ class DockerOllama:
         models.mkdir(parents=True, exist_ok=True)
         gpu, _ = docker.gpu_request(self.gpu)
         try:
-            from testcontainers.community.ollama import OllamaContainer
-
-            container: Any = OllamaContainer(image=self.image)  # asks the daemon at once: raises without Docker
-            self._container = container
-            container.with_volume_mapping(str(models), "/root/.ollama/models", "rw")
-            owner = docker.ContainerOwner.of(self.record)
-            docker.prepare_container(container, service=SERVICE, ports=[11434], owner=owner, gpu=gpu)
-            docker.start_prepared(container)  # then waits for "Listening on" in its log
+            self._container = container = docker.http_container(
+                self.image,
+                service=SERVICE,
+                port=11434,
+                owner=docker.ContainerOwner.of(self.record),
+                volumes={str(models): "/root/.ollama/models"},
+                gpu=gpu,
+            )
+            docker.start_prepared(container)
             url = f"http://{docker.container_host(container)}:{container.get_exposed_port(11434)}"
+            docker.wait_http(container, url + "/api/version", timeout=START_TIMEOUT_S)
         except Exception as exc:  # docker errors have many types; all mean "could not start"
             log = docker.log_tail(self._container)
             self.stop()
