@@ -9,6 +9,7 @@ import pytest
 
 from pytest_llmtrace import recording
 from pytest_llmtrace.checker import Checker
+from pytest_llmtrace.checks.execute import READERS
 from pytest_llmtrace.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.failing import fail, fail_on
 from pytest_llmtrace.recording import TestRecording
@@ -74,6 +75,7 @@ def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[PostgresDataba
         with services.app_environment(DB_URI=database.reader_url):
             yield database
     finally:
+        READERS.close(database.reader_url)  # the checks' reused connections, before their database goes
         manager.drop_database(database)
 
 

@@ -1,14 +1,22 @@
-"""Running model-written SQL safely: read-only, bounded, always rolled back, connection always closed.
+"""Running model-written SQL safely: read-only, bounded, always rolled back, session state always reset.
 
 The SQL is untrusted text from a language model, so safety does not depend on the role it runs as (see
 ``execute_readonly``). A connection that cannot be made is an outcome like any SQL error (``execute_untrusted``):
 a case fails saying so, not with the driver's traceback.
+
+Connections are reused (``READERS``): opening one costs Postgres a process fork, the largest share of a fast
+query's check on a busy machine, and a run re-executes one statement per case. A connection goes back to the cache
+only after the transaction was rolled back and ``DISCARD ALL`` left it idle, which resets everything a statement
+could leave behind in its session (settings, advisory locks, prepared statements, cursors, temporary tables,
+LISTEN); anything unexpected closes it instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pytest_llmtrace.checks.results import normalize_value
@@ -16,7 +24,14 @@ from pytest_llmtrace.checks.sql_text import split_statements
 from pytest_llmtrace.errors import first_line
 from pytest_llmtrace.outcome import CheckResult, SqlOutcome
 
-__all__ = ["check_sql", "execute_readonly", "execute_untrusted"]
+__all__ = [
+    "READERS",
+    "ReaderConnections",
+    "check_sql",
+    "execute_readonly",
+    "execute_untrusted",
+    "readonly_transaction",
+]
 
 
 # Errors that DECLARE CURSOR raises for statements that are not plain queries (DML, EXPLAIN, SHOW, data-modifying
@@ -25,12 +40,86 @@ _NOT_A_CURSOR_QUERY = frozenset({"42601", "0A000"})
 _CURSOR = "llmtrace_readonly"
 
 
+class ReaderConnections:
+    """Idle connections per DSN, handed out one at a time and reset before they are handed out again."""
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def connection(self, dsn: str) -> Iterator[Any]:
+        """An autocommit connection to ``dsn``; back to the cache after a clean exit and a reset, else closed.
+
+        A failure to connect raises ``psycopg2.Error`` (see ``execute_untrusted``).
+        """
+        import psycopg2  # a C extension with libpq: loaded when a case first executes SQL, not when pytest starts
+
+        with self._lock:
+            idle = self._idle.get(dsn)
+            conn = idle.pop() if idle else None
+        if conn is None or conn.closed:
+            conn = psycopg2.connect(dsn, connect_timeout=10, application_name="pytest-llmtrace")
+            conn.autocommit = True  # transactions are spelled out by the callers: nothing depends on psycopg2's
+        clean = False
+        try:
+            yield conn
+            clean = True
+        finally:
+            if clean and _reset(conn):
+                with self._lock:
+                    self._idle.setdefault(dsn, []).append(conn)
+            else:
+                conn.close()
+
+    def close(self, dsn: str | None = None) -> None:
+        """Close the idle connections to ``dsn`` (all DSNs when ``None``): before its database is dropped."""
+        with self._lock:
+            dsns = list(self._idle) if dsn is None else [dsn]
+            closing = [conn for d in dsns for conn in self._idle.pop(d, [])]
+        for conn in closing:
+            conn.close()
+
+
+def _reset(conn: Any) -> bool:
+    """``DISCARD ALL``, then make sure the connection is idle outside any transaction; False: do not reuse it."""
+    import psycopg2  # see ReaderConnections.connection
+    from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DISCARD ALL")
+        return bool(conn.get_transaction_status() == TRANSACTION_STATUS_IDLE)
+    except psycopg2.Error:
+        return False
+
+
+READERS = ReaderConnections()
+
+
+@contextlib.contextmanager
+def readonly_transaction(dsn: str, timeout_ms: int) -> Iterator[Any]:
+    """A cursor inside ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout``, always rolled back."""
+    import psycopg2  # see ReaderConnections.connection
+
+    if timeout_ms < 1:  # statement_timeout = 0 would mean no timeout at all
+        raise ValueError(f"need timeout_ms >= 1, got {timeout_ms}")
+    with READERS.connection(dsn) as conn, conn.cursor() as cur:
+        cur.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            cur.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+            yield cur
+        finally:
+            with contextlib.suppress(psycopg2.Error):  # a dead connection has no transaction left to end
+                cur.execute("ROLLBACK")
+
+
 def execute_readonly(dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: int = 10_000) -> SqlOutcome:
     """Run one untrusted statement and report what happened; SQL errors are outcomes, connection errors raise.
 
     Safety does not depend on the role behind ``dsn``: the transaction is started READ ONLY (a write fails with
     SQLSTATE 25006), ``SET LOCAL statement_timeout`` cancels a runaway query (57014), the transaction is rolled back
-    even on success (so volatile functions leave nothing either), and the connection is always closed.
+    even on success (so volatile functions leave nothing either), and the session is reset (``READERS``).
 
     More than one statement is refused without running anything: inside a string of statements, ``COMMIT;`` or
     ``ROLLBACK;`` would end the read-only transaction and let the rest run in a new, writable one, and ``SET
@@ -52,25 +141,15 @@ def execute_readonly(dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: in
         problem = "no SQL statement" if not statements else f"{len(statements)} statements; expected exactly one"
         return SqlOutcome(False, (), (), 0, False, problem, None, 0.0)
 
-    conn = psycopg2.connect(dsn, connect_timeout=10, application_name="pytest-llmtrace")
-    try:
-        conn.autocommit = True  # transactions are spelled out below, so nothing depends on psycopg2's defaults
-        with conn.cursor() as cur:
-            cur.execute("BEGIN TRANSACTION READ ONLY")
-            cur.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
-            cur.execute("SET LOCAL cursor_tuple_fraction = 1")
-            started = time.perf_counter()
-            try:
-                columns, raw, truncated = _run(cur, statements[0], max_rows)
-            except psycopg2.Error as exc:
-                elapsed = (time.perf_counter() - started) * 1000
-                return SqlOutcome(False, (), (), 0, False, _message(exc), exc.pgcode, elapsed)
-            finally:
-                with contextlib.suppress(psycopg2.Error):  # a dead connection has no transaction left to end
-                    cur.execute("ROLLBACK")
+    with readonly_transaction(dsn, timeout_ms) as cur:
+        cur.execute("SET LOCAL cursor_tuple_fraction = 1")
+        started = time.perf_counter()
+        try:
+            columns, raw, truncated = _run(cur, statements[0], max_rows)
+        except psycopg2.Error as exc:
             elapsed = (time.perf_counter() - started) * 1000
-    finally:
-        conn.close()
+            return SqlOutcome(False, (), (), 0, False, _message(exc), exc.pgcode, elapsed)
+        elapsed = (time.perf_counter() - started) * 1000
     rows = tuple(tuple(normalize_value(v) for v in row) for row in raw)
     return SqlOutcome(True, columns, rows, len(rows), truncated, None, None, elapsed)
 

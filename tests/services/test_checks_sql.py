@@ -10,6 +10,7 @@ import psycopg2
 import pytest
 
 from pytest_llmtrace.checks import compare_results, execute_readonly
+from pytest_llmtrace.checks.execute import READERS
 from pytest_llmtrace.services.postgres import (
     EmbeddedPostgres,
     clone_database,
@@ -171,3 +172,46 @@ def test_golden_and_rewritten_sql_compare_equal_under_bag(reader: str) -> None:
     diff = compare_results(golden.rows, wrong.rows, "bag")
     assert diff is not None
     assert diff.summary.startswith("golden 3 rows, now 3 rows; 3 missing, 3 unexpected")
+
+
+# -- reused connections -----------------------------------------------------------------------------------------------
+
+
+def _pid(dsn: str) -> object:
+    outcome = execute_readonly(dsn, "SELECT pg_backend_pid()")
+    assert outcome.ok, outcome.error
+    return outcome.rows[0][0]
+
+
+def test_the_connection_is_reused_until_closed(reader: str) -> None:
+    first = _pid(reader)
+    assert _pid(reader) == first
+    READERS.close(reader)
+    assert _pid(reader) != first
+
+
+@pytest.mark.parametrize(
+    ("leave_behind", "look"),
+    [
+        ("SELECT pg_advisory_lock(42)", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
+        ("PREPARE left_behind AS SELECT 1", "SELECT count(*) FROM pg_prepared_statements"),
+        ("SELECT set_config('work_mem', '77MB', false)", "SELECT (current_setting('work_mem') = '77MB')::int"),
+        ("DECLARE held CURSOR WITH HOLD FOR SELECT 1", "SELECT count(*) FROM pg_cursors WHERE name = 'held'"),
+    ],
+)
+def test_nothing_a_statement_leaves_in_its_session_reaches_the_next(reader: str, leave_behind: str, look: str) -> None:
+    pid = _pid(reader)
+    execute_readonly(reader, leave_behind)
+    after = execute_readonly(reader, look)
+
+    assert after.ok, after.error
+    assert after.rows == ((0,),)
+    assert _pid(reader) == pid  # the same session, reset, not a new one
+
+
+def test_a_cancelled_statement_leaves_a_reusable_connection(reader: str) -> None:
+    pid = _pid(reader)
+    cancelled = execute_readonly(reader, "SELECT pg_sleep(5)", timeout_ms=50)
+    assert cancelled.sqlstate == "57014"
+    assert execute_readonly(reader, "SELECT 1").rows == ((1,),)
+    assert _pid(reader) == pid
