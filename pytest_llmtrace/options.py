@@ -41,7 +41,7 @@ __all__ = [
 MARKER = "llmtrace"
 
 # The checks a golden case runs, in the order their findings are reported.
-CHECKS = ("sql", "results", "latency", "tokens", "snapshot")
+CHECKS = ("sql", "results", "cost", "latency", "tokens", "snapshot")
 
 # How result rows are compared (see checks.results.row_order_matters for what each means).
 ResultMatch = Literal["bag", "set", "ordered", "none"]
@@ -167,6 +167,10 @@ def _float(value: Any, where: str) -> float:
     return float(_number(value, where, float))
 
 
+def _count(value: Any, where: str) -> int:
+    return int(_number(value, where, int))
+
+
 def _timeout(value: Any, where: str) -> int:
     # 0 would mean "no timeout" to Postgres: model-written SQL is never run unbounded
     return int(_number(value, where, int, minimum=1))
@@ -242,6 +246,22 @@ class CheckOptions:
     )
     sql_timeout_ms: int = field(
         default=5000, metadata=_meta("statement_timeout for re-executing the app's SQL.", _timeout)
+    )
+    cost_tolerance: float = field(
+        default=2.0,
+        metadata=_meta(
+            "The cost check fails when the SQL now reads more than this many times the golden SQL's shared buffers "
+            "(hit + read; the planner's cost when a statement cannot run).",
+            _float,
+        ),
+    )
+    latency_retries: int = field(
+        default=3,
+        metadata=_meta(
+            "When a SQL latency limit fails (or the re-executed SQL hits its statement timeout), run the statement "
+            "this many more times and judge the fastest: a busy machine is not a regression. 0: no re-runs.",
+            _count,
+        ),
     )
 
     @classmethod

@@ -40,7 +40,8 @@ class Measurement:
     """One value held against one limit.
 
     - ``metric``: a latency metric (``total``, ``LLM``, ``SQL``, a span kind) or a token kind (``prompt``, ...).
-    - ``unit``: ``ms`` or ``tokens``; ``metric`` and ``unit`` together name the row (``SQL ms``, ``total tokens``).
+    - ``unit``: ``ms``, ``tokens``, or for the cost check ``blocks`` (shared buffers) and ``cost`` (planner units);
+      ``metric`` and ``unit`` together name the row (``SQL ms``, ``total tokens``, ``hit+read blocks``).
     - ``now``: the value in this run; ``golden``: the golden trace's (``None`` without a golden trace).
     - ``basis``: ``absolute`` (a budget or maximum the user set) or ``relative`` (derived from the golden value).
     - ``limit``: the largest passing value; ``low``: the smallest, for two-sided limits (token counts). Both are
@@ -52,10 +53,13 @@ class Measurement:
       Everything else (SQL, the app's own code) is ``measured``.
     - ``replayed``: for durations, how many of the ``now`` ms come from the recording: all of them for a
       ``replayed`` value, some for a ``measured`` one that encloses replayed calls (``total``, CHAIN), else 0.
+    - ``samples``: when the SQL was timed again after a latency limit failed, every timing in ms (the run's own
+      first); ``now`` is then the fastest. ``finding``: for a relative latency limit that still failed after
+      re-timing, ``regressed`` (the re-runs agree) or ``unstable`` (they spread too much to say); else empty.
     """
 
     metric: str
-    unit: Literal["ms", "tokens"]
+    unit: Literal["ms", "tokens", "blocks", "cost"]
     now: float
     golden: float | None
     basis: Literal["absolute", "relative"]
@@ -66,6 +70,8 @@ class Measurement:
     low: float | None = None
     reason: str = ""
     replayed: float = 0.0
+    samples: tuple[float, ...] = ()
+    finding: Literal["", "regressed", "unstable"] = ""
 
     @property
     def label(self) -> str:
@@ -73,7 +79,9 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
-        return cls(**data)
+        values = dict(data)
+        values["samples"] = tuple(values.get("samples", ()))
+        return cls(**values)
 
 
 @dataclass(frozen=True)

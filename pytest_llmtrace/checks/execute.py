@@ -30,6 +30,7 @@ __all__ = [
     "check_sql",
     "execute_readonly",
     "execute_untrusted",
+    "postgres_message",
     "readonly_transaction",
 ]
 
@@ -148,7 +149,7 @@ def execute_readonly(dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: in
             columns, raw, truncated = _run(cur, statements[0], max_rows)
         except psycopg2.Error as exc:
             elapsed = (time.perf_counter() - started) * 1000
-            return SqlOutcome(False, (), (), 0, False, _message(exc), exc.pgcode, elapsed)
+            return SqlOutcome(False, (), (), 0, False, postgres_message(exc), exc.pgcode, elapsed)
         elapsed = (time.perf_counter() - started) * 1000
     rows = tuple(tuple(normalize_value(v) for v in row) for row in raw)
     return SqlOutcome(True, columns, rows, len(rows), truncated, None, None, elapsed)
@@ -174,7 +175,7 @@ def _run(cur: Any, statement: str, max_rows: int) -> tuple[tuple[str, ...], list
     return columns, [tuple(r) for r in rows[:max_rows]], truncated
 
 
-def _message(exc: Any) -> str:
+def postgres_message(exc: Any) -> str:
     """Postgres's primary message (no ``ERROR:`` prefix, no ``LINE 1:`` context), as the application logs it."""
     primary = getattr(getattr(exc, "diag", None), "message_primary", None)
     return str(primary) if primary else first_line(exc)

@@ -21,15 +21,21 @@ def indent(text: str) -> str:
 def _cell(m: Measurement, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f}" if m.unit == "ms" else str(round(value))
+    return f"{value:.1f}" if m.unit in ("ms", "cost") else str(round(value))
 
 
 def _now_cell(m: Measurement) -> str:
-    """The value now, and how much of it replay took from the recording: a replayed number never reads as measured."""
+    """The value now, how much of it replay took from the recording (a replayed number never reads as measured),
+    and for re-timed SQL the fastest of how many runs and what the re-runs found."""
     text = _cell(m, m.now)
-    if m.unit != "ms" or m.replayed <= 0:
-        return text
-    return f"{text} (replayed)" if m.source == "replayed" else f"{text} ({m.replayed:.1f} replayed)"
+    notes = []
+    if m.unit == "ms" and m.replayed > 0:
+        notes.append("replayed" if m.source == "replayed" else f"{m.replayed:.1f} replayed")
+    if m.samples:
+        notes.append(f"fastest of {len(m.samples)}")
+    if m.finding:
+        notes.append(m.finding)
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def format_table(measurements: Iterable[Measurement]) -> str:
@@ -100,6 +106,7 @@ def _generic(check: CheckResult, outcome: CaseOutcome) -> str:
 _RENDERERS: dict[str, Callable[[CheckResult, CaseOutcome], str]] = {
     "sql": _sql,
     "results": _results,
+    "cost": _table,
     "latency": _table,
     "tokens": _table,
     "snapshot": _snapshot,

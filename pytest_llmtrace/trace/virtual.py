@@ -39,7 +39,7 @@ from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.span import Span
 from pytest_llmtrace.trace.views import Message, llm_call
 
-__all__ = ["ReplayedAnswer", "VirtualTrace", "virtualize"]
+__all__ = ["ReplayedAnswer", "VirtualTrace", "retime", "virtualize"]
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,40 @@ def virtualize(now: Trace, answers: Iterable[ReplayedAnswer]) -> VirtualTrace:
             shifts.append(
                 _Shift(answer.answered_ns, answer.recorded_ns - answer.measured_ns, owner, answer.recorded_ns)
             )
-    shifts.sort(key=lambda s: s.at_ns)
-
     replayed, owned = _by_subtree(now, shifts)
+    virtual = _shifted(now, shifts, owned)
+    return VirtualTrace(
+        trace=virtual,
+        replayed_ns=replayed,
+        answers={k: tuple(v) for k, v in linked.items()},
+        unlinked=tuple(implicit.get(None, ())),
+        total_replayed_ns=sum(a.recorded_ns for a in answers),
+    )
+
+
+def retime(trace: Trace, durations_ns: Mapping[str, int]) -> Trace:
+    """``trace`` with the spans named in ``durations_ns`` (span id -> ns) lasting that long, by the rules above.
+
+    What the latency check uses when it has timed a statement again: the SQL span takes the fastest timing, and its
+    ancestors and the spans after it move with it, as a replayed LLM span's do.
+    """
+    shifts = [
+        _Shift(_end(span), ns - span.duration_ns, span.span_id, 0)
+        for span in trace
+        if span.span_id in durations_ns and span.end_time_unix_nano is not None
+        for ns in [durations_ns[span.span_id]]
+    ]
+    _, owned = _by_subtree(trace, shifts)
+    return _shifted(trace, shifts, owned)
+
+
+def _shifted(now: Trace, shifts: list[_Shift], owned: Mapping[str, list[_Shift]]) -> Trace:
+    """Every span moved by the shifts at or before its start, and grown by the shifts in its own subtree."""
+    shifts.sort(key=lambda s: s.at_ns)
     points = [s.at_ns for s in shifts]
     before: list[int] = [0]  # before[i]: sum of the first i shifts' deltas
     for shift in shifts:
         before.append(before[-1] + shift.delta_ns)
-
     spans: list[Span] = []
     for span in now:
         moved = before[bisect.bisect_right(points, span.start_time_unix_nano)]  # shifts at or before its start
@@ -141,14 +167,7 @@ def virtualize(now: Trace, answers: Iterable[ReplayedAnswer]) -> VirtualTrace:
         grown = sum(s.delta_ns for s in owned.get(span.span_id, ()) if s.at_ns > span.start_time_unix_nano)
         end = max(start, start + span.duration_ns + grown)
         spans.append(dataclasses.replace(span, start_time_unix_nano=start, end_time_unix_nano=end))
-    virtual = Trace(spans, source=now.source, warn_missing_parents=False)
-    return VirtualTrace(
-        trace=virtual,
-        replayed_ns=replayed,
-        answers={k: tuple(v) for k, v in linked.items()},
-        unlinked=tuple(implicit.get(None, ())),
-        total_replayed_ns=sum(a.recorded_ns for a in answers),
-    )
+    return Trace(spans, source=now.source, warn_missing_parents=False)
 
 
 def _end(span: Span) -> int:

@@ -10,7 +10,10 @@ import psycopg2
 import pytest
 
 from pytest_llmtrace.checks import compare_results, execute_readonly
+from pytest_llmtrace.checks.cost import check_cost, measure_cost
 from pytest_llmtrace.checks.execute import READERS
+from pytest_llmtrace.options import CheckOptions
+from pytest_llmtrace.runner import run_checks
 from pytest_llmtrace.services.postgres import (
     EmbeddedPostgres,
     clone_database,
@@ -18,6 +21,7 @@ from pytest_llmtrace.services.postgres import (
     grant_read_only,
     reader_url,
 )
+from pytest_llmtrace.trace.model import Span, Trace
 
 COMPANY_DB = sorted((Path(__file__).parents[2] / "fixtures" / "company_db").glob("*.sql"))
 
@@ -215,3 +219,108 @@ def test_a_cancelled_statement_leaves_a_reusable_connection(reader: str) -> None
     assert cancelled.sqlstate == "57014"
     assert execute_readonly(reader, "SELECT 1").rows == ((1,),)
     assert _pid(reader) == pid
+
+
+# -- cost -------------------------------------------------------------------------------------------------------------
+
+
+def _relpages(url: str, table: str) -> int:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_relation_size(%s::regclass) / current_setting('block_size')::int", (table,))
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+    finally:
+        conn.close()
+
+
+def test_a_full_scan_reads_every_block_of_its_table_every_time(reader: str, owner_url: str) -> None:
+    costs = [measure_cost(reader, "SELECT sum(amount) FROM orders", timeout_ms=5000, run=True) for _ in range(3)]
+
+    assert [c.buffers for c in costs] == [_relpages(owner_url, "orders")] * 3
+    assert len({c.plan_cost for c in costs}) == 1
+    assert costs[0].plan_cost is not None
+    assert costs[0].plan_cost > 0
+    assert costs[0].error is None
+
+
+def test_a_lookup_that_lost_its_index_fails_the_cost_check_with_both_numbers(reader: str, owner_url: str) -> None:
+    golden = measure_cost(reader, "SELECT * FROM order_items WHERE id = 5", timeout_ms=5000, run=True)
+    now = measure_cost(reader, "SELECT * FROM order_items WHERE id + 0 = 5", timeout_ms=5000, run=True)
+    check = check_cost(now, golden, tolerance=2.0)
+
+    assert golden.buffers is not None
+    assert golden.buffers <= 4  # the primary key's root, a leaf, the heap page
+    assert now.buffers == _relpages(owner_url, "order_items")
+    assert check.status == "failed"
+    blocks, planner = check.measurements
+    assert (blocks.label, blocks.golden, blocks.now, blocks.status) == (
+        "hit+read blocks",
+        golden.buffers,
+        now.buffers,
+        "failed",
+    )
+    assert (planner.label, planner.golden, planner.now) == ("planner cost", golden.plan_cost, now.plan_cost)
+    assert planner.status == "skipped"  # the buffers decide; the planner's estimate is kept beside them
+
+
+def test_a_statement_that_may_not_run_is_costed_by_its_plan(owner_url: str) -> None:
+    before = _count(owner_url, "order_items")
+    cost = measure_cost(owner_url, "DELETE FROM order_items WHERE discount > 0", timeout_ms=5000, run=True)
+
+    assert cost.buffers is None
+    assert cost.plan_cost is not None
+    assert cost.plan_cost > 0
+    assert cost.error == "cannot execute DELETE in a read-only transaction"
+    assert _count(owner_url, "order_items") == before
+
+
+# -- re-timing a SQL latency that failed ------------------------------------------------------------------------------
+
+
+def _sql_trace(sql: str, sql_ms: float) -> Trace:
+    ms = 1_000_000
+    return Trace(
+        [
+            Span("t" * 32, "r" * 16, None, "request", 0, int((sql_ms + 2) * ms), {"openinference.span.kind": "CHAIN"}),
+            Span("t" * 32, "s" * 16, "r" * 16, "sql", 1 * ms, int((1 + sql_ms) * ms), {"db.query.text": sql}),
+        ]
+    )
+
+
+def test_a_sql_span_slowed_by_the_machine_is_re_timed_and_passes(reader: str) -> None:
+    """The app's span says 600 s (a machine stalled); the statement, timed again, is fast: not a regression."""
+    golden, now = _sql_trace("SELECT 1", 5), _sql_trace("SELECT 1", 600_000)
+    outcome = run_checks(
+        now,
+        options=CheckOptions(checks=frozenset({"latency"})),
+        case_id="c",
+        mode="live",
+        golden=golden,
+        database=reader,
+    )
+    check = outcome.check("latency")
+
+    assert check is not None
+    assert check.status == "passed", check.reason
+    (sql,) = [m for m in check.measurements if m.label == "SQL ms" and m.basis == "relative"]
+    assert len(sql.samples) == 4
+    assert sql.samples[0] == 600_000.0
+    assert sql.now == min(sql.samples) < 600_000.0
+    assert outcome.durations_ms["total"] < 600_000.0  # the chain around it follows the fastest timing
+
+
+def test_a_statement_that_is_really_slower_still_fails_after_re_timing(reader: str) -> None:
+    golden, now = _sql_trace("SELECT pg_sleep(0.5)", 5), _sql_trace("SELECT pg_sleep(0.5)", 700)
+    options = CheckOptions(checks=frozenset({"latency"}), latency_retries=2, latency_budgets_ms={})
+    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+    check = outcome.check("latency")
+
+    assert check is not None
+    assert check.status == "failed"
+    (sql,) = [m for m in check.measurements if m.label == "SQL ms"]
+    assert len(sql.samples) == 3
+    assert sql.now >= 500.0  # pg_sleep(0.5) never returns sooner, however idle the machine
+    assert sql.finding in ("regressed", "unstable")

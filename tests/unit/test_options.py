@@ -96,7 +96,7 @@ def test_an_unknown_kind_is_a_usage_error_naming_the_near_miss() -> None:
 def test_ini_defaults_are_derived_from_the_dataclass_and_read_back_to_it() -> None:
     defaults = {spec.name: spec.default for spec in CHECK_SETTINGS}
     assert defaults == {
-        "checks": "sql results latency tokens snapshot",
+        "checks": "sql results cost latency tokens snapshot",
         "result_match": "bag",
         "latency_budgets_ms": "LLM=5000 total=8000 SQL=1000",
         "latency_tolerance": "1.5",
@@ -104,6 +104,8 @@ def test_ini_defaults_are_derived_from_the_dataclass_and_read_back_to_it() -> No
         "token_tolerance": "0.1",
         "token_max": "",
         "sql_timeout_ms": "5000",
+        "cost_tolerance": "2",
+        "latency_retries": "3",
     }
     assert from_ini(**{name: text for name, text in defaults.items() if text}) == CheckOptions()
     assert [spec.name for spec in REPLAY_SETTINGS if spec.name in defaults] == list(defaults)
@@ -131,7 +133,7 @@ def test_check_names_and_result_match_choices_come_from_one_place() -> None:
     assert specs["result_match"].choices == RESULT_MATCH == ("bag", "set", "ordered", "none")
     assert " ".join(CHECKS) in specs["checks"].help
     skipped = CheckOptions().with_marker(mark(skip_checks=["latency", "Tokens"]), "case")
-    assert skipped.checks == frozenset({"sql", "results", "snapshot"})
+    assert skipped.checks == frozenset({"sql", "results", "cost", "snapshot"})
     with pytest.raises(pytest.UsageError, match=r"unknown check 'snapshots'; did you mean 'snapshot'\?"):
         CheckOptions().with_marker(mark(checks=["snapshots"]), "case")
     with pytest.raises(pytest.UsageError, match=r"unknown result_match 'sets'; did you mean 'set'\?"):
