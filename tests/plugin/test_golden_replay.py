@@ -25,7 +25,7 @@ from pytest_llmtrace.trace.otlp import read_trace
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "golden_traces"
 TARGET = "gateway.app:handle_user_request"
-CHECK_NAMES = {"sql", "results", "latency", "tokens", "snapshot"}
+CHECK_NAMES = {"sql", "results", "cost", "latency", "tokens", "snapshot"}
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +281,7 @@ def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, 
         "error_unknown_column",
         "error_syntax",
         ini=(
-            "llmtrace_latency_budgets_ms = SQL=1\n"
+            "llmtrace_latency_budgets_ms = SQL=0.001\n"
             # generous: on a loaded 2-core runner the 2 s query took 8.5 s, and this test is about budgets and marks
             "llmtrace_sql_timeout_ms = 120000\n"
             "llmtrace_case_marks =\n"
@@ -291,7 +291,7 @@ def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, 
         ),
     )
     result = _run(pytester, pg_url, "-rxX")
-    # the slow case passes only because its latency is not checked: its SQL takes seconds against a 1 ms budget
+    # the slow case passes only because its latency is not checked: its SQL takes seconds against a 1 us budget
     result.assert_outcomes(failed=1, passed=1, xfailed=2)
     result.stdout.fnmatch_lines(
         [
@@ -299,7 +299,7 @@ def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, 
             "",
             "[[]latency]",
             "    metric | golden | now*| limit",
-            "    SQL ms | * | * | <= 1 ms budget",
+            "    SQL ms | * | * (fastest of 4) | <= 0.001 ms budget",
         ]
     )
     result.stdout.fnmatch_lines(
@@ -308,6 +308,34 @@ def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, 
             "XFAIL golden_traces/error_unknown_column.json::error_unknown_column - fails in production",
         ]
     )
+
+
+def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """Virtual time (the default; `instant` is its old name, `recorded` also waits): the replayed LLM call lasts
+    exactly its recorded duration, marked replayed; SQL and the app's own code are measured in this run."""
+    _project(pytester, "customers_by_tier")
+    recorded = read_trace(GOLDEN / "customers_by_tier.json")
+    (call,) = recorded.llm_calls
+    for speed in ("virtual", "recorded"):
+        result = pytester.runpytest_subprocess(
+            f"--llmtrace-postgres={pg_url}",
+            f"--llmtrace-replay-speed={speed}",
+            f"--llmtrace-report={speed}",
+            timeout=120,
+        )
+        result.assert_outcomes(passed=1)
+        (case,) = json.loads((pytester.path / speed / "results.json").read_text())["cases"]
+        assert case["durations_ms"]["LLM"] == case["golden_durations_ms"]["LLM"] == call.span.duration_ms
+        assert case["replayed_durations_ms"]["LLM"] == call.span.duration_ms
+        assert case["replayed_durations_ms"]["total"] == call.span.duration_ms
+        assert "SQL" not in case["replayed_durations_ms"]
+        assert case["durations_ms"]["SQL"] > 0
+        assert case["durations_ms"]["total"] > call.span.duration_ms + case["durations_ms"]["SQL"]
+        latency = next(c for c in case["checks"] if c["name"] == "latency")
+        sources = {(m["metric"], m["source"]) for m in latency["measurements"]}
+        assert sources == {("total", "measured"), ("LLM", "replayed"), ("SQL", "measured"), ("CHAIN", "measured")}
 
 
 # -- 3. prompt changed, call never made --------------------------------------------------------------------------------

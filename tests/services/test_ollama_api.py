@@ -223,7 +223,7 @@ def test_openai_chat_completions_with_and_without_streaming(server: OllamaAPISer
 
 
 def test_openai_sdk_works_against_v1(server: OllamaAPIServer) -> None:
-    openai = pytest.importorskip("openai")
+    openai = pytest.importorskip("openai", reason="needs openai, from the README's set-up: pip install -e '.[dev]'")
     sdk = openai.OpenAI(base_url=server.url + "/v1", api_key="ollama")
     try:
         completion = sdk.chat.completions.create(model=MODEL, messages=MESSAGES)

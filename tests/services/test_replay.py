@@ -166,7 +166,7 @@ def test_openai_chat_completions_get_answer_and_usage() -> None:
         body = http.post("/v1/chat/completions", json={"model": MODEL, "messages": wire(first.input_messages)})
         assert body.status_code == 200
         completion: dict[str, Any] = body.json()
-        openai = pytest.importorskip("openai")
+        openai = pytest.importorskip("openai", reason="needs openai, from the README's set-up: pip install -e '.[dev]'")
         sdk = openai.OpenAI(base_url=running.url + "/v1", api_key="ollama")
         try:
             via_sdk = sdk.chat.completions.create(model=MODEL, messages=wire(second.input_messages))

@@ -21,6 +21,7 @@ OTLPV1 = DATA / "spans_otlpv1.json"
 DATAFRAME_JSONL = DATA / "spans_dataframe.jsonl"
 PARQUET = DATA / "spans_dataframe.parquet"
 TRACES_EXPORT = DATA / "traces_include_spans.json"
+DATAFRAME_EXTRA = "needs pyarrow, from the README's set-up: pip install -e '.[dataframe]'"
 
 QUESTIONS = [
     "How many customers are in Berlin?",
@@ -87,7 +88,7 @@ def check_text_to_sql_traces(traces: list[Trace]) -> None:
 )
 def test_phoenix_exports_convert(path: Path, fmt: str) -> None:
     if path.suffix == ".parquet":
-        pytest.importorskip("pyarrow")
+        pytest.importorskip("pyarrow", reason=DATAFRAME_EXTRA)
 
     imported = import_file(path)
 
@@ -98,7 +99,7 @@ def test_phoenix_exports_convert(path: Path, fmt: str) -> None:
 
 def test_rest_otlpv1_and_parquet_give_identical_golden_files() -> None:
     """otlpv1 times carry float noise and parquet nests attributes; both must still match the REST export."""
-    pytest.importorskip("pyarrow")
+    pytest.importorskip("pyarrow", reason=DATAFRAME_EXTRA)
     rest = [dumps(t) for t in load_traces(REST)]
 
     assert [dumps(t) for t in load_traces(OTLPV1)] == rest
@@ -244,7 +245,7 @@ def test_traces_export_is_refused_with_a_pointer_to_the_spans_endpoint() -> None
 )
 def test_format_comes_from_content_not_extension(tmp_path: Path, source: Path, name: str) -> None:
     if source.suffix == ".parquet":
-        pytest.importorskip("pyarrow")
+        pytest.importorskip("pyarrow", reason=DATAFRAME_EXTRA)
     misnamed = tmp_path / name
     shutil.copyfile(source, misnamed)
 

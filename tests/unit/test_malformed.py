@@ -17,6 +17,7 @@ from pytest_llmtrace.trace.jsondoc import MAX_ATTRIBUTE_CHARS
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
 
+DATAFRAME_EXTRA = "needs pyarrow, from the README's set-up: pip install -e '.[dataframe]'"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 SPANS = "$.resourceSpans[0].scopeSpans[0].spans"
 
@@ -249,7 +250,7 @@ def test_malformed_imports_name_file_path_and_expectation(tmp_path: Path, case: 
 
 
 def test_corrupt_parquet(tmp_path: Path) -> None:
-    pytest.importorskip("pyarrow")
+    pytest.importorskip("pyarrow", reason=DATAFRAME_EXTRA)
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1" + b"\x00" * 20)
 
