@@ -83,9 +83,10 @@ def _project(pytester: pytest.Pytester, ini: str) -> None:
         shutil.copytree(
             REPO / "fixtures" / package, pytester.path / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    # Latency is left out of these runs: replayed, it measures this machine's load, not how a convention is read
-    # (tests/unit/test_conventions.py checks that an auto-instrumented LLM span counts as LLM time).
-    checks = "llmtrace_checks = sql results tokens snapshot\n"
+    # Latency is left out of these runs, and the snapshot's durations get a floor no run reaches: replayed, they
+    # measure this machine's load, not how a convention is read (tests/unit/test_conventions.py checks that an
+    # auto-instrumented LLM span counts as LLM time).
+    checks = "llmtrace_checks = sql results tokens snapshot\nllmtrace_latency_floor_ms = 600000\n"
     pytester.makeini(f"[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n{checks}{ini}")
 
 

@@ -585,7 +585,8 @@ def test_without_a_target_the_case_fails_saying_how_to_name_the_app(pytester: py
     result.stdout.fnmatch_lines(
         [
             'no app to replay the golden traces against: set llmtrace_target = "package.module:function" in the '
-            "pytest ini (the function is called with the user question), or override the llmtrace_app fixture",
+            "pytest ini (the function is called with the user question, and trace= the golden Trace if it has a "
+            "parameter named trace), or override the llmtrace_app fixture",
         ]
     )
 
