@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.errors import TraceFormatError
-from pytest_llmtrace.trace.safejson import segment
+from pytest_llmtrace.trace.safejson import segment, twice
 
 # Attribute values larger than this are refused: they are almost always a whole document or an image pasted into
 # a span by mistake, and a golden file that size would make every diff unreadable.
@@ -212,9 +212,7 @@ def attributes_from_otlp(doc: Doc) -> dict[str, Any]:
     for item in doc.items():
         key = item.key("key").string()
         if key in result:
-            raise item.error(
-                "unique attribute keys", ascii(key if len(key) <= 40 else key[:37] + "...") + " twice", suffix=".key"
-            )
+            raise item.error("unique attribute keys", twice(key), suffix=".key")
         value_doc = item.key("value")
         result[key] = attr_value_to_python(value_doc) if value_doc.value is not None else ""
     return result

@@ -37,7 +37,7 @@ from pytest_llmtrace.trace.jsondoc import (
     decode_scalar,
     describe,
 )
-from pytest_llmtrace.trace.safejson import check_tree
+from pytest_llmtrace.trace.safejson import check_tree, twice
 from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 
 __all__ = [
@@ -262,7 +262,7 @@ def _snake_attributes(doc: Doc) -> dict[str, AttrValue]:
     for item in doc.items():
         key = item.key("key").string()
         if key in result:
-            raise item.error("unique attribute keys", _twice(key), suffix=".key")
+            raise item.error("unique attribute keys", twice(key), suffix=".key")
         value = _snake_value(item.key("value")) if item.has("value") else None
         if value is not None:
             result[key] = value
@@ -432,15 +432,11 @@ def _flatten_into(out: dict[str, AttrValue], prefix: str, doc: Doc) -> None:
             _flatten_into(out, f"{prefix}.{i}", item)
     elif prefix in out:
         # {"a.b": 1, "a": {"b": 2}} names one attribute twice; which one wins would depend on the export's key order
-        raise doc.error("each attribute once (a nested key and a dotted key name the same attribute)", _twice(prefix))
+        raise doc.error("each attribute once (a nested key and a dotted key name the same attribute)", twice(prefix))
     elif isinstance(value, list):
         out[prefix] = tuple(_scalar(item) for item in doc.items())
     else:
         out[prefix] = _scalar(doc)
-
-
-def _twice(key: str) -> str:
-    return ascii(key if len(key) <= 40 else key[:37] + "...") + " twice"
 
 
 def _scalar(doc: Doc) -> AttrValue:

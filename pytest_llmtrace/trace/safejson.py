@@ -44,6 +44,7 @@ __all__ = [
     "parse",
     "read_bytes",
     "segment",
+    "twice",
 ]
 
 DEFAULT_MAX_TRACE_BYTES = 50_000_000
@@ -162,7 +163,7 @@ def parse(text: str, source: str | Path | None, base: str = "$", *, line: bool =
         raise _syntax_error(text, exc, source, base, line) from None
     except _Refused as refused:
         where, token = _locate(text, value=refused.where, duplicate=refused.duplicate)
-        got = f"{_short(token)} twice" if refused.duplicate else refused.got
+        got = twice(token) if refused.duplicate else refused.got
         raise TraceFormatError(source, base + where, refused.expected, got) from None
     except RecursionError:
         # The C scanner recurses once per level; a depth it cannot take is past MAX_DEPTH, found without recursion.
@@ -361,6 +362,6 @@ def _quoted_segment(key: str) -> str:
     return "[" + json.dumps(shown) + "]"
 
 
-def _short(text: str) -> str:
-    """A key or value quoted for a message: escaped (``ascii``) and at most about 40 characters."""
-    return ascii(text if len(text) <= 40 else text[:37] + "...")
+def twice(key: str) -> str:
+    """``'key' twice`` for duplicate-key messages: escaped (``ascii``) and at most about 40 characters."""
+    return ascii(key if len(key) <= 40 else key[:37] + "...") + " twice"

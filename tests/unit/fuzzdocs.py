@@ -2,11 +2,11 @@
 
 Two kinds, because Hypothesis pays per draw:
 
-- ``structured``: Hypothesis strategies (skeletons of every format with wrong types, mutated real exports, framing
-  as JSONL). Slow to draw (~10 ms a document) but shrinkable: a failure comes back as a small document.
-- ``seeded``: one Hypothesis-drawn seed drives ``random.Random`` through the same ideas at ~0.2 ms a document, four
-  documents an example, which is what makes ten thousand documents affordable. A failure names the kind and seed
-  of the document (``generate(kind, seed)`` gives it again).
+- Hypothesis strategies (in ``test_fuzz_loaders.py``: skeletons of every format with wrong types, JSONL framing).
+  Slow to draw (~10 ms a document) but shrinkable: a failure comes back as a small document.
+- ``seeded`` (here): one Hypothesis-drawn seed drives ``random.Random`` through the same ideas at ~0.2 ms a
+  document, four documents an example, which is what makes ten thousand documents affordable. A failure names the
+  kind and seed of the document (``generate(kind, seed)`` gives it again).
 """
 
 from __future__ import annotations
@@ -442,81 +442,3 @@ def batch(seed: int) -> list[tuple[str, int]]:
     """The ``(kind, seed)`` of each document one example generates: ``generate(*pair)`` reproduces it alone."""
     r = random.Random(seed)
     return [(r.choice(KINDS), r.getrandbits(64)) for _ in range(BATCH)]
-
-
-# -- Hypothesis-native strategies (shrinkable) ------------------------------------------------------------------------
-
-texts = st.one_of(st.text(max_size=12), st.sampled_from(WEIRD_STRINGS))
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), texts)
-json_values = st.recursive(
-    scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(texts, inner, max_size=3)),
-    max_leaves=8,
-)
-fragments = st.sampled_from(RAW_FRAGMENTS)
-times = st.one_of(st.sampled_from(["100", "200", 100, "0"]), scalars, fragments)
-
-
-def ids(size: int) -> st.SearchStrategy[Any]:
-    return st.one_of(st.sampled_from(HEX_IDS_16 if size == 16 else HEX_IDS_8), scalars)
-
-
-any_value = st.one_of(
-    st.fixed_dictionaries({"stringValue": texts}),
-    st.fixed_dictionaries({"intValue": st.one_of(scalars, fragments)}),
-    st.fixed_dictionaries({"doubleValue": st.one_of(scalars, st.sampled_from(["NaN", "inf"]))}),
-    st.fixed_dictionaries({"arrayValue": st.fixed_dictionaries({"values": st.lists(json_values, max_size=2)})}),
-    json_values,
-)
-otlp_span = st.fixed_dictionaries(
-    {
-        "traceId": ids(16),
-        "spanId": ids(8),
-        "name": texts,
-        "startTimeUnixNano": times,
-        "endTimeUnixNano": times,
-        "attributes": st.lists(st.fixed_dictionaries({"key": texts, "value": any_value}), max_size=2),
-    },
-    optional={"parentSpanId": ids(8), "status": st.fixed_dictionaries({"code": scalars}), "kind": scalars},
-)
-rest_span = st.fixed_dictionaries(
-    {
-        "name": texts,
-        "context": st.fixed_dictionaries({"trace_id": ids(16), "span_id": ids(8)}),
-        "span_kind": texts,
-        "start_time": st.one_of(st.just("2026-11-23T17:57:35Z"), texts),
-        "status_code": st.sampled_from(["OK", "ERROR", "bad"]),
-        "attributes": st.dictionaries(texts, json_values, max_size=3),
-    }
-)
-dataframe_record = st.fixed_dictionaries(
-    {"context.span_id": ids(8), "context.trace_id": ids(16), "name": texts, "start_time": times},
-    optional={"attributes.input": json_values, "attributes.input.value": scalars, "end_time": st.floats()},
-)
-structured_values = st.one_of(
-    st.fixed_dictionaries(
-        {
-            "resourceSpans": st.lists(
-                st.fixed_dictionaries(
-                    {
-                        "scopeSpans": st.lists(
-                            st.fixed_dictionaries({"spans": st.lists(otlp_span, max_size=3)}), max_size=2
-                        )
-                    }
-                ),
-                min_size=1,
-                max_size=2,
-            )
-        }
-    ),
-    st.fixed_dictionaries({"data": st.lists(st.one_of(rest_span, dataframe_record), max_size=3)}),
-    st.lists(rest_span, min_size=1, max_size=2),
-    dataframe_record,
-    json_values,
-)
-structured = st.one_of(
-    st.builds(lambda v, i: to_bytes(encode(v, i)), structured_values, st.sampled_from([None, 2])),
-    st.lists(structured_values, min_size=2, max_size=3).map(lambda vs: to_bytes("\n".join(encode(v) for v in vs))),
-    st.binary(max_size=48),
-    st.binary(max_size=48).map(lambda b: b"PAR1" + b),
-)

@@ -7,7 +7,7 @@ dataframe shapes, parquet) and the importer behind ``llmtrace import``. The only
 file the importer writes reads back to the same text.
 
 Reproducible: ``derandomize=True``, so every run generates the same documents. The count, time and outcomes are
-printed (``pytest -s``); ``LLMTRACE_FUZZ_DOCUMENTS=100000`` runs a longer hunt. About 50 s of CPU, hence ``slow``.
+printed (``pytest -s``); ``LLMTRACE_FUZZ_DOCUMENTS=100000`` runs a longer hunt. About a minute of CPU, hence ``slow``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import fuzzdocs
 import pytest
 from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 
 from pytest_llmtrace.cli import INTERNAL_ERROR, import_sources, one_line
 from pytest_llmtrace.errors import TraceFormatError
@@ -41,6 +42,86 @@ FUZZ_SETTINGS = settings(
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+
+
+# -- the shrinkable part: Hypothesis-native strategies (the rest is seeded, see fuzzdocs.py) --------------------------
+
+texts = st.one_of(st.text(max_size=12), st.sampled_from(fuzzdocs.WEIRD_STRINGS))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), texts)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(texts, inner, max_size=3)),
+    max_leaves=8,
+)
+fragments = st.sampled_from(fuzzdocs.RAW_FRAGMENTS)
+times = st.one_of(st.sampled_from(["100", "200", 100, "0"]), scalars, fragments)
+
+
+def ids(size: int) -> st.SearchStrategy[Any]:
+    return st.one_of(st.sampled_from(fuzzdocs.HEX_IDS_16 if size == 16 else fuzzdocs.HEX_IDS_8), scalars)
+
+
+any_value = st.one_of(
+    st.fixed_dictionaries({"stringValue": texts}),
+    st.fixed_dictionaries({"intValue": st.one_of(scalars, fragments)}),
+    st.fixed_dictionaries({"doubleValue": st.one_of(scalars, st.sampled_from(["NaN", "inf"]))}),
+    st.fixed_dictionaries({"arrayValue": st.fixed_dictionaries({"values": st.lists(json_values, max_size=2)})}),
+    json_values,
+)
+otlp_span = st.fixed_dictionaries(
+    {
+        "traceId": ids(16),
+        "spanId": ids(8),
+        "name": texts,
+        "startTimeUnixNano": times,
+        "endTimeUnixNano": times,
+        "attributes": st.lists(st.fixed_dictionaries({"key": texts, "value": any_value}), max_size=2),
+    },
+    optional={"parentSpanId": ids(8), "status": st.fixed_dictionaries({"code": scalars}), "kind": scalars},
+)
+rest_span = st.fixed_dictionaries(
+    {
+        "name": texts,
+        "context": st.fixed_dictionaries({"trace_id": ids(16), "span_id": ids(8)}),
+        "span_kind": texts,
+        "start_time": st.one_of(st.just("2026-11-23T17:57:35Z"), texts),
+        "status_code": st.sampled_from(["OK", "ERROR", "bad"]),
+        "attributes": st.dictionaries(texts, json_values, max_size=3),
+    }
+)
+dataframe_record = st.fixed_dictionaries(
+    {"context.span_id": ids(8), "context.trace_id": ids(16), "name": texts, "start_time": times},
+    optional={"attributes.input": json_values, "attributes.input.value": scalars, "end_time": st.floats()},
+)
+structured_values = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "resourceSpans": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "scopeSpans": st.lists(
+                            st.fixed_dictionaries({"spans": st.lists(otlp_span, max_size=3)}), max_size=2
+                        )
+                    }
+                ),
+                min_size=1,
+                max_size=2,
+            )
+        }
+    ),
+    st.fixed_dictionaries({"data": st.lists(st.one_of(rest_span, dataframe_record), max_size=3)}),
+    st.lists(rest_span, min_size=1, max_size=2),
+    dataframe_record,
+    json_values,
+)
+structured_documents = st.one_of(
+    st.builds(lambda v, i: fuzzdocs.to_bytes(fuzzdocs.encode(v, i)), structured_values, st.sampled_from([None, 2])),
+    st.lists(structured_values, min_size=2, max_size=3).map(
+        lambda vs: fuzzdocs.to_bytes("\n".join(fuzzdocs.encode(v) for v in vs))
+    ),
+    st.binary(max_size=48),
+    st.binary(max_size=48).map(lambda b: b"PAR1" + b),
 )
 
 
@@ -124,7 +205,7 @@ def test_loaders_and_importer_survive_generated_documents(tmp_path: Path, monkey
     feed = Feeder(tmp_path)
 
     @settings(FUZZ_SETTINGS, max_examples=STRUCTURED)
-    @given(fuzzdocs.structured)
+    @given(structured_documents)
     def structured(data: bytes) -> None:
         feed(data, "structured (Hypothesis strategies)")
 
