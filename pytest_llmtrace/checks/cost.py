@@ -69,8 +69,7 @@ def measure_cost(dsn: str, sql: str, *, timeout_ms: int, run: bool) -> SqlCost:
 
 def _explain(dsn: str, statement: str, timeout_ms: int, *, analyze: bool) -> dict[str, Any]:
     options = "ANALYZE, BUFFERS, TIMING OFF, " if analyze else ""
-    with readonly_transaction(dsn, timeout_ms) as cur:
-        cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+    with readonly_transaction(dsn, timeout_ms, ("SET LOCAL max_parallel_workers_per_gather = 0",)) as cur:
         cur.execute(f"EXPLAIN ({options}FORMAT JSON) {statement}")
         row = cur.fetchone()
     if row is None:

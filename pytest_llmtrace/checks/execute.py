@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pytest_llmtrace.checks.results import normalize_value
@@ -39,6 +39,7 @@ __all__ = [
 # WITH): those are run again without a cursor, so the error reported is the statement's own (25006 for a DELETE).
 _NOT_A_CURSOR_QUERY = frozenset({"42601", "0A000"})
 _CURSOR = "llmtrace_readonly"
+_SAVEPOINT = "llmtrace_declare"
 
 
 class ReaderConnections:
@@ -49,21 +50,35 @@ class ReaderConnections:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def connection(self, dsn: str) -> Iterator[Any]:
+    def connection(self, dsn: str, first: str | None = None) -> Iterator[Any]:
         """An autocommit connection to ``dsn``; back to the cache after a clean exit and a reset, else closed.
 
-        A failure to connect raises ``psycopg2.Error`` (see ``execute_untrusted``).
+        ``first`` (a statement of ours) is run before the connection is handed out; a cached connection the server
+        has meanwhile closed (a restart, its database dropped and recreated) fails there and is replaced by a new
+        one. A failure to connect raises ``psycopg2.Error`` (see ``execute_untrusted``).
         """
         import psycopg2  # a C extension with libpq: loaded when a case first executes SQL, not when pytest starts
 
         with self._lock:
             idle = self._idle.get(dsn)
             conn = idle.pop() if idle else None
+        if conn is not None and first is not None:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(first)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                conn.close()
+                conn = None
+            else:
+                first = None
         if conn is None or conn.closed:
             conn = psycopg2.connect(dsn, connect_timeout=10, application_name="pytest-llmtrace")
             conn.autocommit = True  # transactions are spelled out by the callers: nothing depends on psycopg2's
         clean = False
         try:
+            if first is not None:
+                with conn.cursor() as cur:
+                    cur.execute(first)
             yield conn
             clean = True
         finally:
@@ -99,16 +114,18 @@ READERS = ReaderConnections()
 
 
 @contextlib.contextmanager
-def readonly_transaction(dsn: str, timeout_ms: int) -> Iterator[Any]:
-    """A cursor inside ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout``, always rolled back."""
+def readonly_transaction(dsn: str, timeout_ms: int, setup: Sequence[str] = ()) -> Iterator[Any]:
+    """A cursor inside ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout``, always rolled back.
+
+    ``setup`` are more statements of ours (never model text) to run first; all go to the server in one round trip.
+    """
     import psycopg2  # see ReaderConnections.connection
 
     if timeout_ms < 1:  # statement_timeout = 0 would mean no timeout at all
         raise ValueError(f"need timeout_ms >= 1, got {timeout_ms}")
-    with READERS.connection(dsn) as conn, conn.cursor() as cur:
-        cur.execute("BEGIN TRANSACTION READ ONLY")
+    statements = ["BEGIN TRANSACTION READ ONLY", f"SET LOCAL statement_timeout = {int(timeout_ms)}", *setup]
+    with READERS.connection(dsn, "; ".join(statements)) as conn, conn.cursor() as cur:
         try:
-            cur.execute(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
             yield cur
         finally:
             with contextlib.suppress(psycopg2.Error):  # a dead connection has no transaction left to end
@@ -142,8 +159,8 @@ def execute_readonly(dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: in
         problem = "no SQL statement" if not statements else f"{len(statements)} statements; expected exactly one"
         return SqlOutcome(False, (), (), 0, False, problem, None, 0.0)
 
-    with readonly_transaction(dsn, timeout_ms) as cur:
-        cur.execute("SET LOCAL cursor_tuple_fraction = 1")
+    setup = ("SET LOCAL cursor_tuple_fraction = 1", f"SAVEPOINT {_SAVEPOINT}")
+    with readonly_transaction(dsn, timeout_ms, setup) as cur:
         started = time.perf_counter()
         try:
             columns, raw, truncated = _run(cur, statements[0], max_rows)
@@ -158,13 +175,12 @@ def execute_readonly(dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: in
 def _run(cur: Any, statement: str, max_rows: int) -> tuple[tuple[str, ...], list[tuple[Any, ...]], bool]:
     import psycopg2  # already loaded by execute_readonly; imported here for its exception type
 
-    cur.execute("SAVEPOINT llmtrace_declare")
     try:
         cur.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {statement}")
     except psycopg2.Error as exc:
         if exc.pgcode not in _NOT_A_CURSOR_QUERY:
             raise
-        cur.execute("ROLLBACK TO SAVEPOINT llmtrace_declare")
+        cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
         cur.execute(statement)
         rows = cur.fetchmany(max_rows + 1) if cur.description is not None else []
     else:

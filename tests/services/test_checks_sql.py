@@ -324,3 +324,18 @@ def test_a_statement_that_is_really_slower_still_fails_after_re_timing(reader: s
     assert len(sql.samples) == 3
     assert sql.now >= 500.0  # pg_sleep(0.5) never returns sooner, however idle the machine
     assert sql.finding in ("regressed", "unstable")
+
+
+def test_a_cached_connection_the_server_closed_is_replaced(reader: str, owner_url: str) -> None:
+    pid = _pid(reader)
+    conn = psycopg2.connect(owner_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        conn.close()
+
+    outcome = execute_readonly(reader, "SELECT count(*) FROM products")
+    assert outcome.ok, outcome.error
+    assert _pid(reader) != pid
