@@ -148,7 +148,9 @@ class SqlOutcome:
     counts the rows returned (at most the execution's ``max_rows``) and ``truncated`` says the query produced
     more, in which case comparing results would compare prefixes. ``error`` and ``sqlstate`` are set when ``ok`` is
     false; ``sqlstate`` is ``None`` when Postgres never saw the statement (a refusal, a failed connection).
-    ``elapsed_ms`` covers executing and fetching, not connecting.
+    ``elapsed_ms`` covers executing and fetching, not connecting. When its cost was asked for (the ``cost`` check),
+    ``plan_cost`` is the planner's total cost and ``buffers`` the shared blocks hit + read running it (``None``: the
+    statement could not run, or could not even be planned).
     """
 
     ok: bool
@@ -159,6 +161,8 @@ class SqlOutcome:
     error: str | None
     sqlstate: str | None
     elapsed_ms: float
+    plan_cost: float | None = None
+    buffers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
