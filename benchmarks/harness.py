@@ -37,12 +37,14 @@ PYTEST = (sys.executable, "-m", "pytest", "-q", *(arg for name in FOREIGN_PLUGIN
 
 @dataclass(frozen=True)
 class Run:
-    """One child process: wall time, peak resident memory (of it and the children it waited for), exit code, output."""
+    """One child process: wall time, CPU time and peak resident memory (of it and the children it waited for), exit
+    code, output. CPU time is what the process itself spent, whatever the neighbours on a shared machine did."""
 
     wall_s: float
     maxrss_mb: float
     returncode: int
     output: str
+    cpu_s: float = 0.0
 
     def summary(self) -> str:
         """pytest's last line (``5 failed, 195 passed in 9.1s``), or the output's last line."""
@@ -73,7 +75,7 @@ def run(cmd: Sequence[str], cwd: Path, *, timeout_s: float = 900, extra_env: dic
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode(errors="replace")
-    return Run(wall, usage.ru_maxrss / 1024, proc.returncode, text)
+    return Run(wall, usage.ru_maxrss / 1024, proc.returncode, text, usage.ru_utime + usage.ru_stime)
 
 
 def median(values: Sequence[float]) -> float:

@@ -11,7 +11,7 @@ Field names and meanings are stable: ``to_dict`` output carries ``SCHEMA_VERSION
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = [
@@ -108,7 +108,7 @@ class CheckResult:
             "name": self.name,
             "status": self.status,
             "reason": self.reason,
-            "measurements": [asdict(m) for m in self.measurements],
+            "measurements": [_fields(m) for m in self.measurements],
             "details": list(self.details),
         }
 
@@ -148,7 +148,9 @@ class SqlOutcome:
     counts the rows returned (at most the execution's ``max_rows``) and ``truncated`` says the query produced
     more, in which case comparing results would compare prefixes. ``error`` and ``sqlstate`` are set when ``ok`` is
     false; ``sqlstate`` is ``None`` when Postgres never saw the statement (a refusal, a failed connection).
-    ``elapsed_ms`` covers executing and fetching, not connecting.
+    ``elapsed_ms`` covers executing and fetching, not connecting. When its cost was asked for (the ``cost`` check),
+    ``plan_cost`` is the planner's total cost and ``buffers`` the shared blocks hit + read running it (``None``: the
+    statement could not run, or could not even be planned).
     """
 
     ok: bool
@@ -159,6 +161,8 @@ class SqlOutcome:
     error: str | None
     sqlstate: str | None
     elapsed_ms: float
+    plan_cost: float | None = None
+    buffers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -172,6 +176,12 @@ class SqlOutcome:
         values["columns"] = tuple(values["columns"])
         values["rows"] = tuple(_tuples(row) for row in values["rows"])
         return cls(**values)
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    """A flat dataclass's fields as a dict: ``asdict`` deep-copies every value, which made writing a case's results
+    cost more than some of its checks; these hold only numbers, strings and tuples of numbers."""
+    return {f.name: getattr(value, f.name) for f in fields(value)}
 
 
 def _lists(value: Any) -> Any:
@@ -246,7 +256,7 @@ class CaseOutcome:
             "passed": self.passed,
             "checks": [c.to_dict() for c in self.checks],
             "app_error": self.app_error,
-            "replay_misses": [asdict(m) for m in self.replay_misses],
+            "replay_misses": [_fields(m) for m in self.replay_misses],
             "sql": self.sql,
             "golden_sql": self.golden_sql,
             "result": None if self.result is None else self.result.to_dict(),
@@ -255,7 +265,7 @@ class CaseOutcome:
             "durations_ms": dict(self.durations_ms),
             "golden_durations_ms": None if self.golden_durations_ms is None else dict(self.golden_durations_ms),
             "replayed_durations_ms": dict(self.replayed_durations_ms),
-            "timings": None if self.timings is None else asdict(self.timings),
+            "timings": None if self.timings is None else _fields(self.timings),
             "question": self.question,
             "question_source": self.question_source,
         }

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Literal
 
 from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencies_ms, tokens_of
-from pytest_llmtrace.checks.cost import SqlCost, check_cost, measure_cost
+from pytest_llmtrace.checks.cost import SqlCost, check_cost, cost_of, measure_cost
 from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
 from pytest_llmtrace.checks.results import check_results
 from pytest_llmtrace.checks.sql_text import strip_code_fences
@@ -81,7 +81,7 @@ def run_checks(
     if statement is not None and selected & _NEEDS_DATABASE:
         if database is None:
             raise ValueError(f"the {', '.join(sorted(selected & _NEEDS_DATABASE))} checks need a database")
-        result = _execute(database, statement, options, golden)
+        result = _execute(database, statement, options, golden, cost="cost" in selected)
     replayed = mode == "replay"
     costs = _costs(database, statement, golden_sql, result, options) if "cost" in selected else None
     timing: Trace = now  # the trace the timing checks judge: `now`, or `now` with its SQL re-timed
@@ -152,17 +152,17 @@ def _latency(
     )
 
 
-def _execute(database: str, statement: str, options: CheckOptions, golden: Trace | None) -> SqlOutcome:
+def _execute(database: str, statement: str, options: CheckOptions, golden: Trace | None, *, cost: bool) -> SqlOutcome:
     """Execute read-only; a statement timeout is tried again (``latency_retries`` times) when the golden trace ran
     the statement within the timeout, because a busy machine, not the SQL, is then the likely cause."""
-    result = execute_untrusted(database, statement, options.sql_timeout_ms)
+    result = execute_untrusted(database, statement, options.sql_timeout_ms, cost=cost)
     golden_sql_ms = latencies_ms(golden)["SQL"] if golden is not None else None
     if golden_sql_ms is None or golden_sql_ms >= options.sql_timeout_ms:
         return result
     for _ in range(options.latency_retries):
         if result.sqlstate != _STATEMENT_TIMEOUT:
             break
-        result = execute_untrusted(database, statement, options.sql_timeout_ms)
+        result = execute_untrusted(database, statement, options.sql_timeout_ms, cost=cost)
     return result
 
 
@@ -173,14 +173,15 @@ def _costs(
     result: SqlOutcome | None,
     options: CheckOptions,
 ) -> tuple[SqlCost, SqlCost] | None:
-    """(now, golden) cost of the two statements on this database; the same numbers when the text is the same."""
-    if database is None or statement is None or golden_sql is None:
+    """(now, golden) cost of the two statements on this database; the same numbers when the text is the same.
+
+    The SQL now was measured with its execution (``execute_readonly(cost=True)``)."""
+    if database is None or statement is None or golden_sql is None or result is None:
         return None
-    timeout = options.sql_timeout_ms
-    now = measure_cost(database, statement, timeout_ms=timeout, run=result is not None and result.ok)
+    now = cost_of(result)
     if golden_sql.strip() == statement.strip():
         return now, now
-    return now, measure_cost(database, golden_sql, timeout_ms=timeout, run=True)
+    return now, measure_cost(database, golden_sql, timeout_ms=options.sql_timeout_ms, run=True)
 
 
 def _retimed(

@@ -10,23 +10,22 @@ without a clock:
   (which includes its children's), for statements that may run: one run, and the same number every run on the
   same data and plan. Planning buffers are left out (they depend on what the session has cached).
 
-Both run inside the read-only transaction that is rolled back (``execute.readonly_transaction``), with parallel
-workers off so the plan, and with it the count, does not depend on how many workers happen to be free. The ``cost``
-check compares the SQL now with the golden SQL on this database: buffers when both could run, else planner cost.
+Both are read inside the read-only transaction that is rolled back (``execute.explain``), for the SQL now in the
+same transaction as the sql check's execution. The ``cost`` check compares the SQL now with the golden SQL on this
+database: buffers when both could run, else planner cost.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
-from pytest_llmtrace.checks.execute import postgres_message, readonly_transaction
+from pytest_llmtrace.checks.execute import SAVEPOINT, readonly_transaction, statement_cost
 from pytest_llmtrace.checks.sql_text import split_statements
 from pytest_llmtrace.options import number_text
-from pytest_llmtrace.outcome import CheckResult, Measurement, Status
+from pytest_llmtrace.outcome import CheckResult, Measurement, SqlOutcome, Status
 
-__all__ = ["FLOOR_BLOCKS", "SqlCost", "check_cost", "measure_cost"]
+__all__ = ["FLOOR_BLOCKS", "SqlCost", "check_cost", "cost_of", "measure_cost"]
 
 # Growth by fewer blocks than this (80 kB) is never a regression, whatever the ratio: a lookup going from 2 to 6
 # blocks (an index page more) is not what the check is for.
@@ -47,41 +46,21 @@ class SqlCost:
 
 
 def measure_cost(dsn: str, sql: str, *, timeout_ms: int, run: bool) -> SqlCost:
-    """Plan ``sql`` (and with ``run``, execute it under EXPLAIN ANALYZE) read-only; SQL errors are outcomes."""
-    import psycopg2  # loaded by the execution before this; imported here for its exception type
+    """Plan ``sql`` (and with ``run``, execute it under EXPLAIN ANALYZE) read-only; SQL errors are outcomes.
 
+    For a statement the check executes anyway, ``execute_readonly(cost=True)`` measures this in its own
+    transaction; this is for the golden SQL when it differs from the SQL now.
+    """
     statements = split_statements(sql)
     if len(statements) != 1:
         return SqlCost(None, None, "not exactly one statement")
-    error = None
-    if run:
-        try:
-            plan = _explain(dsn, statements[0], timeout_ms, analyze=True)
-            return SqlCost(float(plan["Total Cost"]), _blocks(plan))
-        except psycopg2.Error as exc:  # a timeout, or a write refused: the plan alone is still worth having
-            error = postgres_message(exc)
-    try:
-        plan = _explain(dsn, statements[0], timeout_ms, analyze=False)
-    except psycopg2.Error as exc:
-        return SqlCost(None, None, postgres_message(exc))
-    return SqlCost(float(plan["Total Cost"]), None, error)
+    with readonly_transaction(dsn, timeout_ms, (f"SAVEPOINT {SAVEPOINT}",)) as cur:
+        return SqlCost(*statement_cost(cur, statements[0], run=run))
 
 
-def _explain(dsn: str, statement: str, timeout_ms: int, *, analyze: bool) -> dict[str, Any]:
-    options = "ANALYZE, BUFFERS, TIMING OFF, " if analyze else ""
-    with readonly_transaction(dsn, timeout_ms) as cur:
-        cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        cur.execute(f"EXPLAIN ({options}FORMAT JSON) {statement}")
-        row = cur.fetchone()
-    if row is None:
-        raise AssertionError("EXPLAIN always returns its plan")
-    document = json.loads(row[0]) if isinstance(row[0], str) else row[0]  # psycopg2 parses json; a changed one may not
-    plan: dict[str, Any] = document[0]["Plan"]
-    return plan
-
-
-def _blocks(plan: dict[str, Any]) -> int:
-    return int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0))
+def cost_of(result: SqlOutcome) -> SqlCost:
+    """The cost ``execute_readonly(cost=True)`` measured with the statement."""
+    return SqlCost(result.plan_cost, result.buffers, result.error)
 
 
 def check_cost(now: SqlCost | None, golden: SqlCost | None, *, tolerance: float) -> CheckResult:

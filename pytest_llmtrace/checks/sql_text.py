@@ -6,6 +6,7 @@ quoting, nested block comments) that a keyword or semicolon inside a literal or 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,6 +118,13 @@ def split_statements(sql: str) -> list[str]:
 
     A statement that holds only comments is empty too, so ``SELECT 1; -- done`` is one statement.
     """
+    return list(_split(sql))
+
+
+# The lexer is pure and a case asks about the same two statements several times (execution, cost, the results
+# check, the snapshot): remembered per text.
+@functools.lru_cache(maxsize=1024)
+def _split(sql: str) -> tuple[str, ...]:
     statements: list[str] = []
     start = 0
     has_code = False
@@ -129,9 +137,10 @@ def split_statements(sql: str) -> list[str]:
             has_code = True
     if has_code:
         statements.append(sql[start:].strip())
-    return statements
+    return tuple(statements)
 
 
+@functools.lru_cache(maxsize=1024)
 def has_top_level_order_by(sql: str) -> bool:
     """Whether the outer query is ordered: ORDER BY outside parentheses, literals and comments.
 

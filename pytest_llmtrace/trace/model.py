@@ -188,9 +188,15 @@ class Trace:
 
     @property
     def llm_calls(self) -> tuple[LLMCall, ...]:
-        """Every span that records an LLM call, in any convention ``views.LLM_READERS`` knows, in start order."""
-        found = (llm_call(s) for s in self.spans)
-        return tuple(c for c in found if c is not None)
+        """Every span that records an LLM call, in any convention ``views.LLM_READERS`` knows, in start order.
+
+        Read once per trace (its spans never change): token sums, replay and the checks ask for it many times.
+        """
+        cached: tuple[LLMCall, ...] | None = self.__dict__.get("_llm_calls")
+        if cached is None:
+            found = (llm_call(s) for s in self.spans)
+            cached = self.__dict__["_llm_calls"] = tuple(c for c in found if c is not None)
+        return cached
 
     @property
     def sql_statements(self) -> tuple[SqlStatement, ...]:

@@ -324,3 +324,31 @@ def test_a_statement_that_is_really_slower_still_fails_after_re_timing(reader: s
     assert len(sql.samples) == 3
     assert sql.now >= 500.0  # pg_sleep(0.5) never returns sooner, however idle the machine
     assert sql.finding in ("regressed", "unstable")
+
+
+def test_a_cached_connection_the_server_closed_is_replaced(reader: str, owner_url: str) -> None:
+    pid = _pid(reader)
+    conn = psycopg2.connect(owner_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        conn.close()
+
+    outcome = execute_readonly(reader, "SELECT count(*) FROM products")
+    assert outcome.ok, outcome.error
+    assert _pid(reader) != pid
+
+
+def test_the_check_measures_the_cost_of_what_it_executes_in_the_same_transaction(reader: str, owner_url: str) -> None:
+    executed = execute_readonly(reader, "SELECT sum(amount) FROM orders", cost=True)
+    alone = measure_cost(reader, "SELECT sum(amount) FROM orders", timeout_ms=5000, run=True)
+    refused = execute_readonly(owner_url, "DELETE FROM order_items WHERE discount > 0", cost=True)
+
+    assert executed.ok
+    assert (executed.plan_cost, executed.buffers) == (alone.plan_cost, alone.buffers)
+    assert executed.buffers == _relpages(owner_url, "orders")
+    assert (refused.sqlstate, refused.buffers) == ("25006", None)
+    assert refused.plan_cost is not None  # planned, not run
+    assert execute_readonly(reader, "SELECT 1").plan_cost is None  # measured only when asked for

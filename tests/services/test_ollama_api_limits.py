@@ -322,3 +322,10 @@ def test_an_idle_kept_alive_connection_is_closed_without_a_response(server: Olla
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="timeouts must be positive"):
         Limits(read_timeout_s=0)
+
+
+def test_responses_are_not_held_back_by_nagles_algorithm() -> None:
+    """Headers and body go out in two writes: with Nagle on, the body waits for the client's delayed ACK (40 ms)."""
+    from pytest_llmtrace.ollama_api.transport import RequestHandler
+
+    assert RequestHandler.disable_nagle_algorithm is True  # socketserver then sets TCP_NODELAY on each connection
