@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -15,3 +17,22 @@ def _inner_runs_as_on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     for name in ("CI", "BUILD_NUMBER", "GITHUB_STEP_SUMMARY"):
         monkeypatch.delenv(name, raising=False)
+
+
+# Plugins the dev environment installs that no inner run uses. arize-phoenix-client's pytest plugin imports the whole
+# Phoenix server package (15 s of CPU at every pytest start, measured with -X importtime), langsmith's a client, and
+# hypothesis's its engine: an inner run without them starts in a fraction of the time.
+UNUSED_PLUGINS = ("phoenix", "langsmith_plugin", "hypothesispytest")
+
+
+@pytest.fixture(autouse=True)
+def _inner_runs_without_unused_plugins(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs (pytester, in a subprocess or in process) skip the plugins in ``UNUSED_PLUGINS``.
+
+    Set after ``pytester`` is made, because making it clears ``PYTEST_ADDOPTS``.
+    """
+    if "pytester" not in request.fixturenames:
+        return
+    request.getfixturevalue("pytester")
+    disabled = " ".join(f"-p no:{name}" for name in UNUSED_PLUGINS)
+    monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} {disabled}".strip())
