@@ -6,16 +6,20 @@ import os
 
 import pytest
 
+# Set in each worker when this suite runs under xdist; an inner run that inherited them would take itself for a worker
+# (syrupy, for one, then leaves its report to a controller that does not exist).
+XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
+
 
 @pytest.fixture(autouse=True)
 def _inner_runs_as_on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inner pytest runs (pytester) print the same on a CI runner as on a laptop, and write no CI files.
 
     pytest stops shortening the short test summary when ``CI`` or ``BUILD_NUMBER`` is set, which changes what the
-    tests count in an inner run's output; and an inner run given ``--llmtrace-report`` would append its summary to the
-    real run's ``GITHUB_STEP_SUMMARY``.
+    tests count in an inner run's output; an inner run given ``--llmtrace-report`` would append its summary to the
+    real run's ``GITHUB_STEP_SUMMARY``; and this suite runs under xdist in CI.
     """
-    for name in ("CI", "BUILD_NUMBER", "GITHUB_STEP_SUMMARY"):
+    for name in ("CI", "BUILD_NUMBER", "GITHUB_STEP_SUMMARY", *XDIST_WORKER_VARIABLES):
         monkeypatch.delenv(name, raising=False)
 
 
