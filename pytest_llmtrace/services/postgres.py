@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import signal
 import time
 import uuid
 import warnings
@@ -250,7 +251,7 @@ class EmbeddedPostgres:
             info = self._server.get_postmaster_info()
             self._pid = int(info.pid)
             if self.record is not None:
-                self.record.add_process(self._pid, group=False)
+                self.record.add_process(self._pid, group=False, stop_signal=signal.SIGQUIT)  # its files go next
             url = str(self._server.get_uri("postgres"))
         except Exception as exc:
             log = self._log_tail()
@@ -292,7 +293,7 @@ class EmbeddedPostgres:
             cmdline = proc.info.get("cmdline") or []
             if proc.info["pid"] == self._pid or (pgdata is not None and any(pgdata in part for part in cmdline)):
                 with contextlib.suppress(psutil.Error):
-                    proc.terminate()
+                    proc.send_signal(signal.SIGQUIT)  # immediate shutdown: SIGTERM would wait for its clients
                     proc.wait(5)
         if self._pid is not None:
             deadline = time.monotonic() + 5

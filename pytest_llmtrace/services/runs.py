@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 STOP_TIMEOUT_S = 10.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # all a run record may ask for
 OWN_PREFIX = "llmtrace-"  # the temp folders servers get: llmtrace-pg-*, llmtrace-ollama-*, llmtrace-phoenix-*
 RUN_DIR_PREFIX = "run-"  # xdist state folders, in the per-user folder
 
@@ -161,11 +162,15 @@ def _is_recorded_process(entry: Mapping[str, Any]) -> str | None:
     return None
 
 
-def stop_process(pid: int, *, group: bool, timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``: servers get a chance to flush, but never hang the session."""
+def stop_process(pid: int, *, group: bool, timeout: float = STOP_TIMEOUT_S, stop_signal: int = signal.SIGTERM) -> None:
+    """``stop_signal``, then SIGKILL after ``timeout``: servers get a chance to flush, but never hang the session.
+
+    A throwaway Postgres takes SIGQUIT (its immediate shutdown): on SIGTERM it waits for every client to disconnect,
+    and its fast shutdown (SIGINT) writes a checkpoint of data that is deleted right after.
+    """
     send = os.killpg if group else os.kill
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        send(pid, signal.SIGTERM)
+        send(pid, stop_signal)
     try:
         psutil.Process(pid).wait(timeout)
     except psutil.TimeoutExpired:
@@ -224,11 +229,17 @@ class RunRecord:
                 data[kind].append(add)
             self._save(data)
 
-    def add_process(self, pid: int, *, group: bool) -> None:
+    def add_process(self, pid: int, *, group: bool, stop_signal: int = signal.SIGTERM) -> None:
         """Record a running server; its command line is kept so that a reused pid is never mistaken for it."""
         try:
             proc = psutil.Process(pid)
-            entry = {"pid": pid, "create_time": proc.create_time(), "cmdline": _settled_cmdline(proc), "group": group}
+            entry = {
+                "pid": pid,
+                "create_time": proc.create_time(),
+                "cmdline": _settled_cmdline(proc),
+                "group": group,
+                "stop_signal": int(stop_signal),
+            }
         except psutil.Error:  # it exited already (a server that failed at once): nothing a later run could stop
             return
         self._update("processes", entry)
@@ -308,7 +319,10 @@ def _clean(data: Mapping[str, Any]) -> list[str]:
         refused = _is_recorded_process(entry)
         if refused is None:
             assert isinstance(pid, int)
-            stop_process(pid, group=bool(entry.get("group")))
+            stop_signal = entry.get("stop_signal")
+            if not isinstance(stop_signal, int) or stop_signal not in STOP_SIGNALS:
+                stop_signal = signal.SIGTERM  # a record is a file: only the plugin's own stop signals
+            stop_process(pid, group=bool(entry.get("group")), stop_signal=stop_signal)
             done.append(f"stopped process {pid}")
         elif refused != "it has exited":
             done.append(f"left process {pid} alone: {refused}")
