@@ -32,6 +32,7 @@ from pytest_llmtrace.errors import LLMTraceError, first_line
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE
 from pytest_llmtrace.services.process import OwnedTempDir
+from pytest_llmtrace.services.runs import wait_gone
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
@@ -294,11 +295,9 @@ class EmbeddedPostgres:
             if proc.info["pid"] == self._pid or (pgdata is not None and any(pgdata in part for part in cmdline)):
                 with contextlib.suppress(psutil.Error):
                     proc.send_signal(signal.SIGQUIT)  # immediate shutdown: SIGTERM would wait for its clients
-                    proc.wait(5)
+                wait_gone(proc.pid, 5)
         if self._pid is not None:
-            deadline = time.monotonic() + 5
-            while psutil.pid_exists(self._pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_gone(self._pid, 5)
             if self.record is not None:
                 self.record.remove_process(self._pid)
             self._pid = None

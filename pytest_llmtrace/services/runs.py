@@ -52,6 +52,7 @@ __all__ = [
     "run_context",
     "stop_process",
     "user_dir",
+    "wait_gone",
 ]
 
 STOP_TIMEOUT_S = 10.0
@@ -171,16 +172,34 @@ def stop_process(pid: int, *, group: bool, timeout: float = STOP_TIMEOUT_S, stop
     send = os.killpg if group else os.kill
     with contextlib.suppress(ProcessLookupError, PermissionError):
         send(pid, stop_signal)
-    try:
-        psutil.Process(pid).wait(timeout)
-    except psutil.TimeoutExpired:
+    if not wait_gone(pid, timeout):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             send(pid, signal.SIGKILL)
-    except psutil.Error:
-        pass
     if group:  # children that ignored SIGTERM after their leader exited
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Whether ``pid`` ended within ``timeout``; a zombie counts as ended.
+
+    A server that detached (Postgres under ``pg_ctl``) is no child of ours: once it exits, its pid stays a zombie
+    until init reaps it, and a container's or a micro-VM's init may take seconds to do that. ``psutil``'s ``wait``
+    waits for the reaping, so every session end would wait for init.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:  # not ours to look at: only its disappearance tells
+            if not psutil.pid_exists(pid):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 class RunRecord:
