@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psutil
 import psycopg2
 import pytest
 
@@ -18,6 +17,7 @@ from pytest_llmtrace.services.postgres import (
     database_url,
     drop_database,
 )
+from pytest_llmtrace.services.runs import wait_gone
 
 
 def test_template_clone_and_clean_stop(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_template_clone_and_clean_stop(tmp_path: Path) -> None:
         pg.stop()
     pg.stop()  # twice is fine
     assert pid is not None
-    assert not psutil.pid_exists(pid)
+    assert wait_gone(pid, timeout=0), "the server still runs"  # exited (init may not have reaped it yet)
     assert not pgdata.exists()
     assert not pgdata.parent.exists()
 
