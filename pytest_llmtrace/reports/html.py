@@ -303,13 +303,14 @@ def _meta(run: Mapping[str, Any]) -> str:
         ("git", str(run.get("git_revision") or "-")[:12]),
         ("pytest-llmtrace", run.get("plugin_version")),
         ("python", run.get("python")),
-        ("machine", f"{run.get('platform')}, {run.get('cpu_count')} CPUs"),
+        ("machine", f"{run['platform']}, {run.get('cpu_count')} CPUs" if run.get("platform") else None),
     ]
-    return "<p class='meta'>" + "".join(f"<span><b>{k}</b> {_e(v)}</span>" for k, v in fields) + "</p>"
+    shown = "".join(f"<span><b>{k}</b> {_e('-' if v is None else v)}</span>" for k, v in fields)
+    return f"<p class='meta'>{shown}</p>"
 
 
 def _columns(baseline: bool) -> str:
-    widths = [16, 8, 27, 13, 12, 11] + ([8, 5] if baseline else [13])
+    widths = [16, 8, 26, 13, 12, 11] + ([8, 6] if baseline else [14])
     return "<colgroup>" + "".join(f"<col style='width:{w}%'>" for w in widths) + "</colgroup>"
 
 
