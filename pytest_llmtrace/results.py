@@ -339,9 +339,10 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         for result in state.gate_results:
             terminalreporter.line(gate.format_result(result), red=not result.passed, green=result.passed)
     if state.report_dir is not None:
-        terminalreporter.line(
-            f"llmtrace report: {state.report_dir / 'report.html'} (results.json and summary.md beside it)"
-        )
+        page = state.report_dir / "report.html"
+        here = config.invocation_params.dir
+        shown = page.relative_to(here) if page.is_relative_to(here) else page  # as the user typed it, usually
+        terminalreporter.line(f"llmtrace report: {shown} (results.json and summary.md beside it)")
 
 
 def _git_revision(root: Path) -> str | None:
