@@ -26,6 +26,8 @@ __all__ = [
     "configure",
     "get_config",
     "parse_case_marks",
+    "pass_rate_floor",
+    "repeat_of",
     "report_header",
     "validate_markers",
 ]
@@ -142,12 +144,13 @@ class ReplayConfig:
             app_db=s["app_db"],
             options=CheckOptions.from_settings(s),
             case_marks=tuple(parse_case_marks(s["case_marks"])),
-            repeat=_repeat(s),
-            min_pass_rate=_rate(s["min_pass_rate"], s.values["min_pass_rate"].origin),
+            repeat=repeat_of(s),
+            min_pass_rate=pass_rate_floor(s["min_pass_rate"], s.values["min_pass_rate"].origin),
         )
 
 
-def _repeat(s: Settings) -> int:
+def repeat_of(s: Settings) -> int:
+    """``llmtrace_repeat`` as a count: a whole number from 1, and 1 in record mode."""
     origin = s.values["repeat"].origin
     text = s["repeat"]
     number = int(text) if text.isdigit() else 0
@@ -161,7 +164,8 @@ def _repeat(s: Settings) -> int:
     return number
 
 
-def _rate(text: str, origin: str) -> float:
+def pass_rate_floor(text: str, origin: str) -> float:
+    """``llmtrace_min_pass_rate``: a share of runs in (0, 1]; 0 would pass a case that never passed."""
     try:
         rate = float(text)
     except ValueError:
