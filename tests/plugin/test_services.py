@@ -431,6 +431,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     proc.communicate(timeout=60)  # far sooner than the hanging teardown's ten minutes
     assert proc.returncode == -signal.SIGTERM
     assert _postgres_of(pgdata), "exiting at once leaves the servers for the next run"
+    (pytester.path / "conftest.py").unlink()  # or the next run would hang in the same ten-minute teardown
     pytester.makepyfile(test_other="def test_nothing(): pass")
     pytester.runpytest_subprocess("test_other.py").assert_outcomes(passed=1)
     assert _left_behind(pytester, tmp_before, port) == []
