@@ -35,18 +35,20 @@ from pytest_llmtrace.replay_config import ReplayConfig, get_config
 from pytest_llmtrace.runner import run_checks
 from pytest_llmtrace.services import session as services
 from pytest_llmtrace.services.postgres import PostgresDatabase
-from pytest_llmtrace.snapshot import OutcomeSnapshot
+from pytest_llmtrace.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 from pytest_llmtrace.trace.virtual import virtualize
 
 __all__ = [
     "CASE_KEY",
+    "REPEAT_KEY",
     "TRACE_PARAMETER",
     "GoldenCase",
     "GoldenFile",
     "GoldenItem",
     "ask_app",
+    "case_nodeid",
     "is_golden_file",
     "is_golden_item",
     "run_golden_case",
@@ -66,6 +68,8 @@ class GoldenCase:
 
 
 CASE_KEY = pytest.StashKey[GoldenCase]()
+# (run, runs) of an item that is one of --llmtrace-repeat's runs of its case; absent when each case runs once.
+REPEAT_KEY = pytest.StashKey[tuple[int, int]]()
 
 
 def is_golden_file(config: pytest.Config, file_path: Path) -> bool:
@@ -96,12 +100,29 @@ class GoldenFile(pytest.File):
             case = GoldenCase(self.path, read_trace(self.path, max_bytes=get_config(self.config).max_trace_bytes))
         except TraceFormatError as exc:
             case = GoldenCase(self.path, None, exc)
-        item = GoldenItem.from_parent(self, name=self.path.stem, callobj=run_golden_case)
-        item.stash[CASE_KEY] = case
-        for pattern, mark in get_config(self.config).case_marks:
-            if fnmatch.fnmatchcase(self.path.stem, pattern):
-                item.add_marker(mark)
-        yield item
+        config = get_config(self.config)
+        stem = self.path.stem
+        for run in range(1, config.repeat + 1):
+            # --llmtrace-repeat N: N items named like parametrized tests, case[1/N] ... case[N/N], sharing the case's
+            # snapshot; results.py folds their outcomes back into one case.
+            name = stem if config.repeat == 1 else f"{stem}[{run}/{config.repeat}]"
+            item = GoldenItem.from_parent(self, name=name, callobj=run_golden_case)
+            item.stash[CASE_KEY] = case
+            if config.repeat > 1:
+                item.stash[REPEAT_KEY] = (run, config.repeat)
+                item.stash[SNAPSHOT_NAME_KEY] = stem
+            for pattern, mark in config.case_marks:
+                if fnmatch.fnmatchcase(stem, pattern):
+                    item.add_marker(mark)
+            yield item
+
+
+def case_nodeid(item: pytest.Item) -> str:
+    """The node id of the case an item runs: a repeated run's id without its ``[k/N]``, so shards keep every run of a
+    case together and the runs fold into one case."""
+    if REPEAT_KEY not in item.stash:
+        return item.nodeid
+    return item.nodeid.rsplit("[", 1)[0]
 
 
 def run_golden_case(request: pytest.FixtureRequest, llm_trace: TestRecording) -> None:
@@ -163,7 +184,7 @@ def _replay_case(
     outcome = run_checks(
         now,
         options=options,
-        case_id=request.node.name,
+        case_id=case.path.stem,  # the item name, without [k/N] for the runs of a repeated case
         mode=config.mode,
         golden=golden,
         file=str(case.path),

@@ -26,6 +26,8 @@ __all__ = [
     "configure",
     "get_config",
     "parse_case_marks",
+    "pass_rate_floor",
+    "repeat_of",
     "report_header",
     "validate_markers",
 ]
@@ -79,6 +81,17 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
         "readonly",
         choices=("readonly", "owner"),
     ),
+    SettingSpec(
+        "repeat",
+        "Run each golden case N times (items case[1/N] ... case[N/N]; mainly for live mode): each run passes or "
+        "fails on its own, and results.json, the reports and the gate count the case once, by its pass rate.",
+        "1",
+    ),
+    SettingSpec(
+        "min_pass_rate",
+        "With --llmtrace-repeat: the share of a case's runs that must pass for the case to pass (1: every run).",
+        "1",
+    ),
     *CHECK_SETTINGS,
     SettingSpec(
         "case_marks",
@@ -105,6 +118,8 @@ class ReplayConfig:
     app_db: str  # readonly | owner
     options: CheckOptions
     case_marks: tuple[tuple[str, pytest.MarkDecorator], ...]
+    repeat: int = 1  # runs of each golden case
+    min_pass_rate: float = 1.0  # the share of a repeated case's runs that must pass
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> ReplayConfig:
@@ -129,7 +144,35 @@ class ReplayConfig:
             app_db=s["app_db"],
             options=CheckOptions.from_settings(s),
             case_marks=tuple(parse_case_marks(s["case_marks"])),
+            repeat=repeat_of(s),
+            min_pass_rate=pass_rate_floor(s["min_pass_rate"], s.values["min_pass_rate"].origin),
         )
+
+
+def repeat_of(s: Settings) -> int:
+    """``llmtrace_repeat`` as a count: a whole number from 1, and 1 in record mode."""
+    origin = s.values["repeat"].origin
+    text = s["repeat"]
+    number = int(text) if text.isdigit() else 0
+    if number < 1:
+        raise pytest.UsageError(f"{origin}: expected how many times to run each golden case (1 or more), got {text!r}")
+    if number > 1 and s["mode"] == "record":
+        raise pytest.UsageError(
+            f"{origin}={number} with mode record: each run would write the golden file again; record once, then "
+            "repeat in live mode (--llmtrace-mode=live)"
+        )
+    return number
+
+
+def pass_rate_floor(text: str, origin: str) -> float:
+    """``llmtrace_min_pass_rate``: a share of runs in (0, 1]; 0 would pass a case that never passed."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 < rate <= 1:
+        raise pytest.UsageError(f"{origin}: expected a share of runs above 0 and at most 1 (e.g. 0.8), got {text!r}")
+    return rate
 
 
 def _positive_int(value: str, origin: str) -> int:
@@ -188,6 +231,8 @@ def report_header(config: pytest.Config) -> list[str]:
     values = replay.settings.values
     parts = [f"{name}={values[name].value or '(unset)'} ({values[name].source})" for name in ("mode", "target")]
     parts.insert(1, f"golden_dir={replay.golden_dir} ({values['golden_dir'].source})")
+    if replay.repeat > 1:
+        parts += [f"{name}={values[name].value} ({values[name].source})" for name in ("repeat", "min_pass_rate")]
     sources = ", ".join(map(str, replay.question))
     return [
         "llmtrace golden cases: " + ", ".join(parts),

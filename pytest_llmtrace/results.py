@@ -1,9 +1,11 @@
-"""The run's results: every case's outcome collected (across xdist workers), written as ``results.json`` and
-``summary.md``, and judged by the release gate once at session end.
+"""The run's results: every case's outcome collected (across xdist workers), written as ``results.json``,
+``summary.md`` and ``report.html``, and judged by the release gate once at session end.
 
 ``results.json`` is the one source every report is made from; its schema is docs/results-schema.md and it carries
 ``schema_version``. A case that ended without an outcome (a setup error, a skip, a crash before the checks) is kept
 as a failed case with its error, so the gate stays fail-closed and a broken case cannot vanish from the totals.
+The runs of a case repeated by ``--llmtrace-repeat`` are folded into that one case on the controller
+(``reports.runs``), after the workers' cases are merged, so every total and gate counts a case once.
 """
 
 from __future__ import annotations
@@ -19,13 +21,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from pytest_llmtrace import gate, golden
+from pytest_llmtrace.capture.golden_dir import PROVENANCE
+from pytest_llmtrace.errors import first_line
 from pytest_llmtrace.failing import OUTCOMES_KEY
+from pytest_llmtrace.ollama_api.backend import normalize_model_name
+from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.outcome import CaseOutcome
 from pytest_llmtrace.replay_config import get_config
+from pytest_llmtrace.reports import html, models, runs
+from pytest_llmtrace.reports.summary import summary_markdown, totals
+from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.base import redact_url
 from pytest_llmtrace.settings import SERVICE_SETTINGS, SettingSpec, resolve
+from pytest_llmtrace.trace.model import Trace
 
 __all__ = [
     "REPORT_SETTINGS",
@@ -44,8 +56,15 @@ RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
 _WORKER_KEY = "llmtrace_cases"
 
 REPORT_SETTINGS: tuple[SettingSpec, ...] = (
-    SettingSpec("report_dir", "Write results.json and summary.md into this folder at session end.", "", env=False),
-    SettingSpec("baseline", "A previous results.json: defines the `regressions` gate metric.", "", env=False),
+    SettingSpec(
+        "report_dir", "Write results.json, summary.md and report.html into this folder at session end.", "", env=False
+    ),
+    SettingSpec(
+        "baseline",
+        "A previous results.json: defines the `regressions` gate metric and the reports' was / now columns.",
+        "",
+        env=False,
+    ),
     SettingSpec("shard", "K/N: run only the K-th of N stable shares of the cases (a hash of the node id).", ""),
 )
 _GATE_HELP = (
@@ -63,10 +82,14 @@ class RunResults:
     baseline: list[dict[str, Any]] | None
     shard: tuple[int, int] | None
     mode: str
-    cases: list[dict[str, Any]] = field(default_factory=list)
+    repeat: int = 1
+    min_pass_rate: float = 1.0
+    cases: list[dict[str, Any]] = field(default_factory=list)  # one per outcome; per run of a repeated case
     other_failures: int = 0  # failed items that are not cases: a gate does not excuse them
     gate_results: list[gate.GateResult] = field(default_factory=list)
     prompt_hashes: set[str] = field(default_factory=set)  # sha256 of each system prompt the cases' LLM calls hold
+    recorded_models: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # models.trace_digests, merged
+    live_models: models.LiveDigests | None = None  # what the Ollama server said, asked once per process
 
 
 _KEY = pytest.StashKey[RunResults]()
@@ -108,7 +131,10 @@ def configure(config: pytest.Config) -> None:
     elif any(r.metric == "regressions" for r in rules):
         raise pytest.UsageError("gate 'regressions' needs --llmtrace-baseline PATH (a previous results.json)")
     report_dir = config.rootpath / settings["report_dir"] if settings["report_dir"] else None
-    config.stash[_KEY] = RunResults(report_dir, rules, baseline, _shard(settings["shard"]), get_config(config).mode)
+    replay = get_config(config)
+    config.stash[_KEY] = RunResults(
+        report_dir, rules, baseline, _shard(settings["shard"]), replay.mode, replay.repeat, replay.min_pass_rate
+    )
 
 
 def shard_of(node_id: str, count: int) -> int:
@@ -117,13 +143,14 @@ def shard_of(node_id: str, count: int) -> int:
 
 
 def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the K-th share; every run of a repeated case goes with its case (the hash of the case's id, not a run's)."""
     state = config.stash.get(_KEY, None)
     if state is None or state.shard is None:
         return
     k, n = state.shard
-    keep = [i for i in items if shard_of(i.nodeid, n) == k - 1]
-    config.hook.pytest_deselected(items=[i for i in items if shard_of(i.nodeid, n) != k - 1])
-    items[:] = keep
+    mine = [shard_of(golden.case_nodeid(i), n) == k - 1 for i in items]
+    config.hook.pytest_deselected(items=[i for i, keep in zip(items, mine, strict=True) if not keep])
+    items[:] = [i for i, keep in zip(items, mine, strict=True) if keep]
 
 
 def record(item: pytest.Item, report: pytest.TestReport) -> None:
@@ -138,19 +165,64 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
         return
     outcomes = item.stash.get(OUTCOMES_KEY, [])
     report.user_properties.extend(junit_properties(outcomes))
-    for outcome in outcomes:
-        state.cases.append(_case(outcome.to_dict(), item))
     error = item.stash.get(_ERROR_KEY, None)
     case = item.stash.get(golden.CASE_KEY, None)
-    if case is not None and case.trace is not None:
-        for call in case.trace.llm_calls:
-            for message in call.input_messages:
-                if message.role == "system":
-                    state.prompt_hashes.add(hashlib.sha256(message.content.encode()).hexdigest())
+    found = [_case(o.to_dict(), item) for o in outcomes]
     if case is not None and not outcomes:
-        state.cases.append(_stand_in(item, state.mode, error or "the case ended without an outcome"))
+        found.append(_stand_in(item, state.mode, error or "the case ended without an outcome"))
     elif error and not error.startswith("skipped") and all(o.passed for o in outcomes):
         state.other_failures += 1  # failed for a reason no outcome records: a met gate must not excuse it
+    if case is not None and case.trace is not None:
+        _read_golden(state, case.trace, found)
+        if state.mode != "replay" and state.live_models is None:
+            state.live_models = _ask_server(item.config, state.mode)
+    repeat = item.stash.get(golden.REPEAT_KEY, None)
+    if repeat is not None:
+        for data in found:
+            data[runs.REPEAT_FIELD] = {"run": repeat[0], "of": repeat[1], "case_nodeid": golden.case_nodeid(item)}
+    state.cases.extend(found)
+
+
+def _read_golden(state: RunResults, trace: Trace, found: list[dict[str, Any]]) -> None:
+    """What the golden trace tells about the run: its system prompts, its models, and where Phoenix keeps it."""
+    for call in trace.llm_calls:
+        for message in call.input_messages:
+            if message.role == "system":
+                state.prompt_hashes.add(hashlib.sha256(message.content.encode()).hexdigest())
+    for name, (digest, key) in models.trace_digests(trace).items():
+        if digest is not None or name not in state.recorded_models:
+            state.recorded_models[name] = (digest, key)
+    resource = trace.root.resource_attributes
+    url, trace_id = resource.get(PROVENANCE + "phoenix_url"), resource.get(PROVENANCE + "trace_id")
+    if isinstance(url, str) and isinstance(trace_id, str):
+        project = resource.get(PROVENANCE + "project")
+        for data in found:
+            data["phoenix"] = {"url": url, "project": project, "trace_id": trace_id}
+
+
+def _ask_server(config: pytest.Config, mode: str) -> models.LiveDigests | None:
+    """Live and record mode: the digests of the Ollama server the cases used, once the first case has started it."""
+    manager = services.get_manager(config)
+    if "ollama" not in manager.started:
+        return None
+    endpoint = manager.endpoint("ollama")
+    model = normalize_model_name(manager.settings["ollama_model"])
+    if endpoint.backend == "embedded":  # its /api/tags digest hashes the model's name: hash the weights instead
+        try:
+            gguf = parse_modelfile(manager.modelfile_path).from_path
+            if gguf is None:
+                return {}, f"{mode}: the Modelfile names no GGUF file, so the embedded model has no digest"
+            source = f"sha256 of {gguf.name}, the GGUF the embedded backend loaded"
+            return {model: (models.file_sha256(gguf), source)}, ""
+        except (ModelfileError, OSError) as exc:
+            return {}, f"{mode}: cannot hash the embedded backend's GGUF: {first_line(exc)}"
+    url = redact_url(endpoint.url)
+    try:
+        listed = models.ollama_tag_digests(endpoint.url)
+    except (httpx.HTTPError, ValueError) as exc:
+        return {}, f"{mode}: GET {url}/api/tags failed: {first_line(exc)}"
+    source = f"/api/tags of the {endpoint.backend} Ollama at {url}"
+    return {name: (digest, source) for name, digest in listed.items()}, ""
 
 
 def junit_properties(outcomes: list[CaseOutcome]) -> list[tuple[str, object]]:
@@ -182,7 +254,7 @@ def _case(data: dict[str, Any], item: pytest.Item) -> dict[str, Any]:
 def _stand_in(item: pytest.Item, mode: str, error: str) -> dict[str, Any]:
     return {
         "schema": 1,
-        "case_id": item.name,
+        "case_id": item.stash[golden.CASE_KEY].path.stem,  # a repeated run's name without its [k/N]
         "mode": mode,
         "file": str(item.path),
         "passed": False,
@@ -203,27 +275,37 @@ def _stand_in(item: pytest.Item, mode: str, error: str) -> dict[str, Any]:
 
 
 def sessionfinish(session: pytest.Session) -> None:
-    """Workers hand their cases to the controller; the controller (or a serial run) writes reports and gates."""
+    """Workers hand their cases to the controller; the controller (or a serial run) folds repeats, writes reports
+    and gates."""
     config = session.config
     state = config.stash.get(_KEY, None)
     if state is None:
         return
     if hasattr(config, "workerinput"):
         config.workeroutput[_WORKER_KEY] = json.dumps(  # type: ignore[attr-defined]
-            {"cases": state.cases, "other_failures": state.other_failures, "prompt_hashes": sorted(state.prompt_hashes)}
+            {
+                "cases": state.cases,
+                "other_failures": state.other_failures,
+                "prompt_hashes": sorted(state.prompt_hashes),
+                "recorded_models": state.recorded_models,
+                "live_models": state.live_models,
+            }
         )
         return
-    state.cases.sort(key=lambda c: (str(c.get("nodeid")), str(c.get("case_id"))))
-    if state.report_dir is not None:
-        write_reports(state.report_dir, state.cases, run_metadata(config), state.rules, state.baseline)
+    state.cases = runs.aggregate(state.cases, state.min_pass_rate)
     if state.rules:
         state.gate_results = gate.evaluate(state.rules, state.cases, state.baseline)
-        status = int(session.exitstatus)
-        if status in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-            if not all(r.passed for r in state.gate_results):
-                session.exitstatus = gate.GATE_EXIT_STATUS
-            elif state.other_failures == 0:
-                session.exitstatus = pytest.ExitCode.OK  # failed cases are the gate's to judge, and it passed
+    if state.report_dir is not None:
+        write_reports(state.report_dir, state.cases, run_metadata(config), state.gate_results, state.baseline)
+    if int(session.exitstatus) not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return  # usage errors, interruptions and internal errors keep pytest's status
+    if state.rules:
+        if not all(r.passed for r in state.gate_results):
+            session.exitstatus = gate.GATE_EXIT_STATUS
+        elif state.other_failures == 0:
+            session.exitstatus = pytest.ExitCode.OK  # failed cases are the gate's to judge, and it passed
+    elif state.repeat > 1 and state.other_failures == 0 and all(c.get("passed") for c in state.cases):
+        session.exitstatus = pytest.ExitCode.OK  # each failed run's case still reached llmtrace_min_pass_rate
 
 
 def testnodedown(node: Any) -> None:
@@ -236,18 +318,31 @@ def testnodedown(node: Any) -> None:
     state.cases.extend(data["cases"])
     state.other_failures += data["other_failures"]
     state.prompt_hashes.update(data["prompt_hashes"])
+    for name, (digest, key) in data.get("recorded_models", {}).items():
+        if digest is not None or name not in state.recorded_models:
+            state.recorded_models[name] = (digest, key)
+    live = data.get("live_models")
+    if live is not None and (state.live_models is None or not state.live_models[0]):
+        state.live_models = ({n: (d, s) for n, (d, s) in live[0].items()}, live[1])
 
 
 def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(_KEY, None)
     if state is None or hasattr(config, "workerinput"):
         return
+    if any(len(c.get("runs") or ()) > 1 for c in state.cases):
+        terminalreporter.section("llmtrace repeats")
+        for line in runs.repeat_lines(state.cases, state.repeat, state.min_pass_rate):
+            terminalreporter.line(line)
     if state.gate_results:
         terminalreporter.section("llmtrace gate")
         for result in state.gate_results:
             terminalreporter.line(gate.format_result(result), red=not result.passed, green=result.passed)
     if state.report_dir is not None:
-        terminalreporter.line(f"llmtrace report: {state.report_dir / 'results.json'}")
+        page = state.report_dir / "report.html"
+        here = config.invocation_params.dir
+        shown = page.relative_to(here) if page.is_relative_to(here) else page  # as the user typed it, usually
+        terminalreporter.line(f"llmtrace report: {shown} (results.json and summary.md beside it)")
 
 
 def _git_revision(root: Path) -> str | None:
@@ -281,6 +376,7 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         "git_revision": _git_revision(root),
         "mode": get_config(config).mode,
         "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
+        "models": _models(config),
         "system_prompt_hashes": sorted(config.stash[_KEY].prompt_hashes),
         "sql_fixture_hashes": fixtures,
         "python": sys.version.split()[0],
@@ -289,57 +385,29 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
     }
 
 
-def totals(cases: list[dict[str, Any]]) -> dict[str, int]:
-    out = {"cases": len(cases), "passed": 0, "failed": 0, "error": 0}
-    for case in cases:
-        out[case.get("verdict", "failed")] = out.get(case.get("verdict", "failed"), 0) + 1
-    return out
+def _models(config: pytest.Config) -> list[dict[str, Any]]:
+    state = config.stash[_KEY]
+    names = set(state.recorded_models)
+    if state.mode != "replay":  # the model the app asks the live server for, whatever the recordings named
+        names.add(resolve(config, SERVICE_SETTINGS)["ollama_model"])
+    return models.model_entries(names, state.mode, state.recorded_models, state.live_models)
 
 
 def write_reports(
     directory: Path,
     cases: list[dict[str, Any]],
     meta: dict[str, Any],
-    rules: list[gate.Rule],
+    gate_results: list[gate.GateResult],
     baseline: list[dict[str, Any]] | None,
 ) -> None:
+    """results.json, summary.md (appended to $GITHUB_STEP_SUMMARY too) and report.html, from the same cases."""
     directory.mkdir(parents=True, exist_ok=True)
     doc = {"schema_version": RESULTS_SCHEMA_VERSION, "run": meta, "totals": totals(cases), "cases": cases}
     (directory / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
-    summary = summary_markdown(cases, gate.evaluate(rules, cases, baseline) if rules else [])
+    summary = summary_markdown(cases, gate_results, baseline)
     (directory / "summary.md").write_text(summary, encoding="utf-8")
+    (directory / "report.html").write_text(html.render(doc, gate_results, baseline), encoding="utf-8")
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a", encoding="utf-8") as out:
             out.write(summary)
-
-
-def summary_markdown(cases: list[dict[str, Any]], gate_results: list[gate.GateResult]) -> str:
-    """What a person reads in ten seconds: totals, the gate, then the failing cases with their first reason."""
-    count = totals(cases)
-    lines = [
-        "## llmtrace results",
-        "",
-        f"{count['cases']} cases: {count['passed']} passed, {count['failed']} failed, {count['error']} errors",
-        "",
-    ]
-    if gate_results:
-        lines += ["### Gate", ""] + [f"- `{gate.format_result(r)}`" for r in gate_results] + [""]
-    failing = [c for c in cases if c.get("verdict") != "passed"]
-    if failing:
-        lines += ["### Failing cases", "", "| case | verdict | why |", "|---|---|---|"]
-        for case in failing:
-            lines.append(f"| {case['case_id']} | {case.get('verdict')} | {_why(case)} |")
-        lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def _why(case: dict[str, Any]) -> str:
-    if case.get("app_error"):
-        reason = str(case["app_error"])
-    elif case.get("replay_misses"):
-        reason = f"replay: {case['replay_misses'][0]['kind']}"
-    else:
-        failed = [c for c in case.get("checks", []) if c.get("status") == "failed"]
-        reason = f"{failed[0]['name']}: {failed[0]['reason']}" if failed else ""
-    return reason.replace("|", "\\|").replace("\n", " ")[:160]

@@ -30,13 +30,23 @@ from pytest_llmtrace.trace.views import span_kind
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
     from syrupy.location import PyTestLocation
-    from syrupy.types import SerializableData
+    from syrupy.types import SerializableData, SnapshotIndex
 
     from pytest_llmtrace.trace.model import Trace
 
-__all__ = ["MAX_SNAPSHOT_ROWS", "OutcomeSnapshot", "OutcomeSnapshotExtension", "compare_outcomes", "snapshot_data"]
+__all__ = [
+    "MAX_SNAPSHOT_ROWS",
+    "SNAPSHOT_NAME_KEY",
+    "OutcomeSnapshot",
+    "OutcomeSnapshotExtension",
+    "compare_outcomes",
+    "snapshot_data",
+]
 
 MAX_SNAPSHOT_ROWS = 50  # larger results are kept as a digest, so snapshot files stay reviewable
+# The snapshot an item shares with others, named here instead of after the item: every run of a repeated golden case
+# (``case[2/3]``, --llmtrace-repeat) is held against the case's one snapshot, ``case.json``.
+SNAPSHOT_NAME_KEY = pytest.StashKey[str]()
 
 
 def snapshot_data(trace: Trace, sql: str | None, result: SqlOutcome | None) -> dict[str, Any]:
@@ -144,6 +154,13 @@ class OutcomeSnapshotExtension(JSONSnapshotExtension):
             found = type("OutcomeSnapshotExtension", (cls,), {"options": options})
             OutcomeSnapshotExtension._configured[key] = found
         return found
+
+    @classmethod
+    def get_snapshot_name(cls, *, test_location: PyTestLocation, index: SnapshotIndex = 0) -> str:
+        shared = test_location.item.stash.get(SNAPSHOT_NAME_KEY, None)
+        if shared is None:
+            return super().get_snapshot_name(test_location=test_location, index=index)
+        return cls._sanitize_filename(shared)[: cls._max_stem_length()]  # as syrupy names single files
 
     @classmethod
     def dirname(cls, *, test_location: PyTestLocation) -> str:

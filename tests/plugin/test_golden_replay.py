@@ -9,6 +9,7 @@ Its template database already holds company_db (same files, same digest), so eac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -520,8 +521,18 @@ def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay
     original = case.read_text()
     recorded_answer = read_trace(case).llm_calls[0].output_text
 
-    live = _run(pytester, pg_url, "--llmtrace-mode=live", "-s")
+    live = _run(pytester, pg_url, "--llmtrace-mode=live", "-s", "--llmtrace-report=live-report")
     live.stdout.fnmatch_lines(["llmtrace ollama: embedded *SmolLM2-135M-Instruct.Q4_1.gguf*"])
+    # the model's digest in results.json: the weights the embedded backend loaded (its /api/tags hashes the name)
+    (model,) = json.loads((pytester.path / "live-report" / "results.json").read_text())["run"]["models"]
+    gguf = bundled_smollm2()
+    assert gguf is not None
+    assert model == {
+        "name": "qwen-sql-prod",
+        "digest": "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest(),
+        "source": f"sha256 of {gguf.name}, the GGUF the embedded backend loaded",
+        "reason": None,
+    }
     calls = [line.split(" ", 2) for line in _printed(live, "LLM-CALL")]
     assert len(calls) == 1, live.stdout.str()
     prompt_tokens, completion_tokens, _ = calls[0]

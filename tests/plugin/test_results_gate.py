@@ -109,9 +109,17 @@ def test_a_violated_gate_exits_6_names_the_cases_and_counts_a_broken_case_as_fai
     assert run["cpu_count"] == os.cpu_count()
     assert run["plugin_version"]
     assert run["model"] == "qwen-sql-prod"
+    assert run["models"] == [
+        {
+            "name": "qwen-sql-prod",
+            "digest": None,
+            "source": None,
+            "reason": "replay: no LLM span attribute of the golden traces carries this model's digest",
+        }
+    ]
     summary = (pytester.path / "reports" / "summary.md").read_text()
     assert "5 cases: 3 passed, 1 failed, 1 errors" in summary
-    assert f"| {FAILING} | failed | sql:" in summary
+    assert f"| `{FAILING}` | failed | `sql: the SQL does not execute" in summary
     assert step_summary.read_text() == "earlier step\n" + summary
 
     properties = {
@@ -178,3 +186,71 @@ def test_a_met_gate_does_not_excuse_a_failed_test_that_is_no_case(pytester: pyte
     violated = pytester.runpytest_subprocess("--llmtrace-gate", "sql_success_rate >= 0.5", timeout=60)
     assert violated.ret == GATE_EXIT_STATUS, "no cases at all: a rate gate fails closed"
     violated.stdout.fnmatch_lines(["llmtrace gate: FAILED sql_success_rate 0 < 0.5"])
+
+
+FLAKY_APP = """
+import collections
+
+from gateway.app import handle_user_request
+
+asked = collections.Counter()
+
+
+def app(question):
+    asked[question] += 1
+    if "tier" in question and asked[question] % 2 == 0:  # every second run of customers_by_tier
+        raise RuntimeError("the model timed out")
+    return handle_user_request(question)
+"""
+
+
+def test_repeats_fail_runs_honestly_count_each_case_once_and_show_was_and_now(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    _project(pytester, ini="llmtrace_min_pass_rate = 0.5\n")
+    pytester.makepyfile(flaky=FLAKY_APP)
+    baseline = pytester.path / "baseline.json"
+    before = [
+        {"case_id": c, "passed": True, "verdict": "passed", "checks": [{"name": "sql", "status": "passed"}]}
+        for c in (*PASSING, FAILING)
+    ]
+    before[-1]["durations_ms"] = {"total": 2.5}
+    baseline.write_text(json.dumps({"schema_version": 1, "run": {}, "cases": before}))
+    args = ["--llmtrace-target=flaky:app", "--llmtrace-repeat=2", "--llmtrace-report=reports"]
+    args.append(f"--llmtrace-baseline={baseline}")
+    gates = ["cases == 4", "sql_success_rate >= 0.75", "regressions <= 1"]
+    result = _run(pytester, pg_url, *args, *(f"--llmtrace-gate={g}" for g in gates))
+    # each run passes or fails on its own: the flaky case's second run and both runs of the failing case
+    result.assert_outcomes(passed=5, failed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "llmtrace repeats: 4 cases x 2 runs, a case passes when its pass rate >= 0.5: 3 passed, 1 failed",
+            "  customers_by_tier: 1/2 runs passed -> passed",
+            "llmtrace gate: passed cases 4 == 4 (+0)",
+            "llmtrace gate: passed sql_success_rate 0.75 >= 0.75 (+0)",
+            "llmtrace gate: passed regressions 1 <= 1 (+0)",
+            "FAILED golden_traces/customers_by_tier.json::customers_by_tier[[]2/2[]]*",
+        ]
+    )
+    assert result.ret == 0, "every gate holds over the cases counted once"
+    data = _results(pytester.path / "reports")
+    assert data["totals"] == {"cases": 4, "passed": 3, "failed": 1, "error": 0}
+    flaky = next(c for c in data["cases"] if c["case_id"] == "customers_by_tier")
+    assert (flaky["verdict"], flaky["pass_rate"], flaky["pass_hat_k"]) == ("passed", 0.5, {"1": 0.5, "2": 0.0})
+    assert [(r["run"], r["verdict"]) for r in flaky["runs"]] == [(1, "passed"), (2, "failed")]
+    assert flaky["runs"][1]["app_error"] == "RuntimeError: the model timed out"
+    assert flaky["nodeid"] == "golden_traces/customers_by_tier.json::customers_by_tier"
+    assert flaky["app_error"] is None, "a passing case's figures are its passed run's"
+
+    summary = (pytester.path / "reports" / "summary.md").read_text()
+    assert "| `regressions <= 1` | - | 1 | passed |" in summary
+    assert "| `sql_success_rate >= 0.75` | 1 | 0.75 | passed |" in summary
+    assert f"| `{FAILING}` | passed | failed (regressed) | 2.5 |" in summary
+    page = (pytester.path / "reports" / "report.html").read_text()
+    assert "data-verdict='passed'" in page
+    assert "1/2 runs, floor 0.5" in page
+
+    # without a gate, a failed run whose case reached its pass rate does not fail the session either
+    alone = _run(pytester, pg_url, "--llmtrace-target=flaky:app", "--llmtrace-repeat=2", "-k", "customers_by_tier")
+    alone.assert_outcomes(passed=1, failed=1)
+    assert alone.ret == 0

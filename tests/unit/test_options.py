@@ -19,7 +19,7 @@ from pytest_llmtrace.options import (
     UnknownName,
     canonical_metric,
 )
-from pytest_llmtrace.replay_config import REPLAY_SETTINGS, parse_case_marks
+from pytest_llmtrace.replay_config import REPLAY_SETTINGS, parse_case_marks, pass_rate_floor, repeat_of
 from pytest_llmtrace.settings import Resolved, Settings
 from pytest_llmtrace.snapshot import OutcomeSnapshotExtension
 
@@ -147,3 +147,30 @@ def test_marker_arguments_must_be_keywords_and_known() -> None:
         CheckOptions().with_marker(mark(token_maximum={"total": 1}), "case")
     with pytest.raises(pytest.UsageError, match=r"latency_tolerance=...\): expected a float number, got True"):
         CheckOptions().with_marker(mark(latency_tolerance=True), "case")
+
+
+@pytest.mark.parametrize(
+    ("repeat", "mode", "words"),
+    [
+        ("0", "replay", "--llmtrace-repeat: expected how many times to run each golden case (1 or more), got '0'"),
+        ("two", "live", "expected how many times to run each golden case (1 or more), got 'two'"),
+        ("2", "record", "--llmtrace-repeat=2 with mode record: each run would write the golden file again"),
+    ],
+)
+def test_a_bad_repeat_count_is_a_usage_error_naming_the_knob(repeat: str, mode: str, words: str) -> None:
+    settings = Settings(
+        {"repeat": Resolved(repeat, "command line", "--llmtrace-repeat"), "mode": Resolved(mode, "default")}
+    )
+    with pytest.raises(pytest.UsageError) as info:
+        repeat_of(settings)
+    assert words in str(info.value)
+
+
+def test_repeat_counts_and_pass_rate_floors_that_are_accepted() -> None:
+    settings = Settings({"repeat": Resolved("5", "ini", "ini llmtrace_repeat"), "mode": Resolved("live", "default")})
+    assert repeat_of(settings) == 5
+    assert pass_rate_floor("0.8", "ini llmtrace_min_pass_rate") == 0.8
+    assert pass_rate_floor("1", "default") == 1.0
+    for bad in ("0", "1.5", "80%", "nan", "-1"):
+        with pytest.raises(pytest.UsageError, match="ini llmtrace_min_pass_rate: expected a share of runs above 0"):
+            pass_rate_floor(bad, "ini llmtrace_min_pass_rate")

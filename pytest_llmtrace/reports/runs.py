@@ -1,0 +1,102 @@
+"""``--llmtrace-repeat N``: the N runs of one golden case folded into the one case every total and gate counts.
+
+Each run is an item of its own (``case[1/3]``) and passes or fails honestly in pytest's output. The case passes when
+its pass rate (passed runs / runs) reaches ``llmtrace_min_pass_rate``. Its checks, SQL, durations and tokens are those
+of one *representative* run whose verdict is the case's verdict (the first passed run of a passing case, the first
+other run of a failing one), so a gate rate never counts a passing case's failed run, nor the reverse. ``runs``
+keeps every run's verdict and figures.
+
+pass^k is the chance that k runs in a row all pass, estimated from c passes in n runs without bias as
+C(c, k) / C(n, k) (tau-bench's pass^k): pass^1 is the pass rate, pass^n is 1 only when every run passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["REPEAT_FIELD", "aggregate", "pass_hat_k", "repeat_lines", "run_summary"]
+
+# The field record() puts on each run of a repeated case before folding: {"run": k, "of": n, "case_nodeid": ...}.
+REPEAT_FIELD = "repeat"
+_RATE_SLACK = 1e-9  # 2/3 runs against a floor written 0.6666666667 still passes
+
+
+def pass_hat_k(passed: int, runs: int) -> dict[str, float]:
+    """``{"1": pass^1, ..., "n": pass^n}``; keys are strings because JSON object keys are."""
+    return {str(k): math.comb(passed, k) / math.comb(runs, k) for k in range(1, runs + 1)}
+
+
+def run_summary(case: Mapping[str, Any], run: int) -> dict[str, Any]:
+    """One run as ``runs`` lists it: enough to see how runs of a flaky case differ, not every row again."""
+    failed = [c["name"] for c in case.get("checks", ()) if c.get("status") == "failed"]
+    return {
+        "run": run,
+        "nodeid": case.get("nodeid"),
+        "verdict": case.get("verdict", "failed"),
+        "failed_checks": failed,
+        "app_error": case.get("app_error"),
+        "replay_misses": len(case.get("replay_misses") or ()),
+        "sql": case.get("sql"),
+        "durations_ms": dict(case.get("durations_ms") or {}),
+        "tokens": dict(case.get("tokens") or {}),
+    }
+
+
+def _fold(runs: Sequence[dict[str, Any]], min_pass_rate: float) -> dict[str, Any]:
+    ordered = sorted(runs, key=lambda r: int(r.get(REPEAT_FIELD, {}).get("run", 1)))
+    passed = sum(1 for r in ordered if r.get("verdict") == "passed")
+    rate = passed / len(ordered)
+    ok = rate >= min_pass_rate - _RATE_SLACK
+    representative = next(r for r in ordered if (r.get("verdict") == "passed") == ok)
+    case = {k: v for k, v in representative.items() if k != REPEAT_FIELD}
+    repeat = representative.get(REPEAT_FIELD)
+    if repeat is not None:
+        case["nodeid"] = repeat["case_nodeid"]
+    case["passed"] = ok
+    case["verdict"] = "passed" if ok else representative.get("verdict", "failed")
+    case["runs"] = [run_summary(r, int(r.get(REPEAT_FIELD, {}).get("run", 1))) for r in ordered]
+    case["representative_run"] = int(repeat["run"]) if repeat is not None else 1
+    case["pass_rate"] = rate
+    case["pass_hat_k"] = pass_hat_k(passed, len(ordered))
+    case["min_pass_rate"] = min_pass_rate
+    return case
+
+
+def aggregate(cases: Sequence[dict[str, Any]], min_pass_rate: float) -> list[dict[str, Any]]:
+    """One dict per case, sorted by node id then case id; only runs of one repeated case are folded together.
+
+    A test that called ``llmtrace_check`` twice has two outcomes under one node id: those stay two cases, as before.
+    A run that never produced an outcome (its stand-in, verdict ``error``) is a run that did not pass.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    single: list[dict[str, Any]] = []
+    for case in cases:
+        repeat = case.get(REPEAT_FIELD)
+        if repeat is None:
+            single.append(case)
+        else:
+            groups.setdefault(str(repeat["case_nodeid"]), []).append(case)
+    folded = [_fold([case], 1.0) for case in single]
+    folded += [_fold(runs, min_pass_rate) for runs in groups.values()]
+    folded.sort(key=lambda c: (str(c.get("nodeid")), str(c.get("case_id"))))
+    return folded
+
+
+def repeat_lines(cases: Sequence[Mapping[str, Any]], repeat: int, min_pass_rate: float, shown: int = 20) -> list[str]:
+    """The terminal's account of a repeated run: the verdicts by pass rate, and the cases whose runs disagreed."""
+    repeated = [c for c in cases if len(c.get("runs") or ()) > 1]
+    passed = sum(1 for c in repeated if c.get("passed"))
+    lines = [
+        f"llmtrace repeats: {len(repeated)} cases x {repeat} runs, a case passes when its pass rate >= "
+        f"{min_pass_rate:g}: {passed} passed, {len(repeated) - passed} failed"
+    ]
+    mixed = [c for c in repeated if 0 < float(c.get("pass_rate", 0)) < 1]
+    for case in mixed[:shown]:
+        ok = sum(1 for r in case["runs"] if r.get("verdict") == "passed")
+        verdict = "passed" if case.get("passed") else "failed"
+        lines.append(f"  {case['case_id']}: {ok}/{len(case['runs'])} runs passed -> {verdict}")
+    if len(mixed) > shown:
+        lines.append(f"  ... {len(mixed) - shown} more cases whose runs disagreed (results.json: runs)")
+    return lines

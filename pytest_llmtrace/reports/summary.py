@@ -1,0 +1,118 @@
+"""``summary.md``: what a person reads in ten seconds (also appended to ``$GITHUB_STEP_SUMMARY``): totals, the gate,
+the failing cases with their first reason, and with a baseline each gate's and each case's "was / now".
+
+Every value taken from a trace or from model output is made inert for Markdown: table cells lose their pipes and line
+breaks, and text is shown as code, so a hostile answer cannot add rows, links or HTML to a CI page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_llmtrace import gate
+from pytest_llmtrace.reports.baseline import case_changes, figure, gate_changes
+
+__all__ = ["MAX_CASE_ROWS", "cell", "summary_markdown", "totals", "why"]
+
+MAX_CASE_ROWS = 200  # a step summary stays readable; report.html and results.json list every case
+
+
+def totals(cases: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    out = {"cases": len(cases), "passed": 0, "failed": 0, "error": 0}
+    for case in cases:
+        verdict = str(case.get("verdict", "failed"))
+        out[verdict] = out.get(verdict, 0) + 1
+    return out
+
+
+def cell(text: object, limit: int = 160) -> str:
+    """Text as one inert Markdown table cell: a code span (no links, emphasis or HTML), no pipes, one line."""
+    flat = " ".join(str(text).split())[:limit].replace("|", "\\|").replace("`", "'")  # a backtick would end the span
+    return f"`{flat}`" if flat else ""
+
+
+def why(case: Mapping[str, Any]) -> str:
+    """The first reason a case did not pass, as plain text."""
+    if case.get("app_error"):
+        return str(case["app_error"])
+    if case.get("replay_misses"):
+        return f"replay: {case['replay_misses'][0]['kind']}"
+    failed = [c for c in case.get("checks", []) if c.get("status") == "failed"]
+    return f"{failed[0]['name']}: {failed[0]['reason']}" if failed else ""
+
+
+def _runs(case: Mapping[str, Any]) -> str:
+    runs = case.get("runs") or []
+    if len(runs) < 2:
+        return ""
+    passed = sum(1 for r in runs if r.get("verdict") == "passed")
+    return f" ({passed}/{len(runs)} runs)"
+
+
+def summary_markdown(
+    cases: Sequence[Mapping[str, Any]],
+    gate_results: Sequence[gate.GateResult],
+    baseline: Sequence[Mapping[str, Any]] | None = None,
+) -> str:
+    count = totals(cases)
+    lines = [
+        "## llmtrace results",
+        "",
+        f"{count['cases']} cases: {count['passed']} passed, {count['failed']} failed, {count['error']} errors",
+        "",
+    ]
+    repeated = [c for c in cases if len(c.get("runs") or []) > 1]
+    if repeated:
+        runs = sum(len(c["runs"]) for c in repeated)
+        lines += [f"Each case ran {runs // len(repeated)} times; a case counts once, by its pass rate.", ""]
+    if gate_results and baseline is not None:
+        lines += ["### Gate", "", "| gate | was | now | verdict |", "|---|---|---|---|"]
+        for change in gate_changes(gate_results, baseline):
+            result = change.result
+            verdict = "passed" if result.passed else f"**FAILED** {cell(', '.join(result.cases), 120)}"
+            lines.append(f"| `{result.rule}` | {figure(change.was)} | {figure(result.value)} | {verdict} |")
+        lines.append("")
+    elif gate_results:
+        lines += ["### Gate", ""] + [f"- {cell(gate.format_result(r), 400)}" for r in gate_results] + [""]
+    failing = [c for c in cases if c.get("verdict") != "passed"]
+    if failing:
+        lines += ["### Failing cases", "", "| case | verdict | why |", "|---|---|---|"]
+        for case in failing[:MAX_CASE_ROWS]:
+            lines.append(f"| {cell(case.get('case_id'))} | {case.get('verdict')}{_runs(case)} | {cell(why(case))} |")
+        if len(failing) > MAX_CASE_ROWS:
+            lines.append(f"| ... {len(failing) - MAX_CASE_ROWS} more in results.json | | |")
+        lines.append("")
+    if baseline is not None:
+        lines += _was_now(cases, baseline)
+    return "\n".join(lines) + "\n"
+
+
+def _was_now(cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]) -> list[str]:
+    changes = case_changes(cases, baseline)
+    rates = any(c.was_rate is not None or c.now_rate is not None for c in changes)
+    regressed = sum(1 for c in changes if c.regressed)
+    improved = sum(1 for c in changes if c.improved)
+    lines = [
+        "### Against the baseline",
+        "",
+        f"{regressed} regressed, {improved} improved, {len(changes)} cases in either run.",
+        "",
+        "| case | verdict was | verdict now | total ms was | total ms now | tokens was | tokens now |"
+        + (" pass rate was | pass rate now |" if rates else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if rates else ""),
+    ]
+    for change in changes[:MAX_CASE_ROWS]:
+        mark = " (regressed)" if change.regressed else " (improved)" if change.improved else ""
+        row = (
+            f"| {cell(change.case_id)} | {change.was or 'new'} | {change.now or 'gone'}{mark} | "
+            f"{figure(change.was_ms)} | {figure(change.now_ms)} | {figure(change.was_tokens)} | "
+            f"{figure(change.now_tokens)} |"
+        )
+        if rates:
+            row += f" {figure(change.was_rate)} | {figure(change.now_rate)} |"
+        lines.append(row)
+    if len(changes) > MAX_CASE_ROWS:
+        lines.append(f"\n... {len(changes) - MAX_CASE_ROWS} more cases in report.html")
+    lines.append("")
+    return lines
