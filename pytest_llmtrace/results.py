@@ -32,6 +32,7 @@ __all__ = [
     "RESULTS_SCHEMA_VERSION",
     "add_options",
     "configure",
+    "git_revision",
     "record",
     "sessionfinish",
     "shard_of",
@@ -126,8 +127,11 @@ def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
     items[:] = keep
 
 
-def record(item: pytest.Item, report: pytest.TestReport) -> None:
-    """After each phase: remember the first error; after teardown, keep the item's outcomes (or a failed stand-in)."""
+def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None = None) -> None:
+    """After each phase: remember the first error; after teardown, keep the item's outcomes (or a failed stand-in).
+
+    ``phoenix_url``: the test's trace in Phoenix's UI when ``--llmtrace-phoenix-export`` sent it.
+    """
     state = item.config.stash.get(_KEY, None)
     if state is None:
         return
@@ -139,7 +143,7 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
     outcomes = item.stash.get(OUTCOMES_KEY, [])
     report.user_properties.extend(junit_properties(outcomes))
     for outcome in outcomes:
-        state.cases.append(_case(outcome.to_dict(), item))
+        state.cases.append(_case(outcome.to_dict(), item, phoenix_url))
     error = item.stash.get(_ERROR_KEY, None)
     case = item.stash.get(golden.CASE_KEY, None)
     if case is not None and case.trace is not None:
@@ -148,7 +152,7 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
                 if message.role == "system":
                     state.prompt_hashes.add(hashlib.sha256(message.content.encode()).hexdigest())
     if case is not None and not outcomes:
-        state.cases.append(_stand_in(item, state.mode, error or "the case ended without an outcome"))
+        state.cases.append(_stand_in(item, state.mode, error or "the case ended without an outcome", phoenix_url))
     elif error and not error.startswith("skipped") and all(o.passed for o in outcomes):
         state.other_failures += 1  # failed for a reason no outcome records: a met gate must not excuse it
 
@@ -173,13 +177,14 @@ def _first_line(report: pytest.TestReport) -> str:
     return text[-1] if text else "no message"
 
 
-def _case(data: dict[str, Any], item: pytest.Item) -> dict[str, Any]:
+def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> dict[str, Any]:
     data["verdict"] = "passed" if data["passed"] else "failed"
     data["nodeid"] = item.nodeid
+    data["phoenix_url"] = phoenix_url
     return data
 
 
-def _stand_in(item: pytest.Item, mode: str, error: str) -> dict[str, Any]:
+def _stand_in(item: pytest.Item, mode: str, error: str, phoenix_url: str | None) -> dict[str, Any]:
     return {
         "schema": 1,
         "case_id": item.name,
@@ -199,6 +204,7 @@ def _stand_in(item: pytest.Item, mode: str, error: str) -> dict[str, Any]:
         "golden_durations_ms": None,
         "timings": None,
         "nodeid": item.nodeid,
+        "phoenix_url": phoenix_url,
     }
 
 
@@ -246,11 +252,16 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         terminalreporter.section("llmtrace gate")
         for result in state.gate_results:
             terminalreporter.line(gate.format_result(result), red=not result.passed, green=result.passed)
+    linked = [c for c in state.cases if c.get("verdict") != "passed" and c.get("phoenix_url")]
+    if linked:
+        terminalreporter.section("llmtrace failing cases in Phoenix")
+        for case in linked:
+            terminalreporter.line(f"{case['case_id']}: {case['phoenix_url']}")
     if state.report_dir is not None:
         terminalreporter.line(f"llmtrace report: {state.report_dir / 'results.json'}")
 
 
-def _git_revision(root: Path) -> str | None:
+def git_revision(root: Path) -> str | None:
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
@@ -278,7 +289,7 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         version = "unknown"
     return {
         "plugin_version": version,
-        "git_revision": _git_revision(root),
+        "git_revision": git_revision(root),
         "mode": get_config(config).mode,
         "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
         "system_prompt_hashes": sorted(config.stash[_KEY].prompt_hashes),
@@ -327,9 +338,14 @@ def summary_markdown(cases: list[dict[str, Any]], gate_results: list[gate.GateRe
         lines += ["### Gate", ""] + [f"- `{gate.format_result(r)}`" for r in gate_results] + [""]
     failing = [c for c in cases if c.get("verdict") != "passed"]
     if failing:
-        lines += ["### Failing cases", "", "| case | verdict | why |", "|---|---|---|"]
+        linked = any(c.get("phoenix_url") for c in failing)  # the column only when the run was sent to Phoenix
+        columns = ["case", "verdict", "why", *(["Phoenix"] if linked else [])]
+        lines += ["### Failing cases", "", f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
         for case in failing:
-            lines.append(f"| {case['case_id']} | {case.get('verdict')} | {_why(case)} |")
+            row = f"| {case['case_id']} | {case.get('verdict')} | {_why(case)} |"
+            if linked:
+                row += f" [trace]({case['phoenix_url']}) |" if case.get("phoenix_url") else " |"
+            lines.append(row)
         lines.append("")
     return "\n".join(lines) + "\n"
 
