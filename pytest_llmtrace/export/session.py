@@ -209,8 +209,8 @@ class PhoenixExport:
             return None
         s = self.summary
         return (
-            f"llmtrace phoenix: {s['spans']} spans of {s['tests']} tests and {s['annotations']} verdict annotations "
-            f"sent to project {self.run.project}: {s['project_url']}"
+            f"llmtrace phoenix export: {s['spans']} spans of {s['tests']} tests and {s['annotations']} verdict "
+            f"annotations sent to project {self.run.project}: {s['project_url']}"
         )
 
     def worker_output(self) -> str:
