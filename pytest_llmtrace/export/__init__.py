@@ -23,6 +23,7 @@ __all__ = [
     "add_options",
     "configure",
     "configure_node",
+    "get_state",
     "record",
     "report_header",
     "sessionfinish",
@@ -50,20 +51,24 @@ def configure(config: pytest.Config) -> None:
     config.stash[_KEY] = PhoenixExport.from_config(config)
 
 
+def get_state(config: pytest.Config) -> PhoenixExport:
+    return config.stash[_KEY]
+
+
 def report_header(config: pytest.Config) -> list[str]:
-    return [config.stash[_KEY].header()]
+    return [get_state(config).header()]
 
 
 def configure_node(node: Any) -> None:
     """xdist controller: every worker exports into the one project this run named."""
-    given = node.config.stash[_KEY].worker_input()
+    given = get_state(node.config).worker_input()
     if given is not None:
         node.workerinput[WORKER_KEY] = given
 
 
 def start_test(item: pytest.Item) -> None:
     """Keep the test's recording window: the recorder forgets it when the test ends, before the report is made."""
-    if not item.config.stash[_KEY].enabled:
+    if not get_state(item.config).enabled:
         return
     window = get_recorder(item.config).current
     if window is not None:
@@ -72,7 +77,7 @@ def start_test(item: pytest.Item) -> None:
 
 def record(item: pytest.Item, report: pytest.TestReport) -> str | None:
     """After the teardown report: send the test's spans and verdict; the Phoenix link of its trace, if sent."""
-    state = item.config.stash[_KEY]
+    state = get_state(item.config)
     if not state.enabled or report.when != "teardown":
         return None
     return state.record(item, item.stash.get(_WINDOW_KEY, None))

@@ -90,10 +90,10 @@ class PhoenixExport:
             return cls(settings)
         from pytest_llmtrace.export.spans import RunAttributes  # with export on only, like everything it sends
 
-        worker = os.environ.get("PYTEST_XDIST_WORKER")
-        given: dict[str, Any] | None = getattr(config, "workerinput", {}).get(WORKER_KEY)
+        workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+        given: dict[str, Any] | None = workerinput.get(WORKER_KEY)
         if given is not None:  # an xdist worker: the controller named the run's project once for all workers
-            return cls(settings, True, RunAttributes(given["project"], given["revision"], worker))
+            return cls(settings, True, RunAttributes(given["project"], given["revision"], workerinput.get("workerid")))
         revision = git_revision(config.rootpath)
         project = settings["phoenix_project"]
         if project:
@@ -103,7 +103,7 @@ class PhoenixExport:
                 raise pytest.UsageError(f"{origin} {project!r}: {problem}; fix: choose another name")
         else:
             project = naming.run_project_name(datetime.now(timezone.utc), revision)
-        return cls(settings, True, RunAttributes(project, revision, worker))
+        return cls(settings, True, RunAttributes(project, revision))
 
     def header(self) -> str:
         on = self.settings.values["phoenix_export"]

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from pytest_llmtrace import export
+from pytest_llmtrace.export.session import WORKER_KEY, PhoenixExport
+from pytest_llmtrace.export.spans import RunAttributes
 
 TESTS = """
 from opentelemetry import trace
@@ -122,4 +128,25 @@ def test_a_project_name_phoenix_cannot_take_is_a_usage_error_naming_its_source(
             "ERROR: LLMTRACE_PHOENIX_PROJECT 'team/nightly': Phoenix project names used in its REST API cannot "
             "hold /; fix: choose another name"
         ]
+    )
+
+
+def test_xdist_workers_export_into_the_project_the_controller_named(pytester: pytest.Pytester) -> None:
+    """The hand-over xdist makes, with real configs: a worker does not name a project of its own (its clock may have
+    moved to the next second), and the controller's summary adds up the workers'."""
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
+    controller = pytester.parseconfigure("--llmtrace-phoenix-export")
+    node = SimpleNamespace(config=controller, workerinput={})
+    export.configure_node(node)
+    named = node.workerinput[WORKER_KEY]
+    assert re.fullmatch(r"llmtrace-\d{8}T\d{6}Z", named["project"])  # no git here: no revision in the name
+    worker = pytester.parseconfig("--llmtrace-phoenix-export")
+    worker.workerinput = {**node.workerinput, "workerid": "gw1"}  # type: ignore[attr-defined]
+    assert PhoenixExport.from_config(worker).run == RunAttributes(named["project"], None, "gw1")
+    for sent in ({"tests": 2, "spans": 6, "annotations": 2, "project_url": "http://px/projects/P"}, {"tests": 1}):
+        export.testnodedown(SimpleNamespace(config=controller, workeroutput={WORKER_KEY: json.dumps(sent)}))
+    line = export.get_state(controller).summary_line()
+    assert line == (
+        f"llmtrace phoenix export: 6 spans of 3 tests and 2 verdict annotations sent to project {named['project']}: "
+        "http://px/projects/P"
     )
