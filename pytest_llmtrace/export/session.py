@@ -28,6 +28,7 @@ from pytest_llmtrace.services import session as services
 from pytest_llmtrace.settings import Settings, SettingSpec, resolve
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from pytest_llmtrace.export.phoenix_rest import PhoenixRest
@@ -121,15 +122,28 @@ class PhoenixExport:
     # -- per test ---------------------------------------------------------------------------------------------------
 
     def record(self, item: pytest.Item, window: TestWindow | None) -> str | None:
-        """Queue the test's spans and its verdict annotation; the Phoenix link of its (first) trace, if sent."""
-        if window is None or not window.finished or self.given_up or self.run is None:
-            return None
-        from pytest_llmtrace.export.spans import hex_span_id, hex_trace_id, prepare, roots, verdict, verdict_annotations
+        """Queue the test's spans and its verdict annotation; the Phoenix link of its (first) trace, if sent.
 
-        spans = list(window.finished)
+        Only sampled spans go: an unsampled one is a span the application chose not to export.
+        """
+        if window is None or self.given_up or self.run is None:
+            return None
+        spans = [s for s in window.finished if s.context is not None and s.context.trace_flags.sampled]
+        if not spans:
+            return None
         connection = self.connection or self._connect(item)
         if connection is None:
             return None
+        try:
+            return self._send(item, spans, connection)
+        except Exception as exc:  # a span this code cannot convert must cost the export, never the test
+            self._give_up(item, f"the spans of {item.nodeid} could not be prepared ({type(exc).__name__}: {exc})")
+            return None
+
+    def _send(self, item: pytest.Item, spans: list[ReadableSpan], connection: _Connection) -> str:
+        from pytest_llmtrace.export.spans import hex_span_id, hex_trace_id, prepare, roots, verdict, verdict_annotations
+
+        assert self.run is not None
         for span in prepare(spans, self.run, item.nodeid):
             connection.processor.on_end(span)
         self.queued += len(spans)
@@ -139,6 +153,16 @@ class PhoenixExport:
         if outcomes:
             self.pending += verdict_annotations([hex_span_id(s) for s in top], verdict(outcomes), item.nodeid)
         return naming.trace_url(connection.url, connection.project_id, hex_trace_id(top[0]))
+
+    def _give_up(self, item: pytest.Item, why: str) -> None:
+        """One warning for the run, on the test where export stopped; the tests go on as if it had never been on."""
+        self.given_up = True
+        item.warn(
+            PhoenixExportWarning(
+                f"pytest-llmtrace: export to Phoenix is off for this run: {why} (or run without "
+                "--llmtrace-phoenix-export; the tests' verdicts do not depend on it)"
+            )
+        )
 
     def _connect(self, item: pytest.Item) -> _Connection | None:
         # The REST client and the OTLP exporter are imported here: a run that does not export never loads them.
@@ -152,14 +176,7 @@ class PhoenixExport:
             rest = PhoenixRest(endpoint.url, api_key=api_key, timeout=EXPORT_TIMEOUT_S)
             project_id = rest.project_id(self.run.project)
         except (LLMTraceError, pytest.UsageError) as exc:
-            self.given_up = True
-            message = str(exc).replace("\n", "; ")
-            item.warn(
-                PhoenixExportWarning(
-                    f"pytest-llmtrace: export to Phoenix is off for this run: {message} (or run without "
-                    "--llmtrace-phoenix-export; the tests' verdicts do not depend on it)"
-                )
-            )
+            self._give_up(item, str(exc).replace("\n", "; "))
             return None
         processor, counter = batch_processor(rest.url, api_key)
         self.connection = _Connection(rest.url, project_id, rest, counter, processor)
