@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -104,9 +105,13 @@ def fill(url: str, project: str, count: int) -> int:
             response.read()
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:  # Phoenix inserts in arrival order: the last trace there means all are
-        with urllib.request.urlopen(f"{url}/v1/projects/{project}/spans?trace_id={last}&limit=10", timeout=60) as r:
-            if len(json.loads(r.read())["data"]) >= 3:
-                return spans
+        try:
+            with urllib.request.urlopen(f"{url}/v1/projects/{project}/spans?trace_id={last}&limit=10", timeout=60) as r:
+                if len(json.loads(r.read())["data"]) >= 3:
+                    return spans
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:  # 404: Phoenix has not stored the project's first span yet
+                raise
         time.sleep(2)
     raise SystemExit(f"Phoenix did not ingest {count} traces within 30 minutes")
 

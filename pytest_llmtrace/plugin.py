@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace import fixtures, golden, recording, replay_config, results, settings
+from pytest_llmtrace import export, fixtures, golden, recording, replay_config, results, settings
 from pytest_llmtrace.services import session as services
 
 
@@ -18,12 +18,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, replay_config.REPLAY_SETTINGS)
     settings.add_options(parser, results.REPORT_SETTINGS)
     results.add_options(parser)
+    export.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     recording.configure(config)
     replay_config.configure(config)
     results.configure(config)
+    export.configure(config)
     services.configure(config, replay=replay_config.get_config(config).mode == "replay")
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
@@ -35,13 +37,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [recording.report_header(config), *replay_config.report_header(config), *services.report_header(config)]
+    return [
+        recording.report_header(config),
+        *replay_config.report_header(config),
+        *services.report_header(config),
+        *export.report_header(config),
+    ]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """First, so spans ended while fixtures are set up belong to the test too."""
     recording.start_test(item, install_provider=not golden.is_golden_item(item))
+    export.start_test(item)
 
 
 @pytest.hookimpl(trylast=True)
@@ -67,19 +75,29 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    results.record(item, report)
+    results.record(item, report, phoenix_url=export.record(item, report))
     return report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Export first: its bounded flush ends before the reports are written."""
+    export.sessionfinish(session)
     results.sessionfinish(session)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: hand each worker what the whole run shares."""
+    export.configure_node(node)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
     """xdist controller: a worker finished; merge its cases."""
     results.testnodedown(node)
+    export.testnodedown(node)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     results.terminal_summary(terminalreporter, config)
+    export.terminal_summary(terminalreporter, config)

@@ -44,6 +44,7 @@ __all__ = [
     "RESULTS_SCHEMA_VERSION",
     "add_options",
     "configure",
+    "git_revision",
     "record",
     "sessionfinish",
     "shard_of",
@@ -153,8 +154,11 @@ def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
     items[:] = [i for i, keep in zip(items, mine, strict=True) if keep]
 
 
-def record(item: pytest.Item, report: pytest.TestReport) -> None:
-    """After each phase: remember the first error; after teardown, keep the item's outcomes (or a failed stand-in)."""
+def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None = None) -> None:
+    """After each phase: remember the first error; after teardown, keep the item's outcomes (or a failed stand-in).
+
+    ``phoenix_url``: the test's trace in Phoenix's UI when ``--llmtrace-phoenix-export`` sent it.
+    """
     state = item.config.stash.get(_KEY, None)
     if state is None:
         return
@@ -167,9 +171,9 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
     report.user_properties.extend(junit_properties(outcomes))
     error = item.stash.get(_ERROR_KEY, None)
     case = item.stash.get(golden.CASE_KEY, None)
-    found = [_case(o.to_dict(), item) for o in outcomes]
+    found = [_case(o.to_dict(), item, phoenix_url) for o in outcomes]
     if case is not None and not outcomes:
-        found.append(_stand_in(item, state.mode, error or "the case ended without an outcome"))
+        found.append(_stand_in(item, state.mode, error or "the case ended without an outcome", phoenix_url))
     elif error and not error.startswith("skipped") and all(o.passed for o in outcomes):
         state.other_failures += 1  # failed for a reason no outcome records: a met gate must not excuse it
     if case is not None and case.trace is not None:
@@ -245,13 +249,14 @@ def _first_line(report: pytest.TestReport) -> str:
     return text[-1] if text else "no message"
 
 
-def _case(data: dict[str, Any], item: pytest.Item) -> dict[str, Any]:
+def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> dict[str, Any]:
     data["verdict"] = "passed" if data["passed"] else "failed"
     data["nodeid"] = item.nodeid
+    data["phoenix_url"] = phoenix_url
     return data
 
 
-def _stand_in(item: pytest.Item, mode: str, error: str) -> dict[str, Any]:
+def _stand_in(item: pytest.Item, mode: str, error: str, phoenix_url: str | None) -> dict[str, Any]:
     return {
         "schema": 1,
         "case_id": item.stash[golden.CASE_KEY].path.stem,  # a repeated run's name without its [k/N]
@@ -271,6 +276,7 @@ def _stand_in(item: pytest.Item, mode: str, error: str) -> dict[str, Any]:
         "golden_durations_ms": None,
         "timings": None,
         "nodeid": item.nodeid,
+        "phoenix_url": phoenix_url,
     }
 
 
@@ -338,6 +344,11 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         terminalreporter.section("llmtrace gate")
         for result in state.gate_results:
             terminalreporter.line(gate.format_result(result), red=not result.passed, green=result.passed)
+    linked = [c for c in state.cases if c.get("verdict") != "passed" and c.get("phoenix_url")]
+    if linked:
+        terminalreporter.section("llmtrace failing cases in Phoenix")
+        for case in linked:
+            terminalreporter.line(f"{case['case_id']}: {case['phoenix_url']}")
     if state.report_dir is not None:
         page = state.report_dir / "report.html"
         here = config.invocation_params.dir
@@ -345,7 +356,7 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         terminalreporter.line(f"llmtrace report: {shown} (results.json and summary.md beside it)")
 
 
-def _git_revision(root: Path) -> str | None:
+def git_revision(root: Path) -> str | None:
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
@@ -373,7 +384,7 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         version = "unknown"
     return {
         "plugin_version": version,
-        "git_revision": _git_revision(root),
+        "git_revision": git_revision(root),
         "mode": get_config(config).mode,
         "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
         "models": _models(config),

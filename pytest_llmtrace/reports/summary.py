@@ -42,6 +42,13 @@ def why(case: Mapping[str, Any]) -> str:
     return f"{failed[0]['name']}: {failed[0]['reason']}" if failed else ""
 
 
+def _trace_link(url: object) -> str:
+    """A link to the case's trace; the URL is the plugin's own (Phoenix's base URL and ids), still kept inert."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return ""
+    return f"[trace]({url.replace(' ', '%20').replace(')', '%29').replace('|', '%7C')})"
+
+
 def _runs(case: Mapping[str, Any]) -> str:
     runs = case.get("runs") or []
     if len(runs) < 2:
@@ -77,11 +84,16 @@ def summary_markdown(
         lines += ["### Gate", ""] + [f"- {cell(gate.format_result(r), 400)}" for r in gate_results] + [""]
     failing = [c for c in cases if c.get("verdict") != "passed"]
     if failing:
-        lines += ["### Failing cases", "", "| case | verdict | why |", "|---|---|---|"]
+        linked = any(c.get("phoenix_url") for c in failing)  # the column only when the run was sent to Phoenix
+        columns = ["case", "verdict", "why", *(["Phoenix"] if linked else [])]
+        lines += ["### Failing cases", "", f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
         for case in failing[:MAX_CASE_ROWS]:
-            lines.append(f"| {cell(case.get('case_id'))} | {case.get('verdict')}{_runs(case)} | {cell(why(case))} |")
+            row = f"| {cell(case.get('case_id'))} | {case.get('verdict')}{_runs(case)} | {cell(why(case))} |"
+            if linked:
+                row += f" {_trace_link(case.get('phoenix_url'))} |"
+            lines.append(row)
         if len(failing) > MAX_CASE_ROWS:
-            lines.append(f"| ... {len(failing) - MAX_CASE_ROWS} more in results.json | | |")
+            lines.append(f"| ... {len(failing) - MAX_CASE_ROWS} more in results.json |" + " |" * (len(columns) - 1))
         lines.append("")
     if baseline is not None:
         lines += _was_now(cases, baseline)

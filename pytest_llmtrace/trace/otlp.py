@@ -8,7 +8,6 @@ order) so a golden file that is read and written again does not change, and diff
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 from pytest_llmtrace.errors import LLMTraceError, TraceFormatError
 from pytest_llmtrace.trace.jsondoc import Doc, attributes_from_otlp, attributes_to_otlp
+from pytest_llmtrace.trace.jsontext import dumps_indented
 from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, parse, read_bytes
 from pytest_llmtrace.trace.secrets import redact_secrets, redact_spans
@@ -272,7 +272,7 @@ def _span_to_otlp(span: Span) -> dict[str, Any]:
 
 def dumps(trace: Trace | Iterable[Span]) -> str:
     """The canonical text of a golden file: two-space indent, UTF-8 kept readable, trailing newline."""
-    return json.dumps(trace_to_request(trace), indent=2, ensure_ascii=False) + "\n"
+    return dumps_indented(trace_to_request(trace)) + "\n"
 
 
 def write_trace(trace: Trace | Iterable[Span], path: str | Path, *, redact: bool = True) -> Path:
