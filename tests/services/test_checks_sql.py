@@ -11,7 +11,7 @@ import pytest
 
 from pytest_llmtrace.checks import compare_results, execute_readonly
 from pytest_llmtrace.checks.cost import check_cost, measure_cost
-from pytest_llmtrace.checks.execute import READERS
+from pytest_llmtrace.checks.execute import READERS, check_sql
 from pytest_llmtrace.options import CheckOptions
 from pytest_llmtrace.runner import run_checks
 from pytest_llmtrace.services.postgres import (
@@ -113,13 +113,43 @@ def test_the_reader_role_cannot_write_either(owner_url: str, reader: str) -> Non
     assert _count(owner_url, "order_items") == before
 
 
-def test_multiple_statements_are_refused_before_anything_runs(owner_url: str) -> None:
+@pytest.mark.parametrize(
+    ("sql", "count"),
+    [
+        ("SELECT 1; COMMIT; DELETE FROM order_items; DELETE FROM orders", "4 statements"),
+        # Lexer-confusing texts: to Postgres a name may hold any non-ASCII character and a $ after the first, so
+        # "€$$" is a name, not the start of a dollar-quoted string hiding the rest (a lexer that thought so counted
+        # one statement). Postgres refuses the list whatever a lexer counts.
+        ("SELECT 1 AS €$$; COMMIT; DELETE FROM orders; SELECT 1 AS b€$$", "4 statements"),
+        ("SELECT 1 AS a\u00a0; COMMIT; DELETE FROM orders", "3 statements"),
+        ("DECLARE c CURSOR FOR SELECT 1; COMMIT; DELETE FROM orders", "3 statements"),
+    ],
+)
+def test_several_statements_are_refused_by_postgres_before_anything_runs(owner_url: str, sql: str, count: str) -> None:
     before = _count(owner_url, "orders")
-    outcome = execute_readonly(owner_url, "SELECT 1; COMMIT; DELETE FROM order_items; DELETE FROM orders")
+    outcome = execute_readonly(owner_url, sql)
     assert not outcome.ok
-    assert outcome.error == "4 statements; expected exactly one"
-    assert outcome.sqlstate is None
+    assert outcome.sqlstate == "42601"
+    assert outcome.error == (
+        f"{count}; expected exactly one (Postgres: cannot insert multiple commands into a prepared statement)"
+    )
     assert _count(owner_url, "orders") == before
+
+
+@pytest.mark.parametrize("sql", ["COMMIT", "ROLLBACK", "END", "PREPARE TRANSACTION 'x'", "ABORT"])
+def test_a_statement_that_ends_the_checks_transaction_fails(owner_url: str, sql: str) -> None:
+    outcome = execute_readonly(owner_url, sql)
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith("the statement ended the check's read-only transaction")
+    assert execute_readonly(owner_url, "SHOW transaction_read_only").rows == (("on",),)
+
+
+def test_copy_is_refused_and_the_next_statement_runs(reader: str) -> None:
+    outcome = execute_readonly(reader, "COPY (SELECT g FROM generate_series(1, 1000000) g) TO STDOUT")
+    assert (outcome.ok, outcome.sqlstate) == (False, None)
+    assert outcome.error == "COPY is refused: the check runs queries, not data transfers"
+    assert execute_readonly(reader, "SELECT 1").rows == ((1,),)
 
 
 def test_a_slow_query_is_cancelled_with_57014(reader: str) -> None:
@@ -149,13 +179,20 @@ def test_errors_carry_sqlstate_and_first_message_line(reader: str, sql: str, sql
     assert outcome.rows == ()
 
 
-def test_max_rows_truncates_and_says_so(reader: str) -> None:
+def test_a_result_over_the_row_or_byte_limit_fails_and_says_so(reader: str) -> None:
     outcome = execute_readonly(reader, "SELECT id FROM customers ORDER BY id", max_rows=5)
-    assert outcome.ok
-    assert outcome.rows == ((1,), (2,), (3,), (4,), (5,))
-    assert (outcome.row_count, outcome.truncated) == (5, True)
+    assert (outcome.ok, outcome.truncated, outcome.row_count, outcome.rows) == (False, True, 5, ())
+    assert outcome.error == "the result has more than 5 rows (llmtrace_max_rows); fetching stopped there"
     exact = execute_readonly(reader, "SELECT id FROM customers WHERE id <= 5", max_rows=5)
-    assert (exact.row_count, exact.truncated) == (5, False)
+    assert (exact.ok, exact.row_count, exact.truncated) == (True, 5, False)
+    # rows of 100 bytes, streamed (a set-returning function in the select list): fetched in batches and stopped
+    # past 20 kB, long before the 10^9 rows are made
+    big = execute_readonly(reader, "SELECT repeat('x', 100), generate_series(1, 1000000000)", max_bytes=20_000)
+    assert (big.ok, big.truncated) == (False, True)
+    assert big.error == "the result is larger than 20000 bytes (llmtrace_max_result_bytes); fetching stopped there"
+    assert big.row_count < 1000
+    check = check_sql("SELECT ...", big, golden_sql=None, against_golden=False)
+    assert check.reason == f"the SQL's result is too large: {big.error}"
 
 
 def test_statements_that_are_not_queries_still_run(reader: str) -> None:
