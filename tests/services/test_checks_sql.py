@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -14,39 +14,46 @@ from pytest_llmtrace.checks.cost import check_cost, measure_cost
 from pytest_llmtrace.checks.execute import READERS, check_sql
 from pytest_llmtrace.options import CheckOptions
 from pytest_llmtrace.runner import run_checks
-from pytest_llmtrace.services.postgres import (
-    EmbeddedPostgres,
-    clone_database,
-    create_template,
-    grant_read_only,
-    reader_url,
-)
+from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, open_clone
+from pytest_llmtrace.services.postgres import PostgresDatabase, clone_database, drop_database
 from pytest_llmtrace.trace.model import Span, Trace
-
-COMPANY_DB = sorted((Path(__file__).parents[2] / "fixtures" / "company_db").glob("*.sql"))
 
 
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    pg = EmbeddedPostgres()
-    try:
-        endpoint = pg.start()
-        create_template(endpoint.url, "company_tpl", COMPANY_DB)
-        grant_read_only(endpoint.url, "company_tpl")
-        yield endpoint.url
-    finally:
-        pg.stop()
+def server_url(llmtrace_postgres: PostgresDatabase) -> str:
+    """The session's Postgres server (its template holds company_db), as its admin: no server of this module's own."""
+    return llmtrace_postgres.endpoint.url
+
+
+@pytest.fixture(scope="module")
+def roles(server_url: str) -> Iterator[SessionRoles]:
+    roles = SessionRoles.create(server_url, RoleLimits())
+    yield roles
+    roles.drop()
 
 
 @pytest.fixture
-def owner_url(server_url: str) -> str:
-    """A fresh clone per test, so a statement that did get through could not hide behind an earlier test's damage."""
-    return clone_database(server_url, "company_tpl")
+def clone(server_url: str, llmtrace_postgres: PostgresDatabase) -> Iterator[tuple[str, str]]:
+    """A fresh clone per test, so a statement that did get through could not hide behind an earlier test's damage:
+    (name, DSN as the admin)."""
+    name = f"checks_{uuid.uuid4().hex[:10]}"
+    url = clone_database(server_url, llmtrace_postgres.template, name)
+    yield name, url
+    READERS.close()
+    drop_database(server_url, name)
 
 
 @pytest.fixture
-def reader(owner_url: str) -> str:
-    return reader_url(owner_url)
+def owner_url(clone: tuple[str, str]) -> str:
+    return clone[1]
+
+
+@pytest.fixture
+def reader(server_url: str, clone: tuple[str, str], roles: SessionRoles) -> str:
+    """The clone as a session's read-only role (random name and password, like every session's)."""
+    name, url = clone
+    open_clone(server_url, url, name, roles)
+    return roles.reader.dsn(server_url, name)
 
 
 def _count(url: str, table: str) -> int:
