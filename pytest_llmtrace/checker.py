@@ -61,6 +61,7 @@ class Checker:
             postgres: PostgresDatabase = self._request.getfixturevalue("llmtrace_postgres")  # starts Postgres
             guard = services.get_manager(self._request.config).guard(postgres)
             deadline = Deadline.of(options)
+            deadline.checking = sql if sql is not None else sql_of(now)
             with guard.case(deadline) as held:  # the call's deadline, and the roles as they must stay
                 outcome = self._checks(now, checks, options, postgres.reader_url, sql, snapshot)
             before = (

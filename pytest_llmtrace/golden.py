@@ -168,6 +168,7 @@ def _replay_case(
         manager.guard(database).watchdog.extend(deadline, checks_s, why, phase="the checks")
         if not deadline.fired:  # past it, the checks would run the runaway statement again
             now = llm_trace.trace
+            deadline.checking = sql_of(now)
             replayed_ms = None
             if replay is not None:  # the recorded durations in place of the instant answers; the rest as measured
                 virtual = virtualize(now, replay.answers)

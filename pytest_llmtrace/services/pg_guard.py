@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmtrace.checks.execute import APPLICATION_NAME
 from pytest_llmtrace.options import DEADLINE_BUDGET_FACTOR, MAX_AUTO_DEADLINE_S, CheckOptions, number_text
 from pytest_llmtrace.outcome import CheckResult
 from pytest_llmtrace.services.pg_roles import SessionRoles
@@ -34,7 +35,7 @@ __all__ = ["Deadline", "SessionGuard", "Watchdog"]
 _QUERY_CHARS = 300
 # The case's backends: its roles', in its database. What was running is kept before anything is ended.
 _ACTIVITY = """
-SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start)
+SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name
 FROM pg_stat_activity WHERE usename = ANY(%s) AND datname = %s AND pid <> pg_backend_pid()
 """
 
@@ -46,9 +47,10 @@ class Deadline:
     seconds: float
     source: str = ""  # where the number came from, for the message ("ini llmtrace_case_timeout_s", "auto: ...")
     phase: str = ""  # what was running when it passed, for the message: set by ``Watchdog.extend``
+    checking: str | None = None  # the SQL the checks are re-executing (their backend shows only FETCH from a cursor)
     cancel: Sequence[Callable[[], None]] = ()
     fired: bool = False
-    running: list[str] = field(default_factory=list)  # "<query> (for N s)" of each active backend
+    running: list[str] = field(default_factory=list)  # "<who> was running: <query> (for N s)", each active backend
     terminated: int = 0  # backends ended
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
@@ -78,7 +80,7 @@ class Deadline:
             f"the case ran past its deadline of {number_text(round(self.seconds, 1))} s{source}{phase}; its database "
             f"sessions were ended ({self.terminated} backend{'s' if self.terminated != 1 else ''})"
         )
-        details = [f"running: {query}" for query in self.running] or [
+        details = self.running or [
             "no statement was running: the app was busy elsewhere (a replayed answer's wait, its own code)"
         ]
         return CheckResult("timeout", "failed", reason, details=tuple(details))
@@ -178,11 +180,13 @@ class Watchdog:
             self._allow_login(False)
             cur = self._connection().cursor()
             cur.execute(_ACTIVITY, (self.roles, self.database))
-            for _, state, query, seconds in cur.fetchall():
+            for _, state, query, seconds, application in cur.fetchall():
                 if state == "active" and query:
-                    text = " ".join(str(query).split())
+                    check = application == APPLICATION_NAME
+                    text = " ".join(str(deadline.checking if check and deadline.checking else query).split())
                     text = text if len(text) <= _QUERY_CHARS else text[: _QUERY_CHARS - 3] + "..."
-                    deadline.running.append(f"{text} (for {float(seconds or 0):.1f} s)")
+                    who = "the sql check" if check else "the app"
+                    deadline.running.append(f"{who} was running: {text} (for {float(seconds or 0):.1f} s)")
             deadline.terminated += self._terminate(cur)
         for cancel in deadline.cancel:
             with contextlib.suppress(Exception):

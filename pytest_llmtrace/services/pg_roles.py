@@ -244,12 +244,21 @@ class SessionRoles:
         with admin_connection(self.admin_url) as conn, conn.cursor() as cur:
             cur.execute(_TERMINATE_ALL, (list(self.names),))
             for name in self.names:
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
-                if cur.fetchone() is None:
-                    continue
+                cur.execute(_DEPENDENT_DATABASES, (name,))
+                rows = cur.fetchall()
+                if not rows:
+                    continue  # no such role (dropped already)
                 ident = sql.Identifier(name)
-                cur.execute(sql.SQL("DROP OWNED BY {}").format(ident))  # grants in this database, if any
+                for (database,) in rows:  # grants and objects in databases still there (a clone not dropped)
+                    if database is not None:
+                        with admin_connection(_with_database(self.admin_url, database)) as other:
+                            other.cursor().execute(sql.SQL("DROP OWNED BY {}").format(ident))
+                cur.execute(sql.SQL("DROP OWNED BY {}").format(ident))  # what it has in this database, if anything
                 cur.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(database, safe="")))
 
 
 _STATE = """
@@ -259,6 +268,14 @@ SELECT r.rolname, r.rolcanlogin,
 FROM pg_roles r WHERE r.rolname = ANY(%s)
 """
 _TERMINATE_ALL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)"
+# One row per database other than this one where the role has grants or objects, and a NULL row: none if no role.
+_DEPENDENT_DATABASES = """
+SELECT d.datname FROM pg_roles r
+LEFT JOIN pg_shdepend s
+  ON s.refobjid = r.oid AND s.dbid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+LEFT JOIN pg_database d ON d.oid = s.dbid
+WHERE r.rolname = %s GROUP BY d.datname
+"""
 
 
 def _create_role(conn: PgConnection, prefix: str, config: Mapping[str, str], notes: list[str]) -> SessionRole:

@@ -163,7 +163,12 @@ def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_sessi
     )
     monkeypatch.setenv("TEAM_PG_URL", database_url(llmtrace_postgres.endpoint.url, "postgres"))
     result = pytester.runpytest_subprocess("--llmtrace-postgres=team", "-s")
-    result.stdout.fnmatch_lines(["llmtrace postgres: team (from --llmtrace-postgres)", "*TEAM POSTGRES RELEASED*"])
+    result.stdout.fnmatch_lines(
+        [
+            "llmtrace postgres: team (from --llmtrace-postgres); not locked down on a server you gave: CONNECT/TEMP *",
+            "*TEAM POSTGRES RELEASED*",
+        ]
+    )
     result.assert_outcomes(passed=1)
 
     typo = pytester.runpytest_subprocess("--llmtrace-postgres=taem")
@@ -431,6 +436,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     proc.communicate(timeout=60)  # far sooner than the hanging teardown's ten minutes
     assert proc.returncode == -signal.SIGTERM
     assert _postgres_of(pgdata), "exiting at once leaves the servers for the next run"
+    (pytester.path / "conftest.py").unlink()  # or the next run's own teardown would sleep its ten minutes too
     pytester.makepyfile(test_other="def test_nothing(): pass")
     pytester.runpytest_subprocess("test_other.py").assert_outcomes(passed=1)
     assert _left_behind(pytester, tmp_before, port) == []
@@ -547,6 +553,8 @@ def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'llmtrace_nocreate'")
         if cur.fetchone() is None:
             cur.execute(sql.SQL("CREATE ROLE llmtrace_nocreate LOGIN NOCREATEDB NOCREATEROLE"))
+        # the session's embedded server is closed to PUBLIC; a user's server lets its logins connect
+        cur.execute("GRANT CONNECT ON DATABASE postgres TO llmtrace_nocreate")
     conn.close()
     limited = database_url(server, "postgres").replace("postgresql://postgres:@", "postgresql://llmtrace_nocreate@")
     _project(pytester)
