@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 
 from pytest_llmtrace.services.postgres import PostgresDatabase
@@ -89,8 +90,11 @@ def _temp_bytes(db):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def secret_of_the_reader(llmtrace_postgres):
-    (HERE / "reader_password.txt").write_text(llmtrace_postgres.reader_url.split("@")[0].rsplit(":", 1)[1])
+def the_session(llmtrace_postgres):
+    db = llmtrace_postgres
+    password = db.reader_url.split("@")[0].rsplit(":", 1)[1]
+    (HERE / "session.json").write_text(json.dumps({"role": db.reader_role, "database": db.database,
+                                                   "password": password}))
 
 
 @pytest.fixture(autouse=True)
@@ -179,6 +183,16 @@ def _project(pytester: pytest.Pytester) -> None:
     )
 
 
+def _rows(url: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
 def _seeded(url: str) -> str:
     """The server's URL with a password in its user part and in its query: none may appear in any output."""
     user_part, _, rest = url.partition("@")  # postgresql://postgres:@/postgres?host=<socket dir>
@@ -233,7 +247,14 @@ def test_hostile_sql_never_escapes_hangs_or_fills_the_disk_and_the_good_cases_st
     assert all(calls[n]["outcome"] == "passed" for n in good), {n: calls[n]["message"] for n in good}
     result.assert_outcomes(passed=len(good), failed=2 * len(STATEMENTS))
 
-    reader_password = (pytester.path / "reader_password.txt").read_text()
+    session = json.loads((pytester.path / "session.json").read_text())
+    reader_password = session["password"]
+    # the run's role and clone are gone with it (a server given by URL keeps nothing of the run)
+    leftovers = (
+        "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = %s), "
+        "(SELECT count(*) FROM pg_database WHERE datname = %s)"
+    )
+    assert _rows(llmtrace_postgres.url, leftovers, (session["role"], session["database"])) == [(0, 0)]
     outputs = {
         "stdout": result.stdout.str(),
         "stderr": result.stderr.str(),
