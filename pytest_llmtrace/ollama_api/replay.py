@@ -84,8 +84,8 @@ SHORTLIST = 10  # distinct recorded prompts that get the exact (slow) similarity
 
 Speed = Literal["virtual", "recorded", "instant"]
 SPEEDS: tuple[str, ...] = ("virtual", "recorded", "instant")
-# The longest a recorded model call may count (and, at recorded speed, wait): the case deadline. Until the run has a
-# configurable deadline, one minute: longer than any budget a text-to-SQL request is held to.
+# The longest a recorded model call may count (and, at recorded speed, wait): golden cases pass their deadline
+# (llmtrace_case_timeout_s); one minute elsewhere, longer than any budget a text-to-SQL request is held to.
 DEFAULT_MAX_RECORDED_S = 60.0
 
 

@@ -298,8 +298,8 @@ class ServiceManager:
                 if not postgres.template_ready(endpoint.url, template):
                     postgres.drop_database(endpoint.url, template)  # half-built by a run that was killed
                     postgres.create_template(endpoint.url, template, files)
-                if endpoint.backend in pg_roles.LOCKED_BACKENDS:
-                    pg_roles.lock_down_server(endpoint.url)
+                    if endpoint.backend in pg_roles.LOCKED_BACKENDS:  # each clone is closed by open_clone
+                        pg_roles.lock_down_server(endpoint.url)
             url = postgres.clone_database(endpoint.url, template, name)
             roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=owner)
             pg_roles.open_clone(endpoint.url, url, name, roles)

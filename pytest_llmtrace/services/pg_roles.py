@@ -380,35 +380,34 @@ def verify_login(dsn: str, role: str) -> None:
 # -- databases -------------------------------------------------------------------------------------------------------
 
 
-def lock_down_template(template_url: str) -> list[str]:
+def lock_down_template(template_url: str) -> None:
     """In the template (so in every clone): no CREATE on the public schema, no large-object functions for PUBLIC.
 
-    Returns what could not be done (a login that does not own the functions): the template is the plugin's own
-    database on any server, so this is done on URL servers too.
+    The template is the plugin's own database on any server, so this is done on URL servers too; a login that does
+    not own the functions cannot revoke them, and ``open_clone`` then says so.
     """
     from psycopg2 import errors
 
-    notes: list[str] = []
     with admin_connection(template_url) as conn, conn.cursor() as cur:
         cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         cur.execute(_LARGE_OBJECT_FUNCTIONS)
         functions = [row[0] for row in cur.fetchall()]
-        try:
+        with contextlib.suppress(errors.InsufficientPrivilege):
             cur.execute("REVOKE EXECUTE ON FUNCTION " + ", ".join(functions) + " FROM PUBLIC")
-        except errors.InsufficientPrivilege:
-            notes.append("large objects (your login does not own the lo_* functions)")
-    return notes
 
 
 def lock_down_server(admin_url: str) -> None:
     """Every database of a server the plugin started is closed to PUBLIC (CONNECT, TEMP); each session's roles get
     CONNECT on their own clone only (``open_clone``). Idempotent, so each session may run it."""
-    from psycopg2 import sql
+    from psycopg2 import errors, sql
 
     with admin_connection(admin_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT datname FROM pg_database")
         for (name,) in cur.fetchall():
-            cur.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+            with contextlib.suppress(errors.InvalidCatalogName):  # another worker's clone, dropped meanwhile
+                cur.execute(
+                    sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+                )
 
 
 def open_clone(admin_url: str, clone_url: str, clone: str, roles: SessionRoles) -> None:
@@ -416,6 +415,8 @@ def open_clone(admin_url: str, clone_url: str, clone: str, roles: SessionRoles) 
 
     The reader gets CONNECT and SELECT on every table and sequence of the fixture's schemas; the owner (if any)
     gets CONNECT and the ownership of the database, its schemas, tables, views and sequences. Neither gets TEMP.
+    What the reader can still do that it should not is added to ``roles.notes`` (large objects, on a server whose
+    login does not own the lo_* functions).
     """
     from psycopg2 import sql
 
@@ -437,6 +438,10 @@ def open_clone(admin_url: str, clone_url: str, clone: str, roles: SessionRoles) 
         cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schemas, reader))
         cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schemas, reader))
         cur.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schemas, reader))
+        cur.execute("SELECT has_function_privilege(%s, 'lo_create(oid)', 'EXECUTE')", (roles.reader.name,))
+        row = cur.fetchone()
+        if row and row[0]:
+            roles.notes.append("large objects (your login does not own the lo_* functions)")
         if roles.owner is not None:
             cur.execute(sql.SQL(_GIVE_AWAY).format(owner=sql.Literal(roles.owner.name)))
 

@@ -132,6 +132,22 @@ def test_a_role_that_changes_its_own_defaults_or_password_is_caught_and_restored
     assert guard.roles.config_snapshot() == before
 
 
+def test_a_role_name_that_exists_is_never_taken_over(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = f"llmtrace_r_{uuid.uuid4().hex[:8]}"
+    _rows(server, f"CREATE ROLE {taken} NOLOGIN")  # another run's, or a user's
+    names = iter([taken.removeprefix("llmtrace_r_"), "0123abcd"])
+    monkeypatch.setattr("pytest_llmtrace.services.pg_roles.secrets.token_hex", lambda _: next(names))
+    roles = SessionRoles.create(server, RoleLimits())
+    try:
+        assert roles.reader.name == "llmtrace_r_0123abcd"
+        assert _rows(server, "SELECT rolcanlogin, rolconfig FROM pg_roles WHERE rolname = %s", (taken,)) == [
+            (False, None)
+        ]
+    finally:
+        roles.drop()
+        _rows(server, f"DROP ROLE {taken}")
+
+
 def test_roles_of_two_sessions_cannot_end_each_others_backends(
     llmtrace_postgres: PostgresDatabase, other: tuple[SessionRoles, str]
 ) -> None:
