@@ -59,7 +59,7 @@ class Deadline:
     @classmethod
     def of(cls, options: CheckOptions) -> Deadline:
         """The deadline of a case checked with ``options`` (``llmtrace_case_timeout_s``, or derived from the total
-        latency budget), started now."""
+        latency budget); it starts when the watchdog is armed with it."""
         if options.case_timeout_s is not None:
             return cls(options.case_deadline_s, "llmtrace_case_timeout_s")
         return cls(
@@ -87,7 +87,7 @@ class Deadline:
 
 
 class Watchdog:
-    """One daemon thread per session database; ``arm`` a ``Deadline`` around a case, ``disarm`` it after."""
+    """One daemon thread per session database, watching the ``Deadline`` a case holds it ``armed`` with."""
 
     def __init__(self, admin_url: str, database: str, roles: Sequence[str]) -> None:
         self.admin_url = admin_url
@@ -136,7 +136,7 @@ class Watchdog:
             deadline.ended = time.monotonic()
             if deadline.fired:
                 deadline.done.wait(60)  # the watchdog's work first, or it could bar the roles after this lets them in
-                with self._conn_lock:
+                with self._conn_lock, contextlib.suppress(Exception):  # else the next case's assert lets them in
                     self._terminate(self._connection().cursor())  # what connected before the bar held
                     self._allow_login(True)
 
