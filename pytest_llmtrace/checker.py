@@ -18,6 +18,8 @@ from pytest_llmtrace.options import CheckOptions, UnknownName, canonical_metric,
 from pytest_llmtrace.outcome import CaseOutcome, CheckResult, SqlOutcome
 from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.runner import run_checks, sql_of
+from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.pg_guard import Deadline
 from pytest_llmtrace.snapshot import OutcomeSnapshot
 
 if TYPE_CHECKING:
@@ -52,13 +54,47 @@ class Checker:
         snapshot: OutcomeSnapshot | None = None,
     ) -> CaseOutcome:
         now = trace if trace is not None else self._recording.trace
-        database = None
-        if {"sql", "snapshot"} & set(checks) and (sql is not None or sql_of(now) is not None):
+        options = options or self.options
+        if not ({"sql", "snapshot"} & set(checks) and (sql is not None or sql_of(now) is not None)):
+            outcome = self._checks(now, checks, options, None, sql, snapshot)
+        else:
             postgres: PostgresDatabase = self._request.getfixturevalue("llmtrace_postgres")  # starts Postgres
-            database = postgres.reader_url
-        outcome = run_checks(
+            guard = services.get_manager(self._request.config).guard(postgres)
+            deadline = Deadline.of(options)
+            deadline.checking = sql if sql is not None else sql_of(now)
+            with guard.case(deadline) as held:  # the call's deadline, and the roles as they must stay
+                outcome = self._checks(now, checks, options, postgres.reader_url, sql, snapshot)
+            before = (
+                CheckResult(
+                    "sandbox",
+                    "failed",
+                    "the database roles were changed before this call (by the app in this test, or SQL run outside "
+                    "llmtrace_check earlier; restored now)",
+                    details=tuple(held.before),
+                )
+                if held.before
+                else None
+            )
+            findings = (*held.findings(), *((before,) if before is not None else ()))
+            if deadline.fired:
+                outcome = CaseOutcome(outcome.case_id, "test", checks=findings, sql=outcome.sql)
+            else:
+                outcome = replace(outcome, checks=outcome.checks + findings)
+        conclude(self._request.node, outcome)
+        return outcome
+
+    def _checks(
+        self,
+        now: Trace,
+        checks: Collection[str],
+        options: CheckOptions,
+        database: str | None,
+        sql: str | None,
+        snapshot: OutcomeSnapshot | None,
+    ) -> CaseOutcome:
+        return run_checks(
             now,
-            options=options or self.options,
+            options=options,
             case_id=self._request.node.nodeid,
             mode="test",
             checks=checks,
@@ -66,8 +102,6 @@ class Checker:
             sql=sql,
             snapshot=snapshot,
         )
-        conclude(self._request.node, outcome)
-        return outcome
 
     def sql_executes(self, trace: Trace | None = None, *, sql: str | None = None) -> SqlOutcome:
         """Re-run the SQL the app ran (or ``sql``) read-only on the session database; fail with the Postgres error."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,6 +16,8 @@ from pytest_llmtrace.failing import fail, fail_on
 from pytest_llmtrace.recording import TestRecording
 from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.base import redact_url
+from pytest_llmtrace.services.pg_roles import RoleLimits
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -53,6 +56,10 @@ def llmtrace_tracer_provider(request: pytest.FixtureRequest) -> TracerProvider:
     return recorder.provider
 
 
+# The role default statement_timeout is a backstop behind the case deadline, never shorter than the longest
+# automatic deadline: a case given a longer deadline by its marker is not cut short by it.
+ROLE_STATEMENT_TIMEOUT_S = 60.0
+
 # -- services ---------------------------------------------------------------------------------------------------------
 # Session-scoped and lazy: a service starts the first time a test asks for it, so a run that never touches Phoenix
 # never pays its 15 s start. Each fixture also sets the variable the application reads, and puts it back afterwards.
@@ -66,11 +73,21 @@ def _start(request: pytest.FixtureRequest, service: str) -> Endpoint:
 
 @pytest.fixture(scope="session")
 def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[PostgresDatabase]:
-    """This session's own database (cloned from the SQL fixtures' template); ``DB_URI`` is its read-only DSN."""
+    """This session's own database (cloned from the SQL fixtures' template); ``DB_URI`` is its read-only DSN, as
+    this session's own read-only role."""
     manager = services.get_manager(request.config)
+    config = get_config(request.config)
     _start(request, "postgres")
-    with fail_on(LLMTraceError):  # a SQL fixture that does not load names its file
-        database = manager.database()
+    limits = RoleLimits(
+        statement_timeout_ms=int(max(ROLE_STATEMENT_TIMEOUT_S, config.options.case_deadline_s) * 1000),
+        temp_file_limit_kb=config.temp_file_limit_mb * 1024,
+    )
+    with fail_on(LLMTraceError):  # a SQL fixture that does not load names its file; an unsafe login says why
+        database = manager.database(limits, owner=config.app_db == "owner")
+    for note in manager.lockdown_notes:
+        warnings.warn(
+            f"llmtrace postgres: not locked down on {redact_url(database.endpoint.url)}: {note}", stacklevel=1
+        )
     try:
         with services.app_environment(DB_URI=database.reader_url):
             yield database
@@ -111,8 +128,8 @@ def llmtrace_app(
     for full control: the callable it returns is called the same way.
     """
     config = get_config(request.config)
-    if config.app_db == "owner":
-        monkeypatch.setenv("DB_URI", llmtrace_postgres.url)
+    if config.app_db == "owner" and llmtrace_postgres.owner_url is not None:
+        monkeypatch.setenv("DB_URI", llmtrace_postgres.owner_url)
     return _load_target(config.target, config.settings.source("target"))
 
 

@@ -32,8 +32,9 @@ from pytest_llmtrace.options import CheckOptions, options_for
 from pytest_llmtrace.outcome import CaseOutcome, ReplayMiss
 from pytest_llmtrace.recording import TestRecording, get_recorder
 from pytest_llmtrace.replay_config import ReplayConfig, get_config
-from pytest_llmtrace.runner import run_checks
+from pytest_llmtrace.runner import run_checks, sql_of
 from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.pg_guard import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
 from pytest_llmtrace.trace.model import Trace
@@ -159,44 +160,65 @@ def _replay_case(
     # Only now is the app imported: record from the provider it installed, or install ours if it installed none.
     get_recorder(request.config).ensure_global()
     database: PostgresDatabase = request.getfixturevalue("llmtrace_postgres")
-    replay = _replay_backend(request, golden, config) if config.mode == "replay" else None
     manager = services.get_manager(request.config)
-    app_error: str | None = None
-    app_started = time.perf_counter()
+    deadline = Deadline.of(options)
+    deadline.phase = "the app's request"
+    replay = _replay_backend(request, golden, config, deadline.seconds) if config.mode == "replay" else None
     if replay is not None:
-        manager.replay_switch.use(replay)
-    try:
-        ask_app(llmtrace_app, question, golden)
-    except Exception as exc:  # the app's failure is the finding, reported with the checks
-        app_error = f"{type(exc).__name__}: {exc}"
-    finally:
+        deadline.cancel = (replay.cancel,)
+    app_error: str | None = None
+    outcome: CaseOutcome | None = None
+    # From here the case's deadline runs (the app's first import, above, is not part of it): the app's request, then
+    # the checks, held from the admin side (services.pg_guard).
+    with manager.guard(database).case(deadline) as held:
+        app_started = time.perf_counter()
         if replay is not None:
-            manager.replay_switch.use(None)
-    app_ms = (time.perf_counter() - app_started) * 1000
-    now = llm_trace.trace
-    replayed_ms = None
-    if replay is not None:  # the recorded durations in place of the instant answers; the rest stays as measured
-        virtual = virtualize(now, replay.answers)
-        now, replayed_ms = virtual.trace, replayed_latencies_ms(virtual)
-    if config.mode == "record":
-        write_trace(now, case.path)
-        golden = now  # the new recording is the reference from now on; absolute budgets still apply
-    outcome = run_checks(
-        now,
-        options=options,
-        case_id=case.path.stem,  # the item name, without [k/N] for the runs of a repeated case
-        mode=config.mode,
-        golden=golden,
-        file=str(case.path),
-        database=database.reader_url,
-        snapshot=snapshot,
-        update_snapshots=bool(request.config.getoption("update_snapshots", False)),
-        app_error=app_error,
-        replay_misses=[] if replay is None else _misses(replay),
-        app_ms=app_ms,
-        started=started,
-        replayed_ms=replayed_ms,
-    )
+            manager.replay_switch.use(replay)
+        try:
+            ask_app(llmtrace_app, question, golden)
+        except Exception as exc:  # the app's failure is the finding, reported with the checks
+            app_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if replay is not None:
+                manager.replay_switch.use(None)
+        app_ms = (time.perf_counter() - app_started) * 1000
+        # The checks re-execute the SQL up to 2 + latency_retries times, each under the statement timeout: bounded
+        # already, so their time is added to the deadline rather than taken from the app's.
+        checks_s = (2 + options.latency_retries) * options.sql_timeout_ms / 1000
+        why = "for the checks: (2 + llmtrace_latency_retries) x llmtrace_sql_timeout_ms"
+        manager.guard(database).watchdog.extend(deadline, checks_s, why, phase="the checks")
+        if not deadline.fired:  # past it, the checks would run the runaway statement again
+            now = llm_trace.trace
+            deadline.checking = sql_of(now)
+            replayed_ms = None
+            if replay is not None:  # the recorded durations in place of the instant answers; the rest as measured
+                virtual = virtualize(now, replay.answers)
+                now, replayed_ms = virtual.trace, replayed_latencies_ms(virtual)
+            if config.mode == "record":
+                write_trace(now, case.path)
+                golden = now  # the new recording is the reference from now on; absolute budgets still apply
+            outcome = run_checks(
+                now,
+                options=options,
+                case_id=case.path.stem,  # the item name, without [k/N] for the runs of a repeated case
+                mode=config.mode,
+                golden=golden,
+                file=str(case.path),
+                database=database.reader_url,
+                snapshot=snapshot,
+                update_snapshots=bool(request.config.getoption("update_snapshots", False)),
+                app_error=app_error,
+                replay_misses=[] if replay is None else _misses(replay),
+                app_ms=app_ms,
+                started=started,
+                replayed_ms=replayed_ms,
+            )
+    findings = held.findings()
+    if outcome is None or deadline.fired:  # the app's error then is its connection being ended: the timeout says so
+        sql_now = sql_of(llm_trace.trace)
+        outcome = CaseOutcome(case.path.stem, config.mode, str(case.path), findings, sql=sql_now, golden_sql=None)
+    else:
+        outcome = replace(outcome, checks=outcome.checks + findings)
     return replace(outcome, question=question, question_source=str(found.source))
 
 
@@ -215,12 +237,21 @@ def ask_app(app: Callable[..., Any], question: str, golden: Trace) -> Any:
     return app(question)
 
 
-def _replay_backend(request: pytest.FixtureRequest, golden: Trace, config: ReplayConfig) -> ReplayBackend:
+def _replay_backend(
+    request: pytest.FixtureRequest, golden: Trace, config: ReplayConfig, deadline_s: float
+) -> ReplayBackend:
+    """Recorded durations count (and at recorded speed, wait) at most the case's deadline, with a warning."""
     # Recordings from instrumentations that leave out llm.model_name answer to the model the app is set up for.
     fallback = None
     if not all(call.model for call in golden.llm_calls):
         fallback = services.get_manager(request.config).settings["ollama_model"]
-    return ReplayBackend(golden, model=fallback, match=config.match, speed=config.speed)  # type: ignore[arg-type]
+    return ReplayBackend(
+        golden,
+        model=fallback,
+        match=config.match,
+        speed=config.speed,  # type: ignore[arg-type]
+        max_recorded_s=deadline_s,
+    )
 
 
 def _misses(replay: ReplayBackend) -> list[ReplayMiss]:

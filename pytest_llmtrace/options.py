@@ -20,10 +20,12 @@ from pytest_llmtrace.settings import Settings, SettingSpec
 __all__ = [
     "CHECKS",
     "CHECK_SETTINGS",
+    "DEADLINE_BUDGET_FACTOR",
     "LATENCY_METRICS",
     "MARKER",
     "MARKER_ARGUMENTS",
     "MARKER_HELP",
+    "MAX_AUTO_DEADLINE_S",
     "RESULT_MATCH",
     "SPAN_KINDS",
     "TOKEN_KINDS",
@@ -171,6 +173,25 @@ def _count(value: Any, where: str) -> int:
     return int(_number(value, where, int))
 
 
+def _positive(value: Any, where: str) -> int:
+    return int(_number(value, where, int, minimum=1))
+
+
+# The automatic case deadline: the total latency budget times this, within these bounds (seconds).
+DEADLINE_BUDGET_FACTOR = 3.0
+MAX_AUTO_DEADLINE_S = 60.0
+MIN_AUTO_DEADLINE_S = 1.0
+
+
+def _deadline(value: Any, where: str) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    number = float(_number(value, where, float))
+    if number <= 0:
+        raise _usage(where, f"expected 'auto' or a number of seconds > 0, got {value!r}")
+    return number
+
+
 def _timeout(value: Any, where: str) -> int:
     # 0 would mean "no timeout" to Postgres: model-written SQL is never run unbounded
     return int(_number(value, where, int, minimum=1))
@@ -263,6 +284,38 @@ class CheckOptions:
             _count,
         ),
     )
+    max_rows: int = field(
+        default=10_000,
+        metadata=_meta(
+            "The re-executed SQL fails when its result has more rows than this (fetched in batches).", _count
+        ),
+    )
+    max_result_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata=_meta(
+            "The re-executed SQL fails when its result is larger than this many bytes (as Postgres sends them).",
+            _positive,
+        ),
+    )
+    case_timeout_s: float | None = field(
+        default=None,
+        metadata=_meta(
+            "Deadline of a golden case or llmtrace_check call, in seconds: past it the case's database sessions are "
+            f"ended and it fails with [timeout]. auto: the total latency budget x {DEADLINE_BUDGET_FACTOR:g}, at most "
+            f"{MAX_AUTO_DEADLINE_S:g} s.",
+            _deadline,
+        ),
+    )
+
+    @property
+    def case_deadline_s(self) -> float:
+        """The deadline of a case in seconds: ``case_timeout_s``, or derived from the total latency budget."""
+        if self.case_timeout_s is not None:
+            return self.case_timeout_s
+        total = self.latency_budgets_ms.get("total")
+        if total is None:
+            return MAX_AUTO_DEADLINE_S
+        return min(MAX_AUTO_DEADLINE_S, max(total * DEADLINE_BUDGET_FACTOR / 1000, MIN_AUTO_DEADLINE_S))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckOptions:
@@ -308,6 +361,8 @@ def _knob_of(name: str) -> _Knob:
 
 def _ini_text(value: Any) -> str:
     """A default as the ini would spell it, so ``--help`` shows what ``CheckOptions()`` really holds."""
+    if value is None:
+        return "auto"
     if isinstance(value, frozenset):
         return " ".join(name for name in CHECKS if name in value)
     if isinstance(value, Mapping):

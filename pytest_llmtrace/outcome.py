@@ -86,7 +86,8 @@ class Measurement:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The verdict of one check (``name`` is one of ``options.CHECKS``).
+    """The verdict of one check (``name`` is one of ``options.CHECKS``, or ``timeout`` / ``sandbox``: what the
+    case's guard found, ``services.pg_guard``).
 
     ``reason`` is one line: why it failed or was skipped, empty when it passed. ``details`` are the lines a report
     shows under it (rows that differ, what changed in a snapshot). ``measurements`` are the numbers the latency and

@@ -15,7 +15,15 @@ from typing import Literal, cast, get_args
 import pytest
 
 from pytest_llmtrace.ollama_api.replay import MATCHERS, SPEEDS
-from pytest_llmtrace.options import CHECK_SETTINGS, MARKER_HELP, CheckOptions, UnknownName, canonical, validate_marks
+from pytest_llmtrace.options import (
+    CHECK_SETTINGS,
+    MARKER_HELP,
+    CheckOptions,
+    UnknownName,
+    canonical,
+    number_text,
+    validate_marks,
+)
 from pytest_llmtrace.settings import Settings, SettingSpec, resolve
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
@@ -77,7 +85,8 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "app_db",
-        "readonly: the app's DB_URI logs in as the read-only role; owner: as the database owner (apps that write).",
+        "readonly: the app's DB_URI logs in as the session's read-only role; owner: as the session's own role that "
+        "owns the database (apps that write; never a superuser).",
         "readonly",
         choices=("readonly", "owner"),
     ),
@@ -91,6 +100,12 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
         "min_pass_rate",
         "With --llmtrace-repeat: the share of a case's runs that must pass for the case to pass (1: every run).",
         "1",
+    ),
+    SettingSpec(
+        "temp_file_limit_mb",
+        "temp_file_limit of the session's database roles, in MB: a sort or hash that spills more fails (53400) "
+        "instead of filling the disk. Set by the admin login; the roles cannot lift it.",
+        "1024",
     ),
     *CHECK_SETTINGS,
     SettingSpec(
@@ -116,6 +131,7 @@ class ReplayConfig:
     speed: str  # virtual | recorded | instant (= virtual)
     match: tuple[str, ...]  # replay matcher names
     app_db: str  # readonly | owner
+    temp_file_limit_mb: int
     options: CheckOptions
     case_marks: tuple[tuple[str, pytest.MarkDecorator], ...]
     repeat: int = 1  # runs of each golden case
@@ -136,12 +152,13 @@ class ReplayConfig:
             settings=s,
             mode=cast("GoldenMode", s["mode"]),  # one of the mode setting's choices, validated by resolve()
             golden_dir=(config.rootpath / s["golden_dir"]).resolve(),
-            max_trace_bytes=_positive_int(s["max_trace_bytes"], s.values["max_trace_bytes"].origin),
+            max_trace_bytes=_positive_int(s["max_trace_bytes"], s.values["max_trace_bytes"].origin, "bytes"),
             target=s["target"],
             question=question,
             speed=s["replay_speed"],
             match=match,
             app_db=s["app_db"],
+            temp_file_limit_mb=_positive_int(s["temp_file_limit_mb"], s.values["temp_file_limit_mb"].origin, "MB"),
             options=CheckOptions.from_settings(s),
             case_marks=tuple(parse_case_marks(s["case_marks"])),
             repeat=repeat_of(s),
@@ -175,13 +192,13 @@ def pass_rate_floor(text: str, origin: str) -> float:
     return rate
 
 
-def _positive_int(value: str, origin: str) -> int:
+def _positive_int(value: str, origin: str, unit: str) -> int:
     try:
         number = int(value)
     except ValueError:
         number = 0
     if number < 1:
-        raise pytest.UsageError(f"{origin}: expected a positive whole number of bytes, got {value!r}")
+        raise pytest.UsageError(f"{origin}: expected a positive whole number of {unit}, got {value!r}")
     return number
 
 
@@ -234,10 +251,19 @@ def report_header(config: pytest.Config) -> list[str]:
     if replay.repeat > 1:
         parts += [f"{name}={values[name].value} ({values[name].source})" for name in ("repeat", "min_pass_rate")]
     sources = ", ".join(map(str, replay.question))
+    shown = {name: values[name].value for name in _SANDBOX_SETTINGS}
+    if replay.options.case_timeout_s is None:  # auto: what it comes to with the session's budget
+        shown["case_timeout_s"] += f" = {number_text(replay.options.case_deadline_s)} s"
+    limits = ", ".join(f"{name}={shown[name]} ({values[name].source})" for name in _SANDBOX_SETTINGS)
     return [
         "llmtrace golden cases: " + ", ".join(parts),
         f"llmtrace question: the first text from {sources} ({values['question'].source})",
+        f"llmtrace sandbox: {limits}",
     ]
+
+
+# The limits every case's SQL and app are held to, shown in the report header with where each came from.
+_SANDBOX_SETTINGS = ("case_timeout_s", "sql_timeout_ms", "max_rows", "max_result_bytes", "temp_file_limit_mb")
 
 
 def validate_markers(config: pytest.Config, items: list[pytest.Item]) -> None:

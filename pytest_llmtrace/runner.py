@@ -155,15 +155,26 @@ def _latency(
 def _execute(database: str, statement: str, options: CheckOptions, golden: Trace | None, *, cost: bool) -> SqlOutcome:
     """Execute read-only; a statement timeout is tried again (``latency_retries`` times) when the golden trace ran
     the statement within the timeout, because a busy machine, not the SQL, is then the likely cause."""
-    result = execute_untrusted(database, statement, options.sql_timeout_ms, cost=cost)
+    result = _untrusted(database, statement, options, cost=cost)
     golden_sql_ms = latencies_ms(golden)["SQL"] if golden is not None else None
     if golden_sql_ms is None or golden_sql_ms >= options.sql_timeout_ms:
         return result
     for _ in range(options.latency_retries):
         if result.sqlstate != _STATEMENT_TIMEOUT:
             break
-        result = execute_untrusted(database, statement, options.sql_timeout_ms, cost=cost)
+        result = _untrusted(database, statement, options, cost=cost)
     return result
+
+
+def _untrusted(database: str, statement: str, options: CheckOptions, *, cost: bool = False) -> SqlOutcome:
+    return execute_untrusted(
+        database,
+        statement,
+        options.sql_timeout_ms,
+        cost=cost,
+        max_rows=options.max_rows,
+        max_bytes=options.max_result_bytes,
+    )
 
 
 def _costs(
@@ -205,7 +216,7 @@ def _retimed(
     if not spans:
         return now, ()
     last = spans[-1]  # the statement sql_of re-executes
-    runs = (execute_untrusted(database, statement, options.sql_timeout_ms) for _ in range(options.latency_retries))
+    runs = (_untrusted(database, statement, options) for _ in range(options.latency_retries))
     samples = tuple(round(ms, 3) for ms in (last.duration_ms, *(run.elapsed_ms for run in runs if run.ok)))  # to 1 us
     fastest = min(samples)
     if fastest >= samples[0]:

@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pytest_llmtrace.checks.execute import SAVEPOINT, readonly_transaction, statement_cost
+from pytest_llmtrace.checks.execute import SAVEPOINT, ConnectFailed, readonly_transaction, statement_cost
 from pytest_llmtrace.checks.sql_text import split_statements
+from pytest_llmtrace.errors import first_line
 from pytest_llmtrace.options import number_text
 from pytest_llmtrace.outcome import CheckResult, Measurement, SqlOutcome, Status
 
@@ -51,11 +52,16 @@ def measure_cost(dsn: str, sql: str, *, timeout_ms: int, run: bool) -> SqlCost:
     For a statement the check executes anyway, ``execute_readonly(cost=True)`` measures this in its own
     transaction; this is for the golden SQL when it differs from the SQL now.
     """
-    statements = split_statements(sql)
-    if len(statements) != 1:
-        return SqlCost(None, None, "not exactly one statement")
-    with readonly_transaction(dsn, timeout_ms, (f"SAVEPOINT {SAVEPOINT}",)) as cur:
-        return SqlCost(*statement_cost(cur, statements[0], run=run))
+    if not split_statements(sql):
+        return SqlCost(None, None, "no SQL statement")
+    # The whole text goes to EXPLAIN over the extended protocol: Postgres refuses it if it holds several statements.
+    import psycopg  # loaded already by the execution this follows; here for its exception type
+
+    try:
+        with readonly_transaction(dsn, timeout_ms, (f"SAVEPOINT {SAVEPOINT}",)) as cur:
+            return SqlCost(*statement_cost(cur, sql, run=run))
+    except (ConnectFailed, psycopg.Error) as exc:  # the session ended under it (the case's deadline): no cost
+        return SqlCost(None, None, f"no connection to measure it: {first_line(exc)}")
 
 
 def cost_of(result: SqlOutcome) -> SqlCost:

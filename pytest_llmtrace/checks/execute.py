@@ -1,8 +1,14 @@
-"""Running model-written SQL safely: read-only, bounded, always rolled back, session state always reset.
+"""Running model-written SQL safely: one statement, read-only, bounded, always rolled back, session state reset.
 
 The SQL is untrusted text from a language model, so safety does not depend on the role it runs as (see
-``execute_readonly``). A connection that cannot be made is an outcome like any SQL error (``execute_untrusted``):
-a case fails saying so, not with the driver's traceback.
+``execute_readonly``), nor on any lexer's idea of where a statement ends: the text goes to Postgres over the extended
+query protocol, where a text holding several statements is refused by Postgres itself (42601 "cannot insert
+multiple commands into a prepared statement"). psycopg 3 sends a query that way when it declares a server-side
+cursor for it, and any statement whose results it asks for in binary (``_EXTENDED``); it never names a prepared
+statement here (``prepare_threshold = None``), so there is no client-side cache of them to keep in step with
+``DISCARD ALL``. A connection that
+cannot be made is an outcome like any SQL error (``execute_untrusted``): a case fails saying so, not with the
+driver's traceback.
 
 Connections are reused (``READERS``): opening one costs Postgres a process fork, the largest share of a fast
 query's check on a busy machine, and a run re-executes one statement per case. A connection goes back to the cache
@@ -19,16 +25,23 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmtrace.checks.results import normalize_value
 from pytest_llmtrace.checks.sql_text import split_statements
-from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.errors import LLMTraceError, first_line
 from pytest_llmtrace.outcome import CheckResult, SqlOutcome
 
+if TYPE_CHECKING:
+    import psycopg
+
 __all__ = [
+    "APPLICATION_NAME",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_MAX_ROWS",
     "READERS",
     "SAVEPOINT",
+    "ConnectFailed",
     "ReaderConnections",
     "check_sql",
     "execute_readonly",
@@ -39,51 +52,78 @@ __all__ = [
     "statement_cost",
 ]
 
-
+# What the checks' connections call themselves in pg_stat_activity: the deadline's watchdog and a reader of the
+# server's activity can tell them from the app's.
+APPLICATION_NAME = "pytest-llmtrace"
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 # Errors that DECLARE CURSOR raises for statements that are not plain queries (DML, EXPLAIN, SHOW, data-modifying
 # WITH): those are run again without a cursor, so the error reported is the statement's own (25006 for a DELETE).
 _NOT_A_CURSOR_QUERY = frozenset({"42601", "0A000"})
+_MULTIPLE_COMMANDS = "cannot insert multiple commands into a prepared statement"
+_COPY_REFUSED = "COPY is refused: the check runs queries, not data transfers"
 _CURSOR = "llmtrace_readonly"
 SAVEPOINT = "llmtrace_declare"
+# psycopg 3 sends a statement without parameters over the simple protocol (several statements allowed) unless its
+# results are asked for in binary: then it is one unnamed statement over the extended protocol.
+_EXTENDED: dict[str, Any] = {"binary": True}
+_FIRST_BATCH = 100
+_MAX_BATCH = 5000
+
+
+class ConnectFailed(LLMTraceError):
+    """The checks' connection to the session database could not be made (the psycopg error is its ``__cause__``)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.sqlstate: str | None = getattr(exc, "sqlstate", None)
+        super().__init__(first_line(exc))
+
+
+def _psycopg() -> Any:
+    """psycopg 3 loads libpq: imported when a case first executes SQL, not when pytest starts."""
+    import psycopg
+
+    return psycopg
 
 
 class ReaderConnections:
     """Idle connections per DSN, handed out one at a time and reset before they are handed out again."""
 
     def __init__(self) -> None:
-        self._idle: dict[str, list[Any]] = {}
+        self._idle: dict[str, list[psycopg.Connection[Any]]] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def connection(self, dsn: str, first: str | None = None) -> Iterator[Any]:
+    def connection(self, dsn: str, first: str | None = None) -> Iterator[psycopg.Connection[Any]]:
         """An autocommit connection to ``dsn``; back to the cache after a clean exit and a reset, else closed.
 
-        ``first`` (a statement of ours) is run before the connection is handed out; a cached connection the server
-        has meanwhile closed (a restart, its database dropped and recreated) fails there and is replaced by a new
-        one. A failure to connect raises ``psycopg2.Error`` (see ``execute_untrusted``).
+        ``first`` (statements of ours, never model text: they go in one round trip over the simple protocol) is run
+        before the connection is handed out; a cached connection the server has meanwhile closed (a restart, its
+        database dropped and recreated, the deadline's watchdog) fails there and is replaced by a new one. A failure
+        to connect raises ``ConnectFailed``.
         """
-        import psycopg2  # a C extension with libpq: loaded when a case first executes SQL, not when pytest starts
-
+        psycopg = _psycopg()
         with self._lock:
             idle = self._idle.get(dsn)
             conn = idle.pop() if idle else None
         if conn is not None and first is not None:
             try:
-                with conn.cursor() as cur:
-                    cur.execute(first)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                conn.execute(first)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
                 conn.close()
                 conn = None
             else:
                 first = None
         if conn is None or conn.closed:
-            conn = psycopg2.connect(dsn, connect_timeout=10, application_name="pytest-llmtrace")
-            conn.autocommit = True  # transactions are spelled out by the callers: nothing depends on psycopg2's
+            try:
+                conn = psycopg.connect(dsn, connect_timeout=10, application_name=APPLICATION_NAME, autocommit=True)
+            except psycopg.Error as exc:
+                raise ConnectFailed(exc) from exc
+            conn.prepare_threshold = None  # no named statements: nothing of psycopg's cache to keep in step
         clean = False
         try:
             if first is not None:
-                with conn.cursor() as cur:
-                    cur.execute(first)
+                conn.execute(first)
             yield conn
             clean = True
         finally:
@@ -102,16 +142,15 @@ class ReaderConnections:
             conn.close()
 
 
-def _reset(conn: Any) -> bool:
+def _reset(conn: psycopg.Connection[Any]) -> bool:
     """``DISCARD ALL``, then make sure the connection is idle outside any transaction; False: do not reuse it."""
-    import psycopg2  # see ReaderConnections.connection
-    from psycopg2.extensions import TRANSACTION_STATUS_IDLE
-
+    psycopg = _psycopg()
+    if conn.closed:
+        return False
     try:
-        with conn.cursor() as cur:
-            cur.execute("DISCARD ALL")
-        return bool(conn.get_transaction_status() == TRANSACTION_STATUS_IDLE)
-    except psycopg2.Error:
+        conn.execute("DISCARD ALL")
+        return bool(conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+    except psycopg.Error:
         return False
 
 
@@ -119,13 +158,12 @@ READERS = ReaderConnections()
 
 
 @contextlib.contextmanager
-def readonly_transaction(dsn: str, timeout_ms: int, setup: Sequence[str] = ()) -> Iterator[Any]:
+def readonly_transaction(dsn: str, timeout_ms: int, setup: Sequence[str] = ()) -> Iterator[psycopg.Cursor[Any]]:
     """A cursor inside ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout``, always rolled back.
 
     ``setup`` are more statements of ours (never model text) to run first; all go to the server in one round trip.
     """
-    import psycopg2  # see ReaderConnections.connection
-
+    psycopg = _psycopg()
     if timeout_ms < 1:  # statement_timeout = 0 would mean no timeout at all
         raise ValueError(f"need timeout_ms >= 1, got {timeout_ms}")
     statements = ["BEGIN TRANSACTION READ ONLY", f"SET LOCAL statement_timeout = {int(timeout_ms)}", *setup]
@@ -133,12 +171,18 @@ def readonly_transaction(dsn: str, timeout_ms: int, setup: Sequence[str] = ()) -
         try:
             yield cur
         finally:
-            with contextlib.suppress(psycopg2.Error):  # a dead connection has no transaction left to end
-                cur.execute("ROLLBACK")
+            with contextlib.suppress(psycopg.Error):  # a dead connection has no transaction left to end
+                conn.execute("ROLLBACK")
 
 
 def execute_readonly(
-    dsn: str, sql: str, *, timeout_ms: int = 5000, max_rows: int = 10_000, cost: bool = False
+    dsn: str,
+    sql: str,
+    *,
+    timeout_ms: int = 5000,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    cost: bool = False,
 ) -> SqlOutcome:
     """Run one untrusted statement and report what happened; SQL errors are outcomes, connection errors raise.
 
@@ -146,104 +190,206 @@ def execute_readonly(
     SQLSTATE 25006), ``SET LOCAL statement_timeout`` cancels a runaway query (57014), the transaction is rolled back
     even on success (so volatile functions leave nothing either), and the session is reset (``READERS``).
 
-    More than one statement is refused without running anything: inside a string of statements, ``COMMIT;`` or
-    ``ROLLBACK;`` would end the read-only transaction and let the rest run in a new, writable one, and ``SET
-    TRANSACTION READ WRITE`` before the first query would lift it. The model was asked for exactly one statement, so
-    a refusal is also the honest result. Trailing semicolons and comments are fine. Refusals and an empty answer
-    come back with ``sqlstate=None``: Postgres never saw them.
+    The text goes over the extended query protocol, so Postgres refuses more than one statement (42601) whatever a
+    lexer thinks: inside a string of statements, ``COMMIT;`` would end the read-only transaction and let the rest
+    run in a new, writable one. A single statement can still end the transaction (``COMMIT``, ``ROLLBACK``): after
+    it ran, the check makes sure its own transaction is still open, read-only and without a transaction id (nothing
+    written), and fails the statement otherwise. An empty answer comes back with ``sqlstate=None``.
 
-    Queries run through a server-side cursor so that at most ``max_rows + 1`` rows ever reach this process: a cross
-    join the model wrote by mistake must not fill memory. ``cursor_tuple_fraction = 1`` makes the planner choose the
-    plan it would choose without a cursor, so rows come back as the application saw them. ``elapsed_ms`` covers
+    Queries run through a server-side cursor, fetched in batches: at most ``max_rows`` rows and ``max_bytes`` bytes
+    (as Postgres sends them) ever reach this process, and a result larger than that fails (``truncated``): a cross
+    join the model wrote by mistake must not fill memory. ``cursor_tuple_fraction = 1`` makes the planner choose
+    the plan it would choose without a cursor, so rows come back as the application saw them. ``elapsed_ms`` covers
     executing and fetching, not connecting.
 
     With ``cost``, the same transaction also measures what the statement costs (``explain``): run again under
     ``EXPLAIN (ANALYZE, BUFFERS)`` after it succeeded, or only planned when it failed. One transaction for both
     keeps the ``cost`` check to one more round trip to the server.
     """
-    import psycopg2  # a C extension with libpq: loaded when a case first executes SQL, not when pytest starts
-
-    if timeout_ms < 1 or max_rows < 0:  # statement_timeout = 0 would mean no timeout at all
-        raise ValueError(f"need timeout_ms >= 1 and max_rows >= 0, got timeout_ms={timeout_ms}, max_rows={max_rows}")
-    statements = split_statements(sql)
-    if len(statements) != 1:
-        problem = "no SQL statement" if not statements else f"{len(statements)} statements; expected exactly one"
-        return SqlOutcome(False, (), (), 0, False, problem, None, 0.0)
+    psycopg = _psycopg()
+    if timeout_ms < 1 or max_rows < 0 or max_bytes < 1:  # statement_timeout = 0 would mean no timeout at all
+        raise ValueError(
+            f"need timeout_ms >= 1, max_rows >= 0 and max_bytes >= 1, got timeout_ms={timeout_ms}, "
+            f"max_rows={max_rows}, max_bytes={max_bytes}"
+        )
+    if not split_statements(sql):
+        return SqlOutcome(False, (), (), 0, False, "no SQL statement", None, 0.0)
 
     setup = ("SET LOCAL cursor_tuple_fraction = 1", f"SAVEPOINT {SAVEPOINT}")
     with readonly_transaction(dsn, timeout_ms, setup) as cur:
         started = time.perf_counter()
         try:
-            columns, raw, truncated = _run(cur, statements[0], max_rows)
-        except psycopg2.Error as exc:
+            fetched = _run(cur, sql, max_rows, max_bytes)
+        except psycopg.Error as exc:
             elapsed = (time.perf_counter() - started) * 1000
-            failed = SqlOutcome(False, (), (), 0, False, postgres_message(exc), exc.pgcode, elapsed)
+            if _lost(cur.connection):  # the server ended the session (the deadline's watchdog): no outcome of SQL
+                raise
+            if exc.sqlstate is None:  # refused by the driver (COPY): the session is mid-protocol, not reusable
+                cur.connection.close()
+                error = (
+                    _COPY_REFUSED if "COPY" in str(exc) else f"the check does not run this statement: {first_line(exc)}"
+                )
+                return SqlOutcome(False, (), (), 0, False, error, None, elapsed)
+            escaped = _escaped(cur)
+            if escaped is not None:
+                cur.connection.close()
+                return SqlOutcome(False, (), (), 0, False, escaped, None, elapsed)
+            failed = SqlOutcome(False, (), (), 0, False, _message(exc, sql), exc.sqlstate, elapsed)
             if cost:
                 cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-                plan_cost, _, _ = statement_cost(cur, statements[0], run=False)
+                plan_cost, _, _ = statement_cost(cur, sql, run=False)
                 failed = dataclasses.replace(failed, plan_cost=plan_cost)
             return failed
         elapsed = (time.perf_counter() - started) * 1000
-        plan_cost, buffers, _ = statement_cost(cur, statements[0], run=True) if cost else (None, None, None)
+        escaped = _escaped(cur)
+        if escaped is not None:
+            cur.connection.close()
+            return SqlOutcome(False, (), (), 0, False, escaped, None, elapsed)
+        columns, raw, too_big = fetched
+        if too_big is not None:
+            return SqlOutcome(False, columns, (), len(raw), True, too_big, None, elapsed)
+        plan_cost, buffers, _ = statement_cost(cur, sql, run=True) if cost else (None, None, None)
     rows = tuple(tuple(normalize_value(v) for v in row) for row in raw)
-    return SqlOutcome(True, columns, rows, len(rows), truncated, None, None, elapsed, plan_cost, buffers)
+    return SqlOutcome(True, columns, rows, len(rows), False, None, None, elapsed, plan_cost, buffers)
 
 
-def explain(cur: Any, statement: str, *, analyze: bool) -> tuple[float, int | None]:
+def _lost(conn: psycopg.Connection[Any]) -> bool:
+    return conn.closed or conn.info.transaction_status == _psycopg().pq.TransactionStatus.UNKNOWN
+
+
+def _escaped(cur: psycopg.Cursor[Any]) -> str | None:
+    """Why the check's transaction is no longer its own read-only, unwritten transaction; ``None`` when it is.
+
+    An aborted transaction (the statement failed) is still ours: the rollback discards whatever it did.
+    """
+    psycopg = _psycopg()
+    status = cur.connection.info.transaction_status
+    if status == psycopg.pq.TransactionStatus.INERROR:
+        return None
+    if status != psycopg.pq.TransactionStatus.INTRANS:
+        return f"the statement ended the check's read-only transaction (the connection is {status.name}); refused"
+    row = cur.execute("SELECT current_setting('transaction_read_only'), txid_current_if_assigned()").fetchone()
+    if row is None or row[0] != "on":
+        return "the statement made the check's transaction writable; refused"
+    if row[1] is not None:
+        return "the statement wrote in the check's read-only transaction (it was given a transaction id); refused"
+    return None
+
+
+def _message(exc: Any, sql: str) -> str:
+    """Postgres's message; for a refused list of statements, how many the text holds as well."""
+    message = postgres_message(exc)
+    if exc.sqlstate == "42601" and message == _MULTIPLE_COMMANDS:
+        count = len(split_statements(sql))
+        many = f"{count} statements" if count > 1 else "more than one statement"
+        return f"{many}; expected exactly one (Postgres: {message})"
+    return message
+
+
+def explain(cur: psycopg.Cursor[Any], statement: str, *, analyze: bool) -> tuple[float, int | None]:
     """(planner total cost, shared blocks hit + read) of one statement, inside the caller's read-only transaction.
 
     ``analyze`` runs it (``ANALYZE, BUFFERS, TIMING OFF``: the counts without the clock's overhead); otherwise the
     blocks are ``None``. The top plan node's counts include its children's; planning's own buffers are left out
     (they depend on what the session has cached). Parallel workers are off, so the plan, and with it the count,
-    does not depend on how many workers happen to be free. Raises ``psycopg2.Error`` as the statement would.
+    does not depend on how many workers happen to be free. The statement goes over the extended protocol, like the
+    execution's. Raises ``psycopg.Error`` as the statement would.
     """
     options = "ANALYZE, BUFFERS, TIMING OFF, " if analyze else ""
-    cur.execute(f"SET LOCAL max_parallel_workers_per_gather = 0; EXPLAIN ({options}FORMAT JSON) {statement}")
-    row = cur.fetchone()
+    cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+    row = cur.execute(f"EXPLAIN ({options}FORMAT JSON) {statement}", **_EXTENDED).fetchone()
     if row is None:
         raise AssertionError("EXPLAIN always returns its plan")
-    document = json.loads(row[0]) if isinstance(row[0], str) else row[0]  # psycopg2 parses json; a changed one may not
+    document = json.loads(row[0]) if isinstance(row[0], str) else row[0]  # psycopg parses json; a changed one may not
     plan = document[0]["Plan"]
     blocks = int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0)) if analyze else None
     return float(plan["Total Cost"]), blocks
 
 
-def statement_cost(cur: Any, statement: str, *, run: bool) -> tuple[float | None, int | None, str | None]:
+def statement_cost(
+    cur: psycopg.Cursor[Any], statement: str, *, run: bool
+) -> tuple[float | None, int | None, str | None]:
     """``explain`` that fails soft, in a transaction with the savepoint ``execute_readonly`` sets: a run that fails
     (a timeout, a write refused) falls back to the plan alone. (plan cost, blocks, why something is missing)."""
-    import psycopg2  # see execute_readonly
-
+    psycopg = _psycopg()
     error = None
     if run:
         try:
             return (*explain(cur, statement, analyze=True), None)
-        except psycopg2.Error as exc:
+        except psycopg.Error as exc:
             error = postgres_message(exc)
             cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
     try:
         return explain(cur, statement, analyze=False)[0], None, error
-    except psycopg2.Error as exc:
+    except psycopg.Error as exc:
         cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
         return None, None, postgres_message(exc)
 
 
-def _run(cur: Any, statement: str, max_rows: int) -> tuple[tuple[str, ...], list[tuple[Any, ...]], bool]:
-    import psycopg2  # already loaded by execute_readonly; imported here for its exception type
+Fetched = tuple[tuple[str, ...], list[tuple[Any, ...]], str | None]
 
+
+def _run(cur: psycopg.Cursor[Any], statement: str, max_rows: int, max_bytes: int) -> Fetched:
+    """(columns, rows, why the result is too large or ``None``): through a server-side cursor when the statement
+    is a query, else run as it is (its result, if any, is small: SHOW, EXPLAIN)."""
+    psycopg = _psycopg()
+    conn = cur.connection
+    server = conn.cursor(name=_CURSOR, scrollable=False)
     try:
-        cur.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {statement}")
-    except psycopg2.Error as exc:
-        if exc.pgcode not in _NOT_A_CURSOR_QUERY:
-            raise
-        cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-        cur.execute(statement)
-        rows = cur.fetchmany(max_rows + 1) if cur.description is not None else []
-    else:
-        cur.execute(f"FETCH FORWARD {int(max_rows) + 1} FROM {_CURSOR}")
-        rows = cur.fetchall()
-    columns = tuple(column.name for column in cur.description or ())
-    truncated = len(rows) > max_rows
-    return columns, [tuple(r) for r in rows[:max_rows]], truncated
+        try:
+            server.execute(statement)  # DECLARE ... FOR <statement>, over the extended protocol
+        except psycopg.Error as exc:
+            if exc.sqlstate not in _NOT_A_CURSOR_QUERY or _MULTIPLE_COMMANDS in str(exc):
+                raise
+            cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            cur.execute(statement, **_EXTENDED)
+            rows = cur.fetchall() if cur.description is not None else []
+            too_big = _too_big(len(rows), _result_bytes(cur.pgresult), max_rows, max_bytes)
+            return tuple(c.name for c in cur.description or ()), rows[:max_rows], too_big
+        return _fetch(server, max_rows, max_bytes)
+    finally:
+        with contextlib.suppress(psycopg.Error):  # closes it (CLOSE) only while the transaction can still run it
+            server.close()
+
+
+def _fetch(server: psycopg.ServerCursor[Any], max_rows: int, max_bytes: int) -> Fetched:
+    """Batches from the cursor until it is done or a limit is passed; the batch grows while rows are small."""
+    columns = tuple(c.name for c in server.description or ())
+    rows: list[tuple[Any, ...]] = []
+    size = 0
+    batch = _FIRST_BATCH
+    while True:
+        wanted = min(batch, max_rows + 1 - len(rows))
+        got = server.fetchmany(wanted)
+        size += _result_bytes(server.pgresult)
+        rows.extend(got)
+        too_big = _too_big(len(rows), size, max_rows, max_bytes)
+        if too_big is not None:
+            return columns, rows[:max_rows], too_big
+        if len(got) < wanted:
+            return columns, rows, None
+        per_row = max(size // max(len(rows), 1), 1)
+        batch = max(1, min(_MAX_BATCH, batch * 4, (max_bytes - size) // per_row))
+
+
+def _too_big(rows: int, size: int, max_rows: int, max_bytes: int) -> str | None:
+    if rows > max_rows:
+        return f"the result has more than {max_rows} rows (llmtrace_max_rows); fetching stopped there"
+    if size > max_bytes:
+        return f"the result is larger than {max_bytes} bytes (llmtrace_max_result_bytes); fetching stopped there"
+    return None
+
+
+def _result_bytes(result: Any) -> int:
+    """The bytes of the values in a fetched batch, as Postgres sent them (text format)."""
+    if result is None:
+        return 0
+    total = 0
+    for row in range(result.ntuples):
+        for column in range(result.nfields):
+            value = result.get_value(row, column)
+            total += len(value) if value is not None else 0
+    return total
 
 
 def postgres_message(exc: Any) -> str:
@@ -252,19 +398,29 @@ def postgres_message(exc: Any) -> str:
     return str(primary) if primary else first_line(exc)
 
 
-def execute_untrusted(dsn: str, sql: str, timeout_ms: int, *, cost: bool = False) -> SqlOutcome:
-    """``execute_readonly``, with a failure to connect reported as an outcome like any SQL error.
+def execute_untrusted(
+    dsn: str,
+    sql: str,
+    timeout_ms: int,
+    *,
+    cost: bool = False,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> SqlOutcome:
+    """``execute_readonly``, with a failure to connect (or a connection lost midway) reported as an outcome.
 
     The read-only role may be refused by a user's server (pg_hba, a missing grant): the case should fail saying so,
-    not end in psycopg2's traceback.
+    not end in the driver's traceback.
     """
-    import psycopg2  # see execute_readonly
-
+    psycopg = _psycopg()
     try:
-        return execute_readonly(dsn, sql, timeout_ms=timeout_ms, cost=cost)
-    except psycopg2.Error as exc:
-        error = f"cannot connect to the session database as the read-only role: {first_line(exc)}"
-        return SqlOutcome(False, (), (), 0, False, error, exc.pgcode, 0.0)
+        return execute_readonly(dsn, sql, timeout_ms=timeout_ms, cost=cost, max_rows=max_rows, max_bytes=max_bytes)
+    except ConnectFailed as exc:
+        error = f"cannot connect to the session database as the read-only role: {exc}"
+        return SqlOutcome(False, (), (), 0, False, error, exc.sqlstate, 0.0)
+    except psycopg.Error as exc:
+        error = f"the connection to the session database was lost during the check: {first_line(exc)}"
+        return SqlOutcome(False, (), (), 0, False, error, exc.sqlstate, 0.0)
 
 
 def check_sql(
@@ -278,6 +434,8 @@ def check_sql(
         if golden_sql is not None:
             return CheckResult("sql", "failed", "the app ran no SQL now (the golden trace did)")
         return CheckResult("sql", "skipped", "neither the app now nor the golden trace ran SQL")
+    if result.truncated:
+        return CheckResult("sql", "failed", f"the SQL's result is too large: {result.error}")
     if not result.ok:
         state = f" (SQLSTATE {result.sqlstate})" if result.sqlstate else ""
         return CheckResult("sql", "failed", f"the SQL does not execute: {result.error}{state}")

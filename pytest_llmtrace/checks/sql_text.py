@@ -2,6 +2,11 @@
 
 Not a parser: just enough of PostgreSQL's lexical rules (standard and E'' strings, quoted identifiers, dollar
 quoting, nested block comments) that a keyword or semicolon inside a literal or comment is never taken for SQL.
+
+Nothing here decides what is safe to run: Postgres itself refuses a text that holds several statements (the checks
+send SQL over the extended query protocol, see ``checks.execute``). The lexer serves messages and the results rules,
+so where it cannot agree with Postgres (``standard_conforming_strings = off`` changes what a string is) it errs
+towards counting more statements, never fewer.
 """
 
 from __future__ import annotations
@@ -44,7 +49,18 @@ class _Token:
     start: int
 
 
-_DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+# Postgres's scanner: whitespace is these ASCII characters only, and every byte of a non-ASCII character is an
+# identifier character (a no-break space or an em dash is part of a name, not a separator).
+_SPACE = frozenset(" \t\n\r\f\v")
+
+
+def _ident_start(c: str) -> bool:
+    return not c.isascii() or c.isalpha() or c == "_"
+
+
+def _ident_part(c: str) -> bool:
+    return not c.isascii() or c.isalnum() or c in "_$"
 
 
 def _tokens(sql: str) -> Iterator[_Token]:
@@ -57,7 +73,7 @@ def _tokens(sql: str) -> Iterator[_Token]:
     while i < n:
         c = sql[i]
         start = i
-        if c.isspace():
+        if c in _SPACE:
             i += 1
         elif sql.startswith("--", i):
             end = sql.find("\n", i)
@@ -78,8 +94,8 @@ def _tokens(sql: str) -> Iterator[_Token]:
             close = sql.find(m.group(0), m.end())
             i = n if close < 0 else close + len(m.group(0))
             yield _Token("literal", sql[start:i], depth, start)
-        elif c.isalpha() or c == "_":
-            while i < n and (sql[i].isalnum() or sql[i] in "_$"):
+        elif _ident_start(c):
+            while i < n and _ident_part(sql[i]):
                 i += 1
             if i - start == 1 and c in "eE" and i < n and sql[i] == "'":
                 i = _skip_quoted(sql, i, "'", backslash=True)

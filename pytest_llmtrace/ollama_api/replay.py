@@ -29,6 +29,7 @@ checks read. ``speed="recorded"`` also holds each answer until the recorded dura
 behaviour depends on real waiting (their own timeouts, a spinner); ``"instant"`` is the old name of ``virtual``.
 A recorded duration longer than ``max_recorded_s`` (the case deadline) counts as ``max_recorded_s``, with a
 ``ReplayDurationWarning``: a recording that says 10^9 s must neither hang the run nor hide behind a huge budget.
+``cancel()`` (the case's deadline passed) ends any wait at once and refuses every later request with HTTP 503.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ SHORTLIST = 10  # distinct recorded prompts that get the exact (slow) similarity
 
 Speed = Literal["virtual", "recorded", "instant"]
 SPEEDS: tuple[str, ...] = ("virtual", "recorded", "instant")
-# The longest a recorded model call may count (and, at recorded speed, wait): the case deadline. Until the run has a
-# configurable deadline, one minute: longer than any budget a text-to-SQL request is held to.
+# The longest a recorded model call may count (and, at recorded speed, wait): golden cases pass their deadline
+# (llmtrace_case_timeout_s); one minute elsewhere, longer than any budget a text-to-SQL request is held to.
 DEFAULT_MAX_RECORDED_S = 60.0
 
 
@@ -345,6 +346,7 @@ class ReplayBackend:
         self._misses: list[Miss] = []
         self._answers: list[ReplayedAnswer] = []
         self._lock = threading.Lock()
+        self._cancelled = threading.Event()
 
     def _capped(self, index: int, call: LLMCall, source: str | None) -> int:
         """The call's recorded duration in ns, at most ``max_recorded_ns`` (with a warning when it was more)."""
@@ -380,8 +382,14 @@ class ReplayBackend:
     def models(self) -> Sequence[ModelInfo]:
         return self._models
 
+    def cancel(self) -> None:
+        """End every wait now and refuse what comes after: the case ran past its deadline (any thread may call)."""
+        self._cancelled.set()
+
     def chat(self, request: ChatRequest) -> ChatResult:
         received = time.time_ns()  # the clock OpenTelemetry stamps spans with: the app's span encloses this window
+        if self._cancelled.is_set():
+            raise BackendError(503, "replay cancelled: the case ran past its deadline")
         index = self._claim(request)
         if index is None:
             with self._lock:
@@ -395,8 +403,9 @@ class ReplayBackend:
         result = self._result(self.calls[index], duration)
         if self.speed == "recorded":
             remaining = duration - (time.time_ns() - received)
-            if remaining > 0:
-                time.sleep(remaining / 1e9)  # outside the lock: concurrent calls overlap as they did when recorded
+            # outside the lock: concurrent calls overlap as they did when recorded; cancel() ends the wait
+            if remaining > 0 and self._cancelled.wait(remaining / 1e9):
+                raise BackendError(503, "replay cancelled: the case ran past its deadline")
         answer = ReplayedAnswer(received, time.time_ns(), duration, index, tuple(request.messages))
         with self._lock:
             self._answers.append(answer)

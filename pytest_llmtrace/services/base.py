@@ -3,6 +3,7 @@ backends share (a free port, an HTTP wait, a URL safe to print)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import urllib.error
@@ -99,7 +100,11 @@ def redact_url(url: str) -> str:
         if any(key.lower() in SECRET_QUERY_KEYS for key, _ in query):
             hidden = [(key, "***" if key.lower() in SECRET_QUERY_KEYS else value) for key, value in query]
             parts = parts._replace(query=urlencode(hidden, safe="/*"))
-    return urlunsplit(parts)
+    # a URL missing its "//" ("postgresql:user:pw@host") is not taken apart above, but still holds a password
+    return _USER_PASSWORD.sub(r"\1***@", urlunsplit(parts))
+
+
+_USER_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:(?:/{0,2})[^:@/?#]*:)(?!\*\*\*@)[^@/?#]+@", re.IGNORECASE)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -27,16 +27,18 @@ import pytest
 
 from pytest_llmtrace.errors import did_you_mean, first_line
 from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.services import ollama, phoenix, postgres
+from pytest_llmtrace.services import ollama, pg_roles, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
 from pytest_llmtrace.services.docker import ContainerOwner, docker_available, gpu_request, remove_run_containers
 from pytest_llmtrace.services.ollama import ReplaySwitch
+from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.services.runs import RunContext, RunRecord, file_lock
 from pytest_llmtrace.settings import SERVICE_SETTINGS
 
 if TYPE_CHECKING:
+    from pytest_llmtrace.services.pg_roles import RoleLimits
     from pytest_llmtrace.settings import Resolved, Settings
 
 __all__ = [
@@ -154,6 +156,8 @@ class ServiceManager:
         self._choices: dict[str, Choice] = {}
         self._endpoints: dict[str, Endpoint] = {}
         self._owned: list[ServiceBackend] = []  # started by this process and stopped by it
+        self._guards: dict[str, SessionGuard] = {}  # per session database: its roles and watchdog
+        self.lockdown_notes: list[str] = []  # what could not be locked down on the server (a URL server's login)
         self.replay_switch = ReplaySwitch()
 
     # -- choices ----------------------------------------------------------------------------------------------------
@@ -198,6 +202,8 @@ class ServiceManager:
                 decided = str(choice)
                 if choice.backend == "docker":
                     decided += self._docker_details(service)
+                if service == "postgres" and choice.backend not in pg_roles.LOCKED_BACKENDS:
+                    decided += f"; not locked down on a server you gave: {pg_roles.URL_NOT_LOCKED}"
             lines.append(f"llmtrace {service}: {decided}")
         return lines
 
@@ -268,37 +274,89 @@ class ServiceManager:
             files.extend(m for m in matches if m not in files)
         return files
 
-    def database(self) -> PostgresDatabase:
-        """Clone this session's database from the template (built once per server, under the lock)."""
+    def database(self, limits: RoleLimits | None = None, *, owner: bool = False) -> PostgresDatabase:
+        """Clone this session's database from the template (built once per server, under the run's file lock and
+        a server-side advisory lock), with this session's own roles (``pg_roles``) let into it and nowhere else.
+
+        Before the first case, the reader's DSN is checked to log in as the reader, not as a superuser.
+        """
         import psycopg2  # loads libpq: only when a test first uses Postgres
 
         endpoint = self.endpoint("postgres")
         files = self.sql_fixture_files()
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(pg_roles.LOCKDOWN_VERSION.encode())
         for path in files:
             digest.update(str(path.relative_to(self.rootdir)).encode() + b"\0" + path.read_bytes())
         template = f"llmtrace_tpl_{digest.hexdigest()[:12]}"
         name = f"llmtrace_{self.context.worker_id}_{uuid.uuid4().hex[:8]}".lower()
+        roles: pg_roles.SessionRoles | None = None
         try:
-            with file_lock(self.context.run_dir / "postgres-template.lock"):
-                if not postgres.database_exists(endpoint.url, template):
+            with (
+                file_lock(self.context.run_dir / "postgres-template.lock"),
+                postgres.advisory_lock(endpoint.url, template),
+            ):
+                if not postgres.template_ready(endpoint.url, template):
+                    postgres.drop_database(endpoint.url, template)  # half-built by a run that was killed
                     postgres.create_template(endpoint.url, template, files)
-                    postgres.grant_read_only(endpoint.url, template)
+                    if endpoint.backend in pg_roles.LOCKED_BACKENDS:  # each clone is closed by open_clone
+                        pg_roles.lock_down_server(endpoint.url)
             url = postgres.clone_database(endpoint.url, template, name)
-        except psycopg2.Error as exc:  # a user's server where this login may not create databases
+            roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=owner)
+            pg_roles.open_clone(endpoint.url, url, name, roles)
+        except psycopg2.Error as exc:  # a user's server where this login may not create databases or roles
+            if roles is not None:
+                with contextlib.suppress(Exception):
+                    postgres.drop_database(endpoint.url, name)
+                    roles.drop()
             raise ServiceStartError(
                 "postgres",
                 endpoint.backend,
                 f"cannot set up the test databases on {redact_url(endpoint.url)}: {first_line(exc)}",
                 fix="connect as a role with CREATEDB and CREATEROLE (it creates a template, a clone per session and "
-                "the read-only role llmtrace_reader), or use --llmtrace-postgres=embedded",
+                "roles of its own for each session), or use --llmtrace-postgres=embedded",
             ) from exc
-        return PostgresDatabase(
-            endpoint=endpoint, url=url, reader_url=postgres.reader_url(url), database=name, template=template
+        database = PostgresDatabase(
+            endpoint=endpoint,
+            url=url,
+            reader_url=roles.reader.dsn(endpoint.url, name),
+            database=name,
+            template=template,
+            reader_role=roles.reader.name,
+            owner_url=roles.owner.dsn(endpoint.url, name) if roles.owner is not None else None,
+            owner_role=roles.owner.name if roles.owner is not None else None,
         )
+        self.lockdown_notes = roles.notes
+        watchdog = Watchdog(endpoint.url, name, roles.names)
+        guard = SessionGuard(roles, watchdog)
+        try:
+            pg_roles.verify_login(database.reader_url, roles.reader.name)
+            if database.owner_url is not None and roles.owner is not None:
+                pg_roles.verify_login(database.owner_url, roles.owner.name)
+            watchdog.start()
+        except (psycopg2.Error, pg_roles.UnsafeLogin) as exc:
+            guard.close()
+            postgres.drop_database(endpoint.url, name)
+            raise ServiceStartError(
+                "postgres",
+                endpoint.backend,
+                f"the session's own role cannot be used safely on {redact_url(endpoint.url)}: {first_line(exc)}",
+                fix="check pg_hba.conf lets the roles llmtrace_r_* / llmtrace_o_* log in with a password",
+            ) from exc
+        self._guards[name] = guard
+        return database
+
+    def guard(self, database: PostgresDatabase) -> SessionGuard:
+        """The roles and watchdog of a database this manager set up: what holds each case."""
+        return self._guards[database.database]
 
     def drop_database(self, database: PostgresDatabase) -> None:
+        """End the session's roles' backends, drop its clone, then its roles (on any backend, URL ones too)."""
+        guard = self._guards.pop(database.database, None)
+        if guard is not None:
+            guard.watchdog.stop()
         postgres.drop_database(database.endpoint.url, database.database)
+        if guard is not None:
+            guard.roles.drop()
 
     # -- stopping ---------------------------------------------------------------------------------------------------
 

@@ -31,21 +31,20 @@ import psutil
 from pytest_llmtrace.errors import LLMTraceError, first_line
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE
+from pytest_llmtrace.services.pg_roles import admin_connection, lock_down_template
 from pytest_llmtrace.services.process import OwnedTempDir
 from pytest_llmtrace.services.runs import wait_gone
 
 if TYPE_CHECKING:
-    from psycopg2.extensions import connection as PgConnection
-
     from pytest_llmtrace.services.runs import RunRecord
 
 __all__ = [
-    "READER_ROLE",
     "DockerPostgres",
     "EmbeddedPostgres",
     "PostgresDatabase",
     "SqlFileError",
     "UrlPostgres",
+    "advisory_lock",
     "answers",
     "can_connect",
     "clone_database",
@@ -53,8 +52,7 @@ __all__ = [
     "database_exists",
     "database_url",
     "drop_database",
-    "grant_read_only",
-    "reader_url",
+    "template_ready",
 ]
 
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -70,10 +68,13 @@ class PostgresDatabase:
     """The session's own database on the Postgres service, cloned from the template holding the SQL fixtures."""
 
     endpoint: Endpoint  # the server
-    url: str  # this session's database, as the fixture owner (can write: for fixtures and setup code)
-    reader_url: str  # the same database as the read-only role: what the app and model-written SQL get
+    url: str  # this session's database, as the server's admin login (can write: for fixtures and setup code)
+    reader_url: str  # the same database as this session's read-only role: what the app and model-written SQL get
     database: str
     template: str
+    reader_role: str = ""  # the read-only role's name (random per session)
+    owner_url: str | None = None  # as this session's owner role (llmtrace_app_db = owner): writes, no superuser
+    owner_role: str | None = None
 
     @property
     def backend(self) -> str:
@@ -95,7 +96,8 @@ class PostgresDatabase:
         # pytest prints fixture values in failure reports: DSNs may carry a password.
         return (
             f"PostgresDatabase(database={self.database!r}, template={self.template!r}, backend={self.backend!r}, "
-            f"url={redact_url(self.url)!r}, reader_url={redact_url(self.reader_url)!r})"
+            f"url={redact_url(self.url)!r}, reader_url={redact_url(self.reader_url)!r}, "
+            f"reader_role={self.reader_role!r}, owner_url={redact_url(self.owner_url or '')!r})"
         )
 
 
@@ -119,22 +121,36 @@ def database_url(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + _check_name(name)))
 
 
+_admin = admin_connection
+
+
 @contextlib.contextmanager
-def _admin(url: str) -> Iterator[PgConnection]:
-    """Autocommit, because CREATE/DROP DATABASE cannot run inside a transaction."""
-    conn = _psycopg2().connect(url)
-    conn.autocommit = True
-    try:
-        yield conn
-    finally:
-        conn.close()
+def advisory_lock(url: str, name: str) -> Iterator[None]:
+    """A server-wide lock named ``name`` (a session advisory lock on its own connection): two pytest runs on one
+    server build a template one after the other, never both at once. Released when the block ends or the
+    connection drops (a killed run)."""
+    with _admin(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", ("pytest-llmtrace:" + name,))
+        try:
+            yield
+        finally:
+            cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", ("pytest-llmtrace:" + name,))
+
+
+def template_ready(url: str, name: str) -> bool:
+    """Whether template ``name`` exists and is complete (marked a template last, after loading and lockdown)."""
+    with _admin(url) as admin, admin.cursor() as cur:
+        cur.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (name,))
+        row = cur.fetchone()
+        return bool(row and row[0])
 
 
 def create_template(url: str, name: str, sql_files: Iterable[str | Path]) -> str:
     """Create database ``name`` from ``sql_files`` (in the order given) and mark it a template; returns its DSN.
 
     ``url`` is any DSN of the server with rights to create databases. Each file runs in one transaction, so a failing
-    file leaves nothing half-loaded behind it, and the error names that file.
+    file leaves nothing half-loaded behind it, and the error names that file. The template is locked down
+    (``pg_roles.lock_down_template``) before it is marked a template: a marked template is a complete one.
     """
     from psycopg2 import sql
 
@@ -155,6 +171,7 @@ def create_template(url: str, name: str, sql_files: Iterable[str | Path]) -> str
                 raise SqlFileError(f"{path}: loading into database {name!r} failed: {str(exc).strip()}") from exc
     finally:
         conn.close()
+    lock_down_template(template_url)
     with _admin(url) as admin, admin.cursor() as cur:
         cur.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(ident))
     return template_url
@@ -314,46 +331,6 @@ class EmbeddedPostgres:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-# -- the read-only role model SQL runs as ---------------------------------------------------------------------------
-
-READER_ROLE = "llmtrace_reader"
-READER_PASSWORD = "llmtrace_reader"  # a test server's role that can only read; the password guards nothing real
-
-
-def grant_read_only(admin_url: str, database: str, role: str = READER_ROLE) -> None:
-    """Make ``role`` able to connect and SELECT in ``database``, and nothing else.
-
-    Runs on the template, so every clone inherits the grants. The role is also forced into read-only transactions:
-    even a grant added later by a fixture cannot let model-written SQL change data.
-    """
-    from psycopg2 import sql
-
-    ident = sql.Identifier(role)
-    with _admin(admin_url) as admin, admin.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-        if cur.fetchone() is None:
-            cur.execute(
-                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(ident),
-                (READER_PASSWORD,),
-            )
-        cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident))
-        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), ident))
-    with _admin(database_url(admin_url, database)) as conn, conn.cursor() as cur:
-        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
-        cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(ident))
-        cur.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
-
-
-def reader_url(url: str, role: str = READER_ROLE) -> str:
-    """``url`` logged in as the read-only role (socket DSNs keep their ``?host=``)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{role}:{READER_PASSWORD}@{host}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _endpoint_from_url(backend: str, url: str, started: float) -> Endpoint:

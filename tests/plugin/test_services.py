@@ -163,7 +163,12 @@ def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_sessi
     )
     monkeypatch.setenv("TEAM_PG_URL", database_url(llmtrace_postgres.endpoint.url, "postgres"))
     result = pytester.runpytest_subprocess("--llmtrace-postgres=team", "-s")
-    result.stdout.fnmatch_lines(["llmtrace postgres: team (from --llmtrace-postgres)", "*TEAM POSTGRES RELEASED*"])
+    result.stdout.fnmatch_lines(
+        [
+            "llmtrace postgres: team (from --llmtrace-postgres); not locked down on a server you gave: CONNECT/TEMP *",
+            "*TEAM POSTGRES RELEASED*",
+        ]
+    )
     result.assert_outcomes(passed=1)
 
     typo = pytester.runpytest_subprocess("--llmtrace-postgres=taem")
@@ -548,6 +553,8 @@ def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
         cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'llmtrace_nocreate'")
         if cur.fetchone() is None:
             cur.execute(sql.SQL("CREATE ROLE llmtrace_nocreate LOGIN NOCREATEDB NOCREATEROLE"))
+        # the session's embedded server is closed to PUBLIC; a user's server lets its logins connect
+        cur.execute("GRANT CONNECT ON DATABASE postgres TO llmtrace_nocreate")
     conn.close()
     limited = database_url(server, "postgres").replace("postgresql://postgres:@", "postgresql://llmtrace_nocreate@")
     _project(pytester)

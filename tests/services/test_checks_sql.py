@@ -3,50 +3,57 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg2
 import pytest
 
 from pytest_llmtrace.checks import compare_results, execute_readonly
 from pytest_llmtrace.checks.cost import check_cost, measure_cost
-from pytest_llmtrace.checks.execute import READERS
+from pytest_llmtrace.checks.execute import READERS, check_sql
 from pytest_llmtrace.options import CheckOptions
 from pytest_llmtrace.runner import run_checks
-from pytest_llmtrace.services.postgres import (
-    EmbeddedPostgres,
-    clone_database,
-    create_template,
-    grant_read_only,
-    reader_url,
-)
+from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, open_clone
+from pytest_llmtrace.services.postgres import PostgresDatabase, clone_database, drop_database
 from pytest_llmtrace.trace.model import Span, Trace
-
-COMPANY_DB = sorted((Path(__file__).parents[2] / "fixtures" / "company_db").glob("*.sql"))
 
 
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    pg = EmbeddedPostgres()
-    try:
-        endpoint = pg.start()
-        create_template(endpoint.url, "company_tpl", COMPANY_DB)
-        grant_read_only(endpoint.url, "company_tpl")
-        yield endpoint.url
-    finally:
-        pg.stop()
+def server_url(llmtrace_postgres: PostgresDatabase) -> str:
+    """The session's Postgres server (its template holds company_db), as its admin: no server of this module's own."""
+    return llmtrace_postgres.endpoint.url
+
+
+@pytest.fixture(scope="module")
+def roles(server_url: str) -> Iterator[SessionRoles]:
+    roles = SessionRoles.create(server_url, RoleLimits())
+    yield roles
+    roles.drop()
 
 
 @pytest.fixture
-def owner_url(server_url: str) -> str:
-    """A fresh clone per test, so a statement that did get through could not hide behind an earlier test's damage."""
-    return clone_database(server_url, "company_tpl")
+def clone(server_url: str, llmtrace_postgres: PostgresDatabase) -> Iterator[tuple[str, str]]:
+    """A fresh clone per test, so a statement that did get through could not hide behind an earlier test's damage:
+    (name, DSN as the admin)."""
+    name = f"checks_{uuid.uuid4().hex[:10]}"
+    url = clone_database(server_url, llmtrace_postgres.template, name)
+    yield name, url
+    READERS.close()
+    drop_database(server_url, name)
 
 
 @pytest.fixture
-def reader(owner_url: str) -> str:
-    return reader_url(owner_url)
+def owner_url(clone: tuple[str, str]) -> str:
+    return clone[1]
+
+
+@pytest.fixture
+def reader(server_url: str, clone: tuple[str, str], roles: SessionRoles) -> str:
+    """The clone as a session's read-only role (random name and password, like every session's)."""
+    name, url = clone
+    open_clone(server_url, url, name, roles)
+    return roles.reader.dsn(server_url, name)
 
 
 def _count(url: str, table: str) -> int:
@@ -113,13 +120,43 @@ def test_the_reader_role_cannot_write_either(owner_url: str, reader: str) -> Non
     assert _count(owner_url, "order_items") == before
 
 
-def test_multiple_statements_are_refused_before_anything_runs(owner_url: str) -> None:
+@pytest.mark.parametrize(
+    ("sql", "count"),
+    [
+        ("SELECT 1; COMMIT; DELETE FROM order_items; DELETE FROM orders", "4 statements"),
+        # Lexer-confusing texts: to Postgres a name may hold any non-ASCII character and a $ after the first, so
+        # "€$$" is a name, not the start of a dollar-quoted string hiding the rest (a lexer that thought so counted
+        # one statement). Postgres refuses the list whatever a lexer counts.
+        ("SELECT 1 AS €$$; COMMIT; DELETE FROM orders; SELECT 1 AS b€$$", "4 statements"),
+        ("SELECT 1 AS a\u00a0; COMMIT; DELETE FROM orders", "3 statements"),
+        ("DECLARE c CURSOR FOR SELECT 1; COMMIT; DELETE FROM orders", "3 statements"),
+    ],
+)
+def test_several_statements_are_refused_by_postgres_before_anything_runs(owner_url: str, sql: str, count: str) -> None:
     before = _count(owner_url, "orders")
-    outcome = execute_readonly(owner_url, "SELECT 1; COMMIT; DELETE FROM order_items; DELETE FROM orders")
+    outcome = execute_readonly(owner_url, sql)
     assert not outcome.ok
-    assert outcome.error == "4 statements; expected exactly one"
-    assert outcome.sqlstate is None
+    assert outcome.sqlstate == "42601"
+    assert outcome.error == (
+        f"{count}; expected exactly one (Postgres: cannot insert multiple commands into a prepared statement)"
+    )
     assert _count(owner_url, "orders") == before
+
+
+@pytest.mark.parametrize("sql", ["COMMIT", "ROLLBACK", "END", "PREPARE TRANSACTION 'x'", "ABORT"])
+def test_a_statement_that_ends_the_checks_transaction_fails(owner_url: str, sql: str) -> None:
+    outcome = execute_readonly(owner_url, sql)
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error.startswith("the statement ended the check's read-only transaction")
+    assert execute_readonly(owner_url, "SHOW transaction_read_only").rows == (("on",),)
+
+
+def test_copy_is_refused_and_the_next_statement_runs(reader: str) -> None:
+    outcome = execute_readonly(reader, "COPY (SELECT g FROM generate_series(1, 1000000) g) TO STDOUT")
+    assert (outcome.ok, outcome.sqlstate) == (False, None)
+    assert outcome.error == "COPY is refused: the check runs queries, not data transfers"
+    assert execute_readonly(reader, "SELECT 1").rows == ((1,),)
 
 
 def test_a_slow_query_is_cancelled_with_57014(reader: str) -> None:
@@ -149,13 +186,20 @@ def test_errors_carry_sqlstate_and_first_message_line(reader: str, sql: str, sql
     assert outcome.rows == ()
 
 
-def test_max_rows_truncates_and_says_so(reader: str) -> None:
+def test_a_result_over_the_row_or_byte_limit_fails_and_says_so(reader: str) -> None:
     outcome = execute_readonly(reader, "SELECT id FROM customers ORDER BY id", max_rows=5)
-    assert outcome.ok
-    assert outcome.rows == ((1,), (2,), (3,), (4,), (5,))
-    assert (outcome.row_count, outcome.truncated) == (5, True)
+    assert (outcome.ok, outcome.truncated, outcome.row_count, outcome.rows) == (False, True, 5, ())
+    assert outcome.error == "the result has more than 5 rows (llmtrace_max_rows); fetching stopped there"
     exact = execute_readonly(reader, "SELECT id FROM customers WHERE id <= 5", max_rows=5)
-    assert (exact.row_count, exact.truncated) == (5, False)
+    assert (exact.ok, exact.row_count, exact.truncated) == (True, 5, False)
+    # rows of 100 bytes, streamed (a set-returning function in the select list): fetched in batches and stopped
+    # past 20 kB, long before the 10^9 rows are made
+    big = execute_readonly(reader, "SELECT repeat('x', 100), generate_series(1, 1000000000)", max_bytes=20_000)
+    assert (big.ok, big.truncated) == (False, True)
+    assert big.error == "the result is larger than 20000 bytes (llmtrace_max_result_bytes); fetching stopped there"
+    assert big.row_count < 1000
+    check = check_sql("SELECT ...", big, golden_sql=None, against_golden=False)
+    assert check.reason == f"the SQL's result is too large: {big.error}"
 
 
 def test_statements_that_are_not_queries_still_run(reader: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from pytest_llmtrace.services.base import Endpoint
+from pytest_llmtrace.services.base import Endpoint, redact_url
 from pytest_llmtrace.services.postgres import (
     EmbeddedPostgres,
     PostgresDatabase,
@@ -78,3 +78,5 @@ def test_a_database_and_its_server_print_no_password() -> None:
     assert "url='postgresql://admin:***@db.example:5432/llmtrace_main_1?sslmode=require&sslpassword=***'" in shown
     assert "reader_url='postgresql://llmtrace_reader:***@db.example:5432/llmtrace_main_1?password=***'" in shown
     assert str(endpoint).startswith("postgres (url) at postgresql://admin:***@db.example:5432/postgres?")
+    # a URL a user mistyped (no "//") is not a URL to urllib, but its password is still hidden
+    assert redact_url("postgresql:admin:s3cret@db.example/postgres") == "postgresql:admin:***@db.example/postgres"

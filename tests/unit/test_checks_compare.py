@@ -24,6 +24,7 @@ from pytest_llmtrace.checks import (
     strip_code_fences,
 )
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
+from pytest_llmtrace.checks.execute import ConnectFailed
 from pytest_llmtrace.options import UnknownName
 from pytest_llmtrace.outcome import CheckResult, Measurement
 from pytest_llmtrace.trace.model import Span, Trace
@@ -74,6 +75,10 @@ def test_strip_code_fences_on_the_golden_fenced_answer() -> None:
         ("SELECT E'\\';' AS a", ["SELECT E'\\';' AS a"]),
         ('SELECT 1 AS ";"', ['SELECT 1 AS ";"']),
         ("SELECT 1; COMMIT; DELETE FROM t", ["SELECT 1", "COMMIT", "DELETE FROM t"]),
+        # Postgres's identifier rules: any non-ASCII character is part of a name, and so is a $ after its start
+        ("SELECT 1 AS €$$; COMMIT; SELECT 1 AS b€$$", ["SELECT 1 AS €$$", "COMMIT", "SELECT 1 AS b€$$"]),
+        ("SELECT 1 AS a\u00a0b;SELECT 2", ["SELECT 1 AS a\u00a0b", "SELECT 2"]),
+        ("SELECT $é$;$é$; SELECT 2", ["SELECT $é$;$é$", "SELECT 2"]),
         ("  ; -- nothing", []),
         ("", []),
     ],
@@ -82,14 +87,16 @@ def test_split_statements(sql: str, statements: list[str]) -> None:
     assert split_statements(sql) == statements
 
 
-def test_refusals_happen_before_connecting() -> None:
+def test_only_an_empty_text_is_refused_before_connecting() -> None:
+    """Several statements are Postgres's to refuse (the extended protocol), not the lexer's: only an empty text
+    and bad limits are refused here."""
     unreachable = "postgresql://nobody@127.0.0.1:1/none"
-    refused = execute_readonly(unreachable, "SELECT 1; DELETE FROM t")
-    assert (refused.ok, refused.error, refused.sqlstate) == (False, "2 statements; expected exactly one", None)
     empty = execute_readonly(unreachable, "  -- nothing to run\n")
-    assert (empty.ok, empty.error) == (False, "no SQL statement")
+    assert (empty.ok, empty.error, empty.sqlstate) == (False, "no SQL statement", None)
     with pytest.raises(ValueError, match="timeout_ms >= 1"):
         execute_readonly(unreachable, "SELECT 1", timeout_ms=0)
+    with pytest.raises(ConnectFailed):
+        execute_readonly(unreachable, "SELECT 1; DELETE FROM t")
 
 
 @pytest.mark.parametrize(

@@ -106,9 +106,22 @@ def test_ini_defaults_are_derived_from_the_dataclass_and_read_back_to_it() -> No
         "sql_timeout_ms": "5000",
         "cost_tolerance": "2",
         "latency_retries": "3",
+        "max_rows": "10000",
+        "max_result_bytes": "16777216",
+        "case_timeout_s": "auto",
     }
     assert from_ini(**{name: text for name, text in defaults.items() if text}) == CheckOptions()
     assert [spec.name for spec in REPLAY_SETTINGS if spec.name in defaults] == list(defaults)
+
+
+def test_the_case_deadline_is_the_total_budget_times_3_at_most_60_s_unless_set() -> None:
+    assert CheckOptions().case_deadline_s == 24.0  # total=8000 ms
+    assert CheckOptions(latency_budgets_ms={"total": 30_000.0}).case_deadline_s == 60.0
+    assert CheckOptions(latency_budgets_ms={"LLM": 1.0}).case_deadline_s == 60.0  # no total budget
+    assert from_ini(case_timeout_s="2.5").case_deadline_s == 2.5
+    assert from_ini(case_timeout_s="auto") == CheckOptions()
+    with pytest.raises(pytest.UsageError, match=r"^ini llmtrace_case_timeout_s: expected 'auto' or a number of s"):
+        from_ini(case_timeout_s="0")
 
 
 def test_the_latency_floor_is_200_ms_everywhere() -> None:

@@ -1,0 +1,464 @@
+"""The roles model SQL runs as, and what a session locks down on its Postgres server.
+
+Model SQL runs twice per case: the app runs it on the DSN the plugin hands it (with whatever driver and protocol the
+app uses, so a list of statements, ``COMMIT; BEGIN READ WRITE; ...`` included, may run), then the sql check runs it
+again. What bounds the app's connections is therefore the role it logs in as:
+
+- each session gets its own reader role (and, with ``llmtrace_app_db = owner``, its own owner role) with a random
+  name and password; an existing role of that name is never taken over, and the roles are dropped at the end;
+- the reader may connect to its clone only and read it; no TEMP anywhere (temporary tables are not bounded by
+  ``temp_file_limit``), no large objects (``lo_*`` revoked from PUBLIC in the template), no CREATE in any schema;
+- its role defaults hold read-only transactions, statement, lock and idle-in-transaction timeouts, and
+  ``temp_file_limit``, which only a superuser may set, so the role cannot lift it;
+- a role may change its own defaults and password, so ``SessionRoles`` re-asserts them from the admin connection
+  before each case and reports what a case changed after it.
+
+On servers the plugin starts, every database is closed to PUBLIC (``lock_down_server``); on a server given by URL,
+only what the plugin created is changed, and ``URL_NOT_LOCKED`` says what is left as the user set it.
+The DSNs handed out are built from parts (``role_dsn``): never the base URL's user, password, options or service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from pytest_llmtrace.errors import LLMTraceError
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection as PgConnection
+
+__all__ = [
+    "LOCKDOWN_VERSION",
+    "LOCKED_BACKENDS",
+    "OWNER_PREFIX",
+    "READER_PREFIX",
+    "SAFE_QUERY_KEYS",
+    "URL_NOT_LOCKED",
+    "RoleLimits",
+    "SessionRole",
+    "SessionRoles",
+    "UnsafeLogin",
+    "admin_connection",
+    "lock_down_server",
+    "lock_down_template",
+    "open_clone",
+    "role_dsn",
+    "verify_login",
+]
+
+READER_PREFIX = "llmtrace_r_"
+OWNER_PREFIX = "llmtrace_o_"
+# Part of the template's name: a template built before this lockdown (or a later one) is built again, not reused.
+LOCKDOWN_VERSION = "lockdown-1"
+# Backends whose server the plugin started: all of it may be locked down. Anything else belongs to the user.
+LOCKED_BACKENDS = frozenset({"embedded", "docker"})
+URL_NOT_LOCKED = "CONNECT/TEMP on your other databases"
+# libpq parameters a DSN handed to the app may keep from the base URL: where the server is and how to reach it
+# safely. Never who to log in as (user, password, passfile, service, sslcert/sslkey/sslpassword) or what to run
+# (options: ``-c default_transaction_read_only=off``).
+SAFE_QUERY_KEYS = frozenset(
+    {
+        "host",
+        "hostaddr",
+        "port",
+        "sslmode",
+        "sslrootcert",
+        "sslcrl",
+        "sslcrldir",
+        "sslsni",
+        "sslnegotiation",
+        "connect_timeout",
+        "channel_binding",
+        "gssencmode",
+        "target_session_attrs",
+        "load_balance_hosts",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+    }
+)
+# Server-side large-object functions: any role could create, write and export large objects with them (they live
+# in pg_largeobject, outside any table the role may touch). Revoked from PUBLIC in the template, so every clone has it.
+_LARGE_OBJECT_FUNCTIONS = """
+SELECT p.oid::regprocedure::text FROM pg_proc p
+WHERE p.pronamespace = 'pg_catalog'::regnamespace AND (p.proname LIKE 'lo\\_%' OR p.proname IN ('loread', 'lowrite'))
+"""
+
+
+def _psycopg2() -> Any:
+    import psycopg2  # libpq: loaded when a session first sets up Postgres, not when the plugin loads
+
+    return psycopg2
+
+
+@contextlib.contextmanager
+def admin_connection(url: str) -> Iterator[PgConnection]:
+    """Autocommit, because CREATE/DROP DATABASE and role changes must not wait for a transaction of ours."""
+    conn = _psycopg2().connect(url)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def role_dsn(base_url: str, database: str, role: str, password: str) -> str:
+    """The DSN of ``database`` as ``role``, built from parts: the server's address from ``base_url`` and only the
+    query parameters in ``SAFE_QUERY_KEYS`` (a socket's ``?host=``, ``sslmode``, ...)."""
+    parts = urlsplit(base_url)
+    address = parts.netloc.rpartition("@")[2]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() in SAFE_QUERY_KEYS]
+    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{address}"
+    return urlunsplit((parts.scheme, netloc, "/" + quote(database, safe=""), urlencode(query, safe="/"), ""))
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    """What a session's roles are held to, as role defaults (``ALTER ROLE ... SET``).
+
+    The statement timeout is a default the app can lift (``SET statement_timeout = 0``, or a connection option):
+    the case's deadline, enforced from the admin side, is what really ends a runaway statement.
+    """
+
+    statement_timeout_ms: int = 60_000
+    lock_timeout_ms: int = 5_000
+    idle_in_transaction_ms: int = 60_000
+    temp_file_limit_kb: int = 1024 * 1024
+
+    def config(self, *, read_only: bool) -> dict[str, str]:
+        settings = {
+            "statement_timeout": str(self.statement_timeout_ms),
+            "lock_timeout": str(self.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(self.idle_in_transaction_ms),
+            "temp_file_limit": str(self.temp_file_limit_kb),
+        }
+        if read_only:
+            settings = {"default_transaction_read_only": "on", **settings}
+        return settings
+
+
+@dataclass
+class SessionRole:
+    """One role of a session: its name, password (never printed) and the defaults it must keep."""
+
+    name: str
+    password: str = field(repr=False)
+    config: dict[str, str]
+    verifier: str = field(default="", repr=False)  # the stored SCRAM verifier of ``password``, set when created
+
+    def dsn(self, base_url: str, database: str) -> str:
+        return role_dsn(base_url, database, self.name, self.password)
+
+
+class SessionRoles:
+    """The reader (and owner) of one session: created with random names, re-asserted before each case, compared
+    after it, dropped at the end. Holds one admin connection for the session, used from one thread."""
+
+    def __init__(self, admin_url: str, reader: SessionRole, owner: SessionRole | None, notes: Sequence[str]) -> None:
+        self.admin_url = admin_url
+        self.reader = reader
+        self.owner = owner
+        self.notes = list(notes)  # what could not be locked down (a login that may not set temp_file_limit)
+        self._conn: PgConnection | None = None
+        self._superuser: bool | None = None  # whether the admin login may read password verifiers
+
+    @property
+    def roles(self) -> tuple[SessionRole, ...]:
+        return (self.reader,) if self.owner is None else (self.reader, self.owner)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(role.name for role in self.roles)
+
+    @classmethod
+    def create(cls, admin_url: str, limits: RoleLimits, *, owner: bool = False) -> SessionRoles:
+        """New roles with fresh random names; a name that exists already is never reused, another is drawn."""
+        notes: list[str] = []
+        with admin_connection(admin_url) as conn:
+            reader = _create_role(conn, READER_PREFIX, limits.config(read_only=True), notes)
+            app_owner = _create_role(conn, OWNER_PREFIX, limits.config(read_only=False), notes) if owner else None
+        return cls(admin_url, reader, app_owner, notes)
+
+    def _admin(self) -> PgConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = _psycopg2().connect(self.admin_url)
+            self._conn.autocommit = True
+        return self._conn
+
+    def assert_settings(self) -> None:
+        """Log-in, password and defaults as created, settings per database removed: one round trip."""
+        from psycopg2 import sql
+
+        statements = []
+        for role in self.roles:
+            statements.extend(_assert_statements(role))
+        with self._admin().cursor() as cur:
+            cur.execute(sql.SQL("; ").join(statements))
+
+    def changes(self) -> list[str]:
+        """What differs from what was set, one line per role and change; restores the roles when anything does."""
+        found: list[str] = []
+        with self._admin().cursor() as cur:
+            cur.execute(_STATE, (list(self.names),))
+            state = {name: (login, settings) for name, login, settings in cur.fetchall()}
+            if self._superuser is None:
+                cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                row = cur.fetchone()
+                self._superuser = bool(row and row[0])
+            verifiers = _verifiers(cur, self.names) if self._superuser else None
+        for role in self.roles:
+            if role.name not in state:
+                found.append(f"role {role.name}: dropped")
+                continue
+            login, settings = state[role.name]
+            if not login:
+                found.append(f"role {role.name}: may no longer log in")
+            found.extend(f"role {role.name}: {change}" for change in _setting_changes(role.config, settings or []))
+            if verifiers is not None and verifiers.get(role.name) != role.verifier:
+                found.append(f"role {role.name}: password changed")
+        if found:
+            self.assert_settings()
+        return found
+
+    def config_snapshot(self) -> dict[str, list[tuple[str, list[str]]]]:
+        """Every ``pg_db_role_setting`` row of the roles, (database or '', settings), for tests and reports."""
+        with self._admin().cursor() as cur:
+            cur.execute(_STATE, (list(self.names),))
+            return {name: sorted((db, sorted(cfg)) for db, cfg in settings or []) for name, _, settings in cur}
+
+    def drop(self) -> None:
+        """End the roles' sessions (``pg_terminate_backend``), drop what they own, then the roles; twice is fine."""
+        from psycopg2 import sql
+
+        with contextlib.suppress(Exception):
+            if self._conn is not None:
+                self._conn.close()
+        self._conn = None
+        with admin_connection(self.admin_url) as conn, conn.cursor() as cur:
+            cur.execute(_TERMINATE_ALL, (list(self.names),))
+            for name in self.names:
+                cur.execute(_DEPENDENT_DATABASES, (name,))
+                rows = cur.fetchall()
+                if not rows:
+                    continue  # no such role (dropped already)
+                ident = sql.Identifier(name)
+                for (database,) in rows:  # grants and objects in databases still there (a clone not dropped)
+                    if database is not None:
+                        with admin_connection(_with_database(self.admin_url, database)) as other:
+                            other.cursor().execute(sql.SQL("DROP OWNED BY {}").format(ident))
+                cur.execute(sql.SQL("DROP OWNED BY {}").format(ident))  # what it has in this database, if anything
+                cur.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(database, safe="")))
+
+
+_STATE = """
+SELECT r.rolname, r.rolcanlogin,
+       (SELECT json_agg(json_build_array(coalesce(d.datname, ''), s.setconfig))
+        FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase WHERE s.setrole = r.oid)
+FROM pg_roles r WHERE r.rolname = ANY(%s)
+"""
+_TERMINATE_ALL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)"
+# One row per database other than this one where the role has grants or objects, and a NULL row: none if no role.
+_DEPENDENT_DATABASES = """
+SELECT d.datname FROM pg_roles r
+LEFT JOIN pg_shdepend s
+  ON s.refobjid = r.oid AND s.dbid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+LEFT JOIN pg_database d ON d.oid = s.dbid
+WHERE r.rolname = %s GROUP BY d.datname
+"""
+
+
+def _create_role(conn: PgConnection, prefix: str, config: Mapping[str, str], notes: list[str]) -> SessionRole:
+    from psycopg2 import errors, extensions, sql
+
+    password = secrets.token_urlsafe(24)
+    for _ in range(8):
+        name = prefix + secrets.token_hex(4)
+        verifier = extensions.encrypt_password(password, name, conn, "scram-sha-256")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOINHERIT PASSWORD %s"
+                    ).format(sql.Identifier(name)),
+                    (verifier,),  # a verifier, so no log of this statement ever holds the password itself
+                )
+        except errors.DuplicateObject:
+            continue  # a role of this name exists (another run's, or a user's): never take it over
+        break
+    else:  # pragma: no cover - eight 32-bit collisions in a row
+        raise RuntimeError(f"no free role name starting with {prefix}")
+    role = SessionRole(name, password, dict(config), verifier)
+    with conn.cursor() as cur:
+        for key in list(role.config):
+            try:
+                cur.execute(_set_statement(name, key, role.config[key]))
+            except errors.InsufficientPrivilege:  # temp_file_limit needs a superuser: a user's login may not be one
+                del role.config[key]
+                notes.append(f"{key} (your login may not set it)")
+    return role
+
+
+def _set_statement(role: str, key: str, value: str) -> Any:
+    from psycopg2 import sql
+
+    return sql.SQL("ALTER ROLE {} SET {} = {}").format(sql.Identifier(role), sql.Identifier(key), sql.Literal(value))
+
+
+def _assert_statements(role: SessionRole) -> list[Any]:
+    from psycopg2 import sql
+
+    ident = sql.Identifier(role.name)
+    statements: list[Any] = [
+        sql.SQL("ALTER ROLE {} WITH LOGIN CONNECTION LIMIT -1 VALID UNTIL 'infinity' PASSWORD {}").format(
+            ident, sql.Literal(role.verifier)
+        ),
+        sql.SQL("ALTER ROLE {} RESET ALL").format(ident),
+        # settings the role gave itself in one database (ALTER ROLE CURRENT_USER IN DATABASE ... SET)
+        sql.SQL(
+            "DO $$DECLARE d text; BEGIN FOR d IN SELECT datname FROM pg_db_role_setting s JOIN pg_database db "
+            "ON db.oid = s.setdatabase WHERE s.setrole = {}::regrole LOOP "
+            "EXECUTE format('ALTER ROLE %I IN DATABASE %I RESET ALL', {}, d); END LOOP; END$$"
+        ).format(sql.Literal(role.name), sql.Literal(role.name)),
+    ]
+    statements.extend(_set_statement(role.name, key, value) for key, value in role.config.items())
+    return statements
+
+
+def _setting_changes(expected: Mapping[str, str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """``pg_db_role_setting`` rows (database or '', ["k=v", ...]) against the defaults the role must have."""
+    changes = []
+    for database, settings in rows:
+        if database:
+            changes.append(f"settings for database {database}: {', '.join(settings)}")
+    now = dict(item.split("=", 1) for database, settings in rows if not database for item in settings)
+    for key in sorted(set(expected) | set(now)):
+        before, after = expected.get(key), now.get(key)
+        if before != after:
+            changes.append(f"{key}: {before if before is not None else '(unset)'} -> {after or '(unset)'}")
+    return changes
+
+
+def _verifiers(cur: Any, names: Sequence[str]) -> dict[str, str] | None:
+    """The stored password verifiers, when this login may read them; else ``None``."""
+    from psycopg2 import errors
+
+    try:
+        cur.execute("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)", (list(names),))
+    except errors.InsufficientPrivilege:
+        return None
+    return {name: password or "" for name, password in cur.fetchall()}
+
+
+class UnsafeLogin(LLMTraceError):
+    """A DSN handed to the app does not log in as the session's own role, or that role is a superuser."""
+
+
+def verify_login(dsn: str, role: str) -> None:
+    """Log in with ``dsn`` and make sure it is ``role`` and not a superuser (a PGOPTIONS, a pg_ident map or a
+    service file must not turn the app's login into another one)."""
+    with admin_connection(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+        row = cur.fetchone()
+    user, superuser = row if row else (None, None)
+    if user != role:
+        raise UnsafeLogin(f"its DSN logs in as {user!r}, not as the session's role {role!r}")
+    if superuser:
+        raise UnsafeLogin(f"the session's role {role!r} is a superuser")
+
+
+# -- databases -------------------------------------------------------------------------------------------------------
+
+
+def lock_down_template(template_url: str) -> None:
+    """In the template (so in every clone): no CREATE on the public schema, no large-object functions for PUBLIC.
+
+    The template is the plugin's own database on any server, so this is done on URL servers too; a login that does
+    not own the functions cannot revoke them, and ``open_clone`` then says so.
+    """
+    from psycopg2 import errors
+
+    with admin_connection(template_url) as conn, conn.cursor() as cur:
+        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        cur.execute(_LARGE_OBJECT_FUNCTIONS)
+        functions = [row[0] for row in cur.fetchall()]
+        with contextlib.suppress(errors.InsufficientPrivilege):
+            cur.execute("REVOKE EXECUTE ON FUNCTION " + ", ".join(functions) + " FROM PUBLIC")
+
+
+def lock_down_server(admin_url: str) -> None:
+    """Every database of a server the plugin started is closed to PUBLIC (CONNECT, TEMP); each session's roles get
+    CONNECT on their own clone only (``open_clone``). Idempotent, so each session may run it."""
+    from psycopg2 import errors, sql
+
+    with admin_connection(admin_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database")
+        for (name,) in cur.fetchall():
+            with contextlib.suppress(errors.InvalidCatalogName):  # another worker's clone, dropped meanwhile
+                cur.execute(
+                    sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+                )
+
+
+def open_clone(admin_url: str, clone_url: str, clone: str, roles: SessionRoles) -> None:
+    """Let the session's roles into their clone, and nobody else (on any server: the clone is the plugin's own).
+
+    The reader gets CONNECT and SELECT on every table and sequence of the fixture's schemas; the owner (if any)
+    gets CONNECT and the ownership of the database, its schemas, tables, views and sequences. Neither gets TEMP.
+    What the reader can still do that it should not is added to ``roles.notes`` (large objects, on a server whose
+    login does not own the lo_* functions).
+    """
+    from psycopg2 import sql
+
+    database = sql.Identifier(clone)
+    names = [sql.Identifier(name) for name in roles.names]
+    reader = sql.Identifier(roles.reader.name)
+    with admin_connection(admin_url) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, sql.SQL(", ").join(names)))
+        if roles.owner is not None:
+            owner = sql.Identifier(roles.owner.name)
+            cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, owner))
+            cur.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM {}").format(database, owner))
+    with admin_connection(clone_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'"
+        )
+        schemas = sql.SQL(", ").join(sql.Identifier(row[0]) for row in cur.fetchall())
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schemas, reader))
+        cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(schemas, reader))
+        cur.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schemas, reader))
+        cur.execute("SELECT has_function_privilege(%s, 'lo_create(oid)', 'EXECUTE')", (roles.reader.name,))
+        row = cur.fetchone()
+        if row and row[0]:
+            roles.notes.append("large objects (your login does not own the lo_* functions)")
+        if roles.owner is not None:
+            cur.execute(sql.SQL(_GIVE_AWAY).format(owner=sql.Literal(roles.owner.name)))
+
+
+# Ownership of the fixture's schemas and relations, one by one: REASSIGN OWNED cannot move what the bootstrap
+# superuser owns. A sequence owned by a column follows its table.
+_GIVE_AWAY = """
+DO $$DECLARE r record; BEGIN
+FOR r IN SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema' LOOP
+  EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, {owner});
+END LOOP;
+FOR r IN SELECT c.oid::regclass AS rel, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'
+    AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                    AND d.deptype IN ('a', 'i') AND c.relkind = 'S') LOOP
+  EXECUTE format('ALTER TABLE %s OWNER TO %I', r.rel, {owner});
+END LOOP;
+END$$
+"""
