@@ -55,6 +55,8 @@ OLLAMA_DEFAULT_OPTIONS: Mapping[str, Any] = {
     "seed": -1,
 }
 
+DEFAULT_THREADS = 2
+
 # Ollama option -> llama.cpp request field. Options not listed (num_thread, num_gpu, use_mmap, ...) are about how
 # Ollama runs the model, not what it says; they are ignored, as is num_ctx (fixed at load time).
 _OPTION_FIELDS = {
@@ -157,11 +159,14 @@ class LlamaCppBackend:
         modelfile: Modelfile,
         model_name: str = "qwen-sql-prod",
         n_ctx: int | None = None,
-        threads: int = 2,
+        threads: int | None = None,
     ) -> None:
         self.modelfile = modelfile
         self.model_name = model_name
-        self.threads = threads
+        # Ollama's own knob for it: PARAMETER num_thread in the Modelfile. llama.cpp's threads spin while they wait
+        # for each other, so on a machine whose cores are busy one thread can be faster than two.
+        num_thread = modelfile.options().get("num_thread")
+        self.threads = threads or (num_thread if isinstance(num_thread, int) and num_thread > 0 else DEFAULT_THREADS)
         num_ctx = modelfile.options().get("num_ctx")
         self.n_ctx = n_ctx or (num_ctx if isinstance(num_ctx, int) else DEFAULT_NUM_CTX)
         # One lock for load, generation and close: llama.cpp's server runs one slot here, and serial calls keep

@@ -222,7 +222,11 @@ class EmbeddedOllama:
     backend = "embedded"
 
     def __init__(
-        self, modelfile_path: Path, model_name: str = DEFAULT_MODEL, n_ctx: int | None = None, threads: int = 2
+        self,
+        modelfile_path: Path,
+        model_name: str = DEFAULT_MODEL,
+        n_ctx: int | None = None,
+        threads: int | None = None,
     ) -> None:
         self.modelfile_path = modelfile_path
         self.model_name = model_name

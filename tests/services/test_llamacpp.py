@@ -47,6 +47,7 @@ def write_modelfile(directory: Path, gguf: Path | str) -> Path:
         "PARAMETER temperature 0\n"
         "PARAMETER num_ctx 1024\n"
         f"PARAMETER num_predict {MAX_TOKENS}\n"
+        "PARAMETER num_thread 1\n"
         f'SYSTEM """{SYSTEM}"""\n'
     )
     return path
@@ -303,3 +304,12 @@ def test_option_names_are_translated_to_llama_cpp() -> None:
 )
 def test_model_details_are_guessed_from_the_file_name(file_name: str, expected: tuple[str, str, str]) -> None:
     assert guess_model_details(file_name) == expected
+
+
+def test_threads_come_from_the_modelfile_num_thread_like_ollama() -> None:
+    def threads(text: str, **given: int) -> int:
+        return LlamaCppBackend(parse_modelfile_text(f"FROM x.gguf\n{text}", Path("/m/Modelfile")), **given).threads
+
+    assert threads("PARAMETER num_thread 1\n") == 1
+    assert threads("") == 2
+    assert threads("PARAMETER num_thread 1\n", threads=3) == 3  # the service's own setting wins
