@@ -227,6 +227,12 @@ class SessionRoles:
             self.assert_settings()
         return found
 
+    @property
+    def sees_everything(self) -> bool:
+        """Whether ``changes`` compares the passwords too (an admin that may read ``pg_authid``): then a role that
+        ``changes`` finds unchanged is as created, and needs no re-asserting."""
+        return bool(self._superuser)
+
     def config_snapshot(self) -> dict[str, list[tuple[str, list[str]]]]:
         """Every ``pg_db_role_setting`` row of the roles, (database or '', settings), for tests and reports."""
         with self._admin().cursor() as cur:

@@ -272,7 +272,7 @@ def test_two_sessions_build_a_template_one_after_the_other(server: str) -> None:
             order.append("first")
             first_holds.set()
             first_may_go.wait(30)
-        order.append("first released")
+            order.append("first done")  # still holding the lock: the second cannot have run
 
     def second() -> None:
         with advisory_lock(server, name):
@@ -291,4 +291,4 @@ def test_two_sessions_build_a_template_one_after_the_other(server: str) -> None:
     first_may_go.set()
     for thread in threads:
         thread.join(30)
-    assert order == ["first", "first released", "second"]
+    assert order == ["first", "first done", "second"]
