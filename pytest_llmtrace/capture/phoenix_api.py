@@ -28,7 +28,15 @@ from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces
 from pytest_llmtrace.trace.phoenix import span_from_rest
 
-__all__ = ["API_KEY_ENV", "PAGE_LIMIT", "TRACES_PER_REQUEST", "PhoenixClient", "Source", "public_url"]
+__all__ = [
+    "API_KEY_ENV",
+    "PAGE_LIMIT",
+    "TRACES_PER_REQUEST",
+    "PhoenixClient",
+    "Source",
+    "http_error_detail",
+    "public_url",
+]
 
 API_KEY_ENV = "PHOENIX_API_KEY"
 PAGE_LIMIT = 1000  # the most Phoenix's REST API gives in one page
@@ -108,7 +116,7 @@ class PhoenixClient:
                 f"Phoenix at {self.url} answered 403 Forbidden for GET {path}; fix: use the API key of a user who may "
                 "read this project"
             )
-        detail = _detail(exc)
+        detail = http_error_detail(exc)
         return CaptureError(
             f"GET {self.url}{path} answered {exc.code} {exc.reason}" + (f": {detail}" if detail else "")
         )
@@ -136,7 +144,8 @@ class PhoenixClient:
         return names
 
 
-def _detail(exc: urllib.error.HTTPError) -> str:
+def http_error_detail(exc: urllib.error.HTTPError) -> str:
+    """The first line of the ``detail`` of a Phoenix (FastAPI) error answer, or '' when it has none."""
     try:
         body = json.loads(exc.read() or b"null")
     except (ValueError, OSError):

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_llmtrace.capture.phoenix_api import API_KEY_ENV, public_url
+from pytest_llmtrace.capture.phoenix_api import API_KEY_ENV, http_error_detail, public_url
 from pytest_llmtrace.errors import LLMTraceError, first_line
 
 __all__ = ["ANNOTATIONS_PER_REQUEST", "API_KEY_ENV", "ExportError", "PhoenixRest", "auth_headers"]
@@ -127,9 +127,5 @@ def _project_id(answer: Any, url: str) -> str:
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(exc.read() or b"null")
-    except (ValueError, OSError):
-        return ""
-    detail = body.get("detail") if isinstance(body, dict) else None
-    return f": {str(detail).splitlines()[0][:200]}" if detail else ""
+    detail = http_error_detail(exc)
+    return f": {detail[:200]}" if detail else ""

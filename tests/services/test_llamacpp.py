@@ -307,9 +307,10 @@ def test_model_details_are_guessed_from_the_file_name(file_name: str, expected: 
 
 
 def test_threads_come_from_the_modelfile_num_thread_like_ollama() -> None:
-    def threads(text: str, **given: int) -> int:
-        return LlamaCppBackend(parse_modelfile_text(f"FROM x.gguf\n{text}", Path("/m/Modelfile")), **given).threads
+    def threads(text: str, given: int | None = None) -> int:
+        modelfile = parse_modelfile_text(f"FROM x.gguf\n{text}", Path("/m/Modelfile"))
+        return LlamaCppBackend(modelfile, threads=given).threads
 
     assert threads("PARAMETER num_thread 1\n") == 1
     assert threads("") == 2
-    assert threads("PARAMETER num_thread 1\n", threads=3) == 3  # the service's own setting wins
+    assert threads("PARAMETER num_thread 1\n", given=3) == 3  # the service's own setting wins
