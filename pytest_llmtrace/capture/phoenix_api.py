@@ -36,6 +36,7 @@ __all__ = [
     "Source",
     "http_error_detail",
     "public_url",
+    "unreachable_reason",
 ]
 
 API_KEY_ENV = "PHOENIX_API_KEY"
@@ -87,11 +88,7 @@ class PhoenixClient:
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc, path) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            if isinstance(reason, (socket.timeout, TimeoutError)):
-                why = f"no answer within {self.timeout:g} s"
-            else:
-                why = first_line(reason) if isinstance(reason, BaseException) else str(reason)
+            why = unreachable_reason(exc, self.timeout)
             raise CaptureError(
                 f"cannot reach Phoenix at {self.url} ({why}); fix: start Phoenix there or correct --phoenix-url"
             ) from None
@@ -142,6 +139,14 @@ class PhoenixClient:
         for page in self.pages("/v1/projects", [("limit", "100")]):
             names.extend(str(p.get("name")) for p in page if isinstance(p, dict))
         return names
+
+
+def unreachable_reason(exc: OSError, timeout: float) -> str:
+    """Why a request to Phoenix got no answer at all, in a few words (a timeout, a refused connection, ...)."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return f"no answer within {timeout:g} s"
+    return first_line(reason) if isinstance(reason, BaseException) else str(reason)
 
 
 def http_error_detail(exc: urllib.error.HTTPError) -> str:

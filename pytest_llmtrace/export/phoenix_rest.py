@@ -7,15 +7,14 @@ The API key (``PHOENIX_API_KEY``) goes only into the ``Authorization`` header; n
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_llmtrace.capture.phoenix_api import API_KEY_ENV, http_error_detail, public_url
-from pytest_llmtrace.errors import LLMTraceError, first_line
+from pytest_llmtrace.capture.phoenix_api import API_KEY_ENV, http_error_detail, public_url, unreachable_reason
+from pytest_llmtrace.errors import LLMTraceError
 
 __all__ = ["ANNOTATIONS_PER_REQUEST", "API_KEY_ENV", "ExportError", "PhoenixRest", "auth_headers"]
 
@@ -53,11 +52,7 @@ class PhoenixRest:
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc, method, path) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            if isinstance(reason, (socket.timeout, TimeoutError)):
-                why = f"no answer within {self.timeout:g} s"
-            else:
-                why = first_line(reason) if isinstance(reason, BaseException) else str(reason)
+            why = unreachable_reason(exc, self.timeout)
             raise ExportError(
                 f"cannot reach Phoenix at {self.url} ({why}); fix: start Phoenix there, point --llmtrace-phoenix at "
                 "a running one, or leave out --llmtrace-phoenix-export"
