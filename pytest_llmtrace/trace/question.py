@@ -18,7 +18,6 @@ It depends on ``span`` and ``views`` only, so every layer above can use it.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 from pytest_llmtrace.errors import did_you_mean
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
-from pytest_llmtrace.trace.views import llm_call
+from pytest_llmtrace.trace.views import llm_call, loads_json
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -75,7 +74,7 @@ class QuestionSource:
         if path is None and self.attribute == TRACELOOP_ENTITY_INPUT:
             return _traceloop_default(value)
         if path is not None:
-            value, why = _walk(_decoded(value), path)
+            value, why = _walk(loads_json(value, _NOT_JSON), path)
             if why:
                 return None, why
         return _text(value)
@@ -171,16 +170,6 @@ def _text(value: Any) -> tuple[str | None, str]:
     return value, ""
 
 
-def _decoded(value: Any) -> Any:
-    """A JSON string decoded for a path to walk into; structured values (OTLP kvlist, array) as they are."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: a hostile attribute nesting arrays thousands deep
-        return _NOT_JSON
-
-
 _NOT_JSON = object()
 
 
@@ -204,7 +193,7 @@ def _walk(value: Any, path: Sequence[str]) -> tuple[Any, str]:
 
 def _traceloop_default(value: AttrValue) -> tuple[str | None, str]:
     """``args[0]`` when it is text, else the only text keyword argument: how ``@workflow`` records ``f(question)``."""
-    decoded = _decoded(value)
+    decoded = loads_json(value, _NOT_JSON)
     if decoded is _NOT_JSON or not isinstance(decoded, Mapping):
         return None, "not the JSON object @workflow writes ({'args': [...], 'kwargs': {...}})"
     args = decoded.get("args")

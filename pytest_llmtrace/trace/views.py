@@ -65,6 +65,7 @@ __all__ = [
     "Message",
     "SqlStatement",
     "llm_call",
+    "loads_json",
     "read_openinference",
     "read_openllmetry",
     "read_otel_genai",
@@ -323,7 +324,7 @@ def _genai_messages(span: Span) -> tuple[tuple[Message, ...], tuple[Message, ...
         if event.name in _GENAI_MESSAGE_EVENTS:
             events_in.append(Message(_GENAI_MESSAGE_EVENTS[event.name], _content_text(body.get("content", ""))))
         elif event.name == _GENAI_CHOICE_EVENT:
-            message = _loads(body.get("message"))
+            message = loads_json(body.get("message"))
             if isinstance(message, dict):
                 role, content = message.get("role") or "assistant", message.get("content", "")
             elif "message" in body:  # the content itself, or its blocks as JSON (Strands)
@@ -342,7 +343,7 @@ def _genai_messages(span: Span) -> tuple[tuple[Message, ...], tuple[Message, ...
 def _event_body(attrs: Mapping[str, AttrValue]) -> dict[str, Any]:
     """A message event's body: its attributes, with Azure's ``gen_ai.event.content`` JSON body merged in."""
     body: dict[str, Any] = dict(attrs)
-    content = _loads(body.pop(GEN_AI_EVENT_CONTENT, None))
+    content = loads_json(body.pop(GEN_AI_EVENT_CONTENT, None))
     if isinstance(content, dict):
         body.update(content)
     return body
@@ -350,7 +351,7 @@ def _event_body(attrs: Mapping[str, AttrValue]) -> dict[str, Any]:
 
 def _json_messages(value: AttrValue | None, role: str = "") -> tuple[Message, ...]:
     """JSON messages: ``[{"role", "parts": [{"type": "text", "content"}]}]`` (semconv 1.37+), or with ``content``."""
-    loaded = _loads(value)
+    loaded = loads_json(value)
     if isinstance(loaded, dict):
         loaded = [loaded]
     if not isinstance(loaded, (list, tuple)):
@@ -371,7 +372,7 @@ def _content_text(value: Any) -> str:
     if isinstance(value, str):
         stripped = value.lstrip()
         if stripped[:1] in ("[", "{"):
-            text = _parts_text(_loads(value))
+            text = _parts_text(loads_json(value))
             if text is not None:
                 return text
         return value
@@ -418,19 +419,19 @@ def _first_int(attrs: Mapping[str, AttrValue], *names: str) -> int | None:
     return next((number for number in (attr_int(attrs.get(n)) for n in names) if number is not None), None)
 
 
-def _loads(value: Any) -> Any:
-    """JSON text decoded; anything else (already structured, or unreadable) as it is, or ``None`` if unreadable."""
+def loads_json(value: Any, unreadable: Any = None) -> Any:
+    """JSON text decoded; a structured value (OTLP kvlist, array) as it is; text that is no JSON as ``unreadable``."""
     if not isinstance(value, str):
         return value
     try:
         return json.loads(value)
     except (ValueError, RecursionError):  # RecursionError: a hostile trace nesting arrays thousands deep
-        return None
+        return unreadable
 
 
 def _json_object(value: AttrValue | None) -> Mapping[str, Any]:
     """A JSON-object attribute (invocation parameters); anything unreadable is an empty mapping, not an error."""
     if not isinstance(value, str) or not value:
         return {}
-    loaded = _loads(value)
+    loaded = loads_json(value)
     return loaded if isinstance(loaded, dict) else {}
