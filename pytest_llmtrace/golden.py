@@ -39,6 +39,7 @@ from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
+from pytest_llmtrace.trace.timeline import waterfall_of
 from pytest_llmtrace.trace.virtual import virtualize
 
 __all__ = [
@@ -190,10 +191,10 @@ def _replay_case(
         if not deadline.fired:  # past it, the checks would run the runaway statement again
             now = llm_trace.trace
             deadline.checking = sql_of(now)
-            replayed_ms = None
+            replayed_ms, replayed_spans_ns = None, None
             if replay is not None:  # the recorded durations in place of the instant answers; the rest as measured
                 virtual = virtualize(now, replay.answers)
-                now, replayed_ms = virtual.trace, replayed_latencies_ms(virtual)
+                now, replayed_ms, replayed_spans_ns = virtual.trace, replayed_latencies_ms(virtual), virtual.replayed_ns
             if config.mode == "record":
                 write_trace(now, case.path)
                 golden = now  # the new recording is the reference from now on; absolute budgets still apply
@@ -212,11 +213,21 @@ def _replay_case(
                 app_ms=app_ms,
                 started=started,
                 replayed_ms=replayed_ms,
+                replayed_spans_ns=replayed_spans_ns,
             )
     findings = held.findings()
     if outcome is None or deadline.fired:  # the app's error then is its connection being ended: the timeout says so
         sql_now = sql_of(llm_trace.trace)
-        outcome = CaseOutcome(case.path.stem, config.mode, str(case.path), findings, sql=sql_now, golden_sql=None)
+        outcome = CaseOutcome(
+            case.path.stem,
+            config.mode,
+            str(case.path),
+            findings,
+            sql=sql_now,
+            golden_sql=None,
+            waterfall=waterfall_of(llm_trace.trace),  # wall clock: which span was still running, for how long
+            golden_waterfall=waterfall_of(golden),
+        )
     else:
         outcome = replace(outcome, checks=outcome.checks + findings)
     return replace(outcome, question=question, question_source=str(found.source))

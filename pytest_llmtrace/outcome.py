@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -22,9 +22,11 @@ __all__ = [
     "Mode",
     "ReplayMiss",
     "Source",
+    "SpanBar",
     "SqlOutcome",
     "Status",
     "Timings",
+    "Waterfall",
 ]
 
 SCHEMA_VERSION = 1
@@ -204,6 +206,51 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class SpanBar:
+    """One span of a waterfall: where it sits in the tree and on the case's clock.
+
+    ``start_ms`` is from the trace's first start; ``kind`` is ``SQL`` for a span that ran a statement, else the
+    span's kind (``views.span_kind``: ``LLM`` in any convention). ``replayed_ms`` is the part of ``duration_ms`` the
+    recording supplied (virtual time, ``trace.virtual``). ``open``: the span never ended; it is drawn to the trace's
+    end. ``error``: its status was ERROR.
+    """
+
+    name: str
+    kind: str
+    depth: int
+    start_ms: float
+    duration_ms: float
+    replayed_ms: float = 0.0
+    error: bool = False
+    open: bool = False
+
+
+@dataclass(frozen=True)
+class Waterfall:
+    """A trace's spans as bars, depth first with children in start order: what report.html draws, kept in
+    results.json so a report never needs the trace files. At most ``MAX_BARS`` bars; ``omitted`` counts the rest
+    (a runaway loop must not make results.json as large as its trace)."""
+
+    bars: tuple[SpanBar, ...]
+    total_ms: float
+    omitted: int = 0
+
+    MAX_BARS: ClassVar[int] = 200
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bars": [_fields(b) for b in self.bars], "total_ms": self.total_ms, "omitted": self.omitted}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Waterfall:
+        return cls(tuple(SpanBar(**b) for b in data["bars"]), data["total_ms"], data.get("omitted", 0))
+
+
+def _waterfall(data: Mapping[str, Any], key: str) -> Waterfall | None:
+    value = data.get(key)
+    return None if value is None else Waterfall.from_dict(value)
+
+
+@dataclass(frozen=True)
 class CaseOutcome:
     """Everything one case (a golden file, or one ``llmtrace_check`` call) did and how each check judged it.
 
@@ -220,6 +267,8 @@ class CaseOutcome:
     - ``timings``: see ``Timings``.
     - ``question`` / ``question_source``: what a golden case asked the app, and which ``llmtrace_question`` source
       it came from (``None`` for ``llmtrace_check`` calls).
+    - ``waterfall`` / ``golden_waterfall``: the spans now (on the clock the latency check judged) and in the golden
+      trace, for the report's waterfalls; ``None`` when there was no trace.
     """
 
     case_id: str
@@ -239,6 +288,8 @@ class CaseOutcome:
     timings: Timings | None = None
     question: str | None = None
     question_source: str | None = None
+    waterfall: Waterfall | None = None
+    golden_waterfall: Waterfall | None = None
 
     @property
     def passed(self) -> bool:
@@ -269,6 +320,8 @@ class CaseOutcome:
             "timings": None if self.timings is None else _fields(self.timings),
             "question": self.question,
             "question_source": self.question_source,
+            "waterfall": None if self.waterfall is None else self.waterfall.to_dict(),
+            "golden_waterfall": None if self.golden_waterfall is None else self.golden_waterfall.to_dict(),
         }
 
     @classmethod
@@ -293,4 +346,6 @@ class CaseOutcome:
             timings=None if data.get("timings") is None else Timings(**data["timings"]),
             question=data.get("question"),
             question_source=data.get("question_source"),
+            waterfall=_waterfall(data, "waterfall"),
+            golden_waterfall=_waterfall(data, "golden_waterfall"),
         )

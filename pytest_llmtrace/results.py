@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -30,7 +30,7 @@ from pytest_llmtrace.errors import first_line
 from pytest_llmtrace.failing import OUTCOMES_KEY
 from pytest_llmtrace.ollama_api.backend import normalize_model_name
 from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.outcome import CaseOutcome
+from pytest_llmtrace.outcome import CaseOutcome, Mode
 from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.reports import html, models, runs
 from pytest_llmtrace.reports.summary import summary_markdown, totals
@@ -257,27 +257,10 @@ def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> d
 
 
 def _stand_in(item: pytest.Item, mode: str, error: str, phoenix_url: str | None) -> dict[str, Any]:
-    return {
-        "schema": 1,
-        "case_id": item.stash[golden.CASE_KEY].path.stem,  # a repeated run's name without its [k/N]
-        "mode": mode,
-        "file": str(item.path),
-        "passed": False,
-        "verdict": "error",
-        "checks": [],
-        "app_error": error,
-        "replay_misses": [],
-        "sql": None,
-        "golden_sql": None,
-        "result": None,
-        "tokens": {},
-        "golden_tokens": None,
-        "durations_ms": {},
-        "golden_durations_ms": None,
-        "timings": None,
-        "nodeid": item.nodeid,
-        "phoenix_url": phoenix_url,
-    }
+    """A case without an outcome, with every field an outcome has: reports and gates read one shape."""
+    case_id = item.stash[golden.CASE_KEY].path.stem  # a repeated run's name without its [k/N]
+    outcome = CaseOutcome(case_id, cast(Mode, mode), str(item.path), app_error=error)
+    return {**outcome.to_dict(), "verdict": "error", "nodeid": item.nodeid, "phoenix_url": phoenix_url}
 
 
 def sessionfinish(session: pytest.Session) -> None:

@@ -21,6 +21,7 @@ from pytest_llmtrace.options import CHECKS, CheckOptions
 from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Mode, ReplayMiss, SqlOutcome, Timings
 from pytest_llmtrace.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.trace.model import SqlStatement, Trace
+from pytest_llmtrace.trace.timeline import waterfall_of
 from pytest_llmtrace.trace.virtual import retime
 
 __all__ = ["UNSTABLE_SPREAD", "run_checks", "sql_of"]
@@ -59,6 +60,7 @@ def run_checks(
     app_ms: float | None = None,
     started: float | None = None,
     replayed_ms: Mapping[str, float] | None = None,
+    replayed_spans_ns: Mapping[str, int] | None = None,
 ) -> CaseOutcome:
     """Run ``checks`` (default: ``options.checks``) on ``now`` and gather the verdicts.
 
@@ -68,7 +70,8 @@ def run_checks(
     (skipped under ``--snapshot-update``, which rewrites it) and the snapshot check asserts against it.
     ``started`` is the ``time.perf_counter()`` at which the case began, for its wall time. ``replayed_ms`` is the
     part of each latency metric of ``now`` that replay took from the recording (``now`` is then the trace on virtual
-    time, ``trace.virtual``); the latency and snapshot checks mark those numbers as replayed.
+    time, ``trace.virtual``); the latency and snapshot checks mark those numbers as replayed, and
+    ``replayed_spans_ns`` (``VirtualTrace.replayed_ns``) marks the replayed spans of the outcome's waterfall.
     """
     checks_started = time.perf_counter()
     selected = options.checks if checks is None else frozenset(checks)
@@ -131,6 +134,8 @@ def run_checks(
         durations_ms=latencies_ms(timing),
         golden_durations_ms=None if golden is None else latencies_ms(golden),
         replayed_durations_ms=dict(replayed_ms or {}),
+        waterfall=waterfall_of(timing, replayed_spans_ns),
+        golden_waterfall=None if golden is None else waterfall_of(golden),
         timings=Timings(
             wall_ms=(finished - (checks_started if started is None else started)) * 1000,
             app_ms=app_ms,

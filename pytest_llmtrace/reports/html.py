@@ -8,8 +8,9 @@ from a trace, a golden file or model output (case ids, SQL, errors, reasons, att
 Layout: the gate verdict first (``#verdict``), then the totals, the gates with "was / now" against a baseline, and
 one row per case, failing cases first: verdict (with pass rate when runs were repeated), failed checks, the total
 and SQL latency and total tokens each as now / golden / limit with replayed time marked, the baseline's verdict,
-and the Phoenix trace. Each case folds out its checks' reasons and details, every measurement with its limit, the
-SQL diff and its runs.
+and the Phoenix trace. Each case folds out (open for cases that did not pass) golden and now as two SVG waterfalls
+on one time scale (``reports.waterfall``), its checks' reasons and details (the rows that differ), every measurement
+with its limit, the SQL diff and its runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from pytest_llmtrace import gate
+from pytest_llmtrace.reports import waterfall
 from pytest_llmtrace.reports.baseline import case_changes, figure, gate_changes
 from pytest_llmtrace.reports.summary import totals, why
 
@@ -219,7 +221,12 @@ def _details(case: Mapping[str, Any]) -> str:
             continue
         text = "\n".join([str(check.get("reason") or ""), *map(str, check.get("details") or ())]).strip()
         parts.append(f"<p><b>[{_e(check.get('name'))}]</b> {_e(check.get('status'))}</p><pre>{_e(text or '-')}</pre>")
-    parts += [_sql_diff(case), _budget_table(case), _runs_table(case)]
+    parts += [
+        waterfall.pair(case.get("golden_waterfall"), case.get("waterfall")),
+        _sql_diff(case),
+        _budget_table(case),
+        _runs_table(case),
+    ]
     return "".join(parts)
 
 
@@ -267,7 +274,8 @@ def _case_rows(cases: Sequence[Mapping[str, Any]], was: Mapping[str, str | None]
             + _figure_cell(case, "tokens", "total", "tokens", "tokens", "golden_tokens")
             + baseline
             + f"<td>{phoenix}</td></tr>"
-            f"<tr class='more'><td colspan='{width}'><details><summary>checks, SQL and budgets</summary>"
+            f"<tr class='more'><td colspan='{width}'><details{'' if verdict == 'passed' else ' open'}>"
+            "<summary>waterfalls, checks, SQL and budgets</summary>"
             f"{_details(case)}</details></td></tr>"
         )
     return "".join(rows)
@@ -327,7 +335,7 @@ def render(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>llmtrace report</title><style>{_CSS}</style></head><body><main>"
+        f"<title>llmtrace report</title><style>{_CSS}{waterfall.CSS}</style></head><body><main>"
         f"<h1>llmtrace report</h1>{_meta(doc.get('run') or {})}"
         f"{_verdict(doc, gate_results)}{_gate_table(gate_results, baseline)}"
         "<h2>Cases</h2><table id='cases'>"

@@ -99,6 +99,13 @@ def test_a_violated_gate_exits_6_names_the_cases_and_counts_a_broken_case_as_fai
     assert failing["mode"] == "replay"
     assert failing["file"].endswith(f"{FAILING}.json")
     assert next(c for c in failing["checks"] if c["name"] == "sql")["status"] == "failed"
+    # the waterfalls: on virtual time the replayed LLM bar lasts exactly the golden LLM span, marked replayed
+    golden_llm = next(b for b in failing["golden_waterfall"]["bars"] if b["kind"] == "LLM")
+    now_llm = next(b for b in failing["waterfall"]["bars"] if b["kind"] == "LLM")
+    assert now_llm["duration_ms"] == now_llm["replayed_ms"] == golden_llm["duration_ms"] > 0
+    assert golden_llm["replayed_ms"] == 0
+    assert [b["error"] for b in failing["waterfall"]["bars"] if b["kind"] == "SQL"] == [True]
+    assert next(c for c in data["cases"] if c["case_id"] == "broken")["waterfall"] is None
     run = data["run"]
     schema = pytester.path / "fixtures" / "company_db" / "01_schema.sql"
     assert (

@@ -243,6 +243,13 @@ def test_hostile_sql_never_escapes_hangs_or_fills_the_disk_and_the_good_cases_st
         if "[timeout]" in calls[nodeid]["message"]:
             assert state["backends_left"] == 0, f"{nodeid}: the timed-out case left backends"
     assert not marker.exists()
+    # a golden case stopped at its deadline still has its waterfall: the SQL bar that ran into the deadline
+    cases = json.loads((pytester.path / "report" / "results.json").read_text())["cases"]
+    stopped = [c for c in cases if c["mode"] == "replay" and any(k["name"] == "timeout" for k in c["checks"])]
+    assert stopped
+    for case in stopped:
+        longest = max(b["duration_ms"] for b in case["waterfall"]["bars"] if b["kind"] == "SQL")
+        assert longest >= DEADLINE_S * 1000 / 2, case["case_id"]
 
     good = [n for n in calls if "good" in n]
     assert len(good) == len(GOOD) + 2

@@ -24,12 +24,24 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace import gate
-from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Measurement
+from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Measurement, SpanBar, Waterfall
 from pytest_llmtrace.reports.html import phoenix_link, render
 from pytest_llmtrace.reports.runs import aggregate
 
 HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
 VERDICT_RED = (0xB4, 0x23, 0x18)  # .v-failed's background
+LLM_PURPLE = (0x7A, 0x5A, 0xF8)  # an LLM bar's fill (reports.waterfall.KIND_COLOURS)
+
+
+def _waterfall(total_ms: float, llm_ms: float, *, replayed: bool, name: str = "ollama.chat") -> Waterfall:
+    return Waterfall(
+        (
+            SpanBar("text2sql.request", "CHAIN", 0, 0.0, total_ms, llm_ms if replayed else 0.0),
+            SpanBar(name, "LLM", 1, 0.5, llm_ms, llm_ms if replayed else 0.0),
+            SpanBar("sql.execute", "SQL", 1, llm_ms + 1, total_ms - llm_ms - 2),
+        ),
+        total_ms,
+    )
 
 
 def _case(case_id: str, *, passed: bool, sql: str = "SELECT 1", **more: Any) -> dict[str, Any]:
@@ -53,6 +65,8 @@ def _case(case_id: str, *, passed: bool, sql: str = "SELECT 1", **more: Any) -> 
         durations_ms={"total": 9295.0},
         question=f"question {HOSTILE}",
         question_source="input.value",
+        waterfall=_waterfall(9295.0, 537.2, replayed=True, name=f"span {HOSTILE}"),
+        golden_waterfall=_waterfall(2852.0, 537.2, replayed=False),
     )
     data = outcome.to_dict()
     data.update(verdict="passed" if passed else "failed", nodeid=f"golden_traces/{case_id}.json::{case_id}", **more)
@@ -120,13 +134,13 @@ def test_the_page_has_the_verdict_failing_cases_first_and_shows_hostile_strings_
     assert {t for t, _ in page.tags} <= {
         "html", "head", "meta", "title", "style", "body", "main", "h1", "h2", "p", "span", "b", "section", "ul",
         "li", "table", "colgroup", "col", "thead", "tbody", "tr", "th", "td", "br", "code", "pre", "details",
-        "summary", "a",
+        "summary", "a", "svg", "g", "rect", "text", "line",
     }  # fmt: skip
     assert not [a for _, a in page.tags if any(k.startswith("on") or k == "src" for k in a)]
     (csp,) = page.find("meta", **{"http-equiv": "Content-Security-Policy"})
     assert str(csp["content"]).startswith("default-src 'none'")
     text = "".join(page.text)
-    for place in ("the SQL failed: ", "SELECT '", "RuntimeError: ", "question "):
+    for place in ("the SQL failed: ", "SELECT '", "RuntimeError: ", "question ", "span "):
         assert place + HOSTILE in text, f"{place!r} is shown as text"
     # only http(s) Phoenix links: the javascript: URL of the hostile case becomes no link at all
     assert [a["href"] for a in page.find("a")] == [f"http://127.0.0.1:6006/redirects/traces/{'ab' * 16}"]
@@ -137,6 +151,10 @@ def test_the_page_has_the_verdict_failing_cases_first_and_shows_hostile_strings_
     assert "<= 1.5x golden (4277.8 ms)" in text
     assert "362 (replayed)" in text
     assert re.search(r"regressions == 0\s*-\s*1\s*failed", text), "regressions has no 'was'"
+    # golden over now, for every case; a case that did not pass is unfolded
+    assert [a["data-trace"] for a in page.find("svg")] == ["golden", "now"] * 3
+    assert [t for t, a in page.tags if t == "details" and "open" in a] == ["details"] * 2
+    assert "537.2 ms replayed" in text
 
 
 def _png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
@@ -269,3 +287,23 @@ def test_chromium_renders_the_report_with_the_red_verdict_on_top(devtools: _DevT
     assert tuple(rows[y][3 * x : 3 * x + 3]) == VERDICT_RED
     colours = {rows[yy][3 * xx : 3 * xx + 3] for yy in range(0, height, 20) for xx in range(0, width, 20)}
     assert len(colours) > 5, "the page rendered more than a blank background"
+
+    # the first failing case is unfolded: its golden LLM bar is drawn solid, the replayed one now pale
+    centres = json.loads(
+        devtools.evaluate(
+            "JSON.stringify((() => { const g = document.querySelector(\"svg[data-trace='golden'] rect.k-LLM\");"
+            " g.scrollIntoView({block: 'center'});"
+            " const n = document.querySelector(\"svg[data-trace='now'] rect.k-LLM\");"
+            " return [g, n].map(r => { const b = r.getBoundingClientRect();"
+            " return [Math.round(b.x + b.width / 2), Math.round(b.y + b.height / 2), b.width]; }); })())"
+        )
+    )
+    (gx, gy, golden_width), (nx, ny, now_width) = centres
+    assert now_width == pytest.approx(golden_width, abs=1), "one time scale: 537 ms is as long in both charts"
+    shot = devtools.send("Page.captureScreenshot", True, format="png")
+    (tmp_path / "waterfalls.png").write_bytes(base64.b64decode(shot["data"]))
+    _, _, rows = _png_pixels(base64.b64decode(shot["data"]))
+    assert tuple(rows[gy][3 * gx : 3 * gx + 3]) == LLM_PURPLE
+    pale = tuple(rows[ny][3 * nx : 3 * nx + 3])
+    assert pale != LLM_PURPLE
+    assert all(p > c for p, c in zip(pale, LLM_PURPLE, strict=True)), f"replayed is drawn paler: {pale}"
