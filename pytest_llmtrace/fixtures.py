@@ -82,12 +82,15 @@ def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[PostgresDataba
         statement_timeout_ms=int(max(ROLE_STATEMENT_TIMEOUT_S, config.options.case_deadline_s) * 1000),
         temp_file_limit_kb=config.temp_file_limit_mb * 1024,
     )
-    with fail_on(LLMTraceError):  # a SQL fixture that does not load names its file; an unsafe login says why
+    # a SQL fixture that does not load names its file, a pattern that matches none says so; an unsafe login says why
+    with fail_on(LLMTraceError, pytest.UsageError):
         database = manager.database(limits, owner=config.app_db == "owner")
     for note in manager.lockdown_notes:
         warnings.warn(
             f"llmtrace postgres: not locked down on {redact_url(database.endpoint.url)}: {note}", stacklevel=1
         )
+    for note in manager.leftover_notes:  # a killed run's clone or role: the next run that can drop it will
+        warnings.warn(f"llmtrace postgres: on {redact_url(database.endpoint.url)}: {note}", stacklevel=1)
     try:
         with services.app_environment(DB_URI=database.reader_url):
             yield database

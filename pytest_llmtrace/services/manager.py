@@ -27,7 +27,7 @@ import pytest
 
 from pytest_llmtrace.errors import did_you_mean, first_line
 from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.services import ollama, pg_roles, phoenix, postgres
+from pytest_llmtrace.services import ollama, pg_leftovers, pg_roles, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
 from pytest_llmtrace.services.docker import ContainerOwner, docker_available, gpu_request, remove_run_containers
@@ -158,6 +158,8 @@ class ServiceManager:
         self._owned: list[ServiceBackend] = []  # started by this process and stopped by it
         self._guards: dict[str, SessionGuard] = {}  # per session database: its roles and watchdog
         self.lockdown_notes: list[str] = []  # what could not be locked down on the server (a URL server's login)
+        self.leftover_notes: list[str] = []  # what a killed run left on the server that could not be dropped
+        self._reaped: set[str] = set()  # servers whose killed runs' leftovers this process has dropped
         self.replay_switch = ReplaySwitch()
 
     # -- choices ----------------------------------------------------------------------------------------------------
@@ -291,6 +293,9 @@ class ServiceManager:
         name = f"llmtrace_{self.context.worker_id}_{uuid.uuid4().hex[:8]}".lower()
         roles: pg_roles.SessionRoles | None = None
         try:
+            if endpoint.url not in self._reaped:  # once per server and process: what killed runs left there
+                self._reaped.add(endpoint.url)
+                self.leftover_notes = [n for n in pg_leftovers.reap(endpoint.url) if n.startswith("could not")]
             with (
                 file_lock(self.context.run_dir / "postgres-template.lock"),
                 postgres.advisory_lock(endpoint.url, template),
@@ -302,6 +307,7 @@ class ServiceManager:
                         pg_roles.lock_down_server(endpoint.url)
             url = postgres.clone_database(endpoint.url, template, name)
             roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=owner)
+            pg_leftovers.mark(endpoint.url, name, roles.names, pg_leftovers.run_marker(self.context.record))
             pg_roles.open_clone(endpoint.url, url, name, roles)
         except psycopg2.Error as exc:  # a user's server where this login may not create databases or roles
             if roles is not None:

@@ -44,6 +44,7 @@ __all__ = [
     "SessionRoles",
     "UnsafeLogin",
     "admin_connection",
+    "drop_roles",
     "lock_down_server",
     "lock_down_template",
     "open_clone",
@@ -240,27 +241,35 @@ class SessionRoles:
             return {name: sorted((db, sorted(cfg)) for db, cfg in settings or []) for name, _, settings in cur}
 
     def drop(self) -> None:
-        """End the roles' sessions (``pg_terminate_backend``), drop what they own, then the roles; twice is fine."""
-        from psycopg2 import sql
-
+        """End the roles' sessions, drop what they own, then the roles (``drop_roles``); twice is fine."""
         with contextlib.suppress(Exception):
             if self._conn is not None:
                 self._conn.close()
         self._conn = None
-        with admin_connection(self.admin_url) as conn, conn.cursor() as cur:
-            cur.execute(_TERMINATE_ALL, (list(self.names),))
-            for name in self.names:
-                cur.execute(_DEPENDENT_DATABASES, (name,))
-                rows = cur.fetchall()
-                if not rows:
-                    continue  # no such role (dropped already)
-                ident = sql.Identifier(name)
-                for (database,) in rows:  # grants and objects in databases still there (a clone not dropped)
-                    if database is not None:
-                        with admin_connection(_with_database(self.admin_url, database)) as other:
-                            other.cursor().execute(sql.SQL("DROP OWNED BY {}").format(ident))
-                cur.execute(sql.SQL("DROP OWNED BY {}").format(ident))  # what it has in this database, if anything
-                cur.execute(sql.SQL("DROP ROLE {}").format(ident))
+        drop_roles(self.admin_url, self.names)
+
+
+def drop_roles(admin_url: str, names: Sequence[str]) -> None:
+    """End the roles' sessions (``pg_terminate_backend``), drop what they own in every database, then the roles.
+
+    A role that no longer exists is skipped, so dropping twice, or racing another run's clean-up, is fine.
+    """
+    from psycopg2 import sql
+
+    with admin_connection(admin_url) as conn, conn.cursor() as cur:
+        cur.execute(_TERMINATE_ALL, (list(names),))
+        for name in names:
+            cur.execute(_DEPENDENT_DATABASES, (name,))
+            rows = cur.fetchall()
+            if not rows:
+                continue  # no such role (dropped already)
+            ident = sql.Identifier(name)
+            for (database,) in rows:  # grants and objects in databases still there (a clone not dropped)
+                if database is not None:
+                    with admin_connection(_with_database(admin_url, database)) as other:
+                        other.cursor().execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            cur.execute(sql.SQL("DROP OWNED BY {}").format(ident))  # what it has in this database, if anything
+            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
 
 
 def _with_database(url: str, database: str) -> str:

@@ -50,6 +50,7 @@ __all__ = [
     "reap_orphans",
     "records_dir",
     "run_context",
+    "running",
     "stop_process",
     "user_dir",
     "wait_gone",
@@ -135,7 +136,7 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _running(pid: object, create_time: object) -> psutil.Process | None:
+def running(pid: object, create_time: object) -> psutil.Process | None:
     """The very process recorded, if it still runs: a reused pid has a different start time."""
     if not isinstance(pid, int) or not isinstance(create_time, (int, float)):
         return None
@@ -151,7 +152,7 @@ def _is_recorded_process(entry: Mapping[str, Any]) -> str | None:
     cmdline = entry.get("cmdline")
     if not isinstance(cmdline, list):
         return "the record does not say which command it ran"
-    proc = _running(entry.get("pid"), entry.get("create_time"))
+    proc = running(entry.get("pid"), entry.get("create_time"))
     if proc is None:
         return "it has exited"
     try:
@@ -321,7 +322,7 @@ def reap_orphans(directory: Path | None = None) -> list[str]:
             done.append(f"ignored {record}: not a file of yours (uid {info.st_uid})")
             continue
         data = _read_record(record)
-        if _running(data.get("owner_pid"), data.get("owner_create_time")) is not None:
+        if running(data.get("owner_pid"), data.get("owner_create_time")) is not None:
             continue  # that run is alive (another session, or an xdist controller): not ours to touch
         done.extend(_clean(data))
         record.unlink(missing_ok=True)

@@ -264,6 +264,7 @@ def test_sql_fixture_pattern_matching_nothing_is_a_usage_error(pytester: pytest.
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
     result.stdout.fnmatch_lines(["*llmtrace_sql_fixtures: 'db/schema.sql' matches no file under *"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "raise pytest.UsageError" not in result.stdout.str(), "the message, not the plugin's code"
 
 
 def test_a_broken_sql_fixture_names_its_file(pytester: pytest.Pytester) -> None:
