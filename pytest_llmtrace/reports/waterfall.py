@@ -138,7 +138,8 @@ def _tick(fraction: float, scale: float, height: int) -> str:
 
 
 def _chart(title: str, data: Mapping[str, Any], scale: float) -> str:
-    bars = [b for b in data.get("bars") or () if isinstance(b, Mapping)]
+    listed = data.get("bars")
+    bars = [b for b in listed if isinstance(b, Mapping)] if isinstance(listed, list) else []
     omitted = int(_number(data.get("omitted")))
     rows = len(bars) + (1 if omitted else 0)
     height = _HEAD + max(rows, 1) * _ROW + 4

@@ -151,6 +151,7 @@ def test_hostile_names_and_kinds_stay_text_and_broken_figures_do_not_break_the_p
     assert not [a for a in page.attributes if a.startswith("on") or a in ("href", "src", "style")]
     assert [r["class"] for r in page.rects] == ["k-other", "k-other"]  # unknown kinds get no class of their own
     assert HOSTILE[:20] in "".join(page.text)
+    assert "no spans" in pair({"bars": 5, "total_ms": 1}, None)
     assert pair(None, None) == ""
     assert "golden: no trace" in pair(None, now)
 
