@@ -6,6 +6,7 @@ what to fix, and a traceback into this plugin would only bury it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import TracebackType
 from typing import NoReturn
 
@@ -54,8 +55,12 @@ OUTCOMES_KEY = pytest.StashKey[list[CaseOutcome]]()
 
 
 def conclude(item: pytest.Item, outcome: CaseOutcome, *, title: str | None = None) -> None:
-    """Keep ``outcome`` on the test item (reports read ``item.stash[OUTCOMES_KEY]``) and fail unless it passed."""
+    """Keep ``outcome`` on the test item (reports read ``item.stash[OUTCOMES_KEY]``) and fail unless it passed.
+
+    What is kept holds the first rows of the result only (``SqlOutcome.kept``): it lives until the session ends.
+    """
     __tracebackhide__ = True
-    item.stash.setdefault(OUTCOMES_KEY, []).append(outcome)
+    kept = outcome if outcome.result is None else replace(outcome, result=outcome.result.kept())
+    item.stash.setdefault(OUTCOMES_KEY, []).append(kept)
     if not outcome.passed:
         fail(failure_message(outcome, title=title))

@@ -10,8 +10,9 @@ Field names and meanings are stable: ``to_dict`` output carries ``SCHEMA_VERSION
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 __all__ = [
@@ -154,6 +155,7 @@ class SqlOutcome:
     ``elapsed_ms`` covers executing and fetching, not connecting. When its cost was asked for (the ``cost`` check),
     ``plan_cost`` is the planner's total cost and ``buffers`` the shared blocks hit + read running it (``None``: the
     statement could not run, or could not even be planned).
+    ``rows_omitted``: rows of ``row_count`` not kept in ``rows`` (``kept``: what the run's reports hold).
     """
 
     ok: bool
@@ -166,6 +168,28 @@ class SqlOutcome:
     elapsed_ms: float
     plan_cost: float | None = None
     buffers: int | None = None
+    rows_omitted: int = 0
+
+    REPORT_ROWS: ClassVar[int] = 50
+    REPORT_BYTES: ClassVar[int] = 64 * 1024
+
+    def kept(self) -> SqlOutcome:
+        """The outcome with at most ``REPORT_ROWS`` rows and ``REPORT_BYTES`` of them (as JSON), for the reports.
+
+        A run keeps every case's outcome until results.json is written at its end; with the full rows (up to
+        ``llmtrace_max_result_bytes`` each) a thousand cases could fill the memory and the disk. The checks have
+        compared the full rows already; a report shows the first ones and says how many more there were.
+        """
+        kept: list[tuple[Any, ...]] = []
+        size = 0
+        for row in self.rows[: self.REPORT_ROWS]:
+            size += len(json.dumps(_lists(row), default=str))
+            if size > self.REPORT_BYTES:
+                break
+            kept.append(row)
+        if len(kept) == len(self.rows):
+            return self
+        return replace(self, rows=tuple(kept), rows_omitted=self.rows_omitted + len(self.rows) - len(kept))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

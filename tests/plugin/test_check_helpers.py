@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+
+from pytest_llmtrace.outcome import SqlOutcome
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,3 +135,23 @@ def test_a_misspelled_llmtrace_mark_argument_stops_the_run_at_collection(project
         ]
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_large_result_is_whole_for_the_test_and_kept_short_in_the_report(project: pytest.Pytester) -> None:
+    """The test gets every row; results.json keeps the first ones, so a thousand such cases cannot fill the disk."""
+    project.makepyfile(
+        test_app="""
+        from app import ask
+
+        def test_many_rows(llm_trace, llmtrace_check):
+            ask("every number", "SELECT n, repeat('x', 100) AS filler FROM generate_series(1, 5000) AS n")
+            assert len(llmtrace_check.sql_executes().rows) == 5000
+        """
+    )
+    project.runpytest_subprocess("--llmtrace-postgres=embedded", "--llmtrace-report=out").assert_outcomes(passed=1)
+    (case,) = json.loads((project.path / "out" / "results.json").read_text())["cases"]
+    result = case["result"]
+    assert result["row_count"] == 5000
+    assert len(result["rows"]) == SqlOutcome.REPORT_ROWS
+    assert result["rows"][0] == [1, "x" * 100]
+    assert result["rows_omitted"] == 5000 - SqlOutcome.REPORT_ROWS

@@ -110,3 +110,15 @@ def test_the_sql_check_without_sql_fails_only_when_sql_was_expected() -> None:
         "the app ran no SQL now (the golden trace did)"
     )
     assert check_sql(None, None, golden_sql=None, against_golden=True).status == "skipped"
+
+
+def test_the_kept_outcome_holds_the_first_rows_within_the_byte_cap_and_counts_the_rest() -> None:
+    many = SqlOutcome(True, ("n",), tuple((i,) for i in range(120)), 120, False, None, None, 1.0)
+    kept = many.kept()
+    assert kept.rows == many.rows[: SqlOutcome.REPORT_ROWS]
+    assert (kept.row_count, kept.rows_omitted) == (120, 120 - SqlOutcome.REPORT_ROWS)
+    assert SqlOutcome.from_dict(json.loads(json.dumps(kept.to_dict()))) == kept
+    wide = SqlOutcome(True, ("t",), (("a",), ("x" * SqlOutcome.REPORT_BYTES,), ("b",)), 3, False, None, None, 1.0)
+    assert (wide.kept().rows, wide.kept().rows_omitted) == ((("a",),), 2)  # a row past the byte cap ends the kept ones
+    few = SqlOutcome(True, ("n",), ((1,),), 1, False, None, None, 1.0)
+    assert few.kept() is few
