@@ -6,7 +6,10 @@ LangChain span puts the client's ``api_key`` into ``llm.invocation_parameters``.
 not personal data (emails, names, card numbers: that is the job of the PII redaction of ``llmtrace capture``).
 
 The rules, applied to every span's attributes, resource and scope attributes, events and links (at any nesting),
-and to span names, status messages and event names:
+and to span names, status messages and event names (the places ``trace.walk.map_span`` lists, which PII redaction
+walks too). Unlike PII redaction, these rules read attribute keys rather than rewrite them: a key's name decides
+whether its whole value is a credential (rule 1, which also replaces a whole nested mapping) or a connection string
+(rule 3), and what was redacted is reported by dotted key path:
 
 1. **Secret-named attributes**: the whole value is replaced when the key's last dotted part, lowercased with ``-``
    read as ``_``, is one of ``SECRET_KEYS`` or ends with one of ``SECRET_KEY_SUFFIXES``
