@@ -10,6 +10,8 @@ it said about the same value. So each distinct value gets one placeholder for th
 the question, the prompt messages, the answer, the SQL, the output, every string attribute, event and status.
 It works in two passes: the first finds every sensitive value anywhere in the trace (some are recognised only by
 their context, like the token after ``Bearer``), the second replaces every occurrence of each found value everywhere.
+Both passes walk the places ``trace.walk`` lists, the same as the credential rules of ``trace.secrets``, but unlike
+those they treat attribute keys as text too (a user's email can be a metadata key) and ignore what a key says.
 
 Placeholders are ``<EMAIL_1>``, ``<PHONE_2>``, ... numbered per kind in order of first appearance in the trace, so
 the same trace always redacts to the same text. They hold no quote or backslash, so they stay valid inside SQL and
@@ -29,12 +31,13 @@ import ipaddress
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pytest_llmtrace.errors import LLMTraceError
-from pytest_llmtrace.trace.model import AttrValue, Span, SpanLink, Trace
+from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.secrets import redact_trace
+from pytest_llmtrace.trace.walk import map_strings, span_strings
 
 __all__ = ["KINDS", "RedactionError", "Redactor", "add_arguments", "from_args", "luhn_ok"]
 
@@ -89,8 +92,6 @@ _DOC_NETS = tuple(
 _DOC_V4_PREFIXES = ("192.0.2.", "198.51.100.", "203.0.113.")
 _CACHE_LIMIT = 50_000
 _API_KEY_MARKERS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "AIza", "xox")
-
-_Red = Callable[[str], str]
 
 
 def luhn_ok(digits: str) -> bool:
@@ -271,7 +272,7 @@ class Redactor:
         def red(value: str) -> str:
             return self._replace(value, mapping, replacer, counts)
 
-        spans = [_redact_span(span, red) for span in trace.spans]
+        spans = [map_strings(span, red) for span in trace.spans]
         self.counts.update(counts)
         return self._credentials(Trace(spans, source=trace.source, warn_missing_parents=False), redacted=True)
 
@@ -323,68 +324,9 @@ def _replacer(mapping: _TraceMap) -> re.Pattern[str] | None:
 
 
 def _strings(trace: Trace) -> Iterable[str]:
-    """Every string of the trace in a fixed order (placeholders are numbered by first appearance)."""
+    """Every string of the trace, keys too, in a fixed order (placeholders are numbered by first appearance)."""
     for span in trace.spans:
-        yield span.name
-        yield from _attr_strings(span.attributes)
-        if span.status_message:
-            yield span.status_message
-        for event in span.events:
-            yield event.name
-            yield from _attr_strings(event.attributes)
-        for link in span.links:
-            yield from _attr_strings(link.attributes)
-        yield from _attr_strings(span.resource_attributes)
-        yield from _attr_strings(span.scope_attributes)
-
-
-def _attr_strings(attributes: Mapping[str, AttrValue]) -> Iterable[str]:
-    for key, value in attributes.items():
-        yield key
-        yield from _value_strings(value)
-
-
-def _value_strings(value: AttrValue) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, tuple):
-        for item in value:
-            yield from _value_strings(item)
-    elif isinstance(value, dict):
-        yield from _attr_strings(value)
-
-
-def _redact_span(span: Span, red: _Red) -> Span:
-    return dataclasses.replace(
-        span,
-        name=red(span.name),
-        attributes=_redact_attrs(span.attributes, red),
-        status_message=red(span.status_message),
-        events=tuple(
-            dataclasses.replace(e, name=red(e.name), attributes=_redact_attrs(e.attributes, red)) for e in span.events
-        ),
-        links=tuple(_redact_link(link, red) for link in span.links),
-        resource_attributes=_redact_attrs(span.resource_attributes, red),
-        scope_attributes=_redact_attrs(span.scope_attributes, red),
-    )
-
-
-def _redact_link(link: SpanLink, red: _Red) -> SpanLink:
-    return dataclasses.replace(link, attributes=_redact_attrs(link.attributes, red))
-
-
-def _redact_attrs(attributes: Mapping[str, AttrValue], red: _Red) -> dict[str, AttrValue]:
-    return {red(k): _redact_value(v, red) for k, v in attributes.items()}
-
-
-def _redact_value(value: AttrValue, red: _Red) -> AttrValue:
-    if isinstance(value, str):
-        return red(value)
-    if isinstance(value, tuple):
-        return tuple(_redact_value(v, red) for v in value)
-    if isinstance(value, dict):
-        return _redact_attrs(value, red)
-    return value
+        yield from span_strings(span)
 
 
 # -- the command-line flags `llmtrace capture` and `llmtrace import` share ------------------------------------------

@@ -6,7 +6,10 @@ LangChain span puts the client's ``api_key`` into ``llm.invocation_parameters``.
 not personal data (emails, names, card numbers: that is the job of the PII redaction of ``llmtrace capture``).
 
 The rules, applied to every span's attributes, resource and scope attributes, events and links (at any nesting),
-and to span names, status messages and event names:
+and to span names, status messages and event names (the places ``trace.walk.map_span`` lists, which PII redaction
+walks too). Unlike PII redaction, these rules read attribute keys rather than rewrite them: a key's name decides
+whether its whole value is a credential (rule 1, which also replaces a whole nested mapping) or a connection string
+(rule 3), and what was redacted is reported by dotted key path:
 
 1. **Secret-named attributes**: the whole value is replaced when the key's last dotted part, lowercased with ``-``
    read as ``_``, is one of ``SECRET_KEYS`` or ends with one of ``SECRET_KEY_SUFFIXES``
@@ -27,9 +30,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from pytest_llmtrace.trace.model import AttrValue, Span, SpanEvent, SpanLink, Trace
+from pytest_llmtrace.trace.model import AttrValue, Span, Trace
+from pytest_llmtrace.trace.walk import map_span
 
 __all__ = [
     "REDACTED",
@@ -200,40 +204,13 @@ def redact_trace(trace: Trace) -> Redaction:
 
 
 def _redact_span(span: Span, note: Callable[[str], None]) -> Span:
-    changes: dict[str, object] = {}
-    for name in ("name", "status_message"):
-        value = getattr(span, name)
+    def text(value: str, where: str) -> str:
         new = redact_text(value)
         if new != value:
-            note(f"span {name}")
-            changes[name] = new
-    for name in ("attributes", "resource_attributes", "scope_attributes"):
-        value = getattr(span, name)
-        new_attrs = _redact_attributes(value, note)
-        if new_attrs is not value:
-            changes[name] = new_attrs
-    events = tuple(_redact_event(e, note) for e in span.events)
-    if any(a is not b for a, b in zip(events, span.events, strict=True)):
-        changes["events"] = events
-    links = tuple(_redact_link(lk, note) for lk in span.links)
-    if any(a is not b for a, b in zip(links, span.links, strict=True)):
-        changes["links"] = links
-    return replace(span, **changes) if changes else span  # type: ignore[arg-type]
+            note(where)
+        return new
 
-
-def _redact_event(event: SpanEvent, note: Callable[[str], None]) -> SpanEvent:
-    name = redact_text(event.name)
-    if name != event.name:
-        note("event name")
-    attributes = _redact_attributes(event.attributes, note)
-    if name == event.name and attributes is event.attributes:
-        return event
-    return replace(event, name=name, attributes=attributes)
-
-
-def _redact_link(link: SpanLink, note: Callable[[str], None]) -> SpanLink:
-    attributes = _redact_attributes(link.attributes, note)
-    return link if attributes is link.attributes else replace(link, attributes=attributes)
+    return map_span(span, text, lambda attributes: _redact_attributes(attributes, note))
 
 
 def _redact_attributes(
