@@ -241,8 +241,13 @@ def _redact_attributes(
 
 
 def _redact_value(value: AttrValue, *, connection: bool) -> AttrValue:
+    """A value under a key that names no secret: its strings, and the mappings inside a list (OTLP's arrays of
+    key-value lists: a message list, a tool call's arguments), whose own keys decide again."""
     if isinstance(value, str):
         return redact_text(value, connection=connection)
     if isinstance(value, tuple):
         return tuple(_redact_value(v, connection=connection) for v in value)
+    if isinstance(value, dict):  # the key holding the list is noted once, by the caller
+        inner = _redact_attributes(value, lambda _where: None)
+        return value if inner is value else dict(inner)
     return value

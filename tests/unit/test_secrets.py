@@ -104,6 +104,8 @@ def leaky_trace() -> Trace:
             "llm.invocation_parameters": f'{{"model": "qwen", "api_key": "{OPENAI_KEY}"}}',
             "http.request.header.authorization": ("Bearer abc123def456ghi",),
             "metadata": {"phoenix_api_key": PHOENIX_KEY, "region": "eu"},
+            # an OTLP array of key-value lists: each mapping's keys decide again
+            "tool.calls": ({"name": "lookup", "api_key": "plain-secret-value", "note": "Bearer zyx987wvu654"},),
             "llm.token_count.total": 42,
         },
         status=Status.OK,
@@ -133,13 +135,14 @@ def test_redact_secrets_removes_every_seeded_secret_and_keeps_the_rest() -> None
     trace = redaction.trace
     text = repr([(s.name, s.status_message, dict(s.attributes), s.resource_attributes, s.events) for s in trace])
 
-    for secret in (OPENAI_KEY, PHOENIX_KEY, "s3cret", "hunter2", "abc123def456ghi"):
+    for secret in (OPENAI_KEY, PHOENIX_KEY, "s3cret", "hunter2", "abc123def456ghi", "plain-secret-value", "zyx987"):
         assert secret not in text
     root, sql = trace.spans
     assert root.attributes["input.value"] == "How many customers are in Berlin?"
     assert root.attributes["metadata"] == {"phoenix_api_key": REDACTED, "region": "eu"}
     assert root.attributes["http.request.header.authorization"] == REDACTED
     assert root.attributes["llm.token_count.total"] == 42
+    assert root.attributes["tool.calls"] == ({"name": "lookup", "api_key": REDACTED, "note": f"Bearer {REDACTED}"},)
     assert root.resource_attributes["db.url"] == "postgresql://app:***@db/shop"
     assert sql.attributes["db.query.text"] == "SELECT count(*) FROM users WHERE password = 'x'"  # SQL replays as is
     assert sql.attributes["db.connection_string"] == "host=db user=app password=*** dbname=shop"
@@ -153,6 +156,7 @@ def test_redact_secrets_removes_every_seeded_secret_and_keeps_the_rest() -> None
         "metadata.phoenix_api_key": 1,
         "server.address": 1,
         "span status_message": 1,
+        "tool.calls": 1,
     }
     assert redact_secrets(trace) is trace  # idempotent, and nothing to do returns the same trace
 
