@@ -3,9 +3,10 @@
 Run alone: python benchmarks/capture.py [--traces 2000] [--runs 3] [--phoenix-url URL [--project NAME]]
 (``benchmarks/run.py`` measures it as its ``capture`` row, with 1,000 traces, through ``measure``).
 
-Phoenix is filled with copies of the golden traces (3 spans each, new ids and times), a third of them with an email
-address and a phone number in the question, so redaction has work to do. Filling is not timed: Phoenix ingests a few
-hundred spans a second here, so the script waits until the last trace is readable before measuring.
+Phoenix is filled with copies of the golden traces (3 spans each, new times, new random ids on every fill), a third
+of them with an email address and a phone number in the question, so redaction has work to do. Filling is not timed:
+Phoenix ingests a few hundred spans a second here, so the script waits until the last trace is readable before
+measuring.
 
 Printed figures (not asserted: the machine is shared and noisy):
 
@@ -57,9 +58,14 @@ def otlp_protobuf(traces: list[dict[str, Any]]) -> bytes:
     return bytes(ParseDict({"resourceSpans": resource_spans}, ExportTraceServiceRequest()).SerializeToString())
 
 
-def synthetic_traces(count: int, project: str, seed: int = 1) -> list[dict[str, Any]]:
-    """``count`` copies of the golden traces as OTLP JSON requests, one hour ago, a millisecond apart."""
-    rnd = random.Random(seed)
+def synthetic_traces(count: int, project: str, seed: int | None = None) -> list[dict[str, Any]]:
+    """``count`` copies of the golden traces as OTLP JSON requests, one hour ago, a millisecond apart.
+
+    Trace and span ids are fresh on every call unless ``seed`` is given: Phoenix drops a span whose id it holds
+    already (``ON CONFLICT (span_id) DO NOTHING``), so a second fill of one Phoenix with the first fill's ids would
+    never show up, and ``fill`` would wait for it for 30 minutes.
+    """
+    rnd = random.Random(seed)  # None: seeded from the OS
     golden = [read_trace(p) for p in sorted(GOLDEN.glob("*.json"))]
     base = time.time_ns() - 3600 * 10**9
     requests = []

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.services.runs import running
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -154,13 +155,13 @@ class ContainerOwner:
 
 
 def owner_alive(labels: Mapping[str, str]) -> bool:
-    """Whether the process named by a container's labels still runs (the same check the run records use)."""
+    """Whether the process named by a container's labels still runs: the run records' own check (``runs.running``)."""
     try:
         pid = int(labels[f"{LABEL_PREFIX}.pid"])
         started = float(labels[f"{LABEL_PREFIX}.pid-started"])
-        return abs(psutil.Process(pid).create_time() - started) < 0.01
-    except (KeyError, ValueError, psutil.Error):
+    except (KeyError, ValueError):
         return False
+    return running(pid, started) is not None
 
 
 def reap_containers(client: Any, host: str | None = None) -> list[str]:
@@ -319,10 +320,10 @@ def wait_http(container: Any, url: str, *, timeout: float) -> None:
     Raises ``TimeoutError`` saying whether the container exited."""
     from pytest_llmtrace.services.base import http_ok, wait_until
 
-    def running() -> bool:
+    def up() -> bool:
         container.get_wrapped_container().reload()
         return bool(container.get_wrapped_container().status in ("created", "running"))
 
-    if not wait_until(lambda: http_ok(url), timeout=timeout, interval=0.5, alive=running):
-        state = "the container is running" if running() else "the container exited"
+    if not wait_until(lambda: http_ok(url), timeout=timeout, interval=0.5, alive=up):
+        state = "the container is running" if up() else "the container exited"
         raise TimeoutError(f"GET {url} did not answer within {timeout:.0f} s ({state})")

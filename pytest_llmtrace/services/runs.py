@@ -143,7 +143,7 @@ def running(pid: object, create_time: object) -> psutil.Process | None:
     try:
         proc = psutil.Process(pid)
         return proc if abs(proc.create_time() - create_time) < 0.01 else None
-    except psutil.Error:
+    except (psutil.Error, ValueError):  # ValueError: a negative pid, which no process has
         return None
 
 

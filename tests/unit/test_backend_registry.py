@@ -1,5 +1,5 @@
 """The backend registry: a new backend is one class and one ``register_backend`` call, and the manager builds, starts
-and stops it like a built-in one. No pytest-in-pytest here; tests/plugin/test_services.py registers one in a
+and stops it like a built-in one. No pytest-in-pytest here; tests/plugin/test_services_setup.py registers one in a
 conftest."""
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ def test_a_reused_pid_or_missing_labels_are_not_a_live_owner() -> None:
     assert not owner_alive({**labels, f"{LABEL_PREFIX}.pid-started": "1.0"})
     assert not owner_alive({k: v for k, v in labels.items() if not k.endswith(".pid")})
     assert not owner_alive({**labels, f"{LABEL_PREFIX}.pid": "not-a-pid"})
+    assert not owner_alive({**labels, f"{LABEL_PREFIX}.pid": "-1"})  # psutil refuses it with a ValueError
 
 
 def test_ports_leave_loopback_only_for_a_daemon_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -178,6 +178,16 @@ def test_a_pid_that_now_belongs_to_another_process_is_not_stopped(sleeper: Any) 
     assert proc.poll() is None
 
 
+def test_a_negative_pid_in_a_record_is_no_process(temp_root: Path) -> None:
+    """psutil raises ValueError for a pid below 0 (and kill(-1) would signal every process): such a record is dead."""
+    folder = temp_root / "llmtrace-pg-negative"
+    folder.mkdir()
+    record = _dead_run([{"pid": -1, "create_time": 0.0, "cmdline": ["postgres"], "group": False}], [folder])
+    record.write_text(json.dumps({**json.loads(record.read_text()), "owner_pid": -1}))
+    assert reap_orphans() == [f"removed {folder}"]
+    assert not record.exists()
+
+
 def test_a_process_recorded_the_moment_it_starts_is_recorded_with_the_command_line_it_runs(
     tmp_path: Path, sleeper: Any
 ) -> None:

