@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -261,3 +262,34 @@ def test_repeats_fail_runs_honestly_count_each_case_once_and_show_was_and_now(
     alone = _run(pytester, pg_url, "--llmtrace-target=flaky:app", "--llmtrace-repeat=2", "-k", "customers_by_tier")
     alone.assert_outcomes(passed=1, failed=1)
     assert alone.ret == 0
+
+
+WORSE_MODEL_APP = """
+from gateway.app import handle_user_request
+
+
+def app(question):
+    if "tier" in question or "no longer active" in question:  # the new model fails two cases the old one passed
+        raise RuntimeError("the new model answered with prose, not SQL")
+    return handle_user_request(question)
+"""
+
+
+def test_compare_two_saved_runs_lists_the_regressions_with_mcnemars_p(pytester: pytest.Pytester, pg_url: str) -> None:
+    _project(pytester)
+    pytester.makepyfile(worse=WORSE_MODEL_APP)
+    _run(pytester, pg_url, "--llmtrace-report=old").assert_outcomes(passed=3, failed=1)
+    _run(pytester, pg_url, "--llmtrace-target=worse:app", "--llmtrace-report=new").assert_outcomes(passed=1, failed=3)
+    old, new = (str(pytester.path / name / "results.json") for name in ("old", "new"))
+    shown = pytester.run(sys.executable, "-m", "pytest_llmtrace", "compare", old, new)
+    assert shown.ret == 0
+    # b = 2 regressed, c = 0 improved: the exact two-sided p is 2 * 0.5**2 = 0.5, by hand
+    shown.stdout.fnmatch_lines(
+        [
+            "regressed (2): customers_by_tier, inactive_products",
+            "McNemar exact test: 2 regressed vs 0 improved, p = 0.5 (not significant at 0.05)",
+        ]
+    )
+    gated = pytester.run(sys.executable, "-m", "pytest_llmtrace", "compare", old, new, "--fail-on-regression")
+    assert gated.ret == 1
+    assert pytester.run(sys.executable, "-m", "pytest_llmtrace", "compare", new, old, "--fail-on-regression").ret == 0
