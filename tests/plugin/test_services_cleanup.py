@@ -123,6 +123,13 @@ def _project_with_servers(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
     return ["--llmtrace-postgres=embedded", "--llmtrace-ollama=binary"]
 
 
+def _default_signals() -> None:
+    """The run gets the signals as a terminal's foreground job does, whatever this suite inherited: a shell starts a
+    background job with SIGINT ignored, and ``nohup`` ignores SIGHUP, and a child inherits both."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _start_and_wait(pytester: pytest.Pytester, *args: str) -> tuple[subprocess.Popen[str], str, int]:
     """Start pytest and wait until its test sleeps with both servers up; returns the run, the pgdata and the port."""
     proc = subprocess.Popen(
@@ -132,6 +139,7 @@ def _start_and_wait(pytester: pytest.Pytester, *args: str) -> tuple[subprocess.P
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_signals,
     )
     _wait_for(proc, pytester.path / "servers.txt")
     pgdata, port = (pytester.path / "servers.txt").read_text().split()
