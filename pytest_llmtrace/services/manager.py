@@ -295,7 +295,7 @@ class ServiceManager:
         try:
             if endpoint.url not in self._reaped:  # once per server and process: what killed runs left there
                 self._reaped.add(endpoint.url)
-                self.leftover_notes = [n for n in pg_leftovers.reap(endpoint.url) if n.startswith("could not")]
+                _, self.leftover_notes = pg_leftovers.reap(endpoint.url)
             with (
                 file_lock(self.context.run_dir / "postgres-template.lock"),
                 postgres.advisory_lock(endpoint.url, template),

@@ -77,11 +77,13 @@ def _over(comment: object) -> bool:
     return running(owner.get("pid"), owner.get("started")) is None
 
 
-def reap(admin_url: str) -> list[str]:
-    """Drop the clones, then the roles, of this machine's runs that are over; one line per object dropped or not."""
+def reap(admin_url: str) -> tuple[list[str], list[str]]:
+    """Drop the clones, then the roles, of this machine's runs that are over: what was dropped, and what could not
+    be (one line each, saying why)."""
     import psycopg2
 
-    done: list[str] = []
+    dropped: list[str] = []
+    refused: list[str] = []
     # one reaper at a time per server (xdist workers, CI shards): the second finds nothing left to drop
     with postgres.advisory_lock(admin_url, "reap"):
         with admin_connection(admin_url) as conn, conn.cursor() as cur:
@@ -94,7 +96,7 @@ def reap(admin_url: str) -> list[str]:
                 else:
                     drop_roles(admin_url, [name])
             except psycopg2.Error as exc:  # a login that may not drop it: say so, go on
-                done.append(f"could not drop the {kind} {name} of a run that is over: {first_line(exc)}")
+                refused.append(f"could not drop the {kind} {name} of a run that is over: {first_line(exc)}")
             else:
-                done.append(f"dropped the {kind} {name} of a run that is over")
-    return done
+                dropped.append(f"the {kind} {name}")
+    return dropped, refused
