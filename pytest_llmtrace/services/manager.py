@@ -159,7 +159,7 @@ class ServiceManager:
         self._guards: dict[str, SessionGuard] = {}  # per session database: its roles and watchdog
         self.lockdown_notes: list[str] = []  # what could not be locked down on the server (a URL server's login)
         self.leftover_notes: list[str] = []  # what a killed run left on the server that could not be dropped
-        self._reaped: set[str] = set()  # servers whose killed runs' leftovers this process has dropped
+        self._reaped: set[str] = set()  # URL servers whose killed runs' leftovers this process has dropped
         self.replay_switch = ReplaySwitch()
 
     # -- choices ----------------------------------------------------------------------------------------------------
@@ -293,7 +293,9 @@ class ServiceManager:
         name = f"llmtrace_{self.context.worker_id}_{uuid.uuid4().hex[:8]}".lower()
         roles: pg_roles.SessionRoles | None = None
         try:
-            if endpoint.url not in self._reaped:  # once per server and process: what killed runs left there
+            # A server this run started goes with it; one it was given keeps what killed runs left: reap that once
+            kept_server = endpoint.backend not in pg_roles.LOCKED_BACKENDS
+            if kept_server and endpoint.url not in self._reaped:
                 self._reaped.add(endpoint.url)
                 _, self.leftover_notes = pg_leftovers.reap(endpoint.url)
             with (
@@ -307,7 +309,8 @@ class ServiceManager:
                         pg_roles.lock_down_server(endpoint.url)
             url = postgres.clone_database(endpoint.url, template, name)
             roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=owner)
-            pg_leftovers.mark(endpoint.url, name, roles.names, pg_leftovers.run_marker(self.context.record))
+            if kept_server:
+                pg_leftovers.mark(endpoint.url, name, roles.names, pg_leftovers.run_marker(self.context.record))
             pg_roles.open_clone(endpoint.url, url, name, roles)
         except psycopg2.Error as exc:  # a user's server where this login may not create databases or roles
             if roles is not None:
