@@ -17,11 +17,11 @@ import subprocess
 import time
 import zlib
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
+from htmlpage import parse
 
 from pytest_llmtrace import gate
 from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Measurement, SpanBar, Waterfall
@@ -94,34 +94,9 @@ def _doc() -> tuple[dict[str, Any], list[gate.GateResult], list[dict[str, Any]]]
     return doc, gate.evaluate(rules, cases, baseline), baseline
 
 
-class _Page(HTMLParser):
-    """Every start tag with its attributes, and the text, as a browser's parser would split them."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-    def find(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
-        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
-
-
-def _parse(text: str) -> _Page:
-    page = _Page()
-    page.feed(text)
-    page.close()
-    return page
-
-
 def test_the_page_has_the_verdict_failing_cases_first_and_shows_hostile_strings_as_text() -> None:
     doc, results, baseline = _doc()
-    page = _parse(render(doc, results, baseline))
+    page = parse(render(doc, results, baseline))
     (verdict,) = page.find("section", id="verdict")
     assert verdict["data-verdict"] == "failed"
     rows = page.find("tr", **{"data-verdict": "failed"}) + page.find("tr", **{"data-verdict": "passed"})

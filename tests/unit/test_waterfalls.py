@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from html.parser import HTMLParser
 
 import pytest
+from htmlpage import parse
 
 from pytest_llmtrace.outcome import CaseOutcome, Waterfall
 from pytest_llmtrace.reports.waterfall import pair
@@ -98,44 +98,16 @@ def test_the_waterfalls_round_trip_through_results_json() -> None:
     assert CaseOutcome.from_dict({**data, "waterfall": None}).waterfall is None  # a stand-in case has none
 
 
-class _Svg(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.rects: list[dict[str, str | None]] = []
-        self.charts: list[dict[str, str | None]] = []
-        self.tags: set[str] = set()
-        self.attributes: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.add(tag)
-        self.attributes += [k for k, _ in attrs]
-        if tag == "rect":
-            self.rects.append(dict(attrs))
-        elif tag == "svg":
-            self.charts.append(dict(attrs))
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def _parse(text: str) -> _Svg:
-    page = _Svg()
-    page.feed(text)
-    page.close()
-    return page
-
-
 def test_golden_and_now_share_one_time_scale_and_replayed_bars_are_drawn_as_such() -> None:
     golden = waterfall_of(gateway()).to_dict()  # 100 ms
     answer = ReplayedAnswer(int(1_012 * MS), int(1_018 * MS), 110 * MS, 0)
     virtual = virtualize(gateway(), [answer])  # 200 ms: the recorded call took 110 ms instead of 10
-    page = _parse(pair(golden, waterfall_of(virtual.trace, virtual.replayed_ns).to_dict()))
-    assert [c["data-trace"] for c in page.charts] == ["golden", "now"]
-    widths = [float(str(r["width"])) for r in page.rects]
+    page = parse(pair(golden, waterfall_of(virtual.trace, virtual.replayed_ns).to_dict()))
+    assert [c["data-trace"] for c in page.find("svg")] == ["golden", "now"]
+    widths = [float(str(r["width"])) for r in page.find("rect")]
     golden_root, now_root = widths[0], widths[3]
     assert now_root == pytest.approx(2 * golden_root, abs=0.2), "one scale: twice the time, twice the length"
-    classes = [str(r["class"]) for r in page.rects]
+    classes = [str(r["class"]) for r in page.find("rect")]
     assert classes == ["k-CHAIN", "k-LLM", "k-SQL", "k-CHAIN", "k-LLM replayed", "k-SQL"]
     text = "".join(page.text)
     assert "110 ms replayed" in text
@@ -146,10 +118,10 @@ def test_hostile_names_and_kinds_stay_text_and_broken_figures_do_not_break_the_p
     trace = Trace([span(HOSTILE, 0, 10, kind="LLM' onload='alert(3)", span_id="root")])
     now = waterfall_of(trace, {}).to_dict()
     broken = {"bars": [{"name": 7, "kind": None, "start_ms": "soon", "duration_ms": float("nan")}], "total_ms": -1}
-    page = _parse(pair(broken, now))
-    assert page.tags <= {"p", "span", "svg", "g", "title", "text", "line", "rect"}
-    assert not [a for a in page.attributes if a.startswith("on") or a in ("href", "src", "style")]
-    assert [r["class"] for r in page.rects] == ["k-other", "k-other"]  # unknown kinds get no class of their own
+    page = parse(pair(broken, now))
+    assert {t for t, _ in page.tags} <= {"p", "span", "svg", "g", "title", "text", "line", "rect"}
+    assert not [k for _, a in page.tags for k in a if k.startswith("on") or k in ("href", "src", "style")]
+    assert [r["class"] for r in page.find("rect")] == ["k-other", "k-other"]  # unknown kinds get no class of their own
     assert HOSTILE[:20] in "".join(page.text)
     assert "no spans" in pair({"bars": 5, "total_ms": 1}, None)
     assert pair(None, None) == ""
