@@ -13,11 +13,15 @@ their context, like the token after ``Bearer``), the second replaces every occur
 Both passes walk the places ``trace.walk`` lists, the same as the credential rules of ``trace.secrets``, but unlike
 those they treat attribute keys as text too (a user's email can be a metadata key) and ignore what a key says.
 
-Placeholders are ``<EMAIL_1>``, ``<PHONE_2>``, ... numbered per kind in order of first appearance in the trace, so
-the same trace always redacts to the same text. They hold no quote or backslash, so they stay valid inside SQL and
-JSON string literals: ``WHERE email = 'jane@acme.io'`` becomes ``WHERE email = '<EMAIL_1>'``. IP addresses become
-documentation addresses instead (``192.0.2.1``, ``2001:db8::1``, RFC 5737/3849), which stay valid where SQL casts
-them to ``inet``; addresses in those ranges, loopback and unspecified ones are never treated as personal.
+Placeholders are ``<EMAIL:3f9a1c2b>``, ``<PHONE:...>``, ...: a keyed hash (HMAC-SHA256, first 8 hex digits) of the
+kind and the value, with the project's secret key (``redaction_key``). So one customer is one placeholder in every
+trace, every file, every later capture or import and in the Phoenix export, while nobody without the key can hash
+candidate addresses to find out whose a placeholder is. They hold no quote or backslash, so they stay valid inside
+SQL and JSON string literals: ``WHERE email = 'jane@acme.io'`` becomes ``WHERE email = '<EMAIL:3f9a1c2b>'``. IP
+addresses become documentation addresses instead (``192.0.2.1``, ``2001:db8::3f9a:1c2b``, RFC 5737/3849), which stay
+valid where SQL casts them to ``inet``; addresses in those ranges, loopback and unspecified ones are never treated as
+personal. ``detectors`` recognises what the patterns here do not: more keys (by ``detect-secrets``), IBANs and SSNs
+(by ``python-stdnum``), national phone formats and person names by their context.
 Redacting a redacted trace changes nothing.
 
 Only strings are redacted: integer and float attributes (token counts, row counts) are left alone.
@@ -27,38 +31,51 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import hmac
 import ipaddress
 import json
+import os
 import re
+import secrets
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from pytest_llmtrace import detectors, redaction_key
 from pytest_llmtrace.errors import LLMTraceError
-from pytest_llmtrace.trace.model import Trace
-from pytest_llmtrace.trace.secrets import redact_trace
-from pytest_llmtrace.trace.walk import map_strings, span_strings
+from pytest_llmtrace.trace.model import Span, Trace
+from pytest_llmtrace.trace.secrets import redact_spans, redact_trace
+from pytest_llmtrace.trace.walk import Attributes, map_span, map_strings, span_strings
 
-__all__ = ["KINDS", "RedactionError", "Redactor", "add_arguments", "from_args", "luhn_ok"]
+__all__ = ["KINDS", "RedactionError", "Redactor", "add_arguments", "from_args", "key_path", "luhn_ok"]
 
 # Kinds in priority order: where two matches overlap in one string, the earlier kind wins.
 KINDS = (
     "value",
     "pattern",
+    "private_key",
     "jwt",
     "api_key",
     "token",
     "password",
     "email",
+    "iban",
     "card",
+    "ssn",
     "ipv6",
     "ipv4",
     "phone",
+    "person",
     "credential",  # found by attribute name (trace.secrets), not by a pattern
 )
-_LABELS = {"api_key": "API_KEY"}
+_LABELS = {"api_key": "API_KEY", "private_key": "PRIVATE_KEY"}
 
-_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])")
+# Any script (josé@exämple.de, 张伟@例子.中国), and written URL-encoded (jane%40example.com) as in a logged URL.
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[^\W_][\w.%+-]*(?:@|%40)(?:[^\W_](?:[\w-]*[^\W_])?\.)+(?:[^\W\d_]{2,}|xn--[a-z0-9-]+)(?![\w-])"
+)
 _JWT = re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _API_KEY = re.compile(
     r"(?<![\w-])(?:"
@@ -72,8 +89,8 @@ _API_KEY = re.compile(
 _TOKEN = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/-]{8,}=*)")
 _PASSWORD = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:([^\s/@]+)@")
 # Card numbers: 13-19 digits starting with 2-6 (the card networks' ranges), in groups of digits separated by single
-# spaces or dashes; the Luhn check below keeps ids and amounts that only look like one.
-_CARD = re.compile(r"(?<![\w.+-])[2-6]\d{3}(?:[ -]?\d){9,15}(?![\w]|[.,]\d)")
+# spaces, dashes or dots; the Luhn check below keeps ids and amounts that only look like one.
+_CARD = re.compile(r"(?<![\w.+-])[2-6]\d{3}(?:[ .-]?\d){9,15}(?![\w]|[.,]\d)")
 _IPV4 = re.compile(
     r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\w|\.\d)"
 )
@@ -91,6 +108,9 @@ _DOC_NETS = tuple(
 )
 _DOC_V4_PREFIXES = ("192.0.2.", "198.51.100.", "203.0.113.")
 _CACHE_LIMIT = 50_000
+_PRIORITY = {kind: index for index, kind in enumerate(KINDS)}
+# A placeholder this module wrote (or the numbered ones of older versions): never a value to redact again.
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?::[0-9a-f]{8}|_\d+)>")
 _API_KEY_MARKERS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "AIza", "xox")
 
 
@@ -122,22 +142,17 @@ class _Found:
 
 @dataclass
 class _TraceMap:
-    """One trace's values and their placeholders, in order of first appearance."""
+    """The values found in what is being redacted (a trace, one test's spans, a string) and their placeholders."""
 
-    placeholders: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # (kind, key) -> placeholder
+    secret: bytes
     by_text: dict[str, str] = dataclasses.field(default_factory=dict)  # text as it appears -> placeholder
     kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # text -> kind
-    counts: Counter[str] = dataclasses.field(default_factory=Counter)  # kind -> distinct values
+    owners: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # placeholder -> (kind, key)
 
     def add(self, found: _Found) -> None:
         if found.text in self.by_text:
             return
-        slot = (found.kind, found.key)
-        placeholder = self.placeholders.get(slot)
-        if placeholder is None:
-            self.counts[found.kind] += 1
-            placeholder = _placeholder(found.kind, self.counts[found.kind])
-            self.placeholders[slot] = placeholder
+        placeholder = self._placeholder(found.kind, found.key)
         self.by_text[found.text] = placeholder
         self.kinds[found.text] = found.kind
         escaped = json.dumps(found.text)[1:-1]  # the same value inside a JSON document (input.value of LLM spans)
@@ -145,13 +160,26 @@ class _TraceMap:
             self.by_text.setdefault(escaped, placeholder)
             self.kinds.setdefault(escaped, found.kind)
 
+    def _placeholder(self, kind: str, key: str) -> str:
+        """A keyed hash of the kind and the value; IPv4 addresses have only 762 documentation addresses to hash
+        into, so one that another value of this map took moves to the next free one."""
+        digest = hmac.new(self.secret, f"{kind}\0{key}".encode(), hashlib.sha256).digest()
+        number = int.from_bytes(digest[:4], "big")
+        for probe in range(3 * 254 if kind == "ipv4" else 1):
+            placeholder = _placeholder(kind, number + probe)
+            owner = self.owners.setdefault(placeholder, (kind, key))
+            if owner == (kind, key):
+                return placeholder
+        return placeholder  # every documentation address taken: two values share one
 
-def _placeholder(kind: str, n: int) -> str:
-    if kind == "ipv4" and n <= 3 * 254:
-        return _DOC_V4_PREFIXES[(n - 1) // 254] + str((n - 1) % 254 + 1)
+
+def _placeholder(kind: str, number: int) -> str:
+    if kind == "ipv4":
+        slot = number % (3 * 254)
+        return _DOC_V4_PREFIXES[slot // 254] + str(slot % 254 + 1)
     if kind == "ipv6":
-        return f"2001:db8::{n:x}"
-    return f"<{_LABELS.get(kind, kind.upper())}_{n}>"
+        return f"2001:db8::{number >> 16:x}:{number & 0xFFFF:x}"
+    return f"<{_LABELS.get(kind, kind.upper())}:{number:08x}>"
 
 
 class Redactor:
@@ -160,11 +188,17 @@ class Redactor:
     ``patterns`` are extra regular expressions (their first group if they have one, else the whole match is the
     value); ``values`` are literal strings redacted wherever they appear, ignoring case; ``keep`` are values never
     redacted, for example a support address that the app's own system prompt holds (redacting it in the recorded
-    prompt would make the replayed prompt differ from it).
+    prompt would make the replayed prompt differ from it). ``key`` is the project's redaction key
+    (``redaction_key.load_or_create``); without one, a random key makes placeholders that hold only for this object.
     """
 
     def __init__(
-        self, patterns: Iterable[str | re.Pattern[str]] = (), values: Iterable[str] = (), keep: Iterable[str] = ()
+        self,
+        patterns: Iterable[str | re.Pattern[str]] = (),
+        values: Iterable[str] = (),
+        keep: Iterable[str] = (),
+        *,
+        key: bytes | None = None,
     ) -> None:
         self.patterns = tuple(re.compile(p) if isinstance(p, str) else p for p in patterns)
         self.values = tuple(v for v in values if v)
@@ -174,6 +208,7 @@ class Redactor:
             else None
         )
         self.keep = frozenset(keep)
+        self._secret = key if key is not None else secrets.token_bytes(32)
         self.counts: Counter[str] = Counter()  # kind -> occurrences replaced, over every trace so far
         self.traces_redacted = 0
         self._cache: dict[str, tuple[_Found, ...]] = {}
@@ -197,7 +232,7 @@ class Redactor:
             if end <= start or any(start < e and s < end for s, e in taken):
                 return
             value = text[start:end]
-            if value in self.keep:
+            if value in self.keep or _PLACEHOLDER.fullmatch(value):
                 return
             taken.append((start, end))
             found.append((start, _Found(kind, value, value if key is None else key)))
@@ -209,12 +244,21 @@ class Redactor:
             for m in pattern.finditer(text):
                 group = 1 if m.re.groups else 0
                 claim("pattern", m.start(group), m.end(group))
+        if len(text) < 6:  # nothing below is this short
+            found.sort(key=lambda item: item[0])
+            return tuple(f for _, f in found)
+        secrets_found = sorted(detectors.secrets(text), key=lambda hit: _PRIORITY[hit[0]])
+        for kind, start, end, key in secrets_found:
+            if kind == "private_key":
+                claim(kind, start, end, key)
         if "eyJ" in text:
             for m in _JWT.finditer(text):
                 claim("jwt", m.start(), m.end())
         if any(marker in text for marker in _API_KEY_MARKERS):
             for m in _API_KEY.finditer(text):
                 claim("api_key", m.start(), m.end())
+        for kind, start, end, key in secrets_found:
+            claim(kind, start, end, key)
         lowered = text.lower() if "earer" in text or "EARER" in text else ""
         if "bearer" in lowered:
             for m in _TOKEN.finditer(text):
@@ -222,18 +266,24 @@ class Redactor:
         if "://" in text:
             for m in _PASSWORD.finditer(text):
                 claim("password", m.start(1), m.end(1))
-        if "@" in text:
+        if "@" in text or "%40" in text:
             for m in _EMAIL.finditer(text):
-                claim("email", m.start(), m.end(), m.group().lower())
+                claim("email", m.start(), m.end(), m.group().replace("%40", "@").casefold())
         if ":" in text:
             for m in _IPV6.finditer(text):
                 if m.group().count(":") >= 2 and _personal_ip(m.group()):
                     claim("ipv6", m.start(), m.end(), str(ipaddress.ip_address(m.group())))
         if _DIGIT.search(text):
+            for kind, start, end, key in detectors.numbers(text):
+                if kind == "iban":
+                    claim(kind, start, end, key)
             for m in _CARD.finditer(text):
-                digits = re.sub(r"[ -]", "", m.group())
+                digits = re.sub(r"[ .-]", "", m.group())
                 if 13 <= len(digits) <= 19 and luhn_ok(digits):
                     claim("card", m.start(), m.end(), digits)
+            for kind, start, end, key in detectors.numbers(text):
+                if kind == "ssn":
+                    claim(kind, start, end, key)
             if "." in text:
                 for m in _IPV4.finditer(text):
                     if _personal_ip(m.group()):
@@ -242,16 +292,41 @@ class Redactor:
                 digits = re.sub(r"\D", "", m.group())
                 if 7 <= len(digits) <= 15:
                     claim("phone", m.start(), m.end(), digits.removeprefix("00"))
+            for kind, start, end, key in detectors.phones(text):
+                claim(kind, start, end, key)
+        for kind, start, end, key in detectors.person_names(text):
+            claim(kind, start, end, key)
         found.sort(key=lambda item: item[0])
         return tuple(f for _, f in found)
+
+    def _collect(self, strings: Iterable[str], names: Iterable[str] = ()) -> _TraceMap:
+        """Both halves of the first pass: every value each string shows by itself, then every occurrence, in any
+        string, of a person's name that something else revealed (a name key, a salutation, an email's local part)."""
+        mapping = _TraceMap(self._secret)
+        strings = list(strings)
+        known = {detectors.name_key(n) for n in names if detectors.looks_like_name(n)}
+        for string in strings:
+            for found in self.find(string):
+                mapping.add(found)
+                if found.kind == "person":
+                    known.add(found.key)
+                elif found.kind == "email":
+                    name = detectors.names_from_email(found.key.split("@", 1)[0])
+                    if name is not None:
+                        known.add(name)
+        if known:
+            names_re = _names_pattern(known - {k for k in known if k in self.keep})
+            for string in strings:
+                for m in names_re.finditer(string):
+                    if m.group() not in mapping.by_text and m.group() not in self.keep:
+                        mapping.add(_Found("person", m.group(), detectors.name_key(m.group())))
+        return mapping
 
     # -- replacing -------------------------------------------------------------------------------------------------
 
     def text(self, text: str) -> str:
-        """One string redacted on its own (its values numbered from 1); for traces use ``trace``."""
-        mapping = _TraceMap()
-        for found in self.find(text):
-            mapping.add(found)
+        """One string redacted on its own; for traces use ``trace``, which also learns names from attribute keys."""
+        mapping = self._collect([text])
         return self._replace(text, mapping, _replacer(mapping), Counter())
 
     def trace(self, trace: Trace) -> Trace:
@@ -260,21 +335,34 @@ class Redactor:
         Credentials that no value pattern can recognise (an ``Authorization`` header, an ``api_key`` attribute, a
         password in a connection URL) are found by their attribute names afterwards.
         """
-        mapping = _TraceMap()
-        for string in _strings(trace):
-            for found in self.find(string):
-                mapping.add(found)
-        if not mapping.by_text:
+        spans, changed = self._personal(trace.spans)
+        if not changed:
             return self._credentials(trace, redacted=False)
+        return self._credentials(Trace(spans, source=trace.source, warn_missing_parents=False), redacted=True)
+
+    def spans(self, spans: Sequence[Span]) -> list[Span]:
+        """Loose spans (one test's, maybe of several traces) as ``trace`` redacts a trace, credentials included."""
+        redacted, changed = self._personal(spans)
+        if changed:
+            self.traces_redacted += 1
+        return redact_spans(redacted)
+
+    def _personal(self, spans: Sequence[Span]) -> tuple[list[Span], bool]:
+        names: list[str] = []
+        for span in spans:
+            names += _named_people(span)
+        mapping = self._collect((string for span in spans for string in span_strings(span)), names)
+        if not mapping.by_text:
+            return list(spans), False
         replacer = _replacer(mapping)
         counts: Counter[str] = Counter()
 
         def red(value: str) -> str:
             return self._replace(value, mapping, replacer, counts)
 
-        spans = [map_strings(span, red) for span in trace.spans]
+        redacted = [map_strings(span, red) for span in spans]
         self.counts.update(counts)
-        return self._credentials(Trace(spans, source=trace.source, warn_missing_parents=False), redacted=True)
+        return redacted, True
 
     def _credentials(self, trace: Trace, *, redacted: bool) -> Trace:
         """Then what no value pattern can recognise: credentials found by their attribute names (``trace.secrets``)."""
@@ -323,10 +411,34 @@ def _replacer(mapping: _TraceMap) -> re.Pattern[str] | None:
     return re.compile("|".join(parts))
 
 
-def _strings(trace: Trace) -> Iterable[str]:
-    """Every string of the trace, keys too, in a fixed order (placeholders are numbered by first appearance)."""
-    for span in trace.spans:
-        yield from span_strings(span)
+def _names_pattern(names: Iterable[str]) -> re.Pattern[str]:
+    """Names learned anywhere in what is redacted, found wherever they appear: a full name in any case and spacing
+    ("Jane Doe", "JANE  DOE"), a single word only as written with its capital (a first name "Will" must not take
+    every "will" of a prompt)."""
+    parts = []
+    for name in sorted(names, key=len, reverse=True):
+        words = name.split()
+        if len(words) > 1:
+            parts.append(r"(?i:" + r"\s+".join(re.escape(w) for w in words) + ")")
+        else:
+            parts.append(re.escape(name[:1].upper() + name[1:]))
+    return re.compile(r"(?<![\w@.%+-])(?:" + "|".join(parts) + r")(?![\w@-])")
+
+
+def _named_people(span: Span) -> list[str]:
+    """Attribute values whose key says they are a person's name (``customer.name``, ``metadata.first_name``)."""
+    names: list[str] = []
+
+    def visit(attributes: Attributes, prefix: str = "") -> Attributes:
+        for key, value in attributes.items():
+            if isinstance(value, dict):
+                visit(value, prefix + key + ".")
+            elif isinstance(value, str) and detectors.is_name_key(prefix + key) and detectors.looks_like_name(value):
+                names.append(value)
+        return attributes
+
+    map_span(span, lambda value, where: value, visit)
+    return names
 
 
 # -- the command-line flags `llmtrace capture` and `llmtrace import` share ------------------------------------------
@@ -339,10 +451,22 @@ class RedactionError(LLMTraceError):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "redaction",
-        "On by default: emails, phone numbers, card numbers (Luhn-checked), API keys and bearer tokens (sk-, ghp_, "
-        "AKIA, JWTs), passwords in URLs and IP addresses are replaced before anything is written, each distinct "
-        "value by one placeholder (<EMAIL_1>, ...; IPs by documentation addresses) everywhere in its trace, so the "
-        "redacted question still replays the redacted prompt. Only kinds and counts are printed, never values.",
+        "On by default: emails, phone numbers, card numbers (Luhn-checked), IBANs and US SSNs (checksums "
+        "validated), API keys and tokens (detect-secrets' detectors, hf_, Basic auth, JWTs), passwords in URLs, IP "
+        "addresses and person names where their context shows them are replaced before anything is written, each "
+        "distinct value by one placeholder (<EMAIL:3f9a1c2b>, ...; IPs by documentation addresses) everywhere, so "
+        "the redacted question still replays the redacted prompt. Placeholders are keyed hashes: the same value gets "
+        "the same placeholder in every capture and import made with the same --redaction-key. Only kinds and counts "
+        "are printed, never values.",
+    )
+    group.add_argument(
+        "--redaction-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=f"the project's secret placeholder key, made on first use (default: ${redaction_key.KEY_ENV}, else "
+        f"{redaction_key.DEFAULT_KEY_PATH} in the project that holds --out); keep it out of git and share it to get "
+        "the same placeholders on other machines",
     )
     group.add_argument(
         "--no-redact", action="store_true", help="write traces as they are, personal data included (must be explicit)"
@@ -390,4 +514,28 @@ def from_args(args: argparse.Namespace) -> Redactor | None:
         if pattern.search(""):
             raise RedactionError(f"--redact-pattern {text!r} matches the empty string; fix: make it match something")
         patterns.append(pattern)
-    return Redactor(patterns, args.redact_value, args.keep_value)
+    try:
+        key = redaction_key.load_or_create(key_path(args.redaction_key, args.out))
+    except redaction_key.RedactionKeyError as exc:
+        raise RedactionError(str(exc)) from None
+    return Redactor(patterns, args.redact_value, args.keep_value, key=key)
+
+
+def key_path(given: Path | None, out: Path) -> Path:
+    """``--redaction-key``, else ``$LLMTRACE_REDACTION_KEY``, else ``.llmtrace/redaction.key`` in the project the
+    output directory is in (its nearest ancestor with ``.git`` or a pytest config file), else beside the output
+    directory (never inside it: the golden files may be copied or committed as a whole)."""
+    if given is not None:
+        return given
+    env = os.environ.get(redaction_key.KEY_ENV, "").strip()
+    if env:
+        return Path(env)
+    project = redaction_key.project_dir(_existing_ancestor(out))
+    return (project or _existing_ancestor(out.resolve().parent)) / redaction_key.DEFAULT_KEY_PATH
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.resolve()
+    while not path.is_dir() and path != path.parent:
+        path = path.parent
+    return path

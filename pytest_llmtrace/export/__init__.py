@@ -39,12 +39,12 @@ _WINDOW_KEY = pytest.StashKey[TestWindow]()
 def add_options(parser: pytest.Parser) -> None:
     """``--llmtrace-phoenix-export`` is a flag (the other settings take a value), so it is added here by hand; its
     env var and ini key come from its ``SettingSpec`` like every other setting's."""
-    export, project = EXPORT_SETTINGS
+    export, *others = EXPORT_SETTINGS
     parser.getgroup("llmtrace").addoption(
         export.option, dest=export.dest, action="store_const", const="yes", default=None, help=export.help
     )
     parser.addini(export.ini, export.help, type="string", default=None)
-    add_setting_options(parser, (project,))
+    add_setting_options(parser, tuple(others))
 
 
 def configure(config: pytest.Config) -> None:

@@ -23,6 +23,7 @@ import pytest
 from pytest_llmtrace.errors import LLMTraceError
 from pytest_llmtrace.export import naming
 from pytest_llmtrace.failing import OUTCOMES_KEY
+from pytest_llmtrace.redaction_key import DEFAULT_KEY_PATH
 from pytest_llmtrace.results import git_revision
 from pytest_llmtrace.services import session as services
 from pytest_llmtrace.settings import Settings, SettingSpec, resolve
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from pytest_llmtrace.export.sender import CountingExporter
     from pytest_llmtrace.export.spans import RunAttributes
     from pytest_llmtrace.recorder import TestWindow
+    from pytest_llmtrace.redact import Redactor
 
 __all__ = ["EXPORT_SETTINGS", "FLUSH_TIMEOUT_S", "WORKER_KEY", "PhoenixExport", "PhoenixExportWarning"]
 
@@ -54,7 +56,35 @@ EXPORT_SETTINGS: tuple[SettingSpec, ...] = (
         "Phoenix project the run's traces go to; default: llmtrace-<UTC time>-<short git revision>, one per run.",
         "",
     ),
+    SettingSpec(
+        "phoenix_export_redact",
+        "no: send spans to Phoenix with personal data (emails, names, card numbers, keys by their shape) as the app "
+        "recorded them; credentials found by attribute name are redacted regardless.",
+        "yes",
+        choices=("yes", "no", "true", "false"),
+    ),
+    SettingSpec(
+        "redaction_key",
+        "File with the project's secret placeholder key (made on first use, git-ignored), shared with `llmtrace "
+        "capture`/`import`, so a value has the same placeholder in Phoenix as in the golden files.",
+        str(DEFAULT_KEY_PATH),
+    ),
 )
+
+
+def _redactor(config: pytest.Config, settings: Settings) -> Redactor | None:
+    """The redaction the export applies, keyed by the project's key file (relative paths: to the rootdir)."""
+    if settings["phoenix_export_redact"] not in _ON:
+        return None
+    from pytest_llmtrace.redact import Redactor
+    from pytest_llmtrace.redaction_key import RedactionKeyError, load_or_create
+
+    path = config.rootpath / settings["redaction_key"]
+    try:
+        return Redactor(key=load_or_create(path))
+    except RedactionKeyError as exc:
+        origin = settings.values["redaction_key"].origin
+        raise pytest.UsageError(f"{origin}: {exc}") from None
 
 
 class PhoenixExportWarning(UserWarning):
@@ -83,6 +113,7 @@ class PhoenixExport:
     tests: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)  # annotations, posted at the session end
     summary: dict[str, Any] = field(default_factory=dict)  # what the terminal summary prints (merged under xdist)
+    redactor: Redactor | None = None  # None: credentials only (phoenix_export_redact = no)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> PhoenixExport:
@@ -91,10 +122,12 @@ class PhoenixExport:
             return cls(settings)
         from pytest_llmtrace.export.spans import RunAttributes  # with export on only, like everything it sends
 
+        redactor = _redactor(config, settings)
         workerinput: dict[str, Any] = getattr(config, "workerinput", {})
         given: dict[str, Any] | None = workerinput.get(WORKER_KEY)
         if given is not None:  # an xdist worker: the controller named the run's project once for all workers
-            return cls(settings, True, RunAttributes(given["project"], given["revision"], workerinput.get("workerid")))
+            run = RunAttributes(given["project"], given["revision"], workerinput.get("workerid"))
+            return cls(settings, True, run, redactor=redactor)
         revision = git_revision(config.rootpath)
         project = settings["phoenix_project"]
         if project:
@@ -104,7 +137,7 @@ class PhoenixExport:
                 raise pytest.UsageError(f"{origin} {project!r}: {problem}; fix: choose another name")
         else:
             project = naming.run_project_name(datetime.now(timezone.utc), revision)
-        return cls(settings, True, RunAttributes(project, revision))
+        return cls(settings, True, RunAttributes(project, revision), redactor=redactor)
 
     def header(self) -> str:
         on = self.settings.values["phoenix_export"]
@@ -112,6 +145,8 @@ class PhoenixExport:
         if self.run is not None:
             source = self.settings.values["phoenix_project"].source
             line += f", project {self.run.project} ({'generated' if source == 'default' else source})"
+            red = self.settings.values["phoenix_export_redact"]
+            line += f", redact {red.value} ({red.source})"
         return line
 
     def worker_input(self) -> dict[str, Any] | None:
@@ -144,14 +179,16 @@ class PhoenixExport:
         from pytest_llmtrace.export.spans import hex_span_id, hex_trace_id, prepare, roots, verdict, verdict_annotations
 
         assert self.run is not None
-        for span in prepare(spans, self.run, item.nodeid):
+        personal = self.redactor is not None
+        for span in prepare(spans, self.run, item.nodeid, self.redactor, personal_data=personal):
             connection.processor.on_end(span)
         self.queued += len(spans)
         self.tests += 1
         top = roots(spans)
         outcomes = item.stash.get(OUTCOMES_KEY, [])
         if outcomes:
-            self.pending += verdict_annotations([hex_span_id(s) for s in top], verdict(outcomes), item.nodeid)
+            judged = verdict(outcomes, self.redactor, personal_data=personal)
+            self.pending += verdict_annotations([hex_span_id(s) for s in top], judged, item.nodeid)
         return naming.trace_url(connection.url, connection.project_id, hex_trace_id(top[0]))
 
     def _give_up(self, item: pytest.Item, why: str) -> None:

@@ -1,4 +1,4 @@
-"""What is sent for one test: its spans with credentials redacted and the run's resource, and the verdict annotation.
+"""What is sent for one test: its spans redacted as capture redacts golden files, the run's resource, and the verdict.
 
 Pure functions over OpenTelemetry SDK spans and case outcomes, no I/O: ``session`` hands the results to the exporter.
 
@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import Link, Status, StatusCode
 
 from pytest_llmtrace.outcome import CaseOutcome
+from pytest_llmtrace.redact import Redactor
 from pytest_llmtrace.trace.sdk import span_from_readable
 from pytest_llmtrace.trace.secrets import redact_spans, redact_text
 from pytest_llmtrace.trace.span import Span
@@ -71,16 +72,26 @@ def roots(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
     return sorted(top, key=lambda s: s.start_time or 0)
 
 
-def prepare(spans: Sequence[ReadableSpan], run: RunAttributes, nodeid: str) -> list[ReadableSpan]:
-    """The spans as they leave the process: credentials redacted (``trace.secrets``, the rules golden files get),
-    filed under the run's project, the test's facts on the resource and on each root span."""
+def prepare(
+    spans: Sequence[ReadableSpan],
+    run: RunAttributes,
+    nodeid: str,
+    redactor: Redactor | None = None,
+    *,
+    personal_data: bool = True,
+) -> list[ReadableSpan]:
+    """The spans as they leave the process: personal data and credentials redacted as ``llmtrace capture`` redacts
+    golden files (the session's ``redactor``, keyed like the project's golden files, or a one-off one), or, with
+    ``personal_data`` off, credentials only; filed under the run's project, the test's facts on the resource and
+    on each root span."""
     test_attrs = run.for_test(nodeid)
     top = {id(s) for s in roots(spans)}
     resources: dict[tuple[tuple[str, Any], ...], Resource] = {}
     out = []
-    for span in spans:
-        model = span_from_readable(span)
-        clean = redact_spans([model])[0]  # the same object when there was nothing to redact
+    models = [span_from_readable(span) for span in spans]
+    # All of the test's spans at once: a name one span gives by its key is redacted in all of them.
+    cleaned = (redactor or Redactor()).spans(models) if personal_data else redact_spans(models)
+    for span, model, clean in zip(spans, models, cleaned, strict=True):
         resource_attrs = {**clean.resource_attributes, **test_attrs, PROJECT: run.project}
         key = tuple(sorted(resource_attrs.items(), key=lambda kv: kv[0]))
         resource = resources.get(key)
@@ -126,9 +137,11 @@ class Verdict:
     explanation: str
 
 
-def verdict(outcomes: Sequence[CaseOutcome]) -> Verdict:
-    """The test's verdict over its case outcomes, explained by each failing finding's first line (redacted, since it
-    quotes the app's SQL errors and answers)."""
+def verdict(
+    outcomes: Sequence[CaseOutcome], redactor: Redactor | None = None, *, personal_data: bool = True
+) -> Verdict:
+    """The test's verdict over its case outcomes, explained by each failing finding's first line (redacted like the
+    spans, by ``redactor`` or a one-off one, since it quotes the app's SQL errors and answers)."""
     lines: list[str] = []
     for outcome in outcomes:
         if outcome.passed:
@@ -141,7 +154,10 @@ def verdict(outcomes: Sequence[CaseOutcome]) -> Verdict:
     if not lines:
         ran = sorted({c.name for o in outcomes for c in o.checks if c.status == "passed"})
         return Verdict("passed", "passed: " + (", ".join(ran) if ran else "no check failed"))
-    return Verdict("failed", redact_text("\n".join(lines))[:MAX_EXPLANATION])
+    explanation = "\n".join(lines)
+    if personal_data:
+        explanation = (redactor or Redactor()).text(explanation)
+    return Verdict("failed", redact_text(explanation)[:MAX_EXPLANATION])
 
 
 def _first(text: str) -> str:

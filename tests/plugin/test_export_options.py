@@ -104,7 +104,7 @@ def test_a_server_that_is_not_phoenix_is_one_warning_with_the_url_and_the_fix(
     result.assert_outcomes(passed=2, warnings=1)  # one warning for the run, not one per test
     result.stdout.fnmatch_lines(
         [
-            "llmtrace phoenix export: yes (command line), project nightly (ini)",
+            "llmtrace phoenix export: yes (command line), project nightly (ini), redact yes (default)",
             f"*PhoenixExportWarning: pytest-llmtrace: export to Phoenix is off for this run: POST {not_phoenix}"
             "/v1/projects answered 404 Not Found; fix: --llmtrace-phoenix must be Phoenix's base URL*",
         ]
