@@ -89,7 +89,6 @@ _OWN_SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
 )
-_SECRET_ANCHORS = ("_", "-", "://", "asic", "ASIC", "BEGIN", "SG.", "AC", "SK", ":")
 
 
 @functools.lru_cache(maxsize=1)
