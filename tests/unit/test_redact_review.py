@@ -300,3 +300,39 @@ def test_no_seeded_secret_reaches_any_file_or_stdout_of_import_and_export(
         outputs[path.name] = path.name + (path.read_text() if path.is_file() else "")
     assert {where: leaks(text) for where, text in outputs.items() if leaks(text)} == {}
     assert os.listdir(tmp_path / "golden")
+
+
+# -- the export's setting ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("default", "redact yes (default)"),
+        ("ini", "redact no (ini)"),
+        ("env", "redact no (environment)"),
+        ("cli", "redact yes (command line)"),  # over the env's and the ini's no
+    ],
+)
+def test_the_exports_redaction_is_a_setting_cli_over_env_over_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, how: str, expected: str
+) -> None:
+    ini = "[pytest]\naddopts = -p no:phoenix -p no:randomly\n"
+    if how in ("ini", "cli"):
+        ini += "llmtrace_phoenix_export_redact = no\n"
+    pytester.makeini(ini)
+    if how in ("env", "cli"):
+        monkeypatch.setenv("LLMTRACE_PHOENIX_EXPORT_REDACT", "no")
+    args = ["--llmtrace-phoenix-export-redact=yes"] if how == "cli" else []
+    result = pytester.runpytest("--co", "-p", "no:cacheprovider", "--llmtrace-phoenix-export", *args)
+    result.stdout.fnmatch_lines([f"llmtrace phoenix export: yes (command line), project *, {expected}"])
+    key = pytester.path / ".llmtrace" / "redaction.key"
+    assert key.exists() == expected.startswith("redact yes")  # the key is made only for an export that redacts
+    if key.exists():
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_the_export_with_redaction_off_still_redacts_credentials() -> None:
+    wire = encode_spans(prepare(_recorded(SEEDED_TEXT), RUN, "t.py::t", personal_data=False)).SerializeToString()
+    assert SEEDED["email"].encode() in wire  # asked for: the data as the app recorded it
+    assert SEEDED["url password"].encode() not in wire  # but never a credential
