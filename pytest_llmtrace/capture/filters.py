@@ -135,15 +135,17 @@ def dedupe_key(trace: Trace, fields: Sequence[str]) -> tuple[str, ...] | None:
 
     The question ignores case, spacing and trailing ``?``/``.``/``!``; the SQL ignores spacing and trailing
     semicolons, but not case, because ``'SMB'`` and ``'smb'`` select different rows. Run on redacted traces, two
-    questions that differ only in an email address are duplicates: they make the same regression case.
+    questions that differ only in an email address are duplicates: they make the same regression case, so the
+    placeholders' keyed hashes are left out (``redact.unkeyed``).
     """
+    from pytest_llmtrace.redact import unkeyed
     from pytest_llmtrace.runner import sql_of  # the SQL a golden case replays: one definition for both
 
     parts = []
     for name in fields:
         if name == "question":
-            text = " ".join((trace.question().text or "").casefold().split()).rstrip("?.! ")  # any convention
+            text = " ".join(unkeyed(trace.question().text or "").casefold().split()).rstrip("?.! ")  # any convention
         else:
-            text = " ".join((sql_of(trace) or "").split()).rstrip("; ")
+            text = " ".join(unkeyed(sql_of(trace) or "").split()).rstrip("; ")
         parts.append(text)
     return tuple(parts) if any(parts) else None

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from pytest_llmtrace.capture.filters import dedupe_key
 from pytest_llmtrace.cli import main
 from pytest_llmtrace.export.spans import RunAttributes, prepare, verdict
 from pytest_llmtrace.outcome import CaseOutcome
@@ -248,6 +249,18 @@ def test_another_key_gives_other_placeholders_and_the_same_key_the_same() -> Non
     text = "mail jane@acme.io"
     assert Redactor(key=b"1" * 32).text(text) == Redactor(key=b"1" * 32).text(text)
     assert Redactor(key=b"1" * 32).text(text) != Redactor(key=b"2" * 32).text(text)
+
+
+def test_questions_that_differ_only_in_the_customer_are_still_one_case_to_dedupe() -> None:
+    redactor = Redactor()
+    seven, nine = (
+        redactor.trace(_trace_with_question(f"Which tier is billing+{n}@customer{n}.example.com in?", n * 32))
+        for n in "79"
+    )
+    assert seven.input != nine.input  # two customers, two placeholders
+    assert dedupe_key(seven, ("question", "sql")) == dedupe_key(nine, ("question", "sql"))
+    other = redactor.trace(_trace_with_question("Which region is billing+7@customer7.example.com in?", "d" * 32))
+    assert dedupe_key(other, ("question",)) != dedupe_key(seven, ("question",))
 
 
 # -- the Phoenix export -----------------------------------------------------------------------------------------------
