@@ -32,58 +32,67 @@ from typing import Any
 
 __all__ = [
     "NAME_KEYS",
+    "ibans",
     "is_name_key",
     "looks_like_name",
     "name_key",
     "names_from_email",
-    "numbers",
     "person_names",
     "phones",
     "secrets",
+    "ssns",
 ]
 
 Hit = tuple[str, int, int, str]  # kind, start, end, key
 
 # -- keys and tokens ----------------------------------------------------------------------------------------------
 
-# detect-secrets' regex detectors used here, by class name; its entropy, keyword and public-IP detectors are not.
+# detect-secrets' regex detectors used here, by class name, each with the words one of which its patterns need: a
+# pattern runs only on text that holds one (most strings are prose and SQL that hold none, and 30 patterns over
+# every string would be most of a capture's time). A word with a capital is looked for as written, others in the
+# lowercased text. Its entropy, keyword and public-IP detectors are not used.
 _DETECT_SECRETS = (
-    ("aws", "AWSKeyDetector"),
-    ("azure_storage_key", "AzureStorageKeyDetector"),
-    ("basic_auth", "BasicAuthDetector"),
-    ("cloudant", "CloudantDetector"),
-    ("discord", "DiscordBotTokenDetector"),
-    ("github_token", "GitHubTokenDetector"),
-    ("gitlab_token", "GitLabTokenDetector"),
-    ("ibm_cos_hmac", "IbmCosHmacDetector"),
-    ("mailchimp", "MailchimpDetector"),
-    ("npm", "NpmDetector"),
-    ("openai", "OpenAIDetector"),
-    ("pypi_token", "PypiTokenDetector"),
-    ("sendgrid", "SendGridDetector"),
-    ("slack", "SlackDetector"),
-    ("softlayer", "SoftlayerDetector"),
-    ("square_oauth", "SquareOAuthDetector"),
-    ("stripe", "StripeDetector"),
-    ("telegram_token", "TelegramBotTokenDetector"),
-    ("twilio", "TwilioKeyDetector"),
+    ("aws", "AWSKeyDetector", ("A3T", "ABIA", "ACCA", "AKIA", "ASIA", "aws")),
+    ("azure_storage_key", "AzureStorageKeyDetector", ("accountkey=",)),
+    ("basic_auth", "BasicAuthDetector", ("://",)),
+    ("cloudant", "CloudantDetector", ("cloudant", "cl_", "cl-", "clapi", "clkey", "clpw", "clpass", "cltoken", "clou")),
+    ("discord", "DiscordBotTokenDetector", (".",)),
+    ("github_token", "GitHubTokenDetector", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
+    ("gitlab_token", "GitLabTokenDetector", ("gl", "GR1348941")),
+    ("ibm_cos_hmac", "IbmCosHmacDetector", ("secret",)),
+    ("mailchimp", "MailchimpDetector", ("-us",)),
+    ("openai", "OpenAIDetector", ("T3BlbkFJ",)),
+    ("pypi_token", "PypiTokenDetector", ("pypi-",)),
+    ("sendgrid", "SendGridDetector", ("SG.",)),
+    ("slack", "SlackDetector", ("xox", "hooks.slack.com")),
+    ("softlayer", "SoftlayerDetector", ("softlayer", "sl_", "sl-", "slapi", "slkey", "slpwd", "slpass", "sltoken")),
+    ("square_oauth", "SquareOAuthDetector", ("sq0csp-",)),
+    ("stripe", "StripeDetector", ("k_live_",)),
+    ("telegram_token", "TelegramBotTokenDetector", (":",)),
+    ("twilio", "TwilioKeyDetector", ("AC", "SK")),
 )
+_EIGHT_DIGITS = re.compile(r"\d{8}")
 _TOKEN_CHAR = re.compile(r"[A-Za-z0-9_\-]")
-_OWN_SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("api_key", re.compile(r"(?<![\w-])hf_[A-Za-z0-9]{30,}(?![\w-])")),  # Hugging Face
-    ("api_key", re.compile(r"(?<![\w-])(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}(?![\w-])")),  # Stripe, any length
-    ("api_key", re.compile(r"(?<![\w-])glpat-[A-Za-z0-9_\-]{20,}(?![\w-])")),  # GitLab, any length
+_OWN_SECRETS: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = (
+    ("api_key", ("hf_",), re.compile(r"(?<![\w-])hf_[A-Za-z0-9]{30,}(?![\w-])")),  # Hugging Face
+    # Stripe, of any length (detect-secrets' pattern stops after 24 characters) and test keys too
+    ("api_key", ("k_live_", "k_test_"), re.compile(r"(?<![\w-])(?:sk|rk)_(?:live|test)_[0-9A-Za-z]{10,}(?![\w-])")),
+    ("api_key", ("glpat-",), re.compile(r"(?<![\w-])glpat-[A-Za-z0-9_\-]{20,}(?![\w-])")),  # GitLab, any length
+    # npm: detect-secrets' own pattern (//.+/:_authToken=) backtracks quadratically on a long line of slashes
+    ("api_key", ("_authtoken",), re.compile(r":_authToken=\s*(npm_[A-Za-z0-9]{36}|[A-Fa-f0-9-]{36})")),
     # An AWS secret access key has no prefix: 40 base64 characters near "aws" and "secret"/"key", quoted or not.
     (
         "api_key",
+        ("aws",),
         re.compile(
             r"(?i)aws[\w.-]{0,20}?(?:secret|key|token)[\w.\-\"']{0,20}?\s*(?:[:=]|=>)\s*[\"']?"
             r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
         ),
     ),
-    ("token", re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{6,}={0,2})(?![A-Za-z0-9+/=])")),  # Authorization: Basic
+    ("token", ("basic",), re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{6,}={0,2})(?![A-Za-z0-9+/=])")),  # Basic auth
     (
         "private_key",
+        ("PRIVATE KEY",),
         re.compile(
             r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----", re.S
         ),
@@ -92,13 +101,13 @@ _OWN_SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 @functools.lru_cache(maxsize=1)
-def _detect_secrets_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
+def _detect_secrets_patterns() -> tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...]:
     try:
         import importlib
 
         plugins = [
-            getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), name)
-            for module, name in _DETECT_SECRETS
+            (getattr(importlib.import_module(f"detect_secrets.plugins.{module}"), name), anchors)
+            for module, name, anchors in _DETECT_SECRETS
         ]
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise ImportError(
@@ -106,12 +115,41 @@ def _detect_secrets_patterns() -> tuple[tuple[str, re.Pattern[str]], ...]:
             "pytest-llmtrace: reinstall it)"
         ) from exc
     kinds = {"BasicAuthDetector": "password"}
-    return tuple((kinds.get(p.__name__, "api_key"), pattern) for p in plugins for pattern in p.denylist)
+    return tuple(
+        (kinds.get(plugin.__name__, "api_key"), anchors, pattern)
+        for plugin, anchors in plugins
+        for pattern in plugin.denylist
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _anchor_patterns() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, frozenset[str]]]:
+    """Every anchor in one alternation each, for the lowercased text and for the text as written: two scans of a
+    string tell which patterns can match it, instead of one scan per anchor. A lookahead finds them at every
+    position, and an anchor found implies those inside it ("glpat-" holds "gl")."""
+    anchors = {a for _, group, _ in (*_detect_secrets_patterns(), *_OWN_SECRETS) for a in group}
+    lower = sorted((a for a in anchors if a == a.lower()), key=len, reverse=True)
+    upper = sorted((a for a in anchors if a != a.lower()), key=len, reverse=True)
+    implied = {a: frozenset(b for b in anchors if b in a) for a in anchors}
+    return (
+        re.compile("(?=(" + "|".join(map(re.escape, lower)) + "))"),
+        re.compile("(?=(" + "|".join(map(re.escape, upper)) + "))"),
+        implied,
+    )
 
 
 def secrets(text: str) -> Iterator[Hit]:
     """Keys, tokens and passwords in ``text``."""
-    for kind, pattern in _detect_secrets_patterns():
+    in_lower, as_written, implied = _anchor_patterns()
+    found = set(in_lower.findall(text.lower())) | set(as_written.findall(text))
+    if not found:
+        return
+    present = set().union(*(implied[a] for a in found))
+    for kind, anchors, pattern in _detect_secrets_patterns():
+        if present.isdisjoint(anchors):
+            continue
+        if anchors == (":",) and _EIGHT_DIGITS.search(text) is None:  # Telegram's bot id before the colon
+            continue
         for m in pattern.finditer(text):
             # A pattern's first group is the secret when it ends the match (after its context, as in AWS's or
             # Basic auth's), not when it names a prefix (GitHub's "ghp"): then the whole match, run on to the
@@ -123,7 +161,9 @@ def secrets(text: str) -> Iterator[Hit]:
                 while end < len(text) and _TOKEN_CHAR.match(text, end):
                     end += 1
             yield kind, start, end, text[start:end]
-    for kind, pattern in _OWN_SECRETS:
+    for kind, anchors, pattern in _OWN_SECRETS:
+        if present.isdisjoint(anchors):
+            continue
         for m in pattern.finditer(text):
             group = 1 if m.re.groups else 0
             if kind == "token" and not _basic_credentials(m.group(1)):
@@ -142,7 +182,7 @@ def _basic_credentials(encoded: str) -> bool:
 
 # -- numbers with a checksum ----------------------------------------------------------------------------------------
 
-_IBAN = re.compile(r"(?<![\w-])[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![\w-])")
+_IBAN = re.compile(r"(?<![\w-])[A-Z]{2}\d{2}(?: ?[A-Za-z0-9]){11,30}(?![\w-])")
 _SSN = re.compile(r"(?<![\w.+-])\d{3}([- ])\d{2}\1\d{4}(?![\w-]|[.,]\d)")
 
 
@@ -156,9 +196,9 @@ def _stdnum() -> tuple[Any, Any]:
     return iban, ssn
 
 
-def numbers(text: str) -> Iterator[Hit]:
-    """IBANs and US social security numbers whose checksums and issuing rules hold."""
-    iban, ssn = _stdnum()
+def ibans(text: str) -> Iterator[Hit]:
+    """IBANs whose mod-97 checksum and country format (python-stdnum) hold."""
+    iban = _stdnum()[0]
     for m in _IBAN.finditer(text):
         candidate = m.group()
         while True:  # "DE89 3704 0044 0532 0130 00 AB": the IBAN, without the word after it
@@ -169,6 +209,11 @@ def numbers(text: str) -> Iterator[Hit]:
             if " " not in candidate:
                 break
             candidate = candidate.rsplit(" ", 1)[0]
+
+
+def ssns(text: str) -> Iterator[Hit]:
+    """US social security numbers in an area, group and serial that were ever issued (python-stdnum)."""
+    ssn = _stdnum()[1]
     for m in _SSN.finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if ssn.is_valid(digits):
@@ -239,19 +284,19 @@ _WORD = rf"[{_UPPER}][^\W\d_]*(?:['’-][^\W\d_]+)*"
 _PARTICLE = r"(?:van|von|de|der|den|da|di|du|la|le|del|ten|ter|bin|al)"
 _NAME = rf"{_WORD}(?:[ \t]+(?:{_PARTICLE}[ \t]+)?{_WORD}){{0,3}}"
 _TWO = rf"{_WORD}(?:[ \t]+(?:{_PARTICLE}[ \t]+)?{_WORD}){{1,3}}"
+# The cues, searched in the lowercased text (a case-insensitive alternation would cost most of redaction's time).
 # Strong cues: one word is enough. Weak cues ("I am", "customer"): a first and a last name.
-_STRONG = re.compile(
-    r"(?:\b(?:Dear|Hi|Hello|Hey|Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Herr|Frau|Mme|Mlle|Sr|Sra|Sig)\.?"
-    r"|(?i:\bmy\s+name\s+is|\bregards,|\bsincerely,|\bthanks,|\bcheers,|\bbest,))"
-    rf"\s+(?P<n>{_NAME})"
+_CUES = re.compile(
+    r"\b(?:(?P<strong>(?:dear|hi|hello|hey|mr|mrs|ms|mx|miss|dr|prof|herr|frau|mme|mlle|sr|sra|sig)\.?"
+    r"|my\s+name\s+is|regards,|sincerely,|thanks,|cheers,|best,)"
+    r"|(?P<weak>i\s+am|i'm|this\s+is|customer|client|patient|called|named))(?=\s)"
 )
-_WEAK = re.compile(
-    r"(?i:\bI\s+am|\bI'm|\bthis\s+is|\bcustomer|\bclient|\bpatient|\bcalled|\bnamed)"
-    rf"\s+(?P<n>{_TWO})"
-)
-_KEYED = re.compile(
-    r"[\"'`]?(?P<k>[A-Za-z_][\w.]*)[\"'`]?\s*(?:=>|:=|[:=])\s*(?:N?'|\")(?P<n>[^\"'\n\\]{1,80})[\"']",
-)
+_AFTER_STRONG = re.compile(rf"\s+(?P<n>{_NAME})")
+_AFTER_WEAK = re.compile(rf"\s+(?P<n>{_TWO})")
+# A key's value in JSON, SQL, Python or YAML-ish text: the key's last word is found first (in the lowercased text,
+# by this alternation of literals, which the regex engine skips through fast), then the rest of the key before it.
+_KEY_WORD = re.compile(r"(?:name|" + "|".join(sorted(NAME_KEYS, key=len, reverse=True)) + r")(?!\w)")
+_VALUE_AFTER = re.compile(r"[\"'`]?\s*(?:=>|:=|[:=])\s*(?:N?'|\")(?P<n>[^\"'\n\\]{1,80})[\"']")
 _NOT_NAMES = frozenset(
     {
         "sir",
@@ -365,21 +410,30 @@ def name_key(name: str) -> str:
 
 def person_names(text: str) -> Iterator[Hit]:
     """Names that their context in ``text`` marks as names."""
-    for pattern in (_STRONG, _WEAK):
-        position = 0
-        while (m := pattern.search(text, position)) is not None:
-            name = m.group("n")
-            first = name.split()[0].casefold()
-            if first in _NOT_NAMES or (pattern is _WEAK and first in _PLACE_OR_THING):
-                position = m.start("n")  # "Thanks, Mr. Okonkwo": the title is the next cue
-                continue
-            position = m.end()
-            yield "person", m.start("n"), m.end(), name_key(name)
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a letter whose lowercase is longer ("İ"): keep the offsets the text's
+        lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    for cue in _CUES.finditer(lowered):
+        weak = cue.group("weak") is not None
+        m = (_AFTER_WEAK if weak else _AFTER_STRONG).match(text, cue.end())
+        if m is None:
+            continue
+        name = m.group("n")
+        first = name.split()[0].casefold()
+        if first in _NOT_NAMES or (weak and first in _PLACE_OR_THING):
+            continue  # "Thanks, Mr. Okonkwo": "Mr" is no name, but the next cue
+        yield "person", m.start("n"), m.end(), name_key(name)
     if "=" in text or ":" in text:
-        for m in _KEYED.finditer(text):
-            key, value = m.group("k"), m.group("n")
+        for word in _KEY_WORD.finditer(lowered):
+            start = word.start()
+            while start > max(0, word.start() - 80) and (lowered[start - 1].isalnum() or lowered[start - 1] in "_."):
+                start -= 1  # the whole key: "customer.name", "c.full_name"
+            key = lowered[start : word.end()]
             # Not a bare "name": in query results it names companies and products as often as people.
-            if is_name_key(key) and looks_like_name(value):
+            if not is_name_key(key):
+                continue
+            m = _VALUE_AFTER.match(text, word.end())
+            if m is not None and looks_like_name(value := m.group("n")):
                 start = m.start("n") + (len(value) - len(value.lstrip()))
                 yield "person", start, start + len(value.strip()), name_key(value)
 
