@@ -326,18 +326,23 @@ class Redactor:
         string, of a person's name that something else revealed (a name key, a salutation, an email's local part)."""
         mapping = _TraceMap(self._secret)
         strings = list(strings)
-        known = {detectors.name_key(n) for n in names if detectors.looks_like_name(n)}
+        known: dict[str, set[str]] = {}  # a name (any case) -> its spellings as written
+        for name in names:
+            if detectors.looks_like_name(name):
+                known.setdefault(detectors.name_key(name), set()).add(name.strip())
         for string in strings:
             for found in self.find(string):
                 mapping.add(found)
                 if found.kind == "person":
-                    known.add(found.key)
+                    known.setdefault(found.key, set()).add(found.text)
                 elif found.kind == "email":
                     name = detectors.names_from_email(found.key.split("@", 1)[0])
                     if name is not None:
-                        known.add(name)
+                        known.setdefault(name, set())
+        kept = {detectors.name_key(k) for k in self.keep}
+        known = {name: spellings for name, spellings in known.items() if name not in kept}
         if known:
-            names_re = _names_pattern(known - {k for k in known if k in self.keep})
+            names_re = _names_pattern(known)
             for string in strings:
                 for m in names_re.finditer(string):
                     if m.group() not in mapping.by_text and m.group() not in self.keep:
@@ -433,17 +438,18 @@ def _replacer(mapping: _TraceMap) -> re.Pattern[str] | None:
     return re.compile("|".join(parts))
 
 
-def _names_pattern(names: Iterable[str]) -> re.Pattern[str]:
+def _names_pattern(names: dict[str, set[str]]) -> re.Pattern[str]:
     """Names learned anywhere in what is redacted, found wherever they appear: a full name in any case and spacing
-    ("Jane Doe", "JANE  DOE"), a single word only as written with its capital (a first name "Will" must not take
-    every "will" of a prompt)."""
+    ("Jane Doe", "JANE  DOE"), a single word only as it was written where it was learned or with a capital (a first
+    name "Will" must not take every "will" of a prompt, but a login "jdoe" under ``user.name`` is taken as it is)."""
     parts = []
     for name in sorted(names, key=len, reverse=True):
         words = name.split()
         if len(words) > 1:
             parts.append(r"(?i:" + r"\s+".join(re.escape(w) for w in words) + ")")
         else:
-            parts.append(re.escape(name[:1].upper() + name[1:]))
+            forms = {*names[name], name[:1].upper() + name[1:]}
+            parts += [re.escape(form) for form in sorted(forms, key=len, reverse=True)]
     return re.compile(r"(?<![\w@.%+-])(?:" + "|".join(parts) + r")(?![\w@-])")
 
 

@@ -114,6 +114,13 @@ def test_a_name_given_by_an_attribute_key_or_an_email_is_redacted_everywhere_in_
     assert redacted.root.attributes["service.name"] == "Gateway"  # a name key only under a person's key
 
 
+def test_a_login_under_a_persons_name_key_is_redacted_as_written() -> None:
+    trace = read_trace(REPO / "golden_traces" / "customers_by_tier.json")
+    root = replace(trace.root, attributes={**trace.root.attributes, "user.name": "jdoe", "input.value": "hi jdoe"})
+    redacted = Redactor().trace(Trace([root, *trace.spans[1:]]))
+    assert "jdoe" not in str(redacted.root.attributes)
+
+
 def test_a_redacted_name_never_reaches_a_file_name_or_stdout(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
