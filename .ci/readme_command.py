@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
     name, want_exit = argv[0], "--exit" in argv[1:]
     found = commands(README.read_text(encoding="utf-8"))
     if name not in found:
-        print(f"README.md has no <!-- ci:{name} --> marker (it has: {', '.join(sorted(found)) or 'none'})", file=sys.stderr)
+        known = ", ".join(sorted(found)) or "none"
+        print(f"README.md has no <!-- ci:{name} --> marker (it has: {known})", file=sys.stderr)
         return 2
     command, exit_status = found[name]
     print(exit_status if want_exit else command)
