@@ -50,8 +50,11 @@ class ResponseTooLarge(Exception):
     Content-Length was already over it)."""
 
     def __init__(self, limit: int, read: int, declared: int | None) -> None:
-        got = f"declared {declared:,} bytes" if declared is not None else f"more than {limit:,} bytes"
-        super().__init__(f"an answer over the limit of {limit:,} bytes ({got}; stopped after reading {read:,})")
+        if declared is not None:
+            text = f"{declared:,} bytes (its Content-Length), over the limit of {limit:,}; nothing was read"
+        else:
+            text = f"more than the limit of {limit:,} bytes (reading stopped after {read:,})"
+        super().__init__(text)
         self.limit = limit
         self.read = read
 

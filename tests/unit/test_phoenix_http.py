@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pytest_llmtrace.capture import phoenix_api
+from pytest_llmtrace.capture.filters import CaptureError
 from pytest_llmtrace.capture.phoenix_api import PhoenixClient
 from pytest_llmtrace.cli import main
 from pytest_llmtrace.export.phoenix_rest import ExportError, PhoenixRest
@@ -182,3 +184,122 @@ def test_the_otlp_exporter_does_not_follow_a_redirect_at_all(servers: tuple[Serv
         processor.shutdown()  # type: ignore[no-untyped-call]
     assert [(m, p) for m, p, _ in phoenix.seen] == [("POST", "/v1/traces")]
     assert elsewhere.seen == []
+
+
+# -- finding 2: a hostile answer is one error line, within bounded memory and time ------------------------------------
+
+
+def _stream(h: Handler, pieces: Iterator[bytes], *, length: int | None = None) -> None:
+    """A 200 whose body is written piece by piece, with no Content-Length unless ``length`` (then closed)."""
+    h.send_response(200)
+    h.send_header("Content-Type", "application/json")
+    if length is not None:
+        h.send_header("Content-Length", str(length))
+    h.send_header("Connection", "close")
+    h.end_headers()
+    try:
+        for piece in pieces:
+            h.wfile.write(piece)
+            h.wfile.flush()
+    except OSError:  # the client stopped reading and closed
+        pass
+    h.close_connection = True
+
+
+def test_an_answer_over_the_byte_limit_stops_the_read_at_the_limit(
+    servers: tuple[Server, Server], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Memory stays bounded because reading stops: the error says how many bytes were read, limit + 1."""
+    phoenix, _ = servers
+    chunk = b" " * 65536
+    phoenix.respond = lambda h: _stream(h, (chunk for _ in range(800)))  # 52 MB, no Content-Length
+
+    assert main(_capture(phoenix.url, tmp_path / "o", "--max-response-bytes", "1000000")) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: GET {phoenix.url}/v1/projects/p/spans answered more than the limit of 1,000,000 bytes (reading "
+        "stopped after 1,000,001); fix: if this is Phoenix, raise --max-response-bytes"
+    )
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(servers: tuple[Server, Server]) -> None:
+    phoenix, _ = servers
+    phoenix.respond = lambda h: _stream(h, iter([b"{}"]), length=800_000_000)
+    with pytest.raises(
+        CaptureError,
+        match=r"answered 800,000,000 bytes \(its Content-Length\), over the limit of 1,000; nothing was read",
+    ):
+        PhoenixClient(phoenix.url, max_bytes=1000).projects()
+
+
+def test_json_nested_too_deep_is_one_line(
+    servers: tuple[Server, Server], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    phoenix, _ = servers
+    deep = b"[" * 200_000 + b"]" * 200_000
+    phoenix.respond = lambda h: _stream(h, iter([deep]), length=len(deep))
+
+    assert main(_capture(phoenix.url, tmp_path / "o")) == 1
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == (
+        f"error: GET {phoenix.url}/v1/projects/p/spans: at $[0]...(x100): expected at most 100 levels of nested "
+        "arrays and objects, got level 101 here; fix: check that --phoenix-url is a Phoenix server"
+    )
+
+
+def test_a_cursor_answered_twice_stops_the_listing(servers: tuple[Server, Server]) -> None:
+    phoenix, _ = servers
+
+    def respond(h: Handler) -> None:
+        if len(phoenix.seen) > 50:  # the old client never stops: end the test instead of hanging it
+            h.send_json({"detail": "looped"}, 500)
+        else:
+            h.send_json({"data": [{"name": "p"}], "next_cursor": "c1" if "cursor=c1" not in h.path else "c2"})
+
+    phoenix.respond = respond
+    with pytest.raises(CaptureError) as excinfo:
+        PhoenixClient(phoenix.url).projects()
+    assert str(excinfo.value) == (
+        f"GET {phoenix.url}/v1/projects answered the page cursor 'c1' a second time, which would list the same pages "
+        "forever; fix: check that --phoenix-url is a Phoenix server"
+    )
+    assert len(phoenix.seen) == 3  # pages without a cursor, at c1, at c2 (which points back to c1)
+
+
+def test_a_listing_that_never_ends_stops_after_max_pages(
+    servers: tuple[Server, Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    phoenix, _ = servers
+    monkeypatch.setattr(phoenix_api, "MAX_PAGES", 5)
+
+    def respond(h: Handler) -> None:
+        if len(phoenix.seen) > 50:
+            h.send_json({"detail": "looped"}, 500)
+        else:
+            h.send_json({"data": [], "next_cursor": f"c{len(phoenix.seen)}"})  # always a new one
+
+    phoenix.respond = respond
+    with pytest.raises(CaptureError, match=r"still had a next page after 5 pages; stopped there; fix: "):
+        PhoenixClient(phoenix.url).projects()
+    assert len(phoenix.seen) == 5
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read(
+    servers: tuple[Server, Server], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A byte every 0.1 s never trips a per-read timeout of 1 s; the whole answer would take 6 s."""
+    phoenix, _ = servers
+    body = json.dumps({"data": [], "next_cursor": None}).encode().ljust(60)
+
+    def trickle() -> Iterator[bytes]:
+        for byte in body:
+            time.sleep(0.1)
+            yield bytes([byte])
+
+    phoenix.respond = lambda h: _stream(h, trickle(), length=len(body))
+
+    assert main(_capture(phoenix.url, tmp_path / "o", "--timeout", "1")) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: cannot reach Phoenix at {phoenix.url} (no complete answer within 1 s); fix: start Phoenix there or "
+        "correct --phoenix-url"
+    )
