@@ -14,9 +14,9 @@ Every container the plugin starts
 That sweep removes a container only when it provably is a dead run's own (``provably_owned``): its id is in the run's
 record, and its labels carry this host and the hash of that record's token. Labels alone prove nothing: anyone with
 access to the daemon can set them, and ``docker commit`` copies them onto every container made from the committed
-image; such a container has another id. The token never leaves the record (a file only this user can read), so a
-label cannot be made to match a record without it, and a record cannot be made to name a container without writing
-into this user's private folder.
+image; such a container has another id. A token hash seen on a label can be copied onto any container, but the id
+cannot: only the record, a file in this user's private folder, names it. The token hash ties the id to that run, so
+a record cannot be made to remove a container of another run (or of a user's own making) by naming its id.
 
 Ryuk, where it can run, keeps removing what testcontainers started when the session's connection drops; nothing here
 turns it off (``TESTCONTAINERS_RYUK_DISABLED`` is the user's choice, or CI's where Ryuk's image cannot be pulled).
@@ -179,7 +179,8 @@ def token_hash(token: str) -> str:
 
 @dataclass(frozen=True)
 class DeadRun:
-    """What a run record proves about containers: the ids it recorded, its token, and the host it ran on."""
+    """What a run record proves about containers: the ids it recorded, its token, and the host it ran on. A dead
+    run's record, or at its end the run's own (what a killed xdist worker left)."""
 
     token: str
     host: str
