@@ -215,7 +215,6 @@ def sweep(runs: Sequence[DeadRun], client: Any = None, host: str | None = None) 
         if not ok:
             return [f"kept {len(wanted)} recorded container(s) for later: {why}"], wanted
     import docker
-    import docker.errors
 
     if own_client:
         try:
@@ -223,13 +222,20 @@ def sweep(runs: Sequence[DeadRun], client: Any = None, host: str | None = None) 
         except Exception as exc:  # the daemon went away since the ping
             return [f"kept {len(wanted)} recorded container(s) for later: {_first_line(exc)}"], wanted
     try:
-        listed = client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host}"})
-    except Exception as exc:
-        return [f"kept {len(wanted)} recorded container(s) for later: {_first_line(exc)}"], wanted
+        return _remove_owned(client, runs, host, wanted)
     finally:
         if own_client:
             with contextlib.suppress(Exception):
                 client.close()
+
+
+def _remove_owned(client: Any, runs: Sequence[DeadRun], host: str, wanted: set[str]) -> tuple[list[str], set[str]]:
+    import docker.errors
+
+    try:
+        listed = client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host}"})
+    except Exception as exc:
+        return [f"kept {len(wanted)} recorded container(s) for later: {_first_line(exc)}"], wanted
     done: list[str] = []
     left: set[str] = set()
     for container in listed:
