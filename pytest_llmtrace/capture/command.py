@@ -23,7 +23,13 @@ from typing import Any, TextIO
 from pytest_llmtrace import redact
 from pytest_llmtrace.capture.filters import CaptureError, Filters, parse_dedupe, parse_filters
 from pytest_llmtrace.capture.golden_dir import GoldenDir, with_provenance
-from pytest_llmtrace.capture.phoenix_api import API_KEY_ENV, TRACES_PER_REQUEST, PhoenixClient, Source
+from pytest_llmtrace.capture.phoenix_api import (
+    API_KEY_ENV,
+    MAX_RESPONSE_BYTES,
+    TRACES_PER_REQUEST,
+    PhoenixClient,
+    Source,
+)
 from pytest_llmtrace.errors import TraceFormatWarning, did_you_mean
 from pytest_llmtrace.trace.model import Trace
 
@@ -45,7 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip traces whose normalized KEY was already captured (here or in DIR): question,sql (default), "
         "question, sql or none",
     )
-    parser.add_argument("--timeout", default=60.0, type=float, metavar="S", help="seconds to wait for each request")
+    parser.add_argument(
+        "--timeout", default=60.0, type=float, metavar="S", help="seconds each request may take, its answer included"
+    )
+    parser.add_argument(
+        "--max-response-bytes",
+        default=str(MAX_RESPONSE_BYTES),
+        metavar="N",
+        help=f"stop reading an answer longer than N bytes (default {MAX_RESPONSE_BYTES:,}): memory stays bounded",
+    )
     f = parser.add_argument_group("filters", "Time filters apply to the start of each trace's root span.")
     f.add_argument("--since", metavar="WHEN", help="only traces that started after WHEN: 30m, 24h, 7d or ISO 8601")
     f.add_argument("--until", metavar="WHEN", help="only traces that started before WHEN (same forms)")
@@ -79,7 +93,12 @@ def run(
         )
         dedupe = parse_dedupe(args.dedupe)
         redactor = redact.from_args(args)
-        client = PhoenixClient(args.phoenix_url, api_key=os.environ.get(API_KEY_ENV) or None, timeout=args.timeout)
+        client = PhoenixClient(
+            args.phoenix_url,
+            api_key=os.environ.get(API_KEY_ENV) or None,
+            timeout=args.timeout,
+            max_bytes=_integer(args.max_response_bytes, "--max-response-bytes", minimum=1),
+        )
     except (CaptureError, redact.RedactionError) as exc:
         print(f"error: {exc}", file=err)
         return 2

@@ -13,7 +13,6 @@ The time window applies to the root span's start, so a trace is never cut in hal
 
 from __future__ import annotations
 
-import json
 import socket
 import urllib.error
 import urllib.parse
@@ -21,8 +20,10 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from pytest_llmtrace.capture import http_client
 from pytest_llmtrace.capture.filters import CaptureError, Filters, sampled
 from pytest_llmtrace.errors import TraceFormatError, first_line, near_misses
+from pytest_llmtrace.trace import safejson
 from pytest_llmtrace.trace.jsondoc import Doc
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces
@@ -30,17 +31,23 @@ from pytest_llmtrace.trace.phoenix import span_from_rest
 
 __all__ = [
     "API_KEY_ENV",
+    "MAX_PAGES",
+    "MAX_RESPONSE_BYTES",
     "PAGE_LIMIT",
     "TRACES_PER_REQUEST",
     "PhoenixClient",
     "Source",
     "http_error_detail",
     "public_url",
+    "redirect_refused",
     "unreachable_reason",
 ]
 
 API_KEY_ENV = "PHOENIX_API_KEY"
 PAGE_LIMIT = 1000  # the most Phoenix's REST API gives in one page
+MAX_PAGES = 1_000_000  # pages of one listing before it is taken for a server that never ends
+# One answer's bytes: a page of 1,000 spans with long prompts is tens of MB; parsing takes about three times the size.
+MAX_RESPONSE_BYTES = 200_000_000
 TRACES_PER_REQUEST = 100  # trace ids in one query string: ~4 KB, well under any server's URL limit
 
 Counter = Callable[..., None]
@@ -66,14 +73,22 @@ class PhoenixClient:
     The API key goes only into the ``Authorization`` header: no message, file or attribute ever holds it.
     """
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         parts = urllib.parse.urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise CaptureError(
                 f"--phoenix-url {public_url(url)!r}: expected an http(s) URL like http://127.0.0.1:6006", usage=True
             )
         self.url = public_url(url).removesuffix("/v1/traces")
-        self.timeout = timeout
+        self.timeout = timeout  # for each request as a whole, not for each read
+        self.max_bytes = max_bytes
         self._headers = {"Accept": "application/json", "User-Agent": "pytest-llmtrace-capture"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -82,23 +97,37 @@ class PhoenixClient:
         query = urllib.parse.urlencode(list(params))
         request = urllib.request.Request(f"{self.url}{path}" + (f"?{query}" if query else ""), headers=self._headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-                content_type = response.headers.get("Content-Type", "")
+            body, content_type = http_client.request(request, timeout=self.timeout, max_bytes=self.max_bytes)
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc, path) from None
+        except http_client.CrossOriginRedirect as exc:
+            raise CaptureError(
+                f"GET {self.url}{path} {redirect_refused(exc, self.url)}; fix: set --phoenix-url to the address "
+                "Phoenix answers at"
+            ) from None
+        except http_client.ResponseTooLarge as exc:
+            raise CaptureError(
+                f"GET {self.url}{path} answered {exc}; fix: if this is Phoenix, raise --max-response-bytes"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             why = unreachable_reason(exc, self.timeout)
             raise CaptureError(
                 f"cannot reach Phoenix at {self.url} ({why}); fix: start Phoenix there or correct --phoenix-url"
             ) from None
+        not_json = CaptureError(
+            f"GET {self.url}{path} answered {content_type or 'a body'} that is not JSON; fix: --phoenix-url "
+            "must be Phoenix's base URL (the address of its UI, like http://127.0.0.1:6006)"
+        )
         try:
-            return json.loads(body)
-        except ValueError:
-            raise CaptureError(
-                f"GET {self.url}{path} answered {content_type or 'a body'} that is not JSON; fix: --phoenix-url "
-                "must be Phoenix's base URL (the address of its UI, like http://127.0.0.1:6006)"
-            ) from None
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise not_json from None
+        try:
+            return safejson.parse(text, f"GET {self.url}{path}")
+        except TraceFormatError as exc:  # JSON past safejson's limits (depth, digits, ...) is no Phoenix answer
+            if safejson.is_syntax_error(exc):
+                raise not_json from None
+            raise CaptureError(f"{exc}; fix: check that --phoenix-url is a Phoenix server") from None
 
     def _http_error(self, exc: urllib.error.HTTPError, path: str) -> CaptureError:
         if exc.code == 401:
@@ -119,9 +148,14 @@ class PhoenixClient:
         )
 
     def pages(self, path: str, params: Sequence[tuple[str, str]]) -> Iterator[list[Any]]:
-        """Every page of a paginated list, following ``next_cursor``."""
+        """Every page of a paginated list, following ``next_cursor``.
+
+        A cursor answered twice would loop forever, and a server that always has a next page would never end: both
+        stop with an error, the second after ``MAX_PAGES`` pages (a billion spans at Phoenix's page size).
+        """
         cursor: str | None = None
-        while True:
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
             page = self.get(path, [*params, *([("cursor", cursor)] if cursor else [])])
             data = page.get("data") if isinstance(page, dict) else None
             if not isinstance(data, list):
@@ -130,9 +164,20 @@ class PhoenixClient:
                     "is a Phoenix server"
                 )
             yield data
-            cursor = page.get("next_cursor")
-            if not cursor:
+            next_cursor = page.get("next_cursor")
+            if not next_cursor:
                 return
+            cursor = str(next_cursor)
+            if cursor in seen:
+                raise CaptureError(
+                    f"GET {self.url}{path} answered the page cursor {cursor[:40]!r} a second time, which would "
+                    f"list the same pages forever; fix: check that --phoenix-url is a Phoenix server"
+                )
+            seen.add(cursor)
+        raise CaptureError(
+            f"GET {self.url}{path} still had a next page after {MAX_PAGES:,} pages; stopped there; fix: check "
+            "that --phoenix-url is a Phoenix server, or narrow the capture with --since/--until"
+        )
 
     def projects(self) -> list[str]:
         names: list[str] = []
@@ -142,18 +187,26 @@ class PhoenixClient:
 
 
 def unreachable_reason(exc: OSError, timeout: float) -> str:
-    """Why a request to Phoenix got no answer at all, in a few words (a timeout, a refused connection, ...)."""
+    """Why a request to Phoenix got no (whole) answer, in a few words (a timeout, a refused connection, ...)."""
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, (socket.timeout, TimeoutError)):
-        return f"no answer within {timeout:g} s"
+        return f"no complete answer within {timeout:g} s"
     return first_line(reason) if isinstance(reason, BaseException) else str(reason)
+
+
+def redirect_refused(exc: http_client.CrossOriginRedirect, url: str) -> str:
+    """The middle of the message for a redirect not followed: where it went, and why the key stopped there."""
+    return (
+        f"was redirected to {exc.target}, another origin; the API key ({API_KEY_ENV}) goes only to "
+        f"{http_client.origin(url)}, so the redirect was not followed"
+    )
 
 
 def http_error_detail(exc: urllib.error.HTTPError) -> str:
     """The first line of the ``detail`` of a Phoenix (FastAPI) error answer, or '' when it has none."""
     try:
-        body = json.loads(exc.read() or b"null")
-    except (ValueError, OSError):
+        body = safejson.parse((exc.read(http_client.ERROR_BODY_BYTES) or b"null").decode("utf-8-sig"), None)
+    except (ValueError, OSError):  # TraceFormatError and UnicodeDecodeError are ValueErrors
         return ""
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list):  # FastAPI's validation errors

@@ -13,12 +13,21 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_llmtrace.capture.phoenix_api import API_KEY_ENV, http_error_detail, public_url, unreachable_reason
+from pytest_llmtrace.capture import http_client
+from pytest_llmtrace.capture.phoenix_api import (
+    API_KEY_ENV,
+    http_error_detail,
+    public_url,
+    redirect_refused,
+    unreachable_reason,
+)
 from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.trace import safejson
 
 __all__ = ["ANNOTATIONS_PER_REQUEST", "API_KEY_ENV", "ExportError", "PhoenixRest", "auth_headers"]
 
 ANNOTATIONS_PER_REQUEST = 500
+MAX_ANSWER_BYTES = 10_000_000  # a project or an annotation receipt is a few hundred bytes
 
 
 class ExportError(LLMTraceError):
@@ -47,10 +56,18 @@ class PhoenixRest:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = response.read()
+            payload, _ = http_client.request(request, timeout=self.timeout, max_bytes=MAX_ANSWER_BYTES)
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc, method, path) from None
+        except http_client.CrossOriginRedirect as exc:
+            raise ExportError(
+                f"{method} {self.url}{path} {redirect_refused(exc, self.url)}; fix: point --llmtrace-phoenix at the "
+                "address Phoenix answers at"
+            ) from None
+        except http_client.ResponseTooLarge as exc:
+            raise ExportError(
+                f"{method} {self.url}{path} answered {exc}; fix: --llmtrace-phoenix must be Phoenix's base URL"
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             why = unreachable_reason(exc, self.timeout)
             raise ExportError(
@@ -58,8 +75,8 @@ class PhoenixRest:
                 "a running one, or leave out --llmtrace-phoenix-export"
             ) from None
         try:
-            return json.loads(payload) if payload else None
-        except ValueError:
+            return safejson.parse(payload.decode("utf-8-sig"), f"{method} {self.url}{path}") if payload else None
+        except ValueError:  # not UTF-8, not JSON, or JSON past safejson's limits: not what Phoenix answers
             raise ExportError(
                 f"{method} {self.url}{path} did not answer JSON; fix: --llmtrace-phoenix must be Phoenix's base URL "
                 "(the address of its UI, like http://127.0.0.1:6006)"

@@ -10,17 +10,38 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from pytest_llmtrace.export.phoenix_rest import auth_headers
 
-__all__ = ["EXPORT_TIMEOUT_S", "MAX_QUEUE", "CountingExporter", "batch_processor"]
+__all__ = ["EXPORT_TIMEOUT_S", "MAX_QUEUE", "CountingExporter", "RedirectNotFollowed", "batch_processor"]
 
 EXPORT_TIMEOUT_S = 10.0  # one OTLP request, its retries included
 MAX_QUEUE = 100_000  # spans waiting to be sent; past it the oldest are dropped (and counted as not sent)
 SCHEDULE_DELAY_MS = 1000  # a batch leaves at least once a second, so little is left for the session end
+
+
+class RedirectNotFollowed(Exception):
+    """A 3xx answer to the spans' POST: they were not stored where the key and the data were meant to go."""
+
+
+def _refuse_redirects(response: requests.Response, *args: object, **kwargs: object) -> None:
+    if response.is_redirect:
+        raise RedirectNotFollowed(f"{response.status_code} redirect to another address: not followed")
+
+
+def _no_redirects_session() -> requests.Session:
+    """A session whose redirect answers are errors.
+
+    The exporter already posts with ``allow_redirects=False``, so neither the spans nor the key follow a redirect;
+    but it takes any status below 400 for success, and a redirect would count every span as sent while none was.
+    """
+    session = requests.Session()
+    session.hooks["response"].append(_refuse_redirects)
+    return session
 
 
 class CountingExporter(SpanExporter):
@@ -50,7 +71,12 @@ class CountingExporter(SpanExporter):
 
 def batch_processor(base_url: str, api_key: str | None) -> tuple[BatchSpanProcessor, CountingExporter]:
     exporter = CountingExporter(
-        OTLPSpanExporter(endpoint=base_url + "/v1/traces", headers=auth_headers(api_key), timeout=EXPORT_TIMEOUT_S)
+        OTLPSpanExporter(
+            endpoint=base_url + "/v1/traces",
+            headers=auth_headers(api_key),
+            timeout=EXPORT_TIMEOUT_S,
+            session=_no_redirects_session(),
+        )
     )
     processor = BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUE, schedule_delay_millis=SCHEDULE_DELAY_MS)
     return processor, exporter

@@ -8,6 +8,13 @@ memory, or reach it through a rebound DNS name. So every request is bounded here
   ``[::1]``, with or without a port) or one of ``Limits.allowed_hosts``; anything else is refused with 403, as real
   Ollama refuses it, because a page on ``http://attacker.example`` whose name now resolves to 127.0.0.1 (DNS
   rebinding) still sends its own name. A request without ``Host`` is a 400 (HTTP/1.1 requires one).
+- **Origin**: a browser adds the page's ``Origin`` to a cross-origin request, and a "simple" POST (``text/plain``)
+  goes out without a CORS preflight, addressed to the loopback Host itself: so a request whose ``Origin`` is not
+  ``http(s)://`` a loopback name (or one of ``Limits.allowed_hosts``) is refused with 403. Apps' own HTTP clients send
+  no ``Origin``; a request without one is answered.
+- **Connections**: at most ``Limits.max_connections`` at once, each on its own thread; a connection past the cap
+  gets a 503 (``Retry-After: 1``) from the accepting thread and is closed, so a client opening connections without
+  end costs no thread. A kept-alive connection counts until it idles out.
 - **Time**: once the first byte of a request has arrived, its head and body must arrive within
   ``Limits.read_timeout_s`` in total, or the client gets 408 and the connection is closed; a trickle of bytes does
   not extend the deadline. A kept-alive connection may sit idle for ``Limits.idle_timeout_s`` between requests.
@@ -29,6 +36,7 @@ import itertools
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +53,7 @@ __all__ = [
     "Route",
     "RouteServer",
     "is_loopback_host",
+    "is_loopback_origin",
     "ollama_error",
 ]
 
@@ -61,13 +70,16 @@ class Limits:
     read_timeout_s: float = 5.0  # the whole request, head and body, once its first byte has arrived
     idle_timeout_s: float = 60.0  # a kept-alive connection between requests (clients' pools keep 5-15 s)
     max_body_bytes: int = 16 * 1024 * 1024
-    allowed_hosts: tuple[str, ...] = ()  # further Host names to accept, e.g. when bound to another interface
+    allowed_hosts: tuple[str, ...] = ()  # further Host (and Origin) names to accept, e.g. bound to another interface
+    max_connections: int = 128  # threads; an app's HTTP pool keeps 10 to 100 connections
 
     def __post_init__(self) -> None:
         if self.read_timeout_s <= 0 or self.idle_timeout_s <= 0:
             raise ValueError("the read and idle timeouts must be positive numbers of seconds")
         if self.max_body_bytes < 0:
             raise ValueError("max_body_bytes must be 0 or more")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be 1 or more")
 
 
 class HTTPError(Exception):
@@ -129,6 +141,15 @@ def is_loopback_host(value: str, allowed: Iterable[str] = ()) -> bool:
         return False
 
 
+def is_loopback_origin(value: str, allowed: Iterable[str] = ()) -> bool:
+    """Whether an Origin header names a page served from loopback (or from one of ``allowed``): ``http(s)://`` and
+    a host ``is_loopback_host`` accepts, nothing else (``null``, ``file://`` and paths included)."""
+    scheme, sep, rest = value.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or "/" in rest or "@" in rest:
+        return False
+    return is_loopback_host(rest, allowed)
+
+
 class RouteServer(ThreadingHTTPServer):
     """A threading HTTP server that answers from a route table with one ``ModelBackend`` behind it."""
 
@@ -147,7 +168,51 @@ class RouteServer(ThreadingHTTPServer):
         self.routes = dict(routes)
         self.limits = limits
         self.request_ids = itertools.count(1)  # for ids the wire formats want unique per server (chatcmpl-N)
+        self._slots = threading.BoundedSemaphore(limits.max_connections)
         super().__init__(address, RequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection if one of ``max_connections`` is free, else a 503 from this thread."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        """Answer 503 and close, without reading the request: a few hundred bytes fit any socket buffer, so this
+        cannot stall the accepting thread. What the client already sent is drained without waiting, so the close
+        does not reset the connection before the client reads the answer."""
+        body = json.dumps(
+            ollama_error(
+                503,
+                f"too many connections: this Ollama-API stand-in serves at most {self.limits.max_connections} at "
+                "once (kept-alive connections count until they idle out); retry, or raise "
+                "Limits(max_connections=...)",
+            )
+        ).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            request.settimeout(1.0)
+            request.sendall(head.encode() + body)
+            request.shutdown(socket.SHUT_WR)
+            request.setblocking(False)
+            for _ in range(16):  # what has arrived already, at most 1 MiB
+                if not request.recv(65536):
+                    break
+        self.shutdown_request(request)
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -243,6 +308,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         error_body = route.error_body if route is not None else ollama_error
         try:
             self._check_host()
+            self._check_origin()
             raw = self._read_body()
         except HTTPError as exc:
             self._refuse(exc, error_body)
@@ -307,6 +373,17 @@ class RequestHandler(BaseHTTPRequestHandler):
                 f"Host {host[0]!r} is not a loopback name: this Ollama-API stand-in answers requests addressed to "
                 "localhost, 127.0.0.0/8 or [::1] only (a guard against DNS rebinding); to accept another name, "
                 "pass it in Limits(allowed_hosts=...)",
+                close=True,
+            )
+
+    def _check_origin(self) -> None:
+        origins = self.headers.get_all("Origin") or []
+        if origins and (len(origins) > 1 or not is_loopback_origin(origins[0], self.server.limits.allowed_hosts)):
+            raise HTTPError(
+                403,
+                f"Origin {origins[0]!r} is not a loopback origin: this Ollama-API stand-in answers pages served from "
+                "localhost, 127.0.0.0/8 or [::1] only (a web page elsewhere must not drive it); to accept another "
+                "name, pass it in Limits(allowed_hosts=...)",
                 close=True,
             )
 

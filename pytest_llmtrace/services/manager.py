@@ -30,7 +30,7 @@ from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.services import ollama, pg_leftovers, pg_roles, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
-from pytest_llmtrace.services.docker import ContainerOwner, docker_available, gpu_request, remove_run_containers
+from pytest_llmtrace.services.docker import docker_available, gpu_request
 from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
 from pytest_llmtrace.services.postgres import PostgresDatabase
@@ -380,19 +380,9 @@ class ServiceManager:
         self._owned.clear()
         self._endpoints.clear()
         if self.context.coordinator:
-            self.context.record.cleanup()
-            if any(choice.backend == "docker" for choice in self._choices.values()):
-                self._remove_run_containers()
+            self.context.record.cleanup()  # containers a killed worker left included (by their recorded ids)
         if errors:
             raise RuntimeError("pytest-llmtrace could not stop: " + "; ".join(errors))
-
-    def _remove_run_containers(self) -> None:
-        """Containers of this run that no backend stopped (an xdist worker's, when the worker was killed). Best
-        effort: when Docker does not answer now, the next run's sweep removes them."""
-        if not self._probes.docker()[0]:
-            return
-        with contextlib.suppress(Exception):
-            remove_run_containers(ContainerOwner.of(self.context.record).run)
 
 
 def _checked(settings: Settings) -> dict[str, Resolved]:

@@ -389,7 +389,7 @@ class DockerOllama:
         from pytest_llmtrace.services.docker import remove
 
         container, self._container = self._container, None
-        remove(container)
+        remove(container, self.record)
 
 
 class UrlOllama:

@@ -125,7 +125,7 @@ class DockerPhoenix:
         from pytest_llmtrace.services.docker import remove
 
         container, self._container = self._container, None
-        remove(container)
+        remove(container, self.record)
 
 
 class UrlPhoenix:

@@ -383,7 +383,7 @@ class DockerPostgres:
         from pytest_llmtrace.services.docker import remove
 
         container, self._container = self._container, None
-        remove(container)
+        remove(container, self.record)
 
 
 class UrlPostgres:

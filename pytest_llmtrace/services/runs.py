@@ -11,6 +11,13 @@ basetemp): the per-user folder is created 0700 and its owner checked before use;
 owns it; a path is deleted only if it is one of the plugin's own kinds (``llmtrace-*`` in the temp root, ``run-*``
 in the per-user folder), is not a symlink, and this user owns it; a process is killed only if it is the very process
 recorded: same pid, same start time, same command line.
+
+Docker containers are recorded too, but a container is not a file or a process of this user: anyone who can reach
+the daemon can make one with any labels, and ``docker commit`` copies a container's labels onto every container
+made from the committed image. So a record holds a random ``token`` that never leaves it (the containers carry only
+its SHA-256) and the id of each container as the daemon gave it at creation; a later run removes a container only
+when its id is in a dead run's record and its labels carry that record's token hash and this host
+(``services.docker.sweep``).
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import time
@@ -56,6 +65,8 @@ __all__ = [
     "wait_gone",
 ]
 
+KINDS = ("processes", "paths", "containers")  # what a record lists
+TOKEN_BYTES = 16
 STOP_TIMEOUT_S = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # all a run record may ask for
 OWN_PREFIX = "llmtrace-"  # the temp folders servers get: llmtrace-pg-*, llmtrace-ollama-*, llmtrace-phoenix-*
@@ -224,19 +235,28 @@ class RunRecord:
         self.owner_create_time = (
             psutil.Process(self.owner_pid).create_time() if owner_create_time is None else owner_create_time
         )
+        # The run's secret: a worker writing into its controller's record takes the controller's (see _load).
+        token = _read_record(self.path).get("token") if path is not None else None
+        self.token = str(token) if _is_token(token) else secrets.token_hex(TOKEN_BYTES)
 
     def _load(self) -> dict[str, list[dict[str, Any]]]:
         data = _read_record(self.path)
-        return {"processes": list(data.get("processes", [])), "paths": list(data.get("paths", []))}
+        if _is_token(data.get("token")):
+            self.token = str(data["token"])
+        return {kind: _entries(data, kind) for kind in KINDS}
 
     def _save(self, data: dict[str, list[dict[str, Any]]]) -> None:
-        if not data["processes"] and not data["paths"]:
+        if not any(data.values()):
             self.path.unlink(missing_ok=True)
             return
-        body = {"owner_pid": self.owner_pid, "owner_create_time": self.owner_create_time, **data}
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(body))
-        tmp.replace(self.path)
+        body = {
+            "owner_pid": self.owner_pid,
+            "owner_create_time": self.owner_create_time,
+            "token": self.token,
+            "host": socket.gethostname(),
+            **data,
+        }
+        _write_record(self.path, body)
 
     def _update(
         self, kind: str, add: dict[str, Any] | None = None, remove: Callable[[dict[str, Any]], bool] | None = None
@@ -273,13 +293,39 @@ class RunRecord:
     def remove_path(self, path: Path) -> None:
         self._update("paths", remove=lambda entry: entry.get("path") == str(path))
 
+    def add_container(self, container_id: str, service: str) -> None:
+        """Record a container the moment the daemon has created it: its id is what proves it ours later."""
+        self._update("containers", {"id": container_id, "service": service})
+
+    def remove_container(self, container_id: str) -> None:
+        self._update("containers", remove=lambda entry: entry.get("id") == container_id)
+
     def cleanup(self) -> list[str]:
-        """Stop everything still recorded (what workers started for the run, what a failed stop left) and forget it."""
+        """Stop everything still recorded (what workers started for the run, what a failed stop left) and forget it.
+
+        Containers a killed xdist worker left are removed here too; when Docker does not answer, they stay recorded
+        for the next run's ``reap_orphans``.
+        """
         with file_lock(self.path.with_suffix(".lock")):
-            done = _clean(self._load())
-            self.path.unlink(missing_ok=True)
-        self.path.with_suffix(".lock").unlink(missing_ok=True)
+            data = self._load()
+            done = _clean(data)
+            left = _reap_containers(data["containers"], self.token, socket.gethostname(), done)
+            if left:
+                self._save({"processes": [], "paths": [], "containers": left})
+            else:
+                self.path.unlink(missing_ok=True)
+        if not left:
+            self.path.with_suffix(".lock").unlink(missing_ok=True)
         return done
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 2 * TOKEN_BYTES and all(c in "0123456789abcdef" for c in value)
+
+
+def _entries(data: Mapping[str, Any], kind: str) -> list[dict[str, Any]]:
+    entries = data.get(kind)
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
 
 def _settled_cmdline(proc: psutil.Process, timeout: float = 2.0) -> list[str]:
@@ -307,10 +353,12 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 
 def reap_orphans(directory: Path | None = None) -> list[str]:
-    """Stop processes and delete paths recorded by runs whose pytest process no longer exists.
+    """Stop processes, delete paths and remove containers recorded by runs whose pytest process no longer exists.
 
     Returns what it did and what it refused, one line each: a record another user owns is left alone, and every
-    entry of a trusted record still has to pass ``may_delete`` or the command-line check.
+    entry of a trusted record still has to pass ``may_delete``, the command-line check or the container proof. A
+    record whose containers could not be removed now (Docker did not answer) is kept with those alone, for the next
+    run to try again.
     """
     done: list[str] = []
     for record in sorted((directory or records_dir()).glob("*.json")):
@@ -325,9 +373,33 @@ def reap_orphans(directory: Path | None = None) -> list[str]:
         if running(data.get("owner_pid"), data.get("owner_create_time")) is not None:
             continue  # that run is alive (another session, or an xdist controller): not ours to touch
         done.extend(_clean(data))
+        left = _reap_containers(_entries(data, "containers"), data.get("token"), data.get("host"), done)
+        if left:  # Docker did not answer: keep the containers' part of the record for the next run
+            _write_record(record, {**data, "processes": [], "paths": [], "containers": left})
+            continue
         record.unlink(missing_ok=True)
         record.with_suffix(".lock").unlink(missing_ok=True)
     return done
+
+
+def _reap_containers(
+    entries: list[dict[str, Any]], token: object, host: object, done: list[str]
+) -> list[dict[str, Any]]:
+    """Remove a record's containers (``services.docker.sweep`` checks each one's proof); returns the entries still
+    to remove because Docker did not answer. The Docker SDK is imported only when a record lists containers."""
+    if not entries or not _is_token(token) or not isinstance(host, str):
+        return []
+    from pytest_llmtrace.services.docker import DeadRun, sweep
+
+    lines, left = sweep([DeadRun(str(token), host, frozenset(str(e.get("id")) for e in entries))])
+    done.extend(lines)
+    return [e for e in entries if str(e.get("id")) in left]
+
+
+def _write_record(path: Path, body: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(body))
+    tmp.replace(path)
 
 
 def _clean(data: Mapping[str, Any]) -> list[str]:
