@@ -336,9 +336,9 @@ class Redactor:
                 if found.kind == "person":
                     known.setdefault(found.key, set()).add(found.text)
                 elif found.kind == "email":
-                    name = detectors.names_from_email(found.key.split("@", 1)[0])
-                    if name is not None:
-                        known.setdefault(name, set())
+                    from_email = detectors.names_from_email(found.key.split("@", 1)[0])
+                    if from_email is not None:
+                        known.setdefault(from_email, set())
         kept = {detectors.name_key(k) for k in self.keep}
         known = {name: spellings for name, spellings in known.items() if name not in kept}
         if known:
