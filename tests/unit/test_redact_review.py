@@ -3,12 +3,16 @@ through, placeholders that differed from file to file, and a seeded secret in an
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import stat
+import threading
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -320,6 +324,57 @@ def test_no_seeded_secret_reaches_any_file_or_stdout_of_import_and_export(
         outputs[path.name] = path.name + (path.read_text() if path.is_file() else "")
     assert {where: leaks(text) for where, text in outputs.items() if leaks(text)} == {}
     assert os.listdir(tmp_path / "golden")
+
+
+class _Phoenix(http.server.BaseHTTPRequestHandler):
+    """Phoenix's span listing over real HTTP, serving tests/data/phoenix/rest_spans.json with the seeds in every
+    root's question: what ``llmtrace capture`` reads."""
+
+    spans: list[dict[str, Any]] = []  # noqa: RUF012
+
+    def do_GET(self) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        data = self.spans
+        if query.get("parent_id") == ["null"]:
+            data = [s for s in data if s["parent_id"] is None]
+        if "trace_id" in query:
+            data = [s for s in data if s["context"]["trace_id"] in query["trace_id"]]
+        body = json.dumps({"data": data[: int(query.get("limit", ["1000"])[0])], "next_cursor": None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_no_seeded_secret_reaches_any_file_or_stdout_of_capture(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMTRACE_REDACTION_KEY", str(tmp_path / "key"))
+    spans = json.loads((REPO / "tests" / "data" / "phoenix" / "rest_spans.json").read_text())["data"]
+    for span in spans:
+        if span["parent_id"] is None:
+            span["attributes"] = {**span["attributes"], "input.value": SEEDED_TEXT, "customer.name": SEEDED["person"]}
+    _Phoenix.spans = spans
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Phoenix)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status = main(["capture", "--phoenix-url", url, "--project", "shop", "--out", str(tmp_path / "golden")])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    out, err = capfd.readouterr()
+    assert status == 0, err
+    outputs = {"stdout": out, "stderr": err}
+    for path in (tmp_path / "golden").rglob("*"):
+        outputs[path.name] = path.name + (path.read_text() if path.is_file() else "")
+    assert len(outputs) > 2
+    assert {where: leaks(text) for where, text in outputs.items() if leaks(text)} == {}
 
 
 # -- the export's setting ---------------------------------------------------------------------------------------------
