@@ -1,0 +1,112 @@
+"""Security review, findings 1 and 2 end to end: what a run prints (header, failures, summary) and writes (junit.xml,
+results.json, summary.md) holds no credential of the services it was given and no raw terminal control.
+
+Inner runs are in process; the servers they point at are a closed port (Postgres) and a small real HTTP server that
+answers the Ollama API's version and model list, so nothing here waits for a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PIECES = ("Alpha1", "Bravo2", "Charlie3", "Delta4", "Echo5", "Fox6")
+RAW_PASSWORD = "Alpha1/Bravo2@Charlie3%Delta4:Echo5?Fox6"  # typed raw, as a user might
+ENCODED_PASSWORD = "Alpha1%2FBravo2@Charlie3%25Delta4:Echo5%3FFox6"  # what httpx can send: "@" and ":" raw
+
+
+class _OllamaApi(BaseHTTPRequestHandler):
+    """An Ollama server with no models: the url backend's check fails at once with "model ... is not on ..."."""
+
+    def do_GET(self) -> None:
+        body = {"/api/version": b'{"version": "0.6.3"}', "/api/tags": b'{"models": []}'}.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body or b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def ollama_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OllamaApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _project(pytester: pytest.Pytester) -> None:
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
+    golden = pytester.path / "golden_traces"
+    golden.mkdir()
+    shutil.copy(REPO / "golden_traces" / "customers_by_tier.json", golden / "customers_by_tier.json")
+    pytester.makeini(
+        "[pytest]\naddopts = -p no:phoenix -p no:randomly -p no:cacheprovider\npythonpath = .\n"
+        "llmtrace_target = gateway.app:handle_user_request\n"
+    )
+
+
+def _everything(pytester: pytest.Pytester, result: pytest.RunResult) -> str:
+    """All a run showed and wrote: its output, junit.xml and the report folder's files."""
+    written = [p.read_text(encoding="utf-8") for p in (pytester.path / "out").glob("*")]
+    written.append((pytester.path / "junit.xml").read_text(encoding="utf-8"))
+    return "\n".join([result.stdout.str(), result.stderr.str(), *written])
+
+
+def _no_piece(text: str) -> None:
+    leaked = sorted({piece for piece in PIECES if piece in text})
+    assert not leaked, f"{leaked} leaked"
+
+
+def test_a_postgres_password_with_url_delimiters_is_nowhere_in_the_output(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    pytester.makepyfile("def test_uses_postgres(llmtrace_postgres):\n    pass\n")
+    dsn = f"postgresql://llt:{RAW_PASSWORD}@127.0.0.1:1/shop"
+    result = pytester.runpytest(f"--llmtrace-postgres={dsn}", "--junitxml=junit.xml", "--llmtrace-report=out")
+    result.assert_outcomes(errors=1, failed=1)  # the test's fixture, and the golden case: both need the database
+    out = _everything(pytester, result)
+    _no_piece(out)
+    assert "llmtrace postgres: url postgresql://llt:***@127.0.0.1:1/shop" in out
+    cases = json.loads((pytester.path / "out" / "results.json").read_text())["cases"]
+    assert [c["verdict"] for c in cases] == ["error"]  # the golden case, kept with its (redacted) error
+
+
+def test_a_keyword_dsn_given_as_the_postgres_setting_is_not_echoed(pytester: pytest.Pytester) -> None:
+    _project(pytester)
+    result = pytester.runpytest("--llmtrace-postgres=host=127.0.0.1 port=1 password=Alpha1/Bravo2@Charlie3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    _no_piece(result.stdout.str() + result.stderr.str())
+    result.stderr.fnmatch_lines(["*--llmtrace-postgres: 'host=127.0.0.1 port=1 password=***' is not a valid*"])
+
+
+def test_ollama_and_phoenix_credentials_are_nowhere_in_the_output(pytester: pytest.Pytester, ollama_port: int) -> None:
+    _project(pytester)
+    pytester.makepyfile("def test_uses_ollama(llmtrace_ollama):\n    pass\n")
+    result = pytester.runpytest(
+        f"--llmtrace-ollama=http://user:{ENCODED_PASSWORD}@127.0.0.1:{ollama_port}",
+        f"--llmtrace-phoenix=http://user:{RAW_PASSWORD}@127.0.0.1:1",
+        "--junitxml=junit.xml",
+        "--llmtrace-report=out",
+        "-k",
+        "uses_ollama",
+    )
+    result.assert_outcomes(errors=1)
+    out = _everything(pytester, result)
+    _no_piece(out)
+    assert f"is not on the Ollama server at http://user:***@127.0.0.1:{ollama_port}" in out
+    assert "llmtrace phoenix: url http://user:***@127.0.0.1:1" in out
