@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace import gate
+from pytest_llmtrace.inert import one_line
 
 __all__ = ["Comparison", "add_compare_arguments", "add_gate_arguments", "compare", "mcnemar_p"]
 
@@ -49,7 +50,7 @@ def _load(paths: list[Path]) -> list[dict[str, Any]] | None:
         try:
             cases.extend(gate.load_cases(path))
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             return None
     return cases
 
@@ -133,5 +134,5 @@ def run_compare(args: argparse.Namespace) -> int:
         return 2
     result = compare(old, new)
     for line in result.lines():
-        print(line)
+        print(one_line(line))  # case ids come from the files
     return REGRESSION_EXIT_STATUS if args.fail_on_regression and result.regressed else 0

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.errors import did_you_mean
+from pytest_llmtrace.inert import one_line
 
 __all__ = [
     "EXAMPLE",
@@ -196,7 +197,9 @@ def format_result(result: GateResult) -> str:
         sign = "+" if margin >= 0 else "-"
         held = f"{rule.name} {_num(result.value)} {rule.op} {_num(rule.threshold)}"
         return f"llmtrace gate: passed {held} ({sign}{_num(abs(margin))})"
-    shown = ", ".join(result.cases[:_SHOWN_CASES]) + (", ..." if len(result.cases) > _SHOWN_CASES else "")
+    # case ids come from file names and results.json files: printed to terminals, so no control characters
+    shown = ", ".join(map(one_line, result.cases[:_SHOWN_CASES]))
+    shown += ", ..." if len(result.cases) > _SHOWN_CASES else ""
     cases = f" ({len(result.cases)} case{'s' if len(result.cases) != 1 else ''}: {shown})" if result.cases else ""
     return f"llmtrace gate: FAILED {rule.name} {_num(result.value)} {_NEGATED[rule.op]} {_num(rule.threshold)}{cases}"
 

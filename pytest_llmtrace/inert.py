@@ -36,8 +36,12 @@ def escape_controls(text: object, keep: str = "\n\t") -> str:
 
 
 def one_line(text: object) -> str:
-    """``text`` on one line: newlines and every other control character as escapes."""
-    return escape_controls(text, keep="")
+    """``text`` on one line: newlines, controls and every other character that prints nothing (``str.isprintable``
+    says which: format characters such as the bidi controls, separators such as U+2028) as escapes."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
 
 
 # Everything CommonMark / GFM gives a meaning to, escaped with a backslash: links and images ([ ] ( ) !), emphasis

@@ -28,6 +28,7 @@ from pytest_llmtrace import gate, golden
 from pytest_llmtrace.capture.golden_dir import PROVENANCE
 from pytest_llmtrace.errors import first_line
 from pytest_llmtrace.failing import OUTCOMES_KEY
+from pytest_llmtrace.inert import one_line
 from pytest_llmtrace.ollama_api.backend import normalize_model_name
 from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.outcome import CaseOutcome, Mode
@@ -322,7 +323,7 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if any(len(c.get("runs") or ()) > 1 for c in state.cases):
         terminalreporter.section("llmtrace repeats")
         for line in runs.repeat_lines(state.cases, state.repeat, state.min_pass_rate):
-            terminalreporter.line(line)
+            terminalreporter.line(one_line(line))
     if state.gate_results:
         terminalreporter.section("llmtrace gate")
         for result in state.gate_results:
@@ -331,7 +332,7 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if linked:
         terminalreporter.section("llmtrace failing cases in Phoenix")
         for case in linked:
-            terminalreporter.line(f"{case['case_id']}: {case['phoenix_url']}")
+            terminalreporter.line(one_line(f"{case['case_id']}: {redact_url(str(case['phoenix_url']))}"))
     if state.report_dir is not None:
         page = state.report_dir / "report.html"
         here = config.invocation_params.dir

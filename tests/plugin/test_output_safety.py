@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmtrace.services.postgres import PostgresDatabase
+
 REPO = Path(__file__).resolve().parents[2]
 PIECES = ("Alpha1", "Bravo2", "Charlie3", "Delta4", "Echo5", "Fox6")
 RAW_PASSWORD = "Alpha1/Bravo2@Charlie3%Delta4:Echo5?Fox6"  # typed raw, as a user might
@@ -110,3 +112,41 @@ def test_ollama_and_phoenix_credentials_are_nowhere_in_the_output(pytester: pyte
     _no_piece(out)
     assert f"is not on the Ollama server at http://user:***@127.0.0.1:{ollama_port}" in out
     assert "llmtrace phoenix: url http://user:***@127.0.0.1:1" in out
+
+
+# -- finding 2: terminal control characters ---------------------------------------------------------------------------
+
+HOSTILE = "\x1b]8;;https://evil.example\x07click\x1b]8;;\x07\x1b[2J\x9b31m\u202egnp.exe\u2066"
+RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e", "\u2066")
+
+
+@pytest.fixture(scope="module")
+def pg_url(llmtrace_postgres: PostgresDatabase) -> str:
+    return llmtrace_postgres.endpoint.url
+
+
+def test_control_characters_from_a_golden_file_and_the_settings_are_escaped_in_the_terminal(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """The model's SQL of a failing case (from its golden file) is in the failure message; a setting is in the
+    header. Both reach the terminal with their escape sequences shown, not obeyed."""
+    _project(pytester)
+    golden = pytester.path / "golden_traces"
+    (golden / "customers_by_tier.json").unlink()
+    text = (REPO / "golden_traces" / "error_unknown_column.json").read_text(encoding="utf-8")
+    sql = "SELECT c.segment, sum(o.amount)"
+    assert sql in text  # the model's answer, the SQL span, the outputs
+    hostile = json.dumps(f"/* {HOSTILE} */ ")[1:-1]
+    (golden / "error_unknown_column.json").write_text(text.replace(sql, hostile + sql), encoding="utf-8")
+    result = pytester.runpytest(
+        f"--llmtrace-postgres={pg_url}",
+        "--llmtrace-replay-speed=instant",
+        f"--llmtrace-ollama-model=qwen{HOSTILE}",
+        "--junitxml=junit.xml",
+        "--llmtrace-report=out",
+    )
+    result.assert_outcomes(failed=1)
+    shown = result.stdout.str() + result.stderr.str()
+    assert not [c for c in RAW_CONTROLS if c in shown]
+    assert "/* \\x1b]8;;https://evil.example\\x07click" in shown  # still there to read, as escapes
+    assert "\\u202egnp.exe\\u2066" in shown
