@@ -3,15 +3,15 @@ or a model, and is printed to a terminal, written into Markdown that GitHub rend
 
 A terminal obeys escape sequences (ESC, CSI as C1 ``\\x9b``, OSC 8 links, title changes, cursor moves that hide
 lines), and bidirectional overrides reorder what a reader sees (Trojan Source). ``escape_controls`` shows each such
-character as its Python escape instead, so the text is still there to read but does nothing. ``markdown`` does the
-same for Markdown: every character that could start a link, an image, emphasis, HTML or a table cell is escaped.
+character as its Python escape instead, so the text is still there to read but does nothing. (Markdown and HTML have
+their own escaping, in ``reports.summary.cell`` and ``reports.html``, on top of this.)
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["escape_controls", "markdown", "one_line"]
+__all__ = ["escape_controls", "one_line"]
 
 # C0 controls, DEL, C1 controls; the bidi embeddings and overrides (U+202A-U+202E), the isolates (U+2066-U+2069),
 # the implicit marks (U+200E, U+200F, U+061C) and the line and paragraph separators (U+2028, U+2029).
@@ -42,18 +42,3 @@ def one_line(text: object) -> str:
     if value.isprintable():
         return value
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
-
-
-# Everything CommonMark / GFM gives a meaning to, escaped with a backslash: links and images ([ ] ( ) !), emphasis
-# (* _ ~), code (`), HTML and autolinks (< >), headings and lists at a line start (# + - .), tables (|), entities (&),
-# and the backslash itself. ":" is escaped too, so GFM's bare-URL autolinks (https://...) do not become links.
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&:])")
-
-
-def markdown(text: object, limit: int | None = None) -> str:
-    """``text`` as literal Markdown text on one line: control characters escaped, every Markdown character
-    backslash-escaped, whitespace runs collapsed, cut at ``limit`` characters (before escaping)."""
-    flat = " ".join(one_line(text).split())
-    if limit is not None and len(flat) > limit:
-        flat = flat[: max(0, limit - 3)] + "..."
-    return _MARKDOWN.sub(r"\\\1", flat)
