@@ -150,3 +150,19 @@ def test_control_characters_from_a_golden_file_and_the_settings_are_escaped_in_t
     assert not [c for c in RAW_CONTROLS if c in shown]
     assert "/* \\x1b]8;;https://evil.example\\x07click" in shown  # still there to read, as escapes
     assert "\\u202egnp.exe\\u2066" in shown
+
+
+# -- finding 5: reports are never written through a planted link ------------------------------------------------------
+
+
+def test_a_run_refuses_a_planted_results_link_and_does_not_pass(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly -p no:cacheprovider\n")
+    pytester.makepyfile("def test_ok():\n    pass\n")
+    (pytester.path / "out").mkdir()
+    (pytester.path / "out" / "results.json").symlink_to(victim)
+    result = pytester.runpytest("--llmtrace-report=out")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR  # the reports CI reads are missing: never a green run
+    result.stdout.fnmatch_lines(["llmtrace report: not written: *results.json is a symbolic link*"])
+    assert victim.read_text() == "precious\n"
