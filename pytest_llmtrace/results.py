@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -94,6 +95,7 @@ class RunResults:
     recorded_models: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # models.trace_digests, merged
     live_models: models.LiveDigests | None = None  # what the Ollama server said, asked once per process
     report_error: str | None = None  # why the reports could not be written (a refused symbolic link, say)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # a case is (run_id, nodeid) to llmtrace gate
 
 
 _KEY = pytest.StashKey[RunResults]()
@@ -384,7 +386,10 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         version = metadata.version("pytest-llmtrace")
     except metadata.PackageNotFoundError:
         version = "unknown"
+    shard = config.stash[_KEY].shard
     return {
+        "run_id": config.stash[_KEY].run_id,
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "plugin_version": version,
         "git_revision": git_revision(root),
         "mode": get_config(config).mode,

@@ -166,3 +166,20 @@ def test_a_run_refuses_a_planted_results_link_and_does_not_pass(pytester: pytest
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR  # the reports CI reads are missing: never a green run
     result.stdout.fnmatch_lines(["llmtrace report: not written: *results.json is a symbolic link*"])
     assert victim.read_text() == "precious\n"
+
+
+# -- finding 6: results.json says which run and which shard it is ----------------------------------------------------
+
+
+def test_results_json_records_its_run_id_and_shard(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly -p no:cacheprovider\n")
+    pytester.makepyfile("def test_ok():\n    pass\n")
+    runs = []
+    for shard in ("1/2", "2/2"):
+        pytester.runpytest(f"--llmtrace-shard={shard}", f"--llmtrace-report=out{shard[0]}")
+        runs.append(json.loads((pytester.path / f"out{shard[0]}" / "results.json").read_text())["run"])
+    assert [r["shard"] for r in runs] == [{"index": 1, "count": 2}, {"index": 2, "count": 2}]
+    assert len({r["run_id"] for r in runs}) == 2
+    assert all(len(r["run_id"]) == 32 for r in runs)
+    pytester.runpytest("--llmtrace-report=whole")
+    assert json.loads((pytester.path / "whole" / "results.json").read_text())["run"]["shard"] is None
