@@ -223,7 +223,7 @@ def _finite_float(text: str) -> float | _NonFinite:
 # The figures of a case (and of each of its runs): what gates and reports compute with. A number or null each.
 _FIGURE_MAPS = ("tokens", "golden_tokens", "durations_ms", "golden_durations_ms", "replayed_durations_ms", "pass_hat_k")
 _FIGURES = ("pass_rate", "min_pass_rate")
-_MEASURED = ("now", "golden", "limit", "low", "basis", "replayed")
+_MEASURED = ("now", "golden", "limit", "low", "replayed")
 
 
 def load_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from pytest_llmtrace.cli import main as cli_main
 from pytest_llmtrace.gate import GATE_EXIT_STATUS, load_cases
+from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Measurement
 
 
 def _case(case_id: str, total_ms: float | str = 100.0) -> dict[str, Any]:
@@ -104,3 +106,18 @@ def test_a_figure_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
 def test_a_violated_gate_still_exits_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path / "results.json", _case("a", 900.0))
     assert _gate(capsys, str(path), "--gate", "latency_p95_ms <= 500")[0] == GATE_EXIT_STATUS
+
+
+def test_what_the_plugin_writes_passes_the_figure_check(tmp_path: Path) -> None:
+    """Every field of an outcome (a measurement's basis is a word, its samples a list) reads back."""
+    slow = Measurement("total", "ms", 1406.0, 1006.0, "relative", 1509.0, "<= 1.5x golden", "failed", replayed=1000)
+    outcome = CaseOutcome(
+        "a",
+        "replay",
+        "golden_traces/a.json",
+        checks=(CheckResult("latency", "failed", "slow", (replace(slow, samples=(1406.0, 1500.5)),)),),
+        tokens={"total": 10},
+        durations_ms={"total": 1406.0},
+    )
+    path = _write(tmp_path / "results.json", {**outcome.to_dict(), "verdict": "failed", "nodeid": "x"})
+    assert load_cases(path)[0]["case_id"] == "a"
