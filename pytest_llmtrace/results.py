@@ -37,7 +37,7 @@ from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.reports import html, models, runs
 from pytest_llmtrace.reports.summary import summary_markdown, totals
 from pytest_llmtrace.services import session as services
-from pytest_llmtrace.services.base import redact_url
+from pytest_llmtrace.services.base import redact_text, redact_url
 from pytest_llmtrace.settings import SERVICE_SETTINGS, SettingSpec, resolve
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import write_golden
@@ -206,7 +206,7 @@ def _read_golden(state: RunResults, trace: Trace, found: list[dict[str, Any]]) -
     if isinstance(url, str) and isinstance(trace_id, str):
         project = resource.get(PROVENANCE + "project")
         for data in found:
-            data["phoenix"] = {"url": url, "project": project, "trace_id": trace_id}
+            data["phoenix"] = {"url": redact_url(url), "project": project, "trace_id": trace_id}
 
 
 def _ask_server(config: pytest.Config, mode: str) -> models.LiveDigests | None:
@@ -255,6 +255,8 @@ def _first_line(report: pytest.TestReport) -> str:
 
 
 def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> dict[str, Any]:
+    if data.get("app_error"):  # the app's exception: drivers put the DSN they were given into theirs
+        data["app_error"] = redact_text(str(data["app_error"]))
     data["verdict"] = "passed" if data["passed"] else "failed"
     data["nodeid"] = item.nodeid
     data["phoenix_url"] = phoenix_url

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psycopg2.errors  # noqa: F401 - imported before any inner run: pytester's in-process runs drop modules
 import pytest
 
 from pytest_llmtrace.services.postgres import PostgresDatabase
@@ -141,7 +142,7 @@ def test_control_characters_from_a_golden_file_and_the_settings_are_escaped_in_t
     result = pytester.runpytest(
         f"--llmtrace-postgres={pg_url}",
         "--llmtrace-replay-speed=instant",
-        f"--llmtrace-ollama-model=qwen{HOSTILE}",
+        f"--llmtrace-phoenix=http://127.0.0.1:1/{HOSTILE}",
         "--junitxml=junit.xml",
         "--llmtrace-report=out",
     )
@@ -150,6 +151,7 @@ def test_control_characters_from_a_golden_file_and_the_settings_are_escaped_in_t
     assert not [c for c in RAW_CONTROLS if c in shown]
     assert "/* \\x1b]8;;https://evil.example\\x07click" in shown  # still there to read, as escapes
     assert "\\u202egnp.exe\\u2066" in shown
+    assert "llmtrace phoenix: url http://127.0.0.1:1/\\x1b]8;;" in shown  # the header
 
 
 # -- finding 5: reports are never written through a planted link ------------------------------------------------------
@@ -183,3 +185,30 @@ def test_results_json_records_its_run_id_and_shard(pytester: pytest.Pytester) ->
     assert all(len(r["run_id"]) == 32 for r in runs)
     pytester.runpytest("--llmtrace-report=whole")
     assert json.loads((pytester.path / "whole" / "results.json").read_text())["run"]["shard"] is None
+
+
+def test_an_app_error_quoting_a_dsn_is_redacted_in_the_output_and_results(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """The app's own exception (a driver quoting the DSN it was given) is a case's ``app_error``."""
+    _project(pytester)
+    pytester.makepyfile(
+        leaky=f"""
+        def handle(question):
+            raise RuntimeError("cannot reach postgresql://app:{RAW_PASSWORD}@db.internal:5432/shop")
+        """
+    )
+    pytester.makeini(
+        "[pytest]\naddopts = -p no:phoenix -p no:randomly -p no:cacheprovider\npythonpath = .\n"
+        "llmtrace_target = leaky:handle\n"
+    )
+    result = pytester.runpytest(
+        f"--llmtrace-postgres={pg_url}",
+        "--junitxml=junit.xml",
+        "--llmtrace-report=out",
+        "--llmtrace-replay-speed=instant",
+    )
+    result.assert_outcomes(failed=1)
+    _no_piece(_everything(pytester, result))
+    (case,) = json.loads((pytester.path / "out" / "results.json").read_text())["cases"]
+    assert "postgresql://app:***@db.internal:5432/shop" in case["app_error"]

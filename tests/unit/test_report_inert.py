@@ -15,7 +15,7 @@ from pytest_llmtrace.reports.summary import summary_markdown
 LINK = "[click](https://evil.example/x)"
 IMAGE = "![pixel](https://evil.example/p.png)"
 HTML = "<img src=https://evil.example/h.png>"
-HOSTILE = f"{LINK} {IMAGE} {HTML} **bold** | x"
+HOSTILE = f"{LINK} {IMAGE} {HTML} **bold** | x \x1b[2J\u202e"
 
 
 def _case(case_id: str, verdict: str, **more: Any) -> dict[str, Any]:
@@ -43,6 +43,8 @@ def test_summary_shows_no_link_image_or_html_from_the_cases_or_the_baseline() ->
     rendered = _outside_code(markdown)
     for made in ("](", "<img", "<", "**bold**"):
         assert made not in rendered, f"{made!r} would render in {markdown}"
+    assert "\x1b" not in markdown
+    assert "\u202e" not in markdown
     # every table row keeps its column count: no value added a cell with a raw pipe
     for line in markdown.splitlines():
         if line.startswith("| `case"):
