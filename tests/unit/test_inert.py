@@ -39,8 +39,9 @@ def test_escape_controls_keeps_lines_and_tabs_and_shows_the_rest_as_escapes() ->
 def test_a_failure_message_is_escaped() -> None:
     with pytest.raises(pytest.fail.Exception) as failed:
         fail(f"[sql] the model answered:\n  SELECT 1 /* {HOSTILE} */")
-    assert not _raw(failed.value.msg)
-    assert "\n  SELECT 1 /* \\x1b]8;;" in failed.value.msg
+    message = str(failed.value.msg)
+    assert not _raw(message)
+    assert "\n  SELECT 1 /* \\x1b]8;;" in message
 
 
 def test_llmtrace_show_escapes_span_names_and_attributes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +61,7 @@ def test_llmtrace_show_escapes_span_names_and_attributes(tmp_path: Path, capsys:
 
 
 def _results(path: Path, *case_ids: str, passed: bool = False) -> Path:
-    cases = [
+    cases: list[dict[str, object]] = [
         {"case_id": c, "passed": passed, "verdict": "passed" if passed else "failed", "checks": [], "sql": c}
         for c in case_ids
     ]
