@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace import gate
+from pytest_llmtrace.inert import one_line
 
-__all__ = ["Comparison", "add_compare_arguments", "add_gate_arguments", "compare", "mcnemar_p"]
+__all__ = ["Comparison", "Merged", "add_compare_arguments", "add_gate_arguments", "compare", "mcnemar_p", "merge"]
 
 REGRESSION_EXIT_STATUS = 1
 
@@ -49,9 +51,85 @@ def _load(paths: list[Path]) -> list[dict[str, Any]] | None:
         try:
             cases.extend(gate.load_cases(path))
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             return None
     return cases
+
+
+@dataclass
+class Merged:
+    """The cases of several results.json files, each file and each case once, and what was left out and why."""
+
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # duplicates dropped: printed, so a count never surprises
+    errors: list[str] = field(default_factory=list)  # what makes the merge unusable (a missing shard): fail closed
+
+
+def merge(paths: list[Path]) -> Merged:
+    """Read each file once (by resolved path) and each case once (by its run id and node id), and check that the
+    files that are shards of one run (``run.shard``, written by ``--llmtrace-shard K/N``) are all N of them.
+
+    A gate over a CI matrix must not pass because a shard's job died before uploading its file, nor count a file
+    given twice (a glob that matched a copy) as twice the cases.
+    """
+    merged = Merged()
+    read: dict[Path, Path] = {}
+    seen: dict[tuple[object, object, object], Path] = {}
+    shards: dict[int, tuple[Path, object]] = {}
+    counts: dict[int, Path] = {}
+    unsharded: list[Path] = []
+    dropped = 0
+    for path in paths:
+        key = path.resolve()
+        if key in read:
+            merged.notes.append(f"{path} is {read[key]} again: read once")
+            continue
+        read[key] = path
+        try:
+            run, cases = gate.load_results(path)
+        except ValueError as exc:
+            merged.errors.append(str(exc))
+            continue
+        run_id = run.get("run_id")
+        shard = run.get("shard")
+        if isinstance(shard, dict) and isinstance(shard.get("index"), int) and isinstance(shard.get("count"), int):
+            index, count = shard["index"], shard["count"]
+            counts.setdefault(count, path)
+            if index in shards and shards[index][1] != run_id:
+                merged.errors.append(f"shard {index}/{count} is given twice: {shards[index][0]} and {path}")
+            shards.setdefault(index, (path, run_id))
+        else:
+            unsharded.append(path)
+        for case in cases:
+            identity = (run_id, case.get("nodeid"), case.get("case_id"))
+            if identity in seen:
+                dropped += 1
+                continue
+            seen[identity] = path
+            merged.cases.append(case)
+    if dropped:
+        merged.notes.append(
+            f"{dropped} case{'s' if dropped != 1 else ''} already read from another file (same run id and node id): "
+            "counted once"
+        )
+    if counts:
+        merged.errors += _shard_errors(shards, counts, unsharded)
+    return merged
+
+
+def _shard_errors(shards: dict[int, tuple[Path, object]], counts: dict[int, Path], unsharded: list[Path]) -> list[str]:
+    if len(counts) > 1:
+        given = ", ".join(f"{path} (of {count})" for count, path in sorted(counts.items()))
+        return [f"the files are shards of different splits: {given}; give the shards of one run"]
+    (count,) = counts
+    errors = [f"{path} is not a shard, but the other files are shards of {count}" for path in unsharded]
+    missing = [f"{k}/{count}" for k in range(1, count + 1) if k not in shards]
+    if missing:
+        errors.append(
+            f"shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing: the gate needs every shard's "
+            f"results.json (given: {', '.join(f'{k}/{count} {shards[k][0]}' for k in sorted(shards))})"
+        )
+    return errors
 
 
 def run_gate(args: argparse.Namespace) -> int:
@@ -60,12 +138,18 @@ def run_gate(args: argparse.Namespace) -> int:
     except gate.GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cases = _load(args.files)
+    merged = merge(args.files)
+    for note in merged.notes:
+        print(f"note: {one_line(note)}", file=sys.stderr)
+    if merged.errors:
+        for error in merged.errors:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
     baseline = _load([args.baseline]) if args.baseline else None
-    if cases is None or (args.baseline and baseline is None):
+    if args.baseline and baseline is None:
         return 2
     try:
-        results = gate.evaluate(rules, cases, baseline)
+        results = gate.evaluate(rules, merged.cases, baseline)
     except gate.GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -133,5 +217,5 @@ def run_compare(args: argparse.Namespace) -> int:
         return 2
     result = compare(old, new)
     for line in result.lines():
-        print(line)
+        print(one_line(line))  # case ids come from the files
     return REGRESSION_EXIT_STATUS if args.fail_on_regression and result.regressed else 0

@@ -13,19 +13,22 @@ from typing import NoReturn
 import pytest
 
 from pytest_llmtrace.checks.report import failure_message
+from pytest_llmtrace.inert import escape_controls
 from pytest_llmtrace.outcome import CaseOutcome
+from pytest_llmtrace.services.base import redact_text
 
 __all__ = ["OUTCOMES_KEY", "conclude", "fail", "fail_on"]
 
 
 def fail(message: str) -> NoReturn:
-    """Fail the running test with ``message`` alone.
+    """Fail the running test with ``message`` alone, its control characters escaped and URL secrets hidden.
 
     Raised ``from None``: called while an exception is being handled (in an ``except`` block or a ``__exit__``), a
     plain ``pytest.fail`` would print the caught error first, under "During handling of the above exception".
     """
     __tracebackhide__ = True
-    raise pytest.fail.Exception(message, pytrace=False) from None
+    # Messages quote span names, model SQL and service URLs: made inert for the terminal, and secrets hidden.
+    raise pytest.fail.Exception(escape_controls(redact_text(message)), pytrace=False) from None
 
 
 class fail_on:  # used like contextlib.suppress, so named like it

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.errors import did_you_mean
+from pytest_llmtrace.inert import one_line
 
 __all__ = [
     "EXAMPLE",
@@ -30,6 +31,7 @@ __all__ = [
     "evaluate",
     "format_result",
     "load_cases",
+    "load_results",
     "parse",
 ]
 
@@ -196,16 +198,45 @@ def format_result(result: GateResult) -> str:
         sign = "+" if margin >= 0 else "-"
         held = f"{rule.name} {_num(result.value)} {rule.op} {_num(rule.threshold)}"
         return f"llmtrace gate: passed {held} ({sign}{_num(abs(margin))})"
-    shown = ", ".join(result.cases[:_SHOWN_CASES]) + (", ..." if len(result.cases) > _SHOWN_CASES else "")
+    # case ids come from file names and results.json files: printed to terminals, so no control characters
+    shown = ", ".join(map(one_line, result.cases[:_SHOWN_CASES]))
+    shown += ", ..." if len(result.cases) > _SHOWN_CASES else ""
     cases = f" ({len(result.cases)} case{'s' if len(result.cases) != 1 else ''}: {shown})" if result.cases else ""
     return f"llmtrace gate: FAILED {rule.name} {_num(result.value)} {_NEGATED[rule.op]} {_num(rule.threshold)}{cases}"
 
 
 def load_cases(path: Path) -> list[dict[str, Any]]:
     """The cases of a results.json; a wrong file is a ``ValueError`` that names it and what was expected."""
+    return load_results(path)[1]
+
+
+class _NonFinite(str):
+    """A NaN, Infinity or -Infinity (or a number too large for a float) where results.json held it: kept as its text
+    until the figure check names its place."""
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
+# The figures of a case (and of each of its runs): what gates and reports compute with. A number or null each.
+_FIGURE_MAPS = ("tokens", "golden_tokens", "durations_ms", "golden_durations_ms", "replayed_durations_ms", "pass_hat_k")
+_FIGURES = ("pass_rate", "min_pass_rate")
+_MEASURED = ("now", "golden", "limit", "low", "replayed")
+
+
+def load_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``run`` object and the cases of a results.json.
+
+    A wrong file is a ``ValueError`` that names it, the JSON path and what was expected: not JSON, another schema
+    version, no case list, or a figure that is not a finite number. Python's JSON reader accepts ``NaN``,
+    ``Infinity``, ``-Infinity`` and ``1e999``, none of which the plugin writes; a forged ``-Infinity`` latency would
+    otherwise pass every ``<=`` gate and print as ``inf``.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_NonFinite, parse_float=_finite_float)
+    except (OSError, ValueError, RecursionError) as exc:
         raise ValueError(f"{path}: not a readable results.json ({exc})") from None
     if not isinstance(data, dict) or data.get("schema_version") != RESULTS_SCHEMA_VERSION:
         found = data.get("schema_version") if isinstance(data, dict) else type(data).__name__
@@ -213,4 +244,50 @@ def load_cases(path: Path) -> list[dict[str, Any]]:
     cases = data.get("cases")
     if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
         raise ValueError(f"{path}: at $.cases: expected a list of case objects")
-    return cases
+    run = data.get("run")
+    if not isinstance(run, dict):
+        run = {}
+    for i, case in enumerate(cases):
+        _check_figures(path, f"$.cases[{i}]", case)
+        for j, one in enumerate(case.get("runs") or ()):
+            if isinstance(one, dict):
+                _check_figures(path, f"$.cases[{i}].runs[{j}]", one)
+    _no_non_finite(path, "$", data)
+    return run, cases
+
+
+def _check_figures(path: Path, where: str, case: Mapping[str, Any]) -> None:
+    for name in _FIGURE_MAPS:
+        values = case.get(name)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: at {where}.{name}: expected an object of numbers, got {type(values).__name__}")
+        for key, value in values.items():
+            _figure(path, f"{where}.{name}.{key}", value)
+    for name in _FIGURES:
+        _figure(path, f"{where}.{name}", case.get(name))
+    for k, check in enumerate(case.get("checks") or ()):
+        for m, measurement in enumerate((check or {}).get("measurements") or () if isinstance(check, dict) else ()):
+            if isinstance(measurement, dict):
+                for name in _MEASURED:
+                    _figure(path, f"{where}.checks[{k}].measurements[{m}].{name}", measurement.get(name))
+
+
+def _figure(path: Path, where: str, value: object) -> None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        return
+    got = f"{value}" if isinstance(value, _NonFinite) else f"{type(value).__name__} {json.dumps(value)[:40]}"
+    raise ValueError(f"{path}: at {where}: expected a finite number or null, got {got}")
+
+
+def _no_non_finite(path: Path, where: str, value: object) -> None:
+    """No NaN or infinity anywhere: the plugin writes none (result rows hold them as strings)."""
+    if isinstance(value, _NonFinite):
+        raise ValueError(f"{path}: at {where}: expected a finite number, got {value}")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _no_non_finite(path, f"{where}.{key}", inner)
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            _no_non_finite(path, f"{where}[{i}]", inner)

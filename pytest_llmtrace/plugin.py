@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace import export, fixtures, golden, recording, replay_config, results, settings
+from pytest_llmtrace.inert import one_line
 from pytest_llmtrace.services import session as services
 
 
@@ -37,11 +38,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Each line made inert for the terminal: settings and service errors are shown as given."""
     return [
-        recording.report_header(config),
-        *replay_config.report_header(config),
-        *services.report_header(config),
-        *export.report_header(config),
+        one_line(line)
+        for line in (
+            recording.report_header(config),
+            *replay_config.report_header(config),
+            *services.report_header(config),
+            *export.report_header(config),
+        )
     ]
 
 

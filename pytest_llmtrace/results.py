@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,8 +27,9 @@ import pytest
 
 from pytest_llmtrace import gate, golden
 from pytest_llmtrace.capture.golden_dir import PROVENANCE
-from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.errors import LLMTraceError, first_line
 from pytest_llmtrace.failing import OUTCOMES_KEY
+from pytest_llmtrace.inert import one_line
 from pytest_llmtrace.ollama_api.backend import normalize_model_name
 from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.outcome import CaseOutcome, Mode
@@ -35,9 +37,10 @@ from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.reports import html, models, runs
 from pytest_llmtrace.reports.summary import summary_markdown, totals
 from pytest_llmtrace.services import session as services
-from pytest_llmtrace.services.base import redact_url
+from pytest_llmtrace.services.base import redact_text, redact_url
 from pytest_llmtrace.settings import SERVICE_SETTINGS, SettingSpec, resolve
 from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.otlp import write_golden
 
 __all__ = [
     "REPORT_SETTINGS",
@@ -91,6 +94,8 @@ class RunResults:
     prompt_hashes: set[str] = field(default_factory=set)  # sha256 of each system prompt the cases' LLM calls hold
     recorded_models: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # models.trace_digests, merged
     live_models: models.LiveDigests | None = None  # what the Ollama server said, asked once per process
+    report_error: str | None = None  # why the reports could not be written (a refused symbolic link, say)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # a case is (run_id, nodeid) to llmtrace gate
 
 
 _KEY = pytest.StashKey[RunResults]()
@@ -201,7 +206,7 @@ def _read_golden(state: RunResults, trace: Trace, found: list[dict[str, Any]]) -
     if isinstance(url, str) and isinstance(trace_id, str):
         project = resource.get(PROVENANCE + "project")
         for data in found:
-            data["phoenix"] = {"url": url, "project": project, "trace_id": trace_id}
+            data["phoenix"] = {"url": redact_url(url), "project": project, "trace_id": trace_id}
 
 
 def _ask_server(config: pytest.Config, mode: str) -> models.LiveDigests | None:
@@ -250,6 +255,8 @@ def _first_line(report: pytest.TestReport) -> str:
 
 
 def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> dict[str, Any]:
+    if data.get("app_error"):  # the app's exception: drivers put the DSN they were given into theirs
+        data["app_error"] = redact_text(str(data["app_error"]))
     data["verdict"] = "passed" if data["passed"] else "failed"
     data["nodeid"] = item.nodeid
     data["phoenix_url"] = phoenix_url
@@ -285,9 +292,23 @@ def sessionfinish(session: pytest.Session) -> None:
     if state.rules:
         state.gate_results = gate.evaluate(state.rules, state.cases, state.baseline)
     if state.report_dir is not None:
-        write_reports(state.report_dir, state.cases, run_metadata(config), state.gate_results, state.baseline)
+        try:
+            write_reports(
+                state.report_dir,
+                state.cases,
+                run_metadata(config),
+                state.gate_results,
+                state.baseline,
+                phoenix=_configured_phoenix(config),
+                root=config.rootpath,
+            )
+        except (LLMTraceError, OSError) as exc:
+            state.report_error = str(exc)
     if int(session.exitstatus) not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return  # usage errors, interruptions and internal errors keep pytest's status
+    if state.report_error is not None:  # the reports CI reads were asked for and are missing: never a green run
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        return
     if state.rules:
         if not all(r.passed for r in state.gate_results):
             session.exitstatus = gate.GATE_EXIT_STATUS
@@ -322,7 +343,7 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if any(len(c.get("runs") or ()) > 1 for c in state.cases):
         terminalreporter.section("llmtrace repeats")
         for line in runs.repeat_lines(state.cases, state.repeat, state.min_pass_rate):
-            terminalreporter.line(line)
+            terminalreporter.line(one_line(line))
     if state.gate_results:
         terminalreporter.section("llmtrace gate")
         for result in state.gate_results:
@@ -331,8 +352,10 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if linked:
         terminalreporter.section("llmtrace failing cases in Phoenix")
         for case in linked:
-            terminalreporter.line(f"{case['case_id']}: {case['phoenix_url']}")
-    if state.report_dir is not None:
+            terminalreporter.line(one_line(f"{case['case_id']}: {redact_url(str(case['phoenix_url']))}"))
+    if state.report_error is not None:
+        terminalreporter.line(f"llmtrace report: not written: {one_line(state.report_error)}", red=True)
+    elif state.report_dir is not None:
         page = state.report_dir / "report.html"
         here = config.invocation_params.dir
         shown = page.relative_to(here) if page.is_relative_to(here) else page  # as the user typed it, usually
@@ -365,7 +388,10 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         version = metadata.version("pytest-llmtrace")
     except metadata.PackageNotFoundError:
         version = "unknown"
+    shard = config.stash[_KEY].shard
     return {
+        "run_id": config.stash[_KEY].run_id,
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
         "plugin_version": version,
         "git_revision": git_revision(root),
         "mode": get_config(config).mode,
@@ -387,20 +413,68 @@ def _models(config: pytest.Config) -> list[dict[str, Any]]:
     return models.model_entries(names, state.mode, state.recorded_models, state.live_models)
 
 
+def _configured_phoenix(config: pytest.Config) -> list[str]:
+    """The Phoenix the user pointed the run at (--llmtrace-phoenix=URL) and the one the run used, if it started
+    one: report.html links to traces there, and nowhere a golden file names."""
+    urls = []
+    setting = resolve(config, SERVICE_SETTINGS)["phoenix"]
+    if "://" in setting:
+        urls.append(setting)
+    try:
+        manager = services.get_manager(config)
+    except KeyError:  # the services were never configured (a usage error stopped the run)
+        return urls
+    if "phoenix" in manager.started:  # this process's Phoenix (on the xdist controller: only the setting's)
+        urls.append(manager.endpoint("phoenix").url)
+    return urls
+
+
+def _make_report_dir(directory: Path, root: Path | None) -> None:
+    """Create the report folder, refusing one reached through a symbolic link below ``root`` (the rootdir): a link
+    planted there (a checked-out repository can hold one) would send the reports anywhere the user can write. Links
+    above the rootdir (a home folder on another disk) are the user's own and stay allowed; without a ``root``, only
+    the report folder itself is checked."""
+    if root is not None and directory.is_relative_to(root):
+        parts = directory.relative_to(root).parts
+        checked = [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
+    else:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        checked = [directory]
+    for path in checked:
+        if path.is_symlink():
+            raise LLMTraceError(
+                f"{path} is a symbolic link; reports are never written through a link: remove it, or give "
+                "--llmtrace-report a folder that is not one"
+            )
+        if not path.exists():
+            path.mkdir()
+        elif not path.is_dir():
+            raise LLMTraceError(f"{path} exists and is not a folder; remove it, or give --llmtrace-report another one")
+
+
 def write_reports(
     directory: Path,
     cases: list[dict[str, Any]],
     meta: dict[str, Any],
     gate_results: list[gate.GateResult],
     baseline: list[dict[str, Any]] | None,
+    *,
+    phoenix: list[str] | None = None,
+    root: Path | None = None,
 ) -> None:
-    """results.json, summary.md (appended to $GITHUB_STEP_SUMMARY too) and report.html, from the same cases."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """results.json, summary.md (appended to $GITHUB_STEP_SUMMARY too) and report.html, from the same cases;
+    ``phoenix``: the configured Phoenix URLs, the only ones report.html links to.
+
+    Written as golden files are (``trace.otlp.write_golden``): atomically, never through a symbolic link planted at
+    a report's name, and never into a folder reached through a link planted inside the project; an
+    ``LLMTraceError`` says which path was refused.
+    """
+    _make_report_dir(directory, root)
     doc = {"schema_version": RESULTS_SCHEMA_VERSION, "run": meta, "totals": totals(cases), "cases": cases}
-    (directory / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+    write_golden(directory / "results.json", json.dumps(doc, indent=2, default=str) + "\n", force=True)
     summary = summary_markdown(cases, gate_results, baseline)
-    (directory / "summary.md").write_text(summary, encoding="utf-8")
-    (directory / "report.html").write_text(html.render(doc, gate_results, baseline), encoding="utf-8")
+    write_golden(directory / "summary.md", summary, force=True)
+    write_golden(directory / "report.html", html.render(doc, gate_results, baseline, phoenix=phoenix or ()), force=True)
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a", encoding="utf-8") as out:

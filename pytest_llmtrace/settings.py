@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import pytest
 
 from pytest_llmtrace.errors import near_misses
+from pytest_llmtrace.services.base import redact_url
 from pytest_llmtrace.services.docker import GPU_SETTINGS, IMAGES
 
 if TYPE_CHECKING:
@@ -122,7 +123,8 @@ class Resolved:
     origin: str = "default"  # the exact knob: "--llmtrace-postgres", "LLMTRACE_POSTGRES", "ini llmtrace_postgres"
 
     def __str__(self) -> str:
-        return f"{self.value} (from {self.source})"
+        # printed in the report header and in errors: a service setting may be a DSN with a password
+        return f"{redact_url(self.value)} (from {self.source})"
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def _validate(spec: SettingSpec, value: str, where: str) -> str:
         options += ", or a URL (" + ", ".join(f"{s}://..." for s in spec.allow_url) + ")"
     near = near_misses(lowered.lower(), spec.choices)
     hint = f" Did you mean {near[0]!r}?" if near else ""
-    raise pytest.UsageError(f"{where}: {value!r} is not a valid {spec.name} setting; use {options}.{hint}")
+    raise pytest.UsageError(f"{where}: {redact_url(value)!r} is not a valid {spec.name} setting; use {options}.{hint}")
 
 
 def resolve(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace.export.session import EXPORT_SETTINGS, WORKER_KEY, PhoenixExport, PhoenixExportWarning
+from pytest_llmtrace.inert import one_line
 from pytest_llmtrace.recorder import TestWindow
 from pytest_llmtrace.recording import get_recorder
 from pytest_llmtrace.settings import add_options as add_setting_options
@@ -105,4 +106,4 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         return
     line = state.summary_line()
     if line:
-        terminalreporter.line(line)
+        terminalreporter.line(one_line(line))

@@ -3,7 +3,8 @@
 No network and no script: the styles are inline, there is no JavaScript, and a Content-Security-Policy of
 ``default-src 'none'`` makes the browser refuse anything a hostile string might still try to load. Every string
 from a trace, a golden file or model output (case ids, SQL, errors, reasons, attribute values) goes through
-``html.escape``; links are only made to http(s) URLs.
+``html.escape``; the only links are to the Phoenix the user configured (a golden file's other Phoenix is text), and
+the CSP also forbids a ``<base>`` and form submissions (``base-uri 'none'; form-action 'none'``).
 
 Layout: the gate verdict first (``#verdict``), then the totals, the gates with "was / now" against a baseline, and
 one row per case, failing cases first: verdict (with pass rate when runs were repeated), failed checks, the total
@@ -26,6 +27,7 @@ from pytest_llmtrace import gate
 from pytest_llmtrace.reports import waterfall
 from pytest_llmtrace.reports.baseline import case_changes, figure, gate_changes
 from pytest_llmtrace.reports.summary import totals, why
+from pytest_llmtrace.services.base import redact_url
 
 __all__ = ["phoenix_link", "render"]
 
@@ -59,19 +61,55 @@ def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def phoenix_link(case: Mapping[str, Any]) -> str | None:
-    """Phoenix's own redirect to a trace by its OTel id, for a golden trace captured from Phoenix."""
-    phoenix = case.get("phoenix")
-    if not isinstance(phoenix, Mapping):
-        return None
-    url, trace_id = str(phoenix.get("url") or ""), str(phoenix.get("trace_id") or "")
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """scheme, host and port of an http(s) URL (the port made explicit), or None."""
     try:
-        scheme = urlsplit(url).scheme.lower()
+        parts = urlsplit(url.strip())
+        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
     except ValueError:
         return None
-    if scheme not in ("http", "https") or not trace_id:
+    if scheme not in ("http", "https") or not host:
         return None
-    return f"{url.rstrip('/')}/redirects/traces/{quote(trace_id, safe='')}"
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def _base(url: str) -> str:
+    """The configured Phoenix URL without its user part, query or fragment: what a link may carry."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+
+
+def phoenix_link(case: Mapping[str, Any], phoenix: Sequence[str] = ()) -> str | None:
+    """Phoenix's own redirect to a trace by its OTel id, for a golden trace captured from the Phoenix the user
+    configured (``phoenix``: its URLs, from --llmtrace-phoenix or the server the run used).
+
+    A golden file is reviewed as data, not as a list of links: the Phoenix it names is linked to only when it is one
+    of those origins, and the link is built on the configured URL, so a file cannot send a reader elsewhere.
+    """
+    found = case.get("phoenix")
+    if not isinstance(found, Mapping):
+        return None
+    url, trace_id = str(found.get("url") or ""), str(found.get("trace_id") or "")
+    origin = _origin(url)
+    if origin is None or not trace_id:
+        return None
+    for configured in phoenix:
+        if _origin(configured) == origin:
+            return f"{_base(configured)}/redirects/traces/{quote(trace_id, safe='')}"
+    return None
+
+
+def _phoenix_cell(case: Mapping[str, Any], phoenix: Sequence[str]) -> str:
+    link = phoenix_link(case, phoenix)
+    if link:
+        return f"<a href='{_e(link)}' rel='noopener noreferrer'>trace</a>"
+    found = case.get("phoenix")
+    if isinstance(found, Mapping) and found.get("url"):  # another Phoenix: where the trace is, as text
+        where = f"{redact_url(str(found.get('url')))} trace {found.get('trace_id') or '?'}"
+        return f"<span class='muted small'>{_e(where)}</span>"
+    return "<span class='muted'>-</span>"
 
 
 def _measurements(case: Mapping[str, Any], check: str, metric: str, unit: str) -> list[Mapping[str, Any]]:
@@ -240,7 +278,7 @@ def _slug(text: str, seen: set[str]) -> str:
     return slug
 
 
-def _case_rows(cases: Sequence[Mapping[str, Any]], was: Mapping[str, str | None] | None) -> str:
+def _case_rows(cases: Sequence[Mapping[str, Any]], was: Mapping[str, str | None] | None, phoenix: Sequence[str]) -> str:
     ordered = sorted(cases, key=lambda c: (_ORDER.get(str(c.get("verdict")), 1), str(c.get("case_id"))))
     seen: set[str] = set()
     rows = []
@@ -255,10 +293,7 @@ def _case_rows(cases: Sequence[Mapping[str, Any]], was: Mapping[str, str | None]
             rate = f"<br><span class='small'>{passed}/{len(runs)} runs, floor {_e(case.get('min_pass_rate'))}</span>"
         failed = [str(c.get("name")) for c in case.get("checks", ()) if c.get("status") == "failed"]
         reason = why(case)
-        link = phoenix_link(case)
-        phoenix = "<span class='muted'>-</span>"
-        if link:
-            phoenix = f"<a href='{_e(link)}' rel='noopener noreferrer'>trace</a>"
+        phoenix_cell = _phoenix_cell(case, phoenix)
         baseline = ""
         if was is not None:
             before = was.get(str(case.get("case_id")))
@@ -273,7 +308,7 @@ def _case_rows(cases: Sequence[Mapping[str, Any]], was: Mapping[str, str | None]
             + _figure_cell(case, "latency", "SQL", "ms", "durations_ms", "golden_durations_ms")
             + _figure_cell(case, "tokens", "total", "tokens", "tokens", "golden_tokens")
             + baseline
-            + f"<td>{phoenix}</td></tr>"
+            + f"<td>{phoenix_cell}</td></tr>"
             f"<tr class='more'><td colspan='{width}'><details{'' if verdict == 'passed' else ' open'}>"
             "<summary>waterfalls, checks, SQL and budgets</summary>"
             f"{_details(case)}</details></td></tr>"
@@ -326,14 +361,18 @@ def render(
     doc: Mapping[str, Any],
     gate_results: Sequence[gate.GateResult] = (),
     baseline: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    phoenix: Sequence[str] = (),
 ) -> str:
-    """The page for one results.json document (``doc``), its gates' results, and the baseline's cases if any."""
+    """The page for one results.json document (``doc``), its gates' results, and the baseline's cases if any;
+    ``phoenix``: the URLs of the Phoenix the user configured, the only one trace links go to."""
     cases = list(doc.get("cases", ()))
     was = None if baseline is None else {str(c.get("case_id")): str(c.get("verdict", "failed")) for c in baseline}
     baseline_head = "<th>baseline</th>" if was is not None else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
+        "base-uri 'none'; form-action 'none'\">"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>llmtrace report</title><style>{_CSS}{waterfall.CSS}</style></head><body><main>"
         f"<h1>llmtrace report</h1>{_meta(doc.get('run') or {})}"
@@ -344,7 +383,7 @@ def render(
         "<th>total ms<br><span class='small'>now / golden / limit</span></th>"
         "<th>SQL ms<br><span class='small'>now / golden / limit</span></th>"
         f"<th>tokens<br><span class='small'>now / golden / limit</span></th>{baseline_head}<th>Phoenix</th></tr>"
-        f"</thead><tbody>{_case_rows(cases, was)}</tbody></table>"
+        f"</thead><tbody>{_case_rows(cases, was, phoenix)}</tbody></table>"
         + (_was_now_table(cases, baseline) if baseline is not None else "")
         + "</main></body></html>\n"
     )

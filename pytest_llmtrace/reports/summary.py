@@ -1,8 +1,9 @@
 """``summary.md``: what a person reads in ten seconds (also appended to ``$GITHUB_STEP_SUMMARY``): totals, the gate,
 the failing cases with their first reason, and with a baseline each gate's and each case's "was / now".
 
-Every value taken from a trace or from model output is made inert for Markdown: table cells lose their pipes and line
-breaks, and text is shown as code, so a hostile answer cannot add rows, links or HTML to a CI page.
+Every value taken from a trace, a golden file, model output or a baseline is made inert for Markdown: table cells
+lose their pipes, line breaks and control characters, and text is shown as code, so a hostile answer or baseline
+cannot add rows, links, images or HTML to a CI page; a verdict is shown as is only when it is one the plugin writes.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_llmtrace import gate
+from pytest_llmtrace.inert import one_line
 from pytest_llmtrace.reports.baseline import case_changes, figure, gate_changes
 
-__all__ = ["MAX_CASE_ROWS", "cell", "summary_markdown", "totals", "why"]
+__all__ = ["MAX_CASE_ROWS", "cell", "summary_markdown", "totals", "verdict_cell", "why"]
 
+VERDICTS = ("passed", "failed", "error", "new", "gone")  # new, gone: a case in one run only
 MAX_CASE_ROWS = 200  # a step summary stays readable; report.html and results.json list every case
 
 
@@ -27,9 +30,16 @@ def totals(cases: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def cell(text: object, limit: int = 160) -> str:
-    """Text as one inert Markdown table cell: a code span (no links, emphasis or HTML), no pipes, one line."""
-    flat = " ".join(str(text).split())[:limit].replace("|", "\\|").replace("`", "'")  # a backtick would end the span
+    """Text as one inert Markdown table cell: a code span (no links, emphasis or HTML), no pipes, one line, its
+    control characters escaped."""
+    flat = " ".join(one_line(text).split())[:limit].replace("|", "\\|").replace("`", "'")  # a backtick ends the span
     return f"`{flat}`" if flat else ""
+
+
+def verdict_cell(value: object) -> str:
+    """A verdict as the plugin writes it (passed, failed, error) as is; anything else a file claims is a verdict
+    (a baseline is any results.json) as an inert cell."""
+    return str(value) if value in VERDICTS else cell(value, 40)
 
 
 def why(case: Mapping[str, Any]) -> str:
@@ -88,7 +98,8 @@ def summary_markdown(
         columns = ["case", "verdict", "why", *(["Phoenix"] if linked else [])]
         lines += ["### Failing cases", "", f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
         for case in failing[:MAX_CASE_ROWS]:
-            row = f"| {cell(case.get('case_id'))} | {case.get('verdict')}{_runs(case)} | {cell(why(case))} |"
+            shown = f"{verdict_cell(case.get('verdict'))}{_runs(case)}"
+            row = f"| {cell(case.get('case_id'))} | {shown} | {cell(why(case))} |"
             if linked:
                 row += f" {_trace_link(case.get('phoenix_url'))} |"
             lines.append(row)
@@ -117,7 +128,8 @@ def _was_now(cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str,
     for change in changes[:MAX_CASE_ROWS]:
         mark = " (regressed)" if change.regressed else " (improved)" if change.improved else ""
         row = (
-            f"| {cell(change.case_id)} | {change.was or 'new'} | {change.now or 'gone'}{mark} | "
+            f"| {cell(change.case_id)} | {verdict_cell(change.was or 'new')} | "
+            f"{verdict_cell(change.now or 'gone')}{mark} | "
             f"{figure(change.was_ms)} | {figure(change.now_ms)} | {figure(change.was_tokens)} | "
             f"{figure(change.now_tokens)} |"
         )

@@ -3,6 +3,7 @@ backends share (a free port, an HTTP wait, a URL safe to print)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import time
@@ -10,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from pytest_llmtrace.errors import LLMTraceError
 
@@ -21,15 +22,15 @@ __all__ = [
     "ServiceStartError",
     "free_port",
     "http_ok",
+    "redact_text",
     "redact_url",
+    "url_secrets",
     "wait_until",
 ]
 
 # The services a session can start; each has a fixture ``llmtrace_<service>`` and a setting ``--llmtrace-<service>``.
 SERVICES = ("postgres", "ollama", "phoenix")
 LOG_TAIL_LINES = 50
-# Query parameters libpq reads a secret from: a DSN may carry the password there instead of in its user part.
-SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -72,9 +73,21 @@ class Endpoint:
 class ServiceStartError(LLMTraceError):
     """A service did not become ready: says which backend, shows the end of its log, and names the fix."""
 
-    def __init__(self, service: str, backend: str, reason: str, *, log: Sequence[str] = (), fix: str = "") -> None:
+    def __init__(
+        self,
+        service: str,
+        backend: str,
+        reason: str,
+        *,
+        log: Sequence[str] = (),
+        fix: str = "",
+        urls: Sequence[str] = (),
+    ) -> None:
+        # Every part may quote a URL (the user's, or one a driver echoes): secrets are hidden here, once for all
+        # backends; ``urls`` are the URLs the error is about, whose secrets a driver may echo in pieces.
+        reason, fix = redact_text(reason, *urls), redact_text(fix, *urls)
         self.service, self.backend, self.reason, self.fix = service, backend, reason, fix
-        self.log_tail = list(log)[-LOG_TAIL_LINES:]
+        self.log_tail = [redact_text(line, *urls) for line in list(log)[-LOG_TAIL_LINES:]]
         lines = [f"{service} ({backend}) did not start: {reason}"]
         if self.log_tail:
             lines.append(f"last {len(self.log_tail)} lines of its log:")
@@ -85,26 +98,90 @@ class ServiceStartError(LLMTraceError):
 
 
 def redact_url(url: str) -> str:
-    """The URL with its secrets hidden (the password in its user part or query): URLs end up in report headers,
-    failure messages and CI logs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL we can take apart (a bad port, say): show only its scheme
-        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
-    if password:
-        user_info, _, host = parts.netloc.rpartition("@")
-        parts = parts._replace(netloc=user_info.split(":", 1)[0] + ":***@" + host)
-    if parts.query:
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        if any(key.lower() in SECRET_QUERY_KEYS for key, _ in query):
-            hidden = [(key, "***" if key.lower() in SECRET_QUERY_KEYS else value) for key, value in query]
-            parts = parts._replace(query=urlencode(hidden, safe="/*"))
-    # a URL missing its "//" ("postgresql:user:pw@host") is not taken apart above, but still holds a password
-    return _USER_PASSWORD.sub(r"\1***@", urlunsplit(parts))
+    """The URL or DSN with its secrets hidden: URLs end up in report headers, failure messages, CI logs and junit.xml.
+
+    Taken apart by hand, not by ``urllib``: a password typed raw (``/``, ``@``, ``?``, ``#``, ``%`` unencoded) makes
+    ``urlsplit`` end the user part early and print the password as host, path or query. Here the user part runs to
+    the last ``@`` that a host follows, so whatever the password holds is hidden; a user part without a password is
+    kept for Postgres (a role name) and hidden for other schemes (``https://TOKEN@host``). Query parameters named
+    like a secret (``password``, ``sslpassword``, ``api_key``, ``token``...) are hidden, and so are the secrets of a
+    libpq keyword DSN (``host=db password=...``).
+    """
+    text = str(url)
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        return _KEYWORD_SECRET.sub(r"\1***", text)
+    head, rest = scheme.group(0), text[scheme.end() :]
+    at = _userinfo_end(rest)
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        shown = f"{user}:***" if colon else user if scheme.group(1).lower() in _ROLE_SCHEMES else "***"
+        rest = shown + rest[at:]
+    return head + _redact_query(rest)
 
 
-_USER_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:(?:/{0,2})[^:@/?#]*:)(?!\*\*\*@)[^@/?#]+@", re.IGNORECASE)
+def redact_text(text: str, *urls: str) -> str:
+    """``text`` (an error, a log line, a message) with every URL or DSN secret in it hidden, as ``redact_url`` does.
+
+    Drivers echo parts of a URL they could not parse (libpq: ``invalid integer value "pa" for connection option
+    "port"`` when a raw ``/`` ends the user part early), so the secrets of ``urls`` (the URLs the text may be about)
+    are also hidden wherever they or a piece of them (split at URL delimiters, three characters or more) appear.
+    """
+    out = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
+    if "=" in out:
+        out = _KEYWORD_SECRET.sub(r"\1***", out)
+    for secret in sorted({piece for url in urls for piece in url_secrets(url)}, key=len, reverse=True):
+        out = out.replace(secret, "***")
+    return out
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL or DSN carries (its password, secret query values, keyword values), raw and decoded, and
+    their pieces between URL delimiters: what must not appear in anything printed about it."""
+    found: list[str] = []
+    text = str(url)
+    scheme = _SCHEME.match(text)
+    if scheme is not None:
+        rest = text[scheme.end() :]
+        at = _userinfo_end(rest)
+        if at >= 0:
+            user, colon, password = rest[:at].partition(":")
+            found.append(password if colon else "" if scheme.group(1).lower() in _ROLE_SCHEMES else user)
+        found += [m.group(2) for m in _QUERY_SECRET.finditer(rest)]
+    found += [m.group(2) for m in _KEYWORD_SECRET.finditer(text)]
+    pieces: set[str] = set()
+    for secret in filter(None, found):
+        for form in (secret, unquote(secret), secret.strip("'")):
+            pieces.add(form)
+            pieces.update(p for p in _DELIMITERS.split(form) if len(p) >= 3)
+    return sorted((p for p in pieces if p and p != "***"), key=len, reverse=True)
+
+
+def _userinfo_end(rest: str) -> int:
+    """Index of the ``@`` that ends the user part of ``rest`` (a URL after its scheme), or -1: the last ``@`` that a
+    host (up to ``/``, ``?``, ``#`` or the end) follows."""
+    at = rest.rfind("@")
+    while at >= 0:
+        if _HOST.match(rest, at + 1):
+            return at
+        at = rest.rfind("@", 0, at)
+    return -1
+
+
+def _redact_query(rest: str) -> str:
+    return _QUERY_SECRET.sub(r"\1***", rest) if "=" in rest else rest
+
+
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):(?://)?", re.IGNORECASE)
+_ROLE_SCHEMES = frozenset({"postgresql", "postgres"})  # a user part alone is a role name, not a secret
+_HOST = re.compile(r"[A-Za-z0-9._~\-\[\]:%]*(?=[/?#]|$)")
+_SECRET_NAME = r"[A-Za-z0-9_.\-]*(?:pass|pwd|secret|token|key|auth|signature|sig|credential)[A-Za-z0-9_.\-]*"
+# a query value runs to the next "&" (a raw "#" in a password must not end it early)
+_QUERY_SECRET = re.compile(r"([?&;]" + _SECRET_NAME + r"=)([^&\s]*)", re.IGNORECASE)
+# libpq keyword DSNs: key = value, the value bare or single-quoted with backslash escapes
+_KEYWORD_SECRET = re.compile(r"((?<![\w.])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s]+")
+_DELIMITERS = re.compile(r"[/?#@:&=%;]")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -116,10 +193,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(_request(url), timeout=timeout) as response:
             return bool(200 <= response.status < 300)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _request(url: str) -> urllib.request.Request:
+    """urllib takes no user part in a URL (``http://user:pw@host`` is a "nonnumeric port"): it goes as basic auth."""
+    scheme = _SCHEME.match(url)
+    if scheme is not None and scheme.group(0).endswith("//"):
+        rest = url[scheme.end() :]
+        at = _userinfo_end(rest)
+        if at >= 0:
+            user, _, password = rest[:at].partition(":")
+            token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+            return urllib.request.Request(scheme.group(0) + rest[at + 1 :], headers={"Authorization": "Basic " + token})
+    return urllib.request.Request(url)
 
 
 def wait_until(

@@ -113,6 +113,8 @@ def check_setting(service: str, setting: Resolved, names: Iterable[str], url_sch
         return replace(setting, value=value.lower())
     options = ", ".join(selectable) + ", or a URL (" + ", ".join(f"{scheme}://..." for scheme in schemes) + ")"
     hint = did_you_mean(value.lower(), selectable) if "://" not in value else ""
+    if "=" in value and "://" not in value:  # a libpq keyword DSN ("host=db password=..."): say how to write it
+        hint = f"write a DSN as a URL ({schemes[0]}://USER:PASSWORD@HOST:PORT/DB, special characters percent-encoded)"
     raise pytest.UsageError(
         f"{setting.origin}: {redact_url(value)!r} is not a valid {service} setting; use {options}"
         + (f"; {hint}" if hint else "")

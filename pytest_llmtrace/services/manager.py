@@ -323,6 +323,7 @@ class ServiceManager:
                 f"cannot set up the test databases on {redact_url(endpoint.url)}: {first_line(exc)}",
                 fix="connect as a role with CREATEDB and CREATEROLE (it creates a template, a clone per session and "
                 "roles of its own for each session), or use --llmtrace-postgres=embedded",
+                urls=(endpoint.url,),
             ) from exc
         database = PostgresDatabase(
             endpoint=endpoint,
@@ -350,6 +351,7 @@ class ServiceManager:
                 endpoint.backend,
                 f"the session's own role cannot be used safely on {redact_url(endpoint.url)}: {first_line(exc)}",
                 fix="check pg_hba.conf lets the roles llmtrace_r_* / llmtrace_o_* log in with a password",
+                urls=(endpoint.url, database.reader_url, database.owner_url or ""),
             ) from exc
         self._guards[name] = guard
         return database

@@ -414,6 +414,7 @@ class UrlOllama:
                 self.backend,
                 f"GET {self.url}/api/version did not answer within {self.timeout:.0f} s",
                 fix="start Ollama there (`ollama serve`), fix the URL, or use --llmtrace-ollama=embedded",
+                urls=(self.url,),
             )
         ensure_model(
             self.url, self.model_name, None, backend=self.backend, create=False, modelfile_path=self.modelfile_path

@@ -145,6 +145,7 @@ class UrlPhoenix:
                 self.backend,
                 f"GET {self.url}/healthz did not answer within {self.timeout:.0f} s",
                 fix="start Phoenix there, fix the URL, or use --llmtrace-phoenix=embedded",
+                urls=(self.url,),
             )
         return _endpoint(self.backend, self.url, started)
 

@@ -407,6 +407,7 @@ class UrlPostgres:
                 self.backend,
                 f"cannot connect to {redact_url(self.url)}: {str(exc).strip()}",
                 fix="check the URL and that the server is up, or use --llmtrace-postgres=embedded",
+                urls=(self.url,),  # libpq echoes what it could not parse: a piece of a raw password, say
             ) from exc
         conn.close()
         return _endpoint_from_url(self.backend, self.url, started)

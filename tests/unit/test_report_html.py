@@ -96,7 +96,7 @@ def _doc() -> tuple[dict[str, Any], list[gate.GateResult], list[dict[str, Any]]]
 
 def test_the_page_has_the_verdict_failing_cases_first_and_shows_hostile_strings_as_text() -> None:
     doc, results, baseline = _doc()
-    page = parse(render(doc, results, baseline))
+    page = parse(render(doc, results, baseline, phoenix=["http://127.0.0.1:6006"]))
     (verdict,) = page.find("section", id="verdict")
     assert verdict["data-verdict"] == "failed"
     rows = page.find("tr", **{"data-verdict": "failed"}) + page.find("tr", **{"data-verdict": "passed"})
