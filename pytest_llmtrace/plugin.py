@@ -11,11 +11,12 @@ import pytest
 from pytest_llmtrace import export, fixtures, golden, recording, replay_config, results, settings
 from pytest_llmtrace.inert import one_line
 from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
-    settings.add_options(parser, settings.SERVICE_SETTINGS)
+    settings.add_options(parser, SERVICE_SETTINGS)
     settings.add_options(parser, replay_config.REPLAY_SETTINGS)
     settings.add_options(parser, results.REPORT_SETTINGS)
     results.add_options(parser)

@@ -38,7 +38,8 @@ from pytest_llmtrace.reports import html, models, runs
 from pytest_llmtrace.reports.summary import summary_markdown, totals
 from pytest_llmtrace.services import session as services
 from pytest_llmtrace.services.base import redact_text, redact_url
-from pytest_llmtrace.settings import SERVICE_SETTINGS, SettingSpec, resolve
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.settings import SettingSpec, resolve
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import write_golden
 

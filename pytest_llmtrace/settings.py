@@ -15,7 +15,6 @@ import pytest
 
 from pytest_llmtrace.errors import near_misses
 from pytest_llmtrace.services.base import redact_url
-from pytest_llmtrace.services.docker import GPU_SETTINGS, IMAGES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,70 +51,6 @@ class SettingSpec:
         return "llmtrace_" + self.name
 
 
-SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
-    # The three backends take no fixed choices here: the names come from the backend registry (built-in ones and
-    # those given to register_backend), and services.choice.check_setting checks them once the run is configured.
-    SettingSpec(
-        "postgres",
-        "Postgres backend: auto, docker, embedded, a name given to register_backend, or a postgresql:// URL of a "
-        "server to use.",
-        "auto",
-        allow_url=("postgresql", "postgres"),
-    ),
-    SettingSpec(
-        "ollama",
-        "Ollama backend: auto, docker, binary (`ollama` on PATH), embedded (llama.cpp in-process), a name given to "
-        "register_backend, or an http:// URL.",
-        "auto",
-        allow_url=("http", "https"),
-    ),
-    SettingSpec(
-        "phoenix",
-        "Phoenix backend: auto, docker, embedded (`phoenix serve`), a name given to register_backend, or an http:// "
-        "URL of a running Phoenix.",
-        "auto",
-        allow_url=("http", "https"),
-    ),
-    SettingSpec(
-        "use_app_env",
-        "yes: let `auto` use the app's own DB_URI / OLLAMA_HOST / PHOENIX_COLLECTOR_ENDPOINT (often production!).",
-        "no",
-        choices=("yes", "no"),
-    ),
-    SettingSpec("ollama_model", "Model name the app asks Ollama for.", "qwen-sql-prod"),
-    SettingSpec(
-        "ollama_modelfile",
-        "Modelfile that defines the model (relative to the rootdir).",
-        "fixtures/Modelfile",
-    ),
-    SettingSpec(
-        "sql_fixtures",
-        "SQL files or globs (relative to the rootdir) loaded in order into the template database.",
-        "fixtures/**/*.sql",
-        env=False,
-        ini_type="linelist",
-    ),
-    SettingSpec(
-        "postgres_image",
-        "Image of the docker Postgres backend: your production server's version, an extension image "
-        "(pgvector/pgvector:pg17), or a registry mirror's copy.",
-        IMAGES["postgres"],
-    ),
-    SettingSpec(
-        "phoenix_image", "Image of the docker Phoenix backend (a version or a registry mirror).", IMAGES["phoenix"]
-    ),
-    SettingSpec(
-        "ollama_image", "Image of the docker Ollama backend (a version or a registry mirror).", IMAGES["ollama"]
-    ),
-    SettingSpec(
-        "ollama_gpu",
-        "GPUs for the docker Ollama backend: auto (all, when nvidia-smi is on PATH), all, or none.",
-        "auto",
-        choices=GPU_SETTINGS,
-    ),
-)
-
-
 @dataclass(frozen=True)
 class Resolved:
     value: str
@@ -141,7 +76,7 @@ class Settings:
         return self.values[name].source
 
 
-def add_options(parser: pytest.Parser, specs: tuple[SettingSpec, ...] = SERVICE_SETTINGS) -> None:
+def add_options(parser: pytest.Parser, specs: tuple[SettingSpec, ...]) -> None:
     group = parser.getgroup("llmtrace", "LLM trace regression testing")
     for spec in specs:
         if spec.ini_type == "string":
@@ -168,7 +103,7 @@ def _validate(spec: SettingSpec, value: str, where: str) -> str:
 
 def resolve(
     config: pytest.Config,
-    specs: tuple[SettingSpec, ...] = SERVICE_SETTINGS,
+    specs: tuple[SettingSpec, ...],
     environ: Mapping[str, str] | None = None,
     getini: Callable[[str], object] | None = None,
 ) -> Settings:

@@ -35,7 +35,7 @@ from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.services.runs import RunContext, RunRecord, file_lock
-from pytest_llmtrace.settings import SERVICE_SETTINGS
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.pg_roles import RoleLimits

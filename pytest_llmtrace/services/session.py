@@ -19,7 +19,8 @@ import pytest
 
 from pytest_llmtrace.services.manager import ServiceManager
 from pytest_llmtrace.services.runs import UnsafeRunFolder, run_context
-from pytest_llmtrace.settings import SERVICE_SETTINGS, resolve
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.settings import resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

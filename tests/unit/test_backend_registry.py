@@ -14,7 +14,8 @@ import pytest
 from pytest_llmtrace import BackendContext, Endpoint, register_backend
 from pytest_llmtrace.services.manager import REGISTRY, ServiceManager
 from pytest_llmtrace.services.runs import RunContext, RunRecord
-from pytest_llmtrace.settings import SERVICE_SETTINGS, Resolved, Settings
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.settings import Resolved, Settings
 
 
 @pytest.fixture(autouse=True)
