@@ -17,7 +17,7 @@ from pytest_llmtrace.failing import conclude
 from pytest_llmtrace.options import CheckOptions, UnknownName, canonical_metric, canonical_token_kind, options_for
 from pytest_llmtrace.outcome import CaseOutcome, CheckResult, SqlOutcome
 from pytest_llmtrace.replay_config import get_config
-from pytest_llmtrace.runner import run_checks, sql_of
+from pytest_llmtrace.runner import guard_checks, run_checks, sql_of
 from pytest_llmtrace.services import session as services
 from pytest_llmtrace.services.pg_guard import Deadline
 from pytest_llmtrace.snapshot import OutcomeSnapshot
@@ -75,7 +75,7 @@ class Checker:
                 if held.before
                 else None
             )
-            findings = (*held.findings(), *((before,) if before is not None else ()))
+            findings = (*guard_checks(held.findings()), *((before,) if before is not None else ()))
             if deadline.fired:
                 outcome = CaseOutcome(outcome.case_id, "test", checks=findings, sql=outcome.sql)
             else:

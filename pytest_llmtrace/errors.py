@@ -73,6 +73,11 @@ def near_misses(value: str, choices: Iterable[str], *, n: int = 1, cutoff: float
     return difflib.get_close_matches(value, list(choices), n=n, cutoff=cutoff)
 
 
+def number_text(value: float) -> str:
+    """``5000`` rather than ``5000.0``, ``0.1`` rather than ``0.1000``: numbers as people write them."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def did_you_mean(value: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
     """``"did you mean 'x'?"`` for the closest valid name, or ``""``: the suffix every near-miss message shares."""
     near = near_misses(value, choices, cutoff=cutoff)

@@ -32,7 +32,7 @@ from pytest_llmtrace.options import CheckOptions, options_for
 from pytest_llmtrace.outcome import CaseOutcome, ReplayMiss
 from pytest_llmtrace.recording import TestRecording, get_recorder
 from pytest_llmtrace.replay_config import ReplayConfig, get_config
-from pytest_llmtrace.runner import run_checks, sql_of
+from pytest_llmtrace.runner import guard_checks, run_checks, sql_of
 from pytest_llmtrace.services import session as services
 from pytest_llmtrace.services.pg_guard import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
@@ -215,7 +215,7 @@ def _replay_case(
                 replayed_ms=replayed_ms,
                 replayed_spans_ns=replayed_spans_ns,
             )
-    findings = held.findings()
+    findings = guard_checks(held.findings())
     if outcome is None or deadline.fired:  # the app's error then is its connection being ended: the timeout says so
         sql_now = sql_of(llm_trace.trace)
         outcome = CaseOutcome(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pytest
 from openinference.semconv.trace import OpenInferenceSpanKindValues
 
-from pytest_llmtrace.errors import LLMTraceError, near_misses
+from pytest_llmtrace.errors import LLMTraceError, near_misses, number_text
 from pytest_llmtrace.settings import Settings, SettingSpec
 
 __all__ = [
@@ -93,11 +93,6 @@ def canonical_metric(name: object) -> str:
 
 def canonical_token_kind(name: object) -> str:
     return canonical(name, TOKEN_KINDS, "token kind")
-
-
-def number_text(value: float) -> str:
-    """``5000`` rather than ``5000.0``, ``0.1`` rather than ``0.1000``: numbers as people write them."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # -- parsing: one function per knob, for ini text and for marker values alike ------------------------------------------
@@ -316,6 +311,16 @@ class CheckOptions:
         if total is None:
             return MAX_AUTO_DEADLINE_S
         return min(MAX_AUTO_DEADLINE_S, max(total * DEADLINE_BUDGET_FACTOR / 1000, MIN_AUTO_DEADLINE_S))
+
+    @property
+    def case_deadline_source(self) -> str:
+        """Where ``case_deadline_s`` came from, for the ``[timeout]`` message."""
+        if self.case_timeout_s is not None:
+            return "llmtrace_case_timeout_s"
+        return (
+            f"llmtrace_case_timeout_s=auto: the total latency budget x {number_text(DEADLINE_BUDGET_FACTOR)}, at most "
+            f"{number_text(MAX_AUTO_DEADLINE_S)} s"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CheckOptions:

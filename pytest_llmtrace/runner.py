@@ -8,7 +8,7 @@ failure with ``checks.report``'s text, and keep the outcome for reports.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -19,12 +19,13 @@ from pytest_llmtrace.checks.results import check_results
 from pytest_llmtrace.checks.sql_text import strip_code_fences
 from pytest_llmtrace.options import CHECKS, CheckOptions
 from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Mode, ReplayMiss, SqlOutcome, Timings
+from pytest_llmtrace.services.pg_guard import Finding
 from pytest_llmtrace.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.trace.model import SqlStatement, Trace
 from pytest_llmtrace.trace.timeline import waterfall_of
 from pytest_llmtrace.trace.virtual import retime
 
-__all__ = ["UNSTABLE_SPREAD", "run_checks", "sql_of"]
+__all__ = ["UNSTABLE_SPREAD", "guard_checks", "run_checks", "sql_of"]
 
 _NEEDS_DATABASE = frozenset({"sql", "results", "cost", "snapshot"})
 _STATEMENT_TIMEOUT = "57014"
@@ -40,6 +41,12 @@ def sql_of(trace: Trace) -> str | None:
     if calls:
         return strip_code_fences(calls[-1].output_text) or None
     return None
+
+
+def guard_checks(findings: Iterable[Finding]) -> tuple[CheckResult, ...]:
+    """What a case's guard found (``services.pg_guard``: ``[timeout]``, ``[sandbox]``) as failed checks: the guard
+    sits below the checks and hands back plain data."""
+    return tuple(CheckResult(f.name, "failed", f.reason, details=f.details) for f in findings)
 
 
 def run_checks(
