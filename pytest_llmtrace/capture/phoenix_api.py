@@ -28,6 +28,7 @@ from pytest_llmtrace.trace.jsondoc import Doc
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces
 from pytest_llmtrace.trace.phoenix import span_from_rest
+from pytest_llmtrace.url_secrets import without_userinfo
 
 __all__ = [
     "API_KEY_ENV",
@@ -55,7 +56,9 @@ Counter = Callable[..., None]
 
 def public_url(url: str) -> str:
     """The URL without user, password, query or fragment: what may be printed or written into a committed file."""
-    parts = urllib.parse.urlsplit(url.strip())
+    # the user part goes first, found as redact_url finds it: urlsplit ends it at a raw "/" in the password and
+    # would print the rest of the password as the path
+    parts = urllib.parse.urlsplit(without_userinfo(url))
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -81,7 +84,7 @@ class PhoenixClient:
         timeout: float = 60.0,
         max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
-        parts = urllib.parse.urlsplit(url.strip())
+        parts = urllib.parse.urlsplit(without_userinfo(url))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise CaptureError(
                 f"--phoenix-url {public_url(url)!r}: expected an http(s) URL like http://127.0.0.1:6006", usage=True

@@ -4,7 +4,6 @@ backends share (a free port, an HTTP wait, a URL safe to print)."""
 from __future__ import annotations
 
 import base64
-import re
 import socket
 import time
 import urllib.error
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.url_secrets import redact_text, redact_url, split_userinfo, url_secrets
 
 __all__ = [
     "LOG_TAIL_LINES",
@@ -97,93 +97,6 @@ class ServiceStartError(LLMTraceError):
         super().__init__("\n".join(lines))
 
 
-def redact_url(url: str) -> str:
-    """The URL or DSN with its secrets hidden: URLs end up in report headers, failure messages, CI logs and junit.xml.
-
-    Taken apart by hand, not by ``urllib``: a password typed raw (``/``, ``@``, ``?``, ``#``, ``%`` unencoded) makes
-    ``urlsplit`` end the user part early and print the password as host, path or query. Here the user part runs to
-    the last ``@`` that a host follows, so whatever the password holds is hidden; a user part without a password is
-    kept for Postgres (a role name) and hidden for other schemes (``https://TOKEN@host``). Query parameters named
-    like a secret (``password``, ``sslpassword``, ``api_key``, ``token``...) are hidden, and so are the secrets of a
-    libpq keyword DSN (``host=db password=...``).
-    """
-    text = str(url)
-    scheme = _SCHEME.match(text)
-    if scheme is None:
-        return _KEYWORD_SECRET.sub(r"\1***", text)
-    head, rest = scheme.group(0), text[scheme.end() :]
-    at = _userinfo_end(rest)
-    if at >= 0:
-        user, colon, _ = rest[:at].partition(":")
-        shown = f"{user}:***" if colon else user if scheme.group(1).lower() in _ROLE_SCHEMES else "***"
-        rest = shown + rest[at:]
-    return head + _redact_query(rest)
-
-
-def redact_text(text: str, *urls: str) -> str:
-    """``text`` (an error, a log line, a message) with every URL or DSN secret in it hidden, as ``redact_url`` does.
-
-    Drivers echo parts of a URL they could not parse (libpq: ``invalid integer value "pa" for connection option
-    "port"`` when a raw ``/`` ends the user part early), so the secrets of ``urls`` (the URLs the text may be about)
-    are also hidden wherever they or a piece of them (split at URL delimiters, three characters or more) appear.
-    """
-    out = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
-    if "=" in out:
-        out = _KEYWORD_SECRET.sub(r"\1***", out)
-    for secret in sorted({piece for url in urls for piece in url_secrets(url)}, key=len, reverse=True):
-        out = out.replace(secret, "***")
-    return out
-
-
-def url_secrets(url: str) -> list[str]:
-    """The secrets a URL or DSN carries (its password, secret query values, keyword values), raw and decoded, and
-    their pieces between URL delimiters: what must not appear in anything printed about it."""
-    found: list[str] = []
-    text = str(url)
-    scheme = _SCHEME.match(text)
-    if scheme is not None:
-        rest = text[scheme.end() :]
-        at = _userinfo_end(rest)
-        if at >= 0:
-            user, colon, password = rest[:at].partition(":")
-            found.append(password if colon else "" if scheme.group(1).lower() in _ROLE_SCHEMES else user)
-        found += [m.group(2) for m in _QUERY_SECRET.finditer(rest)]
-    found += [m.group(2) for m in _KEYWORD_SECRET.finditer(text)]
-    pieces: set[str] = set()
-    for secret in filter(None, found):
-        for form in (secret, unquote(secret), secret.strip("'")):
-            pieces.add(form)
-            pieces.update(p for p in _DELIMITERS.split(form) if len(p) >= 3)
-    return sorted((p for p in pieces if p and p != "***"), key=len, reverse=True)
-
-
-def _userinfo_end(rest: str) -> int:
-    """Index of the ``@`` that ends the user part of ``rest`` (a URL after its scheme), or -1: the last ``@`` that a
-    host (up to ``/``, ``?``, ``#`` or the end) follows."""
-    at = rest.rfind("@")
-    while at >= 0:
-        if _HOST.match(rest, at + 1):
-            return at
-        at = rest.rfind("@", 0, at)
-    return -1
-
-
-def _redact_query(rest: str) -> str:
-    return _QUERY_SECRET.sub(r"\1***", rest) if "=" in rest else rest
-
-
-_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):(?://)?", re.IGNORECASE)
-_ROLE_SCHEMES = frozenset({"postgresql", "postgres"})  # a user part alone is a role name, not a secret
-_HOST = re.compile(r"[A-Za-z0-9._~\-\[\]:%]*(?=[/?#]|$)")
-_SECRET_NAME = r"[A-Za-z0-9_.\-]*(?:pass|pwd|secret|token|key|auth|signature|sig|credential)[A-Za-z0-9_.\-]*"
-# a query value runs to the next "&" (a raw "#" in a password must not end it early)
-_QUERY_SECRET = re.compile(r"([?&;]" + _SECRET_NAME + r"=)([^&\s]*)", re.IGNORECASE)
-# libpq keyword DSNs: key = value, the value bare or single-quoted with backslash escapes
-_KEYWORD_SECRET = re.compile(r"((?<![\w.])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s]*)", re.IGNORECASE)
-_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://[^\s]+")
-_DELIMITERS = re.compile(r"[/?#@:&=%;]")
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now. There is a small race until the server binds it; servers that accept port 0 avoid it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -201,14 +114,11 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 
 def _request(url: str) -> urllib.request.Request:
     """urllib takes no user part in a URL (``http://user:pw@host`` is a "nonnumeric port"): it goes as basic auth."""
-    scheme = _SCHEME.match(url)
-    if scheme is not None and scheme.group(0).endswith("//"):
-        rest = url[scheme.end() :]
-        at = _userinfo_end(rest)
-        if at >= 0:
-            user, _, password = rest[:at].partition(":")
-            token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
-            return urllib.request.Request(scheme.group(0) + rest[at + 1 :], headers={"Authorization": "Basic " + token})
+    bare, userinfo = split_userinfo(url)
+    if userinfo is not None:
+        user, _, password = userinfo.partition(":")
+        token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+        return urllib.request.Request(bare, headers={"Authorization": "Basic " + token})
     return urllib.request.Request(url)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_llmtrace.capture.phoenix_api import public_url
 from pytest_llmtrace.services.base import ServiceStartError, redact_text, redact_url, url_secrets
 from pytest_llmtrace.services.choice import check_setting
 from pytest_llmtrace.settings import Resolved
@@ -72,3 +73,18 @@ def test_a_keyword_dsn_in_a_bad_setting_is_not_echoed() -> None:
     assert "password=***" in str(raised.value)
     assert "postgresql://USER:PASSWORD@HOST:PORT/DB" in str(raised.value)
     _no_piece(str(setting))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:pa/ss@phoenix.local:6006/x",
+        "http://user:p@ss@phoenix.local:6006/x",
+        "https://user:p%2Fss#frag@phoenix.local:6006/x",
+    ],
+)
+def test_capture_and_export_print_a_phoenix_url_without_any_piece_of_its_password(url: str) -> None:
+    # urlsplit ends the user part at a raw "/" and printed "http://user/ss@h": a piece of the password as the path
+    shown = public_url(url)
+    assert shown == ("https" if url.startswith("https") else "http") + "://phoenix.local:6006/x"
+    assert not any(piece in shown for piece in url_secrets(url))
