@@ -220,7 +220,7 @@ def _has_cost_check() -> bool:
     import importlib
 
     try:
-        options = importlib.import_module("pytest_llmtrace.options")
+        options = importlib.import_module("pytest_llmtrace.checks.options")
     except ImportError:
         return False
     return "cost" in getattr(options, "CHECKS", ())

@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from pytest_llmtrace import capture, compare, redact
-from pytest_llmtrace.errors import LLMTraceError, TraceFormatWarning, first_line
-from pytest_llmtrace.inert import escape_controls, one_line
-from pytest_llmtrace.trace.importing import KNOWN_FORMATS, Imported, import_file
+from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatWarning, first_line
+from pytest_llmtrace.core.inert import escape_controls, one_line
+from pytest_llmtrace.results import compare
+from pytest_llmtrace.sources import capture, redact
+from pytest_llmtrace.sources.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import dumps, write_golden
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources

@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace import export, fixtures, golden, recording, replay_config, results, settings
-from pytest_llmtrace.inert import one_line
-from pytest_llmtrace.services import session as services
+from pytest_llmtrace.core import settings
+from pytest_llmtrace.core.inert import one_line
+from pytest_llmtrace.pytest import export_hooks as export
+from pytest_llmtrace.pytest import fixtures, golden, recording, replay_config
+from pytest_llmtrace.pytest import run_results as results
+from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 

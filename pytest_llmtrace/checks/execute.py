@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.checks.results import normalize_value
+from pytest_llmtrace.checks.equivalence import normalize_value
+from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
 from pytest_llmtrace.checks.sql_text import split_statements
-from pytest_llmtrace.errors import LLMTraceError, first_line
-from pytest_llmtrace.outcome import CheckResult, SqlOutcome
+from pytest_llmtrace.core.errors import LLMTraceError, first_line
 from pytest_llmtrace.services.pg_guard import APPLICATION_NAME
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
-from pytest_llmtrace.errors import LLMTraceError
-from pytest_llmtrace.url_secrets import redact_text, redact_url, split_userinfo, url_secrets
+from pytest_llmtrace.core.errors import LLMTraceError
+from pytest_llmtrace.core.url_secrets import redact_text, redact_url, split_userinfo, url_secrets
 
 __all__ = [
     "LOG_TAIL_LINES",

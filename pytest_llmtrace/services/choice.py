@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_llmtrace.errors import did_you_mean
-from pytest_llmtrace.services.base import redact_url
+from pytest_llmtrace.core.errors import did_you_mean
+from pytest_llmtrace.core.url_secrets import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from pytest_llmtrace.settings import Resolved
+    from pytest_llmtrace.core.settings import Resolved
 
 __all__ = ["APP_ENV", "IMPLICIT_BACKENDS", "Choice", "Probes", "check_setting", "choose"]
 

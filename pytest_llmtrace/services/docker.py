@@ -41,12 +41,12 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.core.errors import first_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.services.run_records import RunRecord
 
 # The images the Docker backends run unless --llmtrace-<service>-image says otherwise. Pinned: a tag decides the
 # server version results were recorded against, and "latest" changes under a test suite without a commit.
@@ -55,7 +55,7 @@ POSTGRES_IMAGE = "postgres:17.6-alpine"
 # tests/docker/images.sh reads the version from this line for its local image.
 PHOENIX_IMAGE = "arizephoenix/phoenix:version-20.26.1"
 # testcontainers' default (0.1.44) predates the JSON /api/create the Ollama backend uses (Ollama >= 0.5.6), and
-# 0.12.6 is the version the package's Ollama-API front reports (ollama_api/ollama_routes.py).
+# 0.12.6 is the version the package's Ollama-API front reports (modelapi/ollama_routes.py).
 OLLAMA_IMAGE = "ollama/ollama:0.12.6"
 IMAGES = {"postgres": POSTGRES_IMAGE, "phoenix": PHOENIX_IMAGE, "ollama": OLLAMA_IMAGE}
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from pytest_llmtrace.errors import did_you_mean, first_line
-from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
+from pytest_llmtrace.core.errors import did_you_mean, first_line
+from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.services import ollama, pg_leftovers, pg_roles, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
@@ -34,12 +34,12 @@ from pytest_llmtrace.services.docker import docker_available, gpu_request
 from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
 from pytest_llmtrace.services.postgres import PostgresDatabase
-from pytest_llmtrace.services.runs import RunContext, RunRecord, file_lock
+from pytest_llmtrace.services.run_records import RunContext, RunRecord, file_lock
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 if TYPE_CHECKING:
+    from pytest_llmtrace.core.settings import Resolved, Settings
     from pytest_llmtrace.services.pg_roles import RoleLimits
-    from pytest_llmtrace.settings import Resolved, Settings
 
 __all__ = [
     "REGISTRY",

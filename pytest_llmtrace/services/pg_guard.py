@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from pytest_llmtrace.errors import number_text
+from pytest_llmtrace.core.errors import number_text
 from pytest_llmtrace.services.pg_roles import SessionRoles
 
 if TYPE_CHECKING:

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.core.errors import first_line
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
 from pytest_llmtrace.services.docker import PHOENIX_IMAGE
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.services.run_records import RunRecord
 
 __all__ = ["PHOENIX_IMAGE", "DockerPhoenix", "EmbeddedPhoenix", "UrlPhoenix", "answers"]
 

@@ -28,15 +28,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from pytest_llmtrace.errors import LLMTraceError, first_line
+from pytest_llmtrace.core.errors import LLMTraceError, first_line
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE
 from pytest_llmtrace.services.pg_roles import admin_connection, lock_down_template
 from pytest_llmtrace.services.process import OwnedTempDir
-from pytest_llmtrace.services.runs import wait_gone
+from pytest_llmtrace.services.run_records import wait_gone
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.services.run_records import RunRecord
 
 __all__ = [
     "DockerPostgres",

@@ -7,8 +7,8 @@ Each layer declares its own knobs next to the code that reads them (``options.CH
 
 from __future__ import annotations
 
+from pytest_llmtrace.core.settings import SettingSpec
 from pytest_llmtrace.services.docker import GPU_SETTINGS, IMAGES
-from pytest_llmtrace.settings import SettingSpec
 
 __all__ = ["SERVICE_SETTINGS"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from pytest_llmtrace.inert import one_line
+from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.trace.question import QuestionSource, find_question
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, Span, Status
 from pytest_llmtrace.trace.views import SqlStatement, llm_call, span_kind

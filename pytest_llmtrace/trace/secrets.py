@@ -158,7 +158,7 @@ def is_secret_key(key: str) -> bool:
 
 
 def _is_placeholder(value: AttrValue) -> bool:
-    """``<API_KEY:3f9a1c2b>``: what ``pytest_llmtrace.redact`` writes in place of a value it recognised."""
+    """``<API_KEY:3f9a1c2b>``: what ``pytest_llmtrace.sources.redact`` writes in place of a value it recognised."""
     return isinstance(value, str) and _PLACEHOLDER.fullmatch(value) is not None
 
 

@@ -29,7 +29,7 @@ import ollama
 import psycopg2
 import pytest
 
-from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
+from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.services.base import ServiceStartError, http_ok
 from pytest_llmtrace.services.docker import (
     DEFAULT_SOCKET,
@@ -46,7 +46,7 @@ from pytest_llmtrace.services.docker import (
 from pytest_llmtrace.services.ollama import DockerOllama
 from pytest_llmtrace.services.phoenix import DockerPhoenix
 from pytest_llmtrace.services.postgres import DockerPostgres
-from pytest_llmtrace.services.runs import RunRecord
+from pytest_llmtrace.services.run_records import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER, WHY_NOT = docker_available()

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace import export
-from pytest_llmtrace.export.session import WORKER_KEY, PhoenixExport
-from pytest_llmtrace.export.spans import RunAttributes
+from pytest_llmtrace.pytest import export_hooks as export
+from pytest_llmtrace.pytest.export_session import WORKER_KEY, PhoenixExport
+from pytest_llmtrace.sinks.spans import RunAttributes
 
 TESTS = """
 from opentelemetry import trace
@@ -37,9 +37,9 @@ def test_plain():
         pass
 """
 EXPORT_MODULES = (
-    "pytest_llmtrace.export.sender",
-    "pytest_llmtrace.export.spans",
-    "pytest_llmtrace.export.phoenix_rest",
+    "pytest_llmtrace.sinks.sender",
+    "pytest_llmtrace.sinks.spans",
+    "pytest_llmtrace.sinks.phoenix_rest",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
 )
 

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmtrace.capture.filters import sampled
 from pytest_llmtrace.cli import main
-from pytest_llmtrace.ollama_api import OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
-from pytest_llmtrace.redact import unkeyed
+from pytest_llmtrace.modelapi import OllamaAPIServer
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import free_port, http_ok, wait_until
+from pytest_llmtrace.sources.capture.filters import sampled
+from pytest_llmtrace.sources.redact import unkeyed
 from pytest_llmtrace.trace.otlp import read_trace
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pytest_llmtrace.ollama_api import Limits, ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
-from pytest_llmtrace.ollama_api.transport import is_loopback_host
+from pytest_llmtrace.modelapi import Limits, ModelInfo, OllamaAPIServer
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
+from pytest_llmtrace.modelapi.transport import is_loopback_host
 
 MODEL = "qwen-sql-prod"
 QUESTION = "How many customers?"
@@ -326,7 +326,7 @@ def test_limits_must_be_positive() -> None:
 
 def test_responses_are_not_held_back_by_nagles_algorithm() -> None:
     """Headers and body go out in two writes: with Nagle on, the body waits for the client's delayed ACK (40 ms)."""
-    from pytest_llmtrace.ollama_api.transport import RequestHandler
+    from pytest_llmtrace.modelapi.transport import RequestHandler
 
     assert RequestHandler.disable_nagle_algorithm is True  # socketserver then sets TCP_NODELAY on each connection
 

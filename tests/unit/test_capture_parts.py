@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace.capture.filters import CaptureError, dedupe_key, parse_dedupe, parse_filters, parse_time, sampled
-from pytest_llmtrace.capture.golden_dir import CAPTURE_TIME, GoldenDir, with_provenance
-from pytest_llmtrace.capture.phoenix_api import public_url
 from pytest_llmtrace.cli import golden_file_name, main
+from pytest_llmtrace.sources.capture.filters import (
+    CaptureError,
+    dedupe_key,
+    parse_dedupe,
+    parse_filters,
+    parse_time,
+    sampled,
+)
+from pytest_llmtrace.sources.capture.golden_dir import CAPTURE_TIME, GoldenDir, with_provenance
+from pytest_llmtrace.sources.capture.phoenix_api import public_url
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 

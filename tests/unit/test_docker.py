@@ -33,7 +33,7 @@ from pytest_llmtrace.services.docker import (
     sweep,
 )
 from pytest_llmtrace.services.ollama import place_blob
-from pytest_llmtrace.services.runs import RunRecord, reap_orphans
+from pytest_llmtrace.services.run_records import RunRecord, reap_orphans
 
 
 def test_a_container_names_its_run_owner_and_host_and_carries_only_the_hash_of_its_runs_token(tmp_path: Path) -> None:

@@ -19,9 +19,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from pytest_llmtrace.export.naming import check_project_name, project_url, run_project_name, trace_url
-from pytest_llmtrace.export.phoenix_rest import ExportError, PhoenixRest
-from pytest_llmtrace.export.spans import (
+from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, ReplayMiss
+from pytest_llmtrace.results.summary import summary_markdown
+from pytest_llmtrace.services.base import free_port
+from pytest_llmtrace.sinks.naming import check_project_name, project_url, run_project_name, trace_url
+from pytest_llmtrace.sinks.phoenix_rest import ExportError, PhoenixRest
+from pytest_llmtrace.sinks.spans import (
     GIT_REVISION,
     PROJECT,
     TEST_NODEID,
@@ -32,10 +35,7 @@ from pytest_llmtrace.export.spans import (
     verdict,
     verdict_annotations,
 )
-from pytest_llmtrace.outcome import CaseOutcome, CheckResult, ReplayMiss
-from pytest_llmtrace.redact import Redactor
-from pytest_llmtrace.reports.summary import summary_markdown
-from pytest_llmtrace.services.base import free_port
+from pytest_llmtrace.sources.redact import Redactor
 
 API_KEY = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1w"
 REDACTOR = Redactor(key=b"k" * 32)  # the session's, keyed by the project's key file

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Measurement
 from pytest_llmtrace.cli import main as cli_main
-from pytest_llmtrace.gate import GATE_EXIT_STATUS, load_cases
-from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Measurement
+from pytest_llmtrace.results.gate import GATE_EXIT_STATUS, load_cases
 
 
 def _case(case_id: str, total_ms: float | str = 100.0) -> dict[str, Any]:

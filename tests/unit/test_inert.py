@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pytest_llmtrace.cli import main as cli_main
-from pytest_llmtrace.failing import fail
-from pytest_llmtrace.gate import GateResult, Rule, format_result
-from pytest_llmtrace.inert import escape_controls, one_line
+from pytest_llmtrace.core.inert import escape_controls, one_line
+from pytest_llmtrace.pytest.failing import fail
+from pytest_llmtrace.results.gate import GateResult, Rule, format_result
 
 REPO = Path(__file__).resolve().parents[2]
 # an OSC 8 hyperlink, a screen clear, a C1 CSI, DEL, NUL, a right-to-left override and an isolate

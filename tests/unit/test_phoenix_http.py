@@ -17,11 +17,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pytest_llmtrace.capture import phoenix_api
-from pytest_llmtrace.capture.filters import CaptureError
-from pytest_llmtrace.capture.phoenix_api import PhoenixClient
 from pytest_llmtrace.cli import main
-from pytest_llmtrace.export.phoenix_rest import ExportError, PhoenixRest
+from pytest_llmtrace.sinks.phoenix_rest import ExportError, PhoenixRest
+from pytest_llmtrace.sources.capture import phoenix_api
+from pytest_llmtrace.sources.capture.filters import CaptureError
+from pytest_llmtrace.sources.capture.phoenix_api import PhoenixClient
 
 API_KEY = "px-key-Zq81nVb27Xc0"
 Respond = Callable[["Handler"], None]
@@ -169,7 +169,7 @@ def test_export_does_not_carry_the_api_key_through_a_redirect_to_another_origin(
 
 def test_the_otlp_exporter_does_not_follow_a_redirect_at_all(servers: tuple[Server, Server]) -> None:
     """OpenTelemetry's exporter posts with ``allow_redirects=False``; this pins it, since spans and key go together."""
-    from pytest_llmtrace.export.sender import batch_processor
+    from pytest_llmtrace.sinks.sender import batch_processor
 
     phoenix, elsewhere = servers
     phoenix.respond = lambda h: h.redirect(elsewhere.url, 307)

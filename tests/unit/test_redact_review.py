@@ -21,11 +21,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pytest_llmtrace.capture.filters import dedupe_key
+from pytest_llmtrace.checks.outcome import CaseOutcome
 from pytest_llmtrace.cli import main
-from pytest_llmtrace.export.spans import RunAttributes, prepare, verdict
-from pytest_llmtrace.outcome import CaseOutcome
-from pytest_llmtrace.redact import Redactor
+from pytest_llmtrace.sinks.spans import RunAttributes, prepare, verdict
+from pytest_llmtrace.sources.capture.filters import dedupe_key
+from pytest_llmtrace.sources.redact import Redactor
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace.redact import Redactor
+from pytest_llmtrace.sources.redact import Redactor
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "redaction" / "corpus.jsonl"
 # Secrets and cards must never get through; the rest are recognised by shape or context and may miss a few.

@@ -8,9 +8,9 @@ from typing import Any
 
 from htmlpage import parse
 
-from pytest_llmtrace import gate
-from pytest_llmtrace.reports.html import phoenix_link, render
-from pytest_llmtrace.reports.summary import summary_markdown
+from pytest_llmtrace.results import gate
+from pytest_llmtrace.results.html import phoenix_link, render
+from pytest_llmtrace.results.summary import summary_markdown
 
 LINK = "[click](https://evil.example/x)"
 IMAGE = "![pixel](https://evil.example/p.png)"
