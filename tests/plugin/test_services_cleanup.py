@@ -172,6 +172,7 @@ def _left_behind(pytester: pytest.Pytester, tmp_before: set[str], port: int) -> 
     return found
 
 
+@pytest.mark.slow  # signals to a pytest in its own process, with its servers
 @pytest.mark.parametrize(
     ("signum", "xdist"),
     [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
@@ -197,6 +198,7 @@ def test_a_signal_stops_every_server_the_run_started_and_removes_its_files(
     assert _left_behind(pytester, tmp_before, port) == []
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,6 +217,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     assert _left_behind(pytester, tmp_before, port) == []
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_cleaned_up_by_the_next_run(
     pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
