@@ -215,6 +215,7 @@ def test_xdist_workers_share_one_server_and_get_their_own_databases(
     assert leftovers(tmp_before) == set()
 
 
+@pytest.mark.slow  # llama.cpp
 @pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")
 def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_uses_it(
     pytester: pytest.Pytester,
@@ -263,7 +264,10 @@ def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_us
     result.assert_outcomes(passed=1)
 
 
-def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester: pytest.Pytester) -> None:
+def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    """In a subprocess: what the run imported is the question. On the session's Postgres, by URL."""
     make_project(pytester)
     pytester.makeconftest(
         """
@@ -278,7 +282,7 @@ def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester
         """
     )
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
+    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={postgres_url}", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*LOADED [[][]]*", "*STARTED [[]'postgres'[]]*"])
 
