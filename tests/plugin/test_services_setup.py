@@ -29,7 +29,9 @@ def test_header_shows_each_service_backend_and_where_it_came_from(
     make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
     monkeypatch.setenv("LLMTRACE_PHOENIX", "http://127.0.0.1:9")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-o", "llmtrace_ollama=http://127.0.0.1:8")
+    result = pytester.runpytest(
+        "--llmtrace-postgres=embedded", "-o", "llmtrace_ollama=http://127.0.0.1:8"
+    )  # in process: only the header
     result.stdout.fnmatch_lines(
         [
             "llmtrace postgres: embedded (from --llmtrace-postgres)",
@@ -44,14 +46,14 @@ def test_command_line_beats_environment(pytester: pytest.Pytester, monkeypatch: 
     make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
     monkeypatch.setenv("LLMTRACE_POSTGRES", "postgresql://nobody@127.0.0.1:1/x")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result = pytester.runpytest("--llmtrace-postgres=embedded")
     result.stdout.fnmatch_lines(["llmtrace postgres: embedded (from --llmtrace-postgres)"])
 
 
 def test_a_misspelled_backend_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
     make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embeded")
+    result = pytester.runpytest("--llmtrace-postgres=embeded")
     result.stderr.fnmatch_lines(
         [
             "ERROR: --llmtrace-postgres: 'embeded' is not a valid postgres setting; use auto, docker, embedded, "
