@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from pytest_llmtrace.services.postgres import PostgresDatabase
+
 # Set in each worker when this suite runs under xdist; an inner run that inherited them would take itself for a worker
 # (syrupy, for one, then leaves its report to a controller that does not exist).
 XDIST_WORKER_VARIABLES = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
@@ -40,3 +42,12 @@ def _inner_runs_without_unused_plugins(request: pytest.FixtureRequest, monkeypat
     request.getfixturevalue("pytester")
     disabled = " ".join(f"-p no:{name}" for name in UNUSED_PLUGINS)
     monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} {disabled}".strip())
+
+
+@pytest.fixture(scope="session")
+def postgres_url(llmtrace_postgres: PostgresDatabase) -> str:
+    """The admin URL of this session's one embedded Postgres server (the project's own backend, started once by the
+    plugin's ``llmtrace_postgres``), for inner runs: ``--llmtrace-postgres=URL`` makes each of them clone its
+    database from the template already there instead of starting (and loading) a server of its own. Tests about the
+    embedded backend itself keep ``--llmtrace-postgres=embedded``."""
+    return llmtrace_postgres.endpoint.url

@@ -274,8 +274,8 @@ class CheckOptions:
     latency_retries: int = field(
         default=3,
         metadata=_meta(
-            "When a SQL latency limit fails (or the re-executed SQL hits its statement timeout), run the statement "
-            "this many more times and judge the fastest: a busy machine is not a regression. 0: no re-runs.",
+            "When a SQL latency limit fails by at most 2x (a busy machine's noise), run the statement this many more "
+            "times and judge the fastest; past 2x, or at the statement timeout, it is judged at once. 0: no re-runs.",
             _count,
         ),
     )

@@ -7,6 +7,7 @@ failure with ``checks.report``'s text, and keep the outcome for reports.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -25,10 +26,13 @@ from pytest_llmtrace.services.pg_guard import Finding
 from pytest_llmtrace.trace.model import SqlStatement, Trace
 from pytest_llmtrace.trace.virtual import retime
 
-__all__ = ["UNSTABLE_SPREAD", "guard_checks", "run_checks", "sql_of"]
+__all__ = ["RETRY_NOISE", "UNSTABLE_SPREAD", "guard_checks", "retimings", "run_checks", "sql_of"]
 
 _NEEDS_DATABASE = frozenset({"sql", "results", "cost", "snapshot"})
-_STATEMENT_TIMEOUT = "57014"
+# The noise the re-runs exist for: a busy machine may slow a statement to this many times its limit, not more. A SQL
+# time past it (or one cut off by the statement timeout) is a finding as it stands: timing it again would spend up to
+# latency_retries x the timeout to say the same.
+RETRY_NOISE = 2.0
 # Re-runs of a statement whose slowest is more than this many times its fastest are too noisy to call a regression.
 UNSTABLE_SPREAD = 1.5
 
@@ -91,7 +95,7 @@ def run_checks(
     if statement is not None and selected & _NEEDS_DATABASE:
         if database is None:
             raise ValueError(f"the {', '.join(sorted(selected & _NEEDS_DATABASE))} checks need a database")
-        result = _execute(database, statement, options, golden, cost="cost" in selected)
+        result = _execute(database, statement, options, cost="cost" in selected)
     replayed = mode == "replay"
     costs = _costs(database, statement, golden_sql, result, options) if "cost" in selected else None
     timing: Trace = now  # the trace the timing checks judge: `now`, or `now` with its SQL re-timed
@@ -164,25 +168,19 @@ def _latency(
     )
 
 
-def _execute(database: str, statement: str, options: CheckOptions, golden: Trace | None, *, cost: bool) -> SqlOutcome:
-    """Execute read-only; a statement timeout is tried again (``latency_retries`` times) when the golden trace ran
-    the statement within the timeout, because a busy machine, not the SQL, is then the likely cause."""
-    result = _untrusted(database, statement, options, cost=cost)
-    golden_sql_ms = latencies_ms(golden)["SQL"] if golden is not None else None
-    if golden_sql_ms is None or golden_sql_ms >= options.sql_timeout_ms:
-        return result
-    for _ in range(options.latency_retries):
-        if result.sqlstate != _STATEMENT_TIMEOUT:
-            break
-        result = _untrusted(database, statement, options, cost=cost)
-    return result
+def _execute(database: str, statement: str, options: CheckOptions, *, cost: bool) -> SqlOutcome:
+    """Execute read-only, once: a statement the statement timeout cancelled is judged at once, not run again (it
+    already ran past every limit, and another try would cost the whole timeout again)."""
+    return _untrusted(database, statement, options, cost=cost)
 
 
-def _untrusted(database: str, statement: str, options: CheckOptions, *, cost: bool = False) -> SqlOutcome:
+def _untrusted(
+    database: str, statement: str, options: CheckOptions, *, cost: bool = False, timeout_ms: int | None = None
+) -> SqlOutcome:
     return execute_untrusted(
         database,
         statement,
-        options.sql_timeout_ms,
+        options.sql_timeout_ms if timeout_ms is None else timeout_ms,
         cost=cost,
         max_rows=options.max_rows,
         max_bytes=options.max_result_bytes,
@@ -216,24 +214,56 @@ def _retimed(
     options: CheckOptions,
     replayed_ms: Mapping[str, float] | None,
 ) -> tuple[Trace, tuple[float, ...]]:
-    """When a SQL latency limit fails, time the statement ``latency_retries`` more times and let the SQL span take
-    the fastest timing (its ancestors follow, ``trace.virtual.retime``). Returns the trace to judge and every timing
-    (the span's own first); ``()`` when nothing was re-timed."""
+    """When a SQL latency limit fails within the noise (``retimings``), time the statement again and let the SQL span
+    take the fastest timing (its ancestors follow, ``trace.virtual.retime``). Returns the trace to judge and every
+    timing (the span's own first); ``()`` when nothing was re-timed."""
     if (result is not None and not result.ok) or options.latency_retries < 1:  # a statement that fails has no time
         return now, ()
     first = _latency(golden, now, options, replayed_ms)
-    if not any(m.metric == "SQL" and m.status == "failed" for m in first.measurements):
+    limits = [m.limit for m in first.measurements if m.metric == "SQL" and m.status == "failed" and m.limit is not None]
+    if not limits:
         return now, ()
     spans = [span for span in now if SqlStatement.from_span(span) is not None]
     if not spans:
         return now, ()
     last = spans[-1]  # the statement sql_of re-executes
-    runs = (_untrusted(database, statement, options) for _ in range(options.latency_retries))
-    samples = tuple(round(ms, 3) for ms in (last.duration_ms, *(run.elapsed_ms for run in runs if run.ok)))  # to 1 us
+
+    def run(timeout_ms: int) -> float | None:
+        outcome = _untrusted(database, statement, options, timeout_ms=timeout_ms)
+        return outcome.elapsed_ms if outcome.ok else None
+
+    samples = retimings(last.duration_ms, min(limits), options.latency_retries, options.sql_timeout_ms, run)
+    if len(samples) < 2:  # judged at once
+        return now, ()
+    samples = tuple(round(ms, 3) for ms in samples)  # to 1 us
     fastest = min(samples)
     if fastest >= samples[0]:
         return now, samples
     return retime(now, {last.span_id: round(fastest * 1000) * 1000}), samples
+
+
+def retimings(
+    first_ms: float, limit_ms: float, retries: int, timeout_ms: int, run: Callable[[int], float | None]
+) -> tuple[float, ...]:
+    """Every timing of a statement whose first timing ``first_ms`` failed ``limit_ms`` (the tightest limit it failed):
+    ``first_ms``, then up to ``retries`` re-runs, ``run(timeout_ms)`` each (its time, or ``None`` when it did not
+    finish).
+
+    The re-runs are there for a busy machine's noise, ``RETRY_NOISE`` times the limit: a first timing past that is
+    judged at once (``(first_ms,)``), each re-run is cut off at that much (or at the statement timeout, if sooner),
+    and a re-run cut off ends the re-runs. So the checks of one case take at most ``retries`` times the noise bound
+    on top of what the app took, never ``retries`` statement timeouts."""
+    bound = RETRY_NOISE * limit_ms
+    if retries < 1 or first_ms > bound:
+        return (first_ms,)
+    cap = max(1, min(timeout_ms, math.ceil(bound)))
+    samples = [first_ms]
+    for _ in range(retries):
+        ms = run(cap)
+        if ms is None:
+            break
+        samples.append(ms)
+    return tuple(samples)
 
 
 def _with_reruns(check: CheckResult, samples: Sequence[float]) -> CheckResult:

@@ -1,6 +1,7 @@
 """The image and GPU options as users meet them: each source, the report header, and a mistyped value.
 
-None of this needs an engine: a backend set to ``docker`` is shown with its image whether or not Docker answers.
+None of this needs an engine: a backend set to ``docker`` is shown with its image whether or not Docker answers. The
+inner runs are in process: they only collect.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def test_each_docker_service_shows_its_image_and_where_it_came_from(
 ) -> None:
     project.makeini(INI + "llmtrace_ollama_image = mirror.example/ollama:0.12.6\n")
     monkeypatch.setenv("LLMTRACE_PHOENIX_IMAGE", "mirror.example/phoenix:version-20.26.1")
-    result = project.runpytest_subprocess(
+    result = project.runpytest(
         "--co",
         "--llmtrace-mode=live",
         "--llmtrace-postgres=docker",
@@ -51,7 +52,7 @@ def test_each_docker_service_shows_its_image_and_where_it_came_from(
 
 
 def test_the_default_image_is_the_pinned_official_tag(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("--co", "--llmtrace-postgres=docker")
+    result = project.runpytest("--co", "--llmtrace-postgres=docker")
     result.stdout.fnmatch_lines(
         [f"llmtrace postgres: docker (from --llmtrace-postgres); image {IMAGES['postgres']} (default)"]
     )
@@ -60,13 +61,13 @@ def test_the_default_image_is_the_pinned_official_tag(project: pytest.Pytester) 
 
 
 def test_backends_other_than_docker_show_no_image(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("--co", "--llmtrace-postgres=embedded")
+    result = project.runpytest("--co", "--llmtrace-postgres=embedded")
     result.stdout.fnmatch_lines(["llmtrace postgres: embedded (from --llmtrace-postgres)"])
     assert "image" not in "\n".join(line for line in result.stdout.lines if line.startswith("llmtrace postgres"))
 
 
 def test_a_mistyped_gpu_setting_is_a_usage_error_with_the_near_miss(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("--co", "--llmtrace-ollama-gpu=al")
+    result = project.runpytest("--co", "--llmtrace-ollama-gpu=al")
     result.stderr.fnmatch_lines(
         [
             "ERROR: --llmtrace-ollama-gpu: 'al' is not a valid ollama_gpu setting; use auto, all, none. "

@@ -37,10 +37,12 @@ def ask(question, sql, *, prompt_tokens=300, completion_tokens=40):
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
+def project(pytester: pytest.Pytester, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """The inner runs are in process (``runpytest``): the app's module goes with each run's sys.modules snapshot."""
     shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
     pytester.makepyfile(app=APP)
     pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n")
+    monkeypatch.setenv("LLMTRACE_POSTGRES", postgres_url)  # the session's server: no inner run starts its own
     return pytester
 
 
@@ -57,14 +59,14 @@ def test_passing_helpers_and_snapshot_creation(project: pytest.Pytester) -> None
             llmtrace_check.matches_snapshot()
         """
     )
-    first = project.runpytest_subprocess("--llmtrace-postgres=embedded")
+    first = project.runpytest()
     first.stdout.fnmatch_lines(["*[[]snapshot[]] no snapshot at *__snapshots__/test_revenue.json*"])
     first.assert_outcomes(failed=1)
-    project.runpytest_subprocess("--llmtrace-postgres=embedded", "--snapshot-update").assert_outcomes(passed=1)
+    project.runpytest("--snapshot-update").assert_outcomes(passed=1)
     stored = (project.path / "__snapshots__" / "test_revenue.json").read_text()
     assert '"Mid-Market"' in stored
     assert '"prompt": 300' in stored
-    project.runpytest_subprocess("--llmtrace-postgres=embedded").assert_outcomes(passed=1)
+    project.runpytest().assert_outcomes(passed=1)
 
 
 def test_failing_helpers_name_the_check(project: pytest.Pytester) -> None:
@@ -101,7 +103,7 @@ def test_failing_helpers_name_the_check(project: pytest.Pytester) -> None:
             llmtrace_check.within_budget(latency_ms={"tool": 60_000, "llm": 60_000})
         """
     )
-    result = project.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result = project.runpytest()
     result.assert_outcomes(failed=5, passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -127,7 +129,7 @@ def test_a_misspelled_llmtrace_mark_argument_stops_the_run_at_collection(project
             pass
         """
     )
-    result = project.runpytest_subprocess()
+    result = project.runpytest()
     result.stderr.fnmatch_lines(
         [
             "ERROR: test_app.py::test_x: llmtrace() got an unknown argument 'latency_tolerence'; "
@@ -148,7 +150,7 @@ def test_a_large_result_is_whole_for_the_test_and_kept_short_in_the_report(proje
             assert len(llmtrace_check.sql_executes().rows) == 5000
         """
     )
-    project.runpytest_subprocess("--llmtrace-postgres=embedded", "--llmtrace-report=out").assert_outcomes(passed=1)
+    project.runpytest("--llmtrace-report=out").assert_outcomes(passed=1)
     (case,) = json.loads((project.path / "out" / "results.json").read_text())["cases"]
     result = case["result"]
     assert result["row_count"] == 5000

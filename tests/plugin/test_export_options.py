@@ -98,8 +98,8 @@ def test_a_server_that_is_not_phoenix_is_one_warning_with_the_url_and_the_fix(
     project: pytest.Pytester, not_phoenix: str
 ) -> None:
     project.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\nllmtrace_phoenix_project = nightly\n")
-    result = project.runpytest_subprocess(
-        f"--llmtrace-phoenix={not_phoenix}", "--llmtrace-phoenix-export", "--llmtrace-report=reports", timeout=120
+    result = project.runpytest(
+        f"--llmtrace-phoenix={not_phoenix}", "--llmtrace-phoenix-export", "--llmtrace-report=reports"
     )
     result.assert_outcomes(passed=2, warnings=1)  # one warning for the run, not one per test
     result.stdout.fnmatch_lines(

@@ -2,9 +2,10 @@
 (and through other Ollama clients), every check's failure message, the live and record modes, and usage errors.
 
 Each test builds a small project with pytester from copies of the repository's company_db, gateway and a few golden
-cases, and runs pytest in a subprocess, as a user would. To keep the file fast, the subprocess runs share one
-Postgres server: the one this session's ``llmtrace_postgres`` fixture started, passed as ``--llmtrace-postgres=URL``.
-Its template database already holds company_db (same files, same digest), so each run only clones it.
+cases, and runs pytest on it in process (a subprocess only where a run needs its own process). To keep the file fast,
+the runs share one Postgres server: the one this session's ``llmtrace_postgres`` fixture started, passed as
+``--llmtrace-postgres=URL``. Its template database already holds company_db (same files, same digest), so each run
+only clones it.
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ def _project(pytester: pytest.Pytester, *cases: str, ini: str = "", target: str 
     return golden
 
 
-def _run(pytester: pytest.Pytester, pg_url: str, *args: str) -> pytest.RunResult:
-    # The timeout only stops a hung run: a live model on two busy cores takes minutes, not the 30 s it takes idle.
-    return pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args, timeout=900
-    )
+def _run(pytester: pytest.Pytester, pg_url: str, *args: str, own_process: bool = False) -> pytest.RunResult:
+    """In process (pytester restores sys.modules after each run, so the next project's ``gateway`` is its own), unless
+    the run needs a process of its own: an app that installs OpenTelemetry's global provider, which can be set once
+    per process, or a live model."""
+    options = (f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args)
+    if own_process:
+        # The timeout only stops a hung run: a live model on two busy cores takes minutes, not the 30 s it takes idle.
+        return pytester.runpytest_subprocess(*options, timeout=900)
+    return pytester.runpytest(*options)
 
 
 def _edit_json(path: Path, edit: Any) -> None:
@@ -116,7 +121,7 @@ def test_each_golden_file_is_one_item_named_after_it_and_snapshots_are_not_colle
 ) -> None:
     golden = _project(pytester, "customers_by_tier", "inactive_products")
     _malformed(golden)
-    result = pytester.runpytest_subprocess("--collect-only", "-q", timeout=60)
+    result = pytester.runpytest("--collect-only", "-q")
     result.stdout.fnmatch_lines(
         [
             "golden_traces/broken_span_id.json::broken_span_id",
@@ -128,7 +133,7 @@ def test_each_golden_file_is_one_item_named_after_it_and_snapshots_are_not_colle
     )
     assert "__snapshots__" not in "\n".join(line for line in result.stdout.lines if "::" in line)
 
-    selected = pytester.runpytest_subprocess("--collect-only", "-q", "-k", "inactive", timeout=60)
+    selected = pytester.runpytest("--collect-only", "-q", "-k", "inactive")
     selected.stdout.fnmatch_lines(["golden_traces/inactive_products.json::inactive_products", "1/4 tests collected *"])
     assert "customers_by_tier" not in selected.stdout.str()
 
@@ -301,9 +306,11 @@ def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, 
             "",
             "[[]latency]",
             "    metric | golden | now*| limit",
-            "    SQL ms | * | * (fastest of 4) | <= 0.001 ms budget",
+            "    SQL ms | * | * | <= 0.001 ms budget",
         ]
     )
+    # milliseconds against a 1 us budget: far past 2x (runner.RETRY_NOISE), so judged at once, not timed again
+    assert "fastest of" not in result.stdout.str()
     result.stdout.fnmatch_lines(
         [
             "XFAIL golden_traces/error_syntax.json::error_syntax - fails in production",
@@ -321,11 +328,8 @@ def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
     recorded = read_trace(GOLDEN / "customers_by_tier.json")
     (call,) = recorded.llm_calls
     for speed in ("virtual", "recorded"):
-        result = pytester.runpytest_subprocess(
-            f"--llmtrace-postgres={pg_url}",
-            f"--llmtrace-replay-speed={speed}",
-            f"--llmtrace-report={speed}",
-            timeout=120,
+        result = pytester.runpytest(
+            f"--llmtrace-postgres={pg_url}", f"--llmtrace-replay-speed={speed}", f"--llmtrace-report={speed}"
         )
         result.assert_outcomes(passed=1)
         (case,) = json.loads((pytester.path / speed / "results.json").read_text())["cases"]
@@ -506,6 +510,7 @@ def llmtrace_app(llmtrace_app, llm_trace):
 """
 
 
+@pytest.mark.slow  # llama.cpp
 @pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")
 def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay(
     pytester: pytest.Pytester, pg_url: str
@@ -521,7 +526,7 @@ def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay
     original = case.read_text()
     recorded_answer = read_trace(case).llm_calls[0].output_text
 
-    live = _run(pytester, pg_url, "--llmtrace-mode=live", "-s", "--llmtrace-report=live-report")
+    live = _run(pytester, pg_url, "--llmtrace-mode=live", "-s", "--llmtrace-report=live-report", own_process=True)
     live.stdout.fnmatch_lines(["llmtrace ollama: embedded *SmolLM2-135M-Instruct.Q4_1.gguf*"])
     # the model's digest in results.json: the weights the embedded backend loaded (its /api/tags hashes the name)
     (model,) = json.loads((pytester.path / "live-report" / "results.json").read_text())["run"]["models"]
@@ -548,7 +553,7 @@ def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay
         assert found & {"sql", "results", "snapshot"}, found
     assert case.read_text() == original, "live mode must not write the golden file"
 
-    record = _run(pytester, pg_url, "--llmtrace-mode=record", "-s")
+    record = _run(pytester, pg_url, "--llmtrace-mode=record", "-s", own_process=True)
     record.stdout.fnmatch_lines(["llmtrace ollama: embedded *"])
     (recorded_call,) = [line.split(" ", 2) for line in _printed(record, "LLM-CALL")]
     answer = json.loads(recorded_call[2])
@@ -571,7 +576,7 @@ def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay
 
 def test_a_misspelled_mode_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
     _project(pytester, "customers_by_tier")
-    result = pytester.runpytest_subprocess("--llmtrace-mode=replya", timeout=60)
+    result = pytester.runpytest("--llmtrace-mode=replya")
     result.stderr.fnmatch_lines(
         [
             "ERROR: --llmtrace-mode: 'replya' is not a valid mode setting; use replay, live, record. "
@@ -583,7 +588,7 @@ def test_a_misspelled_mode_is_a_usage_error_with_the_near_miss(pytester: pytest.
 
 def test_a_case_marks_line_without_a_glob_is_a_usage_error(pytester: pytest.Pytester) -> None:
     _project(pytester, "customers_by_tier", ini="llmtrace_case_marks =\n    bad line\n")
-    result = pytester.runpytest_subprocess(timeout=60)
+    result = pytester.runpytest()
     result.stderr.fnmatch_lines(
         ["ERROR: llmtrace_case_marks line 'bad line': expected '<case glob>: <mark>', e.g. 'error_*: xfail'"]
     )
@@ -662,7 +667,7 @@ def answer(question):
 def test_an_app_that_installs_its_own_provider_at_import_is_recorded(pytester: pytest.Pytester, pg_url: str) -> None:
     _project(pytester, "customers_by_tier", target="ownapp:answer")
     pytester.makepyfile(ownapp=OWN_PROVIDER_APP)
-    result = _run(pytester, pg_url, "-s")
+    result = _run(pytester, pg_url, "-s", own_process=True)  # the global provider: once per process
     result.assert_outcomes(passed=1)  # the snapshot's span tree matched: the recorder saw the app's three spans
     assert _printed(result, "APP-EXPORTED") == ["3 GLOBAL-IS-APP True"]
 

@@ -60,15 +60,13 @@ def test_deep_and_long_digit_files_fail_alone_and_the_good_cases_still_run(
         "llmtrace_target = gateway.app:handle_user_request\n"
     )
 
-    collected = pytester.runpytest_subprocess("--collect-only", "-q", timeout=120)
+    collected = pytester.runpytest("--collect-only", "-q")
 
     assert "Interrupted" not in collected.stdout.str()
     assert "error" not in collected.stdout.str().lower()
     collected.stdout.fnmatch_lines(["4 tests collected in *"])
 
-    result = pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", "-rA", timeout=180
-    )
+    result = pytester.runpytest(f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", "-rA")
 
     result.assert_outcomes(passed=2, failed=2)
     output = result.stdout.str()
@@ -97,7 +95,7 @@ def test_a_file_over_the_size_limit_is_one_failing_item_naming_the_setting(pytes
     size = (golden / "customers_by_tier.json").stat().st_size
     pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
 
-    result = pytester.runpytest_subprocess(f"--llmtrace-max-trace-bytes={size - 1}", "-rA", timeout=120)
+    result = pytester.runpytest(f"--llmtrace-max-trace-bytes={size - 1}", "-rA")
 
     result.assert_outcomes(failed=1)
     output = result.stdout.str()
@@ -107,7 +105,7 @@ def test_a_file_over_the_size_limit_is_one_failing_item_naming_the_setting(pytes
 
 
 def test_a_size_limit_that_is_not_a_number_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--llmtrace-max-trace-bytes=lots", timeout=60)
+    result = pytester.runpytest("--llmtrace-max-trace-bytes=lots")
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--llmtrace-max-trace-bytes: expected a positive whole number of bytes, got 'lots'*"])

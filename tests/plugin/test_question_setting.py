@@ -18,21 +18,22 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 def test_a_malformed_question_source_is_a_usage_error_naming_the_knob(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\naddopts = -p no:phoenix\nllmtrace_question = app.request:body..q\n")
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["ERROR: ini llmtrace_question: question source 'app.request:body..q': cannot read the JSON path at '.q'*"]
     )
 
-    from_env = pytester.runpytest_subprocess("--llmtrace-question=llm.last_user_message:0")
+    from_env = pytester.runpytest("--llmtrace-question=llm.last_user_message:0")
     from_env.stderr.fnmatch_lines(
         ["ERROR: --llmtrace-question: question source 'llm.last_user_message:0': llm.last_user_message takes no *"]
     )
 
 
 def test_a_case_without_a_question_fails_naming_the_sources_tried_and_the_root_attributes(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LLMTRACE_POSTGRES", postgres_url)  # the session's server, not one of the inner run's own
     root = Span(
         trace_id=TRACE_ID,
         span_id="00000000000000a1",
@@ -45,7 +46,7 @@ def test_a_case_without_a_question_fails_naming_the_sources_tried_and_the_root_a
     write_trace(Trace([root]), pytester.path / "golden_traces" / "no_question.json")
     pytester.makeini("[pytest]\naddopts = -p no:phoenix\nllmtrace_target = nowhere:app\n")
 
-    result = pytester.runpytest_subprocess("golden_traces")
+    result = pytester.runpytest("golden_traces")
 
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(

@@ -260,6 +260,7 @@ APP_PROVIDER = register(endpoint=ENDPOINT, project_name="app", verbose=False)
 """
 
 
+@pytest.mark.slow  # imports phoenix.otel in a fresh process
 def test_phoenix_register_keeps_its_exporter(pytester: pytest.Pytester) -> None:
     """phoenix.otel drops its Phoenix exporter when a processor is added the ordinary way; the recorder must not."""
     pytester.makeconftest(PHOENIX_CONFTEST)

@@ -1,4 +1,4 @@
-"""results.json, summary.md and the release gate, end to end: a small golden project run in a subprocess, serially,
+"""results.json, summary.md and the release gate, end to end: a small golden project run (in process), serially,
 under xdist and in shards, as CI would run it.
 
 Latency limits are made generous (100x golden, 60 s floor) so that a loaded machine cannot flip a verdict: what is
@@ -51,9 +51,8 @@ def _project(pytester: pytest.Pytester, ini: str = "") -> Path:
 
 
 def _run(pytester: pytest.Pytester, pg_url: str, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args, timeout=180
-    )
+    """In process: pytester restores sys.modules after each run, so each project's ``gateway`` is its own."""
+    return pytester.runpytest(f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args)
 
 
 def _results(path: Path) -> dict[str, Any]:
@@ -180,7 +179,7 @@ def test_a_met_gate_exits_0_and_xdist_and_shards_give_the_serial_totals(
 
 def test_a_malformed_gate_is_a_usage_error_with_a_valid_example(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
-    result = pytester.runpytest_subprocess("--llmtrace-gate", "sql_success_rate > 0.9", timeout=60)
+    result = pytester.runpytest("--llmtrace-gate", "sql_success_rate > 0.9")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*gate 'sql_success_rate > 0.9' is not*e.g. 'sql_success_rate >= 0.95'*"])
 
@@ -188,10 +187,10 @@ def test_a_malformed_gate_is_a_usage_error_with_a_valid_example(pytester: pytest
 def test_a_met_gate_does_not_excuse_a_failed_test_that_is_no_case(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
     pytester.makepyfile(test_plain="def test_broken():\n    assert 1 == 2\n")
-    met = pytester.runpytest_subprocess("--llmtrace-gate", "cases == 0", timeout=60)
+    met = pytester.runpytest("--llmtrace-gate", "cases == 0")
     assert met.ret == pytest.ExitCode.TESTS_FAILED
     met.stdout.fnmatch_lines(["llmtrace gate: passed cases 0 == 0 (+0)"])
-    violated = pytester.runpytest_subprocess("--llmtrace-gate", "sql_success_rate >= 0.5", timeout=60)
+    violated = pytester.runpytest("--llmtrace-gate", "sql_success_rate >= 0.5")
     assert violated.ret == GATE_EXIT_STATUS, "no cases at all: a rate gate fails closed"
     violated.stdout.fnmatch_lines(["llmtrace gate: FAILED sql_success_rate 0 < 0.5"])
 

@@ -51,7 +51,8 @@ def test_a_run_folder_that_is_not_the_users_own_stops_the_run(
     assert list(elsewhere.iterdir()) == []
 
 
-def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester) -> None:
+def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester, postgres_url: str) -> None:
+    """In a subprocess: the project's conftest sets DB_URI in its process's environment. On the session's Postgres."""
     make_project(pytester)
     pytester.makeconftest(
         """
@@ -72,7 +73,7 @@ def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester) -> None
             assert "prod.example" not in os.environ["DB_URI"]
         """
     )
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
+    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={postgres_url}", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*DB_URI RESTORED*"])
 
@@ -172,6 +173,7 @@ def _left_behind(pytester: pytest.Pytester, tmp_before: set[str], port: int) -> 
     return found
 
 
+@pytest.mark.slow  # signals to a pytest in its own process, with its servers
 @pytest.mark.parametrize(
     ("signum", "xdist"),
     [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGTERM, True)],
@@ -197,6 +199,7 @@ def test_a_signal_stops_every_server_the_run_started_and_removes_its_files(
     assert _left_behind(pytester, tmp_before, port) == []
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,6 +218,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_cleans_up(
     assert _left_behind(pytester, tmp_before, port) == []
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_cleaned_up_by_the_next_run(
     pytester: pytest.Pytester, tmp_before: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

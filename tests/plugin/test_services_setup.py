@@ -29,7 +29,9 @@ def test_header_shows_each_service_backend_and_where_it_came_from(
     make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
     monkeypatch.setenv("LLMTRACE_PHOENIX", "http://127.0.0.1:9")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-o", "llmtrace_ollama=http://127.0.0.1:8")
+    result = pytester.runpytest(
+        "--llmtrace-postgres=embedded", "-o", "llmtrace_ollama=http://127.0.0.1:8"
+    )  # in process: only the header
     result.stdout.fnmatch_lines(
         [
             "llmtrace postgres: embedded (from --llmtrace-postgres)",
@@ -44,14 +46,14 @@ def test_command_line_beats_environment(pytester: pytest.Pytester, monkeypatch: 
     make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
     monkeypatch.setenv("LLMTRACE_POSTGRES", "postgresql://nobody@127.0.0.1:1/x")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result = pytester.runpytest("--llmtrace-postgres=embedded")
     result.stdout.fnmatch_lines(["llmtrace postgres: embedded (from --llmtrace-postgres)"])
 
 
 def test_a_misspelled_backend_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
     make_project(pytester)
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embeded")
+    result = pytester.runpytest("--llmtrace-postgres=embeded")
     result.stderr.fnmatch_lines(
         [
             "ERROR: --llmtrace-postgres: 'embeded' is not a valid postgres setting; use auto, docker, embedded, "
@@ -215,6 +217,7 @@ def test_xdist_workers_share_one_server_and_get_their_own_databases(
     assert leftovers(tmp_before) == set()
 
 
+@pytest.mark.slow  # llama.cpp
 @pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")
 def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_uses_it(
     pytester: pytest.Pytester,
@@ -263,7 +266,10 @@ def test_auto_ollama_runs_the_modelfile_gguf_in_process_and_the_reference_app_us
     result.assert_outcomes(passed=1)
 
 
-def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester: pytest.Pytester) -> None:
+def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    """In a subprocess: what the run imported is the question. On the session's Postgres, by URL."""
     make_project(pytester)
     pytester.makeconftest(
         """
@@ -278,7 +284,7 @@ def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester
         """
     )
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded", "-s")
+    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={postgres_url}", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*LOADED [[][]]*", "*STARTED [[]'postgres'[]]*"])
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg2
 import pytest
 
-from pytest_llmtrace.checks import compare_results, execute_readonly
+from pytest_llmtrace.checks import compare_results, execute_readonly, runner
 from pytest_llmtrace.checks.cost import check_cost, measure_cost
-from pytest_llmtrace.checks.execute import READERS, check_sql
+from pytest_llmtrace.checks.execute import READERS, check_sql, execute_untrusted
 from pytest_llmtrace.checks.options import CheckOptions
+from pytest_llmtrace.checks.outcome import SqlOutcome
 from pytest_llmtrace.checks.runner import run_checks
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, open_clone
 from pytest_llmtrace.services.postgres import PostgresDatabase, clone_database, drop_database
@@ -335,8 +337,9 @@ def _sql_trace(sql: str, sql_ms: float) -> Trace:
 
 
 def test_a_sql_span_slowed_by_the_machine_is_re_timed_and_passes(reader: str) -> None:
-    """The app's span says 600 s (a machine stalled); the statement, timed again, is fast: not a regression."""
-    golden, now = _sql_trace("SELECT 1", 5), _sql_trace("SELECT 1", 600_000)
+    """The app's span says 400 ms (a busy machine; within twice the 205 ms limit); the statement, timed again, is
+    fast: not a regression."""
+    golden, now = _sql_trace("SELECT 1", 5), _sql_trace("SELECT 1", 400)
     outcome = run_checks(
         now,
         options=CheckOptions(checks=frozenset({"latency"})),
@@ -351,13 +354,15 @@ def test_a_sql_span_slowed_by_the_machine_is_re_timed_and_passes(reader: str) ->
     assert check.status == "passed", check.reason
     (sql,) = [m for m in check.measurements if m.label == "SQL ms" and m.basis == "relative"]
     assert len(sql.samples) == 4
-    assert sql.samples[0] == 600_000.0
-    assert sql.now == min(sql.samples) < 600_000.0
-    assert outcome.durations_ms["total"] < 600_000.0  # the chain around it follows the fastest timing
+    assert sql.samples[0] == 400.0
+    assert sql.now == min(sql.samples) < 400.0
+    assert outcome.durations_ms["total"] < 400.0  # the chain around it follows the fastest timing
 
 
 def test_a_statement_that_is_really_slower_still_fails_after_re_timing(reader: str) -> None:
-    golden, now = _sql_trace("SELECT pg_sleep(0.5)", 5), _sql_trace("SELECT pg_sleep(0.5)", 700)
+    """Golden 250 ms, limit 450 ms (1.5x), now 700 ms: within twice the limit, so timed again; pg_sleep(0.5) stays
+    over the limit every time."""
+    golden, now = _sql_trace("SELECT pg_sleep(0.5)", 250), _sql_trace("SELECT pg_sleep(0.5)", 700)
     options = CheckOptions(checks=frozenset({"latency"}), latency_retries=2, latency_budgets_ms={})
     outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
     check = outcome.check("latency")
@@ -368,6 +373,64 @@ def test_a_statement_that_is_really_slower_still_fails_after_re_timing(reader: s
     assert len(sql.samples) == 3
     assert sql.now >= 500.0  # pg_sleep(0.5) never returns sooner, however idle the machine
     assert sql.finding in ("regressed", "unstable")
+
+
+def _counting_executions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The statement timeout of every execution ``run_checks`` makes (each still runs, on the real server)."""
+    timeouts: list[int] = []
+    real = execute_untrusted
+
+    def counted(dsn: str, sql: str, timeout_ms: int, **kwargs: Any) -> SqlOutcome:
+        timeouts.append(timeout_ms)
+        return real(dsn, sql, timeout_ms, **kwargs)
+
+    monkeypatch.setattr(runner, "execute_untrusted", counted)
+    return timeouts
+
+
+def test_a_statement_the_timeout_cancelled_is_judged_at_once(reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden trace ran it in 5 ms; now it runs past the 300 ms statement timeout: one execution, not 1 + the
+    retries (each would cost the whole timeout again)."""
+    timeouts = _counting_executions(monkeypatch)
+    golden, now = _sql_trace("SELECT pg_sleep(30)", 5), _sql_trace("SELECT pg_sleep(30)", 400)
+    options = CheckOptions(checks=frozenset({"sql", "latency"}), sql_timeout_ms=300, latency_retries=3)
+    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+
+    assert timeouts == [300]
+    sql_check = outcome.check("sql")
+    assert sql_check is not None
+    assert sql_check.status == "failed"
+    assert "statement timeout" in sql_check.reason
+
+
+def test_a_sql_time_past_twice_its_limit_is_judged_at_once(reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The span says 600 s against a 205 ms limit: far past a busy machine's noise, so the statement is executed
+    once (for the sql check) and not timed again."""
+    timeouts = _counting_executions(monkeypatch)
+    golden, now = _sql_trace("SELECT 1", 5), _sql_trace("SELECT 1", 600_000)
+    options = CheckOptions(checks=frozenset({"sql", "latency"}), latency_retries=3)
+    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+    check = outcome.check("latency")
+
+    assert len(timeouts) == 1
+    assert check is not None
+    assert check.status == "failed"
+    (sql,) = [m for m in check.measurements if m.label == "SQL ms" and m.basis == "relative"]
+    assert (sql.now, sql.samples) == (600_000.0, ())
+
+
+def test_re_runs_are_cut_off_at_twice_the_limit(reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Limit 205 ms (golden 5 ms + the 200 ms floor), span 300 ms: timed again under a 410 ms cut-off, and
+    pg_sleep(0.5) never finishes within it, so the first re-run cut off ends the re-runs."""
+    timeouts = _counting_executions(monkeypatch)
+    golden, now = _sql_trace("SELECT pg_sleep(0.5)", 5), _sql_trace("SELECT pg_sleep(0.5)", 300)
+    options = CheckOptions(checks=frozenset({"latency"}), latency_retries=3, latency_budgets_ms={})
+    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+
+    assert timeouts == [410]  # one re-run (the latency check alone executes nothing else), cut off
+    check = outcome.check("latency")
+    assert check is not None
+    assert check.status == "failed"
 
 
 def test_a_cached_connection_the_server_closed_is_replaced(reader: str, owner_url: str) -> None:

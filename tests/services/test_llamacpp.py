@@ -76,6 +76,7 @@ def user(text: str = QUESTION) -> list[dict[str, str]]:
 # -- through the Ollama API ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_start_reports_an_embedded_ollama_endpoint(endpoint: Endpoint) -> None:
     assert (endpoint.service, endpoint.backend, endpoint.host) == ("ollama", "embedded", "127.0.0.1")
@@ -85,6 +86,7 @@ def test_start_reports_an_embedded_ollama_endpoint(endpoint: Endpoint) -> None:
     assert endpoint.ready_s < 30  # a 100 MB model loads in about half a second on an idle machine
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_chat_answers_with_counts_and_durations_from_llama_cpp(client: ollama.Client) -> None:
     response = client.chat(model=MODEL, messages=user(), stream=False)
@@ -104,6 +106,7 @@ def test_chat_answers_with_counts_and_durations_from_llama_cpp(client: ollama.Cl
     assert response.done_reason in {"stop", "length"}
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_temperature_zero_from_the_modelfile_gives_the_same_answer_twice(client: ollama.Client) -> None:
     first = client.chat(model=MODEL, messages=user("Name three colours."))
@@ -113,6 +116,7 @@ def test_temperature_zero_from_the_modelfile_gives_the_same_answer_twice(client:
     assert (first.prompt_eval_count, first.eval_count) == (second.prompt_eval_count, second.eval_count)
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_streaming_gives_the_same_text_as_one_response(client: ollama.Client) -> None:
     whole = client.chat(model=MODEL, messages=user(), stream=False)
@@ -124,6 +128,7 @@ def test_streaming_gives_the_same_text_as_one_response(client: ollama.Client) ->
     assert parts[-1].eval_count == whole.eval_count
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_the_modelfile_system_prompt_is_what_the_model_sees_first(client: ollama.Client) -> None:
     implicit = client.chat(model=MODEL, messages=user())
@@ -140,6 +145,7 @@ def test_the_modelfile_system_prompt_is_what_the_model_sees_first(client: ollama
     assert implicit.prompt_eval_count - replaced.prompt_eval_count > 10
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_generate_uses_the_modelfile_system_prompt_too(client: ollama.Client) -> None:
     generated = client.generate(model=MODEL, prompt=QUESTION)
@@ -151,6 +157,7 @@ def test_generate_uses_the_modelfile_system_prompt_too(client: ollama.Client) ->
     assert generated.eval_count > 0
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_request_options_override_modelfile_parameters(client: ollama.Client) -> None:
     capped = client.chat(model=MODEL, messages=user("Write a long story about a dragon."), options={"num_predict": 5})
@@ -164,6 +171,7 @@ def test_request_options_override_modelfile_parameters(client: ollama.Client) ->
     assert default.message.content.startswith(capped.message.content)
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_tags_and_show_describe_the_model_under_its_configured_name(client: ollama.Client) -> None:
     assert GGUF is not None
@@ -184,6 +192,7 @@ def test_tags_and_show_describe_the_model_under_its_configured_name(client: olla
     assert shown.modelinfo["llama.context_length"] == 1024
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_unknown_model_is_a_404_like_ollama(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
@@ -193,6 +202,7 @@ def test_unknown_model_is_a_404_like_ollama(client: ollama.Client) -> None:
     assert "llama3" in caught.value.error
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_langchain_chat_ollama_streams_from_it(endpoint: Endpoint, client: ollama.Client) -> None:
     from langchain_ollama import ChatOllama
@@ -213,6 +223,7 @@ def test_langchain_chat_ollama_streams_from_it(endpoint: Endpoint, client: ollam
 # -- the backend object --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_first_answer_after_a_load_reports_the_load_time_and_close_frees_the_model(tmp_path: Path) -> None:
     assert GGUF is not None

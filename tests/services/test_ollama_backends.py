@@ -91,6 +91,7 @@ def test_embedded_cannot_serve_a_registry_model(tmp_path: Path) -> None:
     assert "--llmtrace-ollama=docker" in caught.value.fix
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_embedded_rejects_a_file_that_is_not_a_model(tmp_path: Path) -> None:
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf file")
@@ -114,6 +115,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
 # -- url -----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_url_backend_accepts_a_server_that_has_the_model(embedded: Endpoint) -> None:
     service = UrlOllama(f"127.0.0.1:{embedded.port}", MODEL)  # OLLAMA_HOST style, no scheme
@@ -125,6 +127,7 @@ def test_url_backend_accepts_a_server_that_has_the_model(embedded: Endpoint) -> 
     assert ollama.Client(host=endpoint.url).chat(model=MODEL, messages=[{"role": "user", "content": "hi"}]).done
 
 
+@pytest.mark.slow  # llama.cpp
 @needs_model
 def test_url_backend_with_a_model_the_server_lacks_says_how_to_create_it(embedded: Endpoint) -> None:
     with pytest.raises(ServiceStartError) as caught:

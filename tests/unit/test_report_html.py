@@ -235,6 +235,7 @@ def devtools(tmp_path: Path) -> Iterator[_DevTools]:
         browser.wait()
 
 
+@pytest.mark.slow  # a headless Chromium
 def test_chromium_renders_the_report_with_the_red_verdict_on_top(devtools: _DevTools, tmp_path: Path) -> None:
     doc, results, baseline = _doc()
     page = tmp_path / "report.html"
