@@ -7,6 +7,7 @@ just recorded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from pytest_llmtrace.outcome import CaseOutcome, CheckResult, SqlOutcome
 from pytest_llmtrace.replay_config import get_config
 from pytest_llmtrace.runner import run_checks, sql_of
 from pytest_llmtrace.services import session as services
+from pytest_llmtrace.services.case_bounds import Abandoned
 from pytest_llmtrace.services.pg_guard import Deadline
 from pytest_llmtrace.snapshot import OutcomeSnapshot
 
@@ -62,8 +64,12 @@ class Checker:
             guard = services.get_manager(self._request.config).guard(postgres)
             deadline = Deadline.of(options)
             deadline.checking = sql if sql is not None else sql_of(now)
-            with guard.case(deadline) as held:  # the call's deadline, and the roles as they must stay
-                outcome = self._checks(now, checks, options, postgres.reader_url, sql, snapshot)
+            outcome = CaseOutcome(self._request.node.nodeid, "test", sql=deadline.checking)
+            # the call's deadline, and the roles as they must stay; the checks in a thread it walks away from
+            with guard.case(deadline) as held, contextlib.suppress(Abandoned):
+                outcome = deadline.call(
+                    lambda: self._checks(now, checks, options, postgres.reader_url, sql, snapshot), "the checks"
+                )
             before = (
                 CheckResult(
                     "sandbox",

@@ -27,7 +27,7 @@ import pytest
 
 from pytest_llmtrace.errors import did_you_mean, first_line
 from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.services import ollama, pg_leftovers, pg_roles, phoenix, postgres
+from pytest_llmtrace.services import case_bounds, ollama, pg_leftovers, pg_roles, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
 from pytest_llmtrace.services.docker import ContainerOwner, docker_available, gpu_request, remove_run_containers
@@ -335,7 +335,7 @@ class ServiceManager:
             owner_role=roles.owner.name if roles.owner is not None else None,
         )
         self.lockdown_notes = roles.notes
-        watchdog = Watchdog(endpoint.url, name, roles.names)
+        watchdog = Watchdog(endpoint.url, name, roles.names, case_bounds.backend_killer(endpoint))
         guard = SessionGuard(roles, watchdog)
         try:
             pg_roles.verify_login(database.reader_url, roles.reader.name)

@@ -20,11 +20,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_llmtrace.checks.execute import APPLICATION_NAME
 from pytest_llmtrace.options import DEADLINE_BUDGET_FACTOR, MAX_AUTO_DEADLINE_S, CheckOptions, number_text
 from pytest_llmtrace.outcome import CheckResult
+from pytest_llmtrace.services.case_bounds import (
+    Abandoned,
+    BackendKiller,
+    Ended,
+    MemoryWatch,
+    call_within,
+    end_backends,
+)
 from pytest_llmtrace.services.pg_roles import SessionRoles
 
 if TYPE_CHECKING:
@@ -32,11 +40,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Deadline", "SessionGuard", "Watchdog"]
 
+T = TypeVar("T")
 _QUERY_CHARS = 300
 # The case's backends: its roles', in its database. What was running is kept before anything is ended.
 _ACTIVITY = """
 SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name
 FROM pg_stat_activity WHERE usename = ANY(%s) AND datname = %s AND pid <> pg_backend_pid()
+"""
+# The same in any database: a reader's dblink connection into another database is the case's too.
+_ACTIVITY_ANYWHERE = """
+SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name
+FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid()
 """
 
 
@@ -55,44 +69,75 @@ class Deadline:
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     done: threading.Event = field(default_factory=threading.Event, repr=False)  # set when the watchdog has acted
+    # -- bounds past the deadline (services.case_bounds) --
+    max_memory_mb: float | None = None  # llmtrace_max_case_memory_mb: growth of this process's RSS during the case
+    memory: str = ""  # set when the case passed max_memory_mb: the [memory] finding's reason
+    fired_at: float | None = None  # time.monotonic() when the watchdog fired
+    ended: Ended | None = None  # what became of the case's backends
+    abandoned: str = ""  # what the case stopped waiting for ("the app's request", "the checks")
 
     @classmethod
     def of(cls, options: CheckOptions) -> Deadline:
         """The deadline of a case checked with ``options`` (``llmtrace_case_timeout_s``, or derived from the total
         latency budget); it starts when the watchdog is armed with it."""
         if options.case_timeout_s is not None:
-            return cls(options.case_deadline_s, "llmtrace_case_timeout_s")
-        return cls(
-            options.case_deadline_s,
-            f"llmtrace_case_timeout_s=auto: the total latency budget x {number_text(DEADLINE_BUDGET_FACTOR)}, at most "
-            f"{number_text(MAX_AUTO_DEADLINE_S)} s",
-        )
+            deadline = cls(options.case_deadline_s, "llmtrace_case_timeout_s")
+        else:
+            deadline = cls(
+                options.case_deadline_s,
+                f"llmtrace_case_timeout_s=auto: the total latency budget x {number_text(DEADLINE_BUDGET_FACTOR)}, at "
+                f"most {number_text(MAX_AUTO_DEADLINE_S)} s",
+            )
+        deadline.max_memory_mb = options.max_case_memory_mb
+        return deadline
+
+    def fired_time(self) -> float | None:
+        """When the watchdog fired (``None`` before): what ``case_bounds.call_within`` waits on."""
+        return self.fired_at if self.fired else None
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()`` in a thread the case walks away from: ``Abandoned`` (noted here as ``what``) when it still runs
+        after the deadline's work; a statement the server cannot interrupt, or an app busy in its own code, must not
+        hold the case."""
+        try:
+            return call_within(fn, self.fired_time, self.done)
+        except Abandoned:
+            self.abandoned = what
+            raise
 
     @property
     def at(self) -> float:
         return self.started + self.seconds
 
     def finding(self) -> CheckResult:
-        """The ``[timeout]`` failure: the deadline, what was running and what was done about it."""
+        """The ``[timeout]`` failure (or ``[memory]``): the limit, what was running and what was done about it."""
         source = f" ({self.source})" if self.source else ""
         phase = f" in {self.phase}" if self.phase else ""
-        reason = (
-            f"the case ran past its deadline of {number_text(round(self.seconds, 1))} s{source}{phase}; its database "
-            f"sessions were ended ({self.terminated} backend{'s' if self.terminated != 1 else ''})"
-        )
+        if self.ended is not None:
+            sessions = self.ended.text()
+        else:  # the watchdog could not say (its connection failed twice)
+            sessions = f"{self.terminated} database session{'s' if self.terminated != 1 else ''} ended"
+        if self.abandoned:
+            sessions += f"; {self.abandoned} did not return and was abandoned (it runs on in a background thread)"
         details = self.running or [
             "no statement was running: the app was busy elsewhere (a replayed answer's wait, its own code)"
         ]
+        if self.memory:
+            return CheckResult("memory", "failed", f"{self.memory}{phase}; {sessions}", details=tuple(details))
+        reason = f"the case ran past its deadline of {number_text(round(self.seconds, 1))} s{source}{phase}; {sessions}"
         return CheckResult("timeout", "failed", reason, details=tuple(details))
 
 
 class Watchdog:
     """One daemon thread per session database, watching the ``Deadline`` a case holds it ``armed`` with."""
 
-    def __init__(self, admin_url: str, database: str, roles: Sequence[str]) -> None:
+    def __init__(
+        self, admin_url: str, database: str, roles: Sequence[str], killer: BackendKiller | None = None
+    ) -> None:
         self.admin_url = admin_url
         self.database = database
         self.roles = list(roles)
+        self.killer = killer  # SIGKILL of a backend on a server the plugin started (case_bounds.backend_killer)
         self._cond = threading.Condition()
         self._conn_lock = threading.Lock()
         self._conn: PgConnection | None = None
@@ -128,7 +173,8 @@ class Watchdog:
             self._armed = deadline
             self._cond.notify_all()
         try:
-            yield deadline
+            with self._memory_watch(deadline):
+                yield deadline
         finally:
             with self._cond:
                 self._armed = None
@@ -136,9 +182,7 @@ class Watchdog:
             deadline.ended = time.monotonic()
             if deadline.fired:
                 deadline.done.wait(60)  # the watchdog's work first, or it could bar the roles after this lets them in
-                with self._conn_lock, contextlib.suppress(Exception):  # else the next case's assert lets them in
-                    self._terminate(self._connection().cursor())  # what connected before the bar held
-                    self._allow_login(True)
+                self._after_fired()
 
     def extend(self, deadline: Deadline, seconds: float, why: str, phase: str) -> None:
         """Give the armed ``deadline`` ``seconds`` more, for the next ``phase`` of the case (``why``: the reason)."""
@@ -161,6 +205,7 @@ class Watchdog:
                 deadline = self._armed
                 assert deadline is not None, "due means armed"
                 deadline.fired = True
+                deadline.fired_at = time.monotonic()
             try:
                 for _ in range(2):  # a second time on a new connection: the first may have died with the server's
                     try:
@@ -179,7 +224,7 @@ class Watchdog:
         with self._conn_lock:
             self._allow_login(False)
             cur = self._connection().cursor()
-            cur.execute(_ACTIVITY, (self.roles, self.database))
+            cur.execute(_ACTIVITY_ANYWHERE, (self.roles,))
             for _, state, query, seconds, application in cur.fetchall():
                 if state == "active" and query:
                     check = application == APPLICATION_NAME
@@ -187,10 +232,53 @@ class Watchdog:
                     text = text if len(text) <= _QUERY_CHARS else text[: _QUERY_CHARS - 3] + "..."
                     who = "the sql check" if check else "the app"
                     deadline.running.append(f"{who} was running: {text} (for {float(seconds or 0):.1f} s)")
-            deadline.terminated += self._terminate(cur)
+            deadline.ended = self._end_backends()
+            deadline.terminated = deadline.ended.found - deadline.ended.surviving
         for cancel in deadline.cancel:
             with contextlib.suppress(Exception):
                 cancel()
+
+    # -- bounds past the deadline (services.case_bounds) ------------------------------------------------------------
+
+    def trip(self, deadline: Deadline, memory: str) -> None:
+        """Fire the armed ``deadline`` now, for a reason other than time (``memory``: the [memory] finding)."""
+        with self._cond:
+            if deadline.fired or self._armed is not deadline:
+                return
+            deadline.memory = memory
+            deadline.seconds = time.monotonic() - deadline.started
+            self._cond.notify_all()
+
+    def _memory_watch(self, deadline: Deadline) -> contextlib.AbstractContextManager[object]:
+        """A ``MemoryWatch`` over the case when it has a memory limit: past it, the case is tripped."""
+        limit = deadline.max_memory_mb
+        if limit is None:
+            return contextlib.nullcontext()
+
+        def exceeded(grown_mb: float, peak_mb: float) -> None:
+            self.trip(
+                deadline,
+                f"the case made the pytest process grow by {grown_mb:.0f} MB (to {peak_mb:.0f} MB), past "
+                f"llmtrace_max_case_memory_mb = {number_text(limit)}",
+            )
+
+        return MemoryWatch(limit, exceeded).running()
+
+    def _end_backends(self) -> Ended:
+        """Every backend of the roles ended (in any database), escalating to SIGKILL where the server allows."""
+        return end_backends(self._connection, self._drop_connection, self.roles, self.killer)
+
+    def _after_fired(self) -> None:
+        """After a fired case: what connected before the bar held is ended, and the roles may log in again (else the
+        next case's assert lets them in). Twice: the first connection may have died with a reset server's sessions."""
+        for _ in range(2):
+            with self._conn_lock:
+                try:
+                    self._end_backends()
+                    self._allow_login(True)
+                    return
+                except Exception:
+                    self._drop_connection()
 
     def _terminate(self, cur: Any) -> int:
         """End the case's backends and wait until they are gone (up to 5 s each); how many were ended."""
