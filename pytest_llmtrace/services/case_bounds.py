@@ -56,6 +56,8 @@ MEMORY_SAMPLE_S = 0.02
 
 # Every backend of the session's roles, in any database (a dblink connection opened into another one included).
 _ROLE_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid()"
+# The same outside one database: what a case left in databases that are not its clone.
+_ROLE_BACKENDS_ELSEWHERE = _ROLE_BACKENDS + " AND datname IS DISTINCT FROM %s"
 
 BackendKiller = Callable[[Sequence[int]], int]
 """Kills backend processes of one server by pid; returns how many it killed."""
@@ -152,8 +154,11 @@ class Ended:
         return text
 
 
-def _pids(cur: Any, roles: Sequence[str]) -> set[int]:
-    cur.execute(_ROLE_BACKENDS, (list(roles),))
+def _pids(cur: Any, roles: Sequence[str], outside: str | None = None) -> set[int]:
+    if outside is None:
+        cur.execute(_ROLE_BACKENDS, (list(roles),))
+    else:
+        cur.execute(_ROLE_BACKENDS_ELSEWHERE, (list(roles), outside))
     return {int(row[0]) for row in cur.fetchall()}
 
 
@@ -164,12 +169,14 @@ def end_backends(
     killer: BackendKiller | None,
     *,
     grace_s: float = KILL_GRACE_S,
+    outside: str | None = None,
 ) -> Ended:
-    """End every backend of ``roles`` (any database): terminate, wait ``grace_s``, kill what is left (``killer``),
-    and count again. ``connection`` gives the admin connection (autocommit, psycopg2), reconnecting when
-    ``drop_connection`` dropped it. The roles must be barred from logging in meanwhile (the caller does that)."""
+    """End every backend of ``roles`` (any database; with ``outside``, those in any other database than that one):
+    terminate, wait ``grace_s``, kill what is left (``killer``), and count again. ``connection`` gives the admin
+    connection (autocommit, psycopg2), reconnecting when ``drop_connection`` dropped it. For a count that holds, the
+    roles are barred from logging in meanwhile (the caller does that)."""
     cur = connection().cursor()
-    pids = _pids(cur, roles)
+    pids = _pids(cur, roles, outside)
     ended = Ended(found=len(pids))
     for pid in pids:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))

@@ -73,7 +73,7 @@ class Deadline:
     max_memory_mb: float | None = None  # llmtrace_max_case_memory_mb: growth of this process's RSS during the case
     memory: str = ""  # set when the case passed max_memory_mb: the [memory] finding's reason
     fired_at: float | None = None  # time.monotonic() when the watchdog fired
-    ended: Ended | None = None  # what became of the case's backends
+    backends: Ended | None = None  # what became of the case's backends
     abandoned: str = ""  # what the case stopped waiting for ("the app's request", "the checks")
 
     @classmethod
@@ -113,8 +113,8 @@ class Deadline:
         """The ``[timeout]`` failure (or ``[memory]``): the limit, what was running and what was done about it."""
         source = f" ({self.source})" if self.source else ""
         phase = f" in {self.phase}" if self.phase else ""
-        if self.ended is not None:
-            sessions = self.ended.text()
+        if self.backends is not None:
+            sessions = self.backends.text()
         else:  # the watchdog could not say (its connection failed twice)
             sessions = f"{self.terminated} database session{'s' if self.terminated != 1 else ''} ended"
         if self.abandoned:
@@ -183,6 +183,8 @@ class Watchdog:
             if deadline.fired:
                 deadline.done.wait(60)  # the watchdog's work first, or it could bar the roles after this lets them in
                 self._after_fired()
+            else:
+                self._end_strays()
 
     def extend(self, deadline: Deadline, seconds: float, why: str, phase: str) -> None:
         """Give the armed ``deadline`` ``seconds`` more, for the next ``phase`` of the case (``why``: the reason)."""
@@ -232,8 +234,8 @@ class Watchdog:
                     text = text if len(text) <= _QUERY_CHARS else text[: _QUERY_CHARS - 3] + "..."
                     who = "the sql check" if check else "the app"
                     deadline.running.append(f"{who} was running: {text} (for {float(seconds or 0):.1f} s)")
-            deadline.ended = self._end_backends()
-            deadline.terminated = deadline.ended.found - deadline.ended.surviving
+            deadline.backends = self._end_backends()
+            deadline.terminated = deadline.backends.found - deadline.backends.surviving
         for cancel in deadline.cancel:
             with contextlib.suppress(Exception):
                 cancel()
@@ -267,6 +269,15 @@ class Watchdog:
     def _end_backends(self) -> Ended:
         """Every backend of the roles ended (in any database), escalating to SIGKILL where the server allows."""
         return end_backends(self._connection, self._drop_connection, self.roles, self.killer)
+
+    def _end_strays(self) -> None:
+        """The roles' backends in other databases than the clone (a dblink connection, or a login into a database
+        a URL server leaves open) end with the case; the app's own connections to the clone are left to it."""
+        with self._conn_lock:
+            try:
+                end_backends(self._connection, self._drop_connection, self.roles, self.killer, outside=self.database)
+            except Exception:  # the next case's, or the session's end, gets another chance
+                self._drop_connection()
 
     def _after_fired(self) -> None:
         """After a fired case: what connected before the bar held is ended, and the roles may log in again (else the
@@ -326,13 +337,24 @@ class SessionGuard:
     def case(self, deadline: Deadline) -> Iterator[CaseGuard]:
         """Roles re-asserted (what changed since the last case is kept in ``before``), the deadline armed; after
         the block, what the case changed (``after``), restored."""
-        before = self.roles.changes()  # restores what it finds changed
+        before = self._roles_call(self.roles.changes)  # restores what it finds changed
         if not before and not self.roles.sees_everything:  # a password the admin cannot read: set it again anyway
-            self.roles.assert_settings()
+            self._roles_call(self.roles.assert_settings)
         guard = CaseGuard(deadline, before)
         with self.watchdog.armed(deadline):
             yield guard
-        guard.after = self.roles.changes()
+        guard.after = self._roles_call(self.roles.changes)
+
+    def _roles_call(self, call: Callable[[], T]) -> T:
+        """``call`` on the roles' admin connection, again on a new one when the first was lost: a backend killed at
+        a deadline (this session's or another worker's on the same server) resets every session of the server."""
+        import psycopg2
+
+        try:
+            return call()
+        except (psycopg2.DatabaseError, psycopg2.InterfaceError):  # "server closed the connection unexpectedly"
+            self.roles.reconnect()
+            return call()
 
     def close(self) -> None:
         self.watchdog.stop()

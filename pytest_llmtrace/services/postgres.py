@@ -341,6 +341,9 @@ class EmbeddedPostgres:
 # is capped by the OS (RLIMIT_DATA, inherited from the postmaster): past it a statement fails with "out of memory"
 # instead of taking the machine. On a server given by URL neither holds (``SERVER_BOUNDS_URL``).
 SERVER_CONFIG = {
+    # A backend killed at a deadline makes the server recover; before that it fsyncs its whole data directory (4 s
+    # on a busy disk) unless fsync is off. The data lives as long as the run, and the OS does not crash with a backend.
+    "fsync": "off",
     "max_worker_processes": "0",
     "max_parallel_workers": "0",
     "max_parallel_workers_per_gather": "0",
