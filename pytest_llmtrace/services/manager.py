@@ -206,6 +206,8 @@ class ServiceManager:
                     decided += self._docker_details(service)
                 if service == "postgres" and choice.backend not in pg_roles.LOCKED_BACKENDS:
                     decided += f"; not locked down on a server you gave: {pg_roles.URL_NOT_LOCKED}"
+                if service == "postgres":
+                    decided += f"; {postgres.server_bounds(choice.backend)}"
             lines.append(f"llmtrace {service}: {decided}")
         return lines
 

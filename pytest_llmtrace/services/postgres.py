@@ -54,6 +54,8 @@ __all__ = [
     "database_exists",
     "database_url",
     "drop_database",
+    "limit_backend_memory",
+    "server_bounds",
     "template_ready",
 ]
 
@@ -339,7 +341,7 @@ class EmbeddedPostgres:
 # temp_file_limit holds per process, so parallel workers would each get the whole limit; work_mem is anyone's to SET.
 # A server the plugin starts has no worker processes at all (so no parallel query), and each backend's private memory
 # is capped by the OS (RLIMIT_DATA, inherited from the postmaster): past it a statement fails with "out of memory"
-# instead of taking the machine. On a server given by URL neither holds (``SERVER_BOUNDS_URL``).
+# instead of taking the machine. On a server given by URL neither holds (``server_bounds`` says so in the header).
 SERVER_CONFIG = {
     # A backend killed at a deadline makes the server recover; before that it fsyncs its whole data directory (4 s
     # on a busy disk) unless fsync is off. The data lives as long as the run, and the OS does not crash with a backend.
@@ -350,14 +352,25 @@ SERVER_CONFIG = {
     "max_parallel_maintenance_workers": "0",
 }
 BACKEND_MEMORY_MB = 1024
-SERVER_BOUNDS = (
-    f"no parallel workers, at most {BACKEND_MEMORY_MB} MB of private memory per backend, backends that ignore "
-    "cancel are killed at the deadline"
-)
-SERVER_BOUNDS_URL = (
-    "not bounded on a server you gave: parallel workers (each gets the whole temp_file_limit), a backend's memory "
-    "(SET work_mem), backends that ignore cancel and terminate (they run on past the deadline)"
-)
+
+
+def server_bounds(backend: str) -> str:
+    """What bounds one case on a server of ``backend``, and what does not: for the report header."""
+    if backend == "embedded":
+        return (
+            f"bounded: no parallel workers, {BACKEND_MEMORY_MB} MB of private memory per backend, backends that "
+            "ignore cancel killed at the deadline"
+        )
+    if backend == "docker":
+        return (
+            "bounded: backends that ignore cancel killed at the deadline; not bounded: parallel workers (each gets "
+            "the whole temp_file_limit), a backend's memory (SET work_mem)"
+        )
+    return (
+        "not bounded on a server you gave: parallel workers (each gets the whole temp_file_limit), a backend's memory "
+        "(SET work_mem), backends that ignore cancel and terminate (they run on past the deadline, which fails the "
+        "case saying so)"
+    )
 
 
 def _bounded_server_class(base: type[Any]) -> type[Any]:
@@ -366,7 +379,7 @@ def _bounded_server_class(base: type[Any]) -> type[Any]:
     these two methods are the hooks it has. Setting the limit of the running postmaster instead needs
     CAP_SYS_RESOURCE when it runs as another user, as it does under root)."""
 
-    class BoundedServer(base):  # type: ignore[misc, valid-type]
+    class BoundedServer(base):  # type: ignore[misc]
         def ensure_pgdata_inited(self) -> None:
             super().ensure_pgdata_inited()
             conf = Path(self.pgdata) / "postgresql.conf"

@@ -182,6 +182,30 @@ def test_on_a_server_it_did_not_start_the_case_walks_away_and_says_what_still_ru
         session.close()
 
 
+@pytest.mark.slow
+def test_a_backend_is_killed_from_inside_the_server_as_for_a_container(held: Held) -> None:
+    """The Docker backend's killer (``COPY ... TO PROGRAM 'kill -9'``, the pids being the container's), here on the
+    embedded server, whose admin is a superuser too."""
+    from pytest_llmtrace.services.case_bounds import kill_by_sql
+
+    errors: list[str] = []
+    thread = threading.Thread(target=_app(held.reader, UNCANCELLABLE["position"], errors))
+    thread.start()
+    try:
+        until = time.monotonic() + 10
+        while not _backends(held.admin, held.roles.reader.name) and time.monotonic() < until:
+            time.sleep(0.05)
+        (pid, _), *_ = _backends(held.admin, held.roles.reader.name)
+        assert kill_by_sql(held.admin, [pid]) == 1
+        thread.join(10)
+        assert not thread.is_alive()
+        assert errors
+        _wait_for_server(held.admin)
+        assert _backends(held.admin, held.roles.reader.name) == []
+    finally:
+        thread.join(120)
+
+
 def test_a_backend_in_another_database_ends_with_its_case(held: Held) -> None:
     """A reader's backend outside its clone (dblink, or a login into a database a URL server leaves open to PUBLIC)
     ends with the case; the app's connections to the clone are its own business."""
@@ -416,6 +440,6 @@ def test_an_app_that_fetches_a_huge_result_fails_with_memory_past_the_limit(
     seconds, message = _cases(pytester)["h_huge_fetch"]
     with capsys.disabled():
         print(f"\napp fetching 40 x 30 MB, limit 300 MB: peak RSS {peak_mb:.0f} MB, {seconds:.1f} s: {message}")
-    assert message.startswith("[memory] the case made the pytest process grow by"), message
+    assert "\n[memory] the case made the pytest process grow by" in message, message
     assert peak_mb < 1000
     result.assert_outcomes(failed=1)
