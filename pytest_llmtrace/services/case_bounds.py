@@ -35,6 +35,7 @@ from pytest_llmtrace.services.base import Endpoint
 __all__ = [
     "ABANDON_GRACE_S",
     "KILL_GRACE_S",
+    "RECOVERY_S",
     "Abandoned",
     "BackendKiller",
     "Ended",
@@ -88,18 +89,24 @@ def _postmaster_pid(pgdata: Path) -> int | None:
 
 
 def kill_embedded(pgdata: Path, pids: Sequence[int]) -> int:
-    """SIGKILL each pid that is a child of the postmaster of ``pgdata`` (never another process that reused a pid)."""
+    """SIGKILL each pid that is a child of the postmaster of ``pgdata`` (never another process that reused a pid),
+    and wait until the postmaster has reaped them: from then on it is resetting, so a connection that succeeds is
+    one made after the reset, not one the reset is about to end."""
     postmaster = _postmaster_pid(pgdata)
-    killed = 0
+    killed: list[psutil.Process] = []
     for pid in pids:
         try:
-            if postmaster is None or psutil.Process(pid).ppid() != postmaster:
+            process = psutil.Process(pid)
+            if postmaster is None or process.ppid() != postmaster:
                 continue
             os.kill(pid, signal.SIGKILL)
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-        killed += 1
-    return killed
+        killed.append(process)
+    until = time.monotonic() + RECOVERY_S
+    while any(process.is_running() for process in killed) and time.monotonic() < until:
+        time.sleep(0.02)  # a zombie "is running" until its parent reaps it
+    return len(killed)
 
 
 def kill_by_sql(admin_url: str, pids: Sequence[int]) -> int:
@@ -110,7 +117,7 @@ def kill_by_sql(admin_url: str, pids: Sequence[int]) -> int:
     wanted = [int(pid) for pid in pids]
     if not wanted:
         return 0
-    command = "kill -9 " + " ".join(map(str, wanted))
+    command = "kill -9 " + " ".join(map(str, wanted)) + "; sleep 0.5"  # the reset begins before COPY returns
     with contextlib.suppress(psycopg2.Error):
         conn = psycopg2.connect(admin_url, connect_timeout=5, application_name="pytest-llmtrace-watchdog")
         try:

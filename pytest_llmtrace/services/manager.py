@@ -193,9 +193,11 @@ class ServiceManager:
             return None
 
     def header_lines(self) -> list[str]:
-        """One line per service: the backend and why (the option, env var or ini key it came from, or what auto saw)."""
+        """One line per service: the backend and why (the option, env var or ini key it came from, or what auto saw);
+        for Postgres also what bounds a case on that kind of server, and what does not."""
         lines = []
         for service in SERVICES:
+            choice: Choice | None = None
             try:
                 choice = self.choice(service)
             except pytest.UsageError:
@@ -206,9 +208,9 @@ class ServiceManager:
                     decided += self._docker_details(service)
                 if service == "postgres" and choice.backend not in pg_roles.LOCKED_BACKENDS:
                     decided += f"; not locked down on a server you gave: {pg_roles.URL_NOT_LOCKED}"
-                if service == "postgres":
-                    decided += f"; {postgres.server_bounds(choice.backend)}"
             lines.append(f"llmtrace {service}: {decided}")
+            if service == "postgres" and choice is not None:
+                lines.append(f"llmtrace postgres case limits: {postgres.server_bounds(choice.backend)}")
         return lines
 
     def _docker_details(self, service: str) -> str:

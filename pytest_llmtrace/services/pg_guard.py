@@ -3,9 +3,11 @@
 A golden case (or an ``llmtrace_check`` call) runs the app's code and model-written SQL; neither can be trusted to
 end. ``Watchdog`` is one thread per session database with its own admin connection: when a case runs past its
 deadline, it notes the statements the session's roles are running (``pg_stat_activity.query``), bars the roles from
-logging in again, ends their backends with ``pg_terminate_backend`` and calls the case's cancel callbacks (the
-replay backend's wait). The case then fails with ``[timeout]`` naming those statements, and the session goes on:
-when the case ends the roles may log in again.
+logging in again, ends their backends in any database (``pg_terminate_backend``, then, for a backend that ignores
+it, ``case_bounds``' escalation) and calls the case's cancel callbacks (the replay backend's wait). The case then
+fails with ``[timeout]`` naming those statements and counting what still runs, and the session goes on: when the
+case ends the roles may log in again. The same thread acts on a case that passed ``llmtrace_max_case_memory_mb``
+(``trip``: ``[memory]``).
 
 ``SessionGuard`` puts the deadline together with ``SessionRoles``: before a case the roles are re-asserted, after it
 any change a case made to them (``ALTER ROLE CURRENT_USER SET ...``, a new password) fails it with ``[sandbox]``.
@@ -26,6 +28,7 @@ from pytest_llmtrace.checks.execute import APPLICATION_NAME
 from pytest_llmtrace.options import DEADLINE_BUDGET_FACTOR, MAX_AUTO_DEADLINE_S, CheckOptions, number_text
 from pytest_llmtrace.outcome import CheckResult
 from pytest_llmtrace.services.case_bounds import (
+    RECOVERY_S,
     Abandoned,
     BackendKiller,
     Ended,
@@ -189,7 +192,7 @@ class Watchdog:
     def extend(self, deadline: Deadline, seconds: float, why: str, phase: str) -> None:
         """Give the armed ``deadline`` ``seconds`` more, for the next ``phase`` of the case (``why``: the reason)."""
         with self._cond:
-            if deadline.fired:
+            if deadline.fired or deadline.memory:
                 return
             deadline.seconds += seconds
             deadline.source += f" + {number_text(round(seconds, 1))} s {why}"
@@ -350,11 +353,17 @@ class SessionGuard:
         a deadline (this session's or another worker's on the same server) resets every session of the server."""
         import psycopg2
 
-        try:
-            return call()
-        except (psycopg2.DatabaseError, psycopg2.InterfaceError):  # "server closed the connection unexpectedly"
-            self.roles.reconnect()
-            return call()
+        until = time.monotonic() + RECOVERY_S
+        while True:
+            try:
+                return call()
+            except psycopg2.DatabaseError as exc:  # "server closed the connection unexpectedly" (a bare
+                # DatabaseError), then "the database system is in recovery mode" for a moment; SQL errors are raised
+                lost = type(exc) is psycopg2.DatabaseError or isinstance(exc, psycopg2.OperationalError)
+                if not lost or time.monotonic() >= until:
+                    raise
+                self.roles.reconnect()
+                time.sleep(0.1)
 
     def close(self) -> None:
         self.watchdog.stop()
