@@ -22,11 +22,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
-from pytest_llmtrace.checks.execute import APPLICATION_NAME
-from pytest_llmtrace.options import DEADLINE_BUDGET_FACTOR, MAX_AUTO_DEADLINE_S, CheckOptions, number_text
-from pytest_llmtrace.outcome import CheckResult
+from pytest_llmtrace.core.errors import number_text
 from pytest_llmtrace.services.case_bounds import (
     RECOVERY_S,
     Abandoned,
@@ -41,7 +39,11 @@ from pytest_llmtrace.services.pg_roles import SessionRoles
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
 
-__all__ = ["Deadline", "SessionGuard", "Watchdog"]
+__all__ = ["APPLICATION_NAME", "Deadline", "Finding", "SessionGuard", "Watchdog"]
+
+# What the checks' connections call themselves in pg_stat_activity (checks.execute): the watchdog tells them from the
+# app's by it.
+APPLICATION_NAME = "pytest-llmtrace"
 
 T = TypeVar("T")
 _QUERY_CHARS = 300
@@ -55,6 +57,25 @@ _ACTIVITY_ANYWHERE = """
 SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name
 FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid()
 """
+
+
+class DeadlineOptions(Protocol):
+    """What a deadline is made of (``options.CheckOptions``): its seconds and where they came from."""
+
+    @property
+    def case_deadline_s(self) -> float: ...
+    @property
+    def case_deadline_source(self) -> str: ...
+    @property
+    def max_case_memory_mb(self) -> int: ...
+
+
+class Finding(NamedTuple):
+    """A failure the guard found, as plain data: the caller makes it a failed check of this name."""
+
+    name: str
+    reason: str
+    details: tuple[str, ...]
 
 
 @dataclass
@@ -80,17 +101,10 @@ class Deadline:
     abandoned: str = ""  # what the case stopped waiting for ("the app's request", "the checks")
 
     @classmethod
-    def of(cls, options: CheckOptions) -> Deadline:
+    def of(cls, options: DeadlineOptions) -> Deadline:
         """The deadline of a case checked with ``options`` (``llmtrace_case_timeout_s``, or derived from the total
         latency budget); it starts when the watchdog is armed with it."""
-        if options.case_timeout_s is not None:
-            deadline = cls(options.case_deadline_s, "llmtrace_case_timeout_s")
-        else:
-            deadline = cls(
-                options.case_deadline_s,
-                f"llmtrace_case_timeout_s=auto: the total latency budget x {number_text(DEADLINE_BUDGET_FACTOR)}, at "
-                f"most {number_text(MAX_AUTO_DEADLINE_S)} s",
-            )
+        deadline = cls(options.case_deadline_s, options.case_deadline_source)
         deadline.max_memory_mb = options.max_case_memory_mb
         return deadline
 
@@ -112,7 +126,7 @@ class Deadline:
     def at(self) -> float:
         return self.started + self.seconds
 
-    def finding(self) -> CheckResult:
+    def finding(self) -> Finding:
         """The ``[timeout]`` failure (or ``[memory]``): the limit, what was running and what was done about it."""
         source = f" ({self.source})" if self.source else ""
         phase = f" in {self.phase}" if self.phase else ""
@@ -126,9 +140,9 @@ class Deadline:
             "no statement was running: the app was busy elsewhere (a replayed answer's wait, its own code)"
         ]
         if self.memory:
-            return CheckResult("memory", "failed", f"{self.memory}{phase}; {sessions}", details=tuple(details))
+            return Finding("memory", f"{self.memory}{phase}; {sessions}", tuple(details))
         reason = f"the case ran past its deadline of {number_text(round(self.seconds, 1))} s{source}{phase}; {sessions}"
-        return CheckResult("timeout", "failed", reason, details=tuple(details))
+        return Finding("timeout", reason, tuple(details))
 
 
 class Watchdog:
@@ -378,16 +392,15 @@ class CaseGuard:
     before: list[str]
     after: list[str] = field(default_factory=list)
 
-    def findings(self) -> tuple[CheckResult, ...]:
+    def findings(self) -> tuple[Finding, ...]:
         """``[timeout]`` when the deadline passed, ``[sandbox]`` when the case changed its roles."""
         found = [self.deadline.finding()] if self.deadline.fired else []
         if self.after:
             found.append(
-                CheckResult(
+                Finding(
                     "sandbox",
-                    "failed",
                     "the case changed its database roles (restored now); its SQL must not alter roles",
-                    details=tuple(self.after),
+                    tuple(self.after),
                 )
             )
         return tuple(found)
