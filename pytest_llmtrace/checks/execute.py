@@ -65,8 +65,8 @@ SAVEPOINT = "llmtrace_declare"
 # psycopg 3 sends a statement without parameters over the simple protocol (several statements allowed) unless its
 # results are asked for in binary: then it is one unnamed statement over the extended protocol.
 _EXTENDED: dict[str, Any] = {"binary": True}
-_FIRST_BATCH = 100
 _MAX_BATCH = 5000
+_ROW_HEADROOM = 4  # a batch is sized for rows up to this many times the largest seen so far
 
 
 class ConnectFailed(LLMTraceError):
@@ -351,23 +351,30 @@ def _run(cur: psycopg.Cursor[Any], statement: str, max_rows: int, max_bytes: int
 
 
 def _fetch(server: psycopg.ServerCursor[Any], max_rows: int, max_bytes: int) -> Fetched:
-    """Batches from the cursor until it is done or a limit is passed; the batch grows while rows are small."""
+    """Batches from the cursor until it is done or a limit is passed, counted as they arrive.
+
+    The first batch is one row; a batch then grows (x4, up to ``_MAX_BATCH``) only while ``_ROW_HEADROOM`` times
+    the largest row seen so far fits in what is left of ``max_bytes``: a result of rows of tens of MB comes one row
+    at a time and stops at the first past the cap, rather than after a whole batch of them reached this process.
+    """
     columns = tuple(c.name for c in server.description or ())
     rows: list[tuple[Any, ...]] = []
     size = 0
-    batch = _FIRST_BATCH
+    largest = 0
+    batch = 1
     while True:
         wanted = min(batch, max_rows + 1 - len(rows))
         got = server.fetchmany(wanted)
-        size += _result_bytes(server.pgresult)
+        batch_bytes, batch_largest = _batch_bytes(server.pgresult)
+        size += batch_bytes
+        largest = max(largest, batch_largest)
         rows.extend(got)
         too_big = _too_big(len(rows), size, max_rows, max_bytes)
         if too_big is not None:
             return columns, rows[:max_rows], too_big
         if len(got) < wanted:
             return columns, rows, None
-        per_row = max(size // max(len(rows), 1), 1)
-        batch = max(1, min(_MAX_BATCH, batch * 4, (max_bytes - size) // per_row))
+        batch = max(1, min(_MAX_BATCH, batch * 4, (max_bytes - size) // max(_ROW_HEADROOM * largest, 1)))
 
 
 def _too_big(rows: int, size: int, max_rows: int, max_bytes: int) -> str | None:
@@ -380,14 +387,23 @@ def _too_big(rows: int, size: int, max_rows: int, max_bytes: int) -> str | None:
 
 def _result_bytes(result: Any) -> int:
     """The bytes of the values in a fetched batch, as Postgres sent them (text format)."""
+    return _batch_bytes(result)[0]
+
+
+def _batch_bytes(result: Any) -> tuple[int, int]:
+    """(bytes of the values in a fetched batch, bytes of its largest row), as Postgres sent them (text format)."""
     if result is None:
-        return 0
+        return 0, 0
     total = 0
+    largest = 0
     for row in range(result.ntuples):
+        row_bytes = 0
         for column in range(result.nfields):
             value = result.get_value(row, column)
-            total += len(value) if value is not None else 0
-    return total
+            row_bytes += len(value) if value is not None else 0
+        total += row_bytes
+        largest = max(largest, row_bytes)
+    return total, largest
 
 
 def postgres_message(exc: Any) -> str:

@@ -292,6 +292,14 @@ class CheckOptions:
             _positive,
         ),
     )
+    max_case_memory_mb: int = field(
+        default=1024,
+        metadata=_meta(
+            "How much a golden case or llmtrace_check call may make the pytest process grow, in MB (the app's fetch "
+            "of a huge result, the check's): past it the case fails with [memory] and its database sessions are ended.",
+            _positive,
+        ),
+    )
     case_timeout_s: float | None = field(
         default=None,
         metadata=_meta(

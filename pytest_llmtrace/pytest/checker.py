@@ -7,6 +7,7 @@ just recorded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ from pytest_llmtrace.checks.snapshot import OutcomeSnapshot
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude
 from pytest_llmtrace.pytest.replay_config import get_config
+from pytest_llmtrace.services.case_bounds import Abandoned
 from pytest_llmtrace.services.pg_guard import Deadline
 
 if TYPE_CHECKING:
@@ -68,8 +70,12 @@ class Checker:
             guard = services.get_manager(self._request.config).guard(postgres)
             deadline = Deadline.of(options)
             deadline.checking = sql if sql is not None else sql_of(now)
-            with guard.case(deadline) as held:  # the call's deadline, and the roles as they must stay
-                outcome = self._checks(now, checks, options, postgres.reader_url, sql, snapshot)
+            outcome = CaseOutcome(self._request.node.nodeid, "test", sql=deadline.checking)
+            # the call's deadline, and the roles as they must stay; the checks in a thread it walks away from
+            with guard.case(deadline) as held, contextlib.suppress(Abandoned):
+                outcome = deadline.call(
+                    lambda: self._checks(now, checks, options, postgres.reader_url, sql, snapshot), "the checks"
+                )
             before = (
                 CheckResult(
                     "sandbox",

@@ -14,7 +14,9 @@ and fails the test with ``checks.report``'s text unless it passed.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude, fail
 from pytest_llmtrace.pytest.recording import TestRecording, get_recorder
 from pytest_llmtrace.pytest.replay_config import ReplayConfig, get_config
+from pytest_llmtrace.services.case_bounds import Abandoned
 from pytest_llmtrace.services.pg_guard import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Trace
@@ -175,8 +178,10 @@ def _replay_case(
         app_started = time.perf_counter()
         if replay is not None:
             manager.replay_switch.use(replay)
-        try:
-            ask_app(llmtrace_app, question, golden)
+        try:  # in a thread the case walks away from at its deadline (services.case_bounds)
+            deadline.call(lambda: ask_app(llmtrace_app, question, golden), "the app's request")
+        except Abandoned:
+            pass  # the deadline's finding says so
         except Exception as exc:  # the app's failure is the finding, reported with the checks
             app_error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -198,7 +203,8 @@ def _replay_case(
             if config.mode == "record":
                 write_trace(now, case.path)
                 golden = now  # the new recording is the reference from now on; absolute budgets still apply
-            outcome = run_checks(
+            checks = functools.partial(
+                run_checks,
                 now,
                 options=options,
                 case_id=case.path.stem,  # the item name, without [k/N] for the runs of a repeated case
@@ -215,6 +221,8 @@ def _replay_case(
                 replayed_ms=replayed_ms,
                 replayed_spans_ns=replayed_spans_ns,
             )
+            with contextlib.suppress(Abandoned):  # the deadline's finding says so
+                outcome = deadline.call(checks, "the checks")
     findings = guard_checks(held.findings())
     if outcome is None or deadline.fired:  # the app's error then is its connection being ended: the timeout says so
         sql_now = sql_of(llm_trace.trace)

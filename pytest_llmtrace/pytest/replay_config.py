@@ -263,7 +263,14 @@ def report_header(config: pytest.Config) -> list[str]:
 
 
 # The limits every case's SQL and app are held to, shown in the report header with where each came from.
-_SANDBOX_SETTINGS = ("case_timeout_s", "sql_timeout_ms", "max_rows", "max_result_bytes", "temp_file_limit_mb")
+_SANDBOX_SETTINGS = (
+    "case_timeout_s",
+    "max_case_memory_mb",
+    "sql_timeout_ms",
+    "max_rows",
+    "max_result_bytes",
+    "temp_file_limit_mb",
+)
 
 
 def validate_markers(config: pytest.Config, items: list[pytest.Item]) -> None:

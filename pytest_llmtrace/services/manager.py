@@ -27,7 +27,7 @@ import pytest
 
 from pytest_llmtrace.core.errors import did_you_mean, first_line
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.services import ollama, pg_leftovers, pg_roles, phoenix, postgres
+from pytest_llmtrace.services import case_bounds, ollama, pg_leftovers, pg_roles, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
 from pytest_llmtrace.services.docker import docker_available, gpu_request
@@ -193,9 +193,11 @@ class ServiceManager:
             return None
 
     def header_lines(self) -> list[str]:
-        """One line per service: the backend and why (the option, env var or ini key it came from, or what auto saw)."""
+        """One line per service: the backend and why (the option, env var or ini key it came from, or what auto saw);
+        for Postgres also what bounds a case on that kind of server, and what does not."""
         lines = []
         for service in SERVICES:
+            choice: Choice | None = None
             try:
                 choice = self.choice(service)
             except pytest.UsageError:
@@ -207,6 +209,8 @@ class ServiceManager:
                 if service == "postgres" and choice.backend not in pg_roles.LOCKED_BACKENDS:
                     decided += f"; not locked down on a server you gave: {pg_roles.URL_NOT_LOCKED}"
             lines.append(f"llmtrace {service}: {decided}")
+            if service == "postgres" and choice is not None:
+                lines.append(f"llmtrace postgres case limits: {postgres.server_bounds(choice.backend)}")
         return lines
 
     def _docker_details(self, service: str) -> str:
@@ -336,7 +340,7 @@ class ServiceManager:
             owner_role=roles.owner.name if roles.owner is not None else None,
         )
         self.lockdown_notes = roles.notes
-        watchdog = Watchdog(endpoint.url, name, roles.names)
+        watchdog = Watchdog(endpoint.url, name, roles.names, case_bounds.backend_killer(endpoint))
         guard = SessionGuard(roles, watchdog)
         try:
             pg_roles.verify_login(database.reader_url, roles.reader.name)

@@ -193,6 +193,13 @@ class SessionRoles:
             self._conn.autocommit = True
         return self._conn
 
+    def reconnect(self) -> None:
+        """Drop the admin connection; the next call opens a new one (after a server reset ended every session)."""
+        conn, self._conn = self._conn, None
+        with contextlib.suppress(Exception):
+            if conn is not None:
+                conn.close()
+
     def assert_settings(self) -> None:
         """Log-in, password and defaults as created, settings per database removed: one round trip."""
         from psycopg2 import sql

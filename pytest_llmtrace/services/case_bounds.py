@@ -1,0 +1,302 @@
+"""What one case may take, past what a statement timeout and a role can bound: time, backends, memory.
+
+A cancel or ``pg_terminate_backend`` only sets a flag the backend reads at its next ``CHECK_FOR_INTERRUPTS``; a
+statement that spends minutes inside one function call (``position()`` of a long pattern in a long text, ``md5()``
+of a huge string) reads none, so it outlives both. The watchdog (``pg_guard``) therefore escalates here, by time
+alone and whatever the SQL is: terminate, wait ``KILL_GRACE_S``, then, on a server the plugin started, SIGKILL the
+backends still there (``backend_killer``). Postgres then resets every session of the server and recovers; the
+plugin's connections reconnect (the watchdog's own one here, the checks' cached ones in ``checks.execute``). What
+is left afterwards is counted again from the admin side, so a failure never says "ended" of a backend that runs on.
+
+The case itself runs where the session can walk away from it (``call_within``): the app's request and the checks
+each in a daemon thread the case stops waiting for once the deadline's work is done and a short grace passed.
+
+``MemoryWatch`` samples the pytest process's RSS during a case: an app that fetches a huge result (libpq keeps it
+all) or a check that would, makes the case fail with ``[memory]`` and its backends ended, before the machine swaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from pytest_llmtrace.services.base import Endpoint
+
+__all__ = [
+    "ABANDON_GRACE_S",
+    "KILL_GRACE_S",
+    "RECOVERY_S",
+    "Abandoned",
+    "BackendKiller",
+    "Ended",
+    "MemoryWatch",
+    "backend_killer",
+    "call_within",
+    "end_backends",
+    "kill_by_sql",
+]
+
+# After pg_terminate_backend, how long a backend has to notice before its process is killed.
+KILL_GRACE_S = 1.0
+# After a SIGKILL, how long the server may take to reset its sessions and accept connections again.
+RECOVERY_S = 10.0
+# Once the watchdog has acted (or ESCALATION_WAIT_S after the deadline), how long a case's thread may take to return.
+ABANDON_GRACE_S = 1.0
+ESCALATION_WAIT_S = 3.0
+MEMORY_SAMPLE_S = 0.02
+
+# Every backend of the session's roles, in any database (a dblink connection opened into another one included).
+_ROLE_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid()"
+# The same outside one database: what a case left in databases that are not its clone.
+_ROLE_BACKENDS_ELSEWHERE = _ROLE_BACKENDS + " AND datname IS DISTINCT FROM %s"
+
+BackendKiller = Callable[[Sequence[int]], int]
+"""Kills backend processes of one server by pid; returns how many it killed."""
+
+T = TypeVar("T")
+
+
+# -- killing backends -------------------------------------------------------------------------------------------------
+
+
+def backend_killer(endpoint: Endpoint) -> BackendKiller | None:
+    """How to kill a backend of ``endpoint``'s server, when the plugin started it; ``None`` on a server given by URL
+    (its processes are the user's)."""
+    if endpoint.backend == "embedded" and endpoint.extra.get("pgdata"):
+        pgdata = Path(str(endpoint.extra["pgdata"]))
+        return lambda pids: kill_embedded(pgdata, pids)
+    if endpoint.backend == "docker":
+        url = endpoint.url
+        return lambda pids: kill_by_sql(url, pids)
+    return None
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text(encoding="utf-8").split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def kill_embedded(pgdata: Path, pids: Sequence[int]) -> int:
+    """SIGKILL each pid that is a child of the postmaster of ``pgdata`` (never another process that reused a pid),
+    and wait until the postmaster has reaped them: from then on it is resetting, so a connection that succeeds is
+    one made after the reset, not one the reset is about to end."""
+    postmaster = _postmaster_pid(pgdata)
+    killed: list[psutil.Process] = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            if postmaster is None or process.ppid() != postmaster:
+                continue
+            os.kill(pid, signal.SIGKILL)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+        killed.append(process)
+    until = time.monotonic() + RECOVERY_S
+    while any(process.is_running() for process in killed) and time.monotonic() < until:
+        time.sleep(0.02)  # a zombie "is running" until its parent reaps it
+    return len(killed)
+
+
+def kill_by_sql(admin_url: str, pids: Sequence[int]) -> int:
+    """SIGKILL backends from inside the server (``COPY ... TO PROGRAM 'kill -9'``, superuser only): for a server in a
+    container, whose pids this machine cannot see. The reset that follows ends this connection as well."""
+    import psycopg2
+
+    wanted = [int(pid) for pid in pids]
+    if not wanted:
+        return 0
+    command = "kill -9 " + " ".join(map(str, wanted)) + "; sleep 0.5"  # the reset begins before COPY returns
+    with contextlib.suppress(psycopg2.Error):
+        conn = psycopg2.connect(admin_url, connect_timeout=5, application_name="pytest-llmtrace-watchdog")
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("COPY (SELECT 1) TO PROGRAM %s", (command,))
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+    return len(wanted)
+
+
+# -- ending a case's backends -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ended:
+    """What became of a case's backends: how many there were, how each was ended, and what is still running."""
+
+    found: int = 0
+    terminated: int = 0  # gone after pg_terminate_backend
+    killed: int = 0  # gone after SIGKILL of their process
+    surviving: int = 0  # still there, counted from the admin side after everything
+    unbounded: str = ""  # why the survivors could not be ended
+
+    def text(self) -> str:
+        """For the failure message: never "ended" of a backend that still runs."""
+        if not self.found:
+            return "it had no database sessions left to end"
+        ways = [f"{self.terminated} by pg_terminate_backend"] if self.terminated else []
+        if self.killed:
+            ways.append(
+                f"{self.killed} ignored it and {'was' if self.killed == 1 else 'were'} killed (SIGKILL: the server "
+                "reset all its sessions)"
+            )
+        gone = self.found - self.surviving
+        text = f"{gone} of its {self.found} database session{'s' if self.found != 1 else ''} ended"
+        text += f" ({'; '.join(ways)})" if ways else ""
+        if self.surviving:
+            text += f"; {self.surviving} STILL RUNNING: {self.unbounded}"
+        return text
+
+
+def _pids(cur: Any, roles: Sequence[str], outside: str | None = None) -> set[int]:
+    if outside is None:
+        cur.execute(_ROLE_BACKENDS, (list(roles),))
+    else:
+        cur.execute(_ROLE_BACKENDS_ELSEWHERE, (list(roles), outside))
+    return {int(row[0]) for row in cur.fetchall()}
+
+
+def end_backends(
+    connection: Callable[[], Any],
+    drop_connection: Callable[[], None],
+    roles: Sequence[str],
+    killer: BackendKiller | None,
+    *,
+    grace_s: float = KILL_GRACE_S,
+    outside: str | None = None,
+) -> Ended:
+    """End every backend of ``roles`` (any database; with ``outside``, those in any other database than that one):
+    terminate, wait ``grace_s``, kill what is left (``killer``), and count again. ``connection`` gives the admin
+    connection (autocommit, psycopg2), reconnecting when ``drop_connection`` dropped it. For a count that holds, the
+    roles are barred from logging in meanwhile (the caller does that)."""
+    cur = connection().cursor()
+    pids = _pids(cur, roles, outside)
+    ended = Ended(found=len(pids))
+    for pid in pids:
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    left = pids
+    until = time.monotonic() + grace_s
+    while left:
+        left = pids & _pids(cur, roles)
+        if not left or time.monotonic() >= until:
+            break
+        time.sleep(0.05)
+    ended.terminated = len(pids - left)
+    if not left:
+        return ended
+    if killer is None:
+        ended.surviving = len(left)
+        ended.unbounded = (
+            "they ignore cancel and terminate (a long call inside one function), and this server was not started by "
+            "the plugin, so their processes cannot be killed: they run on the server until they end"
+        )
+        return ended
+    killer(sorted(left))
+    drop_connection()  # the server resets every session, this one too
+    still = _count_after_reset(connection, drop_connection, roles, left)
+    ended.killed = len(left) - len(still)
+    ended.surviving = len(still)
+    if still:
+        ended.unbounded = "killing their processes did not end them (or the server did not come back to say)"
+    return ended
+
+
+def _count_after_reset(
+    connection: Callable[[], Any], drop_connection: Callable[[], None], roles: Sequence[str], left: set[int]
+) -> set[int]:
+    """The pids of ``left`` still there once the server takes connections again (all of them, if it never does)."""
+    until = time.monotonic() + RECOVERY_S
+    while True:
+        try:
+            return left & _pids(connection().cursor(), roles)
+        except Exception:  # in recovery: "the database system is in recovery mode", or the old connection died
+            drop_connection()
+            if time.monotonic() >= until:
+                return left
+            time.sleep(0.1)
+
+
+# -- walking away from a case -----------------------------------------------------------------------------------------
+
+
+class Abandoned(Exception):
+    """The call was still running after its deadline's work was done: the case no longer waits for it."""
+
+
+def call_within(fn: Callable[[], T], fired: Callable[[], float | None], done: threading.Event) -> T:
+    """``fn()`` in a daemon thread (with the caller's context variables: the test's OTel context), its result or
+    exception; ``Abandoned`` when it has not returned ``ABANDON_GRACE_S`` after the watchdog acted (``done``, or
+    ``ESCALATION_WAIT_S`` after ``fired()`` first gives the time the deadline passed)."""
+    box: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            box["value"] = context.run(fn)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="llmtrace-case", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)
+        at = fired()
+        if at is None or not thread.is_alive():
+            continue
+        done.wait(max(0.0, at + ESCALATION_WAIT_S - time.monotonic()))
+        thread.join(ABANDON_GRACE_S)
+        if thread.is_alive():
+            raise Abandoned(fn)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+# -- memory -----------------------------------------------------------------------------------------------------------
+
+
+class MemoryWatch:
+    """A daemon thread sampling this process's RSS while a case runs; ``exceeded`` is called once when the growth
+    since the case began passes ``limit_mb`` (with the growth and the peak, in MB)."""
+
+    def __init__(self, limit_mb: float, exceeded: Callable[[float, float], None]) -> None:
+        self.limit_mb = limit_mb
+        self.exceeded = exceeded
+        self.process = psutil.Process()
+        self.start_mb = self._rss_mb()
+        self.peak_mb = self.start_mb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="llmtrace-memory", daemon=True)
+
+    def _rss_mb(self) -> float:
+        return float(self.process.memory_info().rss) / (1024 * 1024)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(MEMORY_SAMPLE_S):
+            now = self._rss_mb()
+            self.peak_mb = max(self.peak_mb, now)
+            if now - self.start_mb > self.limit_mb:
+                self.exceeded(now - self.start_mb, self.peak_mb)
+                return
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[MemoryWatch]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join(5)
