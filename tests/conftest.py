@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -40,3 +41,13 @@ def _inner_runs_without_unused_plugins(request: pytest.FixtureRequest, monkeypat
     request.getfixturevalue("pytester")
     disabled = " ".join(f"-p no:{name}" for name in UNUSED_PLUGINS)
     monkeypatch.setenv("PYTEST_ADDOPTS", f"{os.environ.get('PYTEST_ADDOPTS', '')} {disabled}".strip())
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(request: pytest.FixtureRequest, llmtrace_postgres: Any) -> str:
+    """The admin DSN of the server behind ``llmtrace_postgres``: inner runs of this suite are given it to create their
+    own templates, clones and roles there. The plugin hands tests no superuser DSN (``llmtrace_postgres.url`` is the
+    session's owner role), so this asks the service manager, as only a test of the plugin itself should."""
+    from pytest_llmtrace.services import session as services
+
+    return services.get_manager(request.config).endpoint("postgres").url
