@@ -11,6 +11,10 @@ when the case ends the roles may log in again.
 any change a case made to them (``ALTER ROLE CURRENT_USER SET ...``, a new password) fails it with ``[sandbox]``.
 No clock race decides anything here: a case's deadline passes or it does not, and what the watchdog did is recorded
 on the case's ``Deadline``.
+
+With an ``ObjectGuard`` (``pg_objects``), the database's catalogs are compared around each case too: a trigger,
+function, rule or policy the case left is dropped, an owner it changed is put back, and the case fails with
+``[sandbox]``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmtrace.checks.execute import APPLICATION_NAME
 from pytest_llmtrace.options import DEADLINE_BUDGET_FACTOR, MAX_AUTO_DEADLINE_S, CheckOptions, number_text
 from pytest_llmtrace.outcome import CheckResult
+from pytest_llmtrace.services.pg_objects import ObjectGuard
 from pytest_llmtrace.services.pg_roles import SessionRoles
 
 if TYPE_CHECKING:
@@ -230,9 +235,10 @@ class Watchdog:
 class SessionGuard:
     """A session database's roles and watchdog, and how a case is held by them (``case``)."""
 
-    def __init__(self, roles: SessionRoles, watchdog: Watchdog) -> None:
+    def __init__(self, roles: SessionRoles, watchdog: Watchdog, objects: ObjectGuard | None = None) -> None:
         self.roles = roles
         self.watchdog = watchdog
+        self.objects = objects  # the database's catalogs, compared around each case (pg_objects)
 
     @contextlib.contextmanager
     def case(self, deadline: Deadline) -> Iterator[CaseGuard]:
@@ -242,12 +248,31 @@ class SessionGuard:
         if not before and not self.roles.sees_everything:  # a password the admin cannot read: set it again anyway
             self.roles.assert_settings()
         guard = CaseGuard(deadline, before)
-        with self.watchdog.armed(deadline):
+        with self._objects_checked(guard), self.watchdog.armed(deadline):
             yield guard
         guard.after = self.roles.changes()
 
+    # -- code a case leaves behind (pg_objects) ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _objects_checked(self, guard: CaseGuard) -> Iterator[None]:
+        """The catalogs as the case found them; after it (even one that raised, and after the watchdog ended its
+        backends), what it left is dropped before anything else runs there, and kept in ``guard.objects``."""
+        if self.objects is None:
+            yield
+            return
+        before = self.objects.snapshot()
+        try:
+            yield
+        finally:
+            guard.objects = self.objects.changes(before)
+
+    # ----------------------------------------------------------------------------------------------------------------
+
     def close(self) -> None:
         self.watchdog.stop()
+        if self.objects is not None:
+            self.objects.close()
         self.roles.drop()
 
 
@@ -258,10 +283,12 @@ class CaseGuard:
     deadline: Deadline
     before: list[str]
     after: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)  # code the case left in its database, dropped (pg_objects)
 
     def findings(self) -> tuple[CheckResult, ...]:
         """``[timeout]`` when the deadline passed, ``[sandbox]`` when the case changed its roles."""
         found = [self.deadline.finding()] if self.deadline.fired else []
+        found.extend(_objects_finding(self.objects))
         if self.after:
             found.append(
                 CheckResult(
@@ -272,3 +299,18 @@ class CaseGuard:
                 )
             )
         return tuple(found)
+
+
+def _objects_finding(objects: Sequence[str]) -> tuple[CheckResult, ...]:
+    """``[sandbox]`` for code a case left behind (``pg_objects``): it would run as whoever fires it next."""
+    if not objects:
+        return ()
+    return (
+        CheckResult(
+            "sandbox",
+            "failed",
+            "the case left code in its database that would run with the rights of whoever fires it next; its SQL "
+            "must not create triggers, functions, rules or policies, or change owners (each one is undone now)",
+            details=tuple(objects),
+        ),
+    )
