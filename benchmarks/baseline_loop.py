@@ -31,8 +31,8 @@ def main() -> int:
     sys.path[:0] = [str(ROOT), str(ROOT / "fixtures")]
     import psycopg2
 
-    from pytest_llmtrace.ollama_api import OllamaAPIServer
-    from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
+    from pytest_llmtrace.modelapi import OllamaAPIServer
+    from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 
     cases = json.loads(args.cases.read_text(encoding="utf-8"))["cases"]
     backend = ScriptedBackend({c["question"]: c["answer"] for c in cases})

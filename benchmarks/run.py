@@ -17,8 +17,10 @@ Rows (each the median of ``--repeat`` alternating runs of the plugin and its bas
 - capture (full run, when arize-phoenix is installed): ``llmtrace capture`` against Phoenix's raw REST read of the
   same spans; target >= 5,000 spans/s.
 
-The table is printed; ``--json PATH`` writes ``{"date", "machine", "rows": [{name, plugin_median_s,
-baseline_median_s, ratio, target, met}, ...]}`` (for peak_memory the two medians are in MB, not seconds).
+The table is printed; ``--json PATH`` writes ``{"date", "duration_s", "command", "machine": {host, arch, cores,
+cpu_model, python, load}, "quick", "cases", "repeat", "rows": [{name, plugin_median_s, baseline_median_s, ratio,
+target, met, note}, ...]}`` (for peak_memory the two medians are in MB, not seconds). ``benchmarks/table.py`` turns
+that file into the docs' benchmarks page.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable
@@ -217,7 +220,7 @@ def _has_cost_check() -> bool:
     import importlib
 
     try:
-        options = importlib.import_module("pytest_llmtrace.options")
+        options = importlib.import_module("pytest_llmtrace.checks.options")
     except ImportError:
         return False
     return "cost" in getattr(options, "CHECKS", ())
@@ -290,10 +293,36 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    cores = os.cpu_count()
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return f"{platform.node()} {platform.machine()}, {cores} cores, Python {platform.python_version()}, load {load}"
+def machine() -> dict[str, object]:
+    """What the figures were measured on: a ratio means little without the cores, the CPU and the load."""
+    return {
+        "host": platform.node(),
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "load": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux); platform.processor() elsewhere, which may be empty."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def describe(box: dict[str, object]) -> str:
+    """The machine on one line, for the printed table."""
+    load = ", ".join(f"{v:.1f}" for v in box["load"]) if isinstance(box["load"], list) else ""
+    return (
+        f"{box['host']} {box['arch']}, {box['cores']} cores ({box['cpu_model']}), Python {box['python']}, load {load}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,10 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (default 3 quick, 2 full)")
     parser.add_argument("--cases", type=int, default=None, help="replayed cases (default 200 quick, 1000 full)")
+    parser.add_argument("--note", default="", help="the conditions, kept in the JSON: 'The machine was shared.'")
     parser.add_argument("--only", nargs="*", default=None, help="rows to run, e.g. replay startup")
     args = parser.parse_args(argv)
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    box = machine()  # before the run: the load average it started under, not the one it caused
     with tempfile.TemporaryDirectory(prefix="llmtrace-bench-") as tmp:
         ctx = Context(
             quick=args.quick,
@@ -328,17 +359,36 @@ def main(argv: list[str] | None = None) -> int:
                 rows.extend(step(ctx))
     ended = datetime.datetime.now(datetime.timezone.utc)
     print(f"pytest-llmtrace benchmarks, {started:%Y-%m-%d %H:%M} UTC, {(ended - started).total_seconds():.0f} s")
-    print(f"machine: {machine()}")
+    print(f"machine: {describe(box)}")
     print(table(rows))
     if args.json:
         document = {
             "date": started.isoformat(timespec="seconds"),
-            "machine": machine(),
+            "duration_s": round((ended - started).total_seconds(), 1),
+            "command": command_line(sys.argv[1:] if argv is None else argv),
+            "machine": box,
             "quick": args.quick,
+            "note": args.note,
+            "cases": ctx.cases,
+            "repeat": ctx.repeat,
             "rows": [asdict(r) for r in rows],
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     return 0
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that made the figures, without ``--note`` (the JSON keeps the note apart, and a page shows it)."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return shlex.join(["python", "benchmarks/run.py", *kept])
 
 
 def _with_postgres(step: Callable[[Context], list[Row]]) -> Callable[[Context], list[Row]]:

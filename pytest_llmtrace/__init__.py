@@ -4,9 +4,9 @@ The public API: the trace model and its golden-file format, the errors users cat
 return (for type hints in tests), and ``register_backend`` for a service backend of one's own.
 """
 
-from pytest_llmtrace.checker import Checker
-from pytest_llmtrace.errors import LLMTraceError, RecordingError, TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.recording import TestRecording
+from pytest_llmtrace.core.errors import LLMTraceError, RecordingError, TraceFormatError, TraceFormatWarning
+from pytest_llmtrace.pytest.checker import Checker
+from pytest_llmtrace.pytest.recording import TestRecording
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError
 from pytest_llmtrace.services.manager import BackendContext, ServiceBackend, register_backend
 from pytest_llmtrace.services.postgres import PostgresDatabase

@@ -16,15 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from pytest_llmtrace import capture, compare, redact
-from pytest_llmtrace.errors import LLMTraceError, TraceFormatWarning, first_line
-from pytest_llmtrace.trace.importing import KNOWN_FORMATS, Imported, import_file
+from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatWarning, first_line
+from pytest_llmtrace.core.inert import escape_controls, one_line
+from pytest_llmtrace.results import compare
+from pytest_llmtrace.sources import capture, redact
+from pytest_llmtrace.sources.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import dumps, write_golden
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, MAX_TRACE_BYTES_ENV
 
-__all__ = ["INTERNAL_ERROR", "golden_file_name", "import_sources", "main"]
+__all__ = ["INTERNAL_ERROR", "golden_file_name", "import_sources", "main", "one_line"]
 
 # The words of the last-resort error in ``_load``; the fuzz test fails if any input produces them.
 INTERNAL_ERROR = "internal error in llmtrace while reading this file"
@@ -196,7 +198,8 @@ def import_sources(
         if imported is None:
             status = 1
             continue
-        print(f"{source}: {len(imported.traces)} traces ({imported.span_count} spans), read as {imported.format}")
+        counts = f"{len(imported.traces)} traces ({imported.span_count} spans)"
+        print(f"{one_line(source)}: {counts}, read as {imported.format}")
         for trace in imported.traces:
             if redactor is not None:  # before the name: the slug comes from the question
                 trace = redactor.trace(trace)
@@ -245,8 +248,8 @@ def _show(args: argparse.Namespace) -> int:
                 print()
             first = False
             if len(args.files) > 1 or len(imported.traces) > 1:
-                print(f"== {path}")
-            print(trace)
+                print(f"== {one_line(path)}")
+            print(escape_controls(trace))  # span names and attributes come from the file: no terminal escapes
     return status
 
 
@@ -286,13 +289,6 @@ def _printed_warnings(stream: TextIO) -> Iterator[None]:
 def _error(message: str) -> None:
     """One line per error, whatever the file or its content put into the message."""
     print("error: " + one_line(message), file=sys.stderr)
-
-
-def one_line(text: str) -> str:
-    """Non-printable characters (newlines, U+2028, terminal escapes) as escapes, so a message stays one line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _clip(text: str, limit: int) -> str:

@@ -8,13 +8,18 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace import export, fixtures, golden, recording, replay_config, results, settings
-from pytest_llmtrace.services import session as services
+from pytest_llmtrace.core import settings
+from pytest_llmtrace.core.inert import one_line
+from pytest_llmtrace.pytest import export_hooks as export
+from pytest_llmtrace.pytest import fixtures, golden, recording, replay_config
+from pytest_llmtrace.pytest import run_results as results
+from pytest_llmtrace.pytest import service_session as services
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     settings.add_options(parser, recording.RECORDING_SETTINGS)
-    settings.add_options(parser, settings.SERVICE_SETTINGS)
+    settings.add_options(parser, SERVICE_SETTINGS)
     settings.add_options(parser, replay_config.REPLAY_SETTINGS)
     settings.add_options(parser, results.REPORT_SETTINGS)
     results.add_options(parser)
@@ -37,11 +42,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Each line made inert for the terminal: settings and service errors are shown as given."""
     return [
-        recording.report_header(config),
-        *replay_config.report_header(config),
-        *services.report_header(config),
-        *export.report_header(config),
+        one_line(line)
+        for line in (
+            recording.report_header(config),
+            *replay_config.report_header(config),
+            *services.report_header(config),
+            *export.report_header(config),
+        )
     ]
 
 

@@ -48,6 +48,6 @@ def pg_admin_url(request: pytest.FixtureRequest, llmtrace_postgres: Any) -> str:
     """The admin DSN of the server behind ``llmtrace_postgres``: inner runs of this suite are given it to create their
     own templates, clones and roles there. The plugin hands tests no superuser DSN (``llmtrace_postgres.url`` is the
     session's owner role), so this asks the service manager, as only a test of the plugin itself should."""
-    from pytest_llmtrace.services import session as services
+    from pytest_llmtrace.pytest import service_session as services
 
     return services.get_manager(request.config).endpoint("postgres").url

@@ -13,9 +13,7 @@ Each check returns an ``outcome.CheckResult``; which checks run and what becomes
 from __future__ import annotations
 
 from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencies_ms
-from pytest_llmtrace.checks.execute import check_sql, execute_readonly, execute_untrusted
-from pytest_llmtrace.checks.report import format_table
-from pytest_llmtrace.checks.results import (
+from pytest_llmtrace.checks.equivalence import (
     CompareRule,
     ResultDiff,
     check_results,
@@ -23,8 +21,10 @@ from pytest_llmtrace.checks.results import (
     normalize_value,
     row_order_matters,
 )
+from pytest_llmtrace.checks.execute import check_sql, execute_readonly, execute_untrusted
+from pytest_llmtrace.checks.outcome import SqlOutcome
+from pytest_llmtrace.checks.report import format_table
 from pytest_llmtrace.checks.sql_text import has_top_level_order_by, split_statements, strip_code_fences
-from pytest_llmtrace.outcome import SqlOutcome
 
 __all__ = [
     "CompareRule",

@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
-from pytest_llmtrace.options import (
+from pytest_llmtrace.checks.options import (
     LATENCY_METRICS,
     SPAN_KINDS,
     TOKEN_KINDS,
@@ -21,7 +21,7 @@ from pytest_llmtrace.options import (
     canonical_token_kind,
     number_text,
 )
-from pytest_llmtrace.outcome import CheckResult, Measurement, Source, Status
+from pytest_llmtrace.checks.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
 from pytest_llmtrace.trace.views import span_kind
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pytest_llmtrace.checks.execute import SAVEPOINT, ConnectFailed, readonly_transaction, statement_cost
+from pytest_llmtrace.checks.options import number_text
+from pytest_llmtrace.checks.outcome import CheckResult, Measurement, SqlOutcome, Status
 from pytest_llmtrace.checks.sql_text import split_statements
-from pytest_llmtrace.errors import first_line
-from pytest_llmtrace.options import number_text
-from pytest_llmtrace.outcome import CheckResult, Measurement, SqlOutcome, Status
+from pytest_llmtrace.core.errors import first_line
 
 __all__ = ["FLOOR_BLOCKS", "SqlCost", "check_cost", "cost_of", "measure_cost"]
 

@@ -27,10 +27,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.checks.results import normalize_value
+from pytest_llmtrace.checks.equivalence import normalize_value
+from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
 from pytest_llmtrace.checks.sql_text import split_statements
-from pytest_llmtrace.errors import LLMTraceError, first_line
-from pytest_llmtrace.outcome import CheckResult, SqlOutcome
+from pytest_llmtrace.core.errors import LLMTraceError, first_line
+from pytest_llmtrace.services.pg_guard import APPLICATION_NAME
 
 if TYPE_CHECKING:
     import psycopg
@@ -52,9 +53,6 @@ __all__ = [
     "statement_cost",
 ]
 
-# What the checks' connections call themselves in pg_stat_activity: the deadline's watchdog and a reader of the
-# server's activity can tell them from the app's.
-APPLICATION_NAME = "pytest-llmtrace"
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 # Errors that DECLARE CURSOR raises for statements that are not plain queries (DML, EXPLAIN, SHOW, data-modifying

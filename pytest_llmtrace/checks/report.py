@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 
-from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Measurement, ReplayMiss
+from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Measurement, ReplayMiss
 
 __all__ = ["failure_blocks", "failure_message", "format_table", "indent", "sql_diff"]
 

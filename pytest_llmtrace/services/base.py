@@ -3,16 +3,17 @@ backends share (a free port, an HTTP wait, a URL safe to print)."""
 
 from __future__ import annotations
 
-import re
+import base64
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
-from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.core.errors import LLMTraceError
+from pytest_llmtrace.core.url_secrets import redact_text, redact_url, split_userinfo, url_secrets
 
 __all__ = [
     "LOG_TAIL_LINES",
@@ -21,15 +22,15 @@ __all__ = [
     "ServiceStartError",
     "free_port",
     "http_ok",
+    "redact_text",
     "redact_url",
+    "url_secrets",
     "wait_until",
 ]
 
 # The services a session can start; each has a fixture ``llmtrace_<service>`` and a setting ``--llmtrace-<service>``.
 SERVICES = ("postgres", "ollama", "phoenix")
 LOG_TAIL_LINES = 50
-# Query parameters libpq reads a secret from: a DSN may carry the password there instead of in its user part.
-SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -72,9 +73,21 @@ class Endpoint:
 class ServiceStartError(LLMTraceError):
     """A service did not become ready: says which backend, shows the end of its log, and names the fix."""
 
-    def __init__(self, service: str, backend: str, reason: str, *, log: Sequence[str] = (), fix: str = "") -> None:
+    def __init__(
+        self,
+        service: str,
+        backend: str,
+        reason: str,
+        *,
+        log: Sequence[str] = (),
+        fix: str = "",
+        urls: Sequence[str] = (),
+    ) -> None:
+        # Every part may quote a URL (the user's, or one a driver echoes): secrets are hidden here, once for all
+        # backends; ``urls`` are the URLs the error is about, whose secrets a driver may echo in pieces.
+        reason, fix = redact_text(reason, *urls), redact_text(fix, *urls)
         self.service, self.backend, self.reason, self.fix = service, backend, reason, fix
-        self.log_tail = list(log)[-LOG_TAIL_LINES:]
+        self.log_tail = [redact_text(line, *urls) for line in list(log)[-LOG_TAIL_LINES:]]
         lines = [f"{service} ({backend}) did not start: {reason}"]
         if self.log_tail:
             lines.append(f"last {len(self.log_tail)} lines of its log:")
@@ -82,29 +95,6 @@ class ServiceStartError(LLMTraceError):
         if fix:
             lines.append(f"fix: {fix}")
         super().__init__("\n".join(lines))
-
-
-def redact_url(url: str) -> str:
-    """The URL with its secrets hidden (the password in its user part or query): URLs end up in report headers,
-    failure messages and CI logs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # not a URL we can take apart (a bad port, say): show only its scheme
-        return url.split("://", 1)[0] + "://***" if "://" in url else "***"
-    if password:
-        user_info, _, host = parts.netloc.rpartition("@")
-        parts = parts._replace(netloc=user_info.split(":", 1)[0] + ":***@" + host)
-    if parts.query:
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        if any(key.lower() in SECRET_QUERY_KEYS for key, _ in query):
-            hidden = [(key, "***" if key.lower() in SECRET_QUERY_KEYS else value) for key, value in query]
-            parts = parts._replace(query=urlencode(hidden, safe="/*"))
-    # a URL missing its "//" ("postgresql:user:pw@host") is not taken apart above, but still holds a password
-    return _USER_PASSWORD.sub(r"\1***@", urlunsplit(parts))
-
-
-_USER_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*:(?:/{0,2})[^:@/?#]*:)(?!\*\*\*@)[^@/?#]+@", re.IGNORECASE)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -116,10 +106,20 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(_request(url), timeout=timeout) as response:
             return bool(200 <= response.status < 300)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _request(url: str) -> urllib.request.Request:
+    """urllib takes no user part in a URL (``http://user:pw@host`` is a "nonnumeric port"): it goes as basic auth."""
+    bare, userinfo = split_userinfo(url)
+    if userinfo is not None:
+        user, _, password = userinfo.partition(":")
+        token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+        return urllib.request.Request(bare, headers={"Authorization": "Basic " + token})
+    return urllib.request.Request(url)
 
 
 def wait_until(

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_llmtrace.errors import did_you_mean
-from pytest_llmtrace.services.base import redact_url
+from pytest_llmtrace.core.errors import did_you_mean
+from pytest_llmtrace.core.url_secrets import redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
-    from pytest_llmtrace.settings import Resolved
+    from pytest_llmtrace.core.settings import Resolved
 
 __all__ = ["APP_ENV", "IMPLICIT_BACKENDS", "Choice", "Probes", "check_setting", "choose"]
 
@@ -113,6 +113,8 @@ def check_setting(service: str, setting: Resolved, names: Iterable[str], url_sch
         return replace(setting, value=value.lower())
     options = ", ".join(selectable) + ", or a URL (" + ", ".join(f"{scheme}://..." for scheme in schemes) + ")"
     hint = did_you_mean(value.lower(), selectable) if "://" not in value else ""
+    if "=" in value and "://" not in value:  # a libpq keyword DSN ("host=db password=..."): say how to write it
+        hint = f"write a DSN as a URL ({schemes[0]}://USER:PASSWORD@HOST:PORT/DB, special characters percent-encoded)"
     raise pytest.UsageError(
         f"{setting.origin}: {redact_url(value)!r} is not a valid {service} setting; use {options}"
         + (f"; {hint}" if hint else "")

@@ -2,14 +2,21 @@
 
 Every container the plugin starts
 - carries labels (``org.pytest-llmtrace.run``, ``.pid``, ``.pid-started``, ``.host``, ``.service``) naming the run and
-  the process that owns it (the pytest process, or the xdist controller), with that process's start time so that a
-  reused pid is not taken for it;
+  the process that owns it (the pytest process, or the xdist controller), and ``.token-sha256``, the hash of its run
+  record's secret token;
+- is written into the run record by its id the moment the daemon creates it (before it starts and is waited for);
 - publishes its ports on 127.0.0.1 only: a test database must not be open to the network while the tests run (a
   remote daemon, or the host's daemon seen from inside a CI job container, gets all interfaces, or nothing here could
   reach the ports);
 - is removed by its backend's ``stop()``, at the end of the session and when a signal stops the run; a run that could
-  do neither (SIGKILL) leaves it behind, and the next container start on this host removes it: the sweep removes
-  containers of this host whose owner process is gone, never those of a live run or of another host.
+  do neither (SIGKILL) leaves it behind, and the next run on this host removes it (``runs.reap_orphans``).
+
+That sweep removes a container only when it provably is a dead run's own (``provably_owned``): its id is in the run's
+record, and its labels carry this host and the hash of that record's token. Labels alone prove nothing: anyone with
+access to the daemon can set them, and ``docker commit`` copies them onto every container made from the committed
+image; such a container has another id. A token hash seen on a label can be copied onto any container, but the id
+cannot: only the record, a file in this user's private folder, names it. The token hash ties the id to that run, so
+a record cannot be made to remove a container of another run (or of a user's own making) by naming its id.
 
 Ryuk, where it can run, keeps removing what testcontainers started when the session's connection drops; nothing here
 turns it off (``TESTCONTAINERS_RYUK_DISABLED`` is the user's choice, or CI's where Ryuk's image cannot be pulled).
@@ -21,24 +28,25 @@ so ``auto`` asks ``docker_available()`` first and never pays for the import on a
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import shutil
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import psutil
 
-from pytest_llmtrace.errors import first_line
-from pytest_llmtrace.services.runs import running
+from pytest_llmtrace.core.errors import first_line
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.services.run_records import RunRecord
 
 # The images the Docker backends run unless --llmtrace-<service>-image says otherwise. Pinned: a tag decides the
 # server version results were recorded against, and "latest" changes under a test suite without a commit.
@@ -47,11 +55,13 @@ POSTGRES_IMAGE = "postgres:17.6-alpine"
 # tests/docker/images.sh reads the version from this line for its local image.
 PHOENIX_IMAGE = "arizephoenix/phoenix:version-20.26.1"
 # testcontainers' default (0.1.44) predates the JSON /api/create the Ollama backend uses (Ollama >= 0.5.6), and
-# 0.12.6 is the version the package's Ollama-API front reports (ollama_api/ollama_routes.py).
+# 0.12.6 is the version the package's Ollama-API front reports (modelapi/ollama_routes.py).
 OLLAMA_IMAGE = "ollama/ollama:0.12.6"
 IMAGES = {"postgres": POSTGRES_IMAGE, "phoenix": PHOENIX_IMAGE, "ollama": OLLAMA_IMAGE}
 
 LABEL_PREFIX = "org.pytest-llmtrace"
+HOST_LABEL = f"{LABEL_PREFIX}.host"
+TOKEN_LABEL = f"{LABEL_PREFIX}.token-sha256"
 LOOPBACK = "127.0.0.1"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 GPU_SETTINGS = ("auto", "all", "none")
@@ -129,68 +139,118 @@ def start_fix(service: str, image: str, exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class ContainerOwner:
-    """The run a container belongs to, written on it as labels so a later run can tell a dead run's containers."""
+    """The run a container belongs to, written on it as labels; ``record`` (when the run has one) is where its id
+    goes at creation, and ``token`` that record's secret, of which the labels carry only the hash."""
 
     run: str
     pid: int
     pid_started: float  # the owner's create time: with the pid, it names one process
     host: str
+    token: str | None = None
+    record: RunRecord | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, record: RunRecord | None) -> ContainerOwner:
-        """The owner of ``record``'s run; without a record (a backend used on its own), this process."""
+        """The owner of ``record``'s run; without a record (a backend used on its own), this process, and then no
+        later run can prove the container its own: only the backend's ``stop()`` removes it."""
         if record is None:
             pid = os.getpid()
             return cls(f"{pid}-{uuid.uuid4().hex[:8]}", pid, psutil.Process(pid).create_time(), socket.gethostname())
-        return cls(record.path.stem, record.owner_pid, record.owner_create_time, socket.gethostname())
+        return cls(
+            record.path.stem, record.owner_pid, record.owner_create_time, socket.gethostname(), record.token, record
+        )
 
     def labels(self, service: str) -> dict[str, str]:
-        return {
+        labels = {
             f"{LABEL_PREFIX}.run": self.run,
             f"{LABEL_PREFIX}.pid": str(self.pid),
             f"{LABEL_PREFIX}.pid-started": repr(self.pid_started),
-            f"{LABEL_PREFIX}.host": self.host,
+            HOST_LABEL: self.host,
             f"{LABEL_PREFIX}.service": service,
         }
+        if self.token:
+            labels[TOKEN_LABEL] = token_hash(self.token)
+        return labels
 
 
-def owner_alive(labels: Mapping[str, str]) -> bool:
-    """Whether the process named by a container's labels still runs: the run records' own check (``runs.running``)."""
-    try:
-        pid = int(labels[f"{LABEL_PREFIX}.pid"])
-        started = float(labels[f"{LABEL_PREFIX}.pid-started"])
-    except (KeyError, ValueError):
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DeadRun:
+    """What a run record proves about containers: the ids it recorded, its token, and the host it ran on. A dead
+    run's record, or at its end the run's own (what a killed xdist worker left)."""
+
+    token: str
+    host: str
+    container_ids: frozenset[str]
+
+
+def provably_owned(container_id: str, labels: Mapping[str, str], runs: Iterable[DeadRun], host: str) -> bool:
+    """Whether a container is one of these runs' own: recorded by id in a run of this host, and labelled with this
+    host and that run's token hash. A container made from a committed image has the labels but not the id."""
+    if labels.get(HOST_LABEL) != host:
         return False
-    return running(pid, started) is not None
+    mark = labels.get(TOKEN_LABEL, "")
+    return any(
+        run.host == host and container_id in run.container_ids and hmac.compare_digest(mark, token_hash(run.token))
+        for run in runs
+    )
 
 
-def reap_containers(client: Any, host: str | None = None) -> list[str]:
-    """Remove this host's plugin containers whose owner process is gone; returns the names of those removed."""
+def sweep(runs: Sequence[DeadRun], client: Any = None, host: str | None = None) -> tuple[list[str], set[str]]:
+    """Remove the containers these runs provably own; returns one line per container removed (or not) and the ids
+    still to remove because Docker did not answer, which the caller keeps recorded for the next run.
+
+    Only this host's labelled containers are listed, and each is checked with ``provably_owned`` before removal.
+    """
     host = host or socket.gethostname()
-    removed: list[str] = []
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.host={host}"}):
-        if owner_alive(container.labels):
-            continue  # a live run's (another session, or this one): not ours to touch
-        with contextlib.suppress(Exception):  # already gone, or being removed by its own run right now
-            container.remove(force=True, v=True)
-            removed.append(str(container.name))
-    return removed
-
-
-def remove_run_containers(run: str) -> list[str]:
-    """Remove every container of run ``run``: what a killed xdist worker left for its controller to stop."""
+    wanted: set[str] = set().union(*(run.container_ids for run in runs)) if runs else set()
+    if not wanted:
+        return [], set()
+    own_client = client is None
+    if own_client:
+        ok, why = docker_available()
+        if not ok:
+            return [f"kept {len(wanted)} recorded container(s) for later: {why}"], wanted
     import docker
 
-    client = docker.from_env()
+    if own_client:
+        try:
+            client = docker.from_env()
+        except Exception as exc:  # the daemon went away since the ping
+            return [f"kept {len(wanted)} recorded container(s) for later: {_first_line(exc)}"], wanted
     try:
-        removed: list[str] = []
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL_PREFIX}.run={run}"}):
-            with contextlib.suppress(Exception):
-                container.remove(force=True, v=True)
-                removed.append(str(container.name))
-        return removed
+        return _remove_owned(client, runs, host, wanted)
     finally:
-        client.close()
+        if own_client:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def _remove_owned(client: Any, runs: Sequence[DeadRun], host: str, wanted: set[str]) -> tuple[list[str], set[str]]:
+    import docker.errors
+
+    try:
+        listed = client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host}"})
+    except Exception as exc:
+        return [f"kept {len(wanted)} recorded container(s) for later: {_first_line(exc)}"], wanted
+    done: list[str] = []
+    left: set[str] = set()
+    for container in listed:
+        if not provably_owned(str(container.id), container.labels, runs, host):
+            continue
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:  # removed meanwhile (by its own run's stop, say): done
+            continue
+        except Exception as exc:  # tried again by the next run
+            left.add(str(container.id))
+            done.append(f"could not remove container {container.name}: {_first_line(exc)}")
+            continue
+        done.append(f"removed container {container.name} ({str(container.id)[:12]})")
+    return done, left
 
 
 # -- running a container ----------------------------------------------------------------------------------------------
@@ -243,11 +303,36 @@ def prepare_container(
 
         kwargs["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     container.with_kwargs(**kwargs)
+    if owner.record is not None:
+        _record_at_creation(container, owner.record, service)
+
+
+def _record_at_creation(container: Any, record: RunRecord, service: str) -> None:
+    """Write the container's id into ``record`` as soon as the daemon has created it, before it starts and is
+    waited for: a run killed during the wait still leaves a container the next run can prove its own.
+
+    testcontainers creates through its ``DockerClient.create`` (``run`` in older versions); this container's client
+    gets a wrapper around that one call.
+    """
+    client = container.get_docker_client()
+    for name in ("create", "run"):
+        made_by: Callable[..., Any] | None = getattr(client, name, None)
+        if made_by is not None:
+            break
+    if made_by is None:
+        return
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        made = made_by(*args, **kwargs)
+        record.add_container(str(made.id), service)
+        return made
+
+    setattr(client, name, recorded)
 
 
 def start_prepared(container: Any) -> None:
-    """Sweep what dead runs left on this host, then start ``container`` (and wait, with its own wait strategy)."""
-    reap_containers(container.get_docker_client().client)
+    """Start ``container`` (and wait, with its own wait strategy). What dead runs left was swept at the session's
+    start (``runs.reap_orphans``)."""
     container.start()
 
 
@@ -272,14 +357,17 @@ def log_tail(container: Any, lines: int = 50) -> list[str]:
     return text.splitlines()[-lines:]
 
 
-def remove(container: Any) -> None:
-    """Remove a started (or half-started) container and its anonymous volumes; one already gone is no error."""
+def remove(container: Any, record: RunRecord | None = None) -> None:
+    """Remove a started (or half-started) container and its anonymous volumes, and forget it in ``record``; one
+    already gone is no error."""
     if container is None or getattr(container, "_container", None) is None:
         return  # never created: the image was missing, or the daemon refused the request
     import docker.errors
 
     with contextlib.suppress(docker.errors.NotFound):
         container.stop()
+    if record is not None:
+        record.remove_container(str(container._container.id))
 
 
 def scrub(text: str, secrets: Sequence[str]) -> str:

@@ -25,22 +25,22 @@ from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from pytest_llmtrace.errors import did_you_mean, first_line
-from pytest_llmtrace.ollama_api.modelfile import ModelfileError, parse_modelfile
+from pytest_llmtrace.core.errors import did_you_mean, first_line
+from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.services import ollama, pg_leftovers, pg_roles, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
-from pytest_llmtrace.services.docker import ContainerOwner, docker_available, gpu_request, remove_run_containers
+from pytest_llmtrace.services.docker import docker_available, gpu_request
 from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
 from pytest_llmtrace.services.pg_objects import ObjectGuard
 from pytest_llmtrace.services.postgres import PostgresDatabase
-from pytest_llmtrace.services.runs import RunContext, RunRecord, file_lock
-from pytest_llmtrace.settings import SERVICE_SETTINGS
+from pytest_llmtrace.services.run_records import RunContext, RunRecord, file_lock
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 if TYPE_CHECKING:
+    from pytest_llmtrace.core.settings import Resolved, Settings
     from pytest_llmtrace.services.pg_roles import RoleLimits
-    from pytest_llmtrace.settings import Resolved, Settings
 
 __all__ = [
     "REGISTRY",
@@ -329,6 +329,7 @@ class ServiceManager:
                 f"cannot set up the test databases on {redact_url(endpoint.url)}: {first_line(exc)}",
                 fix="connect as a role with CREATEDB and CREATEROLE (it creates a template, a clone per session and "
                 "roles of its own for each session), or use --llmtrace-postgres=embedded",
+                urls=(endpoint.url,),
             ) from exc
         assert roles.owner is not None, "created with owner=True"
         owner_url = roles.owner.dsn(endpoint.url, name)
@@ -360,6 +361,7 @@ class ServiceManager:
                 endpoint.backend,
                 f"the session's own role cannot be used safely on {redact_url(endpoint.url)}: {first_line(exc)}",
                 fix="check pg_hba.conf lets the roles llmtrace_r_* / llmtrace_o_* log in with a password",
+                urls=(endpoint.url, database.reader_url, database.owner_url or ""),
             ) from exc
         self._guards[name] = guard
         return database
@@ -393,19 +395,9 @@ class ServiceManager:
         self._owned.clear()
         self._endpoints.clear()
         if self.context.coordinator:
-            self.context.record.cleanup()
-            if any(choice.backend == "docker" for choice in self._choices.values()):
-                self._remove_run_containers()
+            self.context.record.cleanup()  # containers a killed worker left included (by their recorded ids)
         if errors:
             raise RuntimeError("pytest-llmtrace could not stop: " + "; ".join(errors))
-
-    def _remove_run_containers(self) -> None:
-        """Containers of this run that no backend stopped (an xdist worker's, when the worker was killed). Best
-        effort: when Docker does not answer now, the next run's sweep removes them."""
-        if not self._probes.docker()[0]:
-            return
-        with contextlib.suppress(Exception):
-            remove_run_containers(ContainerOwner.of(self.context.record).run)
 
 
 def _checked(settings: Settings) -> dict[str, Resolved]:

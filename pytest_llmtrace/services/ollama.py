@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.errors import first_line
-from pytest_llmtrace.ollama_api import BackendError, OllamaAPIServer, normalize_model_name
-from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend, LlamaCppError
-from pytest_llmtrace.ollama_api.modelfile import Modelfile, ModelfileError, parse_modelfile
+from pytest_llmtrace.core.errors import first_line
+from pytest_llmtrace.modelapi import BackendError, OllamaAPIServer, normalize_model_name
+from pytest_llmtrace.modelapi.llamacpp import LlamaCppBackend, LlamaCppError
+from pytest_llmtrace.modelapi.modelfile import Modelfile, ModelfileError, parse_modelfile
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
 from pytest_llmtrace.services.docker import OLLAMA_IMAGE
 from pytest_llmtrace.services.process import ServerProcess
@@ -30,8 +30,8 @@ from pytest_llmtrace.services.process import ServerProcess
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from pytest_llmtrace.ollama_api import ChatRequest, ChatResult, ModelBackend, ModelInfo
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.modelapi import ChatRequest, ChatResult, ModelBackend, ModelInfo
+    from pytest_llmtrace.services.run_records import RunRecord
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -389,7 +389,7 @@ class DockerOllama:
         from pytest_llmtrace.services.docker import remove
 
         container, self._container = self._container, None
-        remove(container)
+        remove(container, self.record)
 
 
 class UrlOllama:
@@ -414,6 +414,7 @@ class UrlOllama:
                 self.backend,
                 f"GET {self.url}/api/version did not answer within {self.timeout:.0f} s",
                 fix="start Ollama there (`ollama serve`), fix the URL, or use --llmtrace-ollama=embedded",
+                urls=(self.url,),
             )
         ensure_model(
             self.url, self.model_name, None, backend=self.backend, create=False, modelfile_path=self.modelfile_path

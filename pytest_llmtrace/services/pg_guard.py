@@ -24,18 +24,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from pytest_llmtrace.checks.execute import APPLICATION_NAME
-from pytest_llmtrace.options import DEADLINE_BUDGET_FACTOR, MAX_AUTO_DEADLINE_S, CheckOptions, number_text
-from pytest_llmtrace.outcome import CheckResult
+from pytest_llmtrace.core.errors import number_text
 from pytest_llmtrace.services.pg_objects import ObjectGuard
 from pytest_llmtrace.services.pg_roles import SessionRoles
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
 
-__all__ = ["Deadline", "SessionGuard", "Watchdog"]
+__all__ = ["APPLICATION_NAME", "Deadline", "Finding", "SessionGuard", "Watchdog"]
+
+# What the checks' connections call themselves in pg_stat_activity (checks.execute): the watchdog tells them from the
+# app's by it.
+APPLICATION_NAME = "pytest-llmtrace"
 
 _QUERY_CHARS = 300
 # The case's backends: its roles', in its database. What was running is kept before anything is ended.
@@ -43,6 +45,23 @@ _ACTIVITY = """
 SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name
 FROM pg_stat_activity WHERE usename = ANY(%s) AND datname = %s AND pid <> pg_backend_pid()
 """
+
+
+class DeadlineOptions(Protocol):
+    """What a deadline is made of (``options.CheckOptions``): its seconds and where they came from."""
+
+    @property
+    def case_deadline_s(self) -> float: ...
+    @property
+    def case_deadline_source(self) -> str: ...
+
+
+class Finding(NamedTuple):
+    """A failure the guard found, as plain data: the caller makes it a failed check of this name."""
+
+    name: str
+    reason: str
+    details: tuple[str, ...]
 
 
 @dataclass
@@ -62,22 +81,16 @@ class Deadline:
     done: threading.Event = field(default_factory=threading.Event, repr=False)  # set when the watchdog has acted
 
     @classmethod
-    def of(cls, options: CheckOptions) -> Deadline:
+    def of(cls, options: DeadlineOptions) -> Deadline:
         """The deadline of a case checked with ``options`` (``llmtrace_case_timeout_s``, or derived from the total
         latency budget); it starts when the watchdog is armed with it."""
-        if options.case_timeout_s is not None:
-            return cls(options.case_deadline_s, "llmtrace_case_timeout_s")
-        return cls(
-            options.case_deadline_s,
-            f"llmtrace_case_timeout_s=auto: the total latency budget x {number_text(DEADLINE_BUDGET_FACTOR)}, at most "
-            f"{number_text(MAX_AUTO_DEADLINE_S)} s",
-        )
+        return cls(options.case_deadline_s, options.case_deadline_source)
 
     @property
     def at(self) -> float:
         return self.started + self.seconds
 
-    def finding(self) -> CheckResult:
+    def finding(self) -> Finding:
         """The ``[timeout]`` failure: the deadline, what was running and what was done about it."""
         source = f" ({self.source})" if self.source else ""
         phase = f" in {self.phase}" if self.phase else ""
@@ -88,7 +101,7 @@ class Deadline:
         details = self.running or [
             "no statement was running: the app was busy elsewhere (a replayed answer's wait, its own code)"
         ]
-        return CheckResult("timeout", "failed", reason, details=tuple(details))
+        return Finding("timeout", reason, tuple(details))
 
 
 class Watchdog:
@@ -285,32 +298,30 @@ class CaseGuard:
     after: list[str] = field(default_factory=list)
     objects: list[str] = field(default_factory=list)  # code the case left in its database, dropped (pg_objects)
 
-    def findings(self) -> tuple[CheckResult, ...]:
+    def findings(self) -> tuple[Finding, ...]:
         """``[timeout]`` when the deadline passed, ``[sandbox]`` when the case changed its roles."""
         found = [self.deadline.finding()] if self.deadline.fired else []
         found.extend(_objects_finding(self.objects))
         if self.after:
             found.append(
-                CheckResult(
+                Finding(
                     "sandbox",
-                    "failed",
                     "the case changed its database roles (restored now); its SQL must not alter roles",
-                    details=tuple(self.after),
+                    tuple(self.after),
                 )
             )
         return tuple(found)
 
 
-def _objects_finding(objects: Sequence[str]) -> tuple[CheckResult, ...]:
+def _objects_finding(objects: Sequence[str]) -> tuple[Finding, ...]:
     """``[sandbox]`` for code a case left behind (``pg_objects``): it would run as whoever fires it next."""
     if not objects:
         return ()
     return (
-        CheckResult(
+        Finding(
             "sandbox",
-            "failed",
             "the case left code in its database that would run with the rights of whoever fires it next; its SQL "
             "must not create triggers, functions, rules or policies, or change owners (each one is undone now)",
-            details=tuple(objects),
+            tuple(objects),
         ),
     )

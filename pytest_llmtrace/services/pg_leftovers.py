@@ -20,10 +20,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.core.errors import first_line
 from pytest_llmtrace.services import postgres
 from pytest_llmtrace.services.pg_roles import OWNER_PREFIX, READER_PREFIX, admin_connection, drop_roles
-from pytest_llmtrace.services.runs import RunRecord, running
+from pytest_llmtrace.services.run_records import RunRecord, running
 
 __all__ = ["MARKER", "mark", "reap", "run_marker"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pytest_llmtrace.errors import LLMTraceError
+from pytest_llmtrace.core.errors import LLMTraceError
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.errors import first_line
+from pytest_llmtrace.core.errors import first_line
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
 from pytest_llmtrace.services.docker import PHOENIX_IMAGE
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.services.run_records import RunRecord
 
 __all__ = ["PHOENIX_IMAGE", "DockerPhoenix", "EmbeddedPhoenix", "UrlPhoenix", "answers"]
 
@@ -125,7 +125,7 @@ class DockerPhoenix:
         from pytest_llmtrace.services.docker import remove
 
         container, self._container = self._container, None
-        remove(container)
+        remove(container, self.record)
 
 
 class UrlPhoenix:
@@ -145,6 +145,7 @@ class UrlPhoenix:
                 self.backend,
                 f"GET {self.url}/healthz did not answer within {self.timeout:.0f} s",
                 fix="start Phoenix there, fix the URL, or use --llmtrace-phoenix=embedded",
+                urls=(self.url,),
             )
         return _endpoint(self.backend, self.url, started)
 

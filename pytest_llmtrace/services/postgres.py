@@ -28,15 +28,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from pytest_llmtrace.errors import LLMTraceError, first_line
+from pytest_llmtrace.core.errors import LLMTraceError, first_line
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE
 from pytest_llmtrace.services.pg_roles import admin_connection, lock_down_template
 from pytest_llmtrace.services.process import OwnedTempDir
-from pytest_llmtrace.services.runs import wait_gone
+from pytest_llmtrace.services.run_records import wait_gone
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.services.run_records import RunRecord
 
 __all__ = [
     "DockerPostgres",
@@ -388,7 +388,7 @@ class DockerPostgres:
         from pytest_llmtrace.services.docker import remove
 
         container, self._container = self._container, None
-        remove(container)
+        remove(container, self.record)
 
 
 class UrlPostgres:
@@ -412,6 +412,7 @@ class UrlPostgres:
                 self.backend,
                 f"cannot connect to {redact_url(self.url)}: {str(exc).strip()}",
                 fix="check the URL and that the server is up, or use --llmtrace-postgres=embedded",
+                urls=(self.url,),  # libpq echoes what it could not parse: a piece of a raw password, say
             ) from exc
         conn.close()
         return _endpoint_from_url(self.backend, self.url, started)

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_llmtrace.services.base import ServiceStartError, http_ok, wait_until
-from pytest_llmtrace.services.runs import OWN_PREFIX, STOP_TIMEOUT_S, stop_process
+from pytest_llmtrace.services.run_records import OWN_PREFIX, STOP_TIMEOUT_S, stop_process
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from pytest_llmtrace.services.runs import RunRecord
+    from pytest_llmtrace.services.run_records import RunRecord
 
 __all__ = ["ManagedProcess", "OwnedTempDir", "ServerProcess"]
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.errors import TraceFormatError
+from pytest_llmtrace.core.errors import TraceFormatError
 from pytest_llmtrace.trace.safejson import segment, twice
 
 # Attribute values larger than this are refused: they are almost always a whole document or an image pasted into

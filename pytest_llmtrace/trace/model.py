@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from pytest_llmtrace.errors import TraceFormatError, warn_format
+from pytest_llmtrace.core.errors import TraceFormatError, warn_format
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, Question, QuestionSource, find_question
 from pytest_llmtrace.trace.render import render_waterfall
 from pytest_llmtrace.trace.span import AttrValue, Span, SpanEvent, SpanLink, Status

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.errors import LLMTraceError, TraceFormatError
+from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatError
 from pytest_llmtrace.trace.jsondoc import Doc, attributes_from_otlp, attributes_to_otlp
 from pytest_llmtrace.trace.jsontext import dumps_indented
 from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmtrace.errors import did_you_mean
+from pytest_llmtrace.core.errors import did_you_mean
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
 from pytest_llmtrace.trace.views import llm_call, loads_json
 

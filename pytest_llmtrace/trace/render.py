@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.trace.question import QuestionSource, find_question
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, Span, Status
 from pytest_llmtrace.trace.views import SqlStatement, llm_call, span_kind
@@ -55,7 +56,7 @@ def key_attributes(span: Span) -> str:
     if call is not None:
         parts.append(f"convention={call.convention}")
         if call.model:
-            parts.append(f"model={call.model}")
+            parts.append(f"model={one_line(call.model)}")
         if call.prompt_tokens is not None or call.completion_tokens is not None:
             parts.append(f"tokens={call.prompt_tokens or 0}+{call.completion_tokens or 0}")
     sql = SqlStatement.from_span(span)
@@ -86,8 +87,8 @@ def render_waterfall(trace: SpanTree) -> str:
         duration = "open" if span.is_open else f"{span.duration_ms:,.1f} ms"
         rows.append(
             (
-                "  " * depth + span.name,
-                span_kind(span),
+                "  " * depth + one_line(span.name),  # names come from the trace: no terminal escapes
+                one_line(span_kind(span)),
                 duration,
                 span.status.value,
                 f"|{bar:<{BAR_WIDTH}}| " + key_attributes(span),

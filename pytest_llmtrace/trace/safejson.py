@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.errors import TraceFormatError
+from pytest_llmtrace.core.errors import TraceFormatError
 
 __all__ = [
     "DEFAULT_MAX_TRACE_BYTES",

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 REDACTED = "***"
-_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*_\d+>")
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?::[0-9a-f]{8}|_\d+)>")  # redact's, keyed or (older) numbered
 
 SECRET_KEYS = frozenset(
     {
@@ -158,7 +158,7 @@ def is_secret_key(key: str) -> bool:
 
 
 def _is_placeholder(value: AttrValue) -> bool:
-    """``<API_KEY_1>``: what ``pytest_llmtrace.redact`` writes in place of a value it recognised."""
+    """``<API_KEY:3f9a1c2b>``: what ``pytest_llmtrace.sources.redact`` writes in place of a value it recognised."""
     return isinstance(value, str) and _PLACEHOLDER.fullmatch(value) is not None
 
 

@@ -1,11 +1,11 @@
 """The places in a span that hold text, walked in one fixed order by both redactions.
 
-``trace.secrets`` (credential rules) and ``pytest_llmtrace.redact`` (PII placeholders) must reach the same places,
-or a value one of them removes survives in a field the other forgot. ``map_span`` is that list of places, the only
-one: the span's name, its attributes, its status message, each event's name and attributes, each link's attributes,
+``trace.secrets`` (credential rules) and ``pytest_llmtrace.sources.redact`` (PII placeholders) must reach the same
+places, or a value one of them removes survives in a field the other forgot. ``map_span`` is that list of places, the
+only one: the span's name, its attributes, its status message, each event's name and attributes, each link's attributes,
 then the resource and scope attributes. Ids, trace states, schema URLs and the scope's name and version are not
-visited. The order is part of the contract: ``redact`` numbers its placeholders by first appearance in
-``span_strings``, so changing it would renumber every redacted golden file.
+visited. The order is fixed, so a walk is deterministic (``redact``'s placeholders are keyed hashes of the values
+and do not depend on it).
 
 What happens inside an attribute mapping is the caller's, because the two differ on purpose: the credential rules
 read each key (its name says whether the value is a secret or a connection string) and never rewrite it, while PII

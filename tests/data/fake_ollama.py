@@ -6,8 +6,8 @@ import pathlib
 import sys
 import time
 
-from pytest_llmtrace.ollama_api import ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
+from pytest_llmtrace.modelapi import ModelInfo, OllamaAPIServer
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 
 assert sys.argv[1:] == ["serve"], sys.argv
 pathlib.Path(os.environ["OLLAMA_MODELS"], "seen-by-fake-ollama").write_text(os.environ["OLLAMA_HOST"])

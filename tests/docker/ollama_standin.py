@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.ollama_api import (
+from pytest_llmtrace.modelapi import (
     BackendError,
     ChatRequest,
     ChatResult,
@@ -40,9 +40,9 @@ from pytest_llmtrace.ollama_api import (
     OllamaAPIServer,
     normalize_model_name,
 )
-from pytest_llmtrace.ollama_api.llamacpp import LlamaCppBackend, guess_model_details
-from pytest_llmtrace.ollama_api.modelfile import Modelfile
-from pytest_llmtrace.ollama_api.ollama_routes import OLLAMA_VERSION
+from pytest_llmtrace.modelapi.llamacpp import LlamaCppBackend, guess_model_details
+from pytest_llmtrace.modelapi.modelfile import Modelfile
+from pytest_llmtrace.modelapi.ollama_routes import OLLAMA_VERSION
 
 REGISTRY = "registry.ollama.ai"
 LAYER = "application/vnd.ollama.image."

@@ -9,6 +9,8 @@ see then.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -27,20 +29,24 @@ import ollama
 import psycopg2
 import pytest
 
-from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
+from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.services.base import ServiceStartError, http_ok
 from pytest_llmtrace.services.docker import (
     DEFAULT_SOCKET,
+    HOST_LABEL,
     IMAGES,
     LABEL_PREFIX,
+    TOKEN_LABEL,
     ContainerOwner,
+    DeadRun,
     docker_available,
     docker_error_fix,
-    reap_containers,
+    sweep,
 )
 from pytest_llmtrace.services.ollama import DockerOllama
 from pytest_llmtrace.services.phoenix import DockerPhoenix
 from pytest_llmtrace.services.postgres import DockerPostgres
+from pytest_llmtrace.services.run_records import RunRecord
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER, WHY_NOT = docker_available()
@@ -266,26 +272,54 @@ def test_asking_for_gpus_where_docker_has_none_names_the_setting(client: Any, tm
 
 
 @needs_docker
-def test_the_sweep_removes_only_this_hosts_containers_of_dead_owners(client: Any) -> None:
-    """Created, never started: the sweep looks at labels only, so these cost nothing to make."""
-    alive = ContainerOwner.of(None)
-    reused_pid = ContainerOwner(alive.run, alive.pid, alive.pid_started - 100, alive.host)  # same pid, other process
-    elsewhere = ContainerOwner("elsewhere-1", 1, 1.0, "another-host")
-    made = {
-        name: client.containers.create(IMAGE["postgres"], labels=owner.labels("postgres"))
-        for name, owner in {"alive": alive, "reused": reused_pid, "elsewhere": elsewhere}.items()
-    }
+def test_the_sweep_removes_a_dead_runs_recorded_container_and_neither_a_committed_copy_nor_a_host_labelled_one(
+    client: Any,
+) -> None:
+    """Created, never started: the sweep looks at ids and labels only, so these cost nothing to make. The copy is
+    made the way the finding's was: `docker commit` of a test container, then a container of that image, which
+    inherits every label."""
+    host = socket.gethostname()
+    token = "5e" * 16
+    dead = ContainerOwner("1-dead", 1, 1.0, host, token)
+    made: dict[str, Any] = {}
+    image = None
     try:
-        removed = reap_containers(client)
-        assert made["reused"].name in removed
+        made["ours"] = client.containers.create(IMAGE["postgres"], labels=dead.labels("postgres"))
+        made["host_only"] = client.containers.create(IMAGE["postgres"], labels={HOST_LABEL: host})
+        image = made["ours"].commit(repository="local/llmtrace-sweep-copy", tag=made["ours"].short_id)
+        made["copy"] = client.containers.create(image.id)
+        assert made["copy"].labels[TOKEN_LABEL] == made["ours"].labels[TOKEN_LABEL]  # the premise: labels inherited
+
+        done, left = sweep([DeadRun(token, host, frozenset({made["ours"].id}))], client)
+
+        assert (done, left) == ([f"removed container {made['ours'].name} ({made['ours'].id[:12]})"], set())
         remaining = {c.id for c in client.containers.list(all=True)}
-        assert made["alive"].id in remaining
-        assert made["elsewhere"].id in remaining
-        assert made["reused"].id not in remaining
+        assert made["ours"].id not in remaining
+        assert made["host_only"].id in remaining
+        assert made["copy"].id in remaining
     finally:
         for container in made.values():
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
+        if image is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                client.images.remove(image.id, force=True)
+
+
+@needs_docker
+@pytest.mark.slow
+def test_a_container_is_in_the_run_record_by_id_while_it_exists(client: Any, tmp_path: Path) -> None:
+    record = RunRecord(tmp_path)
+    backend = DockerPostgres(IMAGE["postgres"], record)
+    backend.start()
+    try:
+        [container] = mine(client, "postgres")
+        body = json.loads(record.path.read_text())
+        assert body["containers"] == [{"id": container.id, "service": "postgres"}]
+        assert container.labels[TOKEN_LABEL] == hashlib.sha256(body["token"].encode()).hexdigest()
+    finally:
+        backend.stop()
+    assert not record.path.exists()  # its one entry forgotten: nothing left for a later run to remove
 
 
 HOLD = """

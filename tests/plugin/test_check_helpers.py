@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace.outcome import SqlOutcome
+from pytest_llmtrace.checks.outcome import SqlOutcome
 
 REPO = Path(__file__).resolve().parents[2]
 

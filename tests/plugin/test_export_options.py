@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace import export
-from pytest_llmtrace.export.session import WORKER_KEY, PhoenixExport
-from pytest_llmtrace.export.spans import RunAttributes
+from pytest_llmtrace.pytest import export_hooks as export
+from pytest_llmtrace.pytest.export_session import WORKER_KEY, PhoenixExport
+from pytest_llmtrace.sinks.spans import RunAttributes
 
 TESTS = """
 from opentelemetry import trace
@@ -37,9 +37,9 @@ def test_plain():
         pass
 """
 EXPORT_MODULES = (
-    "pytest_llmtrace.export.sender",
-    "pytest_llmtrace.export.spans",
-    "pytest_llmtrace.export.phoenix_rest",
+    "pytest_llmtrace.sinks.sender",
+    "pytest_llmtrace.sinks.spans",
+    "pytest_llmtrace.sinks.phoenix_rest",
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
 )
 
@@ -104,7 +104,7 @@ def test_a_server_that_is_not_phoenix_is_one_warning_with_the_url_and_the_fix(
     result.assert_outcomes(passed=2, warnings=1)  # one warning for the run, not one per test
     result.stdout.fnmatch_lines(
         [
-            "llmtrace phoenix export: yes (command line), project nightly (ini)",
+            "llmtrace phoenix export: yes (command line), project nightly (ini), redact yes (default)",
             f"*PhoenixExportWarning: pytest-llmtrace: export to Phoenix is off for this run: POST {not_phoenix}"
             "/v1/projects answered 404 Not Found; fix: --llmtrace-phoenix must be Phoenix's base URL*",
         ]

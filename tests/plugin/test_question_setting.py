@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace.golden import ask_app
+from pytest_llmtrace.pytest.golden import ask_app
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import write_trace
 from pytest_llmtrace.trace.span import Span

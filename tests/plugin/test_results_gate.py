@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 import pytest
 
 from pytest_llmtrace.cli import main as cli_main
-from pytest_llmtrace.gate import GATE_EXIT_STATUS
+from pytest_llmtrace.results.gate import GATE_EXIT_STATUS
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "golden_traces"

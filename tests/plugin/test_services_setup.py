@@ -17,7 +17,7 @@ from services_helpers import REPO, dead_owner_records, leftovers, make_project
 from services_helpers import own_tmpdir as own_tmpdir  # autouse: the inner runs' own TMPDIR
 from services_helpers import tmp_before as tmp_before
 
-from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
+from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.postgres import PostgresDatabase
@@ -272,7 +272,7 @@ def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(pytester
         def pytest_sessionfinish(session):
             loaded = sorted(m for m in sys.modules if m == "phoenix" or m.startswith(("phoenix.", "testcontainers")))
             print("LOADED", loaded)
-            from pytest_llmtrace.services.session import get_manager
+            from pytest_llmtrace.pytest.service_session import get_manager
 
             print("STARTED", list(get_manager(session.config).started))
         """

@@ -12,8 +12,8 @@ import pytest
 from pytest_llmtrace.checks import compare_results, execute_readonly
 from pytest_llmtrace.checks.cost import check_cost, measure_cost
 from pytest_llmtrace.checks.execute import READERS, check_sql
-from pytest_llmtrace.options import CheckOptions
-from pytest_llmtrace.runner import run_checks
+from pytest_llmtrace.checks.options import CheckOptions
+from pytest_llmtrace.checks.runner import run_checks
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, open_clone
 from pytest_llmtrace.services.postgres import PostgresDatabase, clone_database, drop_database
 from pytest_llmtrace.trace.model import Span, Trace

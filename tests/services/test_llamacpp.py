@@ -14,8 +14,8 @@ from pathlib import Path
 import ollama
 import pytest
 
-from pytest_llmtrace.ollama_api import BackendError, ChatRequest
-from pytest_llmtrace.ollama_api.llamacpp import (
+from pytest_llmtrace.modelapi import BackendError, ChatRequest
+from pytest_llmtrace.modelapi.llamacpp import (
     LlamaCppBackend,
     LlamaCppError,
     bundled_smollm2,
@@ -23,7 +23,7 @@ from pytest_llmtrace.ollama_api.llamacpp import (
     live_model_missing,
     ollama_to_llamacpp,
 )
-from pytest_llmtrace.ollama_api.modelfile import parse_modelfile, parse_modelfile_text
+from pytest_llmtrace.modelapi.modelfile import parse_modelfile, parse_modelfile_text
 from pytest_llmtrace.services.base import Endpoint
 from pytest_llmtrace.services.ollama import EmbeddedOllama
 from pytest_llmtrace.trace.views import Message

@@ -13,9 +13,9 @@ import httpx
 import ollama
 import pytest
 
-from pytest_llmtrace.ollama_api import BackendError, ChatRequest, ChatResult, ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.ollama_routes import split_stream_chunks
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend, estimate_tokens, normalize_question, prompt_tokens
+from pytest_llmtrace.modelapi import BackendError, ChatRequest, ChatResult, ModelInfo, OllamaAPIServer
+from pytest_llmtrace.modelapi.ollama_routes import split_stream_chunks
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend, estimate_tokens, normalize_question, prompt_tokens
 from pytest_llmtrace.trace.views import Message
 
 MODEL = "qwen-sql-prod"

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pytest_llmtrace.ollama_api import Limits, ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
-from pytest_llmtrace.ollama_api.transport import is_loopback_host
+from pytest_llmtrace.modelapi import Limits, ModelInfo, OllamaAPIServer
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
+from pytest_llmtrace.modelapi.transport import is_loopback_host
 
 MODEL = "qwen-sql-prod"
 QUESTION = "How many customers?"
@@ -326,6 +326,91 @@ def test_limits_must_be_positive() -> None:
 
 def test_responses_are_not_held_back_by_nagles_algorithm() -> None:
     """Headers and body go out in two writes: with Nagle on, the body waits for the client's delayed ACK (40 ms)."""
-    from pytest_llmtrace.ollama_api.transport import RequestHandler
+    from pytest_llmtrace.modelapi.transport import RequestHandler
 
     assert RequestHandler.disable_nagle_algorithm is True  # socketserver then sets TCP_NODELAY on each connection
+
+
+# -- Origin: a web page on another origin must not drive the front ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://localhost:3000", "http://127.0.0.1:8888", "https://[::1]:5173", "http://LOCALHOST"]
+)
+def test_pages_served_from_loopback_are_answered(server: OllamaAPIServer, origin: str) -> None:
+    reply = send(server, post(chat_body(), headers=f"Origin: {origin}\r\nContent-Length: {len(chat_body())}\r\n"))
+    assert reply.status == 200
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", "https://evil.example:443", "null", "http://localhost.evil.example", "file://", ""],
+)
+def test_a_request_from_a_page_on_another_origin_is_refused(server: OllamaAPIServer, origin: str) -> None:
+    """The browser sends a "simple" cross-origin POST (text/plain, no preflight) with the page's Origin; the Host is
+    the loopback address the page aimed at, so the Host check alone lets it through."""
+    body = chat_body()
+    reply = send(
+        server, post(body, headers=f"Origin: {origin}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n")
+    )
+    assert reply.status == 403
+    assert reply.json()["error"].startswith(f"Origin {origin!r} is not a loopback origin")
+    assert reply.closed
+    assert_still_answers(server)
+
+
+def test_allowed_hosts_admit_pages_from_that_name_too() -> None:
+    limits = Limits(allowed_hosts=("gateway.test",))
+    with OllamaAPIServer(ScriptedBackend({QUESTION: ANSWER}, MODEL), limits=limits) as running:
+        body = chat_body()
+        headers = f"Origin: http://gateway.test:8080\r\nContent-Length: {len(body)}\r\n"
+        assert send(running, post(body, headers=headers)).status == 200
+
+
+# -- connections: a bounded number of threads -------------------------------------------------------------------------
+
+MAX_CONNECTIONS = 128  # Limits().max_connections
+
+
+def test_connections_past_the_cap_are_refused_and_hold_no_thread() -> None:
+    """Each kept-alive connection holds a thread until it idles out; past the cap a connection gets one 503 from the
+    accepting thread and is closed, so the threads stay bounded however many connections a client opens."""
+    extra = 8
+    with OllamaAPIServer(ScriptedBackend({QUESTION: ANSWER}, MODEL)) as running:
+        threads_before = threading.active_count()
+        sockets = []
+        statuses = []
+        try:
+            for _ in range(MAX_CONNECTIONS + extra):
+                sock = connect(running)
+                sockets.append(sock)
+                sock.sendall(post(chat_body()))
+                reply = read_reply(sock)  # answered one by one: the first MAX_CONNECTIONS now idle, kept alive
+                statuses.append((reply.status, reply.closed))
+            grown = threading.active_count() - threads_before
+
+            assert statuses[:MAX_CONNECTIONS] == [(200, False)] * MAX_CONNECTIONS
+            assert statuses[MAX_CONNECTIONS:] == [(503, True)] * extra
+            assert grown <= MAX_CONNECTIONS
+
+            sockets.pop(0).close()  # one idle connection goes: its slot frees once its thread sees it closed
+            deadline = time.monotonic() + SAFETY_NET_S
+            while (reply := send(running, post(chat_body()))).status == 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert reply.status == 200
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_the_refusal_says_why_and_when_to_retry() -> None:
+    backend = ScriptedBackend({QUESTION: ANSWER}, MODEL)
+    with OllamaAPIServer(backend, limits=Limits(max_connections=1)) as running, connect(running) as held:
+        held.sendall(post(chat_body()))
+        assert read_reply(held).status == 200
+        reply = send(running, post(chat_body()))
+    assert (reply.status, reply.headers["retry-after"]) == (503, "1")
+    assert reply.json() == {
+        "error": "too many connections: this Ollama-API stand-in serves at most 1 at once (kept-alive connections "
+        "count until they idle out); retry, or raise Limits(max_connections=...)"
+    }

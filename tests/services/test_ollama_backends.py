@@ -19,10 +19,10 @@ import ollama
 import psutil
 import pytest
 
-from pytest_llmtrace.ollama_api import ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.llamacpp import bundled_smollm2, live_model_missing
-from pytest_llmtrace.ollama_api.modelfile import parse_modelfile
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
+from pytest_llmtrace.modelapi import ModelInfo, OllamaAPIServer
+from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
+from pytest_llmtrace.modelapi.modelfile import parse_modelfile
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port
 from pytest_llmtrace.services.docker import docker_available
 from pytest_llmtrace.services.ollama import (
@@ -35,7 +35,7 @@ from pytest_llmtrace.services.ollama import (
     ensure_model,
     models_dir,
 )
-from pytest_llmtrace.services.runs import RunRecord
+from pytest_llmtrace.services.run_records import RunRecord
 
 MODEL = "qwen-sql-prod"
 TEST_MODEL = "llmtrace-test-smollm2"  # a name no real Ollama has yet, so the backend must create it

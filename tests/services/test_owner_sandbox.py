@@ -18,7 +18,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from pytest_llmtrace.services import session as services
+from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.services.pg_guard import CaseGuard, Deadline, SessionGuard
 from pytest_llmtrace.services.postgres import PostgresDatabase, create_template, database_url, drop_database
 

@@ -16,8 +16,8 @@ import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-from pytest_llmtrace.ollama_api import OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
+from pytest_llmtrace.modelapi import OllamaAPIServer
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.phoenix import UrlPhoenix
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import TracerProvider
 
-    from pytest_llmtrace.recording import TestRecording
+    from pytest_llmtrace.pytest.recording import TestRecording
     from pytest_llmtrace.services.base import Endpoint
     from pytest_llmtrace.services.postgres import PostgresDatabase
 

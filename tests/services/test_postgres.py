@@ -17,7 +17,7 @@ from pytest_llmtrace.services.postgres import (
     database_url,
     drop_database,
 )
-from pytest_llmtrace.services.runs import wait_gone
+from pytest_llmtrace.services.run_records import wait_gone
 
 
 def test_template_clone_and_clean_stop(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from pytest_llmtrace.ollama_api import ChatRequest, ChatResult, OllamaAPIServer
-from pytest_llmtrace.ollama_api.modelfile import parse_modelfile
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
+from pytest_llmtrace.modelapi import ChatRequest, ChatResult, OllamaAPIServer
+from pytest_llmtrace.modelapi.modelfile import parse_modelfile
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import Endpoint
 from pytest_llmtrace.services.postgres import EmbeddedPostgres, clone_database, create_template, drop_database
 

@@ -21,8 +21,8 @@ import httpx
 import ollama
 import pytest
 
-from pytest_llmtrace.ollama_api import BackendError, ChatRequest, OllamaAPIServer, replay
-from pytest_llmtrace.ollama_api.replay import (
+from pytest_llmtrace.modelapi import BackendError, ChatRequest, OllamaAPIServer, replay
+from pytest_llmtrace.modelapi.replay import (
     EVAL_TOKEN_WEIGHT,
     MATCHERS,
     ReplayBackend,
@@ -417,7 +417,7 @@ def test_a_recording_without_model_name_needs_the_model_option(call: LLMCall) ->
 def test_unknown_matcher_names_the_valid_ones(trace: Trace) -> None:
     expected = (
         "unknown replay matcher 'prompt'; valid matchers: last_user_message, messages, model, system "
-        "(add one with pytest_llmtrace.ollama_api.replay.register_matcher)"
+        "(add one with pytest_llmtrace.modelapi.replay.register_matcher)"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         ReplayBackend(trace, match=("model", "prompt"))

@@ -17,9 +17,9 @@ import psycopg2
 import pytest
 
 from pytest_llmtrace.checks.execute import READERS, execute_readonly, execute_untrusted
-from pytest_llmtrace.ollama_api.backend import BackendError, ChatRequest
-from pytest_llmtrace.ollama_api.replay import ReplayBackend, ReplayDurationWarning
-from pytest_llmtrace.services import session as services
+from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest
+from pytest_llmtrace.modelapi.replay import ReplayBackend, ReplayDurationWarning
+from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.services.pg_guard import Deadline, SessionGuard
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, UnsafeLogin, open_clone, verify_login
 from pytest_llmtrace.services.postgres import (

@@ -12,9 +12,10 @@ from typing import ClassVar
 import pytest
 
 from pytest_llmtrace import BackendContext, Endpoint, register_backend
+from pytest_llmtrace.core.settings import Resolved, Settings
 from pytest_llmtrace.services.manager import REGISTRY, ServiceManager
-from pytest_llmtrace.services.runs import RunContext, RunRecord
-from pytest_llmtrace.settings import SERVICE_SETTINGS, Resolved, Settings
+from pytest_llmtrace.services.run_records import RunContext, RunRecord
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 
 @pytest.fixture(autouse=True)

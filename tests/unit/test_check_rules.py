@@ -1,7 +1,7 @@
 """The rules two checks share, pinned so they cannot drift apart again.
 
 The tokens check and the snapshot both apply the token tolerance; the results check and the snapshot both compare
-rows. Each pair calls one implementation (``checks.budgets``, ``checks.results.row_order_matters``), and these tests
+rows. Each pair calls one implementation (``checks.budgets``, ``checks.equivalence.row_order_matters``), and these tests
 hold them to the same verdict on the same numbers.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace.checks import check_results, check_tokens, row_order_matters
-from pytest_llmtrace.options import RESULT_MATCH, CheckOptions, ResultMatch
-from pytest_llmtrace.outcome import SqlOutcome
-from pytest_llmtrace.snapshot import OutcomeSnapshotExtension, compare_outcomes, snapshot_data
+from pytest_llmtrace.checks.options import RESULT_MATCH, CheckOptions, ResultMatch
+from pytest_llmtrace.checks.outcome import SqlOutcome
+from pytest_llmtrace.checks.snapshot import OutcomeSnapshotExtension, compare_outcomes, snapshot_data
 from pytest_llmtrace.trace.model import Span, Trace
 
 MS = 1_000_000

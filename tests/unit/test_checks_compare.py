@@ -25,8 +25,8 @@ from pytest_llmtrace.checks import (
 )
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
 from pytest_llmtrace.checks.execute import ConnectFailed
-from pytest_llmtrace.options import UnknownName
-from pytest_llmtrace.outcome import CheckResult, Measurement
+from pytest_llmtrace.checks.options import UnknownName
+from pytest_llmtrace.checks.outcome import CheckResult, Measurement
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import read_trace
 from pytest_llmtrace.trace.virtual import ReplayedAnswer, virtualize

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_llmtrace.core.settings import Resolved
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
-from pytest_llmtrace.settings import Resolved
 
 AUTO = Resolved("auto", "default")
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace.cli import main
-from pytest_llmtrace.compare import compare, mcnemar_p
-from pytest_llmtrace.gate import GATE_EXIT_STATUS
+from pytest_llmtrace.results.compare import compare, mcnemar_p
+from pytest_llmtrace.results.gate import GATE_EXIT_STATUS
 
 
 def _case(case_id: str, ok: bool, sql: str = "SELECT 1") -> dict[str, Any]:

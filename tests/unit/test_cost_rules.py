@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pytest_llmtrace.checks.cost import FLOOR_BLOCKS, SqlCost, check_cost
+from pytest_llmtrace.checks.outcome import CheckResult, Measurement
 from pytest_llmtrace.checks.report import format_table
-from pytest_llmtrace.outcome import CheckResult, Measurement
-from pytest_llmtrace.runner import UNSTABLE_SPREAD, _with_reruns
+from pytest_llmtrace.checks.runner import UNSTABLE_SPREAD, _with_reruns
 
 
 def test_buffers_decide_when_both_statements_ran() -> None:

@@ -1,4 +1,5 @@
-"""The Docker backends' decisions that need no engine: who owns a container, where ports go, GPUs, error fixes.
+"""The Docker backends' decisions that need no engine: which containers a run may remove, where ports go, GPUs, error
+fixes.
 
 The engine-backed half is in tests/docker/test_docker_services.py.
 """
@@ -6,9 +7,11 @@ The engine-backed half is in tests/docker/test_docker_services.py.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 import docker.errors
@@ -16,46 +19,162 @@ import psutil
 import pytest
 
 from pytest_llmtrace.services.docker import (
+    HOST_LABEL,
     IMAGES,
     LABEL_PREFIX,
+    TOKEN_LABEL,
     ContainerOwner,
+    DeadRun,
     gpu_request,
-    owner_alive,
+    provably_owned,
     publish_on_loopback,
     scrub,
     start_fix,
+    sweep,
 )
 from pytest_llmtrace.services.ollama import place_blob
-from pytest_llmtrace.services.runs import RunRecord
+from pytest_llmtrace.services.run_records import RunRecord, reap_orphans
 
 
-def test_a_container_names_its_run_owner_and_host() -> None:
-    owner = ContainerOwner.of(None)
-    labels = owner.labels("postgres")
+def test_a_container_names_its_run_owner_and_host_and_carries_only_the_hash_of_its_runs_token(tmp_path: Path) -> None:
+    record = RunRecord(tmp_path)
+    labels = ContainerOwner.of(record).labels("postgres")
 
     assert labels[f"{LABEL_PREFIX}.pid"] == str(os.getpid())
     assert float(labels[f"{LABEL_PREFIX}.pid-started"]) == psutil.Process().create_time()
-    assert labels[f"{LABEL_PREFIX}.host"] == socket.gethostname()
+    assert labels[HOST_LABEL] == socket.gethostname()
     assert labels[f"{LABEL_PREFIX}.service"] == "postgres"
-    assert labels[f"{LABEL_PREFIX}.run"].startswith(f"{os.getpid()}-")
-    assert owner_alive(labels)
+    assert labels[f"{LABEL_PREFIX}.run"] == record.path.stem
+    assert labels[TOKEN_LABEL] == hashlib.sha256(record.token.encode()).hexdigest()
+    assert record.token not in json.dumps(labels)
+    assert TOKEN_LABEL not in ContainerOwner.of(None).labels("postgres")  # no record: nothing can prove it later
 
 
 def test_a_run_records_owner_owns_the_containers_of_the_run(tmp_path: Path) -> None:
-    """xdist workers write into the controller's record: their containers name the controller, which outlives them."""
+    """xdist workers write into the controller's record: their containers name the controller, which outlives them,
+    and carry the controller's token, which a worker reads from the record."""
     record = RunRecord(tmp_path)
-    owner = ContainerOwner.of(record)
+    record.add_path(tmp_path / "x")  # the record is on disk once it lists something
+    worker = RunRecord(owner_pid=record.owner_pid, owner_create_time=record.owner_create_time, path=record.path)
+    owner = ContainerOwner.of(worker)
 
     assert (owner.run, owner.pid, owner.pid_started) == (record.path.stem, record.owner_pid, record.owner_create_time)
+    assert owner.token == record.token
 
 
-def test_a_reused_pid_or_missing_labels_are_not_a_live_owner() -> None:
-    labels = ContainerOwner.of(None).labels("phoenix")
+# -- which containers a later run may remove: the proof --------------------------------------------------------------
 
-    assert not owner_alive({**labels, f"{LABEL_PREFIX}.pid-started": "1.0"})
-    assert not owner_alive({k: v for k, v in labels.items() if not k.endswith(".pid")})
-    assert not owner_alive({**labels, f"{LABEL_PREFIX}.pid": "not-a-pid"})
-    assert not owner_alive({**labels, f"{LABEL_PREFIX}.pid": "-1"})  # psutil refuses it with a ValueError
+HOST = "ci-runner-7"
+TOKEN = "0f" * 16
+ID = "a1" * 32  # the container the dead run created and recorded
+COPY_ID = "c0" * 32  # a container made from `docker commit` of it: the same labels, another id
+RUN = DeadRun(TOKEN, HOST, frozenset({ID}))
+
+
+def _labels(token: str | None = TOKEN, host: str = HOST) -> dict[str, str]:
+    owner = ContainerOwner("123-abcd", 123, 1.0, host, token)
+    return owner.labels("postgres")
+
+
+def test_a_recorded_container_with_its_runs_token_hash_on_this_host_is_the_runs_own() -> None:
+    assert provably_owned(ID, _labels(), [RUN], HOST)
+
+
+@pytest.mark.parametrize(
+    ("container_id", "labels", "runs", "why"),
+    [
+        (COPY_ID, _labels(), [RUN], "a committed copy: every label inherited, but not the recorded id"),
+        (ID, {HOST_LABEL: HOST}, [RUN], "only the host label, as the finding's container had"),
+        (ID, _labels(token=None), [RUN], "no token label"),
+        (ID, _labels(token="1e" * 16), [RUN], "another run's token"),
+        (ID, _labels(host="other-host"), [RUN], "labelled for another host"),
+        (ID, _labels(), [DeadRun(TOKEN, "other-host", frozenset({ID}))], "a record from another host"),
+        (ID, _labels(), [DeadRun("1e" * 16, HOST, frozenset({ID}))], "recorded by a run with another token"),
+        (ID, _labels(), [DeadRun(TOKEN, HOST, frozenset({COPY_ID}))], "a run that recorded another id"),
+        (ID, _labels(), [], "no dead run at all"),
+    ],
+)
+def test_anything_short_of_the_full_proof_is_left_alone(
+    container_id: str, labels: dict[str, str], runs: list[DeadRun], why: str
+) -> None:
+    assert not provably_owned(container_id, labels, runs, HOST), why
+
+
+class _Container:
+    def __init__(self, daemon: _Daemon, container_id: str, name: str, labels: dict[str, str]) -> None:
+        self.daemon, self.id, self.name, self.labels = daemon, container_id, name, labels
+
+    def remove(self, force: bool = False, v: bool = False) -> None:
+        if self.daemon.failing:
+            raise docker.errors.APIError("500 Server Error: device or resource busy")
+        self.daemon.running.remove(self)
+
+
+class _Daemon:
+    """What the sweep asks of docker-py's client (list with a label filter, remove), over containers in memory."""
+
+    def __init__(self) -> None:
+        self.running: list[_Container] = []
+        self.containers = self
+        self.failing = False
+
+    def add(self, container_id: str, name: str, labels: dict[str, str]) -> None:
+        self.running.append(_Container(self, container_id, name, labels))
+
+    def list(self, all: bool, filters: dict[str, str]) -> list[_Container]:
+        key, _, value = filters["label"].partition("=")
+        return [c for c in self.running if c.labels.get(key) == value]
+
+
+def test_the_sweep_removes_the_dead_runs_container_and_leaves_the_two_it_never_started() -> None:
+    """The finding: a container with only the host label, and one made by `docker commit` of a test container."""
+    daemon = _Daemon()
+    daemon.add(ID, "llmtrace-pg", _labels())
+    daemon.add("b2" * 32, "someones-db", {HOST_LABEL: HOST})
+    daemon.add(COPY_ID, "debug-copy", _labels())
+
+    done, left = sweep([RUN], daemon, HOST)
+
+    assert [c.name for c in daemon.running] == ["someones-db", "debug-copy"]
+    assert done == [f"removed container llmtrace-pg ({ID[:12]})"]
+    assert left == set()
+
+
+def test_a_container_docker_would_not_remove_stays_to_try_again() -> None:
+    daemon = _Daemon()
+    daemon.add(ID, "llmtrace-pg", _labels())
+    daemon.failing = True
+    done, left = sweep([RUN], daemon, HOST)
+    assert left == {ID}
+    assert done == ["could not remove container llmtrace-pg: 500 Server Error: device or resource busy"]
+
+
+@pytest.fixture
+def temp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def test_a_dead_runs_recorded_containers_wait_in_its_record_while_docker_does_not_answer(
+    temp_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{temp_root}/no-docker.sock")
+    dead = RunRecord(owner_pid=os.getpid(), owner_create_time=1.0)  # this pid, another start time: a dead run
+    dead.add_path(temp_root / "llmtrace-gone")
+    dead.add_container(ID, "postgres")
+
+    done = reap_orphans()
+
+    assert len(done) == 1
+    assert done[0].startswith("kept 1 recorded container(s) for later: ")
+    kept = json.loads(dead.path.read_text())
+    assert (kept["token"], kept["host"], kept["paths"]) == (dead.token, socket.gethostname(), [])
+    assert kept["containers"] == [{"id": ID, "service": "postgres"}]
+
+    dead.remove_container(ID)  # gone by other means: nothing left to keep the record for
+    assert not dead.path.exists()
 
 
 def test_ports_leave_loopback_only_for_a_daemon_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace import gate
-from pytest_llmtrace.outcome import CaseOutcome, CheckResult
+from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult
+from pytest_llmtrace.results import gate
 
 
 def _case(

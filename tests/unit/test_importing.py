@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace.errors import TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.trace.importing import import_file, load_traces
+from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
+from pytest_llmtrace.sources.importing import import_file, load_traces
 from pytest_llmtrace.trace.model import Status, Trace
 from pytest_llmtrace.trace.otlp import dumps, trace_to_request
 

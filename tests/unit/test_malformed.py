@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace.errors import TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.trace.importing import load_traces
+from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
+from pytest_llmtrace.sources.importing import load_traces
 from pytest_llmtrace.trace.jsondoc import MAX_ATTRIBUTE_CHARS
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES

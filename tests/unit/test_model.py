@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace.errors import TraceFormatError, TraceFormatWarning
+from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
 from pytest_llmtrace.trace import views
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.render import render_waterfall

@@ -8,7 +8,7 @@ import pytest
 from openinference.semconv.trace import OpenInferenceSpanKindValues
 
 from pytest_llmtrace.checks import budgets
-from pytest_llmtrace.options import (
+from pytest_llmtrace.checks.options import (
     CHECK_SETTINGS,
     CHECKS,
     LATENCY_METRICS,
@@ -19,9 +19,9 @@ from pytest_llmtrace.options import (
     UnknownName,
     canonical_metric,
 )
-from pytest_llmtrace.replay_config import REPLAY_SETTINGS, parse_case_marks, pass_rate_floor, repeat_of
-from pytest_llmtrace.settings import Resolved, Settings
-from pytest_llmtrace.snapshot import OutcomeSnapshotExtension
+from pytest_llmtrace.checks.snapshot import OutcomeSnapshotExtension
+from pytest_llmtrace.core.settings import Resolved, Settings
+from pytest_llmtrace.pytest.replay_config import REPLAY_SETTINGS, parse_case_marks, pass_rate_floor, repeat_of
 
 
 def mark(**kwargs: object) -> pytest.Mark:

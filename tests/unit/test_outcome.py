@@ -7,8 +7,7 @@ import json
 import pytest
 
 from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
-from pytest_llmtrace.checks.report import failure_message
-from pytest_llmtrace.outcome import (
+from pytest_llmtrace.checks.outcome import (
     SCHEMA_VERSION,
     CaseOutcome,
     CheckResult,
@@ -17,6 +16,7 @@ from pytest_llmtrace.outcome import (
     SqlOutcome,
     Timings,
 )
+from pytest_llmtrace.checks.report import failure_message
 
 SQL = "SELECT tier, count(*) FROM customers GROUP BY tier"
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from pytest_llmtrace.capture.filters import dedupe_key
+from pytest_llmtrace.sources.capture.filters import dedupe_key
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.question import (
     DEFAULT_SOURCES,

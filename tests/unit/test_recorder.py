@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider
 
-from pytest_llmtrace.errors import RecordingError
-from pytest_llmtrace.recorder import OverrideRefusedHandler, Recorder, describe_provider, open_spans_message
+from pytest_llmtrace.core.errors import RecordingError
+from pytest_llmtrace.pytest.recorder import OverrideRefusedHandler, Recorder, describe_provider, open_spans_message
 
 
 @pytest.fixture

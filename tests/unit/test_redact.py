@@ -4,21 +4,46 @@ everywhere in a trace, so the redacted question still replays the redacted promp
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace.redact import RedactionError, Redactor, add_arguments, from_args, luhn_ok
-from pytest_llmtrace.trace.importing import load_traces
+from pytest_llmtrace.sources.importing import load_traces
+from pytest_llmtrace.sources.redact import RedactionError, Redactor, add_arguments, from_args, luhn_ok
 from pytest_llmtrace.trace.model import Span, SpanEvent, Status, Trace
 from pytest_llmtrace.trace.otlp import dumps, read_trace
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+PLACEHOLDER = re.compile(r"<([A-Z_]+):[0-9a-f]{8}>")
+DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+
+
+def numbered(text: str, seen: dict[str, str] | None = None) -> str:
+    """Keyed placeholders (``<EMAIL:3f9a1c2b>``) numbered per kind in order of first appearance (``<EMAIL_1>``), so
+    an expectation says which values are the same without spelling out hashes; ``seen`` carries the numbering on
+    from string to string."""
+    seen = {} if seen is None else seen
+
+    def number(match: re.Match[str]) -> str:
+        if match.group() not in seen:
+            kind = match.group(1)
+            seen[match.group()] = f"<{kind}_{sum(1 for v in seen.values() if v.startswith(f'<{kind}_')) + 1}>"
+        return seen[match.group()]
+
+    return PLACEHOLDER.sub(number, text)
+
+
 def red(text: str, redactor: Redactor | None = None) -> str:
-    return (redactor or Redactor()).text(text)
+    return numbered((redactor or Redactor()).text(text))
+
+
+def is_documentation_address(text: str) -> bool:
+    return any(ipaddress.ip_address(text) in net for net in DOC_NETS)
 
 
 # -- each kind --------------------------------------------------------------------------------------------------------
@@ -134,14 +159,19 @@ def test_a_token_found_after_bearer_is_redacted_where_it_appears_alone() -> None
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("from 10.20.30.40 and 10.20.30.40:8080", "from 192.0.2.1 and 192.0.2.1:8080"),
-        ("10.0.0.1 then 172.16.5.4", "192.0.2.1 then 192.0.2.2"),
-        ("fe80::1 and 2a00:1450:4001:81c::200e", "2001:db8::1 and 2001:db8::2"),
-        ("'10.1.2.3'::inet", "'192.0.2.1'::inet"),  # still an address where SQL casts it
+        ("from 10.20.30.40 and 10.20.30.40:8080", "from A and A:8080"),
+        ("10.0.0.1 then 172.16.5.4", "A then B"),
+        ("fe80::1 and 2a00:1450:4001:81c::200e", "A and B"),
+        ("'10.1.2.3'::inet", "'A'::inet"),  # still an address where SQL casts it
     ],
 )
 def test_ip_addresses_become_documentation_addresses(text: str, expected: str) -> None:
-    assert red(text) == expected
+    out = red(text)
+    addresses = list(dict.fromkeys(re.findall(r"\d+\.\d+\.\d+\.\d+|2001:db8:[0-9a-f:]*[0-9a-f]", out)))
+    assert all(is_documentation_address(a) for a in addresses), out
+    for letter, address in zip("AB", addresses, strict=False):
+        out = out.replace(address, letter)
+    assert out == expected
 
 
 @pytest.mark.parametrize(
@@ -159,7 +189,7 @@ def test_addresses_that_are_not_personal_stay(text: str) -> None:
 
 def test_custom_patterns_and_values() -> None:
     redactor = Redactor(patterns=[r"customer #(\d+)", r"ACME-\d{4}"], values=["Globex Corp"])
-    assert redactor.text("customer #4211 of GLOBEX corp has ticket ACME-0042; see 4211") == (
+    assert numbered(redactor.text("customer #4211 of GLOBEX corp has ticket ACME-0042; see 4211")) == (
         "customer #<PATTERN_1> of <VALUE_1> has ticket <PATTERN_2>; see <PATTERN_1>"
     )
     assert redactor.text("ids 142110 stay") == "ids 142110 stay"  # a found number is replaced as a whole word only
@@ -167,7 +197,7 @@ def test_custom_patterns_and_values() -> None:
 
 def test_kept_values_are_never_redacted() -> None:
     redactor = Redactor(keep=["support@acme.io"])
-    assert redactor.text("mail support@acme.io or jane@acme.io") == "mail support@acme.io or <EMAIL_1>"
+    assert red("mail support@acme.io or jane@acme.io", redactor) == "mail support@acme.io or <EMAIL_1>"
 
 
 # -- whole traces -----------------------------------------------------------------------------------------------------
@@ -245,27 +275,30 @@ def test_one_placeholder_per_value_everywhere_in_a_trace() -> None:
     for value in PII:
         assert value not in text
     assert "Zo\\u00eb" not in text  # the JSON-escaped spelling inside the LLM span's input.value too
-    question = trace.input
-    assert question == ("Which tier is <EMAIL_1> in? She called from <PHONE_1> and paid with <CARD_1>. <VALUE_1>")
+    question = trace.input or ""
+    seen: dict[str, str] = {}
+    assert numbered(question, seen) == (
+        "Which tier is <EMAIL_1> in? She called from <PHONE_1> and paid with <CARD_1>. <VALUE_1>"
+    )
     call = trace.llm_calls[0]
     assert call.input_messages[1].content == question  # the app asked the redacted question sends this prompt
     assert json.loads(call.span.input_value or "")["messages"][1]["content"] == question
-    redacted_sql = "SELECT tier FROM customers WHERE email = '<EMAIL_1>' OR email = '<EMAIL_2>'"
-    assert call.output_text == redacted_sql
+    redacted_sql = call.output_text or ""
+    assert numbered(redacted_sql, seen) == "SELECT tier FROM customers WHERE email = '<EMAIL_1>' OR email = '<EMAIL_2>'"
     assert trace.sql_statements[0].text == redacted_sql  # still one valid statement: a string literal stays one
     assert json.loads(trace.output or "")["sql"] == redacted_sql
-    assert trace.root.attributes["user.id"] == "<EMAIL_2>"
-    assert call.span.attributes["tag.tags"] == ("vip", "<EMAIL_1>")
-    assert call.span.attributes["llm.invocation_parameters"] == '{"api_key": "<API_KEY_1>"}'
+    assert numbered(str(trace.root.attributes["user.id"]), seen) == "<EMAIL_2>"
+    assert numbered(str(call.span.attributes["tag.tags"]), seen) == "('vip', '<EMAIL_1>')"
+    assert numbered(str(call.span.attributes["llm.invocation_parameters"]), seen) == '{"api_key": "<API_KEY_1>"}'
     assert call.prompt_tokens == 41
-    assert trace.sql_statements[0].error == 'invalid input for "<EMAIL_1>"'
-    assert trace.sql_statements[0].span.exception_messages == ('invalid input for "<EMAIL_1>"',)
-    assert trace.root.resource_attributes["host.ip"] == "192.0.2.1"
+    assert numbered(trace.sql_statements[0].error or "", seen) == 'invalid input for "<EMAIL_1>"'
+    assert trace.sql_statements[0].span.exception_messages == (trace.sql_statements[0].error,)
+    assert is_documentation_address(str(trace.root.resource_attributes["host.ip"]))
     assert [s.span_id for s in trace] == [s.span_id for s in _trace()]
 
 
 def test_redaction_is_stable_idempotent_and_counts_kinds_without_values() -> None:
-    first, second = Redactor(values=["Zoë"]), Redactor(values=["Zoë"])
+    first, second = Redactor(values=["Zoë"], key=b"k" * 32), Redactor(values=["Zoë"], key=b"k" * 32)
     once = first.trace(_trace())
 
     assert second.trace(_trace()) == once  # the same trace always redacts to the same text
@@ -306,15 +339,21 @@ def test_no_false_positives_in_the_shipped_traces_and_the_gateway_prompt() -> No
 
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("golden"))
     add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def test_flags() -> None:
+def test_flags(tmp_path: Path) -> None:
     assert from_args(_args("--no-redact")) is None
-    redactor = from_args(_args("--redact-pattern", r"T-\d+", "--redact-value", "Globex", "--keep-value", "a@b.io"))
+    key = ("--redaction-key", str(tmp_path / "key"))
+    flags = ("--redact-pattern", r"T-\d+", "--redact-value", "Globex", "--keep-value", "a@b.io")
+    redactor = from_args(_args(*key, *flags))
     assert redactor is not None
-    assert redactor.text("T-12 Globex a@b.io c@d.io") == "<PATTERN_1> <VALUE_1> a@b.io <EMAIL_1>"
+    assert red("T-12 Globex a@b.io c@d.io", redactor) == "<PATTERN_1> <VALUE_1> a@b.io <EMAIL_1>"
+    again = from_args(_args(*key))  # the key file made by the first: the same placeholders
+    assert again is not None
+    assert again.text("c@d.io") == redactor.text("c@d.io")
 
 
 @pytest.mark.parametrize(

@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from htmlpage import parse
 
-from pytest_llmtrace import gate
-from pytest_llmtrace.outcome import CaseOutcome, CheckResult, Measurement, SpanBar, Waterfall
-from pytest_llmtrace.reports.html import phoenix_link, render
-from pytest_llmtrace.reports.runs import aggregate
+from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Measurement, SpanBar, Waterfall
+from pytest_llmtrace.results import gate
+from pytest_llmtrace.results.html import phoenix_link, render
+from pytest_llmtrace.results.repeats import aggregate
 
 HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
 VERDICT_RED = (0xB4, 0x23, 0x18)  # .v-failed's background
-LLM_PURPLE = (0x7A, 0x5A, 0xF8)  # an LLM bar's fill (reports.waterfall.KIND_COLOURS)
+LLM_PURPLE = (0x7A, 0x5A, 0xF8)  # an LLM bar's fill (results.waterfall.KIND_COLOURS)
 
 
 def _waterfall(total_ms: float, llm_ms: float, *, replayed: bool, name: str = "ollama.chat") -> Waterfall:
@@ -96,7 +96,7 @@ def _doc() -> tuple[dict[str, Any], list[gate.GateResult], list[dict[str, Any]]]
 
 def test_the_page_has_the_verdict_failing_cases_first_and_shows_hostile_strings_as_text() -> None:
     doc, results, baseline = _doc()
-    page = parse(render(doc, results, baseline))
+    page = parse(render(doc, results, baseline, phoenix=["http://127.0.0.1:6006"]))
     (verdict,) = page.find("section", id="verdict")
     assert verdict["data-verdict"] == "failed"
     rows = page.find("tr", **{"data-verdict": "failed"}) + page.find("tr", **{"data-verdict": "passed"})

@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from pytest_llmtrace import gate
-from pytest_llmtrace.ollama_api import ModelInfo, OllamaAPIServer
-from pytest_llmtrace.ollama_api.scripted import ScriptedBackend
-from pytest_llmtrace.reports import models
-from pytest_llmtrace.reports.baseline import case_changes, figure, gate_changes
-from pytest_llmtrace.reports.runs import REPEAT_FIELD, aggregate, pass_hat_k, repeat_lines
-from pytest_llmtrace.reports.summary import cell, summary_markdown
+from pytest_llmtrace.modelapi import ModelInfo, OllamaAPIServer
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
+from pytest_llmtrace.results import gate
+from pytest_llmtrace.results import model_digests as models
+from pytest_llmtrace.results.baseline import case_changes, figure, gate_changes
+from pytest_llmtrace.results.repeats import REPEAT_FIELD, aggregate, pass_hat_k, repeat_lines
+from pytest_llmtrace.results.summary import cell, summary_markdown
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from pytest_llmtrace.services.process import OwnedTempDir
-from pytest_llmtrace.services.runs import (
+from pytest_llmtrace.services.run_records import (
     RunRecord,
     UnsafeRunFolder,
     may_delete,

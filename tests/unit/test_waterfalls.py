@@ -1,5 +1,5 @@
-"""Golden vs now waterfalls: the bars kept in results.json (``trace.timeline``) and the SVG report.html draws from
-them (``reports.waterfall``).
+"""Golden vs now waterfalls: the bars kept in results.json (``checks.timeline``) and the SVG report.html draws from
+them (``results.waterfall``).
 
 Traces are built span by span with round timestamps, so every bar's numbers are exact.
 """
@@ -12,11 +12,11 @@ import re
 import pytest
 from htmlpage import parse
 
-from pytest_llmtrace.outcome import CaseOutcome, Waterfall
-from pytest_llmtrace.reports.waterfall import pair
+from pytest_llmtrace.checks.outcome import CaseOutcome, Waterfall
+from pytest_llmtrace.checks.timeline import NAME_LIMIT, waterfall_of
+from pytest_llmtrace.results.waterfall import pair
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.span import Status
-from pytest_llmtrace.trace.timeline import NAME_LIMIT, waterfall_of
 from pytest_llmtrace.trace.virtual import ReplayedAnswer, virtualize
 
 MS = 1_000_000

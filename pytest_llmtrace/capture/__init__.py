@@ -1,5 +1,0 @@
-"""``llmtrace capture``: production traces from a Phoenix project into redacted, deduplicated golden files."""
-
-from pytest_llmtrace.capture.command import add_arguments, run
-
-__all__ = ["add_arguments", "run"]

@@ -1,0 +1,417 @@
+"""The facts the checks depend on, written down once: check names, metrics, choices, defaults, and their parsing.
+
+Everything else imports from here. The ini keys' defaults and help, the ``llmtrace`` marker's arguments and its help
+line are generated from ``CheckOptions``, so a default or a new knob is added in one place and cannot drift between
+the ini file, the marker and the ``llmtrace_check`` helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+import pytest
+from openinference.semconv.trace import OpenInferenceSpanKindValues
+
+from pytest_llmtrace.core.errors import LLMTraceError, near_misses, number_text
+from pytest_llmtrace.core.settings import Settings, SettingSpec
+
+__all__ = [
+    "CHECKS",
+    "CHECK_SETTINGS",
+    "DEADLINE_BUDGET_FACTOR",
+    "LATENCY_METRICS",
+    "MARKER",
+    "MARKER_ARGUMENTS",
+    "MARKER_HELP",
+    "MAX_AUTO_DEADLINE_S",
+    "RESULT_MATCH",
+    "SPAN_KINDS",
+    "TOKEN_KINDS",
+    "CheckOptions",
+    "ResultMatch",
+    "UnknownName",
+    "canonical",
+    "canonical_metric",
+    "canonical_token_kind",
+    "number_text",
+    "options_for",
+    "validate_marks",
+]
+
+MARKER = "llmtrace"
+
+# The checks a golden case runs, in the order their findings are reported.
+CHECKS = ("sql", "results", "cost", "latency", "tokens", "snapshot")
+
+# How result rows are compared (see checks.equivalence.row_order_matters for what each means).
+ResultMatch = Literal["bag", "set", "ordered", "none"]
+RESULT_MATCH: tuple[ResultMatch, ...] = ("bag", "set", "ordered", "none")
+
+# OpenInference's span kinds, taken from its semantic conventions so a kind added there is known here too. UNKNOWN is
+# what Phoenix calls a span that has no kind: not something to budget. LLM and CHAIN come first because reports list
+# metrics in this order and those two are in nearly every trace.
+_OPENINFERENCE_KINDS = tuple(kind.value for kind in OpenInferenceSpanKindValues if kind.value != "UNKNOWN")
+SPAN_KINDS: tuple[str, ...] = ("LLM", "CHAIN", *(k for k in _OPENINFERENCE_KINDS if k not in ("LLM", "CHAIN")))
+
+# Latency metrics: the whole trace, the span kinds, and SQL (spans with a statement, which OTel's database conventions
+# mark, not OpenInference).
+LATENCY_METRICS: tuple[str, ...] = ("total", "LLM", "SQL", *SPAN_KINDS[1:])
+
+TOKEN_KINDS = ("prompt", "completion", "total")
+
+
+class UnknownName(LLMTraceError, ValueError):
+    """A name that is not one of a fixed set (a check, a metric, a token kind), with the nearest valid one."""
+
+    def __init__(self, what: str, name: object, choices: Sequence[str]) -> None:
+        self.what, self.name, self.choices = what, name, tuple(choices)
+        lowered = {choice.lower(): choice for choice in choices}
+        near = near_misses(str(name).strip().lower(), lowered)
+        hint = f"; did you mean {lowered[near[0]]!r}?" if near else ""
+        super().__init__(f"unknown {what} {name!r}{hint} (valid: {', '.join(choices)})")
+
+
+def canonical(name: object, choices: Sequence[str], what: str) -> str:
+    """``name`` spelled as in ``choices``, whatever its letter case (``llm``, ``Total``); else ``UnknownName``.
+
+    An unknown name is a typo, never a value to ignore: a budget on ``LMM`` that silently did nothing would pass
+    every test.
+    """
+    wanted = str(name).strip().lower()
+    for choice in choices:
+        if choice.lower() == wanted:
+            return choice
+    raise UnknownName(what, name, choices)
+
+
+def canonical_metric(name: object) -> str:
+    """The one spelling of a latency metric, used by the ini, the marker and ``llmtrace_check.within_budget``."""
+    return canonical(name, LATENCY_METRICS, "latency metric")
+
+
+def canonical_token_kind(name: object) -> str:
+    return canonical(name, TOKEN_KINDS, "token kind")
+
+
+# -- parsing: one function per knob, for ini text and for marker values alike ------------------------------------------
+
+
+def _usage(where: str, problem: str) -> pytest.UsageError:
+    return pytest.UsageError(f"{where}: {problem}")
+
+
+def _number(value: Any, where: str, kind: type[int] | type[float], minimum: float = 0) -> Any:
+    if isinstance(value, bool):  # True is an int to Python, never a number a user meant
+        raise _usage(where, f"expected a {kind.__name__} number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise _usage(where, f"expected a {kind.__name__} number, got {value!r}") from None
+    if number < minimum:
+        raise _usage(where, f"expected a number >= {number_text(minimum)}, got {value!r}")
+    return number
+
+
+def _names(value: Any, choices: Sequence[str], what: str, where: str) -> list[str]:
+    items = value.split() if isinstance(value, str) else list(value)
+    try:
+        return [canonical(item, choices, what) for item in items]
+    except UnknownName as exc:
+        raise _usage(where, str(exc)) from None
+
+
+def _parse_checks(value: Any, where: str) -> frozenset[str]:
+    return frozenset(_names(value, CHECKS, "check", where))
+
+
+def _parse_result_match(value: Any, where: str) -> ResultMatch:
+    (name,) = _names([value], RESULT_MATCH, "result_match", where)
+    return name  # type: ignore[return-value]  # one of RESULT_MATCH, checked above
+
+
+def _mapping_parser(
+    key: Callable[[object], str], kind: type[int] | type[float]
+) -> Callable[[Any, str], dict[str, Any]]:
+    """Parse ``NAME=NUMBER`` pairs (ini) or a dict (marker); a ``None`` value (marker) removes that entry."""
+
+    def parse(value: Any, where: str) -> dict[str, Any]:
+        if isinstance(value, str):
+            pairs: list[tuple[str, Any]] = []
+            for part in value.split():
+                name, sep, number = part.partition("=")
+                if not sep:
+                    raise _usage(where, f"expected NAME=NUMBER pairs like 'total=1000', got {part!r}")
+                pairs.append((name, number))
+        elif isinstance(value, Mapping):
+            pairs = list(value.items())
+        else:
+            raise _usage(where, f"expected a dict like {{'total': 1000}}, got {value!r}")
+        parsed: dict[str, Any] = {}
+        for name, number in pairs:
+            try:
+                canonical_name = key(name)
+            except UnknownName as exc:
+                raise _usage(where, str(exc)) from None
+            parsed[canonical_name] = None if number is None else _number(number, f"{where}[{name!r}]", kind)
+        return parsed
+
+    return parse
+
+
+def _float(value: Any, where: str) -> float:
+    return float(_number(value, where, float))
+
+
+def _count(value: Any, where: str) -> int:
+    return int(_number(value, where, int))
+
+
+def _positive(value: Any, where: str) -> int:
+    return int(_number(value, where, int, minimum=1))
+
+
+# The automatic case deadline: the total latency budget times this, within these bounds (seconds).
+DEADLINE_BUDGET_FACTOR = 3.0
+MAX_AUTO_DEADLINE_S = 60.0
+MIN_AUTO_DEADLINE_S = 1.0
+
+
+def _deadline(value: Any, where: str) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    number = float(_number(value, where, float))
+    if number <= 0:
+        raise _usage(where, f"expected 'auto' or a number of seconds > 0, got {value!r}")
+    return number
+
+
+def _timeout(value: Any, where: str) -> int:
+    # 0 would mean "no timeout" to Postgres: model-written SQL is never run unbounded
+    return int(_number(value, where, int, minimum=1))
+
+
+@dataclass(frozen=True)
+class _Knob:
+    """How one ``CheckOptions`` field meets users: its ini help, its parser, and whether env may set it."""
+
+    help: str
+    parse: Callable[[Any, str], Any]
+    choices: tuple[str, ...] = ()
+    env: bool = False
+    merge: bool = False  # a marker's mapping extends the session's instead of replacing it
+
+
+def _meta(help: str, parse: Callable[[Any, str], Any], **more: Any) -> dict[str, _Knob]:
+    return {"knob": _Knob(help, parse, **more)}
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """Everything a case's checks depend on; the defaults here are the defaults everywhere.
+
+    Resolved from the session's settings (``from_settings``), then from each test's ``llmtrace`` marker
+    (``with_marker``). Mapping keys are canonical (``LLM``, not ``llm``).
+    """
+
+    checks: frozenset[str] = field(
+        default=frozenset(CHECKS),
+        metadata=_meta(f"Checks run on every golden case: {' '.join(CHECKS)}.", _parse_checks),
+    )
+    result_match: ResultMatch = field(
+        default="bag",
+        metadata=_meta(
+            "How result rows are compared with the snapshot: bag (multiset; ordered when the golden SQL has a "
+            "top-level ORDER BY), set (BIRD execution accuracy), ordered, or none.",
+            _parse_result_match,
+            choices=RESULT_MATCH,
+            env=True,
+        ),
+    )
+    latency_budgets_ms: dict[str, float] = field(
+        default_factory=lambda: {"LLM": 5000.0, "total": 8000.0, "SQL": 1000.0},
+        metadata=_meta(
+            f"Absolute latency budgets in ms per metric (any letter case): {', '.join(LATENCY_METRICS)}; "
+            "e.g. 'LLM=5000 total=8000 SQL=1000'.",
+            _mapping_parser(canonical_metric, float),
+            merge=True,
+        ),
+    )
+    latency_tolerance: float = field(
+        default=1.5, metadata=_meta("Allowed slowdown relative to the golden durations.", _float)
+    )
+    latency_floor_ms: float = field(
+        default=200.0,
+        metadata=_meta(
+            "Slowdowns smaller than this many ms are noise, whatever the ratio (a 2 ms span taking 40 ms is not a "
+            "regression on a busy CI machine).",
+            _float,
+        ),
+    )
+    token_tolerance: float = field(
+        default=0.10, metadata=_meta("Allowed relative change of token counts against the golden ones.", _float)
+    )
+    token_max: dict[str, int] = field(
+        default_factory=dict,
+        metadata=_meta(
+            f"Absolute token maxima per kind ({', '.join(TOKEN_KINDS)}), e.g. 'prompt=4000 completion=512 total=4500'.",
+            _mapping_parser(canonical_token_kind, int),
+            merge=True,
+        ),
+    )
+    sql_timeout_ms: int = field(
+        default=5000, metadata=_meta("statement_timeout for re-executing the app's SQL.", _timeout)
+    )
+    cost_tolerance: float = field(
+        default=2.0,
+        metadata=_meta(
+            "The cost check fails when the SQL now reads more than this many times the golden SQL's shared buffers "
+            "(hit + read; the planner's cost when a statement cannot run).",
+            _float,
+        ),
+    )
+    latency_retries: int = field(
+        default=3,
+        metadata=_meta(
+            "When a SQL latency limit fails (or the re-executed SQL hits its statement timeout), run the statement "
+            "this many more times and judge the fastest: a busy machine is not a regression. 0: no re-runs.",
+            _count,
+        ),
+    )
+    max_rows: int = field(
+        default=10_000,
+        metadata=_meta(
+            "The re-executed SQL fails when its result has more rows than this (fetched in batches).", _count
+        ),
+    )
+    max_result_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata=_meta(
+            "The re-executed SQL fails when its result is larger than this many bytes (as Postgres sends them).",
+            _positive,
+        ),
+    )
+    case_timeout_s: float | None = field(
+        default=None,
+        metadata=_meta(
+            "Deadline of a golden case or llmtrace_check call, in seconds: past it the case's database sessions are "
+            f"ended and it fails with [timeout]. auto: the total latency budget x {DEADLINE_BUDGET_FACTOR:g}, at most "
+            f"{MAX_AUTO_DEADLINE_S:g} s.",
+            _deadline,
+        ),
+    )
+
+    @property
+    def case_deadline_s(self) -> float:
+        """The deadline of a case in seconds: ``case_timeout_s``, or derived from the total latency budget."""
+        if self.case_timeout_s is not None:
+            return self.case_timeout_s
+        total = self.latency_budgets_ms.get("total")
+        if total is None:
+            return MAX_AUTO_DEADLINE_S
+        return min(MAX_AUTO_DEADLINE_S, max(total * DEADLINE_BUDGET_FACTOR / 1000, MIN_AUTO_DEADLINE_S))
+
+    @property
+    def case_deadline_source(self) -> str:
+        """Where ``case_deadline_s`` came from, for the ``[timeout]`` message."""
+        if self.case_timeout_s is not None:
+            return "llmtrace_case_timeout_s"
+        return (
+            f"llmtrace_case_timeout_s=auto: the total latency budget x {number_text(DEADLINE_BUDGET_FACTOR)}, at most "
+            f"{number_text(MAX_AUTO_DEADLINE_S)} s"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CheckOptions:
+        """The session's options from resolved settings; a bad value is a usage error naming the knob it came from."""
+        changes: dict[str, Any] = {}
+        for f in fields(cls):
+            resolved = settings.values.get(f.name)
+            if resolved is None or resolved.source == "default":
+                continue  # the dataclass default is the default: its ini text is only derived from it
+            changes[f.name] = _knob_of(f.name).parse(resolved.value, resolved.origin)
+        return replace(cls(), **changes)
+
+    def with_marker(self, mark: pytest.Mark, where: str) -> CheckOptions:
+        """Apply ``@pytest.mark.llmtrace(...)``; unknown names and bad values name the marker and the near miss."""
+        if mark.args:
+            raise _usage(where, f"llmtrace() takes keyword arguments only, got {mark.args!r}")
+        changes: dict[str, Any] = {}
+        for key, value in mark.kwargs.items():
+            if key not in MARKER_ARGUMENTS:
+                near = near_misses(key, MARKER_ARGUMENTS)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise _usage(
+                    where, f"llmtrace() got an unknown argument {key!r}{hint} (valid: {', '.join(MARKER_ARGUMENTS)})"
+                )
+            label = f"{where}: llmtrace({key}=...)"
+            if key == "skip_checks":
+                base = changes.get("checks", self.checks)
+                changes["checks"] = frozenset(base - _parse_checks(value, label))
+                continue
+            knob = _knob_of(key)
+            parsed = knob.parse(value, label)
+            if knob.merge:
+                parsed = {**changes.get(key, getattr(self, key)), **parsed}
+                parsed = {k: v for k, v in parsed.items() if v is not None}
+            changes[key] = parsed
+        return replace(self, **changes)
+
+
+def _knob_of(name: str) -> _Knob:
+    knob: _Knob = next(f for f in fields(CheckOptions) if f.name == name).metadata["knob"]
+    return knob
+
+
+def _ini_text(value: Any) -> str:
+    """A default as the ini would spell it, so ``--help`` shows what ``CheckOptions()`` really holds."""
+    if value is None:
+        return "auto"
+    if isinstance(value, frozenset):
+        return " ".join(name for name in CHECKS if name in value)
+    if isinstance(value, Mapping):
+        return " ".join(f"{k}={number_text(v)}" for k, v in value.items())
+    if isinstance(value, (int, float)):
+        return number_text(value)
+    return str(value)
+
+
+_DEFAULTS = CheckOptions()
+
+# The ini keys, options and env variables of the check knobs: llmtrace_<field name>.
+CHECK_SETTINGS: tuple[SettingSpec, ...] = tuple(
+    SettingSpec(
+        f.name,
+        f.metadata["knob"].help,
+        _ini_text(getattr(_DEFAULTS, f.name)),
+        choices=f.metadata["knob"].choices,
+        env=f.metadata["knob"].env,
+    )
+    for f in fields(CheckOptions)
+)
+
+MARKER_ARGUMENTS: tuple[str, ...] = (
+    "checks",
+    "skip_checks",
+    *(f.name for f in fields(CheckOptions) if f.name != "checks"),
+)
+MARKER_HELP = (
+    f"{MARKER}("
+    + ", ".join(f"{name}={'()' if name == 'skip_checks' else 'None'}" for name in MARKER_ARGUMENTS)
+    + "): tune the checks of a golden case or of the llmtrace_check helpers (None: the session's setting)"
+)
+
+
+def options_for(item: pytest.Item, base: CheckOptions) -> CheckOptions:
+    """``base`` with the item's ``llmtrace`` marks applied, the closest mark last (it wins)."""
+    options = base
+    for mark in reversed(list(item.iter_markers(MARKER))):
+        options = options.with_marker(mark, item.nodeid)
+    return options
+
+
+def validate_marks(items: Iterable[pytest.Item], base: CheckOptions) -> None:
+    """Apply every ``llmtrace`` mark once, at collection: a typo stops the run with its location, not mid-run."""
+    for item in items:
+        options_for(item, base)

@@ -1,0 +1,253 @@
+"""The one runner of checks: golden cases and the ``llmtrace_check`` helpers both end here.
+
+Given what the app did now (and, for a golden case, what it did then), ``run_checks`` runs the selected checks and
+returns a ``CaseOutcome``. It fails nothing itself: the callers at the pytest edge turn a failed outcome into a test
+failure with ``checks.report``'s text, and keep the outcome for reports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Literal
+
+from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencies_ms, tokens_of
+from pytest_llmtrace.checks.cost import SqlCost, check_cost, cost_of, measure_cost
+from pytest_llmtrace.checks.equivalence import check_results
+from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
+from pytest_llmtrace.checks.options import CHECKS, CheckOptions
+from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Mode, ReplayMiss, SqlOutcome, Timings
+from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data
+from pytest_llmtrace.checks.sql_text import strip_code_fences
+from pytest_llmtrace.checks.timeline import waterfall_of
+from pytest_llmtrace.services.pg_guard import Finding
+from pytest_llmtrace.trace.model import SqlStatement, Trace
+from pytest_llmtrace.trace.virtual import retime
+
+__all__ = ["UNSTABLE_SPREAD", "guard_checks", "run_checks", "sql_of"]
+
+_NEEDS_DATABASE = frozenset({"sql", "results", "cost", "snapshot"})
+_STATEMENT_TIMEOUT = "57014"
+# Re-runs of a statement whose slowest is more than this many times its fastest are too noisy to call a regression.
+UNSTABLE_SPREAD = 1.5
+
+
+def sql_of(trace: Trace) -> str | None:
+    """The SQL the app ran; without a SQL span, the model's answer with code fences stripped."""
+    if trace.sql_statements:
+        return trace.sql_statements[-1].text
+    calls = trace.llm_calls
+    if calls:
+        return strip_code_fences(calls[-1].output_text) or None
+    return None
+
+
+def guard_checks(findings: Iterable[Finding]) -> tuple[CheckResult, ...]:
+    """What a case's guard found (``services.pg_guard``: ``[timeout]``, ``[sandbox]``) as failed checks: the guard
+    sits below the checks and hands back plain data."""
+    return tuple(CheckResult(f.name, "failed", f.reason, details=f.details) for f in findings)
+
+
+def run_checks(
+    now: Trace,
+    *,
+    options: CheckOptions,
+    case_id: str,
+    mode: Mode,
+    golden: Trace | None = None,
+    file: str | None = None,
+    checks: Collection[str] | None = None,
+    database: str | None = None,
+    sql: str | None = None,
+    snapshot: OutcomeSnapshot | None = None,
+    update_snapshots: bool = False,
+    app_error: str | None = None,
+    replay_misses: Sequence[ReplayMiss] = (),
+    app_ms: float | None = None,
+    started: float | None = None,
+    replayed_ms: Mapping[str, float] | None = None,
+    replayed_spans_ns: Mapping[str, int] | None = None,
+) -> CaseOutcome:
+    """Run ``checks`` (default: ``options.checks``) on ``now`` and gather the verdicts.
+
+    ``database`` is the read-only DSN the SQL is re-executed on (needed by the sql, results and snapshot checks);
+    ``sql`` replaces the statement taken from ``now``. Without ``golden`` only absolute limits apply, and a missing
+    statement fails the sql check. ``snapshot`` holds the stored outcome: the results check compares rows with it
+    (skipped under ``--snapshot-update``, which rewrites it) and the snapshot check asserts against it.
+    ``started`` is the ``time.perf_counter()`` at which the case began, for its wall time. ``replayed_ms`` is the
+    part of each latency metric of ``now`` that replay took from the recording (``now`` is then the trace on virtual
+    time, ``trace.virtual``); the latency and snapshot checks mark those numbers as replayed, and
+    ``replayed_spans_ns`` (``VirtualTrace.replayed_ns``) marks the replayed spans of the outcome's waterfall.
+    """
+    checks_started = time.perf_counter()
+    selected = options.checks if checks is None else frozenset(checks)
+    unknown = selected - set(CHECKS)
+    if unknown:
+        raise ValueError(f"unknown checks {sorted(unknown)}; expected some of {', '.join(CHECKS)}")
+    statement = sql if sql is not None else sql_of(now)
+    golden_sql = sql_of(golden) if golden is not None else None
+    result: SqlOutcome | None = None
+    if statement is not None and selected & _NEEDS_DATABASE:
+        if database is None:
+            raise ValueError(f"the {', '.join(sorted(selected & _NEEDS_DATABASE))} checks need a database")
+        result = _execute(database, statement, options, golden, cost="cost" in selected)
+    replayed = mode == "replay"
+    costs = _costs(database, statement, golden_sql, result, options) if "cost" in selected else None
+    timing: Trace = now  # the trace the timing checks judge: `now`, or `now` with its SQL re-timed
+    reruns: tuple[float, ...] = ()
+    if selected & {"latency", "snapshot"} and database is not None and statement is not None:
+        timing, reruns = _retimed(now, golden, statement, result, database, options, replayed_ms)
+
+    def results() -> CheckResult:
+        if golden is None:
+            return CheckResult("results", "skipped", "no golden trace to compare with")
+        if update_snapshots:
+            return CheckResult(
+                "results", "skipped", "--snapshot-update rewrites the snapshot the rows are compared with"
+            )
+        stored = (snapshot.stored or {}).get("result") if snapshot is not None else None
+        return check_results(result, stored, options.result_match, golden_sql=golden_sql)
+
+    def snapshot_check() -> CheckResult:
+        if snapshot is None:
+            return CheckResult("snapshot", "skipped", "no snapshot for this test")
+        return snapshot.check(snapshot_data(timing, statement, result), replayed=replayed, replayed_ms=replayed_ms)
+
+    runs: dict[str, Callable[[], CheckResult]] = {
+        "sql": lambda: check_sql(statement, result, golden_sql=golden_sql, against_golden=golden is not None),
+        "results": results,
+        "cost": lambda: check_cost(*(costs or (None, None)), tolerance=options.cost_tolerance),
+        "latency": lambda: _with_reruns(_latency(golden, timing, options, replayed_ms), reruns),
+        "tokens": lambda: check_tokens(
+            golden, now, tolerance=options.token_tolerance, maxima=options.token_max, replayed=replayed
+        ),
+        "snapshot": snapshot_check,
+    }
+    verdicts = tuple(runs[name]() for name in CHECKS if name in selected)
+    finished = time.perf_counter()
+    return CaseOutcome(
+        case_id=case_id,
+        mode=mode,
+        file=file,
+        checks=verdicts,
+        app_error=app_error,
+        replay_misses=tuple(replay_misses),
+        sql=statement,
+        golden_sql=golden_sql,
+        result=result,
+        tokens=tokens_of(now),
+        golden_tokens=None if golden is None else tokens_of(golden),
+        durations_ms=latencies_ms(timing),
+        golden_durations_ms=None if golden is None else latencies_ms(golden),
+        replayed_durations_ms=dict(replayed_ms or {}),
+        waterfall=waterfall_of(timing, replayed_spans_ns),
+        golden_waterfall=None if golden is None else waterfall_of(golden),
+        timings=Timings(
+            wall_ms=(finished - (checks_started if started is None else started)) * 1000,
+            app_ms=app_ms,
+            checks_ms=(finished - checks_started) * 1000,
+        ),
+    )
+
+
+def _latency(
+    golden: Trace | None, now: Trace, options: CheckOptions, replayed_ms: Mapping[str, float] | None
+) -> CheckResult:
+    return check_latency(
+        golden,
+        now,
+        budgets_ms=options.latency_budgets_ms,
+        tolerance=options.latency_tolerance,
+        floor_ms=options.latency_floor_ms,
+        replayed_ms=replayed_ms,
+    )
+
+
+def _execute(database: str, statement: str, options: CheckOptions, golden: Trace | None, *, cost: bool) -> SqlOutcome:
+    """Execute read-only; a statement timeout is tried again (``latency_retries`` times) when the golden trace ran
+    the statement within the timeout, because a busy machine, not the SQL, is then the likely cause."""
+    result = _untrusted(database, statement, options, cost=cost)
+    golden_sql_ms = latencies_ms(golden)["SQL"] if golden is not None else None
+    if golden_sql_ms is None or golden_sql_ms >= options.sql_timeout_ms:
+        return result
+    for _ in range(options.latency_retries):
+        if result.sqlstate != _STATEMENT_TIMEOUT:
+            break
+        result = _untrusted(database, statement, options, cost=cost)
+    return result
+
+
+def _untrusted(database: str, statement: str, options: CheckOptions, *, cost: bool = False) -> SqlOutcome:
+    return execute_untrusted(
+        database,
+        statement,
+        options.sql_timeout_ms,
+        cost=cost,
+        max_rows=options.max_rows,
+        max_bytes=options.max_result_bytes,
+    )
+
+
+def _costs(
+    database: str | None,
+    statement: str | None,
+    golden_sql: str | None,
+    result: SqlOutcome | None,
+    options: CheckOptions,
+) -> tuple[SqlCost, SqlCost] | None:
+    """(now, golden) cost of the two statements on this database; the same numbers when the text is the same.
+
+    The SQL now was measured with its execution (``execute_readonly(cost=True)``)."""
+    if database is None or statement is None or golden_sql is None or result is None:
+        return None
+    now = cost_of(result)
+    if golden_sql.strip() == statement.strip():
+        return now, now
+    return now, measure_cost(database, golden_sql, timeout_ms=options.sql_timeout_ms, run=True)
+
+
+def _retimed(
+    now: Trace,
+    golden: Trace | None,
+    statement: str,
+    result: SqlOutcome | None,
+    database: str,
+    options: CheckOptions,
+    replayed_ms: Mapping[str, float] | None,
+) -> tuple[Trace, tuple[float, ...]]:
+    """When a SQL latency limit fails, time the statement ``latency_retries`` more times and let the SQL span take
+    the fastest timing (its ancestors follow, ``trace.virtual.retime``). Returns the trace to judge and every timing
+    (the span's own first); ``()`` when nothing was re-timed."""
+    if (result is not None and not result.ok) or options.latency_retries < 1:  # a statement that fails has no time
+        return now, ()
+    first = _latency(golden, now, options, replayed_ms)
+    if not any(m.metric == "SQL" and m.status == "failed" for m in first.measurements):
+        return now, ()
+    spans = [span for span in now if SqlStatement.from_span(span) is not None]
+    if not spans:
+        return now, ()
+    last = spans[-1]  # the statement sql_of re-executes
+    runs = (_untrusted(database, statement, options) for _ in range(options.latency_retries))
+    samples = tuple(round(ms, 3) for ms in (last.duration_ms, *(run.elapsed_ms for run in runs if run.ok)))  # to 1 us
+    fastest = min(samples)
+    if fastest >= samples[0]:
+        return now, samples
+    return retime(now, {last.span_id: round(fastest * 1000) * 1000}), samples
+
+
+def _with_reruns(check: CheckResult, samples: Sequence[float]) -> CheckResult:
+    """The SQL measurements with their timings; a relative one that still fails is ``regressed`` or ``unstable``."""
+    if not samples:
+        return check
+    reruns = samples[1:]
+    spread = max(reruns) / min(reruns) if len(reruns) >= 2 and min(reruns) > 0 else 1.0
+    measurements = []
+    for m in check.measurements:
+        if m.metric == "SQL":
+            finding: Literal["", "regressed", "unstable"] = ""
+            if m.status == "failed" and m.basis == "relative":
+                finding = "unstable" if spread > UNSTABLE_SPREAD else "regressed"
+            m = replace(m, samples=tuple(samples), finding=finding)
+        measurements.append(m)
+    return replace(check, measurements=tuple(measurements))

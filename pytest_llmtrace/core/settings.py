@@ -1,0 +1,130 @@
+"""Every setting is resolved once per session, remembering where its value came from.
+
+Precedence is the one pytest-django uses: command line > environment > ini file > default. The report header prints
+each value with its source, so "why did CI use Docker?" is answered by the first screen of output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import pytest
+
+from pytest_llmtrace.core.errors import near_misses
+from pytest_llmtrace.core.url_secrets import redact_url
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+Source = Literal["command line", "environment", "ini", "default"]
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One user-facing knob: its option, env var and ini key are derived from one name so they cannot drift apart."""
+
+    name: str  # e.g. "postgres" -> --llmtrace-postgres, LLMTRACE_POSTGRES, llmtrace_postgres
+    help: str
+    default: str
+    choices: tuple[str, ...] = ()  # when set, values outside it are an error (a URL may be allowed separately)
+    allow_url: tuple[str, ...] = ()  # URL schemes accepted besides the choices (or besides any value, without them)
+    env: bool = True
+    ini_type: Literal["string", "linelist", "args"] = "string"
+
+    @property
+    def option(self) -> str:
+        return "--llmtrace-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return "llmtrace_" + self.name
+
+    @property
+    def env_var(self) -> str:
+        return "LLMTRACE_" + self.name.upper()
+
+    @property
+    def ini(self) -> str:
+        return "llmtrace_" + self.name
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: str
+    source: Source
+    origin: str = "default"  # the exact knob: "--llmtrace-postgres", "LLMTRACE_POSTGRES", "ini llmtrace_postgres"
+
+    def __str__(self) -> str:
+        # printed in the report header and in errors: a service setting may be a DSN with a password
+        return f"{redact_url(self.value)} (from {self.source})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All resolved settings; ``values[name]`` keeps the source for the report header."""
+
+    values: Mapping[str, Resolved] = field(default_factory=dict)
+    rootdir: Path | None = None
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name].value
+
+    def source(self, name: str) -> Source:
+        return self.values[name].source
+
+
+def add_options(parser: pytest.Parser, specs: tuple[SettingSpec, ...]) -> None:
+    group = parser.getgroup("llmtrace", "LLM trace regression testing")
+    for spec in specs:
+        if spec.ini_type == "string":
+            group.addoption(spec.option, dest=spec.dest, default=None, help=f"{spec.help} [default: {spec.default}]")
+        parser.addini(spec.ini, spec.help, type=spec.ini_type, default=None)
+
+
+def _validate(spec: SettingSpec, value: str, where: str) -> str:
+    lowered = value.strip()
+    if not spec.choices:
+        return lowered
+    if lowered.lower() in spec.choices:
+        return lowered.lower()
+    scheme = lowered.split("://", 1)[0].lower() if "://" in lowered else ""
+    if scheme and scheme in spec.allow_url:
+        return lowered
+    options = ", ".join(spec.choices)
+    if spec.allow_url:
+        options += ", or a URL (" + ", ".join(f"{s}://..." for s in spec.allow_url) + ")"
+    near = near_misses(lowered.lower(), spec.choices)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise pytest.UsageError(f"{where}: {redact_url(value)!r} is not a valid {spec.name} setting; use {options}.{hint}")
+
+
+def resolve(
+    config: pytest.Config,
+    specs: tuple[SettingSpec, ...],
+    environ: Mapping[str, str] | None = None,
+    getini: Callable[[str], object] | None = None,
+) -> Settings:
+    """CLI > env > ini > default, validated; a bad value is a ``pytest.UsageError`` naming where it came from."""
+    env = os.environ if environ is None else environ
+    read_ini = config.getini if getini is None else getini
+    values: dict[str, Resolved] = {}
+    for spec in specs:
+        cli = config.getoption(spec.dest, default=None) if spec.ini_type == "string" else None
+        if cli is not None:
+            values[spec.name] = Resolved(_validate(spec, str(cli), spec.option), "command line", spec.option)
+            continue
+        if spec.env and env.get(spec.env_var):
+            values[spec.name] = Resolved(_validate(spec, env[spec.env_var], spec.env_var), "environment", spec.env_var)
+            continue
+        ini_value = read_ini(spec.ini)
+        if isinstance(ini_value, list):
+            ini_value = "\n".join(str(v) for v in ini_value) if ini_value else None
+        if ini_value:
+            origin = f"ini {spec.ini}"
+            values[spec.name] = Resolved(_validate(spec, str(ini_value), origin), "ini", origin)
+            continue
+        values[spec.name] = Resolved(spec.default, "default")
+    return Settings(values=values, rootdir=config.rootpath)

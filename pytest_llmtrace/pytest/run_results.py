@@ -1,0 +1,484 @@
+"""The run's results: every case's outcome collected (across xdist workers), written as ``results.json``,
+``summary.md`` and ``report.html``, and judged by the release gate once at session end.
+
+``results.json`` is the one source every report is made from; its schema is docs/results-schema.md and it carries
+``schema_version``. A case that ended without an outcome (a setup error, a skip, a crash before the checks) is kept
+as a failed case with its error, so the gate stays fail-closed and a broken case cannot vanish from the totals.
+The runs of a case repeated by ``--llmtrace-repeat`` are folded into that one case on the controller
+(``results.repeats``), after the workers' cases are merged, so every total and gate counts a case once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from pytest_llmtrace.checks.outcome import CaseOutcome, Mode
+from pytest_llmtrace.core.errors import LLMTraceError, first_line
+from pytest_llmtrace.core.inert import one_line
+from pytest_llmtrace.core.settings import SettingSpec, resolve
+from pytest_llmtrace.core.url_secrets import redact_text, redact_url
+from pytest_llmtrace.modelapi.backend import normalize_model_name
+from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
+from pytest_llmtrace.pytest import golden
+from pytest_llmtrace.pytest import service_session as services
+from pytest_llmtrace.pytest.failing import OUTCOMES_KEY
+from pytest_llmtrace.pytest.replay_config import get_config
+from pytest_llmtrace.results import gate, html
+from pytest_llmtrace.results import model_digests as models
+from pytest_llmtrace.results import repeats as runs
+from pytest_llmtrace.results.summary import summary_markdown, totals
+from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.sources.capture.golden_dir import PROVENANCE
+from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.otlp import write_golden
+
+__all__ = [
+    "REPORT_SETTINGS",
+    "RESULTS_SCHEMA_VERSION",
+    "add_options",
+    "configure",
+    "git_revision",
+    "record",
+    "sessionfinish",
+    "shard_of",
+    "terminal_summary",
+    "testnodedown",
+    "write_reports",
+]
+
+RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
+_WORKER_KEY = "llmtrace_cases"
+
+REPORT_SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "report_dir", "Write results.json, summary.md and report.html into this folder at session end.", "", env=False
+    ),
+    SettingSpec(
+        "baseline",
+        "A previous results.json: defines the `regressions` gate metric and the reports' was / now columns.",
+        "",
+        env=False,
+    ),
+    SettingSpec("shard", "K/N: run only the K-th of N stable shares of the cases (a hash of the node id).", ""),
+)
+_GATE_HELP = (
+    f"Release gate, e.g. '{gate.EXAMPLE}'; repeatable, all must hold (ini llmtrace_gate: one per line). "
+    f"Violated: exit status {gate.GATE_EXIT_STATUS}."
+)
+
+
+@dataclass
+class RunResults:
+    """The session's state: the cases seen so far and the configured gate."""
+
+    report_dir: Path | None
+    rules: list[gate.Rule]
+    baseline: list[dict[str, Any]] | None
+    shard: tuple[int, int] | None
+    mode: str
+    repeat: int = 1
+    min_pass_rate: float = 1.0
+    cases: list[dict[str, Any]] = field(default_factory=list)  # one per outcome; per run of a repeated case
+    other_failures: int = 0  # failed items that are not cases: a gate does not excuse them
+    gate_results: list[gate.GateResult] = field(default_factory=list)
+    prompt_hashes: set[str] = field(default_factory=set)  # sha256 of each system prompt the cases' LLM calls hold
+    recorded_models: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # models.trace_digests, merged
+    live_models: models.LiveDigests | None = None  # what the Ollama server said, asked once per process
+    report_error: str | None = None  # why the reports could not be written (a refused symbolic link, say)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # a case is (run_id, nodeid) to llmtrace gate
+
+
+_KEY = pytest.StashKey[RunResults]()
+_ERROR_KEY = pytest.StashKey[str]()
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmtrace")
+    # the short spelling the issue asks for; --llmtrace-report-dir (from the ini key's name) sets the same value
+    group.addoption("--llmtrace-report", dest="llmtrace_report_dir", metavar="DIR", help=REPORT_SETTINGS[0].help)
+    group.addoption(
+        "--llmtrace-gate", dest="llmtrace_gate", action="append", default=[], metavar="EXPR", help=_GATE_HELP
+    )
+    parser.addini("llmtrace_gate", _GATE_HELP, type="linelist", default=[])
+
+
+def _shard(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise pytest.UsageError(f"--llmtrace-shard {text!r}: use K/N with 1 <= K <= N, e.g. 2/4")
+    return int(k), int(n)
+
+
+def configure(config: pytest.Config) -> None:
+    settings = resolve(config, REPORT_SETTINGS)
+    expressions = [*config.getoption("llmtrace_gate", default=[]), *config.getini("llmtrace_gate")]
+    try:
+        rules = [gate.parse(e) for e in expressions if e.strip()]
+    except gate.GateError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    baseline = None
+    if settings["baseline"]:
+        try:
+            baseline = gate.load_cases(config.rootpath / settings["baseline"])
+        except ValueError as exc:
+            raise pytest.UsageError(f"--llmtrace-baseline: {exc}") from None
+    elif any(r.metric == "regressions" for r in rules):
+        raise pytest.UsageError("gate 'regressions' needs --llmtrace-baseline PATH (a previous results.json)")
+    report_dir = config.rootpath / settings["report_dir"] if settings["report_dir"] else None
+    replay = get_config(config)
+    config.stash[_KEY] = RunResults(
+        report_dir, rules, baseline, _shard(settings["shard"]), replay.mode, replay.repeat, replay.min_pass_rate
+    )
+
+
+def shard_of(node_id: str, count: int) -> int:
+    """0-based shard of a case: sha256 of its id, so adding a case never moves another."""
+    return int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big") % count
+
+
+def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the K-th share; every run of a repeated case goes with its case (the hash of the case's id, not a run's)."""
+    state = config.stash.get(_KEY, None)
+    if state is None or state.shard is None:
+        return
+    k, n = state.shard
+    mine = [shard_of(golden.case_nodeid(i), n) == k - 1 for i in items]
+    config.hook.pytest_deselected(items=[i for i, keep in zip(items, mine, strict=True) if not keep])
+    items[:] = [i for i, keep in zip(items, mine, strict=True) if keep]
+
+
+def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None = None) -> None:
+    """After each phase: remember the first error; after teardown, keep the item's outcomes (or a failed stand-in).
+
+    ``phoenix_url``: the test's trace in Phoenix's UI when ``--llmtrace-phoenix-export`` sent it.
+    """
+    state = item.config.stash.get(_KEY, None)
+    if state is None:
+        return
+    if (report.failed or report.skipped) and _ERROR_KEY not in item.stash:
+        kind = "skipped" if report.skipped else f"{report.when} failed"
+        item.stash[_ERROR_KEY] = f"{kind}: {_first_line(report)}"
+    if report.when != "teardown":
+        return
+    outcomes = item.stash.get(OUTCOMES_KEY, [])
+    report.user_properties.extend(junit_properties(outcomes))
+    error = item.stash.get(_ERROR_KEY, None)
+    case = item.stash.get(golden.CASE_KEY, None)
+    found = [_case(o.to_dict(), item, phoenix_url) for o in outcomes]
+    if case is not None and not outcomes:
+        found.append(_stand_in(item, state.mode, error or "the case ended without an outcome", phoenix_url))
+    elif error and not error.startswith("skipped") and all(o.passed for o in outcomes):
+        state.other_failures += 1  # failed for a reason no outcome records: a met gate must not excuse it
+    if case is not None and case.trace is not None:
+        _read_golden(state, case.trace, found)
+        if state.mode != "replay" and state.live_models is None:
+            state.live_models = _ask_server(item.config, state.mode)
+    repeat = item.stash.get(golden.REPEAT_KEY, None)
+    if repeat is not None:
+        for data in found:
+            data[runs.REPEAT_FIELD] = {"run": repeat[0], "of": repeat[1], "case_nodeid": golden.case_nodeid(item)}
+    state.cases.extend(found)
+
+
+def _read_golden(state: RunResults, trace: Trace, found: list[dict[str, Any]]) -> None:
+    """What the golden trace tells about the run: its system prompts, its models, and where Phoenix keeps it."""
+    for call in trace.llm_calls:
+        for message in call.input_messages:
+            if message.role == "system":
+                state.prompt_hashes.add(hashlib.sha256(message.content.encode()).hexdigest())
+    for name, (digest, key) in models.trace_digests(trace).items():
+        if digest is not None or name not in state.recorded_models:
+            state.recorded_models[name] = (digest, key)
+    resource = trace.root.resource_attributes
+    url, trace_id = resource.get(PROVENANCE + "phoenix_url"), resource.get(PROVENANCE + "trace_id")
+    if isinstance(url, str) and isinstance(trace_id, str):
+        project = resource.get(PROVENANCE + "project")
+        for data in found:
+            data["phoenix"] = {"url": redact_url(url), "project": project, "trace_id": trace_id}
+
+
+def _ask_server(config: pytest.Config, mode: str) -> models.LiveDigests | None:
+    """Live and record mode: the digests of the Ollama server the cases used, once the first case has started it."""
+    manager = services.get_manager(config)
+    if "ollama" not in manager.started:
+        return None
+    endpoint = manager.endpoint("ollama")
+    model = normalize_model_name(manager.settings["ollama_model"])
+    if endpoint.backend == "embedded":  # its /api/tags digest hashes the model's name: hash the weights instead
+        try:
+            gguf = parse_modelfile(manager.modelfile_path).from_path
+            if gguf is None:
+                return {}, f"{mode}: the Modelfile names no GGUF file, so the embedded model has no digest"
+            source = f"sha256 of {gguf.name}, the GGUF the embedded backend loaded"
+            return {model: (models.file_sha256(gguf), source)}, ""
+        except (ModelfileError, OSError) as exc:
+            return {}, f"{mode}: cannot hash the embedded backend's GGUF: {first_line(exc)}"
+    url = redact_url(endpoint.url)
+    try:
+        listed = models.ollama_tag_digests(endpoint.url)
+    except (httpx.HTTPError, ValueError) as exc:
+        return {}, f"{mode}: GET {url}/api/tags failed: {first_line(exc)}"
+    source = f"/api/tags of the {endpoint.backend} Ollama at {url}"
+    return {name: (digest, source) for name, digest in listed.items()}, ""
+
+
+def junit_properties(outcomes: list[CaseOutcome]) -> list[tuple[str, object]]:
+    """What ``--junitxml`` carries per case, so CI dashboards can chart it without reading results.json."""
+    props: list[tuple[str, object]] = []
+    for outcome in outcomes:
+        sql, results = outcome.check("sql"), outcome.check("results")
+        ok = outcome.app_error is None and not outcome.replay_misses
+        props.append(("sql_ok", ok and sql is not None and sql.status == "passed"))
+        props.append(("result_match", ok and results is not None and results.status == "passed"))
+        props += [(f"latency_ms.{kind}", round(ms, 3)) for kind, ms in outcome.durations_ms.items()]
+        props += [(f"tokens.{kind}", count) for kind, count in outcome.tokens.items()]
+    return props
+
+
+def _first_line(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    text = report.longreprtext.strip().splitlines()
+    return text[-1] if text else "no message"
+
+
+def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> dict[str, Any]:
+    if data.get("app_error"):  # the app's exception: drivers put the DSN they were given into theirs
+        data["app_error"] = redact_text(str(data["app_error"]))
+    data["verdict"] = "passed" if data["passed"] else "failed"
+    data["nodeid"] = item.nodeid
+    data["phoenix_url"] = phoenix_url
+    return data
+
+
+def _stand_in(item: pytest.Item, mode: str, error: str, phoenix_url: str | None) -> dict[str, Any]:
+    """A case without an outcome, with every field an outcome has: reports and gates read one shape."""
+    case_id = item.stash[golden.CASE_KEY].path.stem  # a repeated run's name without its [k/N]
+    outcome = CaseOutcome(case_id, cast(Mode, mode), str(item.path), app_error=error)
+    return {**outcome.to_dict(), "verdict": "error", "nodeid": item.nodeid, "phoenix_url": phoenix_url}
+
+
+def sessionfinish(session: pytest.Session) -> None:
+    """Workers hand their cases to the controller; the controller (or a serial run) folds repeats, writes reports
+    and gates."""
+    config = session.config
+    state = config.stash.get(_KEY, None)
+    if state is None:
+        return
+    if hasattr(config, "workerinput"):
+        config.workeroutput[_WORKER_KEY] = json.dumps(  # type: ignore[attr-defined]
+            {
+                "cases": state.cases,
+                "other_failures": state.other_failures,
+                "prompt_hashes": sorted(state.prompt_hashes),
+                "recorded_models": state.recorded_models,
+                "live_models": state.live_models,
+            }
+        )
+        return
+    state.cases = runs.aggregate(state.cases, state.min_pass_rate)
+    if state.rules:
+        state.gate_results = gate.evaluate(state.rules, state.cases, state.baseline)
+    if state.report_dir is not None:
+        try:
+            write_reports(
+                state.report_dir,
+                state.cases,
+                run_metadata(config),
+                state.gate_results,
+                state.baseline,
+                phoenix=_configured_phoenix(config),
+                root=config.rootpath,
+            )
+        except (LLMTraceError, OSError) as exc:
+            state.report_error = str(exc)
+    if int(session.exitstatus) not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        return  # usage errors, interruptions and internal errors keep pytest's status
+    if state.report_error is not None:  # the reports CI reads were asked for and are missing: never a green run
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        return
+    if state.rules:
+        if not all(r.passed for r in state.gate_results):
+            session.exitstatus = gate.GATE_EXIT_STATUS
+        elif state.other_failures == 0:
+            session.exitstatus = pytest.ExitCode.OK  # failed cases are the gate's to judge, and it passed
+    elif state.repeat > 1 and state.other_failures == 0 and all(c.get("passed") for c in state.cases):
+        session.exitstatus = pytest.ExitCode.OK  # each failed run's case still reached llmtrace_min_pass_rate
+
+
+def testnodedown(node: Any) -> None:
+    """On the xdist controller: merge a finished worker's cases, so totals equal a serial run's."""
+    state = node.config.stash.get(_KEY, None)
+    payload = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
+    if state is None or payload is None:
+        return
+    data = json.loads(payload)
+    state.cases.extend(data["cases"])
+    state.other_failures += data["other_failures"]
+    state.prompt_hashes.update(data["prompt_hashes"])
+    for name, (digest, key) in data.get("recorded_models", {}).items():
+        if digest is not None or name not in state.recorded_models:
+            state.recorded_models[name] = (digest, key)
+    live = data.get("live_models")
+    if live is not None and (state.live_models is None or not state.live_models[0]):
+        state.live_models = ({n: (d, s) for n, (d, s) in live[0].items()}, live[1])
+
+
+def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(_KEY, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    if any(len(c.get("runs") or ()) > 1 for c in state.cases):
+        terminalreporter.section("llmtrace repeats")
+        for line in runs.repeat_lines(state.cases, state.repeat, state.min_pass_rate):
+            terminalreporter.line(one_line(line))
+    if state.gate_results:
+        terminalreporter.section("llmtrace gate")
+        for result in state.gate_results:
+            terminalreporter.line(gate.format_result(result), red=not result.passed, green=result.passed)
+    linked = [c for c in state.cases if c.get("verdict") != "passed" and c.get("phoenix_url")]
+    if linked:
+        terminalreporter.section("llmtrace failing cases in Phoenix")
+        for case in linked:
+            terminalreporter.line(one_line(f"{case['case_id']}: {redact_url(str(case['phoenix_url']))}"))
+    if state.report_error is not None:
+        terminalreporter.line(f"llmtrace report: not written: {one_line(state.report_error)}", red=True)
+    elif state.report_dir is not None:
+        page = state.report_dir / "report.html"
+        here = config.invocation_params.dir
+        shown = page.relative_to(here) if page.is_relative_to(here) else page  # as the user typed it, usually
+        terminalreporter.line(f"llmtrace report: {shown} (results.json and summary.md beside it)")
+
+
+def git_revision(root: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_metadata(config: pytest.Config) -> dict[str, Any]:
+    """What a later reader needs to tell two runs apart: code, prompts, data and machine."""
+    root = config.rootpath
+    fixtures: dict[str, str] = {}
+    for pattern in config.getini("llmtrace_sql_fixtures") or ["fixtures/**/*.sql"]:
+        for path in sorted(root.glob(str(pattern))):
+            if path.is_file():
+                fixtures[path.relative_to(root).as_posix()] = _sha256(path)
+    try:
+        version = metadata.version("pytest-llmtrace")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    shard = config.stash[_KEY].shard
+    return {
+        "run_id": config.stash[_KEY].run_id,
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
+        "plugin_version": version,
+        "git_revision": git_revision(root),
+        "mode": get_config(config).mode,
+        "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
+        "models": _models(config),
+        "system_prompt_hashes": sorted(config.stash[_KEY].prompt_hashes),
+        "sql_fixture_hashes": fixtures,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _models(config: pytest.Config) -> list[dict[str, Any]]:
+    state = config.stash[_KEY]
+    names = set(state.recorded_models)
+    if state.mode != "replay":  # the model the app asks the live server for, whatever the recordings named
+        names.add(resolve(config, SERVICE_SETTINGS)["ollama_model"])
+    return models.model_entries(names, state.mode, state.recorded_models, state.live_models)
+
+
+def _configured_phoenix(config: pytest.Config) -> list[str]:
+    """The Phoenix the user pointed the run at (--llmtrace-phoenix=URL) and the one the run used, if it started
+    one: report.html links to traces there, and nowhere a golden file names."""
+    urls = []
+    setting = resolve(config, SERVICE_SETTINGS)["phoenix"]
+    if "://" in setting:
+        urls.append(setting)
+    try:
+        manager = services.get_manager(config)
+    except KeyError:  # the services were never configured (a usage error stopped the run)
+        return urls
+    if "phoenix" in manager.started:  # this process's Phoenix (on the xdist controller: only the setting's)
+        urls.append(manager.endpoint("phoenix").url)
+    return urls
+
+
+def _make_report_dir(directory: Path, root: Path | None) -> None:
+    """Create the report folder, refusing one reached through a symbolic link below ``root`` (the rootdir): a link
+    planted there (a checked-out repository can hold one) would send the reports anywhere the user can write. Links
+    above the rootdir (a home folder on another disk) are the user's own and stay allowed; without a ``root``, only
+    the report folder itself is checked."""
+    if root is not None and directory.is_relative_to(root):
+        parts = directory.relative_to(root).parts
+        checked = [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
+    else:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        checked = [directory]
+    for path in checked:
+        if path.is_symlink():
+            raise LLMTraceError(
+                f"{path} is a symbolic link; reports are never written through a link: remove it, or give "
+                "--llmtrace-report a folder that is not one"
+            )
+        if not path.exists():
+            path.mkdir()
+        elif not path.is_dir():
+            raise LLMTraceError(f"{path} exists and is not a folder; remove it, or give --llmtrace-report another one")
+
+
+def write_reports(
+    directory: Path,
+    cases: list[dict[str, Any]],
+    meta: dict[str, Any],
+    gate_results: list[gate.GateResult],
+    baseline: list[dict[str, Any]] | None,
+    *,
+    phoenix: list[str] | None = None,
+    root: Path | None = None,
+) -> None:
+    """results.json, summary.md (appended to $GITHUB_STEP_SUMMARY too) and report.html, from the same cases;
+    ``phoenix``: the configured Phoenix URLs, the only ones report.html links to.
+
+    Written as golden files are (``trace.otlp.write_golden``): atomically, never through a symbolic link planted at
+    a report's name, and never into a folder reached through a link planted inside the project; an
+    ``LLMTraceError`` says which path was refused.
+    """
+    _make_report_dir(directory, root)
+    doc = {"schema_version": RESULTS_SCHEMA_VERSION, "run": meta, "totals": totals(cases), "cases": cases}
+    write_golden(directory / "results.json", json.dumps(doc, indent=2, default=str) + "\n", force=True)
+    summary = summary_markdown(cases, gate_results, baseline)
+    write_golden(directory / "summary.md", summary, force=True)
+    write_golden(directory / "report.html", html.render(doc, gate_results, baseline, phoenix=phoenix or ()), force=True)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as out:
+            out.write(summary)

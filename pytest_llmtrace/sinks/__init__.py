@@ -1,0 +1,1 @@
+"""Where test spans go: the Phoenix export's naming, spans, REST calls and OTLP sender."""

@@ -1,0 +1,1 @@
+"""Where golden traces come from: capture from Phoenix, the import formats, redaction."""

@@ -1,0 +1,496 @@
+"""Phoenix's export shapes -> the trace model, so traces already collected in Phoenix can become golden files.
+
+Phoenix hands spans out in several shapes, none of them spec OTLP JSON, and each loses something different:
+
+- ``GET /v1/projects/{project}/spans`` (the REST spans page): flat dotted attributes, the OpenInference span kind
+  moved out to ``span_kind``, ISO times with microseconds, no OTel kind, resource or scope.
+- ``GET /v1/projects/{project}/spans/otlpv1``: OTLP-like but snake_case, ``null`` in every empty slot, times
+  rebuilt from microseconds through a float, and ``kind`` always ``SPAN_KIND_INTERNAL`` whatever the span was.
+- the spans dataframe (``phoenix.client.Client().spans.get_spans_dataframe()``) saved by pandas: one record per
+  span, attributes outside the OpenInference columns nested again, token counts as float64, epoch-millisecond
+  times in JSON, ``pyarrow`` structs in parquet.
+- ``GET /v1/projects/{project}/traces?include_spans=true``: spans without attributes. There is nothing to replay in
+  it, so it is refused with a pointer to the spans endpoint instead of producing empty-looking traces.
+
+What Phoenix dropped cannot be recovered, so converted spans have ``otel_kind`` 0 (UNSPECIFIED) and no resource or
+scope; everything Phoenix kept is kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pytest_llmtrace.core.errors import TraceFormatError, warn_format
+from pytest_llmtrace.trace.jsondoc import (
+    INT64_MAX,
+    INT64_MIN,
+    SCALAR_KINDS,
+    UINT64_MAX,
+    Doc,
+    check_size,
+    decode_scalar,
+    describe,
+)
+from pytest_llmtrace.trace.safejson import check_tree, twice
+from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
+
+__all__ = [
+    "DATAFRAME_INSTALL_HINT",
+    "REST_SPANS",
+    "is_dataframe_record",
+    "is_phoenix_page",
+    "item_kind",
+    "span_from_dataframe_record",
+    "span_from_otlpv1",
+    "span_from_rest",
+    "spans_from_items",
+    "spans_from_parquet",
+]
+
+DATAFRAME_INSTALL_HINT = "pip install pytest-llmtrace[dataframe]"
+
+# Item kinds, as named in messages.
+REST_SPANS = "Phoenix REST spans"
+OTLPV1_SPANS = "Phoenix /spans/otlpv1 spans"
+DATAFRAME_RECORDS = "Phoenix spans dataframe records"
+TRACES_EXPORT = "Phoenix /traces export"
+
+# OpenInference integer attributes that a dataframe turns into float64 (the column holds NaN for other spans).
+# Other integral floats stay floats: ``metadata.ls_temperature = 0.0`` is a real float.
+_FLOAT_INT_PREFIXES = ("llm.token_count.",)
+
+_STATUS_NAMES = {"UNSET": Status.UNSET, "OK": Status.OK, "ERROR": Status.ERROR}
+_ISO = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?\s*"
+    r"(Z|z|[+-][0-9]{2}:?[0-9]{2}|UTC)$",
+)
+_REFUSAL = (
+    "Phoenix's GET /v1/projects/{project}/traces?include_spans=true export, whose spans have no attributes "
+    "(no inputs, LLM calls or SQL) and so cannot be replayed; export GET /v1/projects/{project}/spans "
+    "(or /v1/projects/{project}/spans/otlpv1) instead"
+)
+
+
+# -- shape detection --------------------------------------------------------------------------------------------------
+
+
+def is_phoenix_page(value: Any) -> bool:
+    """A paginated Phoenix response: ``{"data": [...], "next_cursor": ...}``."""
+    return isinstance(value, dict) and isinstance(value.get("data"), list)
+
+
+def is_dataframe_record(value: Any) -> bool:
+    return isinstance(value, dict) and "context.span_id" in value
+
+
+def item_kind(value: Any) -> str | None:
+    """Which Phoenix shape one element of ``data`` (or one dataframe record) is; ``None`` if none of them."""
+    if not isinstance(value, dict):
+        return None
+    if is_dataframe_record(value):
+        return DATAFRAME_RECORDS
+    if isinstance(value.get("context"), dict) and "span_kind" in value:
+        return REST_SPANS
+    if "start_time_unix_nano" in value or ("span_id" in value and "trace_id" in value and "status" in value):
+        return OTLPV1_SPANS
+    if "spans" in value and ("trace_id" in value or "project_id" in value):
+        return TRACES_EXPORT
+    return None
+
+
+def spans_from_items(items: list[Doc]) -> tuple[list[Span], dict[str, str], list[str]]:
+    """Spans from Phoenix span objects of any supported shape, plus each span's JSON path and the shapes seen.
+
+    A ``/traces`` export anywhere in the list is refused, because converting it would produce traces that look
+    fine but have lost everything a regression test compares.
+    """
+    spans: list[Span] = []
+    paths: dict[str, str] = {}
+    kinds: list[str] = []
+    for item in items:
+        kind = item_kind(item.value)
+        if kind == TRACES_EXPORT:
+            refuse_traces_export(item)
+        if kind == REST_SPANS:
+            span = span_from_rest(item)
+        elif kind == OTLPV1_SPANS:
+            span = span_from_otlpv1(item)
+        elif kind == DATAFRAME_RECORDS:
+            span = span_from_dataframe_record(item)
+        else:
+            raise item.fail(
+                "a Phoenix span (an object from GET /v1/projects/{project}/spans or /spans/otlpv1, "
+                "or a spans dataframe record with 'context.span_id')"
+            )
+        if kind not in kinds:
+            kinds.append(kind)
+        paths.setdefault(span.span_id, item.path)
+        spans.append(span)
+    return spans, paths, kinds
+
+
+def spans_from_page(doc: Doc) -> tuple[list[Span], dict[str, str], list[str]]:
+    """One ``{"data": [...], "next_cursor": ...}`` response; warns when it is not the last page."""
+    spans, paths, kinds = spans_from_items(doc.key("data").items(optional=False))
+    cursor = doc.obj().get("next_cursor")
+    if cursor is not None:
+        warn_format(
+            doc.source,
+            doc.path + ".next_cursor",
+            f"this is one page of a longer export (next_cursor {describe(cursor)}); spans on later pages are "
+            "missing: fetch every page with ?cursor=... and save one response per line (JSONL)",
+        )
+    return spans, paths, kinds
+
+
+def refuse_traces_export(doc: Doc) -> NoReturn:
+    raise doc.error("spans with attributes", _REFUSAL, suffix=".spans")
+
+
+# -- REST spans -------------------------------------------------------------------------------------------------------
+
+
+def span_from_rest(doc: Doc) -> Span:
+    """One span of ``GET /v1/projects/{project}/spans`` (Phoenix's ``Span`` model in ``routers/v1/spans.py``)."""
+    context = doc.key("context")
+    trace_id = context.key("trace_id").hex_id(16)
+    span_id = context.key("span_id").hex_id(8)
+    attributes = flatten_attributes(doc.key("attributes"))
+    return Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=doc.key("parent_id").optional_hex_id(8),
+        name=doc.key("name").string(),
+        start_time_unix_nano=iso_to_ns(doc.key("start_time")),
+        end_time_unix_nano=iso_to_ns(doc.key("end_time")) if doc.has("end_time") else None,
+        attributes=_with_span_kind(attributes, doc.key("span_kind")),
+        status=_status(doc.key("status_code")),
+        status_message=doc.key("status_message").string(optional=True),
+        otel_kind=0,
+        events=tuple(_iso_event(e) for e in doc.key("events").items()),
+    )
+
+
+def _iso_event(doc: Doc) -> SpanEvent:
+    return SpanEvent(
+        name=doc.key("name").string(),
+        time_unix_nano=iso_to_ns(doc.key("timestamp")),
+        attributes=flatten_attributes(doc.key("attributes")),
+    )
+
+
+def _with_span_kind(attributes: dict[str, AttrValue], kind_doc: Doc) -> dict[str, AttrValue]:
+    """Put ``span_kind`` back where OpenInference keeps it; ``UNKNOWN`` is Phoenix's word for "not OpenInference"."""
+    kind = kind_doc.string(optional=True)
+    if SPAN_KIND in attributes or not kind or kind.upper() == "UNKNOWN":
+        return attributes
+    return sorted_attributes({SPAN_KIND: kind, **attributes})
+
+
+def _status(doc: Doc) -> Status:
+    name = doc.string(optional=True, default="UNSET")
+    try:
+        return _STATUS_NAMES[name.upper()]
+    except KeyError:
+        raise doc.fail("one of UNSET, OK, ERROR") from None
+
+
+# -- /spans/otlpv1 ----------------------------------------------------------------------------------------------------
+
+
+def span_from_otlpv1(doc: Doc) -> Span:
+    """One span of ``/spans/otlpv1`` (Phoenix's ``OtlpSpan``). ``kind`` is ignored: Phoenix always writes INTERNAL."""
+    trace_id = doc.key("trace_id").hex_id(16)
+    span_id = doc.key("span_id").hex_id(8)
+    status = doc.key("status")
+    code, message = 0, ""
+    if status.value is not None:
+        code = status.key("code").integer(optional=True, lo=0, hi=2)
+        message = status.key("message").string(optional=True)
+    end = doc.key("end_time_unix_nano")
+    return Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=doc.key("parent_span_id").optional_hex_id(8),
+        name=doc.key("name").string(),
+        start_time_unix_nano=_phoenix_ns(doc.key("start_time_unix_nano")),
+        end_time_unix_nano=_phoenix_ns(end) if end.value not in (None, 0, "0") else None,
+        attributes=_snake_attributes(doc.key("attributes")),
+        status=Status.from_otlp_code(code),
+        status_message=message,
+        otel_kind=0,
+        events=tuple(
+            SpanEvent(
+                name=e.key("name").string(optional=True),
+                time_unix_nano=_phoenix_ns(e.key("time_unix_nano")),
+                attributes=_snake_attributes(e.key("attributes")),
+                dropped_attributes_count=e.key("dropped_attributes_count").integer(optional=True, lo=0),
+            )
+            for e in doc.key("events").items()
+        ),
+        trace_state=doc.key("trace_state").string(optional=True),
+        flags=doc.key("flags").integer(optional=True, lo=0, hi=2**32 - 1),
+        dropped_attributes_count=doc.key("dropped_attributes_count").integer(optional=True, lo=0),
+        dropped_events_count=doc.key("dropped_events_count").integer(optional=True, lo=0),
+        dropped_links_count=doc.key("dropped_links_count").integer(optional=True, lo=0),
+    )
+
+
+def _phoenix_ns(doc: Doc) -> int:
+    """Round to the microsecond Phoenix stored: its ``timestamp() * 1e9`` adds float noise in the last digits.
+
+    Rounding makes the otlpv1 and REST exports of the same spans convert to identical traces.
+    """
+    ns = doc.integer(lo=0)
+    return (ns + 500) // 1000 * 1000
+
+
+_SNAKE_VALUE_KEYS = frozenset(
+    {"string_value", "bool_value", "int_value", "double_value", "array_value", "kvlist_value", "bytes_value"}
+)
+
+
+def _snake_attributes(doc: Doc) -> dict[str, AttrValue]:
+    """``[{"key": ..., "value": {"string_value": ..., "int_value": null, ...}}]``; all-null values are skipped."""
+    result: dict[str, AttrValue] = {}
+    for item in doc.items():
+        key = item.key("key").string()
+        if key in result:
+            raise item.error("unique attribute keys", twice(key), suffix=".key")
+        value = _snake_value(item.key("value")) if item.has("value") else None
+        if value is not None:
+            result[key] = value
+    return sorted_attributes(result)
+
+
+def _snake_value(doc: Doc) -> AttrValue | None:
+    obj = doc.obj()
+    unknown = [k for k in obj if k not in _SNAKE_VALUE_KEYS]
+    if unknown:
+        raise doc.error("only the keys " + ", ".join(sorted(_SNAKE_VALUE_KEYS)), f"the key {unknown[0]!r}")
+    present = [k for k, v in obj.items() if v is not None]
+    if not present:
+        return None  # Phoenix writes an all-null value for None and for nested objects it cannot express
+    if len(present) > 1:
+        raise doc.error("exactly one non-null value", "the keys " + ", ".join(present))
+    key = present[0]
+    inner = doc.key(key)
+    if key.removesuffix("_value") in SCALAR_KINDS:
+        return decode_scalar(key.removesuffix("_value"), inner)  # type: ignore[no-any-return]
+    if key == "bytes_value":
+        return _phoenix_bytes(inner)
+    if key == "array_value":
+        values = [_snake_value(v) for v in inner.key("values").items()]
+        return tuple(v if v is not None else "" for v in values)
+    # kvlist_value: Phoenix has no model for it yet and writes null; accept the OTLP shape if a later version does.
+    return _snake_attributes(inner.key("values"))
+
+
+def _phoenix_bytes(doc: Doc) -> bytes:
+    """Phoenix writes bytes as hex (``value.hex()``) although its schema says base64; accept both."""
+    text = doc.string()
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        pass
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise doc.fail("hex or base64 bytes") from None
+
+
+# -- the spans dataframe ----------------------------------------------------------------------------------------------
+
+
+def span_from_dataframe_record(doc: Doc, *, epoch_unit: str | None = None) -> Span:
+    """One row of ``get_spans_dataframe()`` as pandas writes it (``to_json(orient="records")`` or parquet).
+
+    ``epoch_unit`` (``s``, ``ms``, ``us``, ``ns``) says what numeric times count; ``None`` guesses from the
+    magnitude, since ``to_json`` writes milliseconds by default but ``date_unit`` can change that.
+    """
+    trace_id = doc.key("context.trace_id").hex_id(16)
+    span_id = doc.key("context.span_id").hex_id(8)
+    attributes: dict[str, AttrValue] = {}
+    for column, value in doc.obj().items():
+        if column.startswith("attributes.") and value is not None:
+            _flatten_into(attributes, column[len("attributes.") :], doc.key(column))
+    for key, value in attributes.items():
+        if key.startswith(_FLOAT_INT_PREFIXES) and isinstance(value, float) and value.is_integer() and _fits(value):
+            attributes[key] = int(value)
+    attributes = sorted_attributes(attributes)
+    return Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=doc.key("parent_id").optional_hex_id(8),
+        name=doc.key("name").string(),
+        start_time_unix_nano=_any_time_ns(doc.key("start_time"), epoch_unit),
+        end_time_unix_nano=_any_time_ns(doc.key("end_time"), epoch_unit) if doc.has("end_time") else None,
+        attributes=_with_span_kind(attributes, doc.key("span_kind")),
+        status=_status(doc.key("status_code")),
+        status_message=doc.key("status_message").string(optional=True),
+        otel_kind=0,
+        events=tuple(
+            SpanEvent(
+                name=e.key("name").string(),
+                time_unix_nano=_any_time_ns(e.key("timestamp"), epoch_unit),
+                attributes=flatten_attributes(e.key("attributes")),
+            )
+            for e in doc.key("events").items()
+        ),
+    )
+
+
+def _fits(value: float) -> bool:
+    """A float that becomes an int64 attribute (a larger one would make a golden file no reader accepts)."""
+    return INT64_MIN <= value <= INT64_MAX
+
+
+def spans_from_parquet(path: Path, data: bytes | None = None) -> tuple[list[Span], dict[str, str]]:
+    """A spans dataframe saved with ``df.to_parquet()``; needs ``pyarrow`` (not pandas).
+
+    ``data`` is the file's content when the caller has already read it within the size limit; the file is then not
+    opened again (it could have grown or been replaced in between).
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ImportError(
+            f"reading the parquet file {path} needs pyarrow: {DATAFRAME_INSTALL_HINT}", name=exc.name
+        ) from None
+    try:
+        table = pq.read_table(pa.BufferReader(data) if data is not None else path)
+    except (pa.ArrowException, OSError) as exc:
+        raise TraceFormatError(path, "$", "a readable parquet file", str(exc).splitlines()[0]) from None
+    # Timestamps become integer nanoseconds here, so rows hold only JSON-like values (no pandas.Timestamp).
+    for index, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            as_ns = table.column(index).cast(pa.timestamp("ns", tz=field.type.tz)).cast(pa.int64())
+            table = table.set_column(index, field.name, as_ns)
+    spans: list[Span] = []
+    paths: dict[str, str] = {}
+    for row_index, row in enumerate(table.to_pylist()):
+        doc = Doc(row, path, f"$[{row_index}]")
+        check_tree(row, path, doc.path)
+        if not is_dataframe_record(row):
+            raise doc.fail("a spans dataframe row with a 'context.span_id' column")
+        span = span_from_dataframe_record(doc, epoch_unit="ns")
+        paths.setdefault(span.span_id, doc.path)
+        spans.append(span)
+    return spans, paths
+
+
+# -- values -----------------------------------------------------------------------------------------------------------
+
+
+def flatten_attributes(doc: Doc) -> dict[str, AttrValue]:
+    """Phoenix's JSON attributes back to flat dotted OTel keys.
+
+    Nested objects become dotted keys and lists of objects become indexed keys (``llm.input_messages.0.message.role``),
+    which is what OpenInference writes; lists of plain values stay arrays. ``null`` means "not set" and is skipped.
+    """
+    result: dict[str, AttrValue] = {}
+    if doc.value is None:
+        return result
+    doc.obj()
+    _flatten_into(result, "", doc)
+    return sorted_attributes(result)
+
+
+def sorted_attributes(attributes: dict[str, AttrValue]) -> dict[str, AttrValue]:
+    """Keys in natural order (``.2`` before ``.10``).
+
+    Phoenix returns attributes in storage order, which differs between its export shapes; sorting makes every shape
+    of the same spans write the same golden file, and Phoenix kept no meaningful order to lose.
+    """
+    return dict(sorted(attributes.items(), key=lambda item: _natural_key(item[0])))
+
+
+def _natural_key(key: str) -> tuple[tuple[int, int, str], ...]:
+    """ASCII digit runs compare by length, then text: numeric order without ``int()`` (no digit limit, no "²")."""
+    return tuple(
+        (0, len(part.lstrip("0")), part.lstrip("0")) if part.isascii() and part.isdigit() else (1, 0, part)
+        for part in key.split(".")
+    )
+
+
+def _flatten_into(out: dict[str, AttrValue], prefix: str, doc: Doc) -> None:
+    value = doc.value
+    if value is None:
+        return
+    if isinstance(value, dict):
+        for key in value:
+            _flatten_into(out, f"{prefix}.{key}" if prefix else key, doc.key(key))
+    elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        for i, item in enumerate(doc.items()):
+            _flatten_into(out, f"{prefix}.{i}", item)
+    elif prefix in out:
+        # {"a.b": 1, "a": {"b": 2}} names one attribute twice; which one wins would depend on the export's key order
+        raise doc.error("each attribute once (a nested key and a dotted key name the same attribute)", twice(prefix))
+    elif isinstance(value, list):
+        out[prefix] = tuple(_scalar(item) for item in doc.items())
+    else:
+        out[prefix] = _scalar(doc)
+
+
+def _scalar(doc: Doc) -> AttrValue:
+    value = doc.value
+    if isinstance(value, bool | float | bytes):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise doc.error(f"an integer between {INT64_MIN} and {INT64_MAX}", str(value))
+        return value
+    if isinstance(value, str):
+        check_size(doc, value)
+        return value
+    raise doc.fail("an attribute value (a string, number, boolean or array of them)")
+
+
+def iso_to_ns(doc: Doc) -> int:
+    """An ISO 8601 time with a zone, exact to the nanosecond (``datetime`` would stop at microseconds)."""
+    text = doc.string()
+    match = _ISO.match(text.strip())
+    if match is None:
+        raise doc.fail("an ISO 8601 time with a time zone, like 2024-01-01T12:00:00.123456+00:00")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, zone = match.group(7) or "", match.group(8)
+    try:
+        dt.datetime(year, month, day, hour, minute, second)
+    except ValueError as exc:
+        raise doc.error("a valid date and time", f"{text!r} ({exc})") from None
+    offset = 0
+    if zone not in ("Z", "z", "UTC"):
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        offset = sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
+    ns = seconds * 1_000_000_000 + int(fraction.ljust(9, "0"))
+    if ns < 0:
+        raise doc.error("a time after 1970-01-01", repr(text))
+    return ns
+
+
+_EPOCH_SCALE = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def _any_time_ns(doc: Doc, unit: str | None) -> int:
+    """Dataframe times: epoch numbers (pandas' default JSON) or ISO strings (``date_format="iso"``)."""
+    value = doc.value
+    if isinstance(value, str):
+        return iso_to_ns(doc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        if unit is None:
+            magnitude = abs(value)
+            unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
+        scaled = value * _EPOCH_SCALE[unit]
+        if scaled <= UINT64_MAX:  # a float that large would be inf or lose the nanoseconds anyway
+            return round(scaled) if isinstance(scaled, float) else scaled
+        raise doc.error(f"a time before the year 2554 (at most {UINT64_MAX} ns)", describe(value))
+    raise doc.fail("a time: epoch milliseconds or an ISO 8601 string")
