@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
-
-from pytest_llmtrace.services.postgres import PostgresDatabase
 
 # Set in each worker when this suite runs under xdist; an inner run that inherited them would take itself for a worker
 # (syrupy, for one, then leaves its report to a controller that does not exist).
@@ -45,9 +44,19 @@ def _inner_runs_without_unused_plugins(request: pytest.FixtureRequest, monkeypat
 
 
 @pytest.fixture(scope="session")
-def postgres_url(llmtrace_postgres: PostgresDatabase) -> str:
+def pg_admin_url(request: pytest.FixtureRequest, llmtrace_postgres: Any) -> str:
+    """The admin DSN of the server behind ``llmtrace_postgres``: inner runs of this suite are given it to create their
+    own templates, clones and roles there. The plugin hands tests no superuser DSN (``llmtrace_postgres.url`` is the
+    session's owner role), so this asks the service manager, as only a test of the plugin itself should."""
+    from pytest_llmtrace.pytest import service_session as services
+
+    return services.get_manager(request.config).endpoint("postgres").url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pg_admin_url: str) -> str:
     """The admin URL of this session's one embedded Postgres server (the project's own backend, started once by the
     plugin's ``llmtrace_postgres``), for inner runs: ``--llmtrace-postgres=URL`` makes each of them clone its
     database from the template already there instead of starting (and loading) a server of its own. Tests about the
     embedded backend itself keep ``--llmtrace-postgres=embedded``."""
-    return llmtrace_postgres.endpoint.url
+    return pg_admin_url

@@ -74,10 +74,17 @@ def _start(request: pytest.FixtureRequest, service: str) -> Endpoint:
 @pytest.fixture(scope="session")
 def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[PostgresDatabase]:
     """This session's own database (cloned from the SQL fixtures' template); ``DB_URI`` is its read-only DSN, as
-    this session's own read-only role."""
+    this session's own read-only role.
+
+    ``.url`` (and ``.endpoint.url``) log in as this session's owner role, never as a superuser: it owns the clone's
+    schemas and tables, so a fixture or test writes test data, or creates a table, with it. Code a case's SQL left
+    in the clone (a trigger on a table) runs as whoever fires it; a write through ``.url`` runs it with the owner's
+    rights, no more than the case had (and the guard drops such code after each case). The admin's DSN is kept
+    inside the plugin: a test that must create databases or roles needs its own server (``--llmtrace-postgres=URL``).
+    """
     manager = services.get_manager(request.config)
     config = get_config(request.config)
-    _start(request, "postgres")
+    server = _start(request, "postgres")
     limits = RoleLimits(
         statement_timeout_ms=int(max(ROLE_STATEMENT_TIMEOUT_S, config.options.case_deadline_s) * 1000),
         temp_file_limit_kb=config.temp_file_limit_mb * 1024,
@@ -86,11 +93,9 @@ def llmtrace_postgres(request: pytest.FixtureRequest) -> Iterator[PostgresDataba
     with fail_on(LLMTraceError, pytest.UsageError):
         database = manager.database(limits, owner=config.app_db == "owner")
     for note in manager.lockdown_notes:
-        warnings.warn(
-            f"llmtrace postgres: not locked down on {redact_url(database.endpoint.url)}: {note}", stacklevel=1
-        )
+        warnings.warn(f"llmtrace postgres: not locked down on {redact_url(server.url)}: {note}", stacklevel=1)
     for note in manager.leftover_notes:  # a killed run's clone or role: the next run that can drop it will
-        warnings.warn(f"llmtrace postgres: on {redact_url(database.endpoint.url)}: {note}", stacklevel=1)
+        warnings.warn(f"llmtrace postgres: on {redact_url(server.url)}: {note}", stacklevel=1)
     try:
         with services.app_environment(DB_URI=database.reader_url):
             yield database

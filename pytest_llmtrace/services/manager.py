@@ -19,7 +19,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,6 +33,7 @@ from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choos
 from pytest_llmtrace.services.docker import docker_available, gpu_request
 from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
+from pytest_llmtrace.services.pg_objects import ObjectGuard
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.services.run_records import RunContext, RunRecord, file_lock
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
@@ -285,6 +286,11 @@ class ServiceManager:
         a server-side advisory lock), with this session's own roles (``pg_roles``) let into it and nowhere else.
 
         Before the first case, the reader's DSN is checked to log in as the reader, not as a superuser.
+
+        The session always gets an owner role too: it owns the clone's schemas and tables, and its DSN is the
+        database's ``url`` (and ``endpoint.url``), what tests and fixtures write test data with. The admin's DSN stays
+        in the manager: code a case left in the clone (a trigger on a fixture table) runs as whoever fires it, so no
+        superuser ever writes there. With ``owner`` (``llmtrace_app_db = owner``) the app gets that role's DSN too.
         """
         import psycopg2  # loads libpq: only when a test first uses Postgres
 
@@ -312,7 +318,7 @@ class ServiceManager:
                     if endpoint.backend in pg_roles.LOCKED_BACKENDS:  # each clone is closed by open_clone
                         pg_roles.lock_down_server(endpoint.url)
             url = postgres.clone_database(endpoint.url, template, name)
-            roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=owner)
+            roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=True)
             if kept_server:
                 pg_leftovers.mark(endpoint.url, name, roles.names, pg_leftovers.run_marker(self.context.record))
             pg_roles.open_clone(endpoint.url, url, name, roles)
@@ -329,24 +335,29 @@ class ServiceManager:
                 "roles of its own for each session), or use --llmtrace-postgres=embedded",
                 urls=(endpoint.url,),
             ) from exc
+        assert roles.owner is not None, "created with owner=True"
+        owner_url = roles.owner.dsn(endpoint.url, name)
         database = PostgresDatabase(
-            endpoint=endpoint,
-            url=url,
+            endpoint=replace(endpoint, url=owner_url),  # no superuser DSN leaves the manager
+            url=owner_url,
             reader_url=roles.reader.dsn(endpoint.url, name),
             database=name,
             template=template,
             reader_role=roles.reader.name,
-            owner_url=roles.owner.dsn(endpoint.url, name) if roles.owner is not None else None,
-            owner_role=roles.owner.name if roles.owner is not None else None,
+            owner_url=owner_url if owner else None,
+            owner_role=roles.owner.name if owner else None,
         )
         self.lockdown_notes = roles.notes
-        watchdog = Watchdog(endpoint.url, name, roles.names, case_bounds.backend_killer(endpoint))
-        guard = SessionGuard(roles, watchdog)
+        # The watchdog ends the app's backends at a deadline: the owner's only when the app logs in as the owner
+        roles_watched = roles.names if owner else (roles.reader.name,)
+        watchdog = Watchdog(endpoint.url, name, roles_watched, case_bounds.backend_killer(endpoint))
+        objects = ObjectGuard(url)  # ``url``: the clone as the admin, for the catalogs only
+        guard = SessionGuard(roles, watchdog, objects)
         try:
             pg_roles.verify_login(database.reader_url, roles.reader.name)
-            if database.owner_url is not None and roles.owner is not None:
-                pg_roles.verify_login(database.owner_url, roles.owner.name)
+            pg_roles.verify_login(owner_url, roles.owner.name)
             watchdog.start()
+            objects.snapshot()  # connects now, before a case could hold every connection slot
         except (psycopg2.Error, pg_roles.UnsafeLogin) as exc:
             guard.close()
             postgres.drop_database(endpoint.url, name)
@@ -369,7 +380,10 @@ class ServiceManager:
         guard = self._guards.pop(database.database, None)
         if guard is not None:
             guard.watchdog.stop()
-        postgres.drop_database(database.endpoint.url, database.database)
+            if guard.objects is not None:
+                guard.objects.close()
+        admin_url = guard.roles.admin_url if guard is not None else self.endpoint("postgres").url
+        postgres.drop_database(admin_url, database.database)
         if guard is not None:
             guard.roles.drop()
 

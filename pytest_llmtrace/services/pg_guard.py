@@ -13,6 +13,10 @@ case ends the roles may log in again. The same thread acts on a case that passed
 any change a case made to them (``ALTER ROLE CURRENT_USER SET ...``, a new password) fails it with ``[sandbox]``.
 No clock race decides anything here: a case's deadline passes or it does not, and what the watchdog did is recorded
 on the case's ``Deadline``.
+
+With an ``ObjectGuard`` (``pg_objects``), the database's catalogs are compared around each case too: a trigger,
+function, rule or policy the case left is dropped, an owner it changed is put back, and the case fails with
+``[sandbox]``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pytest_llmtrace.services.case_bounds import (
     call_within,
     end_backends,
 )
+from pytest_llmtrace.services.pg_objects import ObjectGuard
 from pytest_llmtrace.services.pg_roles import SessionRoles
 
 if TYPE_CHECKING:
@@ -346,9 +351,10 @@ class Watchdog:
 class SessionGuard:
     """A session database's roles and watchdog, and how a case is held by them (``case``)."""
 
-    def __init__(self, roles: SessionRoles, watchdog: Watchdog) -> None:
+    def __init__(self, roles: SessionRoles, watchdog: Watchdog, objects: ObjectGuard | None = None) -> None:
         self.roles = roles
         self.watchdog = watchdog
+        self.objects = objects  # the database's catalogs, compared around each case (pg_objects)
 
     @contextlib.contextmanager
     def case(self, deadline: Deadline) -> Iterator[CaseGuard]:
@@ -358,13 +364,17 @@ class SessionGuard:
         if not before and not self.roles.sees_everything:  # a password the admin cannot read: set it again anyway
             self._roles_call(self.roles.assert_settings)
         guard = CaseGuard(deadline, before)
-        with self.watchdog.armed(deadline):
+        with self._objects_checked(guard), self.watchdog.armed(deadline):
             yield guard
         guard.after = self._roles_call(self.roles.changes)
 
     def _roles_call(self, call: Callable[[], T]) -> T:
         """``call`` on the roles' admin connection, again on a new one when the first was lost: a backend killed at
         a deadline (this session's or another worker's on the same server) resets every session of the server."""
+        return self._admin_call(call, self.roles.reconnect)
+
+    def _admin_call(self, call: Callable[[], T], reconnect: Callable[[], object]) -> T:
+        """``call`` on an admin connection, ``reconnect`` and again while the server recovers from a reset."""
         import psycopg2
 
         until = time.monotonic() + RECOVERY_S
@@ -376,11 +386,31 @@ class SessionGuard:
                 lost = type(exc) is psycopg2.DatabaseError or isinstance(exc, psycopg2.OperationalError)
                 if not lost or time.monotonic() >= until:
                     raise
-                self.roles.reconnect()
+                reconnect()
                 time.sleep(0.1)
+
+    # -- code a case leaves behind (pg_objects) ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _objects_checked(self, guard: CaseGuard) -> Iterator[None]:
+        """The catalogs as the case found them; after it (even one that raised, and after the watchdog ended its
+        backends), what it left is dropped before anything else runs there, and kept in ``guard.objects``."""
+        if self.objects is None:
+            yield
+            return
+        objects = self.objects
+        before = self._admin_call(objects.snapshot, objects.close)
+        try:
+            yield
+        finally:  # after a deadline's kill the server was reset: the check reconnects while it recovers
+            guard.objects = self._admin_call(lambda: objects.changes(before), objects.close)
+
+    # ----------------------------------------------------------------------------------------------------------------
 
     def close(self) -> None:
         self.watchdog.stop()
+        if self.objects is not None:
+            self.objects.close()
         self.roles.drop()
 
 
@@ -391,10 +421,12 @@ class CaseGuard:
     deadline: Deadline
     before: list[str]
     after: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)  # code the case left in its database, dropped (pg_objects)
 
     def findings(self) -> tuple[Finding, ...]:
         """``[timeout]`` when the deadline passed, ``[sandbox]`` when the case changed its roles."""
         found = [self.deadline.finding()] if self.deadline.fired else []
+        found.extend(_objects_finding(self.objects))
         if self.after:
             found.append(
                 Finding(
@@ -404,3 +436,17 @@ class CaseGuard:
                 )
             )
         return tuple(found)
+
+
+def _objects_finding(objects: Sequence[str]) -> tuple[Finding, ...]:
+    """``[sandbox]`` for code a case left behind (``pg_objects``): it would run as whoever fires it next."""
+    if not objects:
+        return ()
+    return (
+        Finding(
+            "sandbox",
+            "the case left code in its database that would run with the rights of whoever fires it next; its SQL "
+            "must not create triggers, functions, rules or policies, or change owners (each one is undone now)",
+            tuple(objects),
+        ),
+    )

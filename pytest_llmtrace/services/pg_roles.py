@@ -55,7 +55,7 @@ __all__ = [
 READER_PREFIX = "llmtrace_r_"
 OWNER_PREFIX = "llmtrace_o_"
 # Part of the template's name: a template built before this lockdown (or a later one) is built again, not reused.
-LOCKDOWN_VERSION = "lockdown-1"
+LOCKDOWN_VERSION = "lockdown-2"  # 2: built from template0
 # Backends whose server the plugin started: all of it may be locked down. Anything else belongs to the user.
 LOCKED_BACKENDS = frozenset({"embedded", "docker"})
 URL_NOT_LOCKED = "CONNECT/TEMP on your other databases"

@@ -71,13 +71,16 @@ class SqlFileError(LLMTraceError):
 class PostgresDatabase:
     """The session's own database on the Postgres service, cloned from the template holding the SQL fixtures."""
 
-    endpoint: Endpoint  # the server
-    url: str  # this session's database, as the server's admin login (can write: for fixtures and setup code)
+    endpoint: Endpoint  # the server; its ``url`` is ``url`` below: no superuser's DSN is handed out
+    # This session's database as the session's owner role: owns its schemas and tables, so fixtures and setup code
+    # write test data (and create tables) with it; never a superuser, so code a case left there (a trigger) runs
+    # with no more rights than the case had.
+    url: str
     reader_url: str  # the same database as this session's read-only role: what the app and model-written SQL get
     database: str
     template: str
     reader_role: str = ""  # the read-only role's name (random per session)
-    owner_url: str | None = None  # as this session's owner role (llmtrace_app_db = owner): writes, no superuser
+    owner_url: str | None = None  # ``url``, when the app gets it too (llmtrace_app_db = owner); else None
     owner_role: str | None = None
 
     @property
@@ -153,7 +156,9 @@ def create_template(url: str, name: str, sql_files: Iterable[str | Path]) -> str
     """Create database ``name`` from ``sql_files`` (in the order given) and mark it a template; returns its DSN.
 
     ``url`` is any DSN of the server with rights to create databases. Each file runs in one transaction, so a failing
-    file leaves nothing half-loaded behind it, and the error names that file. The template is locked down
+    file leaves nothing half-loaded behind it, and the error names that file. It is made from ``template0``, which
+    no role can connect to, not from ``template1``: a function a role planted there would be in the template, where
+    the fixture SQL (run as the admin) might call it. The template is locked down
     (``pg_roles.lock_down_template``) before it is marked a template: a marked template is a complete one.
     """
     from psycopg2 import sql
@@ -161,7 +166,7 @@ def create_template(url: str, name: str, sql_files: Iterable[str | Path]) -> str
     psycopg2 = _psycopg2()
     ident = sql.Identifier(_check_name(name))
     with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
     template_url = database_url(url, name)
     conn = psycopg2.connect(template_url)
     try:

@@ -62,7 +62,7 @@ def ask(question, trace):
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory, llmtrace_postgres: PostgresDatabase) -> Path:
+def exports(tmp_path_factory: pytest.TempPathFactory, llmtrace_postgres: PostgresDatabase, pg_admin_url: str) -> Path:
     """``ollama.jsonl`` and ``openai.jsonl``: the OTLP exports of both variants, recorded on this session's server."""
     out = tmp_path_factory.mktemp("exports")
     env = {
@@ -70,7 +70,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory, llmtrace_postgres: Postgre
         "PYTHONPATH": os.pathsep.join([str(REPO / "fixtures"), str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     command = [sys.executable, "-m", "autoinstr.record", "--out", str(out), "--only", *CASES]
-    command += ["--postgres", llmtrace_postgres.endpoint.url, "--template", llmtrace_postgres.template]
+    command += ["--postgres", pg_admin_url, "--template", llmtrace_postgres.template]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return out
@@ -131,9 +131,7 @@ EXPECTED = {
 }
 
 
-def test_the_openinference_reference_app_gives_these_verdicts(
-    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase
-) -> None:
+def test_the_openinference_reference_app_gives_these_verdicts(pytester: pytest.Pytester, pg_admin_url: str) -> None:
     """The verdicts the auto-instrumented variants must match, from the shipped golden traces of the same cases."""
     _project(pytester, "llmtrace_target = gateway.app:handle_user_request\n")
     golden = pytester.path / "golden_traces"
@@ -142,7 +140,7 @@ def test_the_openinference_reference_app_gives_these_verdicts(
         shutil.copy(GOLDEN / f"{case}.json", golden / f"{case}.json")
         shutil.copy(GOLDEN / "__snapshots__" / f"{case}.json", golden / "__snapshots__" / f"{case}.json")
 
-    result = _run(pytester, llmtrace_postgres.endpoint.url, "golden_traces")
+    result = _run(pytester, pg_admin_url, "golden_traces")
 
     assert _verdicts(result) == EXPECTED
     for case, sqlstate in SQLSTATES.items():
@@ -162,14 +160,14 @@ def test_the_openinference_reference_app_gives_these_verdicts(
 )
 def test_auto_instrumented_traces_replay_with_the_verdicts_of_the_openinference_app(
     pytester: pytest.Pytester,
-    llmtrace_postgres: PostgresDatabase,
+    pg_admin_url: str,
     exports: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     client: str,
     ini: str,
 ) -> None:
-    pg_url = llmtrace_postgres.endpoint.url
+    pg_url = pg_admin_url
     monkeypatch.setenv("LLM_CLIENT", client)
     _project(pytester, ini)
     pytester.makepyfile(drive=DRIVE)

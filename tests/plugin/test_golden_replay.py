@@ -31,9 +31,9 @@ CHECK_NAMES = {"sql", "results", "cost", "latency", "tokens", "snapshot"}
 
 
 @pytest.fixture(scope="module")
-def pg_url(llmtrace_postgres: PostgresDatabase) -> str:
+def pg_url(pg_admin_url: str) -> str:
     """The server behind this session's database, as its owner: the subprocess runs create their databases there."""
-    return llmtrace_postgres.endpoint.url
+    return pg_admin_url
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmtrace.services.postgres import PostgresDatabase
-
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "golden_traces"
 CASES = ("customers_by_tier", "inactive_products")
@@ -23,8 +21,8 @@ FIRST_START = "$.resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano"
 
 
 @pytest.fixture(scope="module")
-def pg_url(llmtrace_postgres: PostgresDatabase) -> str:
-    return llmtrace_postgres.endpoint.url
+def pg_url(pg_admin_url: str) -> str:
+    return pg_admin_url
 
 
 def hostile(golden: Path, name: str, start_time: str) -> Path:

@@ -17,8 +17,6 @@ from pathlib import Path
 import psycopg2.errors  # noqa: F401 - imported before any inner run: pytester's in-process runs drop modules
 import pytest
 
-from pytest_llmtrace.services.postgres import PostgresDatabase
-
 REPO = Path(__file__).resolve().parents[2]
 PIECES = ("Alpha1", "Bravo2", "Charlie3", "Delta4", "Echo5", "Fox6")
 RAW_PASSWORD = "Alpha1/Bravo2@Charlie3%Delta4:Echo5?Fox6"  # typed raw, as a user might
@@ -122,8 +120,8 @@ RAW_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e", "\u2066")
 
 
 @pytest.fixture(scope="module")
-def pg_url(llmtrace_postgres: PostgresDatabase) -> str:
-    return llmtrace_postgres.endpoint.url
+def pg_url(pg_admin_url: str) -> str:
+    return pg_admin_url
 
 
 def test_control_characters_from_a_golden_file_and_the_settings_are_escaped_in_the_terminal(

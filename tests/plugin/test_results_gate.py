@@ -20,7 +20,6 @@ import pytest
 
 from pytest_llmtrace.cli import main as cli_main
 from pytest_llmtrace.results.gate import GATE_EXIT_STATUS
-from pytest_llmtrace.services.postgres import PostgresDatabase
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "golden_traces"
@@ -29,9 +28,9 @@ FAILING = "error_unknown_column"  # the app's SQL names a column that does not e
 
 
 @pytest.fixture(scope="module")
-def pg_url(llmtrace_postgres: PostgresDatabase) -> str:
+def pg_url(pg_admin_url: str) -> str:
     """The server behind this session's database: the subprocess runs clone their databases there."""
-    return llmtrace_postgres.endpoint.url
+    return pg_admin_url
 
 
 def _project(pytester: pytest.Pytester, ini: str = "") -> Path:

@@ -91,7 +91,7 @@ register_backend("postgres", "team", TeamPostgres)
 
 
 def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_session(
-    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, pg_admin_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pytest_llmtrace.services.postgres import database_url
 
@@ -109,7 +109,7 @@ def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_sessi
                 assert cur.fetchone() == (300,)
         """
     )
-    monkeypatch.setenv("TEAM_PG_URL", database_url(llmtrace_postgres.endpoint.url, "postgres"))
+    monkeypatch.setenv("TEAM_PG_URL", database_url(pg_admin_url, "postgres"))
     result = pytester.runpytest_subprocess("--llmtrace-postgres=team", "-s")
     result.stdout.fnmatch_lines(
         [
@@ -206,7 +206,7 @@ def test_xdist_workers_share_one_server_and_get_their_own_databases(
 
         @pytest.mark.parametrize("i", range(4))
         def test_db(llmtrace_postgres, i, worker_id):
-            print("SERVER", llmtrace_postgres.endpoint.url, "DB", llmtrace_postgres.database, "WORKER", worker_id)
+            print("SERVER", llmtrace_postgres.host, "DB", llmtrace_postgres.database, "WORKER", worker_id)
             assert llmtrace_postgres.database.startswith(f"llmtrace_{worker_id}_")
         """
     )
@@ -293,14 +293,14 @@ def test_a_session_that_does_not_use_phoenix_never_imports_or_starts_it(
 
 
 def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
-    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase
+    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, pg_admin_url: str
 ) -> None:
     import psycopg2
     from psycopg2 import sql
 
     from pytest_llmtrace.services.postgres import database_url
 
-    server = llmtrace_postgres.endpoint.url
+    server = pg_admin_url
     conn = psycopg2.connect(server)
     conn.autocommit = True
     with conn.cursor() as cur:

@@ -236,7 +236,7 @@ def test_dedupe_keeps_one_case_per_redacted_question_and_sql(
 
 def test_the_redacted_cases_replay_green_through_the_app(
     production: Production,
-    llmtrace_postgres: PostgresDatabase,
+    pg_admin_url: str,
     pytester: pytest.Pytester,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -251,7 +251,7 @@ def test_the_redacted_cases_replay_green_through_the_app(
         "llmtrace_target = gateway.app:handle_user_request\n"
         "llmtrace_checks = sql results tokens snapshot\n"  # latency is wall time: not asserted on a shared machine
     )
-    run = [f"--llmtrace-postgres={llmtrace_postgres.endpoint.url}", "--llmtrace-replay-speed=instant"]
+    run = [f"--llmtrace-postgres={pg_admin_url}", "--llmtrace-replay-speed=instant"]
     # generous timeouts: each run starts the Ollama-API front and clones a database; a busy machine is slow at that
 
     first = pytester.runpytest_subprocess(*run, "--snapshot-update", timeout=900)

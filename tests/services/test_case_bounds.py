@@ -279,9 +279,11 @@ def test_the_checks_fetch_stops_at_the_byte_cap_without_taking_a_whole_batch(
     assert rss.grown_mb < 200  # one 30 MB row (libpq's copy and Python's), not 20
 
 
-def test_parallel_workers_get_no_temp_file_limit_of_their_own(llmtrace_postgres: PostgresDatabase) -> None:
+def test_parallel_workers_get_no_temp_file_limit_of_their_own(
+    llmtrace_postgres: PostgresDatabase, pg_admin_url: str
+) -> None:
     """temp_file_limit holds per process: with parallel workers a query could write it once per worker."""
-    server = llmtrace_postgres.endpoint.url
+    server = pg_admin_url
     name = f"bounds_temp_{uuid.uuid4().hex[:8]}"
     url = clone_database(server, llmtrace_postgres.template, name)
     roles = SessionRoles.create(server, RoleLimits(temp_file_limit_kb=16 * 1024))
@@ -412,7 +414,7 @@ def test_golden_cases_whose_sql_ignores_cancel_end_within_their_deadline_and_the
 
 @pytest.mark.slow
 def test_an_app_that_fetches_a_huge_result_fails_with_memory_past_the_limit(
-    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, capsys: pytest.CaptureFixture[str]
+    pytester: pytest.Pytester, pg_admin_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _project(
         pytester,
@@ -432,7 +434,7 @@ def test_an_app_that_fetches_a_huge_result_fails_with_memory_past_the_limit(
         "    open('peak.json', 'w').write(json.dumps(PEAK[0]))\n"
     )
     result = pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={llmtrace_postgres.endpoint.url}",
+        f"--llmtrace-postgres={pg_admin_url}",
         "--llmtrace-replay-speed=instant",
         "--junitxml=junit.xml",
         "-k",

@@ -22,9 +22,9 @@ from pytest_llmtrace.trace.model import Span, Trace
 
 
 @pytest.fixture(scope="module")
-def server_url(llmtrace_postgres: PostgresDatabase) -> str:
+def server_url(pg_admin_url: str) -> str:
     """The session's Postgres server (its template holds company_db), as its admin: no server of this module's own."""
-    return llmtrace_postgres.endpoint.url
+    return pg_admin_url
 
 
 @pytest.fixture(scope="module")

@@ -203,13 +203,16 @@ def _seeded(url: str) -> str:
 
 @pytest.mark.slow
 def test_hostile_sql_never_escapes_hangs_or_fills_the_disk_and_the_good_cases_still_pass(
-    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, capsys: pytest.CaptureFixture[str]
+    pytester: pytest.Pytester,
+    llmtrace_postgres: PostgresDatabase,
+    pg_admin_url: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     marker = Path(CORPUS["pwned_marker"])
     marker.unlink(missing_ok=True)
     _project(pytester)
     result = pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={_seeded(llmtrace_postgres.endpoint.url)}",
+        f"--llmtrace-postgres={_seeded(pg_admin_url)}",
         "--llmtrace-replay-speed=instant",
         "--junitxml=junit.xml",
         "--llmtrace-report=report",

@@ -25,7 +25,6 @@ from pytest_llmtrace.services.base import wait_until
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.base import Endpoint
-    from pytest_llmtrace.services.postgres import PostgresDatabase
 
 pytestmark = pytest.mark.slow
 
@@ -114,12 +113,12 @@ def project(pytester: pytest.Pytester) -> tuple[pytest.Pytester, str]:
 
 
 def test_an_exported_run_reads_back_from_phoenix_with_its_verdicts_and_links(
-    project: tuple[pytest.Pytester, str], llmtrace_phoenix: Endpoint, llmtrace_postgres: PostgresDatabase
+    project: tuple[pytest.Pytester, str], llmtrace_phoenix: Endpoint, pg_admin_url: str
 ) -> None:
     pytester, revision = project
     base = llmtrace_phoenix.url
     result = pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={llmtrace_postgres.endpoint.url}",
+        f"--llmtrace-postgres={pg_admin_url}",
         f"--llmtrace-phoenix={base}",
         "--llmtrace-phoenix-export",
         "--llmtrace-report=reports",

@@ -53,8 +53,8 @@ def _error(url: str, sql: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def server(llmtrace_postgres: PostgresDatabase) -> str:
-    return llmtrace_postgres.endpoint.url
+def server(pg_admin_url: str) -> str:
+    return pg_admin_url
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def guard(request: pytest.FixtureRequest, llmtrace_postgres: PostgresDatabase) -
 def other(server: str, llmtrace_postgres: PostgresDatabase) -> Iterator[tuple[SessionRoles, str]]:
     """A second session's roles on the same clone (as another xdist worker's would be), with a 1 MB temp_file_limit."""
     roles = SessionRoles.create(server, RoleLimits(temp_file_limit_kb=1024))
-    open_clone(server, llmtrace_postgres.url, llmtrace_postgres.database, roles)
+    open_clone(server, database_url(server, llmtrace_postgres.database), llmtrace_postgres.database, roles)
     dsn = roles.reader.dsn(server, llmtrace_postgres.database)
     yield roles, dsn
     READERS.close(dsn)
@@ -98,11 +98,14 @@ def test_the_session_reader_is_its_own_role_locked_into_its_clone(llmtrace_postg
     assert _error(db.reader_url, "CREATE TEMP TABLE t (x int)") in ("25006", "42501")
 
 
-def test_a_login_that_is_not_the_role_or_is_a_superuser_is_refused(llmtrace_postgres: PostgresDatabase) -> None:
+def test_a_login_that_is_not_the_role_or_is_a_superuser_is_refused(
+    server: str, llmtrace_postgres: PostgresDatabase
+) -> None:
+    admin = database_url(server, llmtrace_postgres.database)
     with pytest.raises(UnsafeLogin, match=r"logs in as 'postgres', not as the session's role 'llmtrace_r_x'"):
-        verify_login(llmtrace_postgres.url, "llmtrace_r_x")
+        verify_login(admin, "llmtrace_r_x")
     with pytest.raises(UnsafeLogin, match=r"the session's role 'postgres' is a superuser"):
-        verify_login(llmtrace_postgres.url, "postgres")
+        verify_login(admin, "postgres")
     verify_login(llmtrace_postgres.reader_url, llmtrace_postgres.reader_role)
 
 

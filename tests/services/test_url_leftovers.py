@@ -70,10 +70,10 @@ def _held_by(pytester: pytest.Pytester, url: str, name: str) -> tuple[subprocess
 
 
 @pytest.fixture
-def foreign_roles(llmtrace_postgres: PostgresDatabase) -> Iterator[None]:
+def foreign_roles(pg_admin_url: str) -> Iterator[None]:
     from psycopg2 import sql
 
-    url = llmtrace_postgres.endpoint.url
+    url = pg_admin_url
     with admin_connection(url) as conn, conn.cursor() as cur:
         for name, comment in FOREIGN.items():
             cur.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(name)))
@@ -88,9 +88,9 @@ def foreign_roles(llmtrace_postgres: PostgresDatabase) -> Iterator[None]:
 
 
 def test_the_next_run_drops_what_a_killed_run_left_and_nothing_else(
-    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, foreign_roles: None
+    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, pg_admin_url: str, foreign_roles: None
 ) -> None:
-    url = llmtrace_postgres.endpoint.url
+    url = pg_admin_url
     shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
     pytester.makeini("[pytest]\naddopts = -p no:randomly\n")
     pytester.makepyfile(test_holder=HOLDER)
