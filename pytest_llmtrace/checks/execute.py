@@ -201,8 +201,9 @@ def execute_readonly(
     executing and fetching, not connecting.
 
     With ``cost``, the same transaction also measures what the statement costs (``explain``): run again under
-    ``EXPLAIN (ANALYZE, BUFFERS)`` after it succeeded, or only planned when it failed. One transaction for both
-    keeps the ``cost`` check to one more round trip to the server.
+    ``EXPLAIN (ANALYZE, BUFFERS)`` after it succeeded within ``COST_RUN_MAX_MS``, or only planned when it failed or
+    was slower (a second run would double the case's time for a number the plan's cost stands in for). One
+    transaction for both keeps the ``cost`` check to one more round trip to the server.
     """
     psycopg = _psycopg()
     if timeout_ms < 1 or max_rows < 0 or max_bytes < 1:  # statement_timeout = 0 would mean no timeout at all
@@ -246,9 +247,13 @@ def execute_readonly(
         columns, raw, too_big = fetched
         if too_big is not None:
             return SqlOutcome(False, columns, (), len(raw), True, too_big, None, elapsed)
-        plan_cost, buffers, _ = statement_cost(cur, sql, run=True) if cost else (None, None, None)
+        # A slow statement is not run a second time for its buffers: the plan's cost decides the cost check then.
+        plan_cost, buffers, _ = statement_cost(cur, sql, run=elapsed < COST_RUN_MAX_MS) if cost else (None, None, None)
     rows = tuple(tuple(normalize_value(v) for v in row) for row in raw)
     return SqlOutcome(True, columns, rows, len(rows), False, None, None, elapsed, plan_cost, buffers)
+
+
+COST_RUN_MAX_MS = 1000.0
 
 
 def _lost(conn: psycopg.Connection[Any]) -> bool:

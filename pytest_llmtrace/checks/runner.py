@@ -95,7 +95,9 @@ def run_checks(
     if statement is not None and selected & _NEEDS_DATABASE:
         if database is None:
             raise ValueError(f"the {', '.join(sorted(selected & _NEEDS_DATABASE))} checks need a database")
-        result = _execute(database, statement, options, cost="cost" in selected)
+        result = _timed_out_in_the_app(now, statement, options) if sql is None else None
+        if result is None:
+            result = _execute(database, statement, options, cost="cost" in selected)
     replayed = mode == "replay"
     costs = _costs(database, statement, golden_sql, result, options) if "cost" in selected else None
     timing: Trace = now  # the trace the timing checks judge: `now`, or `now` with its SQL re-timed
@@ -172,6 +174,37 @@ def _execute(database: str, statement: str, options: CheckOptions, *, cost: bool
     """Execute read-only, once: a statement the statement timeout cancelled is judged at once, not run again (it
     already ran past every limit, and another try would cost the whole timeout again)."""
     return _untrusted(database, statement, options, cost=cost)
+
+
+def _timed_out_in_the_app(now: Trace, statement: str, options: CheckOptions) -> SqlOutcome | None:
+    """The app's own run of ``statement`` on the sandbox, when the statement timeout cancelled it after at least the
+    check's own timeout: running it again would wait that whole timeout to learn the same, so it is judged at once.
+
+    Only a cancel by the statement timeout counts (SQLSTATE 57014 with that message, or the span's
+    ``db.response.status_code``), and only after the span ran ``sql_timeout_ms`` or longer: a lower timeout the app
+    set itself, or any other error, leaves the check to run the statement as usual.
+    """
+    for found in reversed(now.sql_statements):
+        if found.text != statement or found.ok or found.span.duration_ms < options.sql_timeout_ms:
+            continue
+        code = found.span.attributes.get(DB_RESPONSE_STATUS_CODE)
+        if str(code) == STATEMENT_TIMEOUT or "statement timeout" in (found.error or ""):
+            return SqlOutcome(
+                ok=False,
+                columns=(),
+                rows=(),
+                row_count=0,
+                truncated=False,
+                error=f"canceling statement due to statement timeout (in the app's own run, after "
+                f"{found.span.duration_ms:.0f} ms; not run again)",
+                sqlstate=STATEMENT_TIMEOUT,
+                elapsed_ms=found.span.duration_ms,
+            )
+    return None
+
+
+STATEMENT_TIMEOUT = "57014"  # query_canceled: the statement timeout, or a cancel request
+DB_RESPONSE_STATUS_CODE = "db.response.status_code"  # OTel database semantic conventions
 
 
 def _untrusted(

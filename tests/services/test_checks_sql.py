@@ -19,6 +19,7 @@ from pytest_llmtrace.checks.runner import run_checks
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, open_clone
 from pytest_llmtrace.services.postgres import PostgresDatabase, clone_database, drop_database
 from pytest_llmtrace.trace.model import Span, Trace
+from pytest_llmtrace.trace.span import Status
 
 
 @pytest.fixture(scope="module")
@@ -459,3 +460,66 @@ def test_the_check_measures_the_cost_of_what_it_executes_in_the_same_transaction
     assert (refused.sqlstate, refused.buffers) == ("25006", None)
     assert refused.plan_cost is not None  # planned, not run
     assert execute_readonly(reader, "SELECT 1").plan_cost is None  # measured only when asked for
+
+
+# -- what the app's own run already showed, and what is not run twice ------------------------------------------------
+
+
+def _timed_out_trace(sql: str, sql_ms: float, message: str) -> Trace:
+    ms = 1_000_000
+    root = Span("t" * 32, "r" * 16, None, "request", 0, int((sql_ms + 2) * ms), {"openinference.span.kind": "CHAIN"})
+    span = Span(
+        "t" * 32,
+        "s" * 16,
+        "r" * 16,
+        "sql",
+        1 * ms,
+        int((1 + sql_ms) * ms),
+        {"db.query.text": sql},
+        status=Status.ERROR,
+        status_message=message,
+    )
+    return Trace([root, span])
+
+
+def test_a_statement_the_statement_timeout_cancelled_in_the_app_is_not_run_again(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app's own run on the sandbox ran past the check's whole timeout and was cancelled by it: the check takes
+    that outcome instead of waiting the timeout out a second time."""
+    executed: list[str] = []
+    real = execute_untrusted
+
+    def counting(dsn: str, sql: str, *args: Any, **kwargs: Any) -> SqlOutcome:
+        executed.append(sql)
+        return real(dsn, sql, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "execute_untrusted", counting)
+    options = CheckOptions(checks=frozenset({"sql"}), sql_timeout_ms=300)
+    cancelled = "canceling statement due to statement timeout"
+    outcome = run_checks(
+        _timed_out_trace("SELECT 1", 310, cancelled), options=options, case_id="c", mode="live", database=reader
+    )
+    assert executed == []
+    assert outcome.result is not None
+    assert (outcome.result.ok, outcome.result.sqlstate) == (False, "57014")
+    assert "not run again" in (outcome.result.error or "")
+
+    # shorter than the check's own timeout (the app set a lower one itself), or another error: run as usual
+    for trace in (
+        _timed_out_trace("SELECT 1", 100, cancelled),
+        _timed_out_trace("SELECT 1", 310, "canceling statement due to user request"),
+    ):
+        outcome = run_checks(trace, options=options, case_id="c", mode="live", database=reader)
+        assert outcome.result is not None and outcome.result.ok
+    assert executed == ["SELECT 1", "SELECT 1"]
+
+
+def test_a_slow_statement_is_costed_by_its_plan_not_run_a_second_time(reader: str) -> None:
+    fast = execute_readonly(reader, "SELECT sum(amount) FROM orders", cost=True)
+    slow = execute_readonly(reader, "SELECT pg_sleep(1.1), count(*) FROM orders", cost=True, timeout_ms=5000)
+
+    assert fast.ok and fast.buffers is not None
+    assert slow.ok and slow.elapsed_ms >= 1000
+    assert slow.plan_cost is not None
+    assert slow.buffers is None  # EXPLAIN ANALYZE would have slept another 1.1 s
