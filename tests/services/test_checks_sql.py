@@ -511,7 +511,8 @@ def test_a_statement_the_statement_timeout_cancelled_in_the_app_is_not_run_again
         _timed_out_trace("SELECT 1", 310, "canceling statement due to user request"),
     ):
         outcome = run_checks(trace, options=options, case_id="c", mode="live", database=reader)
-        assert outcome.result is not None and outcome.result.ok
+        assert outcome.result is not None
+        assert outcome.result.ok
     assert executed == ["SELECT 1", "SELECT 1"]
 
 
@@ -519,7 +520,9 @@ def test_a_slow_statement_is_costed_by_its_plan_not_run_a_second_time(reader: st
     fast = execute_readonly(reader, "SELECT sum(amount) FROM orders", cost=True)
     slow = execute_readonly(reader, "SELECT pg_sleep(1.1), count(*) FROM orders", cost=True, timeout_ms=5000)
 
-    assert fast.ok and fast.buffers is not None
-    assert slow.ok and slow.elapsed_ms >= 1000
+    assert fast.ok
+    assert fast.buffers is not None
+    assert slow.ok
+    assert slow.elapsed_ms >= 1000
     assert slow.plan_cost is not None
     assert slow.buffers is None  # EXPLAIN ANALYZE would have slept another 1.1 s
