@@ -39,6 +39,7 @@ from pytest_llmtrace.pytest.replay_config import get_config
 from pytest_llmtrace.results import gate, html
 from pytest_llmtrace.results import model_digests as models
 from pytest_llmtrace.results import repeats as runs
+from pytest_llmtrace.results.case_record import CaseRecord, as_case
 from pytest_llmtrace.results.summary import summary_markdown, totals
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 from pytest_llmtrace.sources.capture.golden_dir import PROVENANCE
@@ -86,12 +87,12 @@ class RunResults:
 
     report_dir: Path | None
     rules: list[gate.Rule]
-    baseline: list[dict[str, Any]] | None
+    baseline: list[CaseRecord] | None
     shard: tuple[int, int] | None
     mode: str
     repeat: int = 1
     min_pass_rate: float = 1.0
-    cases: list[dict[str, Any]] = field(default_factory=list)  # one per outcome; per run of a repeated case
+    cases: list[CaseRecord] = field(default_factory=list)  # one per outcome; per run of a repeated case
     other_failures: int = 0  # failed items that are not cases: a gate does not excuse them
     gate_results: list[gate.GateResult] = field(default_factory=list)
     prompt_hashes: set[str] = field(default_factory=set)  # sha256 of each system prompt the cases' LLM calls hold
@@ -195,7 +196,7 @@ def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None
     state.cases.extend(found)
 
 
-def _read_golden(state: RunResults, trace: Trace, found: list[dict[str, Any]]) -> None:
+def _read_golden(state: RunResults, trace: Trace, found: list[CaseRecord]) -> None:
     """What the golden trace tells about the run: its system prompts, its models, and where Phoenix keeps it."""
     for call in trace.llm_calls:
         for message in call.input_messages:
@@ -257,20 +258,21 @@ def _first_line(report: pytest.TestReport) -> str:
     return text[-1] if text else "no message"
 
 
-def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> dict[str, Any]:
-    if data.get("app_error"):  # the app's exception: drivers put the DSN they were given into theirs
-        data["app_error"] = redact_text(str(data["app_error"]))
-    data["verdict"] = "passed" if data["passed"] else "failed"
-    data["nodeid"] = item.nodeid
-    data["phoenix_url"] = phoenix_url
-    return data
+def _case(data: dict[str, Any], item: pytest.Item, phoenix_url: str | None) -> CaseRecord:
+    case = as_case(data)
+    if case["app_error"]:  # the app's exception: drivers put the DSN they were given into theirs
+        case["app_error"] = redact_text(case["app_error"])
+    case["verdict"] = "passed" if case["passed"] else "failed"
+    case["nodeid"] = item.nodeid
+    case["phoenix_url"] = phoenix_url
+    return case
 
 
-def _stand_in(item: pytest.Item, mode: str, error: str, phoenix_url: str | None) -> dict[str, Any]:
+def _stand_in(item: pytest.Item, mode: str, error: str, phoenix_url: str | None) -> CaseRecord:
     """A case without an outcome, with every field an outcome has: reports and gates read one shape."""
     case_id = item.stash[golden.CASE_KEY].path.stem  # a repeated run's name without its [k/N]
     outcome = CaseOutcome(case_id, cast(Mode, mode), str(item.path), app_error=error)
-    return {**outcome.to_dict(), "verdict": "error", "nodeid": item.nodeid, "phoenix_url": phoenix_url}
+    return as_case({**outcome.to_dict(), "verdict": "error", "nodeid": item.nodeid, "phoenix_url": phoenix_url})
 
 
 def sessionfinish(session: pytest.Session) -> None:
@@ -317,7 +319,7 @@ def sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = gate.GATE_EXIT_STATUS
         elif state.other_failures == 0:
             session.exitstatus = pytest.ExitCode.OK  # failed cases are the gate's to judge, and it passed
-    elif state.repeat > 1 and state.other_failures == 0 and all(c.get("passed") for c in state.cases):
+    elif state.repeat > 1 and state.other_failures == 0 and all(c["passed"] for c in state.cases):
         session.exitstatus = pytest.ExitCode.OK  # each failed run's case still reached llmtrace_min_pass_rate
 
 
@@ -328,7 +330,7 @@ def testnodedown(node: Any) -> None:
     if state is None or payload is None:
         return
     data = json.loads(payload)
-    state.cases.extend(data["cases"])
+    state.cases.extend(as_case(c) for c in data["cases"])  # this run's own workers: written by _case
     state.other_failures += data["other_failures"]
     state.prompt_hashes.update(data["prompt_hashes"])
     for name, (digest, key) in data.get("recorded_models", {}).items():
@@ -457,10 +459,10 @@ def _make_report_dir(directory: Path, root: Path | None) -> None:
 
 def write_reports(
     directory: Path,
-    cases: list[dict[str, Any]],
+    cases: list[CaseRecord],
     meta: dict[str, Any],
     gate_results: list[gate.GateResult],
-    baseline: list[dict[str, Any]] | None,
+    baseline: list[CaseRecord] | None,
     *,
     phoenix: list[str] | None = None,
     root: Path | None = None,

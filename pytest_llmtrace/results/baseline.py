@@ -8,11 +8,11 @@ by construction; ``regressions`` has no "was" (a baseline does not regress again
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pytest_llmtrace.results import gate
+from pytest_llmtrace.results.case_record import CaseRecord, figure_of, verdict_of
 
 __all__ = ["CaseChange", "GateChange", "case_changes", "figure", "gate_changes"]
 
@@ -44,7 +44,7 @@ class CaseChange:
         return self.was not in (None, "passed") and self.now == "passed"
 
 
-def gate_changes(results: Sequence[gate.GateResult], baseline: Sequence[Mapping[str, Any]] | None) -> list[GateChange]:
+def gate_changes(results: Sequence[gate.GateResult], baseline: Sequence[CaseRecord] | None) -> list[GateChange]:
     changes = []
     for result in results:
         was = None
@@ -55,17 +55,11 @@ def gate_changes(results: Sequence[gate.GateResult], baseline: Sequence[Mapping[
     return changes
 
 
-def _total(case: Mapping[str, Any] | None, field: str) -> float | None:
-    value = ((case or {}).get(field) or {}).get("total")
+def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _rate(case: Mapping[str, Any] | None) -> float | None:
-    value = (case or {}).get("pass_rate")
-    return None if value is None else float(value)
-
-
-def case_changes(cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]) -> list[CaseChange]:
+def case_changes(cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord]) -> list[CaseChange]:
     """Every case of either run, regressed first, then improved, then the rest, each group by case id."""
     before = {str(c.get("case_id")): c for c in baseline}
     after = {str(c.get("case_id")): c for c in cases}
@@ -75,14 +69,14 @@ def case_changes(cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[
         rows.append(
             CaseChange(
                 case_id,
-                None if old is None else str(old.get("verdict", "failed")),
-                None if new is None else str(new.get("verdict", "failed")),
-                _total(old, "durations_ms"),
-                _total(new, "durations_ms"),
-                _total(old, "tokens"),
-                _total(new, "tokens"),
-                _rate(old),
-                _rate(new),
+                None if old is None else verdict_of(old),
+                None if new is None else verdict_of(new),
+                None if old is None else _float(figure_of(old.get("durations_ms"))),
+                None if new is None else _float(figure_of(new.get("durations_ms"))),
+                None if old is None else _float(figure_of(old.get("tokens"))),
+                None if new is None else _float(figure_of(new.get("tokens"))),
+                None if old is None else _float(old.get("pass_rate")),
+                None if new is None else _float(new.get("pass_rate")),
             )
         )
     rows.sort(key=lambda r: (not r.regressed, not r.improved, r.case_id))

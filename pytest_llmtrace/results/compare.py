@@ -15,10 +15,10 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.results import gate
+from pytest_llmtrace.results.case_record import CaseRecord, case_passed
 
 __all__ = ["Comparison", "Merged", "add_compare_arguments", "add_gate_arguments", "compare", "mcnemar_p", "merge"]
 
@@ -45,8 +45,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_compare)
 
 
-def _load(paths: list[Path]) -> list[dict[str, Any]] | None:
-    cases: list[dict[str, Any]] = []
+def _load(paths: list[Path]) -> list[CaseRecord] | None:
+    cases: list[CaseRecord] = []
     for path in paths:
         try:
             cases.extend(gate.load_cases(path))
@@ -60,7 +60,7 @@ def _load(paths: list[Path]) -> list[dict[str, Any]] | None:
 class Merged:
     """The cases of several results.json files, each file and each case once, and what was left out and why."""
 
-    cases: list[dict[str, Any]] = field(default_factory=list)
+    cases: list[CaseRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # duplicates dropped: printed, so a count never surprises
     errors: list[str] = field(default_factory=list)  # what makes the merge unusable (a missing shard): fail closed
 
@@ -170,12 +170,12 @@ def mcnemar_p(b: int, c: int) -> float:
 class Comparison:
     """Two runs paired by case id: which cases regressed, improved, or changed SQL with the same verdict."""
 
-    def __init__(self, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> None:
+    def __init__(self, old: list[CaseRecord], new: list[CaseRecord]) -> None:
         before = {str(c["case_id"]): c for c in old}
         after = {str(c["case_id"]): c for c in new}
         common = sorted(before.keys() & after.keys())
-        self.regressed = [i for i in common if _ok(before[i]) and not _ok(after[i])]
-        self.improved = [i for i in common if not _ok(before[i]) and _ok(after[i])]
+        self.regressed = [i for i in common if case_passed(before[i]) and not case_passed(after[i])]
+        self.improved = [i for i in common if not case_passed(before[i]) and case_passed(after[i])]
         self.changed = [
             i
             for i in common
@@ -203,11 +203,7 @@ class Comparison:
         return out
 
 
-def _ok(case: dict[str, Any]) -> bool:
-    return bool(case.get("passed")) and case.get("verdict", "passed") == "passed"
-
-
-def compare(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> Comparison:
+def compare(old: list[CaseRecord], new: list[CaseRecord]) -> Comparison:
     return Comparison(old, new)
 
 

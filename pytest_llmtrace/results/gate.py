@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_llmtrace.core.errors import did_you_mean
 from pytest_llmtrace.core.inert import one_line
+from pytest_llmtrace.results.case_record import CaseRecord, as_case, case_passed, figure_of
 
 __all__ = [
     "EXAMPLE",
@@ -107,11 +108,7 @@ def parse(expression: str) -> Rule:
     return Rule(metric, kind, op, float(number))
 
 
-def _passed(case: Mapping[str, Any]) -> bool:
-    return bool(case.get("passed")) and case.get("verdict", "passed") == "passed"
-
-
-def _check_ok(case: Mapping[str, Any], name: str) -> bool:
+def _check_ok(case: CaseRecord, name: str) -> bool:
     if case.get("app_error") or case.get("replay_misses"):
         return False
     return any(c.get("name") == name and c.get("status") == "passed" for c in case.get("checks", ()))
@@ -124,14 +121,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def _latency(case: Mapping[str, Any], kind: str) -> float:
+def _latency(case: CaseRecord, kind: str) -> float:
     if case.get("app_error"):
         return math.inf
-    value = (case.get("durations_ms") or {}).get(kind)
+    value = figure_of(case.get("durations_ms"), kind)
     return math.inf if value is None else float(value)
 
 
-def _value(rule: Rule, cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]] | None) -> GateResult:
+def _value(rule: Rule, cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord] | None) -> GateResult:
     ids = [str(c.get("case_id")) for c in cases]
     if rule.metric == "cases":
         value = float(len(cases))
@@ -156,8 +153,7 @@ def _value(rule: Rule, cases: Sequence[Mapping[str, Any]], baseline: Sequence[Ma
         now = golden = 0.0
         grown: list[tuple[float, str]] = []
         for case_id, case in zip(ids, cases, strict=True):
-            before = (case.get("golden_tokens") or {}).get("total")
-            after = (case.get("tokens") or {}).get("total")
+            before, after = figure_of(case.get("golden_tokens")), figure_of(case.get("tokens"))
             if not before or after is None:
                 continue
             now, golden = now + after, golden + before
@@ -172,14 +168,14 @@ def _value(rule: Rule, cases: Sequence[Mapping[str, Any]], baseline: Sequence[Ma
             f"gate '{rule}' needs a baseline, a previous results.json: --llmtrace-baseline PATH in pytest, "
             "--baseline PATH with llmtrace gate"
         )
-    before = {str(c.get("case_id")): _passed(c) for c in baseline}
-    regressed = tuple(i for i, c in zip(ids, cases, strict=True) if before.get(i) and not _passed(c))
+    was = {str(c.get("case_id")): case_passed(c) for c in baseline}
+    regressed = tuple(i for i, c in zip(ids, cases, strict=True) if was.get(i) and not case_passed(c))
     value = float(len(regressed))
     return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), regressed)
 
 
 def evaluate(
-    rules: Sequence[Rule], cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]] | None = None
+    rules: Sequence[Rule], cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord] | None = None
 ) -> list[GateResult]:
     return [_value(rule, cases, baseline) for rule in rules]
 
@@ -205,7 +201,7 @@ def format_result(result: GateResult) -> str:
     return f"llmtrace gate: FAILED {rule.name} {_num(result.value)} {_NEGATED[rule.op]} {_num(rule.threshold)}{cases}"
 
 
-def load_cases(path: Path) -> list[dict[str, Any]]:
+def load_cases(path: Path) -> list[CaseRecord]:
     """The cases of a results.json; a wrong file is a ``ValueError`` that names it and what was expected."""
     return load_results(path)[1]
 
@@ -226,13 +222,14 @@ _FIGURES = ("pass_rate", "min_pass_rate")
 _MEASURED = ("now", "golden", "limit", "low", "replayed")
 
 
-def load_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def load_results(path: Path) -> tuple[dict[str, Any], list[CaseRecord]]:
     """The ``run`` object and the cases of a results.json.
 
     A wrong file is a ``ValueError`` that names it, the JSON path and what was expected: not JSON, another schema
     version, no case list, or a figure that is not a finite number. Python's JSON reader accepts ``NaN``,
     ``Infinity``, ``-Infinity`` and ``1e999``, none of which the plugin writes; a forged ``-Infinity`` latency would
-    otherwise pass every ``<=`` gate and print as ``inf``.
+    otherwise pass every ``<=`` gate and print as ``inf``. Only then are the cases read as ``CaseRecord``s; the
+    other fields may still be missing (an older or hand-made file), so readers take them with ``.get``.
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_NonFinite, parse_float=_finite_float)
@@ -253,7 +250,7 @@ def load_results(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             if isinstance(one, dict):
                 _check_figures(path, f"$.cases[{i}].runs[{j}]", one)
     _no_non_finite(path, "$", data)
-    return run, cases
+    return run, [as_case(c) for c in cases]
 
 
 def _check_figures(path: Path, where: str, case: Mapping[str, Any]) -> None:
@@ -264,17 +261,17 @@ def _check_figures(path: Path, where: str, case: Mapping[str, Any]) -> None:
         if not isinstance(values, dict):
             raise ValueError(f"{path}: at {where}.{name}: expected an object of numbers, got {type(values).__name__}")
         for key, value in values.items():
-            _figure(path, f"{where}.{name}.{key}", value)
+            _figure_of(path, f"{where}.{name}.{key}", value)
     for name in _FIGURES:
-        _figure(path, f"{where}.{name}", case.get(name))
+        _figure_of(path, f"{where}.{name}", case.get(name))
     for k, check in enumerate(case.get("checks") or ()):
         for m, measurement in enumerate((check or {}).get("measurements") or () if isinstance(check, dict) else ()):
             if isinstance(measurement, dict):
                 for name in _MEASURED:
-                    _figure(path, f"{where}.checks[{k}].measurements[{m}].{name}", measurement.get(name))
+                    _figure_of(path, f"{where}.checks[{k}].measurements[{m}].{name}", measurement.get(name))
 
 
-def _figure(path: Path, where: str, value: object) -> None:
+def _figure_of(path: Path, where: str, value: object) -> None:
     if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
         return
     got = f"{value}" if isinstance(value, _NonFinite) else f"{type(value).__name__} {json.dumps(value)[:40]}"

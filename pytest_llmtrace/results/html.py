@@ -20,12 +20,20 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from html import escape
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pytest_llmtrace.core.url_secrets import redact_url
 from pytest_llmtrace.results import gate, waterfall
 from pytest_llmtrace.results.baseline import case_changes, figure, gate_changes
+from pytest_llmtrace.results.case_record import (
+    CaseRecord,
+    MeasurementRecord,
+    failed_checks,
+    figure_of,
+    runs_passed,
+    verdict_of,
+)
 from pytest_llmtrace.results.summary import totals, why
 
 __all__ = ["phoenix_link", "render"]
@@ -80,7 +88,7 @@ def _base(url: str) -> str:
     return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
 
 
-def phoenix_link(case: Mapping[str, Any], phoenix: Sequence[str] = ()) -> str | None:
+def phoenix_link(case: CaseRecord, phoenix: Sequence[str] = ()) -> str | None:
     """Phoenix's own redirect to a trace by its OTel id, for a golden trace captured from the Phoenix the user
     configured (``phoenix``: its URLs, from --llmtrace-phoenix or the server the run used).
 
@@ -100,7 +108,7 @@ def phoenix_link(case: Mapping[str, Any], phoenix: Sequence[str] = ()) -> str | 
     return None
 
 
-def _phoenix_cell(case: Mapping[str, Any], phoenix: Sequence[str]) -> str:
+def _phoenix_cell(case: CaseRecord, phoenix: Sequence[str]) -> str:
     link = phoenix_link(case, phoenix)
     if link:
         return f"<a href='{_e(link)}' rel='noopener noreferrer'>trace</a>"
@@ -111,7 +119,7 @@ def _phoenix_cell(case: Mapping[str, Any], phoenix: Sequence[str]) -> str:
     return "<span class='muted'>-</span>"
 
 
-def _measurements(case: Mapping[str, Any], check: str, metric: str, unit: str) -> list[Mapping[str, Any]]:
+def _measurements(case: CaseRecord, check: str, metric: str, unit: str) -> list[MeasurementRecord]:
     for result in case.get("checks", ()):
         if result.get("name") == check:
             return [m for m in result.get("measurements", ()) if m.get("metric") == metric and m.get("unit") == unit]
@@ -128,7 +136,14 @@ def _now_text(now: float | None, source: str, replayed: float) -> str:
     return figure(now)
 
 
-def _figure_cell(case: Mapping[str, Any], check: str, metric: str, unit: str, now_field: str, golden_field: str) -> str:
+def _figure_cell(
+    case: CaseRecord,
+    check: str,
+    metric: str,
+    unit: Literal["ms", "tokens"],
+    now_field: Literal["durations_ms", "tokens"],
+    golden_field: Literal["golden_durations_ms", "golden_tokens"],
+) -> str:
     """now / golden / limit for one metric, from the check's measurements (or the raw figures when it ran none)."""
     found = _measurements(case, check, metric, unit)
     if found:
@@ -138,10 +153,9 @@ def _figure_cell(case: Mapping[str, Any], check: str, metric: str, unit: str, no
         failed = any(m.get("status") == "failed" for m in found)
         limits = "; ".join(str(m.get("rule")) for m in found if m.get("rule") and m.get("status") != "skipped")
     else:
-        now_value = (case.get(now_field) or {}).get(metric)
-        replayed = float((case.get("replayed_durations_ms") or {}).get(metric) or 0) if unit == "ms" else 0.0
-        now = _now_text(now_value, "", replayed)
-        golden = figure((case.get(golden_field) or {}).get(metric))
+        replayed = float(figure_of(case.get("replayed_durations_ms"), metric) or 0) if unit == "ms" else 0.0
+        now = _now_text(figure_of(case.get(now_field), metric), "", replayed)
+        golden = figure(figure_of(case.get(golden_field), metric))
         failed, limits = False, ""
     klass = "fig bad" if failed else "fig"
     return (
@@ -170,7 +184,7 @@ def _verdict(doc: Mapping[str, Any], results: Sequence[gate.GateResult]) -> str:
     )
 
 
-def _gate_table(results: Sequence[gate.GateResult], baseline: Sequence[Mapping[str, Any]] | None) -> str:
+def _gate_table(results: Sequence[gate.GateResult], baseline: Sequence[CaseRecord] | None) -> str:
     if not results:
         return ""
     rows = []
@@ -190,7 +204,7 @@ def _gate_table(results: Sequence[gate.GateResult], baseline: Sequence[Mapping[s
     )
 
 
-def _sql_diff(case: Mapping[str, Any]) -> str:
+def _sql_diff(case: CaseRecord) -> str:
     golden, now = case.get("golden_sql"), case.get("sql")
     if golden is None and now is None:
         return ""
@@ -206,7 +220,7 @@ def _sql_diff(case: Mapping[str, Any]) -> str:
     return "<p class='small'>SQL diff, golden trace to now:</p><pre>" + "\n".join(shown) + "</pre>"
 
 
-def _budget_table(case: Mapping[str, Any]) -> str:
+def _budget_table(case: CaseRecord) -> str:
     rows = []
     for check in case.get("checks", ()):
         for m in check.get("measurements", ()):
@@ -227,7 +241,7 @@ def _budget_table(case: Mapping[str, Any]) -> str:
     )
 
 
-def _runs_table(case: Mapping[str, Any]) -> str:
+def _runs_table(case: CaseRecord) -> str:
     runs = case.get("runs") or []
     if len(runs) < 2:
         return ""
@@ -235,7 +249,7 @@ def _runs_table(case: Mapping[str, Any]) -> str:
         f"<tr><td class='num'>{_e(r.get('run'))}</td><td><span class='badge b-{_e(r.get('verdict'))}'>"
         f"{_e(r.get('verdict'))}</span></td><td>{_e(', '.join(r.get('failed_checks') or []))}</td>"
         f"<td class='small'>{_e(r.get('app_error') or '')}</td>"
-        f"<td class='num'>{_e(figure((r.get('durations_ms') or {}).get('total')))}</td></tr>"
+        f"<td class='num'>{_e(figure(figure_of(r.get('durations_ms'))))}</td></tr>"
         for r in runs
     )
     return (
@@ -245,7 +259,7 @@ def _runs_table(case: Mapping[str, Any]) -> str:
     )
 
 
-def _details(case: Mapping[str, Any]) -> str:
+def _details(case: CaseRecord) -> str:
     parts = []
     if case.get("question") is not None:
         parts.append(f"<p><b>Question</b> ({_e(case.get('question_source') or '')}): {_e(case['question'])}</p>")
@@ -277,20 +291,20 @@ def _slug(text: str, seen: set[str]) -> str:
     return slug
 
 
-def _case_rows(cases: Sequence[Mapping[str, Any]], was: Mapping[str, str | None] | None, phoenix: Sequence[str]) -> str:
+def _case_rows(cases: Sequence[CaseRecord], was: Mapping[str, str | None] | None, phoenix: Sequence[str]) -> str:
     ordered = sorted(cases, key=lambda c: (_ORDER.get(str(c.get("verdict")), 1), str(c.get("case_id"))))
     seen: set[str] = set()
     rows = []
     width = 8 if was is not None else 7
     for case in ordered:
-        verdict = str(case.get("verdict", "failed"))
+        verdict = verdict_of(case)
         verdict = verdict if verdict in _ORDER else "failed"
         runs = case.get("runs") or []
         rate = ""
         if len(runs) > 1:
-            passed = sum(1 for r in runs if r.get("verdict") == "passed")
-            rate = f"<br><span class='small'>{passed}/{len(runs)} runs, floor {_e(case.get('min_pass_rate'))}</span>"
-        failed = [str(c.get("name")) for c in case.get("checks", ()) if c.get("status") == "failed"]
+            floor = _e(case.get("min_pass_rate"))
+            rate = f"<br><span class='small'>{runs_passed(case)}/{len(runs)} runs, floor {floor}</span>"
+        failed = [str(c.get("name")) for c in failed_checks(case)]
         reason = why(case)
         phoenix_cell = _phoenix_cell(case, phoenix)
         baseline = ""
@@ -315,7 +329,7 @@ def _case_rows(cases: Sequence[Mapping[str, Any]], was: Mapping[str, str | None]
     return "".join(rows)
 
 
-def _was_now_table(cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]) -> str:
+def _was_now_table(cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord]) -> str:
     rows = []
     for change in case_changes(cases, baseline):
         mark = "regressed" if change.regressed else "improved" if change.improved else ""
@@ -359,14 +373,14 @@ def _columns(baseline: bool) -> str:
 def render(
     doc: Mapping[str, Any],
     gate_results: Sequence[gate.GateResult] = (),
-    baseline: Sequence[Mapping[str, Any]] | None = None,
+    baseline: Sequence[CaseRecord] | None = None,
     *,
     phoenix: Sequence[str] = (),
 ) -> str:
     """The page for one results.json document (``doc``), its gates' results, and the baseline's cases if any;
     ``phoenix``: the URLs of the Phoenix the user configured, the only one trace links go to."""
-    cases = list(doc.get("cases", ()))
-    was = None if baseline is None else {str(c.get("case_id")): str(c.get("verdict", "failed")) for c in baseline}
+    cases: list[CaseRecord] = list(doc.get("cases", ()))
+    was = None if baseline is None else {str(c.get("case_id")): verdict_of(c) for c in baseline}
     baseline_head = "<th>baseline</th>" if was is not None else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -13,13 +13,15 @@ C(c, k) / C(n, k) (tau-bench's pass^k): pass^1 is the pass rate, pass^n is 1 onl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Final
+
+from pytest_llmtrace.results.case_record import CaseRecord, RunRecord, failed_checks, runs_passed, verdict_of
 
 __all__ = ["REPEAT_FIELD", "aggregate", "pass_hat_k", "repeat_lines", "run_summary"]
 
 # The field record() puts on each run of a repeated case before folding: {"run": k, "of": n, "case_nodeid": ...}.
-REPEAT_FIELD = "repeat"
+REPEAT_FIELD: Final = "repeat"
 _RATE_SLACK = 1e-9  # 2/3 runs against a floor written 0.6666666667 still passes
 
 
@@ -28,14 +30,13 @@ def pass_hat_k(passed: int, runs: int) -> dict[str, float]:
     return {str(k): math.comb(passed, k) / math.comb(runs, k) for k in range(1, runs + 1)}
 
 
-def run_summary(case: Mapping[str, Any], run: int) -> dict[str, Any]:
+def run_summary(case: CaseRecord, run: int) -> RunRecord:
     """One run as ``runs`` lists it: enough to see how runs of a flaky case differ, not every row again."""
-    failed = [c["name"] for c in case.get("checks", ()) if c.get("status") == "failed"]
     return {
         "run": run,
         "nodeid": case.get("nodeid"),
-        "verdict": case.get("verdict", "failed"),
-        "failed_checks": failed,
+        "verdict": verdict_of(case),
+        "failed_checks": [c["name"] for c in failed_checks(case)],
         "app_error": case.get("app_error"),
         "replay_misses": len(case.get("replay_misses") or ()),
         "sql": case.get("sql"),
@@ -44,19 +45,24 @@ def run_summary(case: Mapping[str, Any], run: int) -> dict[str, Any]:
     }
 
 
-def _fold(runs: Sequence[dict[str, Any]], min_pass_rate: float) -> dict[str, Any]:
-    ordered = sorted(runs, key=lambda r: int(r.get(REPEAT_FIELD, {}).get("run", 1)))
+def _run(case: CaseRecord) -> int:
+    repeat = case.get(REPEAT_FIELD)
+    return 1 if repeat is None else int(repeat["run"])
+
+
+def _fold(runs: Sequence[CaseRecord], min_pass_rate: float) -> CaseRecord:
+    ordered = sorted(runs, key=_run)
     passed = sum(1 for r in ordered if r.get("verdict") == "passed")
     rate = passed / len(ordered)
     ok = rate >= min_pass_rate - _RATE_SLACK
     representative = next(r for r in ordered if (r.get("verdict") == "passed") == ok)
-    case = {k: v for k, v in representative.items() if k != REPEAT_FIELD}
-    repeat = representative.get(REPEAT_FIELD)
+    case = representative.copy()
+    repeat = case.pop(REPEAT_FIELD, None)
     if repeat is not None:
         case["nodeid"] = repeat["case_nodeid"]
     case["passed"] = ok
     case["verdict"] = "passed" if ok else representative.get("verdict", "failed")
-    case["runs"] = [run_summary(r, int(r.get(REPEAT_FIELD, {}).get("run", 1))) for r in ordered]
+    case["runs"] = [run_summary(r, _run(r)) for r in ordered]
     case["representative_run"] = int(repeat["run"]) if repeat is not None else 1
     case["pass_rate"] = rate
     case["pass_hat_k"] = pass_hat_k(passed, len(ordered))
@@ -64,14 +70,14 @@ def _fold(runs: Sequence[dict[str, Any]], min_pass_rate: float) -> dict[str, Any
     return case
 
 
-def aggregate(cases: Sequence[dict[str, Any]], min_pass_rate: float) -> list[dict[str, Any]]:
+def aggregate(cases: Sequence[CaseRecord], min_pass_rate: float) -> list[CaseRecord]:
     """One dict per case, sorted by node id then case id; only runs of one repeated case are folded together.
 
     A test that called ``llmtrace_check`` twice has two outcomes under one node id: those stay two cases, as before.
     A run that never produced an outcome (its stand-in, verdict ``error``) is a run that did not pass.
     """
-    groups: dict[str, list[dict[str, Any]]] = {}
-    single: list[dict[str, Any]] = []
+    groups: dict[str, list[CaseRecord]] = {}
+    single: list[CaseRecord] = []
     for case in cases:
         repeat = case.get(REPEAT_FIELD)
         if repeat is None:
@@ -84,7 +90,7 @@ def aggregate(cases: Sequence[dict[str, Any]], min_pass_rate: float) -> list[dic
     return folded
 
 
-def repeat_lines(cases: Sequence[Mapping[str, Any]], repeat: int, min_pass_rate: float, shown: int = 20) -> list[str]:
+def repeat_lines(cases: Sequence[CaseRecord], repeat: int, min_pass_rate: float, shown: int = 20) -> list[str]:
     """The terminal's account of a repeated run: the verdicts by pass rate, and the cases whose runs disagreed."""
     repeated = [c for c in cases if len(c.get("runs") or ()) > 1]
     passed = sum(1 for c in repeated if c.get("passed"))
@@ -94,7 +100,7 @@ def repeat_lines(cases: Sequence[Mapping[str, Any]], repeat: int, min_pass_rate:
     ]
     mixed = [c for c in repeated if 0 < float(c.get("pass_rate", 0)) < 1]
     for case in mixed[:shown]:
-        ok = sum(1 for r in case["runs"] if r.get("verdict") == "passed")
+        ok = runs_passed(case)
         verdict = "passed" if case.get("passed") else "failed"
         lines.append(f"  {case['case_id']}: {ok}/{len(case['runs'])} runs passed -> {verdict}")
     if len(mixed) > shown:

@@ -8,12 +8,12 @@ cannot add rows, links, images or HTML to a CI page; a verdict is shown as is on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results.baseline import case_changes, figure, gate_changes
+from pytest_llmtrace.results.case_record import CaseRecord, failed_checks, runs_passed, verdict_of
 
 __all__ = ["MAX_CASE_ROWS", "cell", "summary_markdown", "totals", "verdict_cell", "why"]
 
@@ -21,11 +21,10 @@ VERDICTS = ("passed", "failed", "error", "new", "gone")  # new, gone: a case in 
 MAX_CASE_ROWS = 200  # a step summary stays readable; report.html and results.json list every case
 
 
-def totals(cases: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+def totals(cases: Sequence[CaseRecord]) -> dict[str, int]:
     out = {"cases": len(cases), "passed": 0, "failed": 0, "error": 0}
     for case in cases:
-        verdict = str(case.get("verdict", "failed"))
-        out[verdict] = out.get(verdict, 0) + 1
+        out[verdict_of(case)] = out.get(verdict_of(case), 0) + 1
     return out
 
 
@@ -42,13 +41,13 @@ def verdict_cell(value: object) -> str:
     return str(value) if value in VERDICTS else cell(value, 40)
 
 
-def why(case: Mapping[str, Any]) -> str:
+def why(case: CaseRecord) -> str:
     """The first reason a case did not pass, as plain text."""
     if case.get("app_error"):
         return str(case["app_error"])
     if case.get("replay_misses"):
         return f"replay: {case['replay_misses'][0]['kind']}"
-    failed = [c for c in case.get("checks", []) if c.get("status") == "failed"]
+    failed = failed_checks(case)
     return f"{failed[0]['name']}: {failed[0]['reason']}" if failed else ""
 
 
@@ -59,18 +58,15 @@ def _trace_link(url: object) -> str:
     return f"[trace]({url.replace(' ', '%20').replace(')', '%29').replace('|', '%7C')})"
 
 
-def _runs(case: Mapping[str, Any]) -> str:
+def _runs(case: CaseRecord) -> str:
     runs = case.get("runs") or []
-    if len(runs) < 2:
-        return ""
-    passed = sum(1 for r in runs if r.get("verdict") == "passed")
-    return f" ({passed}/{len(runs)} runs)"
+    return f" ({runs_passed(case)}/{len(runs)} runs)" if len(runs) > 1 else ""
 
 
 def summary_markdown(
-    cases: Sequence[Mapping[str, Any]],
+    cases: Sequence[CaseRecord],
     gate_results: Sequence[gate.GateResult],
-    baseline: Sequence[Mapping[str, Any]] | None = None,
+    baseline: Sequence[CaseRecord] | None = None,
 ) -> str:
     count = totals(cases)
     lines = [
@@ -111,7 +107,7 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _was_now(cases: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]]) -> list[str]:
+def _was_now(cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord]) -> list[str]:
     changes = case_changes(cases, baseline)
     rates = any(c.was_rate is not None or c.now_rate is not None for c in changes)
     regressed = sum(1 for c in changes if c.regressed)

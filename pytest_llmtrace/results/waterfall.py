@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from pytest_llmtrace.results.baseline import figure
+from pytest_llmtrace.results.case_record import SpanBarRecord, WaterfallRecord
 
 __all__ = ["CSS", "KIND_COLOURS", "pair"]
 
@@ -65,7 +66,7 @@ def _total(data: Mapping[str, Any] | None) -> float:
     return _number(data.get("total_ms")) if isinstance(data, Mapping) else 0.0
 
 
-def pair(golden: Any, now: Any) -> str:
+def pair(golden: WaterfallRecord | None, now: WaterfallRecord | None) -> str:
     """The golden waterfall over the one now, on the scale of the longer; a missing trace says so instead."""
     if not isinstance(golden, Mapping) and not isinstance(now, Mapping):
         return ""
@@ -91,7 +92,7 @@ def _label(name: str, depth: int) -> tuple[float, str]:
     return 4 + indent, name if len(name) <= room else name[: room - 1] + "…"
 
 
-def _bar(index: int, bar: Mapping[str, Any], scale: float) -> str:
+def _bar(index: int, bar: SpanBarRecord, scale: float) -> str:
     y = _HEAD + index * _ROW
     name, kind = str(bar.get("name", "")), str(bar.get("kind", ""))
     start, duration, replayed = (
@@ -137,7 +138,7 @@ def _tick(fraction: float, scale: float, height: int) -> str:
     )
 
 
-def _chart(title: str, data: Mapping[str, Any], scale: float) -> str:
+def _chart(title: str, data: WaterfallRecord, scale: float) -> str:
     listed = data.get("bars")
     bars = [b for b in listed if isinstance(b, Mapping)] if isinstance(listed, list) else []
     omitted = int(_number(data.get("omitted")))

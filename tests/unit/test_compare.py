@@ -5,27 +5,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pytest_llmtrace.cli import main
+from pytest_llmtrace.results.case_record import CaseRecord, as_case
 from pytest_llmtrace.results.compare import compare, mcnemar_p
 from pytest_llmtrace.results.gate import GATE_EXIT_STATUS
 
 
-def _case(case_id: str, ok: bool, sql: str = "SELECT 1") -> dict[str, Any]:
+def _case(case_id: str, ok: bool, sql: str = "SELECT 1") -> CaseRecord:
     status = "passed" if ok else "failed"
-    return {
-        "case_id": case_id,
-        "passed": ok,
-        "verdict": status,
-        "checks": [{"name": "sql", "status": status}],
-        "sql": sql,
-    }
+    return as_case(
+        {
+            "case_id": case_id,
+            "passed": ok,
+            "verdict": status,
+            "checks": [{"name": "sql", "status": status}],
+            "sql": sql,
+        }
+    )
 
 
-def _write(path: Path, *cases: dict[str, Any]) -> Path:
+def _write(path: Path, *cases: CaseRecord) -> Path:
     path.write_text(json.dumps({"schema_version": 1, "run": {}, "cases": list(cases)}))
     return path
 

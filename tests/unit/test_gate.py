@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pytest
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult
 from pytest_llmtrace.results import gate
+from pytest_llmtrace.results.case_record import CaseRecord, as_case
 
 
 def _case(
@@ -20,7 +20,7 @@ def _case(
     total_ms: float | None = 100.0,
     tokens: int = 100,
     golden_tokens: int = 100,
-) -> dict[str, Any]:
+) -> CaseRecord:
     outcome = CaseOutcome(
         case_id=case_id,
         mode="replay",
@@ -32,10 +32,10 @@ def _case(
     )
     data = outcome.to_dict()
     data["verdict"] = "passed" if outcome.passed else "failed"
-    return data
+    return as_case(data)
 
 
-def _one(expr: str, cases: list[dict[str, Any]], baseline: list[dict[str, Any]] | None = None) -> gate.GateResult:
+def _one(expr: str, cases: list[CaseRecord], baseline: list[CaseRecord] | None = None) -> gate.GateResult:
     (result,) = gate.evaluate([gate.parse(expr)], cases, baseline)
     return result
 

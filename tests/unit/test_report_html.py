@@ -25,6 +25,7 @@ from htmlpage import parse
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Measurement, SpanBar, Waterfall
 from pytest_llmtrace.results import gate
+from pytest_llmtrace.results.case_record import CaseRecord, as_case
 from pytest_llmtrace.results.html import phoenix_link, render
 from pytest_llmtrace.results.repeats import aggregate
 
@@ -44,7 +45,7 @@ def _waterfall(total_ms: float, llm_ms: float, *, replayed: bool, name: str = "o
     )
 
 
-def _case(case_id: str, *, passed: bool, sql: str = "SELECT 1", **more: Any) -> dict[str, Any]:
+def _case(case_id: str, *, passed: bool, sql: str = "SELECT 1", **more: Any) -> CaseRecord:
     latency = Measurement(
         "total", "ms", 9295.0, 2852.0, "relative", 4277.8, "<= 1.5x golden (4277.8 ms)",
         "passed" if passed else "failed", replayed=537.2,
@@ -70,10 +71,10 @@ def _case(case_id: str, *, passed: bool, sql: str = "SELECT 1", **more: Any) -> 
     )
     data = outcome.to_dict()
     data.update(verdict="passed" if passed else "failed", nodeid=f"golden_traces/{case_id}.json::{case_id}", **more)
-    return data
+    return as_case(data)
 
 
-def _doc() -> tuple[dict[str, Any], list[gate.GateResult], list[dict[str, Any]]]:
+def _doc() -> tuple[dict[str, Any], list[gate.GateResult], list[CaseRecord]]:
     cases = aggregate(
         [
             _case("good_case", passed=True, phoenix={"url": "http://127.0.0.1:6006/", "trace_id": "ab" * 16}),
@@ -119,7 +120,7 @@ def test_the_page_has_the_verdict_failing_cases_first_and_shows_hostile_strings_
         assert place + HOSTILE in text, f"{place!r} is shown as text"
     # only http(s) Phoenix links: the javascript: URL of the hostile case becomes no link at all
     assert [a["href"] for a in page.find("a")] == [f"http://127.0.0.1:6006/redirects/traces/{'ab' * 16}"]
-    assert phoenix_link({"phoenix": {"url": "javascript:alert(3)", "trace_id": "x"}}) is None
+    assert phoenix_link(as_case({"phoenix": {"url": "javascript:alert(3)", "trace_id": "x"}})) is None
     # the figures: now (replayed part) / golden / limit, and the baseline's verdict beside this run's
     assert "9295 (537.2 replayed)" in text
     assert "golden 2852" in text

@@ -9,9 +9,10 @@ import pytest
 
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.pytest.run_results import write_reports
+from pytest_llmtrace.results.case_record import as_case
 
 META = {"mode": "replay"}
-CASES = [{"case_id": "c", "passed": True, "verdict": "passed", "checks": []}]
+CASES = [as_case({"case_id": "c", "passed": True, "verdict": "passed", "checks": []})]
 NAMES = ("results.json", "summary.md", "report.html")
 
 

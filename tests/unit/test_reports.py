@@ -17,6 +17,7 @@ from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results import model_digests as models
 from pytest_llmtrace.results.baseline import case_changes, figure, gate_changes
+from pytest_llmtrace.results.case_record import CaseRecord, as_case
 from pytest_llmtrace.results.repeats import REPEAT_FIELD, aggregate, pass_hat_k, repeat_lines
 from pytest_llmtrace.results.summary import cell, summary_markdown
 from pytest_llmtrace.trace.model import Trace
@@ -27,23 +28,25 @@ GOLDEN = Path(__file__).resolve().parents[2] / "golden_traces"
 
 def _case(
     case_id: str, verdict: str = "passed", *, sql: str = "passed", total_ms: float = 100.0, tokens: int = 300
-) -> dict[str, Any]:
-    return {
-        "case_id": case_id,
-        "nodeid": f"golden_traces/{case_id}.json::{case_id}",
-        "passed": verdict == "passed",
-        "verdict": verdict,
-        "checks": [{"name": "sql", "status": sql, "reason": "" if sql == "passed" else "boom", "measurements": []}],
-        "app_error": None,
-        "replay_misses": [],
-        "sql": "SELECT 1",
-        "durations_ms": {"total": total_ms},
-        "tokens": {"total": tokens},
-        "golden_tokens": {"total": 300},
-    }
+) -> CaseRecord:
+    return as_case(
+        {
+            "case_id": case_id,
+            "nodeid": f"golden_traces/{case_id}.json::{case_id}",
+            "passed": verdict == "passed",
+            "verdict": verdict,
+            "checks": [{"name": "sql", "status": sql, "reason": "" if sql == "passed" else "boom", "measurements": []}],
+            "app_error": None,
+            "replay_misses": [],
+            "sql": "SELECT 1",
+            "durations_ms": {"total": total_ms},
+            "tokens": {"total": tokens},
+            "golden_tokens": {"total": 300},
+        }
+    )
 
 
-def _run(case_id: str, run: int, of: int, verdict: str, **more: Any) -> dict[str, Any]:
+def _run(case_id: str, run: int, of: int, verdict: str, **more: Any) -> CaseRecord:
     data = _case(case_id, verdict, sql="passed" if verdict == "passed" else "failed", **more)
     data["nodeid"] += f"[{run}/{of}]"
     data[REPEAT_FIELD] = {"run": run, "of": of, "case_nodeid": f"golden_traces/{case_id}.json::{case_id}"}

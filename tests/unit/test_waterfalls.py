@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+from typing import cast
 
 import pytest
 from htmlpage import parse
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, Waterfall
 from pytest_llmtrace.checks.timeline import NAME_LIMIT, waterfall_of
+from pytest_llmtrace.results.case_record import WaterfallRecord
 from pytest_llmtrace.results.waterfall import pair
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.span import Status
@@ -98,11 +100,16 @@ def test_the_waterfalls_round_trip_through_results_json() -> None:
     assert CaseOutcome.from_dict({**data, "waterfall": None}).waterfall is None  # a stand-in case has none
 
 
+def _read(data: object) -> WaterfallRecord:
+    """A waterfall as report.html gets it from results.json: whatever the file holds, typed as what it should."""
+    return cast(WaterfallRecord, data)
+
+
 def test_golden_and_now_share_one_time_scale_and_replayed_bars_are_drawn_as_such() -> None:
     golden = waterfall_of(gateway()).to_dict()  # 100 ms
     answer = ReplayedAnswer(int(1_012 * MS), int(1_018 * MS), 110 * MS, 0)
     virtual = virtualize(gateway(), [answer])  # 200 ms: the recorded call took 110 ms instead of 10
-    page = parse(pair(golden, waterfall_of(virtual.trace, virtual.replayed_ns).to_dict()))
+    page = parse(pair(_read(golden), _read(waterfall_of(virtual.trace, virtual.replayed_ns).to_dict())))
     assert [c["data-trace"] for c in page.find("svg")] == ["golden", "now"]
     widths = [float(str(r["width"])) for r in page.find("rect")]
     golden_root, now_root = widths[0], widths[3]
@@ -118,16 +125,16 @@ def test_hostile_names_and_kinds_stay_text_and_broken_figures_do_not_break_the_p
     trace = Trace([span(HOSTILE, 0, 10, kind="LLM' onload='alert(3)", span_id="root")])
     now = waterfall_of(trace, {}).to_dict()
     broken = {"bars": [{"name": 7, "kind": None, "start_ms": "soon", "duration_ms": float("nan")}], "total_ms": -1}
-    page = parse(pair(broken, now))
+    page = parse(pair(_read(broken), _read(now)))
     assert {t for t, _ in page.tags} <= {"p", "span", "svg", "g", "title", "text", "line", "rect"}
     assert not [k for _, a in page.tags for k in a if k.startswith("on") or k in ("href", "src", "style")]
     assert [r["class"] for r in page.find("rect")] == ["k-other", "k-other"]  # unknown kinds get no class of their own
     assert HOSTILE[:20] in "".join(page.text)
-    assert "no spans" in pair({"bars": 5, "total_ms": 1}, None)
+    assert "no spans" in pair(_read({"bars": 5, "total_ms": 1}), None)
     assert pair(None, None) == ""
-    assert "golden: no trace" in pair(None, now)
+    assert "golden: no trace" in pair(None, _read(now))
 
 
 def test_spans_not_drawn_are_counted_on_the_chart() -> None:
     data = {**waterfall_of(gateway()).to_dict(), "omitted": 41}
-    assert re.search(r"\.\.\. 41 more spans not drawn", pair(data, data))
+    assert re.search(r"\.\.\. 41 more spans not drawn", pair(_read(data), _read(data)))
