@@ -10,30 +10,26 @@ the coordinator stops them all when the run ends (or the next run reaps them aft
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import hashlib
 import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
-from pytest_llmtrace.core.errors import did_you_mean, first_line
+from pytest_llmtrace.core.errors import did_you_mean
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.services import case_bounds, ollama, pg_leftovers, pg_roles, phoenix, postgres
-from pytest_llmtrace.services.base import SERVICES, Endpoint, ServiceStartError, redact_url
+from pytest_llmtrace.services import ollama, pg_roles, pg_session, phoenix, postgres
+from pytest_llmtrace.services.base import SERVICES, Endpoint
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
 from pytest_llmtrace.services.docker import docker_available, gpu_request
 from pytest_llmtrace.services.ollama import ReplaySwitch
-from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
-from pytest_llmtrace.services.pg_objects import ObjectGuard
+from pytest_llmtrace.services.pg_guard import SessionGuard
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.services.run_records import RunContext, RunRecord, file_lock
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
@@ -292,83 +288,17 @@ class ServiceManager:
         in the manager: code a case left in the clone (a trigger on a fixture table) runs as whoever fires it, so no
         superuser ever writes there. With ``owner`` (``llmtrace_app_db = owner``) the app gets that role's DSN too.
         """
-        import psycopg2  # loads libpq: only when a test first uses Postgres
-
-        endpoint = self.endpoint("postgres")
-        files = self.sql_fixture_files()
-        digest = hashlib.sha256(pg_roles.LOCKDOWN_VERSION.encode())
-        for path in files:
-            digest.update(str(path.relative_to(self.rootdir)).encode() + b"\0" + path.read_bytes())
-        template = f"llmtrace_tpl_{digest.hexdigest()[:12]}"
-        name = f"llmtrace_{self.context.worker_id}_{uuid.uuid4().hex[:8]}".lower()
-        roles: pg_roles.SessionRoles | None = None
-        try:
-            # A server this run started goes with it; one it was given keeps what killed runs left: reap that once
-            kept_server = endpoint.backend not in pg_roles.LOCKED_BACKENDS
-            if kept_server and endpoint.url not in self._reaped:
-                self._reaped.add(endpoint.url)
-                _, self.leftover_notes = pg_leftovers.reap(endpoint.url)
-            with (
-                file_lock(self.context.run_dir / "postgres-template.lock"),
-                postgres.advisory_lock(endpoint.url, template),
-            ):
-                if not postgres.template_ready(endpoint.url, template):
-                    postgres.drop_database(endpoint.url, template)  # half-built by a run that was killed
-                    postgres.create_template(endpoint.url, template, files)
-                    if endpoint.backend in pg_roles.LOCKED_BACKENDS:  # each clone is closed by open_clone
-                        pg_roles.lock_down_server(endpoint.url)
-            url = postgres.clone_database(endpoint.url, template, name)
-            roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=True)
-            if kept_server:
-                pg_leftovers.mark(endpoint.url, name, roles.names, pg_leftovers.run_marker(self.context.record))
-            pg_roles.open_clone(endpoint.url, url, name, roles)
-        except psycopg2.Error as exc:  # a user's server where this login may not create databases or roles
-            if roles is not None:
-                with contextlib.suppress(Exception):
-                    postgres.drop_database(endpoint.url, name)
-                    roles.drop()
-            raise ServiceStartError(
-                "postgres",
-                endpoint.backend,
-                f"cannot set up the test databases on {redact_url(endpoint.url)}: {first_line(exc)}",
-                fix="connect as a role with CREATEDB and CREATEROLE (it creates a template, a clone per session and "
-                "roles of its own for each session), or use --llmtrace-postgres=embedded",
-                urls=(endpoint.url,),
-            ) from exc
-        assert roles.owner is not None, "created with owner=True"
-        owner_url = roles.owner.dsn(endpoint.url, name)
-        database = PostgresDatabase(
-            endpoint=replace(endpoint, url=owner_url),  # no superuser DSN leaves the manager
-            url=owner_url,
-            reader_url=roles.reader.dsn(endpoint.url, name),
-            database=name,
-            template=template,
-            reader_role=roles.reader.name,
-            owner_url=owner_url if owner else None,
-            owner_role=roles.owner.name if owner else None,
+        database, guard = pg_session.open_session(
+            self.endpoint("postgres"),
+            self.sql_fixture_files(),
+            rootdir=self.rootdir,
+            context=self.context,
+            reaped=self._reaped,
+            notes=self,
+            limits=limits,
+            owner=owner,
         )
-        self.lockdown_notes = roles.notes
-        # The watchdog ends the app's backends at a deadline: the owner's only when the app logs in as the owner
-        roles_watched = roles.names if owner else (roles.reader.name,)
-        watchdog = Watchdog(endpoint.url, name, roles_watched, case_bounds.backend_killer(endpoint))
-        objects = ObjectGuard(url)  # ``url``: the clone as the admin, for the catalogs only
-        guard = SessionGuard(roles, watchdog, objects)
-        try:
-            pg_roles.verify_login(database.reader_url, roles.reader.name)
-            pg_roles.verify_login(owner_url, roles.owner.name)
-            watchdog.start()
-            objects.snapshot()  # connects now, before a case could hold every connection slot
-        except (psycopg2.Error, pg_roles.UnsafeLogin) as exc:
-            guard.close()
-            postgres.drop_database(endpoint.url, name)
-            raise ServiceStartError(
-                "postgres",
-                endpoint.backend,
-                f"the session's own role cannot be used safely on {redact_url(endpoint.url)}: {first_line(exc)}",
-                fix="check pg_hba.conf lets the roles llmtrace_r_* / llmtrace_o_* log in with a password",
-                urls=(endpoint.url, database.reader_url, database.owner_url or ""),
-            ) from exc
-        self._guards[name] = guard
+        self._guards[database.database] = guard
         return database
 
     def guard(self, database: PostgresDatabase) -> SessionGuard:
