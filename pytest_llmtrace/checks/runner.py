@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencies_ms, tokens_of
@@ -26,7 +26,7 @@ from pytest_llmtrace.services.pg_guard import Finding
 from pytest_llmtrace.trace.model import SqlStatement, Trace
 from pytest_llmtrace.trace.virtual import retime
 
-__all__ = ["RETRY_NOISE", "UNSTABLE_SPREAD", "guard_checks", "retimings", "run_checks", "sql_of"]
+__all__ = ["RETRY_NOISE", "UNSTABLE_SPREAD", "CaseInput", "guard_checks", "retimings", "run_checks", "sql_of"]
 
 _NEEDS_DATABASE = frozenset({"sql", "results", "cost", "snapshot"})
 # The noise the re-runs exist for: a busy machine may slow a statement to this many times its limit, not more. A SQL
@@ -53,27 +53,10 @@ def guard_checks(findings: Iterable[Finding]) -> tuple[CheckResult, ...]:
     return tuple(CheckResult(f.name, "failed", f.reason, details=f.details) for f in findings)
 
 
-def run_checks(
-    now: Trace,
-    *,
-    options: CheckOptions,
-    case_id: str,
-    mode: Mode,
-    golden: Trace | None = None,
-    file: str | None = None,
-    checks: Collection[str] | None = None,
-    database: str | None = None,
-    sql: str | None = None,
-    snapshot: OutcomeSnapshot | None = None,
-    update_snapshots: bool = False,
-    app_error: str | None = None,
-    replay_misses: Sequence[ReplayMiss] = (),
-    app_ms: float | None = None,
-    started: float | None = None,
-    replayed_ms: Mapping[str, float] | None = None,
-    replayed_spans_ns: Mapping[str, int] | None = None,
-) -> CaseOutcome:
-    """Run ``checks`` (default: ``options.checks``) on ``now`` and gather the verdicts.
+@dataclass(frozen=True)
+class CaseInput:
+    """Everything one case hands the checks, assembled once by its caller (a golden case, or one ``llmtrace_check``
+    call), so the two paths cannot pass the runner different things under the same names.
 
     ``database`` is the read-only DSN the SQL is re-executed on (needed by the sql, results and snapshot checks);
     ``sql`` replaces the statement taken from ``now``. Without ``golden`` only absolute limits apply, and a missing
@@ -84,6 +67,30 @@ def run_checks(
     time, ``trace.virtual``); the latency and snapshot checks mark those numbers as replayed, and
     ``replayed_spans_ns`` (``VirtualTrace.replayed_ns``) marks the replayed spans of the outcome's waterfall.
     """
+
+    now: Trace
+    options: CheckOptions
+    case_id: str
+    mode: Mode
+    golden: Trace | None = None
+    file: str | None = None
+    checks: Collection[str] | None = None  # default: ``options.checks``
+    database: str | None = None
+    sql: str | None = None
+    snapshot: OutcomeSnapshot | None = None
+    update_snapshots: bool = False
+    app_error: str | None = None
+    replay_misses: Sequence[ReplayMiss] = ()
+    app_ms: float | None = None
+    started: float | None = None
+    replayed_ms: Mapping[str, float] | None = None
+    replayed_spans_ns: Mapping[str, int] | None = None
+
+
+def run_checks(case: CaseInput) -> CaseOutcome:
+    """Run the case's checks on what it did now and gather the verdicts (``CaseInput`` says what each part is for)."""
+    now, options, golden, database, sql = case.now, case.options, case.golden, case.database, case.sql
+    snapshot, replayed_ms, checks = case.snapshot, case.replayed_ms, case.checks
     checks_started = time.perf_counter()
     selected = options.checks if checks is None else frozenset(checks)
     unknown = selected - set(CHECKS)
@@ -98,7 +105,7 @@ def run_checks(
         result = _timed_out_in_the_app(now, statement, options) if sql is None else None
         if result is None:
             result = _execute(database, statement, options, cost="cost" in selected)
-    replayed = mode == "replay"
+    replayed = case.mode == "replay"
     costs = _costs(database, statement, golden_sql, result, options) if "cost" in selected else None
     timing: Trace = now  # the trace the timing checks judge: `now`, or `now` with its SQL re-timed
     reruns: tuple[float, ...] = ()
@@ -108,7 +115,7 @@ def run_checks(
     def results() -> CheckResult:
         if golden is None:
             return CheckResult("results", "skipped", "no golden trace to compare with")
-        if update_snapshots:
+        if case.update_snapshots:
             return CheckResult(
                 "results", "skipped", "--snapshot-update rewrites the snapshot the rows are compared with"
             )
@@ -133,12 +140,12 @@ def run_checks(
     verdicts = tuple(runs[name]() for name in CHECKS if name in selected)
     finished = time.perf_counter()
     return CaseOutcome(
-        case_id=case_id,
-        mode=mode,
-        file=file,
+        case_id=case.case_id,
+        mode=case.mode,
+        file=case.file,
         checks=verdicts,
-        app_error=app_error,
-        replay_misses=tuple(replay_misses),
+        app_error=case.app_error,
+        replay_misses=tuple(case.replay_misses),
         sql=statement,
         golden_sql=golden_sql,
         result=result,
@@ -147,11 +154,11 @@ def run_checks(
         durations_ms=latencies_ms(timing),
         golden_durations_ms=None if golden is None else latencies_ms(golden),
         replayed_durations_ms=dict(replayed_ms or {}),
-        waterfall=waterfall_of(timing, replayed_spans_ns),
+        waterfall=waterfall_of(timing, case.replayed_spans_ns),
         golden_waterfall=None if golden is None else waterfall_of(golden),
         timings=Timings(
-            wall_ms=(finished - (checks_started if started is None else started)) * 1000,
-            app_ms=app_ms,
+            wall_ms=(finished - (checks_started if case.started is None else case.started)) * 1000,
+            app_ms=case.app_ms,
             checks_ms=(finished - checks_started) * 1000,
         ),
     )

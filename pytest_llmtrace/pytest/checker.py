@@ -22,7 +22,7 @@ from pytest_llmtrace.checks.options import (
     options_for,
 )
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, SqlOutcome
-from pytest_llmtrace.checks.runner import guard_checks, run_checks, sql_of
+from pytest_llmtrace.checks.runner import CaseInput, guard_checks, run_checks, sql_of
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude
@@ -105,14 +105,16 @@ class Checker:
         snapshot: OutcomeSnapshot | None,
     ) -> CaseOutcome:
         return run_checks(
-            now,
-            options=options,
-            case_id=self._request.node.nodeid,
-            mode="test",
-            checks=checks,
-            database=database,
-            sql=sql,
-            snapshot=snapshot,
+            CaseInput(
+                now,
+                options=options,
+                case_id=self._request.node.nodeid,
+                mode="test",
+                checks=checks,
+                database=database,
+                sql=sql,
+                snapshot=snapshot,
+            )
         )
 
     def sql_executes(self, trace: Trace | None = None, *, sql: str | None = None) -> SqlOutcome:

@@ -29,7 +29,7 @@ import pytest
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
 from pytest_llmtrace.checks.options import CheckOptions, options_for
 from pytest_llmtrace.checks.outcome import CaseOutcome, ReplayMiss
-from pytest_llmtrace.checks.runner import guard_checks, run_checks, sql_of
+from pytest_llmtrace.checks.runner import CaseInput, guard_checks, run_checks, sql_of
 from pytest_llmtrace.checks.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
 from pytest_llmtrace.checks.timeline import waterfall_of
 from pytest_llmtrace.core.errors import TraceFormatError
@@ -203,8 +203,7 @@ def _replay_case(
             if config.mode == "record":
                 write_trace(now, case.path)
                 golden = now  # the new recording is the reference from now on; absolute budgets still apply
-            checks = functools.partial(
-                run_checks,
+            case_input = CaseInput(
                 now,
                 options=options,
                 case_id=case.path.stem,  # the item name, without [k/N] for the runs of a repeated case
@@ -222,7 +221,7 @@ def _replay_case(
                 replayed_spans_ns=replayed_spans_ns,
             )
             with contextlib.suppress(Abandoned):  # the deadline's finding says so
-                outcome = deadline.call(checks, "the checks")
+                outcome = deadline.call(functools.partial(run_checks, case_input), "the checks")
     findings = guard_checks(held.findings())
     if outcome is None or deadline.fired:  # the app's error then is its connection being ended: the timeout says so
         sql_now = sql_of(llm_trace.trace)

@@ -15,7 +15,7 @@ from pytest_llmtrace.checks.cost import check_cost, measure_cost
 from pytest_llmtrace.checks.execute import READERS, check_sql, execute_untrusted
 from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import SqlOutcome
-from pytest_llmtrace.checks.runner import run_checks
+from pytest_llmtrace.checks.runner import CaseInput, run_checks
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, open_clone
 from pytest_llmtrace.services.postgres import PostgresDatabase, clone_database, drop_database
 from pytest_llmtrace.trace.model import Span, Trace
@@ -342,12 +342,14 @@ def test_a_sql_span_slowed_by_the_machine_is_re_timed_and_passes(reader: str) ->
     fast: not a regression."""
     golden, now = _sql_trace("SELECT 1", 5), _sql_trace("SELECT 1", 400)
     outcome = run_checks(
-        now,
-        options=CheckOptions(checks=frozenset({"latency"})),
-        case_id="c",
-        mode="live",
-        golden=golden,
-        database=reader,
+        CaseInput(
+            now,
+            options=CheckOptions(checks=frozenset({"latency"})),
+            case_id="c",
+            mode="live",
+            golden=golden,
+            database=reader,
+        )
     )
     check = outcome.check("latency")
 
@@ -365,7 +367,7 @@ def test_a_statement_that_is_really_slower_still_fails_after_re_timing(reader: s
     over the limit every time."""
     golden, now = _sql_trace("SELECT pg_sleep(0.5)", 250), _sql_trace("SELECT pg_sleep(0.5)", 700)
     options = CheckOptions(checks=frozenset({"latency"}), latency_retries=2, latency_budgets_ms={})
-    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+    outcome = run_checks(CaseInput(now, options=options, case_id="c", mode="live", golden=golden, database=reader))
     check = outcome.check("latency")
 
     assert check is not None
@@ -395,7 +397,7 @@ def test_a_statement_the_timeout_cancelled_is_judged_at_once(reader: str, monkey
     timeouts = _counting_executions(monkeypatch)
     golden, now = _sql_trace("SELECT pg_sleep(30)", 5), _sql_trace("SELECT pg_sleep(30)", 400)
     options = CheckOptions(checks=frozenset({"sql", "latency"}), sql_timeout_ms=300, latency_retries=3)
-    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+    outcome = run_checks(CaseInput(now, options=options, case_id="c", mode="live", golden=golden, database=reader))
 
     assert timeouts == [300]
     sql_check = outcome.check("sql")
@@ -410,7 +412,7 @@ def test_a_sql_time_past_twice_its_limit_is_judged_at_once(reader: str, monkeypa
     timeouts = _counting_executions(monkeypatch)
     golden, now = _sql_trace("SELECT 1", 5), _sql_trace("SELECT 1", 600_000)
     options = CheckOptions(checks=frozenset({"sql", "latency"}), latency_retries=3)
-    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+    outcome = run_checks(CaseInput(now, options=options, case_id="c", mode="live", golden=golden, database=reader))
     check = outcome.check("latency")
 
     assert len(timeouts) == 1
@@ -426,7 +428,7 @@ def test_re_runs_are_cut_off_at_twice_the_limit(reader: str, monkeypatch: pytest
     timeouts = _counting_executions(monkeypatch)
     golden, now = _sql_trace("SELECT pg_sleep(0.5)", 5), _sql_trace("SELECT pg_sleep(0.5)", 300)
     options = CheckOptions(checks=frozenset({"latency"}), latency_retries=3, latency_budgets_ms={})
-    outcome = run_checks(now, options=options, case_id="c", mode="live", golden=golden, database=reader)
+    outcome = run_checks(CaseInput(now, options=options, case_id="c", mode="live", golden=golden, database=reader))
 
     assert timeouts == [410]  # one re-run (the latency check alone executes nothing else), cut off
     check = outcome.check("latency")
@@ -498,7 +500,9 @@ def test_a_statement_the_statement_timeout_cancelled_in_the_app_is_not_run_again
     options = CheckOptions(checks=frozenset({"sql"}), sql_timeout_ms=300)
     cancelled = "canceling statement due to statement timeout"
     outcome = run_checks(
-        _timed_out_trace("SELECT 1", 310, cancelled), options=options, case_id="c", mode="live", database=reader
+        CaseInput(
+            _timed_out_trace("SELECT 1", 310, cancelled), options=options, case_id="c", mode="live", database=reader
+        )
     )
     assert executed == []
     assert outcome.result is not None
@@ -510,7 +514,7 @@ def test_a_statement_the_statement_timeout_cancelled_in_the_app_is_not_run_again
         _timed_out_trace("SELECT 1", 100, cancelled),
         _timed_out_trace("SELECT 1", 310, "canceling statement due to user request"),
     ):
-        outcome = run_checks(trace, options=options, case_id="c", mode="live", database=reader)
+        outcome = run_checks(CaseInput(trace, options=options, case_id="c", mode="live", database=reader))
         assert outcome.result is not None
         assert outcome.result.ok
     assert executed == ["SELECT 1", "SELECT 1"]
