@@ -7,6 +7,8 @@ failure with ``checks.report``'s text, and keep the outcome for reports.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -22,11 +24,21 @@ from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Mode, Repla
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.checks.sql_text import strip_code_fences
 from pytest_llmtrace.checks.timeline import waterfall_of
-from pytest_llmtrace.services.pg_guard import Finding
+from pytest_llmtrace.services.case_bounds import Abandoned
+from pytest_llmtrace.services.pg_guard import Deadline, Finding, SessionGuard
 from pytest_llmtrace.trace.model import SqlStatement, Trace
 from pytest_llmtrace.trace.virtual import retime
 
-__all__ = ["RETRY_NOISE", "UNSTABLE_SPREAD", "CaseInput", "guard_checks", "retimings", "run_checks", "sql_of"]
+__all__ = [
+    "RETRY_NOISE",
+    "UNSTABLE_SPREAD",
+    "CaseInput",
+    "guard_checks",
+    "retimings",
+    "run_checks",
+    "run_held",
+    "sql_of",
+]
 
 _NEEDS_DATABASE = frozenset({"sql", "results", "cost", "snapshot"})
 # The noise the re-runs exist for: a busy machine may slow a statement to this many times its limit, not more. A SQL
@@ -162,6 +174,40 @@ def run_checks(case: CaseInput) -> CaseOutcome:
             checks_ms=(finished - checks_started) * 1000,
         ),
     )
+
+
+def run_held(
+    guard: SessionGuard,
+    deadline: Deadline,
+    prepare: Callable[[], CaseInput | None],
+    fallback: Callable[[tuple[CheckResult, ...]], CaseOutcome],
+    *,
+    report_before: bool,
+) -> CaseOutcome:
+    """One case held by the session's guard, for golden cases and ``llmtrace_check`` alike.
+
+    ``prepare`` runs inside the guard (a golden case calls its app there) and gives the checks' input, or ``None``
+    when the deadline fired and the checks would run the runaway statement again. The checks run under the deadline,
+    in a thread it walks away from; what the guard found is added as failed checks. When the deadline fired, or the
+    checks never returned, ``fallback(findings)`` is the outcome. ``report_before``: role changes found before the
+    case (restored by then) fail it too; an ``llmtrace_check`` call reports them, a golden case does not.
+    """
+    outcome: CaseOutcome | None = None
+    with guard.case(deadline) as held:
+        case_input = prepare()
+        if case_input is not None:
+            with contextlib.suppress(Abandoned):  # the deadline's finding says so
+                outcome = deadline.call(functools.partial(run_checks, case_input), "the checks")
+    findings = guard_checks(held.findings())
+    if report_before and held.before:
+        reason = (
+            "the database roles were changed before this call (by the app in this test, or SQL run outside "
+            "llmtrace_check earlier; restored now)"
+        )
+        findings += (CheckResult("sandbox", "failed", reason, details=tuple(held.before)),)
+    if outcome is None or deadline.fired:
+        return fallback(findings)
+    return replace(outcome, checks=outcome.checks + findings)
 
 
 def _latency(

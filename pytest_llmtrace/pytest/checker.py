@@ -7,7 +7,6 @@ just recorded.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -22,12 +21,11 @@ from pytest_llmtrace.checks.options import (
     options_for,
 )
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, SqlOutcome
-from pytest_llmtrace.checks.runner import CaseInput, guard_checks, run_checks, sql_of
+from pytest_llmtrace.checks.runner import CaseInput, run_checks, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude
 from pytest_llmtrace.pytest.replay_config import get_config
-from pytest_llmtrace.services.case_bounds import Abandoned
 from pytest_llmtrace.services.pg_guard import Deadline
 
 if TYPE_CHECKING:
@@ -64,38 +62,25 @@ class Checker:
         now = trace if trace is not None else self._recording.trace
         options = options or self.options
         if not ({"sql", "snapshot"} & set(checks) and (sql is not None or sql_of(now) is not None)):
-            outcome = self._checks(now, checks, options, None, sql, snapshot)
+            outcome = run_checks(self._input(now, checks, options, None, sql, snapshot))
         else:
             postgres: PostgresDatabase = self._request.getfixturevalue("llmtrace_postgres")  # starts Postgres
             guard = services.get_manager(self._request.config).guard(postgres)
             deadline = Deadline.of(options)
-            deadline.checking = sql if sql is not None else sql_of(now)
-            outcome = CaseOutcome(self._request.node.nodeid, "test", sql=deadline.checking)
+            deadline.checking = checking = sql if sql is not None else sql_of(now)
+            nodeid = self._request.node.nodeid
             # the call's deadline, and the roles as they must stay; the checks in a thread it walks away from
-            with guard.case(deadline) as held, contextlib.suppress(Abandoned):
-                outcome = deadline.call(
-                    lambda: self._checks(now, checks, options, postgres.reader_url, sql, snapshot), "the checks"
-                )
-            before = (
-                CheckResult(
-                    "sandbox",
-                    "failed",
-                    "the database roles were changed before this call (by the app in this test, or SQL run outside "
-                    "llmtrace_check earlier; restored now)",
-                    details=tuple(held.before),
-                )
-                if held.before
-                else None
+            outcome = run_held(
+                guard,
+                deadline,
+                lambda: self._input(now, checks, options, postgres.reader_url, sql, snapshot),
+                lambda findings: CaseOutcome(nodeid, "test", checks=findings, sql=checking),
+                report_before=True,
             )
-            findings = (*guard_checks(held.findings()), *((before,) if before is not None else ()))
-            if deadline.fired:
-                outcome = CaseOutcome(outcome.case_id, "test", checks=findings, sql=outcome.sql)
-            else:
-                outcome = replace(outcome, checks=outcome.checks + findings)
         conclude(self._request.node, outcome)
         return outcome
 
-    def _checks(
+    def _input(
         self,
         now: Trace,
         checks: Collection[str],
@@ -103,18 +88,16 @@ class Checker:
         database: str | None,
         sql: str | None,
         snapshot: OutcomeSnapshot | None,
-    ) -> CaseOutcome:
-        return run_checks(
-            CaseInput(
-                now,
-                options=options,
-                case_id=self._request.node.nodeid,
-                mode="test",
-                checks=checks,
-                database=database,
-                sql=sql,
-                snapshot=snapshot,
-            )
+    ) -> CaseInput:
+        return CaseInput(
+            now,
+            options=options,
+            case_id=self._request.node.nodeid,
+            mode="test",
+            checks=checks,
+            database=database,
+            sql=sql,
+            snapshot=snapshot,
         )
 
     def sql_executes(self, trace: Trace | None = None, *, sql: str | None = None) -> SqlOutcome:

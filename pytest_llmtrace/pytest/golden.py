@@ -14,9 +14,7 @@ and fails the test with ``checks.report``'s text unless it passed.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import functools
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +26,8 @@ import pytest
 
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
 from pytest_llmtrace.checks.options import CheckOptions, options_for
-from pytest_llmtrace.checks.outcome import CaseOutcome, ReplayMiss
-from pytest_llmtrace.checks.runner import CaseInput, guard_checks, run_checks, sql_of
+from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, ReplayMiss
+from pytest_llmtrace.checks.runner import CaseInput, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
 from pytest_llmtrace.checks.timeline import waterfall_of
 from pytest_llmtrace.core.errors import TraceFormatError
@@ -170,11 +168,13 @@ def _replay_case(
     replay = _replay_backend(request, golden, config, deadline.seconds) if config.mode == "replay" else None
     if replay is not None:
         deadline.cancel = (replay.cancel,)
-    app_error: str | None = None
-    outcome: CaseOutcome | None = None
-    # From here the case's deadline runs (the app's first import, above, is not part of it): the app's request, then
-    # the checks, held from the admin side (services.pg_guard).
-    with manager.guard(database).case(deadline) as held:
+    guard = manager.guard(database)
+
+    def prepare() -> CaseInput | None:
+        """The app's request, then the checks' input: run inside the guard, under the case's deadline (the app's
+        first import, above, is not part of it)."""
+        nonlocal golden
+        app_error: str | None = None
         app_started = time.perf_counter()
         if replay is not None:
             manager.replay_switch.use(replay)
@@ -192,51 +192,50 @@ def _replay_case(
         # already, so their time is added to the deadline rather than taken from the app's.
         checks_s = (2 + options.latency_retries) * options.sql_timeout_ms / 1000
         why = "for the checks: (2 + llmtrace_latency_retries) x llmtrace_sql_timeout_ms"
-        manager.guard(database).watchdog.extend(deadline, checks_s, why, phase="the checks")
-        if not deadline.fired:  # past it, the checks would run the runaway statement again
-            now = llm_trace.trace
-            deadline.checking = sql_of(now)
-            replayed_ms, replayed_spans_ns = None, None
-            if replay is not None:  # the recorded durations in place of the instant answers; the rest as measured
-                virtual = virtualize(now, replay.answers)
-                now, replayed_ms, replayed_spans_ns = virtual.trace, replayed_latencies_ms(virtual), virtual.replayed_ns
-            if config.mode == "record":
-                write_trace(now, case.path)
-                golden = now  # the new recording is the reference from now on; absolute budgets still apply
-            case_input = CaseInput(
-                now,
-                options=options,
-                case_id=case.path.stem,  # the item name, without [k/N] for the runs of a repeated case
-                mode=config.mode,
-                golden=golden,
-                file=str(case.path),
-                database=database.reader_url,
-                snapshot=snapshot,
-                update_snapshots=bool(request.config.getoption("update_snapshots", False)),
-                app_error=app_error,
-                replay_misses=[] if replay is None else _misses(replay),
-                app_ms=app_ms,
-                started=started,
-                replayed_ms=replayed_ms,
-                replayed_spans_ns=replayed_spans_ns,
-            )
-            with contextlib.suppress(Abandoned):  # the deadline's finding says so
-                outcome = deadline.call(functools.partial(run_checks, case_input), "the checks")
-    findings = guard_checks(held.findings())
-    if outcome is None or deadline.fired:  # the app's error then is its connection being ended: the timeout says so
-        sql_now = sql_of(llm_trace.trace)
-        outcome = CaseOutcome(
+        guard.watchdog.extend(deadline, checks_s, why, phase="the checks")
+        if deadline.fired:  # past it, the checks would run the runaway statement again
+            return None
+        now = llm_trace.trace
+        deadline.checking = sql_of(now)
+        replayed_ms, replayed_spans_ns = None, None
+        if replay is not None:  # the recorded durations in place of the instant answers; the rest as measured
+            virtual = virtualize(now, replay.answers)
+            now, replayed_ms, replayed_spans_ns = virtual.trace, replayed_latencies_ms(virtual), virtual.replayed_ns
+        if config.mode == "record":
+            write_trace(now, case.path)
+            golden = now  # the new recording is the reference from now on; absolute budgets still apply
+        return CaseInput(
+            now,
+            options=options,
+            case_id=case.path.stem,  # the item name, without [k/N] for the runs of a repeated case
+            mode=config.mode,
+            golden=golden,
+            file=str(case.path),
+            database=database.reader_url,
+            snapshot=snapshot,
+            update_snapshots=bool(request.config.getoption("update_snapshots", False)),
+            app_error=app_error,
+            replay_misses=[] if replay is None else _misses(replay),
+            app_ms=app_ms,
+            started=started,
+            replayed_ms=replayed_ms,
+            replayed_spans_ns=replayed_spans_ns,
+        )
+
+    def fallback(findings: tuple[CheckResult, ...]) -> CaseOutcome:
+        """Past the deadline: the app's error then is its connection being ended, and the timeout says so."""
+        return CaseOutcome(
             case.path.stem,
             config.mode,
             str(case.path),
             findings,
-            sql=sql_now,
+            sql=sql_of(llm_trace.trace),
             golden_sql=None,
             waterfall=waterfall_of(llm_trace.trace),  # wall clock: which span was still running, for how long
             golden_waterfall=waterfall_of(golden),
         )
-    else:
-        outcome = replace(outcome, checks=outcome.checks + findings)
+
+    outcome = run_held(guard, deadline, prepare, fallback, report_before=False)
     return replace(outcome, question=question, question_source=str(found.source))
 
 
