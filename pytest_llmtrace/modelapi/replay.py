@@ -26,7 +26,7 @@ Time: with ``speed="virtual"`` (the default) an answer comes at once and the rec
 *counts*: every answer is noted in ``answers`` (when it was asked, when it was answered, what it stands for), and
 ``pytest_llmtrace.trace.virtual.virtualize`` puts the recorded time in place of the measured one in the trace the
 checks read. ``speed="recorded"`` also holds each answer until the recorded duration has passed, for apps whose
-behaviour depends on real waiting (their own timeouts, a spinner); ``"instant"`` is the old name of ``virtual``.
+behaviour depends on real waiting (their own timeouts, a spinner).
 A recorded duration longer than ``max_recorded_s`` (the case deadline) counts as ``max_recorded_s``, with a
 ``ReplayDurationWarning``: a recording that says 10^9 s must neither hang the run nor hide behind a huge budget.
 ``cancel()`` (the case's deadline passed) ends any wait at once and refuses every later request with HTTP 503.
@@ -76,8 +76,8 @@ MISS_STATUS = 400
 MAX_CANDIDATES = 3
 SHORTLIST = 10  # distinct recorded prompts that get the exact (slow) similarity on a miss
 
-Speed = Literal["virtual", "recorded", "instant"]
-SPEEDS: tuple[str, ...] = ("virtual", "recorded", "instant")
+Speed = Literal["virtual", "recorded"]
+SPEEDS: tuple[str, ...] = ("virtual", "recorded")
 # The longest a recorded model call may count (and, at recorded speed, wait): golden cases pass their deadline
 # (llmtrace_case_timeout_s); one minute elsewhere, longer than any budget a text-to-SQL request is held to.
 DEFAULT_MAX_RECORDED_S = 60.0
@@ -286,7 +286,7 @@ class ReplayBackend:
     (and for recordings whose spans lack ``llm.model_name``). ``match`` names the registered matchers (see
     ``register_matcher``) a request must pass; an empty ``match`` replays the calls in recorded order whatever is
     asked. ``speed`` is ``virtual`` (answer at once; the recorded duration is counted, see ``answers``),
-    ``recorded`` (also wait that long) or ``instant`` (the old name of ``virtual``). ``max_recorded_s`` caps what a
+    or ``recorded`` (also wait that long). ``max_recorded_s`` caps what a
     recorded duration counts and waits (see the module docstring).
     """
 
@@ -325,7 +325,7 @@ class ReplayBackend:
             names.append(normalize_model_name(name))
         self.calls: tuple[LLMCall, ...] = calls
         self.match: tuple[str, ...] = tuple(dict.fromkeys(match))
-        self.speed: Speed = "virtual" if speed == "instant" else speed
+        self.speed: Speed = speed
         self.max_recorded_ns = int(max_recorded_s * 1e9)
         self._durations = tuple(
             self._capped(i, call, source=getattr(recorded, "source", None)) for i, call in enumerate(calls)

@@ -68,7 +68,7 @@ def _project(pytester: pytest.Pytester, *cases: str, ini: str = "", target: str 
 def _run(pytester: pytest.Pytester, pg_url: str, *args: str) -> pytest.RunResult:
     # The timeout only stops a hung run: a live model on two busy cores takes minutes, not the 30 s it takes idle.
     return pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args, timeout=900
+        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", *args, timeout=900
     )
 
 
@@ -315,7 +315,7 @@ def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, 
 def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    """Virtual time (the default; `instant` is its old name, `recorded` also waits): the replayed LLM call lasts
+    """Virtual time (the default; `recorded` also waits): the replayed LLM call lasts
     exactly its recorded duration, marked replayed; SQL and the app's own code are measured in this run."""
     _project(pytester, "customers_by_tier")
     recorded = read_trace(GOLDEN / "customers_by_tier.json")

@@ -67,7 +67,7 @@ def test_deep_and_long_digit_files_fail_alone_and_the_good_cases_still_run(
     collected.stdout.fnmatch_lines(["4 tests collected in *"])
 
     result = pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", "-rA", timeout=180
+        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", "-rA", timeout=180
     )
 
     result.assert_outcomes(passed=2, failed=2)

@@ -52,7 +52,7 @@ def _project(pytester: pytest.Pytester, ini: str = "") -> Path:
 
 def _run(pytester: pytest.Pytester, pg_url: str, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args, timeout=180
+        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", *args, timeout=180
     )
 
 
