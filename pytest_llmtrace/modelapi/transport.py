@@ -44,6 +44,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.modelapi.backend import BackendError, ModelBackend
 
 __all__ = [
@@ -82,7 +83,7 @@ class Limits:
             raise ValueError("max_connections must be 1 or more")
 
 
-class HTTPError(Exception):
+class HTTPError(LLMTraceError):
     """A request the front refuses. ``close`` ends the connection after the answer (framing errors)."""
 
     def __init__(self, status: int, message: str, *, close: bool = False) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmtrace.core.errors import did_you_mean
+from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
 from pytest_llmtrace.trace.views import llm_call, loads_json
 
@@ -47,7 +47,7 @@ _SEPARATORS = re.compile(r"[\s,]+")
 _MAX_SHOWN_ATTRIBUTES = 30
 
 
-class QuestionSourceError(ValueError):
+class QuestionSourceError(LLMTraceError, ValueError):
     """A source that cannot be parsed; the message names it and the fix."""
 
 
