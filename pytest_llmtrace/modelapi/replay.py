@@ -66,7 +66,6 @@ __all__ = [
     "ReplayServer",
     "Speed",
     "format_prompt_diff",
-    "matcher_names",
     "register_matcher",
     "replay_server",
 ]
@@ -124,11 +123,6 @@ def register_matcher(name: str, matcher: Matcher, *, replace: bool = False) -> N
     if name in _MATCHERS and _MATCHERS[name] is not matcher and not replace:
         raise ValueError(f"a replay matcher named {name!r} is already registered; pass replace=True to replace it")
     _MATCHERS[name] = matcher
-
-
-def matcher_names() -> tuple[str, ...]:
-    """The registered matcher names, built-ins first: what ``match=`` and ``llmtrace_replay_match`` accept."""
-    return tuple(_MATCHERS)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -28,8 +28,8 @@ import docker.errors
 import ollama
 import psycopg2
 import pytest
+from support import bundled_smollm2, live_model_missing
 
-from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.services.base import ServiceStartError, http_ok
 from pytest_llmtrace.services.docker import (
     DEFAULT_SOCKET,

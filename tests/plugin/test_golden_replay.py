@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg2
 import pytest
+from support import bundled_smollm2, live_model_missing
 
-from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.otlp import read_trace
 

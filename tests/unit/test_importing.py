@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import load_traces
 
 from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.sources.importing import import_file, load_traces
+from pytest_llmtrace.sources.importing import import_file
 from pytest_llmtrace.trace.model import Status, Trace
 from pytest_llmtrace.trace.otlp import dumps, trace_to_request
 
