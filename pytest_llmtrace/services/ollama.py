@@ -19,12 +19,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.core.errors import first_line
 from pytest_llmtrace.modelapi import BackendError, OllamaAPIServer, normalize_model_name
 from pytest_llmtrace.modelapi.llamacpp import LlamaCppBackend, LlamaCppError
 from pytest_llmtrace.modelapi.modelfile import Modelfile, ModelfileError, parse_modelfile
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
-from pytest_llmtrace.services.docker import OLLAMA_IMAGE
+from pytest_llmtrace.services.docker import (
+    OLLAMA_IMAGE,
+    DockerService,
+    container_host,
+    gpu_request,
+    http_container,
+    wait_http,
+)
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
@@ -321,11 +327,11 @@ class BinaryOllama:
         self._server.stop()
 
 
-class DockerOllama:
+class DockerOllama(DockerService):
     """The official image (pinned; or --llmtrace-ollama-image), labelled and published on loopback, with the
     persistent model cache mounted so models survive the container and the GGUF reaches it without an upload."""
 
-    backend = "docker"
+    service = SERVICE
 
     def __init__(
         self,
@@ -336,60 +342,34 @@ class DockerOllama:
         *,
         gpu: str = "auto",
     ) -> None:
+        super().__init__(image, record)
         self.model_name = model_name
         self.modelfile_path = modelfile_path
-        self.image = image
-        self.record = record
         self.gpu = gpu
-        self._container: Any = None
+
+    def configure(self) -> Any:
+        volumes = {str(models_dir()): "/root/.ollama/models"}
+        gpu, _ = gpu_request(self.gpu)
+        return http_container(self.image, service=SERVICE, port=11434, owner=self.owner, volumes=volumes, gpu=gpu)
+
+    def wait(self, container: Any) -> str:
+        url = f"http://{container_host(container)}:{container.get_exposed_port(11434)}"
+        wait_http(container, url + "/api/version", timeout=START_TIMEOUT_S)
+        return url
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services import docker
-
         started = time.monotonic()
         modelfile = _read_modelfile(self.modelfile_path, self.backend)
         models = models_dir()
         models.mkdir(parents=True, exist_ok=True)
-        gpu, _ = docker.gpu_request(self.gpu)
-        try:
-            self._container = container = docker.http_container(
-                self.image,
-                service=SERVICE,
-                port=11434,
-                owner=docker.ContainerOwner.of(self.record),
-                volumes={str(models): "/root/.ollama/models"},
-                gpu=gpu,
-            )
-            docker.start_prepared(container)
-            url = f"http://{docker.container_host(container)}:{container.get_exposed_port(11434)}"
-            docker.wait_http(container, url + "/api/version", timeout=START_TIMEOUT_S)
-        except Exception as exc:  # docker errors have many types; all mean "could not start"
-            log = docker.log_tail(self._container)
-            self.stop()
-            fix = docker.start_fix(SERVICE, self.image, exc)
-            raise ServiceStartError(
-                SERVICE, self.backend, f"{self.image}: {first_line(exc)}", log=log, fix=fix
-            ) from exc
+        url = self.start_container()
         try:
             ensure_model(
-                url,
-                self.model_name,
-                modelfile,
-                backend=self.backend,
-                modelfile_path=self.modelfile_path,
-                models=models,
+                url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path, models=models
             )
         except ServiceStartError as exc:
-            log = docker.log_tail(self._container)
-            self.stop()
-            raise ServiceStartError(SERVICE, self.backend, exc.reason, log=log, fix=exc.fix) from exc
+            raise self.failed(exc.reason, exc.fix) from exc
         return _endpoint(self.backend, url, started, self.model_name, image=self.image, models_dir=str(models))
-
-    def stop(self) -> None:
-        from pytest_llmtrace.services.docker import remove
-
-        container, self._container = self._container, None
-        remove(container, self.record)
 
 
 class UrlOllama:

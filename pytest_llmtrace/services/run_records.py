@@ -17,7 +17,7 @@ the daemon can make one with any labels, and ``docker commit`` copies a containe
 made from the committed image. So a record holds a random ``token`` that never leaves it (the containers carry only
 its SHA-256) and the id of each container as the daemon gave it at creation; a later run removes a container only
 when its id is in a dead run's record and its labels carry that record's token hash and this host
-(``services.docker.sweep``).
+(``services.docker_sweep.sweep``).
 """
 
 from __future__ import annotations
@@ -385,11 +385,11 @@ def reap_orphans(directory: Path | None = None) -> list[str]:
 def _reap_containers(
     entries: list[dict[str, Any]], token: object, host: object, done: list[str]
 ) -> list[dict[str, Any]]:
-    """Remove a record's containers (``services.docker.sweep`` checks each one's proof); returns the entries still
+    """Remove a record's containers (``services.docker_sweep.sweep`` checks each one's proof); returns the entries still
     to remove because Docker did not answer. The Docker SDK is imported only when a record lists containers."""
     if not entries or not _is_token(token) or not isinstance(host, str):
         return []
-    from pytest_llmtrace.services.docker import DeadRun, sweep
+    from pytest_llmtrace.services.docker_sweep import DeadRun, sweep
 
     lines, left = sweep([DeadRun(str(token), host, frozenset(str(e.get("id")) for e in entries))])
     done.extend(lines)

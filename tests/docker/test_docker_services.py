@@ -38,11 +38,10 @@ from pytest_llmtrace.services.docker import (
     LABEL_PREFIX,
     TOKEN_LABEL,
     ContainerOwner,
-    DeadRun,
     docker_available,
     docker_error_fix,
-    sweep,
 )
+from pytest_llmtrace.services.docker_sweep import DeadRun, sweep
 from pytest_llmtrace.services.ollama import DockerOllama
 from pytest_llmtrace.services.phoenix import DockerPhoenix
 from pytest_llmtrace.services.postgres import DockerPostgres
