@@ -28,7 +28,7 @@ from pytest_llmtrace.modelapi import OllamaAPIServer
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import free_port, http_ok, wait_until
 from pytest_llmtrace.sources.capture.filters import sampled
-from pytest_llmtrace.sources.redact import unkeyed
+from pytest_llmtrace.sources.placeholders import unkeyed
 from pytest_llmtrace.trace.otlp import read_trace
 
 if TYPE_CHECKING:
