@@ -21,7 +21,7 @@ import httpx
 import ollama
 import pytest
 
-from pytest_llmtrace.modelapi import BackendError, ChatRequest, OllamaAPIServer, replay
+from pytest_llmtrace.modelapi import BackendError, ChatRequest, OllamaAPIServer, replay, replay_matchers
 from pytest_llmtrace.modelapi.replay import (
     EVAL_TOKEN_WEIGHT,
     MATCHERS,
@@ -429,8 +429,8 @@ def own_matchers() -> Iterator[None]:
     """The registry is process-wide: a matcher a test registers must not outlive the test."""
     before = dict(MATCHERS)
     yield
-    replay._MATCHERS.clear()
-    replay._MATCHERS.update(before)
+    replay_matchers._MATCHERS.clear()
+    replay_matchers._MATCHERS.update(before)
 
 
 def test_built_in_matchers_are_registered_in_order() -> None:
