@@ -34,8 +34,9 @@ from pytest_llmtrace.services.docker import docker_available, gpu_request
 from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
 from pytest_llmtrace.services.postgres import PostgresDatabase
-from pytest_llmtrace.services.run_records import RunContext, RunRecord, file_lock
+from pytest_llmtrace.services.run_records import RunContext, RunRecord
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.services.user_folder import file_lock
 
 if TYPE_CHECKING:
     from pytest_llmtrace.core.settings import Resolved, Settings
