@@ -31,10 +31,8 @@ from pytest_llmtrace.services.ollama import (
     DockerOllama,
     EmbeddedOllama,
     UrlOllama,
-    create_command,
-    ensure_model,
-    models_dir,
 )
+from pytest_llmtrace.services.ollama_models import create_command, ensure_model, models_dir
 from pytest_llmtrace.services.run_records import RunRecord
 
 MODEL = "qwen-sql-prod"

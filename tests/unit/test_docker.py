@@ -34,7 +34,7 @@ from pytest_llmtrace.services.docker import (
     start_fix,
 )
 from pytest_llmtrace.services.docker_sweep import DeadRun, provably_owned, sweep
-from pytest_llmtrace.services.ollama import place_blob
+from pytest_llmtrace.services.ollama_models import place_blob
 from pytest_llmtrace.services.run_records import RunRecord, reap_orphans
 
 
