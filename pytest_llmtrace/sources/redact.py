@@ -36,7 +36,7 @@ import secrets
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from pytest_llmtrace.sources import detectors
+from pytest_llmtrace.sources import detectors, person_names
 from pytest_llmtrace.sources.placeholders import PLACEHOLDER, Found, TraceMap
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.secrets import redact_spans, redact_trace
@@ -239,7 +239,7 @@ class Redactor:
                     claim("phone", m.start(), m.end(), digits.removeprefix("00"))
             for kind, start, end, key in detectors.phones(text):
                 claim(kind, start, end, key)
-        for kind, start, end, key in detectors.person_names(text):
+        for kind, start, end, key in person_names.person_names(text):
             claim(kind, start, end, key)
         found.sort(key=lambda item: item[0])
         return tuple(f for _, f in found)
@@ -251,25 +251,25 @@ class Redactor:
         strings = list(strings)
         known: dict[str, set[str]] = {}  # a name (any case) -> its spellings as written
         for name in names:
-            if detectors.looks_like_name(name):
-                known.setdefault(detectors.name_key(name), set()).add(name.strip())
+            if person_names.looks_like_name(name):
+                known.setdefault(person_names.name_key(name), set()).add(name.strip())
         for string in strings:
             for found in self.find(string):
                 mapping.add(found)
                 if found.kind == "person":
                     known.setdefault(found.key, set()).add(found.text)
                 elif found.kind == "email":
-                    from_email = detectors.names_from_email(found.key.split("@", 1)[0])
+                    from_email = person_names.names_from_email(found.key.split("@", 1)[0])
                     if from_email is not None:
                         known.setdefault(from_email, set())
-        kept = {detectors.name_key(k) for k in self.keep}
+        kept = {person_names.name_key(k) for k in self.keep}
         known = {name: spellings for name, spellings in known.items() if name not in kept}
         if known:
             names_re = _names_pattern(known)
             for string in strings:
                 for m in names_re.finditer(string):
                     if m.group() not in mapping.by_text and m.group() not in self.keep:
-                        mapping.add(Found("person", m.group(), detectors.name_key(m.group())))
+                        mapping.add(Found("person", m.group(), person_names.name_key(m.group())))
         return mapping
 
     # -- replacing -------------------------------------------------------------------------------------------------
@@ -384,7 +384,11 @@ def _named_people(span: Span) -> list[str]:
         for key, value in attributes.items():
             if isinstance(value, dict):
                 visit(value, prefix + key + ".")
-            elif isinstance(value, str) and detectors.is_name_key(prefix + key) and detectors.looks_like_name(value):
+            elif (
+                isinstance(value, str)
+                and person_names.is_name_key(prefix + key)
+                and person_names.looks_like_name(value)
+            ):
                 names.append(value)
         return attributes
 
