@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
+from pytest_llmtrace.trace.attr_values import loads_json
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
-from pytest_llmtrace.trace.views import llm_call, loads_json
+from pytest_llmtrace.trace.views import llm_call
 
 __all__ = [
     "BUILTIN_SOURCES",
