@@ -19,7 +19,7 @@ from typing import TextIO
 from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatWarning, first_line
 from pytest_llmtrace.core.inert import escape_controls, one_line
 from pytest_llmtrace.results import compare
-from pytest_llmtrace.sources import capture, redact
+from pytest_llmtrace.sources import capture, redact, redaction_flags
 from pytest_llmtrace.sources.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import dumps, write_golden
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         f"wins (default: ${QUESTION_ENV}, else {DEFAULT_SOURCES!r})",
     )
     _add_max_bytes(imp)
-    redact.add_arguments(imp)
+    redaction_flags.add_arguments(imp)
     imp.set_defaults(handler=_import)
     cap = commands.add_parser(
         "capture",
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         "PHOENIX_API_KEY, when set, is sent as a bearer token and never printed or written.",
     )
     capture.add_arguments(cap)
-    redact.add_arguments(cap)
+    redaction_flags.add_arguments(cap)
     cap.set_defaults(handler=lambda args: capture.run(args, golden_file_name))
     show = commands.add_parser(
         "show",
@@ -155,8 +155,8 @@ def _add_max_bytes(parser: argparse.ArgumentParser) -> None:
 
 def _import(args: argparse.Namespace) -> int:
     try:
-        redactor = redact.from_args(args)
-    except redact.RedactionError as exc:
+        redactor = redaction_flags.from_args(args)
+    except redaction_flags.RedactionError as exc:
         _error(str(exc))
         return 2
     where, text = (

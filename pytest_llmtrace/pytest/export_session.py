@@ -24,7 +24,7 @@ from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.core.settings import Settings, SettingSpec, resolve
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import OUTCOMES_KEY
-from pytest_llmtrace.pytest.run_results import git_revision
+from pytest_llmtrace.pytest.run_metadata import git_revision
 from pytest_llmtrace.sinks import naming
 from pytest_llmtrace.sources.redaction_key import DEFAULT_KEY_PATH
 

@@ -72,8 +72,7 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "replay_speed",
         "virtual: replayed model calls answer at once and count their recorded duration as their latency; recorded: "
-        "they also make the app wait that long (apps whose behaviour depends on real waiting); instant: the old name "
-        "of virtual.",
+        "they also make the app wait that long (apps whose behaviour depends on real waiting).",
         "virtual",
         choices=SPEEDS,
     ),
@@ -128,7 +127,7 @@ class ReplayConfig:
     max_trace_bytes: int
     target: str
     question: tuple[QuestionSource, ...]  # where each case's question is, first text wins
-    speed: str  # virtual | recorded | instant (= virtual)
+    speed: str  # virtual | recorded
     match: tuple[str, ...]  # replay matcher names
     app_db: str  # readonly | owner
     temp_file_limit_mb: int

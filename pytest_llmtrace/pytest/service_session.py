@@ -19,8 +19,9 @@ import pytest
 
 from pytest_llmtrace.core.settings import resolve
 from pytest_llmtrace.services.manager import ServiceManager
-from pytest_llmtrace.services.run_records import UnsafeRunFolder, run_context
+from pytest_llmtrace.services.run_records import run_context
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.services.user_folder import UnsafeRunFolder
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -18,9 +18,9 @@ from pathlib import Path
 import ollama
 import psutil
 import pytest
+from support import bundled_smollm2, live_model_missing
 
 from pytest_llmtrace.modelapi import ModelInfo, OllamaAPIServer
-from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.modelapi.modelfile import parse_modelfile
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port
@@ -31,10 +31,8 @@ from pytest_llmtrace.services.ollama import (
     DockerOllama,
     EmbeddedOllama,
     UrlOllama,
-    create_command,
-    ensure_model,
-    models_dir,
 )
+from pytest_llmtrace.services.ollama_models import create_command, ensure_model, models_dir
 from pytest_llmtrace.services.run_records import RunRecord
 
 MODEL = "qwen-sql-prod"

@@ -13,7 +13,8 @@ import pytest
 
 from pytest_llmtrace import BackendContext, Endpoint, register_backend
 from pytest_llmtrace.core.settings import Resolved, Settings
-from pytest_llmtrace.services.manager import REGISTRY, ServiceManager
+from pytest_llmtrace.services.backends import REGISTRY
+from pytest_llmtrace.services.manager import ServiceManager
 from pytest_llmtrace.services.run_records import RunContext, RunRecord
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
