@@ -26,9 +26,10 @@ import httpx
 import pytest
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, Mode
+from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import LLMTraceError, first_line
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.core.settings import SettingSpec, resolve
+from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.core.url_secrets import redact_text, redact_url
 from pytest_llmtrace.modelapi.backend import normalize_model_name
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
@@ -40,7 +41,6 @@ from pytest_llmtrace.results import gate, html
 from pytest_llmtrace.results import model_digests as models
 from pytest_llmtrace.results import repeats as runs
 from pytest_llmtrace.results.summary import summary_markdown, totals
-from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 from pytest_llmtrace.sources.capture.golden_dir import PROVENANCE
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import write_golden
@@ -62,7 +62,7 @@ __all__ = [
 RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
 _WORKER_KEY = "llmtrace_cases"
 
-REPORT_SETTINGS: tuple[SettingSpec, ...] = (
+REPORT_SETTINGS: tuple[SettingSpec, ...] = declare(
     SettingSpec(
         "report_dir", "Write results.json, summary.md and report.html into this folder at session end.", "", env=False
     ),
@@ -125,7 +125,7 @@ def _shard(text: str) -> tuple[int, int] | None:
 
 
 def configure(config: pytest.Config) -> None:
-    settings = resolve(config, REPORT_SETTINGS)
+    settings = session_settings.of(config)
     expressions = [*config.getoption("llmtrace_gate", default=[]), *config.getini("llmtrace_gate")]
     try:
         rules = [gate.parse(e) for e in expressions if e.strip()]
@@ -398,7 +398,7 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         "plugin_version": version,
         "git_revision": git_revision(root),
         "mode": get_config(config).mode,
-        "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
+        "model": session_settings.of(config)["ollama_model"],
         "models": _models(config),
         "system_prompt_hashes": sorted(config.stash[_KEY].prompt_hashes),
         "sql_fixture_hashes": fixtures,
@@ -412,7 +412,7 @@ def _models(config: pytest.Config) -> list[dict[str, Any]]:
     state = config.stash[_KEY]
     names = set(state.recorded_models)
     if state.mode != "replay":  # the model the app asks the live server for, whatever the recordings named
-        names.add(resolve(config, SERVICE_SETTINGS)["ollama_model"])
+        names.add(session_settings.of(config)["ollama_model"])
     return models.model_entries(names, state.mode, state.recorded_models, state.live_models)
 
 
@@ -420,7 +420,7 @@ def _configured_phoenix(config: pytest.Config) -> list[str]:
     """The Phoenix the user pointed the run at (--llmtrace-phoenix=URL) and the one the run used, if it started
     one: report.html links to traces there, and nowhere a golden file names."""
     urls = []
-    setting = resolve(config, SERVICE_SETTINGS)["phoenix"]
+    setting = session_settings.of(config)["phoenix"]
     if "://" in setting:
         urls.append(setting)
     try:

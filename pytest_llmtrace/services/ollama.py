@@ -6,7 +6,7 @@ test asks for it by name, so a server without it would fail every test with a 40
 at start-up, with the ``ollama create`` command that makes the model, is the useful version of that error.
 
 Backends we run (binary, docker) create a missing model from the Modelfile, with models kept in a persistent cache
-(``~/.cache/pytest-llmtrace/ollama/models``, or ``LLMTRACE_OLLAMA_MODELS``) so the GGUF is imported once per machine,
+(``~/.cache/pytest-llmtrace/ollama/models``, or the ``ollama_models`` setting) so the GGUF is imported once per machine,
 not once per run. A user's server (url) is never changed: it only gets the error.
 """
 
@@ -57,12 +57,13 @@ SERVICE = "ollama"
 OTHER_BACKENDS = "--llmtrace-ollama=embedded, binary, docker or http://host:11434"
 
 
-def models_dir() -> Path:
-    """Where Ollama keeps models between runs: ``LLMTRACE_OLLAMA_MODELS`` or ``~/.cache/pytest-llmtrace/ollama/models``.
+def models_dir(configured: str = "") -> Path:
+    """Where Ollama keeps models between runs: the ``ollama_models`` setting, else
+    ``~/.cache/pytest-llmtrace/ollama/models``.
 
-    Read when a backend starts, not at import, so a test (or conftest) can set the variable first.
+    The default is found when a backend starts, not at import, so a test (or conftest) can set ``XDG_CACHE_HOME``
+    first.
     """
-    configured = os.environ.get("LLMTRACE_OLLAMA_MODELS")
     if configured:
         return Path(configured).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -276,7 +277,9 @@ class BinaryOllama:
         *,
         executable: str = "ollama",
         timeout: float = START_TIMEOUT_S,
+        models: str = "",
     ) -> None:
+        self.models = models  # the ollama_models setting (empty: the default cache)
         self.model_name = model_name
         self.modelfile_path = modelfile_path
         self.record = record
@@ -295,7 +298,7 @@ class BinaryOllama:
                 fix=f"install Ollama (https://ollama.com/download) or use {OTHER_BACKENDS}",
             )
         modelfile = _read_modelfile(self.modelfile_path, self.backend)
-        models = models_dir()
+        models = models_dir(self.models)
         models.mkdir(parents=True, exist_ok=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -335,7 +338,9 @@ class DockerOllama:
         record: RunRecord | None = None,
         *,
         gpu: str = "auto",
+        models: str = "",
     ) -> None:
+        self.models = models  # the ollama_models setting (empty: the default cache)
         self.model_name = model_name
         self.modelfile_path = modelfile_path
         self.image = image
@@ -348,7 +353,7 @@ class DockerOllama:
 
         started = time.monotonic()
         modelfile = _read_modelfile(self.modelfile_path, self.backend)
-        models = models_dir()
+        models = models_dir(self.models)
         models.mkdir(parents=True, exist_ok=True)
         gpu, _ = docker.gpu_request(self.gpu)
         try:
