@@ -131,7 +131,7 @@ def _validate(spec: SettingSpec, value: str, where: str) -> str:
     if spec.allow_url:
         options += ", or a URL (" + ", ".join(f"{s}://..." for s in spec.allow_url) + ")"
     hint = did_you_mean(lowered.lower(), spec.choices)
-    hint = f" D{hint[1:]}" if hint else ""
+    hint = f" {hint[:1].upper()}{hint[1:]}" if hint else ""  # a sentence of its own here
     raise pytest.UsageError(f"{where}: {redact_url(value)!r} is not a valid {spec.name} setting; use {options}.{hint}")
 
 
