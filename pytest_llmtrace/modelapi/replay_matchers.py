@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
 
+from pytest_llmtrace.core.registry import Registry, caller_place
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, normalize_model_name
 from pytest_llmtrace.trace.views import Message
 
@@ -17,8 +17,8 @@ __all__ = ["MATCHERS", "Matcher", "agrees", "register_matcher"]
 
 Matcher = Callable[[ChatRequest, ChatRequest], bool]
 
-_MATCHERS: dict[str, Matcher] = {}
-MATCHERS: Mapping[str, Matcher] = MappingProxyType(_MATCHERS)  # read-only and live: registrations show up here
+_MATCHERS: Registry[Matcher] = Registry("replay matcher")
+MATCHERS: Mapping[str, Matcher] = _MATCHERS  # read-only and live: registrations show up here
 _MATCHER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
@@ -40,16 +40,14 @@ def register_matcher(name: str, matcher: Matcher, *, replace: bool = False) -> N
 
         register_matcher("question_any_date", same_question_any_date)
 
-    A name that is taken raises ``ValueError`` unless ``replace=True``: two plugins choosing one name should not
-    silently change each other's matching.
+    A name that is taken raises ``ValueError`` naming where it was registered first and again, unless
+    ``replace=True``: two plugins choosing one name should not silently change each other's matching.
     """
     if not _MATCHER_NAME.fullmatch(name):
         raise ValueError(f"replay matcher name {name!r} must be a word (letters, digits, '_', '.', '-'), no spaces")
     if not callable(matcher):
         raise TypeError(f"replay matcher {name!r} must be a function (request, recorded) -> bool")
-    if name in _MATCHERS and _MATCHERS[name] is not matcher and not replace:
-        raise ValueError(f"a replay matcher named {name!r} is already registered; pass replace=True to replace it")
-    _MATCHERS[name] = matcher
+    _MATCHERS.register(name, matcher, place=caller_place(1), replace=replace)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace.core.settings import resolve
+from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.replay_config import get_config
 from pytest_llmtrace.pytest.run_state import RESULTS_KEY
 from pytest_llmtrace.results import model_digests as models
-from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 __all__ = [
     "configured_phoenix",
@@ -62,7 +61,7 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         "plugin_version": version,
         "git_revision": git_revision(root),
         "mode": get_config(config).mode,
-        "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
+        "model": session_settings.of(config)["ollama_model"],
         "models": _models(config),
         "system_prompt_hashes": sorted(config.stash[RESULTS_KEY].prompt_hashes),
         "sql_fixture_hashes": fixtures,
@@ -76,7 +75,7 @@ def _models(config: pytest.Config) -> list[dict[str, Any]]:
     state = config.stash[RESULTS_KEY]
     names = set(state.recorded_models)
     if state.mode != "replay":  # the model the app asks the live server for, whatever the recordings named
-        names.add(resolve(config, SERVICE_SETTINGS)["ollama_model"])
+        names.add(session_settings.of(config)["ollama_model"])
     return models.model_entries(names, state.mode, state.recorded_models, state.live_models)
 
 
@@ -84,7 +83,7 @@ def configured_phoenix(config: pytest.Config) -> list[str]:
     """The Phoenix the user pointed the run at (--llmtrace-phoenix=URL) and the one the run used, if it started
     one: report.html links to traces there, and nowhere a golden file names."""
     urls = []
-    setting = resolve(config, SERVICE_SETTINGS)["phoenix"]
+    setting = session_settings.of(config)["phoenix"]
     if "://" in setting:
         urls.append(setting)
     try:

@@ -18,9 +18,10 @@ import httpx
 import pytest
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, Mode
+from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import LLMTraceError, first_line
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.core.settings import SettingSpec, resolve
+from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.core.url_secrets import redact_text, redact_url
 from pytest_llmtrace.modelapi.backend import normalize_model_name
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
@@ -52,7 +53,7 @@ __all__ = [
 RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
 _WORKER_KEY = "llmtrace_cases"
 
-REPORT_SETTINGS: tuple[SettingSpec, ...] = (
+REPORT_SETTINGS: tuple[SettingSpec, ...] = declare(
     SettingSpec(
         "report_dir", "Write results.json, summary.md and report.html into this folder at session end.", "", env=False
     ),
@@ -93,7 +94,7 @@ def _shard(text: str) -> tuple[int, int] | None:
 
 
 def configure(config: pytest.Config) -> None:
-    settings = resolve(config, REPORT_SETTINGS)
+    settings = session_settings.of(config)
     expressions = [*config.getoption("llmtrace_gate", default=[]), *config.getini("llmtrace_gate")]
     try:
         rules = [gate.parse(e) for e in expressions if e.strip()]

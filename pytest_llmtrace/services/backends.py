@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pytest_llmtrace.core.errors import did_you_mean
+from pytest_llmtrace.core.registry import Registry, caller_place
 from pytest_llmtrace.services import ollama, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint
 from pytest_llmtrace.services.ollama import ReplaySwitch
@@ -69,11 +70,13 @@ class Registration:
     shared: bool  # a server in its own process that xdist workers attach to, instead of one per worker
 
 
-REGISTRY: dict[str, dict[str, Registration]] = {service: {} for service in SERVICES}
+REGISTRY: dict[str, Registry[Registration]] = {service: Registry(f"{service} backend") for service in SERVICES}
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
-def register_backend(service: str, name: str, factory: BackendFactory, *, shared: bool = False) -> None:
+def register_backend(
+    service: str, name: str, factory: BackendFactory, *, shared: bool = False, replace: bool = False
+) -> None:
     """Make ``--llmtrace-<service>=<name>`` (and ``LLMTRACE_<SERVICE>``, ini ``llmtrace_<service>``) build a backend
     with ``factory``.
 
@@ -81,8 +84,9 @@ def register_backend(service: str, name: str, factory: BackendFactory, *, shared
     registry when the run is configured, so a name registered later is still a usage error. ``factory`` gets a
     ``BackendContext`` and returns an object with ``start() -> Endpoint`` and ``stop()``; a class taking the context
     is a factory. Set ``shared`` for a server in its own process that xdist workers should share (add its process and
-    temp folder to ``context.record``); otherwise each process starts and stops its own. Registering a name again
-    replaces the earlier factory, built-in ones included::
+    temp folder to ``context.record``); otherwise each process starts and stops its own. A name that is taken (a
+    built-in one included) raises ``ValueError`` naming where it was registered first and again, unless
+    ``replace=True``::
 
         from pytest_llmtrace import Endpoint, register_backend
 
@@ -106,7 +110,7 @@ def register_backend(service: str, name: str, factory: BackendFactory, *, shared
             f"register_backend: backend name {name!r} must be lower case letters, digits, '-' or '_', start with a "
             "letter, and not be 'auto'"
         )
-    REGISTRY[service][name] = Registration(factory, shared)
+    REGISTRY[service].register(name, Registration(factory, shared), place=caller_place(1), replace=replace)
 
 
 # -- the built-in backends, registered the way users register theirs ------------------------------------------------
@@ -122,13 +126,21 @@ register_backend("postgres", "docker", lambda c: postgres.DockerPostgres(c.setti
 register_backend("postgres", "url", lambda c: postgres.UrlPostgres(_url(c)))
 register_backend("ollama", "embedded", lambda c: ollama.EmbeddedOllama(c.modelfile_path, c.model_name))
 register_backend(
-    "ollama", "binary", lambda c: ollama.BinaryOllama(c.model_name, c.modelfile_path, c.record), shared=True
+    "ollama",
+    "binary",
+    lambda c: ollama.BinaryOllama(c.model_name, c.modelfile_path, c.record, models=c.settings["ollama_models"]),
+    shared=True,
 )
 register_backend(
     "ollama",
     "docker",
     lambda c: ollama.DockerOllama(
-        c.model_name, c.modelfile_path, c.settings["ollama_image"], c.record, gpu=c.settings["ollama_gpu"]
+        c.model_name,
+        c.modelfile_path,
+        c.settings["ollama_image"],
+        c.record,
+        gpu=c.settings["ollama_gpu"],
+        models=c.settings["ollama_models"],
     ),
 )
 register_backend("ollama", "url", lambda c: ollama.UrlOllama(_url(c), c.model_name))

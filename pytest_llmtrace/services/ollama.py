@@ -6,7 +6,7 @@ test asks for it by name, so a server without it would fail every test with a 40
 at start-up, with the ``ollama create`` command that makes the model, is the useful version of that error.
 
 Backends we run (binary, docker) create a missing model from the Modelfile, with models kept in a persistent cache
-(``~/.cache/pytest-llmtrace/ollama/models``, or ``LLMTRACE_OLLAMA_MODELS``) so the GGUF is imported once per machine,
+(``~/.cache/pytest-llmtrace/ollama/models``, or the ``ollama_models`` setting) so the GGUF is imported once per machine,
 not once per run. A user's server (url) is never changed: it only gets the error.
 """
 
@@ -124,7 +124,9 @@ class BinaryOllama:
         *,
         executable: str = "ollama",
         timeout: float = START_TIMEOUT_S,
+        models: str = "",
     ) -> None:
+        self.models = models  # the ollama_models setting (empty: the default cache)
         self.model_name = model_name
         self.modelfile_path = modelfile_path
         self.record = record
@@ -143,7 +145,7 @@ class BinaryOllama:
                 fix=f"install Ollama (https://ollama.com/download) or use {OTHER_BACKENDS}",
             )
         modelfile = read_modelfile(self.modelfile_path, self.backend)
-        models = models_dir()
+        models = models_dir(self.models)
         models.mkdir(parents=True, exist_ok=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -183,14 +185,16 @@ class DockerOllama(DockerService):
         record: RunRecord | None = None,
         *,
         gpu: str = "auto",
+        models: str = "",
     ) -> None:
         super().__init__(image, record)
         self.model_name = model_name
         self.modelfile_path = modelfile_path
         self.gpu = gpu
+        self.models = models  # the ollama_models setting (empty: the default cache)
 
     def configure(self) -> Any:
-        volumes = {str(models_dir()): "/root/.ollama/models"}
+        volumes = {str(models_dir(self.models)): "/root/.ollama/models"}
         gpu, _ = gpu_request(self.gpu)
         return http_container(self.image, service=SERVICE, port=11434, owner=self.owner, volumes=volumes, gpu=gpu)
 
@@ -202,7 +206,7 @@ class DockerOllama(DockerService):
     def start(self) -> Endpoint:
         started = time.monotonic()
         modelfile = read_modelfile(self.modelfile_path, self.backend)
-        models = models_dir()
+        models = models_dir(self.models)
         models.mkdir(parents=True, exist_ok=True)
         url = self.start_container()
         try:

@@ -43,12 +43,13 @@ SERVICE = "ollama"
 OTHER_BACKENDS = "--llmtrace-ollama=embedded, binary, docker or http://host:11434"
 
 
-def models_dir() -> Path:
-    """Where Ollama keeps models between runs: ``LLMTRACE_OLLAMA_MODELS`` or ``~/.cache/pytest-llmtrace/ollama/models``.
+def models_dir(configured: str = "") -> Path:
+    """Where Ollama keeps models between runs: the ``ollama_models`` setting, else
+    ``~/.cache/pytest-llmtrace/ollama/models``.
 
-    Read when a backend starts, not at import, so a test (or conftest) can set the variable first.
+    The default is found when a backend starts, not at import, so a test (or conftest) can set ``XDG_CACHE_HOME``
+    first.
     """
-    configured = os.environ.get("LLMTRACE_OLLAMA_MODELS")
     if configured:
         return Path(configured).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -79,9 +79,8 @@ def client() -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The Ollama model volume of these tests: out of the user's real cache."""
-    cache = tmp_path / "models"
-    monkeypatch.setenv("LLMTRACE_OLLAMA_MODELS", str(cache))
-    return cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the backends' default ollama_models folder
+    return tmp_path / "cache" / "pytest-llmtrace" / "ollama" / "models"
 
 
 def mine(client: Any, service: str, pid: int | None = None) -> list[Any]:

@@ -427,10 +427,9 @@ def test_unknown_matcher_names_the_valid_ones(trace: Trace) -> None:
 @pytest.fixture
 def own_matchers() -> Iterator[None]:
     """The registry is process-wide: a matcher a test registers must not outlive the test."""
-    before = dict(MATCHERS)
+    before = replay_matchers._MATCHERS.copy()
     yield
-    replay_matchers._MATCHERS.clear()
-    replay_matchers._MATCHERS.update(before)
+    replay_matchers._MATCHERS.restore(before)
 
 
 def test_built_in_matchers_are_registered_in_order() -> None:
@@ -465,7 +464,9 @@ def test_a_matcher_name_is_taken_once_unless_replaced(own_matchers: None) -> Non
     def anything(request: ChatRequest, recorded: ChatRequest) -> bool:
         return True
 
-    with pytest.raises(ValueError, match="a replay matcher named 'messages' is already registered; pass replace=True"):
+    with pytest.raises(
+        ValueError, match=r"replay matcher 'messages' is registered twice: first at .*replay_matchers\.py:\d+, again at"
+    ):
         register_matcher("messages", anything)
     with pytest.raises(ValueError, match="must be a word"):
         register_matcher("two words", anything)

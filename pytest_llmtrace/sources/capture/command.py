@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean
+from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean, whole_number
 from pytest_llmtrace.sources import redaction_flags
 from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, parse_dedupe, parse_filters
 from pytest_llmtrace.sources.capture.golden_dir import GoldenDir, with_provenance
@@ -204,10 +204,9 @@ def _nothing_found(source: Source, filters: Filters, found: set[str], err: TextI
 
 
 def _integer(text: str, option: str, *, minimum: int | None) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise CaptureError(f"{option} {text!r}: expected a whole number", usage=True) from None
+    value = whole_number(text)
+    if value is None:
+        raise CaptureError(f"{option} {text!r}: expected a whole number", usage=True)
     if minimum is not None and value < minimum:
         raise CaptureError(f"{option} {text!r}: expected a whole number of at least {minimum}", usage=True)
     return value
