@@ -7,8 +7,8 @@ return (for type hints in tests), and ``register_backend`` for a service backend
 from pytest_llmtrace.core.errors import LLMTraceError, RecordingError, TraceFormatError, TraceFormatWarning
 from pytest_llmtrace.pytest.checker import Checker
 from pytest_llmtrace.pytest.recording import TestRecording
+from pytest_llmtrace.services.backends import BackendContext, ServiceBackend, register_backend
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError
-from pytest_llmtrace.services.manager import BackendContext, ServiceBackend, register_backend
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace

@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatWarning, first_line
+from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatWarning, first_line, whole_number
 from pytest_llmtrace.core.inert import escape_controls, one_line
+from pytest_llmtrace.core.settings import env_var
 from pytest_llmtrace.results import compare
-from pytest_llmtrace.sources import capture, redact
+from pytest_llmtrace.sources import capture, redact, redaction_flags
 from pytest_llmtrace.sources.importing import KNOWN_FORMATS, Imported, import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import dumps, write_golden
@@ -34,7 +35,7 @@ INTERNAL_ERROR = "internal error in llmtrace while reading this file"
 SLUG_CHARS = 48
 
 
-QUESTION_ENV = "LLMTRACE_QUESTION"
+QUESTION_ENV = env_var("question")  # the pytest setting's variable, read by `llmtrace import` too
 
 
 def golden_file_name(trace: Trace, sources: Sequence[QuestionSource] | str = DEFAULT_SOURCES) -> str:
@@ -68,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _positive_int(text: str) -> int:
     """A byte count: digits with optional ``_`` (``50_000_000``), more than zero."""
-    cleaned = text.strip().replace("_", "")
-    if not (cleaned.isascii() and cleaned.isdigit()) or len(cleaned) > 18 or int(cleaned) == 0:
+    number = whole_number(text)
+    if number is None or not 0 < number < 10**18:
         raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {_clip(text, 40)!r}")
-    return int(cleaned)
+    return number
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         f"wins (default: ${QUESTION_ENV}, else {DEFAULT_SOURCES!r})",
     )
     _add_max_bytes(imp)
-    redact.add_arguments(imp)
+    redaction_flags.add_arguments(imp)
     imp.set_defaults(handler=_import)
     cap = commands.add_parser(
         "capture",
@@ -114,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
         "PHOENIX_API_KEY, when set, is sent as a bearer token and never printed or written.",
     )
     capture.add_arguments(cap)
-    redact.add_arguments(cap)
+    redaction_flags.add_arguments(cap)
     cap.set_defaults(handler=lambda args: capture.run(args, golden_file_name))
     show = commands.add_parser(
         "show",
@@ -155,8 +156,8 @@ def _add_max_bytes(parser: argparse.ArgumentParser) -> None:
 
 def _import(args: argparse.Namespace) -> int:
     try:
-        redactor = redact.from_args(args)
-    except redact.RedactionError as exc:
+        redactor = redaction_flags.from_args(args)
+    except redaction_flags.RedactionError as exc:
         _error(str(exc))
         return 2
     where, text = (

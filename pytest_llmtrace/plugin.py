@@ -14,19 +14,16 @@ from pytest_llmtrace.pytest import export_hooks as export
 from pytest_llmtrace.pytest import fixtures, golden, recording, replay_config
 from pytest_llmtrace.pytest import run_results as results
 from pytest_llmtrace.pytest import service_session as services
-from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    settings.add_options(parser, recording.RECORDING_SETTINGS)
-    settings.add_options(parser, SERVICE_SETTINGS)
-    settings.add_options(parser, replay_config.REPLAY_SETTINGS)
-    settings.add_options(parser, results.REPORT_SETTINGS)
+    """Every setting each layer declared (importing the layers above declared them), then the few extra spellings."""
+    settings.add_options(parser)
     results.add_options(parser)
-    export.add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    settings.configure(config)  # once: every layer reads its knobs from here
     recording.configure(config)
     replay_config.configure(config)
     results.configure(config)

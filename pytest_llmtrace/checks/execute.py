@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmtrace.checks.equivalence import normalize_value
+from pytest_llmtrace.checks.options import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_ROWS, DEFAULT_SQL_TIMEOUT_MS
 from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
 from pytest_llmtrace.checks.sql_text import split_statements
 from pytest_llmtrace.core.errors import LLMTraceError, first_line
@@ -53,8 +54,6 @@ __all__ = [
     "statement_cost",
 ]
 
-DEFAULT_MAX_ROWS = 10_000
-DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 # Errors that DECLARE CURSOR raises for statements that are not plain queries (DML, EXPLAIN, SHOW, data-modifying
 # WITH): those are run again without a cursor, so the error reported is the statement's own (25006 for a DELETE).
 _NOT_A_CURSOR_QUERY = frozenset({"42601", "0A000"})
@@ -177,7 +176,7 @@ def execute_readonly(
     dsn: str,
     sql: str,
     *,
-    timeout_ms: int = 5000,
+    timeout_ms: int = DEFAULT_SQL_TIMEOUT_MS,
     max_rows: int = DEFAULT_MAX_ROWS,
     max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
     cost: bool = False,

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 import pytest
 from openinference.semconv.trace import OpenInferenceSpanKindValues
 
-from pytest_llmtrace.core.errors import LLMTraceError, near_misses, number_text
-from pytest_llmtrace.core.settings import Settings, SettingSpec
+from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean, number_text, whole_number
+from pytest_llmtrace.core.settings import Settings, SettingSpec, declare
 
 __all__ = [
     "CHECKS",
     "CHECK_SETTINGS",
     "DEADLINE_BUDGET_FACTOR",
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_MAX_ROWS",
+    "DEFAULT_SQL_TIMEOUT_MS",
     "LATENCY_METRICS",
     "MARKER",
     "MARKER_ARGUMENTS",
@@ -29,6 +32,7 @@ __all__ = [
     "RESULT_MATCH",
     "SPAN_KINDS",
     "TOKEN_KINDS",
+    "CheckName",
     "CheckOptions",
     "ResultMatch",
     "UnknownName",
@@ -42,8 +46,10 @@ __all__ = [
 
 MARKER = "llmtrace"
 
-# The checks a golden case runs, in the order their findings are reported.
-CHECKS = ("sql", "results", "cost", "latency", "tokens", "snapshot")
+# The checks a golden case runs, in the order their findings are reported: the one list of check names, which mypy
+# holds every literal check name in a signature to.
+CheckName = Literal["sql", "results", "cost", "latency", "tokens", "snapshot"]
+CHECKS: tuple[CheckName, ...] = get_args(CheckName)
 
 # How result rows are compared (see checks.equivalence.row_order_matters for what each means).
 ResultMatch = Literal["bag", "set", "ordered", "none"]
@@ -61,15 +67,19 @@ LATENCY_METRICS: tuple[str, ...] = ("total", "LLM", "SQL", *SPAN_KINDS[1:])
 
 TOKEN_KINDS = ("prompt", "completion", "total")
 
+# The SQL check's limits (CheckOptions' defaults; checks.execute's too).
+DEFAULT_SQL_TIMEOUT_MS = 5000
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
+
 
 class UnknownName(LLMTraceError, ValueError):
     """A name that is not one of a fixed set (a check, a metric, a token kind), with the nearest valid one."""
 
     def __init__(self, what: str, name: object, choices: Sequence[str]) -> None:
         self.what, self.name, self.choices = what, name, tuple(choices)
-        lowered = {choice.lower(): choice for choice in choices}
-        near = near_misses(str(name).strip().lower(), lowered)
-        hint = f"; did you mean {lowered[near[0]]!r}?" if near else ""
+        hint = did_you_mean(str(name).strip(), choices, ignore_case=True)
+        hint = f"; {hint}" if hint else ""
         super().__init__(f"unknown {what} {name!r}{hint} (valid: {', '.join(choices)})")
 
 
@@ -103,12 +113,17 @@ def _usage(where: str, problem: str) -> pytest.UsageError:
 
 
 def _number(value: Any, where: str, kind: type[int] | type[float], minimum: float = 0) -> Any:
-    if isinstance(value, bool):  # True is an int to Python, never a number a user meant
+    if kind is int:  # counts and limits: the one whole-number parser
+        number: float | None = whole_number(value)
+    elif isinstance(value, bool):  # True is a number to Python, never one a user meant
+        number = None
+    else:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = None
+    if number is None:
         raise _usage(where, f"expected a {kind.__name__} number, got {value!r}")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise _usage(where, f"expected a {kind.__name__} number, got {value!r}") from None
     if number < minimum:
         raise _usage(where, f"expected a number >= {number_text(minimum)}, got {value!r}")
     return number
@@ -122,8 +137,8 @@ def _names(value: Any, choices: Sequence[str], what: str, where: str) -> list[st
         raise _usage(where, str(exc)) from None
 
 
-def _parse_checks(value: Any, where: str) -> frozenset[str]:
-    return frozenset(_names(value, CHECKS, "check", where))
+def _parse_checks(value: Any, where: str) -> frozenset[CheckName]:
+    return frozenset(cast("list[CheckName]", _names(value, CHECKS, "check", where)))  # spelled as in CHECKS
 
 
 def _parse_result_match(value: Any, where: str) -> ResultMatch:
@@ -215,7 +230,7 @@ class CheckOptions:
     (``with_marker``). Mapping keys are canonical (``LLM``, not ``llm``).
     """
 
-    checks: frozenset[str] = field(
+    checks: frozenset[CheckName] = field(
         default=frozenset(CHECKS),
         metadata=_meta(f"Checks run on every golden case: {' '.join(CHECKS)}.", _parse_checks),
     )
@@ -261,7 +276,7 @@ class CheckOptions:
         ),
     )
     sql_timeout_ms: int = field(
-        default=5000, metadata=_meta("statement_timeout for re-executing the app's SQL.", _timeout)
+        default=DEFAULT_SQL_TIMEOUT_MS, metadata=_meta("statement_timeout for re-executing the app's SQL.", _timeout)
     )
     cost_tolerance: float = field(
         default=2.0,
@@ -280,13 +295,13 @@ class CheckOptions:
         ),
     )
     max_rows: int = field(
-        default=10_000,
+        default=DEFAULT_MAX_ROWS,
         metadata=_meta(
             "The re-executed SQL fails when its result has more rows than this (fetched in batches).", _count
         ),
     )
     max_result_bytes: int = field(
-        default=16 * 1024 * 1024,
+        default=DEFAULT_MAX_RESULT_BYTES,
         metadata=_meta(
             "The re-executed SQL fails when its result is larger than this many bytes (as Postgres sends them).",
             _positive,
@@ -348,8 +363,8 @@ class CheckOptions:
         changes: dict[str, Any] = {}
         for key, value in mark.kwargs.items():
             if key not in MARKER_ARGUMENTS:
-                near = near_misses(key, MARKER_ARGUMENTS)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
+                hint = did_you_mean(key, MARKER_ARGUMENTS)
+                hint = f"; {hint}" if hint else ""
                 raise _usage(
                     where, f"llmtrace() got an unknown argument {key!r}{hint} (valid: {', '.join(MARKER_ARGUMENTS)})"
                 )
@@ -388,15 +403,17 @@ def _ini_text(value: Any) -> str:
 _DEFAULTS = CheckOptions()
 
 # The ini keys, options and env variables of the check knobs: llmtrace_<field name>.
-CHECK_SETTINGS: tuple[SettingSpec, ...] = tuple(
-    SettingSpec(
-        f.name,
-        f.metadata["knob"].help,
-        _ini_text(getattr(_DEFAULTS, f.name)),
-        choices=f.metadata["knob"].choices,
-        env=f.metadata["knob"].env,
+CHECK_SETTINGS: tuple[SettingSpec, ...] = declare(
+    *(
+        SettingSpec(
+            f.name,
+            f.metadata["knob"].help,
+            _ini_text(getattr(_DEFAULTS, f.name)),
+            choices=f.metadata["knob"].choices,
+            env=f.metadata["knob"].env,
+        )
+        for f in fields(CheckOptions)
     )
-    for f in fields(CheckOptions)
 )
 
 MARKER_ARGUMENTS: tuple[str, ...] = (

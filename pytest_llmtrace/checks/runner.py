@@ -19,7 +19,7 @@ from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencie
 from pytest_llmtrace.checks.cost import SqlCost, check_cost, cost_of, measure_cost
 from pytest_llmtrace.checks.equivalence import check_results
 from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
-from pytest_llmtrace.checks.options import CHECKS, CheckOptions
+from pytest_llmtrace.checks.options import CHECKS, CheckName, CheckOptions
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Mode, ReplayMiss, SqlOutcome, Timings
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.checks.sql_text import strip_code_fences
@@ -86,7 +86,7 @@ class CaseInput:
     mode: Mode
     golden: Trace | None = None
     file: str | None = None
-    checks: Collection[str] | None = None  # default: ``options.checks``
+    checks: Collection[CheckName] | None = None  # default: ``options.checks``
     database: str | None = None
     sql: str | None = None
     snapshot: OutcomeSnapshot | None = None
@@ -139,7 +139,7 @@ def run_checks(case: CaseInput) -> CaseOutcome:
             return CheckResult("snapshot", "skipped", "no snapshot for this test")
         return snapshot.check(snapshot_data(timing, statement, result), replayed=replayed, replayed_ms=replayed_ms)
 
-    runs: dict[str, Callable[[], CheckResult]] = {
+    runs: dict[CheckName, Callable[[], CheckResult]] = {
         "sql": lambda: check_sql(statement, result, golden_sql=golden_sql, against_golden=golden is not None),
         "results": results,
         "cost": lambda: check_cost(*(costs or (None, None)), tolerance=options.cost_tolerance),

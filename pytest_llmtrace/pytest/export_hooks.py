@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.core.settings import add_options as add_setting_options
 from pytest_llmtrace.pytest.export_session import EXPORT_SETTINGS, WORKER_KEY, PhoenixExport, PhoenixExportWarning
 from pytest_llmtrace.pytest.recorder import TestWindow
 from pytest_llmtrace.pytest.recording import get_recorder
@@ -21,7 +20,6 @@ from pytest_llmtrace.pytest.recording import get_recorder
 __all__ = [
     "EXPORT_SETTINGS",
     "PhoenixExportWarning",
-    "add_options",
     "configure",
     "configure_node",
     "get_state",
@@ -35,17 +33,6 @@ __all__ = [
 
 _KEY = pytest.StashKey[PhoenixExport]()
 _WINDOW_KEY = pytest.StashKey[TestWindow]()
-
-
-def add_options(parser: pytest.Parser) -> None:
-    """``--llmtrace-phoenix-export`` is a flag (the other settings take a value), so it is added here by hand; its
-    env var and ini key come from its ``SettingSpec`` like every other setting's."""
-    export, *others = EXPORT_SETTINGS
-    parser.getgroup("llmtrace").addoption(
-        export.option, dest=export.dest, action="store_const", const="yes", default=None, help=export.help
-    )
-    parser.addini(export.ini, export.help, type="string", default=None)
-    add_setting_options(parser, tuple(others))
 
 
 def configure(config: pytest.Config) -> None:

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import LLMTraceError
-from pytest_llmtrace.core.settings import Settings, SettingSpec, resolve
+from pytest_llmtrace.core.settings import Settings, SettingSpec, declare
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import OUTCOMES_KEY
-from pytest_llmtrace.pytest.run_results import git_revision
+from pytest_llmtrace.pytest.run_metadata import git_revision
 from pytest_llmtrace.sinks import naming
 from pytest_llmtrace.sources.redaction_key import DEFAULT_KEY_PATH
 
@@ -44,12 +45,13 @@ FLUSH_TIMEOUT_S = 30.0  # the most the session end waits for queued spans: Batch
 _ON = ("yes", "true")
 WORKER_KEY = "llmtrace_phoenix_export"  # in xdist's workerinput and workeroutput
 
-EXPORT_SETTINGS: tuple[SettingSpec, ...] = (
+EXPORT_SETTINGS: tuple[SettingSpec, ...] = declare(
     SettingSpec(
         "phoenix_export",
         "yes: send each test's spans to Phoenix (the llmtrace_phoenix backend) with its verdict as an annotation.",
         "no",
         choices=("yes", "no", "true", "false"),
+        flag=True,
     ),
     SettingSpec(
         "phoenix_project",
@@ -117,7 +119,7 @@ class PhoenixExport:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> PhoenixExport:
-        settings = resolve(config, EXPORT_SETTINGS)
+        settings = session_settings.of(config)
         if settings["phoenix_export"] not in _ON:
             return cls(settings)
         from pytest_llmtrace.sinks.spans import RunAttributes  # with export on only, like everything it sends

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import pytest
 from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
 
+from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import RecordingError
-from pytest_llmtrace.core.settings import SettingSpec, resolve
+from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.pytest.failing import fail, fail_on
 from pytest_llmtrace.pytest.recorder import (
     OTEL_TRACE_LOGGER,
@@ -43,7 +44,7 @@ __all__ = [
     "unconfigure",
 ]
 
-RECORDING_SETTINGS: tuple[SettingSpec, ...] = (
+RECORDING_SETTINGS: tuple[SettingSpec, ...] = declare(
     SettingSpec(
         "open_spans",
         "What to do when a test that uses llm_trace ends with spans it started still open: fail (the default) or warn.",
@@ -153,7 +154,7 @@ RECORDER_KEY = pytest.StashKey[Recorder]()
 
 def configure(config: pytest.Config) -> None:
     """Create the session's recorder; providers are looked at only when tests start (see ``ensure_global``)."""
-    settings = resolve(config, RECORDING_SETTINGS)
+    settings = session_settings.of(config)
     recorder = Recorder()
     handler = OverrideRefusedHandler(recorder)
     logging.getLogger(OTEL_TRACE_LOGGER).addHandler(handler)

@@ -23,7 +23,9 @@ from pytest_llmtrace.checks.options import (
     number_text,
     validate_marks,
 )
-from pytest_llmtrace.core.settings import Settings, SettingSpec, resolve
+from pytest_llmtrace.core import settings as session_settings
+from pytest_llmtrace.core.errors import whole_number
+from pytest_llmtrace.core.settings import Settings, SettingSpec, declare
 from pytest_llmtrace.modelapi.replay import MATCHERS, SPEEDS
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
@@ -72,8 +74,7 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "replay_speed",
         "virtual: replayed model calls answer at once and count their recorded duration as their latency; recorded: "
-        "they also make the app wait that long (apps whose behaviour depends on real waiting); instant: the old name "
-        "of virtual.",
+        "they also make the app wait that long (apps whose behaviour depends on real waiting).",
         "virtual",
         choices=SPEEDS,
     ),
@@ -116,6 +117,7 @@ REPLAY_SETTINGS: tuple[SettingSpec, ...] = (
         ini_type="linelist",
     ),
 )
+declare(*(spec for spec in REPLAY_SETTINGS if spec not in CHECK_SETTINGS))  # the checks declare their own
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class ReplayConfig:
     max_trace_bytes: int
     target: str
     question: tuple[QuestionSource, ...]  # where each case's question is, first text wins
-    speed: str  # virtual | recorded | instant (= virtual)
+    speed: str  # virtual | recorded
     match: tuple[str, ...]  # replay matcher names
     app_db: str  # readonly | owner
     temp_file_limit_mb: int
@@ -139,7 +141,7 @@ class ReplayConfig:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> ReplayConfig:
-        s = resolve(config, REPLAY_SETTINGS)
+        s = session_settings.of(config)
         try:
             match = tuple(canonical(name, tuple(MATCHERS), "replay matcher") for name in s["replay_match"].split())
         except UnknownName as exc:
@@ -170,7 +172,7 @@ def repeat_of(s: Settings) -> int:
     """``llmtrace_repeat`` as a count: a whole number from 1, and 1 in record mode."""
     origin = s.values["repeat"].origin
     text = s["repeat"]
-    number = int(text) if text.isdigit() else 0
+    number = whole_number(text) or 0
     if number < 1:
         raise pytest.UsageError(f"{origin}: expected how many times to run each golden case (1 or more), got {text!r}")
     if number > 1 and s["mode"] == "record":
@@ -193,10 +195,7 @@ def pass_rate_floor(text: str, origin: str) -> float:
 
 
 def _positive_int(value: str, origin: str, unit: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
+    number = whole_number(value) or 0
     if number < 1:
         raise pytest.UsageError(f"{origin}: expected a positive whole number of {unit}, got {value!r}")
     return number

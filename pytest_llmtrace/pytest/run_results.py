@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
-import subprocess
-import sys
-import uuid
-from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import pytest
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, Mode
+from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import LLMTraceError, first_line
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.core.settings import SettingSpec, resolve
+from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.core.url_secrets import redact_text, redact_url
 from pytest_llmtrace.modelapi.backend import normalize_model_name
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
@@ -36,34 +29,32 @@ from pytest_llmtrace.pytest import golden
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import OUTCOMES_KEY
 from pytest_llmtrace.pytest.replay_config import get_config
-from pytest_llmtrace.results import gate, html
+from pytest_llmtrace.pytest.run_metadata import configured_phoenix, run_metadata
+from pytest_llmtrace.pytest.run_state import RESULTS_KEY, RunResults
+from pytest_llmtrace.results import gate
 from pytest_llmtrace.results import model_digests as models
 from pytest_llmtrace.results import repeats as runs
 from pytest_llmtrace.results.case_record import CaseRecord, as_case
-from pytest_llmtrace.results.summary import summary_markdown, totals
-from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.results.report_files import write_reports
 from pytest_llmtrace.sources.capture.golden_dir import PROVENANCE
 from pytest_llmtrace.trace.model import Trace
-from pytest_llmtrace.trace.otlp import write_golden
 
 __all__ = [
     "REPORT_SETTINGS",
     "RESULTS_SCHEMA_VERSION",
     "add_options",
     "configure",
-    "git_revision",
     "record",
     "sessionfinish",
     "shard_of",
     "terminal_summary",
     "testnodedown",
-    "write_reports",
 ]
 
 RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
 _WORKER_KEY = "llmtrace_cases"
 
-REPORT_SETTINGS: tuple[SettingSpec, ...] = (
+REPORT_SETTINGS: tuple[SettingSpec, ...] = declare(
     SettingSpec(
         "report_dir", "Write results.json, summary.md and report.html into this folder at session end.", "", env=False
     ),
@@ -81,28 +72,6 @@ _GATE_HELP = (
 )
 
 
-@dataclass
-class RunResults:
-    """The session's state: the cases seen so far and the configured gate."""
-
-    report_dir: Path | None
-    rules: list[gate.Rule]
-    baseline: list[CaseRecord] | None
-    shard: tuple[int, int] | None
-    mode: str
-    repeat: int = 1
-    min_pass_rate: float = 1.0
-    cases: list[CaseRecord] = field(default_factory=list)  # one per outcome; per run of a repeated case
-    other_failures: int = 0  # failed items that are not cases: a gate does not excuse them
-    gate_results: list[gate.GateResult] = field(default_factory=list)
-    prompt_hashes: set[str] = field(default_factory=set)  # sha256 of each system prompt the cases' LLM calls hold
-    recorded_models: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # models.trace_digests, merged
-    live_models: models.LiveDigests | None = None  # what the Ollama server said, asked once per process
-    report_error: str | None = None  # why the reports could not be written (a refused symbolic link, say)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # a case is (run_id, nodeid) to llmtrace gate
-
-
-_KEY = pytest.StashKey[RunResults]()
 _ERROR_KEY = pytest.StashKey[str]()
 
 
@@ -126,7 +95,7 @@ def _shard(text: str) -> tuple[int, int] | None:
 
 
 def configure(config: pytest.Config) -> None:
-    settings = resolve(config, REPORT_SETTINGS)
+    settings = session_settings.of(config)
     expressions = [*config.getoption("llmtrace_gate", default=[]), *config.getini("llmtrace_gate")]
     try:
         rules = [gate.parse(e) for e in expressions if e.strip()]
@@ -142,7 +111,7 @@ def configure(config: pytest.Config) -> None:
         raise pytest.UsageError("gate 'regressions' needs --llmtrace-baseline PATH (a previous results.json)")
     report_dir = config.rootpath / settings["report_dir"] if settings["report_dir"] else None
     replay = get_config(config)
-    config.stash[_KEY] = RunResults(
+    config.stash[RESULTS_KEY] = RunResults(
         report_dir, rules, baseline, _shard(settings["shard"]), replay.mode, replay.repeat, replay.min_pass_rate
     )
 
@@ -154,7 +123,7 @@ def shard_of(node_id: str, count: int) -> int:
 
 def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the K-th share; every run of a repeated case goes with its case (the hash of the case's id, not a run's)."""
-    state = config.stash.get(_KEY, None)
+    state = config.stash.get(RESULTS_KEY, None)
     if state is None or state.shard is None:
         return
     k, n = state.shard
@@ -168,7 +137,7 @@ def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None
 
     ``phoenix_url``: the test's trace in Phoenix's UI when ``--llmtrace-phoenix-export`` sent it.
     """
-    state = item.config.stash.get(_KEY, None)
+    state = item.config.stash.get(RESULTS_KEY, None)
     if state is None:
         return
     if (report.failed or report.skipped) and _ERROR_KEY not in item.stash:
@@ -279,7 +248,7 @@ def sessionfinish(session: pytest.Session) -> None:
     """Workers hand their cases to the controller; the controller (or a serial run) folds repeats, writes reports
     and gates."""
     config = session.config
-    state = config.stash.get(_KEY, None)
+    state = config.stash.get(RESULTS_KEY, None)
     if state is None:
         return
     if hasattr(config, "workerinput"):
@@ -304,7 +273,7 @@ def sessionfinish(session: pytest.Session) -> None:
                 run_metadata(config),
                 state.gate_results,
                 state.baseline,
-                phoenix=_configured_phoenix(config),
+                phoenix=configured_phoenix(config),
                 root=config.rootpath,
             )
         except (LLMTraceError, OSError) as exc:
@@ -325,7 +294,7 @@ def sessionfinish(session: pytest.Session) -> None:
 
 def testnodedown(node: Any) -> None:
     """On the xdist controller: merge a finished worker's cases, so totals equal a serial run's."""
-    state = node.config.stash.get(_KEY, None)
+    state = node.config.stash.get(RESULTS_KEY, None)
     payload = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
     if state is None or payload is None:
         return
@@ -342,7 +311,7 @@ def testnodedown(node: Any) -> None:
 
 
 def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    state = config.stash.get(_KEY, None)
+    state = config.stash.get(RESULTS_KEY, None)
     if state is None or hasattr(config, "workerinput"):
         return
     if any(len(c.get("runs") or ()) > 1 for c in state.cases):
@@ -365,122 +334,3 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         here = config.invocation_params.dir
         shown = page.relative_to(here) if page.is_relative_to(here) else page  # as the user typed it, usually
         terminalreporter.line(f"llmtrace report: {shown} (results.json and summary.md beside it)")
-
-
-def git_revision(root: Path) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None if done.returncode == 0 else None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def run_metadata(config: pytest.Config) -> dict[str, Any]:
-    """What a later reader needs to tell two runs apart: code, prompts, data and machine."""
-    root = config.rootpath
-    fixtures: dict[str, str] = {}
-    for pattern in config.getini("llmtrace_sql_fixtures") or ["fixtures/**/*.sql"]:
-        for path in sorted(root.glob(str(pattern))):
-            if path.is_file():
-                fixtures[path.relative_to(root).as_posix()] = _sha256(path)
-    try:
-        version = metadata.version("pytest-llmtrace")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    shard = config.stash[_KEY].shard
-    return {
-        "run_id": config.stash[_KEY].run_id,
-        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
-        "plugin_version": version,
-        "git_revision": git_revision(root),
-        "mode": get_config(config).mode,
-        "model": resolve(config, SERVICE_SETTINGS)["ollama_model"],
-        "models": _models(config),
-        "system_prompt_hashes": sorted(config.stash[_KEY].prompt_hashes),
-        "sql_fixture_hashes": fixtures,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-    }
-
-
-def _models(config: pytest.Config) -> list[dict[str, Any]]:
-    state = config.stash[_KEY]
-    names = set(state.recorded_models)
-    if state.mode != "replay":  # the model the app asks the live server for, whatever the recordings named
-        names.add(resolve(config, SERVICE_SETTINGS)["ollama_model"])
-    return models.model_entries(names, state.mode, state.recorded_models, state.live_models)
-
-
-def _configured_phoenix(config: pytest.Config) -> list[str]:
-    """The Phoenix the user pointed the run at (--llmtrace-phoenix=URL) and the one the run used, if it started
-    one: report.html links to traces there, and nowhere a golden file names."""
-    urls = []
-    setting = resolve(config, SERVICE_SETTINGS)["phoenix"]
-    if "://" in setting:
-        urls.append(setting)
-    try:
-        manager = services.get_manager(config)
-    except KeyError:  # the services were never configured (a usage error stopped the run)
-        return urls
-    if "phoenix" in manager.started:  # this process's Phoenix (on the xdist controller: only the setting's)
-        urls.append(manager.endpoint("phoenix").url)
-    return urls
-
-
-def _make_report_dir(directory: Path, root: Path | None) -> None:
-    """Create the report folder, refusing one reached through a symbolic link below ``root`` (the rootdir): a link
-    planted there (a checked-out repository can hold one) would send the reports anywhere the user can write. Links
-    above the rootdir (a home folder on another disk) are the user's own and stay allowed; without a ``root``, only
-    the report folder itself is checked."""
-    if root is not None and directory.is_relative_to(root):
-        parts = directory.relative_to(root).parts
-        checked = [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)]
-    else:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        checked = [directory]
-    for path in checked:
-        if path.is_symlink():
-            raise LLMTraceError(
-                f"{path} is a symbolic link; reports are never written through a link: remove it, or give "
-                "--llmtrace-report a folder that is not one"
-            )
-        if not path.exists():
-            path.mkdir()
-        elif not path.is_dir():
-            raise LLMTraceError(f"{path} exists and is not a folder; remove it, or give --llmtrace-report another one")
-
-
-def write_reports(
-    directory: Path,
-    cases: list[CaseRecord],
-    meta: dict[str, Any],
-    gate_results: list[gate.GateResult],
-    baseline: list[CaseRecord] | None,
-    *,
-    phoenix: list[str] | None = None,
-    root: Path | None = None,
-) -> None:
-    """results.json, summary.md (appended to $GITHUB_STEP_SUMMARY too) and report.html, from the same cases;
-    ``phoenix``: the configured Phoenix URLs, the only ones report.html links to.
-
-    Written as golden files are (``trace.otlp.write_golden``): atomically, never through a symbolic link planted at
-    a report's name, and never into a folder reached through a link planted inside the project; an
-    ``LLMTraceError`` says which path was refused.
-    """
-    _make_report_dir(directory, root)
-    doc = {"schema_version": RESULTS_SCHEMA_VERSION, "run": meta, "totals": totals(cases), "cases": cases}
-    write_golden(directory / "results.json", json.dumps(doc, indent=2, default=str) + "\n", force=True)
-    summary = summary_markdown(cases, gate_results, baseline)
-    write_golden(directory / "summary.md", summary, force=True)
-    write_golden(directory / "report.html", html.render(doc, gate_results, baseline, phoenix=phoenix or ()), force=True)
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as out:
-            out.write(summary)

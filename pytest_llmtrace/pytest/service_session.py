@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmtrace.core.settings import resolve
+from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.services.manager import ServiceManager
-from pytest_llmtrace.services.run_records import UnsafeRunFolder, run_context
-from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
+from pytest_llmtrace.services.run_records import run_context
+from pytest_llmtrace.services.user_folder import UnsafeRunFolder
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -111,7 +111,7 @@ _SIGNALS_KEY = pytest.StashKey[StopOnSignal]()
 def configure(config: pytest.Config, *, replay: bool) -> None:
     """Resolve and check the service settings (a bad value is a UsageError now, not at the first test), reap what
     dead runs left, and get ready to stop everything this run starts, on a signal too."""
-    settings = resolve(config, SERVICE_SETTINGS)
+    settings = session_settings.of(config)
     try:
         context = run_context(config)
     except UnsafeRunFolder as exc:

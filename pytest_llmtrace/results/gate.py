@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.core.errors import did_you_mean
+from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.results.case_record import CaseRecord, as_case, case_passed, figure_of
 
@@ -62,7 +62,7 @@ _EXPR = re.compile(
 _SHOWN_CASES = 10
 
 
-class GateError(ValueError):
+class GateError(LLMTraceError, ValueError):
     """A malformed gate expression or a gate that cannot be evaluated (``regressions`` without a baseline)."""
 
 

@@ -6,6 +6,7 @@
 - ``process``: server child processes and their temp folders.
 - ``postgres``, ``ollama``, ``phoenix``: one class per way of getting each service, plus what is special to it.
 - ``docker``: the little the Docker backends share.
-- ``manager``: the backend registry (``register_backend``) and the ``ServiceManager`` that starts, shares, stops.
+- ``backends``: the backend registry (``register_backend``) and the built-in backends.
+- ``manager``: the ``ServiceManager`` that starts, shares, stops.
 - ``session``: the pytest glue (configure, header, unconfigure, signals, the app's environment variables).
 """

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import psutil
 
+from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services.base import Endpoint
 
 __all__ = [
@@ -232,7 +233,7 @@ def _count_after_reset(
 # -- walking away from a case -----------------------------------------------------------------------------------------
 
 
-class Abandoned(Exception):
+class Abandoned(LLMTraceError):
     """The call was still running after its deadline's work was done: the case no longer waits for it."""
 
 

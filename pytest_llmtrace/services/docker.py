@@ -9,14 +9,8 @@ Every container the plugin starts
   remote daemon, or the host's daemon seen from inside a CI job container, gets all interfaces, or nothing here could
   reach the ports);
 - is removed by its backend's ``stop()``, at the end of the session and when a signal stops the run; a run that could
-  do neither (SIGKILL) leaves it behind, and the next run on this host removes it (``runs.reap_orphans``).
-
-That sweep removes a container only when it provably is a dead run's own (``provably_owned``): its id is in the run's
-record, and its labels carry this host and the hash of that record's token. Labels alone prove nothing: anyone with
-access to the daemon can set them, and ``docker commit`` copies them onto every container made from the committed
-image; such a container has another id. A token hash seen on a label can be copied onto any container, but the id
-cannot: only the record, a file in this user's private folder, names it. The token hash ties the id to that run, so
-a record cannot be made to remove a container of another run (or of a user's own making) by naming its id.
+  do neither (SIGKILL) leaves it behind, and the next run on this host removes it (``runs.reap_orphans``, through
+  ``docker_sweep.sweep``).
 
 Ryuk, where it can run, keeps removing what testcontainers started when the session's connection drops; nothing here
 turns it off (``TESTCONTAINERS_RYUK_DISABLED`` is the user's choice, or CI's where Ryuk's image cannot be pulled).
@@ -29,19 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import os
 import shutil
 import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import psutil
 
 from pytest_llmtrace.core.errors import first_line
+from pytest_llmtrace.services.base import ServiceStartError, http_ok, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -82,18 +76,18 @@ def docker_available(timeout: float = 2.0) -> tuple[bool, str]:
     try:
         client = docker.from_env(timeout=int(max(timeout, 1)))
     except Exception as exc:  # DockerException and connection errors: all mean "no daemon here"
-        return False, _first_line(exc)
+        return False, daemon_reason(exc)
     try:
         client.ping()
     except Exception as exc:
-        return False, _first_line(exc)
+        return False, daemon_reason(exc)
     finally:
         with contextlib.suppress(Exception):
             client.close()
     return True, ""
 
 
-def _first_line(exc: BaseException) -> str:
+def daemon_reason(exc: BaseException) -> str:
     """The reason for the header; docker-py's missing-socket error is a long nested repr, so it is said plainly."""
     text = str(exc)
     if "FileNotFoundError" in text or "No such file or directory" in text:
@@ -177,82 +171,6 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class DeadRun:
-    """What a run record proves about containers: the ids it recorded, its token, and the host it ran on. A dead
-    run's record, or at its end the run's own (what a killed xdist worker left)."""
-
-    token: str
-    host: str
-    container_ids: frozenset[str]
-
-
-def provably_owned(container_id: str, labels: Mapping[str, str], runs: Iterable[DeadRun], host: str) -> bool:
-    """Whether a container is one of these runs' own: recorded by id in a run of this host, and labelled with this
-    host and that run's token hash. A container made from a committed image has the labels but not the id."""
-    if labels.get(HOST_LABEL) != host:
-        return False
-    mark = labels.get(TOKEN_LABEL, "")
-    return any(
-        run.host == host and container_id in run.container_ids and hmac.compare_digest(mark, token_hash(run.token))
-        for run in runs
-    )
-
-
-def sweep(runs: Sequence[DeadRun], client: Any = None, host: str | None = None) -> tuple[list[str], set[str]]:
-    """Remove the containers these runs provably own; returns one line per container removed (or not) and the ids
-    still to remove because Docker did not answer, which the caller keeps recorded for the next run.
-
-    Only this host's labelled containers are listed, and each is checked with ``provably_owned`` before removal.
-    """
-    host = host or socket.gethostname()
-    wanted: set[str] = set().union(*(run.container_ids for run in runs)) if runs else set()
-    if not wanted:
-        return [], set()
-    own_client = client is None
-    if own_client:
-        ok, why = docker_available()
-        if not ok:
-            return [f"kept {len(wanted)} recorded container(s) for later: {why}"], wanted
-    import docker
-
-    if own_client:
-        try:
-            client = docker.from_env()
-        except Exception as exc:  # the daemon went away since the ping
-            return [f"kept {len(wanted)} recorded container(s) for later: {_first_line(exc)}"], wanted
-    try:
-        return _remove_owned(client, runs, host, wanted)
-    finally:
-        if own_client:
-            with contextlib.suppress(Exception):
-                client.close()
-
-
-def _remove_owned(client: Any, runs: Sequence[DeadRun], host: str, wanted: set[str]) -> tuple[list[str], set[str]]:
-    import docker.errors
-
-    try:
-        listed = client.containers.list(all=True, filters={"label": f"{HOST_LABEL}={host}"})
-    except Exception as exc:
-        return [f"kept {len(wanted)} recorded container(s) for later: {_first_line(exc)}"], wanted
-    done: list[str] = []
-    left: set[str] = set()
-    for container in listed:
-        if not provably_owned(str(container.id), container.labels, runs, host):
-            continue
-        try:
-            container.remove(force=True, v=True)
-        except docker.errors.NotFound:  # removed meanwhile (by its own run's stop, say): done
-            continue
-        except Exception as exc:  # tried again by the next run
-            left.add(str(container.id))
-            done.append(f"could not remove container {container.name}: {_first_line(exc)}")
-            continue
-        done.append(f"removed container {container.name} ({str(container.id)[:12]})")
-    return done, left
-
-
 # -- running a container ----------------------------------------------------------------------------------------------
 
 
@@ -330,12 +248,6 @@ def _record_at_creation(container: Any, record: RunRecord, service: str) -> None
     setattr(client, name, recorded)
 
 
-def start_prepared(container: Any) -> None:
-    """Start ``container`` (and wait, with its own wait strategy). What dead runs left was swept at the session's
-    start (``runs.reap_orphans``)."""
-    container.start()
-
-
 def container_host(container: Any) -> str:
     """Where the published ports are reached: 127.0.0.1 when they are bound there (not ``localhost``, which may
     resolve to ::1 first), else where testcontainers says (the daemon's host, or a gateway inside a CI container)."""
@@ -389,7 +301,7 @@ def http_container(
     gpu: bool = False,
 ) -> Any:
     """A prepared container of ``image`` (labels, ``port`` published on loopback, ``volumes`` host path -> container
-    path); start it with ``start_prepared`` and wait with ``wait_http``, which needs nothing inside the image (the
+    path); ``DockerService`` starts it, and ``wait_http`` waits for it, which needs nothing inside the image (the
     Phoenix image is distroless)."""
     from testcontainers.core.container import DockerContainer
 
@@ -406,7 +318,6 @@ def wait_http(container: Any, url: str, *, timeout: float) -> None:
     """Wait for ``GET url`` to answer 2xx from here, where the tests connect from (testcontainers' own HTTP wait
     asks the address it computes, a gateway inside a CI container, not the loopback port the plugin published).
     Raises ``TimeoutError`` saying whether the container exited."""
-    from pytest_llmtrace.services.base import http_ok, wait_until
 
     def up() -> bool:
         container.get_wrapped_container().reload()
@@ -415,3 +326,61 @@ def wait_http(container: Any, url: str, *, timeout: float) -> None:
     if not wait_until(lambda: http_ok(url), timeout=timeout, interval=0.5, alive=up):
         state = "the container is running" if up() else "the container exited"
         raise TimeoutError(f"GET {url} did not answer within {timeout:.0f} s ({state})")
+
+
+# -- the lifecycle every Docker backend shares ------------------------------------------------------------------------
+
+
+class DockerService:
+    """One service in one container, as testcontainers' backends are one class each over a shared lifecycle:
+    ``configure`` the container (labelled, published on loopback), start it, ``wait`` until it answers; any failure
+    is a ``ServiceStartError`` with the container's log and the fix, after the container is removed. ``stop``
+    removes it too. What dead runs left was swept at the session's start (``runs.reap_orphans``).
+
+    A backend names its ``service``, builds its container in ``configure`` (``http_container``, or a testcontainers
+    class passed through ``prepare_container``), returns the URL the tests use from ``wait``, and lists in
+    ``secrets`` what a docker error or log may quote but must not show.
+    """
+
+    service: ClassVar[str]
+    backend: ClassVar[str] = "docker"
+
+    def __init__(self, image: str, record: RunRecord | None = None) -> None:
+        self.image = image
+        self.record = record
+        self._container: Any = None
+
+    @property
+    def owner(self) -> ContainerOwner:
+        return ContainerOwner.of(self.record)
+
+    def configure(self) -> Any:
+        """A prepared, not yet started testcontainers container."""
+        raise NotImplementedError
+
+    def wait(self, container: Any) -> str:
+        """Block until the started ``container`` serves; its URL as seen from here."""
+        raise NotImplementedError
+
+    def secrets(self) -> Sequence[str]:
+        return ()
+
+    def start_container(self) -> str:
+        """Configure, start and wait: the URL the service answers on, or a ``ServiceStartError``."""
+        try:
+            self._container = container = self.configure()
+            container.start()  # testcontainers' own wait strategy, if the class has one, runs here
+            return self.wait(container)
+        except Exception as exc:  # docker's errors have many types; all mean "could not start"
+            raise self.failed(f"{self.image}: {first_line(exc)}", start_fix(self.service, self.image, exc)) from exc
+
+    def failed(self, reason: str, fix: str) -> ServiceStartError:
+        """The error for a start that failed after the container was made: its log is kept, then it is removed."""
+        secrets = self.secrets()
+        log = [scrub(line, secrets) for line in log_tail(self._container)]
+        self.stop()
+        return ServiceStartError(self.service, self.backend, scrub(reason, secrets), log=log, fix=fix)
+
+    def stop(self) -> None:
+        container, self._container = self._container, None
+        remove(container, self.record)

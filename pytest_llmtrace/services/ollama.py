@@ -6,25 +6,30 @@ test asks for it by name, so a server without it would fail every test with a 40
 at start-up, with the ``ollama create`` command that makes the model, is the useful version of that error.
 
 Backends we run (binary, docker) create a missing model from the Modelfile, with models kept in a persistent cache
-(``~/.cache/pytest-llmtrace/ollama/models``, or ``LLMTRACE_OLLAMA_MODELS``) so the GGUF is imported once per machine,
+(``~/.cache/pytest-llmtrace/ollama/models``, or the ``ollama_models`` setting) so the GGUF is imported once per machine,
 not once per run. A user's server (url) is never changed: it only gets the error.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.core.errors import first_line
-from pytest_llmtrace.modelapi import BackendError, OllamaAPIServer, normalize_model_name
+from pytest_llmtrace.modelapi import BackendError, OllamaAPIServer
 from pytest_llmtrace.modelapi.llamacpp import LlamaCppBackend, LlamaCppError
-from pytest_llmtrace.modelapi.modelfile import Modelfile, ModelfileError, parse_modelfile
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
-from pytest_llmtrace.services.docker import OLLAMA_IMAGE
+from pytest_llmtrace.services.docker import (
+    OLLAMA_IMAGE,
+    DockerService,
+    container_host,
+    gpu_request,
+    http_container,
+    wait_http,
+)
+from pytest_llmtrace.services.ollama_models import OTHER_BACKENDS, SERVICE, ensure_model, models_dir, read_modelfile
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
@@ -43,41 +48,10 @@ __all__ = [
     "ReplaySwitch",
     "UrlOllama",
     "answers",
-    "create_command",
-    "ensure_model",
-    "models_dir",
 ]
 
 DEFAULT_MODEL = "qwen-sql-prod"
 START_TIMEOUT_S = 60.0
-LIST_TIMEOUT_S = 30.0
-# Importing a GGUF hashes and copies it (about 1 GB for the production model); pulling downloads it.
-CREATE_TIMEOUT_S = 900.0
-SERVICE = "ollama"
-OTHER_BACKENDS = "--llmtrace-ollama=embedded, binary, docker or http://host:11434"
-
-
-def models_dir() -> Path:
-    """Where Ollama keeps models between runs: ``LLMTRACE_OLLAMA_MODELS`` or ``~/.cache/pytest-llmtrace/ollama/models``.
-
-    Read when a backend starts, not at import, so a test (or conftest) can set the variable first.
-    """
-    configured = os.environ.get("LLMTRACE_OLLAMA_MODELS")
-    if configured:
-        return Path(configured).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "pytest-llmtrace" / "ollama" / "models"
-
-
-def create_command(model_name: str, modelfile_path: Path | None) -> str:
-    """The command a user runs to make the model, with the Modelfile path as they would type it."""
-    if modelfile_path is None:
-        return f"ollama create {model_name} -f fixtures/Modelfile"
-    try:
-        shown = modelfile_path.resolve().relative_to(Path.cwd())
-    except ValueError:
-        shown = modelfile_path
-    return f"ollama create {model_name} -f {shown}"
 
 
 def _endpoint(backend: str, url: str, started: float, model_name: str, **extra: str) -> Endpoint:
@@ -88,132 +62,6 @@ def _endpoint(backend: str, url: str, started: float, model_name: str, **extra: 
 def answers(endpoint: Endpoint) -> bool:
     """Whether the Ollama at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
     return http_ok(endpoint.url + "/api/version")
-
-
-def _read_modelfile(path: Path | None, backend: str) -> Modelfile | None:
-    if path is None:
-        return None
-    try:
-        return parse_modelfile(path)
-    except ModelfileError as exc:
-        raise ServiceStartError(SERVICE, backend, str(exc), fix="fix the Modelfile") from exc
-
-
-def ensure_model(
-    url: str,
-    model_name: str,
-    modelfile: Modelfile | None,
-    *,
-    backend: str,
-    create: bool = True,
-    modelfile_path: Path | None = None,
-    timeout: float = CREATE_TIMEOUT_S,
-    models: Path | None = None,
-) -> bool:
-    """Make sure the server at ``url`` has ``model_name``; returns True when it had to be created.
-
-    When it is missing and ``create`` is set, it is built from the Modelfile the way ``ollama create`` does over the
-    JSON API (Ollama >= 0.5.6 takes no raw Modelfile): a local GGUF becomes a blob referenced by digest; a FROM naming
-    a registry model is pulled first. ``models`` is the server's model directory when it is mounted from here (binary,
-    docker): the GGUF is then linked into its blob store, so a 1 GB file is not sent through HTTP. Anything else is a
-    ``ServiceStartError`` with the command to run.
-    """
-    # The ollama client pulls in httpx and pydantic (over a second cold): paid only when a server is checked.
-    import httpx
-    import ollama
-
-    path = modelfile.path if modelfile is not None else modelfile_path
-    fix = f"create it with `{create_command(model_name, path)}`"
-    client = ollama.Client(host=url, timeout=timeout)
-    try:
-        present = _model_names(ollama.Client(host=url, timeout=LIST_TIMEOUT_S))
-    except (ollama.ResponseError, httpx.HTTPError) as exc:
-        raise ServiceStartError(SERVICE, backend, f"GET {url}/api/tags failed: {exc}", fix=fix) from exc
-    wanted = normalize_model_name(model_name)
-    if wanted in present:
-        return False
-    have = ", ".join(sorted(present)) or "no models"
-    missing = f"model {model_name!r} is not on the Ollama server at {url} (it has {have})"
-    if not create or modelfile is None:
-        raise ServiceStartError(SERVICE, backend, missing, fix=fix)
-    gguf = modelfile.from_path
-    if gguf is not None and not gguf.is_file():
-        then = (
-            f"then run the tests again: the {backend} backend creates it from the Modelfile (as "
-            f"`{create_command(model_name, path)}` would)"
-            if create
-            else f"then {fix}"
-        )
-        raise ServiceStartError(
-            SERVICE,
-            backend,
-            f"{missing}, and it cannot be created: {modelfile.path} says FROM {modelfile.source}, "
-            f"but the GGUF file {gguf} does not exist",
-            fix=f"download the GGUF to {gguf} (see the comments in {modelfile.path}), {then}",
-        )
-    try:
-        if gguf is None:
-            client.pull(modelfile.source)
-            source: dict[str, Any] = {"from_": modelfile.source}
-        else:
-            source = {"files": {gguf.name: _blob(client, url, gguf, models)}}
-        client.create(
-            model=model_name,
-            template=modelfile.template,
-            system=modelfile.system,
-            parameters=modelfile.options() or None,
-            messages=[{"role": role, "content": content} for role, content in modelfile.messages] or None,
-            stream=False,
-            **source,
-        )
-        present = _model_names(client)
-    except (ollama.ResponseError, httpx.HTTPError, OSError) as exc:
-        how = f"pulling {modelfile.source}" if gguf is None else f"importing {gguf}"
-        raise ServiceStartError(
-            SERVICE, backend, f"{missing}; creating it from {modelfile.path} ({how}) failed: {exc}", fix=fix
-        ) from exc
-    if wanted not in present:
-        raise ServiceStartError(
-            SERVICE, backend, f"{missing}; /api/create reported success but it is not listed", fix=fix
-        )
-    return True
-
-
-def _blob(client: Any, url: str, gguf: Path, models: Path | None) -> str:
-    """The GGUF's digest, with the file in the server's blob store: linked into a mounted model dir, else uploaded."""
-    import httpx
-
-    if models is not None:
-        digest = place_blob(models, gguf)
-        if httpx.head(f"{url}/api/blobs/{digest}", timeout=LIST_TIMEOUT_S).status_code == 200:
-            return digest
-    return str(client.create_blob(gguf))  # a server that does not see the directory (a remote Docker host)
-
-
-def place_blob(models: Path, gguf: Path) -> str:
-    """Put ``gguf`` into Ollama's blob store under ``models`` (``blobs/sha256-<hex>``); returns ``sha256:<hex>``.
-
-    A hard link when both are on one filesystem (no copy, no extra disk), else a copy; either way it stays in the
-    persistent model directory, so the next run (or the next CI job restoring that directory) finds the model.
-    """
-    hasher = hashlib.sha256()
-    with gguf.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            hasher.update(chunk)
-    blob = models / "blobs" / f"sha256-{hasher.hexdigest()}"
-    if not blob.exists():
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        partial = blob.with_name(f"{blob.name}-{os.getpid()}-partial")
-        try:
-            os.link(gguf, partial)
-        except OSError:  # another filesystem, or links not allowed there
-            shutil.copyfile(gguf, partial)
-        partial.replace(blob)
-    return f"sha256:{hasher.hexdigest()}"
-
-
-def _model_names(client: Any) -> set[str]:
-    return {normalize_model_name(m.model) for m in client.list().models if m.model}
 
 
 class EmbeddedOllama:
@@ -237,7 +85,7 @@ class EmbeddedOllama:
 
     def start(self) -> Endpoint:
         started = time.monotonic()
-        modelfile = _read_modelfile(self.modelfile_path, self.backend)
+        modelfile = read_modelfile(self.modelfile_path, self.backend)
         assert modelfile is not None
         backend = LlamaCppBackend(modelfile, self.model_name, n_ctx=self.n_ctx, threads=self.threads)
         try:
@@ -276,7 +124,9 @@ class BinaryOllama:
         *,
         executable: str = "ollama",
         timeout: float = START_TIMEOUT_S,
+        models: str = "",
     ) -> None:
+        self.models = models  # the ollama_models setting (empty: the default cache)
         self.model_name = model_name
         self.modelfile_path = modelfile_path
         self.record = record
@@ -294,8 +144,8 @@ class BinaryOllama:
                 f"no `{self.executable}` executable on PATH",
                 fix=f"install Ollama (https://ollama.com/download) or use {OTHER_BACKENDS}",
             )
-        modelfile = _read_modelfile(self.modelfile_path, self.backend)
-        models = models_dir()
+        modelfile = read_modelfile(self.modelfile_path, self.backend)
+        models = models_dir(self.models)
         models.mkdir(parents=True, exist_ok=True)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -321,11 +171,11 @@ class BinaryOllama:
         self._server.stop()
 
 
-class DockerOllama:
+class DockerOllama(DockerService):
     """The official image (pinned; or --llmtrace-ollama-image), labelled and published on loopback, with the
     persistent model cache mounted so models survive the container and the GGUF reaches it without an upload."""
 
-    backend = "docker"
+    service = SERVICE
 
     def __init__(
         self,
@@ -335,61 +185,37 @@ class DockerOllama:
         record: RunRecord | None = None,
         *,
         gpu: str = "auto",
+        models: str = "",
     ) -> None:
+        super().__init__(image, record)
         self.model_name = model_name
         self.modelfile_path = modelfile_path
-        self.image = image
-        self.record = record
         self.gpu = gpu
-        self._container: Any = None
+        self.models = models  # the ollama_models setting (empty: the default cache)
+
+    def configure(self) -> Any:
+        volumes = {str(models_dir(self.models)): "/root/.ollama/models"}
+        gpu, _ = gpu_request(self.gpu)
+        return http_container(self.image, service=SERVICE, port=11434, owner=self.owner, volumes=volumes, gpu=gpu)
+
+    def wait(self, container: Any) -> str:
+        url = f"http://{container_host(container)}:{container.get_exposed_port(11434)}"
+        wait_http(container, url + "/api/version", timeout=START_TIMEOUT_S)
+        return url
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services import docker
-
         started = time.monotonic()
-        modelfile = _read_modelfile(self.modelfile_path, self.backend)
-        models = models_dir()
+        modelfile = read_modelfile(self.modelfile_path, self.backend)
+        models = models_dir(self.models)
         models.mkdir(parents=True, exist_ok=True)
-        gpu, _ = docker.gpu_request(self.gpu)
-        try:
-            self._container = container = docker.http_container(
-                self.image,
-                service=SERVICE,
-                port=11434,
-                owner=docker.ContainerOwner.of(self.record),
-                volumes={str(models): "/root/.ollama/models"},
-                gpu=gpu,
-            )
-            docker.start_prepared(container)
-            url = f"http://{docker.container_host(container)}:{container.get_exposed_port(11434)}"
-            docker.wait_http(container, url + "/api/version", timeout=START_TIMEOUT_S)
-        except Exception as exc:  # docker errors have many types; all mean "could not start"
-            log = docker.log_tail(self._container)
-            self.stop()
-            fix = docker.start_fix(SERVICE, self.image, exc)
-            raise ServiceStartError(
-                SERVICE, self.backend, f"{self.image}: {first_line(exc)}", log=log, fix=fix
-            ) from exc
+        url = self.start_container()
         try:
             ensure_model(
-                url,
-                self.model_name,
-                modelfile,
-                backend=self.backend,
-                modelfile_path=self.modelfile_path,
-                models=models,
+                url, self.model_name, modelfile, backend=self.backend, modelfile_path=self.modelfile_path, models=models
             )
         except ServiceStartError as exc:
-            log = docker.log_tail(self._container)
-            self.stop()
-            raise ServiceStartError(SERVICE, self.backend, exc.reason, log=log, fix=exc.fix) from exc
+            raise self.failed(exc.reason, exc.fix) from exc
         return _endpoint(self.backend, url, started, self.model_name, image=self.image, models_dir=str(models))
-
-    def stop(self) -> None:
-        from pytest_llmtrace.services.docker import remove
-
-        container, self._container = self._container, None
-        remove(container, self.record)
 
 
 class UrlOllama:

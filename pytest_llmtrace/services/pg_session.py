@@ -22,7 +22,8 @@ from pytest_llmtrace.services.base import Endpoint, ServiceStartError, redact_ur
 from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
 from pytest_llmtrace.services.pg_objects import ObjectGuard
 from pytest_llmtrace.services.postgres import PostgresDatabase
-from pytest_llmtrace.services.run_records import RunContext, file_lock
+from pytest_llmtrace.services.run_records import RunContext
+from pytest_llmtrace.services.user_folder import file_lock
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.pg_roles import RoleLimits

@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmtrace.core.errors import first_line
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
-from pytest_llmtrace.services.docker import PHOENIX_IMAGE
+from pytest_llmtrace.services.docker import PHOENIX_IMAGE, DockerService, container_host, http_container, wait_http
 from pytest_llmtrace.services.process import ServerProcess
 
 if TYPE_CHECKING:
@@ -82,50 +81,32 @@ class EmbeddedPhoenix:
         self._server.stop()
 
 
-class DockerPhoenix:
+class DockerPhoenix(DockerService):
     """The official image (or the one chosen with --llmtrace-phoenix-image), labelled and published on loopback.
 
     The official image is distroless (no shell), so readiness is an HTTP wait on ``/healthz``.
     """
 
-    backend = "docker"
+    service = "phoenix"
 
     def __init__(
         self, image: str = PHOENIX_IMAGE, record: RunRecord | None = None, timeout: float = START_TIMEOUT_S
     ) -> None:
-        self.image = image
-        self.record = record
+        super().__init__(image, record)
         self.timeout = timeout
-        self._container: Any = None
+
+    def configure(self) -> Any:
+        env = {"PHOENIX_TELEMETRY_ENABLED": "false"}
+        return http_container(self.image, service=self.service, port=6006, owner=self.owner, env=env)
+
+    def wait(self, container: Any) -> str:
+        url = f"http://{container_host(container)}:{container.get_exposed_port(6006)}"
+        wait_http(container, url + "/healthz", timeout=self.timeout)
+        return url
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services import docker
-
         started = time.monotonic()
-        try:
-            self._container = container = docker.http_container(
-                self.image,
-                service="phoenix",
-                port=6006,
-                owner=docker.ContainerOwner.of(self.record),
-                env={"PHOENIX_TELEMETRY_ENABLED": "false"},
-            )
-            docker.start_prepared(container)
-            url = f"http://{docker.container_host(container)}:{container.get_exposed_port(6006)}"
-            docker.wait_http(container, url + "/healthz", timeout=self.timeout)
-        except Exception as exc:  # docker errors have many types; all mean "could not start"
-            log = docker.log_tail(self._container)
-            self.stop()
-            fix = docker.start_fix("phoenix", self.image, exc)
-            reason = f"{self.image}: {first_line(exc)}"
-            raise ServiceStartError("phoenix", self.backend, reason, log=log, fix=fix) from exc
-        return _endpoint(self.backend, url, started)
-
-    def stop(self) -> None:
-        from pytest_llmtrace.services.docker import remove
-
-        container, self._container = self._container, None
-        remove(container, self.record)
+        return _endpoint(self.backend, self.start_container(), started)
 
 
 class UrlPhoenix:

@@ -30,9 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
-from pytest_llmtrace.core.errors import LLMTraceError, first_line
+from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
-from pytest_llmtrace.services.docker import POSTGRES_IMAGE
+from pytest_llmtrace.services.docker import POSTGRES_IMAGE, DockerService, container_host, prepare_container
 from pytest_llmtrace.services.pg_roles import admin_connection, lock_down_template
 from pytest_llmtrace.services.process import OwnedTempDir
 from pytest_llmtrace.services.run_records import wait_gone
@@ -422,7 +422,7 @@ def _endpoint_from_url(backend: str, url: str, started: float) -> Endpoint:
 DOCKER_USER = "llmtrace"
 
 
-class DockerPostgres:
+class DockerPostgres(DockerService):
     """``testcontainers.community.postgres`` with a chosen image: labelled, on loopback, a random password.
 
     The password is new for every container and never printed: a test database is still a database, and its port is
@@ -430,42 +430,31 @@ class DockerPostgres:
     """
 
     service = "postgres"
-    backend = "docker"
 
     def __init__(self, image: str = POSTGRES_IMAGE, record: RunRecord | None = None) -> None:
-        self.image = image
-        self.record = record
-        self._container: Any = None
+        super().__init__(image, record)
+        self._password = ""
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._password,)
+
+    def configure(self) -> Any:
+        from testcontainers.community.postgres import PostgresContainer
+
+        container = PostgresContainer(
+            self.image, username=DOCKER_USER, password=self._password, dbname=DOCKER_USER, driver=None
+        )
+        prepare_container(container, service=self.service, ports=[5432], owner=self.owner)
+        return container
+
+    def wait(self, container: Any) -> str:
+        """Nothing more to wait for: ``PostgresContainer.start`` waits until the server takes logins."""
+        return str(container.get_connection_url(host=container_host(container)))
 
     def start(self) -> Endpoint:
-        from pytest_llmtrace.services import docker
-
         started = time.monotonic()
-        password = secrets.token_urlsafe(18)
-        try:
-            from testcontainers.community.postgres import PostgresContainer
-
-            container = PostgresContainer(
-                self.image, username=DOCKER_USER, password=password, dbname=DOCKER_USER, driver=None
-            )
-            self._container = container
-            owner = docker.ContainerOwner.of(self.record)
-            docker.prepare_container(container, service=self.service, ports=[5432], owner=owner)
-            docker.start_prepared(container)
-            url = container.get_connection_url(host=docker.container_host(container))
-        except Exception as exc:  # docker's errors have many types; all mean "could not start"
-            log = [docker.scrub(line, [password]) for line in docker.log_tail(self._container)]
-            self.stop()
-            reason = docker.scrub(f"{self.image}: {first_line(exc)}", [password])
-            fix = docker.start_fix(self.service, self.image, exc)
-            raise ServiceStartError(self.service, self.backend, reason, log=log, fix=fix) from exc
-        return _endpoint_from_url(self.backend, url, started)
-
-    def stop(self) -> None:
-        from pytest_llmtrace.services.docker import remove
-
-        container, self._container = self._container, None
-        remove(container, self.record)
+        self._password = secrets.token_urlsafe(18)
+        return _endpoint_from_url(self.backend, self.start_container(), started)
 
 
 class UrlPostgres:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_llmtrace.services.base import ServiceStartError, http_ok, wait_until
-from pytest_llmtrace.services.run_records import OWN_PREFIX, STOP_TIMEOUT_S, stop_process
+from pytest_llmtrace.services.run_records import STOP_TIMEOUT_S, stop_process
+from pytest_llmtrace.services.user_folder import OWN_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

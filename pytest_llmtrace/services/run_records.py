@@ -17,13 +17,12 @@ the daemon can make one with any labels, and ``docker commit`` copies a containe
 made from the committed image. So a record holds a random ``token`` that never leaves it (the containers carry only
 its SHA-256) and the id of each container as the daemon gave it at creation; a later run removes a container only
 when its id is in a dead run's record and its labels carry that record's token hash and this host
-(``services.docker.sweep``).
+(``services.docker_sweep.sweep``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -31,7 +30,6 @@ import shutil
 import signal
 import socket
 import stat
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -40,28 +38,29 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from pytest_llmtrace.core.errors import LLMTraceError
+from pytest_llmtrace.services.user_folder import (
+    RUN_DIR_PREFIX,
+    UnsafeRunFolder,
+    file_lock,
+    may_delete,
+    owned_by_me,
+    private_dir,
+    records_dir,
+    user_dir,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
 
     import pytest
 
 __all__ = [
-    "OWN_PREFIX",
-    "RUN_DIR_PREFIX",
     "RunContext",
     "RunRecord",
-    "UnsafeRunFolder",
-    "file_lock",
-    "may_delete",
-    "private_dir",
     "reap_orphans",
-    "records_dir",
     "run_context",
     "running",
     "stop_process",
-    "user_dir",
     "wait_gone",
 ]
 
@@ -69,82 +68,6 @@ KINDS = ("processes", "paths", "containers")  # what a record lists
 TOKEN_BYTES = 16
 STOP_TIMEOUT_S = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)  # all a run record may ask for
-OWN_PREFIX = "llmtrace-"  # the temp folders servers get: llmtrace-pg-*, llmtrace-ollama-*, llmtrace-phoenix-*
-RUN_DIR_PREFIX = "run-"  # xdist state folders, in the per-user folder
-
-
-class UnsafeRunFolder(LLMTraceError):
-    """The per-user folder is not this user's own: using it would let another user steer what a run deletes or kills."""
-
-
-def user_dir() -> Path:
-    """``$TMPDIR/pytest-llmtrace-<uid>``: created 0700, verified before every use."""
-    return private_dir(Path(tempfile.gettempdir()) / f"pytest-llmtrace-{os.getuid()}")
-
-
-def records_dir() -> Path:
-    """Where runs keep their records: one JSON file per run."""
-    return private_dir(user_dir() / "runs")
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` as a folder only this user can use: created 0700, or checked to be a real folder this user owns.
-
-    Like pytest's basetemp: a folder owned by someone else (or a symlink) is refused, since anyone could have created
-    it first in a shared /tmp; a folder this user owns but left open to others (older versions made it 0755) is
-    tightened, since only its owner could have opened it.
-    """
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    info = os.lstat(path)
-    fix = "remove it, or set TMPDIR to a folder of your own, then run again"
-    if stat.S_ISLNK(info.st_mode):
-        raise UnsafeRunFolder(f"pytest-llmtrace: {path} is a symlink (to {os.readlink(path)}), not a folder; {fix}")
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeRunFolder(f"pytest-llmtrace: {path} is not a folder; {fix}")
-    if info.st_uid != os.getuid():
-        raise UnsafeRunFolder(
-            f"pytest-llmtrace: {path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}); another user "
-            f"may have created it to make this run delete files or stop processes. {fix[0].upper()}{fix[1:]}"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
-def _owned_by_me(info: os.stat_result) -> bool:
-    return info.st_uid == os.getuid() and not stat.S_ISLNK(info.st_mode)
-
-
-def may_delete(path: Path) -> str | None:
-    """Why ``path`` must not be deleted, or None when it is the plugin's own folder (its kind, its place, its owner)."""
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return "it no longer exists"
-    if stat.S_ISLNK(info.st_mode):
-        return "it is a symlink"
-    temp_root, mine = Path(tempfile.gettempdir()).resolve(), user_dir().resolve()
-    parent = path.parent.resolve()
-    own_kind = (parent == temp_root and path.name.startswith(OWN_PREFIX)) or (
-        parent == mine and path.name.startswith(RUN_DIR_PREFIX)
-    )
-    if not own_kind:
-        return f"it is not a pytest-llmtrace folder ({temp_root}/{OWN_PREFIX}* or {mine}/{RUN_DIR_PREFIX}*)"
-    if not _owned_by_me(info):
-        return f"it is owned by uid {info.st_uid}"
-    return None
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (the xdist workers and controller of a run), held while in the block."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def running(pid: object, create_time: object) -> psutil.Process | None:
@@ -344,7 +267,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     """A record's content, or {} when it is missing, unreadable, or not this user's own regular file."""
     try:
         info = os.lstat(path)
-        if not stat.S_ISREG(info.st_mode) or not _owned_by_me(info):
+        if not stat.S_ISREG(info.st_mode) or not owned_by_me(info):
             return {}
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -366,7 +289,7 @@ def reap_orphans(directory: Path | None = None) -> list[str]:
             info = os.lstat(record)
         except OSError:
             continue
-        if not stat.S_ISREG(info.st_mode) or not _owned_by_me(info):
+        if not stat.S_ISREG(info.st_mode) or not owned_by_me(info):
             done.append(f"ignored {record}: not a file of yours (uid {info.st_uid})")
             continue
         data = _read_record(record)
@@ -385,11 +308,11 @@ def reap_orphans(directory: Path | None = None) -> list[str]:
 def _reap_containers(
     entries: list[dict[str, Any]], token: object, host: object, done: list[str]
 ) -> list[dict[str, Any]]:
-    """Remove a record's containers (``services.docker.sweep`` checks each one's proof); returns the entries still
+    """Remove a record's containers (``services.docker_sweep.sweep`` checks each one's proof); returns the entries still
     to remove because Docker did not answer. The Docker SDK is imported only when a record lists containers."""
     if not entries or not _is_token(token) or not isinstance(host, str):
         return []
-    from pytest_llmtrace.services.docker import DeadRun, sweep
+    from pytest_llmtrace.services.docker_sweep import DeadRun, sweep
 
     lines, left = sweep([DeadRun(str(token), host, frozenset(str(e.get("id")) for e in entries))])
     done.extend(lines)

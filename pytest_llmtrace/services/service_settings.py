@@ -7,12 +7,12 @@ Each layer declares its own knobs next to the code that reads them (``options.CH
 
 from __future__ import annotations
 
-from pytest_llmtrace.core.settings import SettingSpec
+from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.services.docker import GPU_SETTINGS, IMAGES
 
 __all__ = ["SERVICE_SETTINGS"]
 
-SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
+SERVICE_SETTINGS: tuple[SettingSpec, ...] = declare(
     # The three backends take no fixed choices here: the names come from the backend registry (built-in ones and
     # those given to register_backend), and services.choice.check_setting checks them once the run is configured.
     SettingSpec(
@@ -43,6 +43,12 @@ SERVICE_SETTINGS: tuple[SettingSpec, ...] = (
         choices=("yes", "no"),
     ),
     SettingSpec("ollama_model", "Model name the app asks Ollama for.", "qwen-sql-prod"),
+    SettingSpec(
+        "ollama_models",
+        "Folder the Ollama backends we run (binary, docker) keep models in between runs, so a GGUF is imported once "
+        "per machine; empty: ~/.cache/pytest-llmtrace/ollama/models (under $XDG_CACHE_HOME when set).",
+        "",
+    ),
     SettingSpec(
         "ollama_modelfile",
         "Modelfile that defines the model (relative to the rootdir).",

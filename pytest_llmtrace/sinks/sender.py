@@ -15,6 +15,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.sinks.phoenix_rest import auth_headers
 
 __all__ = ["EXPORT_TIMEOUT_S", "MAX_QUEUE", "CountingExporter", "RedirectNotFollowed", "batch_processor"]
@@ -24,7 +25,7 @@ MAX_QUEUE = 100_000  # spans waiting to be sent; past it the oldest are dropped 
 SCHEDULE_DELAY_MS = 1000  # a batch leaves at least once a second, so little is left for the session end
 
 
-class RedirectNotFollowed(Exception):
+class RedirectNotFollowed(LLMTraceError):
     """A 3xx answer to the spans' POST: they were not stored where the key and the data were meant to go."""
 
 

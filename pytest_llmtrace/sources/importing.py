@@ -20,7 +20,7 @@ from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces, is_otlp, spans_from_request
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, is_syntax_error, parse, read_bytes
 
-__all__ = ["KNOWN_FORMATS", "Imported", "import_file", "load_traces"]
+__all__ = ["KNOWN_FORMATS", "Imported", "import_file"]
 
 OTLP_JSON = "OTLP JSON"
 OTLP_JSONL = "OTLP JSONL (OTel Collector file exporter)"
@@ -49,11 +49,6 @@ class Imported:
     @property
     def span_count(self) -> int:
         return sum(len(t) for t in self.traces)
-
-
-def load_traces(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> list[Trace]:
-    """Every trace in an export file, oldest first; ``TraceFormatError`` if the content is not a known format."""
-    return import_file(path, max_bytes=max_bytes).traces
 
 
 def import_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> Imported:

@@ -29,28 +29,20 @@ Only strings are redacted: integer and float attributes (token counts, row count
 
 from __future__ import annotations
 
-import argparse
 import bisect
-import dataclasses
-import hashlib
-import hmac
 import ipaddress
-import json
-import os
 import re
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-from pytest_llmtrace.core.errors import LLMTraceError
-from pytest_llmtrace.sources import detectors, redaction_key
+from pytest_llmtrace.sources import detectors, person_names
+from pytest_llmtrace.sources.placeholders import PLACEHOLDER, Found, TraceMap
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.secrets import redact_spans, redact_trace
 from pytest_llmtrace.trace.walk import Attributes, map_span, map_strings, span_strings
 
-__all__ = ["KINDS", "RedactionError", "Redactor", "add_arguments", "from_args", "key_path", "luhn_ok", "unkeyed"]
+__all__ = ["KINDS", "Redactor", "luhn_ok"]
 
 # Kinds in priority order: where two matches overlap in one string, the earlier kind wins.
 KINDS = (
@@ -71,7 +63,6 @@ KINDS = (
     "person",
     "credential",  # found by attribute name (trace.secrets), not by a pattern
 )
-_LABELS = {"api_key": "API_KEY", "private_key": "PRIVATE_KEY"}
 
 # Any script (josé@exämple.de, 张伟@例子.中国), and written URL-encoded (jane%40example.com) as in a logged URL.
 _EMAIL = re.compile(
@@ -107,28 +98,9 @@ _DIGIT = re.compile(r"\d")
 _DOC_NETS = tuple(
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
 )
-_DOC_V4_PREFIXES = ("192.0.2.", "198.51.100.", "203.0.113.")
 _CACHE_LIMIT = 50_000
 _PRIORITY = {kind: index for index, kind in enumerate(KINDS)}
-# A placeholder this module wrote (or the numbered ones of older versions): never a value to redact again.
-_PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?::[0-9a-f]{8}|_\d+)>")
 _API_KEY_MARKERS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA", "ASIA", "AIza", "xox")
-
-
-_KEYED = re.compile(r"<([A-Z][A-Z0-9_]*):[0-9a-f]{8}>")
-_DOC_ADDRESS = re.compile(
-    r"(?<![\w.:])(?:(?:192\.0\.2|198\.51\.100|203\.0\.113)\.\d{1,3}|2001:db8::[0-9a-f:]+)(?![\w:])"
-)
-
-
-def unkeyed(text: str) -> str:
-    """The text with every placeholder reduced to its kind (``<EMAIL>``, ``<IP>``): two questions that differ only
-    in which customer asked are one regression case to ``--dedupe``, as they were when placeholders were numbered."""
-    if "<" in text:
-        text = _KEYED.sub(r"<\1>", text)
-    if "." in text or ":" in text:
-        text = _DOC_ADDRESS.sub("<IP>", text)
-    return text
 
 
 def luhn_ok(digits: str) -> bool:
@@ -148,55 +120,6 @@ def _personal_ip(text: str) -> bool:
     except ValueError:
         return False
     return not (address.is_loopback or address.is_unspecified or any(address in net for net in _DOC_NETS))
-
-
-@dataclass(frozen=True)
-class _Found:
-    kind: str
-    text: str  # exactly as it appears
-    key: str  # what decides "the same value": emails ignore case, custom values are matched without case
-
-
-@dataclass
-class _TraceMap:
-    """The values found in what is being redacted (a trace, one test's spans, a string) and their placeholders."""
-
-    secret: bytes
-    by_text: dict[str, str] = dataclasses.field(default_factory=dict)  # text as it appears -> placeholder
-    kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # text -> kind
-    owners: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)  # placeholder -> (kind, key)
-
-    def add(self, found: _Found) -> None:
-        if found.text in self.by_text:
-            return
-        placeholder = self._placeholder(found.kind, found.key)
-        self.by_text[found.text] = placeholder
-        self.kinds[found.text] = found.kind
-        escaped = json.dumps(found.text)[1:-1]  # the same value inside a JSON document (input.value of LLM spans)
-        if escaped != found.text:
-            self.by_text.setdefault(escaped, placeholder)
-            self.kinds.setdefault(escaped, found.kind)
-
-    def _placeholder(self, kind: str, key: str) -> str:
-        """A keyed hash of the kind and the value; IPv4 addresses have only 762 documentation addresses to hash
-        into, so one that another value of this map took moves to the next free one."""
-        digest = hmac.new(self.secret, f"{kind}\0{key}".encode(), hashlib.sha256).digest()
-        number = int.from_bytes(digest[:4], "big")
-        for probe in range(3 * 254 if kind == "ipv4" else 1):
-            placeholder = _placeholder(kind, number + probe)
-            owner = self.owners.setdefault(placeholder, (kind, key))
-            if owner == (kind, key):
-                return placeholder
-        return placeholder  # every documentation address taken: two values share one
-
-
-def _placeholder(kind: str, number: int) -> str:
-    if kind == "ipv4":
-        slot = number % (3 * 254)
-        return _DOC_V4_PREFIXES[slot // 254] + str(slot % 254 + 1)
-    if kind == "ipv6":
-        return f"2001:db8::{number >> 16:x}:{number & 0xFFFF:x}"
-    return f"<{_LABELS.get(kind, kind.upper())}:{number:08x}>"
 
 
 class Redactor:
@@ -228,11 +151,11 @@ class Redactor:
         self._secret = key if key is not None else secrets.token_bytes(32)
         self.counts: Counter[str] = Counter()  # kind -> occurrences replaced, over every trace so far
         self.traces_redacted = 0
-        self._cache: dict[str, tuple[_Found, ...]] = {}
+        self._cache: dict[str, tuple[Found, ...]] = {}
 
     # -- finding ---------------------------------------------------------------------------------------------------
 
-    def find(self, text: str) -> tuple[_Found, ...]:
+    def find(self, text: str) -> tuple[Found, ...]:
         """The sensitive values in one string; cached, because prompts repeat in every trace of a capture."""
         cached = self._cache.get(text)
         if cached is None:
@@ -241,12 +164,12 @@ class Redactor:
             cached = self._cache[text] = self._find(text)
         return cached
 
-    def _find(self, text: str) -> tuple[_Found, ...]:
+    def _find(self, text: str) -> tuple[Found, ...]:
         # What is taken: disjoint ranges, sorted, so the one range that can overlap a new one is found by bisection
         # (a hostile string with 10^5 matches must not cost 10^10 comparisons).
         starts: list[int] = []
         ends: list[int] = []
-        found: list[tuple[int, _Found]] = []
+        found: list[tuple[int, Found]] = []
 
         def claim(kind: str, start: int, end: int, key: str | None = None) -> None:
             if end <= start:
@@ -255,11 +178,11 @@ class Redactor:
             if before >= 0 and ends[before] > start:
                 return
             value = text[start:end]
-            if value in self.keep or _PLACEHOLDER.fullmatch(value):
+            if value in self.keep or PLACEHOLDER.fullmatch(value):
                 return
             starts.insert(before + 1, start)
             ends.insert(before + 1, end)
-            found.append((start, _Found(kind, value, value if key is None else key)))
+            found.append((start, Found(kind, value, value if key is None else key)))
 
         if self._values_re is not None:
             for m in self._values_re.finditer(text):
@@ -316,37 +239,37 @@ class Redactor:
                     claim("phone", m.start(), m.end(), digits.removeprefix("00"))
             for kind, start, end, key in detectors.phones(text):
                 claim(kind, start, end, key)
-        for kind, start, end, key in detectors.person_names(text):
+        for kind, start, end, key in person_names.person_names(text):
             claim(kind, start, end, key)
         found.sort(key=lambda item: item[0])
         return tuple(f for _, f in found)
 
-    def _collect(self, strings: Iterable[str], names: Iterable[str] = ()) -> _TraceMap:
+    def _collect(self, strings: Iterable[str], names: Iterable[str] = ()) -> TraceMap:
         """Both halves of the first pass: every value each string shows by itself, then every occurrence, in any
         string, of a person's name that something else revealed (a name key, a salutation, an email's local part)."""
-        mapping = _TraceMap(self._secret)
+        mapping = TraceMap(self._secret)
         strings = list(strings)
         known: dict[str, set[str]] = {}  # a name (any case) -> its spellings as written
         for name in names:
-            if detectors.looks_like_name(name):
-                known.setdefault(detectors.name_key(name), set()).add(name.strip())
+            if person_names.looks_like_name(name):
+                known.setdefault(person_names.name_key(name), set()).add(name.strip())
         for string in strings:
             for found in self.find(string):
                 mapping.add(found)
                 if found.kind == "person":
                     known.setdefault(found.key, set()).add(found.text)
                 elif found.kind == "email":
-                    from_email = detectors.names_from_email(found.key.split("@", 1)[0])
+                    from_email = person_names.names_from_email(found.key.split("@", 1)[0])
                     if from_email is not None:
                         known.setdefault(from_email, set())
-        kept = {detectors.name_key(k) for k in self.keep}
+        kept = {person_names.name_key(k) for k in self.keep}
         known = {name: spellings for name, spellings in known.items() if name not in kept}
         if known:
             names_re = _names_pattern(known)
             for string in strings:
                 for m in names_re.finditer(string):
                     if m.group() not in mapping.by_text and m.group() not in self.keep:
-                        mapping.add(_Found("person", m.group(), detectors.name_key(m.group())))
+                        mapping.add(Found("person", m.group(), person_names.name_key(m.group())))
         return mapping
 
     # -- replacing -------------------------------------------------------------------------------------------------
@@ -401,7 +324,7 @@ class Redactor:
         return credentials.trace
 
     @staticmethod
-    def _replace(text: str, mapping: _TraceMap, replacer: re.Pattern[str] | None, counts: Counter[str]) -> str:
+    def _replace(text: str, mapping: TraceMap, replacer: re.Pattern[str] | None, counts: Counter[str]) -> str:
         if replacer is None or not text:
             return text
 
@@ -421,7 +344,7 @@ class Redactor:
         return f"redacted {total} value{'s' if total != 1 else ''} in {traces}: {parts}"
 
 
-def _replacer(mapping: _TraceMap) -> re.Pattern[str] | None:
+def _replacer(mapping: TraceMap) -> re.Pattern[str] | None:
     """One regex for every found value, longest first; word-like values only match as whole words (a 4-digit
     custom pattern match must not eat the middle of a longer number), custom literal values match anywhere."""
     if not mapping.by_text:
@@ -461,109 +384,13 @@ def _named_people(span: Span) -> list[str]:
         for key, value in attributes.items():
             if isinstance(value, dict):
                 visit(value, prefix + key + ".")
-            elif isinstance(value, str) and detectors.is_name_key(prefix + key) and detectors.looks_like_name(value):
+            elif (
+                isinstance(value, str)
+                and person_names.is_name_key(prefix + key)
+                and person_names.looks_like_name(value)
+            ):
                 names.append(value)
         return attributes
 
     map_span(span, lambda value, where: value, visit)
     return names
-
-
-# -- the command-line flags `llmtrace capture` and `llmtrace import` share ------------------------------------------
-
-
-class RedactionError(LLMTraceError):
-    """A redaction flag that cannot work (a bad regular expression, ``--no-redact`` with patterns)."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "redaction",
-        "On by default: emails, phone numbers, card numbers (Luhn-checked), IBANs and US SSNs (checksums "
-        "validated), API keys and tokens (detect-secrets' detectors, hf_, Basic auth, JWTs), passwords in URLs, IP "
-        "addresses and person names where their context shows them are replaced before anything is written, each "
-        "distinct value by one placeholder (<EMAIL:3f9a1c2b>, ...; IPs by documentation addresses) everywhere, so "
-        "the redacted question still replays the redacted prompt. Placeholders are keyed hashes: the same value gets "
-        "the same placeholder in every capture and import made with the same --redaction-key. Only kinds and counts "
-        "are printed, never values.",
-    )
-    group.add_argument(
-        "--redaction-key",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help=f"the project's secret placeholder key, made on first use (default: ${redaction_key.KEY_ENV}, else "
-        f"{redaction_key.DEFAULT_KEY_PATH} in the project that holds --out); keep it out of git and share it to get "
-        "the same placeholders on other machines",
-    )
-    group.add_argument(
-        "--no-redact", action="store_true", help="write traces as they are, personal data included (must be explicit)"
-    )
-    group.add_argument(
-        "--redact-pattern",
-        action="append",
-        default=[],
-        metavar="REGEX",
-        help="also redact what this Python regex matches (its first group, if it has one); repeatable",
-    )
-    group.add_argument(
-        "--redact-value",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="also redact this text wherever it appears, ignoring case (a customer or project name); repeatable",
-    )
-    group.add_argument(
-        "--keep-value",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="never redact this text, e.g. an address in the app's own system prompt, which replay must match "
-        "verbatim; repeatable",
-    )
-
-
-def from_args(args: argparse.Namespace) -> Redactor | None:
-    """The redactor the flags ask for; ``None`` for ``--no-redact``."""
-    given = (("--redact-pattern", args.redact_pattern), ("--redact-value", args.redact_value))
-    extra = [flag for flag, values in given if values]
-    if args.no_redact:
-        if extra:
-            raise RedactionError(f"--no-redact and {extra[0]} contradict each other; fix: drop one of them")
-        return None
-    patterns = []
-    for text in args.redact_pattern:
-        try:
-            pattern = re.compile(text)
-        except re.error as exc:
-            raise RedactionError(
-                f"--redact-pattern {text!r} is not a valid regular expression: {exc.msg} at position {exc.pos}"
-            ) from None
-        if pattern.search(""):
-            raise RedactionError(f"--redact-pattern {text!r} matches the empty string; fix: make it match something")
-        patterns.append(pattern)
-    try:
-        key = redaction_key.load_or_create(key_path(args.redaction_key, args.out))
-    except redaction_key.RedactionKeyError as exc:
-        raise RedactionError(str(exc)) from None
-    return Redactor(patterns, args.redact_value, args.keep_value, key=key)
-
-
-def key_path(given: Path | None, out: Path) -> Path:
-    """``--redaction-key``, else ``$LLMTRACE_REDACTION_KEY``, else ``.llmtrace/redaction.key`` in the project the
-    output directory is in (its nearest ancestor with ``.git`` or a pytest config file), else beside the output
-    directory (never inside it: the golden files may be copied or committed as a whole)."""
-    if given is not None:
-        return given
-    env = os.environ.get(redaction_key.KEY_ENV, "").strip()
-    if env:
-        return Path(env)
-    project = redaction_key.project_dir(_existing_ancestor(out))
-    return (project or _existing_ancestor(out.resolve().parent)) / redaction_key.DEFAULT_KEY_PATH
-
-
-def _existing_ancestor(path: Path) -> Path:
-    path = path.resolve()
-    while not path.is_dir() and path != path.parent:
-        path = path.parent
-    return path

@@ -8,15 +8,17 @@ order) so a golden file that is read and written again does not change, and diff
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatError
 from pytest_llmtrace.trace.jsondoc import Doc, attributes_from_otlp, attributes_to_otlp
-from pytest_llmtrace.trace.jsontext import dumps_indented
 from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, parse, read_bytes
 from pytest_llmtrace.trace.secrets import redact_secrets, redact_spans
@@ -272,7 +274,20 @@ def _span_to_otlp(span: Span) -> dict[str, Any]:
 
 def dumps(trace: Trace | Iterable[Span]) -> str:
     """The canonical text of a golden file: two-space indent, UTF-8 kept readable, trailing newline."""
-    return dumps_indented(trace_to_request(trace)) + "\n"
+    return _indented(trace_to_request(trace)) + "\n"
+
+
+def _indented(document: Any) -> str:
+    """``json.dumps(document, indent=2, ensure_ascii=False)``'s layout, written by orjson's C encoder.
+
+    ``llmtrace capture`` writes thousands of files and the standard library's indenting encoder is pure Python. The
+    text differs only in small floats' exponents (orjson's ``1e-7`` for ``1e-07``); what orjson refuses (integers
+    over 64 bits, lone surrogates, nesting over 255) goes to the standard library.
+    """
+    try:
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(document, indent=2, ensure_ascii=False)
 
 
 def write_trace(trace: Trace | Iterable[Span], path: str | Path, *, redact: bool = True) -> Path:

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmtrace.core.errors import did_you_mean
+from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
+from pytest_llmtrace.trace.attr_values import loads_json
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
-from pytest_llmtrace.trace.views import llm_call, loads_json
+from pytest_llmtrace.trace.views import llm_call
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -47,7 +48,7 @@ _SEPARATORS = re.compile(r"[\s,]+")
 _MAX_SHOWN_ATTRIBUTES = 30
 
 
-class QuestionSourceError(ValueError):
+class QuestionSourceError(LLMTraceError, ValueError):
     """A source that cannot be parsed; the message names it and the fix."""
 
 

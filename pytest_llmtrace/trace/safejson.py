@@ -27,7 +27,6 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,7 @@ SIZE_HINT = (
 )
 _SYNTAX = "valid JSON"  # the `expected` of a syntax error, which JSONL detection tells apart from a limit
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.DOTALL)
+_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)  # strings, so their brackets are skipped
 _PLAIN_KEY = re.compile(r"[^\s\[\]\"'\\]{1,80}")
 
 
@@ -96,59 +95,69 @@ def decode(data: bytes, source: str | Path | None) -> str:
 # -- parsing ----------------------------------------------------------------------------------------------------------
 
 
-class _Refused(Exception):
-    """Raised by the decoder hooks below; ``parse`` turns it into a ``TraceFormatError`` with the token's path."""
+class _Refused:
+    """A value the decoder hooks refused, left in its place so that the walk after parsing names its path."""
 
-    def __init__(self, expected: str, got: str, where: Callable[[str], bool] | None, duplicate: bool = False) -> None:
-        super().__init__(expected)
+    __slots__ = ("expected", "got")
+
+    def __init__(self, expected: str, got: str) -> None:
         self.expected = expected
         self.got = got
-        self.where = where  # finds the offending token again in the text, to name its path
-        self.duplicate = duplicate
 
 
-def _number_too_long(token: str) -> _Refused:
-    return _Refused(
-        f"a number of at most {MAX_NUMBER_CHARS} characters",
-        f"a number of {len(token):,} characters ({token[:20]}...)",
-        lambda t: len(t) > MAX_NUMBER_CHARS and t[:1] in "-0123456789",
-    )
+class _Repeated(dict[str, Any]):
+    """An object with a key more than once; its pairs in text order say where the second one is."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
 
 
-def _parse_int(token: str) -> int:
-    if len(token) > MAX_NUMBER_CHARS:
-        raise _number_too_long(token)
-    return int(token)
+_DUPLICATE = "each key once in an object (readers disagree about which duplicate wins)"
 
 
-def _parse_float(token: str) -> float:
-    if len(token) > MAX_NUMBER_CHARS:
-        raise _number_too_long(token)
-    value = float(token)
-    if not math.isfinite(value):
-        raise _Refused("a finite number", f"{token} (beyond the range of a 64-bit float)", lambda t: t == token)
-    return value
+class _Hooks:
+    """The standard library's decoder hooks for one document; ``refused`` says whether the value holds a problem."""
 
+    def __init__(self) -> None:
+        self.refused = False
+        self.decoder = json.JSONDecoder(
+            parse_int=self._int, parse_float=self._float, parse_constant=self._constant, object_pairs_hook=self._object
+        )
 
-def _parse_constant(token: str) -> Any:
-    raise _Refused(
-        'a JSON number (NaN and Infinity are not JSON; OTLP writes them as the strings "NaN" and "Infinity")',
-        f"the literal {token}",
-        lambda t: t in ("NaN", "Infinity", "-Infinity"),
-    )
+    def _refuse(self, expected: str, got: str) -> _Refused:
+        self.refused = True
+        return _Refused(expected, got)
 
+    def _number_too_long(self, token: str) -> _Refused:
+        return self._refuse(
+            f"a number of at most {MAX_NUMBER_CHARS} characters",
+            f"a number of {len(token):,} characters ({token[:20]}...)",
+        )
 
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        # The message names the first repeated key in the text, found by _locate (inner objects finish first here).
-        raise _Refused("each key once in an object (readers disagree about which duplicate wins)", "", None, True)
-    return result
+    def _int(self, token: str) -> int | _Refused:
+        return self._number_too_long(token) if len(token) > MAX_NUMBER_CHARS else int(token)
 
+    def _float(self, token: str) -> float | _Refused:
+        if len(token) > MAX_NUMBER_CHARS:
+            return self._number_too_long(token)
+        value = float(token)
+        if not math.isfinite(value):
+            return self._refuse("a finite number", f"{token} (beyond the range of a 64-bit float)")
+        return value
 
-_DECODER = json.JSONDecoder(
-    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant, object_pairs_hook=_object
-)
+    def _constant(self, token: str) -> _Refused:
+        return self._refuse(
+            'a JSON number (NaN and Infinity are not JSON; OTLP writes them as the strings "NaN" and "Infinity")',
+            f"the literal {token}",
+        )
+
+    def _object(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) == len(pairs):
+            return result
+        self.refused = True
+        return _Repeated(pairs)
 
 
 def parse(text: str, source: str | Path | None, base: str = "$", *, line: bool = False) -> Any:
@@ -157,21 +166,39 @@ def parse(text: str, source: str | Path | None, base: str = "$", *, line: bool =
     ``base`` prefixes every path (``line 3: $`` for JSONL); ``line`` says the text is one line of a JSONL file, so a
     syntax error is described by column and "truncated" means the line, not the file.
     """
+    hooks = _Hooks()
     try:
-        value = _DECODER.decode(text)
+        value = hooks.decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise _syntax_error(text, exc, source, base, line) from None
-    except _Refused as refused:
-        where, token = _locate(text, value=refused.where, duplicate=refused.duplicate)
-        got = twice(token) if refused.duplicate else refused.got
-        raise TraceFormatError(source, base + where, refused.expected, got) from None
     except RecursionError:
-        # The C scanner recurses once per level; a depth it cannot take is past MAX_DEPTH, found without recursion.
-        raise _depth_error(source, base + _locate(text, depth=True)[0]) from None
+        # The C scanner recurses once per level. Everything up to where it gave up was valid JSON, so the text up to
+        # its first container past MAX_DEPTH, closed there, parses, and the walk below names that container's path.
+        hooks = _Hooks()
+        value = hooks.decoder.decode(_cut_past_max_depth(text))
+        _raise_first_problem(value, source, base, strings=False)
+        raise _depth_error(source, base) from None  # not reached: the walk finds the container written there
     strings = _SURROGATE_ESCAPE.search(text) is not None
+    if hooks.refused:
+        _raise_first_problem(value, source, base, strings=strings)
     if strings or text.count("[") + text.count("{") > MAX_DEPTH:
         check_tree(value, source, base, strings=strings)
     return value
+
+
+def _cut_past_max_depth(text: str) -> str:
+    """``text`` up to its first array or object at level ``MAX_DEPTH + 1``, that one written ``[]`` and closed."""
+    opened: list[str] = []
+    for match in _BRACKET.finditer(text):
+        token = match.group()
+        if token in "[{":
+            if len(opened) == MAX_DEPTH:
+                closing = "".join("]" if bracket == "[" else "}" for bracket in reversed(opened))
+                return text[: match.start()] + "[]" + closing
+            opened.append(token)
+        elif token in "]}" and opened:
+            opened.pop()
+    return text
 
 
 def is_syntax_error(error: TraceFormatError) -> bool:
@@ -210,7 +237,7 @@ def check_tree(value: Any, source: str | Path | None, base: str = "$", *, string
     depth = 1
     while level:
         if depth > MAX_DEPTH:
-            _find_and_raise(value, source, base, strings=False)
+            _raise_first_problem(value, source, base, strings=False)
         below: list[Any] = []
         for node in level:
             children = node.values() if type(node) is dict else node
@@ -218,27 +245,37 @@ def check_tree(value: Any, source: str | Path | None, base: str = "$", *, string
         level = below
         depth += 1
     if strings:
-        _find_and_raise(value, source, base, strings=True)
+        _raise_first_problem(value, source, base, strings=True)
 
 
-def _find_and_raise(value: Any, source: str | Path | None, base: str, *, strings: bool) -> None:
-    """Walk again keeping each node's path, and raise at the first container too deep or string not Unicode."""
+def _raise_first_problem(value: Any, source: str | Path | None, base: str, *, strings: bool) -> None:
+    """Walk the value in text order keeping each node's path, and raise at the first value the hooks refused, repeated
+    key, container too deep or (when ``strings``) string that is not Unicode.
+    """
     # Each entry: (value, depth, parent entry, path segment); the path is rebuilt only for the error.
     stack: list[tuple[Any, int, Any, str]] = [(value, 1, None, "")]
     while stack:
         entry = stack.pop()
         node, depth = entry[0], entry[1]
+        if isinstance(node, _Refused):
+            raise TraceFormatError(source, base + _rebuild(entry), node.expected, node.got)
         if isinstance(node, dict):
             if depth > MAX_DEPTH:
                 raise _depth_error(source, base + _rebuild(entry))
-            for key, child in node.items():
+            children: list[tuple[Any, int, Any, str]] = []
+            seen: set[str] = set()
+            for key, child in node.pairs if isinstance(node, _Repeated) else node.items():
                 if strings and not _valid_unicode(key):
                     raise _unicode_error(source, base + _rebuild(entry), key, "a key")
-                stack.append((child, depth + 1, entry, segment(key)))
+                if key in seen:
+                    child = _Refused(_DUPLICATE, twice(key))
+                seen.add(key)
+                children.append((child, depth + 1, entry, segment(key)))
+            stack.extend(reversed(children))
         elif isinstance(node, list):
             if depth > MAX_DEPTH:
                 raise _depth_error(source, base + _rebuild(entry))
-            stack.extend((child, depth + 1, entry, f"[{i}]") for i, child in enumerate(node))
+            stack.extend((node[i], depth + 1, entry, f"[{i}]") for i in range(len(node) - 1, -1, -1))
         elif strings and isinstance(node, str) and not _valid_unicode(node):
             raise _unicode_error(source, base + _rebuild(entry), node, "the string")
 
@@ -287,61 +324,6 @@ def _compact(segments: list[str]) -> str:
         out.append(block_text + f"...(x{best_count})" if best_count >= 4 else block_text)
         i += best_period * best_count
     return "".join(out)
-
-
-def _locate(
-    text: str, *, value: Callable[[str], bool] | None = None, duplicate: bool = False, depth: bool = False
-) -> tuple[str, str]:
-    """``(path below the root, token)`` of the first value token ``value`` accepts, the first repeated key, or the
-    first container past ``MAX_DEPTH``: a linear scan of the tokens with an explicit stack, so any depth is fine.
-
-    Only error paths pay for it. ``("", "")`` (the root) when nothing matches, which cannot happen for a text the
-    decoder refused for that reason.
-    """
-    # Frames: [is_object, current key or index, expecting a key, keys seen]
-    stack: list[list[Any]] = []
-
-    def path() -> str:
-        return _compact([segment(f[1]) if f[0] else f"[{f[1]}]" for f in stack if f[1] is not None])
-
-    for match in _TOKEN.finditer(text):
-        token = match.group()
-        top = stack[-1] if stack else None
-        if token in "{[":
-            if depth and len(stack) >= MAX_DEPTH:
-                return path(), token
-            stack.append([token == "{", None if token == "{" else 0, token == "{", set()])
-        elif token in "}]":
-            if stack:
-                stack.pop()
-        elif token == ",":
-            if top is not None:
-                if top[0]:
-                    top[2] = True
-                else:
-                    top[1] += 1
-        elif token == ":":
-            continue
-        elif top is not None and top[0] and top[2]:
-            key = _string_token(token)
-            if duplicate and key in top[3]:
-                top[1] = key
-                return path(), key
-            top[1], top[2] = key, False
-            top[3].add(key)
-        elif value is not None and not token.startswith('"') and value(token):
-            return path(), token
-    return "", ""
-
-
-def _string_token(token: str) -> str:
-    if "\\" not in token:
-        return token[1:-1]
-    try:
-        decoded = json.loads(token)
-    except ValueError:
-        return token
-    return decoded if isinstance(decoded, str) else token
 
 
 def segment(key: str) -> str:

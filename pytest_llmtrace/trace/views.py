@@ -12,12 +12,21 @@ what its convention records; the missing total token count is filled in by ``LLM
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_llmtrace.trace.attr_values import (
+    content_text,
+    event_body,
+    first_int,
+    first_str,
+    json_object,
+    loads_json,
+    parts_text,
+    request_parameters,
+)
 from pytest_llmtrace.trace.span import (
     DB_QUERY_TEXT,
     DB_RETURNED_ROWS,
@@ -25,7 +34,6 @@ from pytest_llmtrace.trace.span import (
     DB_SYSTEM_DEPRECATED,
     DB_SYSTEM_NAME,
     GEN_AI_COMPLETION,
-    GEN_AI_EVENT_CONTENT,
     GEN_AI_INPUT_MESSAGES,
     GEN_AI_OPERATION_NAME,
     GEN_AI_OUTPUT_MESSAGES,
@@ -65,7 +73,6 @@ __all__ = [
     "Message",
     "SqlStatement",
     "llm_call",
-    "loads_json",
     "read_openinference",
     "read_openllmetry",
     "read_otel_genai",
@@ -130,7 +137,7 @@ def _openinference(span: Span) -> LLMCall:
         provider=attr_str(attrs.get(LLM_PROVIDER)) or attr_str(attrs.get(LLM_SYSTEM)),
         input_messages=_indexed_messages(span.prefixed(LLM_INPUT_MESSAGES)),
         output_messages=_indexed_messages(span.prefixed(LLM_OUTPUT_MESSAGES)),
-        invocation_parameters=_json_object(attrs.get(LLM_INVOCATION_PARAMETERS)),
+        invocation_parameters=json_object(attrs.get(LLM_INVOCATION_PARAMETERS)),
         prompt_tokens=attr_int(attrs.get(LLM_TOKENS_PROMPT)),
         completion_tokens=attr_int(attrs.get(LLM_TOKENS_COMPLETION)),
         total_tokens=attr_int(attrs.get(LLM_TOKENS_TOTAL)),
@@ -156,14 +163,14 @@ def read_openllmetry(span: Span) -> LLMCall | None:
         return None
     return LLMCall(
         span=span,
-        model=_first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL),
+        model=first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL),
         provider=attr_str(attrs.get(GEN_AI_SYSTEM)),
         input_messages=_indexed_messages(prompts, prefix=""),
         output_messages=_indexed_messages(completions, prefix=""),
-        invocation_parameters=_request_parameters(span),
-        prompt_tokens=_first_int(attrs, GEN_AI_USAGE_PROMPT_TOKENS, GEN_AI_USAGE_INPUT_TOKENS),
-        completion_tokens=_first_int(attrs, GEN_AI_USAGE_COMPLETION_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS),
-        total_tokens=_first_int(attrs, LLM_USAGE_TOTAL_TOKENS, GEN_AI_USAGE_TOTAL_TOKENS),
+        invocation_parameters=request_parameters(span),
+        prompt_tokens=first_int(attrs, GEN_AI_USAGE_PROMPT_TOKENS, GEN_AI_USAGE_INPUT_TOKENS),
+        completion_tokens=first_int(attrs, GEN_AI_USAGE_COMPLETION_TOKENS, GEN_AI_USAGE_OUTPUT_TOKENS),
+        total_tokens=first_int(attrs, LLM_USAGE_TOTAL_TOKENS, GEN_AI_USAGE_TOTAL_TOKENS),
         convention="openllmetry",
     )
 
@@ -185,18 +192,18 @@ def read_otel_genai(span: Span) -> LLMCall | None:
     if operation is not None:
         if operation.lower() not in _GENAI_INFERENCE_OPERATIONS:
             return None
-    elif LLM_REQUEST_TYPE in attrs or not _first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL):
+    elif LLM_REQUEST_TYPE in attrs or not first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL):
         return None  # an OpenLLMetry span its reader turned down (an embedding), or no model call at all
     inputs, outputs = _genai_messages(span)
     return LLMCall(
         span=span,
-        model=_first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL),
-        provider=_first_str(attrs, GEN_AI_PROVIDER_NAME, GEN_AI_SYSTEM),
+        model=first_str(attrs, GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL),
+        provider=first_str(attrs, GEN_AI_PROVIDER_NAME, GEN_AI_SYSTEM),
         input_messages=inputs,
         output_messages=outputs,
-        invocation_parameters=_request_parameters(span),
-        prompt_tokens=_first_int(attrs, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_PROMPT_TOKENS),
-        completion_tokens=_first_int(attrs, GEN_AI_USAGE_OUTPUT_TOKENS, GEN_AI_USAGE_COMPLETION_TOKENS),
+        invocation_parameters=request_parameters(span),
+        prompt_tokens=first_int(attrs, GEN_AI_USAGE_INPUT_TOKENS, GEN_AI_USAGE_PROMPT_TOKENS),
+        completion_tokens=first_int(attrs, GEN_AI_USAGE_OUTPUT_TOKENS, GEN_AI_USAGE_COMPLETION_TOKENS),
         total_tokens=attr_int(attrs.get(GEN_AI_USAGE_TOTAL_TOKENS)),
         convention="otel-genai",
     )
@@ -296,7 +303,7 @@ def _indexed_messages(flat: Mapping[str, AttrValue], prefix: str = "message.") -
         if rest == prefix + "role":
             row["role"] = str(value)
         elif rest == prefix + "content":  # OpenLLMetry writes multimodal content as a JSON list of parts
-            row["content"] = str(value) if prefix else _content_text(value)
+            row["content"] = str(value) if prefix else content_text(value)
         elif rest.startswith("message.contents.") and rest.endswith(".message_content.text"):
             row["parts"] = row.get("parts", "") + str(value)
     return tuple(
@@ -312,7 +319,7 @@ def _genai_messages(span: Span) -> tuple[tuple[Message, ...], tuple[Message, ...
     for attrs in holders:
         inputs = _json_messages(attrs.get(GEN_AI_INPUT_MESSAGES))
         outputs = _json_messages(attrs.get(GEN_AI_OUTPUT_MESSAGES))
-        system = _content_text(attrs.get(GEN_AI_SYSTEM_INSTRUCTIONS))
+        system = content_text(attrs.get(GEN_AI_SYSTEM_INSTRUCTIONS))
         if system and not any(m.role == "system" and m.content == system for m in inputs):
             inputs = (Message("system", system), *inputs)
         if inputs or outputs:
@@ -320,9 +327,9 @@ def _genai_messages(span: Span) -> tuple[tuple[Message, ...], tuple[Message, ...
     events_in: list[Message] = []
     events_out: list[Message] = []
     for event in span.events:
-        body = _event_body(event.attributes)
+        body = event_body(event.attributes)
         if event.name in _GENAI_MESSAGE_EVENTS:
-            events_in.append(Message(_GENAI_MESSAGE_EVENTS[event.name], _content_text(body.get("content", ""))))
+            events_in.append(Message(_GENAI_MESSAGE_EVENTS[event.name], content_text(body.get("content", ""))))
         elif event.name == _GENAI_CHOICE_EVENT:
             message = loads_json(body.get("message"))
             if isinstance(message, dict):
@@ -332,21 +339,12 @@ def _genai_messages(span: Span) -> tuple[tuple[Message, ...], tuple[Message, ...
             else:
                 role = str(body.get("message.role") or body.get("role") or "assistant")
                 content = body.get("message.content", body.get("content", ""))
-            events_out.append(Message(str(role), _content_text(content)))
+            events_out.append(Message(str(role), content_text(content)))
         elif event.name == _GENAI_PROMPT_EVENT:
             events_in.extend(_json_messages(event.attributes.get(GEN_AI_PROMPT)))
         elif event.name == _GENAI_COMPLETION_EVENT:
             events_out.extend(_json_messages(event.attributes.get(GEN_AI_COMPLETION), role="assistant"))
     return tuple(events_in), tuple(events_out)
-
-
-def _event_body(attrs: Mapping[str, AttrValue]) -> dict[str, Any]:
-    """A message event's body: its attributes, with Azure's ``gen_ai.event.content`` JSON body merged in."""
-    body: dict[str, Any] = dict(attrs)
-    content = loads_json(body.pop(GEN_AI_EVENT_CONTENT, None))
-    if isinstance(content, dict):
-        body.update(content)
-    return body
 
 
 def _json_messages(value: AttrValue | None, role: str = "") -> tuple[Message, ...]:
@@ -362,76 +360,6 @@ def _json_messages(value: AttrValue | None, role: str = "") -> tuple[Message, ..
             messages.append(Message(role, item))
         elif isinstance(item, dict):
             inner: dict[str, Any] = item["message"] if isinstance(item.get("message"), dict) else item
-            text = _parts_text(inner["parts"]) if "parts" in inner else None
-            messages.append(Message(str(inner.get("role") or role), text or _content_text(inner.get("content", ""))))
+            text = parts_text(inner["parts"]) if "parts" in inner else None
+            messages.append(Message(str(inner.get("role") or role), text or content_text(inner.get("content", ""))))
     return tuple(messages)
-
-
-def _content_text(value: Any) -> str:
-    """A message's text, whether a string, a list of parts, or a string holding a JSON list of parts."""
-    if isinstance(value, str):
-        stripped = value.lstrip()
-        if stripped[:1] in ("[", "{"):
-            text = _parts_text(loads_json(value))
-            if text is not None:
-                return text
-        return value
-    text = _parts_text(value)
-    return text if text is not None else ("" if value is None else str(value))
-
-
-def _parts_text(parts: Any) -> str | None:
-    """The text of a list of content parts (``{"type": "text", "content"|"text": ...}``), ``None`` if it is not one.
-
-    Parts that are not text (tool calls, images, reasoning) are left out: replay compares what was said.
-    """
-    if isinstance(parts, str):
-        return parts
-    if isinstance(parts, dict):
-        parts = [parts]
-    if not isinstance(parts, (list, tuple)) or not parts or not all(isinstance(p, dict) for p in parts):
-        return None
-    texts = []
-    for part in parts:
-        kind = part.get("type", "text")
-        text = part.get("content", part.get("text"))
-        if isinstance(text, dict):  # {"text": {"value": ...}}, as Azure's agents write it
-            text = text.get("value")
-        if kind == "text" and isinstance(text, str):
-            texts.append(text)
-    return "".join(texts) if texts else None
-
-
-def _request_parameters(span: Span) -> Mapping[str, Any]:
-    """``gen_ai.request.*`` settings (temperature, max_tokens, ...): the GenAI conventions' invocation parameters."""
-    return {
-        key: value
-        for key, value in span.prefixed("gen_ai.request").items()
-        if key != "model" and "." not in key and isinstance(value, (str, int, float, bool))
-    }
-
-
-def _first_str(attrs: Mapping[str, AttrValue], *names: str) -> str | None:
-    return next((text for text in (attr_str(attrs.get(n)) for n in names) if text), None)
-
-
-def _first_int(attrs: Mapping[str, AttrValue], *names: str) -> int | None:
-    return next((number for number in (attr_int(attrs.get(n)) for n in names) if number is not None), None)
-
-
-def loads_json(value: Any, unreadable: Any = None) -> Any:
-    """JSON text decoded; a structured value (OTLP kvlist, array) as it is; text that is no JSON as ``unreadable``."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: a hostile trace nesting arrays thousands deep
-        return unreadable
-
-
-def _json_object(value: AttrValue | None) -> Mapping[str, Any]:
-    """A JSON-object attribute (invocation parameters); anything unreadable is an empty mapping, not an error."""
-    if not isinstance(value, str) or not value:
-        return {}
-    loaded = loads_json(value)
-    return loaded if isinstance(loaded, dict) else {}

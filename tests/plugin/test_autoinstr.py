@@ -105,7 +105,7 @@ def _imported(pytester: pytest.Pytester, export: Path) -> dict[str, str]:
 
 def _run(pytester: pytest.Pytester, pg_url: str, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", "-rA", *args, timeout=300
+        f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", "-rA", *args, timeout=300
     )
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg2
 import pytest
+from support import bundled_smollm2, live_model_missing
 
-from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.otlp import read_trace
 
@@ -70,7 +70,7 @@ def _run(pytester: pytest.Pytester, pg_url: str, *args: str, own_process: bool =
     """In process (pytester restores sys.modules after each run, so the next project's ``gateway`` is its own), unless
     the run needs a process of its own: an app that installs OpenTelemetry's global provider, which can be set once
     per process, or a live model."""
-    options = (f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args)
+    options = (f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", *args)
     if own_process:
         # The timeout only stops a hung run: a live model on two busy cores takes minutes, not the 30 s it takes idle.
         return pytester.runpytest_subprocess(*options, timeout=900)
@@ -322,7 +322,7 @@ def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, 
 def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    """Virtual time (the default; `instant` is its old name, `recorded` also waits): the replayed LLM call lasts
+    """Virtual time (the default; `recorded` also waits): the replayed LLM call lasts
     exactly its recorded duration, marked replayed; SQL and the app's own code are measured in this run."""
     _project(pytester, "customers_by_tier")
     recorded = read_trace(GOLDEN / "customers_by_tier.json")

@@ -64,7 +64,7 @@ def test_deep_and_long_digit_files_fail_alone_and_the_good_cases_still_run(
     assert "error" not in collected.stdout.str().lower()
     collected.stdout.fnmatch_lines(["4 tests collected in *"])
 
-    result = pytester.runpytest(f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", "-rA")
+    result = pytester.runpytest(f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", "-rA")
 
     result.assert_outcomes(passed=2, failed=2)
     output = result.stdout.str()

@@ -139,7 +139,7 @@ def test_control_characters_from_a_golden_file_and_the_settings_are_escaped_in_t
     (golden / "error_unknown_column.json").write_text(text.replace(sql, hostile + sql), encoding="utf-8")
     result = pytester.runpytest(
         f"--llmtrace-postgres={pg_url}",
-        "--llmtrace-replay-speed=instant",
+        "--llmtrace-replay-speed=virtual",
         f"--llmtrace-phoenix=http://127.0.0.1:1/{HOSTILE}",
         "--junitxml=junit.xml",
         "--llmtrace-report=out",
@@ -204,7 +204,7 @@ def test_an_app_error_quoting_a_dsn_is_redacted_in_the_output_and_results(
         f"--llmtrace-postgres={pg_url}",
         "--junitxml=junit.xml",
         "--llmtrace-report=out",
-        "--llmtrace-replay-speed=instant",
+        "--llmtrace-replay-speed=virtual",
     )
     result.assert_outcomes(failed=1)
     _no_piece(_everything(pytester, result))

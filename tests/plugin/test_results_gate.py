@@ -51,7 +51,7 @@ def _project(pytester: pytest.Pytester, ini: str = "") -> Path:
 
 def _run(pytester: pytest.Pytester, pg_url: str, *args: str) -> pytest.RunResult:
     """In process: pytester restores sys.modules after each run, so each project's ``gateway`` is its own."""
-    return pytester.runpytest(f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=instant", *args)
+    return pytester.runpytest(f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", *args)
 
 
 def _results(path: Path) -> dict[str, Any]:

@@ -16,8 +16,7 @@ import pytest
 from services_helpers import REPO, dead_owner_records, leftovers, make_project
 from services_helpers import own_tmpdir as own_tmpdir  # autouse: the inner runs' own TMPDIR
 from services_helpers import tmp_before as tmp_before
-
-from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
+from support import bundled_smollm2, live_model_missing
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.postgres import PostgresDatabase

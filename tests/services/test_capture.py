@@ -28,7 +28,7 @@ from pytest_llmtrace.modelapi import OllamaAPIServer
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import free_port, http_ok, wait_until
 from pytest_llmtrace.sources.capture.filters import sampled
-from pytest_llmtrace.sources.redact import unkeyed
+from pytest_llmtrace.sources.placeholders import unkeyed
 from pytest_llmtrace.trace.otlp import read_trace
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ def test_the_redacted_cases_replay_green_through_the_app(
         "llmtrace_target = gateway.app:handle_user_request\n"
         "llmtrace_checks = sql results tokens snapshot\n"  # latency is wall time: not asserted on a shared machine
     )
-    run = [f"--llmtrace-postgres={pg_admin_url}", "--llmtrace-replay-speed=instant"]
+    run = [f"--llmtrace-postgres={pg_admin_url}", "--llmtrace-replay-speed=virtual"]
     # generous timeouts: each run starts the Ollama-API front and clones a database; a busy machine is slow at that
 
     first = pytester.runpytest_subprocess(*run, "--snapshot-update", timeout=900)

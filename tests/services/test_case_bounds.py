@@ -393,7 +393,7 @@ def test_golden_cases_whose_sql_ignores_cancel_end_within_their_deadline_and_the
     _project(pytester, cases, f"llmtrace_case_timeout_s = {DEADLINE_S:g}\n")
     # embedded: a server of the run's own, which it may reset (the session's is shared with other xdist workers)
     result = pytester.runpytest_subprocess(
-        "--llmtrace-postgres=embedded", "--llmtrace-replay-speed=instant", "--junitxml=junit.xml", timeout=900
+        "--llmtrace-postgres=embedded", "--llmtrace-replay-speed=virtual", "--junitxml=junit.xml", timeout=900
     )
     found = _cases(pytester)
     with capsys.disabled():
@@ -435,7 +435,7 @@ def test_an_app_that_fetches_a_huge_result_fails_with_memory_past_the_limit(
     )
     result = pytester.runpytest_subprocess(
         f"--llmtrace-postgres={pg_admin_url}",
-        "--llmtrace-replay-speed=instant",
+        "--llmtrace-replay-speed=virtual",
         "--junitxml=junit.xml",
         "-k",
         "huge_fetch",

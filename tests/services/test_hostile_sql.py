@@ -213,7 +213,7 @@ def test_hostile_sql_never_escapes_hangs_or_fills_the_disk_and_the_good_cases_st
     _project(pytester)
     result = pytester.runpytest_subprocess(
         f"--llmtrace-postgres={_seeded(pg_admin_url)}",
-        "--llmtrace-replay-speed=instant",
+        "--llmtrace-replay-speed=virtual",
         "--junitxml=junit.xml",
         "--llmtrace-report=report",
         "--log-file=run.log",

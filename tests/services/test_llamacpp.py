@@ -13,14 +13,13 @@ from pathlib import Path
 
 import ollama
 import pytest
+from support import bundled_smollm2, live_model_missing
 
 from pytest_llmtrace.modelapi import BackendError, ChatRequest
 from pytest_llmtrace.modelapi.llamacpp import (
     LlamaCppBackend,
     LlamaCppError,
-    bundled_smollm2,
     guess_model_details,
-    live_model_missing,
     ollama_to_llamacpp,
 )
 from pytest_llmtrace.modelapi.modelfile import parse_modelfile, parse_modelfile_text

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from pytest_llmtrace.modelapi import Limits, ModelInfo, OllamaAPIServer
+from pytest_llmtrace.modelapi.loopback import is_loopback_host
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
-from pytest_llmtrace.modelapi.transport import is_loopback_host
 
 MODEL = "qwen-sql-prod"
 QUESTION = "How many customers?"

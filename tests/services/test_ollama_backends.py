@@ -18,9 +18,9 @@ from pathlib import Path
 import ollama
 import psutil
 import pytest
+from support import bundled_smollm2, live_model_missing
 
 from pytest_llmtrace.modelapi import ModelInfo, OllamaAPIServer
-from pytest_llmtrace.modelapi.llamacpp import bundled_smollm2, live_model_missing
 from pytest_llmtrace.modelapi.modelfile import parse_modelfile
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port
@@ -31,10 +31,8 @@ from pytest_llmtrace.services.ollama import (
     DockerOllama,
     EmbeddedOllama,
     UrlOllama,
-    create_command,
-    ensure_model,
-    models_dir,
 )
+from pytest_llmtrace.services.ollama_models import create_command, ensure_model, models_dir
 from pytest_llmtrace.services.run_records import RunRecord
 
 MODEL = "qwen-sql-prod"
@@ -56,9 +54,8 @@ def write_modelfile(directory: Path, source: Path | str) -> Path:
 @pytest.fixture(autouse=True)
 def model_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keep test runs out of the user's real model cache."""
-    cache = tmp_path / "models-cache"
-    monkeypatch.setenv("LLMTRACE_OLLAMA_MODELS", str(cache))
-    return cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the backends' default ollama_models folder
+    return tmp_path / "cache" / "pytest-llmtrace" / "ollama" / "models"
 
 
 @pytest.fixture
@@ -200,10 +197,8 @@ def test_create_command_shows_paths_relative_to_the_working_directory(
     assert create_command(MODEL, Path("/elsewhere/Modelfile")) == f"ollama create {MODEL} -f /elsewhere/Modelfile"
 
 
-def test_models_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("LLMTRACE_OLLAMA_MODELS", str(tmp_path / "m"))
-    assert models_dir() == tmp_path / "m"
-    monkeypatch.delenv("LLMTRACE_OLLAMA_MODELS")
+def test_models_dir_is_the_setting_else_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert models_dir(str(tmp_path / "m")) == tmp_path / "m"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert models_dir() == tmp_path / "cache" / "pytest-llmtrace" / "ollama" / "models"
 

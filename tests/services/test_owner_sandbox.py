@@ -176,7 +176,7 @@ def test_a_golden_case_whose_sql_leaves_a_trigger_fails_and_the_trigger_is_gone(
     )
     result = pytester.runpytest_subprocess(
         f"--llmtrace-postgres={pg_admin_url}",
-        "--llmtrace-replay-speed=instant",
+        "--llmtrace-replay-speed=virtual",
         "-o",
         "llmtrace_target=gateway.app:handle_user_request",
         "-o",

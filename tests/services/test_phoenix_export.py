@@ -122,7 +122,7 @@ def test_an_exported_run_reads_back_from_phoenix_with_its_verdicts_and_links(
         f"--llmtrace-phoenix={base}",
         "--llmtrace-phoenix-export",
         "--llmtrace-report=reports",
-        "--llmtrace-replay-speed=instant",
+        "--llmtrace-replay-speed=virtual",
         timeout=300,
     )
     result.assert_outcomes(passed=3, failed=1)  # FAILING's SQL names a column that does not exist

@@ -21,14 +21,13 @@ import httpx
 import ollama
 import pytest
 
-from pytest_llmtrace.modelapi import BackendError, ChatRequest, OllamaAPIServer, replay
+from pytest_llmtrace.modelapi import BackendError, ChatRequest, OllamaAPIServer, replay, replay_matchers
 from pytest_llmtrace.modelapi.replay import (
     EVAL_TOKEN_WEIGHT,
     MATCHERS,
     ReplayBackend,
     ReplayServer,
     format_prompt_diff,
-    matcher_names,
     register_matcher,
     replay_server,
 )
@@ -254,7 +253,7 @@ def test_a_miss_fails_streaming_and_openai_requests_too(server: ReplayServer, ca
 
 def test_nearest_candidates_are_ranked_by_similarity(call: LLMCall) -> None:
     names = ("fenced_largest_order", "customers_by_tier", "top_customers_2024", "pending_orders_value")
-    backend = ReplayBackend([only_call(golden(n)) for n in names], speed="instant")
+    backend = ReplayBackend([only_call(golden(n)) for n in names], speed="virtual")
     messages = tuple(Message(m["role"], m["content"]) for m in changed_system_prompt(call))
 
     with pytest.raises(Exception, match="nearest: recorded call #0"):
@@ -287,7 +286,7 @@ def test_unused_until_requested_and_a_recording_answers_once(
 
 def test_calls_are_matched_by_content_not_order() -> None:
     first, second = (only_call(golden(n)) for n in ("customers_by_tier", "inactive_products"))
-    with replay_server([first, second], speed="instant") as running:
+    with replay_server([first, second], speed="virtual") as running:
         client = ollama.Client(host=running.url)
         answers = [client.chat(model=MODEL, messages=wire(c.input_messages)).message.content for c in (second, first)]
 
@@ -296,7 +295,7 @@ def test_calls_are_matched_by_content_not_order() -> None:
 
 def test_parallel_http_requests_use_each_recording_once(call: LLMCall) -> None:
     """Apps fire model calls in parallel (batch evaluation); each gets its own connection and server thread."""
-    backend = ReplayBackend([call] * 10, speed="instant")
+    backend = ReplayBackend([call] * 10, speed="virtual")
     outcomes: list[str] = []
     barrier = threading.Barrier(30)
     with OllamaAPIServer(backend) as running:
@@ -328,7 +327,7 @@ def test_threads_racing_in_the_backend_use_each_recording_once(call: LLMCall, at
     A race is probabilistic, so the test runs several times (0.1 s each); without the lock most attempts fail.
     """
     short = dataclasses.replace(call, input_messages=(Message("user", "How many?"),))  # keeps the misses cheap
-    backend = ReplayBackend([short] * 200, speed="instant")
+    backend = ReplayBackend([short] * 200, speed="virtual")
     request = ChatRequest(MODEL, (Message("user", "How many?"),))
     answered: list[int] = []
     barrier = threading.Barrier(8)
@@ -365,7 +364,7 @@ def test_last_user_message_matcher_ignores_a_changed_system_prompt(call: LLMCall
 
 
 def test_system_matcher_ignores_the_question_but_not_the_system_prompt(call: LLMCall) -> None:
-    backend = ReplayBackend([call, call], match=("system",), speed="instant")
+    backend = ReplayBackend([call, call], match=("system",), speed="virtual")
     system = Message("system", call.input_messages[0].content)
 
     answer = backend.chat(ChatRequest(MODEL, (system, Message("user", "Something else entirely?"))))
@@ -376,7 +375,7 @@ def test_system_matcher_ignores_the_question_but_not_the_system_prompt(call: LLM
 
 
 def test_messages_match_after_normalizing_role_case_and_whitespace(call: LLMCall) -> None:
-    backend = ReplayBackend([call], speed="instant")
+    backend = ReplayBackend([call], speed="virtual")
     system, user = call.input_messages
     reflowed = (
         Message("System", "  " + re.sub(r"\s+", "  \n ", system.content)),
@@ -389,7 +388,7 @@ def test_messages_match_after_normalizing_role_case_and_whitespace(call: LLMCall
 def test_model_matcher_tells_recorded_models_apart(call: LLMCall) -> None:
     canary_answer = (Message("assistant", "SELECT 1;"),)
     canary = dataclasses.replace(call, model="qwen-sql-canary:latest", output_messages=canary_answer)
-    backend = ReplayBackend([call, canary], speed="instant")
+    backend = ReplayBackend([call, canary], speed="virtual")
     messages = tuple(Message(m.role, m.content) for m in call.input_messages)
 
     assert [m.name for m in backend.models()] == ["qwen-sql-prod:latest", "qwen-sql-canary:latest"]
@@ -399,7 +398,7 @@ def test_model_matcher_tells_recorded_models_apart(call: LLMCall) -> None:
 
 
 def test_model_option_serves_the_recording_under_another_name(call: LLMCall) -> None:
-    backend = ReplayBackend([dataclasses.replace(call, model=None)], model="qwen-sql-next", speed="instant")
+    backend = ReplayBackend([dataclasses.replace(call, model=None)], model="qwen-sql-next", speed="virtual")
     messages = tuple(Message(m.role, m.content) for m in call.input_messages)
 
     assert [m.name for m in backend.models()] == ["qwen-sql-next:latest"]
@@ -428,14 +427,13 @@ def test_unknown_matcher_names_the_valid_ones(trace: Trace) -> None:
 @pytest.fixture
 def own_matchers() -> Iterator[None]:
     """The registry is process-wide: a matcher a test registers must not outlive the test."""
-    before = dict(MATCHERS)
+    before = replay_matchers._MATCHERS.copy()
     yield
-    replay._MATCHERS.clear()
-    replay._MATCHERS.update(before)
+    replay_matchers._MATCHERS.restore(before)
 
 
 def test_built_in_matchers_are_registered_in_order() -> None:
-    assert matcher_names() == ("model", "messages", "last_user_message", "system")
+    assert tuple(MATCHERS) == ("model", "messages", "last_user_message", "system")
 
 
 def test_a_registered_matcher_replays_over_http_and_is_named_in_misses(call: LLMCall, own_matchers: None) -> None:
@@ -448,13 +446,13 @@ def test_a_registered_matcher_replays_over_http_and_is_named_in_misses(call: LLM
     register_matcher("question_any_case", same_question_any_case)
     messages = changed_system_prompt(call)
     messages[-1]["content"] = messages[-1]["content"].upper()
-    with replay_server([call], match=("model", "question_any_case"), speed="instant") as running:
+    with replay_server([call], match=("model", "question_any_case"), speed="virtual") as running:
         client = ollama.Client(host=running.url)
         answer = client.chat(model=MODEL, messages=messages)
         with pytest.raises(ollama.ResponseError) as caught:
             client.chat(model=MODEL, messages=[{"role": "user", "content": "Something else?"}])
 
-    assert "question_any_case" in matcher_names()
+    assert "question_any_case" in tuple(MATCHERS)
     assert answer.message.content == call.output_text
     assert "differs in question_any_case, already used" in caught.value.error
     request, recorded = seen[0]
@@ -466,7 +464,9 @@ def test_a_matcher_name_is_taken_once_unless_replaced(own_matchers: None) -> Non
     def anything(request: ChatRequest, recorded: ChatRequest) -> bool:
         return True
 
-    with pytest.raises(ValueError, match="a replay matcher named 'messages' is already registered; pass replace=True"):
+    with pytest.raises(
+        ValueError, match=r"replay matcher 'messages' is registered twice: first at .*replay_matchers\.py:\d+, again at"
+    ):
         register_matcher("messages", anything)
     with pytest.raises(ValueError, match="must be a word"):
         register_matcher("two words", anything)
@@ -479,7 +479,7 @@ def test_a_matcher_that_raises_fails_the_request_naming_it(call: LLMCall, own_ma
         raise KeyError("tools")
 
     register_matcher("broken", broken)
-    with replay_server([call], match=("broken",), speed="instant") as running:
+    with replay_server([call], match=("broken",), speed="virtual") as running:
         response = httpx.post(f"{running.url}/api/chat", json={"model": MODEL, "messages": wire(call.input_messages)})
 
     assert response.status_code == 500
@@ -488,7 +488,7 @@ def test_a_matcher_that_raises_fails_the_request_naming_it(call: LLMCall, own_ma
 
 def test_empty_match_replays_in_recorded_order() -> None:
     first, second = (only_call(golden(n)) for n in ("customers_by_tier", "inactive_products"))
-    backend = ReplayBackend([first, second], match=(), speed="instant")
+    backend = ReplayBackend([first, second], match=(), speed="virtual")
     anything = (Message("user", "anything"),)
 
     assert [backend.chat(ChatRequest(MODEL, anything)).text for _ in range(2)] == [
@@ -514,8 +514,9 @@ def test_virtual_speed_answers_at_once_and_notes_what_the_answer_stands_for(call
     assert 0 <= answer.answered_ns - answer.received_ns < recorded_ns
 
 
-def test_instant_is_the_old_name_of_virtual(call: LLMCall) -> None:
-    assert ReplayBackend([call], speed="instant").speed == "virtual"
+def test_an_unknown_speed_is_refused_with_the_nearest_name(call: LLMCall) -> None:
+    with pytest.raises(ValueError, match=r"unknown replay speed 'instant'; valid speeds: virtual, recorded"):
+        ReplayBackend([call], speed="instant")  # type: ignore[arg-type]  # the unreleased name of virtual
     with pytest.raises(ValueError, match=r"unknown replay speed 'virtul'; did you mean 'virtual'\?"):
         ReplayBackend([call], speed="virtul")  # type: ignore[arg-type]
 

@@ -13,7 +13,8 @@ import pytest
 
 from pytest_llmtrace import BackendContext, Endpoint, register_backend
 from pytest_llmtrace.core.settings import Resolved, Settings
-from pytest_llmtrace.services.manager import REGISTRY, ServiceManager
+from pytest_llmtrace.services.backends import REGISTRY
+from pytest_llmtrace.services.manager import ServiceManager
 from pytest_llmtrace.services.run_records import RunContext, RunRecord
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 
@@ -21,10 +22,10 @@ from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
 @pytest.fixture(autouse=True)
 def registry() -> Iterator[None]:
     """Each test's registrations are undone afterwards: the registry lives as long as the process."""
-    saved = {service: dict(names) for service, names in REGISTRY.items()}
+    saved = {service: names.copy() for service, names in REGISTRY.items()}
     yield
     for service, names in saved.items():
-        REGISTRY[service] = names
+        REGISTRY[service].restore(names)
 
 
 class TeamPhoenix:
@@ -66,8 +67,15 @@ def test_a_registered_backend_is_chosen_by_name_started_on_demand_and_stopped_wi
     assert backend.events == ["start", "stop"]
 
 
-def test_registering_a_name_again_replaces_the_backend_built_ins_included(tmp_path: Path) -> None:
-    register_backend("phoenix", "docker", TeamPhoenix)
+def test_registering_a_taken_name_is_an_error_naming_both_places_unless_replacing(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"phoenix backend 'docker' is registered twice: first at .*backends\.py:\d+, "
+        r"again at .*test_backend_registry\.py:\d+; choose another name or pass replace=True",
+    ):
+        register_backend("phoenix", "docker", TeamPhoenix)
+    assert REGISTRY["phoenix"]["docker"].factory is not TeamPhoenix  # the built-in one is still there
+    register_backend("phoenix", "docker", TeamPhoenix, replace=True)
     endpoint = manager(tmp_path, phoenix="docker").endpoint("phoenix")
     assert endpoint.backend == "team"
 

@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import load_traces
 
 from pytest_llmtrace.cli import golden_file_name, main
-from pytest_llmtrace.sources.importing import load_traces
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace
 

@@ -12,27 +12,29 @@ import os
 import socket
 import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 import psutil
 import pytest
 
+from pytest_llmtrace.services.base import ServiceStartError
 from pytest_llmtrace.services.docker import (
     HOST_LABEL,
     IMAGES,
     LABEL_PREFIX,
     TOKEN_LABEL,
     ContainerOwner,
-    DeadRun,
+    DockerService,
     gpu_request,
-    provably_owned,
     publish_on_loopback,
     scrub,
     start_fix,
-    sweep,
 )
-from pytest_llmtrace.services.ollama import place_blob
+from pytest_llmtrace.services.docker_sweep import DeadRun, provably_owned, sweep
+from pytest_llmtrace.services.ollama_models import place_blob
 from pytest_llmtrace.services.run_records import RunRecord, reap_orphans
 
 
@@ -254,3 +256,27 @@ def test_the_gguf_enters_the_blob_store_as_a_link_named_by_its_digest(tmp_path: 
     assert blob.stat().st_ino == gguf.stat().st_ino  # one filesystem: a link, no copy
     assert place_blob(models, gguf) == digest  # a second run finds it
     assert sorted(p.name for p in (models / "blobs").iterdir()) == [blob.name]
+
+
+class _Unstartable(DockerService):
+    """A backend whose container cannot even be configured, as when the image's client refuses the request."""
+
+    service = "postgres"
+
+    def secrets(self) -> Sequence[str]:
+        return ("s3cret-pw",)
+
+    def configure(self) -> Any:
+        raise RuntimeError("create refused: POSTGRES_PASSWORD=s3cret-pw")
+
+
+def test_a_backend_that_cannot_start_says_why_hides_its_secrets_and_keeps_nothing() -> None:
+    backend = _Unstartable("postgres:17.6-alpine")
+    with pytest.raises(ServiceStartError) as info:
+        backend.start_container()
+    assert str(info.value).splitlines()[0] == (
+        "postgres (docker) did not start: postgres:17.6-alpine: create refused: POSTGRES_PASSWORD=***"
+    )
+    assert "s3cret-pw" not in str(info.value)
+    assert info.value.fix.startswith("read the container's log above; or use --llmtrace-postgres=embedded")
+    assert backend._container is None

@@ -26,10 +26,10 @@ import fuzzdocs
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from support import load_traces
 
 from pytest_llmtrace.cli import INTERNAL_ERROR, import_sources, one_line
 from pytest_llmtrace.core.errors import TraceFormatError
-from pytest_llmtrace.sources.importing import load_traces
 from pytest_llmtrace.trace.otlp import dumps, read_trace
 
 # At least 10,000 documents in every run: 500 from the shrinkable strategies, the rest seeded, four an example.

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import load_traces
 
 from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.sources.importing import import_file, load_traces
+from pytest_llmtrace.sources.importing import import_file
 from pytest_llmtrace.trace.model import Status, Trace
 from pytest_llmtrace.trace.otlp import dumps, trace_to_request
 
@@ -102,6 +103,7 @@ def test_rest_otlpv1_and_parquet_give_identical_golden_files() -> None:
     pytest.importorskip("pyarrow", reason=DATAFRAME_EXTRA)
     rest = [dumps(t) for t in load_traces(REST)]
 
+    assert len(rest) == len(QUESTIONS)  # two empty loads would be equal too
     assert [dumps(t) for t in load_traces(OTLPV1)] == rest
     assert [dumps(t) for t in load_traces(PARQUET)] == rest
 
@@ -115,8 +117,11 @@ def test_rest_times_are_exact_to_the_microsecond() -> None:
 
 def test_dataframe_jsonl_keeps_millisecond_times() -> None:
     """pandas writes epoch milliseconds: everything else matches the REST export, times to the millisecond."""
-    for from_df, from_rest in zip(load_traces(DATAFRAME_JSONL), load_traces(REST), strict=True):
+    dataframe, rest = load_traces(DATAFRAME_JSONL), load_traces(REST)
+    assert [t.input for t in dataframe] == [t.input for t in rest] == QUESTIONS  # two empty loads would pass below
+    for from_df, from_rest in zip(dataframe, rest, strict=True):
         assert {s.span_id for s in from_df} == {s.span_id for s in from_rest}
+        assert len(from_rest) == 3
         for b in from_rest:
             a = from_df.get(b.span_id)  # same-millisecond spans may sort differently, so match by id
             assert (a.parent_span_id, a.name, a.status, dict(a.attributes)) == (

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import load_traces
 
 from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
-from pytest_llmtrace.sources.importing import load_traces
 from pytest_llmtrace.trace.jsondoc import MAX_ATTRIBUTE_CHARS
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import fields
 
 import pytest
@@ -125,10 +127,40 @@ def test_the_case_deadline_is_the_total_budget_times_3_at_most_60_s_unless_set()
         from_ini(case_timeout_s="0")
 
 
+_FLOOR_MOVED = """
+import dataclasses, importlib.util, sys, types
+root = importlib.util.find_spec("pytest_llmtrace").submodule_search_locations[0]
+for name, folder in (("pytest_llmtrace", root), ("pytest_llmtrace.checks", root + "/checks")):
+    package = types.ModuleType(name)  # empty packages: their __init__ would import every module at once
+    package.__path__ = [folder]
+    sys.modules[name] = package
+import pytest_llmtrace.checks.options as options
+
+@dataclasses.dataclass(frozen=True)
+class Moved(options.CheckOptions):
+    latency_floor_ms: float = 333.0
+
+options.CheckOptions = Moved  # before the modules that use the default are imported
+from pytest_llmtrace.checks import budgets
+from pytest_llmtrace.checks.snapshot import OutcomeSnapshotExtension
+print(budgets.check_latency.__kwdefaults__["floor_ms"], OutcomeSnapshotExtension.options.latency_floor_ms)
+"""
+
+
 def test_the_latency_floor_is_200_ms_everywhere() -> None:
     assert CheckOptions().latency_floor_ms == 200.0
     assert OutcomeSnapshotExtension.options.latency_floor_ms == 200.0
     assert (budgets.check_latency.__kwdefaults__ or {})["floor_ms"] == 200.0
+
+
+def test_the_latency_floor_is_read_from_check_options_not_copied() -> None:
+    """A copy of 200 would agree with the test above until the default moves: move it (in a fresh interpreter, so
+    the modules read it at import) and every place must follow."""
+    moved = subprocess.run(
+        [sys.executable, "-c", _FLOOR_MOVED], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.split() == ["333.0", "333.0"]
 
 
 # -- 5. check names and result_match choices: defined once; the marker's help is generated ----------------------------

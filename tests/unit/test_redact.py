@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
+from support import load_traces
 
-from pytest_llmtrace.sources.importing import load_traces
-from pytest_llmtrace.sources.redact import RedactionError, Redactor, add_arguments, from_args, luhn_ok
+from pytest_llmtrace.sources.redact import Redactor, luhn_ok
+from pytest_llmtrace.sources.redaction_flags import RedactionError, add_arguments, from_args
 from pytest_llmtrace.trace.model import Span, SpanEvent, Status, Trace
 from pytest_llmtrace.trace.otlp import dumps, read_trace
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pytest_llmtrace.core.errors import LLMTraceError
-from pytest_llmtrace.pytest.run_results import write_reports
 from pytest_llmtrace.results.case_record import as_case
+from pytest_llmtrace.results.report_files import write_reports
 
 META = {"mode": "replay"}
 CASES = [as_case({"case_id": "c", "passed": True, "verdict": "passed", "checks": []})]

@@ -17,15 +17,8 @@ import psutil
 import pytest
 
 from pytest_llmtrace.services.process import OwnedTempDir
-from pytest_llmtrace.services.run_records import (
-    RunRecord,
-    UnsafeRunFolder,
-    may_delete,
-    reap_orphans,
-    records_dir,
-    run_context,
-    user_dir,
-)
+from pytest_llmtrace.services.run_records import RunRecord, reap_orphans, run_context
+from pytest_llmtrace.services.user_folder import UnsafeRunFolder, may_delete, records_dir, user_dir
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")

@@ -20,8 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean
-from pytest_llmtrace.sources import redact
+from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean, whole_number
+from pytest_llmtrace.sources import redaction_flags
 from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, parse_dedupe, parse_filters
 from pytest_llmtrace.sources.capture.golden_dir import GoldenDir, with_provenance
 from pytest_llmtrace.sources.capture.phoenix_api import (
@@ -39,7 +39,7 @@ PREFETCH = 3  # span requests in flight while a batch is converted and written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The capture options (the redaction flags are added by ``redact.add_arguments``, shared with ``import``)."""
+    """The capture options (the redaction flags come from ``redaction_flags.add_arguments``, shared with import)."""
     parser.add_argument("--phoenix-url", required=True, metavar="URL", help="Phoenix's base URL, e.g. http://host:6006")
     parser.add_argument("--project", required=True, metavar="NAME", help="the Phoenix project to read")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the golden files")
@@ -92,14 +92,14 @@ def run(
             trace_ids=args.trace_id,
         )
         dedupe = parse_dedupe(args.dedupe)
-        redactor = redact.from_args(args)
+        redactor = redaction_flags.from_args(args)
         client = PhoenixClient(
             args.phoenix_url,
             api_key=os.environ.get(API_KEY_ENV) or None,
             timeout=args.timeout,
             max_bytes=_integer(args.max_response_bytes, "--max-response-bytes", minimum=1),
         )
-    except (CaptureError, redact.RedactionError) as exc:
+    except (CaptureError, redaction_flags.RedactionError) as exc:
         print(f"error: {exc}", file=err)
         return 2
     if redactor is None:
@@ -204,10 +204,9 @@ def _nothing_found(source: Source, filters: Filters, found: set[str], err: TextI
 
 
 def _integer(text: str, option: str, *, minimum: int | None) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise CaptureError(f"{option} {text!r}: expected a whole number", usage=True) from None
+    value = whole_number(text)
+    if value is None:
+        raise CaptureError(f"{option} {text!r}: expected a whole number", usage=True)
     if minimum is not None and value < minimum:
         raise CaptureError(f"{option} {text!r}: expected a whole number of at least {minimum}", usage=True)
     return value

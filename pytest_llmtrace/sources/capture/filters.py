@@ -139,7 +139,7 @@ def dedupe_key(trace: Trace, fields: Sequence[str]) -> tuple[str, ...] | None:
     placeholders' keyed hashes are left out (``redact.unkeyed``).
     """
     from pytest_llmtrace.checks.runner import sql_of  # the SQL a golden case replays: one definition for both
-    from pytest_llmtrace.sources.redact import unkeyed
+    from pytest_llmtrace.sources.placeholders import unkeyed
 
     parts = []
     for name in fields:

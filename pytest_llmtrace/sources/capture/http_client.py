@@ -31,13 +31,15 @@ import urllib.request
 from collections.abc import Iterator
 from typing import IO, Any
 
+from pytest_llmtrace.core.errors import LLMTraceError
+
 __all__ = ["ERROR_BODY_BYTES", "CrossOriginRedirect", "ResponseTooLarge", "origin", "request"]
 
 CHUNK = 1 << 16
 ERROR_BODY_BYTES = 1 << 16  # enough for any FastAPI error detail
 
 
-class CrossOriginRedirect(Exception):
+class CrossOriginRedirect(LLMTraceError):
     """A redirect to another origin, not followed because the request carries the API key."""
 
     def __init__(self, url: str, target: str) -> None:
@@ -45,7 +47,7 @@ class CrossOriginRedirect(Exception):
         self.target = target  # the target's origin only: a Location's path or query may hold anything
 
 
-class ResponseTooLarge(Exception):
+class ResponseTooLarge(LLMTraceError):
     """An answer over the byte limit; ``read`` is how many bytes were read before stopping (0 when the declared
     Content-Length was already over it)."""
 

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pytest_llmtrace.core.errors import TraceFormatError, first_line, near_misses
+from pytest_llmtrace.core.errors import TraceFormatError, did_you_mean, first_line, near_misses
 from pytest_llmtrace.core.url_secrets import without_userinfo
 from pytest_llmtrace.sources.capture import http_client
 from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, sampled
@@ -244,7 +244,8 @@ class Source:
                 raise
             names = self.client.projects()
             near = near_misses(self.project, names, n=3, cutoff=0.5)
-            hint = f"did you mean {near[0]!r}? " if near else ""
+            hint = did_you_mean(self.project, names, cutoff=0.5)
+            hint = f"{hint} " if hint else ""
             shown = ", ".join(near + [n for n in names if n not in near][: max(0, 10 - len(near))])
             more = f" and {len(names) - 10} more" if len(names) > 10 else ""
             raise CaptureError(
