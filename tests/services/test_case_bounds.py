@@ -39,7 +39,10 @@ from pytest_llmtrace.services.postgres import (
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 2.0
-BOUND_S = 5.0  # what a case may take past its deadline, whatever its SQL does
+# What a case may take past its deadline, whatever its SQL does: 5 s, plus room for a shared CI runner's scheduling
+# (the escalation waits on a server's crash recovery). Unbounded, these cases took 40 to 80 s; the figures each test
+# prints are what to compare with the 5 s (3.5 to 3.7 s on an idle 2-core machine).
+BOUND_S = 5.0 + 6.0
 # Statements that spend about a minute inside one function call, reading no interrupt: cancel, statement_timeout
 # and pg_terminate_backend all wait for them. Three functions over the same text search, one of each kind of call.
 UNCANCELLABLE = {
