@@ -28,21 +28,6 @@ from pytest_llmtrace.trace.views import span_kind
 if TYPE_CHECKING:
     from pytest_llmtrace.trace.virtual import VirtualTrace
 
-__all__ = [
-    "NO_GOLDEN_USAGE",
-    "check_latency",
-    "check_tokens",
-    "latencies_ms",
-    "latency_source",
-    "latency_vs_budget",
-    "latency_vs_golden",
-    "replayed_latencies_ms",
-    "source_of",
-    "tokens_of",
-    "tokens_vs_golden",
-    "tokens_vs_max",
-]
-
 _DEFAULTS = CheckOptions()
 NO_GOLDEN_USAGE = "the golden trace recorded no token usage"
 

@@ -26,8 +26,6 @@ from pytest_llmtrace.checks.outcome import CheckResult, Measurement, SqlOutcome,
 from pytest_llmtrace.checks.sql_text import split_statements
 from pytest_llmtrace.core.errors import first_line
 
-__all__ = ["FLOOR_BLOCKS", "SqlCost", "check_cost", "cost_of", "measure_cost"]
-
 # Growth by fewer blocks than this (80 kB) is never a regression, whatever the ratio: a lookup going from 2 to 6
 # blocks (an index page more) is not what the check is for.
 FLOOR_BLOCKS = 10

@@ -23,15 +23,6 @@ from pytest_llmtrace.checks.options import RESULT_MATCH, ResultMatch
 from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
 from pytest_llmtrace.checks.sql_text import has_top_level_order_by
 
-__all__ = [
-    "CompareRule",
-    "ResultDiff",
-    "check_results",
-    "compare_results",
-    "normalize_value",
-    "row_order_matters",
-]
-
 CompareRule = ResultMatch
 
 # -- values -----------------------------------------------------------------------------------------------------------

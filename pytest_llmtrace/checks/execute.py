@@ -37,23 +37,6 @@ from pytest_llmtrace.services.pg_guard import APPLICATION_NAME
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = [
-    "APPLICATION_NAME",
-    "DEFAULT_MAX_RESULT_BYTES",
-    "DEFAULT_MAX_ROWS",
-    "READERS",
-    "SAVEPOINT",
-    "ConnectFailed",
-    "ReaderConnections",
-    "check_sql",
-    "execute_readonly",
-    "execute_untrusted",
-    "explain",
-    "postgres_message",
-    "readonly_transaction",
-    "statement_cost",
-]
-
 # Errors that DECLARE CURSOR raises for statements that are not plain queries (DML, EXPLAIN, SHOW, data-modifying
 # WITH): those are run again without a cursor, so the error reported is the statement's own (25006 for a DELETE).
 _NOT_A_CURSOR_QUERY = frozenset({"42601", "0A000"})

@@ -15,21 +15,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "CaseOutcome",
-    "CheckResult",
-    "Measurement",
-    "Mode",
-    "ReplayMiss",
-    "Source",
-    "SpanBar",
-    "SqlOutcome",
-    "Status",
-    "Timings",
-    "Waterfall",
-]
-
 SCHEMA_VERSION = 1
 
 Status = Literal["passed", "failed", "skipped"]

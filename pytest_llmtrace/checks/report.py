@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterable
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Measurement, ReplayMiss
 
-__all__ = ["failure_blocks", "failure_message", "format_table", "indent", "sql_diff"]
-
 
 def indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())

@@ -29,17 +29,6 @@ from pytest_llmtrace.services.pg_guard import Deadline, Finding, SessionGuard
 from pytest_llmtrace.trace.model import SqlStatement, Trace
 from pytest_llmtrace.trace.virtual import retime
 
-__all__ = [
-    "RETRY_NOISE",
-    "UNSTABLE_SPREAD",
-    "CaseInput",
-    "guard_checks",
-    "retimings",
-    "run_checks",
-    "run_held",
-    "sql_of",
-]
-
 _NEEDS_DATABASE = frozenset({"sql", "results", "cost", "snapshot"})
 # The noise the re-runs exist for: a busy machine may slow a statement to this many times its limit, not more. A SQL
 # time past it (or one cut off by the statement timeout) is a finding as it stands: timing it again would spend up to

@@ -34,15 +34,6 @@ if TYPE_CHECKING:
 
     from pytest_llmtrace.trace.model import Trace
 
-__all__ = [
-    "MAX_SNAPSHOT_ROWS",
-    "SNAPSHOT_NAME_KEY",
-    "OutcomeSnapshot",
-    "OutcomeSnapshotExtension",
-    "compare_outcomes",
-    "snapshot_data",
-]
-
 MAX_SNAPSHOT_ROWS = 50  # larger results are kept as a digest, so snapshot files stay reviewable
 # The snapshot an item shares with others, named here instead of after the item: every run of a repeated golden case
 # (``case[2/3]``, --llmtrace-repeat) is held against the case's one snapshot, ``case.json``.

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["has_top_level_order_by", "split_statements", "strip_code_fences"]
-
 # A language tag is only taken as one when it is a known SQL tag or ends the fence line: in "```SELECT 1```" the first
 # word is SQL, not a language.
 _FENCE = re.compile(

@@ -13,8 +13,6 @@ from pytest_llmtrace.trace.model import SqlStatement, Trace
 from pytest_llmtrace.trace.span import Status
 from pytest_llmtrace.trace.views import span_kind
 
-__all__ = ["NAME_LIMIT", "waterfall_of"]
-
 NAME_LIMIT = 120  # characters of a span name kept: a report shows a label, not a hostile megabyte
 
 

@@ -12,17 +12,6 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = [
-    "LLMTraceError",
-    "RecordingError",
-    "TraceFormatError",
-    "TraceFormatWarning",
-    "did_you_mean",
-    "first_line",
-    "near_misses",
-    "whole_number",
-]
-
 
 class LLMTraceError(Exception):
     """Base class, so callers can catch everything this package raises on purpose."""

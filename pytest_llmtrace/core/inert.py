@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["escape_controls", "one_line"]
-
 # C0 controls, DEL, C1 controls; the bidi embeddings and overrides (U+202A-U+202E), the isolates (U+2066-U+2069),
 # the implicit marks (U+200E, U+200F, U+061C) and the line and paragraph separators (U+2028, U+2029).
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")

@@ -14,8 +14,6 @@ from typing import Generic, TypeVar
 
 from pytest_llmtrace.core.errors import LLMTraceError
 
-__all__ = ["DuplicateName", "Registry", "caller_place"]
-
 T = TypeVar("T")
 
 

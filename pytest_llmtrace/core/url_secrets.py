@@ -9,8 +9,6 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["redact_text", "redact_url", "split_userinfo", "url_secrets", "without_userinfo"]
-
 
 def redact_url(url: str) -> str:
     """The URL or DSN with its secrets hidden: URLs end up in report headers, failure messages, CI logs and junit.xml.

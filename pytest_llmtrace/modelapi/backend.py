@@ -15,15 +15,6 @@ from typing import Any, Protocol
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.trace.views import Message
 
-__all__ = [
-    "BackendError",
-    "ChatRequest",
-    "ChatResult",
-    "ModelBackend",
-    "ModelInfo",
-    "normalize_model_name",
-]
-
 
 class BackendError(LLMTraceError):
     """A backend refusing a request; the front answers ``status`` with ``{"error": message}`` like Ollama does.

@@ -14,8 +14,6 @@ from typing import Any
 
 from pytest_llmtrace.core.errors import LLMTraceError
 
-__all__ = ["MAX_LINE", "DeadlineReader", "HTTPError", "read_body"]
-
 MAX_LINE = 65536  # request line, header line and chunk-size line, as http.server limits its own lines
 MAX_CHUNK_TRAILERS = 100
 

@@ -33,8 +33,6 @@ from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, ChatResu
 from pytest_llmtrace.modelapi.modelfile import Modelfile
 from pytest_llmtrace.trace.views import Message
 
-__all__ = ["INSTALL_HINT", "LlamaCppBackend", "LlamaCppError", "guess_model_details", "ollama_to_llamacpp"]
-
 INSTALL_HINT = "pip install xllamacpp"
 DEFAULT_NUM_CTX = 4096  # Ollama's default context length
 

@@ -8,8 +8,6 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-__all__ = ["is_loopback_host", "is_loopback_origin"]
-
 
 def _host_name(value: str) -> str | None:
     """The name in a Host header without its port; ``None`` unless the header is ``name[:port]`` or ``[v6][:port]``."""

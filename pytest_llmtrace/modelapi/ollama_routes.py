@@ -18,8 +18,6 @@ from pytest_llmtrace.modelapi.framing import HTTPError
 from pytest_llmtrace.modelapi.transport import RequestHandler, Route
 from pytest_llmtrace.trace.views import Message
 
-__all__ = ["OLLAMA_VERSION", "ROUTES", "chat_message", "find_model", "split_stream_chunks"]
-
 # What /api/version reports: a recent release, so clients that gate features on the version enable them.
 OLLAMA_VERSION = "0.12.6"
 

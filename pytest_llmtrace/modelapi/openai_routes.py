@@ -17,8 +17,6 @@ from pytest_llmtrace.modelapi.framing import HTTPError
 from pytest_llmtrace.modelapi.ollama_routes import chat_message, find_model, split_stream_chunks
 from pytest_llmtrace.modelapi.transport import RequestHandler, Route
 
-__all__ = ["ROUTES", "openai_error"]
-
 # OpenAI request fields -> the Ollama option a backend sees, so backends handle one vocabulary.
 _OPENAI_OPTIONS = {
     "temperature": "temperature",

@@ -13,8 +13,6 @@ from pytest_llmtrace.core.registry import Registry, caller_place
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, normalize_model_name
 from pytest_llmtrace.trace.views import Message
 
-__all__ = ["MATCHERS", "Matcher", "agrees", "register_matcher"]
-
 Matcher = Callable[[ChatRequest, ChatRequest], bool]
 
 _MATCHERS: Registry[Matcher] = Registry("replay matcher")

@@ -26,8 +26,6 @@ from pytest_llmtrace.core.errors import near_misses
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, ChatResult, ModelInfo
 from pytest_llmtrace.trace.views import Message
 
-__all__ = ["ScriptedBackend", "estimate_tokens", "normalize_question"]
-
 LOAD_NS = 5_000_000
 PROMPT_NS_PER_TOKEN = 500_000
 EVAL_NS_PER_TOKEN = 8_000_000

@@ -19,8 +19,6 @@ from pytest_llmtrace.modelapi.ollama_routes import ROUTES as OLLAMA_ROUTES
 from pytest_llmtrace.modelapi.openai_routes import ROUTES as OPENAI_ROUTES
 from pytest_llmtrace.modelapi.transport import Limits, RouteServer
 
-__all__ = ["OllamaAPIServer"]
-
 ROUTES = {**OLLAMA_ROUTES, **OPENAI_ROUTES}
 
 

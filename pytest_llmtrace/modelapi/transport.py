@@ -46,14 +46,6 @@ from pytest_llmtrace.modelapi.backend import BackendError, ModelBackend
 from pytest_llmtrace.modelapi.framing import MAX_LINE, DeadlineReader, HTTPError, read_body
 from pytest_llmtrace.modelapi.loopback import is_loopback_host, is_loopback_origin
 
-__all__ = [
-    "Limits",
-    "RequestHandler",
-    "Route",
-    "RouteServer",
-    "ollama_error",
-]
-
 LINGER_S = 1.0  # after a refusal, how long to read (and drop) what the client is still sending
 LINGER_BYTES = 1 << 20
 

@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from pytest_llmtrace.services.postgres import PostgresDatabase
     from pytest_llmtrace.trace.model import Trace
 
-__all__ = ["Checker"]
-
 
 class Checker:
     """Bound to one test: its recording, the session database, its snapshot, and the ``llmtrace`` marker's options.

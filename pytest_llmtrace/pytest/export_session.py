@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from pytest_llmtrace.sinks.spans import RunAttributes
     from pytest_llmtrace.sources.redact import Redactor
 
-__all__ = ["EXPORT_SETTINGS", "FLUSH_TIMEOUT_S", "WORKER_KEY", "PhoenixExport", "PhoenixExportWarning"]
-
 FLUSH_TIMEOUT_S = 30.0  # the most the session end waits for queued spans: BatchSpanProcessor.shutdown's own bound
 _ON = ("yes", "true")
 WORKER_KEY = "llmtrace_phoenix_export"  # in xdist's workerinput and workeroutput

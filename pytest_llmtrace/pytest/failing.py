@@ -17,8 +17,6 @@ from pytest_llmtrace.checks.report import failure_message
 from pytest_llmtrace.core.inert import escape_controls
 from pytest_llmtrace.core.url_secrets import redact_text
 
-__all__ = ["OUTCOMES_KEY", "conclude", "fail", "fail_on"]
-
 
 def fail(message: str) -> NoReturn:
     """Fail the running test with ``message`` alone, its control characters escaped and URL secrets hidden.

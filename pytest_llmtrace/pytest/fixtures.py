@@ -27,16 +27,6 @@ if TYPE_CHECKING:
     from pytest_llmtrace.services.base import Endpoint
     from pytest_llmtrace.services.postgres import PostgresDatabase
 
-__all__ = [
-    "llm_trace",
-    "llmtrace_app",
-    "llmtrace_check",
-    "llmtrace_ollama",
-    "llmtrace_phoenix",
-    "llmtrace_postgres",
-    "llmtrace_tracer_provider",
-]
-
 
 @pytest.fixture
 def llm_trace(request: pytest.FixtureRequest) -> TestRecording:

@@ -43,20 +43,6 @@ from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 from pytest_llmtrace.trace.virtual import virtualize
 
-__all__ = [
-    "CASE_KEY",
-    "REPEAT_KEY",
-    "TRACE_PARAMETER",
-    "GoldenCase",
-    "GoldenFile",
-    "GoldenItem",
-    "ask_app",
-    "case_nodeid",
-    "is_golden_file",
-    "is_golden_item",
-    "run_golden_case",
-]
-
 # An app (or the callable an overridden llmtrace_app returns) with a parameter of this name gets the golden Trace too.
 TRACE_PARAMETER = "trace"
 

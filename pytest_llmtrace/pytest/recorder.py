@@ -38,15 +38,6 @@ from pytest_llmtrace.trace.sdk import span_from_readable
 if TYPE_CHECKING:
     from opentelemetry.context import Context
 
-__all__ = [
-    "OTEL_TRACE_LOGGER",
-    "OverrideRefusedHandler",
-    "Recorder",
-    "TestWindow",
-    "describe_provider",
-    "open_spans_message",
-]
-
 # The exact text OpenTelemetry logs when it ignores a second set_tracer_provider(); it is the only signal there is.
 _OVERRIDE_REFUSED = "Overriding of current TracerProvider is not allowed"
 OTEL_TRACE_LOGGER = "opentelemetry.trace"

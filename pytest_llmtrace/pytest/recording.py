@@ -29,21 +29,6 @@ from pytest_llmtrace.pytest.recorder import (
 if TYPE_CHECKING:
     from pytest_llmtrace.trace.model import LLMCall, Span, SqlStatement, Trace
 
-__all__ = [
-    "RECORDER_KEY",
-    "RECORDING_SETTINGS",
-    "OpenSpanWarning",
-    "TestRecording",
-    "attach_to_provider",
-    "configure",
-    "finish_test",
-    "get_recorder",
-    "recording_of",
-    "report_header",
-    "start_test",
-    "unconfigure",
-]
-
 RECORDING_SETTINGS: tuple[SettingSpec, ...] = declare(
     SettingSpec(
         "open_spans",

@@ -30,18 +30,6 @@ from pytest_llmtrace.modelapi.replay import MATCHERS, SPEEDS
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
 
-__all__ = [
-    "REPLAY_SETTINGS",
-    "ReplayConfig",
-    "configure",
-    "get_config",
-    "parse_case_marks",
-    "pass_rate_floor",
-    "repeat_of",
-    "report_header",
-    "validate_markers",
-]
-
 GoldenMode = Literal["replay", "live", "record"]
 
 REPLAY_SETTINGS: tuple[SettingSpec, ...] = (

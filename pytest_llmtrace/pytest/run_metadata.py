@@ -21,12 +21,6 @@ from pytest_llmtrace.pytest.replay_config import get_config
 from pytest_llmtrace.pytest.run_state import RESULTS_KEY
 from pytest_llmtrace.results import model_digests as models
 
-__all__ = [
-    "configured_phoenix",
-    "git_revision",
-    "run_metadata",
-]
-
 
 def git_revision(root: Path) -> str | None:
     try:

@@ -39,18 +39,6 @@ from pytest_llmtrace.results.report_files import write_reports
 from pytest_llmtrace.sources.capture.golden_dir import PROVENANCE
 from pytest_llmtrace.trace.model import Trace
 
-__all__ = [
-    "REPORT_SETTINGS",
-    "RESULTS_SCHEMA_VERSION",
-    "add_options",
-    "configure",
-    "record",
-    "sessionfinish",
-    "shard_of",
-    "terminal_summary",
-    "testnodedown",
-]
-
 RESULTS_SCHEMA_VERSION = gate.RESULTS_SCHEMA_VERSION
 _WORKER_KEY = "llmtrace_cases"
 

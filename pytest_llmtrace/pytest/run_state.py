@@ -12,8 +12,6 @@ from pytest_llmtrace.results import gate
 from pytest_llmtrace.results import model_digests as models
 from pytest_llmtrace.results.case_record import CaseRecord
 
-__all__ = ["RESULTS_KEY", "RunResults"]
-
 
 @dataclass
 class RunResults:

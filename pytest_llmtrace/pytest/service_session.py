@@ -28,16 +28,6 @@ if TYPE_CHECKING:
 
     Handler = Callable[[int, FrameType | None], Any] | int | None
 
-__all__ = [
-    "RunStopped",
-    "StopOnSignal",
-    "app_environment",
-    "configure",
-    "get_manager",
-    "report_header",
-    "unconfigure",
-]
-
 
 class RunStopped(KeyboardInterrupt):
     """SIGTERM or SIGHUP asked the run to stop. A ``KeyboardInterrupt``, so pytest ends the run as it does on Ctrl-C:

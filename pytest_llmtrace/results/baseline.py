@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results.case_record import CaseRecord, figure_of, verdict_of
 
-__all__ = ["CaseChange", "GateChange", "case_changes", "figure", "gate_changes"]
-
 
 @dataclass(frozen=True)
 class GateChange:

@@ -20,8 +20,6 @@ from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results.case_record import CaseRecord, case_passed
 
-__all__ = ["Comparison", "Merged", "add_compare_arguments", "add_gate_arguments", "compare", "mcnemar_p", "merge"]
-
 REGRESSION_EXIT_STATUS = 1
 
 

@@ -21,21 +21,6 @@ from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.results.case_record import CaseRecord, as_case, case_passed, figure_of
 
-__all__ = [
-    "EXAMPLE",
-    "GATE_EXIT_STATUS",
-    "METRICS",
-    "RESULTS_SCHEMA_VERSION",
-    "GateError",
-    "GateResult",
-    "Rule",
-    "evaluate",
-    "format_result",
-    "load_cases",
-    "load_results",
-    "parse",
-]
-
 # results.json's schema_version (docs/results-schema.md); bumped only when a field changes meaning or goes away.
 RESULTS_SCHEMA_VERSION = 1
 # pytest owns exit statuses 0-5; 6 says "the tests ran, the gate said no" so CI can tell the two apart.

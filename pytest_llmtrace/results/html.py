@@ -36,8 +36,6 @@ from pytest_llmtrace.results.case_record import (
 )
 from pytest_llmtrace.results.summary import totals, why
 
-__all__ = ["phoenix_link", "render"]
-
 _ORDER = {"error": 0, "failed": 1, "passed": 2}
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#101828;background:#f9fafb}

@@ -23,8 +23,6 @@ import httpx
 from pytest_llmtrace.modelapi.backend import normalize_model_name
 from pytest_llmtrace.trace.model import Trace
 
-__all__ = ["LiveDigests", "file_sha256", "model_entries", "ollama_tag_digests", "trace_digests"]
-
 LOOKUP_TIMEOUT_S = 5.0
 _CHUNK = 1 << 20
 

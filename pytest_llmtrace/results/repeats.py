@@ -18,8 +18,6 @@ from typing import Final
 
 from pytest_llmtrace.results.case_record import CaseRecord, RunRecord, failed_checks, runs_passed, verdict_of
 
-__all__ = ["REPEAT_FIELD", "aggregate", "pass_hat_k", "repeat_lines", "run_summary"]
-
 # The field record() puts on each run of a repeated case before folding: {"run": k, "of": n, "case_nodeid": ...}.
 REPEAT_FIELD: Final = "repeat"
 _RATE_SLACK = 1e-9  # 2/3 runs against a floor written 0.6666666667 still passes

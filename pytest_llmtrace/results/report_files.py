@@ -15,8 +15,6 @@ from pytest_llmtrace.results.case_record import CaseRecord
 from pytest_llmtrace.results.summary import summary_markdown, totals
 from pytest_llmtrace.trace.otlp import write_golden
 
-__all__ = ["write_reports"]
-
 
 def _make_report_dir(directory: Path, root: Path | None) -> None:
     """Create the report folder, refusing one reached through a symbolic link below ``root`` (the rootdir): a link

@@ -15,8 +15,6 @@ from pytest_llmtrace.results import gate
 from pytest_llmtrace.results.baseline import case_changes, figure, gate_changes
 from pytest_llmtrace.results.case_record import CaseRecord, failed_checks, runs_passed, verdict_of
 
-__all__ = ["MAX_CASE_ROWS", "cell", "summary_markdown", "totals", "verdict_cell", "why"]
-
 VERDICTS = ("passed", "failed", "error", "new", "gone")  # new, gone: a case in one run only
 MAX_CASE_ROWS = 200  # a step summary stays readable; report.html and results.json list every case
 

@@ -18,8 +18,6 @@ from typing import Any
 from pytest_llmtrace.results.baseline import figure
 from pytest_llmtrace.results.case_record import SpanBarRecord, WaterfallRecord
 
-__all__ = ["CSS", "KIND_COLOURS", "pair"]
-
 KIND_COLOURS = {
     "LLM": "#7a5af8",
     "SQL": "#2e90fa",

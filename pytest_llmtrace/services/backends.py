@@ -20,15 +20,6 @@ from pytest_llmtrace.services.run_records import RunRecord
 if TYPE_CHECKING:
     from pytest_llmtrace.core.settings import Settings
 
-__all__ = [
-    "REGISTRY",
-    "BackendContext",
-    "BackendFactory",
-    "Registration",
-    "ServiceBackend",
-    "register_backend",
-]
-
 
 class ServiceBackend(Protocol):
     """One way of getting a service. ``start`` returns a ready ``Endpoint`` (or raises ``ServiceStartError`` saying

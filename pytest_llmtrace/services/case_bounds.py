@@ -33,20 +33,6 @@ import psutil
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services.base import Endpoint
 
-__all__ = [
-    "ABANDON_GRACE_S",
-    "KILL_GRACE_S",
-    "RECOVERY_S",
-    "Abandoned",
-    "BackendKiller",
-    "Ended",
-    "MemoryWatch",
-    "backend_killer",
-    "call_within",
-    "end_backends",
-    "kill_by_sql",
-]
-
 # After pg_terminate_backend, how long a backend has to notice before its process is killed.
 KILL_GRACE_S = 1.0
 # After a SIGKILL, how long the server may take to reset its sessions and accept connections again.

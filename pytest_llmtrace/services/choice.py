@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 
     from pytest_llmtrace.core.settings import Resolved
 
-__all__ = ["APP_ENV", "IMPLICIT_BACKENDS", "Choice", "Probes", "check_setting", "choose"]
-
 # The variable each service's application reads; the session sets it, and ``use_app_env`` may read it.
 APP_ENV = {"postgres": "DB_URI", "ollama": "OLLAMA_HOST", "phoenix": "PHOENIX_COLLECTOR_ENDPOINT"}
 # Backends chosen by what the user gives rather than by name: a URL value means ``url``, replay mode means ``replay``.

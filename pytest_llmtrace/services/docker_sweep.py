@@ -19,8 +19,6 @@ from typing import Any
 
 from pytest_llmtrace.services.docker import HOST_LABEL, TOKEN_LABEL, daemon_reason, docker_available, token_hash
 
-__all__ = ["DeadRun", "provably_owned", "sweep"]
-
 
 @dataclass(frozen=True)
 class DeadRun:

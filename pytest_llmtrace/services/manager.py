@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from pytest_llmtrace.core.settings import Resolved, Settings
     from pytest_llmtrace.services.pg_roles import RoleLimits
 
-__all__ = ["ServiceManager"]
-
 
 def _probes() -> Probes:
     cache: list[tuple[bool, str]] = []

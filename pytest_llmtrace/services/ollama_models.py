@@ -17,19 +17,6 @@ from pytest_llmtrace.services.base import ServiceStartError
 if TYPE_CHECKING:
     pass
 
-__all__ = [
-    "CREATE_TIMEOUT_S",
-    "LIST_TIMEOUT_S",
-    "OTHER_BACKENDS",
-    "SERVICE",
-    "create_command",
-    "ensure_model",
-    "models_dir",
-    "place_blob",
-    "read_modelfile",
-]
-
-
 LIST_TIMEOUT_S = 30.0
 
 

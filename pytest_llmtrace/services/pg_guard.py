@@ -44,8 +44,6 @@ from pytest_llmtrace.services.pg_roles import SessionRoles
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
 
-__all__ = ["APPLICATION_NAME", "Deadline", "Finding", "SessionGuard", "Watchdog"]
-
 # What the checks' connections call themselves in pg_stat_activity (checks.execute): the watchdog tells them from the
 # app's by it.
 APPLICATION_NAME = "pytest-llmtrace"

@@ -25,8 +25,6 @@ from pytest_llmtrace.services import postgres
 from pytest_llmtrace.services.pg_roles import OWNER_PREFIX, READER_PREFIX, admin_connection, drop_roles
 from pytest_llmtrace.services.run_records import RunRecord, running
 
-__all__ = ["MARKER", "mark", "reap", "run_marker"]
-
 MARKER = "pytest-llmtrace run "
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 _FIND = r"""

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
 
-__all__ = ["CatalogObject", "ObjectGuard", "Snapshot"]
-
 # One row per object: kind, oid, name, what it is on (a relation, for triggers, rules and policies), owner, and a
 # digest of what it does (its definition, as the catalogs hold it). Kinds that are code are compared by digest;
 # relations, schemas and the database only by owner. System schemas (pg_catalog, information_schema, pg_toast) are

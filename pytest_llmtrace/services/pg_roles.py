@@ -32,26 +32,6 @@ from pytest_llmtrace.core.errors import LLMTraceError
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
 
-__all__ = [
-    "LOCKDOWN_VERSION",
-    "LOCKED_BACKENDS",
-    "OWNER_PREFIX",
-    "READER_PREFIX",
-    "SAFE_QUERY_KEYS",
-    "URL_NOT_LOCKED",
-    "RoleLimits",
-    "SessionRole",
-    "SessionRoles",
-    "UnsafeLogin",
-    "admin_connection",
-    "drop_roles",
-    "lock_down_server",
-    "lock_down_template",
-    "open_clone",
-    "role_dsn",
-    "verify_login",
-]
-
 READER_PREFIX = "llmtrace_r_"
 OWNER_PREFIX = "llmtrace_o_"
 # Part of the template's name: a template built before this lockdown (or a later one) is built again, not reused.

@@ -28,8 +28,6 @@ from pytest_llmtrace.services.user_folder import file_lock
 if TYPE_CHECKING:
     from pytest_llmtrace.services.pg_roles import RoleLimits
 
-__all__ = ["SessionNotes", "open_session"]
-
 
 class SessionNotes(Protocol):
     """Where the notes for the session's header go (the manager): what could not be locked down on a server, and

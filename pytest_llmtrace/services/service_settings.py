@@ -10,8 +10,6 @@ from __future__ import annotations
 from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.services.docker import GPU_SETTINGS, IMAGES
 
-__all__ = ["SERVICE_SETTINGS"]
-
 SERVICE_SETTINGS: tuple[SettingSpec, ...] = declare(
     # The three backends take no fixed choices here: the names come from the backend registry (built-in ones and
     # those given to register_backend), and services.choice.check_setting checks them once the run is configured.

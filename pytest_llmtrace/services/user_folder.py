@@ -19,19 +19,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
-__all__ = [
-    "OWN_PREFIX",
-    "RUN_DIR_PREFIX",
-    "UnsafeRunFolder",
-    "file_lock",
-    "may_delete",
-    "owned_by_me",
-    "private_dir",
-    "records_dir",
-    "user_dir",
-]
-
-
 OWN_PREFIX = "llmtrace-"  # the temp folders servers get: llmtrace-pg-*, llmtrace-ollama-*, llmtrace-phoenix-*
 
 

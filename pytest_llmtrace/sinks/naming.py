@@ -9,8 +9,6 @@ from __future__ import annotations
 import urllib.parse
 from datetime import datetime, timezone
 
-__all__ = ["FORBIDDEN_IN_PROJECT", "check_project_name", "project_url", "run_project_name", "trace_url"]
-
 # Phoenix's REST API takes a project's name in the URL path only when it holds none of these (its own rule).
 FORBIDDEN_IN_PROJECT = "/?#"
 SHORT_REVISION = 7

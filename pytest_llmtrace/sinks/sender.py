@@ -18,8 +18,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.sinks.phoenix_rest import auth_headers
 
-__all__ = ["EXPORT_TIMEOUT_S", "MAX_QUEUE", "CountingExporter", "RedirectNotFollowed", "batch_processor"]
-
 EXPORT_TIMEOUT_S = 10.0  # one OTLP request, its retries included
 MAX_QUEUE = 100_000  # spans waiting to be sent; past it the oldest are dropped (and counted as not sent)
 SCHEDULE_DELAY_MS = 1000  # a batch leaves at least once a second, so little is left for the session end

@@ -24,22 +24,6 @@ from pytest_llmtrace.trace.sdk import span_from_readable
 from pytest_llmtrace.trace.secrets import redact_spans, redact_text
 from pytest_llmtrace.trace.span import Span
 
-__all__ = [
-    "ANNOTATION_NAME",
-    "GIT_REVISION",
-    "PROJECT",
-    "TEST_NODEID",
-    "XDIST_WORKER",
-    "RunAttributes",
-    "Verdict",
-    "hex_span_id",
-    "hex_trace_id",
-    "prepare",
-    "roots",
-    "verdict",
-    "verdict_annotations",
-]
-
 PROJECT = "openinference.project.name"  # the resource attribute Phoenix files spans under
 TEST_NODEID = "test.case.name"  # OpenTelemetry's semantic convention for a test case's name
 GIT_REVISION = "vcs.ref.head.revision"  # OpenTelemetry's VCS convention: the commit the code was at

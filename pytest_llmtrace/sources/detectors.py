@@ -23,13 +23,6 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = [
-    "ibans",
-    "phones",
-    "secrets",
-    "ssns",
-]
-
 Hit = tuple[str, int, int, str]  # kind, start, end, key
 
 # -- keys and tokens ----------------------------------------------------------------------------------------------

@@ -20,8 +20,6 @@ from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces, is_otlp, spans_from_request
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, is_syntax_error, parse, read_bytes
 
-__all__ = ["KNOWN_FORMATS", "Imported", "import_file"]
-
 OTLP_JSON = "OTLP JSON"
 OTLP_JSONL = "OTLP JSONL (OTel Collector file exporter)"
 PHOENIX_DATAFRAME_PARQUET = "Phoenix spans dataframe (parquet)"

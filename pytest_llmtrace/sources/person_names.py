@@ -16,16 +16,6 @@ from collections.abc import Iterator
 
 from pytest_llmtrace.sources.detectors import Hit
 
-__all__ = [
-    "NAME_KEYS",
-    "is_name_key",
-    "looks_like_name",
-    "name_key",
-    "names_from_email",
-    "person_names",
-]
-
-
 # Keys whose value is a person's name: the last dotted part of an attribute key, a JSON key or a SQL column.
 NAME_KEYS = frozenset(
     {

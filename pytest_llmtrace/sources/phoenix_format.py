@@ -42,19 +42,6 @@ from pytest_llmtrace.trace.jsondoc import (
 from pytest_llmtrace.trace.safejson import check_tree, twice
 from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 
-__all__ = [
-    "DATAFRAME_INSTALL_HINT",
-    "REST_SPANS",
-    "is_dataframe_record",
-    "is_phoenix_page",
-    "item_kind",
-    "span_from_dataframe_record",
-    "span_from_otlpv1",
-    "span_from_rest",
-    "spans_from_items",
-    "spans_from_parquet",
-]
-
 DATAFRAME_INSTALL_HINT = "pip install pytest-llmtrace[dataframe]"
 
 # Item kinds, as named in messages.

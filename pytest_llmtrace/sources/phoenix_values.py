@@ -19,15 +19,6 @@ from pytest_llmtrace.trace.jsondoc import (
 from pytest_llmtrace.trace.safejson import twice
 from pytest_llmtrace.trace.span import AttrValue
 
-__all__ = [
-    "any_time_ns",
-    "flatten_attributes",
-    "flatten_into",
-    "iso_to_ns",
-    "sorted_attributes",
-]
-
-
 _ISO = re.compile(
     r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?\s*"
     r"(Z|z|[+-][0-9]{2}:?[0-9]{2}|UTC)$",

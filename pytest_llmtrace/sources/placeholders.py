@@ -14,9 +14,6 @@ import json
 import re
 from dataclasses import dataclass
 
-__all__ = ["PLACEHOLDER", "Found", "TraceMap", "unkeyed"]
-
-
 _LABELS = {"api_key": "API_KEY", "private_key": "PRIVATE_KEY"}
 _DOC_V4_PREFIXES = ("192.0.2.", "198.51.100.", "203.0.113.")
 # A placeholder redaction wrote (or the numbered ones of older versions): never a value to redact again.

@@ -42,8 +42,6 @@ from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.secrets import redact_spans, redact_trace
 from pytest_llmtrace.trace.walk import Attributes, map_span, map_strings, span_strings
 
-__all__ = ["KINDS", "Redactor", "luhn_ok"]
-
 # Kinds in priority order: where two matches overlap in one string, the earlier kind wins.
 KINDS = (
     "value",

@@ -11,8 +11,6 @@ from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.sources import redaction_key
 from pytest_llmtrace.sources.redact import Redactor
 
-__all__ = ["RedactionError", "add_arguments", "from_args", "key_path"]
-
 
 class RedactionError(LLMTraceError):
     """A redaction flag that cannot work (a bad regular expression, ``--no-redact`` with patterns)."""

@@ -18,8 +18,6 @@ from pathlib import Path
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.core.settings import env_var
 
-__all__ = ["DEFAULT_KEY_PATH", "KEY_ENV", "RedactionKeyError", "load_or_create", "project_dir"]
-
 KEY_ENV = env_var("redaction_key")  # the pytest setting's variable, read by `llmtrace capture`/`import` too
 DEFAULT_KEY_PATH = Path(".llmtrace") / "redaction.key"
 _KEY_BYTES = 32

@@ -16,17 +16,6 @@ from pytest_llmtrace.trace.span import (
     attr_str,
 )
 
-__all__ = [
-    "content_text",
-    "event_body",
-    "first_int",
-    "first_str",
-    "json_object",
-    "loads_json",
-    "parts_text",
-    "request_parameters",
-]
-
 
 def event_body(attrs: Mapping[str, AttrValue]) -> dict[str, Any]:
     """A message event's body: its attributes, with Azure's ``gen_ai.event.content`` JSON body merged in."""

@@ -23,17 +23,6 @@ from pytest_llmtrace.trace.model import Span, SpanEvent, SpanLink, Status, Trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES, decode, parse, read_bytes
 from pytest_llmtrace.trace.secrets import redact_secrets, redact_spans
 
-__all__ = [
-    "dumps",
-    "is_otlp",
-    "read_trace",
-    "spans_from_request",
-    "trace_to_request",
-    "traces_from_request",
-    "write_golden",
-    "write_trace",
-]
-
 
 def is_otlp(value: Any) -> bool:
     return isinstance(value, dict) and "resourceSpans" in value

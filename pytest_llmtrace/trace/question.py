@@ -28,17 +28,6 @@ from pytest_llmtrace.trace.attr_values import loads_json
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
 from pytest_llmtrace.trace.views import llm_call
 
-__all__ = [
-    "BUILTIN_SOURCES",
-    "DEFAULT_SOURCES",
-    "LAST_USER_MESSAGE",
-    "Question",
-    "QuestionSource",
-    "QuestionSourceError",
-    "find_question",
-    "parse_sources",
-]
-
 LAST_USER_MESSAGE = "llm.last_user_message"
 BUILTIN_SOURCES = (INPUT_VALUE, TRACELOOP_ENTITY_INPUT, LAST_USER_MESSAGE)
 DEFAULT_SOURCES = " ".join(BUILTIN_SOURCES)

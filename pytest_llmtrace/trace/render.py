@@ -14,8 +14,6 @@ from pytest_llmtrace.trace.question import QuestionSource, find_question
 from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, Span, Status
 from pytest_llmtrace.trace.views import SqlStatement, llm_call, span_kind
 
-__all__ = ["SpanTree", "key_attributes", "render_waterfall"]
-
 BAR_WIDTH = 20
 MAX_VALUE_CHARS = 60
 # The root's input as the default question sources read it from the root span alone (the waterfall reads one span).

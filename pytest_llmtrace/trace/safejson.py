@@ -32,20 +32,6 @@ from typing import Any
 
 from pytest_llmtrace.core.errors import TraceFormatError
 
-__all__ = [
-    "DEFAULT_MAX_TRACE_BYTES",
-    "MAX_DEPTH",
-    "MAX_NUMBER_CHARS",
-    "MAX_TRACE_BYTES_ENV",
-    "check_tree",
-    "decode",
-    "is_syntax_error",
-    "parse",
-    "read_bytes",
-    "segment",
-    "twice",
-]
-
 DEFAULT_MAX_TRACE_BYTES = 50_000_000
 MAX_TRACE_BYTES_ENV = "LLMTRACE_MAX_TRACE_BYTES"
 MAX_DEPTH = 100

@@ -15,8 +15,6 @@ from pytest_llmtrace.trace.span import Span, SpanEvent, SpanLink, Status
 if TYPE_CHECKING:  # for the annotations only: converting reads attributes, so trace/ loads without the SDK
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["span_from_readable", "trace_from_readable"]
-
 _STATUS = {"UNSET": Status.UNSET, "OK": Status.OK, "ERROR": Status.ERROR}
 
 

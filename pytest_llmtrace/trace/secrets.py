@@ -35,20 +35,6 @@ from dataclasses import dataclass, field
 from pytest_llmtrace.trace.model import AttrValue, Span, Trace
 from pytest_llmtrace.trace.walk import map_span
 
-__all__ = [
-    "REDACTED",
-    "SECRET_KEYS",
-    "SECRET_KEY_SUFFIXES",
-    "SECRET_QUERY_PARAMS",
-    "Redaction",
-    "is_secret_key",
-    "redact_secrets",
-    "redact_spans",
-    "redact_text",
-    "redact_trace",
-    "redact_url_password",
-]
-
 REDACTED = "***"
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?::[0-9a-f]{8}|_\d+)>")  # redact's, keyed or (older) numbered
 

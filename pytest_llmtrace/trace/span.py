@@ -13,52 +13,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Union
 
-__all__ = [
-    "DB_QUERY_TEXT",
-    "DB_RETURNED_ROWS",
-    "DB_STATEMENT_DEPRECATED",
-    "DB_SYSTEM_DEPRECATED",
-    "DB_SYSTEM_NAME",
-    "GEN_AI_COMPLETION",
-    "GEN_AI_EVENT_CONTENT",
-    "GEN_AI_INPUT_MESSAGES",
-    "GEN_AI_OPERATION_NAME",
-    "GEN_AI_OUTPUT_MESSAGES",
-    "GEN_AI_PROMPT",
-    "GEN_AI_PROVIDER_NAME",
-    "GEN_AI_REQUEST_MODEL",
-    "GEN_AI_RESPONSE_MODEL",
-    "GEN_AI_SYSTEM",
-    "GEN_AI_SYSTEM_INSTRUCTIONS",
-    "GEN_AI_USAGE_COMPLETION_TOKENS",
-    "GEN_AI_USAGE_INPUT_TOKENS",
-    "GEN_AI_USAGE_OUTPUT_TOKENS",
-    "GEN_AI_USAGE_PROMPT_TOKENS",
-    "GEN_AI_USAGE_TOTAL_TOKENS",
-    "INPUT_VALUE",
-    "LLM_INPUT_MESSAGES",
-    "LLM_INVOCATION_PARAMETERS",
-    "LLM_MODEL_NAME",
-    "LLM_OUTPUT_MESSAGES",
-    "LLM_PROVIDER",
-    "LLM_REQUEST_TYPE",
-    "LLM_SYSTEM",
-    "LLM_TOKENS_COMPLETION",
-    "LLM_TOKENS_PROMPT",
-    "LLM_TOKENS_TOTAL",
-    "LLM_USAGE_TOTAL_TOKENS",
-    "OUTPUT_VALUE",
-    "SPAN_KIND",
-    "TRACELOOP_ENTITY_INPUT",
-    "AttrValue",
-    "Span",
-    "SpanEvent",
-    "SpanLink",
-    "Status",
-    "attr_int",
-    "attr_str",
-]
-
 # What an OTLP AnyValue can hold. ``dict`` stands for kvlistValue; ``bytes`` for bytesValue; a tuple for arrayValue.
 AttrValue = Union[str, bool, int, float, bytes, tuple["AttrValue", ...], dict[str, "AttrValue"]]  # noqa: UP007 (recursive alias needs Union at runtime)
 

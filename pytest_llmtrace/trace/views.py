@@ -66,19 +66,6 @@ from pytest_llmtrace.trace.span import (
     attr_str,
 )
 
-__all__ = [
-    "LLM_READERS",
-    "LLMCall",
-    "LLMReader",
-    "Message",
-    "SqlStatement",
-    "llm_call",
-    "read_openinference",
-    "read_openllmetry",
-    "read_otel_genai",
-    "span_kind",
-]
-
 
 @dataclass(frozen=True)
 class Message:

@@ -39,8 +39,6 @@ from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.span import Span
 from pytest_llmtrace.trace.views import Message, llm_call
 
-__all__ = ["ReplayedAnswer", "VirtualTrace", "retime", "virtualize"]
-
 
 @dataclass(frozen=True)
 class ReplayedAnswer:

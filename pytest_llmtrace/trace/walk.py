@@ -19,8 +19,6 @@ from dataclasses import replace
 
 from pytest_llmtrace.trace.span import AttrValue, Span
 
-__all__ = ["map_span", "map_strings", "span_strings"]
-
 Attributes = Mapping[str, AttrValue]
 
 

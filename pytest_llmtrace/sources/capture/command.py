@@ -33,8 +33,6 @@ from pytest_llmtrace.sources.capture.phoenix_api import (
 )
 from pytest_llmtrace.trace.model import Trace
 
-__all__ = ["add_arguments", "run"]
-
 PREFETCH = 3  # span requests in flight while a batch is converted and written
 
 

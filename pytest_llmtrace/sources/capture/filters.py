@@ -12,17 +12,6 @@ from dataclasses import dataclass
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.trace.model import Trace
 
-__all__ = [
-    "DEDUPE_FIELDS",
-    "CaptureError",
-    "Filters",
-    "dedupe_key",
-    "parse_dedupe",
-    "parse_filters",
-    "parse_time",
-    "sampled",
-]
-
 DEDUPE_FIELDS = ("question", "sql")
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

@@ -13,8 +13,6 @@ from pytest_llmtrace.sources.capture.filters import dedupe_key
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import dumps, read_trace, write_golden
 
-__all__ = ["CAPTURE_TIME", "PROVENANCE", "GoldenDir", "with_provenance"]
-
 PROVENANCE = "llmtrace.capture."
 CAPTURE_TIME = PROVENANCE + "time"
 

@@ -33,8 +33,6 @@ from typing import IO, Any
 
 from pytest_llmtrace.core.errors import LLMTraceError
 
-__all__ = ["ERROR_BODY_BYTES", "CrossOriginRedirect", "ResponseTooLarge", "origin", "request"]
-
 CHUNK = 1 << 16
 ERROR_BODY_BYTES = 1 << 16  # enough for any FastAPI error detail
 

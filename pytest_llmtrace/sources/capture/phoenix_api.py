@@ -30,20 +30,6 @@ from pytest_llmtrace.trace.jsondoc import Doc
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces
 
-__all__ = [
-    "API_KEY_ENV",
-    "MAX_PAGES",
-    "MAX_RESPONSE_BYTES",
-    "PAGE_LIMIT",
-    "TRACES_PER_REQUEST",
-    "PhoenixClient",
-    "Source",
-    "http_error_detail",
-    "public_url",
-    "redirect_refused",
-    "unreachable_reason",
-]
-
 API_KEY_ENV = "PHOENIX_API_KEY"
 PAGE_LIMIT = 1000  # the most Phoenix's REST API gives in one page
 MAX_PAGES = 1_000_000  # pages of one listing before it is taken for a server that never ends
