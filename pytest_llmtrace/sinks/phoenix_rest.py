@@ -1,28 +1,18 @@
 """The two REST calls export makes besides OTLP: make sure the run's project exists (its id builds the UI links), and
-post the verdict annotations. Each failure becomes one ``ExportError`` line naming the URL and the fix.
+post the verdict annotations. Each failure becomes one ``ExportError`` line naming the URL and the fix (the request
+itself, and its error lines, are ``sources/phoenix_client.py``'s, shared with ``llmtrace capture``).
 
 The API key (``PHOENIX_API_KEY``) goes only into the ``Authorization`` header; no message ever holds it.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from pytest_llmtrace.core.errors import LLMTraceError
-from pytest_llmtrace.sources.capture import http_client
-from pytest_llmtrace.sources.capture.phoenix_api import (
-    API_KEY_ENV,
-    http_error_detail,
-    public_url,
-    redirect_refused,
-    unreachable_reason,
-)
-from pytest_llmtrace.trace import safejson
+from pytest_llmtrace.sources.phoenix_client import API_KEY_ENV, PhoenixRestClient, Wording, auth_headers
 
 __all__ = ["ANNOTATIONS_PER_REQUEST", "API_KEY_ENV", "ExportError", "PhoenixRest", "auth_headers"]
 
@@ -38,68 +28,24 @@ class ExportError(LLMTraceError):
         self.status = status  # the HTTP status Phoenix answered, None when it did not answer
 
 
-def auth_headers(api_key: str | None) -> dict[str, str]:
-    """What the OTLP exporter and the REST calls both send: a bearer token, when there is a key."""
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+WORDING = Wording(
+    error=ExportError,
+    user_agent="pytest-llmtrace-export",
+    url_option="--llmtrace-phoenix",
+    redirect_fix="point --llmtrace-phoenix at the address Phoenix answers at",
+    too_large_fix="--llmtrace-phoenix must be Phoenix's base URL",
+    unreachable_fix="start Phoenix there, point --llmtrace-phoenix at a running one, or leave out "
+    "--llmtrace-phoenix-export",
+    forbidden_fix="create projects and annotations",
+)
 
 
-class PhoenixRest:
+class PhoenixRest(PhoenixRestClient):
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 10.0) -> None:
-        self.url = public_url(url)
-        self.timeout = timeout
-        self._headers = {"Accept": "application/json", "User-Agent": "pytest-llmtrace-export", **auth_headers(api_key)}
+        super().__init__(url, WORDING, api_key=api_key, timeout=timeout, max_bytes=MAX_ANSWER_BYTES)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        headers = dict(self._headers)
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        try:
-            payload, _ = http_client.request(request, timeout=self.timeout, max_bytes=MAX_ANSWER_BYTES)
-        except urllib.error.HTTPError as exc:
-            raise self._http_error(exc, method, path) from None
-        except http_client.CrossOriginRedirect as exc:
-            raise ExportError(
-                f"{method} {self.url}{path} {redirect_refused(exc, self.url)}; fix: point --llmtrace-phoenix at the "
-                "address Phoenix answers at"
-            ) from None
-        except http_client.ResponseTooLarge as exc:
-            raise ExportError(
-                f"{method} {self.url}{path} answered {exc}; fix: --llmtrace-phoenix must be Phoenix's base URL"
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            why = unreachable_reason(exc, self.timeout)
-            raise ExportError(
-                f"cannot reach Phoenix at {self.url} ({why}); fix: start Phoenix there, point --llmtrace-phoenix at "
-                "a running one, or leave out --llmtrace-phoenix-export"
-            ) from None
-        try:
-            return safejson.parse(payload.decode("utf-8-sig"), f"{method} {self.url}{path}") if payload else None
-        except ValueError:  # not UTF-8, not JSON, or JSON past safejson's limits: not what Phoenix answers
-            raise ExportError(
-                f"{method} {self.url}{path} did not answer JSON; fix: --llmtrace-phoenix must be Phoenix's base URL "
-                "(the address of its UI, like http://127.0.0.1:6006)"
-            ) from None
-
-    def _http_error(self, exc: urllib.error.HTTPError, method: str, path: str) -> ExportError:
-        if exc.code == 401:
-            fix = (
-                f"{API_KEY_ENV} is set but this Phoenix refused it; set it to a valid key (Settings > API Keys)"
-                if "Authorization" in self._headers
-                else f"this Phoenix requires authentication; set {API_KEY_ENV} to an API key (Settings > API Keys)"
-            )
-            return ExportError(f"Phoenix at {self.url} answered 401 Unauthorized; fix: {fix}", 401)
-        if exc.code == 403:
-            return ExportError(
-                f"Phoenix at {self.url} answered 403 Forbidden for {method} {path}; fix: use the API key of a user who "
-                "may create projects and annotations",
-                403,
-            )
-        fix = ""
-        if exc.code in (404, 405):
-            fix = "; fix: --llmtrace-phoenix must be Phoenix's base URL (Phoenix 12 or newer: it has this REST API)"
-        return ExportError(f"{method} {self.url}{path} answered {exc.code} {exc.reason}{_detail(exc)}{fix}", exc.code)
+        return self.request(method, path, body=body)
 
     def project_id(self, name: str) -> str:
         """The id (Phoenix's GlobalID) of project ``name``, created empty if it does not exist yet.
@@ -136,8 +82,3 @@ def _project_id(answer: Any, url: str) -> str:
     if not isinstance(project_id, str) or not project_id:
         raise ExportError(f"Phoenix at {url} answered a project without an id; fix: use Phoenix 12 or newer")
     return project_id
-
-
-def _detail(exc: urllib.error.HTTPError) -> str:
-    detail = http_error_detail(exc)
-    return f": {detail[:200]}" if detail else ""

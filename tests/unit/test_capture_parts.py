@@ -24,7 +24,7 @@ from pytest_llmtrace.sources.capture.filters import (
     sampled,
 )
 from pytest_llmtrace.sources.capture.golden_dir import CAPTURE_TIME, GoldenDir, with_provenance
-from pytest_llmtrace.sources.capture.phoenix_api import public_url
+from pytest_llmtrace.sources.phoenix_client import public_url
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
 

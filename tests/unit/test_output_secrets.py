@@ -8,7 +8,7 @@ import pytest
 from pytest_llmtrace.core.settings import Resolved
 from pytest_llmtrace.services.base import ServiceStartError, redact_text, redact_url, url_secrets
 from pytest_llmtrace.services.choice import check_setting
-from pytest_llmtrace.sources.capture.phoenix_api import public_url
+from pytest_llmtrace.sources.phoenix_client import public_url
 
 # Every piece between URL delimiters is distinctive, so a partial leak is seen too.
 PIECES = ("Alpha1", "Bravo2", "Charlie3", "Delta4", "Echo5", "Fox6")

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from pytest_llmtrace.cli import main
 from pytest_llmtrace.sinks.phoenix_rest import ExportError, PhoenixRest
+from pytest_llmtrace.sources import phoenix_client
 from pytest_llmtrace.sources.capture import phoenix_api
 from pytest_llmtrace.sources.capture.filters import CaptureError
 from pytest_llmtrace.sources.capture.phoenix_api import PhoenixClient
@@ -116,7 +117,7 @@ def test_capture_does_not_carry_the_api_key_through_a_redirect_to_another_origin
     error = capsys.readouterr().err.splitlines()[-1]
     assert error == (
         f"error: GET {phoenix.url}/v1/projects/p/spans was redirected to {elsewhere.url}, another origin; the API key "
-        f"({phoenix_api.API_KEY_ENV}) goes only to {phoenix.url}, so the redirect was not followed; fix: set "
+        f"({phoenix_client.API_KEY_ENV}) goes only to {phoenix.url}, so the redirect was not followed; fix: set "
         f"--phoenix-url to the address Phoenix answers at"
     )
     assert API_KEY not in error

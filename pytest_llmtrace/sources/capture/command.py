@@ -24,13 +24,8 @@ from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean, whole_
 from pytest_llmtrace.sources import redaction_flags
 from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, parse_dedupe, parse_filters
 from pytest_llmtrace.sources.capture.golden_dir import GoldenDir, with_provenance
-from pytest_llmtrace.sources.capture.phoenix_api import (
-    API_KEY_ENV,
-    MAX_RESPONSE_BYTES,
-    TRACES_PER_REQUEST,
-    PhoenixClient,
-    Source,
-)
+from pytest_llmtrace.sources.capture.phoenix_api import MAX_RESPONSE_BYTES, TRACES_PER_REQUEST, PhoenixClient, Source
+from pytest_llmtrace.sources.phoenix_client import API_KEY_ENV
 from pytest_llmtrace.trace.model import Trace
 
 PREFETCH = 3  # span requests in flight while a batch is converted and written

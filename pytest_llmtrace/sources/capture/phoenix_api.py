@@ -13,24 +13,19 @@ The time window applies to the root span's start, so a trace is never cut in hal
 
 from __future__ import annotations
 
-import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from pytest_llmtrace.core.errors import TraceFormatError, did_you_mean, first_line, near_misses
+from pytest_llmtrace.core.errors import TraceFormatError, did_you_mean, near_misses
 from pytest_llmtrace.core.url_secrets import without_userinfo
-from pytest_llmtrace.sources.capture import http_client
 from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, sampled
+from pytest_llmtrace.sources.phoenix_client import PhoenixRestClient, Wording, public_url
 from pytest_llmtrace.sources.phoenix_format import span_from_rest
-from pytest_llmtrace.trace import safejson
 from pytest_llmtrace.trace.jsondoc import Doc
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces
 
-API_KEY_ENV = "PHOENIX_API_KEY"
 PAGE_LIMIT = 1000  # the most Phoenix's REST API gives in one page
 MAX_PAGES = 1_000_000  # pages of one listing before it is taken for a server that never ends
 # One answer's bytes: a page of 1,000 spans with long prompts is tens of MB; parsing takes about three times the size.
@@ -39,28 +34,19 @@ TRACES_PER_REQUEST = 100  # trace ids in one query string: ~4 KB, well under any
 
 Counter = Callable[..., None]
 
-
-def public_url(url: str) -> str:
-    """The URL without user, password, query or fragment: what may be printed or written into a committed file."""
-    # the user part goes first, found as redact_url finds it: urlsplit ends it at a raw "/" in the password and
-    # would print the rest of the password as the path
-    parts = urllib.parse.urlsplit(without_userinfo(url))
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (f":{port}" if port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+WORDING = Wording(
+    error=lambda message, status: CaptureError(message),
+    user_agent="pytest-llmtrace-capture",
+    url_option="--phoenix-url",
+    redirect_fix="set --phoenix-url to the address Phoenix answers at",
+    too_large_fix="if this is Phoenix, raise --max-response-bytes",
+    unreachable_fix="start Phoenix there or correct --phoenix-url",
+    forbidden_fix="read this project",
+)
 
 
-class PhoenixClient:
-    """GET requests to Phoenix's REST API; each failure becomes one line that names the fix.
-
-    The API key goes only into the ``Authorization`` header: no message, file or attribute ever holds it.
-    """
+class PhoenixClient(PhoenixRestClient):
+    """GET requests to Phoenix's REST API, in capture's words; ``pages`` follows a paginated list."""
 
     def __init__(
         self,
@@ -75,66 +61,12 @@ class PhoenixClient:
             raise CaptureError(
                 f"--phoenix-url {public_url(url)!r}: expected an http(s) URL like http://127.0.0.1:6006", usage=True
             )
-        self.url = public_url(url).removesuffix("/v1/traces")
-        self.timeout = timeout  # for each request as a whole, not for each read
-        self.max_bytes = max_bytes
-        self._headers = {"Accept": "application/json", "User-Agent": "pytest-llmtrace-capture"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        super().__init__(
+            public_url(url).removesuffix("/v1/traces"), WORDING, api_key=api_key, timeout=timeout, max_bytes=max_bytes
+        )
 
     def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
-        query = urllib.parse.urlencode(list(params))
-        request = urllib.request.Request(f"{self.url}{path}" + (f"?{query}" if query else ""), headers=self._headers)
-        try:
-            body, content_type = http_client.request(request, timeout=self.timeout, max_bytes=self.max_bytes)
-        except urllib.error.HTTPError as exc:
-            raise self._http_error(exc, path) from None
-        except http_client.CrossOriginRedirect as exc:
-            raise CaptureError(
-                f"GET {self.url}{path} {redirect_refused(exc, self.url)}; fix: set --phoenix-url to the address "
-                "Phoenix answers at"
-            ) from None
-        except http_client.ResponseTooLarge as exc:
-            raise CaptureError(
-                f"GET {self.url}{path} answered {exc}; fix: if this is Phoenix, raise --max-response-bytes"
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            why = unreachable_reason(exc, self.timeout)
-            raise CaptureError(
-                f"cannot reach Phoenix at {self.url} ({why}); fix: start Phoenix there or correct --phoenix-url"
-            ) from None
-        not_json = CaptureError(
-            f"GET {self.url}{path} answered {content_type or 'a body'} that is not JSON; fix: --phoenix-url "
-            "must be Phoenix's base URL (the address of its UI, like http://127.0.0.1:6006)"
-        )
-        try:
-            text = body.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise not_json from None
-        try:
-            return safejson.parse(text, f"GET {self.url}{path}")
-        except TraceFormatError as exc:  # JSON past safejson's limits (depth, digits, ...) is no Phoenix answer
-            if safejson.is_syntax_error(exc):
-                raise not_json from None
-            raise CaptureError(f"{exc}; fix: check that --phoenix-url is a Phoenix server") from None
-
-    def _http_error(self, exc: urllib.error.HTTPError, path: str) -> CaptureError:
-        if exc.code == 401:
-            fix = (
-                f"{API_KEY_ENV} is set but this Phoenix refused it; set it to a valid key (Settings > API Keys)"
-                if "Authorization" in self._headers
-                else f"this Phoenix requires authentication; set {API_KEY_ENV} to an API key (Settings > API Keys)"
-            )
-            return CaptureError(f"Phoenix at {self.url} answered 401 Unauthorized; fix: {fix}")
-        if exc.code == 403:
-            return CaptureError(
-                f"Phoenix at {self.url} answered 403 Forbidden for GET {path}; fix: use the API key of a user who may "
-                "read this project"
-            )
-        detail = http_error_detail(exc)
-        return CaptureError(
-            f"GET {self.url}{path} answered {exc.code} {exc.reason}" + (f": {detail}" if detail else "")
-        )
+        return self.request("GET", path, params)
 
     def pages(self, path: str, params: Sequence[tuple[str, str]]) -> Iterator[list[Any]]:
         """Every page of a paginated list, following ``next_cursor``.
@@ -173,34 +105,6 @@ class PhoenixClient:
         for page in self.pages("/v1/projects", [("limit", "100")]):
             names.extend(str(p.get("name")) for p in page if isinstance(p, dict))
         return names
-
-
-def unreachable_reason(exc: OSError, timeout: float) -> str:
-    """Why a request to Phoenix got no (whole) answer, in a few words (a timeout, a refused connection, ...)."""
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, (socket.timeout, TimeoutError)):
-        return f"no complete answer within {timeout:g} s"
-    return first_line(reason) if isinstance(reason, BaseException) else str(reason)
-
-
-def redirect_refused(exc: http_client.CrossOriginRedirect, url: str) -> str:
-    """The middle of the message for a redirect not followed: where it went, and why the key stopped there."""
-    return (
-        f"was redirected to {exc.target}, another origin; the API key ({API_KEY_ENV}) goes only to "
-        f"{http_client.origin(url)}, so the redirect was not followed"
-    )
-
-
-def http_error_detail(exc: urllib.error.HTTPError) -> str:
-    """The first line of the ``detail`` of a Phoenix (FastAPI) error answer, or '' when it has none."""
-    try:
-        body = safejson.parse((exc.read(http_client.ERROR_BODY_BYTES) or b"null").decode("utf-8-sig"), None)
-    except (ValueError, OSError):  # TraceFormatError and UnicodeDecodeError are ValueErrors
-        return ""
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):  # FastAPI's validation errors
-        detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
-    return first_line(Exception(detail)) if detail else ""
 
 
 def _trace_id(item: Any) -> str:

@@ -78,9 +78,7 @@ def origin(url: str) -> str:
 def request(req: urllib.request.Request, *, timeout: float, max_bytes: int) -> tuple[bytes, str]:
     """``(body, Content-Type)`` of one request, within ``timeout`` seconds in total and ``max_bytes`` of body."""
     with _Deadline(timeout) as deadline:
-        opener = urllib.request.build_opener(
-            _SameOriginRedirects(req.full_url), _Handler(deadline), _TLSHandler(deadline)
-        )
+        opener = urllib.request.build_opener(_SameOriginRedirects(req.full_url), _Handler(deadline))
         try:
             with opener.open(req, timeout=timeout) as response:
                 body = _read(response, max_bytes)
@@ -195,19 +193,15 @@ def _as_connection(cls: type[http.client.HTTPConnection]) -> Any:
     return cls
 
 
-class _Handler(urllib.request.HTTPHandler):
+class _Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Both schemes' handler (it stands in for urllib's two), opening connections the deadline watches."""
+
     def __init__(self, deadline: _Deadline) -> None:
         super().__init__()
         self._deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_as_connection(_Connection), req, deadline=self._deadline)
-
-
-class _TLSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(_as_connection(_TLSConnection), req, deadline=self._deadline)
