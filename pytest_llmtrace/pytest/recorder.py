@@ -278,24 +278,24 @@ class Recorder:
 
     # -- processor callbacks (any thread) ---------------------------------------------------------------------------
 
+    def _taking_spans(self) -> TestWindow | None:
+        """The window the span callbacks write into: none between tests, nor once closed. Call with the lock held."""
+        return None if self._closed else self._current
+
     def _on_start(self, span: ReadableSpan) -> None:
         with self._lock:
-            window = self._current
-            if window is None or self._closed:
-                return
-            key = _key(span)
-            window.open_all[key] = span
-            window.open_view[key] = span
+            if (window := self._taking_spans()) is not None:
+                key = _key(span)
+                window.open_all[key] = span
+                window.open_view[key] = span
 
     def _on_end(self, span: ReadableSpan) -> None:
         with self._lock:
-            window = self._current
-            if window is None or self._closed:
-                return
-            key = _key(span)
-            window.open_all.pop(key, None)
-            window.open_view.pop(key, None)
-            window.finished.append(span)
+            if (window := self._taking_spans()) is not None:
+                key = _key(span)
+                window.open_all.pop(key, None)
+                window.open_view.pop(key, None)
+                window.finished.append(span)
 
     def _note_refused_override(self) -> None:
         if self._installing:

@@ -169,6 +169,8 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _Connection(http.client.HTTPConnection):
+    """A connection whose socket the deadline watches once connected (over TLS: once the handshake is done)."""
+
     def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
@@ -178,14 +180,8 @@ class _Connection(http.client.HTTPConnection):
         self._deadline.watch(self.sock)
 
 
-class _TLSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self._deadline.watch(self.sock)
+class _TLSConnection(_Connection, http.client.HTTPSConnection):
+    """``_Connection``'s ``connect`` around ``HTTPSConnection``'s, which comes next in the MRO."""
 
 
 def _as_connection(cls: type[http.client.HTTPConnection]) -> Any:

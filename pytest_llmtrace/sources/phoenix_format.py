@@ -38,8 +38,9 @@ from pytest_llmtrace.trace.jsondoc import (
     Doc,
     decode_scalar,
     describe,
+    keyed_items,
 )
-from pytest_llmtrace.trace.safejson import check_tree, twice
+from pytest_llmtrace.trace.safejson import check_tree
 from pytest_llmtrace.trace.span import SPAN_KIND, AttrValue, Span, SpanEvent, Status
 
 DATAFRAME_INSTALL_HINT = "pip install pytest-llmtrace[dataframe]"
@@ -244,10 +245,7 @@ _SNAKE_VALUE_KEYS = frozenset(
 def _snake_attributes(doc: Doc) -> dict[str, AttrValue]:
     """``[{"key": ..., "value": {"string_value": ..., "int_value": null, ...}}]``; all-null values are skipped."""
     result: dict[str, AttrValue] = {}
-    for item in doc.items():
-        key = item.key("key").string()
-        if key in result:
-            raise item.error("unique attribute keys", twice(key), suffix=".key")
+    for key, item in keyed_items(doc):
         value = _snake_value(item.key("value")) if item.has("value") else None
         if value is not None:
             result[key] = value

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -206,13 +206,22 @@ def attr_value_to_python(doc: Doc) -> Any:
     )
 
 
+def keyed_items(doc: Doc) -> Iterator[tuple[str, Doc]]:
+    """``(key, item)`` of each item of an OTLP ``[{"key": ..., "value": ...}]`` list, camelCase or Phoenix's snake_case
+    values alike; a key twice is an error, also where the first one's value is null."""
+    seen: set[str] = set()
+    for item in doc.items():
+        key = item.key("key").string()
+        if key in seen:
+            raise item.error("unique attribute keys", twice(key), suffix=".key")
+        seen.add(key)
+        yield key, item
+
+
 def attributes_from_otlp(doc: Doc) -> dict[str, Any]:
     """An OTLP ``[{"key": ..., "value": AnyValue}]`` list into a dict; duplicate keys are an error."""
     result: dict[str, Any] = {}
-    for item in doc.items():
-        key = item.key("key").string()
-        if key in result:
-            raise item.error("unique attribute keys", twice(key), suffix=".key")
+    for key, item in keyed_items(doc):
         value_doc = item.key("value")
         result[key] = attr_value_to_python(value_doc) if value_doc.value is not None else ""
     return result
