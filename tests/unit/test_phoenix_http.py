@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -304,3 +307,62 @@ def test_the_timeout_bounds_the_whole_request_not_each_read(
         f"error: cannot reach Phoenix at {phoenix.url} (no complete answer within 1 s); fix: start Phoenix there or "
         "correct --phoenix-url"
     )
+
+
+@pytest.fixture
+def tls_phoenix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, str]]:
+    """A server on loopback behind TLS with a self-signed certificate the client trusts; its https:// URL."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", key, "-out", cert),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted as a CA's would be: the client's default context
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = Server()
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server, server.url.replace("http://", "https://")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_over_https_the_answer_arrives_and_the_timeout_still_bounds_the_whole_request(
+    tls_phoenix: tuple[Server, str],
+) -> None:
+    """The deadline watches a TLS connection's socket too: a trickled answer is cut at the timeout, not read to its
+    end (6 s) and only then found late."""
+    phoenix, url = tls_phoenix
+    phoenix.respond = lambda h: h.send_json({"data": [{"name": "p"}], "next_cursor": None})
+    assert PhoenixClient(url).projects() == ["p"]
+
+    body = json.dumps({"data": [], "next_cursor": None}).encode().ljust(60)
+    sent = [0]
+
+    def trickle() -> Iterator[bytes]:
+        for byte in body:
+            time.sleep(0.1)
+            sent[0] += 1
+            yield bytes([byte])
+
+    phoenix.respond = lambda h: _stream(h, trickle(), length=len(body))
+    with pytest.raises(CaptureError) as excinfo:
+        PhoenixClient(url, timeout=1).projects()
+    assert str(excinfo.value) == (
+        f"cannot reach Phoenix at {url} (no complete answer within 1 s); fix: start Phoenix there or correct "
+        "--phoenix-url"
+    )
+    # the socket was shut at the deadline: the answer did not run to its end first (the timeout seen only afterwards)
+    assert sent[0] < len(body)
