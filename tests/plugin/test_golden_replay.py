@@ -484,7 +484,16 @@ def test_replay_answers_other_ollama_clients_with_the_recorded_text(
     assert recorded.startswith("```")
     # what is under test is the clients' wire format, not their speed: a client's first call includes its own
     # start-up (LangChain's takes ~200 ms on a loaded CI machine), which the latency check would flag
-    result = _run(pytester, pg_url, "-s", "-o", "llmtrace_checks=sql results tokens snapshot")
+    # (the snapshot keeps durations with the latency rules too: a floor of ten minutes makes them noise here)
+    result = _run(
+        pytester,
+        pg_url,
+        "-s",
+        "-o",
+        "llmtrace_checks=sql results tokens snapshot",
+        "-o",
+        "llmtrace_latency_floor_ms=600000",
+    )
     result.assert_outcomes(passed=1)
     assert _printed(result, "ANSWER") == [json.dumps(recorded)]
 
