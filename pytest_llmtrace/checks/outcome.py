@@ -19,6 +19,8 @@ SCHEMA_VERSION = 1
 
 Status = Literal["passed", "failed", "skipped"]
 Source = Literal["measured", "replayed"]
+Unit = Literal["ms", "tokens", "blocks", "cost"]
+Basis = Literal["absolute", "relative"]
 # replay / live / record: a golden case in that session mode; test: a hand-written test's llmtrace_check call.
 Mode = Literal["replay", "live", "record", "test"]
 
@@ -47,10 +49,10 @@ class Measurement:
     """
 
     metric: str
-    unit: Literal["ms", "tokens", "blocks", "cost"]
+    unit: Unit
     now: float
     golden: float | None
-    basis: Literal["absolute", "relative"]
+    basis: Basis
     limit: float | None
     rule: str
     status: Status

@@ -12,19 +12,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
+from pytest_llmtrace.checks.outcome import Basis, Source, Status, Unit
+
 
 class MeasurementRecord(TypedDict):
     """``Measurement`` as JSON (``checks/outcome.py`` defines each field)."""
 
     metric: str
-    unit: Literal["ms", "tokens", "blocks", "cost"]
+    unit: Unit
     now: float
     golden: float | None
-    basis: Literal["absolute", "relative"]
+    basis: Basis
     limit: float | None
     rule: str
-    status: Literal["passed", "failed", "skipped"]
-    source: Literal["measured", "replayed"]
+    status: Status
+    source: Source
     low: float | None
     reason: str
     replayed: float
