@@ -32,7 +32,7 @@ from pytest_llmtrace.checks.options import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX
 from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
 from pytest_llmtrace.checks.sql_text import split_statements
 from pytest_llmtrace.core.errors import LLMTraceError, first_line
-from pytest_llmtrace.services.pg_guard import APPLICATION_NAME
+from pytest_llmtrace.services.pg_deadline import APPLICATION_NAME
 
 if TYPE_CHECKING:
     import psycopg

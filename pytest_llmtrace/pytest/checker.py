@@ -27,7 +27,7 @@ from pytest_llmtrace.checks.snapshot import OutcomeSnapshot
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude
 from pytest_llmtrace.pytest.replay_config import get_config
-from pytest_llmtrace.services.pg_guard import Deadline
+from pytest_llmtrace.services.pg_deadline import Deadline
 
 if TYPE_CHECKING:
     from pytest_llmtrace.pytest.recording import TestRecording

@@ -37,7 +37,7 @@ from pytest_llmtrace.pytest.failing import conclude, fail
 from pytest_llmtrace.pytest.recording import TestRecording, get_recorder
 from pytest_llmtrace.pytest.replay_config import ReplayConfig, get_config
 from pytest_llmtrace.services.case_bounds import Abandoned
-from pytest_llmtrace.services.pg_guard import Deadline
+from pytest_llmtrace.services.pg_deadline import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
