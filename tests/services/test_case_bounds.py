@@ -25,7 +25,8 @@ import psutil
 import psycopg2
 import pytest
 
-from pytest_llmtrace.checks.execute import READERS, execute_readonly
+from pytest_llmtrace.checks.execute import execute_readonly
+from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.services.base import Endpoint
 from pytest_llmtrace.services.pg_databases import clone_database, database_url, drop_database
 from pytest_llmtrace.services.pg_deadline import Deadline, Watchdog

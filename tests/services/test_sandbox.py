@@ -16,7 +16,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from pytest_llmtrace.checks.execute import READERS, execute_readonly, execute_untrusted
+from pytest_llmtrace.checks.execute import execute_readonly, execute_untrusted
+from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest
 from pytest_llmtrace.modelapi.replay import ReplayBackend, ReplayDurationWarning
 from pytest_llmtrace.pytest import service_session as services
