@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
-from pytest_llmtrace.checks.options import CheckOptions, options_for
+from pytest_llmtrace.checks.check_settings import options_for
+from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, ReplayMiss
 from pytest_llmtrace.checks.runner import CaseInput, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
