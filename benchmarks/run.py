@@ -228,14 +228,14 @@ def _has_cost_check() -> bool:
 
 def _baseline_database(url: str) -> str:
     """company_db for the plain loop, loaded once like the plugin's template (not timed for either)."""
-    from pytest_llmtrace.services.postgres import clone_database, create_template, database_exists
+    from pytest_llmtrace.services.pg_databases import clone_database, create_template, database_exists
 
     files = sorted((ROOT / "fixtures" / "company_db").glob("*.sql"))
     if not database_exists(url, "bench_company_tpl"):
         create_template(url, "bench_company_tpl", files)
     if not database_exists(url, "bench_company"):
         return clone_database(url, "bench_company_tpl", "bench_company")
-    from pytest_llmtrace.services.postgres import database_url
+    from pytest_llmtrace.services.pg_databases import database_url
 
     return database_url(url, "bench_company")
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pytest_llmtrace.checks.execute import SAVEPOINT, ConnectFailed, readonly_transaction, statement_cost
+from pytest_llmtrace.checks.execute import SAVEPOINT, statement_cost
 from pytest_llmtrace.checks.options import number_text
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, SqlOutcome, Status
+from pytest_llmtrace.checks.reader_connections import ConnectFailed, readonly_transaction
 from pytest_llmtrace.checks.sql_text import split_statements
 from pytest_llmtrace.core.errors import first_line
 

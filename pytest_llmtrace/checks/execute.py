@@ -10,11 +10,7 @@ statement here (``prepare_threshold = None``), so there is no client-side cache 
 cannot be made is an outcome like any SQL error (``execute_untrusted``): a case fails saying so, not with the
 driver's traceback.
 
-Connections are reused (``READERS``): opening one costs Postgres a process fork, the largest share of a fast
-query's check on a busy machine, and a run re-executes one statement per case. A connection goes back to the cache
-only after the transaction was rolled back and ``DISCARD ALL`` left it idle, which resets everything a statement
-could leave behind in its session (settings, advisory locks, prepared statements, cursors, temporary tables,
-LISTEN); anything unexpected closes it instead.
+The connections are reused, and reset before reuse (``reader_connections.READERS``).
 """
 
 from __future__ import annotations
@@ -22,17 +18,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import threading
 import time
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmtrace.checks.equivalence import normalize_value
 from pytest_llmtrace.checks.options import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_ROWS, DEFAULT_SQL_TIMEOUT_MS
 from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
+from pytest_llmtrace.checks.reader_connections import ConnectFailed, load_psycopg, readonly_transaction
 from pytest_llmtrace.checks.sql_text import split_statements
-from pytest_llmtrace.core.errors import LLMTraceError, first_line
-from pytest_llmtrace.services.pg_guard import APPLICATION_NAME
+from pytest_llmtrace.core.errors import first_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -49,110 +43,6 @@ SAVEPOINT = "llmtrace_declare"
 _EXTENDED: dict[str, Any] = {"binary": True}
 _MAX_BATCH = 5000
 _ROW_HEADROOM = 4  # a batch is sized for rows up to this many times the largest seen so far
-
-
-class ConnectFailed(LLMTraceError):
-    """The checks' connection to the session database could not be made (the psycopg error is its ``__cause__``)."""
-
-    def __init__(self, exc: Exception) -> None:
-        self.sqlstate: str | None = getattr(exc, "sqlstate", None)
-        super().__init__(first_line(exc))
-
-
-def _psycopg() -> Any:
-    """psycopg 3 loads libpq: imported when a case first executes SQL, not when pytest starts."""
-    import psycopg
-
-    return psycopg
-
-
-class ReaderConnections:
-    """Idle connections per DSN, handed out one at a time and reset before they are handed out again."""
-
-    def __init__(self) -> None:
-        self._idle: dict[str, list[psycopg.Connection[Any]]] = {}
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def connection(self, dsn: str, first: str | None = None) -> Iterator[psycopg.Connection[Any]]:
-        """An autocommit connection to ``dsn``; back to the cache after a clean exit and a reset, else closed.
-
-        ``first`` (statements of ours, never model text: they go in one round trip over the simple protocol) is run
-        before the connection is handed out; a cached connection the server has meanwhile closed (a restart, its
-        database dropped and recreated, the deadline's watchdog) fails there and is replaced by a new one. A failure
-        to connect raises ``ConnectFailed``.
-        """
-        psycopg = _psycopg()
-        with self._lock:
-            idle = self._idle.get(dsn)
-            conn = idle.pop() if idle else None
-        if conn is not None and first is not None:
-            try:
-                conn.execute(first)
-            except (psycopg.OperationalError, psycopg.InterfaceError):
-                conn.close()
-                conn = None
-            else:
-                first = None
-        if conn is None or conn.closed:
-            try:
-                conn = psycopg.connect(dsn, connect_timeout=10, application_name=APPLICATION_NAME, autocommit=True)
-            except psycopg.Error as exc:
-                raise ConnectFailed(exc) from exc
-            conn.prepare_threshold = None  # no named statements: nothing of psycopg's cache to keep in step
-        clean = False
-        try:
-            if first is not None:
-                conn.execute(first)
-            yield conn
-            clean = True
-        finally:
-            if clean and _reset(conn):
-                with self._lock:
-                    self._idle.setdefault(dsn, []).append(conn)
-            else:
-                conn.close()
-
-    def close(self, dsn: str | None = None) -> None:
-        """Close the idle connections to ``dsn`` (all DSNs when ``None``): before its database is dropped."""
-        with self._lock:
-            dsns = list(self._idle) if dsn is None else [dsn]
-            closing = [conn for d in dsns for conn in self._idle.pop(d, [])]
-        for conn in closing:
-            conn.close()
-
-
-def _reset(conn: psycopg.Connection[Any]) -> bool:
-    """``DISCARD ALL``, then make sure the connection is idle outside any transaction; False: do not reuse it."""
-    psycopg = _psycopg()
-    if conn.closed:
-        return False
-    try:
-        conn.execute("DISCARD ALL")
-        return bool(conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
-    except psycopg.Error:
-        return False
-
-
-READERS = ReaderConnections()
-
-
-@contextlib.contextmanager
-def readonly_transaction(dsn: str, timeout_ms: int, setup: Sequence[str] = ()) -> Iterator[psycopg.Cursor[Any]]:
-    """A cursor inside ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout``, always rolled back.
-
-    ``setup`` are more statements of ours (never model text) to run first; all go to the server in one round trip.
-    """
-    psycopg = _psycopg()
-    if timeout_ms < 1:  # statement_timeout = 0 would mean no timeout at all
-        raise ValueError(f"need timeout_ms >= 1, got {timeout_ms}")
-    statements = ["BEGIN TRANSACTION READ ONLY", f"SET LOCAL statement_timeout = {int(timeout_ms)}", *setup]
-    with READERS.connection(dsn, "; ".join(statements)) as conn, conn.cursor() as cur:
-        try:
-            yield cur
-        finally:
-            with contextlib.suppress(psycopg.Error):  # a dead connection has no transaction left to end
-                conn.execute("ROLLBACK")
 
 
 def execute_readonly(
@@ -187,7 +77,7 @@ def execute_readonly(
     was slower (a second run would double the case's time for a number the plan's cost stands in for). One
     transaction for both keeps the ``cost`` check to one more round trip to the server.
     """
-    psycopg = _psycopg()
+    psycopg = load_psycopg()
     if timeout_ms < 1 or max_rows < 0 or max_bytes < 1:  # statement_timeout = 0 would mean no timeout at all
         raise ValueError(
             f"need timeout_ms >= 1, max_rows >= 0 and max_bytes >= 1, got timeout_ms={timeout_ms}, "
@@ -239,7 +129,7 @@ COST_RUN_MAX_MS = 1000.0
 
 
 def _lost(conn: psycopg.Connection[Any]) -> bool:
-    return conn.closed or conn.info.transaction_status == _psycopg().pq.TransactionStatus.UNKNOWN
+    return conn.closed or conn.info.transaction_status == load_psycopg().pq.TransactionStatus.UNKNOWN
 
 
 def _escaped(cur: psycopg.Cursor[Any]) -> str | None:
@@ -247,7 +137,7 @@ def _escaped(cur: psycopg.Cursor[Any]) -> str | None:
 
     An aborted transaction (the statement failed) is still ours: the rollback discards whatever it did.
     """
-    psycopg = _psycopg()
+    psycopg = load_psycopg()
     status = cur.connection.info.transaction_status
     if status == psycopg.pq.TransactionStatus.INERROR:
         return None
@@ -296,7 +186,7 @@ def statement_cost(
 ) -> tuple[float | None, int | None, str | None]:
     """``explain`` that fails soft, in a transaction with the savepoint ``execute_readonly`` sets: a run that fails
     (a timeout, a write refused) falls back to the plan alone. (plan cost, blocks, why something is missing)."""
-    psycopg = _psycopg()
+    psycopg = load_psycopg()
     error = None
     if run:
         try:
@@ -317,7 +207,7 @@ Fetched = tuple[tuple[str, ...], list[tuple[Any, ...]], str | None]
 def _run(cur: psycopg.Cursor[Any], statement: str, max_rows: int, max_bytes: int) -> Fetched:
     """(columns, rows, why the result is too large or ``None``): through a server-side cursor when the statement
     is a query, else run as it is (its result, if any, is small: SHOW, EXPLAIN)."""
-    psycopg = _psycopg()
+    psycopg = load_psycopg()
     conn = cur.connection
     server = conn.cursor(name=_CURSOR, scrollable=False)
     try:
@@ -413,7 +303,7 @@ def execute_untrusted(
     The read-only role may be refused by a user's server (pg_hba, a missing grant): the case should fail saying so,
     not end in the driver's traceback.
     """
-    psycopg = _psycopg()
+    psycopg = load_psycopg()
     try:
         return execute_readonly(dsn, sql, timeout_ms=timeout_ms, cost=cost, max_rows=max_rows, max_bytes=max_bytes)
     except ConnectFailed as exc:

@@ -1,13 +1,13 @@
 """The facts the checks depend on, written down once: check names, metrics, choices, defaults, and their parsing.
 
-Everything else imports from here. The ini keys' defaults and help, the ``llmtrace`` marker's arguments and its help
-line are generated from ``CheckOptions``, so a default or a new knob is added in one place and cannot drift between
-the ini file, the marker and the ``llmtrace_check`` helpers.
+Everything else imports from here. The ``llmtrace`` marker's arguments are generated from ``CheckOptions``, and so
+are the ini keys' defaults and help and the marker's help line (``check_settings``), so a default or a new knob is
+added in one place and cannot drift between the ini file, the marker and the ``llmtrace_check`` helpers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, cast, get_args
 
@@ -15,19 +15,16 @@ import pytest
 from openinference.semconv.trace import OpenInferenceSpanKindValues
 
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean, number_text, whole_number
-from pytest_llmtrace.core.settings import Settings, SettingSpec, declare
+from pytest_llmtrace.core.settings import Settings
 
 __all__ = [
     "CHECKS",
-    "CHECK_SETTINGS",
     "DEADLINE_BUDGET_FACTOR",
     "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_MAX_ROWS",
     "DEFAULT_SQL_TIMEOUT_MS",
     "LATENCY_METRICS",
-    "MARKER",
     "MARKER_ARGUMENTS",
-    "MARKER_HELP",
     "MAX_AUTO_DEADLINE_S",
     "RESULT_MATCH",
     "SPAN_KINDS",
@@ -40,11 +37,7 @@ __all__ = [
     "canonical_metric",
     "canonical_token_kind",
     "number_text",
-    "options_for",
-    "validate_marks",
 ]
-
-MARKER = "llmtrace"
 
 # The checks a golden case runs, in the order their findings are reported: the one list of check names, which mypy
 # holds every literal check name in a signature to.
@@ -387,56 +380,8 @@ def _knob_of(name: str) -> _Knob:
     return knob
 
 
-def _ini_text(value: Any) -> str:
-    """A default as the ini would spell it, so ``--help`` shows what ``CheckOptions()`` really holds."""
-    if value is None:
-        return "auto"
-    if isinstance(value, frozenset):
-        return " ".join(name for name in CHECKS if name in value)
-    if isinstance(value, Mapping):
-        return " ".join(f"{k}={number_text(v)}" for k, v in value.items())
-    if isinstance(value, (int, float)):
-        return number_text(value)
-    return str(value)
-
-
-_DEFAULTS = CheckOptions()
-
-# The ini keys, options and env variables of the check knobs: llmtrace_<field name>.
-CHECK_SETTINGS: tuple[SettingSpec, ...] = declare(
-    *(
-        SettingSpec(
-            f.name,
-            f.metadata["knob"].help,
-            _ini_text(getattr(_DEFAULTS, f.name)),
-            choices=f.metadata["knob"].choices,
-            env=f.metadata["knob"].env,
-        )
-        for f in fields(CheckOptions)
-    )
-)
-
 MARKER_ARGUMENTS: tuple[str, ...] = (
     "checks",
     "skip_checks",
     *(f.name for f in fields(CheckOptions) if f.name != "checks"),
 )
-MARKER_HELP = (
-    f"{MARKER}("
-    + ", ".join(f"{name}={'()' if name == 'skip_checks' else 'None'}" for name in MARKER_ARGUMENTS)
-    + "): tune the checks of a golden case or of the llmtrace_check helpers (None: the session's setting)"
-)
-
-
-def options_for(item: pytest.Item, base: CheckOptions) -> CheckOptions:
-    """``base`` with the item's ``llmtrace`` marks applied, the closest mark last (it wins)."""
-    options = base
-    for mark in reversed(list(item.iter_markers(MARKER))):
-        options = options.with_marker(mark, item.nodeid)
-    return options
-
-
-def validate_marks(items: Iterable[pytest.Item], base: CheckOptions) -> None:
-    """Apply every ``llmtrace`` mark once, at collection: a typo stops the run with its location, not mid-run."""
-    for item in items:
-        options_for(item, base)

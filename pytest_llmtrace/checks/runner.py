@@ -25,7 +25,8 @@ from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.checks.sql_text import strip_code_fences
 from pytest_llmtrace.checks.timeline import waterfall_of
 from pytest_llmtrace.services.case_bounds import Abandoned
-from pytest_llmtrace.services.pg_guard import Deadline, Finding, SessionGuard
+from pytest_llmtrace.services.pg_deadline import Deadline, Finding
+from pytest_llmtrace.services.pg_guard import SessionGuard
 from pytest_llmtrace.trace.model import SqlStatement, Trace
 from pytest_llmtrace.trace.virtual import retime
 

@@ -13,21 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmtrace.checks.options import (
-    CheckName,
-    CheckOptions,
-    UnknownName,
-    canonical_metric,
-    canonical_token_kind,
-    options_for,
-)
+from pytest_llmtrace.checks.check_settings import options_for
+from pytest_llmtrace.checks.options import CheckName, CheckOptions, UnknownName, canonical_metric, canonical_token_kind
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, SqlOutcome
 from pytest_llmtrace.checks.runner import CaseInput, run_checks, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude
 from pytest_llmtrace.pytest.replay_config import get_config
-from pytest_llmtrace.services.pg_guard import Deadline
+from pytest_llmtrace.services.pg_deadline import Deadline
 
 if TYPE_CHECKING:
     from pytest_llmtrace.pytest.recording import TestRecording

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmtrace.checks.execute import READERS
+from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.core.url_secrets import redact_url
 from pytest_llmtrace.pytest import recording

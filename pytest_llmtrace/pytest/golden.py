@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
-from pytest_llmtrace.checks.options import CheckOptions, options_for
+from pytest_llmtrace.checks.check_settings import options_for
+from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, ReplayMiss
 from pytest_llmtrace.checks.runner import CaseInput, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
@@ -37,7 +38,7 @@ from pytest_llmtrace.pytest.failing import conclude, fail
 from pytest_llmtrace.pytest.recording import TestRecording, get_recorder
 from pytest_llmtrace.pytest.replay_config import ReplayConfig, get_config
 from pytest_llmtrace.services.case_bounds import Abandoned
-from pytest_llmtrace.services.pg_guard import Deadline
+from pytest_llmtrace.services.pg_deadline import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace

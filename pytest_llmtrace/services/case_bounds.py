@@ -2,7 +2,7 @@
 
 A cancel or ``pg_terminate_backend`` only sets a flag the backend reads at its next ``CHECK_FOR_INTERRUPTS``; a
 statement that spends minutes inside one function call (``position()`` of a long pattern in a long text, ``md5()``
-of a huge string) reads none, so it outlives both. The watchdog (``pg_guard``) therefore escalates here, by time
+of a huge string) reads none, so it outlives both. The watchdog (``pg_deadline``) therefore escalates here, by time
 alone and whatever the SQL is: terminate, wait ``KILL_GRACE_S``, then, on a server the plugin started, SIGKILL the
 backends still there (``backend_killer``). Postgres then resets every session of the server and recovers; the
 plugin's connections reconnect (the watchdog's own one here, the checks' cached ones in ``checks.execute``). What

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.services import ollama, pg_roles, pg_session, phoenix, postgres
+from pytest_llmtrace.services import ollama, pg_databases, pg_lockdown, pg_session, phoenix, postgres
 from pytest_llmtrace.services.backends import REGISTRY, BackendContext, Registration, ServiceBackend
 from pytest_llmtrace.services.base import SERVICES, Endpoint
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
@@ -113,8 +113,8 @@ class ServiceManager:
                 decided = str(choice)
                 if choice.backend == "docker":
                     decided += self._docker_details(service)
-                if service == "postgres" and choice.backend not in pg_roles.LOCKED_BACKENDS:
-                    decided += f"; not locked down on a server you gave: {pg_roles.URL_NOT_LOCKED}"
+                if service == "postgres" and choice.backend not in pg_lockdown.LOCKED_BACKENDS:
+                    decided += f"; not locked down on a server you gave: {pg_lockdown.URL_NOT_LOCKED}"
             lines.append(f"llmtrace {service}: {decided}")
             if service == "postgres" and choice is not None:
                 lines.append(f"llmtrace postgres case limits: {postgres.server_bounds(choice.backend)}")
@@ -223,7 +223,7 @@ class ServiceManager:
             if guard.objects is not None:
                 guard.objects.close()
         admin_url = guard.roles.admin_url if guard is not None else self.endpoint("postgres").url
-        postgres.drop_database(admin_url, database.database)
+        pg_databases.drop_database(admin_url, database.database)
         if guard is not None:
             guard.roles.drop()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.core.errors import first_line
-from pytest_llmtrace.services import postgres
+from pytest_llmtrace.services import pg_databases
 from pytest_llmtrace.services.pg_roles import OWNER_PREFIX, READER_PREFIX, admin_connection, drop_roles
 from pytest_llmtrace.services.run_records import RunRecord, running
 
@@ -83,14 +83,14 @@ def reap(admin_url: str) -> tuple[list[str], list[str]]:
     dropped: list[str] = []
     refused: list[str] = []
     # one reaper at a time per server (xdist workers, CI shards): the second finds nothing left to drop
-    with postgres.advisory_lock(admin_url, "reap"):
+    with pg_databases.advisory_lock(admin_url, "reap"):
         with admin_connection(admin_url) as conn, conn.cursor() as cur:
             cur.execute(_FIND, (READER_PREFIX.replace("_", r"\_") + "%", OWNER_PREFIX.replace("_", r"\_") + "%"))
             found = [(kind, name) for kind, name, comment in cur.fetchall() if _over(comment)]
         for kind, name in sorted(found):  # "database" sorts first: a clone goes before the roles let into it
             try:
                 if kind == "database":
-                    postgres.drop_database(admin_url, name)
+                    pg_databases.drop_database(admin_url, name)
                 else:
                     drop_roles(admin_url, [name])
             except psycopg2.Error as exc:  # a login that may not drop it: say so, go on

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pytest_llmtrace.core.errors import first_line
-from pytest_llmtrace.services import case_bounds, pg_leftovers, pg_roles, postgres
+from pytest_llmtrace.services import case_bounds, pg_databases, pg_leftovers, pg_lockdown, pg_roles
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, redact_url
-from pytest_llmtrace.services.pg_guard import SessionGuard, Watchdog
+from pytest_llmtrace.services.pg_deadline import Watchdog
+from pytest_llmtrace.services.pg_guard import SessionGuard
 from pytest_llmtrace.services.pg_objects import ObjectGuard
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.services.run_records import RunContext
@@ -56,7 +57,7 @@ def open_session(
     """
     import psycopg2  # loads libpq: only when a test first uses Postgres
 
-    digest = hashlib.sha256(pg_roles.LOCKDOWN_VERSION.encode())
+    digest = hashlib.sha256(pg_lockdown.LOCKDOWN_VERSION.encode())
     for path in files:
         digest.update(str(path.relative_to(rootdir)).encode() + b"\0" + path.read_bytes())
     template = f"llmtrace_tpl_{digest.hexdigest()[:12]}"
@@ -64,28 +65,28 @@ def open_session(
     roles: pg_roles.SessionRoles | None = None
     try:
         # A server this run started goes with it; one it was given keeps what killed runs left: reap that once
-        kept_server = endpoint.backend not in pg_roles.LOCKED_BACKENDS
+        kept_server = endpoint.backend not in pg_lockdown.LOCKED_BACKENDS
         if kept_server and endpoint.url not in reaped:
             reaped.add(endpoint.url)
             _, notes.leftover_notes = pg_leftovers.reap(endpoint.url)
         with (
             file_lock(context.run_dir / "postgres-template.lock"),
-            postgres.advisory_lock(endpoint.url, template),
+            pg_databases.advisory_lock(endpoint.url, template),
         ):
-            if not postgres.template_ready(endpoint.url, template):
-                postgres.drop_database(endpoint.url, template)  # half-built by a run that was killed
-                postgres.create_template(endpoint.url, template, files)
-                if endpoint.backend in pg_roles.LOCKED_BACKENDS:  # each clone is closed by open_clone
-                    pg_roles.lock_down_server(endpoint.url)
-        url = postgres.clone_database(endpoint.url, template, name)
+            if not pg_databases.template_ready(endpoint.url, template):
+                pg_databases.drop_database(endpoint.url, template)  # half-built by a run that was killed
+                pg_databases.create_template(endpoint.url, template, files)
+                if endpoint.backend in pg_lockdown.LOCKED_BACKENDS:  # each clone is closed by open_clone
+                    pg_lockdown.lock_down_server(endpoint.url)
+        url = pg_databases.clone_database(endpoint.url, template, name)
         roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=True)
         if kept_server:
             pg_leftovers.mark(endpoint.url, name, roles.names, pg_leftovers.run_marker(context.record))
-        pg_roles.open_clone(endpoint.url, url, name, roles)
+        pg_lockdown.open_clone(endpoint.url, url, name, roles)
     except psycopg2.Error as exc:  # a user's server where this login may not create databases or roles
         if roles is not None:
             with contextlib.suppress(Exception):
-                postgres.drop_database(endpoint.url, name)
+                pg_databases.drop_database(endpoint.url, name)
                 roles.drop()
         raise ServiceStartError(
             "postgres",
@@ -120,7 +121,7 @@ def open_session(
         objects.snapshot()  # connects now, before a case could hold every connection slot
     except (psycopg2.Error, pg_roles.UnsafeLogin) as exc:
         guard.close()
-        postgres.drop_database(endpoint.url, name)
+        pg_databases.drop_database(endpoint.url, name)
         raise ServiceStartError(
             "postgres",
             endpoint.backend,

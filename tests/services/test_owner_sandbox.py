@@ -19,8 +19,10 @@ import psycopg2
 import pytest
 
 from pytest_llmtrace.pytest import service_session as services
-from pytest_llmtrace.services.pg_guard import CaseGuard, Deadline, SessionGuard
-from pytest_llmtrace.services.postgres import PostgresDatabase, create_template, database_url, drop_database
+from pytest_llmtrace.services.pg_databases import create_template, database_url, drop_database
+from pytest_llmtrace.services.pg_deadline import Deadline
+from pytest_llmtrace.services.pg_guard import CaseGuard, SessionGuard
+from pytest_llmtrace.services.postgres import PostgresDatabase
 
 REPO = Path(__file__).resolve().parents[2]
 

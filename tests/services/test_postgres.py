@@ -8,15 +8,14 @@ import psycopg2
 import pytest
 
 from pytest_llmtrace.services.base import Endpoint, redact_url
-from pytest_llmtrace.services.postgres import (
-    EmbeddedPostgres,
-    PostgresDatabase,
+from pytest_llmtrace.services.pg_databases import (
     SqlFileError,
     clone_database,
     create_template,
     database_url,
     drop_database,
 )
+from pytest_llmtrace.services.postgres import EmbeddedPostgres, PostgresDatabase
 from pytest_llmtrace.services.run_records import wait_gone
 
 

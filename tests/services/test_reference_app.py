@@ -24,7 +24,8 @@ from pytest_llmtrace.modelapi import ChatRequest, ChatResult, OllamaAPIServer
 from pytest_llmtrace.modelapi.modelfile import parse_modelfile
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.services.base import Endpoint
-from pytest_llmtrace.services.postgres import EmbeddedPostgres, clone_database, create_template, drop_database
+from pytest_llmtrace.services.pg_databases import clone_database, create_template, drop_database
+from pytest_llmtrace.services.postgres import EmbeddedPostgres
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 TEMPLATE = "company_db_template"

@@ -16,19 +16,17 @@ from typing import Any
 import psycopg2
 import pytest
 
-from pytest_llmtrace.checks.execute import READERS, execute_readonly, execute_untrusted
+from pytest_llmtrace.checks.execute import execute_readonly, execute_untrusted
+from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest
 from pytest_llmtrace.modelapi.replay import ReplayBackend, ReplayDurationWarning
 from pytest_llmtrace.pytest import service_session as services
-from pytest_llmtrace.services.pg_guard import Deadline, SessionGuard
-from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, UnsafeLogin, open_clone, verify_login
-from pytest_llmtrace.services.postgres import (
-    PostgresDatabase,
-    advisory_lock,
-    clone_database,
-    database_url,
-    drop_database,
-)
+from pytest_llmtrace.services.pg_databases import advisory_lock, clone_database, database_url, drop_database
+from pytest_llmtrace.services.pg_deadline import Deadline
+from pytest_llmtrace.services.pg_guard import SessionGuard
+from pytest_llmtrace.services.pg_lockdown import open_clone
+from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, UnsafeLogin, verify_login
+from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Span, Trace
 
 

@@ -24,9 +24,9 @@ from pytest_llmtrace.checks import (
     strip_code_fences,
 )
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
-from pytest_llmtrace.checks.execute import ConnectFailed
 from pytest_llmtrace.checks.options import UnknownName
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement
+from pytest_llmtrace.checks.reader_connections import ConnectFailed
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import read_trace
 from pytest_llmtrace.trace.virtual import ReplayedAnswer, virtualize

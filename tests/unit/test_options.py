@@ -10,12 +10,11 @@ import pytest
 from openinference.semconv.trace import OpenInferenceSpanKindValues
 
 from pytest_llmtrace.checks import budgets
+from pytest_llmtrace.checks.check_settings import CHECK_SETTINGS, MARKER_HELP
 from pytest_llmtrace.checks.options import (
-    CHECK_SETTINGS,
     CHECKS,
     LATENCY_METRICS,
     MARKER_ARGUMENTS,
-    MARKER_HELP,
     RESULT_MATCH,
     CheckOptions,
     UnknownName,

@@ -1,0 +1,125 @@
+"""The connections the checks run model SQL on: reused, reset before reuse, each use a read-only transaction.
+
+Connections are reused (``READERS``): opening one costs Postgres a process fork, the largest share of a fast
+query's check on a busy machine, and a run re-executes one statement per case. A connection goes back to the cache
+only after the transaction was rolled back and ``DISCARD ALL`` left it idle, which resets everything a statement
+could leave behind in its session (settings, advisory locks, prepared statements, cursors, temporary tables,
+LISTEN); anything unexpected closes it instead. What runs on them is ``execute.py``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pytest_llmtrace.core.errors import LLMTraceError, first_line
+from pytest_llmtrace.services.pg_deadline import APPLICATION_NAME
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+class ConnectFailed(LLMTraceError):
+    """The checks' connection to the session database could not be made (the psycopg error is its ``__cause__``)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.sqlstate: str | None = getattr(exc, "sqlstate", None)
+        super().__init__(first_line(exc))
+
+
+def load_psycopg() -> Any:
+    """psycopg 3 loads libpq: imported when a case first executes SQL, not when pytest starts."""
+    import psycopg
+
+    return psycopg
+
+
+class ReaderConnections:
+    """Idle connections per DSN, handed out one at a time and reset before they are handed out again."""
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list[psycopg.Connection[Any]]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def connection(self, dsn: str, first: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """An autocommit connection to ``dsn``; back to the cache after a clean exit and a reset, else closed.
+
+        ``first`` (statements of ours, never model text: they go in one round trip over the simple protocol) is run
+        before the connection is handed out; a cached connection the server has meanwhile closed (a restart, its
+        database dropped and recreated, the deadline's watchdog) fails there and is replaced by a new one. A failure
+        to connect raises ``ConnectFailed``.
+        """
+        psycopg = load_psycopg()
+        with self._lock:
+            idle = self._idle.get(dsn)
+            conn = idle.pop() if idle else None
+        if conn is not None and first is not None:
+            try:
+                conn.execute(first)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                conn.close()
+                conn = None
+            else:
+                first = None
+        if conn is None or conn.closed:
+            try:
+                conn = psycopg.connect(dsn, connect_timeout=10, application_name=APPLICATION_NAME, autocommit=True)
+            except psycopg.Error as exc:
+                raise ConnectFailed(exc) from exc
+            conn.prepare_threshold = None  # no named statements: nothing of psycopg's cache to keep in step
+        clean = False
+        try:
+            if first is not None:
+                conn.execute(first)
+            yield conn
+            clean = True
+        finally:
+            if clean and _reset(conn):
+                with self._lock:
+                    self._idle.setdefault(dsn, []).append(conn)
+            else:
+                conn.close()
+
+    def close(self, dsn: str | None = None) -> None:
+        """Close the idle connections to ``dsn`` (all DSNs when ``None``): before its database is dropped."""
+        with self._lock:
+            dsns = list(self._idle) if dsn is None else [dsn]
+            closing = [conn for d in dsns for conn in self._idle.pop(d, [])]
+        for conn in closing:
+            conn.close()
+
+
+def _reset(conn: psycopg.Connection[Any]) -> bool:
+    """``DISCARD ALL``, then make sure the connection is idle outside any transaction; False: do not reuse it."""
+    psycopg = load_psycopg()
+    if conn.closed:
+        return False
+    try:
+        conn.execute("DISCARD ALL")
+        return bool(conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+    except psycopg.Error:
+        return False
+
+
+READERS = ReaderConnections()
+
+
+@contextlib.contextmanager
+def readonly_transaction(dsn: str, timeout_ms: int, setup: Sequence[str] = ()) -> Iterator[psycopg.Cursor[Any]]:
+    """A cursor inside ``BEGIN TRANSACTION READ ONLY`` with ``SET LOCAL statement_timeout``, always rolled back.
+
+    ``setup`` are more statements of ours (never model text) to run first; all go to the server in one round trip.
+    """
+    psycopg = load_psycopg()
+    if timeout_ms < 1:  # statement_timeout = 0 would mean no timeout at all
+        raise ValueError(f"need timeout_ms >= 1, got {timeout_ms}")
+    statements = ["BEGIN TRANSACTION READ ONLY", f"SET LOCAL statement_timeout = {int(timeout_ms)}", *setup]
+    with READERS.connection(dsn, "; ".join(statements)) as conn, conn.cursor() as cur:
+        try:
+            yield cur
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a dead connection has no transaction left to end
+                conn.execute("ROLLBACK")
