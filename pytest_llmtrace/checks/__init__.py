@@ -1,13 +1,10 @@
-"""Regression checks that compare a new trace with its golden trace, one module per job.
+"""The checks that compare a new trace with its golden trace, their options and their outcomes.
 
-- ``sql_text``: the SQL inside a model's answer, statement splitting, top-level ORDER BY.
-- ``execute``: running untrusted SQL read-only and bounded; the ``sql`` check.
-- ``results``: normalizing and comparing result rows; the ``results`` check and the row-order rule.
-- ``budgets``: latency and token limits; the ``latency`` and ``tokens`` checks and the tolerance rules.
-- ``report``: turning outcomes into the failure text users read.
-
-Each check returns an ``outcome.CheckResult``; which checks run and what becomes a test failure is decided by
-``runner`` and the callers at the pytest edge.
+The module map is in docs/architecture.md. In short: ``options`` and ``check_settings`` (what can be checked and
+how), ``runner`` (one case's checks into a ``CaseOutcome``), ``sql_text``, ``execute`` and ``reader_connections``
+(the SQL, run read-only and bounded), ``equivalence`` (result rows), ``cost``, ``budgets`` (latency and tokens),
+``snapshot``, ``timeline`` (waterfall bars), ``outcome`` (the typed results) and ``report`` (the text users read).
+Which checks run, and what becomes a test failure, is decided by ``runner`` and the callers at the pytest edge.
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""The real servers a trace test talks to (Postgres, Ollama, Phoenix).
+"""The real servers a trace test talks to (Postgres, Ollama, Phoenix), and Postgres's sandbox.
 
-- ``base``: the ``Endpoint`` every backend hands back, ``ServiceStartError``, and helpers all backends share.
-- ``choice``: which backend serves each service (``auto``, a name, a URL), decided purely, for the report header.
-- ``runs``: what a run leaves on disk (run records, the xdist state folder), and reaping what a killed run left.
-- ``process``: server child processes and their temp folders.
-- ``postgres``, ``ollama``, ``phoenix``: one class per way of getting each service, plus what is special to it.
-- ``docker``: the little the Docker backends share.
-- ``backends``: the backend registry (``register_backend``) and the built-in backends.
-- ``manager``: the ``ServiceManager`` that starts, shares, stops.
-- ``session``: the pytest glue (configure, header, unconfigure, signals, the app's environment variables).
+The module map is in docs/architecture.md. In short: ``base`` (the ``Endpoint`` every backend hands back,
+``ServiceStartError``), ``choice`` (which backend serves each service), ``backends`` (the registry and the built-in
+backends), ``manager`` (the ``ServiceManager``), ``run_records`` and ``user_folder`` (what a run leaves on disk, and
+reaping what a killed run left), ``process``, one module per service (``postgres``, ``ollama``, ``phoenix``) with
+``ollama_models``, ``docker`` and ``docker_sweep`` for the Docker backends, ``service_settings``, and the sandbox: ``pg_databases``, ``pg_roles``,
+``pg_lockdown``, ``pg_session``, ``pg_guard``, ``pg_deadline``, ``pg_objects``, ``pg_leftovers`` and ``case_bounds``.
+The pytest glue for them is ``pytest/service_session.py``.
 """
