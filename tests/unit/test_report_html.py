@@ -213,13 +213,17 @@ class _DevTools:
 @pytest.fixture
 def devtools(tmp_path: Path) -> Iterator[_DevTools]:
     client = pytest.importorskip("websockets.sync.client", reason="websockets drives Chromium's DevTools")
+    browser_tmp = tmp_path / "tmp"
+    browser_tmp.mkdir()
     browser = subprocess.Popen(
         [
             _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
             "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank",
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": ""},  # no session bus here: Chromium's complaints stay short
+        # no session bus here: Chromium's complaints stay short. TMPDIR in the test's own folder: the browser is
+        # killed, and the singleton folder it makes in the temp dir (org.chromium.Chromium.*) would outlive it
+        env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": "", "TMPDIR": str(browser_tmp)},
     )  # fmt: skip
     try:
         assert browser.stderr is not None
