@@ -1,5 +1,5 @@
-"""What every service backend hands to tests, the error it raises when it cannot start, and the small helpers all
-backends share (a free port, an HTTP wait, a URL safe to print)."""
+"""What every service backend hands to tests, the error it raises when it cannot start, what it needs of its run's
+record, and the small helpers all backends share (a free port, an HTTP wait, a URL safe to print)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.core.url_secrets import redact_text, redact_url, split_userinfo, url_secrets
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 __all__ = [
     "LOG_TAIL_LINES",
     "SERVICES",
     "Endpoint",
+    "RunLedger",
     "ServiceStartError",
     "free_port",
     "http_ok",
@@ -95,6 +100,28 @@ class ServiceStartError(LLMTraceError):
         if fix:
             lines.append(f"fix: {fix}")
         super().__init__("\n".join(lines))
+
+
+class RunLedger(Protocol):
+    """What the Docker backends need of a run's record (``services.run_records.RunRecord``): who the run is, and
+    where each container's id is written the moment Docker makes it. A protocol, so that the Docker backends do not
+    import the run records: those import the Docker sweep."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def owner_pid(self) -> int: ...
+
+    @property
+    def owner_create_time(self) -> float: ...
+
+    @property
+    def token(self) -> str: ...
+
+    def add_container(self, container_id: str, service: str) -> None: ...
+
+    def remove_container(self, container_id: str) -> None: ...
 
 
 def free_port(host: str = "127.0.0.1") -> int:

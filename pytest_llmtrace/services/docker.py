@@ -35,12 +35,11 @@ from urllib.parse import urlsplit
 import psutil
 
 from pytest_llmtrace.core.errors import first_line
-from pytest_llmtrace.services.base import ServiceStartError, http_ok, wait_until
+from pytest_llmtrace.services.base import RunLedger, ServiceStartError, http_ok, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
-    from pytest_llmtrace.services.run_records import RunRecord
 
 # The images the Docker backends run unless --llmtrace-<service>-image says otherwise. Pinned: a tag decides the
 # server version results were recorded against, and "latest" changes under a test suite without a commit.
@@ -141,10 +140,10 @@ class ContainerOwner:
     pid_started: float  # the owner's create time: with the pid, it names one process
     host: str
     token: str | None = None
-    record: RunRecord | None = field(default=None, compare=False, repr=False)
+    record: RunLedger | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, record: RunRecord | None) -> ContainerOwner:
+    def of(cls, record: RunLedger | None) -> ContainerOwner:
         """The owner of ``record``'s run; without a record (a backend used on its own), this process, and then no
         later run can prove the container its own: only the backend's ``stop()`` removes it."""
         if record is None:
@@ -225,7 +224,7 @@ def prepare_container(
         _record_at_creation(container, owner.record, service)
 
 
-def _record_at_creation(container: Any, record: RunRecord, service: str) -> None:
+def _record_at_creation(container: Any, record: RunLedger, service: str) -> None:
     """Write the container's id into ``record`` as soon as the daemon has created it, before it starts and is
     waited for: a run killed during the wait still leaves a container the next run can prove its own.
 
@@ -269,7 +268,7 @@ def log_tail(container: Any, lines: int = 50) -> list[str]:
     return text.splitlines()[-lines:]
 
 
-def remove(container: Any, record: RunRecord | None = None) -> None:
+def remove(container: Any, record: RunLedger | None = None) -> None:
     """Remove a started (or half-started) container and its anonymous volumes, and forget it in ``record``; one
     already gone is no error."""
     if container is None or getattr(container, "_container", None) is None:
@@ -345,7 +344,7 @@ class DockerService:
     service: ClassVar[str]
     backend: ClassVar[str] = "docker"
 
-    def __init__(self, image: str, record: RunRecord | None = None) -> None:
+    def __init__(self, image: str, record: RunLedger | None = None) -> None:
         self.image = image
         self.record = record
         self._container: Any = None
