@@ -95,11 +95,22 @@ class Held:
     def close(self) -> None:
         READERS.close()
         self.watchdog.stop()
-        for pid, _ in _backends(self.admin, self.roles.reader.name):  # what a test left running on purpose
+        left = [pid for pid, _ in _backends(self.admin, self.roles.reader.name)]  # what a test left running on purpose
+        for pid in left:
             os.kill(pid, signal.SIGKILL)
+        # Until the postmaster has reaped them it has not begun the reset that ends every session of the server: a
+        # "SELECT 1" answered before that proves nothing, and the reset would then cut into the next test's session.
+        for pid in left:
+            _wait_reaped(pid)
         _wait_for_server(self.admin)
         drop_database(self.admin, self.name)
         self.roles.drop()
+
+
+def _wait_reaped(pid: int, seconds: float = 30) -> None:
+    until = time.monotonic() + seconds
+    while psutil.pid_exists(pid) and time.monotonic() < until:  # a zombie still exists until its parent reaps it
+        time.sleep(0.02)
 
 
 def _wait_for_server(url: str, seconds: float = 30) -> None:
@@ -201,6 +212,7 @@ def test_a_backend_is_killed_from_inside_the_server_as_for_a_container(held: Hel
         thread.join(10)
         assert not thread.is_alive()
         assert errors
+        _wait_reaped(pid)  # then the postmaster's reset has begun, and the server is ready again only after it
         _wait_for_server(held.admin)
         assert _backends(held.admin, held.roles.reader.name) == []
     finally:
