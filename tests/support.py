@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+from typing import Any
+
+import psycopg2
 
 from pytest_llmtrace.sources.importing import import_file
 from pytest_llmtrace.trace.model import Trace
@@ -38,3 +42,33 @@ def live_model_missing() -> str | None:
     if bundled_smollm2() is None:
         return f"the SmolLM2 GGUF is not installed ({SMOLLM2_HINT})"
     return None
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def rows(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """``sql`` on its own autocommit connection to ``url``: what the tests check a server with, apart from the
+    connections under test."""
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params or None)
+            return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()
+
+
+def golden_with_statement(statement: str) -> dict[str, Any]:
+    """customers_by_tier's golden trace with ``statement`` as the model's answer and the SQL the app ran."""
+    doc: dict[str, Any] = json.loads((REPO / "golden_traces" / "customers_by_tier.json").read_text(encoding="utf-8"))
+    for resource in doc["resourceSpans"]:
+        for scope in resource["scopeSpans"]:
+            for span in scope["spans"]:
+                for attribute in span["attributes"]:
+                    if attribute["key"] in ("llm.output_messages.0.message.content", "db.query.text") or (
+                        attribute["key"] == "output.value" and span["name"] == "ollama.chat"
+                    ):
+                        attribute["value"] = {"stringValue": statement}
+    return doc

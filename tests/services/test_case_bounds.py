@@ -24,6 +24,8 @@ from typing import Any
 import psutil
 import psycopg2
 import pytest
+from support import golden_with_statement as _golden
+from support import rows as _rows
 
 from pytest_llmtrace.checks.execute import execute_readonly
 from pytest_llmtrace.checks.reader_connections import READERS
@@ -48,17 +50,6 @@ UNCANCELLABLE = {
     "replace": "SELECT length(replace(repeat('a', 4000000), 'b' || repeat('a', 10000), 'x'))",
     "split_part": "SELECT length(split_part(repeat('a', 4000000), 'b' || repeat('a', 10000), 2))",
 }
-
-
-def _rows(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall()) if cur.description else []
-    finally:
-        conn.close()
 
 
 def _backends(admin: str, role: str) -> list[tuple[Any, ...]]:
@@ -352,20 +343,6 @@ def test_a_backend_that_sets_a_huge_work_mem_runs_out_of_memory_instead_of_takin
 
 
 # -- through a golden case --------------------------------------------------------------------------------------------
-
-
-def _golden(statement: str) -> dict[str, Any]:
-    """customers_by_tier's golden trace with ``statement`` as the model's answer and the SQL the app ran."""
-    doc: dict[str, Any] = json.loads((REPO / "golden_traces" / "customers_by_tier.json").read_text(encoding="utf-8"))
-    for resource in doc["resourceSpans"]:
-        for scope in resource["scopeSpans"]:
-            for span in scope["spans"]:
-                for attribute in span["attributes"]:
-                    if attribute["key"] in ("llm.output_messages.0.message.content", "db.query.text") or (
-                        attribute["key"] == "output.value" and span["name"] == "ollama.chat"
-                    ):
-                        attribute["value"] = {"stringValue": statement}
-    return doc
 
 
 def _project(pytester: pytest.Pytester, cases: dict[str, str], ini: str) -> None:

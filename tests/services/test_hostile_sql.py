@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from support import golden_with_statement as _golden
 
 from pytest_llmtrace.services.postgres import PostgresDatabase
 
@@ -142,20 +143,6 @@ def test_hostile(llmtrace_check, sql):
 def test_zz_a_good_statement_after_them(llmtrace_check):
     assert llmtrace_check.sql_executes(sql="SELECT count(*) FROM customers").rows == ((300,),)
 """
-
-
-def _golden(statement: str) -> dict[str, Any]:
-    """customers_by_tier's golden trace with ``statement`` as the model's answer and the SQL the app ran."""
-    doc: dict[str, Any] = json.loads((REPO / "golden_traces" / "customers_by_tier.json").read_text(encoding="utf-8"))
-    for resource in doc["resourceSpans"]:
-        for scope in resource["scopeSpans"]:
-            for span in scope["spans"]:
-                for attribute in span["attributes"]:
-                    if attribute["key"] in ("llm.output_messages.0.message.content", "db.query.text") or (
-                        attribute["key"] == "output.value" and span["name"] == "ollama.chat"
-                    ):
-                        attribute["value"] = {"stringValue": statement}
-    return doc
 
 
 def _project(pytester: pytest.Pytester) -> None:

@@ -13,10 +13,10 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
+from support import rows as _rows
 
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.services.pg_databases import create_template, database_url, drop_database
@@ -35,17 +35,6 @@ CREATE FUNCTION llmtrace_spy() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN
 END$$;
 CREATE TRIGGER llmtrace_spy AFTER UPDATE ON products FOR EACH STATEMENT EXECUTE FUNCTION llmtrace_spy();
 """
-
-
-def _rows(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params or None)
-            return list(cur.fetchall()) if cur.description else []
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg2
 import pytest
+from support import rows as _rows
 
 from pytest_llmtrace.checks.execute import execute_readonly, execute_untrusted
 from pytest_llmtrace.checks.reader_connections import READERS
@@ -28,17 +28,6 @@ from pytest_llmtrace.services.pg_lockdown import open_clone
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles, UnsafeLogin, verify_login
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Span, Trace
-
-
-def _rows(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall()) if cur.description else []
-    finally:
-        conn.close()
 
 
 def _error(url: str, sql: str) -> str | None:
