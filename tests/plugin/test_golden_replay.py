@@ -344,6 +344,50 @@ def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
         assert sources == {("total", "measured"), ("LLM", "replayed"), ("SQL", "measured"), ("CHAIN", "measured")}
 
 
+def test_role_changes_made_before_a_case_fail_it_the_same_way_for_golden_cases_and_llmtrace_check(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """SQL run outside any guard changed the session's reader role; the next case, of either kind, finds it restored
+    and says so. (Before one runner served both, a golden case restored it silently.)"""
+    _project(pytester, "customers_by_tier")
+    change = """
+        import psycopg2
+
+        def change_role(llmtrace_postgres):
+            conn = psycopg2.connect(llmtrace_postgres.reader_url)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("BEGIN READ WRITE")
+                cur.execute("ALTER ROLE CURRENT_USER SET statement_timeout = 0")
+                cur.execute("COMMIT")
+            conn.close()
+    """
+    pytester.makepyfile(
+        test_1_check=change
+        + """
+        def test_the_app_changes_the_role_then_checks(llmtrace_postgres, llm_trace, llmtrace_check):
+            change_role(llmtrace_postgres)
+            llmtrace_check.sql_executes(sql="SELECT 1")
+        """,
+        test_2_fixture=change
+        + """
+        def test_a_fixture_changes_the_role(llmtrace_postgres):
+            change_role(llmtrace_postgres)
+        """,
+    )
+    result = _run(
+        pytester, pg_url, "test_1_check.py", "test_2_fixture.py", "golden_traces", "-o", "llmtrace_checks=sql"
+    )
+    result.assert_outcomes(passed=1, failed=2)
+    sandbox = [
+        "[[]sandbox] the database roles were changed before this case (by SQL run outside the checks: the app of a "
+        "hand-written test, a fixture or an earlier test; restored now)",
+        "    role llmtrace_r_*: statement_timeout: * -> 0",
+    ]
+    for failed in ("test_the_app_changes_the_role_then_checks", "golden case customers_by_tier: 1 check failed"):
+        result.stdout.fnmatch_lines([f"*{failed}*", *sandbox])
+
+
 # -- 3. prompt changed, call never made --------------------------------------------------------------------------------
 
 OLD_LINE = "Revenue means the sum of orders.amount over orders with status 'paid'."
