@@ -13,20 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
-from support import bundled_smollm2, live_model_missing
+from support import GOLDEN, bundled_smollm2, golden_project, live_model_missing
 
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.otlp import read_trace
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "golden_traces"
-TARGET = "gateway.app:handle_user_request"
 CHECK_NAMES = {"sql", "results", "cost", "latency", "tokens", "snapshot"}
 
 
@@ -50,20 +47,6 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
             return list(cur.fetchall())
     finally:
         conn.close()
-
-
-def _project(pytester: pytest.Pytester, *cases: str, ini: str = "", target: str | None = TARGET) -> Path:
-    """company_db, the gateway as package ``gateway``, and ``cases`` with their snapshots; returns the golden dir."""
-    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
-    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
-    golden = pytester.path / "golden_traces"
-    (golden / "__snapshots__").mkdir(parents=True)
-    for case in cases:
-        shutil.copy(GOLDEN / f"{case}.json", golden / f"{case}.json")
-        shutil.copy(GOLDEN / "__snapshots__" / f"{case}.json", golden / "__snapshots__" / f"{case}.json")
-    target_line = f"llmtrace_target = {target}\n" if target else ""
-    pytester.makeini(f"[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n{target_line}{ini}")
-    return golden
 
 
 def _run(pytester: pytest.Pytester, pg_url: str, *args: str, own_process: bool = False) -> pytest.RunResult:
@@ -119,7 +102,7 @@ def _malformed(golden: Path) -> None:
 def test_each_golden_file_is_one_item_named_after_it_and_snapshots_are_not_collected(
     pytester: pytest.Pytester,
 ) -> None:
-    golden = _project(pytester, "customers_by_tier", "inactive_products")
+    golden = golden_project(pytester, "customers_by_tier", "inactive_products")
     _malformed(golden)
     result = pytester.runpytest("--collect-only", "-q")
     result.stdout.fnmatch_lines(
@@ -141,7 +124,7 @@ def test_each_golden_file_is_one_item_named_after_it_and_snapshots_are_not_colle
 def test_a_malformed_golden_file_is_one_failing_item_and_lf_and_xdist_treat_cases_like_tests(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    golden = _project(pytester, "customers_by_tier", "inactive_products")
+    golden = golden_project(pytester, "customers_by_tier", "inactive_products")
     _malformed(golden)
     result = _run(pytester, pg_url, "-n", "2")
     result.assert_outcomes(passed=2, failed=2)
@@ -172,7 +155,7 @@ def test_a_malformed_golden_file_is_one_failing_item_and_lf_and_xdist_treat_case
 def test_replay_checks_pass_a_good_case_and_name_what_broke_in_the_others(
     pytester: pytest.Pytester, pg_url: str, owner_url: str
 ) -> None:
-    golden = _project(
+    golden = golden_project(
         pytester,
         "inactive_products",
         "error_unknown_column",
@@ -281,7 +264,7 @@ def test_replay_checks_pass_a_good_case_and_name_what_broke_in_the_others(
 
 
 def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, pg_url: str) -> None:
-    _project(
+    golden_project(
         pytester,
         "customers_by_tier",
         "slow_higher_priced_items",
@@ -324,7 +307,7 @@ def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
 ) -> None:
     """Virtual time (the default; `recorded` also waits): the replayed LLM call lasts
     exactly its recorded duration, marked replayed; SQL and the app's own code are measured in this run."""
-    _project(pytester, "customers_by_tier")
+    golden_project(pytester, "customers_by_tier")
     recorded = read_trace(GOLDEN / "customers_by_tier.json")
     (call,) = recorded.llm_calls
     for speed in ("virtual", "recorded"):
@@ -349,17 +332,14 @@ def test_role_changes_made_before_a_case_fail_it_the_same_way_for_golden_cases_a
 ) -> None:
     """SQL run outside any guard changed the session's reader role; the next case, of either kind, finds it restored
     and says so. (Before one runner served both, a golden case restored it silently.)"""
-    _project(pytester, "customers_by_tier")
+    golden_project(pytester, "customers_by_tier")
     change = """
         import psycopg2
 
         def change_role(llmtrace_postgres):
             conn = psycopg2.connect(llmtrace_postgres.reader_url)
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("BEGIN READ WRITE")
-                cur.execute("ALTER ROLE CURRENT_USER SET statement_timeout = 0")
-                cur.execute("COMMIT")
+            with conn, conn.cursor() as cur:  # commits
+                cur.execute("SET TRANSACTION READ WRITE; ALTER ROLE CURRENT_USER SET statement_timeout = 0")
             conn.close()
     """
     pytester.makepyfile(
@@ -397,7 +377,7 @@ NEW_LINE = "Revenue means the sum of orders.amount over paid and pending orders.
 def test_a_changed_prompt_and_a_call_no_longer_made_fail_with_the_replay_diagnosis(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    _project(pytester, "customers_by_tier")
+    golden_project(pytester, "customers_by_tier")
     app = pytester.path / "gateway" / "app.py"
     source = app.read_text()
     assert OLD_LINE in source
@@ -522,7 +502,7 @@ def via_langchain(question):
 def test_replay_answers_other_ollama_clients_with_the_recorded_text(
     pytester: pytest.Pytester, pg_url: str, client: str
 ) -> None:
-    _project(pytester, "fenced_largest_order", target=f"clients:via_{client}")
+    golden_project(pytester, "fenced_largest_order", target=f"clients:via_{client}")
     pytester.makepyfile(clients=CLIENTS)
     recorded = read_trace(GOLDEN / "fenced_largest_order.json").llm_calls[0].output_text
     assert recorded.startswith("```")
@@ -568,7 +548,7 @@ def llmtrace_app(llmtrace_app, llm_trace):
 def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    golden = _project(pytester, "customers_by_tier")
+    golden = golden_project(pytester, "customers_by_tier")
     modelfile = (REPO / "fixtures" / "Modelfile").read_text()
     modelfile = "\n".join(
         f"FROM {bundled_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines()
@@ -628,7 +608,7 @@ def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay
 
 
 def test_a_misspelled_mode_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
-    _project(pytester, "customers_by_tier")
+    golden_project(pytester, "customers_by_tier")
     result = pytester.runpytest("--llmtrace-mode=replya")
     result.stderr.fnmatch_lines(
         [
@@ -640,7 +620,7 @@ def test_a_misspelled_mode_is_a_usage_error_with_the_near_miss(pytester: pytest.
 
 
 def test_a_case_marks_line_without_a_glob_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    _project(pytester, "customers_by_tier", ini="llmtrace_case_marks =\n    bad line\n")
+    golden_project(pytester, "customers_by_tier", ini="llmtrace_case_marks =\n    bad line\n")
     result = pytester.runpytest()
     result.stderr.fnmatch_lines(
         ["ERROR: llmtrace_case_marks line 'bad line': expected '<case glob>: <mark>', e.g. 'error_*: xfail'"]
@@ -649,7 +629,7 @@ def test_a_case_marks_line_without_a_glob_is_a_usage_error(pytester: pytest.Pyte
 
 
 def test_without_a_target_the_case_fails_saying_how_to_name_the_app(pytester: pytest.Pytester, pg_url: str) -> None:
-    _project(pytester, "customers_by_tier", target=None)
+    golden_project(pytester, "customers_by_tier", target=None)
     result = _run(pytester, pg_url)
     result.assert_outcomes(failed=1)  # a configuration problem fails the case with the fix, no traceback
     result.stdout.fnmatch_lines(
@@ -673,7 +653,7 @@ def test_without_a_target_the_case_fails_saying_how_to_name_the_app(pytester: py
 def test_snapshot_update_keeps_the_snapshot_of_a_case_that_could_not_run(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    golden = _project(pytester, "customers_by_tier", target=None)
+    golden = golden_project(pytester, "customers_by_tier", target=None)
     result = _run(pytester, pg_url, "--snapshot-update")
     result.assert_outcomes(failed=1)
     assert (golden / "__snapshots__" / "customers_by_tier.json").is_file()
@@ -718,7 +698,7 @@ def answer(question):
 
 
 def test_an_app_that_installs_its_own_provider_at_import_is_recorded(pytester: pytest.Pytester, pg_url: str) -> None:
-    _project(pytester, "customers_by_tier", target="ownapp:answer")
+    golden_project(pytester, "customers_by_tier", target="ownapp:answer")
     pytester.makepyfile(ownapp=OWN_PROVIDER_APP)
     result = _run(pytester, pg_url, "-s", own_process=True)  # the global provider: once per process
     result.assert_outcomes(passed=1)  # the snapshot's span tree matched: the recorder saw the app's three spans
@@ -728,7 +708,7 @@ def test_an_app_that_installs_its_own_provider_at_import_is_recorded(pytester: p
 def test_the_app_fixture_can_be_overridden_and_the_app_may_get_a_writable_db(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    _project(pytester, "customers_by_tier", target=None, ini="llmtrace_app_db = owner\n")
+    golden_project(pytester, "customers_by_tier", target=None, ini="llmtrace_app_db = owner\n")
     pytester.makeconftest(
         """
         import os
@@ -759,7 +739,7 @@ def test_a_recording_without_model_names_replays_under_the_configured_model(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
     """Some instrumentations leave out llm.model_name; the replay server then answers to llmtrace_ollama_model."""
-    golden = _project(pytester, "customers_by_tier")
+    golden = golden_project(pytester, "customers_by_tier")
 
     def drop_model_name(doc: dict[str, Any]) -> None:
         for span in _spans(doc):

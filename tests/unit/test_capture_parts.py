@@ -8,12 +8,12 @@ import datetime as dt
 import http.server
 import io
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import http_server
 
 from pytest_llmtrace.cli import golden_file_name, main
 from pytest_llmtrace.sources.capture.command import add_arguments
@@ -268,14 +268,8 @@ def web_page() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as url:
+        yield url
 
 
 def test_a_server_that_is_not_phoenix_is_one_line(

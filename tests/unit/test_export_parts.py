@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
+from support import http_server
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, ReplayMiss
 from pytest_llmtrace.results.case_record import as_case
@@ -230,14 +230,8 @@ class _Phoenixish(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def refusing_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Phoenixish)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_Phoenixish) as url:
+        yield url
 
 
 def test_a_refused_api_key_is_one_line_with_the_fix_and_never_the_key(refusing_server: str) -> None:
