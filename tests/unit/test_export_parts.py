@@ -20,7 +20,7 @@ from opentelemetry.trace import Status, StatusCode
 from support import http_server
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, ReplayMiss
-from pytest_llmtrace.results.case_record import as_case
+from pytest_llmtrace.results.case_record import read_case
 from pytest_llmtrace.results.summary import summary_markdown
 from pytest_llmtrace.services.base import free_port
 from pytest_llmtrace.sinks.naming import check_project_name, project_url, run_project_name, trace_url
@@ -196,15 +196,15 @@ def test_annotations_follow_phoenixs_span_annotation_schema() -> None:
 
 
 def test_summary_md_links_failing_cases_only_when_the_run_was_exported() -> None:
-    case = as_case({"case_id": "error_syntax", "verdict": "failed", "app_error": "boom", "phoenix_url": None})
+    case = read_case({"case_id": "error_syntax", "verdict": "failed", "app_error": "boom", "phoenix_url": None})
     assert "| case | verdict | why |\n|---|---|---|\n| `error_syntax` | failed | `boom` |\n" in summary_markdown(
         [case], []
     )
-    linked = as_case({**case, "phoenix_url": "http://px/projects/P/traces/T"})
+    linked = read_case({**case, "phoenix_url": "http://px/projects/P/traces/T"})
     assert "| `error_syntax` | failed | `boom` | [trace](http://px/projects/P/traces/T) |" in summary_markdown(
         [linked], []
     )
-    hostile = as_case({**case, "phoenix_url": "javascript:alert(1)"})
+    hostile = read_case({**case, "phoenix_url": "javascript:alert(1)"})
     assert "javascript" not in summary_markdown([hostile], [])
 
 
