@@ -192,6 +192,11 @@ def reference_app(server: ReplayServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("DB_URI", "postgresql://replay@127.0.0.1:1/company_db?connect_timeout=1")  # nothing listens
     monkeypatch.delenv("LLM_MODEL", raising=False)
     monkeypatch.syspath_prepend(str(FIXTURES))
+    # Imported afresh and forgotten after the test: a later in-process pytester run must import its own project's
+    # gateway, not find this one in sys.modules (test_golden_replay's changed-prompt test passed wrongly after it).
+    for name in ("gateway", "gateway.app"):
+        monkeypatch.setitem(sys.modules, name, None)  # undone after the test: the entry is as it was before
+        del sys.modules[name]
     from gateway.app import handle_user_request
 
     return handle_user_request
