@@ -125,3 +125,61 @@ def collector() -> Iterator[tuple[str, Collected]]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def _hex(value: str) -> str:
+    import base64
+
+    return base64.b64decode(value).hex()
+
+
+def _iso(ns: str) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(int(ns) / 1e9, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def langfuse_observations(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What Langfuse's server lists for the spans its SDK sent (``GET /api/public/v2/observations``), each one
+    validated by the SDK's own ``ObservationV2`` model and written back by it."""
+    from langfuse.api import ObservationV2
+    from langfuse.api.core.pydantic_utilities import parse_obj_as
+
+    observations = []
+    for request in requests:
+        for resource in request.get("resourceSpans", []):
+            for scope in resource.get("scopeSpans", []):
+                for span in scope.get("spans", []):
+                    attrs = {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", [])}
+
+                    def field(name: str, decode: bool = True, attrs: dict[str, Any] = attrs) -> Any:
+                        value = attrs.get("langfuse.observation." + name)
+                        if value is None or not decode:
+                            return value
+                        try:
+                            return json.loads(value)
+                        except ValueError:
+                            return value
+
+                    document = {
+                        "id": _hex(span["spanId"]),
+                        "traceId": _hex(span["traceId"]),
+                        "projectId": "local-project",
+                        "type": str(field("type", decode=False) or "span").upper(),
+                        "name": span["name"],
+                        "startTime": _iso(span["startTimeUnixNano"]),
+                        "endTime": _iso(span["endTimeUnixNano"]),
+                        "parentObservationId": _hex(span["parentSpanId"]) if span.get("parentSpanId") else None,
+                        "input": field("input"),
+                        "output": field("output"),
+                        "model": field("model.name", decode=False),
+                        "modelParameters": field("model.parameters"),
+                        "usageDetails": field("usage_details"),
+                        "costDetails": field("cost_details"),
+                        "completionStartTime": field("completion_start_time"),
+                        "level": field("level", decode=False) or "DEFAULT",
+                        "statusMessage": field("status_message", decode=False),
+                    }
+                    model = parse_obj_as(ObservationV2, {k: v for k, v in document.items() if v is not None})
+                    observations.append(json.loads(model.json()))
+    return observations

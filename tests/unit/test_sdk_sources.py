@@ -3,23 +3,29 @@ and read through the conventions registry; the API shapes validated with the SDK
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import sys
+import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pytest_llmtrace.cli import main as llmtrace
 from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
 from pytest_llmtrace.modelapi import OllamaAPIServer
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.sources.importing import import_file
 from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.otlp import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdk_apps import MODEL, SQL_ERROR, SYSTEM, langfuse_app, langsmith_app
-from sdk_collector import Collected, collector
+from sdk_collector import Collected, collector, langfuse_observations
 
 GOOD = "How many customers do we have in each tier?"
 GOOD_SQL = "SELECT tier, count(*) AS customers FROM customers GROUP BY tier;"
@@ -178,3 +184,170 @@ def test_a_malformed_run_names_the_file_the_path_and_what_was_expected(
     with pytest.raises(TraceFormatError) as info:
         import_file(path)
     assert str(info.value).startswith(f"{path}: at $[1].start_time: expected a string")
+
+
+# -- capture from the servers ----------------------------------------------------------------------------------------
+
+
+class _Api:
+    """A local Langfuse or LangSmith API: ``answers`` is consumed first (status, headers) for errors; then pages."""
+
+    def __init__(self, pages: list[Any], *, errors: list[tuple[int, dict[str, str]]] | None = None) -> None:
+        self.pages = pages
+        self.errors = list(errors or [])
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+
+@contextlib.contextmanager
+def _serve(api: _Api, route: Any) -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _handle(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            api.seen.append((self.command, self.path, dict(self.headers), body))
+            if api.errors:
+                status, headers = api.errors.pop(0)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                return
+            status, payload = route(self.command, self.path, self.headers, body)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _handle
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _langfuse_route(pages: list[list[dict[str, Any]]]) -> Any:
+    def route(method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any]:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        assert path.startswith("/api/public/v2/observations")
+        assert query["limit"] == ["1000"]
+        index = int(query.get("cursor", ["0"])[0])
+        meta = {"cursor": str(index + 1) if index + 1 < len(pages) else None}
+        return 200, {"data": pages[index], "meta": meta}
+
+    return route
+
+
+def _capture(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = llmtrace(["capture", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_langfuse_capture_reads_cursor_pages_through_429_and_5xx(
+    langfuse_sent: Collected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    observations = langfuse_observations(langfuse_sent.otlp)
+    pages = [observations[i : i + 2] for i in range(0, len(observations), 2)]
+    api = _Api(pages, errors=[(429, {"Retry-After": "0"}), (503, {})])
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-local")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-local")
+    with _serve(api, _langfuse_route(pages)) as url:
+        code, out, err = _capture(["--langfuse-url", url, "--out", str(tmp_path / "golden")], capsys)
+    assert code == 0, err
+    assert "read API can lag its ingestion by minutes" in err
+    assert {h.get("Authorization") for _, _, h, _ in api.seen} == {"Basic cGstbGYtbG9jYWw6c2stbGYtbG9jYWw="}
+    assert len(api.seen) == 2 + len(pages)
+    assert "wrote 2 traces" in out  # the LangChain run asks the same question with the same SQL: a duplicate
+    assert "1 duplicates skipped" in out
+    files = sorted((tmp_path / "golden").glob("*.json"))
+    traces = {read_trace(f).question().text: read_trace(f) for f in files}
+    good = traces[GOOD]
+    resource = good.root.resource_attributes
+    assert (resource["llmtrace.capture.source"], resource["llmtrace.capture.trace_id"]) == (
+        "langfuse",
+        good.trace_ids[0],
+    )
+    assert str(resource["llmtrace.capture.link"]).endswith(f"/trace/{good.trace_ids[0]}")
+    (call,) = traces[BAD].llm_calls  # the decorated app's (the LangChain one, newer, kept the good question)
+    assert call.span.attributes["gen_ai.usage.cost"] == pytest.approx(0.0004)
+    assert call.span.attributes["gen_ai.server.time_to_first_token"] == pytest.approx(0.025, abs=0.002)
+    assert [s.ok for s in traces[BAD].sql_statements] == [False]
+
+
+def test_langfuse_capture_says_which_keys_a_401_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-wrong")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-wrong")
+    api = _Api([], errors=[(401, {})])
+    with _serve(api, _langfuse_route([[]])) as url:
+        code, _, err = _capture(["--langfuse-url", url, "--out", str(tmp_path)], capsys)
+    assert code == 1
+    assert "answered 401 Unauthorized; fix: check LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY" in err
+    assert "sk-lf-wrong" not in err
+
+
+def test_langfuse_capture_without_keys_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("LANGFUSE_PUBLIC_KEY", raising=False)
+    code, _, err = _capture(["--langfuse-url", "http://127.0.0.1:9", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    assert "set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY" in err
+
+
+def test_langfuse_capture_of_a_trace_not_yet_readable_notes_the_lag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk")
+    with _serve(_Api([]), _langfuse_route([[]])) as url:
+        code, _, err = _capture(["--langfuse-url", url, "--out", str(tmp_path), "--since", "5m"], capsys)
+    assert code == 0
+    assert "no traces match the filters (or not yet readable" in err
+
+
+def test_langsmith_capture_reads_the_projects_runs_in_pages(
+    langsmith_sent: Collected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from langsmith.schemas import Run
+
+    runs = [json.loads(Run(**r).model_dump_json()) for r in langsmith_sent.run_list()]  # as the SDK's model writes them
+    pages = [runs[i : i + 4] for i in range(0, len(runs), 4)]
+
+    def route(method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any]:
+        assert headers["x-api-key"] == "lsv2-local"
+        if path.startswith("/sessions"):
+            return 200, [{"id": "3f1c0e4e-0000-4000-8000-000000000001", "name": "text2sql"}]
+        assert path == "/runs/query"
+        query = json.loads(body)
+        assert query["session"] == ["3f1c0e4e-0000-4000-8000-000000000001"]
+        index = int(query.get("cursor") or 0)
+        return 200, {"runs": pages[index], "cursors": {"next": str(index + 1) if index + 1 < len(pages) else None}}
+
+    monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-local")
+    api = _Api(pages, errors=[(500, {})])
+    with _serve(api, route) as url:
+        monkeypatch.setenv("LANGSMITH_ENDPOINT", url)
+        code, out, err = _capture(
+            ["--langsmith-project", "text2sql", "--out", str(tmp_path), "--errors-only", "--dedupe", "none"], capsys
+        )
+    assert code == 0, err
+    assert "wrote 1 traces" in out  # only the trace whose SQL failed
+    (only,) = tmp_path.glob("*.json")
+    trace = read_trace(only)
+    assert trace.question().text == BAD
+    assert trace.root.resource_attributes["llmtrace.capture.source"] == "langsmith"
+    assert trace.llm_calls[0].convention == "langsmith"
