@@ -176,9 +176,19 @@ def _numbers(doc: Doc, key: str) -> dict[str, float | int]:
 
 
 def _legacy_usage(doc: Doc) -> dict[str, float | int]:
-    """The v1 ``usage`` object (``input`` / ``output`` / ``total``, or OpenAI's names) of older observations."""
-    usage = _numbers(doc, "usage") if isinstance(doc.obj().get("usage"), dict) else {}
-    return {k: v for k, v in usage.items() if k in ("input", "output", "total", "promptTokens", "completionTokens")}
+    """The v1 ``usage`` object (``input`` / ``output`` / ``total`` and a ``unit``) of older observations."""
+    usage = doc.obj().get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    out: dict[str, float | int] = {}
+    for name in ("input", "output", "total"):
+        value = usage.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise doc.key("usage").key(name).fail("a number")
+        out[name] = value
+    return out if any(out.values()) else {}
 
 
 def _with_trace_fields(span: Span, doc: Doc, trace: dict[str, Any]) -> Span:

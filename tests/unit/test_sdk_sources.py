@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pytest_llmtrace.checks.runner import sql_of
 from pytest_llmtrace.cli import main as llmtrace
 from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
 from pytest_llmtrace.modelapi import OllamaAPIServer
@@ -351,3 +352,99 @@ def test_langsmith_capture_reads_the_projects_runs_in_pages(
     assert trace.question().text == BAD
     assert trace.root.resource_attributes["llmtrace.capture.source"] == "langsmith"
     assert trace.llm_calls[0].convention == "langsmith"
+
+
+# -- Langfuse's API shapes -------------------------------------------------------------------------------------------
+
+
+def _legacy_usage(details: dict[str, int]) -> dict[str, Any]:
+    tokens_in, tokens_out = details.get("input", 0), details.get("output", 0)
+    return {"input": tokens_in, "output": tokens_out, "total": tokens_in + tokens_out, "unit": "TOKENS"}
+
+
+def _full_trace(observations: list[dict[str, Any]], question: str) -> dict[str, Any]:
+    """``GET /api/public/traces/{id}`` for the trace that asked ``question``, through the SDK's own model."""
+    from langfuse.api import TraceWithFullDetails
+    from langfuse.api.core.pydantic_utilities import parse_obj_as
+
+    root = next(o for o in observations if o.get("parentObservationId") is None and question in json.dumps(o["input"]))
+    mine = [
+        {  # what the v1 API adds to each observation: the legacy usage object and empty defaults
+            "modelParameters": {},
+            "input": None,
+            "output": None,
+            "usageDetails": {},
+            "costDetails": {},
+            "environment": "default",
+            **o,
+            "usage": _legacy_usage(o.get("usageDetails", {})),
+        }
+        for o in observations
+        if o["traceId"] == root["traceId"]
+    ]
+    document = {
+        "id": root["traceId"],
+        "timestamp": root["startTime"],
+        "name": root["name"],
+        "input": root["input"],
+        "output": root.get("output"),
+        "userId": "u-1001",
+        "sessionId": "s-1",
+        "tags": ["prod"],
+        "metadata": {"release": "2024.05"},
+        "public": False,
+        "environment": "default",
+        "htmlPath": f"/project/p/traces/{root['traceId']}",
+        "observations": mine,
+        "scores": [],
+    }
+    return json.loads(parse_obj_as(TraceWithFullDetails, document).json())
+
+
+def test_a_langfuse_api_trace_imports_with_the_trace_fields_on_its_root(
+    langfuse_sent: Collected, tmp_path: Path
+) -> None:
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(_full_trace(langfuse_observations(langfuse_sent.otlp), BAD)))
+    imported = import_file(path)
+    assert imported.format.startswith("Langfuse trace")
+    (trace,) = imported.traces
+    assert trace.root.attributes["user.id"] == "u-1001"
+    assert trace.root.attributes["langfuse.trace.tags"] == ("prod",)
+    assert trace.question().text == BAD
+    assert [(s.text, s.ok) for s in trace.sql_statements] == [(BAD_SQL, False)]
+    assert trace.llm_calls[0].span.attributes["gen_ai.usage.cost"] == pytest.approx(0.0004)
+
+
+def test_without_a_sql_span_the_sql_is_the_models_answer_and_import_says_so(
+    langfuse_sent: Collected, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = _full_trace(langfuse_observations(langfuse_sent.otlp), BAD)
+    document["observations"] = [o for o in document["observations"] if o["type"] != "TOOL"]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(document))
+    assert llmtrace(["import", str(path), "--out", str(tmp_path / "golden")]) == 0
+    assert "no SQL span: the SQL is the model's answer" in capsys.readouterr().out
+    (golden,) = (tmp_path / "golden").glob("*.json")
+    assert sql_of(read_trace(golden)) == BAD_SQL
+
+
+def test_a_malformed_langfuse_observation_names_its_path(langfuse_sent: Collected, tmp_path: Path) -> None:
+    document = _full_trace(langfuse_observations(langfuse_sent.otlp), GOOD)
+    document["observations"][1]["usageDetails"] = {"input": "many"}
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(TraceFormatError, match=r"at \$\.observations\[1\]\.usageDetails\.input: expected a number"):
+        import_file(path)
+
+
+def test_an_unknown_observation_type_is_a_plain_span(langfuse_sent: Collected, tmp_path: Path) -> None:
+    observations = langfuse_observations(langfuse_sent.otlp)
+    for o in observations:
+        if o["type"] == "TOOL":
+            o["type"] = "SQL_RUNNER"
+    path = tmp_path / "page.json"
+    path.write_text(json.dumps({"data": observations, "meta": {"cursor": None}}))
+    with pytest.warns(TraceFormatWarning, match="observation type 'SQL_RUNNER'.*plain span"):
+        imported = import_file(path)
+    assert imported.span_count == len(observations)
