@@ -168,6 +168,7 @@ def _text(value: Any) -> tuple[str | None, str]:
 
 
 _NOT_JSON = object()
+_QUESTION_KEYS = ("question", "query", "input", "prompt")  # a function's inputs by name: the one that asks
 
 
 def _walk(value: Any, path: Sequence[str]) -> tuple[Any, str]:
@@ -205,7 +206,8 @@ def _traceloop_default(value: AttrValue) -> tuple[str | None, str]:
 
 
 def _arguments_default(value: AttrValue) -> tuple[str | None, str]:
-    """Text as it is; JSON text: ``@observe``'s ``args[0]`` or only text kwarg, else the only text input."""
+    """Text as it is; JSON text: ``@observe``'s ``args[0]`` or only text kwarg; inputs by name (``@traceable``):
+    ``question`` (or ``query``, ``input``, ``prompt``), else the only text input."""
     decoded = loads_json(value, _NOT_JSON)
     if decoded is _NOT_JSON:
         return _text(value)
@@ -214,6 +216,9 @@ def _arguments_default(value: AttrValue) -> tuple[str | None, str]:
     if isinstance(decoded, Mapping) and ("args" in decoded or "kwargs" in decoded):
         return _traceloop_default(value)
     if isinstance(decoded, Mapping):
+        named = next((decoded[k] for k in _QUESTION_KEYS if isinstance(decoded.get(k), str)), None)
+        if named is not None and named.strip():
+            return named, ""
         texts = [v for v in decoded.values() if isinstance(v, str)]
         if len(texts) == 1 and texts[0].strip():
             return texts[0], ""

@@ -26,7 +26,7 @@ from pytest_llmtrace.trace.otlp import read_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdk_apps import MODEL, SQL_ERROR, SYSTEM, langfuse_app, langsmith_app
-from sdk_collector import Collected, collector, langfuse_observations
+from sdktraced.collector import Collected, collector, langfuse_observations
 
 GOOD = "How many customers do we have in each tier?"
 GOOD_SQL = "SELECT tier, count(*) AS customers FROM customers GROUP BY tier;"
