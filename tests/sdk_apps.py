@@ -20,7 +20,7 @@ def _messages(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
-def langfuse_app(base_url: str, ollama_url: str) -> tuple[Any, Callable[[str], Any], Callable[[str], Any]]:
+def langfuse_app(base_url: str, ollama_url: str) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
     """``(client, answer, answer_with_langchain)``: Langfuse's ``@observe`` with a generation of its own, and
     LangChain's ChatOllama under Langfuse's CallbackHandler. The client exports only to ``base_url``."""
     import ollama
@@ -77,7 +77,7 @@ def langfuse_app(base_url: str, ollama_url: str) -> tuple[Any, Callable[[str], A
     return client, answer, answer_with_langchain
 
 
-def langsmith_app(endpoint: str, ollama_url: str) -> tuple[Any, Callable[[str], Any], Callable[[str], Any]]:
+def langsmith_app(endpoint: str, ollama_url: str) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
     """``(client, answer, answer_with_langchain)``: ``@traceable`` with an ``llm`` run of its own, and LangChain's
     ChatOllama traced by LangSmith's LangChain tracer. Every run goes to ``endpoint``."""
     import ollama

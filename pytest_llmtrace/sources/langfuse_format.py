@@ -13,6 +13,7 @@ a type the SDK does not define is read as a plain span, with a warning.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -191,7 +192,7 @@ def _legacy_usage(doc: Doc) -> dict[str, float | int]:
     return out if any(out.values()) else {}
 
 
-def _with_trace_fields(span: Span, doc: Doc, trace: dict[str, Any]) -> Span:
+def _with_trace_fields(span: Span, doc: Doc, trace: Mapping[str, Any]) -> Span:
     attrs = dict(span.attributes)
     if trace.get("name") is not None:
         attrs[LANGFUSE_TRACE_NAME] = doc.key("name").string()

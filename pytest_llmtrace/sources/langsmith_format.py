@@ -12,7 +12,7 @@ read as a plain span, with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pytest_llmtrace.core.errors import warn_format
@@ -110,7 +110,8 @@ def span_from_run(doc: Doc, *, parent: str | None = None, trace: str | None = No
 def _attributes(doc: Doc, run_type: str) -> dict[str, AttrValue]:
     run = doc.obj()
     extra = doc.key("extra").obj() if run.get("extra") is not None else {}
-    metadata = extra.get("metadata") if isinstance(extra.get("metadata"), dict) else {}
+    given = extra.get("metadata")
+    metadata: dict[str, Any] = given if isinstance(given, dict) else {}
     attrs: dict[str, AttrValue] = {
         LANGSMITH_KIND: run_type,
         "langsmith.trace.name": doc.key("name").string(),
@@ -175,7 +176,7 @@ def _number(doc: Doc) -> AttrValue:
     return value
 
 
-def _usage(run: dict[str, Any]) -> dict[str, AttrValue]:
+def _usage(run: Mapping[str, Any]) -> dict[str, AttrValue]:
     """Token counts and cost under the GenAI names: the run's own counts, else ``usage_metadata`` in its outputs."""
     out: dict[str, AttrValue] = {}
     counts = {"prompt_tokens": run.get("prompt_tokens"), "completion_tokens": run.get("completion_tokens")}

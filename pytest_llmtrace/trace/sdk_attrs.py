@@ -227,7 +227,8 @@ def _messages(value: Any, role: str) -> list[tuple[str, str]]:
         if key in value:
             return _messages(value[key], role)
     if "args" in value or "kwargs" in value:  # @observe's input
-        kwargs = value.get("kwargs") if isinstance(value.get("kwargs"), Mapping) else {}
+        given = value.get("kwargs")
+        kwargs: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         if kwargs and "messages" in kwargs:
             return _messages(kwargs["messages"], role)
         return _messages(list(value.get("args") or ()) + list(kwargs.values()), role)

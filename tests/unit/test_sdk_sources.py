@@ -398,7 +398,8 @@ def _full_trace(observations: list[dict[str, Any]], question: str) -> dict[str, 
         "observations": mine,
         "scores": [],
     }
-    return json.loads(parse_obj_as(TraceWithFullDetails, document).json())
+    validated: dict[str, Any] = json.loads(parse_obj_as(TraceWithFullDetails, document).json())
+    return validated
 
 
 def test_a_langfuse_api_trace_imports_with_the_trace_fields_on_its_root(

@@ -218,7 +218,8 @@ class LangSmithSource:
         raise CaptureError(f"POST {self.client.url}/runs/query still had a next page after {MAX_PAGES:,} pages")
 
     def link(self, trace: Trace) -> str:
-        return f"{self.client.url}/projects/p/{self.project_id}/r/{trace.root.attributes.get('langsmith.run.id', '')}"
+        run_id = str(trace.root.attributes.get("langsmith.run.id", ""))
+        return f"{self.client.url}/projects/p/{self.project_id}/r/{run_id}"
 
 
 def traces(source: LangfuseSource | LangSmithSource) -> list[Trace]:
