@@ -449,3 +449,57 @@ def test_an_unknown_observation_type_is_a_plain_span(langfuse_sent: Collected, t
     with pytest.warns(TraceFormatWarning, match="observation type 'SQL_RUNNER'.*plain span"):
         imported = import_file(path)
     assert imported.span_count == len(observations)
+
+
+# -- LangSmith's OpenTelemetry mode ----------------------------------------------------------------------------------
+
+
+def test_langsmith_otel_mode_spans_are_read_through_the_conventions(ollama_url: str, tmp_path: Path) -> None:
+    """``Client(tracing_mode="otel")``: the runs become OpenTelemetry spans (here into a private provider's memory)."""
+    import ollama
+    from langsmith import Client, traceable, tracing_context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from pytest_llmtrace.trace.otlp import trace_to_request
+    from pytest_llmtrace.trace.sdk import trace_from_readable
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with collector() as (url, got):
+        client = Client(api_url=url, api_key="lsv2-local", tracing_mode="otel", otel_tracer_provider=provider)
+
+        @traceable(run_type="tool", name="run_sql")
+        def run_sql(sql: str) -> dict[str, Any]:
+            return {"rows": []}
+
+        @traceable(run_type="llm", name="ollama.chat", metadata={"ls_model_name": MODEL, "ls_provider": "ollama"})
+        def chat(messages: list[dict[str, str]]) -> dict[str, Any]:
+            reply = ollama.Client(host=ollama_url).chat(model=MODEL, messages=messages)
+            usage = {"input_tokens": reply.prompt_eval_count, "output_tokens": reply.eval_count}
+            return {
+                "choices": [{"message": {"role": "assistant", "content": reply.message.content}}],
+                "usage_metadata": usage,
+            }
+
+        @traceable(name="text2sql")
+        def traced(question: str, user_id: str | None = None) -> dict[str, Any]:
+            reply = chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}])
+            return run_sql(reply["choices"][0]["message"]["content"])
+
+        with tracing_context(enabled=True, client=client, project_name="text2sql"):
+            traced(GOOD, user_id="u-1001")
+        client.flush()
+        assert got.run_list() == []  # otel mode: nothing posted as runs
+    recorded = trace_from_readable(exporter.get_finished_spans())
+    path = tmp_path / "langsmith-otel.json"
+    path.write_text(json.dumps(trace_to_request(recorded)))
+    trace = next(t for t in import_file(path).traces if t.root.name == "text2sql")
+    (call,) = trace.llm_calls
+    assert (call.convention, call.model, call.output_text) == ("langsmith", MODEL, GOOD_SQL)
+    assert [m.role for m in call.input_messages] == ["system", "user"]
+    assert call.prompt_tokens
+    assert trace.question().text == GOOD
+    assert [s.text for s in trace.sql_statements] == [GOOD_SQL]
