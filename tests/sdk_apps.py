@@ -77,9 +77,12 @@ def langfuse_app(base_url: str, ollama_url: str) -> tuple[Any, Callable[..., Any
     return client, answer, answer_with_langchain
 
 
-def langsmith_app(endpoint: str, ollama_url: str) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
-    """``(client, answer, answer_with_langchain)``: ``@traceable`` with an ``llm`` run of its own, and LangChain's
-    ChatOllama traced by LangSmith's LangChain tracer. Every run goes to ``endpoint``."""
+def langsmith_app(
+    endpoint: str, ollama_url: str
+) -> tuple[Any, Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """``(client, answer, answer_with_langchain, answer_streaming)``: ``@traceable`` with an ``llm`` run of its own,
+    and LangChain's ChatOllama (invoked, and streamed: its run gets ``new_token`` events) traced by LangSmith's
+    LangChain tracer. Every run goes to ``endpoint``."""
     import ollama
     from langchain_ollama import ChatOllama
     from langsmith import Client, traceable, tracing_context
@@ -123,12 +126,21 @@ def langsmith_app(endpoint: str, ollama_url: str) -> tuple[Any, Callable[..., An
         except RuntimeError as exc:
             return {"rows": [], "error": str(exc)}
 
+    @traceable(name="text2sql-streaming")
+    def traced_streaming(question: str) -> dict[str, Any]:
+        text = "".join(str(chunk.content) for chunk in chat_model.stream([("system", SYSTEM), ("human", question)]))
+        return run_sql(text)
+
     def answer(question: str) -> Any:
         with tracing_context(enabled=True, client=client, project_name="text2sql"):
             return traced_answer(question, user_id="u-1001")
+
+    def answer_streaming(question: str) -> Any:
+        with tracing_context(enabled=True, client=client, project_name="text2sql"):
+            return traced_streaming(question)
 
     def answer_with_langchain(question: str) -> Any:
         with tracing_context(enabled=True, client=client, project_name="text2sql"):
             return traced_langchain(question)
 
-    return client, answer, answer_with_langchain
+    return client, answer, answer_with_langchain, answer_streaming

@@ -55,10 +55,11 @@ def langfuse_sent(ollama_url: str) -> Iterator[Collected]:
 @pytest.fixture(scope="module")
 def langsmith_sent(ollama_url: str) -> Iterator[Collected]:
     with collector() as (url, got):
-        client, answer, with_langchain = langsmith_app(url, ollama_url)
+        client, answer, with_langchain, streaming = langsmith_app(url, ollama_url)
         answer(GOOD)
         answer(BAD)
         with_langchain(GOOD)
+        streaming(GOOD)
         client.flush()
         yield got
 
@@ -126,7 +127,7 @@ def test_langsmith_runs_posted_by_the_sdk_import_as_a_run_export(langsmith_sent:
     path.write_text(json.dumps(runs))
     imported = import_file(path)
     assert imported.format == "LangSmith run export"
-    assert len(imported.traces) == 3
+    assert len(imported.traces) == 4
     good = next(t for t in imported.traces if t.root.name == "text2sql" and t.question().text == GOOD)
     (call,) = good.llm_calls
     assert (call.convention, call.model, call.output_text) == ("langsmith", MODEL, GOOD_SQL)
@@ -146,6 +147,35 @@ def test_langsmith_langchain_runs_give_the_chat_model_call(langsmith_sent: Colle
     assert call.prompt_tokens
     assert call.completion_tokens
     assert trace.question().text == GOOD
+
+
+def test_a_streamed_langsmith_run_keeps_its_first_token_time_and_cost(
+    langsmith_sent: Collected, tmp_path: Path
+) -> None:
+    """The run's ``first_token_time`` (else its first ``new_token`` event) gives the time to the first token; the
+    counts and cost LangSmith's server adds to an export (``prompt_tokens``, ``total_cost``) are kept, as its ``Run``
+    model has them."""
+    from langsmith.schemas import Run
+
+    runs = [dict(r) for r in langsmith_sent.run_list()]
+    streamed = next(
+        r for r in runs if r["run_type"] == "llm" and any(e.get("name") == "new_token" for e in r["events"])
+    )
+    streamed |= {"prompt_tokens": 308, "completion_tokens": 22, "total_tokens": 330, "total_cost": "0.0000594"}
+    Run(**streamed)
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(runs))
+    trace = _by_root(import_file(path).traces)["text2sql-streaming"]
+    (call,) = trace.llm_calls
+    attrs = call.span.attributes
+    tokens = [e["time"] for e in streamed["events"] if e["name"] == "new_token"]
+    first_token = streamed.get("first_token_time") or tokens[0]
+    assert attrs["langsmith.first_token_time"] == first_token
+    assert 0 < float(attrs["gen_ai.server.time_to_first_token"]) < call.span.duration_ns / 1e9
+    assert (attrs["gen_ai.usage.cost"], attrs["langsmith.run.total_cost"]) == (pytest.approx(0.0000594), 0.0000594)
+    assert (call.prompt_tokens, call.completion_tokens) == (308, 22)
+    assert call.output_text == GOOD_SQL
+    assert not any(e.name == "new_token" for e in call.span.events)
 
 
 def test_a_langsmith_run_tree_imports_with_its_children(langsmith_sent: Collected, tmp_path: Path) -> None:
