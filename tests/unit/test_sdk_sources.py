@@ -158,18 +158,18 @@ def test_a_streamed_langsmith_run_keeps_its_first_token_time_and_cost(
     from langsmith.schemas import Run
 
     runs = [dict(r) for r in langsmith_sent.run_list()]
-    streamed = next(
-        r for r in runs if r["run_type"] == "llm" and any(e.get("name") == "new_token" for e in r["events"])
-    )
-    streamed |= {"prompt_tokens": 308, "completion_tokens": 22, "total_tokens": 330, "total_cost": "0.0000594"}
-    Run(**streamed)
+    streamed = [r for r in runs if r["run_type"] == "llm" and any(e["name"] == "new_token" for e in r["events"])]
+    assert streamed
+    for run in streamed:
+        run |= {"prompt_tokens": 308, "completion_tokens": 22, "total_tokens": 330, "total_cost": "0.0000594"}
+        Run(**run)
     path = tmp_path / "runs.json"
     path.write_text(json.dumps(runs))
     trace = _by_root(import_file(path).traces)["text2sql-streaming"]
     (call,) = trace.llm_calls
     attrs = call.span.attributes
-    tokens = [e["time"] for e in streamed["events"] if e["name"] == "new_token"]
-    first_token = streamed.get("first_token_time") or tokens[0]
+    run = next(r for r in streamed if r["id"] == attrs["langsmith.run.id"])
+    first_token = run.get("first_token_time") or next(e["time"] for e in run["events"] if e["name"] == "new_token")
     assert attrs["langsmith.first_token_time"] == first_token
     assert 0 < float(attrs["gen_ai.server.time_to_first_token"]) < call.span.duration_ns / 1e9
     assert (attrs["gen_ai.usage.cost"], attrs["langsmith.run.total_cost"]) == (pytest.approx(0.0000594), 0.0000594)
