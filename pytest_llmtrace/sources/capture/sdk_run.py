@@ -46,7 +46,7 @@ def run_sdk(args: argparse.Namespace, name_for: Callable[[Trace], str], out: Tex
             sample=args.sample,
             seed=seed,
             limit=limit,
-            trace_ids=args.trace_id,
+            trace_ids=[t.replace("-", "") for t in args.trace_id],  # LangSmith shows its trace ids as UUIDs
         )
         dedupe = parse_dedupe(args.dedupe)
         redactor = redaction_flags.from_args(args)
