@@ -34,7 +34,7 @@ KNOWN_FORMATS = (
     "Phoenix GET /v1/projects/{project}/spans/otlpv1",
     'Phoenix spans dataframe saved as JSON lines (df.to_json(orient="records", lines=True)) or as a JSON array',
     "Phoenix spans dataframe saved as parquet (df.to_parquet())",
-    "Langfuse GET /api/public/traces/{id} (a trace with its observations)",
+    "Langfuse GET /api/public/traces/{id} (a trace with its observations; several as a JSON list or JSONL)",
     'Langfuse GET /api/public/v2/observations pages ({"data": [...], "meta": {"cursor": ...}}), one per line',
     "LangSmith run export (a list of runs or one run tree, as client.list_runs / read_run give them; or JSONL)",
 )
@@ -94,6 +94,9 @@ def _from_document(path: Path, value: Any) -> Imported:
     if langsmith.is_run_export(value):
         spans, paths = langsmith.spans_from_export(doc)
         return _result(path, langsmith.RUN_EXPORT, spans, paths)
+    if langfuse.is_trace_list(value):
+        spans, paths = langfuse.spans_from_list(doc)
+        return _result(path, langfuse.LIST, spans, paths)
     if phoenix.is_phoenix_page(value):
         spans, paths, kinds = phoenix.spans_from_page(doc)
         return _result(path, _label(kinds, "Phoenix spans page"), spans, paths)

@@ -42,6 +42,7 @@ from pytest_llmtrace.trace.span import AttrValue, Span, Status
 
 TRACE = "Langfuse trace (GET /api/public/traces/{id})"
 OBSERVATIONS = "Langfuse observations page (GET /api/public/v2/observations)"
+LIST = "Langfuse traces or observations (a JSON list)"
 OBSERVATION_TYPES = frozenset(
     {"span", "generation", "event", "agent", "tool", "chain", "retriever", "evaluator", "embedding", "guardrail"}
 )
@@ -62,6 +63,30 @@ def is_observations_page(value: Any) -> bool:
         return False
     data = value["data"]
     return all(is_observation(v) for v in data) if data else bool({"cursor", "totalItems"} & set(value["meta"]))
+
+
+def is_trace_list(value: Any) -> bool:
+    """A JSON list of traces (each with its observations) or of observations, as a script saving them writes."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and (all(is_trace(v) for v in value) or all(is_observation(v) for v in value))
+    )
+
+
+def spans_from_list(doc: Doc) -> tuple[list[Span], dict[str, str]]:
+    spans: list[Span] = []
+    paths: dict[str, str] = {}
+    for item in doc.items(optional=False):
+        if is_trace(item.value):
+            item_spans, item_paths = spans_from_trace(item)
+        else:
+            item_spans = [span_from_observation(item)]
+            item_paths = {item_spans[0].span_id: item.path}
+        spans.extend(item_spans)
+        for key, where in item_paths.items():
+            paths.setdefault(key, where)
+    return spans, paths
 
 
 def spans_from_trace(doc: Doc) -> tuple[list[Span], dict[str, str]]:

@@ -536,3 +536,13 @@ def test_langsmith_otel_mode_spans_are_read_through_the_conventions(ollama_url: 
     assert call.prompt_tokens
     assert trace.question().text == GOOD
     assert [s.text for s in trace.sql_statements] == [GOOD_SQL]
+
+
+def test_a_list_of_langfuse_api_traces_imports_each(langfuse_sent: Collected, tmp_path: Path) -> None:
+    observations = langfuse_observations(langfuse_sent.otlp)
+    path = tmp_path / "traces.json"
+    path.write_text(json.dumps([_full_trace(observations, GOOD), _full_trace(observations, BAD)]))
+    imported = import_file(path)
+    assert imported.format == "Langfuse traces or observations (a JSON list)"
+    assert sorted(str(t.question().text) for t in imported.traces) == sorted([GOOD, BAD])
+    assert all(len(t.llm_calls) == 1 for t in imported.traces)
