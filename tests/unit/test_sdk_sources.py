@@ -378,6 +378,12 @@ def test_langsmith_capture_reads_the_projects_runs_in_pages(
         code, out, err = _capture(
             ["--langsmith-project", "text2sql", "--out", str(tmp_path), "--errors-only", "--dedupe", "none"], capsys
         )
+        root = next(r for r in runs if r["name"] == "text2sql-langchain")
+        by_id = ["--trace-id", root["trace_id"], "--out", str(tmp_path / "one")]  # as LangSmith shows it: a UUID
+        code_by_id, out_by_id, _ = _capture(["--langsmith-project", "text2sql", *by_id], capsys)
+    assert code_by_id == 0
+    assert "wrote 1 traces" in out_by_id
+    assert read_trace(next((tmp_path / "one").glob("*.json"))).root.name == "text2sql-langchain"
     assert code == 0, err
     assert "wrote 1 traces" in out  # only the trace whose SQL failed
     (only,) = tmp_path.glob("*.json")
