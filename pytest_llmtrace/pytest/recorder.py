@@ -21,6 +21,7 @@ that look at the recording fail and say why, rather than pass with an empty trac
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -256,6 +257,7 @@ class Recorder:
 
     def spans(self, window: TestWindow) -> tuple[Span, ...]:
         """Finished spans plus the spans started in this test that are still running (marked open)."""
+        flush_sdk_queues()
         with self._lock:
             finished = list(window.finished)
             still_open = list(window.open_view.values())
@@ -317,3 +319,20 @@ def open_spans_message(spans: tuple[ReadableSpan, ...]) -> str:
         span_id = f"{context.span_id:016x}" if context is not None else "?"
         lines.append(f"  - {span.name!r} (span {span_id})")
     return "\n".join(lines)
+
+
+def flush_sdk_queues(timeout: float = 10.0) -> None:
+    """Hand over the spans a tracing SDK still holds in a queue of its own, so they land in this test's window.
+
+    LangSmith's OpenTelemetry mode turns runs into spans on its background thread: without this, an app traced only
+    by LangSmith would finish its request with its spans still queued. Only an SDK the app has already imported is
+    asked; Langfuse needs nothing (its spans are OpenTelemetry's from the start).
+    """
+    if "langsmith.run_trees" not in sys.modules:
+        return
+    try:
+        client = sys.modules["langsmith.run_trees"].get_cached_client()
+        if getattr(client, "otel_exporter", None) is not None:
+            client.flush(timeout=timeout)
+    except Exception:  # the app's tracing must never fail a test's recording
+        return

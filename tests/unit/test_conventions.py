@@ -215,7 +215,7 @@ def test_a_gen_ai_span_without_operation_name_is_an_llm_call_when_it_names_a_mod
 
 
 def test_readers_are_tried_in_order_and_openinference_wins_on_a_span_with_both() -> None:
-    assert list(LLM_READERS) == ["openinference", "openllmetry", "otel-genai"]
+    assert list(LLM_READERS) == ["openinference", "openllmetry", "langfuse", "langsmith", "otel-genai"]
     both = {**OPENLLMETRY, "openinference.span.kind": "LLM", "llm.model_name": "oi-model"}
     call = llm_call(span("1", attrs=both))
     assert call is not None

@@ -62,6 +62,9 @@ def test_default_sources_are_the_builtins_in_order() -> None:
     assert [str(s) for s in parse_sources(DEFAULT_SOURCES)] == [
         "input.value",
         "traceloop.entity.input",
+        "langfuse.trace.input",
+        "langfuse.observation.input",
+        "gen_ai.prompt",
         "llm.last_user_message",
     ]
 

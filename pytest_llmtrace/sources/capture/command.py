@@ -33,8 +33,18 @@ PREFETCH = 3  # span requests in flight while a batch is converted and written
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The capture options (the redaction flags come from ``redaction_flags.add_arguments``, shared with import)."""
-    parser.add_argument("--phoenix-url", required=True, metavar="URL", help="Phoenix's base URL, e.g. http://host:6006")
-    parser.add_argument("--project", required=True, metavar="NAME", help="the Phoenix project to read")
+    parser.add_argument("--phoenix-url", metavar="URL", help="Phoenix's base URL, e.g. http://host:6006")
+    parser.add_argument("--project", metavar="NAME", help="the Phoenix project to read (with --phoenix-url)")
+    parser.add_argument(
+        "--langfuse-url",
+        metavar="URL",
+        help="Langfuse's base URL, e.g. https://cloud.langfuse.com; keys: LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY",
+    )
+    parser.add_argument(
+        "--langsmith-project",
+        metavar="NAME",
+        help="a LangSmith project; LANGSMITH_API_KEY, and LANGSMITH_ENDPOINT for a self-hosted LangSmith",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the golden files")
     parser.add_argument("--force", action="store_true", help="overwrite existing files whose content differs")
     parser.add_argument(
@@ -77,6 +87,29 @@ def run(
 ) -> int:
     """0 when every selected trace is in DIR, 1 when a trace or the server failed, 2 for a bad option."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
+    chosen = [
+        o
+        for o, v in (
+            ("--phoenix-url", args.phoenix_url),
+            ("--langfuse-url", args.langfuse_url),
+            ("--langsmith-project", args.langsmith_project),
+        )
+        if v
+    ]
+    if len(chosen) != 1:
+        print(
+            "error: capture from one server: --phoenix-url URL --project NAME, --langfuse-url URL or "
+            f"--langsmith-project NAME{' (got ' + ', '.join(chosen) + ')' if chosen else ''}",
+            file=err,
+        )
+        return 2
+    if args.phoenix_url and not args.project:
+        print("error: --phoenix-url needs --project NAME (the Phoenix project to read)", file=err)
+        return 2
+    if not args.phoenix_url:
+        from pytest_llmtrace.sources.capture.sdk_run import run_sdk
+
+        return run_sdk(args, name_for, out, err)
     try:
         filters = Filters.from_args(args)
         dedupe = parse_dedupe(args.dedupe)
