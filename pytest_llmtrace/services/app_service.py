@@ -11,6 +11,7 @@ with its exit code and log tail; the next case starts it again.
 from __future__ import annotations
 
 import http.client
+import re
 import shlex
 import socket
 import time
@@ -61,6 +62,11 @@ def parse_command(text: str) -> list[str]:
             "(e.g. uvicorn server:app --host 127.0.0.1 --port {port})"
         )
     return argv
+
+
+def shown(argv: Sequence[str]) -> str:
+    """A command as the user wrote it: quoted only where a shell would need it ({port} left bare)."""
+    return " ".join(arg if re.fullmatch(r"[\w@%+=:,./{}-]+", arg) else shlex.quote(arg) for arg in argv)
 
 
 def parse_ready(text: str) -> str | None:
@@ -121,7 +127,7 @@ class AppService:
         process = ManagedProcess(
             self._argv, log_path=self._workdir.path / "app.log", env=self._env, cwd=self.cwd, record=self.record
         )
-        fix = f"run `{shlex.join(self._argv)}` yourself in {self.cwd} to see it start, and check llmtrace_app_command"
+        fix = f"run `{shown(self._argv)}` yourself in {self.cwd} to see it start, and check llmtrace_app_command"
         try:
             process.start()
         except OSError as exc:
@@ -134,7 +140,7 @@ class AppService:
         if wait_until(self._ready, timeout=self.start_timeout_s, alive=process.alive, interval=0.05):
             return
         if not process.alive():
-            reason = f"`{shlex.join(self._argv)}` exited with code {process.returncode} before it was ready"
+            reason = f"`{shown(self._argv)}` exited with code {process.returncode} before it was ready"
         else:
             what = f"GET {self._url}{self.ready_path} gave no 2xx" if self.ready_path else f"port {port} did not open"
             reason = f"{what} within {self.start_timeout_s:g} s (llmtrace_app_start_timeout_s)"
@@ -227,4 +233,4 @@ class AppService:
     def describe(self) -> str:
         if self.argv_template is None:
             return f"the running service at {self._url}"
-        return f"`{shlex.join(self.argv_template)}` in {self.cwd}"
+        return f"`{shown(self.argv_template)}` in {self.cwd}"

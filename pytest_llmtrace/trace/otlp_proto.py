@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 _ID_BYTES = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
+_STATUS = {0: Status.UNSET, 1: Status.OK, 2: Status.ERROR}
 
 
 class OtlpPayloadError(LLMTraceError):
@@ -31,7 +32,7 @@ class OtlpPayloadError(LLMTraceError):
 
 def spans_from_protobuf(body: bytes) -> list[Span]:
     """The spans of a binary ``ExportTraceServiceRequest``."""
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     request = ExportTraceServiceRequest()
@@ -44,7 +45,7 @@ def spans_from_protobuf(body: bytes) -> list[Span]:
 
 def spans_from_json(body: bytes) -> list[Span]:
     """The spans of an OTLP/JSON ``ExportTraceServiceRequest`` (hex ids as the spec says; base64 ids tolerated)."""
-    from google.protobuf import json_format
+    from google.protobuf import json_format  # type: ignore[import-untyped]
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     try:
@@ -89,62 +90,72 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def spans_from_message(request: ExportTraceServiceRequest) -> list[Span]:
-    """Every span of a parsed request, with its resource and scope."""
+    """Every span of a parsed request, with its resource and scope (each converted once, shared by its spans)."""
     spans: list[Span] = []
     for rs_index, resource_spans in enumerate(request.resource_spans):
         resource = _attributes(resource_spans.resource.attributes)
+        resource_schema = resource_spans.schema_url
         for ss_index, scope_spans in enumerate(resource_spans.scope_spans):
             scope = scope_spans.scope
+            scope_name, scope_version, scope_schema = scope.name, scope.version, scope_spans.schema_url
+            scope_attributes = _attributes(scope.attributes)
             for index, span in enumerate(scope_spans.spans):
-                where = f"resourceSpans[{rs_index}].scopeSpans[{ss_index}].spans[{index}]"
-                end = span.end_time_unix_nano
+                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+                if len(trace_id) != 16 or len(span_id) != 8 or (parent and len(parent) != 8):
+                    where = f"resourceSpans[{rs_index}].scopeSpans[{ss_index}].spans[{index}]"
+                    _hex_id(trace_id, 16, f"{where}.traceId")
+                    _hex_id(span_id, 8, f"{where}.spanId")
+                    _hex_id(parent, 8, f"{where}.parentSpanId")
+                status = span.status
                 spans.append(
                     Span(
-                        trace_id=_hex_id(span.trace_id, 16, f"{where}.traceId"),
-                        span_id=_hex_id(span.span_id, 8, f"{where}.spanId"),
-                        parent_span_id=_hex_id(span.parent_span_id, 8, f"{where}.parentSpanId")
-                        if span.parent_span_id
-                        else None,
+                        trace_id=_hex_id(trace_id, 16, "traceId"),
+                        span_id=_hex_id(span_id, 8, "spanId"),
+                        parent_span_id=parent.hex() if parent else None,
                         name=span.name,
                         start_time_unix_nano=span.start_time_unix_nano,
-                        end_time_unix_nano=end or None,
+                        end_time_unix_nano=span.end_time_unix_nano or None,
                         attributes=_attributes(span.attributes),
-                        status=Status.from_otlp_code(span.status.code if span.status.code in (0, 1, 2) else 0),
-                        status_message=span.status.message,
+                        status=_STATUS.get(status.code, Status.UNSET),
+                        status_message=status.message,
                         otel_kind=span.kind if 0 <= span.kind <= 5 else 0,
                         events=tuple(
                             SpanEvent(e.name, e.time_unix_nano, _attributes(e.attributes), e.dropped_attributes_count)
                             for e in span.events
-                        ),
+                        )
+                        if span.events
+                        else (),
                         links=tuple(
                             SpanLink(
-                                _hex_id(lk.trace_id, 16, f"{where}.links.traceId"),
-                                _hex_id(lk.span_id, 8, f"{where}.links.spanId"),
+                                _hex_id(lk.trace_id, 16, "links.traceId"),
+                                _hex_id(lk.span_id, 8, "links.spanId"),
                                 lk.trace_state,
                                 _attributes(lk.attributes),
                                 lk.dropped_attributes_count,
                                 lk.flags,
                             )
                             for lk in span.links
-                        ),
+                        )
+                        if span.links
+                        else (),
                         trace_state=span.trace_state,
                         flags=span.flags,
                         dropped_attributes_count=span.dropped_attributes_count,
                         dropped_events_count=span.dropped_events_count,
                         dropped_links_count=span.dropped_links_count,
                         resource_attributes=resource,
-                        resource_schema_url=resource_spans.schema_url,
-                        scope_name=scope.name,
-                        scope_version=scope.version,
-                        scope_attributes=_attributes(scope.attributes),
-                        scope_schema_url=scope_spans.schema_url,
+                        resource_schema_url=resource_schema,
+                        scope_name=scope_name,
+                        scope_version=scope_version,
+                        scope_attributes=scope_attributes,
+                        scope_schema_url=scope_schema,
                     )
                 )
     return spans
 
 
 def _hex_id(raw: bytes, size: int, where: str) -> str:
-    if len(raw) != size or not any(raw):
+    if len(raw) != size or raw == bytes(size):
         shown = binascii.hexlify(raw).decode("ascii") or "(empty)"
         raise OtlpPayloadError(f"{where}: expected a non-zero {size}-byte id, got {shown}")
     return raw.hex()
