@@ -110,6 +110,11 @@ class AppService:
         return self._process is not None
 
     @property
+    def pid(self) -> int | None:
+        """The started service's process id (its process group's); None for a running service."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def url(self) -> str:
         if self._url is None:
             raise RuntimeError("the service is not started")

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import urlsplit
 
 MODE = os.environ.get("FAKE_MODE", "ok")
 
@@ -61,7 +62,8 @@ class Handler(BaseHTTPRequestHandler):
         if MODE == "error":
             self._answer(503, {"detail": "model unavailable"})
             return
-        self._answer(200, {"answer": question.upper()})
+        db_user = urlsplit(os.environ["DB_URI"]).username
+        self._answer(200, {"answer": question.upper(), "db_user": db_user, "ollama": os.environ["OLLAMA_HOST"]})
 
     def _answer(self, status: int, body: object) -> None:
         data = json.dumps(body).encode()

@@ -8,13 +8,19 @@ server by URL. Slow: each starts a service process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from pytest_llmtrace.services.base import free_port, http_ok, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "golden_traces"
@@ -120,9 +126,15 @@ def test_a_prompt_change_inside_the_service_is_caught_on_every_case(
 # -- what goes wrong ----------------------------------------------------------------------------------------------
 
 ASKS = """
-def test_first(llmtrace_app, llm_trace):
+from urllib.parse import urlsplit
+
+def test_first(llmtrace_app, llm_trace, llmtrace_postgres, llmtrace_ollama):
     answer = llmtrace_app("How many customers?")
-    assert answer == {"status": 200, "body": {"answer": "HOW MANY CUSTOMERS?"}}
+    assert answer["status"] == 200
+    assert answer["body"]["answer"] == "HOW MANY CUSTOMERS?"
+    # the service logs in as the session's sandboxed reader, never as the admin
+    assert answer["body"]["db_user"] == urlsplit(llmtrace_postgres.reader_url).username != "postgres"
+    assert answer["body"]["ollama"] == llmtrace_ollama.url
     assert [span.name for span in llm_trace.spans] == ["fake.request"]
     assert llm_trace.root.attributes["input.value"] == "How many customers?"
 
@@ -238,3 +250,86 @@ def test_a_request_past_the_deadline_times_out(
     result = pytester.runpytest(f"--llmtrace-postgres={postgres_url}", "-k", "first")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*RequestTimeout: POST /v1/ask got no answer within 1 s (the case deadline*"])
+
+
+HOLD = """
+import pathlib, time
+
+def test_hold(llmtrace_app, llmtrace_service):
+    llmtrace_app("started?")
+    pathlib.Path("service.pid").write_text(str(llmtrace_service.service.pid))
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_no_service_outlives_a_signal(
+    pytester: pytest.Pytester, postgres_url: str, monkeypatch: pytest.MonkeyPatch, signum: signal.Signals
+) -> None:
+    _fake_project(pytester, "ok", monkeypatch)
+    pytester.makepyfile(test_hold=HOLD)
+    argv = [sys.executable, "-m", "pytest", "test_hold.py", f"--llmtrace-postgres={postgres_url}"]
+    proc = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    marker = pytester.path / "service.pid"
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), proc.communicate(timeout=5)[0].decode()[-3000:]
+        time.sleep(0.2)  # the pid written, the test now sleeping
+        service = psutil.Process(int(marker.read_text()))
+        assert service.is_running()
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
+    with contextlib.suppress(psutil.NoSuchProcess):
+        service.wait(5)
+    assert not psutil.pid_exists(service.pid) or service.status() == psutil.STATUS_ZOMBIE
+
+
+URL_ASKS = """
+def test_asks_the_running_service(llmtrace_app, llm_trace):
+    assert llmtrace_app("And now?")["body"]["answer"] == "AND NOW?"
+    assert [span.name for span in llm_trace.spans] == ["fake.request"]
+"""
+
+
+def test_a_running_service_by_url_exports_to_the_fixed_receiver_port(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    port, otlp_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        FAKE_MODE="ok",
+        DB_URI="postgresql://staging@127.0.0.1/db",
+        OLLAMA_HOST="http://staging",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{otlp_port}/v1/traces",
+    )
+    service = subprocess.Popen([sys.executable, str(Path(__file__).parent / "fake_service.py"), str(port)], env=env)
+    try:
+        assert wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
+        pytester.makepyfile(test_url=URL_ASKS)
+        result = pytester.runpytest(
+            f"--llmtrace-postgres={postgres_url}",
+            f"--llmtrace-app-url=http://127.0.0.1:{port}",
+            f"--llmtrace-otlp-port={otlp_port}",
+        )
+    finally:
+        service.terminate()
+        service.wait(10)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [f"llmtrace app spans: OTLP/HTTP receiver at http://127.0.0.1:{otlp_port}/v1/traces; *"]
+    )
+
+
+def test_each_xdist_worker_runs_its_own_service(pytester: pytest.Pytester, postgres_url: str) -> None:
+    cases = ["customers_by_tier", "error_unknown_table", "top_products_by_quantity", "fenced_largest_order"]
+    _gateway_project(pytester, cases)
+    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={postgres_url}", "golden_traces", "-n", "2")
+    result.assert_outcomes(passed=3, failed=1)
