@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
+from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.trace.otlp_proto import OtlpPayloadError, spans_from_json, spans_from_protobuf
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class _Server(ThreadingHTTPServer):
     receiver: OtlpReceiver
 
 
-class _Payload(Exception):
+class _Payload(LLMTraceError):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
