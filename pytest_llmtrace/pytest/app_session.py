@@ -10,6 +10,7 @@ shows the spans, replay serves the model's answers over the same Ollama API, and
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pytest_llmtrace.core.errors import LLMTraceError, whole_number
 from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.services.app_request import DEFAULT_REQUEST, RequestTemplate, TemplateError
 from pytest_llmtrace.services.app_service import AppService, ServiceAnswered, ServiceError, parse_command, parse_ready
+from pytest_llmtrace.services.otlp_grpc import INSTALL_HINT as GRPC_INSTALL_HINT
 from pytest_llmtrace.services.otlp_receiver import OtlpReceiver
 from pytest_llmtrace.services.span_router import ATTRIBUTIONS, Attribution, SpanRouter, app_subtree, describe
 
@@ -77,6 +79,13 @@ APP_SETTINGS: tuple[SettingSpec, ...] = declare(
         choices=ATTRIBUTIONS,
     ),
     SettingSpec(
+        "otlp_grpc",
+        "yes: the receiver also serves OTLP/gRPC (needs the grpc extra), and a started service is told to export over "
+        "it (OTEL_EXPORTER_OTLP_PROTOCOL=grpc).",
+        "no",
+        choices=("yes", "no"),
+    ),
+    SettingSpec(
         "otlp_port",
         "The OTLP/HTTP receiver's loopback port (0: a free one); fix it for a running service's exporter.",
         "0",
@@ -114,13 +123,14 @@ class AppSession:
         if self.env_started:
             return
         env = dict(os.environ)  # everything else passes through
+        grpc = self.receiver.grpc_endpoint
         env.update(
             DB_URI=db_url,
             OLLAMA_HOST=ollama_url,
             PHOENIX_COLLECTOR_ENDPOINT=self.receiver.endpoint,
-            OTEL_EXPORTER_OTLP_ENDPOINT=self.receiver.endpoint,
-            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=self.receiver.traces_url,
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_EXPORTER_OTLP_ENDPOINT=grpc or self.receiver.endpoint,
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=grpc or self.receiver.traces_url,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc" if grpc else "http/protobuf",
             OTEL_BSP_SCHEDULE_DELAY=BATCH_DELAY_MS,
         )
         self.env_started = True
@@ -194,7 +204,10 @@ def configure(config: pytest.Config, record: RunRecord | None) -> None:
         if numbers[name] < 0 or (name == "otlp_port" and whole_number(s[name]) is None and s[name] != "0"):
             raise pytest.UsageError(f"{s.values[name].origin}: expected a number, got {s[name]!r}")
     router = SpanRouter(cast("Attribution", s["app_attribution"]))
-    receiver = OtlpReceiver(port=int(numbers["otlp_port"]), on_spans=router.deliver)
+    grpc_port = 0 if s["otlp_grpc"] == "yes" else None
+    if grpc_port is not None and importlib.util.find_spec("grpc") is None:
+        raise pytest.UsageError(f"{s.values['otlp_grpc'].origin}: OTLP/gRPC needs grpcio; {GRPC_INSTALL_HINT}")
+    receiver = OtlpReceiver(port=int(numbers["otlp_port"]), on_spans=router.deliver, grpc_port=grpc_port)
     service = AppService(
         argv=argv,
         url=url or None,
@@ -215,6 +228,8 @@ def configure(config: pytest.Config, record: RunRecord | None) -> None:
             session.start_receiver()
         except OSError as exc:
             raise pytest.UsageError(f"{s.values['otlp_port'].origin}: cannot listen on it: {exc}") from None
+        except LLMTraceError as exc:  # no grpcio
+            raise pytest.UsageError(f"{s.values['otlp_grpc'].origin}: {exc}") from None
     config.stash[_KEY] = session
 
 
@@ -235,6 +250,9 @@ def report_header(config: pytest.Config) -> list[str]:
         return []
     o = session.origins
     where = session.receiver.traces_url if session.receiver_started else "a free loopback port, at the first case"
+    if session.receiver.grpc_port is not None:
+        grpc = session.receiver.grpc_endpoint or "a free port"
+        where += f", and OTLP/gRPC at {grpc}"
     ready = f"GET {session.service.ready_path}" if session.service.ready_path else "its port opening"
     origin = o["app_command"] if session.service.argv_template else o["app_url"]
     return [
@@ -310,6 +328,13 @@ def start_for(session: AppSession, db_url: str, ollama_url: str) -> None:
     """Start the service for the session's fixtures; a start that fails fails the test with its log tail."""
     try:
         session.start(db_url, ollama_url)
+    except OSError as exc:  # a fixed llmtrace_otlp_port taken (by another xdist worker, say)
+        from pytest_llmtrace.pytest.failing import fail
+
+        fail(
+            f"the OTLP receiver cannot listen on port {session.receiver.port}: {exc} (llmtrace_otlp_port; 0 picks a "
+            "free port, and each xdist worker needs its own)"
+        )
     except LLMTraceError as exc:
         from pytest_llmtrace.pytest.failing import fail
 

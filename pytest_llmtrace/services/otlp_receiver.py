@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.trace.otlp_proto import OtlpPayloadError, spans_from_json, spans_from_protobuf
@@ -53,9 +53,12 @@ class OtlpReceiver:
         port: int = 0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         on_spans: Callable[[Sequence[Span]], None] | None = None,
+        grpc_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.grpc_port = grpc_port  # None: no gRPC; 0: a free port (needs the grpc extra)
+        self._grpc: Any = None
         self.max_body_bytes = max_body_bytes
         self.stats = ReceiverStats()
         self._on_spans = on_spans
@@ -73,6 +76,11 @@ class OtlpReceiver:
     def traces_url(self) -> str:
         return self.endpoint + TRACES_PATH
 
+    @property
+    def grpc_endpoint(self) -> str | None:
+        """The OTLP/gRPC endpoint (``http://host:port``, as exporters take it), when gRPC was asked for."""
+        return f"http://{self.host}:{self.grpc_port}" if self._grpc is not None else None
+
     def start(self) -> OtlpReceiver:
         server = _Server((self.host, self.port), _Handler)
         server.receiver = self
@@ -80,9 +88,20 @@ class OtlpReceiver:
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="llmtrace-otlp-receiver", daemon=True)
         self._thread.start()
+        if self.grpc_port is not None:
+            from pytest_llmtrace.services.otlp_grpc import start_grpc
+
+            try:
+                self._grpc, self.grpc_port = start_grpc(self, self.host, self.grpc_port)
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=None).wait(5)
+            self._grpc = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

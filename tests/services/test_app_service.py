@@ -95,10 +95,11 @@ def test_the_shipped_golden_cases_give_the_in_process_verdicts_through_the_servi
     [
         ({"GATEWAY_PROPAGATE": "0"}, "by trace id: 0, by time window: 4"),
         ({"GATEWAY_OTLP_FORMAT": "json"}, "by trace id: 4"),
+        ({"LLMTRACE_OTLP_GRPC": "yes"}, "by trace id: 4"),
     ],
-    ids=["without traceparent propagation", "OTLP/JSON export"],
+    ids=["without traceparent propagation", "OTLP/JSON export", "OTLP/gRPC export"],
 )
-def test_without_propagation_and_over_otlp_json(
+def test_without_propagation_and_over_otlp_json_or_grpc(
     pytester: pytest.Pytester, postgres_url: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], attributed: str
 ) -> None:
     cases = ["customers_by_tier", "error_unknown_table", "top_products_by_quantity", "fenced_largest_order"]

@@ -151,3 +151,28 @@ def test_other_content_types_and_paths_are_refused(receiver: OtlpReceiver) -> No
     assert connection.getresponse().status == 404
     connection.close()
     assert receiver.stats.refused == 3
+
+
+def test_otlp_grpc_from_the_sdk_exporter_and_a_malformed_request() -> None:
+    pytest.importorskip("grpc")
+    import grpc  # type: ignore[import-untyped]
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    with OtlpReceiver(grpc_port=0) as receiver:
+        assert receiver.grpc_endpoint is not None
+        sdk_spans = _sdk_spans()
+        exporter = GrpcExporter(endpoint=receiver.grpc_endpoint, insecure=True)
+        assert exporter.export(sdk_spans).name == "SUCCESS"
+        exporter.shutdown()
+        assert _by_id(receiver.take()) == _by_id(map(span_from_readable, sdk_spans))
+        bad = encode_spans(sdk_spans)
+        bad.resource_spans[0].scope_spans[0].spans[0].trace_id = b"\x01"
+        with grpc.insecure_channel(f"{receiver.host}:{receiver.grpc_port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            with pytest.raises(grpc.RpcError) as excinfo:
+                stub.Export(ExportTraceServiceRequest.FromString(bad.SerializeToString()), timeout=10)
+        assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "traceId: expected a non-zero 16-byte id" in str(excinfo.value.details())
+        assert (receiver.stats.payloads, receiver.stats.refused) == (1, 1)
