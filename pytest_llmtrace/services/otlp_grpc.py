@@ -6,6 +6,7 @@ path decodes, and land in the same receiver: same callback, same counts, same li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.trace.otlp_proto import OtlpPayloadError, spans_from_message
 
 if TYPE_CHECKING:
-    from pytest_llmtrace.services.otlp_receiver import OtlpReceiver
+    from pytest_llmtrace.trace.model import Span
 
 INSTALL_HINT = "pip install 'pytest-llmtrace[grpc]' (grpcio)"
 
@@ -22,8 +23,11 @@ class GrpcUnavailable(LLMTraceError):
     """OTLP/gRPC was asked for without grpcio installed."""
 
 
-def start_grpc(receiver: OtlpReceiver, host: str, port: int) -> tuple[Any, int]:
-    """A started gRPC server feeding ``receiver``, and its port (``port`` 0: a free one)."""
+def start_grpc(
+    accept: Callable[[list[Span]], None], refuse: Callable[[str], None], *, host: str, port: int, limit: int
+) -> tuple[Any, int]:
+    """A started gRPC server handing each request's spans to ``accept`` (a refused one's reason to ``refuse``), and
+    its port (``port`` 0: a free one). The receiver's callbacks, passed in so this module does not import it."""
     try:
         import grpc  # type: ignore[import-untyped]
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
@@ -36,12 +40,11 @@ def start_grpc(receiver: OtlpReceiver, host: str, port: int) -> tuple[Any, int]:
             try:
                 spans = spans_from_message(request)
             except OtlpPayloadError as exc:
-                receiver._refuse(str(exc))
+                refuse(str(exc))
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            receiver._accept(spans)
+            accept(spans)
             return ExportTraceServiceResponse()
 
-    limit = receiver.max_body_bytes
     server = grpc.server(
         ThreadPoolExecutor(max_workers=4, thread_name_prefix="llmtrace-otlp-grpc"),
         options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)],

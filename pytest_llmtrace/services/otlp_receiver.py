@@ -92,7 +92,9 @@ class OtlpReceiver:
             from pytest_llmtrace.services.otlp_grpc import start_grpc
 
             try:
-                self._grpc, self.grpc_port = start_grpc(self, self.host, self.grpc_port)
+                self._grpc, self.grpc_port = start_grpc(
+                    self._accept, self._refuse, host=self.host, port=self.grpc_port, limit=self.max_body_bytes
+                )
             except BaseException:
                 self.stop()
                 raise
