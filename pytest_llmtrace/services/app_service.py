@@ -11,9 +11,12 @@ with its exit code and log tail; the next case starts it again.
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import shlex
+import shutil
 import socket
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +65,15 @@ def parse_command(text: str) -> list[str]:
             "(e.g. uvicorn server:app --host 127.0.0.1 --port {port})"
         )
     return argv
+
+
+def _executable(name: str, path: str | None) -> str:
+    """``name`` as the PATH finds it, else as installed next to this Python (``uvicorn`` in the venv pytest runs
+    from, when that venv's bin is not on the PATH: ``.venv/bin/pytest`` run without activating it)."""
+    if os.sep in name or shutil.which(name, path=path):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else name
 
 
 def shown(argv: Sequence[str]) -> str:
@@ -127,6 +139,7 @@ class AppService:
         self._env = dict(env)
         port = free_port()
         self._argv = [arg.replace(PORT_FIELD, str(port)) for arg in self.argv_template]
+        self._argv[0] = _executable(self._argv[0], self._env.get("PATH"))
         if self._workdir is None:
             self._workdir = OwnedTempDir("llmtrace-app-", self.record)
         process = ManagedProcess(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from pytest_llmtrace.services.app_request import RequestTemplate, TemplateError
-from pytest_llmtrace.services.app_service import parse_command, parse_ready
+from pytest_llmtrace.services.app_service import _executable, parse_command, parse_ready
 from pytest_llmtrace.services.span_router import SpanRouter, app_subtree
 from pytest_llmtrace.trace.model import Span
 
@@ -144,3 +147,13 @@ def test_the_golden_roots_subtree_is_the_case_framework_spans_around_it_are_left
     assert left_out == 3
     assert app_subtree(spans, "POST /v1/ask") == (tuple(spans), 0)
     assert app_subtree(spans, "not there") == (tuple(spans), 0)
+
+
+def test_a_command_not_on_the_path_is_found_beside_this_python(tmp_path: Path) -> None:
+    """``.venv/bin/pytest`` run without activating the venv: its ``uvicorn`` is not on the PATH, but next to Python."""
+    beside = Path(sys.executable).parent
+    tool = next(p.name for p in sorted(beside.iterdir()) if p.name.startswith("pytest") and os.access(p, os.X_OK))
+    assert _executable(tool, str(tmp_path)) == str(beside / tool)
+    assert _executable("python3", os.environ["PATH"]) == "python3"  # on the PATH: left to it
+    assert _executable("./serve.sh", str(tmp_path)) == "./serve.sh"  # a path: as given
+    assert _executable("no-such-tool", str(tmp_path)) == "no-such-tool"  # the start error says it cannot be run
