@@ -52,6 +52,13 @@ APP_SETTINGS: tuple[SettingSpec, ...] = declare(
         allow_url=("http", "https"),
     ),
     SettingSpec(
+        "app_image",
+        "The service under test from a container image (testcontainers), on the host's network so it reaches the "
+        "session's loopback services; it gets its port in PORT and the plugin's variables only.",
+        "",
+    ),
+    SettingSpec("app_port", "The port the app image's service listens on (empty: a free port, given in PORT).", ""),
+    SettingSpec(
         "app_ready",
         "When the started service is ready: 'GET /path' answering 2xx, or empty for its port opening.",
         "",
@@ -175,14 +182,18 @@ def configure(config: pytest.Config, record: RunRecord | None) -> None:
     """Check the service settings now (a bad template is a UsageError before any case), and start the receiver
     at once for a running service, whose exporter needs its address from the report header."""
     s = session_settings.of(config)
-    command, url = s["app_command"], s["app_url"]
-    if not command and not url:
+    command, url, image = s["app_command"], s["app_url"], s["app_image"]
+    given = [name for name in ("app_command", "app_url", "app_image") if s[name]]
+    if not given:
         return
-    if command and url:
+    if len(given) > 1:
         raise pytest.UsageError(
-            f"{s.values['app_command'].origin} and {s.values['app_url'].origin} are both set: start a service, or "
-            "use a running one, not both"
+            f"{' and '.join(s.values[name].origin for name in given)} are all set: start a service by command or "
+            "from an image, or use a running one; one of them"
         )
+    app_port = whole_number(s["app_port"]) if s["app_port"] else None
+    if s["app_port"] and not app_port:
+        raise pytest.UsageError(f"{s.values['app_port'].origin}: expected a port number, got {s['app_port']!r}")
     try:
         argv = parse_command(command) if command else None
     except ValueError as exc:
@@ -208,18 +219,29 @@ def configure(config: pytest.Config, record: RunRecord | None) -> None:
     if grpc_port is not None and importlib.util.find_spec("grpc") is None:
         raise pytest.UsageError(f"{s.values['otlp_grpc'].origin}: OTLP/gRPC needs grpcio; {GRPC_INSTALL_HINT}")
     receiver = OtlpReceiver(port=int(numbers["otlp_port"]), on_spans=router.deliver, grpc_port=grpc_port)
-    service = AppService(
-        argv=argv,
-        url=url or None,
-        ready_path=ready,
-        cwd=config.rootpath,
-        start_timeout_s=numbers["app_start_timeout_s"],
-        record=record,
-    )
-    origins = {
-        name: f"{s.values[name].source}"
-        for name in ("app_command", "app_url", "app_ready", "app_request", "app_attribution")
-    }
+    service: AppService
+    if image:
+        from pytest_llmtrace.services.app_container import AppContainer
+
+        service = AppContainer(
+            image=image,
+            port=app_port,
+            ready_path=ready,
+            cwd=config.rootpath,
+            start_timeout_s=numbers["app_start_timeout_s"],
+            record=record,
+        )
+    else:
+        service = AppService(
+            argv=argv,
+            url=url or None,
+            ready_path=ready,
+            cwd=config.rootpath,
+            start_timeout_s=numbers["app_start_timeout_s"],
+            record=record,
+        )
+    origins = {name: f"{s.values[name].source}" for name in ("app_ready", "app_request", "app_attribution")}
+    origins["service"] = s.values[given[0]].source
     session = AppSession(
         service, template, router, receiver, numbers["app_span_wait_s"], origins, s["app_db"] == "owner"
     )
@@ -254,7 +276,7 @@ def report_header(config: pytest.Config) -> list[str]:
         grpc = session.receiver.grpc_endpoint or "a free port"
         where += f", and OTLP/gRPC at {grpc}"
     ready = f"GET {session.service.ready_path}" if session.service.ready_path else "its port opening"
-    origin = o["app_command"] if session.service.argv_template else o["app_url"]
+    origin = o["service"]
     return [
         f"llmtrace app: {session.service.describe()} (from {origin}); "
         f"ready: {ready} (from {o['app_ready']}); request: {session.template} (from {o['app_request']})",

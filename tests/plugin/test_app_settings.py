@@ -16,7 +16,7 @@ import pytest
         ("llmtrace_app_command = x {port}\nllmtrace_app_ready = /healthz", "*expected 'GET /path'*"),
         (
             "llmtrace_app_command = x {port}\nllmtrace_app_url = http://127.0.0.1:1",
-            "*are both set: start a service, or use a running one, not both",
+            "*are all set: start a service by command or from an image, or use a running one; one of them",
         ),
     ],
     ids=["no port", "template", "ready", "both"],
