@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,3 +68,45 @@ def test_the_golden_cases_through_the_image_give_the_in_process_verdicts(
         ]
     )
     assert {c.id for c in _apps(client)} - before == set()  # removed at the end of the run
+
+
+HOLD = """
+import time
+
+def test_hold(llmtrace_service):  # started and ready
+    print("SERVICE-UP", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_no_container_outlives_sigterm(pytester: pytest.Pytester, postgres_url: str, client: Any) -> None:
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    pytester.makeini(
+        "[pytest]\naddopts = -p no:phoenix -p no:randomly\n"
+        f"llmtrace_app_image = {IMAGE}\nllmtrace_app_ready = GET /healthz\nllmtrace_app_span_wait_s = 1\n"
+    )
+    pytester.makepyfile(test_hold=HOLD)
+    argv = [sys.executable, "-m", "pytest", "test_hold.py", "-s", f"--llmtrace-postgres={postgres_url}"]
+    proc = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "SERVICE-UP" in line:
+                break
+        assert "SERVICE-UP" in seen[-1], "".join(seen)[-3000:]
+        mine = client.containers.list(
+            filters={"label": [f"{LABEL_PREFIX}.service=app", f"{LABEL_PREFIX}.pid={proc.pid}"]}
+        )
+        assert len(mine) == 1
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED
+    left = client.containers.list(all=True, filters={"label": [f"{LABEL_PREFIX}.pid={proc.pid}"]})
+    for container in left:
+        container.remove(force=True)  # not left for the next test, whatever the verdict
+    assert left == []
