@@ -19,8 +19,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support import bundled_smollm2, live_model_missing
 
 from pytest_llmtrace.services.base import free_port, http_ok, wait_until
+from pytest_llmtrace.trace.otlp import read_trace
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "golden_traces"
@@ -334,3 +336,33 @@ def test_each_xdist_worker_runs_its_own_service(pytester: pytest.Pytester, postg
     _gateway_project(pytester, cases)
     result = pytester.runpytest_subprocess(f"--llmtrace-postgres={postgres_url}", "golden_traces", "-n", "2")
     result.assert_outcomes(passed=3, failed=1)
+
+
+@pytest.mark.skipif(live_model_missing() is not None, reason=f"needs the live model: {live_model_missing()}")
+def test_record_through_the_service_writes_the_services_spans_and_replay_matches_them(
+    pytester: pytest.Pytester, postgres_url: str
+) -> None:
+    """Record (live, then written): the real model on llama.cpp answers the service over the Ollama API, and the
+    golden file gets the spans the service exported; replayed through the service again, every call matches."""
+    _gateway_project(pytester, ["customers_by_tier"])
+    modelfile = (REPO / "fixtures" / "Modelfile").read_text().splitlines()
+    (pytester.path / "fixtures" / "Modelfile").write_text(
+        "\n".join(f"FROM {bundled_smollm2()}" if line.startswith("FROM ") else line for line in modelfile)
+    )
+    case = pytester.path / "golden_traces" / "customers_by_tier.json"
+    original = case.read_text()
+    record = pytester.runpytest_subprocess(
+        f"--llmtrace-postgres={postgres_url}", "golden_traces", "--llmtrace-mode=record", timeout=900
+    )
+    assert not record.parseoutcomes().get("errors"), record.stdout.str()[-3000:]
+    record.stdout.fnmatch_lines(["llmtrace ollama: embedded *", "*cases' spans by trace id: 1,*"])
+    assert case.read_text() != original
+    recorded = read_trace(case)
+    assert recorded.root.name == "text2sql.request"
+    assert recorded.root.resource_attributes["service.name"] == "text2sql-gateway"  # the service's own spans
+    (call,) = recorded.llm_calls
+    assert call.output_text
+    replay = pytester.runpytest(f"--llmtrace-postgres={postgres_url}", "golden_traces")
+    assert not replay.parseoutcomes().get("errors"), replay.stdout.str()[-3000:]
+    assert "[replay]" not in replay.stdout.str()
+    replay.stdout.fnmatch_lines(["llmtrace ollama: replay *"])
