@@ -27,6 +27,7 @@ Attribution = Literal["auto", "traceparent", "window"]
 ATTRIBUTIONS: tuple[Attribution, ...] = ("auto", "traceparent", "window")
 # A batch processor exports a span's children with it or before it: once the root is in, little is still to come.
 DEFAULT_QUIET_S = 0.02
+UNSURE_QUIET_S = 0.3
 
 
 def describe(attribution: str) -> str:
@@ -71,6 +72,8 @@ class SpanRouter:
         self.quiet_s = quiet_s
         self.unattributed = 0  # spans of no case
         self.cases_by = {"trace id": 0, "time window": 0, "none": 0}
+        # auto: how the first attributed case was attributed; a service continues traceparent always, or never
+        self.learned: Literal["trace id", "time window", "none"] | None = None
         self._open: CaseSpans | None = None
         self._changed = threading.Condition()
 
@@ -105,17 +108,22 @@ class SpanRouter:
                 spans, how = self._chosen(case)
                 now = time.monotonic()
                 root_in = spans and any(_is_root(span, case) for span in spans)
-                if root_in and now - case.last_arrival >= self.quiet_s:
+                # Before the service has shown whether it continues traceparent, a window's trace waits longer: the
+                # case's own spans may be a batch behind another trace's.
+                quiet = self.quiet_s if how == "trace id" or self.learned else max(self.quiet_s, UNSURE_QUIET_S)
+                if root_in and now - case.last_arrival >= quiet:
                     break
                 if now >= deadline:
                     break
-                wake = case.last_arrival + self.quiet_s if root_in else deadline
+                wake = case.last_arrival + quiet if root_in else deadline
                 self._changed.wait(max(0.001, min(wake, deadline) - now))
             if self._open is case:
                 self._open = None
             spare = case.others if how == "trace id" else []
             self.unattributed += len(spare)
             self.cases_by[how] += 1
+            if how != "none" and self.learned is None:
+                self.learned = how
             return Collected(tuple(spans), how, bool(root_in))
 
     def abandon(self, case: CaseSpans) -> None:
@@ -129,7 +137,8 @@ class SpanRouter:
         if case.own:
             # The traceparent's parent is the plugin's, never exported: the service's first span is the case's root.
             return [_rooted(span, case) for span in case.own], "trace id"
-        if case.others and self.attribution != "traceparent":
+        # auto: a service that continued traceparent in an earlier case does so now; other traces are not this case's
+        if case.others and self.attribution != "traceparent" and self.learned != "trace id":
             return list(case.others), "time window"
         return [], "none"
 

@@ -6,13 +6,14 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from pytest_llmtrace.services.app_request import RequestTemplate, TemplateError
 from pytest_llmtrace.services.app_service import _executable, parse_command, parse_ready
-from pytest_llmtrace.services.span_router import SpanRouter, app_subtree
+from pytest_llmtrace.services.span_router import UNSURE_QUIET_S, SpanRouter, app_subtree
 from pytest_llmtrace.trace.model import Span
 
 
@@ -157,3 +158,30 @@ def test_a_command_not_on_the_path_is_found_beside_this_python(tmp_path: Path) -
     assert _executable("python3", os.environ["PATH"]) == "python3"  # on the PATH: left to it
     assert _executable("./serve.sh", str(tmp_path)) == "./serve.sh"  # a path: as given
     assert _executable("no-such-tool", str(tmp_path)) == "no-such-tool"  # the start error says it cannot be run
+
+
+def test_once_the_service_continued_traceparent_other_traces_are_never_a_cases() -> None:
+    router = SpanRouter("auto", quiet_s=0.01)
+    first = router.begin()
+    router.deliver([_span("root", first.trace_id, "a" * 16, first.parent_span_id)])
+    assert router.collect(first, wait_s=5).how == "trace id"
+    second = router.begin()
+    router.deliver([_span("cron.job", T2, "b" * 16, None)])  # a background job's trace, while the case is open
+    later = threading.Timer(0.05, router.deliver, ([_span("root", second.trace_id, "c" * 16, second.parent_span_id)],))
+    later.start()
+    collected = router.collect(second, wait_s=5)
+    later.join()
+    assert (collected.how, [s.name for s in collected.spans]) == ("trace id", ["root"])
+    assert router.unattributed == 1
+
+
+def test_before_it_is_known_another_trace_waits_longer_for_the_cases_own_batch() -> None:
+    """The first case: another trace's root is in, but the case's own spans may be a batch behind; the window is
+    taken only after the longer quiet (a lower bound the code guarantees, not a race), and then kept."""
+    router = SpanRouter("auto", quiet_s=0.01)
+    case = router.begin()
+    router.deliver([_span("text2sql.request", T2, "b" * 16, None)])
+    started = time.monotonic()
+    collected = router.collect(case, wait_s=5)
+    assert time.monotonic() - started >= UNSURE_QUIET_S
+    assert (collected.how, router.learned) == ("time window", "time window")
