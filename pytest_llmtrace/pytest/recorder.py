@@ -37,6 +37,8 @@ from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.sdk import span_from_readable
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from opentelemetry.context import Context
 
 # The exact text OpenTelemetry logs when it ignores a second set_tracer_provider(); it is the only signal there is.
@@ -64,6 +66,8 @@ class TestWindow:
     # clear(), so a span started before clear() does not come back while it is still running).
     open_all: dict[_SpanKey, ReadableSpan] = field(default_factory=dict)
     open_view: dict[_SpanKey, ReadableSpan] = field(default_factory=dict)
+    # Spans a service under test exported to the session's OTLP receiver, attributed to this test's case.
+    received: list[Span] = field(default_factory=list)
     viewed: bool = False  # the test asked for llm_trace: only such tests are failed by the recorder
     refused_override: bool = False
 
@@ -260,10 +264,20 @@ class Recorder:
         flush_sdk_queues()
         with self._lock:
             finished = list(window.finished)
+            received = tuple(window.received)
             still_open = list(window.open_view.values())
-        return tuple(span_from_readable(s) for s in finished) + tuple(
-            span_from_readable(s, open_end=True) for s in still_open
+        return (
+            tuple(span_from_readable(s) for s in finished)
+            + received
+            + tuple(span_from_readable(s, open_end=True) for s in still_open)
         )
+
+    def receive(self, window: TestWindow, spans: Iterable[Span]) -> None:
+        """Spans that arrived over OTLP from a service, for the test they were attributed to: the same recording
+        as in-process spans, so ``llm_trace`` shows them and the checks judge them."""
+        with self._lock:
+            if not self._closed:
+                window.received.extend(spans)
 
     def trace(self, window: TestWindow) -> Trace:
         # Parents outside the window (a session fixture's span, a span of an earlier test) are normal here: no warning.
@@ -272,6 +286,7 @@ class Recorder:
     def clear(self, window: TestWindow) -> None:
         with self._lock:
             window.finished.clear()
+            window.received.clear()
             window.open_view.clear()
 
     def open_spans(self, window: TestWindow) -> tuple[ReadableSpan, ...]:
