@@ -1,0 +1,284 @@
+"""A distilled test suite of databases for one gold query (Zhong, Yu & Klein, EMNLP 2020), on Postgres.
+
+Building: the schema is read from the seed, the constants the queries mention are evaluated and the rows they read
+are found (as the reader: model text never runs as the admin), ``suite_perturb.plan`` says which databases to
+make, ``services/pg_suite.py`` makes them, and the gold query and its mutants run on each (as the reader). A
+database where the gold query fails, or where its rows are not determined by the data (ties at its ORDER BY), is
+dropped: a rewrite may rightly answer otherwise there. The suite keeps the seed, the broad databases, and the
+targeted ones that kill a mutant the others do not.
+
+A suite is cached on disk as the perturbations each kept database holds (``Suite.to_json``), keyed by the schema
+and seed's digest and the gold SQL, so a later session rebuilds its databases from statements without distilling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmtrace.checks.equivalence import compare_results
+from pytest_llmtrace.checks.execute import execute_untrusted
+from pytest_llmtrace.checks.outcome import SqlOutcome
+from pytest_llmtrace.checks.suite_perturb import Perturbation, plan
+from pytest_llmtrace.checks.suite_schema import Schema, read_schema
+from pytest_llmtrace.checks.suite_sql import Mentions, mentions, mutants, order_keys_query
+from pytest_llmtrace.services.pg_suite import SuiteClone, SuiteClones
+
+SUITE_VERSION = "1"
+ALWAYS_KEPT = ("seed", "all perturbations", "rows mixed, duplicated, deleted; NULLs")
+
+
+@dataclass(frozen=True)
+class SuiteDatabase:
+    label: str
+    perturbations: tuple[Perturbation, ...]
+    changed_rows: int
+    order_free: bool = False  # the gold query's ORDER BY ties here: rows are compared as a bag
+
+
+@dataclass(frozen=True)
+class Suite:
+    key: str
+    databases: tuple[SuiteDatabase, ...]
+    build_ms: float
+    mutants: int = 0
+    mutants_killed: int = 0
+    generated: int = 0  # databases made before distillation
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": SUITE_VERSION,
+                "key": self.key,
+                "build_ms": round(self.build_ms, 1),
+                "mutants": self.mutants,
+                "mutants_killed": self.mutants_killed,
+                "generated": self.generated,
+                "databases": [
+                    {
+                        "label": d.label,
+                        "changed_rows": d.changed_rows,
+                        "order_free": d.order_free,
+                        "perturbations": [list(p) for p in d.perturbations],
+                    }
+                    for d in self.databases
+                ],
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Suite | None:
+        try:
+            data = json.loads(text)
+            if data.get("version") != SUITE_VERSION:
+                return None
+            databases = tuple(
+                SuiteDatabase(
+                    str(d["label"]),
+                    tuple(tuple(str(s) for s in p) for p in d["perturbations"]),
+                    int(d["changed_rows"]),
+                    bool(d.get("order_free", False)),
+                )
+                for d in data["databases"]
+            )
+            return cls(
+                str(data["key"]),
+                databases,
+                float(data["build_ms"]),
+                int(data["mutants"]),
+                int(data["mutants_killed"]),
+                int(data.get("generated", 0)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+@dataclass
+class _Built:
+    label: str
+    clone: SuiteClone
+    gold: SqlOutcome | None = None
+    kills: set[int] = field(default_factory=set)
+    order_free: bool = False
+
+
+class SuiteBuilder:
+    """Suites for one seed: clones made through ``clones``, queries run as the reader with ``timeout_ms`` each.
+
+    ``seed_url`` is the reader's DSN of an unperturbed clone (the session's own database): the schema, the
+    constants' values and the rows the queries read come from there. Clones built here are kept until ``close``.
+    """
+
+    def __init__(
+        self,
+        clones: SuiteClones,
+        seed_url: str,
+        seed_digest: str,
+        *,
+        timeout_ms: int = 5000,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.clones = clones
+        self.seed_url = seed_url
+        self.seed_digest = seed_digest
+        self.timeout_ms = timeout_ms
+        self.cache_dir = cache_dir
+        self._schema: Schema | None = None
+        self._suites: dict[str, Suite] = {}
+        self._urls: dict[tuple[Perturbation, ...], SuiteClone] = {}
+
+    @property
+    def schema(self) -> Schema:
+        if self._schema is None:
+            self._schema = read_schema(self.seed_url, self.timeout_ms)
+        return self._schema
+
+    def run(self, url: str, sql: str) -> SqlOutcome:
+        return execute_untrusted(url, sql, self.timeout_ms)
+
+    def key(self, gold: str, candidate: str | None = None) -> str:
+        digest = hashlib.sha256(f"{SUITE_VERSION}\0{self.seed_digest}\0{gold.strip()}".encode())
+        if candidate is not None:
+            extra = sorted({(c.table, c.column, c.text) for c in mentions(candidate, self.schema).constants})
+            digest.update(repr(extra).encode())
+        return digest.hexdigest()[:24]
+
+    def suite(self, gold: str, candidate: str | None = None) -> Suite:
+        """The suite of ``gold`` (with the constants ``candidate`` mentions too): from memory, the cache, or built."""
+        key = self.key(gold, candidate)
+        suite = self._suites.get(key)
+        if suite is None and self.cache_dir is not None:
+            path = self.cache_dir / f"{key}.json"
+            if path.is_file():
+                suite = Suite.from_json(path.read_text(encoding="utf-8"))
+        if suite is None:
+            suite = self._build(key, gold, candidate)
+            if self.cache_dir is not None:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.cache_dir / f".{key}.tmp"
+                tmp.write_text(suite.to_json(), encoding="utf-8")
+                tmp.replace(self.cache_dir / f"{key}.json")
+        self._suites[key] = suite
+        return suite
+
+    def database(self, db: SuiteDatabase) -> SuiteClone:
+        """The clone holding ``db``: built once per builder, then reused."""
+        clone = self._urls.get(db.perturbations)
+        if clone is None:
+            clone = self.clones.build(db.perturbations)
+            self._urls[db.perturbations] = clone
+        return clone
+
+    def close(self) -> None:
+        self._urls.clear()
+        self.clones.close()
+
+    # -- building ---------------------------------------------------------------------------------------------------
+
+    def _build(self, key: str, gold: str, candidate: str | None) -> Suite:
+        started = time.perf_counter()
+        schema = self.schema
+        found = mentions(gold, schema)
+        if candidate is not None:
+            found.add(mentions(candidate, schema))
+        values = self._values(found)
+        witnesses = self._witnesses(found)
+        planned = plan(schema, found, values, witnesses)
+        ordered_keys = order_keys_query(gold)
+        limited = ordered_keys is not None and " LIMIT " in ordered_keys.upper()
+        built: list[_Built] = []
+        for label, perturbations in planned.databases:
+            clone = self.clones.build(perturbations)
+            if perturbations and not clone.applied:
+                self.clones.drop(clone.name)
+                continue
+            entry = _Built(label, clone, self.run(clone.reader_url, gold))
+            gold_ok = entry.gold is not None and entry.gold.ok
+            ties = bool(gold_ok and ordered_keys and self._ties(clone.reader_url, ordered_keys))
+            if label != "seed" and (not gold_ok or (ties and limited)):
+                self.clones.drop(clone.name)
+                continue
+            entry.order_free = ties
+            built.append(entry)
+        candidates = mutants(gold)
+        for index, mutant in enumerate(candidates):
+            for entry in built:
+                if entry.gold is None or not entry.gold.ok:
+                    continue
+                outcome = self.run(entry.clone.reader_url, mutant)
+                order = None if entry.order_free else gold
+                if outcome.ok and compare_results(entry.gold.rows, outcome.rows, "bag", golden_sql=order) is not None:
+                    entry.kills.add(index)
+        kept = self._distill(built)
+        for entry in built:
+            if entry not in kept:
+                self.clones.drop(entry.clone.name)
+        databases = []
+        for entry in kept:
+            db = SuiteDatabase(entry.label, entry.clone.applied, entry.clone.changed_rows, entry.order_free)
+            self._urls.setdefault(db.perturbations, entry.clone)
+            databases.append(db)
+        killed = set().union(*(e.kills for e in built)) if built else set()
+        return Suite(
+            key,
+            tuple(databases),
+            (time.perf_counter() - started) * 1000,
+            mutants=len(candidates),
+            mutants_killed=len(killed),
+            generated=len(planned.databases),
+        )
+
+    @staticmethod
+    def _distill(built: Sequence[_Built]) -> list[_Built]:
+        """The seed and the broad databases, then greedily the one that kills most mutants not yet killed."""
+        kept = [b for b in built if b.label in ALWAYS_KEPT]
+        killed: set[int] = set().union(*(b.kills for b in kept)) if kept else set()
+        rest = [b for b in built if b not in kept]
+        while rest:
+            best = max(rest, key=lambda b: (len(b.kills - killed), -b.clone.changed_rows))
+            if not best.kills - killed:
+                break
+            kept.append(best)
+            killed |= best.kills
+            rest.remove(best)
+        return kept
+
+    def _values(self, found: Mentions) -> dict[str, str]:
+        """Each constant's text: literals as written, expressions (``now() - interval '30 days'``) as the reader
+        evaluates them on the seed."""
+        values: dict[str, str] = {}
+        for constant in found.constants:
+            if constant.text in values:
+                continue
+            if constant.literal is not None:
+                values[constant.text] = constant.literal
+                continue
+            outcome = self.run(self.seed_url, f"SELECT ({constant.text})::text")
+            if outcome.ok and outcome.rows and outcome.rows[0][0] is not None:
+                values[constant.text] = str(outcome.rows[0][0])
+        return values
+
+    def _witnesses(self, found: Mentions) -> dict[str, list[int]]:
+        keys: dict[str, list[int]] = {}
+        for table, _, query in found.witnesses:
+            outcome = self.run(self.seed_url, query)
+            if not outcome.ok:
+                continue
+            have = keys.setdefault(table, [])
+            have += [int(row[0]) for row in outcome.rows if isinstance(row[0], int) and row[0] not in have][:3]
+        return keys
+
+    def _ties(self, url: str, keys_query: str) -> bool:
+        """Whether two adjacent rows of the ordered gold result share their ORDER BY keys (for a LIMIT, anywhere
+        up to one past it): then the data does not decide its rows or their order."""
+        outcome = self.run(url, keys_query)
+        if not outcome.ok:
+            return True
+        rows: list[Any] = list(outcome.rows)
+        return any(rows[i] == rows[i + 1] for i in range(len(rows) - 1))

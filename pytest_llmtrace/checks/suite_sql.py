@@ -1,0 +1,371 @@
+"""What a query mentions, and its near-miss mutants: sqlglot reads the SQL only to decide what to perturb.
+
+Nothing here decides a verdict: verdicts come from running the queries on Postgres. A query sqlglot cannot parse
+still gets a suite (the generic perturbations); it just gets no perturbations around its constants and no mutants.
+sqlglot is imported lazily, with an install hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_llmtrace.checks.suite_schema import Schema, Table, quote_ident
+from pytest_llmtrace.core.errors import LLMTraceError
+
+INSTALL_HINT = "pip install sqlglot (the semantic test suite reads SQL with it)"
+MAX_MUTANTS = 60
+
+
+def load_sqlglot() -> Any:
+    try:
+        import sqlglot
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise LLMTraceError(f"llmtrace_result_match = suite needs sqlglot: {INSTALL_HINT}") from exc
+    return sqlglot
+
+
+def parse(sql: str) -> Any | None:
+    """The statement's tree, or ``None`` when sqlglot cannot read it as one Postgres statement."""
+    sqlglot = load_sqlglot()
+    try:
+        trees = [t for t in sqlglot.parse(sql, read="postgres") if t is not None]
+    except Exception:  # sqlglot raises several error types; any of them means: no tree
+        return None
+    return trees[0] if len(trees) == 1 else None
+
+
+@dataclass(frozen=True)
+class Constant:
+    table: str  # qualified
+    column: str
+    text: str  # SQL of a column-free expression: a literal, or one to evaluate as the reader first
+    literal: str | None  # its value when it is a plain literal (no evaluation needed)
+    like: bool  # compared with LIKE / ILIKE / SIMILAR TO: a pattern
+
+
+@dataclass
+class Mentions:
+    tables: set[str] = field(default_factory=set)
+    columns: set[tuple[str, str]] = field(default_factory=set)
+    constants: list[Constant] = field(default_factory=list)
+    witnesses: list[tuple[str, str, str]] = field(default_factory=list)  # (table, key column, query of keys)
+
+    def add(self, other: Mentions) -> None:
+        self.tables |= other.tables
+        self.columns |= other.columns
+        self.constants += [c for c in other.constants if c not in self.constants]
+        self.witnesses += [w for w in other.witnesses if w not in self.witnesses]
+
+
+def mentions(sql: str, schema: Schema) -> Mentions:
+    """The tables, columns and constants ``sql`` mentions, resolved against ``schema``; empty when unparsable."""
+    from sqlglot import exp
+
+    found = Mentions()
+    tree = parse(sql)
+    if tree is None:
+        return found
+    aliases: dict[str, list[Table]] = {}
+    for node in tree.find_all(exp.Table):
+        tables = schema.named(f"{node.db}.{node.name}" if node.db else node.name)
+        for table in tables:
+            found.tables.add(table.qualified)
+        aliases.setdefault((node.alias_or_name or node.name).lower(), []).extend(tables)
+    mentioned = [schema.tables[name] for name in sorted(found.tables)]
+
+    def resolve(column: Any) -> list[Table]:
+        qualifier = (column.table or "").lower()
+        pool = aliases.get(qualifier, []) if qualifier else mentioned
+        return [t for t in pool if t.has(column.name)]
+
+    for column in tree.find_all(exp.Column):
+        for table in resolve(column):
+            found.columns.add((table.qualified, column.name))
+    for node in tree.find_all(exp.Predicate):
+        sides: list[Any]
+        if isinstance(node, exp.Between):
+            sides = [node.this, node.args.get("low"), node.args.get("high")]
+        elif isinstance(node, exp.In):
+            sides = [node.this, *node.expressions]
+        elif isinstance(node, exp.Binary):
+            sides = [node.this, node.expression]
+        else:
+            continue
+        with_columns = [s for s in sides if s is not None and s.find(exp.Column) is not None]
+        constant_sides = [s for s in sides if s is not None and _constant(s)]
+        if not with_columns or not constant_sides:
+            continue
+        like = isinstance(node, (exp.Like, exp.ILike, exp.SimilarTo))
+        columns = [c for side in with_columns for c in side.find_all(exp.Column)]
+        for column in columns:
+            for table in resolve(column):
+                for side in constant_sides:
+                    literal = side.this if isinstance(side, exp.Literal) else None
+                    constant = Constant(table.qualified, column.name, side.sql(dialect="postgres"), literal, like)
+                    if constant not in found.constants:
+                        found.constants.append(constant)
+    found.witnesses = _witnesses(tree, schema, aliases)
+    return found
+
+
+def _constant(node: Any) -> bool:
+    """A column-free, subquery-free expression: a value the query compares with."""
+    from sqlglot import exp
+
+    if isinstance(node, (exp.Select, exp.Subquery, exp.Tuple)) or node.find(exp.Column, exp.Select) is not None:
+        return False
+    return not isinstance(node, exp.Null)
+
+
+def _witnesses(tree: Any, schema: Schema, aliases: dict[str, list[Table]]) -> list[tuple[str, str, str]]:
+    """Queries of the keys of rows the outer query reads, for each of its tables with an integer key: rows that
+    pass its WHERE (and, one conjunct dropped at a time, rows that nearly do). A value put at a constant's edge in
+    such a row is one the query actually looks at."""
+    from sqlglot import exp
+
+    select = tree if isinstance(tree, exp.Select) else tree.find(exp.Select)
+    if select is None or select.args.get("from_") is None:
+        return []
+    where = select.args.get("where")
+    conjuncts = list(where.this.flatten()) if where is not None and isinstance(where.this, exp.And) else []
+    conjuncts = conjuncts or ([where.this] if where is not None else [])
+    variants: list[Any] = [where.this if where is not None else None]
+    variants += [_and([c for c in conjuncts if c is not dropped]) for dropped in conjuncts]
+    out: list[tuple[str, str, str]] = []
+    sources = [select.args["from_"].this, *[j.this for j in select.args.get("joins") or []]]
+    for source in sources:
+        if not isinstance(source, exp.Table):
+            continue
+        alias = source.alias_or_name
+        for table in aliases.get(alias.lower(), [])[:1]:
+            key = table.key
+            if key is None:
+                continue
+            for condition in variants:
+                query = select.copy()
+                for arg in ("group", "having", "order", "limit", "offset", "distinct", "qualify", "windows"):
+                    query.set(arg, None)
+                query.set("expressions", [exp.column(key, table=alias)])
+                query.set("where", exp.Where(this=condition.copy()) if condition is not None else None)
+                text = query.distinct().sql(dialect="postgres")
+                witness = (
+                    table.qualified,
+                    key,
+                    f"SELECT k FROM ({text}) AS w(k) WHERE k IS NOT NULL ORDER BY k LIMIT 6",
+                )
+                if witness not in out:
+                    out.append(witness)
+    return out
+
+
+def _and(conditions: list[Any]) -> Any | None:
+    from sqlglot import exp
+
+    if not conditions:
+        return None
+    out = conditions[0].copy()
+    for c in conditions[1:]:
+        out = exp.and_(out, c.copy())
+    return out
+
+
+# -- mutants ----------------------------------------------------------------------------------------------------------
+
+
+def mutants(sql: str) -> list[str]:
+    """Near misses of ``sql``: each differs from it in one place. The databases that tell the gold query from its
+    mutants are the ones a suite keeps, because a wrong candidate is most often one of these."""
+    tree = parse(sql)
+    if tree is None:
+        return []
+    original = tree.sql(dialect="postgres")
+    out: list[str] = []
+    for mutate in _MUTATIONS:
+        for mutated in mutate(tree):
+            text = mutated.sql(dialect="postgres")
+            if text != original and text not in out:
+                out.append(text)
+            if len(out) >= MAX_MUTANTS:
+                return out
+    return out
+
+
+_REMOVE = object()
+
+
+def _variants(tree: Any, kinds: tuple[type, ...], replacements: Callable[[Any], list[Any]]) -> Iterator[Any]:
+    """For each node of ``kinds``, and each of its ``replacements`` (new nodes, or ``_REMOVE``), a copy of the tree
+    with that one node replaced."""
+    for i, node in enumerate(list(tree.find_all(*kinds))):
+        for replacement in replacements(node):
+            copy = tree.copy()
+            target = list(copy.find_all(*kinds))[i]
+            if target is copy:  # the root itself
+                yield replacement
+                continue
+            if replacement is _REMOVE:
+                target.pop()
+            else:
+                target.replace(replacement)
+            yield copy
+
+
+def _comparisons(tree: Any) -> Iterator[Any]:
+    from sqlglot import exp
+
+    ops = (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.EQ, exp.NEQ)
+
+    def swapped(node: Any) -> list[Any]:
+        if isinstance(node.this, exp.Column) and isinstance(node.expression, exp.Column):
+            return []  # join conditions: a swapped operator there is not a near miss
+        return [op(this=node.this.copy(), expression=node.expression.copy()) for op in ops if op is not type(node)]
+
+    yield from _variants(tree, ops, swapped)
+
+
+def _dropped_predicates(tree: Any) -> Iterator[Any]:
+    from sqlglot import exp
+
+    yield from _variants(tree, (exp.And,), lambda node: [node.this.copy(), node.expression.copy()])
+    yield from _variants(tree, (exp.Where,), lambda node: [_REMOVE])
+
+
+def _joins(tree: Any) -> Iterator[Any]:
+    from sqlglot import exp
+
+    def others(node: Any) -> list[Any]:
+        side = (node.args.get("side") or "").upper()
+        out = []
+        for new in ("", "LEFT", "RIGHT", "FULL"):
+            if new != side and (new or node.args.get("on") is not None):
+                changed = node.copy()
+                changed.set("side", new or None)
+                changed.set("kind", None)
+                out.append(changed)
+        return out
+
+    yield from _variants(tree, (exp.Join,), others)
+
+
+def _distinct(tree: Any) -> Iterator[Any]:
+    from sqlglot import exp
+
+    def toggled(node: Any) -> list[Any]:
+        changed = node.copy()
+        changed.set("distinct", None if node.args.get("distinct") else exp.Distinct())
+        return [changed]
+
+    yield from _variants(tree, (exp.Select,), toggled)
+
+
+def _likes(tree: Any) -> Iterator[Any]:
+    from sqlglot import exp
+
+    def other(node: Any) -> list[Any]:
+        kind = exp.ILike if isinstance(node, exp.Like) else exp.Like
+        return [kind(this=node.this.copy(), expression=node.expression.copy())]
+
+    yield from _variants(tree, (exp.Like, exp.ILike), other)
+
+
+def _aggregates(tree: Any) -> Iterator[Any]:
+    from sqlglot import exp
+
+    swaps: dict[type, tuple[type, ...]] = {
+        exp.Count: (exp.Sum,),
+        exp.Sum: (exp.Count, exp.Avg),
+        exp.Avg: (exp.Sum,),
+        exp.Max: (exp.Min,),
+        exp.Min: (exp.Max,),
+    }
+
+    def others(node: Any) -> list[Any]:
+        inner = node.this
+        out = [k(this=inner.copy()) for k in swaps[type(node)] if not isinstance(inner, exp.Star) or k is exp.Count]
+        if isinstance(node, exp.Count) and isinstance(inner, exp.Distinct) and inner.expressions:
+            out.append(exp.Count(this=inner.expressions[0].copy()))
+        elif isinstance(node, exp.Count) and inner is not None and not isinstance(inner, exp.Star):
+            out.append(exp.Count(this=exp.Distinct(expressions=[inner.copy()])))
+        return out
+
+    yield from _variants(tree, tuple(swaps), others)
+
+
+def _shifted_numbers(tree: Any) -> Iterator[Any]:
+    from sqlglot import exp
+
+    def shifted(node: Any) -> list[Any]:
+        if node.is_string or isinstance(node.parent, (exp.Limit, exp.Offset, exp.Ordered, exp.Group)):
+            return []
+        try:
+            value = float(node.this)
+        except ValueError:
+            return []
+        numbers = (value - 1, value + 1)
+        return [exp.Literal.number(int(n) if n.is_integer() else n) for n in numbers]
+
+    yield from _variants(tree, (exp.Literal,), shifted)
+
+
+_MUTATIONS: tuple[Callable[[Any], Iterator[Any]], ...] = (
+    _comparisons,
+    _dropped_predicates,
+    _joins,
+    _distinct,
+    _likes,
+    _aggregates,
+    _shifted_numbers,
+)
+
+
+def qualified_column(table: str, column: str) -> str:
+    return f"{table}.{quote_ident(column)}"
+
+
+def order_keys_query(sql: str) -> str | None:
+    """The outer query's ORDER BY keys, one more row than its LIMIT: where two adjacent keys are equal, the query's
+    rows (or their order) are not determined by the data, and a rewrite may rightly return others. ``None`` when the
+    query is not ordered or the keys cannot be read."""
+    from sqlglot import exp
+
+    tree = parse(sql)
+    if not isinstance(tree, exp.Select) or tree.args.get("order") is None:
+        return None
+    outputs = list(tree.expressions)
+    by_alias = {e.alias.lower(): e.this for e in outputs if isinstance(e, exp.Alias)}
+    keys: list[Any] = []
+    for ordered in tree.args["order"].expressions:
+        key = ordered.this
+        if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+            index = int(key.this) - 1
+            if not 0 <= index < len(outputs):
+                return None
+            key = outputs[index]
+            key = key.this if isinstance(key, exp.Alias) else key
+        elif isinstance(key, exp.Column) and not key.table and key.name.lower() in by_alias:
+            key = by_alias[key.name.lower()]
+        keys.append(key.copy())
+    if not keys or tree.args.get("distinct") is not None:
+        return None
+    query = tree.copy()
+    query.set("expressions", [exp.alias_(k, f"k{i}") for i, k in enumerate(keys)])
+    query.set("order", exp.Order(expressions=[o.copy() for o in tree.args["order"].expressions]))
+    limit = tree.args.get("limit")
+    if limit is not None:
+        count = limit.expression if limit.expression is not None else limit.this
+        if not isinstance(count, exp.Literal) or not count.this.isdigit():
+            return None
+        query.set("limit", exp.Limit(expression=exp.Literal.number(int(count.this) + 1)))
+    # positions and aliases of the original select list no longer exist: order by the keys themselves
+    query.set(
+        "order",
+        exp.Order(
+            expressions=[
+                exp.Ordered(this=exp.column(f"k{i}"), desc=o.args.get("desc"), nulls_first=o.args.get("nulls_first"))
+                for i, o in enumerate(tree.args["order"].expressions)
+            ]
+        ),
+    )
+    return query.sql(dialect="postgres")
