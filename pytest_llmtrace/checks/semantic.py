@@ -117,7 +117,7 @@ def judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
     if not differing:
         return Verdict("equivalent", counted, suite.build_ms, skipped=tuple(skipped))
     db, gold_outcome, now, diff = min(differing, key=lambda d: (d[0].changed_rows, len(d[0].perturbations)))
-    example = Counterexample(
+    example = _shrunk(builder, gold, candidate, db) or Counterexample(
         db.label,
         tuple(s for p in db.perturbations for s in p),
         db.changed_rows,
@@ -126,6 +126,36 @@ def judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
         str(diff),
     )
     return Verdict("different", counted, suite.build_ms, counterexample=example, skipped=tuple(skipped))
+
+
+def _shrunk(builder: SuiteBuilder, gold: str, candidate: str, db: SuiteDatabase) -> Counterexample | None:
+    """A smaller database that still tells the two apart: halves of ``db``'s perturbations, bisected while one half
+    alone still does (at most ``SHRINK_CLONES`` more clones, each dropped after)."""
+    perturbations = list(db.perturbations)
+    best: Counterexample | None = None
+    for _ in range(SHRINK_CLONES):
+        if len(perturbations) < 2:
+            break
+        half = len(perturbations) // 2
+        for part in (perturbations[:half], perturbations[half:]):
+            clone = builder.clones.build(part)
+            try:
+                g, n = builder.run(clone.reader_url, gold), builder.run(clone.reader_url, candidate)
+                diff = compare_results(g.rows, n.rows, "bag", golden_sql=None if db.order_free else gold)
+                if g.ok and n.ok and diff is not None and clone.applied:
+                    statements = tuple(s for p in clone.applied for s in p)
+                    label = f"{db.label}, reduced"
+                    best = Counterexample(label, statements, clone.changed_rows, g.rows, n.rows, str(diff))
+                    perturbations = list(clone.applied)
+                    break
+            finally:
+                builder.clones.drop(clone.name)
+        else:
+            break
+    return best
+
+
+SHRINK_CLONES = 8
 
 
 def check_semantic(verdict: Verdict) -> CheckResult:

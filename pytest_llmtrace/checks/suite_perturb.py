@@ -138,6 +138,7 @@ def edge_values(column: Column, value: str, *, like: bool) -> list[str]:
             f"(date_trunc('month', {base}) + interval '1 month' - {us})",
             f"(date_trunc('month', {base}) - {us})",
             f"(date_trunc('year', {base}) + interval '1 year' - {us})",
+            f"(date_trunc('year', {base}) + interval '1 year')",
             f"(date_trunc('year', {base}) - {us})",
         ]
     if column.category == "B":
@@ -235,7 +236,8 @@ def plan(
     plan.databases.append(("values at the constants' edges, in copied rows", inserts + nulls[1::2]))
     plan.databases.append(("values at the constants' edges, in place", updates))
     plan.databases.append(("rows mixed, duplicated, deleted; NULLs", mixed + nulls))
-    plan.databases.append(("all perturbations", updates + mixed + inserts + nulls))
+    # the constants' edges last: mixing must not overwrite them
+    plan.databases.append(("all perturbations", mixed + nulls + updates + inserts))
     for table in tables:
         plan.databases.append((f"{table.name} empty", [(f"TRUNCATE {table.qualified} CASCADE",)]))
         rows = rows_of[table.qualified]

@@ -1,0 +1,266 @@
+"""The semantic test suite on the reference schema: labelled pairs, each verdict asserted.
+
+``DIFFERENT`` pairs are wrong queries, most of which return exactly the golden rows on the seed (the false passes
+one-database matching gives); ``REWRITES`` are true rewrites, which must never be called different. Every query runs
+as the read-only reader on clones of the session's embedded Postgres.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmtrace.checks.execute import execute_untrusted
+from pytest_llmtrace.checks.semantic import judge
+from pytest_llmtrace.checks.suite_build import SuiteBuilder
+from pytest_llmtrace.cli import main
+from pytest_llmtrace.services import pg_databases
+from pytest_llmtrace.services.pg_suite import suite_session
+from tests.support import REPO, rows
+
+pytestmark = pytest.mark.slow  # each pair builds a suite of databases: seconds each on two busy cores
+
+FIXTURES = [REPO / "fixtures/company_db/01_schema.sql", REPO / "fixtures/company_db/02_seed.sql"]
+
+# (id, gold, candidate, returns the same rows on the seed)
+DIFFERENT = [
+    (
+        "gte-vs-gt",
+        "SELECT count(*) FROM orders WHERE amount >= 1000",
+        "SELECT count(*) FROM orders WHERE amount > 1000",
+    ),
+    (
+        "between-on-timestamp",
+        "SELECT count(*) FROM orders WHERE ordered_at >= '2024-07-01' AND ordered_at < '2024-10-01'",
+        "SELECT count(*) FROM orders WHERE ordered_at BETWEEN '2024-07-01' AND '2024-09-30'",
+    ),
+    (
+        "tier-by-id-pattern",
+        "SELECT id FROM customers WHERE tier = 'Enterprise' ORDER BY id",
+        "SELECT id FROM customers WHERE id % 10 = 9 ORDER BY id",
+    ),
+    (
+        "hard-coded-ids",
+        "SELECT name FROM products WHERE category = 'Support' ORDER BY name",
+        "SELECT name FROM products WHERE id IN (11, 12) ORDER BY name",
+    ),
+    (
+        "silent-extra-filter",
+        "SELECT count(*) FROM orders WHERE status = 'paid'",
+        "SELECT count(*) FROM orders WHERE status = 'paid' AND amount > 0",
+    ),
+    (
+        "inner-for-left-join",
+        "SELECT p.name, count(oi.id) FROM products p LEFT JOIN order_items oi ON oi.product_id = p.id GROUP BY p.name",
+        "SELECT p.name, count(oi.id) FROM products p JOIN order_items oi ON oi.product_id = p.id GROUP BY p.name",
+    ),
+    (
+        "missing-distinct",
+        "SELECT DISTINCT c.name FROM customers c WHERE c.tier = 'Enterprise'",
+        "SELECT c.name FROM customers c WHERE c.tier = 'Enterprise'",
+    ),
+    (
+        "like-for-ilike",
+        "SELECT count(*) FROM customers WHERE name ILIKE 'acme%'",
+        "SELECT count(*) FROM customers WHERE name LIKE 'Acme%'",
+    ),
+    (
+        "year-by-lower-bound",
+        "SELECT count(*) FROM orders WHERE extract(year FROM ordered_at) = 2024",
+        "SELECT count(*) FROM orders WHERE ordered_at >= '2024-01-01'",
+    ),
+    pytest.param(
+        "max-with-extra-filter",
+        "SELECT max(unit_price) FROM order_items WHERE product_id = 12",
+        "SELECT max(unit_price) FROM order_items WHERE product_id = 12 AND discount < 0.30",
+        marks=pytest.mark.xfail(
+            reason="known miss: no perturbation puts the largest unit_price on a row with discount 0.30", strict=True
+        ),
+    ),
+]
+
+REWRITES = [
+    (
+        "not-in-vs-not-exists",
+        "SELECT c.id FROM customers c WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id) ORDER BY 1",
+        "SELECT id FROM customers WHERE id NOT IN (SELECT customer_id FROM orders) ORDER BY id",
+    ),
+    (
+        "cte",
+        "SELECT count(*) FROM orders WHERE amount > 5000",
+        "WITH big AS (SELECT * FROM orders WHERE amount > 5000) SELECT count(*) FROM big",
+    ),
+    (
+        "join-order-and-aliases",
+        "SELECT c.name, sum(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id "
+        "WHERE c.tier = 'Enterprise' GROUP BY c.name",
+        "SELECT cu.name, sum(ord.amount) FROM orders ord INNER JOIN customers cu ON cu.id = ord.customer_id "
+        "WHERE 'Enterprise' = cu.tier GROUP BY cu.name",
+    ),
+    (
+        "check-implied",
+        "SELECT count(*) FROM order_items",
+        "SELECT count(*) FROM order_items WHERE quantity >= 1",
+    ),
+    (
+        "check-implied-in-list",
+        "SELECT count(*) FROM customers",
+        "SELECT count(*) FROM customers WHERE tier IN ('SMB', 'Mid-Market', 'Enterprise')",
+    ),
+    (
+        "foreign-key-implied-join",
+        "SELECT count(*) FROM orders",
+        "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id",
+    ),
+    (
+        "between-vs-bounds",
+        "SELECT id FROM orders WHERE amount BETWEEN 100 AND 500 ORDER BY id",
+        "SELECT id FROM orders WHERE amount >= 100 AND amount <= 500 ORDER BY id",
+    ),
+    (
+        "in-vs-or",
+        "SELECT count(*) FROM orders WHERE status IN ('paid', 'pending')",
+        "SELECT count(*) FROM orders WHERE status = 'paid' OR status = 'pending'",
+    ),
+    (
+        "ilike-vs-lower-like",
+        "SELECT id FROM customers WHERE name ILIKE 'acme%' ORDER BY id",
+        "SELECT id FROM customers WHERE lower(name) LIKE 'acme%' ORDER BY id",
+    ),
+    (
+        "top-n-with-cte",
+        "SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id ORDER BY total DESC LIMIT 5",
+        "WITH t AS (SELECT customer_id, sum(amount) AS total FROM orders GROUP BY customer_id) "
+        "SELECT customer_id, total FROM t ORDER BY total DESC LIMIT 5",
+    ),
+    (
+        "count-distinct-vs-subquery",
+        "SELECT count(DISTINCT customer_id) FROM orders WHERE status = 'refunded'",
+        "SELECT count(*) FROM (SELECT DISTINCT customer_id FROM orders WHERE status = 'refunded') AS d",
+    ),
+    (
+        "exists-vs-in",
+        "SELECT id FROM customers c WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id "
+        "AND o.status = 'refunded') ORDER BY id",
+        "SELECT id FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE status = 'refunded') ORDER BY id",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def builder(pg_admin_url: str) -> Iterator[SuiteBuilder]:
+    with suite_session(pg_admin_url, FIXTURES) as (clones, seed_url, digest):
+        built = SuiteBuilder(clones, seed_url, digest)
+        try:
+            yield built
+        finally:
+            built.close()
+
+
+def _pairs(pairs: list[Any]) -> list[Any]:
+    return [
+        pytest.param(*p.values[1:], id=p.values[0], marks=p.marks)
+        if hasattr(p, "values")
+        else pytest.param(*p[1:], id=p[0])
+        for p in pairs
+    ]
+
+
+@pytest.mark.parametrize(("gold", "candidate"), _pairs(DIFFERENT))
+def test_different_pairs_are_caught(builder: SuiteBuilder, gold: str, candidate: str) -> None:
+    verdict = judge(builder, gold, candidate)
+    assert verdict.verdict == "different", verdict.summary
+    assert verdict.counterexample is not None
+
+
+@pytest.mark.parametrize(("gold", "candidate"), _pairs(REWRITES))
+def test_true_rewrites_are_equivalent(builder: SuiteBuilder, gold: str, candidate: str) -> None:
+    verdict = judge(builder, gold, candidate)
+    assert verdict.verdict == "equivalent", (
+        verdict.summary + "\n" + "\n".join(verdict.counterexample.lines() if verdict.counterexample else [])
+    )
+    assert verdict.databases >= 2
+
+
+def test_most_different_pairs_agree_on_the_seed(builder: SuiteBuilder) -> None:
+    """The pairs are the hard kind: one-database matching would pass them."""
+    agreeing = 0
+    for pair in DIFFERENT:
+        _, gold, candidate = pair.values if hasattr(pair, "values") else pair
+        g = execute_untrusted(builder.seed_url, gold, 5000)
+        c = execute_untrusted(builder.seed_url, candidate, 5000)
+        agreeing += sorted(g.rows) == sorted(c.rows)
+    assert agreeing >= len(DIFFERENT) - 1
+
+
+def test_counterexample_is_reproducible_by_hand(builder: SuiteBuilder, pg_admin_url: str) -> None:
+    """The counterexample's statements, run on a fresh copy of the seed, make both queries disagree as reported."""
+    _, gold, candidate = DIFFERENT[0]
+    verdict = judge(builder, gold, candidate)
+    assert verdict.counterexample is not None
+    url = pg_databases.clone_database(pg_admin_url, builder.clones.template)
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    try:
+        for statement in verdict.counterexample.statements:
+            rows(url, statement)
+        assert [tuple(r) for r in rows(url, gold)] == [tuple(r) for r in verdict.counterexample.gold_rows]
+        assert [tuple(r) for r in rows(url, candidate)] == [tuple(r) for r in verdict.counterexample.candidate_rows]
+        assert rows(url, gold) != rows(url, candidate)
+    finally:
+        pg_databases.drop_database(pg_admin_url, name)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "words"),
+    [
+        ("DELETE FROM orders", "read-only transaction"),
+        ("SELECT 1; DROP TABLE orders", "expected exactly one"),
+        ("SELECT pg_sleep(30)", "statement timeout"),
+        ("COMMIT", "ended the check's read-only transaction"),
+    ],
+)
+def test_hostile_candidates_end_as_the_sql_check_ends_them(builder: SuiteBuilder, candidate: str, words: str) -> None:
+    builder.timeout_ms = 1000
+    try:
+        verdict = judge(builder, "SELECT count(*) FROM orders", candidate)
+    finally:
+        builder.timeout_ms = 5000
+    assert verdict.verdict == "error"
+    assert words in (verdict.error or "")
+    count = execute_untrusted(builder.seed_url, "SELECT count(*) FROM orders", 5000)
+    assert count.rows == ((3000,),)
+
+
+def test_suite_is_cached_and_rebuilt_from_statements(builder: SuiteBuilder, tmp_path: Path) -> None:
+    gold = "SELECT count(*) FROM orders WHERE amount >= 2500"
+    cached = SuiteBuilder(builder.clones, builder.seed_url, builder.seed_digest, cache_dir=tmp_path)
+    first = cached.suite(gold)
+    assert list(tmp_path.glob("*.json"))
+    again = SuiteBuilder(builder.clones, builder.seed_url, builder.seed_digest, cache_dir=tmp_path).suite(gold)
+    assert again.databases == first.databases
+    assert len(first.databases) >= 3
+
+
+def test_cli_pairs_writes_verdicts_and_exit_status(pg_admin_url: str, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"id": i, "gold": g, "candidate": c}) + "\n" for i, g, c in (DIFFERENT[0], REWRITES[1]))  # type: ignore[misc]
+    )
+    out = tmp_path / "out.jsonl"
+    fixtures = [a for f in FIXTURES for a in ("--fixtures", str(f))]
+    status = main(["equiv", *fixtures, "--postgres", pg_admin_url, "--pairs", str(pairs), "--json", str(out)])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert status == 1
+    assert [(r["id"], r["verdict"]) for r in lines] == [("gte-vs-gt", "different"), ("cte", "equivalent")]
+    assert lines[0]["counterexample"]["statements"]
+    assert lines[1]["databases"] >= 2
+
+
+def test_cli_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["equiv", "--fixtures", str(tmp_path / "missing.sql"), "SELECT 1", "SELECT 1"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["equiv", "--fixtures", str(FIXTURES[0]), "SELECT 1"]) == 2
