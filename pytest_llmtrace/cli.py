@@ -151,8 +151,20 @@ def _parser() -> argparse.ArgumentParser:
         "status: 0 all equivalent, 1 any different or failing, 2 usage error.",
     )
     equiv_command.add_arguments(equiv)
-    equiv.set_defaults(handler=equiv_command.run)
+    equiv.set_defaults(handler=lambda args: equiv_command.run(args, _postgres_server))
     return parser
+
+
+@contextmanager
+def _postgres_server(url: str | None) -> Iterator[str]:
+    """``llmtrace equiv``'s server: the one given, else an embedded one of its own, stopped at the end."""
+    if url is not None:
+        yield url
+        return
+    from pytest_llmtrace.services.postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres() as endpoint:
+        yield endpoint.url
 
 
 def _add_max_bytes(parser: argparse.ArgumentParser) -> None:

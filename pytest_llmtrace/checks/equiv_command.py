@@ -8,10 +8,10 @@ every pair is equivalent, 1 when any differs or fails, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,7 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-ms", type=int, default=5000, help="statement timeout of each query (ms)")
 
 
-def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+Server = Callable[[str | None], AbstractContextManager[str]]
+
+
+def run(args: argparse.Namespace, server: Server, out: TextIO | None = None) -> int:
+    """``server(args.postgres)``: the admin DSN of the server to use (``cli.py`` starts an embedded one: the
+    checks layer does not import server backends)."""
     out = out or sys.stdout
     pairs, problem = _pairs(args)
     if problem is not None:
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"error: --fixtures: no such file: {', '.join(missing)}", file=sys.stderr)
         return USAGE
     results: list[dict[str, Any]] = []
-    with _server(args.postgres) as admin_url:
+    with server(args.postgres) as admin_url:
         from pytest_llmtrace.services.pg_suite import suite_session
 
         with suite_session(admin_url, args.fixtures) as (clones, seed_url, digest):
@@ -92,17 +97,6 @@ def _pairs(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], str | 
     if not args.gold or not args.candidate:
         return [], "give GOLD_SQL and CANDIDATE_SQL, or --pairs FILE"
     return [("1", args.gold, args.candidate)], None
-
-
-@contextlib.contextmanager
-def _server(url: str | None) -> Iterator[str]:
-    if url is not None:
-        yield url
-        return
-    from pytest_llmtrace.services.postgres import EmbeddedPostgres
-
-    with EmbeddedPostgres() as endpoint:
-        yield endpoint.url
 
 
 def _print(out: TextIO, pair_id: str, verdict: Verdict, *, single: bool) -> None:

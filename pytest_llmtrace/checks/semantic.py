@@ -92,6 +92,11 @@ def _row(row: tuple[Any, ...]) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def same_sql(a: str, b: str) -> bool:
+    """The same text but for whitespace and a trailing semicolon: no suite is needed to call them equivalent."""
+    return " ".join(a.strip().rstrip(";").split()) == " ".join(b.strip().rstrip(";").split())
+
+
 def judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
     """The verdict of ``candidate`` against ``gold`` on ``gold``'s suite (built, or taken from the cache)."""
     suite = builder.suite(gold, candidate)
@@ -168,4 +173,4 @@ def check_semantic(verdict: Verdict) -> CheckResult:
     return CheckResult("results", "failed", f"semantic: {verdict.summary}", details=details)
 
 
-__all__ = ["Counterexample", "Suite", "Verdict", "check_semantic", "judge"]
+__all__ = ["Counterexample", "Suite", "Verdict", "check_semantic", "judge", "same_sql"]

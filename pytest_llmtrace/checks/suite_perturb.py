@@ -42,7 +42,8 @@ class _Numbers:
 
 
 def _offset(table: Table, n: int) -> int:
-    return n * 10 ** len(str(max(table.max_key or 1, 1)))
+    digits = len(str(max(table.max_key or 1, 1)))
+    return int(n * pow(10, digits))
 
 
 def copy_rows(
@@ -248,16 +249,16 @@ def plan(
     return plan
 
 
-def _rows_of(table: Table, witnesses: list[int]) -> list[int | str]:
+def _rows_of(table: Table, witnesses: list[int]) -> list[int]:
     """Rows to perturb: the witnesses, then rows spread over the table (by key, or by ctid without one)."""
-    rows: list[int | str] = list(dict.fromkeys(witnesses))[:6]
+    rows: list[int] = list(dict.fromkeys(witnesses))[:6]
     if table.key is not None and table.max_key:
         spread = [max(1, table.max_key * i // 5) for i in (1, 2, 3, 4)]
         rows += [k for k in spread if k not in rows]
     return rows
 
 
-def _where_key(table: Table, row: int | str) -> str:
+def _where_key(table: Table, row: int) -> str:
     return f"{quote_ident(table.key)} = {row}" if table.key is not None else "false"
 
 

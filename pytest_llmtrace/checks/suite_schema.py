@@ -129,16 +129,16 @@ def read_schema(reader_url: str, timeout_ms: int = 5000) -> Schema:
             table = tables.setdefault(f"{quote_ident(schema)}.{quote_ident(name)}", Table(schema, name))
             table.columns.append(Column(column, type_, category, bool(not_null), bool(generated)))
         for schema, name, kind, cols, ref_schema, ref_name, ref_cols in cur.execute(_CONSTRAINTS).fetchall():
-            table = tables.get(f"{quote_ident(schema)}.{quote_ident(name)}")
-            if table is None:
+            holder = tables.get(f"{quote_ident(schema)}.{quote_ident(name)}")
+            if holder is None:
                 continue
             if kind == "p":
-                table.primary_key = tuple(cols)
+                holder.primary_key = tuple(cols)
             elif kind == "u":
-                table.uniques.append(tuple(cols))
+                holder.uniques.append(tuple(cols))
             else:
                 ref = f"{quote_ident(ref_schema)}.{quote_ident(ref_name)}"
-                table.foreign_keys.append(ForeignKey(tuple(cols), ref, tuple(ref_cols)))
+                holder.foreign_keys.append(ForeignKey(tuple(cols), ref, tuple(ref_cols)))
         for table in tables.values():
             key = table.key
             extra = f", max({quote_ident(key)})" if key else ""
