@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ from pytest_llmtrace.checks.execute import execute_untrusted
 from pytest_llmtrace.checks.outcome import SqlOutcome
 from pytest_llmtrace.checks.suite_perturb import Perturbation, plan
 from pytest_llmtrace.checks.suite_schema import Schema, read_schema
-from pytest_llmtrace.checks.suite_sql import Mentions, mentions, mutants, order_keys_query
+from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, mutants, order_keys_query
 from pytest_llmtrace.services.pg_suite import SuiteClone, SuiteClones
 
 SUITE_VERSION = "1"
+WORKERS = 2  # databases built and queried at once
 ALWAYS_KEPT = ("seed", "all perturbations", "rows mixed, duplicated, deleted; NULLs")
 
 
@@ -191,30 +193,40 @@ class SuiteBuilder:
         witnesses = self._witnesses(found)
         planned = plan(schema, found, values, witnesses)
         ordered_keys = order_keys_query(gold)
-        limited = ordered_keys is not None and " LIMIT " in ordered_keys.upper()
-        built: list[_Built] = []
-        for label, perturbations in planned.databases:
+        limit = limit_of(gold)
+
+        def make(item: tuple[str, list[Perturbation]]) -> _Built | None:
+            label, perturbations = item
             clone = self.clones.build(perturbations)
             if perturbations and not clone.applied:
                 self.clones.drop(clone.name)
-                continue
+                return None
             entry = _Built(label, clone, self.run(clone.reader_url, gold))
             gold_ok = entry.gold is not None and entry.gold.ok
             ties = bool(gold_ok and ordered_keys and self._ties(clone.reader_url, ordered_keys))
-            if label != "seed" and (not gold_ok or (ties and limited)):
+            if label != "seed" and (not gold_ok or self._undetermined(clone.reader_url, limit, ordered_keys, ties)):
                 self.clones.drop(clone.name)
-                continue
+                return None
             entry.order_free = ties
-            built.append(entry)
+            return entry
+
+        with ThreadPoolExecutor(WORKERS) as pool:  # Postgres copies and queries on both cores
+            built = [b for b in pool.map(make, planned.databases) if b is not None]
         candidates = mutants(gold)
-        for index, mutant in enumerate(candidates):
-            for entry in built:
-                if entry.gold is None or not entry.gold.ok:
-                    continue
+        # the candidate too: the databases that tell it from the gold query are the ones its verdict needs
+        judged = [*candidates, candidate] if candidate is not None and candidate.strip() != gold.strip() else candidates
+
+        def kills(entry: _Built) -> None:
+            if entry.gold is None or not entry.gold.ok:
+                return
+            order = None if entry.order_free else gold
+            for index, mutant in enumerate(judged):
                 outcome = self.run(entry.clone.reader_url, mutant)
-                order = None if entry.order_free else gold
                 if outcome.ok and compare_results(entry.gold.rows, outcome.rows, "bag", golden_sql=order) is not None:
                     entry.kills.add(index)
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(kills, built))
         kept = self._distill(built)
         for entry in built:
             if entry not in kept:
@@ -224,7 +236,7 @@ class SuiteBuilder:
             db = SuiteDatabase(entry.label, entry.clone.applied, entry.clone.changed_rows, entry.order_free)
             self._urls.setdefault(db.perturbations, entry.clone)
             databases.append(db)
-        killed = set().union(*(e.kills for e in built)) if built else set()
+        killed = (set().union(*(e.kills for e in built)) if built else set()) - {len(candidates)}
         return Suite(
             key,
             tuple(databases),
@@ -273,6 +285,16 @@ class SuiteBuilder:
             have = keys.setdefault(table, [])
             have += [int(row[0]) for row in outcome.rows if isinstance(row[0], int) and row[0] not in have][:3]
         return keys
+
+    def _undetermined(self, url: str, limit: tuple[int, str] | None, ordered_keys: str | None, ties: bool) -> bool:
+        """Whether the data leaves the gold query's rows undetermined here: a LIMIT cutting through tied ORDER BY
+        keys, or (keys unknown: no ORDER BY, a UNION) a LIMIT below the number of rows there are."""
+        if limit is None:
+            return False
+        if ordered_keys is not None:
+            return ties
+        outcome = self.run(url, f"SELECT count(*) FROM ({limit[1]}) AS llmtrace_unlimited")
+        return not outcome.ok or not outcome.rows or int(outcome.rows[0][0]) > limit[0]
 
     def _ties(self, url: str, keys_query: str) -> bool:
         """Whether two adjacent rows of the ordered gold result share their ORDER BY keys (for a LIMIT, anywhere

@@ -20,6 +20,7 @@ from pytest_llmtrace.checks.suite_schema import Column, Schema, Table, quote_ide
 from pytest_llmtrace.checks.suite_sql import Mentions
 
 Perturbation = tuple[str, ...]
+MAX_TARGETED = 12  # databases around one constant each
 MAX_DEPTH = 3  # child tables copied or deleted with a row: children, grandchildren, great-grandchildren
 
 
@@ -201,6 +202,26 @@ def plan(
                 inserts.append(tuple(copy_rows(schema, table, [row], numbers.next(), {column.name: edge})))
         if mine:
             targeted.append((f"around {column.name} {value!s:.30}", mine))
+            at = edge_values(column, value, like=constant.like)[0]  # the constant itself, on every row read
+            everywhere = [
+                (f"UPDATE {table.qualified} SET {quote_ident(column.name)} = {at} WHERE {_where_key(table, row)}",)
+                for row in rows
+            ]
+            extremes: list[Perturbation] = []
+            if table.key is not None:  # a new largest / smallest value on a row at the constant: what MAX sees
+                for other in table.columns:
+                    mentioned = (table.qualified, other.name) in mentions.columns
+                    if not mentioned or other.name in (column.name, table.key) or other.category not in ("N", "D"):
+                        continue
+                    step = "1" if other.category == "N" else "interval '1 day'"
+                    for sign in ("+", "-"):
+                        shifted = f"{quote_ident(other.name)} {sign} {step}"
+                        for row in rows:
+                            overrides = {column.name: at, other.name: shifted}
+                            extremes.append(tuple(copy_rows(schema, table, [row], numbers.next(), overrides)))
+                inserts.extend(extremes)
+            label = f"{column.name} = {value!s:.30} on the rows read, and in new extremes"
+            targeted.append((label, everywhere + extremes))
     mixed: list[Perturbation] = []
     nulls: list[Perturbation] = []
     for table in tables:
@@ -245,13 +266,13 @@ def plan(
         if table.key is not None and rows:
             keep = f"{quote_ident(table.key)} <> {rows[0]}"
             plan.databases.append((f"{table.name}: one row", [tuple(delete_rows(schema, table, keep))]))
-    plan.databases.extend(targeted[:8])
+    plan.databases.extend(targeted[:MAX_TARGETED])
     return plan
 
 
 def _rows_of(table: Table, witnesses: list[int]) -> list[int]:
     """Rows to perturb: the witnesses, then rows spread over the table (by key, or by ctid without one)."""
-    rows: list[int] = list(dict.fromkeys(witnesses))[:6]
+    rows: list[int] = list(dict.fromkeys(witnesses))[:8]
     if table.key is not None and table.max_key:
         spread = [max(1, table.max_key * i // 5) for i in (1, 2, 3, 4)]
         rows += [k for k in spread if k not in rows]

@@ -106,7 +106,7 @@ def mentions(sql: str, schema: Schema) -> Mentions:
                     constant = Constant(table.qualified, column.name, side.sql(dialect="postgres"), literal, like)
                     if constant not in found.constants:
                         found.constants.append(constant)
-    found.witnesses = _witnesses(tree, schema, aliases)
+    found.witnesses = _witnesses(tree, schema, aliases, found.columns)
     return found
 
 
@@ -119,10 +119,13 @@ def _constant(node: Any) -> bool:
     return not isinstance(node, exp.Null)
 
 
-def _witnesses(tree: Any, schema: Schema, aliases: dict[str, list[Table]]) -> list[tuple[str, str, str]]:
+def _witnesses(
+    tree: Any, schema: Schema, aliases: dict[str, list[Table]], columns: set[tuple[str, str]]
+) -> list[tuple[str, str, str]]:
     """Queries of the keys of rows the outer query reads, for each of its tables with an integer key: rows that
-    pass its WHERE (and, one conjunct dropped at a time, rows that nearly do). A value put at a constant's edge in
-    such a row is one the query actually looks at."""
+    pass its WHERE, the rows among them with the largest and smallest value of each number or date column the
+    query mentions (where an aggregate looks), and, one conjunct dropped at a time, rows that nearly pass. A value
+    put at a constant's edge in such a row is one the query actually looks at."""
     from sqlglot import exp
 
     select = tree if isinstance(tree, exp.Select) else tree.find(exp.Select)
@@ -143,18 +146,32 @@ def _witnesses(tree: Any, schema: Schema, aliases: dict[str, list[Table]]) -> li
             key = table.key
             if key is None:
                 continue
-            for condition in variants:
+            extremes = [
+                c.name
+                for c in table.columns
+                if (table.qualified, c.name) in columns and c.category in ("N", "D") and c.name != key
+            ]
+            shapes: list[tuple[Any, str | None, str]] = [(variants[0], None, "")]
+            shapes += [(variants[0], c, d) for c in extremes for d in ("DESC", "ASC")]
+            shapes += [(v, None, "") for v in variants[1:]]
+            for condition, extreme, direction in shapes:
                 query = select.copy()
                 for arg in ("group", "having", "order", "limit", "offset", "distinct", "qualify", "windows"):
                     query.set(arg, None)
-                query.set("expressions", [exp.column(key, table=alias)])
+                outputs = [exp.column(key, table=alias)]
+                if extreme is not None:
+                    outputs.append(exp.column(extreme, table=alias))
+                query.set("expressions", outputs)
                 query.set("where", exp.Where(this=condition.copy()) if condition is not None else None)
                 text = query.distinct().sql(dialect="postgres")
-                witness = (
-                    table.qualified,
-                    key,
-                    f"SELECT k FROM ({text}) AS w(k) WHERE k IS NOT NULL ORDER BY k LIMIT 6",
-                )
+                if extreme is None:
+                    sql = f"SELECT k FROM ({text}) AS w(k) WHERE k IS NOT NULL ORDER BY k LIMIT 6"
+                else:
+                    sql = (
+                        f"SELECT k FROM ({text}) AS w(k, v) WHERE k IS NOT NULL AND v IS NOT NULL "
+                        f"ORDER BY v {direction}, k LIMIT 2"
+                    )
+                witness = (table.qualified, key, sql)
                 if witness not in out:
                     out.append(witness)
     return out
@@ -369,3 +386,21 @@ def order_keys_query(sql: str) -> str | None:
         ),
     )
     return query.sql(dialect="postgres")
+
+
+def limit_of(sql: str) -> tuple[int, str] | None:
+    """(the outer query's LIMIT, the query without it) when it has a literal one; ``None`` otherwise."""
+    from sqlglot import exp
+
+    tree = parse(sql)
+    if tree is None:
+        return None
+    limit = tree.args.get("limit")
+    if not isinstance(limit, exp.Limit) or tree.args.get("offset") is not None:
+        return None
+    count = limit.expression if limit.expression is not None else limit.this
+    if not isinstance(count, exp.Literal) or not count.this.isdigit():
+        return None
+    unlimited = tree.copy()
+    unlimited.set("limit", None)
+    return int(count.this), unlimited.sql(dialect="postgres")

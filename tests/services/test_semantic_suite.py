@@ -77,7 +77,7 @@ DIFFERENT = [
 ]
 
 # Wrong queries the suite does not catch yet (xfail, strict: one caught moves to DIFFERENT).
-KNOWN_MISSES = [
+KNOWN_MISSES: list[tuple[str, str, str]] = [
     (
         "max-with-extra-filter",  # no perturbation puts the largest unit_price on a row with discount 0.30
         "SELECT max(unit_price) FROM order_items WHERE product_id = 12",
