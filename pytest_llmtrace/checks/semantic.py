@@ -154,7 +154,7 @@ def _shrunk(builder: SuiteBuilder, gold: str, candidate: str, db: SuiteDatabase)
                     perturbations = list(clone.applied)
                     break
             finally:
-                builder.clones.drop(clone.name)
+                builder.drop(clone)
         else:
             break
     return best

@@ -25,6 +25,7 @@ from typing import Any
 from pytest_llmtrace.checks.equivalence import compare_results
 from pytest_llmtrace.checks.execute import execute_untrusted
 from pytest_llmtrace.checks.outcome import SqlOutcome
+from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.checks.suite_perturb import Perturbation, plan
 from pytest_llmtrace.checks.suite_schema import Schema, read_schema
 from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, mutants, order_keys_query
@@ -178,8 +179,14 @@ class SuiteBuilder:
         return clone
 
     def close(self) -> None:
-        self._urls.clear()
-        self.clones.close()
+        """Drop the clones this builder made (the seed's and other builders' stay: they may share ``clones``)."""
+        clones, self._urls = list(self._urls.values()), {}
+        for clone in clones:
+            self.drop(clone)
+
+    def drop(self, clone: SuiteClone) -> None:
+        READERS.close(clone.reader_url)  # the reader's idle connections to it first: it is about to go
+        self.clones.drop(clone.name)
 
     # -- building ---------------------------------------------------------------------------------------------------
 
@@ -199,13 +206,13 @@ class SuiteBuilder:
             label, perturbations = item
             clone = self.clones.build(perturbations)
             if perturbations and not clone.applied:
-                self.clones.drop(clone.name)
+                self.drop(clone)
                 return None
             entry = _Built(label, clone, self.run(clone.reader_url, gold))
             gold_ok = entry.gold is not None and entry.gold.ok
             ties = bool(gold_ok and ordered_keys and self._ties(clone.reader_url, ordered_keys))
             if label != "seed" and (not gold_ok or self._undetermined(clone.reader_url, limit, ordered_keys, ties)):
-                self.clones.drop(clone.name)
+                self.drop(clone)
                 return None
             entry.order_free = ties
             return entry
@@ -230,7 +237,7 @@ class SuiteBuilder:
         kept = self._distill(built)
         for entry in built:
             if entry not in kept:
-                self.clones.drop(entry.clone.name)
+                self.drop(entry.clone)
         databases = []
         for entry in kept:
             db = SuiteDatabase(entry.label, entry.clone.applied, entry.clone.changed_rows, entry.order_free)
