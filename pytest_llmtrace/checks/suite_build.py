@@ -26,9 +26,10 @@ from pytest_llmtrace.checks.equivalence import compare_results
 from pytest_llmtrace.checks.execute import execute_untrusted
 from pytest_llmtrace.checks.outcome import SqlOutcome
 from pytest_llmtrace.checks.reader_connections import READERS
+from pytest_llmtrace.checks.suite_mutants import mutants
 from pytest_llmtrace.checks.suite_perturb import Perturbation, plan
 from pytest_llmtrace.checks.suite_schema import Schema, read_schema
-from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, mutants, order_keys_query
+from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, order_keys_query
 from pytest_llmtrace.services.pg_suite import SuiteClone, SuiteClones
 
 SUITE_VERSION = "1"

@@ -80,7 +80,8 @@ def _copy_children(
         names.append(q)
         exprs.append(expr)
     statements = [
-        f"INSERT INTO {table.qualified} ({', '.join(names)}) SELECT {', '.join(exprs)} FROM {table.qualified} "
+        f"INSERT INTO {table.qualified} ({', '.join(names)}) OVERRIDING SYSTEM VALUE "
+        f"SELECT {', '.join(exprs)} FROM {table.qualified} "
         f"WHERE {quote_ident(key)} IN ({keys_sql})"
     ]
     if depth >= MAX_DEPTH:
@@ -175,6 +176,8 @@ def plan(
     """
     numbers = _Numbers()
     tables = [schema.tables[t] for t in sorted(mentions.tables) if t in schema.tables]
+    if not tables:  # the queries read views or functions: perturb every table
+        tables = [schema.tables[t] for t in sorted(schema.tables)]
     rows_of = {t.qualified: _rows_of(t, witnesses.get(t.qualified, [])) for t in tables}
     inserts: list[Perturbation] = []
     updates: list[Perturbation] = []

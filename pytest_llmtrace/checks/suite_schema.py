@@ -14,7 +14,7 @@ from pytest_llmtrace.checks.reader_connections import readonly_transaction
 
 _COLUMNS = """
 SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory, a.attnotnull,
-       a.attgenerated <> '' OR a.attidentity = 'a'
+       a.attgenerated <> ''
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 JOIN pg_type t ON t.oid = a.atttypid
@@ -55,7 +55,7 @@ class Column:
     type: str  # format_type: ``numeric(12,2)``, ``timestamp with time zone``
     category: str  # pg_type.typcategory: N numeric, S string, D date/time, B boolean, ...
     not_null: bool
-    generated: bool  # generated or GENERATED ALWAYS: never written
+    generated: bool  # a generated column: never written (identity columns are, with OVERRIDING SYSTEM VALUE)
 
     @property
     def is_integer(self) -> bool:
