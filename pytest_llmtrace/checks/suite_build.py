@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,16 @@ class Suite:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+_CTID = re.compile(r"^\(\d{1,10},\d{1,5}\)$")
+
+
+def _row_id(value: object) -> bool:
+    """An integer key, or a ctid's text: what a perturbation's WHERE may hold as a literal."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and bool(_CTID.match(value))
+    )
 
 
 @dataclass
@@ -284,14 +295,14 @@ class SuiteBuilder:
                 values[constant.text] = str(outcome.rows[0][0])
         return values
 
-    def _witnesses(self, found: Mentions) -> dict[str, list[int]]:
-        keys: dict[str, list[int]] = {}
+    def _witnesses(self, found: Mentions) -> dict[str, list[int | str]]:
+        keys: dict[str, list[int | str]] = {}
         for table, _, query in found.witnesses:
             outcome = self.run(self.seed_url, query)
             if not outcome.ok:
                 continue
             have = keys.setdefault(table, [])
-            have += [int(row[0]) for row in outcome.rows if isinstance(row[0], int) and row[0] not in have][:3]
+            have += [row[0] for row in outcome.rows if _row_id(row[0]) and row[0] not in have][:3]
         return keys
 
     def _undetermined(self, url: str, limit: tuple[int, str] | None, ordered_keys: str | None, ties: bool) -> bool:

@@ -167,7 +167,7 @@ def plan(
     schema: Schema,
     mentions: Mentions,
     values: dict[str, str],
-    witnesses: dict[str, list[int]],
+    witnesses: dict[str, list[int | str]],
 ) -> Plan:
     """The databases to build: broad ones holding many perturbations, and small targeted ones.
 
@@ -202,7 +202,7 @@ def plan(
             updates.append(update)
             mine.append(update)
             if table.key is not None:
-                inserts.append(tuple(copy_rows(schema, table, [row], numbers.next(), {column.name: edge})))
+                inserts.append(tuple(copy_rows(schema, table, _keys([row]), numbers.next(), {column.name: edge})))
         if mine:
             targeted.append((f"around {column.name} {value!s:.30}", mine))
             at = edge_values(column, value, like=constant.like)[0]  # the constant itself, on every row read
@@ -221,7 +221,7 @@ def plan(
                         shifted = f"{quote_ident(other.name)} {sign} {step}"
                         for row in rows:
                             overrides = {column.name: at, other.name: shifted}
-                            extremes.append(tuple(copy_rows(schema, table, [row], numbers.next(), overrides)))
+                            extremes.append(tuple(copy_rows(schema, table, _keys([row]), numbers.next(), overrides)))
                 inserts.extend(extremes)
             label = f"{column.name} = {value!s:.30} on the rows read, and in new extremes"
             targeted.append((label, everywhere + extremes))
@@ -240,7 +240,9 @@ def plan(
                         )
                     )
                 if table.key is not None and rows:
-                    nulls.append(tuple(copy_rows(schema, table, rows[-1:], numbers.next(), {column.name: "NULL"})))
+                    nulls.append(
+                        tuple(copy_rows(schema, table, _keys(rows[-1:]), numbers.next(), {column.name: "NULL"}))
+                    )
         for i, row in enumerate(rows):
             donor = rows[(i + len(rows) // 2 + 1) % len(rows)]
             for column in columns:
@@ -254,8 +256,11 @@ def plan(
                     )
                 )
         if table.key is not None and rows:
-            mixed.append(tuple(copy_rows(schema, table, rows[:2], numbers.next())))  # duplicates, keys past the range
-            mixed.append(tuple(delete_rows(schema, table, f"{quote_ident(table.key)} = {rows[-1]}")))
+            mixed.append(
+                tuple(copy_rows(schema, table, _keys(rows[:2]), numbers.next()))
+            )  # duplicates, keys past the range
+        if rows:
+            mixed.append(tuple(delete_rows(schema, table, _where_key(table, rows[-1]))))
     plan = Plan()
     plan.databases.append(("seed", []))
     plan.databases.append(("values at the constants' edges, in copied rows", inserts + nulls[1::2]))
@@ -266,24 +271,31 @@ def plan(
     for table in tables:
         plan.databases.append((f"{table.name} empty", [(f"TRUNCATE {table.qualified} CASCADE",)]))
         rows = rows_of[table.qualified]
-        if table.key is not None and rows:
-            keep = f"{quote_ident(table.key)} <> {rows[0]}"
+        if rows:
+            keep = f"NOT ({_where_key(table, rows[0])})"
             plan.databases.append((f"{table.name}: one row", [tuple(delete_rows(schema, table, keep))]))
     plan.databases.extend(targeted[:MAX_TARGETED])
     return plan
 
 
-def _rows_of(table: Table, witnesses: list[int]) -> list[int]:
+def _rows_of(table: Table, witnesses: list[int | str]) -> list[int | str]:
     """Rows to perturb: the witnesses, then rows spread over the table (by key, or by ctid without one)."""
-    rows: list[int] = list(dict.fromkeys(witnesses))[:8]
+    rows: list[int | str] = [w for w in dict.fromkeys(witnesses) if isinstance(w, int) == (table.key is not None)][:8]
     if table.key is not None and table.max_key:
         spread = [max(1, table.max_key * i // 5) for i in (1, 2, 3, 4)]
         rows += [k for k in spread if k not in rows]
     return rows
 
 
-def _where_key(table: Table, row: int) -> str:
-    return f"{quote_ident(table.key)} = {row}" if table.key is not None else "false"
+def _where_key(table: Table, row: int | str) -> str:
+    """The row a perturbation changes: by its integer key, or by its ctid (checked by the builder: ``(n,n)``)."""
+    if table.key is not None:
+        return f"{quote_ident(table.key)} = {int(row)}"
+    return f"ctid = {quote_literal(str(row))}"
+
+
+def _keys(rows: Sequence[int | str]) -> list[int]:
+    return [r for r in rows if isinstance(r, int)]
 
 
 def each_statement(perturbations: Sequence[Perturbation]) -> Iterator[str]:

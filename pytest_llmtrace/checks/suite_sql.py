@@ -141,9 +141,7 @@ def _witnesses(
             continue
         alias = source.alias_or_name
         for table in aliases.get(alias.lower(), [])[:1]:
-            key = table.key
-            if key is None:
-                continue
+            key = table.key or "ctid"  # without an integer key, rows are found by their ctid (as text)
             extremes = [
                 c.name
                 for c in table.columns
@@ -156,7 +154,9 @@ def _witnesses(
                 query = select.copy()
                 for arg in ("group", "having", "order", "limit", "offset", "distinct", "qualify", "windows"):
                     query.set(arg, None)
-                outputs = [exp.column(key, table=alias)]
+                outputs = [
+                    exp.column(key, table=alias) if table.key else exp.cast(exp.column("ctid", table=alias), "text")
+                ]
                 if extreme is not None:
                     outputs.append(exp.column(extreme, table=alias))
                 query.set("expressions", outputs)
