@@ -17,11 +17,11 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_llmtrace.checks.equivalence import compare_results
 from pytest_llmtrace.checks.execute import execute_untrusted
@@ -33,6 +33,7 @@ from pytest_llmtrace.checks.suite_schema import Schema, read_schema
 from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, order_keys_query
 from pytest_llmtrace.services.pg_suite import SuiteClone, SuiteClones
 
+T = TypeVar("T")
 SUITE_VERSION = "1"
 WORKERS = 2  # databases built and queried at once
 ALWAYS_KEPT = ("seed", "all perturbations", "rows mixed, duplicated, deleted; NULLs")
@@ -104,6 +105,15 @@ class Suite:
             return None
 
 
+def _read(fn: Callable[..., T], sql: str, schema: Schema | None, default: T) -> T:
+    """What sqlglot reads from ``sql``, or ``default`` when it breaks on it: a query it misreads still gets a suite
+    (the generic perturbations), never an error in place of a verdict."""
+    try:
+        return fn(sql, schema) if schema is not None else fn(sql)
+    except Exception:  # sqlglot raises many types on text it cannot handle
+        return default
+
+
 _CTID = re.compile(r"^\(\d{1,10},\d{1,5}\)$")
 
 
@@ -160,7 +170,9 @@ class SuiteBuilder:
     def key(self, gold: str, candidate: str | None = None) -> str:
         digest = hashlib.sha256(f"{SUITE_VERSION}\0{self.seed_digest}\0{gold.strip()}".encode())
         if candidate is not None:
-            extra = sorted({(c.table, c.column, c.text) for c in mentions(candidate, self.schema).constants})
+            extra = sorted(
+                {(c.table, c.column, c.text) for c in _read(mentions, candidate, self.schema, Mentions()).constants}
+            )
             digest.update(repr(extra).encode())
         return digest.hexdigest()[:24]
 
@@ -205,14 +217,14 @@ class SuiteBuilder:
     def _build(self, key: str, gold: str, candidate: str | None) -> Suite:
         started = time.perf_counter()
         schema = self.schema
-        found = mentions(gold, schema)
+        found = _read(mentions, gold, schema, Mentions())
         if candidate is not None:
-            found.add(mentions(candidate, schema))
+            found.add(_read(mentions, candidate, schema, Mentions()))
         values = self._values(found)
         witnesses = self._witnesses(found)
         planned = plan(schema, found, values, witnesses)
-        ordered_keys = order_keys_query(gold)
-        limit = limit_of(gold)
+        ordered_keys = _read(order_keys_query, gold, None, None)
+        limit = _read(limit_of, gold, None, None)
 
         def make(item: tuple[str, list[Perturbation]]) -> _Built | None:
             label, perturbations = item
@@ -231,7 +243,7 @@ class SuiteBuilder:
 
         with ThreadPoolExecutor(WORKERS) as pool:  # Postgres copies and queries on both cores
             built = [b for b in pool.map(make, planned.databases) if b is not None]
-        candidates = mutants(gold)
+        candidates: list[str] = _read(mutants, gold, None, [])
         # the candidate too: the databases that tell it from the gold query are the ones its verdict needs
         judged = [*candidates, candidate] if candidate is not None and candidate.strip() != gold.strip() else candidates
 

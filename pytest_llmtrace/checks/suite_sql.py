@@ -100,10 +100,14 @@ def mentions(sql: str, schema: Schema) -> Mentions:
         for column in columns:
             for table in resolve(column):
                 for side in constant_sides:
-                    literal = side.this if isinstance(side, exp.Literal) else None
-                    constant = Constant(table.qualified, column.name, side.sql(dialect="postgres"), literal, like)
-                    if constant not in found.constants:
-                        found.constants.append(constant)
+                    # = ANY (ARRAY[...]), <> ALL (...), a typed literal: the literals inside are values too
+                    parts = [side] if isinstance(side, exp.Literal) else [side, *side.find_all(exp.Literal)]
+                    for part in parts:
+                        literal = part.this if isinstance(part, exp.Literal) else None
+                        text = part.sql(dialect="postgres")
+                        constant = Constant(table.qualified, column.name, text, literal, like)
+                        if constant not in found.constants:
+                            found.constants.append(constant)
     found.witnesses = _witnesses(tree, schema, aliases, found.columns)
     return found
 
