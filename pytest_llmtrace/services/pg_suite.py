@@ -69,7 +69,7 @@ class SuiteClones:
                             count = 0
                             for statement in perturbation:
                                 cur.execute(statement)
-                                count += max(cur.rowcount, 0)
+                                count += cur.rowcount if cur.rowcount >= 0 else 1  # -1: not counted (DDL)
                         except psycopg2.Error:
                             cur.execute("ROLLBACK TO SAVEPOINT llmtrace_perturb")
                             continue
