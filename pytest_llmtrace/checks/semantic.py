@@ -99,6 +99,13 @@ def same_sql(a: str, b: str) -> bool:
 
 def judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
     """The verdict of ``candidate`` against ``gold`` on ``gold``'s suite (built, or taken from the cache)."""
+    try:
+        return _judge(builder, gold, candidate)
+    finally:
+        builder.release()
+
+
+def _judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
     suite = builder.suite(gold, candidate)
     differing: list[tuple[SuiteDatabase, Any, Any, ResultDiff]] = []
     skipped: list[str] = []

@@ -31,9 +31,18 @@ from pytest_llmtrace.checks.suite_mutants import mutants
 from pytest_llmtrace.checks.suite_perturb import Perturbation, plan
 from pytest_llmtrace.checks.suite_schema import Schema, read_schema
 from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, order_keys_query
+from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services.pg_suite import SuiteClone, SuiteClones
 
 T = TypeVar("T")
+MAX_CLONES = 24  # clones a builder keeps between verdicts (a suite holds 3 to 5)
+_CONNECTION_ERRORS = ("cannot connect to the session database", "the connection to the session database was lost")
+
+
+class SuiteError(LLMTraceError):
+    """The suite's databases could not be read (the server refused a connection): no verdict can be given."""
+
+
 SUITE_VERSION = "1"
 WORKERS = 2  # databases built and queried at once
 ALWAYS_KEPT = ("seed", "all perturbations", "rows mixed, duplicated, deleted; NULLs")
@@ -165,7 +174,22 @@ class SuiteBuilder:
         return self._schema
 
     def run(self, url: str, sql: str) -> SqlOutcome:
-        return execute_untrusted(url, sql, self.timeout_ms)
+        """``sql`` as the reader on ``url``; a connection that cannot be made raises: that is the server's state, and
+        read as a failing query it would drop a database from the suite (or skip it in a verdict) unnoticed."""
+        outcome = execute_untrusted(url, sql, self.timeout_ms)
+        if outcome.error is not None and outcome.error.startswith(_CONNECTION_ERRORS):
+            raise SuiteError(outcome.error)
+        return outcome
+
+    def release(self) -> None:
+        """Close the reader's idle connections to this builder's clones (a suite's databases are many: kept open,
+        their connections would use up the server's connection slots), and drop the clones of the oldest suites
+        past ``MAX_CLONES`` (their statements rebuild them when needed)."""
+        for clone in self._urls.values():
+            READERS.close(clone.reader_url)
+        while len(self._urls) > MAX_CLONES:
+            oldest = next(iter(self._urls))
+            self.drop(self._urls.pop(oldest))
 
     def key(self, gold: str, candidate: str | None = None) -> str:
         digest = hashlib.sha256(f"{SUITE_VERSION}\0{self.seed_digest}\0{gold.strip()}".encode())
@@ -196,10 +220,10 @@ class SuiteBuilder:
 
     def database(self, db: SuiteDatabase) -> SuiteClone:
         """The clone holding ``db``: built once per builder, then reused."""
-        clone = self._urls.get(db.perturbations)
+        clone = self._urls.pop(db.perturbations, None)
         if clone is None:
             clone = self.clones.build(db.perturbations)
-            self._urls[db.perturbations] = clone
+        self._urls[db.perturbations] = clone  # the most recently used last
         return clone
 
     def close(self) -> None:
