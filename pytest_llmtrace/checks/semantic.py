@@ -126,6 +126,8 @@ def _judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
         if diff is not None:
             differing.append((db, gold_outcome, now, diff))
     counted = len(suite.databases) - len(skipped)
+    if not differing and counted == 0:
+        return Verdict("error", 0, suite.build_ms, error="the golden SQL fails on every database of its suite")
     if not differing:
         return Verdict("equivalent", counted, suite.build_ms, skipped=tuple(skipped))
     db, gold_outcome, now, diff = min(differing, key=lambda d: (d[0].changed_rows, len(d[0].perturbations)))
