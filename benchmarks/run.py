@@ -14,6 +14,8 @@ Rows (each the median of ``--repeat`` alternating runs of the plugin and its bas
   test; target <= 2 s extra.
 - peak_memory: peak resident memory of the replay run against the plain loop's; target <= 1.5x.
 - sql_cost: the replay run with the ``cost`` check against the same run without it; target <= 1.2x.
+- semantic_suite / semantic_unchanged (``benchmarks/semantic.py``): building a semantic test suite for a new gold
+  query, target <= 10 s; a case whose SQL is unchanged under ``llmtrace_result_match = suite``, target <= 50 ms.
 - capture (full run, when arize-phoenix is installed): ``llmtrace capture`` against Phoenix's raw REST read of the
   same spans; target >= 5,000 spans/s.
 
@@ -42,6 +44,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/run.py`: make `benchm
 
 from benchmarks import harness
 from benchmarks.harness import PYTEST, ROOT, median, run
+from benchmarks.semantic import semantic_rows
 
 
 @dataclass(frozen=True)
@@ -344,12 +347,13 @@ def main(argv: list[str] | None = None) -> int:
             cases=args.cases or (200 if args.quick else 1000),
             tmp=Path(tmp),
         )
-        wanted = set(args.only or ("span_capture", "replay", "startup", "capture"))
+        wanted = set(args.only or ("span_capture", "replay", "startup", "semantic", "capture"))
         rows: list[Row] = []
         steps: list[tuple[str, Callable[[Context], list[Row]]]] = [
             ("span_capture", lambda c: [span_capture(c)]),
             ("replay", _with_postgres(replay_rows)),
             ("startup", lambda c: [startup(c)]),
+            ("semantic", _with_postgres(lambda c: semantic_rows(c.postgres_url, c.repeat, Row))),
         ]
         if not args.quick:
             steps.append(("capture", lambda c: [r for r in [capture(c)] if r is not None]))

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
+from pytest_llmtrace.checks import equiv_command
 from pytest_llmtrace.core.errors import LLMTraceError, TraceFormatWarning, first_line, whole_number
 from pytest_llmtrace.core.inert import escape_controls, one_line
 from pytest_llmtrace.core.settings import env_var
@@ -141,7 +142,29 @@ def _parser() -> argparse.ArgumentParser:
             "pass rate is more than chance.",
         )
     )
+    equiv = commands.add_parser(
+        "equiv",
+        help="are two SQL queries equivalent? judged on a distilled test suite of databases from your seed",
+        description="Derive databases from the fixtures' schema and seed (every one the schema allows), keep those "
+        "that tell the gold query from its near misses, and compare the two queries' rows on each. Prints "
+        "'equivalent (N databases)' or 'different' with the smallest database that tells them apart. Exit "
+        "status: 0 all equivalent, 1 any different or failing, 2 usage error.",
+    )
+    equiv_command.add_arguments(equiv)
+    equiv.set_defaults(handler=lambda args: equiv_command.run(args, _postgres_server))
     return parser
+
+
+@contextmanager
+def _postgres_server(url: str | None) -> Iterator[str]:
+    """``llmtrace equiv``'s server: the one given, else an embedded one of its own, stopped at the end."""
+    if url is not None:
+        yield url
+        return
+    from pytest_llmtrace.services.postgres import EmbeddedPostgres
+
+    with EmbeddedPostgres() as endpoint:
+        yield endpoint.url
 
 
 def _add_max_bytes(parser: argparse.ArgumentParser) -> None:

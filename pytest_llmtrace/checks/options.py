@@ -44,9 +44,11 @@ __all__ = [
 CheckName = Literal["sql", "results", "cost", "latency", "tokens", "snapshot"]
 CHECKS: tuple[CheckName, ...] = get_args(CheckName)
 
-# How result rows are compared (see checks.equivalence.row_order_matters for what each means).
-ResultMatch = Literal["bag", "set", "ordered", "none"]
-RESULT_MATCH: tuple[ResultMatch, ...] = ("bag", "set", "ordered", "none")
+# How result rows are compared (see checks.equivalence.row_order_matters for what each means). ``suite``: when the SQL
+# text changed, the SQL now and the golden SQL are compared on a distilled test suite of databases (checks.semantic);
+# rows are otherwise compared as ``bag``.
+ResultMatch = Literal["bag", "set", "ordered", "none", "suite"]
+RESULT_MATCH: tuple[ResultMatch, ...] = ("bag", "set", "ordered", "none", "suite")
 
 # OpenInference's span kinds, taken from its semantic conventions so a kind added there is known here too. UNKNOWN is
 # what Phoenix calls a span that has no kind: not something to budget. LLM and CHAIN come first because reports list
@@ -231,7 +233,8 @@ class CheckOptions:
         default="bag",
         metadata=_meta(
             "How result rows are compared with the snapshot: bag (multiset; ordered when the golden SQL has a "
-            "top-level ORDER BY), set (BIRD execution accuracy), ordered, or none.",
+            "top-level ORDER BY), set (BIRD execution accuracy), ordered, none, or suite (when the SQL text changed: "
+            "the SQL now against the golden SQL on a distilled test suite of databases derived from the seed).",
             _parse_result_match,
             choices=RESULT_MATCH,
             env=True,

@@ -301,6 +301,8 @@ class CaseOutcome:
     question_source: str | None = None
     waterfall: Waterfall | None = None
     golden_waterfall: Waterfall | None = None
+    # ``result_match = suite``: the semantic verdict (``checks.semantic.Verdict.to_dict``); ``None`` under other rules
+    semantic: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -333,6 +335,7 @@ class CaseOutcome:
             "question_source": self.question_source,
             "waterfall": None if self.waterfall is None else self.waterfall.to_dict(),
             "golden_waterfall": None if self.golden_waterfall is None else self.golden_waterfall.to_dict(),
+            "semantic": self.semantic,
         }
 
     @classmethod
@@ -359,4 +362,5 @@ class CaseOutcome:
             question_source=data.get("question_source"),
             waterfall=_waterfall(data, "waterfall"),
             golden_waterfall=_waterfall(data, "golden_waterfall"),
+            semantic=data.get("semantic"),
         )

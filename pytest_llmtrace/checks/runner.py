@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencies_ms, tokens_of
 from pytest_llmtrace.checks.cost import SqlCost, check_cost, cost_of, measure_cost
@@ -21,6 +21,7 @@ from pytest_llmtrace.checks.equivalence import check_results
 from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
 from pytest_llmtrace.checks.options import CHECKS, CheckName, CheckOptions
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Mode, ReplayMiss, SqlOutcome, Timings
+from pytest_llmtrace.checks.semantic import Verdict, check_semantic, same_sql
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.checks.sql_text import strip_code_fences
 from pytest_llmtrace.checks.timeline import waterfall_of
@@ -87,6 +88,8 @@ class CaseInput:
     started: float | None = None
     replayed_ms: Mapping[str, float] | None = None
     replayed_spans_ns: Mapping[str, int] | None = None
+    # ``result_match = suite``: judges the SQL now against the golden SQL on the gold query's suite of databases
+    semantic: Callable[[str, str], Verdict] | None = None
 
 
 def run_checks(case: CaseInput) -> CaseOutcome:
@@ -114,9 +117,26 @@ def run_checks(case: CaseInput) -> CaseOutcome:
     if selected & {"latency", "snapshot"} and database is not None and statement is not None:
         timing, reruns = _retimed(now, golden, statement, result, database, options, replayed_ms)
 
+    semantic: dict[str, Any] | None = None
+
     def results() -> CheckResult:
+        nonlocal semantic
         if golden is None:
             return CheckResult("results", "skipped", "no golden trace to compare with")
+        if options.result_match == "suite" and golden_sql is not None and statement is not None:
+            if same_sql(golden_sql, statement):  # unchanged: nothing to judge, and it costs nothing
+                semantic = {"verdict": "equivalent", "databases": 0, "unchanged": True}
+            elif result is not None and not result.ok:
+                return CheckResult("results", "skipped", "the SQL did not execute")
+            elif case.semantic is None:
+                return CheckResult("results", "skipped", "result_match = suite needs the session's Postgres")
+            else:
+                try:
+                    verdict = case.semantic(golden_sql, statement)
+                except Exception as exc:  # the suite's databases could not be made: say so, never pass
+                    return CheckResult("results", "failed", f"semantic: the test suite could not be built: {exc}")
+                semantic = verdict.to_dict()
+                return check_semantic(verdict)
         if case.update_snapshots:
             return CheckResult(
                 "results", "skipped", "--snapshot-update rewrites the snapshot the rows are compared with"
@@ -158,6 +178,7 @@ def run_checks(case: CaseInput) -> CaseOutcome:
         replayed_durations_ms=dict(replayed_ms or {}),
         waterfall=waterfall_of(timing, case.replayed_spans_ns),
         golden_waterfall=None if golden is None else waterfall_of(golden),
+        semantic=semantic,
         timings=Timings(
             wall_ms=(finished - (checks_started if case.started is None else case.started)) * 1000,
             app_ms=case.app_ms,

@@ -37,6 +37,7 @@ from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude, fail
 from pytest_llmtrace.pytest.recording import TestRecording, get_recorder
 from pytest_llmtrace.pytest.replay_config import ReplayConfig, get_config
+from pytest_llmtrace.pytest.semantic_session import semantic_judge
 from pytest_llmtrace.services.case_bounds import Abandoned
 from pytest_llmtrace.services.pg_deadline import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
@@ -207,6 +208,9 @@ def _replay_case(
             started=started,
             replayed_ms=replayed_ms,
             replayed_spans_ns=replayed_spans_ns,
+            semantic=semantic_judge(request.config, manager, database, options.sql_timeout_ms)
+            if options.result_match == "suite"
+            else None,
         )
 
     def fallback(findings: tuple[CheckResult, ...]) -> CaseOutcome:

@@ -129,6 +129,7 @@ class CaseRecord(TypedDict):
     question_source: str | None
     waterfall: WaterfallRecord | None
     golden_waterfall: WaterfallRecord | None
+    semantic: NotRequired[dict[str, Any] | None]  # result_match = suite: the semantic verdict
     # added by the report
     verdict: NotRequired[Literal["passed", "failed", "error"]]
     nodeid: NotRequired[str]

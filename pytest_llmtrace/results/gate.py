@@ -29,6 +29,7 @@ EXAMPLE = "sql_success_rate >= 0.95"
 METRICS = (
     "sql_success_rate",
     "result_match_rate",
+    "semantic_match_rate",
     "latency_p50_ms",
     "latency_p95_ms",
     "token_growth",
@@ -122,6 +123,11 @@ def _value(rule: Rule, cases: Sequence[CaseRecord], baseline: Sequence[CaseRecor
         check = "sql" if rule.metric == "sql_success_rate" else "results"
         bad = tuple(i for i, c in zip(ids, cases, strict=True) if not _check_ok(c, check))
         value = 1 - len(bad) / len(cases) if cases else 0.0  # no cases: nothing passed, fail-closed
+        return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), bad)
+    if rule.metric == "semantic_match_rate":
+        judged = [(i, c.get("semantic")) for i, c in zip(ids, cases, strict=True) if c.get("semantic")]
+        bad = tuple(i for i, s in judged if not s or s.get("verdict") != "equivalent")
+        value = 1 - len(bad) / len(judged) if judged else 0.0  # nothing judged: fail-closed
         return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), bad)
     if rule.metric.startswith("latency_"):
         kind = rule.kind or "total"

@@ -265,6 +265,10 @@ def _details(case: CaseRecord) -> str:
         parts.append(f"<p class='bad'>App error:</p><pre>{_e(case['app_error'])}</pre>")
     for miss in case["replay_misses"]:
         parts.append(f"<p class='bad'>Replay: {_e(miss.get('kind'))}</p><pre>{_e(miss.get('text'))}</pre>")
+    semantic = case.get("semantic")
+    if semantic:
+        how = "SQL unchanged" if semantic.get("unchanged") else f"{semantic.get('databases')} databases"
+        parts.append(f"<p><b>Semantic</b>: {_e(semantic.get('verdict'))} ({_e(how)})</p>")
     for check in case["checks"]:
         if check.get("status") == "passed" and not check.get("details"):
             continue

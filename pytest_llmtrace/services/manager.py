@@ -29,6 +29,7 @@ from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choos
 from pytest_llmtrace.services.docker import docker_available, gpu_request
 from pytest_llmtrace.services.ollama import ReplaySwitch
 from pytest_llmtrace.services.pg_guard import SessionGuard
+from pytest_llmtrace.services.pg_suite import SuiteClones
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.services.run_records import RunContext
 from pytest_llmtrace.services.service_settings import SERVICE_SETTINGS
@@ -64,6 +65,7 @@ class ServiceManager:
         self._endpoints: dict[str, Endpoint] = {}
         self._owned: list[ServiceBackend] = []  # started by this process and stopped by it
         self._guards: dict[str, SessionGuard] = {}  # per session database: its roles and watchdog
+        self._suites: dict[str, SuiteClones] = {}  # per session database: its semantic test suites' clones
         self.lockdown_notes: list[str] = []  # what could not be locked down on the server (a URL server's login)
         self.leftover_notes: list[str] = []  # what a killed run left on the server that could not be dropped
         self._reaped: set[str] = set()  # URL servers whose killed runs' leftovers this process has dropped
@@ -215,8 +217,21 @@ class ServiceManager:
         """The roles and watchdog of a database this manager set up: what holds each case."""
         return self._guards[database.database]
 
+    def suite_clones(self, database: PostgresDatabase) -> SuiteClones:
+        """Where ``result_match = suite`` makes its databases: clones of the session's template, perturbed by the
+        admin (whose DSN stays here), read by the session's reader, dropped with the session's database."""
+        clones = self._suites.get(database.database)
+        if clones is None:
+            guard = self._guards[database.database]
+            clones = SuiteClones(guard.roles.admin_url, database.template, guard.roles)
+            self._suites[database.database] = clones
+        return clones
+
     def drop_database(self, database: PostgresDatabase) -> None:
         """End the session's roles' backends, drop its clone, then its roles (on any backend, URL ones too)."""
+        suites = self._suites.pop(database.database, None)
+        if suites is not None:
+            suites.close()
         guard = self._guards.pop(database.database, None)
         if guard is not None:
             guard.watchdog.stop()

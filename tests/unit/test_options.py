@@ -175,7 +175,7 @@ def test_the_marker_help_lists_every_option_field() -> None:
 
 def test_check_names_and_result_match_choices_come_from_one_place() -> None:
     specs = {spec.name: spec for spec in CHECK_SETTINGS}
-    assert specs["result_match"].choices == RESULT_MATCH == ("bag", "set", "ordered", "none")
+    assert specs["result_match"].choices == RESULT_MATCH == ("bag", "set", "ordered", "none", "suite")
     assert " ".join(CHECKS) in specs["checks"].help
     skipped = CheckOptions().with_marker(mark(skip_checks=["latency", "Tokens"]), "case")
     assert skipped.checks == frozenset({"sql", "results", "cost", "snapshot"})
