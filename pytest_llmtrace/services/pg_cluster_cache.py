@@ -110,17 +110,18 @@ def entry_for(root: Path, key: str, build: Callable[[Path], None]) -> tuple[Path
     return entry, True
 
 
-def copy_cluster(entry: Path, pgdata: Path) -> None:
-    """A private copy of the entry's data directory at ``pgdata`` (which must not exist), owned as the entry is:
-    under root the server runs as its own system user, who must own every file."""
-    source = entry / "pgdata"
-    shutil.copytree(source, pgdata, symlinks=True)
-    info = os.stat(source)
-    if os.geteuid() == 0 and info.st_uid != 0:
+def copy_cluster(entry: Path, pgdata: Path, owner: str | None = None) -> None:
+    """A private copy of the entry's data directory at ``pgdata`` (which must not exist). ``owner``: the system user
+    the server runs as under root, who must own every file of it."""
+    shutil.copytree(entry / "pgdata", pgdata, symlinks=True)
+    if owner is not None and os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam(owner)
         for folder, dirs, files in os.walk(pgdata):
-            os.chown(folder, info.st_uid, info.st_gid)
+            os.chown(folder, user.pw_uid, user.pw_gid)
             for name in (*dirs, *files):
-                os.chown(os.path.join(folder, name), info.st_uid, info.st_gid, follow_symlinks=False)
+                os.chown(os.path.join(folder, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
 def discard(entry: Path) -> None:
@@ -183,6 +184,7 @@ def start_from_cache(
     key: str,
     seed: ClusterSeed | None,
     record: RunRecord | None = None,
+    owner: str | None = None,
     **kwargs: Any,
 ) -> tuple[Any, str]:
     """A server on a copy of entry ``key`` (built first if missing) at ``pgdata``; returns it and ``hit``, ``built``
@@ -194,8 +196,22 @@ def start_from_cache(
     """
 
     def build(staging: Path) -> None:
-        staging.mkdir()
-        server = server_class(staging, cleanup_mode="stop")
+        # Run in a temporary folder, not in the cache: under root the wheel opens every folder above the data
+        # directory to its server's user (chmod o+rx up to /), which must not reach the home folder's cache.
+        work = Path(tempfile.mkdtemp(prefix="llmtrace-pg-build-"))
+        if record is not None:  # a run killed mid-build: the next run deletes it
+            record.add_path(work)
+        try:
+            _build_in(work / "pgdata")
+            shutil.move(work / "pgdata", staging)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if record is not None:
+                record.remove_path(work)
+
+    def _build_in(where: Path) -> None:
+        where.mkdir()
+        server = server_class(where, cleanup_mode="stop")
         pid = int(server.get_postmaster_info().pid)
         if record is not None:  # a run killed mid-build: the next run stops this server
             record.add_process(pid, group=False, stop_signal=signal.SIGQUIT)
@@ -210,7 +226,7 @@ def start_from_cache(
 
     for attempt in ("hit", "rebuilt"):
         entry, built = entry_for(root, key, build)
-        copy_cluster(entry, pgdata)
+        copy_cluster(entry, pgdata, owner)
         try:
             return server_class(pgdata, **kwargs), attempt if attempt == "rebuilt" or not built else "built"
         except Exception:

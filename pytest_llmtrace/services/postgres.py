@@ -161,9 +161,10 @@ class EmbeddedPostgres:
         cleanup_mode = None if self.shared else "delete"
         try:
             if self.cache is not None:
-                key = pg_cluster_cache.cache_key(SERVER_CONFIG, _system_user(), self.seed)
+                owner = _system_user()
+                key = pg_cluster_cache.cache_key(SERVER_CONFIG, owner, self.seed)
                 self._server, self.cache_state = pg_cluster_cache.start_from_cache(
-                    server_class, pgdata, self.cache, key, self.seed, self.record, cleanup_mode=cleanup_mode
+                    server_class, pgdata, self.cache, key, self.seed, self.record, owner, cleanup_mode=cleanup_mode
                 )
             else:
                 pgdata.mkdir()
