@@ -57,6 +57,9 @@ def env() -> dict[str, str]:
     values["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [values.get("PYTHONPATH")])])
     values.pop("PYTEST_ADDOPTS", None)
     values.pop("PYTEST_XDIST_WORKER", None)
+    # Bytecode is cached as on a user's machine: pytest and the other installed packages come compiled, so without
+    # this only the plugin in this checkout would be compiled again at every run (a second of every session).
+    values.pop("PYTHONDONTWRITEBYTECODE", None)
     return values
 
 
@@ -157,6 +160,18 @@ def replay_project(cases: Path, where: Path) -> Path:
 def company_db(project: Path) -> None:
     """The schema and seed under ``fixtures/``, where the plugin's default ``llmtrace_sql_fixtures`` looks."""
     shutil.copytree(FIXTURES / "company_db", project / "fixtures" / "company_db")
+
+
+def recorded_sql_seconds(golden: Path) -> float:
+    """The time the recorded SQL took, every golden trace's SQL spans summed: what a replay cannot skip (the model's
+    answers come at once in replay, its SQL runs for real)."""
+    from pytest_llmtrace.trace.otlp import read_trace
+    from pytest_llmtrace.trace.views import SqlStatement
+
+    total_ns = 0
+    for path in sorted(golden.glob("*.json")):
+        total_ns += sum(s.duration_ns for s in read_trace(path) if SqlStatement.from_span(s) is not None)
+    return total_ns / 1e9
 
 
 def expected_failures(cases: Path) -> int:

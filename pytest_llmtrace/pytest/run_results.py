@@ -14,7 +14,6 @@ import hashlib
 import json
 from typing import Any, cast
 
-import httpx
 import pytest
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, Mode
@@ -187,6 +186,8 @@ def _ask_server(config: pytest.Config, mode: str) -> models.LiveDigests | None:
             return {model: (models.file_sha256(gguf), source)}, ""
         except (ModelfileError, OSError) as exc:
             return {}, f"{mode}: cannot hash the embedded backend's GGUF: {first_line(exc)}"
+    import httpx  # only for a live Ollama's digests
+
     url = redact_url(endpoint.url)
     try:
         listed = models.ollama_tag_digests(endpoint.url)

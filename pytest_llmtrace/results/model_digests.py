@@ -18,8 +18,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from pytest_llmtrace.modelapi.backend import normalize_model_name
 from pytest_llmtrace.trace.model import Trace
 
@@ -47,6 +45,8 @@ def trace_digests(trace: Trace) -> dict[str, tuple[str | None, str]]:
 
 def ollama_tag_digests(url: str, *, timeout_s: float = LOOKUP_TIMEOUT_S) -> dict[str, str]:
     """``GET {url}/api/tags`` -> {normalized model name: digest}; raises ``httpx.HTTPError`` or ``ValueError``."""
+    import httpx  # here, not at import: a run that asks no Ollama server does not pay for it (and rich)
+
     response = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=timeout_s)
     response.raise_for_status()
     models = response.json().get("models")

@@ -15,6 +15,7 @@ from pytest_llmtrace.core.registry import Registry, caller_place
 from pytest_llmtrace.services import ollama, phoenix, postgres
 from pytest_llmtrace.services.base import SERVICES, Endpoint
 from pytest_llmtrace.services.ollama import ReplaySwitch
+from pytest_llmtrace.services.pg_cluster_cache import ClusterSeed, cache_root
 from pytest_llmtrace.services.run_records import RunRecord
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ class BackendContext:
     record: RunRecord  # add child processes and temp folders here, so a killed run is cleaned up by the next one
     shared: bool  # whether xdist workers share this server: then the run's coordinator stops it, not this process
     replay_switch: ReplaySwitch  # where golden cases plug in their recordings (the replay backend serves it)
+    # What a Postgres server the plugin starts holds before the first session (the fixtures' template), so a cached
+    # cluster can hold it too; None when the fixtures are not known (no file matches)
+    cluster_seed: ClusterSeed | None = None
 
     @property
     def model_name(self) -> str:
@@ -112,7 +116,14 @@ def _url(context: BackendContext) -> str:
     return context.url
 
 
-register_backend("postgres", "embedded", lambda c: postgres.EmbeddedPostgres(c.record, shared=c.shared), shared=True)
+register_backend(
+    "postgres",
+    "embedded",
+    lambda c: postgres.EmbeddedPostgres(
+        c.record, shared=c.shared, cache=cache_root(c.settings["postgres_cache"]), seed=c.cluster_seed
+    ),
+    shared=True,
+)
 register_backend("postgres", "docker", lambda c: postgres.DockerPostgres(c.settings["postgres_image"], c.record))
 register_backend("postgres", "url", lambda c: postgres.UrlPostgres(_url(c)))
 register_backend("ollama", "embedded", lambda c: ollama.EmbeddedOllama(c.modelfile_path, c.model_name))

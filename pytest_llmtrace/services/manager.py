@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.services import ollama, pg_databases, pg_lockdown, pg_session, phoenix, postgres
+from pytest_llmtrace.services import (
+    ollama,
+    pg_cluster_cache,
+    pg_databases,
+    pg_lockdown,
+    pg_session,
+    phoenix,
+    postgres,
+)
 from pytest_llmtrace.services.backends import REGISTRY, BackendContext, Registration, ServiceBackend
 from pytest_llmtrace.services.base import SERVICES, Endpoint
 from pytest_llmtrace.services.choice import Choice, Probes, check_setting, choose
@@ -165,6 +173,7 @@ class ServiceManager:
             record=self.context.record,
             shared=registration.shared,
             replay_switch=self.replay_switch,
+            cluster_seed=self._cluster_seed() if choice.service == "postgres" else None,
         )
         backend = registration.factory(context)
         endpoint = backend.start()
@@ -173,6 +182,14 @@ class ServiceManager:
         return endpoint
 
     # -- Postgres databases -----------------------------------------------------------------------------------------
+
+    def _cluster_seed(self) -> pg_cluster_cache.ClusterSeed | None:
+        """The fixtures' template for a server's cached cluster; None when no fixture file matches (that error is
+        the session's, when it asks for a database)."""
+        try:
+            return pg_session.cluster_seed(self.sql_fixture_files(), self.rootdir)
+        except pytest.UsageError:
+            return None
 
     def sql_fixture_files(self) -> list[Path]:
         """The ini's files and globs, in the order given; each glob sorted. A pattern matching nothing is an error."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from pytest_llmtrace.core.errors import first_line
 from pytest_llmtrace.services import case_bounds, pg_databases, pg_leftovers, pg_lockdown, pg_roles
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, redact_url
+from pytest_llmtrace.services.pg_cluster_cache import ClusterSeed
 from pytest_llmtrace.services.pg_deadline import Watchdog
 from pytest_llmtrace.services.pg_guard import SessionGuard
 from pytest_llmtrace.services.pg_objects import ObjectGuard
@@ -36,6 +37,26 @@ class SessionNotes(Protocol):
 
     lockdown_notes: list[str]
     leftover_notes: list[str]
+
+
+def template_name(files: list[Path], rootdir: Path) -> str:
+    """The fixtures' template, named by their digest: changed files make a new template, never a stale one reused."""
+    digest = hashlib.sha256(pg_lockdown.LOCKDOWN_VERSION.encode())
+    for path in files:
+        digest.update(str(path.relative_to(rootdir)).encode() + b"\0" + path.read_bytes())
+    return f"llmtrace_tpl_{digest.hexdigest()[:12]}"
+
+
+def cluster_seed(files: list[Path], rootdir: Path) -> ClusterSeed:
+    """What a server the plugin starts holds before its first session, so its cached cluster can hold it too: the
+    fixtures' template, built and locked down as ``open_session`` would build it on a fresh server."""
+    template = template_name(files, rootdir)
+
+    def build(admin_url: str) -> None:
+        pg_databases.create_template(admin_url, template, files)
+        pg_lockdown.lock_down_server(admin_url)
+
+    return ClusterSeed(template, build)
 
 
 def open_session(
@@ -57,10 +78,7 @@ def open_session(
     """
     import psycopg2  # loads libpq: only when a test first uses Postgres
 
-    digest = hashlib.sha256(pg_lockdown.LOCKDOWN_VERSION.encode())
-    for path in files:
-        digest.update(str(path.relative_to(rootdir)).encode() + b"\0" + path.read_bytes())
-    template = f"llmtrace_tpl_{digest.hexdigest()[:12]}"
+    template = template_name(files, rootdir)
     name = f"llmtrace_{context.worker_id}_{uuid.uuid4().hex[:8]}".lower()
     roles: pg_roles.SessionRoles | None = None
     try:

