@@ -17,9 +17,8 @@ from typing import Any
 
 from pytest_llmtrace.modelapi.backend import ChatRequest, ChatResult, ModelInfo, normalize_model_name
 from pytest_llmtrace.modelapi.framing import HTTPError
-from pytest_llmtrace.modelapi.stream_log import stream_answer
+from pytest_llmtrace.modelapi.stream_log import AnswerTiming, stream_answer
 from pytest_llmtrace.modelapi.transport import RequestHandler, Route
-from pytest_llmtrace.trace.stream_timing import FrontTiming
 from pytest_llmtrace.trace.views import Message
 
 # What /api/version reports: a recent release, so clients that gate features on the version enable them.
@@ -141,7 +140,7 @@ def _answer(request: RequestHandler, body: Mapping[str, Any], messages: tuple[Me
     options = body.get("options") if isinstance(body.get("options"), dict) else {}
     chat_request = ChatRequest(name, messages, options or {}, body.get("format"), route, body)
     received = time.time_ns()
-    timing = _Timing(received)
+    timing = AnswerTiming(received)
 
     def final(result: ChatResult) -> dict[str, Any]:
         return {
@@ -157,9 +156,10 @@ def _answer(request: RequestHandler, body: Mapping[str, Any], messages: tuple[Me
 
     if body.get("stream", True) is False:
         result = request.backend.chat(chat_request)
-        request.send_json(200, {**part(result.text), **final(result)})
         timing.chunk(result.text)
+        # noted before the answer leaves: the app may read its spans the moment it has the answer
         request.server.stream_log.add(timing.done(result, name, streamed=False))
+        request.send_json(200, {**part(result.text), **final(result)})
         return
 
     answer = stream_answer(request.backend, chat_request)
@@ -172,43 +172,13 @@ def _answer(request: RequestHandler, body: Mapping[str, Any], messages: tuple[Me
                     for piece in split_stream_chunks(item.text):
                         yield _json_line({**part(piece), "done": False})
                         timing.chunk(piece)
+                request.server.stream_log.add(timing.done(item, name, streamed=True))  # before the app has it all
                 yield _json_line({**part(""), **final(item)})
-                request.server.stream_log.add(timing.done(item, name, streamed=True))
                 return
             yield _json_line({**part(item), "done": False})
             timing.chunk(item)
 
     request.send_stream("application/x-ndjson", lines())
-
-
-class _Timing:
-    """One request's times as the front sends it: each content chunk's departure (``send_stream`` has written and
-    flushed the chunk before the generator resumes), then the whole as a ``FrontTiming``."""
-
-    def __init__(self, received_ns: int) -> None:
-        self.received_ns = received_ns
-        self.chunk_ns: list[int] = []
-        self.pieces = 0
-
-    def chunk(self, text: str) -> None:
-        self.pieces += 1
-        if text.strip():  # whitespace-only and role-only chunks are not a first token
-            self.chunk_ns.append(time.time_ns())
-
-    def done(self, result: ChatResult, model: str, *, streamed: bool) -> FrontTiming:
-        now = time.time_ns()
-        first = self.chunk_ns[0] if self.chunk_ns else now
-        return FrontTiming(
-            received_ns=self.received_ns,
-            first_ns=first,
-            done_ns=now,
-            chunk_ns=tuple(self.chunk_ns),
-            completion_tokens=result.eval_count,
-            streamed=streamed,
-            model=model,
-            recorded_ttft_ns=result.recorded_ttft_ns,
-            recorded_offsets_ns=result.recorded_offsets_ns,
-        )
 
 
 def _json_line(value: Any) -> bytes:

@@ -307,13 +307,16 @@ class ReplayBackend:
             raise BackendError(MISS_STATUS, f"no recorded LLM call matches this request (prompt changed?){hint}")
         duration = self._durations[index]
         result = self._result(self.calls[index], duration)
+        # The recorded stream's timing counts for the front's instant one (stream_log); a call recorded without one
+        # had its first token when it had its answer, as far as anyone can tell: its whole recorded duration.
         stream = self._streams[index]
-        if stream is not None:  # the recorded stream's timing counts for the front's instant one (stream_log)
-            result = dataclasses.replace(
-                result,
-                recorded_ttft_ns=min(duration, round(stream.ttft_ms * 1e6)),
-                recorded_offsets_ns=tuple(min(duration, round(o * 1e6)) for o in stream.chunk_offsets_ms),
-            )
+        result = dataclasses.replace(
+            result,
+            recorded_ttft_ns=duration if stream is None else min(duration, round(stream.ttft_ms * 1e6)),
+            recorded_offsets_ns=()
+            if stream is None
+            else tuple(min(duration, round(o * 1e6)) for o in stream.chunk_offsets_ms),
+        )
         if self.speed == "recorded":
             remaining = duration - (time.time_ns() - received)
             # outside the lock: concurrent calls overlap as they did when recorded; cancel() ends the wait

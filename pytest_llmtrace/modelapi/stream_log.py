@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -41,6 +42,36 @@ class StreamLog:
     def since(self, start_ns: int) -> list[FrontTiming]:
         with self._lock:
             return [t for t in self._timings if t.received_ns >= start_ns]
+
+
+class AnswerTiming:
+    """One request's times as the front sends it: each content chunk's departure (``send_stream`` has written and
+    flushed the chunk before the generator resumes), then the whole as a ``FrontTiming``."""
+
+    def __init__(self, received_ns: int) -> None:
+        self.received_ns = received_ns
+        self.chunk_ns: list[int] = []
+        self.pieces = 0
+
+    def chunk(self, text: str) -> None:
+        self.pieces += 1
+        if text.strip():  # whitespace-only and role-only chunks are not a first token
+            self.chunk_ns.append(time.time_ns())
+
+    def done(self, result: ChatResult, model: str, *, streamed: bool) -> FrontTiming:
+        now = time.time_ns()
+        first = self.chunk_ns[0] if self.chunk_ns else now
+        return FrontTiming(
+            received_ns=self.received_ns,
+            first_ns=first,
+            done_ns=now,
+            chunk_ns=tuple(self.chunk_ns),
+            completion_tokens=result.eval_count,
+            streamed=streamed,
+            model=model,
+            recorded_ttft_ns=result.recorded_ttft_ns,
+            recorded_offsets_ns=result.recorded_offsets_ns,
+        )
 
 
 def recent(start_ns: int) -> list[FrontTiming]:

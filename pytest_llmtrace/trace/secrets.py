@@ -137,9 +137,15 @@ def redact_text(text: str, *, connection: bool = False) -> str:
     return text
 
 
+# Timings of a model's tokens, not tokens: gen_ai.server.time_to_first_token, gen_ai.server.time_per_output_token.
+TOKEN_TIMINGS = ("time_to_first_token", "time_per_output_token")
+
+
 def is_secret_key(key: str) -> bool:
     """Rule 1: the attribute's name says its value is a credential."""
     last = key.rsplit(".", 1)[-1].lower().replace("-", "_")
+    if last in TOKEN_TIMINGS:
+        return False
     return last in SECRET_KEYS or last.endswith(SECRET_KEY_SUFFIXES)
 
 
