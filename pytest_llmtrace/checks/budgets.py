@@ -193,7 +193,7 @@ def check_latency(
     tolerance: float = _DEFAULTS.latency_tolerance,
     floor_ms: float = _DEFAULTS.latency_floor_ms,
     replayed_ms: Mapping[str, float] | None = None,
-    min_tokens_per_s: float | None = None,
+    min_tokens_per_s: float = 0.0,
 ) -> CheckResult:
     """Each metric against its absolute budget (``None`` switches one off) and, with a golden trace, against the
     golden duration. Budget keys may be spelled in any case; an unknown one raises ``options.UnknownName``.
@@ -219,7 +219,7 @@ def check_latency(
             measurements.append(
                 latency_vs_golden(metric, g_ms, n_ms, tolerance=tolerance, floor_ms=floor_ms, replayed_ms=part)
             )
-    if min_tokens_per_s is not None:
+    if min_tokens_per_s > 0:
         measurements.extend(_rates(now, golden, min_tokens_per_s))
     return _verdict("latency", measurements, "no latency budget set and no golden trace to compare with")
 

@@ -58,7 +58,7 @@ SPAN_KINDS: tuple[str, ...] = ("LLM", "CHAIN", *(k for k in _OPENINFERENCE_KINDS
 # Latency metrics: the whole trace, the span kinds, SQL (spans with a statement, which OTel's database conventions
 # mark, not OpenInference), and ttft: the slowest model call's time to first token (trace.stream_timing).
 TTFT = "ttft"
-LATENCY_METRICS: tuple[str, ...] = ("total", "LLM", "SQL", TTFT, *SPAN_KINDS[1:])
+LATENCY_METRICS: tuple[str, ...] = ("total", "LLM", "SQL", *SPAN_KINDS[1:], TTFT)
 
 TOKEN_KINDS = ("prompt", "completion", "total")
 
@@ -170,12 +170,6 @@ def _mapping_parser(
     return parse
 
 
-def _min_rate(value: Any, where: str) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    return float(_number(value, where, float))
-
-
 def _prices(value: Any, where: str) -> dict[str, tuple[float, float]]:
     """``MODEL=INPUT/OUTPUT`` pairs (USD per 1,000 tokens; ``*`` for every other model), or a dict of pairs."""
     if isinstance(value, str):
@@ -282,12 +276,12 @@ class CheckOptions:
             merge=True,
         ),
     )
-    min_tokens_per_s: float | None = field(
-        default=None,
+    min_tokens_per_s: float = field(
+        default=0.0,
         metadata=_meta(
             "The slowest rate a model call may stream at, in completion tokens per second after its first token "
-            "(trace.stream_timing); a call that records no stream timing is not judged.",
-            _min_rate,
+            "(trace.stream_timing); 0: no minimum. A call that records no stream timing is not judged.",
+            _float,
         ),
     )
     prices: dict[str, tuple[float, float]] = field(

@@ -14,7 +14,7 @@ them all, so checks, gates and metrics read one ``StreamTiming`` and one cost, n
 - **Cost** (USD): ``gen_ai.usage.cost``, OpenInference's ``llm.cost.total``, Langfuse's ``cost_details``,
   LangSmith's ``total_cost``; a trace's own cost always wins over a price table.
 
-The plugin records a stream's chunk times in ``llmtrace.stream.chunk_offsets_ms`` (ms from the call's start, one per
+The plugin records a stream's chunk times in ``llmtrace.stream.chunk_offsets_ms`` (ms from the request's start, one per
 content chunk), so replay can serve the recorded stream with its timing.
 """
 
@@ -207,23 +207,24 @@ class FrontTiming:
 def with_front_timing(span: Span, front: FrontTiming) -> Span:
     """``span`` (the app's LLM span around ``front``'s request) with its TTFT and chunk times as attributes.
 
-    The app's own path is measured: from the span's start to the request, and, when the app recorded its own first
-    token (any convention above), from the front's first chunk to the app's. In replay the recorded TTFT replaces
-    the front's instant answer and is kept as ``llmtrace.stream.ttft_replayed_ms``; live, the front's measurement
-    is the model's.
+    TTFT runs from the request's start (when the front received it) to the first chunk with content; when the app
+    recorded its own first token (any convention above), the time from the front's first chunk to the app's is the
+    app's own path and counts too, measured. Live, the front's measurement is the model's part. In replay the
+    recorded TTFT replaces the front's instant answer and is kept as ``llmtrace.stream.ttft_replayed_ms``. Chunk
+    times are from the request's start too.
     """
     own = _first_token(span)
     front_ms = (front.first_ns - front.received_ns) / 1e6
-    before_ms = max(0.0, (front.received_ns - span.start_time_unix_nano) / 1e6)
+    before_ms = max(0.0, (front.received_ns - span.start_time_unix_nano) / 1e6)  # the app's path to its request
     app_path_ms = max(0.0, own[0] - before_ms - front_ms) if own is not None else 0.0  # chunk to app's first token
     if front.recorded_ttft_ns is not None:
         model_ms, replayed_ms = front.recorded_ttft_ns / 1e6, front.recorded_ttft_ns / 1e6
-        offsets = [before_ms + ns / 1e6 for ns in front.recorded_offsets_ns]
+        offsets = [ns / 1e6 for ns in front.recorded_offsets_ns]
     else:
         model_ms, replayed_ms = front_ms, 0.0
-        offsets = [(ns - span.start_time_unix_nano) / 1e6 for ns in front.chunk_ns]
+        offsets = [(ns - front.received_ns) / 1e6 for ns in front.chunk_ns]
     attributes = dict(span.attributes)
-    attributes[TTFT_S] = (before_ms + model_ms + app_path_ms) / 1000
+    attributes[TTFT_S] = (model_ms + app_path_ms) / 1000
     attributes[STREAMED] = front.streamed
     if offsets:
         attributes[CHUNK_OFFSETS_MS] = tuple(round(o, 3) for o in offsets)
