@@ -88,19 +88,23 @@ def totals(cases: Sequence[CaseRecord]) -> dict[str, Any]:
     """The run's cost (``None`` when a case's is unknown), and per model its tokens, the cost of the calls whose cost
     is known and how many calls' cost is unknown."""
     by_model: dict[str, dict[str, float]] = {}
+    costs_of: dict[str, list[float]] = {}
     unknown = False
     for case in cases:
         usage = usage_of(case)
         if usage.get("calls") and usage.get("cost_usd") is None:
             unknown = True
         for call in usage.get("calls") or ():
+            name = str(call.get("model"))
             model = by_model.setdefault(
-                str(call.get("model")), {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0, "unknown_calls": 0}
+                name, {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0, "unknown_calls": 0}
             )
             model["input_tokens"] += call.get("input_tokens") or 0
             model["output_tokens"] += call.get("output_tokens") or 0
-            model["cost_usd"] += call.get("cost_usd") or 0.0
+            costs_of.setdefault(name, []).append(float(call.get("cost_usd") or 0.0))
             model["unknown_calls"] += call.get("cost_usd") is None
+    for name, found in costs_of.items():
+        by_model[name]["cost_usd"] = math.fsum(found)
     costs = [usage_of(c).get("cost_usd") for c in cases if usage_of(c).get("calls")]
     total = None if unknown or not costs else math.fsum(float(c or 0.0) for c in costs)
     return {"cost_usd": total, "models": by_model}

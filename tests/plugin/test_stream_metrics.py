@@ -243,6 +243,7 @@ def test_a_live_smollm2_stream_through_llama_cpp_has_a_real_bounded_ttft(
         "--llmtrace-mode=live",
         "--llmtrace-report=reports",
         "--llmtrace-metrics=live.prom",
+        "--llmtrace-case-timeout-s=600",  # two busy cores take minutes over a 330-token prompt, not the 2 s idle
         timeout=900,
     )
     (case,) = json.loads((pytester.path / "reports" / "results.json").read_text())["cases"]
