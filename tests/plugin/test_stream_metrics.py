@@ -188,12 +188,13 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def pushgateway() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
-    handler = type("Handler", (_Recorder,), {"pushed": []})
+    pushed: list[tuple[str, str, bytes]] = []
+    handler = type("Handler", (_Recorder,), {"pushed": pushed})
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler.pushed
+        yield f"http://127.0.0.1:{server.server_address[1]}", pushed
     finally:
         server.shutdown()
         server.server_close()
@@ -232,8 +233,8 @@ def test_a_live_smollm2_stream_through_llama_cpp_has_a_real_bounded_ttft(
 ) -> None:
     """The front streams llama.cpp's pieces as they are generated and times them: the TTFT is the model's."""
     gguf = bundled_smollm2()
-    if gguf is None:
-        pytest.skip(live_model_missing())
+    if gguf is None or live_model_missing() is not None:
+        pytest.skip(str(live_model_missing()))
     _project(pytester, "customers_by_tier")
     modelfile = (REPO / "fixtures" / "Modelfile").read_text()
     modelfile = "\n".join(f"FROM {gguf}" if line.startswith("FROM ") else line for line in modelfile.splitlines())
