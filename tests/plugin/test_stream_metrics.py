@@ -259,3 +259,24 @@ def test_a_live_smollm2_stream_through_llama_cpp_has_a_real_bounded_ttft(
     (count,) = _samples(families, "llmtrace_llm_ttft_seconds", "llmtrace_llm_ttft_seconds_count")
     assert count.value == 1
     assert result.ret in (0, 1)  # SmolLM2 does not write correct SQL: the case may fail; its timing is what counts
+
+
+@pytest.mark.slow  # two xdist workers, each a process of its own
+def test_under_xdist_the_controller_writes_the_metrics_and_counts_each_case_once(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    _project(pytester, "customers_by_tier", "error_syntax", "top_customers_2024")
+    result = pytester.runpytest_subprocess(
+        f"--llmtrace-postgres={pg_url}", "-n", "2", "--llmtrace-metrics=m.prom", "--llmtrace-report=r", timeout=600
+    )
+    result.assert_outcomes(passed=2, failed=1)
+    families = _families((pytester.path / "m.prom").read_text())
+    by_verdict = {s.labels["verdict"]: s.value for s in _samples(families, "llmtrace_cases", "llmtrace_cases_total")}
+    assert by_verdict == {"passed": 2, "failed": 1, "error": 0}
+    (output,) = [
+        s
+        for s in _samples(families, "llmtrace_llm_tokens", "llmtrace_llm_tokens_total")
+        if s.labels["type"] == "output"
+    ]
+    doc = json.loads((pytester.path / "r" / "results.json").read_text())
+    assert output.value == sum(c["output_tokens"] for case in doc["cases"] for c in case["llm_usage"]["calls"])
