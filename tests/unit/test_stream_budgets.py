@@ -240,3 +240,22 @@ def test_replayed_time_never_fails_a_ttft_budget_the_apps_own_path_does() -> Non
     assert "judged live, not in replay" in over.reason
     pushed = check_latency(None, _trace(0.6, replayed_ms=400), budgets_ms={"ttft": 500}, replayed_ms={"ttft": 400.0})
     assert pushed.status == "failed"
+
+
+def test_cost_and_ttft_per_case_and_in_total_in_every_report() -> None:
+    from pytest_llmtrace.results import llm_report
+    from pytest_llmtrace.results.html import render
+    from pytest_llmtrace.results.summary import summary_markdown
+
+    cases = [_case("<b>a</b>", ttft=120.0, cost=0.25), _case("b", ttft=80.0, cost=0.5)]
+    for case in cases:
+        case["llm_usage"]["calls"] = [{"model": "m", "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.25}]  # type: ignore[typeddict-item]
+    lines = llm_report.terminal_lines(cases)
+    assert lines[-1] == "cost: $0.750000 total over 2 cases (m $0.500000)"
+    assert any(line.startswith("b ") and "80.0 / -" in line and "$0.500000" in line for line in lines)
+    markdown = summary_markdown(cases, [])
+    assert "| b | 80.0 / - | 50.0 | $0.500000 | - |" in markdown
+    page = render({"cases": cases, "run": {}})
+    assert "<td>&lt;b&gt;a&lt;/b&gt;</td><td>120.0 / -</td>" in page
+    unpriced = [_case("c", cost=None)]
+    assert llm_report.terminal_lines(unpriced)[1].split()[-2:] == ["unknown", "-"]  # never $0
