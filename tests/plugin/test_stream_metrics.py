@@ -280,3 +280,36 @@ def test_under_xdist_the_controller_writes_the_metrics_and_counts_each_case_once
     ]
     doc = json.loads((pytester.path / "r" / "results.json").read_text())
     assert output.value == sum(c["output_tokens"] for case in doc["cases"] for c in case["llm_usage"]["calls"])
+
+
+def test_otlp_metrics_go_to_the_configured_endpoint(
+    pytester: pytest.Pytester, pg_url: str, pushgateway: tuple[str, list[tuple[str, str, bytes]]]
+) -> None:
+    """The same names over OTLP/HTTP: a local endpoint records the protobuf request."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    url, received = pushgateway
+    _project(pytester, "customers_by_tier", ini="llmtrace_prices = qwen-sql-prod=0.0005/0.0015\n")
+    result = pytester.runpytest(
+        f"--llmtrace-postgres={pg_url}", "--llmtrace-report=r", f"--llmtrace-otlp-metrics={url}/v1/metrics"
+    )
+    result.assert_outcomes(passed=1)
+    ((method, path, body),) = received
+    assert (method, path) == ("POST", "/v1/metrics")
+    request = ExportMetricsServiceRequest.FromString(body)
+    metrics = {m.name: m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {
+        "llmtrace_cases",
+        "llmtrace_case_latency_seconds",
+        "llmtrace_llm_tokens",
+        "llmtrace_llm_ttft_seconds",
+    } <= set(metrics)
+    passed = [
+        p.as_int
+        for p in metrics["llmtrace_cases"].sum.data_points
+        if {a.key: a.value.string_value for a in p.attributes}["verdict"] == "passed"
+    ]
+    assert passed == [1]
+    (case,) = json.loads((pytester.path / "r" / "results.json").read_text())["cases"]
+    (cost_point,) = metrics["llmtrace_llm_cost_dollars"].sum.data_points
+    assert cost_point.as_double == pytest.approx(case["llm_usage"]["cost_usd"])

@@ -249,7 +249,9 @@ def test_cost_and_ttft_per_case_and_in_total_in_every_report() -> None:
 
     cases = [_case("<b>a</b>", ttft=120.0, cost=0.25), _case("b", ttft=80.0, cost=0.5)]
     for case in cases:
-        case["llm_usage"]["calls"] = [{"model": "m", "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.25}]  # type: ignore[typeddict-item]
+        usage = case.get("llm_usage")
+        assert usage is not None
+        usage["calls"] = [{"model": "m", "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.25}]
     lines = llm_report.terminal_lines(cases)
     assert lines[-1] == "cost: $0.750000 total over 2 cases (m $0.500000)"
     assert any(line.startswith("b ") and "80.0 / -" in line and "$0.500000" in line for line in lines)
