@@ -24,7 +24,7 @@ from pytest_llmtrace.checks.options import (
 )
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
-from pytest_llmtrace.trace.stream_timing import StreamTiming, stream_timing
+from pytest_llmtrace.trace.stream_timing import StreamTiming, trace_streams
 from pytest_llmtrace.trace.views import span_kind
 
 if TYPE_CHECKING:
@@ -50,9 +50,8 @@ def latencies_ms(trace: Trace) -> dict[str, float]:
     return out
 
 
-def _streams(trace: Trace) -> list[StreamTiming]:
-    found = (stream_timing(call.span, call.completion_tokens) for call in trace.llm_calls) if trace else ()
-    return [s for s in found if s is not None]
+def _streams(trace: Trace | None) -> list[StreamTiming]:
+    return trace_streams(trace)
 
 
 def replayed_latencies_ms(virtual: VirtualTrace) -> dict[str, float]:

@@ -24,7 +24,7 @@ from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Mode, Repla
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.checks.sql_text import strip_code_fences
 from pytest_llmtrace.checks.timeline import waterfall_of
-from pytest_llmtrace.checks.usage import trace_usage, usage_summary, with_cost
+from pytest_llmtrace.checks.usage import streams_outside_calls, trace_usage, usage_summary, with_cost
 from pytest_llmtrace.services.case_bounds import Abandoned
 from pytest_llmtrace.services.pg_deadline import Deadline, Finding
 from pytest_llmtrace.services.pg_guard import SessionGuard
@@ -163,8 +163,8 @@ def run_checks(case: CaseInput) -> CaseOutcome:
         durations_ms=latencies_ms(timing),
         golden_durations_ms=None if golden is None else latencies_ms(golden),
         replayed_durations_ms=dict(replayed_ms or {}),
-        llm_usage=usage_summary(usages),
-        golden_llm_usage=None if golden_usages is None else usage_summary(golden_usages),
+        llm_usage=usage_summary(usages, streams_outside_calls(timing)),
+        golden_llm_usage=None if golden_usages is None else usage_summary(golden_usages, streams_outside_calls(golden)),
         waterfall=waterfall_of(timing, case.replayed_spans_ns),
         golden_waterfall=None if golden is None else waterfall_of(golden),
         timings=Timings(

@@ -19,8 +19,8 @@ from pytest_llmtrace.checks.outcome import CheckResult, Measurement, Source
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.modelapi.backend import normalize_model_name
 from pytest_llmtrace.trace.model import Trace
-from pytest_llmtrace.trace.stream_timing import StreamTiming, recorded_cost, stream_timing
-from pytest_llmtrace.trace.views import LLMCall
+from pytest_llmtrace.trace.stream_timing import StreamTiming, recorded_cost, stream_timing, trace_streams
+from pytest_llmtrace.trace.views import LLMCall, llm_call
 
 Prices = Mapping[str, tuple[float, float]]  # model -> (USD per 1,000 input tokens, per 1,000 output tokens)
 
@@ -103,12 +103,12 @@ def trace_usage(trace: Trace | None, prices: Prices | None) -> tuple[list[CallUs
     return usages, error
 
 
-def usage_summary(usages: Sequence[CallUsage]) -> dict[str, Any]:
+def usage_summary(usages: Sequence[CallUsage], others: Sequence[StreamTiming] = ()) -> dict[str, Any]:
     """A case's figures as results.json keeps them (``llm_usage``): cost (``None`` when any call's is unknown),
     TTFT (the slowest call's), tokens/s (completion tokens over the time after each first token), the p95 gap,
-    and the calls."""
+    and the calls. ``others``: timings of model calls no convention reads as LLM calls (``trace_streams``)."""
     costs = [u.cost_usd for u in usages]
-    streams = [u.stream for u in usages if u.stream is not None]
+    streams = [*(u.stream for u in usages if u.stream is not None), *others]
     ttft = max((s.ttft_ms for s in streams), default=None)
     rates = [(u.output_tokens, s.tokens_per_s) for u in usages for s in [u.stream] if s and s.tokens_per_s]
     seconds = sum(tokens / rate for tokens, rate in rates if tokens)
@@ -116,6 +116,7 @@ def usage_summary(usages: Sequence[CallUsage]) -> dict[str, Any]:
     gaps = [s.gap_p95_ms for s in streams if s.gap_p95_ms is not None]
     return {
         "cost_usd": None if not usages or any(c is None for c in costs) else math.fsum(c or 0.0 for c in costs),
+        "calls_without_llm_span": len(others),
         "ttft_ms": None if ttft is None else round(ttft, 3),
         "ttft_replayed_ms": round(max((s.replayed_ms for s in streams), default=0.0), 3),
         "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else None,
@@ -152,3 +153,10 @@ def with_cost(
         reason="cost is reported, not limited: gate on cost_usd",
     )
     return replace(tokens, measurements=(*tokens.measurements, row))
+
+
+def streams_outside_calls(trace: Trace | None) -> list[StreamTiming]:
+    """The timings ``trace_streams`` finds on spans that are not LLM calls (for ``usage_summary``'s ``others``)."""
+    if not trace:
+        return []
+    return trace_streams(Trace([s for s in trace if llm_call(s) is None], warn_missing_parents=False))

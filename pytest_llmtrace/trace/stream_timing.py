@@ -235,20 +235,41 @@ def with_front_timing(span: Span, front: FrontTiming) -> Span:
 
 def with_front_timings(trace: Trace, fronts: Sequence[FrontTiming]) -> Trace:
     """``trace`` with each front timing on the innermost LLM span that encloses its request (the span the app made
-    around the HTTP call, as ``trace.virtual`` links replayed answers); timings no LLM span encloses are dropped."""
-    llm_spans = [s for s in trace if s.end_time_unix_nano is not None and llm_call(s) is not None]
+    around the HTTP call, as ``trace.virtual`` links replayed answers). An app whose model call no convention reads
+    as an LLM span gets it on the innermost span of any kind around the request (``trace_streams`` reads it there);
+    timings no span encloses are dropped."""
+    closed = [s for s in trace if s.end_time_unix_nano is not None]
+    llm_spans = [s for s in closed if llm_call(s) is not None]
     changed: dict[str, Span] = {}
     for front in sorted(fronts, key=lambda f: f.received_ns):
-        around = [
-            s
-            for s in llm_spans
-            if s.span_id not in changed
-            and s.start_time_unix_nano <= front.received_ns
-            and front.done_ns <= (s.end_time_unix_nano or 0)
-        ]
-        if around:
-            span = min(around, key=lambda s: s.duration_ns)
-            changed[span.span_id] = with_front_timing(span, front)
+        for candidates in (llm_spans, closed):
+            around = [
+                s
+                for s in candidates
+                if s.span_id not in changed
+                and s.start_time_unix_nano <= front.received_ns
+                and front.done_ns <= (s.end_time_unix_nano or 0)
+            ]
+            if around:
+                span = min(around, key=lambda s: s.duration_ns)
+                changed[span.span_id] = with_front_timing(span, front)
+                break
     if not changed:
         return trace
     return Trace([changed.get(s.span_id, s) for s in trace], source=trace.source, warn_missing_parents=False)
+
+
+def trace_streams(trace: Trace | None) -> list[StreamTiming]:
+    """Every model call's timing in ``trace``: its LLM calls', and any other span's that records a TTFT by attribute
+    (a model call no convention reads as an LLM span: an uninstrumented client, a tool's own span type)."""
+    if not trace:
+        return []
+    found = []
+    for span in trace:
+        call = llm_call(span)
+        if call is None and not any(name in span.attributes for name in (TTFT_S, LANGFUSE_COMPLETION_START)):
+            continue
+        timing = stream_timing(span, None if call is None else call.completion_tokens)
+        if timing is not None:
+            found.append(timing)
+    return found

@@ -261,3 +261,14 @@ def test_cost_and_ttft_per_case_and_in_total_in_every_report() -> None:
     assert "<td>&lt;b&gt;a&lt;/b&gt;</td><td>120.0 / -</td>" in page
     unpriced = [_case("c", cost=None)]
     assert llm_report.terminal_lines(unpriced)[1].split()[-2:] == ["unknown", "-"]  # never $0
+
+
+def test_a_model_call_no_convention_reads_still_gets_its_ttft_on_the_span_around_it() -> None:
+    """An app with a bare HTTP client inside a CHAIN span: the front's timing lands on that span and counts."""
+    chain = Span("t" * 32, "c", None, "request", START, START + 900 * MS, {"openinference.span.kind": "CHAIN"})
+    front = FrontTiming(START + 10 * MS, START + 11 * MS, START + 12 * MS, recorded_ttft_ns=250 * MS)
+    timed = with_front_timings(Trace([chain]), [front])
+    assert latencies_ms(timed)["ttft"] == pytest.approx(250.0)
+    from pytest_llmtrace.checks.usage import streams_outside_calls
+
+    assert usage_summary([], streams_outside_calls(timed))["ttft_ms"] == pytest.approx(250.0)
