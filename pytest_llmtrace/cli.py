@@ -225,7 +225,8 @@ def import_sources(
             else:
                 traces_done += 1
                 spans_done += len(trace)
-                print(f"  {target} ({len(trace)} spans)")
+                sql_note = "; no SQL span: the SQL is the model's answer" if _sql_is_answer(trace) else ""
+                print(f"  {target} ({len(trace)} spans{sql_note})")
             written[target] = (text, source)
     if redactor is not None:
         print(redactor.summary())
@@ -234,6 +235,12 @@ def import_sources(
         summary += f"; {unchanged} unchanged"
     print(summary)
     return status
+
+
+def _sql_is_answer(trace: Trace) -> bool:
+    """No span ran SQL (Langfuse's default export keeps only spans with GenAI attributes), but a model answered:
+    the golden SQL is the model's answer (``checks.runner.sql_of``), which ``import`` says per file."""
+    return not trace.sql_statements and bool(trace.llm_calls)
 
 
 def _show(args: argparse.Namespace) -> int:

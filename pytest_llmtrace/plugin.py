@@ -10,8 +10,8 @@ import pytest
 
 from pytest_llmtrace.core import settings
 from pytest_llmtrace.core.inert import one_line
+from pytest_llmtrace.pytest import app_session, fixtures, golden, recording, replay_config
 from pytest_llmtrace.pytest import export_hooks as export
-from pytest_llmtrace.pytest import fixtures, golden, recording, replay_config
 from pytest_llmtrace.pytest import run_results as results
 from pytest_llmtrace.pytest import service_session as services
 
@@ -29,11 +29,13 @@ def pytest_configure(config: pytest.Config) -> None:
     results.configure(config)
     export.configure(config)
     services.configure(config, replay=replay_config.get_config(config).mode == "replay")
+    app_session.configure(config, services.get_manager(config).context.record)
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """After every session fixture is torn down: stop the services this run started."""
+    app_session.unconfigure(config)
     services.unconfigure(config)
     recording.unconfigure(config)
 
@@ -46,6 +48,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             recording.report_header(config),
             *replay_config.report_header(config),
             *services.report_header(config),
+            *app_session.report_header(config),
             *export.report_header(config),
         )
     ]
@@ -106,4 +109,5 @@ def pytest_testnodedown(node: Any, error: object) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     results.terminal_summary(terminalreporter, config)
+    app_session.terminal_summary(terminalreporter, config)
     export.terminal_summary(terminalreporter, config)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
 import json
+import shutil
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 
 from pytest_llmtrace.sources.importing import import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
+from pytest_llmtrace.trace.span import AttrValue, Span, SpanEvent, Status
 
 
 def load_traces(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> list[Trace]:
@@ -72,3 +79,65 @@ def golden_with_statement(statement: str) -> dict[str, Any]:
                     ):
                         attribute["value"] = {"stringValue": statement}
     return doc
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+
+
+def span(
+    span_id: str,
+    parent: str | None = None,
+    *,
+    name: str = "s",
+    start_ms: int = 0,
+    end_ms: int | None = 10,
+    status: Status = Status.UNSET,
+    events: tuple[SpanEvent, ...] = (),
+    attrs: Mapping[str, AttrValue] | None = None,
+    trace_id: str = TRACE_ID,
+) -> Span:
+    """A span of the trace model written short: ids as small numbers (``"2"``, parent ``"1"``), times in ms."""
+    return Span(
+        trace_id=trace_id,
+        span_id=span_id.rjust(16, "0"),
+        parent_span_id=parent.rjust(16, "0") if parent else None,
+        name=name,
+        start_time_unix_nano=start_ms * 1_000_000,
+        end_time_unix_nano=None if end_ms is None else end_ms * 1_000_000,
+        attributes=dict(attrs or {}),
+        status=status,
+        events=events,
+    )
+
+
+@contextlib.contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` on a free loopback port, in a thread; yields the base URL. On exit the server is shut down and the
+    thread joined, so a test leaves no thread or socket behind."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+GOLDEN = REPO / "golden_traces"
+TARGET = "gateway.app:handle_user_request"
+
+
+def golden_project(pytester: pytest.Pytester, *cases: str, ini: str = "", target: str | None = TARGET) -> Path:
+    """company_db, the gateway as package ``gateway``, and ``cases`` with their snapshots; returns the golden dir."""
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
+    golden = pytester.path / "golden_traces"
+    (golden / "__snapshots__").mkdir(parents=True)
+    for case in cases:
+        shutil.copy(GOLDEN / f"{case}.json", golden / f"{case}.json")
+        shutil.copy(GOLDEN / "__snapshots__" / f"{case}.json", golden / "__snapshots__" / f"{case}.json")
+    target_line = f"llmtrace_target = {target}\n" if target else ""
+    pytester.makeini(f"[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n{target_line}{ini}")
+    return golden

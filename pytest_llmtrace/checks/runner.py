@@ -180,16 +180,16 @@ def run_held(
     deadline: Deadline,
     prepare: Callable[[], CaseInput | None],
     fallback: Callable[[tuple[CheckResult, ...]], CaseOutcome],
-    *,
-    report_before: bool,
 ) -> CaseOutcome:
     """One case held by the session's guard, for golden cases and ``llmtrace_check`` alike.
 
     ``prepare`` runs inside the guard (a golden case calls its app there) and gives the checks' input, or ``None``
     when the deadline fired and the checks would run the runaway statement again. The checks run under the deadline,
     in a thread it walks away from; what the guard found is added as failed checks. When the deadline fired, or the
-    checks never returned, ``fallback(findings)`` is the outcome. ``report_before``: role changes found before the
-    case (restored by then) fail it too; an ``llmtrace_check`` call reports them, a golden case does not.
+    checks never returned, ``fallback(findings)`` is the outcome. Role changes found before the case (restored by
+    then) fail it too, golden case and ``llmtrace_check`` call alike: SQL run outside a guard (the app of a
+    hand-written test, a fixture, an earlier test) changed the roles every case relies on, and a restore nobody
+    hears of would hide it.
     """
     outcome: CaseOutcome | None = None
     with guard.case(deadline) as held:
@@ -198,10 +198,10 @@ def run_held(
             with contextlib.suppress(Abandoned):  # the deadline's finding says so
                 outcome = deadline.call(functools.partial(run_checks, case_input), "the checks")
     findings = guard_checks(held.findings())
-    if report_before and held.before:
+    if held.before:
         reason = (
-            "the database roles were changed before this call (by the app in this test, or SQL run outside "
-            "llmtrace_check earlier; restored now)"
+            "the database roles were changed before this case (by SQL run outside the checks: the app of a "
+            "hand-written test, a fixture or an earlier test; restored now)"
         )
         findings += (CheckResult("sandbox", "failed", reason, details=tuple(held.before)),)
     if outcome is None or deadline.fired:

@@ -12,8 +12,8 @@ decides what the model says.
 from __future__ import annotations
 
 import threading
-from types import TracebackType
 
+from pytest_llmtrace.core.lifecycle import Lifecycle
 from pytest_llmtrace.modelapi.backend import ModelBackend
 from pytest_llmtrace.modelapi.ollama_routes import ROUTES as OLLAMA_ROUTES
 from pytest_llmtrace.modelapi.openai_routes import ROUTES as OPENAI_ROUTES
@@ -23,7 +23,7 @@ from pytest_llmtrace.modelapi.transport import Limits, RouteServer
 ROUTES = {**OLLAMA_ROUTES, **OPENAI_ROUTES}
 
 
-class OllamaAPIServer:
+class OllamaAPIServer(Lifecycle["OllamaAPIServer"]):
     """The front running in a daemon thread; ``url`` is what ``OLLAMA_HOST`` should be set to.
 
     Port 0 (the default) picks a free port, so parallel test workers never collide. ``limits`` bounds what one client
@@ -33,6 +33,7 @@ class OllamaAPIServer:
     def __init__(
         self, backend: ModelBackend, host: str = "127.0.0.1", port: int = 0, *, limits: Limits | None = None
     ) -> None:
+        super().__init__()
         self.backend = backend
         self.limits = limits or Limits()
         self._address = (host, port)
@@ -69,11 +70,3 @@ class OllamaAPIServer:
             server.server_close()
         if thread is not None:
             thread.join(5)
-
-    def __enter__(self) -> OllamaAPIServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

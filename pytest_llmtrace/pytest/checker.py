@@ -72,7 +72,6 @@ class Checker:
                 deadline,
                 lambda: self._input(now, checks, options, postgres.reader_url, sql, snapshot),
                 lambda findings: CaseOutcome(nodeid, "test", checks=findings, sql=checking),
-                report_before=True,
             )
         conclude(self._request.node, outcome)
         return outcome

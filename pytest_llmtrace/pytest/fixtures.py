@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llmtrace.checks.check_settings import options_for
 from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.core.url_secrets import redact_url
-from pytest_llmtrace.pytest import recording
+from pytest_llmtrace.pytest import app_session, recording
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.checker import Checker
 from pytest_llmtrace.pytest.failing import fail, fail_on
@@ -110,6 +111,25 @@ def llmtrace_phoenix(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
         yield endpoint
 
 
+@pytest.fixture(scope="session")
+def llmtrace_service(
+    request: pytest.FixtureRequest, llmtrace_postgres: PostgresDatabase, llmtrace_ollama: Endpoint
+) -> Iterator[app_session.AppSession]:
+    """The service under test (``llmtrace_app_command`` or ``llmtrace_app_url``), started once per session after
+    Postgres and the Ollama API, with DB_URI (the session's sandboxed reader, or its owner with
+    ``llmtrace_app_db = owner``), OLLAMA_HOST and the OTLP variables pointed at them; stopped before they are."""
+    session = app_session.get(request.config)
+    if session is None:
+        fail("no service under test: set llmtrace_app_command (or llmtrace_app_url) in the pytest ini")
+    owner = session.app_db_owner and llmtrace_postgres.owner_url is not None
+    db_url = llmtrace_postgres.owner_url if owner and llmtrace_postgres.owner_url else llmtrace_postgres.reader_url
+    try:
+        app_session.start_for(session, db_url, llmtrace_ollama.url)
+        yield session
+    finally:
+        session.service.stop()
+
+
 @pytest.fixture
 def llmtrace_app(
     request: pytest.FixtureRequest,
@@ -126,6 +146,11 @@ def llmtrace_app(
     for full control: the callable it returns is called the same way.
     """
     config = get_config(request.config)
+    if app_session.get(request.config) is not None:  # a service: asked over HTTP, its spans back over OTLP
+        session: app_session.AppSession = request.getfixturevalue("llmtrace_service")
+        recorder = recording.get_recorder(request.config)
+        timeout_s = options_for(request.node, config.options).case_deadline_s
+        return app_session.ServiceCaller(session, recorder, recorder.current, timeout_s)
     if config.app_db == "owner" and llmtrace_postgres.owner_url is not None:
         monkeypatch.setenv("DB_URI", llmtrace_postgres.owner_url)
     return _load_target(config.target, config.settings.source("target"))

@@ -226,7 +226,7 @@ def _replay_case(
             golden_waterfall=waterfall_of(golden),
         )
 
-    outcome = run_held(guard, deadline, prepare, fallback, report_before=False)
+    outcome = run_held(guard, deadline, prepare, fallback)
     return replace(outcome, question=question, question_source=str(found.source))
 
 

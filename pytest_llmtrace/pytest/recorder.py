@@ -21,6 +21,7 @@ that look at the recording fail and say why, rather than pass with an empty trac
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.sdk import span_from_readable
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from opentelemetry.context import Context
 
 # The exact text OpenTelemetry logs when it ignores a second set_tracer_provider(); it is the only signal there is.
@@ -63,6 +66,8 @@ class TestWindow:
     # clear(), so a span started before clear() does not come back while it is still running).
     open_all: dict[_SpanKey, ReadableSpan] = field(default_factory=dict)
     open_view: dict[_SpanKey, ReadableSpan] = field(default_factory=dict)
+    # Spans a service under test exported to the session's OTLP receiver, attributed to this test's case.
+    received: list[Span] = field(default_factory=list)
     viewed: bool = False  # the test asked for llm_trace: only such tests are failed by the recorder
     refused_override: bool = False
 
@@ -256,12 +261,23 @@ class Recorder:
 
     def spans(self, window: TestWindow) -> tuple[Span, ...]:
         """Finished spans plus the spans started in this test that are still running (marked open)."""
+        flush_sdk_queues()
         with self._lock:
             finished = list(window.finished)
+            received = tuple(window.received)
             still_open = list(window.open_view.values())
-        return tuple(span_from_readable(s) for s in finished) + tuple(
-            span_from_readable(s, open_end=True) for s in still_open
+        return (
+            tuple(span_from_readable(s) for s in finished)
+            + received
+            + tuple(span_from_readable(s, open_end=True) for s in still_open)
         )
+
+    def receive(self, window: TestWindow, spans: Iterable[Span]) -> None:
+        """Spans that arrived over OTLP from a service, for the test they were attributed to: the same recording
+        as in-process spans, so ``llm_trace`` shows them and the checks judge them."""
+        with self._lock:
+            if not self._closed:
+                window.received.extend(spans)
 
     def trace(self, window: TestWindow) -> Trace:
         # Parents outside the window (a session fixture's span, a span of an earlier test) are normal here: no warning.
@@ -270,6 +286,7 @@ class Recorder:
     def clear(self, window: TestWindow) -> None:
         with self._lock:
             window.finished.clear()
+            window.received.clear()
             window.open_view.clear()
 
     def open_spans(self, window: TestWindow) -> tuple[ReadableSpan, ...]:
@@ -317,3 +334,20 @@ def open_spans_message(spans: tuple[ReadableSpan, ...]) -> str:
         span_id = f"{context.span_id:016x}" if context is not None else "?"
         lines.append(f"  - {span.name!r} (span {span_id})")
     return "\n".join(lines)
+
+
+def flush_sdk_queues(timeout: float = 10.0) -> None:
+    """Hand over the spans a tracing SDK still holds in a queue of its own, so they land in this test's window.
+
+    LangSmith's OpenTelemetry mode turns runs into spans on its background thread: without this, an app traced only
+    by LangSmith would finish its request with its spans still queued. Only an SDK the app has already imported is
+    asked; Langfuse needs nothing (its spans are OpenTelemetry's from the start).
+    """
+    if "langsmith.run_trees" not in sys.modules:
+        return
+    try:
+        client = sys.modules["langsmith.run_trees"].get_cached_client()
+        if getattr(client, "otel_exporter", None) is not None:
+            client.flush(timeout=timeout)
+    except Exception:  # the app's tracing must never fail a test's recording
+        return

@@ -19,7 +19,7 @@ import pytest
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, Mode
 from pytest_llmtrace.core import settings as session_settings
-from pytest_llmtrace.core.errors import LLMTraceError, first_line
+from pytest_llmtrace.core.errors import LLMTraceError, first_line, whole_number
 from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.core.url_secrets import redact_text, redact_url
@@ -82,10 +82,11 @@ def add_options(parser: pytest.Parser) -> None:
 def _shard(text: str) -> tuple[int, int] | None:
     if not text:
         return None
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+    k_text, _, n_text = text.partition("/")
+    k, n = whole_number(k_text), whole_number(n_text)
+    if k is None or n is None or not 1 <= k <= n:
         raise pytest.UsageError(f"--llmtrace-shard {text!r}: use K/N with 1 <= K <= N, e.g. 2/4")
-    return int(k), int(n)
+    return k, n
 
 
 def configure(config: pytest.Config) -> None:

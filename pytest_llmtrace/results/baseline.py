@@ -59,8 +59,8 @@ def _float(value: float | None) -> float | None:
 
 def case_changes(cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord]) -> list[CaseChange]:
     """Every case of either run, regressed first, then improved, then the rest, each group by case id."""
-    before = {str(c.get("case_id")): c for c in baseline}
-    after = {str(c.get("case_id")): c for c in cases}
+    before = {str(c["case_id"]): c for c in baseline}
+    after = {str(c["case_id"]): c for c in cases}
     rows = []
     for case_id in sorted(before.keys() | after.keys()):
         old, new = before.get(case_id), after.get(case_id)
@@ -69,10 +69,10 @@ def case_changes(cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord]) ->
                 case_id,
                 None if old is None else verdict_of(old),
                 None if new is None else verdict_of(new),
-                None if old is None else _float(figure_of(old.get("durations_ms"))),
-                None if new is None else _float(figure_of(new.get("durations_ms"))),
-                None if old is None else _float(figure_of(old.get("tokens"))),
-                None if new is None else _float(figure_of(new.get("tokens"))),
+                None if old is None else _float(figure_of(old["durations_ms"])),
+                None if new is None else _float(figure_of(new["durations_ms"])),
+                None if old is None else _float(figure_of(old["tokens"])),
+                None if new is None else _float(figure_of(new["tokens"])),
                 None if old is None else _float(old.get("pass_rate")),
                 None if new is None else _float(new.get("pass_rate")),
             )

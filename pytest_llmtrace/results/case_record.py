@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
-from pytest_llmtrace.checks.outcome import Basis, Source, Status, Unit
+from pytest_llmtrace.checks.outcome import SCHEMA_VERSION, Basis, Source, Status, Unit
 
 
 class MeasurementRecord(TypedDict):
@@ -146,18 +146,54 @@ class CaseRecord(TypedDict):
 
 def as_case(data: Mapping[str, Any]) -> CaseRecord:
     """A case dict made in this process (``CaseOutcome.to_dict()`` plus the report's fields) as a ``CaseRecord``;
-    files are read through ``gate.load_results``, which validates them first."""
+    files are read through ``read_case``."""
     return cast(CaseRecord, data)
+
+
+# What a case from a file that lacks a field (an older or hand-made results.json), or holds null there, is read as.
+# Typed as a whole CaseRecord, so a field added to the record without a default here is a type error.
+_ABSENT: CaseRecord = {
+    "schema": SCHEMA_VERSION,
+    "case_id": "",
+    "mode": "",
+    "file": None,
+    "passed": False,
+    "checks": [],
+    "app_error": None,
+    "replay_misses": [],
+    "sql": None,
+    "golden_sql": None,
+    "result": None,
+    "tokens": {},
+    "golden_tokens": None,
+    "durations_ms": {},
+    "golden_durations_ms": None,
+    "replayed_durations_ms": {},
+    "timings": None,
+    "question": None,
+    "question_source": None,
+    "waterfall": None,
+    "golden_waterfall": None,
+}
+
+
+def read_case(data: Mapping[str, Any]) -> CaseRecord:
+    """A case of a results.json file, read once (``gate.load_results``, after its figures were checked): every
+    field ``CaseOutcome.to_dict()`` writes is then there, so readers index it (``case["sql"]``, which mypy checks
+    against ``CaseRecord``) instead of asking ``.get`` with a string nothing checks. The fields the report adds stay
+    optional."""
+    given = {key: value for key, value in data.items() if value is not None}
+    return cast(CaseRecord, {**_ABSENT, **given})
 
 
 def case_passed(case: CaseRecord) -> bool:
     """Passed, for the gate and ``llmtrace compare``: a case whose verdict is missing (an outcome never folded into
     the report) is judged by ``passed`` alone."""
-    return bool(case.get("passed")) and case.get("verdict", "passed") == "passed"
+    return bool(case["passed"]) and case.get("verdict", "passed") == "passed"
 
 
 def failed_checks(case: CaseRecord) -> list[CheckRecord]:
-    return [c for c in case.get("checks", ()) if c.get("status") == "failed"]
+    return [c for c in case["checks"] if c.get("status") == "failed"]
 
 
 def runs_passed(case: CaseRecord) -> int:

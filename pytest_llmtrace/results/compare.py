@@ -100,7 +100,7 @@ def merge(paths: list[Path]) -> Merged:
         else:
             unsharded.append(path)
         for case in cases:
-            identity = (run_id, case.get("nodeid"), case.get("case_id"))
+            identity = (run_id, case.get("nodeid"), case["case_id"])
             if identity in seen:
                 dropped += 1
                 continue
@@ -179,7 +179,7 @@ class Comparison:
         self.changed = [
             i
             for i in common
-            if i not in self.regressed and i not in self.improved and before[i].get("sql") != after[i].get("sql")
+            if i not in self.regressed and i not in self.improved and before[i]["sql"] != after[i]["sql"]
         ]
         self.only_old = sorted(before.keys() - after.keys())
         self.only_new = sorted(after.keys() - before.keys())

@@ -20,7 +20,7 @@ from typing import Any
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.core.inert import one_line
 from pytest_llmtrace.results import llm_gate
-from pytest_llmtrace.results.case_record import CaseRecord, as_case, case_passed, figure_of
+from pytest_llmtrace.results.case_record import CaseRecord, case_passed, figure_of, read_case
 
 # results.json's schema_version (docs/results-schema.md); bumped only when a field changes meaning or goes away.
 RESULTS_SCHEMA_VERSION = 1
@@ -96,9 +96,9 @@ def parse(expression: str) -> Rule:
 
 
 def _check_ok(case: CaseRecord, name: str) -> bool:
-    if case.get("app_error") or case.get("replay_misses"):
+    if case["app_error"] or case["replay_misses"]:
         return False
-    return any(c.get("name") == name and c.get("status") == "passed" for c in case.get("checks", ()))
+    return any(c.get("name") == name and c.get("status") == "passed" for c in case["checks"])
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -109,9 +109,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def _latency(case: CaseRecord, kind: str) -> float:
-    if case.get("app_error"):
+    if case["app_error"]:
         return math.inf
-    value = figure_of(case.get("durations_ms"), kind)
+    value = figure_of(case["durations_ms"], kind)
     return math.inf if value is None else float(value)
 
 
@@ -130,7 +130,7 @@ def parse_slo(expression: str) -> Rule:
 def _value(
     rule: Rule, cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord] | None, slo: Rule | None = None
 ) -> GateResult:
-    ids = [str(c.get("case_id")) for c in cases]
+    ids = [str(c["case_id"]) for c in cases]
     if rule.metric in llm_gate.METRICS:
         if rule.metric == "error_budget_remaining" and slo is None:
             raise GateError(
@@ -166,7 +166,7 @@ def _value(
         now = golden = 0.0
         grown: list[tuple[float, str]] = []
         for case_id, case in zip(ids, cases, strict=True):
-            before, after = figure_of(case.get("golden_tokens")), figure_of(case.get("tokens"))
+            before, after = figure_of(case["golden_tokens"]), figure_of(case["tokens"])
             if not before or after is None:
                 continue
             now, golden = now + after, golden + before
@@ -181,7 +181,7 @@ def _value(
             f"gate '{rule}' needs a baseline, a previous results.json: --llmtrace-baseline PATH in pytest, "
             "--baseline PATH with llmtrace gate"
         )
-    was = {str(c.get("case_id")): case_passed(c) for c in baseline}
+    was = {str(c["case_id"]): case_passed(c) for c in baseline}
     regressed = tuple(i for i, c in zip(ids, cases, strict=True) if was.get(i) and not case_passed(c))
     value = float(len(regressed))
     return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), regressed)
@@ -266,7 +266,7 @@ def load_results(path: Path) -> tuple[dict[str, Any], list[CaseRecord]]:
             if isinstance(one, dict):
                 _check_figures(path, f"$.cases[{i}].runs[{j}]", one)
     _no_non_finite(path, "$", data)
-    return run, [as_case(c) for c in cases]
+    return run, [read_case(c) for c in cases]
 
 
 def _check_figures(path: Path, where: str, case: Mapping[str, Any]) -> None:

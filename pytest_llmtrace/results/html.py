@@ -118,7 +118,7 @@ def _phoenix_cell(case: CaseRecord, phoenix: Sequence[str]) -> str:
 
 
 def _measurements(case: CaseRecord, check: str, metric: str, unit: str) -> list[MeasurementRecord]:
-    for result in case.get("checks", ()):
+    for result in case["checks"]:
         if result.get("name") == check:
             return [m for m in result.get("measurements", ()) if m.get("metric") == metric and m.get("unit") == unit]
     return []
@@ -151,7 +151,7 @@ def _figure_cell(
         failed = any(m.get("status") == "failed" for m in found)
         limits = "; ".join(str(m.get("rule")) for m in found if m.get("rule") and m.get("status") != "skipped")
     else:
-        replayed = float(figure_of(case.get("replayed_durations_ms"), metric) or 0) if unit == "ms" else 0.0
+        replayed = float(figure_of(case["replayed_durations_ms"], metric) or 0) if unit == "ms" else 0.0
         now = _now_text(figure_of(case.get(now_field), metric), "", replayed)
         golden = figure(figure_of(case.get(golden_field), metric))
         failed, limits = False, ""
@@ -203,7 +203,7 @@ def _gate_table(results: Sequence[gate.GateResult], baseline: Sequence[CaseRecor
 
 
 def _sql_diff(case: CaseRecord) -> str:
-    golden, now = case.get("golden_sql"), case.get("sql")
+    golden, now = case["golden_sql"], case["sql"]
     if golden is None and now is None:
         return ""
     if golden == now:
@@ -220,7 +220,7 @@ def _sql_diff(case: CaseRecord) -> str:
 
 def _budget_table(case: CaseRecord) -> str:
     rows = []
-    for check in case.get("checks", ()):
+    for check in case["checks"]:
         for m in check.get("measurements", ()):
             now = _now_text(m.get("now"), str(m.get("source", "")), float(m.get("replayed") or 0))
             status = str(m.get("status"))
@@ -259,19 +259,19 @@ def _runs_table(case: CaseRecord) -> str:
 
 def _details(case: CaseRecord) -> str:
     parts = []
-    if case.get("question") is not None:
+    if case["question"] is not None:
         parts.append(f"<p><b>Question</b> ({_e(case.get('question_source') or '')}): {_e(case['question'])}</p>")
-    if case.get("app_error"):
+    if case["app_error"]:
         parts.append(f"<p class='bad'>App error:</p><pre>{_e(case['app_error'])}</pre>")
-    for miss in case.get("replay_misses") or ():
+    for miss in case["replay_misses"]:
         parts.append(f"<p class='bad'>Replay: {_e(miss.get('kind'))}</p><pre>{_e(miss.get('text'))}</pre>")
-    for check in case.get("checks", ()):
+    for check in case["checks"]:
         if check.get("status") == "passed" and not check.get("details"):
             continue
         text = "\n".join([str(check.get("reason") or ""), *map(str, check.get("details") or ())]).strip()
         parts.append(f"<p><b>[{_e(check.get('name'))}]</b> {_e(check.get('status'))}</p><pre>{_e(text or '-')}</pre>")
     parts += [
-        waterfall.pair(case.get("golden_waterfall"), case.get("waterfall")),
+        waterfall.pair(case["golden_waterfall"], case["waterfall"]),
         _sql_diff(case),
         _budget_table(case),
         _runs_table(case),
@@ -290,7 +290,7 @@ def _slug(text: str, seen: set[str]) -> str:
 
 
 def _case_rows(cases: Sequence[CaseRecord], was: Mapping[str, str | None] | None, phoenix: Sequence[str]) -> str:
-    ordered = sorted(cases, key=lambda c: (_ORDER.get(str(c.get("verdict")), 1), str(c.get("case_id"))))
+    ordered = sorted(cases, key=lambda c: (_ORDER.get(str(c.get("verdict")), 1), str(c["case_id"])))
     seen: set[str] = set()
     rows = []
     width = 8 if was is not None else 7
@@ -307,7 +307,7 @@ def _case_rows(cases: Sequence[CaseRecord], was: Mapping[str, str | None] | None
         phoenix_cell = _phoenix_cell(case, phoenix)
         baseline = ""
         if was is not None:
-            before = was.get(str(case.get("case_id")))
+            before = was.get(str(case["case_id"]))
             label = before or "new"
             baseline = f"<td><span class='badge b-{_e(label if label in _ORDER else 'new')}'>{_e(label)}</span></td>"
         rows.append(
@@ -378,7 +378,7 @@ def render(
     """The page for one results.json document (``doc``), its gates' results, and the baseline's cases if any;
     ``phoenix``: the URLs of the Phoenix the user configured, the only one trace links go to."""
     cases: list[CaseRecord] = list(doc.get("cases", ()))
-    was = None if baseline is None else {str(c.get("case_id")): verdict_of(c) for c in baseline}
+    was = None if baseline is None else {str(c["case_id"]): verdict_of(c) for c in baseline}
     baseline_head = "<th>baseline</th>" if was is not None else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -41,9 +41,9 @@ def verdict_cell(value: object) -> str:
 
 def why(case: CaseRecord) -> str:
     """The first reason a case did not pass, as plain text."""
-    if case.get("app_error"):
+    if case["app_error"]:
         return str(case["app_error"])
-    if case.get("replay_misses"):
+    if case["replay_misses"]:
         return f"replay: {case['replay_misses'][0]['kind']}"
     failed = failed_checks(case)
     return f"{failed[0]['name']}: {failed[0]['reason']}" if failed else ""
@@ -93,7 +93,7 @@ def summary_markdown(
         lines += ["### Failing cases", "", f"| {' | '.join(columns)} |", "|---" * len(columns) + "|"]
         for case in failing[:MAX_CASE_ROWS]:
             shown = f"{verdict_cell(case.get('verdict'))}{_runs(case)}"
-            row = f"| {cell(case.get('case_id'))} | {shown} | {cell(why(case))} |"
+            row = f"| {cell(case['case_id'])} | {shown} | {cell(why(case))} |"
             if linked:
                 row += f" {_trace_link(case.get('phoenix_url'))} |"
             lines.append(row)

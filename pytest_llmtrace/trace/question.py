@@ -10,6 +10,9 @@ the user message it sent to the model. A source names one of these places:
   picks another one (``kwargs.question``, ``args[1]``);
 - ``NAME`` or ``NAME:PATH``: any attribute of the root span, with an optional JSON path into its value
   (``app.request:$.body.question``; keys separated by ``.``, list indexes as ``[0]`` or ``.0``);
+- ``langfuse.trace.input`` / ``langfuse.observation.input`` (Langfuse's ``@observe``: the function's arguments as
+  ``{"args": [...], "kwargs": {...}}``, or the text itself) and ``gen_ai.prompt`` (LangSmith's export of a
+  ``@traceable`` root: its inputs by parameter name): the text, else ``args[0]``, else the only text argument;
 - ``llm.last_user_message``: the last user message of the first LLM call, in any convention ``views`` reads.
 
 The same lookup names golden files on import, replays golden cases, and prints the root's input in the waterfall.
@@ -25,11 +28,13 @@ from typing import Any
 
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.trace.attr_values import loads_json
-from pytest_llmtrace.trace.span import INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
+from pytest_llmtrace.trace.sdk_attrs import LANGFUSE_INPUT, LANGFUSE_TRACE_INPUT
+from pytest_llmtrace.trace.span import GEN_AI_PROMPT, INPUT_VALUE, TRACELOOP_ENTITY_INPUT, AttrValue, Span
 from pytest_llmtrace.trace.views import llm_call
 
 LAST_USER_MESSAGE = "llm.last_user_message"
-BUILTIN_SOURCES = (INPUT_VALUE, TRACELOOP_ENTITY_INPUT, LAST_USER_MESSAGE)
+SDK_INPUTS = (LANGFUSE_TRACE_INPUT, LANGFUSE_INPUT, GEN_AI_PROMPT)  # a function's arguments, as JSON or as text
+BUILTIN_SOURCES = (INPUT_VALUE, TRACELOOP_ENTITY_INPUT, *SDK_INPUTS, LAST_USER_MESSAGE)
 DEFAULT_SOURCES = " ".join(BUILTIN_SOURCES)
 
 _SEGMENT = re.compile(r'\[(\d+)\]|\["([^"]*)"\]|([^.\[\]"]+)')
@@ -63,6 +68,8 @@ class QuestionSource:
         path = self.path
         if path is None and self.attribute == TRACELOOP_ENTITY_INPUT:
             return _traceloop_default(value)
+        if path is None and self.attribute in SDK_INPUTS:
+            return _arguments_default(value)
         if path is not None:
             value, why = _walk(loads_json(value, _NOT_JSON), path)
             if why:
@@ -161,6 +168,7 @@ def _text(value: Any) -> tuple[str | None, str]:
 
 
 _NOT_JSON = object()
+_QUESTION_KEYS = ("question", "query", "input", "prompt")  # a function's inputs by name: the one that asks
 
 
 def _walk(value: Any, path: Sequence[str]) -> tuple[Any, str]:
@@ -195,6 +203,28 @@ def _traceloop_default(value: AttrValue) -> tuple[str | None, str]:
         return texts[0], ""
     names = ", ".join(kwargs) if isinstance(kwargs, Mapping) else ""
     return None, f"args[0] is not text and no single text kwarg{f' among {names}' if names else ''}; name one"
+
+
+def _arguments_default(value: AttrValue) -> tuple[str | None, str]:
+    """Text as it is; JSON text: ``@observe``'s ``args[0]`` or only text kwarg; inputs by name (``@traceable``):
+    ``question`` (or ``query``, ``input``, ``prompt``), else the only text input."""
+    decoded = loads_json(value, _NOT_JSON)
+    if decoded is _NOT_JSON:
+        return _text(value)
+    if isinstance(decoded, str):
+        return _text(decoded)
+    if isinstance(decoded, Mapping) and ("args" in decoded or "kwargs" in decoded):
+        return _traceloop_default(value)
+    if isinstance(decoded, Mapping):
+        named = next((decoded[k] for k in _QUESTION_KEYS if isinstance(decoded.get(k), str)), None)
+        if named is not None and named.strip():
+            return named, ""
+        texts = [v for v in decoded.values() if isinstance(v, str)]
+        if len(texts) == 1 and texts[0].strip():
+            return texts[0], ""
+        names = ", ".join(map(str, decoded))
+        return None, f"no single text input among {names or 'no keys'}; name one, e.g. {GEN_AI_PROMPT}:question"
+    return None, f"not text ({_type_name(decoded)})"
 
 
 def _last_user_message(spans: Sequence[Span]) -> tuple[str | None, str]:

@@ -62,6 +62,8 @@ SECRET_KEYS = frozenset(
         "set_cookie",
     }
 )
+# Names that end like a credential but hold a measurement (``gen_ai.server.time_to_first_token``, in seconds).
+MEASUREMENT_KEYS = frozenset({"time_to_first_token", "time_per_output_token"})
 SECRET_KEY_SUFFIXES = ("_api_key", "_apikey", "_password", "_secret", "_token", "_private_key")
 SECRET_QUERY_PARAMS = (
     "password",
@@ -137,14 +139,10 @@ def redact_text(text: str, *, connection: bool = False) -> str:
     return text
 
 
-# Timings of a model's tokens, not tokens: gen_ai.server.time_to_first_token, gen_ai.server.time_per_output_token.
-TOKEN_TIMINGS = ("time_to_first_token", "time_per_output_token")
-
-
 def is_secret_key(key: str) -> bool:
     """Rule 1: the attribute's name says its value is a credential."""
     last = key.rsplit(".", 1)[-1].lower().replace("-", "_")
-    if last in TOKEN_TIMINGS:
+    if last in MEASUREMENT_KEYS:
         return False
     return last in SECRET_KEYS or last.endswith(SECRET_KEY_SUFFIXES)
 

@@ -27,6 +27,14 @@ from pytest_llmtrace.trace.attr_values import (
     parts_text,
     request_parameters,
 )
+from pytest_llmtrace.trace.sdk_attrs import (
+    CallFields,
+    langfuse_generation,
+    langfuse_level,
+    langfuse_status_message,
+    langsmith_llm,
+    sql_input,
+)
 from pytest_llmtrace.trace.span import (
     DB_QUERY_TEXT,
     DB_RETURNED_ROWS,
@@ -196,11 +204,41 @@ def read_otel_genai(span: Span) -> LLMCall | None:
     )
 
 
+def read_langfuse(span: Span) -> LLMCall | None:
+    """Langfuse (SDK v3 and newer): a ``generation`` observation, its content in ``langfuse.observation.*`` JSON."""
+    fields = langfuse_generation(span)
+    return _from_fields(span, fields, "langfuse") if fields is not None else None
+
+
+def read_langsmith(span: Span) -> LLMCall | None:
+    """LangSmith's OpenTelemetry export: ``langsmith.span.kind`` = ``llm``, the run's JSON in ``gen_ai.prompt``."""
+    fields = langsmith_llm(span)
+    return _from_fields(span, fields, "langsmith") if fields is not None else None
+
+
+def _from_fields(span: Span, fields: CallFields, convention: str) -> LLMCall:
+    return LLMCall(
+        span=span,
+        model=fields.model,
+        provider=fields.provider,
+        input_messages=tuple(Message(role, text) for role, text in fields.inputs),
+        output_messages=tuple(Message(role, text) for role, text in fields.outputs),
+        invocation_parameters=fields.parameters,
+        prompt_tokens=fields.prompt_tokens,
+        completion_tokens=fields.completion_tokens,
+        total_tokens=fields.total_tokens,
+        convention=convention,
+    )
+
+
 # Convention name -> reader, in the order they are tried: OpenInference's kind is explicit, OpenLLMetry's indexed
-# attributes are specific, and the OTel GenAI conventions are the broadest test (any span naming a requested model).
+# attributes are specific, Langfuse's and LangSmith's own attributes are richer than the GenAI ones they may sit
+# beside, and the OTel GenAI conventions are the broadest test (any span naming a requested model).
 LLM_READERS: Mapping[str, LLMReader] = {
     "openinference": read_openinference,
     "openllmetry": read_openllmetry,
+    "langfuse": read_langfuse,
+    "langsmith": read_langsmith,
     "otel-genai": read_otel_genai,
 }
 
@@ -237,20 +275,22 @@ class SqlStatement:
 
     @property
     def ok(self) -> bool:
-        return self.span.status is not Status.ERROR
+        """No ERROR status, nor a Langfuse ``level`` of ERROR (an app that catches the error sets only that)."""
+        return self.span.status is not Status.ERROR and langfuse_level(self.span) != "ERROR"
 
     @property
     def error(self) -> str | None:
         """The database error as recorded: the status message, else the exception event's message."""
         if self.ok:
             return None
-        return self.span.error_text or "error"
+        return self.span.error_text or langfuse_status_message(self.span) or "error"
 
     @classmethod
     def from_span(cls, span: Span) -> SqlStatement | None:
-        """The statement, from the stable ``db.query.text`` or the deprecated ``db.statement`` most exporters use."""
+        """The statement, from the stable ``db.query.text`` or the deprecated ``db.statement`` most exporters use;
+        else the SQL input of a Langfuse tool or span observation or a LangSmith tool run (``sdk_attrs.sql_input``)."""
         attrs = span.attributes
-        text = attr_str(attrs.get(DB_QUERY_TEXT)) or attr_str(attrs.get(DB_STATEMENT_DEPRECATED))
+        text = attr_str(attrs.get(DB_QUERY_TEXT)) or attr_str(attrs.get(DB_STATEMENT_DEPRECATED)) or sql_input(span)
         if text is None:
             return None
         system = attr_str(attrs.get(DB_SYSTEM_NAME)) or attr_str(attrs.get(DB_SYSTEM_DEPRECATED))

@@ -8,6 +8,7 @@
 #   DOCKER_HOST                      the engine's private socket (nothing listens on /var/run/docker.sock)
 #   TESTCONTAINERS_RYUK_DISABLED     true: Ryuk's image cannot be pulled here; the plugin's labels do its job
 #   LLMTRACE_POSTGRES_IMAGE, LLMTRACE_PHOENIX_IMAGE, LLMTRACE_OLLAMA_IMAGE   the local images (see images.sh)
+#   LLMTRACE_TEST_APP_IMAGE          the reference gateway's image (fixtures/service), for llmtrace_app_image
 # Where no engine can start (not root; no dockerd and no apt-get), COMMAND still runs, with LLMTRACE_TEST_DOCKER_SKIP
 # saying why, so the Docker tests are skipped with that reason instead of silently.
 #
@@ -179,6 +180,8 @@ main() {
     export TESTCONTAINERS_RYUK_DISABLED=true
     export LLMTRACE_POSTGRES_IMAGE="$POSTGRES_IMAGE" LLMTRACE_PHOENIX_IMAGE="$PHOENIX_IMAGE"
     export LLMTRACE_OLLAMA_IMAGE="$OLLAMA_IMAGE"
+    # Not LLMTRACE_APP_IMAGE: that is the setting, and would send every golden case of the run to the image.
+    export LLMTRACE_TEST_APP_IMAGE="$APP_IMAGE"
     run_command "$@"
 }
 

@@ -1,5 +1,6 @@
 # Images for the Docker backend tests, built where no registry can be pulled from. Sourced by engine.sh, which has
-# started the engine (DOCKER_HOST) and set STATE; `build_images` sets POSTGRES_IMAGE, PHOENIX_IMAGE, OLLAMA_IMAGE.
+# started the engine (DOCKER_HOST) and set STATE; `build_images` sets POSTGRES_IMAGE, PHOENIX_IMAGE, OLLAMA_IMAGE,
+# APP_IMAGE.
 #
 # Each image is built in two stages, each skipped when its inputs have not changed:
 #   root   a Debian root made with debootstrap (minbase) and packages installed in a chroot of it (apt reaches
@@ -19,6 +20,8 @@ PHOENIX_VERSION=$(sed -n 's|^PHOENIX_IMAGE = "arizephoenix/phoenix:version-\(.*\
     "$REPO/pytest_llmtrace/services/docker.py")
 PHOENIX_IMAGE=local/llmtrace-phoenix:$PHOENIX_VERSION
 OLLAMA_IMAGE=local/llmtrace-ollama:standin
+# The reference gateway as the service a release deploys (fixtures/service), for llmtrace_app_image.
+APP_IMAGE=local/llmtrace-gateway:test
 
 key_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 
@@ -218,6 +221,29 @@ ollama_image() {
         'EXPOSE 11434' "ENTRYPOINT [\"/opt/venv/bin/python\", \"$in_image_dir/ollama_standin.py\"]"
 }
 
+app_image() {
+    local key script
+    # What fixtures/service/server.py and fixtures/gateway import, at the versions the dev environment has.
+    script="python3 -m venv /opt/app
+        /opt/app/bin/pip install -q fastapi==0.165.0 uvicorn==0.55.0 ollama==0.6.3 psycopg2-binary==2.9.13 \\
+            openinference-semantic-conventions==0.1.42 opentelemetry-sdk==1.45.1 \\
+            opentelemetry-exporter-otlp-proto-http==1.45.1
+        mkdir -p /app"
+    key=$(key_of "$PYTHON_KEY" "$script")
+    local final
+    final=$(key_of "$key" "$(declare -f app_image)" "$(tree_key fixtures/gateway fixtures/service)")
+    if [ "$(image_label "$APP_IMAGE")" = "$final" ]; then
+        log "$APP_IMAGE is up to date"
+        return 0
+    fi
+    log "building $APP_IMAGE: fixtures/service on FastAPI/uvicorn"
+    root_image gateway ensure_python_root "$key" "$script"
+    # Binds loopback, on the port the plugin gives in PORT (the container runs on the host's network).
+    final_image "$APP_IMAGE" "$final" --copy "$REPO/fixtures/gateway" /app --copy "$REPO/fixtures/service/server.py" /app \
+        -- 'ENV PORT=8000' \
+        'ENTRYPOINT ["/bin/sh", "-c", "exec /opt/app/bin/python -m uvicorn --app-dir /app server:app --host 127.0.0.1 --port \"$PORT\""]'
+}
+
 build_images() {
     local started=$SECONDS
     MIRROR=$(debian_mirror)
@@ -226,6 +252,7 @@ build_images() {
     postgres_image
     phoenix_image
     ollama_image
+    app_image
     docker image prune -f >/dev/null
-    log "images ready in $((SECONDS - started)) s: $POSTGRES_IMAGE, $PHOENIX_IMAGE, $OLLAMA_IMAGE"
+    log "images ready in $((SECONDS - started)) s: $POSTGRES_IMAGE, $PHOENIX_IMAGE, $OLLAMA_IMAGE, $APP_IMAGE"
 }

@@ -11,12 +11,12 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support import http_server
 
 from pytest_llmtrace.pytest import export_hooks as export
 from pytest_llmtrace.pytest.export_session import WORKER_KEY, PhoenixExport
@@ -85,13 +85,8 @@ class _NotPhoenix(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def not_phoenix() -> Iterator[str]:
     _NotPhoenix.requests.clear()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotPhoenix)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_NotPhoenix) as url:
+        yield url
 
 
 def test_a_server_that_is_not_phoenix_is_one_warning_with_the_url_and_the_fix(

@@ -13,20 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
-from support import bundled_smollm2, live_model_missing
+from support import GOLDEN, bundled_smollm2, golden_project, live_model_missing
 
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.otlp import read_trace
 
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "golden_traces"
-TARGET = "gateway.app:handle_user_request"
 CHECK_NAMES = {"sql", "results", "cost", "latency", "tokens", "snapshot"}
 
 
@@ -52,20 +49,6 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def _project(pytester: pytest.Pytester, *cases: str, ini: str = "", target: str | None = TARGET) -> Path:
-    """company_db, the gateway as package ``gateway``, and ``cases`` with their snapshots; returns the golden dir."""
-    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
-    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
-    golden = pytester.path / "golden_traces"
-    (golden / "__snapshots__").mkdir(parents=True)
-    for case in cases:
-        shutil.copy(GOLDEN / f"{case}.json", golden / f"{case}.json")
-        shutil.copy(GOLDEN / "__snapshots__" / f"{case}.json", golden / "__snapshots__" / f"{case}.json")
-    target_line = f"llmtrace_target = {target}\n" if target else ""
-    pytester.makeini(f"[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n{target_line}{ini}")
-    return golden
-
-
 def _run(pytester: pytest.Pytester, pg_url: str, *args: str, own_process: bool = False) -> pytest.RunResult:
     """In process (pytester restores sys.modules after each run, so the next project's ``gateway`` is its own), unless
     the run needs a process of its own: an app that installs OpenTelemetry's global provider, which can be set once
@@ -73,7 +56,9 @@ def _run(pytester: pytest.Pytester, pg_url: str, *args: str, own_process: bool =
     options = (f"--llmtrace-postgres={pg_url}", "--llmtrace-replay-speed=virtual", *args)
     if own_process:
         # The timeout only stops a hung run: a live model on two busy cores takes minutes, not the 30 s it takes idle.
-        return pytester.runpytest_subprocess(*options, timeout=900)
+        # For the same reason the case deadline is lifted: auto derives it from the golden latency (24 s here), and
+        # these runs test what the live model answered, not how fast a shared CI machine ran it.
+        return pytester.runpytest_subprocess(*options, "-o", "llmtrace_case_timeout_s=600", timeout=900)
     return pytester.runpytest(*options)
 
 
@@ -119,7 +104,7 @@ def _malformed(golden: Path) -> None:
 def test_each_golden_file_is_one_item_named_after_it_and_snapshots_are_not_collected(
     pytester: pytest.Pytester,
 ) -> None:
-    golden = _project(pytester, "customers_by_tier", "inactive_products")
+    golden = golden_project(pytester, "customers_by_tier", "inactive_products")
     _malformed(golden)
     result = pytester.runpytest("--collect-only", "-q")
     result.stdout.fnmatch_lines(
@@ -141,7 +126,7 @@ def test_each_golden_file_is_one_item_named_after_it_and_snapshots_are_not_colle
 def test_a_malformed_golden_file_is_one_failing_item_and_lf_and_xdist_treat_cases_like_tests(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    golden = _project(pytester, "customers_by_tier", "inactive_products")
+    golden = golden_project(pytester, "customers_by_tier", "inactive_products")
     _malformed(golden)
     result = _run(pytester, pg_url, "-n", "2")
     result.assert_outcomes(passed=2, failed=2)
@@ -172,7 +157,7 @@ def test_a_malformed_golden_file_is_one_failing_item_and_lf_and_xdist_treat_case
 def test_replay_checks_pass_a_good_case_and_name_what_broke_in_the_others(
     pytester: pytest.Pytester, pg_url: str, owner_url: str
 ) -> None:
-    golden = _project(
+    golden = golden_project(
         pytester,
         "inactive_products",
         "error_unknown_column",
@@ -281,7 +266,7 @@ def test_replay_checks_pass_a_good_case_and_name_what_broke_in_the_others(
 
 
 def test_latency_budgets_and_case_marks_from_the_ini(pytester: pytest.Pytester, pg_url: str) -> None:
-    _project(
+    golden_project(
         pytester,
         "customers_by_tier",
         "slow_higher_priced_items",
@@ -324,7 +309,7 @@ def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
 ) -> None:
     """Virtual time (the default; `recorded` also waits): the replayed LLM call lasts
     exactly its recorded duration, marked replayed; SQL and the app's own code are measured in this run."""
-    _project(pytester, "customers_by_tier")
+    golden_project(pytester, "customers_by_tier")
     recorded = read_trace(GOLDEN / "customers_by_tier.json")
     (call,) = recorded.llm_calls
     for speed in ("virtual", "recorded"):
@@ -353,6 +338,47 @@ def test_replayed_calls_count_their_recorded_duration_and_the_rest_is_measured(
         assert golden_ttft <= case["durations_ms"]["ttft"] < golden_ttft + call.span.duration_ms / 2
 
 
+def test_role_changes_made_before_a_case_fail_it_the_same_way_for_golden_cases_and_llmtrace_check(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """SQL run outside any guard changed the session's reader role; the next case, of either kind, finds it restored
+    and says so. (Before one runner served both, a golden case restored it silently.)"""
+    golden_project(pytester, "customers_by_tier")
+    change = """
+        import psycopg2
+
+        def change_role(llmtrace_postgres):
+            conn = psycopg2.connect(llmtrace_postgres.reader_url)
+            with conn, conn.cursor() as cur:  # commits
+                cur.execute("SET TRANSACTION READ WRITE; ALTER ROLE CURRENT_USER SET statement_timeout = 0")
+            conn.close()
+    """
+    pytester.makepyfile(
+        test_1_check=change
+        + """
+        def test_the_app_changes_the_role_then_checks(llmtrace_postgres, llm_trace, llmtrace_check):
+            change_role(llmtrace_postgres)
+            llmtrace_check.sql_executes(sql="SELECT 1")
+        """,
+        test_2_fixture=change
+        + """
+        def test_a_fixture_changes_the_role(llmtrace_postgres):
+            change_role(llmtrace_postgres)
+        """,
+    )
+    result = _run(
+        pytester, pg_url, "test_1_check.py", "test_2_fixture.py", "golden_traces", "-o", "llmtrace_checks=sql"
+    )
+    result.assert_outcomes(passed=1, failed=2)
+    sandbox = [
+        "[[]sandbox] the database roles were changed before this case (by SQL run outside the checks: the app of a "
+        "hand-written test, a fixture or an earlier test; restored now)",
+        "    role llmtrace_r_*: statement_timeout: * -> 0",
+    ]
+    for failed in ("test_the_app_changes_the_role_then_checks", "golden case customers_by_tier: 1 check failed"):
+        result.stdout.fnmatch_lines([f"*{failed}*", *sandbox])
+
+
 # -- 3. prompt changed, call never made --------------------------------------------------------------------------------
 
 OLD_LINE = "Revenue means the sum of orders.amount over orders with status 'paid'."
@@ -362,7 +388,7 @@ NEW_LINE = "Revenue means the sum of orders.amount over paid and pending orders.
 def test_a_changed_prompt_and_a_call_no_longer_made_fail_with_the_replay_diagnosis(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    _project(pytester, "customers_by_tier")
+    golden_project(pytester, "customers_by_tier")
     app = pytester.path / "gateway" / "app.py"
     source = app.read_text()
     assert OLD_LINE in source
@@ -487,7 +513,7 @@ def via_langchain(question):
 def test_replay_answers_other_ollama_clients_with_the_recorded_text(
     pytester: pytest.Pytester, pg_url: str, client: str
 ) -> None:
-    _project(pytester, "fenced_largest_order", target=f"clients:via_{client}")
+    golden_project(pytester, "fenced_largest_order", target=f"clients:via_{client}")
     pytester.makepyfile(clients=CLIENTS)
     recorded = read_trace(GOLDEN / "fenced_largest_order.json").llm_calls[0].output_text
     assert recorded.startswith("```")
@@ -533,7 +559,7 @@ def llmtrace_app(llmtrace_app, llm_trace):
 def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    golden = _project(pytester, "customers_by_tier")
+    golden = golden_project(pytester, "customers_by_tier")
     modelfile = (REPO / "fixtures" / "Modelfile").read_text()
     modelfile = "\n".join(
         f"FROM {bundled_smollm2()}" if line.startswith("FROM ") else line for line in modelfile.splitlines()
@@ -593,7 +619,7 @@ def test_live_runs_the_real_model_and_record_rewrites_the_golden_file_for_replay
 
 
 def test_a_misspelled_mode_is_a_usage_error_with_the_near_miss(pytester: pytest.Pytester) -> None:
-    _project(pytester, "customers_by_tier")
+    golden_project(pytester, "customers_by_tier")
     result = pytester.runpytest("--llmtrace-mode=replya")
     result.stderr.fnmatch_lines(
         [
@@ -605,7 +631,7 @@ def test_a_misspelled_mode_is_a_usage_error_with_the_near_miss(pytester: pytest.
 
 
 def test_a_case_marks_line_without_a_glob_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    _project(pytester, "customers_by_tier", ini="llmtrace_case_marks =\n    bad line\n")
+    golden_project(pytester, "customers_by_tier", ini="llmtrace_case_marks =\n    bad line\n")
     result = pytester.runpytest()
     result.stderr.fnmatch_lines(
         ["ERROR: llmtrace_case_marks line 'bad line': expected '<case glob>: <mark>', e.g. 'error_*: xfail'"]
@@ -614,7 +640,7 @@ def test_a_case_marks_line_without_a_glob_is_a_usage_error(pytester: pytest.Pyte
 
 
 def test_without_a_target_the_case_fails_saying_how_to_name_the_app(pytester: pytest.Pytester, pg_url: str) -> None:
-    _project(pytester, "customers_by_tier", target=None)
+    golden_project(pytester, "customers_by_tier", target=None)
     result = _run(pytester, pg_url)
     result.assert_outcomes(failed=1)  # a configuration problem fails the case with the fix, no traceback
     result.stdout.fnmatch_lines(
@@ -638,7 +664,7 @@ def test_without_a_target_the_case_fails_saying_how_to_name_the_app(pytester: py
 def test_snapshot_update_keeps_the_snapshot_of_a_case_that_could_not_run(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    golden = _project(pytester, "customers_by_tier", target=None)
+    golden = golden_project(pytester, "customers_by_tier", target=None)
     result = _run(pytester, pg_url, "--snapshot-update")
     result.assert_outcomes(failed=1)
     assert (golden / "__snapshots__" / "customers_by_tier.json").is_file()
@@ -683,7 +709,7 @@ def answer(question):
 
 
 def test_an_app_that_installs_its_own_provider_at_import_is_recorded(pytester: pytest.Pytester, pg_url: str) -> None:
-    _project(pytester, "customers_by_tier", target="ownapp:answer")
+    golden_project(pytester, "customers_by_tier", target="ownapp:answer")
     pytester.makepyfile(ownapp=OWN_PROVIDER_APP)
     result = _run(pytester, pg_url, "-s", own_process=True)  # the global provider: once per process
     result.assert_outcomes(passed=1)  # the snapshot's span tree matched: the recorder saw the app's three spans
@@ -693,7 +719,7 @@ def test_an_app_that_installs_its_own_provider_at_import_is_recorded(pytester: p
 def test_the_app_fixture_can_be_overridden_and_the_app_may_get_a_writable_db(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    _project(pytester, "customers_by_tier", target=None, ini="llmtrace_app_db = owner\n")
+    golden_project(pytester, "customers_by_tier", target=None, ini="llmtrace_app_db = owner\n")
     pytester.makeconftest(
         """
         import os
@@ -724,7 +750,7 @@ def test_a_recording_without_model_names_replays_under_the_configured_model(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
     """Some instrumentations leave out llm.model_name; the replay server then answers to llmtrace_ollama_model."""
-    golden = _project(pytester, "customers_by_tier")
+    golden = golden_project(pytester, "customers_by_tier")
 
     def drop_model_name(doc: dict[str, Any]) -> None:
         for span in _spans(doc):

@@ -13,9 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support import GOLDEN, golden_project
 
-REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "golden_traces"
 CASES = ("customers_by_tier", "inactive_products")
 FIRST_START = "$.resourceSpans[0].scopeSpans[0].spans[0].startTimeUnixNano"
 
@@ -43,20 +42,10 @@ def lines_with(output: str, needle: str) -> list[str]:
 def test_deep_and_long_digit_files_fail_alone_and_the_good_cases_still_run(
     pytester: pytest.Pytester, pg_url: str
 ) -> None:
-    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
-    shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
-    golden = pytester.path / "golden_traces"
-    (golden / "__snapshots__").mkdir(parents=True)
-    for case in CASES:
-        shutil.copy(GOLDEN / f"{case}.json", golden / f"{case}.json")
-        shutil.copy(GOLDEN / "__snapshots__" / f"{case}.json", golden / "__snapshots__" / f"{case}.json")
+    golden = golden_project(pytester, *CASES)
     deep = hostile(golden, "deep_nesting", "[" * 100_000 + "]" * 100_000)
     digits = hostile(golden, "long_digits", "1" * 5_000)
     before = {p.name: p.read_bytes() for p in golden.glob("*.json")}
-    pytester.makeini(
-        "[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n"
-        "llmtrace_target = gateway.app:handle_user_request\n"
-    )
 
     collected = pytester.runpytest("--collect-only", "-q")
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import psycopg2.errors  # noqa: F401 - imported before any inner run: pytester's in-process runs drop modules
 import pytest
+from support import http_server
 
 REPO = Path(__file__).resolve().parents[2]
 PIECES = ("Alpha1", "Bravo2", "Charlie3", "Delta4", "Echo5", "Fox6")
@@ -39,15 +39,8 @@ class _OllamaApi(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def ollama_port() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OllamaApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with http_server(_OllamaApi) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def _project(pytester: pytest.Pytester) -> None:

@@ -51,9 +51,10 @@ def test_a_case_without_a_question_fails_naming_the_sources_tried_and_the_root_a
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "llmtrace question: the first text from input.value, traceloop.entity.input, llm.last_user_message "
-            "(default)",
+            "llmtrace question: the first text from input.value, traceloop.entity.input, langfuse.trace.input, "
+            "langfuse.observation.input, gen_ai.prompt, llm.last_user_message (default)",
             "*no_question.json: no question to replay: tried input.value (absent); traceloop.entity.input (absent); "
+            "langfuse.trace.input (absent); langfuse.observation.input (absent); gen_ai.prompt (absent); "
             "llm.last_user_message (the trace has no LLM call). The root span 'text2sql.workflow' has the attributes: "
             "traceloop.entity.inputs, app.user. traceloop.entity.input: did you mean 'traceloop.entity.inputs'? "
             "Set llmtrace_question *",

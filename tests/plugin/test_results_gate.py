@@ -291,3 +291,12 @@ def test_compare_two_saved_runs_lists_the_regressions_with_mcnemars_p(pytester: 
     gated = pytester.run(sys.executable, "-m", "pytest_llmtrace", "compare", old, new, "--fail-on-regression")
     assert gated.ret == 1
     assert pytester.run(sys.executable, "-m", "pytest_llmtrace", "compare", new, old, "--fail-on-regression").ret == 0
+
+
+@pytest.mark.parametrize("shard", ["0/3", "4/3", "\u0662/\u0663", "2/3/4", "two/3"])
+def test_a_shard_that_is_not_k_of_n_in_ascii_digits_is_a_usage_error(pytester: pytest.Pytester, shard: str) -> None:
+    """The one whole-number parser reads K and N: ``str.isdigit`` took Arabic-Indic digits for 2/3."""
+    pytester.makepyfile(test_one="def test_one():\n    pass\n")
+    result = pytester.runpytest(f"--llmtrace-shard={shard}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --llmtrace-shard {shard!r}: use K/N with 1 <= K <= N, e.g. 2/4"])

@@ -51,8 +51,13 @@ class SlowFirstChunk(ollama.Client):
         return slowed()
 
 
-app._ollama = lambda host: SlowFirstChunk(host=host)
-handle_user_request = app.handle_user_request
+def handle_user_request(question):
+    original = app._ollama  # put back afterwards: the gateway module may outlive this run in sys.modules
+    app._ollama = lambda host: SlowFirstChunk(host=host)
+    try:
+        return app.handle_user_request(question)
+    finally:
+        app._ollama = original
 """
 
 

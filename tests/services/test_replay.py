@@ -186,15 +186,26 @@ def test_openai_chat_completions_get_answer_and_usage() -> None:
     )
 
 
-def test_the_reference_app_gets_the_recorded_sql(
-    server: ReplayServer, trace: Trace, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def reference_app(server: ReplayServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The reference gateway's entry point, its model served by ``server`` and its database unreachable."""
     monkeypatch.setenv("OLLAMA_HOST", server.url)
     monkeypatch.setenv("DB_URI", "postgresql://replay@127.0.0.1:1/company_db?connect_timeout=1")  # nothing listens
     monkeypatch.delenv("LLM_MODEL", raising=False)
     monkeypatch.syspath_prepend(str(FIXTURES))
+    # Imported afresh and forgotten after the test: a later in-process pytester run must import its own project's
+    # gateway, not find this one in sys.modules (test_golden_replay's changed-prompt test passed wrongly after it).
+    for name in ("gateway", "gateway.app"):
+        monkeypatch.setitem(sys.modules, name, None)  # undone after the test: the entry is as it was before
+        del sys.modules[name]
     from gateway.app import handle_user_request
 
+    return handle_user_request
+
+
+def test_the_reference_app_gets_the_recorded_sql(
+    server: ReplayServer, trace: Trace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle_user_request = reference_app(server, monkeypatch)
     assert trace.input is not None
     result = handle_user_request(trace.input)
 
@@ -555,12 +566,7 @@ def test_the_reference_app_replayed_in_virtual_time_counts_the_recorded_llm_dura
 ) -> None:
     from pytest_llmtrace.trace.virtual import virtualize
 
-    monkeypatch.setenv("OLLAMA_HOST", server.url)
-    monkeypatch.setenv("DB_URI", "postgresql://replay@127.0.0.1:1/company_db?connect_timeout=1")  # nothing listens
-    monkeypatch.delenv("LLM_MODEL", raising=False)
-    monkeypatch.syspath_prepend(str(FIXTURES))
-    from gateway.app import handle_user_request
-
+    handle_user_request = reference_app(server, monkeypatch)
     assert trace.input is not None
     handle_user_request(trace.input)
     now = llm_trace.trace

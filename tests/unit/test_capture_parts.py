@@ -3,20 +3,23 @@ the redaction ``llmtrace import`` shares with it. The runs against a real Phoeni
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import http.server
 import io
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import http_server
 
 from pytest_llmtrace.cli import golden_file_name, main
+from pytest_llmtrace.sources.capture.command import add_arguments
 from pytest_llmtrace.sources.capture.filters import (
     CaptureError,
+    Filters,
     dedupe_key,
     parse_dedupe,
     parse_filters,
@@ -70,7 +73,8 @@ def test_times(text: str, expected: dt.datetime) -> None:
         ),
         ({"sample": "0"}, "--sample '0': expected a fraction above 0 and at most 1, like 0.1"),
         ({"sample": "half"}, "--sample 'half': expected a fraction above 0 and at most 1, like 0.1"),
-        ({"limit": 0}, "--limit 0: expected a number of traces of at least 1"),
+        ({"limit": 0}, "--limit 0: expected a whole number of at least 1"),
+        ({"seed": "x"}, "--seed 'x': expected a whole number"),
         ({"trace_ids": ["abc"]}, "--trace-id 'abc': expected 32 hex digits, as Phoenix shows trace ids"),
     ],
 )
@@ -86,6 +90,25 @@ def test_filters_are_normalized() -> None:
     assert filters.trace_ids == ("ab" * 16,)
     assert filters.sample == 0.25
     assert filters.limit == 3
+
+
+def test_every_filter_option_of_the_command_line_reaches_the_filters() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    options = "--since 1h --until 10m --errors-only --root-name a --root-name b --sample 0.5 --seed 7 --limit 9"
+    args = parser.parse_args(
+        ["--phoenix-url", "http://x", "--project", "p", "--out", "o", *options.split(), "--trace-id", "AB" * 16]
+    )
+    assert Filters.from_args(args, now=NOW) == Filters(
+        since=NOW - dt.timedelta(hours=1),
+        until=NOW - dt.timedelta(minutes=10),
+        errors_only=True,
+        root_names=("a", "b"),
+        sample=0.5,
+        seed=7,
+        limit=9,
+        trace_ids=("ab" * 16,),
+    )
 
 
 def test_the_sample_is_deterministic_per_trace_id_and_close_to_its_fraction() -> None:
@@ -245,14 +268,8 @@ def web_page() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as url:
+        yield url
 
 
 def test_a_server_that_is_not_phoenix_is_one_line(

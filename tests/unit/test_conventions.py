@@ -9,41 +9,19 @@ docs/conventions.md. tests/services/test_autoinstr.py records the same spans liv
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
 import pytest
+from support import span
 
 from pytest_llmtrace.checks.budgets import latencies_ms
 from pytest_llmtrace.trace.model import Trace
-from pytest_llmtrace.trace.span import AttrValue, Span, SpanEvent
+from pytest_llmtrace.trace.span import AttrValue, SpanEvent
 from pytest_llmtrace.trace.views import LLM_READERS, Message, llm_call, span_kind
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 SYSTEM = "You write SQL."
 QUESTION = "How many customers?"
 ANSWER = "SELECT count(*) FROM customers;"
-
-
-def span(
-    span_id: str,
-    parent: str | None = None,
-    *,
-    name: str = "s",
-    attrs: Mapping[str, AttrValue] | None = None,
-    events: tuple[SpanEvent, ...] = (),
-    start_ms: int = 0,
-    end_ms: int = 10,
-) -> Span:
-    return Span(
-        trace_id=TRACE_ID,
-        span_id=span_id.rjust(16, "0"),
-        parent_span_id=parent.rjust(16, "0") if parent else None,
-        name=name,
-        start_time_unix_nano=start_ms * 1_000_000,
-        end_time_unix_nano=end_ms * 1_000_000,
-        attributes=dict(attrs or {}),
-        events=events,
-    )
 
 
 def event(name: str, **attributes: AttrValue) -> SpanEvent:
@@ -237,7 +215,7 @@ def test_a_gen_ai_span_without_operation_name_is_an_llm_call_when_it_names_a_mod
 
 
 def test_readers_are_tried_in_order_and_openinference_wins_on_a_span_with_both() -> None:
-    assert list(LLM_READERS) == ["openinference", "openllmetry", "otel-genai"]
+    assert list(LLM_READERS) == ["openinference", "openllmetry", "langfuse", "langsmith", "otel-genai"]
     both = {**OPENLLMETRY, "openinference.span.kind": "LLM", "llm.model_name": "oi-model"}
     call = llm_call(span("1", attrs=both))
     assert call is not None

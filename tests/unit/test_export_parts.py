@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,9 +17,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
+from support import http_server
 
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, ReplayMiss
-from pytest_llmtrace.results.case_record import as_case
+from pytest_llmtrace.results.case_record import read_case
 from pytest_llmtrace.results.summary import summary_markdown
 from pytest_llmtrace.services.base import free_port
 from pytest_llmtrace.sinks.naming import check_project_name, project_url, run_project_name, trace_url
@@ -196,15 +196,15 @@ def test_annotations_follow_phoenixs_span_annotation_schema() -> None:
 
 
 def test_summary_md_links_failing_cases_only_when_the_run_was_exported() -> None:
-    case = as_case({"case_id": "error_syntax", "verdict": "failed", "app_error": "boom", "phoenix_url": None})
+    case = read_case({"case_id": "error_syntax", "verdict": "failed", "app_error": "boom", "phoenix_url": None})
     assert "| case | verdict | why |\n|---|---|---|\n| `error_syntax` | failed | `boom` |\n" in summary_markdown(
         [case], []
     )
-    linked = as_case({**case, "phoenix_url": "http://px/projects/P/traces/T"})
+    linked = read_case({**case, "phoenix_url": "http://px/projects/P/traces/T"})
     assert "| `error_syntax` | failed | `boom` | [trace](http://px/projects/P/traces/T) |" in summary_markdown(
         [linked], []
     )
-    hostile = as_case({**case, "phoenix_url": "javascript:alert(1)"})
+    hostile = read_case({**case, "phoenix_url": "javascript:alert(1)"})
     assert "javascript" not in summary_markdown([hostile], [])
 
 
@@ -230,14 +230,8 @@ class _Phoenixish(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def refusing_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Phoenixish)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_Phoenixish) as url:
+        yield url
 
 
 def test_a_refused_api_key_is_one_line_with_the_fix_and_never_the_key(refusing_server: str) -> None:

@@ -121,3 +121,19 @@ def test_what_the_plugin_writes_passes_the_figure_check(tmp_path: Path) -> None:
     )
     path = _write(tmp_path / "results.json", {**outcome.to_dict(), "verdict": "failed", "nodeid": "x"})
     assert load_cases(path)[0]["case_id"] == "a"
+
+
+def test_a_hand_made_case_without_the_outcome_fields_is_read_with_them_absent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Readers index a case's fields (``case["app_error"]``): a file that lacks them, or holds null where a list
+    belongs, is read once with each absent, instead of a KeyError in the gate."""
+    bare = {"case_id": "bare", "passed": True, "checks": None, "replay_misses": None}
+    path = _write(tmp_path / "results.json", _case("full"), bare)
+    (full, read) = load_cases(path)
+    assert (read["checks"], read["replay_misses"], read["app_error"], read["durations_ms"]) == ([], [], None, {})
+    assert read["sql"] is None
+    assert full["checks"][0]["name"] == "sql"
+    status, out, _ = _gate(capsys, str(path), "--gate", "sql_success_rate >= 0.5", "--gate", "token_growth <= 0")
+    assert status == 0, out
+    assert "passed sql_success_rate 0.5 >= 0.5" in out

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import support
 
 from pytest_llmtrace.cli import main
 from pytest_llmtrace.trace.model import Trace
@@ -19,15 +20,7 @@ SLUG = "how-many-customers-are-in-berlin-5e1f0c2a.json"
 
 
 def span(span_id: str, parent: str | None, name: str, attrs: Mapping[str, AttrValue]) -> Span:
-    return Span(
-        trace_id=TRACE_ID,
-        span_id=span_id.rjust(16, "0"),
-        parent_span_id=parent.rjust(16, "0") if parent else None,
-        name=name,
-        start_time_unix_nano=int(span_id) * 1_000_000,
-        end_time_unix_nano=50_000_000,
-        attributes=dict(attrs),
-    )
+    return support.span(span_id, parent, name=name, attrs=attrs, start_ms=int(span_id), end_ms=50, trace_id=TRACE_ID)
 
 
 def export(tmp_path: Path, root_attrs: Mapping[str, AttrValue], *, user: str = "Berlin customers, please") -> Path:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from support import span
 
 from pytest_llmtrace.core.errors import TraceFormatError, TraceFormatWarning
 from pytest_llmtrace.trace import views
@@ -18,30 +19,6 @@ from pytest_llmtrace.trace.views import LLMCall, Message, SqlStatement, llm_call
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PACKAGE = Path(__file__).resolve().parents[2] / "pytest_llmtrace"
-
-
-def span(
-    span_id: str,
-    parent: str | None = None,
-    *,
-    name: str = "s",
-    start_ms: int = 0,
-    end_ms: int | None = 10,
-    status: Status = Status.UNSET,
-    events: tuple[SpanEvent, ...] = (),
-    attrs: Mapping[str, AttrValue] | None = None,
-) -> Span:
-    return Span(
-        trace_id=TRACE_ID,
-        span_id=span_id.rjust(16, "0"),
-        parent_span_id=parent.rjust(16, "0") if parent else None,
-        name=name,
-        start_time_unix_nano=start_ms * 1_000_000,
-        end_time_unix_nano=None if end_ms is None else end_ms * 1_000_000,
-        attributes=dict(attrs or {}),
-        status=status,
-        events=events,
-    )
 
 
 def openinference_llm(span_id: str, parent: str | None = None, attrs: Mapping[str, AttrValue] | None = None) -> Span:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 
 import pytest
+import support
 
 from pytest_llmtrace.sources.capture.filters import dedupe_key
 from pytest_llmtrace.trace.model import Trace
@@ -25,15 +26,7 @@ QUESTION = "How many customers?"
 def span(
     span_id: str, parent: str | None = None, *, name: str = "s", attrs: Mapping[str, AttrValue] | None = None
 ) -> Span:
-    return Span(
-        trace_id=TRACE_ID,
-        span_id=span_id.rjust(16, "0"),
-        parent_span_id=parent.rjust(16, "0") if parent else None,
-        name=name,
-        start_time_unix_nano=int(span_id) * 1_000_000,
-        end_time_unix_nano=100_000_000,
-        attributes=dict(attrs or {}),
-    )
+    return support.span(span_id, parent, name=name, attrs=attrs, start_ms=int(span_id), end_ms=100)
 
 
 def workflow(args: list[object], kwargs: dict[str, object] | None = None) -> Span:
@@ -69,6 +62,9 @@ def test_default_sources_are_the_builtins_in_order() -> None:
     assert [str(s) for s in parse_sources(DEFAULT_SOURCES)] == [
         "input.value",
         "traceloop.entity.input",
+        "langfuse.trace.input",
+        "langfuse.observation.input",
+        "gen_ai.prompt",
         "llm.last_user_message",
     ]
 

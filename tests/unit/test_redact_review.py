@@ -8,7 +8,6 @@ import json
 import os
 import re
 import stat
-import threading
 import urllib.parse
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support import http_server
 
 from pytest_llmtrace.checks.outcome import CaseOutcome
 from pytest_llmtrace.cli import main
@@ -359,14 +359,8 @@ def test_no_seeded_secret_reaches_any_file_or_stdout_of_capture(
         if span["parent_id"] is None:
             span["attributes"] = {**span["attributes"], "input.value": SEEDED_TEXT, "customer.name": SEEDED["person"]}
     _Phoenix.spans = spans
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Phoenix)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with http_server(_Phoenix) as url:
         status = main(["capture", "--phoenix-url", url, "--project", "shop", "--out", str(tmp_path / "golden")])
-    finally:
-        server.shutdown()
-        server.server_close()
 
     out, err = capfd.readouterr()
     assert status == 0, err

@@ -14,6 +14,7 @@ import re
 import shutil
 import struct
 import subprocess
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -213,31 +214,36 @@ class _DevTools:
 @pytest.fixture
 def devtools(tmp_path: Path) -> Iterator[_DevTools]:
     client = pytest.importorskip("websockets.sync.client", reason="websockets drives Chromium's DevTools")
-    browser_tmp = tmp_path / "tmp"
-    browser_tmp.mkdir()
+    # Chromium's singleton socket lives in TMPDIR, and a unix socket path is limited to 107 bytes: under xdist the
+    # test's own folder (.../popen-gw0/test_chromium_renders_the_repo0/) is too deep, so a short folder of its own
+    browser_tmp = Path(tempfile.mkdtemp(prefix="llt-chromium-"))
     browser = subprocess.Popen(
         [
             _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
             "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank",
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        # no session bus here: Chromium's complaints stay short. TMPDIR in the test's own folder: the browser is
+        # no session bus here: Chromium's complaints stay short. TMPDIR a folder removed afterwards: the browser is
         # killed, and the singleton folder it makes in the temp dir (org.chromium.Chromium.*) would outlive it
         env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": "", "TMPDIR": str(browser_tmp)},
     )  # fmt: skip
     try:
         assert browser.stderr is not None
+        said: list[str] = []
         for line in browser.stderr:  # Chromium says where its DevTools listen before anything else useful
             if line.startswith("DevTools listening on "):
                 url = line.split(" on ", 1)[1].strip()
                 break
+            said.append(line)
         else:
-            pytest.fail(f"Chromium exited ({browser.wait()}) without opening DevTools", pytrace=False)
+            tail = "".join(said[-20:])
+            pytest.fail(f"Chromium exited ({browser.wait()}) without opening DevTools; it said:\n{tail}", pytrace=False)
         with client.connect(url, max_size=None, open_timeout=60) as socket:
             yield _DevTools(socket)
     finally:
         browser.kill()
         browser.wait()
+        shutil.rmtree(browser_tmp, ignore_errors=True)
 
 
 @pytest.mark.slow  # a headless Chromium

@@ -9,7 +9,7 @@ from typing import Any
 from htmlpage import parse
 
 from pytest_llmtrace.results import gate
-from pytest_llmtrace.results.case_record import CaseRecord, as_case
+from pytest_llmtrace.results.case_record import CaseRecord, read_case
 from pytest_llmtrace.results.html import phoenix_link, render
 from pytest_llmtrace.results.summary import summary_markdown
 
@@ -20,7 +20,7 @@ HOSTILE = f"{LINK} {IMAGE} {HTML} **bold** | x \x1b[2J\u202e"
 
 
 def _case(case_id: str, verdict: str, **more: Any) -> CaseRecord:
-    return as_case(
+    return read_case(
         {
             "case_id": case_id,
             "passed": verdict == "passed",
@@ -77,7 +77,7 @@ def test_report_links_only_to_the_configured_phoenix_and_shows_others_as_text() 
     assert parse(render(_doc(ORIGIN))).find("a") == []  # no Phoenix configured: no link at all
     page = parse(render(_doc(ORIGIN + "/"), phoenix=["http://user:pw@127.0.0.1:6006/"]))
     assert [a["href"] for a in page.find("a")] == [f"{ORIGIN}/redirects/traces/{'ab' * 16}"]
-    assert phoenix_link(as_case({"phoenix": {"url": "HTTP://127.0.0.1:6006", "trace_id": "t"}}), [ORIGIN]) is not None
+    assert phoenix_link(read_case({"phoenix": {"url": "HTTP://127.0.0.1:6006", "trace_id": "t"}}), [ORIGIN]) is not None
 
 
 def test_the_csp_forbids_base_and_form_targets() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from pytest_llmtrace.core.errors import LLMTraceError
-from pytest_llmtrace.results.case_record import as_case
+from pytest_llmtrace.results.case_record import read_case
 from pytest_llmtrace.results.report_files import write_reports
 
 META = {"mode": "replay"}
-CASES = [as_case({"case_id": "c", "passed": True, "verdict": "passed", "checks": []})]
+CASES = [read_case({"case_id": "c", "passed": True, "verdict": "passed", "checks": []})]
 NAMES = ("results.json", "summary.md", "report.html")
 
 

@@ -20,9 +20,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean, whole_number
+from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean
 from pytest_llmtrace.sources import redaction_flags
-from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, parse_dedupe, parse_filters
+from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, option_integer, parse_dedupe
 from pytest_llmtrace.sources.capture.golden_dir import GoldenDir, with_provenance
 from pytest_llmtrace.sources.capture.phoenix_api import MAX_RESPONSE_BYTES, TRACES_PER_REQUEST, PhoenixClient, Source
 from pytest_llmtrace.sources.phoenix_client import API_KEY_ENV
@@ -33,8 +33,18 @@ PREFETCH = 3  # span requests in flight while a batch is converted and written
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The capture options (the redaction flags come from ``redaction_flags.add_arguments``, shared with import)."""
-    parser.add_argument("--phoenix-url", required=True, metavar="URL", help="Phoenix's base URL, e.g. http://host:6006")
-    parser.add_argument("--project", required=True, metavar="NAME", help="the Phoenix project to read")
+    parser.add_argument("--phoenix-url", metavar="URL", help="Phoenix's base URL, e.g. http://host:6006")
+    parser.add_argument("--project", metavar="NAME", help="the Phoenix project to read (with --phoenix-url)")
+    parser.add_argument(
+        "--langfuse-url",
+        metavar="URL",
+        help="Langfuse's base URL, e.g. https://cloud.langfuse.com; keys: LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY",
+    )
+    parser.add_argument(
+        "--langsmith-project",
+        metavar="NAME",
+        help="a LangSmith project; LANGSMITH_API_KEY, and LANGSMITH_ENDPOINT for a self-hosted LangSmith",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the golden files")
     parser.add_argument("--force", action="store_true", help="overwrite existing files whose content differs")
     parser.add_argument(
@@ -57,11 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--since", metavar="WHEN", help="only traces that started after WHEN: 30m, 24h, 7d or ISO 8601")
     f.add_argument("--until", metavar="WHEN", help="only traces that started before WHEN (same forms)")
     f.add_argument("--errors-only", action="store_true", help="only traces with a span whose status is ERROR")
-    f.add_argument("--root-name", action="append", default=[], metavar="NAME", help="root span name; repeatable")
+    f.add_argument(
+        "--root-name", action="append", default=[], dest="root_names", metavar="NAME", help="root span name; repeatable"
+    )
     f.add_argument("--sample", metavar="FRACTION", help="keep this fraction of traces, chosen by trace id")
     f.add_argument("--seed", default="0", metavar="N", help="seed of --sample: another seed, another sample")
     f.add_argument("--limit", metavar="N", help="at most N traces, newest first (duplicates do not count)")
-    f.add_argument("--trace-id", action="append", default=[], metavar="ID", help="only this trace; repeatable")
+    f.add_argument(
+        "--trace-id", action="append", default=[], dest="trace_ids", metavar="ID", help="only this trace; repeatable"
+    )
 
 
 def run(
@@ -73,24 +87,38 @@ def run(
 ) -> int:
     """0 when every selected trace is in DIR, 1 when a trace or the server failed, 2 for a bad option."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
-    try:
-        filters = parse_filters(
-            since=args.since,
-            until=args.until,
-            errors_only=args.errors_only,
-            root_names=args.root_name,
-            sample=args.sample,
-            seed=_integer(args.seed, "--seed", minimum=None),
-            limit=_integer(args.limit, "--limit", minimum=1) if args.limit is not None else None,
-            trace_ids=args.trace_id,
+    chosen = [
+        o
+        for o, v in (
+            ("--phoenix-url", args.phoenix_url),
+            ("--langfuse-url", args.langfuse_url),
+            ("--langsmith-project", args.langsmith_project),
         )
+        if v
+    ]
+    if len(chosen) != 1:
+        print(
+            "error: capture from one server: --phoenix-url URL --project NAME, --langfuse-url URL or "
+            f"--langsmith-project NAME{' (got ' + ', '.join(chosen) + ')' if chosen else ''}",
+            file=err,
+        )
+        return 2
+    if args.phoenix_url and not args.project:
+        print("error: --phoenix-url needs --project NAME (the Phoenix project to read)", file=err)
+        return 2
+    if not args.phoenix_url:
+        from pytest_llmtrace.sources.capture.sdk_run import run_sdk
+
+        return run_sdk(args, name_for, out, err)
+    try:
+        filters = Filters.from_args(args)
         dedupe = parse_dedupe(args.dedupe)
         redactor = redaction_flags.from_args(args)
         client = PhoenixClient(
             args.phoenix_url,
             api_key=os.environ.get(API_KEY_ENV) or None,
             timeout=args.timeout,
-            max_bytes=_integer(args.max_response_bytes, "--max-response-bytes", minimum=1),
+            max_bytes=option_integer(args.max_response_bytes, "--max-response-bytes", minimum=1),
         )
     except (CaptureError, redaction_flags.RedactionError) as exc:
         print(f"error: {exc}", file=err)
@@ -194,15 +222,6 @@ def _nothing_found(source: Source, filters: Filters, found: set[str], err: TextI
     if source.roots_listed == 0:
         print(f"note: no traces in project {source.project!r} match the filters", file=err)
     return 0
-
-
-def _integer(text: str, option: str, *, minimum: int | None) -> int:
-    value = whole_number(text)
-    if value is None:
-        raise CaptureError(f"{option} {text!r}: expected a whole number", usage=True)
-    if minimum is not None and value < minimum:
-        raise CaptureError(f"{option} {text!r}: expected a whole number of at least {minimum}", usage=True)
-    return value
 
 
 class Progress:

@@ -3,13 +3,14 @@ request, because a typo must not cost a long listing of a production project."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
+from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean, whole_number
 from pytest_llmtrace.trace.model import Trace
 
 DEDUPE_FIELDS = ("question", "sql")
@@ -39,6 +40,12 @@ class Filters:
     limit: int | None = None
     trace_ids: tuple[str, ...] = ()
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, now: dt.datetime | None = None) -> Filters:
+        """The filter options of ``llmtrace capture``: their argparse ``dest`` is the field's name, so an option added
+        here and to the parser cannot be forgotten in between."""
+        return parse_filters(now=now, **{f.name: getattr(args, f.name) for f in fields(cls)})
+
 
 def parse_time(text: str, option: str, now: dt.datetime) -> dt.datetime:
     """``24h`` (back from ``now``) or an ISO 8601 time, read as UTC when it has no offset."""
@@ -60,8 +67,8 @@ def parse_filters(
     errors_only: bool = False,
     root_names: Sequence[str] = (),
     sample: str | float | None = None,
-    seed: int = 0,
-    limit: int | None = None,
+    seed: int | str = 0,
+    limit: int | str | None = None,
     trace_ids: Sequence[str] = (),
     now: dt.datetime | None = None,
 ) -> Filters:
@@ -82,8 +89,6 @@ def parse_filters(
             fraction = -1.0
         if not 0 < fraction <= 1:
             raise CaptureError(f"--sample {sample!r}: expected a fraction above 0 and at most 1, like 0.1", usage=True)
-    if limit is not None and limit < 1:
-        raise CaptureError(f"--limit {limit}: expected a number of traces of at least 1", usage=True)
     ids = []
     for trace_id in trace_ids:
         if not _TRACE_ID.match(trace_id.strip()):
@@ -92,7 +97,19 @@ def parse_filters(
             )
         ids.append(trace_id.strip().lower())
     names = tuple(n for n in root_names if n)
-    return Filters(start, end, errors_only, names, fraction, seed, limit, tuple(dict.fromkeys(ids)))
+    count = option_integer(limit, "--limit", minimum=1) if limit is not None else None
+    seed = option_integer(seed, "--seed", minimum=None)
+    return Filters(start, end, errors_only, names, fraction, seed, count, tuple(dict.fromkeys(ids)))
+
+
+def option_integer(text: int | str, option: str, *, minimum: int | None) -> int:
+    """A whole-number option of ``llmtrace capture``, checked before any request is made."""
+    value = whole_number(text)
+    if value is None:
+        raise CaptureError(f"{option} {text!r}: expected a whole number", usage=True)
+    if minimum is not None and value < minimum:
+        raise CaptureError(f"{option} {text!r}: expected a whole number of at least {minimum}", usage=True)
+    return value
 
 
 def sampled(trace_id: str, fraction: float, seed: int) -> bool:

@@ -1,0 +1,130 @@
+"""An app traced only by the Langfuse SDK or only by the LangSmith SDK: its traces import and replay with the verdicts
+of the OpenInference reference app, and a prompt change is caught (issue 22).
+
+fixtures/sdktraced/app.py is the reference gateway's logic traced by ``@observe`` or ``@traceable``. The module
+records it once (a subprocess; what the SDKs send is caught by a local server, so nothing leaves the machine), then
+imports each of the three exports (Langfuse's OpenTelemetry spans, the same observations as Langfuse's v2 API lists
+them, and LangSmith's run export) and replays them in pytester projects: ``--snapshot-update`` first, then a plain
+run, then a run with the prompt changed. During the replays the app is traced as in production: Langfuse through the
+session's OpenTelemetry provider (its OTLP export goes to a local server), LangSmith in its OpenTelemetry mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sdktraced.collector import Collected, collector
+from test_autoinstr import CASES, EXPECTED, NEW_LINE, OLD_LINE, QUESTIONS, SQLSTATES, _run, _section, _verdicts
+
+from pytest_llmtrace.cli import main as llmtrace
+from pytest_llmtrace.services.postgres import PostgresDatabase
+from pytest_llmtrace.trace.otlp import read_trace
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+EXPORTS = {
+    "langfuse-otel": ("langfuse.jsonl", "langfuse"),
+    "langfuse-api": ("langfuse_observations.json", "langfuse"),
+    "langsmith-runs": ("langsmith_runs.json", "langsmith"),
+}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory, llmtrace_postgres: PostgresDatabase, pg_admin_url: str) -> Path:
+    out = tmp_path_factory.mktemp("sdk-exports")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "fixtures"), str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "sdktraced.record", "--out", str(out), "--only", *CASES]
+    command += ["--postgres", pg_admin_url, "--template", llmtrace_postgres.template]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+@pytest.fixture
+def local_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collected]:
+    """Where the SDKs send during the replays: a local server (and nothing else)."""
+    with collector() as (url, got):
+        monkeypatch.setenv("LANGFUSE_BASE_URL", url)
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-local")
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-local")
+        monkeypatch.setenv("LANGSMITH_ENDPOINT", url)
+        monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-local")
+        monkeypatch.setenv("LANGSMITH_TRACING", "true")
+        monkeypatch.setenv("LANGSMITH_OTEL_ENABLED", "true")
+        monkeypatch.setenv("LANGSMITH_OTEL_ONLY", "true")
+        yield got
+
+
+def _project(pytester: pytest.Pytester) -> None:
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    for package in ("gateway", "sdktraced"):
+        shutil.copytree(
+            REPO / "fixtures" / package, pytester.path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    checks = "llmtrace_checks = sql results tokens snapshot\nllmtrace_latency_floor_ms = 600000\n"
+    pytester.makeini(
+        "[pytest]\naddopts = -p no:phoenix -p no:randomly\npythonpath = .\n"
+        f"llmtrace_target = sdktraced.app:answer\n{checks}"
+    )
+
+
+def _imported(pytester: pytest.Pytester, export: Path) -> dict[str, str]:
+    golden = pytester.path / "golden_traces"
+    assert llmtrace(["import", str(export), "--out", str(golden)]) == 0
+    names = {}
+    for path in golden.glob("*.json"):
+        trace = read_trace(path)
+        question = trace.question().text
+        assert question in QUESTIONS, f"{path.name}: question {question!r}"
+        names[path.stem] = QUESTIONS[question]
+        (call,) = trace.llm_calls
+        assert call.prompt_tokens
+        assert call.span.attributes["gen_ai.usage.input_tokens"] == call.prompt_tokens
+    assert sorted(names.values()) == sorted(CASES)
+    return names
+
+
+@pytest.mark.parametrize("export", list(EXPORTS))
+def test_sdk_traced_app_replays_with_the_verdicts_of_the_reference_app(
+    pytester: pytest.Pytester,
+    pg_admin_url: str,
+    exports: Path,
+    local_servers: Collected,
+    monkeypatch: pytest.MonkeyPatch,
+    export: str,
+) -> None:
+    filename, tracer = EXPORTS[export]
+    monkeypatch.setenv("TRACER", tracer)
+    _project(pytester)
+    names = _imported(pytester, exports / filename)
+
+    first = _run(pytester, pg_admin_url, "golden_traces", "--snapshot-update")
+    again = _run(pytester, pg_admin_url, "golden_traces")
+
+    assert _verdicts(first, names) == EXPECTED, first.stdout.str()[-3000:]
+    assert _verdicts(again, names) == EXPECTED
+    output = again.stdout.str()
+    for stem, case in names.items():
+        if case in SQLSTATES:
+            assert f"(SQLSTATE {SQLSTATES[case]})" in _section(output, stem), case
+
+    app = pytester.path / "gateway" / "app.py"
+    app.write_text(app.read_text().replace(OLD_LINE, NEW_LINE))
+    changed = _run(pytester, pg_admin_url, "golden_traces")
+    changed.assert_outcomes(failed=len(CASES))
+    text = changed.stdout.str()
+    for stem in names:
+        assert "[replay] prompt changed: no recorded LLM call matches the request to 'qwen-sql-prod'" in _section(
+            text, stem
+        )
+    assert all(host.startswith("127.0.0.1") for _, _, h in local_servers.requests for host in [h.get("Host", "")])
