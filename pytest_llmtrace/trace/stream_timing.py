@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from pytest_llmtrace.trace import sdk_attrs
 from pytest_llmtrace.trace.attr_values import loads_json
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.span import AttrValue, Span
@@ -122,6 +123,9 @@ def _first_token(span: Span) -> tuple[float, str] | None:
     seconds = _number(attrs.get(TTFT_S))
     if seconds is not None and seconds >= 0:
         return seconds * 1000, TTFT_S
+    seconds = sdk_attrs.time_to_first_token_s(span)  # Langfuse's completion start, a LangSmith import's first token
+    if seconds is not None:
+        return seconds * 1000, "langfuse/langsmith first token time"
     for name in (LANGFUSE_COMPLETION_START, LANGSMITH_FIRST_TOKEN):
         at = _time_ns(attrs.get(name))
         if at is not None and at >= span.start_time_unix_nano:
@@ -167,6 +171,9 @@ def stream_timing(span: Span, completion_tokens: int | None = None) -> StreamTim
 
 def recorded_cost(span: Span) -> float | None:
     """The call's cost in USD as the trace records it, or ``None`` (then a price table may say)."""
+    known = sdk_attrs.cost_usd(span)  # Langfuse's cost_details, gen_ai.usage.cost
+    if known is not None and known >= 0:
+        return known
     attrs = span.attributes
     for name in COST_ATTRIBUTES:
         value = _number(attrs.get(name))
@@ -267,7 +274,8 @@ def trace_streams(trace: Trace | None) -> list[StreamTiming]:
     found = []
     for span in trace:
         call = llm_call(span)
-        if call is None and not any(name in span.attributes for name in (TTFT_S, LANGFUSE_COMPLETION_START)):
+        marks = (TTFT_S, LANGFUSE_COMPLETION_START, sdk_attrs.LANGSMITH_FIRST_TOKEN_TIME)
+        if call is None and not any(name in span.attributes for name in marks):
             continue
         timing = stream_timing(span, None if call is None else call.completion_tokens)
         if timing is not None:
