@@ -16,6 +16,7 @@ from pytest_llmtrace.checks.options import (
     LATENCY_METRICS,
     SPAN_KINDS,
     TOKEN_KINDS,
+    TTFT,
     CheckOptions,
     canonical_metric,
     canonical_token_kind,
@@ -23,6 +24,7 @@ from pytest_llmtrace.checks.options import (
 )
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
+from pytest_llmtrace.trace.stream_timing import StreamTiming, trace_streams
 from pytest_llmtrace.trace.views import span_kind
 
 if TYPE_CHECKING:
@@ -41,7 +43,15 @@ def latencies_ms(trace: Trace) -> dict[str, float]:
     ``SQL`` is every span that records a statement (``db.query.text``), whatever its OpenInference kind. ``total``,
     ``LLM`` and ``SQL`` are always present (0.0 when the trace has none), so budgets on them never silently vanish.
     """
-    return {"total": trace.duration_ms if trace else 0.0, **_by_metric(trace, lambda span: span.duration_ms)}
+    out = {"total": trace.duration_ms if trace else 0.0, **_by_metric(trace, lambda span: span.duration_ms)}
+    streams = _streams(trace)
+    if streams:  # the slowest call's time to first token, only where a convention recorded one
+        out[TTFT] = max(s.ttft_ms for s in streams)
+    return out
+
+
+def _streams(trace: Trace | None) -> list[StreamTiming]:
+    return trace_streams(trace)
 
 
 def replayed_latencies_ms(virtual: VirtualTrace) -> dict[str, float]:
@@ -52,6 +62,9 @@ def replayed_latencies_ms(virtual: VirtualTrace) -> dict[str, float]:
     """
     parts = _by_metric(virtual.trace, virtual.replayed_ms)
     parts["total"] = min(virtual.total_replayed_ns / 1e6, virtual.trace.duration_ms if virtual.trace else 0.0)
+    streams = _streams(virtual.trace)
+    if streams:
+        parts[TTFT] = max(streams, key=lambda s: s.ttft_ms).replayed_ms
     return {metric: ms for metric, ms in parts.items() if ms > 0}
 
 
@@ -179,6 +192,7 @@ def check_latency(
     tolerance: float = _DEFAULTS.latency_tolerance,
     floor_ms: float = _DEFAULTS.latency_floor_ms,
     replayed_ms: Mapping[str, float] | None = None,
+    min_tokens_per_s: float = 0.0,
 ) -> CheckResult:
     """Each metric against its absolute budget (``None`` switches one off) and, with a golden trace, against the
     golden duration. Budget keys may be spelled in any case; an unknown one raises ``options.UnknownName``.
@@ -193,6 +207,9 @@ def check_latency(
         budget = budgets.get(metric)
         if metric not in n and (g is None or metric not in g) and budget is None:
             continue
+        if metric == TTFT:
+            measurements.extend(_ttft(n, g, budget, tolerance, floor_ms, (replayed_ms or {}).get(TTFT, 0.0)))
+            continue
         n_ms, g_ms = n.get(metric, 0.0), None if g is None else g.get(metric, 0.0)
         part = (replayed_ms or {}).get(metric, 0.0)
         if budget is not None:
@@ -201,7 +218,62 @@ def check_latency(
             measurements.append(
                 latency_vs_golden(metric, g_ms, n_ms, tolerance=tolerance, floor_ms=floor_ms, replayed_ms=part)
             )
+    if min_tokens_per_s > 0:
+        measurements.extend(_rates(now, golden, min_tokens_per_s))
     return _verdict("latency", measurements, "no latency budget set and no golden trace to compare with")
+
+
+NO_TTFT = "no model call in this trace records a time to first token (a stream's timing)"
+
+
+def _ttft(
+    n: Mapping[str, float],
+    g: Mapping[str, float] | None,
+    budget: float | None,
+    tolerance: float,
+    floor_ms: float,
+    replayed: float,
+) -> list[Measurement]:
+    """TTFT against its budget and the golden TTFT; a budget or golden TTFT with none now fails closed: a TTFT that
+    went unrecorded must not pass a budget as 0 ms."""
+    g_ms = None if g is None else g.get(TTFT)
+    if TTFT not in n:
+        if budget is None and g_ms is None:
+            return []
+        limit = budget if budget is not None else g_ms
+        rule = f"<= {number_text(limit or 0)} ms" + (" budget" if budget is not None else " (golden)")
+        basis: Literal["absolute", "relative"] = "absolute" if budget is not None else "relative"
+        return [Measurement(TTFT, "ms", 0.0, g_ms, basis, limit, rule, "failed", reason=NO_TTFT)]
+    out = []
+    if budget is not None and replayed > budget:
+        # the recording's own TTFT is over the budget: the model's time, the same in every replay, and nothing the
+        # app under test can change; replayed time never fails a budget (live mode measures the model and judges it)
+        rule = f"<= {number_text(budget)} ms budget"
+        reason = f"the recorded TTFT ({replayed:.1f} ms) alone is over the budget: judged live, not in replay"
+        out.append(
+            Measurement(
+                TTFT, "ms", n[TTFT], g_ms, "absolute", budget, rule, "skipped", replayed=replayed, reason=reason
+            )
+        )
+    elif budget is not None:
+        out.append(latency_vs_budget(TTFT, g_ms, n[TTFT], budget, replayed_ms=replayed))
+    if g_ms is not None:
+        out.append(latency_vs_golden(TTFT, g_ms, n[TTFT], tolerance=tolerance, floor_ms=floor_ms, replayed_ms=replayed))
+    return out
+
+
+def _rates(now: Trace, golden: Trace | None, minimum: float) -> list[Measurement]:
+    """Each streamed call's tokens per second after its first token, at least ``minimum``."""
+    golden_rates = [s.tokens_per_s for s in _streams(golden) if s.tokens_per_s] if golden is not None else []
+    out = []
+    for i, stream in enumerate(s for s in _streams(now) if s.tokens_per_s is not None):
+        rate = stream.tokens_per_s or 0.0
+        status: Status = "failed" if rate < minimum else "passed"
+        g_rate = golden_rates[i] if i < len(golden_rates) else None
+        source: Source = "replayed" if stream.replayed_ms else "measured"
+        rule = f">= {number_text(minimum)} tokens/s"
+        out.append(Measurement("stream", "tokens/s", rate, g_rate, "absolute", None, rule, status, source, low=minimum))
+    return out
 
 
 def check_tokens(

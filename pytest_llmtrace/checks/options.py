@@ -29,6 +29,7 @@ __all__ = [
     "RESULT_MATCH",
     "SPAN_KINDS",
     "TOKEN_KINDS",
+    "TTFT",
     "CheckName",
     "CheckOptions",
     "ResultMatch",
@@ -56,9 +57,10 @@ RESULT_MATCH: tuple[ResultMatch, ...] = ("bag", "set", "ordered", "none", "suite
 _OPENINFERENCE_KINDS = tuple(kind.value for kind in OpenInferenceSpanKindValues if kind.value != "UNKNOWN")
 SPAN_KINDS: tuple[str, ...] = ("LLM", "CHAIN", *(k for k in _OPENINFERENCE_KINDS if k not in ("LLM", "CHAIN")))
 
-# Latency metrics: the whole trace, the span kinds, and SQL (spans with a statement, which OTel's database conventions
-# mark, not OpenInference).
-LATENCY_METRICS: tuple[str, ...] = ("total", "LLM", "SQL", *SPAN_KINDS[1:])
+# Latency metrics: the whole trace, the span kinds, SQL (spans with a statement, which OTel's database conventions
+# mark, not OpenInference), and ttft: the slowest model call's time to first token (trace.stream_timing).
+TTFT = "ttft"
+LATENCY_METRICS: tuple[str, ...] = ("total", "LLM", "SQL", *SPAN_KINDS[1:], TTFT)
 
 TOKEN_KINDS = ("prompt", "completion", "total")
 
@@ -170,6 +172,34 @@ def _mapping_parser(
     return parse
 
 
+def _prices(value: Any, where: str) -> dict[str, tuple[float, float]]:
+    """``MODEL=INPUT/OUTPUT`` pairs (USD per 1,000 tokens; ``*`` for every other model), or a dict of pairs."""
+    if isinstance(value, str):
+        items: list[tuple[str, Any]] = []
+        for part in value.split():
+            name, sep, price = part.rpartition("=")
+            if not sep or not name:
+                raise _usage(
+                    where,
+                    f"expected MODEL=INPUT/OUTPUT (USD per 1,000 tokens), e.g. 'gpt-4o=0.0025/0.01', got {part!r}",
+                )
+            items.append((name, price))
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        raise _usage(where, f"expected a dict like {{'gpt-4o': (0.0025, 0.01)}}, got {value!r}")
+    prices: dict[str, tuple[float, float]] = {}
+    for name, price in items:
+        pair = price.split("/") if isinstance(price, str) else price
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise _usage(where, f"price of {name!r}: expected INPUT/OUTPUT per 1,000 tokens, got {price!r}")
+        prices[str(name)] = (
+            float(_number(pair[0], f"{where}[{name!r}] input", float)),
+            float(_number(pair[1], f"{where}[{name!r}] output", float)),
+        )
+    return prices
+
+
 def _float(value: Any, where: str) -> float:
     return float(_number(value, where, float))
 
@@ -246,6 +276,24 @@ class CheckOptions:
             f"Absolute latency budgets in ms per metric (any letter case): {', '.join(LATENCY_METRICS)}; "
             "e.g. 'LLM=5000 total=8000 SQL=1000'.",
             _mapping_parser(canonical_metric, float),
+            merge=True,
+        ),
+    )
+    min_tokens_per_s: float = field(
+        default=0.0,
+        metadata=_meta(
+            "The slowest rate a model call may stream at, in completion tokens per second after its first token "
+            "(trace.stream_timing); 0: no minimum. A call that records no stream timing is not judged.",
+            _float,
+        ),
+    )
+    prices: dict[str, tuple[float, float]] = field(
+        default_factory=dict,
+        metadata=_meta(
+            "USD per 1,000 input and output tokens per model, e.g. 'gpt-4o=0.0025/0.01 qwen-sql-prod=0.0002/0.0006' "
+            "('*' prices every other model). A trace's own cost (gen_ai.usage.cost, Langfuse, LangSmith) wins; a "
+            "model with tokens and no price fails its case.",
+            _prices,
             merge=True,
         ),
     )

@@ -19,7 +19,7 @@ SCHEMA_VERSION = 1
 
 Status = Literal["passed", "failed", "skipped"]
 Source = Literal["measured", "replayed"]
-Unit = Literal["ms", "tokens", "blocks", "cost"]
+Unit = Literal["ms", "tokens", "blocks", "cost", "tokens/s", "usd"]
 Basis = Literal["absolute", "relative"]
 # replay / live / record: a golden case in that session mode; test: a hand-written test's llmtrace_check call.
 Mode = Literal["replay", "live", "record", "test"]
@@ -30,7 +30,8 @@ class Measurement:
     """One value held against one limit.
 
     - ``metric``: a latency metric (``total``, ``LLM``, ``SQL``, a span kind) or a token kind (``prompt``, ...).
-    - ``unit``: ``ms``, ``tokens``, or for the cost check ``blocks`` (shared buffers) and ``cost`` (planner units);
+    - ``unit``: ``ms``, ``tokens``, ``tokens/s`` (a stream's rate), ``usd`` (what the model calls cost), or for the
+      cost check ``blocks`` (shared buffers) and ``cost`` (planner units);
       ``metric`` and ``unit`` together name the row (``SQL ms``, ``total tokens``, ``hit+read blocks``).
     - ``now``: the value in this run; ``golden``: the golden trace's (``None`` without a golden trace).
     - ``basis``: ``absolute`` (a budget or maximum the user set) or ``relative`` (derived from the golden value).
@@ -275,6 +276,8 @@ class CaseOutcome:
       latency metric (``checks.budgets.latencies_ms``). Golden values are ``None`` without a golden trace.
     - ``replayed_durations_ms``: per latency metric, the part of ``durations_ms`` replay took from the recording
       (virtual time); metrics measured in full are absent, so ``{}`` means nothing was replayed.
+    - ``llm_usage`` / ``golden_llm_usage``: the model calls' cost, TTFT, tokens/s and p95 chunk gap, per case and
+      per call (``checks.usage.usage_summary``); ``None`` without a trace.
     - ``timings``: see ``Timings``.
     - ``question`` / ``question_source``: what a golden case asked the app, and which ``llmtrace_question`` source
       it came from (``None`` for ``llmtrace_check`` calls).
@@ -296,6 +299,8 @@ class CaseOutcome:
     durations_ms: dict[str, float] = field(default_factory=dict)
     golden_durations_ms: dict[str, float] | None = None
     replayed_durations_ms: dict[str, float] = field(default_factory=dict)
+    llm_usage: dict[str, Any] | None = None
+    golden_llm_usage: dict[str, Any] | None = None
     timings: Timings | None = None
     question: str | None = None
     question_source: str | None = None
@@ -330,6 +335,8 @@ class CaseOutcome:
             "durations_ms": dict(self.durations_ms),
             "golden_durations_ms": None if self.golden_durations_ms is None else dict(self.golden_durations_ms),
             "replayed_durations_ms": dict(self.replayed_durations_ms),
+            "llm_usage": self.llm_usage,
+            "golden_llm_usage": self.golden_llm_usage,
             "timings": None if self.timings is None else _fields(self.timings),
             "question": self.question,
             "question_source": self.question_source,
@@ -357,6 +364,8 @@ class CaseOutcome:
             durations_ms=dict(data.get("durations_ms", {})),
             golden_durations_ms=None if data.get("golden_durations_ms") is None else dict(data["golden_durations_ms"]),
             replayed_durations_ms=dict(data.get("replayed_durations_ms", {})),
+            llm_usage=data.get("llm_usage"),
+            golden_llm_usage=data.get("golden_llm_usage"),
             timings=None if data.get("timings") is None else Timings(**data["timings"]),
             question=data.get("question"),
             question_source=data.get("question_source"),

@@ -19,7 +19,9 @@ def indent(text: str) -> str:
 def _cell(m: Measurement, value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f}" if m.unit in ("ms", "cost") else str(round(value))
+    if m.unit == "usd":
+        return f"{value:.6f}"
+    return f"{value:.1f}" if m.unit in ("ms", "cost", "tokens/s") else str(round(value))
 
 
 def _now_cell(m: Measurement) -> str:

@@ -25,6 +25,7 @@ from pytest_llmtrace.checks.semantic import Verdict, check_semantic, same_sql
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data
 from pytest_llmtrace.checks.sql_text import strip_code_fences
 from pytest_llmtrace.checks.timeline import waterfall_of
+from pytest_llmtrace.checks.usage import streams_outside_calls, trace_usage, usage_summary, with_cost
 from pytest_llmtrace.services.case_bounds import Abandoned
 from pytest_llmtrace.services.pg_deadline import Deadline, Finding
 from pytest_llmtrace.services.pg_guard import SessionGuard
@@ -149,13 +150,19 @@ def run_checks(case: CaseInput) -> CaseOutcome:
             return CheckResult("snapshot", "skipped", "no snapshot for this test")
         return snapshot.check(snapshot_data(timing, statement, result), replayed=replayed, replayed_ms=replayed_ms)
 
+    usages, price_error = trace_usage(timing, options.prices)
+    golden_usages = None if golden is None else trace_usage(golden, options.prices)[0]
     runs: dict[CheckName, Callable[[], CheckResult]] = {
         "sql": lambda: check_sql(statement, result, golden_sql=golden_sql, against_golden=golden is not None),
         "results": results,
         "cost": lambda: check_cost(*(costs or (None, None)), tolerance=options.cost_tolerance),
         "latency": lambda: _with_reruns(_latency(golden, timing, options, replayed_ms), reruns),
-        "tokens": lambda: check_tokens(
-            golden, now, tolerance=options.token_tolerance, maxima=options.token_max, replayed=replayed
+        "tokens": lambda: with_cost(
+            check_tokens(golden, now, tolerance=options.token_tolerance, maxima=options.token_max, replayed=replayed),
+            usages,
+            golden_usages,
+            price_error,
+            replayed=replayed,
         ),
         "snapshot": snapshot_check,
     }
@@ -176,6 +183,8 @@ def run_checks(case: CaseInput) -> CaseOutcome:
         durations_ms=latencies_ms(timing),
         golden_durations_ms=None if golden is None else latencies_ms(golden),
         replayed_durations_ms=dict(replayed_ms or {}),
+        llm_usage=usage_summary(usages, streams_outside_calls(timing)),
+        golden_llm_usage=None if golden_usages is None else usage_summary(golden_usages, streams_outside_calls(golden)),
         waterfall=waterfall_of(timing, case.replayed_spans_ns),
         golden_waterfall=None if golden is None else waterfall_of(golden),
         semantic=semantic,
@@ -231,6 +240,7 @@ def _latency(
         tolerance=options.latency_tolerance,
         floor_ms=options.latency_floor_ms,
         replayed_ms=replayed_ms,
+        min_tokens_per_s=options.min_tokens_per_s,
     )
 
 

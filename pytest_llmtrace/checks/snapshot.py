@@ -23,7 +23,7 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 from pytest_llmtrace.checks.budgets import latencies_ms, latency_vs_golden, source_of, tokens_of, tokens_vs_golden
 from pytest_llmtrace.checks.equivalence import compare_results
-from pytest_llmtrace.checks.options import CheckOptions
+from pytest_llmtrace.checks.options import TTFT, CheckOptions
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, SqlOutcome
 from pytest_llmtrace.trace.views import span_kind
 
@@ -55,7 +55,8 @@ def snapshot_data(trace: Trace, sql: str | None, result: SqlOutcome | None) -> d
         else:
             data["result"] = {"error": result.error, "sqlstate": result.sqlstate}
     data["tokens"] = tokens_of(trace)
-    data["durations_ms"] = {k: round(v, 1) for k, v in sorted(latencies_ms(trace).items())}
+    # TTFT is judged by the latency check against the golden trace; a snapshot keeps the spans' own durations
+    data["durations_ms"] = {k: round(v, 1) for k, v in sorted(latencies_ms(trace).items()) if k != TTFT}
     return data
 
 

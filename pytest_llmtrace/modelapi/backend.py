@@ -104,6 +104,10 @@ class ChatResult:
     prompt_eval_duration: int = 0
     eval_duration: int = 0
     done_reason: str = "stop"
+    # A replayed answer's recorded stream: TTFT and each chunk's time from the request's start (ns); what the front's
+    # timing counts for it instead of the instant replay (``stream_log``).
+    recorded_ttft_ns: int | None = None
+    recorded_offsets_ns: tuple[int, ...] = ()
 
 
 class ModelBackend(Protocol):

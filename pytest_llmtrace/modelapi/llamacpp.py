@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,10 +293,31 @@ class LlamaCppBackend:
         }
 
     def chat(self, request: ChatRequest) -> ChatResult:
+        return self._complete(request, None)
+
+    def chat_stream(self, request: ChatRequest, emit: Callable[[str], None]) -> ChatResult:
+        """Generate with llama.cpp streaming: ``emit`` gets each piece of content the moment it is generated (the
+        front sends it on and times it), then the counters come back as for ``chat``."""
+        return self._complete(request, emit)
+
+    def _complete(self, request: ChatRequest, emit: Callable[[str], None] | None) -> ChatResult:
         if normalize_model_name(request.model) != normalize_model_name(self.model_name):
             # the same words as the HTTP front (ollama_routes.find_model), which checks names before a backend is asked
             raise BackendError(404, f'model "{request.model}" not found, try pulling it first')
         body = self.request_body(request)
+        chunks: list[dict[str, Any]] = []
+        if emit is not None:
+            body.update(stream=True, stream_options={"include_usage": True})
+
+        def on_chunk(chunk: Any) -> None:
+            if not isinstance(chunk, dict):
+                return
+            chunks.append(chunk)
+            for choice in chunk.get("choices") or ():
+                piece = (choice.get("delta") or {}).get("content")
+                if piece and emit is not None:
+                    emit(str(piece))
+
         with self._lock:
             started = time.perf_counter_ns()
             loaded_here = self._server is None
@@ -306,7 +327,11 @@ class LlamaCppBackend:
                 raise BackendError(500, f"{exc}; fix: {exc.fix}") from exc
             load_ns, self._pending_load_ns = self._pending_load_ns, 0
             try:
-                response = self._server.handle_chat_completions(body)
+                if emit is None:
+                    response = self._server.handle_chat_completions(body)
+                else:
+                    self._server.handle_chat_completions(body, on_chunk)
+                    response = _joined(chunks)
             except Exception as exc:
                 raise BackendError(500, f"llama.cpp: {type(exc).__name__}: {exc}") from exc
             elapsed = time.perf_counter_ns() - started
@@ -331,3 +356,22 @@ class LlamaCppBackend:
             eval_duration=round(float(timings.get("predicted_ms", 0.0)) * 1_000_000),
             done_reason="length" if choice.get("finish_reason") == "length" else "stop",
         )
+
+
+def _joined(chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A streamed completion's chunks as the one response ``chat`` reads: the content joined, the last finish
+    reason, the usage and timings of the final chunk; an error chunk as the error."""
+    for chunk in chunks:
+        if "error" in chunk:
+            return {"error": chunk["error"]}
+    text, finish = [], None
+    usage: Any = {}
+    timings: Any = {}
+    for chunk in chunks:
+        for choice in chunk.get("choices") or ():
+            text.append(str((choice.get("delta") or {}).get("content") or ""))
+            finish = choice.get("finish_reason") or finish
+        usage = chunk.get("usage") or usage
+        timings = chunk.get("timings") or timings
+    message = {"role": "assistant", "content": "".join(text)}
+    return {"choices": [{"message": message, "finish_reason": finish}], "usage": usage, "timings": timings}

@@ -7,14 +7,17 @@ app, not the test. Both chat routes become one ``ChatRequest`` for the backend.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from pytest_llmtrace.modelapi.backend import ChatRequest, ModelInfo, normalize_model_name
+from pytest_llmtrace.modelapi.backend import ChatRequest, ChatResult, ModelInfo, normalize_model_name
 from pytest_llmtrace.modelapi.framing import HTTPError
+from pytest_llmtrace.modelapi.stream_log import AnswerTiming, stream_answer
 from pytest_llmtrace.modelapi.transport import RequestHandler, Route
 from pytest_llmtrace.trace.views import Message
 
@@ -135,25 +138,45 @@ def _answer(request: RequestHandler, body: Mapping[str, Any], messages: tuple[Me
         request.send_json(200, {**part(""), "done_reason": "load", "done": True})
         return
     options = body.get("options") if isinstance(body.get("options"), dict) else {}
-    result = request.backend.chat(ChatRequest(name, messages, options or {}, body.get("format"), route, body))
-    final = {
-        "done_reason": result.done_reason,
-        "done": True,
-        "total_duration": result.total_duration,
-        "load_duration": result.load_duration,
-        "prompt_eval_count": result.prompt_eval_count,
-        "prompt_eval_duration": result.prompt_eval_duration,
-        "eval_count": result.eval_count,
-        "eval_duration": result.eval_duration,
-    }
+    chat_request = ChatRequest(name, messages, options or {}, body.get("format"), route, body)
+    received = time.time_ns()
+    timing = AnswerTiming(received)
+
+    def final(result: ChatResult) -> dict[str, Any]:
+        return {
+            "done_reason": result.done_reason,
+            "done": True,
+            "total_duration": result.total_duration,
+            "load_duration": result.load_duration,
+            "prompt_eval_count": result.prompt_eval_count,
+            "prompt_eval_duration": result.prompt_eval_duration,
+            "eval_count": result.eval_count,
+            "eval_duration": result.eval_duration,
+        }
+
     if body.get("stream", True) is False:
-        request.send_json(200, {**part(result.text), **final})
+        result = request.backend.chat(chat_request)
+        timing.chunk(result.text)
+        # noted before the answer leaves: the app may read its spans the moment it has the answer
+        request.server.stream_log.add(timing.done(result, name, streamed=False))
+        request.send_json(200, {**part(result.text), **final(result)})
         return
 
+    answer = stream_answer(request.backend, chat_request)
+    head = next(answer)  # before the 200 goes out: a refusal (a replay miss) is still an error response
+
     def lines() -> Iterator[bytes]:
-        for piece in split_stream_chunks(result.text):
-            yield _json_line({**part(piece), "done": False})
-        yield _json_line({**part(""), **final})
+        for item in itertools.chain([head], answer):
+            if isinstance(item, ChatResult):
+                if not timing.pieces:  # a whole answer: cut into word-sized chunks, as a stream looks
+                    for piece in split_stream_chunks(item.text):
+                        yield _json_line({**part(piece), "done": False})
+                        timing.chunk(piece)
+                request.server.stream_log.add(timing.done(item, name, streamed=True))  # before the app has it all
+                yield _json_line({**part(""), **final(item)})
+                return
+            yield _json_line({**part(item), "done": False})
+            timing.chunk(item)
 
     request.send_stream("application/x-ndjson", lines())
 

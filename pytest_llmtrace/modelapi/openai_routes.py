@@ -15,6 +15,7 @@ from typing import Any
 from pytest_llmtrace.modelapi.backend import ChatRequest
 from pytest_llmtrace.modelapi.framing import HTTPError
 from pytest_llmtrace.modelapi.ollama_routes import chat_message, find_model, split_stream_chunks
+from pytest_llmtrace.modelapi.stream_log import AnswerTiming
 from pytest_llmtrace.modelapi.transport import RequestHandler, Route
 
 # OpenAI request fields -> the Ollama option a backend sees, so backends handle one vocabulary.
@@ -54,6 +55,7 @@ def _chat_completions(request: RequestHandler, body: dict[str, Any]) -> None:
     options = {key: body[src] for src, key in _OPENAI_OPTIONS.items() if body.get(src) is not None}
     name = str(body.get("model") or body.get("name"))
     route = "/v1/chat/completions"
+    timing = AnswerTiming(time.time_ns())
     result = request.backend.chat(ChatRequest(name, messages, options, body.get("response_format"), route, body))
     ident = f"chatcmpl-{next(request.server.request_ids)}"
     created = int(time.time())
@@ -68,6 +70,8 @@ def _chat_completions(request: RequestHandler, body: dict[str, Any]) -> None:
         return {"id": ident, "object": kind, "created": created, "model": name, "system_fingerprint": "fp_ollama"}
 
     if not body.get("stream"):
+        timing.chunk(result.text)
+        request.server.stream_log.add(timing.done(result, name, streamed=False))
         choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": finish}
         request.send_json(200, {**head("chat.completion"), "choices": [choice], "usage": usage})
         return
@@ -81,6 +85,8 @@ def _chat_completions(request: RequestHandler, body: dict[str, Any]) -> None:
     def events() -> Iterator[bytes]:
         for piece in split_stream_chunks(result.text):
             yield _event(chunk({"role": "assistant", "content": piece}, None))
+            timing.chunk(piece)
+        request.server.stream_log.add(timing.done(result, name, streamed=True))  # before the app has it all
         yield _event(chunk({"role": "assistant", "content": ""}, finish))
         if include_usage:
             yield _event({**chunk({}, None), "choices": [], "usage": usage})

@@ -22,6 +22,10 @@ with each generated token weighted ``EVAL_TOKEN_WEIGHT`` times a prompt token: g
 pass of its own while prompt tokens are evaluated in batches (about 3x on a small CPU model, 20x and more on a GPU).
 The split is an estimate; the total is the recording.
 
+Streams: a recorded call that records its stream (a TTFT and chunk times, ``trace.stream_timing``) hands them to
+the front with its answer, so the TTFT a replayed case is judged by is the recording's model time plus the app's own
+path, measured now.
+
 Time: with ``speed="virtual"`` (the default) an answer comes at once and the recorded duration is what the call
 *counts*: every answer is noted in ``answers`` (when it was asked, when it was answered, what it stands for), and
 ``pytest_llmtrace.trace.virtual.virtualize`` puts the recorded time in place of the measured one in the trace the
@@ -34,6 +38,7 @@ A recorded duration longer than ``max_recorded_s`` (the case deadline) counts as
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import threading
 import time
@@ -48,6 +53,7 @@ from pytest_llmtrace.modelapi.replay_matchers import MATCHERS, Matcher, agrees, 
 from pytest_llmtrace.modelapi.server import OllamaAPIServer
 from pytest_llmtrace.modelapi.transport import Limits
 from pytest_llmtrace.trace.model import Trace
+from pytest_llmtrace.trace.stream_timing import stream_timing
 from pytest_llmtrace.trace.views import LLMCall, Message
 from pytest_llmtrace.trace.virtual import ReplayedAnswer
 
@@ -235,6 +241,7 @@ class ReplayBackend:
         self._durations = tuple(
             self._capped(i, call, source=getattr(recorded, "source", None)) for i, call in enumerate(calls)
         )
+        self._streams = tuple(stream_timing(call.span, call.completion_tokens) for call in calls)
         self._recorded = tuple(  # each call as the request it answered, for the matchers
             ChatRequest(name, call.input_messages, call.invocation_parameters, route="")
             for name, call in zip(names, calls, strict=True)
@@ -300,6 +307,16 @@ class ReplayBackend:
             raise BackendError(MISS_STATUS, f"no recorded LLM call matches this request (prompt changed?){hint}")
         duration = self._durations[index]
         result = self._result(self.calls[index], duration)
+        # The recorded stream's timing counts for the front's instant one (stream_log); a call recorded without one
+        # had its first token when it had its answer, as far as anyone can tell: its whole recorded duration.
+        stream = self._streams[index]
+        result = dataclasses.replace(
+            result,
+            recorded_ttft_ns=duration if stream is None else min(duration, round(stream.ttft_ms * 1e6)),
+            recorded_offsets_ns=()
+            if stream is None
+            else tuple(min(duration, round(o * 1e6)) for o in stream.chunk_offsets_ms),
+        )
         if self.speed == "recorded":
             remaining = duration - (time.time_ns() - received)
             # outside the lock: concurrent calls overlap as they did when recorded; cancel() ends the wait

@@ -11,8 +11,10 @@ Counting rule (a rough stand-in for a tokenizer, about four characters per token
 - ``eval_count`` = ``max(1, ceil(len(answer) / 4))``.
 
 Durations (ns) model a 1.5B model on a fast machine: load 5 ms, prompt 0.5 ms per token, generation 8 ms per token,
-total the sum. With ``realtime=True`` the backend also takes that long to answer, so a recorded LLM span lasts what
-its reported durations say (how the golden traces are recorded); by default it answers at once, for fast tests.
+total the sum. With ``realtime=True`` the backend also takes that long to answer, streaming its pieces as a model
+generates them (the first after the load and prompt time), so a recorded LLM span lasts what its reported durations
+say and a recorded stream has a model's timing (how the golden traces are recorded); by default it answers at once,
+for fast tests.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pytest_llmtrace.core.errors import near_misses
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, ChatResult, ModelInfo
@@ -63,6 +65,11 @@ class ScriptedBackend:
         return self._models
 
     def chat(self, request: ChatRequest) -> ChatResult:
+        return self.chat_stream(request, None)
+
+    def chat_stream(self, request: ChatRequest, emit: Callable[[str], None] | None) -> ChatResult:
+        """Answer as a model streams: with ``realtime``, the first piece after the load and prompt time, each next
+        one after ``EVAL_NS_PER_TOKEN`` per token it holds; without it, all at once. ``emit`` gets each piece."""
         question = request.last_user_message
         key = normalize_question(question)
         if key not in self._answers:
@@ -75,7 +82,19 @@ class ScriptedBackend:
         prompt_ns = prompt * PROMPT_NS_PER_TOKEN
         eval_ns = completion * EVAL_NS_PER_TOKEN
         if self.realtime:
-            time.sleep((LOAD_NS + prompt_ns + eval_ns) / 1e9)
+            time.sleep((LOAD_NS + prompt_ns) / 1e9)
+        pieces = split_pieces(text)
+        spent = 0
+        for i, piece in enumerate(pieces):
+            # the generation time spread over the pieces by their length, the last one ending at eval_ns
+            due = eval_ns * sum(len(p) for p in pieces[: i + 1]) // max(1, len(text))
+            if self.realtime and due > spent:
+                time.sleep((due - spent) / 1e9)
+                spent = due
+            if emit is not None:
+                emit(piece)
+        if self.realtime and eval_ns > spent:
+            time.sleep((eval_ns - spent) / 1e9)
         return ChatResult(
             text=text,
             prompt_eval_count=prompt,
@@ -85,3 +104,8 @@ class ScriptedBackend:
             prompt_eval_duration=prompt_ns,
             eval_duration=eval_ns,
         )
+
+
+def split_pieces(text: str) -> list[str]:
+    """Word-sized pieces that join back to ``text`` (as the front's ``split_stream_chunks``)."""
+    return re.findall(r"\s*\S+|\s+$", text) or [text]

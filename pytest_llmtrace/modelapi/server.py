@@ -17,6 +17,7 @@ from pytest_llmtrace.core.lifecycle import Lifecycle
 from pytest_llmtrace.modelapi.backend import ModelBackend
 from pytest_llmtrace.modelapi.ollama_routes import ROUTES as OLLAMA_ROUTES
 from pytest_llmtrace.modelapi.openai_routes import ROUTES as OPENAI_ROUTES
+from pytest_llmtrace.modelapi.stream_log import StreamLog
 from pytest_llmtrace.modelapi.transport import Limits, RouteServer
 
 ROUTES = {**OLLAMA_ROUTES, **OPENAI_ROUTES}
@@ -45,6 +46,13 @@ class OllamaAPIServer(Lifecycle["OllamaAPIServer"]):
             raise RuntimeError("the Ollama API server is not running; call start() or use it as a context manager")
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    @property
+    def stream_log(self) -> StreamLog:
+        """What the front measured of each answer (TTFT, chunk times): ``stream_log.since(start_ns)``."""
+        if self._server is None:
+            raise RuntimeError("the Ollama API server is not running; call start() or use it as a context manager")
+        return self._server.stream_log
 
     def start(self) -> OllamaAPIServer:
         if self._server is None:

@@ -45,6 +45,7 @@ from typing import Any
 from pytest_llmtrace.modelapi.backend import BackendError, ModelBackend
 from pytest_llmtrace.modelapi.framing import MAX_LINE, DeadlineReader, HTTPError, read_body
 from pytest_llmtrace.modelapi.loopback import is_loopback_host, is_loopback_origin
+from pytest_llmtrace.modelapi.stream_log import StreamLog
 
 LINGER_S = 1.0  # after a refusal, how long to read (and drop) what the client is still sending
 LINGER_BYTES = 1 << 20
@@ -108,6 +109,7 @@ class RouteServer(ThreadingHTTPServer):
         self.routes = dict(routes)
         self.limits = limits
         self.request_ids = itertools.count(1)  # for ids the wire formats want unique per server (chatcmpl-N)
+        self.stream_log = StreamLog()  # each answer's TTFT and chunk times, as the front sent them
         self._slots = threading.BoundedSemaphore(limits.max_connections)
         super().__init__(address, RequestHandler)
 

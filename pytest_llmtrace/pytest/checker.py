@@ -18,10 +18,12 @@ from pytest_llmtrace.checks.options import CheckName, CheckOptions, UnknownName,
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, SqlOutcome
 from pytest_llmtrace.checks.runner import CaseInput, run_checks, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot
+from pytest_llmtrace.modelapi import stream_log
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude
 from pytest_llmtrace.pytest.replay_config import get_config
 from pytest_llmtrace.services.pg_deadline import Deadline
+from pytest_llmtrace.trace.stream_timing import with_front_timings
 
 if TYPE_CHECKING:
     from pytest_llmtrace.pytest.recording import TestRecording
@@ -53,6 +55,8 @@ class Checker:
         snapshot: OutcomeSnapshot | None = None,
     ) -> CaseOutcome:
         now = trace if trace is not None else self._recording.trace
+        if now:  # the model front's timing of the test's own model calls (TTFT, chunk times) on their LLM spans
+            now = with_front_timings(now, stream_log.recent(now.start_time_unix_nano))
         options = options or self.options
         if not ({"sql", "snapshot"} & set(checks) and (sql is not None or sql_of(now) is not None)):
             outcome = run_checks(self._input(now, checks, options, None, sql, snapshot))

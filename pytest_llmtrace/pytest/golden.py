@@ -32,6 +32,7 @@ from pytest_llmtrace.checks.runner import CaseInput, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import SNAPSHOT_NAME_KEY, OutcomeSnapshot
 from pytest_llmtrace.checks.timeline import waterfall_of
 from pytest_llmtrace.core.errors import TraceFormatError
+from pytest_llmtrace.modelapi import stream_log
 from pytest_llmtrace.modelapi.replay import ReplayBackend
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import conclude, fail
@@ -43,6 +44,7 @@ from pytest_llmtrace.services.pg_deadline import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace, write_trace
+from pytest_llmtrace.trace.stream_timing import with_front_timings
 from pytest_llmtrace.trace.virtual import virtualize
 
 # An app (or the callable an overridden llmtrace_app returns) with a parameter of this name gets the golden Trace too.
@@ -164,6 +166,7 @@ def _replay_case(
         nonlocal golden
         app_error: str | None = None
         app_started = time.perf_counter()
+        asked_ns = time.time_ns()  # the spans' clock: the front's timings of this case's model calls come after it
         if replay is not None:
             manager.replay_switch.use(replay)
         try:  # in a thread the case walks away from at its deadline (services.case_bounds)
@@ -183,7 +186,8 @@ def _replay_case(
         guard.watchdog.extend(deadline, checks_s, why, phase="the checks")
         if deadline.fired:  # past it, the checks would run the runaway statement again
             return None
-        now = llm_trace.trace
+        # each model call's TTFT and chunk times, as the model front measured them, on the LLM span around it
+        now = with_front_timings(llm_trace.trace, stream_log.recent(asked_ns))
         deadline.checking = sql_of(now)
         replayed_ms, replayed_spans_ns = None, None
         if replay is not None:  # the recorded durations in place of the instant answers; the rest as measured

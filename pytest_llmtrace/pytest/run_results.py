@@ -24,13 +24,13 @@ from pytest_llmtrace.core.settings import SettingSpec, declare
 from pytest_llmtrace.core.url_secrets import redact_text, redact_url
 from pytest_llmtrace.modelapi.backend import normalize_model_name
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
-from pytest_llmtrace.pytest import golden
+from pytest_llmtrace.pytest import golden, metrics_out
 from pytest_llmtrace.pytest import service_session as services
 from pytest_llmtrace.pytest.failing import OUTCOMES_KEY
 from pytest_llmtrace.pytest.replay_config import get_config
 from pytest_llmtrace.pytest.run_metadata import configured_phoenix, run_metadata
 from pytest_llmtrace.pytest.run_state import RESULTS_KEY, RunResults
-from pytest_llmtrace.results import gate
+from pytest_llmtrace.results import gate, llm_report
 from pytest_llmtrace.results import model_digests as models
 from pytest_llmtrace.results import repeats as runs
 from pytest_llmtrace.results.case_record import CaseRecord, as_case
@@ -52,6 +52,12 @@ REPORT_SETTINGS: tuple[SettingSpec, ...] = declare(
         env=False,
     ),
     SettingSpec("shard", "K/N: run only the K-th of N stable shares of the cases (a hash of the node id).", ""),
+    SettingSpec(
+        "slo",
+        "The SLO the error budget is measured against, e.g. 'sql_success_rate >= 0.95': the gate metric "
+        "error_budget_remaining and the metrics' llmtrace_error_budget_remaining.",
+        "",
+    ),
 )
 _GATE_HELP = (
     f"Release gate, e.g. '{gate.EXAMPLE}'; repeatable, all must hold (ini llmtrace_gate: one per line). "
@@ -89,6 +95,14 @@ def configure(config: pytest.Config) -> None:
         rules = [gate.parse(e) for e in expressions if e.strip()]
     except gate.GateError as exc:
         raise pytest.UsageError(str(exc)) from None
+    try:
+        slo = gate.parse_slo(settings["slo"]) if settings["slo"] else None
+    except gate.GateError as exc:
+        raise pytest.UsageError(f"llmtrace_slo: {exc}") from None
+    if slo is None and any(r.metric == "error_budget_remaining" for r in rules):
+        raise pytest.UsageError(
+            "gate 'error_budget_remaining' needs an SLO: --llmtrace-slo 'sql_success_rate >= 0.95' (ini llmtrace_slo)"
+        )
     baseline = None
     if settings["baseline"]:
         try:
@@ -100,7 +114,14 @@ def configure(config: pytest.Config) -> None:
     report_dir = config.rootpath / settings["report_dir"] if settings["report_dir"] else None
     replay = get_config(config)
     config.stash[RESULTS_KEY] = RunResults(
-        report_dir, rules, baseline, _shard(settings["shard"]), replay.mode, replay.repeat, replay.min_pass_rate
+        report_dir,
+        rules,
+        baseline,
+        _shard(settings["shard"]),
+        replay.mode,
+        replay.repeat,
+        replay.min_pass_rate,
+        slo=slo,
     )
 
 
@@ -254,13 +275,19 @@ def sessionfinish(session: pytest.Session) -> None:
         return
     state.cases = runs.aggregate(state.cases, state.min_pass_rate)
     if state.rules:
-        state.gate_results = gate.evaluate(state.rules, state.cases, state.baseline)
+        state.gate_results = gate.evaluate(state.rules, state.cases, state.baseline, state.slo)
+    meta = run_metadata(config)
+    if state.slo is not None:
+        (budget,) = gate.evaluate([gate.parse("error_budget_remaining >= 0")], state.cases, slo=state.slo)
+        state.error_budget = budget.value
+        meta["slo"] = {"expression": str(state.slo), "error_budget_remaining": budget.value}
+    metrics_out.write(config, state, meta)
     if state.report_dir is not None:
         try:
             write_reports(
                 state.report_dir,
                 state.cases,
-                run_metadata(config),
+                meta,
                 state.gate_results,
                 state.baseline,
                 phoenix=configured_phoenix(config),
@@ -308,6 +335,15 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         terminalreporter.section("llmtrace repeats")
         for line in runs.repeat_lines(state.cases, state.repeat, state.min_pass_rate):
             terminalreporter.line(one_line(line))
+    usage = llm_report.terminal_lines(state.cases)
+    if usage:
+        terminalreporter.section("llmtrace model calls")
+        for line in usage:
+            terminalreporter.line(line)
+    if state.error_budget is not None:
+        terminalreporter.line(f"error budget remaining: {state.error_budget:.3f} of the SLO {state.slo}")
+    if state.metrics_error is not None:
+        terminalreporter.line(f"llmtrace metrics: not written: {one_line(state.metrics_error)}", red=True)
     if state.gate_results:
         terminalreporter.section("llmtrace gate")
         for result in state.gate_results:

@@ -24,6 +24,9 @@ class RunResults:
     mode: str
     repeat: int = 1
     min_pass_rate: float = 1.0
+    slo: gate.Rule | None = None  # llmtrace_slo: what error_budget_remaining measures
+    error_budget: float | None = None  # its value at session end
+    metrics_error: str | None = None  # why --llmtrace-metrics / --llmtrace-pushgateway failed
     cases: list[CaseRecord] = field(default_factory=list)  # one per outcome; per run of a repeated case
     other_failures: int = 0  # failed items that are not cases: a gate does not excuse them
     gate_results: list[gate.GateResult] = field(default_factory=list)

@@ -125,6 +125,8 @@ class CaseRecord(TypedDict):
     golden_durations_ms: dict[str, float | None] | None
     replayed_durations_ms: dict[str, float | None]
     timings: TimingsRecord | None
+    llm_usage: NotRequired[dict[str, Any] | None]  # checks.usage.usage_summary: cost_usd, ttft_ms, tokens_per_s, calls
+    golden_llm_usage: NotRequired[dict[str, Any] | None]
     question: str | None
     question_source: str | None
     waterfall: WaterfallRecord | None

@@ -29,6 +29,7 @@ def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
         "--gate", action="append", required=True, metavar="EXPR", help=f"e.g. '{gate.EXAMPLE}'; repeatable"
     )
     parser.add_argument("--baseline", type=Path, metavar="PATH", help="a previous results.json, for `regressions`")
+    parser.add_argument("--slo", metavar="EXPR", help="e.g. 'sql_success_rate >= 0.95', for `error_budget_remaining`")
     parser.set_defaults(handler=run_gate)
 
 
@@ -133,6 +134,7 @@ def _shard_errors(shards: dict[int, tuple[Path, object]], counts: dict[int, Path
 def run_gate(args: argparse.Namespace) -> int:
     try:
         rules = [gate.parse(expr) for expr in args.gate]
+        slo = gate.parse_slo(args.slo) if args.slo else None
     except gate.GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -147,7 +149,7 @@ def run_gate(args: argparse.Namespace) -> int:
     if args.baseline and baseline is None:
         return 2
     try:
-        results = gate.evaluate(rules, merged.cases, baseline)
+        results = gate.evaluate(rules, merged.cases, baseline, slo)
     except gate.GateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

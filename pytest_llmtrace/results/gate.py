@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean
 from pytest_llmtrace.core.inert import one_line
+from pytest_llmtrace.results import llm_gate
 from pytest_llmtrace.results.case_record import CaseRecord, case_passed, figure_of, read_case
 
 # results.json's schema_version (docs/results-schema.md); bumped only when a field changes meaning or goes away.
@@ -35,6 +36,7 @@ METRICS = (
     "token_growth",
     "cases",
     "regressions",
+    *llm_gate.METRICS,
 )
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b,
@@ -114,8 +116,34 @@ def _latency(case: CaseRecord, kind: str) -> float:
     return math.inf if value is None else float(value)
 
 
-def _value(rule: Rule, cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord] | None) -> GateResult:
+def parse_slo(expression: str) -> Rule:
+    """``llmtrace_slo``: a rate the run must hold (``sql_success_rate >= 0.95``), which ``error_budget_remaining``
+    measures the unspent part of; anything else is a ``GateError`` with an example."""
+    rule = parse(expression)
+    if rule.metric not in llm_gate.SLO_RATES or rule.op != ">=" or not 0 <= rule.threshold < 1:
+        raise GateError(
+            f"SLO {expression!r}: expected a rate at least a threshold below 1, e.g. {llm_gate.SLO_EXAMPLE!r} "
+            f"(rates: {', '.join(llm_gate.SLO_RATES)})"
+        )
+    return rule
+
+
+def _value(
+    rule: Rule, cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord] | None, slo: Rule | None = None
+) -> GateResult:
     ids = [str(c["case_id"]) for c in cases]
+    if rule.metric in llm_gate.METRICS:
+        if rule.metric == "error_budget_remaining" and slo is None:
+            raise GateError(
+                f"gate '{rule}' needs an SLO to measure the budget of: llmtrace_slo = {llm_gate.SLO_EXAMPLE!r} "
+                "(--llmtrace-slo in pytest, --slo with llmtrace gate)"
+            )
+        measure = None if slo is None else (lambda: _value(slo, cases, baseline).value)
+        value, figures, worse_up = llm_gate.value(rule.metric, cases, measure, None if slo is None else slo.threshold)
+        passed = _OPERATORS[rule.op](value, rule.threshold)
+        pulled = sorted(figures, key=lambda p: -p[0] if worse_up else p[0])
+        bad = tuple(i for v, i in pulled if not _OPERATORS[rule.op](v, rule.threshold))
+        return GateResult(rule, value, passed, () if passed else bad)
     if rule.metric == "cases":
         value = float(len(cases))
         return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), ())
@@ -166,9 +194,12 @@ def _value(rule: Rule, cases: Sequence[CaseRecord], baseline: Sequence[CaseRecor
 
 
 def evaluate(
-    rules: Sequence[Rule], cases: Sequence[CaseRecord], baseline: Sequence[CaseRecord] | None = None
+    rules: Sequence[Rule],
+    cases: Sequence[CaseRecord],
+    baseline: Sequence[CaseRecord] | None = None,
+    slo: Rule | None = None,
 ) -> list[GateResult]:
-    return [_value(rule, cases, baseline) for rule in rules]
+    return [_value(rule, cases, baseline, slo) for rule in rules]
 
 
 def _num(value: float) -> str:

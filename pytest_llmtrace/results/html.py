@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pytest_llmtrace.core.url_secrets import redact_url
-from pytest_llmtrace.results import gate, waterfall
+from pytest_llmtrace.results import gate, llm_report, waterfall
 from pytest_llmtrace.results.baseline import case_changes, figure, gate_changes
 from pytest_llmtrace.results.case_record import (
     CaseRecord,
@@ -399,6 +399,7 @@ def render(
         "<th>SQL ms<br><span class='small'>now / golden / limit</span></th>"
         f"<th>tokens<br><span class='small'>now / golden / limit</span></th>{baseline_head}<th>Phoenix</th></tr>"
         f"</thead><tbody>{_case_rows(cases, was, phoenix)}</tbody></table>"
+        + llm_report.html_section(cases)
         + (_was_now_table(cases, baseline) if baseline is not None else "")
         + "</main></body></html>\n"
     )

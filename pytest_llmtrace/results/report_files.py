@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmtrace.core.errors import LLMTraceError
-from pytest_llmtrace.results import gate, html
+from pytest_llmtrace.results import gate, html, llm_gate
 from pytest_llmtrace.results.case_record import CaseRecord
 from pytest_llmtrace.results.summary import summary_markdown, totals
 from pytest_llmtrace.trace.otlp import write_golden
@@ -57,7 +57,13 @@ def write_reports(
     ``LLMTraceError`` says which path was refused.
     """
     _make_report_dir(directory, root)
-    doc = {"schema_version": gate.RESULTS_SCHEMA_VERSION, "run": meta, "totals": totals(cases), "cases": cases}
+    doc = {
+        "schema_version": gate.RESULTS_SCHEMA_VERSION,
+        "run": meta,
+        "totals": totals(cases),
+        "llm_totals": llm_gate.totals(cases),  # the run's cost, and tokens and cost per model
+        "cases": cases,
+    }
     write_golden(directory / "results.json", json.dumps(doc, indent=2, default=str) + "\n", force=True)
     summary = summary_markdown(cases, gate_results, baseline)
     write_golden(directory / "summary.md", summary, force=True)

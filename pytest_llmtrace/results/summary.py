@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.results import gate
+from pytest_llmtrace.results import gate, llm_report
 from pytest_llmtrace.results.baseline import case_changes, figure, gate_changes
 from pytest_llmtrace.results.case_record import CaseRecord, failed_checks, runs_passed, verdict_of
 
@@ -100,6 +100,7 @@ def summary_markdown(
         if len(failing) > MAX_CASE_ROWS:
             lines.append(f"| ... {len(failing) - MAX_CASE_ROWS} more in results.json |" + " |" * (len(columns) - 1))
         lines.append("")
+    lines += llm_report.markdown(cases)
     if baseline is not None:
         lines += _was_now(cases, baseline)
     return "\n".join(lines) + "\n"

@@ -42,8 +42,9 @@ class RememberingBackend(ScriptedBackend):
         super().__init__({c["question"]: c["answer"] for c in CASES.values()}, MODEL)
         self.results: list[ChatResult] = []
 
-    def chat(self, request: ChatRequest) -> ChatResult:
-        result = super().chat(request)
+    def chat_stream(self, request: ChatRequest, emit: Callable[[str], None] | None) -> ChatResult:
+        """Both routes end here (``chat`` too): the gateway streams its model call."""
+        result = super().chat_stream(request, emit)
         self.results.append(result)
         return result
 

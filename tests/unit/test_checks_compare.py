@@ -358,7 +358,8 @@ def test_latencies_per_kind_count_nested_spans_once() -> None:
 
 def test_latencies_of_a_golden_trace() -> None:
     slow = latencies_ms(read_trace(GOLDEN / "slow_higher_priced_items.json"))
-    assert set(slow) == {"total", "LLM", "SQL", "CHAIN"}
+    assert set(slow) == {"total", "LLM", "SQL", "CHAIN", "ttft"}  # the gateway streams: its first token is timed
+    assert 0 < slow["ttft"] < slow["LLM"]
     assert slow["SQL"] > 1500
     # the scripted responder took the 531 ms it reported (5 + 316 * 0.5 + 46 * 8) while recording
     assert 531 <= slow["LLM"] < slow["SQL"]

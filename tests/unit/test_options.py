@@ -111,6 +111,8 @@ def test_ini_defaults_are_derived_from_the_dataclass_and_read_back_to_it() -> No
         "max_result_bytes": "16777216",
         "max_case_memory_mb": "1024",
         "case_timeout_s": "auto",
+        "min_tokens_per_s": "0",
+        "prices": "",
     }
     assert from_ini(**{name: text for name, text in defaults.items() if text}) == CheckOptions()
     assert [spec.name for spec in REPLAY_SETTINGS if spec.name in defaults] == list(defaults)

@@ -552,3 +552,33 @@ def test_a_list_of_langfuse_api_traces_imports_each(langfuse_sent: Collected, tm
     assert imported.format == "Langfuse traces or observations (a JSON list)"
     assert sorted(str(t.question().text) for t in imported.traces) == sorted([GOOD, BAD])
     assert all(len(t.llm_calls) == 1 for t in imported.traces)
+
+
+def test_the_budgets_read_ttft_and_cost_of_imported_langfuse_and_langsmith_traces_as_recorded(
+    langfuse_sent: Collected, langsmith_sent: Collected, tmp_path: Path
+) -> None:
+    """What the TTFT budget, the gate and results.json read is what the tool recorded: Langfuse's completion start,
+    LangSmith's first token, each tool's cost (issue 23)."""
+    from pytest_llmtrace.checks.budgets import latencies_ms
+    from pytest_llmtrace.checks.usage import trace_usage, usage_summary
+
+    imported = import_file(_write_jsonl(tmp_path / "langfuse.jsonl", langfuse_sent.otlp))
+    good = next(t for t in imported.traces if t.root.name == "text2sql" and t.question().text == GOOD)
+    (call,) = good.llm_calls
+    recorded = float(call.span.attributes["gen_ai.server.time_to_first_token"]) * 1000  # type: ignore[arg-type]
+    assert latencies_ms(good)["ttft"] == pytest.approx(recorded)
+    summary = usage_summary(trace_usage(good, None)[0])
+    assert summary["ttft_ms"] == pytest.approx(recorded, abs=0.001)
+    assert summary["cost_usd"] == pytest.approx(0.0004)  # the trace's own cost: no price table needed
+
+    runs = [dict(r) for r in langsmith_sent.run_list()]
+    for run in runs:
+        if run["run_type"] == "llm":
+            run |= {"prompt_tokens": 308, "completion_tokens": 22, "total_tokens": 330, "total_cost": "0.0000594"}
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(runs, default=str))
+    streamed = _by_root(import_file(path).traces)["text2sql-streaming"]
+    (run_call,) = streamed.llm_calls
+    first = float(run_call.span.attributes["gen_ai.server.time_to_first_token"]) * 1000  # type: ignore[arg-type]
+    assert latencies_ms(streamed)["ttft"] == pytest.approx(first)
+    assert usage_summary(trace_usage(streamed, None)[0])["cost_usd"] == pytest.approx(0.0000594)

@@ -1,0 +1,114 @@
+"""The model calls in the reports: TTFT, tokens/s and cost per case, now and golden, and the run's total cost.
+
+One table in three shapes (terminal lines, summary.md, report.html), each made from ``llm_usage`` as results.json
+holds it (``checks.usage.usage_summary``); a cost that is unknown (no price, a price error) reads ``unknown``,
+never $0.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+from pytest_llmtrace.core.inert import one_line
+from pytest_llmtrace.results.case_record import CaseRecord
+from pytest_llmtrace.results.llm_gate import totals
+
+MAX_ROWS = 50
+
+
+def _usage(case: CaseRecord, key: str) -> dict[str, Any]:
+    value = case.get(key)  # llm_usage / golden_llm_usage
+    return value if isinstance(value, dict) else {}
+
+
+def _ms(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
+def _cost(value: object) -> str:
+    return f"${value:.6f}" if isinstance(value, (int, float)) else "unknown"
+
+
+def _rows(cases: Sequence[CaseRecord]) -> list[tuple[str, str, str, str, str, str]]:
+    """case, TTFT ms (now / golden), tokens/s, cost now, cost golden, replayed part of the TTFT."""
+    rows = []
+    for case in cases:
+        now, golden = _usage(case, "llm_usage"), _usage(case, "golden_llm_usage")
+        if not now.get("calls") and not golden.get("calls"):
+            continue
+        replayed = now.get("ttft_replayed_ms") or 0
+        rows.append(
+            (
+                str(case.get("case_id")),
+                f"{_ms(now.get('ttft_ms'))} / {_ms(golden.get('ttft_ms'))}",
+                _ms(now.get("tokens_per_s")),
+                _cost(now.get("cost_usd")) if now.get("calls") else "-",
+                _cost(golden.get("cost_usd")) if golden.get("calls") else "-",
+                f"{replayed:.1f}" if replayed else "",
+            )
+        )
+    return rows
+
+
+def total_line(cases: Sequence[CaseRecord]) -> str | None:
+    """``cost: $0.012345 total over 23 cases (qwen-sql-prod $0.012345)``, or ``None`` when no case called a model."""
+    found = totals(cases)
+    if not found["models"]:
+        return None
+    models = ", ".join(
+        f"{name} {_cost(None if m.get('unknown_calls') else m['cost_usd'])}"
+        for name, m in sorted(found["models"].items())
+    )
+    counted = sum(1 for c in cases if _usage(c, "llm_usage").get("calls"))
+    return f"cost: {_cost(found['cost_usd'])} total over {counted} cases ({models})"
+
+
+def terminal_lines(cases: Sequence[CaseRecord]) -> list[str]:
+    rows = _rows(cases)
+    if not rows:
+        return []
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'case':<{width}}  TTFT ms now / golden   tokens/s   cost now   cost golden"]
+    for case_id, ttft, rate, cost, golden, replayed in rows[:MAX_ROWS]:
+        note = f"  ({replayed} ms replayed)" if replayed else ""
+        lines.append(one_line(f"{case_id:<{width}}  {ttft:<20}  {rate:>8}   {cost}   {golden}{note}"))
+    if len(rows) > MAX_ROWS:
+        lines.append(f"... {len(rows) - MAX_ROWS} more in results.json")
+    total = total_line(cases)
+    return [*lines, total] if total else lines
+
+
+def markdown(cases: Sequence[CaseRecord]) -> list[str]:
+    rows = _rows(cases)
+    if not rows:
+        return []
+    lines = [
+        "### Model calls",
+        "",
+        "| case | TTFT ms now / golden | tokens/s | cost now | cost golden |",
+        "|---|---|---|---|---|",
+    ]
+    for case_id, ttft, rate, cost, golden, replayed in rows[:MAX_ROWS]:
+        ttft += f" ({replayed} replayed)" if replayed else ""
+        lines.append(f"| {one_line(case_id).replace('|', '/')} | {ttft} | {rate} | {cost} | {golden} |")
+    total = total_line(cases)
+    return [*lines, "", *([total, ""] if total else [])]
+
+
+def html_section(cases: Sequence[CaseRecord]) -> str:
+    rows = _rows(cases)
+    if not rows:
+        return ""
+    body = "".join(
+        f"<tr><td>{html.escape(case_id)}</td><td>{ttft}{f' <span class=small>({rep} replayed)</span>' if rep else ''}"
+        f"</td><td>{rate}</td><td>{cost}</td><td>{golden}</td></tr>"
+        for case_id, ttft, rate, cost, golden, rep in rows
+    )
+    total = total_line(cases)
+    foot = f"<p id='llm-total'>{html.escape(total)}</p>" if total else ""
+    return (
+        "<h2>Model calls</h2><table id='llm-usage'><thead><tr><th>case</th><th>TTFT ms now / golden</th>"
+        f"<th>tokens/s</th><th>cost now</th><th>cost golden</th></tr></thead><tbody>{body}</tbody></table>{foot}"
+    )
