@@ -279,6 +279,18 @@ class Recorder:
             if not self._closed:
                 window.received.extend(spans)
 
+    def receive_current(self, spans: Iterable[Span]) -> None:
+        """Spans a tracing SDK in this process sent over HTTP (``pytest.sdk_endpoints``), into the test running now;
+        those the session's provider recorded already (Langfuse on the global provider exports its spans as well)
+        are left out, so each span is there once."""
+        with self._lock:
+            window = self._taking_spans()
+            if window is None:
+                return
+            recorded = {f"{t:032x}{s:016x}" for t, s in map(_key, window.finished)}
+            recorded.update(span.trace_id + span.span_id for span in window.received)
+            window.received.extend(span for span in spans if span.trace_id + span.span_id not in recorded)
+
     def trace(self, window: TestWindow) -> Trace:
         # Parents outside the window (a session fixture's span, a span of an earlier test) are normal here: no warning.
         return Trace(self.spans(window), source=window.nodeid, warn_missing_parents=False)
@@ -339,15 +351,18 @@ def open_spans_message(spans: tuple[ReadableSpan, ...]) -> str:
 def flush_sdk_queues(timeout: float = 10.0) -> None:
     """Hand over the spans a tracing SDK still holds in a queue of its own, so they land in this test's window.
 
-    LangSmith's OpenTelemetry mode turns runs into spans on its background thread: without this, an app traced only
-    by LangSmith would finish its request with its spans still queued. Only an SDK the app has already imported is
-    asked; Langfuse needs nothing (its spans are OpenTelemetry's from the start).
+    LangSmith (in its OpenTelemetry mode and its default one alike) sends runs from its background thread: without
+    this, an app traced only by LangSmith would finish its request with its runs still queued. Only an SDK the app
+    has already imported is asked; Langfuse needs nothing (its spans are OpenTelemetry's from the start).
     """
     if "langsmith.run_trees" not in sys.modules:
         return
     try:
-        client = sys.modules["langsmith.run_trees"].get_cached_client()
-        if getattr(client, "otel_exporter", None) is not None:
+        run_trees = sys.modules["langsmith.run_trees"]
+        # The cached client only if it exists: asking for it would make one. In its default mode its runs go to the
+        # session's local endpoint (pytest.sdk_endpoints), which hands them to this test's window as they arrive.
+        client = getattr(run_trees, "_CLIENT", None)
+        if client is not None:
             client.flush(timeout=timeout)
     except Exception:  # the app's tracing must never fail a test's recording
         return
