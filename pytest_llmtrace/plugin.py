@@ -57,6 +57,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """What the header can only say once the golden files are read: cases whose SQL is the model's answer."""
+    return [one_line(line) for line in golden.sql_source_lines(items)]
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """First, so spans ended while fixtures are set up belong to the test too."""
