@@ -4,13 +4,16 @@ what they send is recorded (issue 22): real SDKs, configured with public hosts t
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_llmtrace.services.otlp_receiver import OtlpReceiver
 
+REPO = Path(__file__).resolve().parents[2]
 PUBLIC = {
     "LANGSMITH_ENDPOINT": "https://api.smith.langchain.com",
     "LANGCHAIN_ENDPOINT": "https://api.smith.langchain.com",
@@ -177,3 +180,87 @@ def test_the_receiver_takes_langfuses_otlp_path() -> None:
         client.shutdown()
         spans = receiver.take()
     assert [s.name for s in spans] == ["lf.span"]
+
+
+LANGSMITH_SERVICE = '''
+"""A service traced only by LangSmith in its default mode (run posts): python langsmith_service.py PORT."""
+import ipaddress, json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from langsmith import traceable
+
+LEFT = []
+
+
+def _audit(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple):
+        try:
+            if not ipaddress.ip_address(args[1][0]).is_loopback:
+                LEFT.append(str(args[1][0]))
+        except ValueError:
+            LEFT.append(str(args[1][0]))
+
+
+sys.addaudithook(_audit)
+
+
+@traceable(run_type="llm", name="ollama.chat", metadata={"ls_model_name": "qwen-sql-prod"})
+def chat(messages):
+    return {"choices": [{"message": {"role": "assistant", "content": "SELECT count(*) FROM customers;"}}]}
+
+
+@traceable(name="text2sql")
+def answer(question):
+    return chat([{"role": "user", "content": question}])
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        question = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["question"]
+        answer(question)
+        names = ("LANGSMITH_ENDPOINT", "LANGFUSE_BASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT")
+        body = json.dumps({name: os.environ.get(name) for name in names} | {"left": LEFT}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+'''
+
+ASKS_THE_SERVICE = """
+def test_asks(llmtrace_app, llm_trace):
+    answer = llmtrace_app("How many customers?")
+    assert answer["status"] == 200, answer
+    body = answer["body"]
+    assert body["LANGSMITH_ENDPOINT"] == body["LANGFUSE_BASE_URL"] == body["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert body["LANGSMITH_ENDPOINT"].startswith("http://127.0.0.1:")
+    assert sorted(span.name for span in llm_trace.spans) == ["ollama.chat", "text2sql"]
+    (call,) = llm_trace.llm_calls
+    assert call.model == "qwen-sql-prod"
+    assert llm_trace.trace.question().text == "How many customers?"
+    assert body["left"] == []
+"""
+
+
+@pytest.mark.slow
+def test_a_service_traced_by_langsmith_sends_its_runs_to_the_sessions_receiver(
+    pytester: pytest.Pytester, postgres_url: str, public_hosts: None
+) -> None:
+    """The service under test gets the SDKs' variables pointed at the session's receiver, whatever the run's own
+    environment says; its run posts become the case's spans (attributed by time window: LangSmith does not continue
+    a W3C traceparent)."""
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    pytester.makefile(".py", langsmith_service=LANGSMITH_SERVICE)
+    pytester.makeini(
+        "[pytest]\naddopts = -p no:phoenix -p no:randomly\n"
+        f"llmtrace_app_command = {sys.executable} langsmith_service.py {{port}}\nllmtrace_app_span_wait_s = 10\n"
+    )
+    pytester.makepyfile(test_asks=ASKS_THE_SERVICE)
+    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={postgres_url}", "-p", "no:xdist", timeout=300)
+    result.assert_outcomes(passed=1)
