@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -69,6 +70,7 @@ class TestWindow:
     # Spans a service under test exported to the session's OTLP receiver, attributed to this test's case.
     received: list[Span] = field(default_factory=list)
     viewed: bool = False  # the test asked for llm_trace: only such tests are failed by the recorder
+    opened_ns: int = field(default_factory=time.time_ns)  # a span an SDK sends late from an earlier test started before
     refused_override: bool = False
 
 
@@ -282,14 +284,19 @@ class Recorder:
     def receive_current(self, spans: Iterable[Span]) -> None:
         """Spans a tracing SDK in this process sent over HTTP (``pytest.sdk_endpoints``), into the test running now;
         those the session's provider recorded already (Langfuse on the global provider exports its spans as well)
-        are left out, so each span is there once."""
+        are left out, so each span is there once, and so are spans started before the test (an SDK's late export of
+        an earlier test's spans)."""
         with self._lock:
             window = self._taking_spans()
             if window is None:
                 return
             recorded = {f"{t:032x}{s:016x}" for t, s in map(_key, window.finished)}
             recorded.update(span.trace_id + span.span_id for span in window.received)
-            window.received.extend(span for span in spans if span.trace_id + span.span_id not in recorded)
+            window.received.extend(
+                span
+                for span in spans
+                if span.trace_id + span.span_id not in recorded and span.start_time_unix_nano >= window.opened_ns
+            )
 
     def trace(self, window: TestWindow) -> Trace:
         # Parents outside the window (a session fixture's span, a span of an earlier test) are normal here: no warning.
