@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,10 @@ def _loopback(address: Any) -> bool:
 
 
 @pytest.fixture
-def public_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+def public_hosts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The SDKs configured for production, as an app's environment often is; a fresh LangSmith cached client."""
     import langsmith.run_trees as run_trees
+    from langsmith.utils import get_env_var
 
     for name, value in PUBLIC.items():
         monkeypatch.setenv(name, value)
@@ -66,6 +68,9 @@ def public_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("LANGSMITH_OTEL_ENABLED", "LANGSMITH_OTEL_ONLY", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(run_trees, "_CLIENT", None)  # as in a fresh process: made from the environment when used
+    get_env_var.cache_clear()  # LangSmith caches what it read of LANGSMITH_TRACING: forget other tests' values
+    yield
+    get_env_var.cache_clear()
 
 
 APP = """
