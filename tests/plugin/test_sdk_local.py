@@ -68,9 +68,10 @@ def public_hosts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("LANGSMITH_OTEL_ENABLED", "LANGSMITH_OTEL_ONLY", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(run_trees, "_CLIENT", None)  # as in a fresh process: made from the environment when used
-    get_env_var.cache_clear()  # LangSmith caches what it read of LANGSMITH_TRACING: forget other tests' values
+    # LangSmith caches what it read of LANGSMITH_TRACING: forget other tests' values
+    get_env_var.cache_clear()  # type: ignore[attr-defined]
     yield
-    get_env_var.cache_clear()
+    get_env_var.cache_clear()  # type: ignore[attr-defined]
 
 
 APP = """
