@@ -10,7 +10,7 @@ import pytest
 
 from pytest_llmtrace.core import settings
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.pytest import app_session, fixtures, golden, recording, replay_config
+from pytest_llmtrace.pytest import app_session, fixtures, golden, recording, replay_config, sdk_endpoints
 from pytest_llmtrace.pytest import export_hooks as export
 from pytest_llmtrace.pytest import run_results as results
 from pytest_llmtrace.pytest import service_session as services
@@ -30,11 +30,13 @@ def pytest_configure(config: pytest.Config) -> None:
     export.configure(config)
     services.configure(config, replay=replay_config.get_config(config).mode == "replay")
     app_session.configure(config, services.get_manager(config).context.record)
+    sdk_endpoints.configure(config)
     config.pluginmanager.register(fixtures, "llmtrace-fixtures")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """After every session fixture is torn down: stop the services this run started."""
+    sdk_endpoints.unconfigure(config)
     app_session.unconfigure(config)
     services.unconfigure(config)
     recording.unconfigure(config)
@@ -49,9 +51,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             *replay_config.report_header(config),
             *services.report_header(config),
             *app_session.report_header(config),
+            *sdk_endpoints.report_header(config),
             *export.report_header(config),
         )
     ]
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """What the header can only say once the golden files are read: cases whose SQL is the model's answer."""
+    return [one_line(line) for line in golden.sql_source_lines(items)]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -21,6 +21,7 @@ import pytest
 from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import LLMTraceError, whole_number
 from pytest_llmtrace.core.settings import SettingSpec, declare
+from pytest_llmtrace.pytest.sdk_endpoints import spans_of_runs
 from pytest_llmtrace.services.app_request import DEFAULT_REQUEST, RequestTemplate, TemplateError
 from pytest_llmtrace.services.app_service import AppService, ServiceAnswered, ServiceError, parse_command, parse_ready
 from pytest_llmtrace.services.otlp_grpc import INSTALL_HINT as GRPC_INSTALL_HINT
@@ -139,6 +140,7 @@ class AppSession:
             OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=grpc or self.receiver.traces_url,
             OTEL_EXPORTER_OTLP_PROTOCOL="grpc" if grpc else "http/protobuf",
             OTEL_BSP_SCHEDULE_DELAY=BATCH_DELAY_MS,
+            **self.receiver.sdk_environment(),  # Langfuse's and LangSmith's SDKs: here, never their servers
         )
         self.env_started = True
         self.service.start(env)
@@ -218,7 +220,12 @@ def configure(config: pytest.Config, record: RunRecord | None) -> None:
     grpc_port = 0 if s["otlp_grpc"] == "yes" else None
     if grpc_port is not None and importlib.util.find_spec("grpc") is None:
         raise pytest.UsageError(f"{s.values['otlp_grpc'].origin}: OTLP/gRPC needs grpcio; {GRPC_INSTALL_HINT}")
-    receiver = OtlpReceiver(port=int(numbers["otlp_port"]), on_spans=router.deliver, grpc_port=grpc_port)
+    receiver = OtlpReceiver(
+        port=int(numbers["otlp_port"]),
+        on_spans=router.deliver,
+        grpc_port=grpc_port,
+        on_runs=lambda runs: router.deliver(spans_of_runs(runs)[0]),  # LangSmith's default mode
+    )
     service: AppService
     if image:
         from pytest_llmtrace.services.app_container import AppContainer

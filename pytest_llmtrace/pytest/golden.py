@@ -277,3 +277,40 @@ def _misses(replay: ReplayBackend) -> list[ReplayMiss]:
         for call in replay.unused()
     )
     return misses
+
+
+def sql_source_lines(items: list[pytest.Item]) -> list[str]:
+    """The header's note on golden cases whose trace has no SQL span but a model call: the SQL judged is the model's
+    answer (``checks.runner.sql_of``). Per source, because it is a source's habit, not a case's: Langfuse's default
+    export keeps only spans with GenAI attributes, so its traces usually have no DB span."""
+    cases: dict[Path, Trace] = {}
+    for item in items:
+        case = item.stash.get(CASE_KEY, None)
+        if case is not None and case.trace is not None:
+            cases.setdefault(case.path, case.trace)
+    answered: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for path, trace in cases.items():
+        source = trace_source(trace)
+        counts[source] = counts.get(source, 0) + 1
+        if not trace.sql_statements and trace.llm_calls:
+            answered.setdefault(source, []).append(path.name)
+    lines = []
+    for source, names in sorted(answered.items()):
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        lines.append(
+            f"llmtrace golden sql: {len(names)} of {counts[source]} {source} golden case(s) have no DB span; the SQL "
+            f"judged is the model's answer ({shown})"
+        )
+    return lines
+
+
+def trace_source(trace: Trace) -> str:
+    """Which tracer made the trace, by the attributes only it writes; else OpenTelemetry's."""
+    for span in trace.spans:
+        for key in span.attributes:
+            if key.startswith("langfuse."):
+                return "Langfuse"
+            if key.startswith("langsmith."):
+                return "LangSmith"
+    return "OpenTelemetry"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -72,6 +73,7 @@ class TestWindow:
     # Spans a service under test exported to the session's OTLP receiver, attributed to this test's case.
     received: list[Span] = field(default_factory=list)
     viewed: bool = False  # the test asked for llm_trace: only such tests are failed by the recorder
+    opened_ns: int = field(default_factory=time.time_ns)  # a span an SDK sends late from an earlier test started before
     refused_override: bool = False
 
     def still_open(self, *, since_clear: bool) -> list[ReadableSpan]:
@@ -293,6 +295,23 @@ class Recorder:
             if not self._closed:
                 window.received.extend(spans)
 
+    def receive_current(self, spans: Iterable[Span]) -> None:
+        """Spans a tracing SDK in this process sent over HTTP (``pytest.sdk_endpoints``), into the test running now;
+        those the session's provider recorded already (Langfuse on the global provider exports its spans as well)
+        are left out, so each span is there once, and so are spans started before the test (an SDK's late export of
+        an earlier test's spans)."""
+        with self._lock:
+            window = self._taking_spans()
+            if window is None:
+                return
+            recorded = {f"{t:032x}{s:016x}" for t, s in map(_key, window.finished)}
+            recorded.update(span.trace_id + span.span_id for span in window.received)
+            window.received.extend(
+                span
+                for span in spans
+                if span.trace_id + span.span_id not in recorded and span.start_time_unix_nano >= window.opened_ns
+            )
+
     def trace(self, window: TestWindow) -> Trace:
         # Parents outside the window (a session fixture's span, a span of an earlier test) are normal here: no warning.
         return Trace(self.spans(window), source=window.nodeid, warn_missing_parents=False)
@@ -349,15 +368,18 @@ def open_spans_message(spans: tuple[ReadableSpan, ...]) -> str:
 def flush_sdk_queues(timeout: float = 10.0) -> None:
     """Hand over the spans a tracing SDK still holds in a queue of its own, so they land in this test's window.
 
-    LangSmith's OpenTelemetry mode turns runs into spans on its background thread: without this, an app traced only
-    by LangSmith would finish its request with its spans still queued. Only an SDK the app has already imported is
-    asked; Langfuse needs nothing (its spans are OpenTelemetry's from the start).
+    LangSmith (in its OpenTelemetry mode and its default one alike) sends runs from its background thread: without
+    this, an app traced only by LangSmith would finish its request with its runs still queued. Only an SDK the app
+    has already imported is asked; Langfuse needs nothing (its spans are OpenTelemetry's from the start).
     """
     if "langsmith.run_trees" not in sys.modules:
         return
     try:
-        client = sys.modules["langsmith.run_trees"].get_cached_client()
-        if getattr(client, "otel_exporter", None) is not None:
+        run_trees = sys.modules["langsmith.run_trees"]
+        # The cached client only if it exists: asking for it would make one. In its default mode its runs go to the
+        # session's local endpoint (pytest.sdk_endpoints), which hands them to this test's window as they arrive.
+        client = getattr(run_trees, "_CLIENT", None)
+        if client is not None:
             client.flush(timeout=timeout)
     except Exception:  # the app's tracing must never fail a test's recording
         return

@@ -19,6 +19,7 @@ from pytest_llmtrace.checks.options import CheckOptions, UnknownName, canonical,
 from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import whole_number
 from pytest_llmtrace.core.settings import Settings, SettingSpec, declare
+from pytest_llmtrace.core.url_secrets import redact_url
 from pytest_llmtrace.modelapi.replay import MATCHERS, SPEEDS
 from pytest_llmtrace.trace.question import DEFAULT_SOURCES, QuestionSource, QuestionSourceError, parse_sources
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
@@ -227,6 +228,12 @@ def report_header(config: pytest.Config) -> list[str]:
     replay = get_config(config)
     values = replay.settings.values
     parts = [f"{name}={values[name].value or '(unset)'} ({values[name].source})" for name in ("mode", "target")]
+    service = next((name for name in _SERVICE_SETTINGS if name in values and values[name].value), None)
+    if service is not None:  # cases ask the service, not an imported function (llmtrace_app: the service first)
+        given = redact_url(values[service].value) if service == "app_url" else values[service].value
+        parts[1] = f"target=the service {given} (llmtrace_{service}, {values[service].source})"
+        if values["target"].value:
+            parts[1] += f", not llmtrace_target={values['target'].value} ({values['target'].source})"
     parts.insert(1, f"golden_dir={replay.golden_dir} ({values['golden_dir'].source})")
     if replay.repeat > 1:
         parts += [f"{name}={values[name].value} ({values[name].source})" for name in ("repeat", "min_pass_rate")]
@@ -241,6 +248,9 @@ def report_header(config: pytest.Config) -> list[str]:
         f"llmtrace sandbox: {limits}",
     ]
 
+
+# The settings that make golden cases ask a service under test (pytest.app_session) instead of llmtrace_target.
+_SERVICE_SETTINGS = ("app_command", "app_url", "app_image")
 
 # The limits every case's SQL and app are held to, shown in the report header with where each came from.
 _SANDBOX_SETTINGS = (

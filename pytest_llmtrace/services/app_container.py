@@ -19,6 +19,7 @@ from pytest_llmtrace.core.errors import first_line
 from pytest_llmtrace.services.app_service import AppService
 from pytest_llmtrace.services.base import ServiceStartError, free_port, wait_until
 from pytest_llmtrace.services.docker import ContainerOwner, log_tail, prepare_container, remove, scrub
+from pytest_llmtrace.services.otlp_receiver import SDK_ENDPOINT_VARIABLES
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,6 +36,7 @@ PASSED = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_BSP_SCHEDULE_DELAY",
+    *SDK_ENDPOINT_VARIABLES,
 )
 
 

@@ -6,6 +6,12 @@ send it), optionally gzip-compressed, parsed with the official ``opentelemetry-p
 none, into a queue ``take()`` empties. A payload over the body limit gets 413; one that cannot be read gets 400 with
 the reason, and is counted: a service's bad export never stops the run, it is reported.
 
+The same payloads are taken at the paths the tracing SDKs add to their base URL: Langfuse's
+``/api/public/otel/v1/traces`` (its ``LANGFUSE_BASE_URL``) and LangSmith's OpenTelemetry mode's ``/otel/v1/traces``.
+Given ``on_runs``, it also serves LangSmith's run ingestion (``services.langsmith_runs``), so an app traced by either
+SDK can be pointed at it with the SDK's own variables (``SDK_ENDPOINT_VARIABLES``) and nothing it sends leaves the
+machine.
+
 Pytest-free on purpose: the service session routes the spans to cases, and an importer (Langfuse's OTLP endpoint, a
 staging service) can use the same class.
 """
@@ -22,12 +28,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmtrace.core.errors import LLMTraceError
+from pytest_llmtrace.services.langsmith_runs import INFO, INFO_PATH, RUNS_PATHS, LangSmithRuns, RunPostError
 from pytest_llmtrace.trace.otlp_proto import OtlpPayloadError, spans_from_json, spans_from_protobuf
 
 if TYPE_CHECKING:
     from pytest_llmtrace.trace.model import Span
 
 TRACES_PATH = "/v1/traces"
+# OTLP/HTTP at the paths the SDKs add to their base URL: Langfuse's, and LangSmith's OpenTelemetry mode's
+TRACES_PATHS = (TRACES_PATH, "/api/public/otel" + TRACES_PATH, "/otel" + TRACES_PATH)
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # decompressed; a trace with long prompts is a few MB at most
 _KEPT_REASONS = 5
 
@@ -54,6 +63,7 @@ class OtlpReceiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         on_spans: Callable[[Sequence[Span]], None] | None = None,
         grpc_port: int | None = None,
+        on_runs: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -62,6 +72,7 @@ class OtlpReceiver:
         self.max_body_bytes = max_body_bytes
         self.stats = ReceiverStats()
         self._on_spans = on_spans
+        self.runs = LangSmithRuns(on_runs) if on_runs is not None else None
         self._queue: list[Span] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -135,6 +146,10 @@ class OtlpReceiver:
         if self._on_spans is not None:
             self._on_spans(spans)
 
+    def sdk_environment(self) -> dict[str, str]:
+        """The variables that point the Langfuse and LangSmith SDKs here (``SDK_ENDPOINT_VARIABLES``)."""
+        return sdk_environment(self.endpoint)
+
     def _refuse(self, reason: str) -> None:
         with self._lock:
             self.stats.refused += 1
@@ -163,8 +178,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         receiver = self.server.receiver
         json_body = "json" in self.headers.get("Content-Type", "")
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if receiver.runs is not None and path in RUNS_PATHS:
+            self._runs(receiver, receiver.runs, path)
+            return
         try:
-            if self.path.split("?", 1)[0] != TRACES_PATH:
+            if path not in TRACES_PATHS:
                 raise _Payload(404, f"only POST {TRACES_PATH} is served here, not {self.path}")
             body = self._body(receiver.max_body_bytes)
             content_type = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
@@ -187,8 +206,49 @@ class _Handler(BaseHTTPRequestHandler):
         receiver._accept(spans)
         self._answer(200, "", json_body)
 
+    def do_PATCH(self) -> None:
+        receiver = self.server.receiver
+        path = self.path.split("?", 1)[0].rstrip("/")
+        if receiver.runs is not None and path.startswith("/runs/"):
+            self._runs(receiver, receiver.runs, path)
+        else:
+            self._drain()
+            self._answer(404, f"{self.path} is not served here", True)
+
     def do_GET(self) -> None:
+        if self.server.receiver.runs is not None and self.path.split("?", 1)[0].rstrip("/") == INFO_PATH:
+            data = json.dumps(INFO).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         self._answer(405, f"send spans with POST {TRACES_PATH}", False)
+
+    def _runs(self, receiver: OtlpReceiver, runs: LangSmithRuns, path: str) -> None:
+        """LangSmith's run posts: merged, handed on as runs end; a refusal is counted like a bad OTLP payload."""
+        try:
+            body = self._body(receiver.max_body_bytes)
+            runs.handle(self.command, path, self.headers.get("Content-Type", ""), body)
+        except _Payload as exc:
+            receiver._refuse(f"{exc.status}: {exc.reason}")
+            self._answer(exc.status, exc.reason, True)
+            return
+        except RunPostError as exc:
+            receiver._refuse(f"LangSmith {self.command} {path}: {exc}")
+            self._answer(400, str(exc), True)
+            return
+        with receiver._lock:
+            receiver.stats.payloads += 1
+        self._answer(200, "", True)
+
+    def _drain(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) <= self.server.receiver.max_body_bytes:
+            self.rfile.read(int(length))
+        else:
+            self.close_connection = True
 
     def _body(self, limit: int) -> bytes:
         length_text = self.headers.get("Content-Length")
@@ -233,3 +293,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+
+# The SDKs' own variables for where they send, each read when the SDK's client is made (``Langfuse()`` /
+# ``get_client()``; LangSmith's ``Client()``, and the cached client ``@traceable`` and LangChain's tracer share):
+# Langfuse's base URL (``LANGFUSE_HOST`` is its older name; ``LANGFUSE_OTEL_TRACES_EXPORT_PATH`` would move the path),
+# LangSmith's endpoint under both prefixes (``LANGSMITH_RUNS_ENDPOINTS`` would add replicas, and is refused beside an
+# endpoint). Empty values are the SDKs' "unset".
+SDK_ENDPOINT_VARIABLES = (
+    "LANGFUSE_BASE_URL",
+    "LANGFUSE_HOST",
+    "LANGFUSE_OTEL_TRACES_EXPORT_PATH",
+    "LANGSMITH_ENDPOINT",
+    "LANGCHAIN_ENDPOINT",
+    "LANGSMITH_RUNS_ENDPOINTS",
+    "LANGSMITH_DISABLE_RUN_COMPRESSION",
+)
+
+
+def sdk_environment(endpoint: str) -> dict[str, str]:
+    """``endpoint`` (a receiver's base URL) as every variable of ``SDK_ENDPOINT_VARIABLES`` gives it."""
+    return {
+        "LANGFUSE_BASE_URL": endpoint,
+        "LANGFUSE_HOST": endpoint,
+        "LANGFUSE_OTEL_TRACES_EXPORT_PATH": "",
+        "LANGSMITH_ENDPOINT": endpoint,
+        "LANGCHAIN_ENDPOINT": endpoint,
+        "LANGSMITH_RUNS_ENDPOINTS": "",
+        "LANGSMITH_DISABLE_RUN_COMPRESSION": "true",  # plain multipart: no zstd stream to take apart
+    }

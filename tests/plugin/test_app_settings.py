@@ -39,3 +39,21 @@ def test_a_running_service_gets_the_receiver_address_in_the_header(pytester: pyt
             "llmtrace app spans: OTLP/HTTP receiver at http://127.0.0.1:*/v1/traces; a case's spans by trace id*",
         ]
     )
+
+
+@pytest.mark.parametrize(
+    ("ini", "target"),
+    [
+        ("llmtrace_app_command = python -m http.server {port}", "the service python -m http.server {port}"),
+        ("llmtrace_app_url = http://user:secret@127.0.0.1:9/", "the service http://user:***@127.0.0.1:9/"),
+        ("llmtrace_app_image = registry.example/text2sql:1.4", "the service registry.example/text2sql:1.4"),
+    ],
+)
+def test_the_header_names_the_service_as_the_target(pytester: pytest.Pytester, ini: str, target: str) -> None:
+    pytester.makeini(f"[pytest]\naddopts = -p no:phoenix -p no:randomly\nllmtrace_target = app:answer\n{ini}\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_inprocess("--co")
+    setting = ini.split(" =", 1)[0]
+    line = next(line for line in result.stdout.lines if line.startswith("llmtrace golden cases:"))
+    assert f"target={target} ({setting}, ini), not llmtrace_target=app:answer (ini)" in line
+    assert "(unset)" not in line

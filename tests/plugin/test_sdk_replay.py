@@ -52,7 +52,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory, llmtrace_postgres: Postgre
 
 @pytest.fixture
 def local_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collected]:
-    """Where the SDKs send during the replays: a local server (and nothing else)."""
+    """Where the SDKs would send during the replays without the plugin: a local server (the run's own loopback
+    endpoint takes over, so it gets nothing)."""
     with collector() as (url, got):
         monkeypatch.setenv("LANGFUSE_BASE_URL", url)
         monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-local")
@@ -127,4 +128,48 @@ def test_sdk_traced_app_replays_with_the_verdicts_of_the_reference_app(
         assert "[replay] prompt changed: no recorded LLM call matches the request to 'qwen-sql-prod'" in _section(
             text, stem
         )
-    assert all(host.startswith("127.0.0.1") for _, _, h in local_servers.requests for host in [h.get("Host", "")])
+    # The run pointed the SDKs at its own loopback endpoint (llmtrace_sdk_local), over the variables set here
+    assert local_servers.requests == []
+
+
+CONNECT_AUDIT = """
+import ipaddress, os, sys
+
+_LOG = os.path.join(os.path.dirname(__file__), "connects.txt")
+
+
+def _audit(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple):
+        with open(_LOG, "a") as log:
+            log.write(str(args[1][0]) + "\\n")
+
+
+sys.addaudithook(_audit)
+"""
+
+
+def test_an_app_traced_by_langsmith_in_its_default_mode_replays_with_nothing_leaving_the_machine(
+    pytester: pytest.Pytester, pg_admin_url: str, exports: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No OpenTelemetry mode and no collector of the test's own: the app's environment names LangSmith's public
+    server, and the plugin's loopback endpoint takes the run posts, records them as the case's spans, and the cases
+    replay with the reference app's verdicts. Every connection the inner runs open is to loopback."""
+    monkeypatch.setenv("TRACER", "langsmith")
+    monkeypatch.setenv("LANGSMITH_TRACING", "true")
+    monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-not-a-real-key")
+    monkeypatch.setenv("LANGSMITH_ENDPOINT", "https://api.smith.langchain.com")
+    for name in ("LANGSMITH_OTEL_ENABLED", "LANGSMITH_OTEL_ONLY", "LANGCHAIN_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    _project(pytester)
+    pytester.makeconftest(CONNECT_AUDIT)
+    names = _imported(pytester, exports / "langsmith_runs.json")
+
+    first = _run(pytester, pg_admin_url, "golden_traces", "--snapshot-update")
+    again = _run(pytester, pg_admin_url, "golden_traces")
+
+    assert _verdicts(first, names) == EXPECTED, first.stdout.str()[-3000:]
+    assert _verdicts(again, names) == EXPECTED
+    again.stdout.fnmatch_lines(["llmtrace sdks: Langfuse and LangSmith pointed at http://127.0.0.1:*"])
+    hosts = set((pytester.path / "connects.txt").read_text().split())
+    assert hosts, "nothing connected: the audit proves nothing"
+    assert {host for host in hosts if not host.startswith("127.") and host != "::1"} == set()

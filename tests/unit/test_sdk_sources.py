@@ -582,3 +582,29 @@ def test_the_budgets_read_ttft_and_cost_of_imported_langfuse_and_langsmith_trace
     first = float(run_call.span.attributes["gen_ai.server.time_to_first_token"]) * 1000  # type: ignore[arg-type]
     assert latencies_ms(streamed)["ttft"] == pytest.approx(first)
     assert usage_summary(trace_usage(streamed, None)[0])["cost_usd"] == pytest.approx(0.0000594)
+
+
+def test_the_header_says_when_a_sources_golden_sql_is_the_models_answer(
+    langfuse_sent: Collected, pytester: pytest.Pytester
+) -> None:
+    """A Langfuse trace without its tool span (as Langfuse's default export filter leaves it) beside an
+    OpenTelemetry one with its SQL span: the header names the Langfuse case, and only it."""
+    document = _full_trace(langfuse_observations(langfuse_sent.otlp), BAD)
+    document["observations"] = [o for o in document["observations"] if o["type"] != "TOOL"]
+    source = pytester.path / "langfuse_trace.json"
+    source.write_text(json.dumps(document))
+    golden = pytester.path / "golden_traces"
+    assert llmtrace(["import", str(source), "--out", str(golden)]) == 0
+    source.unlink()
+    repo_golden = Path(__file__).resolve().parents[2] / "golden_traces"
+    otel_case = next(p for p in sorted(repo_golden.glob("*.json")) if read_trace(p).sql_statements)
+    (golden / otel_case.name).write_text(otel_case.read_text())
+    pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
+    result = pytester.runpytest_inprocess("--co", "golden_traces")
+    result.stdout.fnmatch_lines(
+        [
+            "llmtrace golden sql: 1 of 1 Langfuse golden case(s) have no DB span; "
+            "the SQL judged is the model's answer (*)"
+        ]
+    )
+    assert "OpenTelemetry golden case(s)" not in result.stdout.str()
