@@ -194,7 +194,8 @@ IMPORT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "jsonl-unknown-line": (
         lambda p: write_lines(p, json.dumps(request(span(A))), '{"hello": "world"}'),
         "line 2: $: expected on each line an OTLP ExportTraceServiceRequest, a Phoenix spans page or a Phoenix "
-        "spans dataframe record, got an object with keys {hello}",
+        "spans dataframe record, a Langfuse trace or observations page, or LangSmith runs, got an object with keys "
+        "{hello}",
     ),
     "rest-bad-time": (
         lambda p: write_lines(p, json.dumps({"data": [rest_span(start_time="23/11/2026 17:57")]})),

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TextIO
 
-from pytest_llmtrace.core.errors import TraceFormatWarning, whole_number
+from pytest_llmtrace.core.errors import TraceFormatWarning
 from pytest_llmtrace.sources import redaction_flags
-from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, parse_dedupe, parse_filters
+from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, option_integer, parse_dedupe
 from pytest_llmtrace.sources.capture.golden_dir import CAPTURE_TIME, PROVENANCE, GoldenDir
 from pytest_llmtrace.sources.capture.sdk_api import (
     LAG_NOTE,
@@ -33,21 +33,9 @@ LANGSMITH_ENDPOINT = "LANGSMITH_ENDPOINT"
 def run_sdk(args: argparse.Namespace, name_for: Callable[[Trace], str], out: TextIO, err: TextIO) -> int:
     """As ``command.run``: 0 when every selected trace is in DIR, 1 for a server or trace failure, 2 for options."""
     try:
-        limit = whole_number(args.limit) if args.limit is not None else None
-        seed = whole_number(args.seed)
-        max_bytes = whole_number(args.max_response_bytes)
-        if (args.limit is not None and limit is None) or seed is None or max_bytes is None:
-            raise CaptureError("--limit, --seed and --max-response-bytes take whole numbers", usage=True)
-        filters = parse_filters(
-            since=args.since,
-            until=args.until,
-            errors_only=args.errors_only,
-            root_names=args.root_name,
-            sample=args.sample,
-            seed=seed,
-            limit=limit,
-            trace_ids=[t.replace("-", "") for t in args.trace_id],  # LangSmith shows its trace ids as UUIDs
-        )
+        args.trace_ids = [t.replace("-", "") for t in args.trace_ids]  # LangSmith shows its trace ids as UUIDs
+        filters = Filters.from_args(args)
+        max_bytes = option_integer(args.max_response_bytes, "--max-response-bytes", minimum=1)
         dedupe = parse_dedupe(args.dedupe)
         redactor = redaction_flags.from_args(args)
         source = _source(args, filters, max_bytes)
