@@ -24,6 +24,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from pytest_llmtrace.core.errors import LLMTraceError
+
 RUNS_PATHS = ("/runs/multipart", "/runs/batch", "/runs")
 INFO_PATH = "/info"
 # Runs kept while they wait for their other half; a run that never ends is dropped oldest first past this.
@@ -40,7 +42,7 @@ _INGEST = {
 INFO = {"version": "0.0.0-pytest-llmtrace", "batch_ingest_config": _INGEST, "instance_flags": {}}
 
 
-class RunPostError(ValueError):
+class RunPostError(LLMTraceError, ValueError):
     """A run post the endpoint cannot read (answered 400 and counted)."""
 
 
