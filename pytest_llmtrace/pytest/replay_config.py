@@ -15,7 +15,8 @@ from typing import Literal, cast, get_args
 import pytest
 
 from pytest_llmtrace.checks.check_settings import CHECK_SETTINGS, MARKER_HELP, validate_marks
-from pytest_llmtrace.checks.options import CheckOptions, UnknownName, canonical, number_text
+from pytest_llmtrace.checks.names import UnknownName, canonical
+from pytest_llmtrace.checks.options import CheckOptions, number_text
 from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import whole_number
 from pytest_llmtrace.core.settings import Settings, SettingSpec, declare
