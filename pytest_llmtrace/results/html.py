@@ -227,8 +227,8 @@ def _details(case: CaseRecord) -> str:
         parts.append(f"<p class='bad'>Replay: {_e(miss.get('kind'))}</p><pre>{_e(miss.get('text'))}</pre>")
     semantic = case.get("semantic")
     if semantic:
-        how = "SQL unchanged" if semantic.get("unchanged") else f"{semantic.get('databases')} databases"
-        parts.append(f"<p><b>Semantic</b>: {_e(semantic.get('verdict'))} ({_e(how)})</p>")
+        how = "SQL unchanged" if semantic.get("unchanged") else f"{semantic['databases']} databases"
+        parts.append(f"<p><b>Semantic</b>: {_e(semantic['verdict'])} ({_e(how)})</p>")
     for check in case["checks"]:
         if check.get("status") == "passed" and not check.get("details"):
             continue
@@ -254,7 +254,7 @@ def _slug(text: str, seen: set[str]) -> str:
 
 
 def _case_rows(cases: Sequence[CaseRecord], was: Mapping[str, str | None] | None, phoenix: Sequence[str]) -> str:
-    ordered = sorted(cases, key=lambda c: (_ORDER.get(str(c.get("verdict")), 1), str(c["case_id"])))
+    ordered = sorted(cases, key=lambda c: (_ORDER.get(verdict_of(c), 1), c["case_id"]))
     seen: set[str] = set()
     rows = []
     width = 8 if was is not None else 7
