@@ -125,14 +125,12 @@ class ReplayConfig:
     @classmethod
     def from_config(cls, config: pytest.Config) -> ReplayConfig:
         s = session_settings.of(config)
-        try:
-            match = tuple(canonical(name, tuple(MATCHERS), "replay matcher") for name in s["replay_match"].split())
-        except UnknownName as exc:
-            raise pytest.UsageError(f"{s.values['replay_match'].origin}: {exc}") from None
-        try:
-            question = parse_sources(s["question"])
-        except QuestionSourceError as exc:
-            raise pytest.UsageError(f"{s.values['question'].origin}: {exc}") from None
+        match = s.parsed(
+            "replay_match",
+            lambda text: tuple(canonical(name, tuple(MATCHERS), "replay matcher") for name in text.split()),
+            UnknownName,
+        )
+        question = s.parsed("question", parse_sources, QuestionSourceError)
         return cls(
             settings=s,
             mode=cast("GoldenMode", s["mode"]),  # one of the mode setting's choices, validated by resolve()
