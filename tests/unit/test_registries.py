@@ -117,4 +117,4 @@ def test_a_settings_parse_error_names_the_knob_it_came_from() -> None:
         settings.parsed("app_ready", parse)
     assert settings.parsed("app_ready", str.split) == ["GET", "healthz"]
     with pytest.raises(KeyError):  # only the errors named are the user's mistake
-        settings.parsed("app_ready", lambda text: {}[text], ValueError)
+        settings.parsed("app_ready", lambda text: dict[str, str]()[text], ValueError)
