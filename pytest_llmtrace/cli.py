@@ -52,7 +52,39 @@ def golden_file_name(trace: Trace, sources: Sequence[QuestionSource] | str = DEF
     return f"{slug}-{trace.trace_ids[0][:8]}.json"
 
 
+# What a shell reports for a command killed by SIGPIPE (128 + 13): ``llmtrace show ... | head`` ends as ``cat`` would.
+BROKEN_PIPE_STATUS = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a reader that closes the pipe early (``| head``) ends it quietly, never with a traceback.
+
+    Python ignores SIGPIPE, so a closed stdout surfaces as ``BrokenPipeError`` at the next write or at the exit flush.
+    The recipe in Python's ``signal`` docs: point stdout at devnull so the interpreter's own flush at exit cannot fail
+    again, and exit with the status a shell gives a command SIGPIPE stopped.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # the last buffered lines fail here, inside the handler, not in the interpreter's exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+    return status
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a stream without a descriptor (pytest's capsys)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)

@@ -12,16 +12,15 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
-from pytest_llmtrace.checks.options import (
+from pytest_llmtrace.checks.names import (
     LATENCY_METRICS,
     SPAN_KINDS,
     TOKEN_KINDS,
     TTFT,
-    CheckOptions,
     canonical_metric,
     canonical_token_kind,
-    number_text,
 )
+from pytest_llmtrace.checks.options import CheckOptions, number_text
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
 from pytest_llmtrace.trace.stream_timing import StreamTiming, trace_streams

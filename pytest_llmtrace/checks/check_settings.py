@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from pytest_llmtrace.checks.options import CHECKS, MARKER_ARGUMENTS, CheckOptions
+from pytest_llmtrace.checks.names import CHECKS
+from pytest_llmtrace.checks.options import MARKER_ARGUMENTS, CheckOptions
 from pytest_llmtrace.core.errors import number_text
 from pytest_llmtrace.core.settings import SettingSpec, declare
 

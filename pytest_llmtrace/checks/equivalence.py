@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pytest_llmtrace.checks.options import RESULT_MATCH, ResultMatch
+from pytest_llmtrace.checks.names import RESULT_MATCH, ResultMatch
 from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
 from pytest_llmtrace.checks.sql_text import has_top_level_order_by
 

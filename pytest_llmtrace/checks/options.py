@@ -1,105 +1,49 @@
-"""The facts the checks depend on, written down once: check names, metrics, choices, defaults, and their parsing.
+"""The checks' knobs, written down once: their defaults, their help, and the parsing of ini text and marker values.
 
-Everything else imports from here. The ``llmtrace`` marker's arguments are generated from ``CheckOptions``, and so
-are the ini keys' defaults and help and the marker's help line (``check_settings``), so a default or a new knob is
-added in one place and cannot drift between the ini file, the marker and the ``llmtrace_check`` helpers.
+The names the knobs take (checks, metrics, token kinds) are ``checks.names``. The ``llmtrace`` marker's arguments are
+generated from ``CheckOptions``, and so are the ini keys' defaults and help and the marker's help line
+(``check_settings``), so a default or a new knob is added in one place and cannot drift between the ini file, the
+marker and the ``llmtrace_check`` helpers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 import pytest
-from openinference.semconv.trace import OpenInferenceSpanKindValues
 
-from pytest_llmtrace.core.errors import LLMTraceError, did_you_mean, number_text, whole_number
+from pytest_llmtrace.checks.names import (
+    CHECKS,
+    LATENCY_METRICS,
+    RESULT_MATCH,
+    TOKEN_KINDS,
+    CheckName,
+    ResultMatch,
+    UnknownName,
+    canonical,
+    canonical_metric,
+    canonical_token_kind,
+)
+from pytest_llmtrace.core.errors import did_you_mean, number_text, whole_number
 from pytest_llmtrace.core.settings import Settings
 
 __all__ = [
-    "CHECKS",
     "DEADLINE_BUDGET_FACTOR",
     "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_MAX_ROWS",
     "DEFAULT_SQL_TIMEOUT_MS",
-    "LATENCY_METRICS",
     "MARKER_ARGUMENTS",
     "MAX_AUTO_DEADLINE_S",
-    "RESULT_MATCH",
-    "SPAN_KINDS",
-    "TOKEN_KINDS",
-    "TTFT",
-    "CheckName",
     "CheckOptions",
-    "ResultMatch",
-    "UnknownName",
-    "canonical",
-    "canonical_metric",
-    "canonical_token_kind",
     "number_text",
 ]
-
-# The checks a golden case runs, in the order their findings are reported: the one list of check names, which mypy
-# holds every literal check name in a signature to.
-CheckName = Literal["sql", "results", "cost", "latency", "tokens", "snapshot"]
-CHECKS: tuple[CheckName, ...] = get_args(CheckName)
-
-# How result rows are compared (see checks.equivalence.row_order_matters for what each means). ``suite``: when the SQL
-# text changed, the SQL now and the golden SQL are compared on a distilled test suite of databases (checks.semantic);
-# rows are otherwise compared as ``bag``.
-ResultMatch = Literal["bag", "set", "ordered", "none", "suite"]
-RESULT_MATCH: tuple[ResultMatch, ...] = ("bag", "set", "ordered", "none", "suite")
-
-# OpenInference's span kinds, taken from its semantic conventions so a kind added there is known here too. UNKNOWN is
-# what Phoenix calls a span that has no kind: not something to budget. LLM and CHAIN come first because reports list
-# metrics in this order and those two are in nearly every trace.
-_OPENINFERENCE_KINDS = tuple(kind.value for kind in OpenInferenceSpanKindValues if kind.value != "UNKNOWN")
-SPAN_KINDS: tuple[str, ...] = ("LLM", "CHAIN", *(k for k in _OPENINFERENCE_KINDS if k not in ("LLM", "CHAIN")))
-
-# Latency metrics: the whole trace, the span kinds, SQL (spans with a statement, which OTel's database conventions
-# mark, not OpenInference), and ttft: the slowest model call's time to first token (trace.stream_timing).
-TTFT = "ttft"
-LATENCY_METRICS: tuple[str, ...] = ("total", "LLM", "SQL", *SPAN_KINDS[1:], TTFT)
-
-TOKEN_KINDS = ("prompt", "completion", "total")
 
 # The SQL check's limits (CheckOptions' defaults; checks.execute's too).
 DEFAULT_SQL_TIMEOUT_MS = 5000
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
-
-
-class UnknownName(LLMTraceError, ValueError):
-    """A name that is not one of a fixed set (a check, a metric, a token kind), with the nearest valid one."""
-
-    def __init__(self, what: str, name: object, choices: Sequence[str]) -> None:
-        self.what, self.name, self.choices = what, name, tuple(choices)
-        hint = did_you_mean(str(name).strip(), choices, ignore_case=True)
-        hint = f"; {hint}" if hint else ""
-        super().__init__(f"unknown {what} {name!r}{hint} (valid: {', '.join(choices)})")
-
-
-def canonical(name: object, choices: Sequence[str], what: str) -> str:
-    """``name`` spelled as in ``choices``, whatever its letter case (``llm``, ``Total``); else ``UnknownName``.
-
-    An unknown name is a typo, never a value to ignore: a budget on ``LMM`` that silently did nothing would pass
-    every test.
-    """
-    wanted = str(name).strip().lower()
-    for choice in choices:
-        if choice.lower() == wanted:
-            return choice
-    raise UnknownName(what, name, choices)
-
-
-def canonical_metric(name: object) -> str:
-    """The one spelling of a latency metric, used by the ini, the marker and ``llmtrace_check.within_budget``."""
-    return canonical(name, LATENCY_METRICS, "latency metric")
-
-
-def canonical_token_kind(name: object) -> str:
-    return canonical(name, TOKEN_KINDS, "token kind")
 
 
 # -- parsing: one function per knob, for ini text and for marker values alike ------------------------------------------

@@ -19,7 +19,8 @@ from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencie
 from pytest_llmtrace.checks.cost import SqlCost, check_cost, cost_of, measure_cost
 from pytest_llmtrace.checks.equivalence import check_results
 from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
-from pytest_llmtrace.checks.options import CHECKS, CheckName, CheckOptions
+from pytest_llmtrace.checks.names import CHECKS, CheckName
+from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Mode, ReplayMiss, SqlOutcome, Timings
 from pytest_llmtrace.checks.semantic import Verdict, check_semantic, same_sql
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot, snapshot_data

@@ -23,7 +23,8 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 from pytest_llmtrace.checks.budgets import latencies_ms, latency_vs_golden, source_of, tokens_of, tokens_vs_golden
 from pytest_llmtrace.checks.equivalence import compare_results
-from pytest_llmtrace.checks.options import TTFT, CheckOptions
+from pytest_llmtrace.checks.names import TTFT
+from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, SqlOutcome
 from pytest_llmtrace.trace.views import span_kind
 

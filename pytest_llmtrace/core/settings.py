@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import pytest
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 Source = Literal["command line", "environment", "ini", "default"]
+T = TypeVar("T")
 
 PREFIX = "llmtrace_"
 
@@ -92,6 +93,16 @@ class Settings:
 
     def source(self, name: str) -> Source:
         return self.values[name].source
+
+    def parsed(
+        self, name: str, parse: Callable[[str], T], errors: type[Exception] | tuple[type[Exception], ...] = ValueError
+    ) -> T:
+        """The setting's value through ``parse``; a parse error is a ``pytest.UsageError`` naming the knob it came
+        from (``ini llmtrace_app_ready: ...``), so every setting's parsing reads as one line at its caller."""
+        try:
+            return parse(self[name])
+        except errors as exc:
+            raise pytest.UsageError(f"{self.values[name].origin}: {exc}") from None
 
 
 SETTINGS: Registry[SettingSpec] = Registry("setting")

@@ -196,18 +196,9 @@ def configure(config: pytest.Config, record: RunRecord | None) -> None:
     app_port = whole_number(s["app_port"]) if s["app_port"] else None
     if s["app_port"] and not app_port:
         raise pytest.UsageError(f"{s.values['app_port'].origin}: expected a port number, got {s['app_port']!r}")
-    try:
-        argv = parse_command(command) if command else None
-    except ValueError as exc:
-        raise pytest.UsageError(f"{s.values['app_command'].origin}: {exc}") from None
-    try:
-        ready = parse_ready(s["app_ready"])
-    except ValueError as exc:
-        raise pytest.UsageError(f"{s.values['app_ready'].origin}: {exc}") from None
-    try:
-        template = RequestTemplate.parse(s["app_request"], s["app_headers"])
-    except TemplateError as exc:
-        raise pytest.UsageError(f"{s.values['app_request'].origin}: {exc}") from None
+    argv = s.parsed("app_command", parse_command) if command else None
+    ready = s.parsed("app_ready", parse_ready)
+    template = s.parsed("app_request", lambda text: RequestTemplate.parse(text, s["app_headers"]), TemplateError)
     numbers = {}
     for name in ("app_start_timeout_s", "app_span_wait_s", "otlp_port"):
         try:

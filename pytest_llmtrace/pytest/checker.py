@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmtrace.checks.check_settings import options_for
-from pytest_llmtrace.checks.options import CheckName, CheckOptions, UnknownName, canonical_metric, canonical_token_kind
+from pytest_llmtrace.checks.names import CheckName, UnknownName, canonical_metric, canonical_token_kind
+from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, SqlOutcome
 from pytest_llmtrace.checks.runner import CaseInput, run_checks, run_held, sql_of
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshot

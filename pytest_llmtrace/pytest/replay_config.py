@@ -15,7 +15,8 @@ from typing import Literal, cast, get_args
 import pytest
 
 from pytest_llmtrace.checks.check_settings import CHECK_SETTINGS, MARKER_HELP, validate_marks
-from pytest_llmtrace.checks.options import CheckOptions, UnknownName, canonical, number_text
+from pytest_llmtrace.checks.names import UnknownName, canonical
+from pytest_llmtrace.checks.options import CheckOptions, number_text
 from pytest_llmtrace.core import settings as session_settings
 from pytest_llmtrace.core.errors import whole_number
 from pytest_llmtrace.core.settings import Settings, SettingSpec, declare
@@ -124,14 +125,12 @@ class ReplayConfig:
     @classmethod
     def from_config(cls, config: pytest.Config) -> ReplayConfig:
         s = session_settings.of(config)
-        try:
-            match = tuple(canonical(name, tuple(MATCHERS), "replay matcher") for name in s["replay_match"].split())
-        except UnknownName as exc:
-            raise pytest.UsageError(f"{s.values['replay_match'].origin}: {exc}") from None
-        try:
-            question = parse_sources(s["question"])
-        except QuestionSourceError as exc:
-            raise pytest.UsageError(f"{s.values['question'].origin}: {exc}") from None
+        match = s.parsed(
+            "replay_match",
+            lambda text: tuple(canonical(name, tuple(MATCHERS), "replay matcher") for name in text.split()),
+            UnknownName,
+        )
+        question = s.parsed("question", parse_sources, QuestionSourceError)
         return cls(
             settings=s,
             mode=cast("GoldenMode", s["mode"]),  # one of the mode setting's choices, validated by resolve()

@@ -104,6 +104,44 @@ class PhoenixRecord(TypedDict):
     trace_id: str
 
 
+class LLMCallRecord(TypedDict):
+    """One model call of ``llm_usage`` (``checks.usage.CallUsage.to_dict()``)."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None  # None: unknown (no recorded cost and no price)
+    cost_source: str
+    ttft_ms: float | None
+    ttft_replayed_ms: float | None
+    tokens_per_s: float | None
+    gap_p95_ms: float | None
+
+
+class LLMUsageRecord(TypedDict):
+    """A case's model calls (``llm_usage``, ``golden_llm_usage``: ``checks.usage.usage_summary``)."""
+
+    cost_usd: float | None  # None when any call's cost is unknown
+    calls_without_llm_span: int
+    ttft_ms: float | None
+    ttft_replayed_ms: float
+    tokens_per_s: float | None
+    gap_p95_ms: float | None
+    calls: list[LLMCallRecord]
+
+
+class SemanticRecord(TypedDict):
+    """``result_match = suite``: the semantic verdict (``checks.semantic.Verdict.to_dict()``, or an unchanged SQL)."""
+
+    verdict: Literal["equivalent", "different", "error"]
+    databases: int
+    build_ms: NotRequired[float]
+    unchanged: NotRequired[bool]  # the SQL text is the golden one: judged equivalent without a suite
+    error: NotRequired[str]
+    counterexample: NotRequired[dict[str, Any]]
+    skipped: NotRequired[list[str]]
+
+
 class CaseRecord(TypedDict):
     """One element of results.json's ``cases``."""
 
@@ -125,13 +163,13 @@ class CaseRecord(TypedDict):
     golden_durations_ms: dict[str, float | None] | None
     replayed_durations_ms: dict[str, float | None]
     timings: TimingsRecord | None
-    llm_usage: NotRequired[dict[str, Any] | None]  # checks.usage.usage_summary: cost_usd, ttft_ms, tokens_per_s, calls
-    golden_llm_usage: NotRequired[dict[str, Any] | None]
+    llm_usage: NotRequired[LLMUsageRecord | None]  # read through usage_of
+    golden_llm_usage: NotRequired[LLMUsageRecord | None]
     question: str | None
     question_source: str | None
     waterfall: WaterfallRecord | None
     golden_waterfall: WaterfallRecord | None
-    semantic: NotRequired[dict[str, Any] | None]  # result_match = suite: the semantic verdict
+    semantic: NotRequired[SemanticRecord | None]  # result_match = suite: the semantic verdict
     # added by the report
     verdict: NotRequired[Literal["passed", "failed", "error"]]
     nodeid: NotRequired[str]
@@ -184,6 +222,9 @@ def read_case(data: Mapping[str, Any]) -> CaseRecord:
     against ``CaseRecord``) instead of asking ``.get`` with a string nothing checks. The fields the report adds stay
     optional."""
     given = {key: value for key, value in data.items() if value is not None}
+    semantic = given.get("semantic")
+    if isinstance(semantic, Mapping):  # a verdict a hand-made file left out is not "equivalent"
+        given["semantic"] = {"verdict": "error", "databases": 0, **semantic}
     return cast(CaseRecord, {**_ABSENT, **given})
 
 
@@ -209,3 +250,42 @@ def verdict_of(case: CaseRecord) -> str:
 def figure_of(values: Mapping[str, float | None] | None, key: str = "total") -> float | None:
     """One figure of ``durations_ms`` / ``tokens`` and their ``golden_`` forms, absent ones as ``None``."""
     return (values or {}).get(key)
+
+
+_NO_CALL: LLMCallRecord = {
+    "model": "unknown",
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cost_usd": None,
+    "cost_source": "",
+    "ttft_ms": None,
+    "ttft_replayed_ms": None,
+    "tokens_per_s": None,
+    "gap_p95_ms": None,
+}
+
+_NO_USAGE: LLMUsageRecord = {
+    "cost_usd": None,
+    "calls_without_llm_span": 0,
+    "ttft_ms": None,
+    "ttft_replayed_ms": 0.0,
+    "tokens_per_s": None,
+    "gap_p95_ms": None,
+    "calls": [],
+}
+
+
+def usage_of(case: CaseRecord, field: Literal["llm_usage", "golden_llm_usage"] = "llm_usage") -> LLMUsageRecord:
+    """A case's model-call figures with every field present, as ``read_case`` does for the case: a case without
+    them (an older results.json, a case whose app failed) reads as no calls, and absent or null call fields as their
+    empty value, so the gate, the reports and the metrics index them (``usage["calls"]``) as mypy checks."""
+    usage: Mapping[str, Any] = case.get(field) or {}
+    if not isinstance(usage, Mapping):
+        return _NO_USAGE
+    calls = [
+        cast(LLMCallRecord, {**_NO_CALL, **{k: v for k, v in call.items() if v is not None}})
+        for call in usage.get("calls") or ()
+        if isinstance(call, Mapping)
+    ]
+    given = {key: value for key, value in usage.items() if value is not None}
+    return cast(LLMUsageRecord, {**_NO_USAGE, **given, "calls": calls})

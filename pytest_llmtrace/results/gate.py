@@ -153,8 +153,8 @@ def _value(
         value = 1 - len(bad) / len(cases) if cases else 0.0  # no cases: nothing passed, fail-closed
         return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), bad)
     if rule.metric == "semantic_match_rate":
-        judged = [(i, c.get("semantic")) for i, c in zip(ids, cases, strict=True) if c.get("semantic")]
-        bad = tuple(i for i, s in judged if not s or s.get("verdict") != "equivalent")
+        judged = [(i, semantic) for i, c in zip(ids, cases, strict=True) if (semantic := c.get("semantic"))]
+        bad = tuple(i for i, s in judged if s["verdict"] != "equivalent")
         value = 1 - len(bad) / len(judged) if judged else 0.0  # nothing judged: fail-closed
         return GateResult(rule, value, _OPERATORS[rule.op](value, rule.threshold), bad)
     if rule.metric.startswith("latency_"):

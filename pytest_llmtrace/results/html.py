@@ -21,7 +21,6 @@ import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
 
 from pytest_llmtrace.core.url_secrets import redact_url
 from pytest_llmtrace.results import gate, llm_report, waterfall
@@ -35,6 +34,7 @@ from pytest_llmtrace.results.case_record import (
     verdict_of,
 )
 from pytest_llmtrace.results.summary import totals, why
+from pytest_llmtrace.results.trace_links import phoenix_link
 
 _ORDER = {"error": 0, "failed": 1, "passed": 2}
 _CSS = """
@@ -64,46 +64,6 @@ details>summary{cursor:pointer;color:#175cd3}tr.more td{background:#fcfcfd;borde
 
 def _e(value: object) -> str:
     return escape(str(value), quote=True)
-
-
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """scheme, host and port of an http(s) URL (the port made explicit), or None."""
-    try:
-        parts = urlsplit(url.strip())
-        scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
-    except ValueError:
-        return None
-    if scheme not in ("http", "https") or not host:
-        return None
-    return scheme, host, port or (443 if scheme == "https" else 80)
-
-
-def _base(url: str) -> str:
-    """The configured Phoenix URL without its user part, query or fragment: what a link may carry."""
-    parts = urlsplit(url.strip())
-    host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
-
-
-def phoenix_link(case: CaseRecord, phoenix: Sequence[str] = ()) -> str | None:
-    """Phoenix's own redirect to a trace by its OTel id, for a golden trace captured from the Phoenix the user
-    configured (``phoenix``: its URLs, from --llmtrace-phoenix or the server the run used).
-
-    A golden file is reviewed as data, not as a list of links: the Phoenix it names is linked to only when it is one
-    of those origins, and the link is built on the configured URL, so a file cannot send a reader elsewhere.
-    """
-    found = case.get("phoenix")
-    if not isinstance(found, Mapping):
-        return None
-    url, trace_id = str(found.get("url") or ""), str(found.get("trace_id") or "")
-    origin = _origin(url)
-    if origin is None or not trace_id:
-        return None
-    for configured in phoenix:
-        if _origin(configured) == origin:
-            return f"{_base(configured)}/redirects/traces/{quote(trace_id, safe='')}"
-    return None
 
 
 def _phoenix_cell(case: CaseRecord, phoenix: Sequence[str]) -> str:
@@ -267,8 +227,8 @@ def _details(case: CaseRecord) -> str:
         parts.append(f"<p class='bad'>Replay: {_e(miss.get('kind'))}</p><pre>{_e(miss.get('text'))}</pre>")
     semantic = case.get("semantic")
     if semantic:
-        how = "SQL unchanged" if semantic.get("unchanged") else f"{semantic.get('databases')} databases"
-        parts.append(f"<p><b>Semantic</b>: {_e(semantic.get('verdict'))} ({_e(how)})</p>")
+        how = "SQL unchanged" if semantic.get("unchanged") else f"{semantic['databases']} databases"
+        parts.append(f"<p><b>Semantic</b>: {_e(semantic['verdict'])} ({_e(how)})</p>")
     for check in case["checks"]:
         if check.get("status") == "passed" and not check.get("details"):
             continue
@@ -294,7 +254,7 @@ def _slug(text: str, seen: set[str]) -> str:
 
 
 def _case_rows(cases: Sequence[CaseRecord], was: Mapping[str, str | None] | None, phoenix: Sequence[str]) -> str:
-    ordered = sorted(cases, key=lambda c: (_ORDER.get(str(c.get("verdict")), 1), str(c["case_id"])))
+    ordered = sorted(cases, key=lambda c: (_ORDER.get(verdict_of(c), 1), c["case_id"]))
     seen: set[str] = set()
     rows = []
     width = 8 if was is not None else 7

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from pytest_llmtrace.results.case_record import CaseRecord
+from pytest_llmtrace.results.case_record import CaseRecord, usage_of
 
 METRICS = ("ttft_p95_ms", "tokens_per_s_p50", "cost_usd", "cost_usd_p95", "error_budget_remaining")
 SLO_RATES = ("sql_success_rate", "result_match_rate")
@@ -30,23 +30,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
-def usage_of(case: CaseRecord) -> dict[str, Any]:
-    usage = case.get("llm_usage")
-    return usage if isinstance(usage, dict) else {}
-
-
-def _figure(case: CaseRecord, key: str) -> float | None:
-    value = usage_of(case).get(key)
+def _figure(case: CaseRecord, key: Literal["ttft_ms", "tokens_per_s", "cost_usd"]) -> float | None:
+    value = usage_of(case)[key]
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def ttft_ms(case: CaseRecord) -> float:
-    value = None if case.get("app_error") else _figure(case, "ttft_ms")
+    value = None if case["app_error"] else _figure(case, "ttft_ms")
     return math.inf if value is None else value
 
 
 def tokens_per_s(case: CaseRecord) -> float:
-    value = None if case.get("app_error") else _figure(case, "tokens_per_s")
+    value = None if case["app_error"] else _figure(case, "tokens_per_s")
     return 0.0 if value is None else value
 
 
@@ -60,7 +55,7 @@ def value(
 ) -> tuple[float, list[tuple[float, str]], bool]:
     """The metric's value over ``cases``, each case's own figure (for naming the cases that pulled it), and whether
     a larger figure is worse (latency, cost) or better (rate, budget)."""
-    ids = [str(c.get("case_id")) for c in cases]
+    ids = [c["case_id"] for c in cases]
     if metric == "ttft_p95_ms":
         figures = [ttft_ms(c) for c in cases]
         return (percentile(figures, 95) if figures else math.inf), list(zip(figures, ids, strict=True)), True
@@ -92,19 +87,19 @@ def totals(cases: Sequence[CaseRecord]) -> dict[str, Any]:
     unknown = False
     for case in cases:
         usage = usage_of(case)
-        if usage.get("calls") and usage.get("cost_usd") is None:
+        if usage["calls"] and usage["cost_usd"] is None:
             unknown = True
-        for call in usage.get("calls") or ():
-            name = str(call.get("model"))
+        for call in usage["calls"]:
+            name = call["model"]
             model = by_model.setdefault(
                 name, {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0, "unknown_calls": 0}
             )
-            model["input_tokens"] += call.get("input_tokens") or 0
-            model["output_tokens"] += call.get("output_tokens") or 0
-            costs_of.setdefault(name, []).append(float(call.get("cost_usd") or 0.0))
-            model["unknown_calls"] += call.get("cost_usd") is None
+            model["input_tokens"] += call["input_tokens"]
+            model["output_tokens"] += call["output_tokens"]
+            costs_of.setdefault(name, []).append(float(call["cost_usd"] or 0.0))
+            model["unknown_calls"] += call["cost_usd"] is None
     for name, found in costs_of.items():
         by_model[name]["cost_usd"] = math.fsum(found)
-    costs = [usage_of(c).get("cost_usd") for c in cases if usage_of(c).get("calls")]
+    costs = [usage["cost_usd"] for c in cases for usage in [usage_of(c)] if usage["calls"]]
     total = None if unknown or not costs else math.fsum(float(c or 0.0) for c in costs)
     return {"cost_usd": total, "models": by_model}

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import Any
 
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.results.case_record import CaseRecord
+from pytest_llmtrace.results.case_record import CaseRecord, usage_of
 from pytest_llmtrace.results.llm_gate import totals
 
 MAX_ROWS = 50
-
-
-def _usage(case: CaseRecord, key: str) -> dict[str, Any]:
-    value = case.get(key)  # llm_usage / golden_llm_usage
-    return value if isinstance(value, dict) else {}
 
 
 def _ms(value: object) -> str:
@@ -35,17 +29,17 @@ def _rows(cases: Sequence[CaseRecord]) -> list[tuple[str, str, str, str, str, st
     """case, TTFT ms (now / golden), tokens/s, cost now, cost golden, replayed part of the TTFT."""
     rows = []
     for case in cases:
-        now, golden = _usage(case, "llm_usage"), _usage(case, "golden_llm_usage")
-        if not now.get("calls") and not golden.get("calls"):
+        now, golden = usage_of(case), usage_of(case, "golden_llm_usage")
+        if not now["calls"] and not golden["calls"]:
             continue
-        replayed = now.get("ttft_replayed_ms") or 0
+        replayed = now["ttft_replayed_ms"]
         rows.append(
             (
-                str(case.get("case_id")),
-                f"{_ms(now.get('ttft_ms'))} / {_ms(golden.get('ttft_ms'))}",
-                _ms(now.get("tokens_per_s")),
-                _cost(now.get("cost_usd")) if now.get("calls") else "-",
-                _cost(golden.get("cost_usd")) if golden.get("calls") else "-",
+                case["case_id"],
+                f"{_ms(now['ttft_ms'])} / {_ms(golden['ttft_ms'])}",
+                _ms(now["tokens_per_s"]),
+                _cost(now["cost_usd"]) if now["calls"] else "-",
+                _cost(golden["cost_usd"]) if golden["calls"] else "-",
                 f"{replayed:.1f}" if replayed else "",
             )
         )
@@ -61,7 +55,7 @@ def total_line(cases: Sequence[CaseRecord]) -> str | None:
         f"{name} {_cost(None if m.get('unknown_calls') else m['cost_usd'])}"
         for name, m in sorted(found["models"].items())
     )
-    counted = sum(1 for c in cases if _usage(c, "llm_usage").get("calls"))
+    counted = sum(1 for c in cases if usage_of(c)["calls"])
     return f"cost: {_cost(found['cost_usd'])} total over {counted} cases ({models})"
 
 

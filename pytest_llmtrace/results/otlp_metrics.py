@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_llmtrace.results import gate
-from pytest_llmtrace.results.case_record import CaseRecord, verdict_of
-from pytest_llmtrace.results.llm_gate import usage_of
+from pytest_llmtrace.results.case_record import CaseRecord, usage_of, verdict_of
 from pytest_llmtrace.results.prom_metrics import LATENCY_BUCKETS_S, LATENCY_KINDS, TTFT_BUCKETS_S, VERDICTS
 
 EXPORT_TIMEOUT_MS = 10_000
@@ -78,22 +77,22 @@ def _record(
     latency = meter.create_histogram("llmtrace_case_latency_seconds", unit="s", description="Each case's latency.")
     for case in cases:
         for kind in LATENCY_KINDS:
-            value = (case.get("durations_ms") or {}).get(kind)
+            value = case["durations_ms"].get(kind)
             if isinstance(value, (int, float)):
                 latency.record(value / 1000, {**base, "kind": kind})
     tokens = meter.create_counter("llmtrace_llm_tokens", description="Tokens the model calls used, by type.")
     cost = meter.create_counter("llmtrace_llm_cost_dollars", unit="USD", description="What the model calls cost.")
     ttft = meter.create_histogram("llmtrace_llm_ttft_seconds", unit="s", description="Each call's time to first token.")
     for case in cases:
-        for call in usage_of(case).get("calls") or ():
-            model = str(call.get("model"))
+        for call in usage_of(case)["calls"]:
+            model = call["model"]
             labels = {**base, "model": model, "model_digest": digests.get(model, "")}
-            tokens.add(call.get("input_tokens") or 0, {**labels, "type": "input"})
-            tokens.add(call.get("output_tokens") or 0, {**labels, "type": "output"})
-            if isinstance(call.get("cost_usd"), (int, float)):
-                cost.add(call["cost_usd"], labels)
-            if isinstance(call.get("ttft_ms"), (int, float)):
-                ttft.record(call["ttft_ms"] / 1000, labels)
+            tokens.add(call["input_tokens"], {**labels, "type": "input"})
+            tokens.add(call["output_tokens"], {**labels, "type": "output"})
+            if (spent := call["cost_usd"]) is not None:
+                cost.add(spent, labels)
+            if (first := call["ttft_ms"]) is not None:
+                ttft.record(first / 1000, labels)
     gates = meter.create_gauge("llmtrace_gate_passed", description="1 when the gate held, 0 when it failed.")
     for result in gate_results:
         gates.set(1 if result.passed else 0, {**base, "gate": str(result.rule)})

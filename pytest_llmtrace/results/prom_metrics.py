@@ -26,8 +26,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmtrace.results import gate
-from pytest_llmtrace.results.case_record import CaseRecord, verdict_of
-from pytest_llmtrace.results.llm_gate import percentile, usage_of
+from pytest_llmtrace.results.case_record import CaseRecord, LLMCallRecord, usage_of, verdict_of
+from pytest_llmtrace.results.llm_gate import percentile
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -86,7 +86,7 @@ class RunCollector:
             values = [
                 float(v) / 1000
                 for c in self.cases
-                for v in [(c.get("durations_ms") or {}).get(kind)]
+                for v in [c["durations_ms"].get(kind)]
                 if isinstance(v, (int, float))
             ]
             if values:
@@ -111,21 +111,21 @@ class RunCollector:
         rate = GaugeMetricFamily(
             "llmtrace_llm_tokens_per_second", "Median tokens per second after the first token.", labels=model_labels
         )
-        calls: dict[str, list[dict[str, Any]]] = {}
+        calls: dict[str, list[LLMCallRecord]] = {}
         for case in self.cases:
-            for call in usage_of(case).get("calls") or ():
-                calls.setdefault(str(call.get("model")), []).append(call)
+            for call in usage_of(case)["calls"]:
+                calls.setdefault(call["model"], []).append(call)
         for model, found in sorted(calls.items()):
             labels = [model, self.digests.get(model, ""), *self._base()]
-            tokens.add_metric(["input", *labels], float(sum(c.get("input_tokens") or 0 for c in found)))
-            tokens.add_metric(["output", *labels], float(sum(c.get("output_tokens") or 0 for c in found)))
-            known = [float(c["cost_usd"]) for c in found if isinstance(c.get("cost_usd"), (int, float))]
+            tokens.add_metric(["input", *labels], float(sum(c["input_tokens"] for c in found)))
+            tokens.add_metric(["output", *labels], float(sum(c["output_tokens"] for c in found)))
+            known = [float(spent) for c in found if (spent := c["cost_usd"]) is not None]
             cost.add_metric(labels, math.fsum(known))
             unknown.add_metric(labels, float(len(found) - len(known)))
-            firsts = [float(c["ttft_ms"]) / 1000 for c in found if isinstance(c.get("ttft_ms"), (int, float))]
+            firsts = [float(first) / 1000 for c in found if (first := c["ttft_ms"]) is not None]
             if firsts:
                 ttft.add_metric(labels, _histogram_buckets(firsts, TTFT_BUCKETS_S), math.fsum(firsts))
-            rates = [float(c["tokens_per_s"]) for c in found if isinstance(c.get("tokens_per_s"), (int, float))]
+            rates = [float(speed) for c in found if (speed := c["tokens_per_s"]) is not None]
             if rates:
                 rate.add_metric(labels, percentile(rates, 50))
         yield from (tokens, cost, unknown, ttft, rate)

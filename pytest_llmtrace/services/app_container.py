@@ -95,8 +95,7 @@ class AppContainer(AppService):
         if not self._running():
             reason = f"the container of {self.image} exited with code {self._exit_code()} before it was ready"
         else:
-            what = f"GET {self._url}{self.ready_path} gave no 2xx" if self.ready_path else f"port {port} did not open"
-            reason = f"{what} within {self.start_timeout_s:g} s (llmtrace_app_start_timeout_s)"
+            reason = self._not_ready(port)
         self._fail(reason, fix, secrets)
 
     def _fail(self, reason: str, fix: str, secrets: list[str]) -> NoReturn:

@@ -160,8 +160,7 @@ class AppService:
         if not process.alive():
             reason = f"`{shown(self._argv)}` exited with code {process.returncode} before it was ready"
         else:
-            what = f"GET {self._url}{self.ready_path} gave no 2xx" if self.ready_path else f"port {port} did not open"
-            reason = f"{what} within {self.start_timeout_s:g} s (llmtrace_app_start_timeout_s)"
+            reason = self._not_ready(port)
             fix = (
                 "check llmtrace_app_ready (GET /path answering 2xx, or empty to wait for the port) and that the "
                 f"service listens on 127.0.0.1:{{port}}; or raise llmtrace_app_start_timeout_s. {fix}"
@@ -169,6 +168,11 @@ class AppService:
         log = process.log_tail()
         self._stop_process()
         raise ServiceStartError("app", "command", reason, log=log, fix=fix)
+
+    def _not_ready(self, port: int) -> str:
+        """Why a service that is still running was not ready in time (the process's and the container's words)."""
+        what = f"GET {self._url}{self.ready_path} gave no 2xx" if self.ready_path else f"port {port} did not open"
+        return f"{what} within {self.start_timeout_s:g} s (llmtrace_app_start_timeout_s)"
 
     def _ready(self) -> bool:
         if self.ready_path is not None:

@@ -27,10 +27,10 @@ from pytest_llmtrace.modelapi.replay import (
     MATCHERS,
     ReplayBackend,
     ReplayServer,
-    format_prompt_diff,
     register_matcher,
     replay_server,
 )
+from pytest_llmtrace.modelapi.replay_misses import format_prompt_diff
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.otlp import read_trace
 from pytest_llmtrace.trace.views import LLMCall, Message

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from pytest_llmtrace.checks import check_results, check_tokens, row_order_matters
-from pytest_llmtrace.checks.options import RESULT_MATCH, CheckOptions, ResultMatch
+from pytest_llmtrace.checks.names import RESULT_MATCH, ResultMatch
+from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import SqlOutcome
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshotExtension, compare_outcomes, snapshot_data
 from pytest_llmtrace.trace.model import Span, Trace

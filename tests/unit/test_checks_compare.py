@@ -24,7 +24,7 @@ from pytest_llmtrace.checks import (
     strip_code_fences,
 )
 from pytest_llmtrace.checks.budgets import replayed_latencies_ms
-from pytest_llmtrace.checks.options import UnknownName
+from pytest_llmtrace.checks.names import UnknownName
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement
 from pytest_llmtrace.checks.reader_connections import ConnectFailed
 from pytest_llmtrace.trace.model import Span, Trace

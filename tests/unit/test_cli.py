@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,21 @@ def test_console_script_is_installed() -> None:
     assert "usage: llmtrace" in result.stdout
     assert "import" in result.stdout
     assert "show" in result.stdout
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_it_quietly() -> None:
+    """``llmtrace show ... | head -1``: 200 copies print ~280 kB, far past a pipe's 64 kB buffer, so writes after
+    ``head`` exits hit the closed pipe every time; before, that printed a ``BrokenPipeError`` traceback."""
+    script = shutil.which("llmtrace", path=str(Path(sys.executable).parent))
+    assert script is not None, "the llmtrace console script is not installed next to this Python"
+    files = " ".join([shlex.quote(str(REST))] * 200)
+
+    command = f"{shlex.quote(script)} show {files} | head -1; echo llmtrace exit status ${{PIPESTATUS[0]}}"
+
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.stderr == ""  # no traceback
+    assert result.stdout.splitlines() == [f"== {REST}", "llmtrace exit status 141"]
 
 
 # -- hostile sources and hostile output directories --------------------------------------------------------------------

@@ -11,15 +11,8 @@ from openinference.semconv.trace import OpenInferenceSpanKindValues
 
 from pytest_llmtrace.checks import budgets
 from pytest_llmtrace.checks.check_settings import CHECK_SETTINGS, MARKER_HELP
-from pytest_llmtrace.checks.options import (
-    CHECKS,
-    LATENCY_METRICS,
-    MARKER_ARGUMENTS,
-    RESULT_MATCH,
-    CheckOptions,
-    UnknownName,
-    canonical_metric,
-)
+from pytest_llmtrace.checks.names import CHECKS, LATENCY_METRICS, RESULT_MATCH, UnknownName, canonical_metric
+from pytest_llmtrace.checks.options import MARKER_ARGUMENTS, CheckOptions
 from pytest_llmtrace.checks.snapshot import OutcomeSnapshotExtension
 from pytest_llmtrace.core.settings import Resolved, Settings
 from pytest_llmtrace.pytest.replay_config import REPLAY_SETTINGS, parse_case_marks, pass_rate_floor, repeat_of

@@ -13,7 +13,7 @@ import pytest_llmtrace.plugin  # imports every layer, so every setting is declar
 from pytest_llmtrace import cli
 from pytest_llmtrace.core.errors import whole_number
 from pytest_llmtrace.core.registry import DuplicateName, Registry, caller_place
-from pytest_llmtrace.core.settings import SETTINGS, SettingSpec, declare, env_var
+from pytest_llmtrace.core.settings import SETTINGS, Resolved, Settings, SettingSpec, declare, env_var
 from pytest_llmtrace.sources import redaction_key
 from pytest_llmtrace.trace import safejson
 
@@ -105,3 +105,16 @@ def test_the_parsers_that_share_it_keep_their_messages() -> None:
     with pytest.raises(Exception, match=r"expected a positive number of bytes, got '٣'"):
         cli._positive_int("٣")
     assert cli._positive_int("50_000_000") == 50_000_000
+
+
+def test_a_settings_parse_error_names_the_knob_it_came_from() -> None:
+    settings = Settings({"app_ready": Resolved("GET healthz", "ini", "ini llmtrace_app_ready")})
+
+    def parse(text: str) -> str:
+        raise ValueError(f"{text!r} is not GET /path")
+
+    with pytest.raises(pytest.UsageError, match=r"^ini llmtrace_app_ready: 'GET healthz' is not GET /path$"):
+        settings.parsed("app_ready", parse)
+    assert settings.parsed("app_ready", str.split) == ["GET", "healthz"]
+    with pytest.raises(KeyError):  # only the errors named are the user's mistake
+        settings.parsed("app_ready", lambda text: dict[str, str]()[text], ValueError)

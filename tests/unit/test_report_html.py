@@ -27,8 +27,9 @@ from htmlpage import parse
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Measurement, SpanBar, Waterfall
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results.case_record import CaseRecord, as_case
-from pytest_llmtrace.results.html import phoenix_link, render
+from pytest_llmtrace.results.html import render
 from pytest_llmtrace.results.repeats import aggregate
+from pytest_llmtrace.results.trace_links import phoenix_link
 
 HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
 VERDICT_RED = (0xB4, 0x23, 0x18)  # .v-failed's background

@@ -10,8 +10,9 @@ from htmlpage import parse
 
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results.case_record import CaseRecord, read_case
-from pytest_llmtrace.results.html import phoenix_link, render
+from pytest_llmtrace.results.html import render
 from pytest_llmtrace.results.summary import summary_markdown
+from pytest_llmtrace.results.trace_links import phoenix_link
 
 LINK = "[click](https://evil.example/x)"
 IMAGE = "![pixel](https://evil.example/p.png)"

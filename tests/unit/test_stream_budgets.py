@@ -251,7 +251,19 @@ def test_cost_and_ttft_per_case_and_in_total_in_every_report() -> None:
     for case in cases:
         usage = case.get("llm_usage")
         assert usage is not None
-        usage["calls"] = [{"model": "m", "input_tokens": 10, "output_tokens": 5, "cost_usd": 0.25}]
+        usage["calls"] = [
+            {
+                "model": "m",
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "cost_usd": 0.25,
+                "cost_source": "prices",
+                "ttft_ms": None,
+                "ttft_replayed_ms": None,
+                "tokens_per_s": None,
+                "gap_p95_ms": None,
+            }
+        ]
     lines = llm_report.terminal_lines(cases)
     assert lines[-1] == "cost: $0.750000 total over 2 cases (m $0.500000)"
     assert any(line.startswith("b ") and "80.0 / -" in line and "$0.500000" in line for line in lines)

@@ -8,7 +8,6 @@ model before a file name is made or a byte is written; provenance is added after
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import os
 import sys
@@ -23,7 +22,7 @@ from typing import Any, TextIO
 from pytest_llmtrace.core.errors import TraceFormatWarning, did_you_mean
 from pytest_llmtrace.sources import redaction_flags
 from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, option_integer, parse_dedupe
-from pytest_llmtrace.sources.capture.golden_dir import GoldenDir, with_provenance
+from pytest_llmtrace.sources.capture.golden_dir import GoldenDir, captured_now, with_provenance
 from pytest_llmtrace.sources.capture.phoenix_api import MAX_RESPONSE_BYTES, TRACES_PER_REQUEST, PhoenixClient, Source
 from pytest_llmtrace.sources.phoenix_client import API_KEY_ENV
 from pytest_llmtrace.trace.model import Trace
@@ -128,7 +127,7 @@ def run(
     progress = Progress(err)
     golden = GoldenDir(args.out, force=args.force, dedupe=dedupe, name_for=name_for)
     source = Source(client, args.project, filters, progress.update)
-    captured_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    captured_at = captured_now()
     clean = redactor.text if redactor is not None else str  # messages can quote span content
 
     status = 0
@@ -165,12 +164,7 @@ def run(
     status = max(status, 1 if outcome.failed else 0)
     if redactor is not None:
         print(redactor.summary(), file=out)
-    summary = f"wrote {outcome.written} traces ({outcome.spans} spans) to {args.out}"
-    if outcome.unchanged:
-        summary += f"; {outcome.unchanged} unchanged"
-    if outcome.duplicates:
-        summary += f"; {outcome.duplicates} duplicates skipped (--dedupe {args.dedupe})"
-    print(summary, file=out)
+    print(outcome.summary(args.out, args.dedupe), file=out)
     return status
 
 

@@ -3,6 +3,7 @@ against the cases already there, so capturing the same project every week adds o
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +52,20 @@ class Outcome:
     def kept(self) -> int:
         """Traces that are in the directory now because of this capture: what ``--limit`` counts."""
         return self.written + self.unchanged + self.failed
+
+    def summary(self, out: Path, dedupe: str) -> str:
+        """The capture's last line, the same whichever server the traces came from."""
+        line = f"wrote {self.written} traces ({self.spans} spans) to {out}"
+        if self.unchanged:
+            line += f"; {self.unchanged} unchanged"
+        if self.duplicates:
+            line += f"; {self.duplicates} duplicates skipped (--dedupe {dedupe})"
+        return line
+
+
+def captured_now() -> str:
+    """The capture time a golden file's provenance records: UTC, to the second, as ISO 8601 with ``Z``."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class GoldenDir:

@@ -4,7 +4,6 @@ as Phoenix capture, over the readers in ``sdk_api``."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import warnings
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import TextIO
 from pytest_llmtrace.core.errors import TraceFormatWarning
 from pytest_llmtrace.sources import redaction_flags
 from pytest_llmtrace.sources.capture.filters import CaptureError, Filters, option_integer, parse_dedupe
-from pytest_llmtrace.sources.capture.golden_dir import CAPTURE_TIME, PROVENANCE, GoldenDir
+from pytest_llmtrace.sources.capture.golden_dir import CAPTURE_TIME, PROVENANCE, GoldenDir, captured_now
 from pytest_llmtrace.sources.capture.sdk_api import (
     LAG_NOTE,
     LANGSMITH_DEFAULT_ENDPOINT,
@@ -49,7 +48,7 @@ def run_sdk(args: argparse.Namespace, name_for: Callable[[Trace], str], out: Tex
             "warning: --no-redact: the files hold the traces as the server has them, personal data included", file=err
         )
     golden = GoldenDir(args.out, force=args.force, dedupe=dedupe, name_for=name_for)
-    captured_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    captured_at = captured_now()
     clean = redactor.text if redactor is not None else str
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -79,12 +78,7 @@ def run_sdk(args: argparse.Namespace, name_for: Callable[[Trace], str], out: Tex
     outcome = golden.outcome
     if redactor is not None:
         print(redactor.summary(), file=out)
-    summary = f"wrote {outcome.written} traces ({outcome.spans} spans) to {args.out}"
-    if outcome.unchanged:
-        summary += f"; {outcome.unchanged} unchanged"
-    if outcome.duplicates:
-        summary += f"; {outcome.duplicates} duplicates skipped (--dedupe {args.dedupe})"
-    print(summary, file=out)
+    print(outcome.summary(args.out, args.dedupe), file=out)
     return max(status, 1 if outcome.failed else 0)
 
 
