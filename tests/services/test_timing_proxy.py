@@ -1,0 +1,206 @@
+"""The timing proxy in front of a real Ollama (binary, Docker, URL): answers relayed as they come, timed as the
+llama.cpp front times its own. The upstream is a real HTTP server with known delays (``timed_ollama``); every
+assertion is a bound those delays imply, never a race against the wall clock."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from timed_ollama import FIRST_S, GAP_S, MODEL, SERVER_TTFT_NS, TOKENS, WORDS, TimedOllama
+
+from pytest_llmtrace.modelapi import TimingProxy
+from pytest_llmtrace.modelapi.answer_watch import AnswerWatch
+from pytest_llmtrace.trace.stream_timing import FrontTiming, percentile
+
+MS = 1_000_000
+
+
+def _body(path: str, *, stream: bool) -> dict[str, Any]:
+    if path == "/api/generate":
+        return {"model": MODEL, "prompt": "hi", "stream": stream}
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+
+
+def _text(path: str, lines: list[str], *, stream: bool) -> str:
+    """The answer's text as the client read it through the proxy."""
+    if not stream:
+        value = json.loads("".join(lines))
+        if path == "/v1/chat/completions":
+            return str(value["choices"][0]["message"]["content"])
+        return str(value["message"]["content"] if path == "/api/chat" else value["response"])
+    text = ""
+    for line in lines:
+        if path == "/v1/chat/completions":
+            if line.startswith("data: {"):
+                choices = json.loads(line[6:])["choices"]
+                text += choices[0]["delta"].get("content", "") if choices else ""
+        elif line:
+            value = json.loads(line)
+            text += value["message"]["content"] if path == "/api/chat" else value["response"]
+    return text
+
+
+def _one_timing(proxy: TimingProxy, since: int) -> FrontTiming:
+    timings = proxy.stream_log.since(since)
+    assert len(timings) == 1, timings
+    return timings[0]
+
+
+@pytest.fixture
+def upstream() -> Any:
+    with TimedOllama() as server:
+        yield server
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/v1/chat/completions"])
+def test_a_streamed_answer_is_relayed_whole_and_timed_from_its_first_token(upstream: TimedOllama, path: str) -> None:
+    with TimingProxy(upstream.url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        since = time.time_ns()
+        with client.stream("POST", path, json=_body(path, stream=True)) as response:
+            lines = list(response.iter_lines())
+        assert response.status_code == 200
+        assert response.headers["x-timed-ollama"] == "streamed"  # the upstream's headers pass through
+        assert _text(path, lines, stream=True) == "".join(WORDS)
+        timing = _one_timing(proxy, since)
+    assert timing.streamed
+    assert timing.model == MODEL
+    assert timing.completion_tokens == TOKENS  # eval_count on /api, usage.completion_tokens on /v1
+    assert len(timing.chunk_ns) == TOKENS  # the role-only opening chunk and the done chunk carry no token
+    # the role-only chunk left at once; the first token FIRST_S later: TTFT counts from the request to the token
+    assert timing.first_ns - timing.received_ns >= FIRST_S * 1e9
+    assert timing.first_ns == timing.chunk_ns[0]
+    gaps = [b - a for a, b in zip(timing.chunk_ns, timing.chunk_ns[1:], strict=False)]
+    assert percentile(gaps, 95) >= GAP_S * 1e9  # every gap slept at least GAP_S
+    after_first_s = (timing.chunk_ns[-1] - timing.first_ns) / 1e9
+    assert after_first_s >= (TOKENS - 1) * GAP_S
+    tokens_per_s = (TOKENS - 1) / after_first_s  # as stream_timing rates it: tokens after the first, over their time
+    assert 0 < tokens_per_s <= 1 / GAP_S
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_a_whole_ollama_answer_takes_its_ttft_from_ollamas_own_durations(upstream: TimedOllama, path: str) -> None:
+    with TimingProxy(upstream.url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        since = time.time_ns()
+        response = client.post(path, json=_body(path, stream=False))
+        assert response.status_code == 200
+        assert response.headers["x-timed-ollama"] == "whole"
+        assert _text(path, [response.text], stream=False) == "".join(WORDS)
+        timing = _one_timing(proxy, since)
+    assert not timing.streamed
+    assert timing.chunk_ns == ()  # nothing arrived in pieces: no gaps to report
+    assert timing.completion_tokens == TOKENS
+    assert timing.first_ns - timing.received_ns == SERVER_TTFT_NS  # load_duration + prompt_eval_duration
+    assert timing.done_ns - timing.received_ns >= (FIRST_S + (TOKENS - 1) * GAP_S) * 1e9
+
+
+def test_a_whole_openai_answer_has_the_time_to_the_full_answer_as_its_ttft(upstream: TimedOllama) -> None:
+    path = "/v1/chat/completions"
+    with TimingProxy(upstream.url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        since = time.time_ns()
+        response = client.post(path, json=_body(path, stream=False))
+        assert _text(path, [response.text], stream=False) == "".join(WORDS)
+        timing = _one_timing(proxy, since)
+    assert timing.completion_tokens == TOKENS
+    assert timing.first_ns == timing.done_ns  # no durations in the OpenAI shape: the whole answer is the first token
+    assert timing.first_ns - timing.received_ns >= (FIRST_S + (TOKENS - 1) * GAP_S) * 1e9
+
+
+def test_a_stream_reaches_the_client_chunk_by_chunk_not_buffered(upstream: TimedOllama) -> None:
+    """The upstream holds the rest of its stream until the client has read the first token through the proxy: a
+    proxy that buffered would leave both waiting until the hold gives up."""
+    upstream.hold = threading.Event()
+    seen: list[str] = []
+    with (
+        TimingProxy(upstream.url) as proxy,
+        httpx.Client(base_url=proxy.url, timeout=30) as client,
+        client.stream("POST", "/api/chat", json=_body("/api/chat", stream=True)) as response,
+    ):
+        for line in response.iter_lines():
+            if line:
+                seen.append(json.loads(line)["message"]["content"])
+            if seen[-1:] == [WORDS[0]]:
+                upstream.hold.set()
+    assert not upstream.held_too_long
+    assert "".join(seen) == "".join(WORDS)
+
+
+def test_errors_and_other_routes_pass_through_untimed(upstream: TimedOllama) -> None:
+    with TimingProxy(upstream.url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        since = time.time_ns()
+        missing = client.post("/api/chat", json={"model": "nope", "messages": []})
+        tags = client.get("/api/tags")
+        assert proxy.stream_log.since(since) == []
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "model 'nope' not found"}
+    assert tags.json()["models"][0]["name"] == MODEL
+
+
+def test_an_ollama_that_is_down_is_a_502_naming_it_not_a_hang() -> None:
+    with TimedOllama() as gone:
+        url = gone.url
+    with TimingProxy(url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        response = client.post("/api/chat", json=_body("/api/chat", stream=True))
+        assert proxy.stream_log.since(0) == []
+    assert response.status_code == 502
+    assert f"the Ollama at {url} could not be reached" in response.json()["error"]
+
+
+def test_a_line_split_across_reads_is_read_once() -> None:
+    watch = AnswerWatch(0, streamed=True, sse=False)
+    line = json.dumps({"message": {"content": "SELECT"}, "done": False}).encode() + b"\n"
+    watch.feed(line[:7], 10)
+    watch.feed(line[7:], 20)
+    watch.feed(json.dumps({"message": {"content": ""}, "done": True, "eval_count": 1}).encode(), 30)
+    timing = watch.timing(40)
+    assert timing.chunk_ns == (20,)
+    assert timing.completion_tokens == 1
+
+
+def test_the_url_backend_points_the_session_at_the_proxy_and_a_case_reads_its_timings(
+    pytester: pytest.Pytester, upstream: TimedOllama
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import time, httpx, ollama
+        from pytest_llmtrace.modelapi import stream_log
+
+        def test_streamed(llmtrace_ollama):
+            assert llmtrace_ollama.url != {upstream.url!r}
+            assert llmtrace_ollama.extra["upstream"] == {upstream.url!r}
+            since = time.time_ns()
+            pieces = [p.message.content for p in ollama.Client(host=llmtrace_ollama.url).chat(
+                model={MODEL!r}, messages=[{{"role": "user", "content": "hi"}}], stream=True)]
+            assert "".join(pieces) == {"".join(WORDS)!r}
+            (timing,) = stream_log.recent(since)
+            assert timing.first_ns - timing.received_ns >= {FIRST_S * 1e9}
+            assert timing.completion_tokens == {TOKENS}
+        """
+    )
+    result = pytester.runpytest_inprocess(
+        "-o", f"llmtrace_ollama={upstream.url}", "-o", f"llmtrace_ollama_model={MODEL}"
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_a_backend_down_mid_session_fails_the_case_with_the_reason(pytester: pytest.Pytester) -> None:
+    with TimedOllama() as upstream:
+        pytester.makepyfile(
+            f"""
+            import ollama, timed_ollama
+
+            def test_after_ollama_went_away(llmtrace_ollama):
+                timed_ollama.RUNNING[{upstream.url!r}].stop()
+                ollama.Client(host=llmtrace_ollama.url, timeout=30).chat(
+                    model={MODEL!r}, messages=[{{"role": "user", "content": "hi"}}])
+            """
+        )
+        result = pytester.runpytest_inprocess(
+            "-o", f"llmtrace_ollama={upstream.url}", "-o", f"llmtrace_ollama_model={MODEL}"
+        )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*the Ollama at {upstream.url} could not be reached*"])
