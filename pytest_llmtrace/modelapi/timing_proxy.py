@@ -102,7 +102,7 @@ class ProxyHandler(RequestHandler):
                 self._refuse(HTTPError(502, self._unreachable(f"could not be reached ({exc})")), _error)
                 return
             timed = self.command == "POST" and path in TIMED_PATHS and 200 <= response.status < 300
-            timed = timed and response.getheader("Server", "") != STAND_IN
+            timed = timed and response.getheader("Server", "").split()[:1] != [STAND_IN]
             self._relay(response, received if timed else None)
         except OSError:  # the client left, or Ollama broke off mid-answer: the connection ends either way
             self.close_connection = True

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from timed_ollama import FIRST_S, GAP_S, MODEL, SERVER_TTFT_NS, TOKENS, WORDS, TimedOllama
 
-from pytest_llmtrace.modelapi import TimingProxy
+from pytest_llmtrace.modelapi import OllamaAPIServer, TimingProxy, stream_log
 from pytest_llmtrace.modelapi.answer_watch import AnswerWatch
+from pytest_llmtrace.modelapi.scripted import ScriptedBackend
 from pytest_llmtrace.trace.stream_timing import FrontTiming, percentile
 
 MS = 1_000_000
@@ -204,3 +205,19 @@ def test_a_backend_down_mid_session_fails_the_case_with_the_reason(pytester: pyt
         )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*the Ollama at {upstream.url} could not be reached*"])
+
+
+def test_an_upstream_that_is_the_plugins_own_front_is_timed_once() -> None:
+    """A URL backend pointed at the plugin's own front (tests, a shared replay server): the front times the answer,
+    the proxy only relays it, so the case's span gets one timing, not two."""
+    with (
+        OllamaAPIServer(ScriptedBackend({"hi": "SELECT 1"}, MODEL)) as front,
+        TimingProxy(front.url) as proxy,
+        httpx.Client(base_url=proxy.url, timeout=30) as client,
+    ):
+        since = time.time_ns()
+        response = client.post("/api/chat", json=_body("/api/chat", stream=False))
+        assert response.json()["message"]["content"] == "SELECT 1"
+        assert proxy.stream_log.since(since) == []
+        assert len(front.stream_log.since(since)) == 1
+        assert len(stream_log.recent(since)) == 1
