@@ -12,8 +12,9 @@ body and connection limits. An Ollama that cannot be reached is a 502 naming it,
 that stops answering mid-request is a 504 after ``upstream_timeout_s``. A stream cut off mid-way ends the
 connection, so the client sees a truncated answer, as it would from Ollama itself.
 
-An upstream that is itself the plugin's front (``Server: ollama-api-stand-in``, as in tests) times its answers
-already: the proxy then relays without logging, so no call is counted twice.
+An upstream that is the plugin's own front in this process (its ``X-Llmtrace-Front`` header names this process's
+``stream_log.FRONT_ID``) times its answers already: the proxy relays those without logging, so no call counts
+twice. A front in another process (a stand-in ``ollama serve``, a container) is timed like any Ollama.
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ from pytest_llmtrace.core.lifecycle import Lifecycle
 from pytest_llmtrace.modelapi.answer_watch import TIMED_PATHS, AnswerWatch
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, ChatResult, ModelInfo
 from pytest_llmtrace.modelapi.framing import HTTPError, read_body
-from pytest_llmtrace.modelapi.stream_log import StreamLog
+from pytest_llmtrace.modelapi.stream_log import FRONT_HEADER, FRONT_ID, StreamLog
 from pytest_llmtrace.modelapi.transport import Limits, RequestHandler, RouteServer
 
 CONNECT_TIMEOUT_S = 10.0
 UPSTREAM_TIMEOUT_S = 600.0  # between two reads from Ollama: a cold model load on a CPU can take minutes
-STAND_IN = "ollama-api-stand-in"  # the Server header of the plugin's own front
 # Per connection, never forwarded (RFC 9110 7.6.1); the proxy frames its own side
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"}
@@ -74,6 +74,7 @@ class ProxyHandler(RequestHandler):
 
     server: ProxyServer
     server_version = "llmtrace-timing-proxy"
+    timed_here = False  # the upstream's front header (when it has one) passes through instead
 
     def _answer(self) -> None:
         try:
@@ -102,7 +103,7 @@ class ProxyHandler(RequestHandler):
                 self._refuse(HTTPError(502, self._unreachable(f"could not be reached ({exc})")), _error)
                 return
             timed = self.command == "POST" and path in TIMED_PATHS and 200 <= response.status < 300
-            timed = timed and response.getheader("Server", "").split()[:1] != [STAND_IN]
+            timed = timed and response.getheader(FRONT_HEADER) != FRONT_ID  # a front of ours here timed it
             self._relay(response, received if timed else None)
         except OSError:  # the client left, or Ollama broke off mid-answer: the connection ends either way
             self.close_connection = True

@@ -5,8 +5,11 @@ assertion is a bound those delays imply, never a race against the wall clock."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -207,9 +210,9 @@ def test_a_backend_down_mid_session_fails_the_case_with_the_reason(pytester: pyt
     result.stdout.fnmatch_lines([f"*the Ollama at {upstream.url} could not be reached*"])
 
 
-def test_an_upstream_that_is_the_plugins_own_front_is_timed_once() -> None:
-    """A URL backend pointed at the plugin's own front (tests, a shared replay server): the front times the answer,
-    the proxy only relays it, so the case's span gets one timing, not two."""
+def test_an_upstream_that_is_the_plugins_own_front_in_this_process_is_timed_once() -> None:
+    """A URL backend pointed at the plugin's own front in this process (a test's stand-in): the front times the
+    answer, the proxy only relays it, so the case's span gets one timing, not two."""
     with (
         OllamaAPIServer(ScriptedBackend({"hi": "SELECT 1"}, MODEL)) as front,
         TimingProxy(front.url) as proxy,
@@ -221,3 +224,38 @@ def test_an_upstream_that_is_the_plugins_own_front_is_timed_once() -> None:
         assert proxy.stream_log.since(since) == []
         assert len(front.stream_log.since(since)) == 1
         assert len(stream_log.recent(since)) == 1
+
+
+def test_the_binary_backend_is_timed_through_the_proxy(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in `ollama serve` (the plugin's front, but in a process of its own, whose timings this process cannot
+    read) is timed by the proxy, as a real `ollama serve` would be."""
+    pytester.mkdir("fixtures").joinpath("Modelfile").write_text("FROM ./model.gguf\n")  # the model is there already
+    bin_dir = pytester.path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ollama"
+    fake.write_text(f"#!{sys.executable}\n" + (Path(__file__).parents[1] / "data" / "fake_ollama.py").read_text())
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_OLLAMA_HAS", "qwen-sql-prod")
+    monkeypatch.setenv("LLMTRACE_OLLAMA_MODELS", str(pytester.path / "models"))
+    pytester.makepyfile(
+        """
+        import time, ollama
+        from urllib.parse import urlsplit
+        from pytest_llmtrace.modelapi import stream_log
+
+        def test_streamed(llmtrace_ollama):
+            assert urlsplit(llmtrace_ollama.extra["upstream"]).port != llmtrace_ollama.port
+            since = time.time_ns()
+            pieces = [p.message.content for p in ollama.Client(host=llmtrace_ollama.url).chat(
+                model="qwen-sql-prod", messages=[{"role": "user", "content": "hi"}], stream=True)]
+            assert "".join(pieces) == "hello"
+            (timing,) = stream_log.recent(since)
+            assert timing.streamed and len(timing.chunk_ns) >= 1 and timing.completion_tokens >= 1
+            assert timing.received_ns <= timing.first_ns <= timing.done_ns
+        """
+    )
+    result = pytester.runpytest_inprocess("--llmtrace-ollama=binary")
+    result.assert_outcomes(passed=1)
