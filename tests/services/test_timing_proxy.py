@@ -19,7 +19,8 @@ from timed_ollama import FIRST_S, GAP_S, MODEL, SERVER_TTFT_NS, TOKENS, WORDS, T
 from pytest_llmtrace.modelapi import OllamaAPIServer, TimingProxy, stream_log
 from pytest_llmtrace.modelapi.answer_watch import AnswerWatch
 from pytest_llmtrace.modelapi.scripted import ScriptedBackend
-from pytest_llmtrace.trace.stream_timing import FrontTiming, percentile
+from pytest_llmtrace.trace.span import Span
+from pytest_llmtrace.trace.stream_timing import FrontTiming, stream_timing, with_front_timing
 
 MS = 1_000_000
 
@@ -78,12 +79,16 @@ def test_a_streamed_answer_is_relayed_whole_and_timed_from_its_first_token(upstr
     # the role-only chunk left at once; the first token FIRST_S later: TTFT counts from the request to the token
     assert timing.first_ns - timing.received_ns >= FIRST_S * 1e9
     assert timing.first_ns == timing.chunk_ns[0]
-    gaps = [b - a for a, b in zip(timing.chunk_ns, timing.chunk_ns[1:], strict=False)]
-    assert percentile(gaps, 95) >= GAP_S * 1e9  # every gap slept at least GAP_S
-    after_first_s = (timing.chunk_ns[-1] - timing.first_ns) / 1e9
-    assert after_first_s >= (TOKENS - 1) * GAP_S
-    tokens_per_s = (TOKENS - 1) / after_first_s  # as stream_timing rates it: tokens after the first, over their time
-    assert 0 < tokens_per_s <= 1 / GAP_S
+    # read back as the checks and reports read a call's timing: from the app's span around the request
+    span = Span("t" * 32, "s" * 16, None, "chat", timing.received_ns - MS, timing.done_ns + MS)
+    read = stream_timing(with_front_timing(span, timing), timing.completion_tokens)
+    assert read is not None
+    assert read.ttft_ms >= FIRST_S * 1000
+    assert read.gap_p95_ms is not None
+    assert read.gap_p95_ms >= GAP_S * 1000
+    # TOKENS - 1 tokens after the first, each at least GAP_S after the one before
+    assert read.tokens_per_s is not None
+    assert 0 < read.tokens_per_s <= 1 / GAP_S
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
@@ -100,6 +105,15 @@ def test_a_whole_ollama_answer_takes_its_ttft_from_ollamas_own_durations(upstrea
     assert timing.completion_tokens == TOKENS
     assert timing.first_ns - timing.received_ns == SERVER_TTFT_NS  # load_duration + prompt_eval_duration
     assert timing.done_ns - timing.received_ns >= (FIRST_S + (TOKENS - 1) * GAP_S) * 1e9
+    span = Span("t" * 32, "s" * 16, None, "chat", timing.received_ns, timing.done_ns)
+    read = stream_timing(with_front_timing(span, timing), timing.completion_tokens)
+    assert read is not None
+    assert read.ttft_ms == SERVER_TTFT_NS / MS
+    assert read.gap_p95_ms is None  # one piece: no gaps
+    # the rest of the answer came after the server's TTFT: at least the delays less it, for TOKENS - 1 tokens
+    rest_s = FIRST_S + (TOKENS - 1) * GAP_S - SERVER_TTFT_NS / 1e9
+    assert read.tokens_per_s is not None
+    assert 0 < read.tokens_per_s <= (TOKENS - 1) / rest_s
 
 
 def test_a_whole_openai_answer_has_the_time_to_the_full_answer_as_its_ttft(upstream: TimedOllama) -> None:
