@@ -96,16 +96,22 @@ class ProxyHandler(RequestHandler):
                     self.command, self.server.base_path + self.path, body=raw, headers=self._forwarded(raw)
                 )
                 response = upstream.getresponse()
+                streamed = response.getheader("Content-Length") is None and _has_body(self.command, response.status)
+                whole = None if streamed else response.read()  # before answering: a failure is still a 502
+                read_ns = time.time_ns()
             except TimeoutError:
                 self._refuse(HTTPError(504, self._unreachable("did not answer in time")), _error)
                 return
             except OSError as exc:
                 self._refuse(HTTPError(502, self._unreachable(f"could not be reached ({exc})")), _error)
                 return
+            except http.client.HTTPException as exc:  # a broken status line, a body cut short
+                self._refuse(HTTPError(502, self._unreachable(f"sent no valid answer ({exc!r})")), _error)
+                return
             timed = self.command == "POST" and path in TIMED_PATHS and 200 <= response.status < 300
             timed = timed and response.getheader(FRONT_HEADER) != FRONT_ID  # a front of ours here timed it
-            self._relay(response, received if timed else None)
-        except OSError:  # the client left, or Ollama broke off mid-answer: the connection ends either way
+            self._relay(response, whole, read_ns, received if timed else None)
+        except (OSError, http.client.HTTPException):  # the client left, or Ollama broke off mid-stream
             self.close_connection = True
         finally:
             upstream.close()
@@ -130,25 +136,29 @@ class ProxyHandler(RequestHandler):
             headers["Content-Length"] = str(len(raw))
         return headers
 
-    def _relay(self, response: http.client.HTTPResponse, received_ns: int | None) -> None:
+    def _relay(
+        self, response: http.client.HTTPResponse, whole: bytes | None, read_ns: int, received_ns: int | None
+    ) -> None:
+        """Ollama's status and headers, then its body: ``whole`` (read at ``read_ns``) when it came with a length,
+        else each piece as it arrives, chunked. The timing is logged before the answer's last bytes leave, so a
+        client that has the whole answer finds its timing logged."""
         content_type = response.getheader("Content-Type", "")
-        length = response.getheader("Content-Length")
-        streamed = length is None and self.command != "HEAD" and response.status not in (204, 304)
         watch = None
         if received_ns is not None:
-            watch = AnswerWatch(received_ns, streamed=streamed, sse="text/event-stream" in content_type)
+            watch = AnswerWatch(received_ns, streamed=whole is None, sse="text/event-stream" in content_type)
         self._start_response(response.status)
         for name, value in response.getheaders():
             if name.lower() not in HOP_BY_HOP and name.lower() not in ("content-length", "server", "date"):
                 self.send_header(name, value)
-        if not streamed:
-            body = response.read()
+        if whole is not None:
             if watch is not None:
-                watch.feed(body)
-            self.send_header("Content-Length", str(len(body)))
+                watch.feed(whole, read_ns)
+                self.server.stream_log.add(watch.timing(read_ns))
+            length = response.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length or str(len(whole)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                self.wfile.write(whole)
             self.wfile.flush()
         else:
             self.send_header("Transfer-Encoding", "chunked")
@@ -159,10 +169,14 @@ class ProxyHandler(RequestHandler):
                     watch.feed(data)
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
+            if watch is not None:
+                self.server.stream_log.add(watch.timing())
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-        if watch is not None:
-            self.server.stream_log.add(watch.timing())
+
+
+def _has_body(method: str, status: int) -> bool:
+    return method != "HEAD" and status not in (204, 304) and not 100 <= status < 200
 
 
 def _error(status: int, message: str) -> dict[str, Any]:

@@ -168,6 +168,24 @@ def test_an_ollama_that_is_down_is_a_502_naming_it_not_a_hang() -> None:
     assert f"the Ollama at {url} could not be reached" in response.json()["error"]
 
 
+def test_an_ollama_that_breaks_off_mid_stream_cuts_the_clients_stream_and_the_proxy_serves_on(
+    upstream: TimedOllama,
+) -> None:
+    upstream.break_after_first = True
+    with TimingProxy(upstream.url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        since = time.time_ns()
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            client.stream("POST", "/api/chat", json=_body("/api/chat", stream=True)) as response,
+        ):
+            list(response.iter_lines())
+        assert proxy.stream_log.since(since) == []  # a cut-off answer is no timing
+        upstream.break_after_first = False
+        response = client.post("/api/chat", json=_body("/api/chat", stream=False))
+        assert response.status_code == 200
+        assert len(proxy.stream_log.since(since)) == 1
+
+
 def test_a_line_split_across_reads_is_read_once() -> None:
     watch = AnswerWatch(0, streamed=True, sse=False)
     line = json.dumps({"message": {"content": "SELECT"}, "done": False}).encode() + b"\n"

@@ -29,10 +29,12 @@ RUNNING: dict[str, TimedOllama] = {}  # by URL: how an inner pytest run (in proc
 
 class TimedOllama:
     """The server on a free loopback port, in a daemon thread; ``hold`` (when set) pauses a stream after its first
-    token until the test sets it, to show the token reached the client before the rest existed."""
+    token until the test sets it, to show the token reached the client before the rest existed;
+    ``break_after_first`` ends a stream there."""
 
     def __init__(self) -> None:
         self.hold: threading.Event | None = None
+        self.break_after_first = False  # end a stream's connection after its first token, as a crashing Ollama
         self.held_too_long = False
         handler = type("Handler", (_Handler,), {"owner": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -105,6 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(GAP_S)
             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
             self.wfile.flush()
+            if index == 1 and self.owner.break_after_first:
+                self.close_connection = True
+                return
             hold = self.owner.hold
             if index == 1 and hold is not None and not hold.wait(10):
                 self.owner.held_too_long = True
