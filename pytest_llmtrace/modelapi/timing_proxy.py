@@ -19,6 +19,7 @@ twice. A front in another process (a stand-in ``ollama serve``, a container) is 
 
 from __future__ import annotations
 
+import base64
 import http.client
 import threading
 import time
@@ -26,6 +27,7 @@ import urllib.parse
 from typing import Any
 
 from pytest_llmtrace.core.lifecycle import Lifecycle
+from pytest_llmtrace.core.url_secrets import redact_url
 from pytest_llmtrace.modelapi.answer_watch import TIMED_PATHS, AnswerWatch
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, ChatResult, ModelInfo
 from pytest_llmtrace.modelapi.framing import HTTPError, read_body
@@ -59,12 +61,16 @@ class ProxyServer(RouteServer):
         self.RequestHandlerClass = ProxyHandler
         parts = urllib.parse.urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"the timing proxy needs an http(s) URL for Ollama, not {upstream!r}")
+            raise ValueError(f"the timing proxy needs an http(s) URL for Ollama, not {redact_url(upstream)!r}")
         self.upstream = upstream.rstrip("/")
         self.scheme = parts.scheme
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.upstream_netloc = parts.netloc
+        self.upstream_netloc = parts.netloc.rpartition("@")[2]  # the Host header: never the URL's credentials
+        self.upstream_auth = ""  # a URL's user:password, sent as Basic auth when the client sends none of its own
+        if parts.username is not None:
+            userinfo = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            self.upstream_auth = "Basic " + base64.b64encode(userinfo.encode()).decode()
         self.base_path = parts.path.rstrip("/")
         self.upstream_timeout_s = upstream_timeout_s
 
@@ -123,7 +129,8 @@ class ProxyHandler(RequestHandler):
 
     def _unreachable(self, what: str) -> str:
         return (
-            f"pytest-llmtrace timing proxy: the Ollama at {self.server.upstream} {what}; check that it is running "
+            f"pytest-llmtrace timing proxy: the Ollama at {redact_url(self.server.upstream)} {what}; check that it "
+            "is running "
             "(the binary's log, the container, or the URL you gave)"
         )
 
@@ -132,6 +139,8 @@ class ProxyHandler(RequestHandler):
             k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
         }
         headers["Host"] = self.server.upstream_netloc
+        if self.server.upstream_auth and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = self.server.upstream_auth
         if raw or self.command in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = str(len(raw))
         return headers

@@ -65,12 +65,11 @@ def upstream() -> Any:
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/v1/chat/completions"])
 def test_a_streamed_answer_is_relayed_whole_and_timed_from_its_first_token(upstream: TimedOllama, path: str) -> None:
     with TimingProxy(upstream.url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        upstream.lockstep = threading.Semaphore(0)  # each gap at least GAP_S, wherever it is measured
         since = time.time_ns()
-        with client.stream("POST", path, json=_body(path, stream=True)) as response:
-            lines = list(response.iter_lines())
-        assert response.status_code == 200
-        assert response.headers["x-timed-ollama"] == "streamed"  # the upstream's headers pass through
+        lines = _read_in_lockstep(client, upstream, path)
         assert _text(path, lines, stream=True) == "".join(WORDS)
+        assert not upstream.held_too_long
         timing = _one_timing(proxy, since)
     assert timing.streamed
     assert timing.model == MODEL
@@ -129,22 +128,26 @@ def test_a_whole_openai_answer_has_the_time_to_the_full_answer_as_its_ttft(upstr
 
 
 def test_a_stream_reaches_the_client_chunk_by_chunk_not_buffered(upstream: TimedOllama) -> None:
-    """The upstream holds the rest of its stream until the client has read the first token through the proxy: a
-    proxy that buffered would leave both waiting until the hold gives up."""
-    upstream.hold = threading.Event()
-    seen: list[str] = []
-    with (
-        TimingProxy(upstream.url) as proxy,
-        httpx.Client(base_url=proxy.url, timeout=30) as client,
-        client.stream("POST", "/api/chat", json=_body("/api/chat", stream=True)) as response,
-    ):
-        for line in response.iter_lines():
-            if line:
-                seen.append(json.loads(line)["message"]["content"])
-            if seen[-1:] == [WORDS[0]]:
-                upstream.hold.set()
+    """The upstream holds each next token until the client has read the last one through the proxy: a proxy that
+    buffered would leave both waiting until the upstream gives up."""
+    upstream.lockstep = threading.Semaphore(0)
+    with TimingProxy(upstream.url) as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        lines = _read_in_lockstep(client, upstream, "/api/chat")
     assert not upstream.held_too_long
-    assert "".join(seen) == "".join(WORDS)
+    assert _text("/api/chat", lines, stream=True) == "".join(WORDS)
+
+
+def _read_in_lockstep(client: httpx.Client, upstream: TimedOllama, path: str) -> list[str]:
+    """The streamed answer's lines, each token acknowledged to the upstream as it is read."""
+    lines = []
+    with client.stream("POST", path, json=_body(path, stream=True)) as response:
+        assert response.status_code == 200
+        assert response.headers["x-timed-ollama"] == "streamed"  # the upstream's headers pass through
+        for line in response.iter_lines():
+            lines.append(line)
+            if _text(path, [line], stream=True).strip():
+                upstream.ack()
+    return lines
 
 
 def test_errors_and_other_routes_pass_through_untimed(upstream: TimedOllama) -> None:
@@ -184,6 +187,19 @@ def test_an_ollama_that_breaks_off_mid_stream_cuts_the_clients_stream_and_the_pr
         response = client.post("/api/chat", json=_body("/api/chat", stream=False))
         assert response.status_code == 200
         assert len(proxy.stream_log.since(since)) == 1
+
+
+def test_a_urls_credentials_go_as_basic_auth_never_in_the_host_or_an_error(upstream: TimedOllama) -> None:
+    host = upstream.url.removeprefix("http://")
+    with TimingProxy(f"http://user:s3cret@{host}") as proxy, httpx.Client(base_url=proxy.url, timeout=30) as client:
+        assert client.get("/api/tags", headers={"X-Client": "app"}).status_code == 200
+        assert upstream.headers["Host"] == host
+        assert upstream.headers["Authorization"] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret
+        assert upstream.headers["X-Client"] == "app"  # the client's own headers pass through
+        upstream.stop()
+        down = client.get("/api/tags")
+    assert down.status_code == 502
+    assert "s3cret" not in down.text
 
 
 def test_a_line_split_across_reads_is_read_once() -> None:

@@ -28,12 +28,16 @@ RUNNING: dict[str, TimedOllama] = {}  # by URL: how an inner pytest run (in proc
 
 
 class TimedOllama:
-    """The server on a free loopback port, in a daemon thread; ``hold`` (when set) pauses a stream after its first
-    token until the test sets it, to show the token reached the client before the rest existed;
-    ``break_after_first`` ends a stream there."""
+    """The server on a free loopback port, in a daemon thread.
+
+    ``lockstep`` (when set) makes a stream wait, after each token but the last, until the client has read that token
+    (``ack``) before its next ``GAP_S``: a token then reached the client before the next existed (no buffering), and
+    each token arrives anywhere at least ``GAP_S`` after the one before, however late the machine ran the proxy.
+    ``break_after_first`` ends a stream after its first token."""
 
     def __init__(self) -> None:
-        self.hold: threading.Event | None = None
+        self.lockstep: threading.Semaphore | None = None
+        self.headers: dict[str, str] = {}  # the last request's, as it arrived
         self.break_after_first = False  # end a stream's connection after its first token, as a crashing Ollama
         self.held_too_long = False
         handler = type("Handler", (_Handler,), {"owner": self})
@@ -45,6 +49,11 @@ class TimedOllama:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def ack(self) -> None:
+        """The client has read a token (``lockstep``)."""
+        if self.lockstep is not None:
+            self.lockstep.release()
 
     def __enter__(self) -> TimedOllama:
         self._thread.start()
@@ -71,6 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        self.owner.headers = dict(self.headers)
         if self.path == "/api/version":
             self._json(200, {"version": "0.0.0-timed"})
         elif self.path == "/api/tags":
@@ -79,6 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": "not found"})
 
     def do_POST(self) -> None:
+        self.owner.headers = dict(self.headers)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
         if body.get("model") not in (MODEL, MODEL.split(":")[0]):
             self._json(404, {"error": f"model {body.get('model')!r} not found"})
@@ -110,8 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
             if index == 1 and self.owner.break_after_first:
                 self.close_connection = True
                 return
-            hold = self.owner.hold
-            if index == 1 and hold is not None and not hold.wait(10):
+            lockstep = self.owner.lockstep
+            if 1 <= index < TOKENS and lockstep is not None and not lockstep.acquire(timeout=10):
                 self.owner.held_too_long = True
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
