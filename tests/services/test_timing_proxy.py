@@ -218,7 +218,7 @@ def test_the_url_backend_points_the_session_at_the_proxy_and_a_case_reads_its_ti
 ) -> None:
     pytester.makepyfile(
         f"""
-        import time, httpx, ollama
+        import os, time, httpx, ollama, pytest
         from pytest_llmtrace.modelapi import stream_log
 
         def test_streamed(llmtrace_ollama):
@@ -231,12 +231,31 @@ def test_the_url_backend_points_the_session_at_the_proxy_and_a_case_reads_its_ti
             (timing,) = stream_log.recent(since)
             assert timing.first_ns - timing.received_ns >= {FIRST_S * 1e9}
             assert timing.completion_tokens == {TOKENS}
+
+        @pytest.mark.parametrize("path", ["/api/chat", "/api/generate", "/v1/chat/completions"])
+        @pytest.mark.parametrize("stream", [True, False])
+        def test_each_route(path, stream, llmtrace_ollama):
+            body = {{"model": {MODEL!r}, "stream": stream}}
+            body.update(prompt="hi") if path == "/api/generate" else body.update(messages=[])
+            since = time.time_ns()
+            response = httpx.post(os.environ["OLLAMA_HOST"] + path, json=body, timeout=30)
+            assert response.status_code == 200
+            (timing,) = stream_log.recent(since)
+            assert timing.streamed is stream
+            assert timing.completion_tokens == {TOKENS}
+            ttft_ns = timing.first_ns - timing.received_ns
+            if stream:
+                assert ttft_ns >= {FIRST_S * 1e9}
+            elif path.startswith("/api"):
+                assert ttft_ns == {SERVER_TTFT_NS}
+            else:
+                assert ttft_ns >= {(FIRST_S + (TOKENS - 1) * GAP_S) * 1e9}
         """
     )
     result = pytester.runpytest_inprocess(
         "-o", f"llmtrace_ollama={upstream.url}", "-o", f"llmtrace_ollama_model={MODEL}"
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=7)
 
 
 def test_a_backend_down_mid_session_fails_the_case_with_the_reason(pytester: pytest.Pytester) -> None:
