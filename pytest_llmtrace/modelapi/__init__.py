@@ -11,6 +11,7 @@ from pytest_llmtrace.modelapi.backend import (
     normalize_model_name,
 )
 from pytest_llmtrace.modelapi.server import OllamaAPIServer
+from pytest_llmtrace.modelapi.timing_proxy import TimingProxy
 from pytest_llmtrace.modelapi.transport import Limits
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "ModelBackend",
     "ModelInfo",
     "OllamaAPIServer",
+    "TimingProxy",
     "normalize_model_name",
 ]

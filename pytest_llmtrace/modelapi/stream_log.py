@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -21,6 +22,11 @@ from pytest_llmtrace.modelapi.backend import ChatRequest, ChatResult, ModelBacke
 from pytest_llmtrace.trace.stream_timing import FrontTiming
 
 MAX_KEPT = 10_000  # a long session's timings: the oldest go first, long after their case read them
+# Sent by every front of this process (``X-Llmtrace-Front``): a timing proxy in front of one of them leaves the
+# answer untimed, because ``recent`` reads the front's own timing already; a front in another process (a stand-in
+# `ollama serve`, a container) has another id, and its answers are timed by the proxy, since its logs are not here.
+FRONT_HEADER = "X-Llmtrace-Front"
+FRONT_ID = uuid.uuid4().hex
 
 _LOGS: weakref.WeakSet[StreamLog] = weakref.WeakSet()
 _LOGS_LOCK = threading.Lock()

@@ -45,7 +45,7 @@ from typing import Any
 from pytest_llmtrace.modelapi.backend import BackendError, ModelBackend
 from pytest_llmtrace.modelapi.framing import MAX_LINE, DeadlineReader, HTTPError, read_body
 from pytest_llmtrace.modelapi.loopback import is_loopback_host, is_loopback_origin
-from pytest_llmtrace.modelapi.stream_log import StreamLog
+from pytest_llmtrace.modelapi.stream_log import FRONT_HEADER, FRONT_ID, StreamLog
 
 LINGER_S = 1.0  # after a refusal, how long to read (and drop) what the client is still sending
 LINGER_BYTES = 1 << 20
@@ -171,6 +171,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     server_version = "ollama-api-stand-in"
     sys_version = ""
     server: RouteServer
+    timed_here = True  # this process's ``stream_log`` holds the answers' timings (a proxy's answers: the upstream's)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the app's spans are the record of what happened."""
@@ -318,6 +319,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._started = True
         self.connection.settimeout(self.server.limits.idle_timeout_s)  # for writes: a client that stops reading
         self.send_response(status)
+        if self.timed_here:
+            self.send_header(FRONT_HEADER, FRONT_ID)
 
     def send_bytes(self, status: int, content_type: str, data: bytes) -> None:
         self._start_response(status)

@@ -24,6 +24,7 @@ import pytest
 from pytest_llmtrace.modelapi.modelfile import ModelfileError, parse_modelfile
 from pytest_llmtrace.services import (
     ollama,
+    ollama_timing,
     pg_cluster_cache,
     pg_databases,
     pg_lockdown,
@@ -160,8 +161,18 @@ class ServiceManager:
                     state.write_text(json.dumps(asdict(endpoint)))
         else:
             endpoint = self._start(choice, registration)
+        if service == "ollama" and choice.backend in ollama_timing.TIMED_BACKENDS:
+            endpoint = self._timed(endpoint)
         self._endpoints[service] = endpoint
         return endpoint
+
+    def _timed(self, endpoint: Endpoint) -> Endpoint:
+        """``endpoint`` behind this process's timing proxy, so a real Ollama's answers are timed as the front's are
+        (each process its own: the timings are read where the case runs)."""
+        proxy = ollama_timing.TimedOllama(endpoint)
+        timed = proxy.start()
+        self._owned.append(proxy)
+        return timed
 
     def _start(self, choice: Choice, registration: Registration) -> Endpoint:
         context = BackendContext(

@@ -84,12 +84,14 @@ def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester, postgre
 SLEEPER = """
 import pathlib
 import time
+from urllib.parse import urlsplit
 
 import pytest
 
 @pytest.mark.parametrize("i", range(2))
 def test_sleeps(llmtrace_postgres, llmtrace_ollama, i):
-    servers = f"{llmtrace_postgres.endpoint.extra['pgdata']} {llmtrace_ollama.port}"
+    ollama_port = urlsplit(llmtrace_ollama.extra["upstream"]).port  # `ollama serve`'s, not the timing proxy's
+    servers = f"{llmtrace_postgres.endpoint.extra['pgdata']} {ollama_port}"
     pathlib.Path("servers.txt").write_text(servers)
     time.sleep(60)
 """
