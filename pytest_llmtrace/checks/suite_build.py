@@ -30,7 +30,7 @@ from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.checks.suite_mutants import mutants
 from pytest_llmtrace.checks.suite_perturb import Perturbation, plan
 from pytest_llmtrace.checks.suite_schema import Schema, read_schema
-from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, order_keys_query
+from pytest_llmtrace.checks.suite_sql import Mentions, choice_ties_queries, limit_of, mentions, order_keys_query
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services.pg_suite import SuiteClone, SuiteClones
 
@@ -249,6 +249,7 @@ class SuiteBuilder:
         planned = plan(schema, found, values, witnesses)
         ordered_keys = _read(order_keys_query, gold, None, None)
         limit = _read(limit_of, gold, None, None)
+        choices: list[str] = _read(choice_ties_queries, gold, None, [])
 
         def make(item: tuple[str, list[Perturbation]]) -> _Built | None:
             label, perturbations = item
@@ -259,7 +260,8 @@ class SuiteBuilder:
             entry = _Built(label, clone, self.run(clone.reader_url, gold))
             gold_ok = entry.gold is not None and entry.gold.ok
             ties = bool(gold_ok and ordered_keys and self._ties(clone.reader_url, ordered_keys))
-            if label != "seed" and (not gold_ok or self._undetermined(clone.reader_url, limit, ordered_keys, ties)):
+            undetermined = self._undetermined(clone.reader_url, limit, ordered_keys, ties)
+            if label != "seed" and (not gold_ok or undetermined or self.choice_ties(clone.reader_url, choices)):
                 self.drop(clone)
                 return None
             entry.order_free = ties
@@ -350,6 +352,15 @@ class SuiteBuilder:
             return ties
         outcome = self.run(url, f"SELECT count(*) FROM ({limit[1]}) AS llmtrace_unlimited")
         return not outcome.ok or not outcome.rows or int(outcome.rows[0][0]) > limit[0]
+
+    def choice_ties(self, url: str, queries: Sequence[str]) -> bool:
+        """Whether a DISTINCT ON or a window function picks among tied rows here (``choice_ties_queries``): then
+        the data does not decide which, and a true rewrite may pick another. A check that fails counts as a tie."""
+        for query in queries:
+            outcome = self.run(url, query)
+            if not outcome.ok or outcome.rows:
+                return True
+        return False
 
     def _ties(self, url: str, keys_query: str) -> bool:
         """Whether two adjacent rows of the ordered gold result share their ORDER BY keys (for a LIMIT, anywhere
