@@ -173,7 +173,7 @@ def _shrunk(builder: SuiteBuilder, gold: str, candidate: str, db: SuiteDatabase)
             break
         half = len(perturbations) // 2
         for part in (perturbations[:half], perturbations[half:]):
-            clone = builder.clones.build(part)
+            clone = builder.make_clone(part)
             try:
                 g, n = builder.run(clone.reader_url, gold), builder.run(clone.reader_url, candidate)
                 diff = compare_results(g.rows, n.rows, "bag", golden_sql=None if db.order_free else gold)

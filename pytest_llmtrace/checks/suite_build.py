@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -166,6 +167,28 @@ class SuiteBuilder:
         self._schema: Schema | None = None
         self._suites: dict[str, Suite] = {}
         self._urls: dict[tuple[Perturbation, ...], SuiteClone] = {}
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Make no more clones and run no more queries (the case's deadline passed: ``pg_deadline``'s cancel). The
+        case walks away from the thread that builds; this makes that thread stop at its next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _go_on(self) -> None:
+        if self._cancelled.is_set():
+            raise SuiteError("cancelled at the case's deadline: no more suite databases are made or queried")
+
+    def make_clone(self, perturbations: Sequence[Perturbation]) -> SuiteClone:
+        self._go_on()
+        clone = self.clones.build(perturbations)
+        if self._cancelled.is_set():  # cancelled while it was being made: it is not used
+            self.drop(clone)
+            self._go_on()
+        return clone
 
     @property
     def schema(self) -> Schema:
@@ -176,6 +199,7 @@ class SuiteBuilder:
     def run(self, url: str, sql: str) -> SqlOutcome:
         """``sql`` as the reader on ``url``; a connection that cannot be made raises: that is the server's state, and
         read as a failing query it would drop a database from the suite (or skip it in a verdict) unnoticed."""
+        self._go_on()
         outcome = execute_untrusted(url, sql, self.timeout_ms)
         if outcome.error is not None and outcome.error.startswith(_CONNECTION_ERRORS):
             raise SuiteError(outcome.error)
@@ -222,7 +246,7 @@ class SuiteBuilder:
         """The clone holding ``db``: built once per builder, then reused."""
         clone = self._urls.pop(db.perturbations, None)
         if clone is None:
-            clone = self.clones.build(db.perturbations)
+            clone = self.make_clone(db.perturbations)
         self._urls[db.perturbations] = clone  # the most recently used last
         return clone
 
@@ -253,7 +277,7 @@ class SuiteBuilder:
 
         def make(item: tuple[str, list[Perturbation]]) -> _Built | None:
             label, perturbations = item
-            clone = self.clones.build(perturbations)
+            clone = self.make_clone(perturbations)
             if perturbations and not clone.applied:
                 self.drop(clone)
                 return None
