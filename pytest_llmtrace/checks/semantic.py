@@ -10,12 +10,14 @@ by a value the seed never holds.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pytest_llmtrace.checks.equivalence import ResultDiff, compare_results
 from pytest_llmtrace.checks.outcome import CheckResult
 from pytest_llmtrace.checks.suite_build import Suite, SuiteBuilder, SuiteDatabase
+from pytest_llmtrace.checks.suite_sql import choice_ties_queries
 
 SHOWN_ROWS = 10
 SHOWN_STATEMENTS = 20
@@ -61,7 +63,7 @@ class Verdict:
     build_ms: float = 0.0
     error: str | None = None
     counterexample: Counterexample | None = None
-    skipped: tuple[str, ...] = field(default=())  # databases where the candidate failed (not counted)
+    skipped: tuple[str, ...] = field(default=())  # databases where the candidate failed or picked among ties
 
     @property
     def summary(self) -> str:
@@ -109,6 +111,19 @@ def _judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
     suite = builder.suite(gold, candidate)
     differing: list[tuple[SuiteDatabase, Any, Any, ResultDiff]] = []
     skipped: list[str] = []
+    choices: list[str] | None = None
+    tied = 0
+
+    def choice_queries() -> list[str]:
+        """Either query's DISTINCT ON and window picks (the seed is kept even where the gold query's tie)."""
+        nonlocal choices
+        if choices is None:
+            choices = []
+            for sql in (gold, candidate):
+                with contextlib.suppress(Exception):  # sqlglot raises many types on text it cannot read
+                    choices += choice_ties_queries(sql)
+        return choices
+
     for db in suite.databases:
         url = builder.database(db).reader_url
         gold_outcome = builder.run(url, gold)
@@ -123,9 +138,15 @@ def _judge(builder: SuiteBuilder, gold: str, candidate: str) -> Verdict:
             continue
         order = None if db.order_free else gold
         diff = compare_results(gold_outcome.rows, now.rows, "bag", golden_sql=order)
-        if diff is not None:
+        if diff is not None and builder.choice_ties(url, choice_queries()):
+            skipped.append(db.label)  # a query picks among tied rows here: any pick answers the question
+            tied += 1
+        elif diff is not None:
             differing.append((db, gold_outcome, now, diff))
     counted = len(suite.databases) - len(skipped)
+    if not differing and counted == 0 and tied:
+        error = "on every database of its suite, a DISTINCT ON or window function picks among tied rows: no verdict"
+        return Verdict("error", 0, suite.build_ms, error=error, skipped=tuple(skipped))
     if not differing and counted == 0:
         return Verdict("error", 0, suite.build_ms, error="the golden SQL fails on every database of its suite")
     if not differing:
@@ -152,7 +173,7 @@ def _shrunk(builder: SuiteBuilder, gold: str, candidate: str, db: SuiteDatabase)
             break
         half = len(perturbations) // 2
         for part in (perturbations[:half], perturbations[half:]):
-            clone = builder.clones.build(part)
+            clone = builder.make_clone(part)
             try:
                 g, n = builder.run(clone.reader_url, gold), builder.run(clone.reader_url, candidate)
                 diff = compare_results(g.rows, n.rows, "bag", golden_sql=None if db.order_free else gold)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from pytest_llmtrace.checks.reader_connections import READERS
 from pytest_llmtrace.checks.suite_mutants import mutants
 from pytest_llmtrace.checks.suite_perturb import Perturbation, plan
 from pytest_llmtrace.checks.suite_schema import Schema, read_schema
-from pytest_llmtrace.checks.suite_sql import Mentions, limit_of, mentions, order_keys_query
+from pytest_llmtrace.checks.suite_sql import Mentions, choice_ties_queries, limit_of, mentions, order_keys_query
 from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services.pg_suite import SuiteClone, SuiteClones
 
@@ -166,6 +167,28 @@ class SuiteBuilder:
         self._schema: Schema | None = None
         self._suites: dict[str, Suite] = {}
         self._urls: dict[tuple[Perturbation, ...], SuiteClone] = {}
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Make no more clones and run no more queries (the case's deadline passed: ``pg_deadline``'s cancel). The
+        case walks away from the thread that builds; this makes that thread stop at its next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _go_on(self) -> None:
+        if self._cancelled.is_set():
+            raise SuiteError("cancelled at the case's deadline: no more suite databases are made or queried")
+
+    def make_clone(self, perturbations: Sequence[Perturbation]) -> SuiteClone:
+        self._go_on()
+        clone = self.clones.build(perturbations)
+        if self._cancelled.is_set():  # cancelled while it was being made: it is not used
+            self.drop(clone)
+            self._go_on()
+        return clone
 
     @property
     def schema(self) -> Schema:
@@ -176,6 +199,7 @@ class SuiteBuilder:
     def run(self, url: str, sql: str) -> SqlOutcome:
         """``sql`` as the reader on ``url``; a connection that cannot be made raises: that is the server's state, and
         read as a failing query it would drop a database from the suite (or skip it in a verdict) unnoticed."""
+        self._go_on()
         outcome = execute_untrusted(url, sql, self.timeout_ms)
         if outcome.error is not None and outcome.error.startswith(_CONNECTION_ERRORS):
             raise SuiteError(outcome.error)
@@ -222,7 +246,7 @@ class SuiteBuilder:
         """The clone holding ``db``: built once per builder, then reused."""
         clone = self._urls.pop(db.perturbations, None)
         if clone is None:
-            clone = self.clones.build(db.perturbations)
+            clone = self.make_clone(db.perturbations)
         self._urls[db.perturbations] = clone  # the most recently used last
         return clone
 
@@ -249,17 +273,19 @@ class SuiteBuilder:
         planned = plan(schema, found, values, witnesses)
         ordered_keys = _read(order_keys_query, gold, None, None)
         limit = _read(limit_of, gold, None, None)
+        choices: list[str] = _read(choice_ties_queries, gold, None, [])
 
         def make(item: tuple[str, list[Perturbation]]) -> _Built | None:
             label, perturbations = item
-            clone = self.clones.build(perturbations)
+            clone = self.make_clone(perturbations)
             if perturbations and not clone.applied:
                 self.drop(clone)
                 return None
             entry = _Built(label, clone, self.run(clone.reader_url, gold))
             gold_ok = entry.gold is not None and entry.gold.ok
             ties = bool(gold_ok and ordered_keys and self._ties(clone.reader_url, ordered_keys))
-            if label != "seed" and (not gold_ok or self._undetermined(clone.reader_url, limit, ordered_keys, ties)):
+            undetermined = self._undetermined(clone.reader_url, limit, ordered_keys, ties)
+            if label != "seed" and (not gold_ok or undetermined or self.choice_ties(clone.reader_url, choices)):
                 self.drop(clone)
                 return None
             entry.order_free = ties
@@ -350,6 +376,15 @@ class SuiteBuilder:
             return ties
         outcome = self.run(url, f"SELECT count(*) FROM ({limit[1]}) AS llmtrace_unlimited")
         return not outcome.ok or not outcome.rows or int(outcome.rows[0][0]) > limit[0]
+
+    def choice_ties(self, url: str, queries: Sequence[str]) -> bool:
+        """Whether a DISTINCT ON or a window function picks among tied rows here (``choice_ties_queries``): then
+        the data does not decide which, and a true rewrite may pick another. A check that fails counts as a tie."""
+        for query in queries:
+            outcome = self.run(url, query)
+            if not outcome.ok or outcome.rows:
+                return True
+        return False
 
     def _ties(self, url: str, keys_query: str) -> bool:
         """Whether two adjacent rows of the ordered gold result share their ORDER BY keys (for a LIMIT, anywhere

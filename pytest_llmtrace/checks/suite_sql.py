@@ -253,3 +253,106 @@ def limit_of(sql: str) -> tuple[int, str] | None:
     unlimited = tree.copy()
     unlimited.set("limit", None)
     return int(count.this), unlimited.sql(dialect="postgres")
+
+
+# Window functions whose values do not depend on how the server orders rows with equal ORDER BY keys (peers): ranks
+# give peers one value, and these aggregates over the default frame take all peers at once.
+_PEER_SAFE = ("Rank", "DenseRank", "PercentRank", "CumeDist")
+_PEER_SAFE_AGGREGATES = ("Count", "Sum", "Avg", "Min", "Max")
+
+
+def choice_ties_queries(sql: str) -> list[str]:
+    """Queries that return a row where a DISTINCT ON or a window function of ``sql`` (at any depth) picks among
+    rows its ORDER BY leaves tied, and those rows differ in what it outputs: there the data does not decide the rows,
+    and a true rewrite may break the tie another way. A window whose tie-break cannot be read gives a query that
+    always returns a row (a star in its outputs); a query sqlglot cannot read gives none."""
+    from sqlglot import exp
+
+    tree = parse(sql)
+    if tree is None:
+        return []
+    queries: list[str] = []
+    for select in tree.find_all(exp.Select):
+        on = select.args.get("distinct")
+        on = on.args.get("on") if isinstance(on, exp.Distinct) else None
+        if on is not None:
+            keys = list(on.expressions if isinstance(on, exp.Tuple) else [on])
+            order = select.args.get("order")
+            keys += [_output_key(select, o.this) for o in (order.expressions if order is not None else [])]
+            queries.append(_ties_query(select, keys, []))
+        for window in select.find_all(exp.Window):
+            if window.find_ancestor(exp.Select) is not select or not isinstance(window.this, exp.Func):
+                continue  # a nested query's (its own turn) or a WINDOW clause's definition
+            if _peer_safe(window):
+                continue
+            keys = _window_keys(select, window)
+            queries.append(_ties_query(select, keys, list(window.this.find_all(exp.Column))))
+    return [q for q in queries if q]
+
+
+def _peer_safe(window: Any) -> bool:
+    from sqlglot import exp
+
+    name = type(window.this).__name__
+    if name in _PEER_SAFE:
+        return True
+    named = isinstance(window.args.get("alias"), exp.Identifier) and window.args.get("order") is None
+    return name in _PEER_SAFE_AGGREGATES and window.args.get("spec") is None and not named
+
+
+def _window_keys(select: Any, window: Any) -> list[Any]:
+    """The PARTITION BY and ORDER BY expressions of ``window``, a named window's (``OVER w``) included."""
+    from sqlglot import exp
+
+    parts = [window]
+    alias = window.args.get("alias")
+    if isinstance(alias, exp.Identifier):
+        for named in select.args.get("windows") or []:
+            if isinstance(named.this, exp.Identifier) and named.this.name.lower() == alias.name.lower():
+                parts.insert(0, named)
+    keys: list[Any] = []
+    for part in parts:
+        keys += list(part.args.get("partition_by") or [])
+        order = part.args.get("order")
+        keys += [o.this for o in (order.expressions if order is not None else [])]
+    return keys
+
+
+def _output_key(select: Any, key: Any) -> Any:
+    """An ORDER BY key as an expression: a position or an output alias replaced by the output it names."""
+    from sqlglot import exp
+
+    outputs = list(select.expressions)
+    if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+        index = int(key.this) - 1
+        if 0 <= index < len(outputs):
+            output = outputs[index]
+            return output.this if isinstance(output, exp.Alias) else output
+    if isinstance(key, exp.Column) and not key.table:
+        for output in outputs:
+            if isinstance(output, exp.Alias) and output.alias.lower() == key.name.lower():
+                return output.this
+    return key
+
+
+def _ties_query(select: Any, keys: list[Any], read: list[Any]) -> str:
+    """Rows of ``select``'s FROM, WHERE and GROUP BY with equal ``keys`` that differ in its outputs (other than its
+    windows) or in ``read`` (a window function's arguments); on a star or a correlated query, any equal keys."""
+    from sqlglot import exp
+
+    values = [o.this if isinstance(o, exp.Alias) else o for o in select.expressions]
+    values = [v.copy() for v in values if not v.find(exp.Window)] + [c.copy() for c in read]
+    inner = select.copy()
+    for arg in ("distinct", "order", "limit", "offset", "windows"):
+        inner.set(arg, None)
+    named = [exp.alias_(k.copy(), f"k{i}") for i, k in enumerate(keys)]
+    named += [exp.alias_(v, f"v{i}") for i, v in enumerate(values)]
+    if not named or any(isinstance(v, exp.Star) or v.find(exp.Star) for v in values):
+        return "SELECT 1"  # nothing to compare, or rows a star hides: always undecided
+    inner.set("expressions", named)
+    groups = ", ".join(f"k{i}" for i in range(len(keys)))
+    row = ", ".join(f"v{i}" for i in range(len(values)))
+    differ = f"count(DISTINCT ROW({row})) > 1" if values else "count(*) > 1"
+    group_by = f" GROUP BY {groups}" if keys else ""
+    text = inner.sql(dialect="postgres")
+    return f"SELECT 1 FROM ({text}) AS llmtrace_choice{group_by} HAVING {differ} LIMIT 1"

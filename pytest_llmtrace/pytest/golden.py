@@ -212,7 +212,7 @@ def _replay_case(
             started=started,
             replayed_ms=replayed_ms,
             replayed_spans_ns=replayed_spans_ns,
-            semantic=semantic_judge(request.config, manager, database, options.sql_timeout_ms)
+            semantic=semantic_judge(request.config, manager, database, options.sql_timeout_ms, deadline)
             if options.result_match == "suite"
             else None,
         )

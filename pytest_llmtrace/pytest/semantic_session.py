@@ -11,6 +11,7 @@ import pytest
 from pytest_llmtrace.checks.semantic import Verdict, judge
 from pytest_llmtrace.checks.suite_build import SuiteBuilder
 from pytest_llmtrace.services.manager import ServiceManager
+from pytest_llmtrace.services.pg_deadline import Deadline
 from pytest_llmtrace.services.postgres import PostgresDatabase
 
 _BUILDERS = pytest.StashKey[dict[str, SuiteBuilder]]()
@@ -18,9 +19,17 @@ CACHE_FOLDER = "llmtrace-suites"
 
 
 def semantic_judge(
-    config: pytest.Config, manager: ServiceManager, database: PostgresDatabase, timeout_ms: int
+    config: pytest.Config,
+    manager: ServiceManager,
+    database: PostgresDatabase,
+    timeout_ms: int,
+    deadline: Deadline | None = None,
 ) -> Callable[[str, str], Verdict]:
-    """``judge`` on the session's suites, each query under ``timeout_ms`` (the case's ``sql_timeout_ms``)."""
+    """``judge`` on the session's suites, each query under ``timeout_ms`` (the case's ``sql_timeout_ms``).
+
+    At the case's ``deadline`` the watchdog ends the reader's queries in the suite's clones as anywhere, and the
+    case walks away from the thread judging; the builder is cancelled then (it makes and queries nothing more) and
+    the next case gets a new one."""
 
     def run(gold: str, candidate: str) -> Verdict:
         builders = config.stash.setdefault(_BUILDERS, {})
@@ -33,6 +42,15 @@ def semantic_judge(
             builder = SuiteBuilder(clones, seed.reader_url, database.template, cache_dir=cache_dir)
             builders[database.database] = builder
         builder.timeout_ms = timeout_ms
+        if deadline is not None:
+            used = builder
+
+            def cancel() -> None:
+                used.cancel()
+                if builders.get(database.database) is used:
+                    del builders[database.database]
+
+            deadline.cancel = (*deadline.cancel, cancel)
         return judge(builder, gold, candidate)
 
     return run

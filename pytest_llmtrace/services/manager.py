@@ -27,6 +27,7 @@ from pytest_llmtrace.services import (
     ollama_timing,
     pg_cluster_cache,
     pg_databases,
+    pg_leftovers,
     pg_lockdown,
     pg_session,
     phoenix,
@@ -247,11 +248,19 @@ class ServiceManager:
 
     def suite_clones(self, database: PostgresDatabase) -> SuiteClones:
         """Where ``result_match = suite`` makes its databases: clones of the session's template, perturbed by the
-        admin (whose DSN stays here), read by the session's reader, dropped with the session's database."""
+        admin (whose DSN stays here), read by the session's reader, dropped with the session's database (on a URL
+        server marked with the run, so a killed run's are dropped by the next run there, as its own clone is)."""
         clones = self._suites.get(database.database)
         if clones is None:
             guard = self._guards[database.database]
-            clones = SuiteClones(guard.roles.admin_url, database.template, guard.roles)
+            admin_url = guard.roles.admin_url
+            marker = pg_leftovers.run_marker(self.context.record)
+
+            def mark(name: str) -> None:
+                pg_leftovers.mark(admin_url, name, (), marker)
+
+            kept = self.endpoint("postgres").backend not in pg_lockdown.LOCKED_BACKENDS  # a URL server stays
+            clones = SuiteClones(admin_url, database.template, guard.roles, mark=mark if kept else None)
             self._suites[database.database] = clones
         return clones
 

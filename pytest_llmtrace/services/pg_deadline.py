@@ -37,9 +37,10 @@ _ACTIVITY = """
 SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name
 FROM pg_stat_activity WHERE usename = ANY(%s) AND datname = %s AND pid <> pg_backend_pid()
 """
-# The same in any database: a reader's dblink connection into another database is the case's too.
+# The same in any database: a reader's dblink connection into another database is the case's too, and so are the
+# semantic check's queries in its suite's clones (``result_match = suite``: services/pg_suite.py).
 _ACTIVITY_ANYWHERE = """
-SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name
+SELECT pid, state, query, extract(epoch FROM clock_timestamp() - query_start), application_name, datname
 FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid()
 """
 
@@ -229,12 +230,14 @@ class Watchdog:
             self._allow_login(False)
             cur = self._connection().cursor()
             cur.execute(_ACTIVITY_ANYWHERE, (self.roles,))
-            for _, state, query, seconds, application in cur.fetchall():
+            for _, state, query, seconds, application, database in cur.fetchall():
                 if state == "active" and query:
                     check = application == APPLICATION_NAME
-                    text = " ".join(str(deadline.checking if check and deadline.checking else query).split())
+                    suite = check and database != self.database  # a suite clone: the query is the check's own
+                    shown = deadline.checking if check and not suite and deadline.checking else query
+                    text = " ".join(str(shown).split())
                     text = text if len(text) <= _QUERY_CHARS else text[: _QUERY_CHARS - 3] + "..."
-                    who = "the sql check" if check else "the app"
+                    who = f"the semantic check (in {database})" if suite else "the sql check" if check else "the app"
                     deadline.running.append(f"{who} was running: {text} (for {float(seconds or 0):.1f} s)")
             deadline.backends = self._end_backends()
             deadline.terminated = deadline.backends.found - deadline.backends.surviving

@@ -7,7 +7,10 @@ it refuses is left out. The statements hold only literals and the suite builder'
 values a query mentions are evaluated by the reader first (``checks/suite_build.py``).
 
 Each clone is opened to the session's roles like the session's own clone (``pg_lockdown.open_clone``), so model SQL
-runs on it as the read-only reader, and every clone is dropped by ``close`` (nothing is left on the server).
+runs on it as the read-only reader (and the session's watchdog, which watches those roles in every database, ends it
+at the case deadline), and every clone is dropped by ``close`` (nothing is left on the server). After ``close`` no
+clone is made: a build the deadline abandoned runs on in its thread, and must not leave one behind. On a server
+given by URL each clone carries the run's marker (``pg_leftovers``), so one a killed run left is dropped by the next.
 """
 
 from __future__ import annotations
@@ -16,15 +19,20 @@ import contextlib
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_llmtrace.core.errors import LLMTraceError
 from pytest_llmtrace.services import pg_databases, pg_lockdown
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles
 
 # A perturbation is one or more statements applied all or none (a copied row and its children).
 Perturbation = tuple[str, ...]
+
+
+class SuiteClosed(LLMTraceError):
+    """The session's suite clones were dropped (its database is gone): a build still running makes no more."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,27 @@ class SuiteClone:
 class SuiteClones:
     """Clones of ``template`` made, perturbed and dropped by the admin; read by ``roles.reader``."""
 
-    def __init__(self, admin_url: str, template: str, roles: SessionRoles) -> None:
+    def __init__(
+        self, admin_url: str, template: str, roles: SessionRoles, *, mark: Callable[[str], None] | None = None
+    ) -> None:
         self.admin_url = admin_url
         self.template = template
         self.roles = roles
+        # On a server given by URL: comments a new clone with the run's marker (``pg_leftovers.mark``; passed in, as
+        # ``checks`` reads this module and must not import the run records' Docker sweep)
+        self.mark = mark
         self._names: list[str] = []
         self._lock = threading.Lock()
+        self._closed = False
+
+    def _refuse_when_closed(self, name: str | None = None) -> None:
+        """``SuiteClosed`` after ``close``; ``name`` (just created, perhaps after ``close`` took the list) dropped."""
+        with self._lock:
+            closed = self._closed
+        if closed:
+            if name is not None:
+                pg_databases.drop_database(self.admin_url, name)
+            raise SuiteClosed("the session's suite databases were dropped (its case ended): no new one is made")
 
     def build(self, perturbations: Sequence[Perturbation]) -> SuiteClone:
         """A new clone with each perturbation applied in order; one Postgres refuses (a constraint, a type, a value
@@ -54,8 +77,13 @@ class SuiteClones:
 
         name = f"llmtrace_suite_{uuid.uuid4().hex[:12]}"
         with self._lock:
-            self._names.append(name)
+            if not self._closed:
+                self._names.append(name)
+        self._refuse_when_closed()
         url = pg_databases.clone_database(self.admin_url, self.template, name)
+        if self.mark is not None:  # one statement after creating it, as the session's own clone
+            self.mark(name)
+        self._refuse_when_closed(name)  # ``close`` may have run while it was being copied
         applied: list[Perturbation] = []
         changed = 0
         if perturbations:
@@ -90,8 +118,9 @@ class SuiteClones:
         pg_databases.drop_database(self.admin_url, name)
 
     def close(self) -> None:
-        """Drop every clone made here; one that cannot be dropped does not keep the others."""
+        """Drop every clone made here, and make no more; one that cannot be dropped does not keep the others."""
         with self._lock:
+            self._closed = True
             names, self._names = list(self._names), []
         for name in names:
             with contextlib.suppress(Exception):

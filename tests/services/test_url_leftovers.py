@@ -32,6 +32,17 @@ def test_holds_its_database(llmtrace_postgres):
     pathlib.Path(os.environ["HELD"]).write_text(json.dumps(held))
     time.sleep(300)
 """
+# A run killed while its semantic test suite had databases (``result_match = suite``), as the checks make them
+SUITE_HOLDER = """
+import json, os, pathlib, time
+from pytest_llmtrace.pytest import service_session as services
+
+def test_holds_a_suite_clone(request, llmtrace_postgres):
+    made = services.get_manager(request.config).suite_clones(llmtrace_postgres).build(())
+    held = {"database": llmtrace_postgres.database, "role": llmtrace_postgres.reader_role, "suite": made.name}
+    pathlib.Path(os.environ["HELD"]).write_text(json.dumps(held))
+    time.sleep(300)
+"""
 # Roles a killed run on this server could look like, but that are not this machine's dead runs' to drop.
 FOREIGN = {
     "llmtrace_r_elsewhere": MARKER + json.dumps({"host": "another-ci-runner", "boot": "x", "pid": 1, "started": 0.0}),
@@ -47,11 +58,13 @@ def _exists(url: str) -> dict[str, set[str]]:
         return {"database": databases, "role": {name for (name,) in cur.fetchall()}}
 
 
-def _held_by(pytester: pytest.Pytester, url: str, name: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def _held_by(
+    pytester: pytest.Pytester, url: str, name: str, test_file: str = "test_holder.py"
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """A pytest run on ``url`` that sets up its database, says which, and then sleeps."""
     held = pytester.path / f"{name}.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--llmtrace-postgres={url}", "test_holder.py"],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--llmtrace-postgres={url}", test_file],
         cwd=pytester.path,
         env={**os.environ, "HELD": str(held)},
         stdout=subprocess.PIPE,
@@ -122,3 +135,28 @@ def test_the_next_run_drops_what_a_killed_run_left_and_nothing_else(
     gone = _exists(url)
     assert alive["database"] not in gone["database"]
     assert alive["role"] not in gone["role"]
+
+
+def test_the_next_run_drops_the_suite_clones_a_killed_run_left(
+    pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, pg_admin_url: str
+) -> None:
+    url = pg_admin_url
+    shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
+    pytester.makeini("[pytest]\naddopts = -p no:randomly\n")
+    pytester.makepyfile(test_suite_holder=SUITE_HOLDER)
+    killed, dead = _held_by(pytester, url, "killed", "test_suite_holder.py")
+    try:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(30)
+        assert dead["suite"] in _exists(url)["database"], "SIGKILL gives no chance to clean up: the clone stays"
+
+        pytester.makepyfile(test_next="def test_db(llmtrace_postgres):\n    assert llmtrace_postgres.database\n")
+        pytester.runpytest_subprocess(f"--llmtrace-postgres={url}", "test_next.py", timeout=180).assert_outcomes(
+            passed=1
+        )
+        after = _exists(url)
+        assert dead["suite"] not in after["database"]
+        assert dead["database"] not in after["database"]
+        assert dead["role"] not in after["role"]
+    finally:
+        killed.communicate()

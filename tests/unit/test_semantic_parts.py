@@ -14,7 +14,7 @@ from pytest_llmtrace.checks.suite_build import Suite, SuiteDatabase
 from pytest_llmtrace.checks.suite_mutants import mutants
 from pytest_llmtrace.checks.suite_perturb import copy_rows, delete_rows, edge_values, plan
 from pytest_llmtrace.checks.suite_schema import Column, ForeignKey, Schema, Table, quote_literal
-from pytest_llmtrace.checks.suite_sql import limit_of, mentions, order_keys_query
+from pytest_llmtrace.checks.suite_sql import choice_ties_queries, limit_of, mentions, order_keys_query
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results.case_record import as_case
 
@@ -185,3 +185,53 @@ def test_gate_semantic_match_rate_counts_judged_cases_fail_closed() -> None:
     assert result.cases == ("b",)
     (none,) = gate.evaluate([gate.parse("semantic_match_rate >= 0.9")], [cases[2]], None)  # type: ignore[list-item]
     assert none.value == 0.0
+
+
+@pytest.mark.parametrize(
+    ("sql", "keys", "values"),
+    [
+        (
+            "SELECT DISTINCT ON (customer_id) customer_id, id FROM orders ORDER BY customer_id, ordered_at DESC",
+            "GROUP BY k0, k1, k2",
+            "count(DISTINCT ROW(v0, v1))",
+        ),
+        (  # a named window, in a derived table: the pick is the inner query's
+            "SELECT id FROM (SELECT id, row_number() OVER w AS rn FROM orders WINDOW w AS (PARTITION BY customer_id "
+            "ORDER BY amount)) AS t WHERE rn = 1",
+            "GROUP BY k0, k1",
+            "count(DISTINCT ROW(v0))",
+        ),
+        (  # what lag() reads is compared too: tied rows with other amounts give other previous amounts
+            "SELECT customer_id, lag(amount) OVER (ORDER BY ordered_at) FROM orders",
+            "GROUP BY k0",
+            "count(DISTINCT ROW(v0, v1))",
+        ),
+    ],
+)
+def test_choice_ties_query_groups_by_the_picks_keys(sql: str, keys: str, values: str) -> None:
+    (query,) = choice_ties_queries(sql)
+    assert keys in query
+    assert values in query
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id, rank() OVER (ORDER BY amount DESC) FROM orders",  # peers share a rank
+        # peers summed at once by the default frame
+        "SELECT id, sum(amount) OVER (PARTITION BY customer_id ORDER BY ordered_at) FROM orders",
+        "SELECT DISTINCT customer_id FROM orders ORDER BY customer_id",
+        "SELECT customer_id, max(amount) FROM orders GROUP BY 1",
+    ],
+)
+def test_choice_ties_queries_leave_out_what_ties_cannot_change(sql: str) -> None:
+    assert choice_ties_queries(sql) == []
+
+
+def test_choice_ties_queries_without_keys_tie_every_row() -> None:
+    """row_number() with no PARTITION BY or ORDER BY: all rows are peers, so two rows that differ are a tie; with a
+    star the rows cannot be compared, and the pick is always called undecided."""
+    (query,) = choice_ties_queries("SELECT id, row_number() OVER () FROM orders")
+    assert "GROUP BY" not in query
+    assert "HAVING count(DISTINCT ROW(v0)) > 1" in query
+    assert choice_ties_queries("SELECT *, row_number() OVER (ORDER BY amount) FROM orders") == ["SELECT 1"]
