@@ -115,7 +115,7 @@ def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[s
     """``handler`` on a free loopback port, in a thread; yields the base URL. On exit the server is shut down and the
     thread joined, so a test leaves no thread or socket behind."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

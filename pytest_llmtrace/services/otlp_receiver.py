@@ -97,7 +97,13 @@ class OtlpReceiver:
         server.receiver = self
         self.port = int(server.server_address[1])
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="llmtrace-otlp-receiver", daemon=True)
+        self._thread = threading.Thread(
+            # shutdown() waits out one poll: the default 0.5 s made every stop (a test's, a session's) take that long
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="llmtrace-otlp-receiver",
+            daemon=True,
+        )
         self._thread.start()
         if self.grpc_port is not None:
             from pytest_llmtrace.services.otlp_grpc import start_grpc

@@ -51,8 +51,12 @@ def test_a_run_folder_that_is_not_the_users_own_stops_the_run(
     assert list(elsewhere.iterdir()) == []
 
 
-def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester, postgres_url: str) -> None:
-    """In a subprocess: the project's conftest sets DB_URI in its process's environment. On the session's Postgres."""
+def test_db_uri_is_restored_after_the_session(
+    pytester: pytest.Pytester, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The project's conftest sets DB_URI in its process's environment; in process, so monkeypatch puts this
+    process's back afterwards. On the session's Postgres."""
+    monkeypatch.delenv("DB_URI", raising=False)
     make_project(pytester)
     pytester.makeconftest(
         """
@@ -73,7 +77,7 @@ def test_db_uri_is_restored_after_the_session(pytester: pytest.Pytester, postgre
             assert "prod.example" not in os.environ["DB_URI"]
         """
     )
-    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={postgres_url}", "-s")
+    result = pytester.runpytest_inprocess(f"--llmtrace-postgres={postgres_url}", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*DB_URI RESTORED*"])
 

@@ -163,21 +163,21 @@ def test_embedded_postgres_gives_a_read_only_app_dsn_and_a_writable_owner_dsn(
     assert dead_owner_records() == [], "the run record must be gone after a normal run"
 
 
-def test_sql_fixture_pattern_matching_nothing_is_a_usage_error(pytester: pytest.Pytester) -> None:
+def test_sql_fixture_pattern_matching_nothing_is_a_usage_error(pytester: pytest.Pytester, postgres_url: str) -> None:
     make_project(pytester)
     pytester.makeini("[pytest]\naddopts = -p no:phoenix\nllmtrace_sql_fixtures =\n    db/schema.sql\n")
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result = pytester.runpytest_inprocess(f"--llmtrace-postgres={postgres_url}")
     result.stdout.fnmatch_lines(["*llmtrace_sql_fixtures: 'db/schema.sql' matches no file under *"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "raise pytest.UsageError" not in result.stdout.str(), "the message, not the plugin's code"
 
 
-def test_a_broken_sql_fixture_names_its_file(pytester: pytest.Pytester) -> None:
+def test_a_broken_sql_fixture_names_its_file(pytester: pytest.Pytester, postgres_url: str) -> None:
     make_project(pytester)
     pytester.path.joinpath("fixtures", "company_db", "03_broken.sql").write_text("CREATE TABLE oops (;\n")
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=embedded")
+    result = pytester.runpytest_inprocess(f"--llmtrace-postgres={postgres_url}")
     result.stdout.fnmatch_lines(["*fixtures/company_db/03_broken.sql: loading into database * failed: syntax error*"])
     assert "Traceback" not in result.stdout.str()
 
@@ -185,7 +185,7 @@ def test_a_broken_sql_fixture_names_its_file(pytester: pytest.Pytester) -> None:
 def test_unreachable_url_fails_with_the_reason_and_the_fix(pytester: pytest.Pytester) -> None:
     make_project(pytester)
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
-    result = pytester.runpytest_subprocess("--llmtrace-postgres=postgresql://u:secret@127.0.0.1:9/db")
+    result = pytester.runpytest_inprocess("--llmtrace-postgres=postgresql://u:secret@127.0.0.1:9/db")
     result.stdout.fnmatch_lines(
         [
             "*postgres (url) did not start: cannot connect to postgresql://u:***@127.0.0.1:9/db*",
@@ -312,7 +312,7 @@ def test_a_url_login_that_may_not_create_databases_is_told_what_it_needs(
     limited = database_url(server, "postgres").replace("postgresql://postgres:@", "postgresql://llmtrace_nocreate@")
     make_project(pytester)
     pytester.makepyfile("def test_db(llmtrace_postgres): pass")
-    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={limited}")
+    result = pytester.runpytest_inprocess(f"--llmtrace-postgres={limited}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [

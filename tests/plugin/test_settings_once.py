@@ -28,5 +28,5 @@ def test_every_layer_reads_the_one_resolution_of_the_settings(
             assert (resolved["ollama_model"], resolved.source("ollama_model")) == ("team-model", "ini")
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)

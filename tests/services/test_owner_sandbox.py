@@ -126,7 +126,7 @@ def test_a_trigger_an_owner_app_left_runs_as_no_superuser_when_a_fixture_writes(
 ) -> None:
     _owner_project(pytester)
     pytester.makepyfile(test_spy=SPY_TESTS)
-    result = pytester.runpytest_subprocess(f"--llmtrace-postgres={pg_admin_url}", "-s", "-v", timeout=300)
+    result = pytester.runpytest_inprocess(f"--llmtrace-postgres={pg_admin_url}", "-s", "-v")
     result.assert_outcomes(passed=2)
     ((rows, owner),) = [line.rsplit(" ", 1) for line in _printed(result, "SPY")]
     # before the fix: [('postgres', True)]: the fixture's superuser login ran the owner's trigger
@@ -165,7 +165,7 @@ def test_a_golden_case_whose_sql_leaves_a_trigger_fails_and_the_trigger_is_gone(
             conn.close()
         """
     )
-    result = pytester.runpytest_subprocess(
+    result = pytester.runpytest_inprocess(
         f"--llmtrace-postgres={pg_admin_url}",
         "--llmtrace-replay-speed=virtual",
         "-o",
@@ -175,7 +175,6 @@ def test_a_golden_case_whose_sql_leaves_a_trigger_fails_and_the_trigger_is_gone(
         "-s",
         "golden_traces",
         "test_zz_after.py",
-        timeout=300,
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["golden case customers_by_tier: 2 checks failed"])  # [sql]: several statements
