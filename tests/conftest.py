@@ -7,6 +7,12 @@ from typing import Any
 
 import pytest
 
+# Imported here, in the outer process, before any in-process inner run: pytester forgets the modules an inner run
+# imported once it ends, and a ``requests`` (with ``http.cookiejar``) first imported inside one came back as a second
+# copy whose CookieJar the first copy's sessions (LangSmith's cached client) refused: "You can only merge into
+# CookieJar" in whichever test ran next.
+import requests  # noqa: F401
+
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (the README's test command) runs two workers per core, at most ``--maxprocesses``.
