@@ -97,7 +97,10 @@ class OtlpReceiver:
         server.receiver = self
         self.port = int(server.server_address[1])
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="llmtrace-otlp-receiver", daemon=True)
+        # shutdown() waits for the loop's next poll: at the default 0.5 s, every session's end waited for it
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="llmtrace-otlp-receiver", daemon=True
+        )
         self._thread.start()
         if self.grpc_port is not None:
             from pytest_llmtrace.services.otlp_grpc import start_grpc
