@@ -171,8 +171,11 @@ def explain(cur: psycopg.Cursor[Any], statement: str, *, analyze: bool) -> tuple
     execution's. Raises ``psycopg.Error`` as the statement would.
     """
     options = "ANALYZE, BUFFERS, TIMING OFF, " if analyze else ""
-    cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-    row = cur.execute(f"EXPLAIN ({options}FORMAT JSON) {statement}", **_EXTENDED).fetchone()
+    conn = cur.connection
+    with conn.pipeline():  # the SET and the EXPLAIN in one round trip; an error raises as the block ends
+        conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        cur.execute(f"EXPLAIN ({options}FORMAT JSON) {statement}", **_EXTENDED)
+    row = cur.fetchone()
     if row is None:
         raise AssertionError("EXPLAIN always returns its plan")
     document = json.loads(row[0]) if isinstance(row[0], str) else row[0]  # psycopg parses json; a changed one may not

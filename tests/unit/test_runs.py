@@ -16,6 +16,7 @@ from typing import Any, cast
 import psutil
 import pytest
 
+from pytest_llmtrace.services import user_folder
 from pytest_llmtrace.services.process import OwnedTempDir
 from pytest_llmtrace.services.run_records import RunRecord, reap_orphans, run_context
 from pytest_llmtrace.services.user_folder import UnsafeRunFolder, may_delete, records_dir, user_dir
@@ -214,7 +215,7 @@ def test_only_the_plugins_own_folders_are_deleted(temp_root: Path, tmp_path: Pat
     link.symlink_to(target)
     _dead_run(paths=[own, run, precious, other_kind, link, temp_root / "llmtrace-gone"])
     done = reap_orphans()
-    kinds = f"({temp_root.resolve()}/llmtrace-* or {user_dir().resolve()}/run-*)"
+    kinds = f"({temp_root.resolve()}/llmtrace-*, /dev/shm/llmtrace-* or {user_dir().resolve()}/run-*)"
     assert done == [
         f"removed {own}",
         f"removed {run}",
@@ -249,6 +250,35 @@ def test_temp_folders_are_made_only_of_the_kinds_a_later_run_may_delete() -> Non
     assert may_delete(folder.path) is None
     folder.cleanup()
     assert not folder.path.exists()
+
+
+def test_a_ram_temp_folder_is_in_dev_shm_when_it_has_room_and_a_later_run_may_delete_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = OwnedTempDir("llmtrace-test-", ram=True)
+    try:
+        expected = user_folder.RAM_ROOT if user_folder.ram_root() is not None else Path(tempfile.gettempdir())
+        assert folder.path.parent == expected
+        assert may_delete(folder.path) is None
+    finally:
+        folder.cleanup()
+    assert not folder.path.exists()
+    monkeypatch.setattr(user_folder, "RAM_MIN_FREE_BYTES", 1 << 62)  # no tmpfs has that much free: the temp dir
+    assert user_folder.ram_root() is None
+    folder = OwnedTempDir("llmtrace-test-", ram=True)
+    folder.cleanup()
+    assert folder.path.parent == Path(tempfile.gettempdir())
+
+
+def test_a_folder_of_another_name_in_dev_shm_is_not_the_plugins(tmp_path: Path) -> None:
+    assert may_delete(user_folder.RAM_ROOT) is not None  # /dev/shm itself: its parent is /dev
+    if user_folder.ram_root() is None:
+        pytest.skip("no /dev/shm with room here")
+    other = Path(tempfile.mkdtemp(prefix="other-", dir=user_folder.RAM_ROOT))
+    try:
+        assert "is not a pytest-llmtrace folder" in (may_delete(other) or "")
+    finally:
+        other.rmdir()
 
 
 # -- xdist workers --------------------------------------------------------------------------------------------------
