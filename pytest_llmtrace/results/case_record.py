@@ -10,9 +10,12 @@ the fields the report adds, and those added to schema version 1 later, as possib
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 from pytest_llmtrace.checks.outcome import SCHEMA_VERSION, Basis, Source, Status, Unit
+
+if TYPE_CHECKING:  # typing.NotRequired is Python 3.11+; the annotations are strings (no runtime lookup) on 3.10
+    from typing_extensions import NotRequired
 
 
 class MeasurementRecord(TypedDict):
