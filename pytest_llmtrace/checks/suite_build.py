@@ -200,7 +200,12 @@ class SuiteBuilder:
         """``sql`` as the reader on ``url``; a connection that cannot be made raises: that is the server's state, and
         read as a failing query it would drop a database from the suite (or skip it in a verdict) unnoticed."""
         self._go_on()
-        outcome = execute_untrusted(url, sql, self.timeout_ms)
+        try:
+            outcome = execute_untrusted(url, sql, self.timeout_ms)
+        except Exception as exc:  # the session ended under the query (psycopg's OperationalError)
+            if self._cancelled.is_set():  # by the case's deadline, whose watchdog ends (or kills) the backend
+                raise SuiteError("cancelled at the case's deadline: the query's session was ended") from exc
+            raise
         if outcome.error is not None and outcome.error.startswith(_CONNECTION_ERRORS):
             raise SuiteError(outcome.error)
         return outcome

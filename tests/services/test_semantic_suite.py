@@ -22,8 +22,13 @@ from pytest_llmtrace.checks.suite_build import SuiteBuilder
 from pytest_llmtrace.cli import main
 from pytest_llmtrace.services import pg_databases
 from pytest_llmtrace.services.pg_suite import suite_session
+from pytest_llmtrace.services.postgres import EmbeddedPostgres
 
-pytestmark = pytest.mark.slow  # each pair builds a suite of databases: seconds each on two busy cores
+# Suite clones live on the session's shared Postgres, and these tests count them before and after: under xdist they
+# run on one worker (xdist_group; .ci/run's slow tier distributes with --dist loadgroup), or another worker's clones
+# would show up in their counts.
+SUITE_CLONES = pytest.mark.xdist_group("suite_clones")
+pytestmark = [pytest.mark.slow, SUITE_CLONES]  # each pair builds a suite of databases: seconds each on two busy cores
 
 FIXTURES = [REPO / "fixtures/company_db/01_schema.sql", REPO / "fixtures/company_db/02_seed.sql"]
 
@@ -329,9 +334,21 @@ def _golden_then_now(now: str) -> dict[str, Any]:
     return doc
 
 
+@pytest.fixture
+def own_server_url() -> Iterator[str]:
+    """A server of this test's own: it counts the suite clones left on it after the inner run, and on the session's
+    shared server other tests (and their builders' threads) make and drop clones at any time."""
+    server = EmbeddedPostgres()
+    try:
+        yield server.start().url
+    finally:
+        server.stop()
+
+
 def test_result_match_suite_fails_a_wrong_query_that_returns_the_golden_rows(
-    pytester: pytest.Pytester, pg_admin_url: str
+    pytester: pytest.Pytester, own_server_url: str
 ) -> None:
+    pg_admin_url = own_server_url
     shutil.copytree(REPO / "fixtures" / "company_db", pytester.path / "fixtures" / "company_db")
     shutil.copytree(REPO / "fixtures" / "gateway", pytester.path / "gateway")
     golden = pytester.path / "golden_traces"

@@ -137,6 +137,7 @@ def test_the_next_run_drops_what_a_killed_run_left_and_nothing_else(
     assert alive["role"] not in gone["role"]
 
 
+@pytest.mark.xdist_group("suite_clones")  # counts suite clones on the shared server: see test_suite_clones.py
 def test_the_next_run_drops_the_suite_clones_a_killed_run_left(
     pytester: pytest.Pytester, llmtrace_postgres: PostgresDatabase, pg_admin_url: str
 ) -> None:
