@@ -5,10 +5,9 @@ are found (as the reader: model text never runs as the admin), ``suite_perturb.p
 make, ``services/pg_suite.py`` makes them, and the gold query and its mutants run on each (as the reader). A
 database where the gold query fails, or where its rows are not determined by the data (ties at its ORDER BY), is
 dropped: a rewrite may rightly answer otherwise there. The suite keeps the seed, the broad databases, and the
-targeted ones that kill a mutant the others do not.
-
-A suite is cached on disk as the perturbations each kept database holds (``Suite.to_json``), keyed by the schema
-and seed's digest and the gold SQL, so a later session rebuilds its databases from statements without distilling.
+targeted ones that kill a mutant the others do not. A suite is cached on disk as the perturbations of each kept
+database (``Suite.to_json``), keyed by the schema and seed's digest and the gold SQL: a later session rebuilds its
+databases from statements without distilling.
 """
 
 from __future__ import annotations
