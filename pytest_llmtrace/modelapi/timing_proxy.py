@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import base64
 import http.client
-import threading
 import time
 import urllib.parse
 from typing import Any
 
-from pytest_llmtrace.core.lifecycle import Lifecycle
 from pytest_llmtrace.core.url_secrets import redact_url
 from pytest_llmtrace.modelapi.answer_watch import TIMED_PATHS, AnswerWatch
 from pytest_llmtrace.modelapi.backend import BackendError, ChatRequest, ChatResult, ModelInfo
 from pytest_llmtrace.modelapi.framing import HTTPError, read_body
-from pytest_llmtrace.modelapi.stream_log import FRONT_HEADER, FRONT_ID, StreamLog
+from pytest_llmtrace.modelapi.stream_log import FRONT_HEADER, FRONT_ID
+from pytest_llmtrace.modelapi.threaded_front import ThreadedFront
 from pytest_llmtrace.modelapi.transport import Limits, RequestHandler, RouteServer
 
 CONNECT_TIMEOUT_S = 10.0
@@ -192,8 +191,11 @@ def _error(status: int, message: str) -> dict[str, Any]:
     return {"error": message}  # Ollama's shape; the ``ollama`` client raises ``ResponseError(message, status)``
 
 
-class TimingProxy(Lifecycle["TimingProxy"]):
+class TimingProxy(ThreadedFront["TimingProxy"]):
     """The proxy in a daemon thread on a free loopback port; ``url`` is what ``OLLAMA_HOST`` should be set to."""
+
+    what = "the timing proxy"
+    thread_name = "ollama-timing"
 
     def __init__(
         self,
@@ -204,41 +206,10 @@ class TimingProxy(Lifecycle["TimingProxy"]):
         limits: Limits | None = None,
         upstream_timeout_s: float = UPSTREAM_TIMEOUT_S,
     ) -> None:
-        super().__init__()
+        super().__init__(host, port)
         self.upstream = upstream if "://" in upstream else "http://" + upstream  # OLLAMA_HOST is often host:port
         self.limits = limits or Limits()
         self.upstream_timeout_s = upstream_timeout_s
-        self._address = (host, port)
-        self._server: ProxyServer | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the timing proxy is not running; call start() or use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    @property
-    def stream_log(self) -> StreamLog:
-        """What the proxy measured of each answer (TTFT, chunk times): ``stream_log.since(start_ns)``."""
-        if self._server is None:
-            raise RuntimeError("the timing proxy is not running; call start() or use it as a context manager")
-        return self._server.stream_log
-
-    def start(self) -> TimingProxy:
-        if self._server is None:
-            self._server = ProxyServer(self._address, self.upstream, self.limits, self.upstream_timeout_s)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="ollama-timing", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, thread, self._server, self._thread = self._server, self._thread, None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(5)
+    def _make_server(self) -> ProxyServer:
+        return ProxyServer(self._address, self.upstream, self.limits, self.upstream_timeout_s)
