@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import pytest
-
-# Imported here, in the outer process, before any in-process inner run: pytester forgets the modules an inner run
-# imported once it ends, and the next import makes a second copy of them. A ``requests`` (with ``http.cookiejar``)
-# first imported inside one came back as a copy whose CookieJar the first copy's sessions (LangSmith's cached client)
-# refused: "You can only merge into CookieJar". psycopg's C extension (psycopg_binary) is loaded once per process and
-# keeps raising the first copy's exception classes, which the second copy's ``except psycopg.Error`` does not catch:
-# a refused connection came out as a traceback in whichever test ran next in that worker.
+# psycopg and requests are imported here, in the outer process, before any in-process inner run: pytester forgets
+# the modules an inner run imported once it ends, and the next import makes a second copy of them. A ``requests``
+# (with ``http.cookiejar``) first imported inside one came back as a copy whose CookieJar the first copy's sessions
+# (LangSmith's cached client) refused: "You can only merge into CookieJar". psycopg's C extension (psycopg_binary) is
+# loaded once per process and keeps raising the first copy's exception classes, which the second copy's ``except
+# psycopg.Error`` does not catch: a refused connection came out as a traceback in whichever test ran next there.
 import psycopg  # noqa: F401
+import pytest
 import requests  # noqa: F401
 
 
