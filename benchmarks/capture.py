@@ -137,15 +137,18 @@ def raw_read(url: str, project: str) -> tuple[int, float]:
 
 
 def capture(url: str, project: str) -> tuple[int, float]:
-    with tempfile.TemporaryDirectory(prefix="llmtrace-bench-capture-") as out:
+    with tempfile.TemporaryDirectory(prefix="llmtrace-bench-capture-") as work:
+        # the redaction key inside the temporary folder too: outside a project, capture makes it beside --out
+        out, key = Path(work, "golden"), Path(work, "redaction.key")
+        argv = ["capture", "--phoenix-url", url, "--project", project, "--out", str(out), "--dedupe", "none"]
         stdout, stderr = io.StringIO(), io.StringIO()
         started = time.perf_counter()
         with redirect_stdout(stdout), redirect_stderr(stderr):
-            status = llmtrace(["capture", "--phoenix-url", url, "--project", project, "--out", out, "--dedupe", "none"])
+            status = llmtrace([*argv, "--redaction-key", str(key)])
         elapsed = time.perf_counter() - started
         if status != 0:
             raise SystemExit(f"llmtrace capture failed ({status}):\n{stderr.getvalue()}")
-        files = list(Path(out).glob("*.json"))
+        files = list(out.glob("*.json"))
         return sum(len(read_trace(f)) for f in files), elapsed
 
 
