@@ -97,19 +97,24 @@ def create_template(url: str, name: str, sql_files: Iterable[str | Path]) -> str
     return template_url
 
 
-def clone_database(url: str, template: str, name: str | None = None, *, closed: bool = False) -> str:
-    """A fresh copy of ``template``; returns its DSN. The default name is unique, so parallel clones never clash.
+def clone_database(url: str, template: str, name: str | None = None) -> str:
+    """A fresh copy of ``template``, closed to PUBLIC from its first moment; returns its DSN. The default name is
+    unique, so parallel clones never clash.
 
-    ``closed``: nobody may connect until ``pg_lockdown.open_clone`` lets the session's roles in. A new database is
-    open to PUBLIC; without this, another session's role could connect to it in the moments between its creation and
-    the REVOKE.
+    A new database lets PUBLIC connect until that is revoked, and another session's role got into a fresh clone in
+    between: the clone is created taking no connections, and takes them only once PUBLIC may not (the admin, its
+    owner, still may; ``pg_lockdown.open_clone`` lets the session's roles in).
     """
     from psycopg2 import sql
 
     name = _check_name(name or f"{template[:40]}_{uuid.uuid4().hex[:12]}")
-    create = "CREATE DATABASE {} TEMPLATE {}" + (" ALLOW_CONNECTIONS false" if closed else "")
+    ident = sql.Identifier(name)
     with _admin(url) as admin, admin.cursor() as cur:
-        cur.execute(sql.SQL(create).format(sql.Identifier(name), sql.Identifier(template)))
+        cur.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} ALLOW_CONNECTIONS false").format(ident, sql.Identifier(template))
+        )
+        cur.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident))
+        cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident))
     return database_url(url, name)
 
 

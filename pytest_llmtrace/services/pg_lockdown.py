@@ -78,9 +78,6 @@ def open_clone(admin_url: str, clone_url: str, clone: str, roles: SessionRoles) 
     with admin_connection(admin_url) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
         cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, sql.SQL(", ").join(names)))
-        # a clone made ``closed`` (``clone_database``) takes connections only now that they are the session's own
-        # (before the owner changes: a URL server's login that is no superuser may alter only what it owns)
-        cur.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database))
         if roles.owner is not None:
             owner = sql.Identifier(roles.owner.name)
             cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, owner))

@@ -96,7 +96,7 @@ def open_session(
                 pg_databases.create_template(endpoint.url, template, files)
                 if endpoint.backend in pg_lockdown.LOCKED_BACKENDS:  # each clone is closed by open_clone
                     pg_lockdown.lock_down_server(endpoint.url)
-        url = pg_databases.clone_database(endpoint.url, template, name, closed=True)  # opened by open_clone
+        url = pg_databases.clone_database(endpoint.url, template, name)
         roles = pg_roles.SessionRoles.create(endpoint.url, limits or pg_roles.RoleLimits(), owner=True)
         if kept_server:
             pg_leftovers.mark(endpoint.url, name, roles.names, pg_leftovers.run_marker(context.record))

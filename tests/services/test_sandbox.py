@@ -85,17 +85,19 @@ def test_the_session_reader_is_its_own_role_locked_into_its_clone(llmtrace_postg
     assert _error(db.reader_url, "CREATE TEMP TABLE t (x int)") in ("25006", "42501")
 
 
-def test_a_sessions_clone_takes_no_connection_until_only_its_roles_may_connect(
+def test_a_clone_is_closed_to_public_from_its_first_moment_and_open_clone_lets_only_its_roles_in(
     server: str, other: tuple[SessionRoles, str]
 ) -> None:
-    """A new database is open to PUBLIC until its REVOKE: another session's reader got into a fresh clone in that
-    moment (the fast tier once saw another run's clone among the databases its reader could connect to)."""
+    """A new database lets PUBLIC connect until that is revoked: another session's reader got into a fresh clone in
+    that moment (the fast tier once saw another run's clone among the databases its reader could connect to)."""
     roles = SessionRoles.create(server, RoleLimits())
     name = f"llmtrace_closed_{uuid.uuid4().hex[:8]}"
-    url = clone_database(server, "template0", name, closed=True)
+    url = clone_database(server, "template0", name)
     try:
-        assert _rows(server, "SELECT datallowconn FROM pg_database WHERE datname = %s", (name,)) == [(False,)]
-        with pytest.raises(psycopg2.OperationalError, match="is not currently accepting connections"):
+        ((acl,),) = _rows(server, "SELECT datacl::text[] FROM pg_database WHERE datname = %s", (name,))
+        assert acl is not None, "the default ACL lets PUBLIC connect"
+        assert [entry for entry in acl if entry.startswith("=")] == []  # no entry for PUBLIC
+        with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
             psycopg2.connect(roles.reader.dsn(server, name)).close()  # not even its own roles yet
         open_clone(server, url, name, roles)
         assert _rows(roles.reader.dsn(server, name), "SELECT current_user") == [(roles.reader.name,)]
