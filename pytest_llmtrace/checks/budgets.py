@@ -24,7 +24,7 @@ from pytest_llmtrace.checks.options import CheckOptions, number_text
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, Source, Status
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
 from pytest_llmtrace.trace.stream_timing import StreamTiming, trace_streams
-from pytest_llmtrace.trace.views import span_kind
+from pytest_llmtrace.trace.views import memo, span_kind
 
 if TYPE_CHECKING:
     from pytest_llmtrace.trace.virtual import VirtualTrace
@@ -42,6 +42,10 @@ def latencies_ms(trace: Trace) -> dict[str, float]:
     ``SQL`` is every span that records a statement (``db.query.text``), whatever its OpenInference kind. ``total``,
     ``LLM`` and ``SQL`` are always present (0.0 when the trace has none), so budgets on them never silently vanish.
     """
+    return dict(memo(trace, "_latencies_ms", _read_latencies_ms))  # read once per trace, asked for by every check
+
+
+def _read_latencies_ms(trace: Trace) -> dict[str, float]:
     out = {"total": trace.duration_ms if trace else 0.0, **_by_metric(trace, lambda span: span.duration_ms)}
     streams = _streams(trace)
     if streams:  # the slowest call's time to first token, only where a convention recorded one

@@ -31,7 +31,7 @@ from pytest_llmtrace.trace import sdk_attrs
 from pytest_llmtrace.trace.attr_values import loads_json
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.span import AttrValue, Span
-from pytest_llmtrace.trace.views import llm_call
+from pytest_llmtrace.trace.views import llm_call, memo
 
 TTFT_S = "gen_ai.server.time_to_first_token"
 TIME_PER_OUTPUT_TOKEN_S = "gen_ai.server.time_per_output_token"
@@ -271,6 +271,10 @@ def trace_streams(trace: Trace | None) -> list[StreamTiming]:
     (a model call no convention reads as an LLM span: an uninstrumented client, a tool's own span type)."""
     if not trace:
         return []
+    return list(memo(trace, "_streams", _read_streams))  # read once per trace: the checks ask for it many times
+
+
+def _read_streams(trace: Trace) -> tuple[StreamTiming, ...]:
     found = []
     for span in trace:
         call = llm_call(span)
@@ -280,4 +284,4 @@ def trace_streams(trace: Trace | None) -> list[StreamTiming]:
         timing = stream_timing(span, None if call is None else call.completion_tokens)
         if timing is not None:
             found.append(timing)
-    return found
+    return tuple(found)

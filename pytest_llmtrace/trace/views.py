@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_llmtrace.trace.attr_values import (
     content_text,
@@ -244,12 +244,35 @@ LLM_READERS: Mapping[str, LLMReader] = {
 
 
 def llm_call(span: Span) -> LLMCall | None:
-    """The LLM call this span records, or ``None`` when no known convention says it is one."""
+    """The LLM call this span records, or ``None`` when no known convention says it is one.
+
+    Read once per span and kept on it: a span never changes (a changed one is a new ``Span``), and the checks of one
+    case ask for the same span's call dozens of times (kinds, streams, usage, latencies, the waterfall).
+    """
+    return memo(span, "_llm_call", _read_llm_call)
+
+
+def _read_llm_call(span: Span) -> LLMCall | None:
     for reader in LLM_READERS.values():
         call = reader(span)
         if call is not None:
             return call
     return None
+
+
+_UNREAD: Any = object()
+T = TypeVar("T")
+S = TypeVar("S")
+
+
+def memo(owner: S, name: str, read: Callable[[S], T]) -> T:
+    """``read(owner)``, computed once and kept in ``owner``'s ``__dict__`` under ``name``: for views of frozen
+    objects (a ``Span``, a ``Trace``) that are read many times. Not a dataclass field, so equality, ``repr`` and
+    ``dataclasses.replace`` ignore it (a replaced span reads its own)."""
+    found = owner.__dict__.get(name, _UNREAD)
+    if found is _UNREAD:
+        found = owner.__dict__[name] = read(owner)
+    return found  # type: ignore[no-any-return]
 
 
 def span_kind(span: Span) -> str:
@@ -289,6 +312,10 @@ class SqlStatement:
     def from_span(cls, span: Span) -> SqlStatement | None:
         """The statement, from the stable ``db.query.text`` or the deprecated ``db.statement`` most exporters use;
         else the SQL input of a Langfuse tool or span observation or a LangSmith tool run (``sdk_attrs.sql_input``)."""
+        return memo(span, "_sql_statement", cls._read)
+
+    @classmethod
+    def _read(cls, span: Span) -> SqlStatement | None:
         attrs = span.attributes
         text = attr_str(attrs.get(DB_QUERY_TEXT)) or attr_str(attrs.get(DB_STATEMENT_DEPRECATED)) or sql_input(span)
         if text is None:
