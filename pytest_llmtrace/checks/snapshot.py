@@ -10,6 +10,7 @@ changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -31,7 +32,7 @@ from pytest_llmtrace.trace.views import span_kind
 if TYPE_CHECKING:
     from syrupy.assertion import SnapshotAssertion
     from syrupy.location import PyTestLocation
-    from syrupy.types import SerializableData, SnapshotIndex
+    from syrupy.types import PropertyFilter, PropertyMatcher, SerializableData, SerializedData, SnapshotIndex
 
     from pytest_llmtrace.trace.model import Trace
 
@@ -148,6 +149,38 @@ class OutcomeSnapshotExtension(JSONSnapshotExtension):
             OutcomeSnapshotExtension._configured[key] = found
         return found
 
+    recalled: tuple[str, str] | None = None  # (path, text) of the file OutcomeSnapshot.of read: not read again
+    # Set while OutcomeSnapshot asserts its outcome: its assertion has no matcher, include or exclude of a user's, so
+    # the matcher syrupy always passes (to serialize SnapshotAssertion objects) has nothing to do on plain JSON.
+    own_outcome: bool = False
+
+    @classmethod
+    def _sanitize_filename(cls, filename: str) -> str:
+        return _sanitized(filename)  # syrupy asks for the same case's name half a dozen times per case
+
+    def serialize(
+        self,
+        data: SerializableData,
+        *,
+        exclude: PropertyFilter | None = None,
+        include: PropertyFilter | None = None,
+        matcher: PropertyMatcher | None = None,
+    ) -> SerializedData:
+        """syrupy's JSON text, written at once when the data is plain JSON (an outcome always is): syrupy's own
+        walk, made for any Python object, was a millisecond of every case. Same text: keys sorted, indent 2."""
+        if exclude is None and include is None and (matcher is None or self.own_outcome) and _plain_json(data):
+            return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+        return super().serialize(data, exclude=exclude, include=include, matcher=matcher)
+
+    def read_snapshot_data_from_location(
+        self, *, snapshot_location: str, snapshot_name: str, session_id: str
+    ) -> SerializableData | None:
+        if self.recalled is not None and self.recalled[0] == snapshot_location:
+            return self.recalled[1]
+        return super().read_snapshot_data_from_location(
+            snapshot_location=snapshot_location, snapshot_name=snapshot_name, session_id=session_id
+        )
+
     @classmethod
     def get_snapshot_name(cls, *, test_location: PyTestLocation, index: SnapshotIndex = 0) -> str:
         shared = test_location.item.stash.get(SNAPSHOT_NAME_KEY, None)
@@ -157,7 +190,7 @@ class OutcomeSnapshotExtension(JSONSnapshotExtension):
 
     @classmethod
     def dirname(cls, *, test_location: PyTestLocation) -> str:
-        return str(Path(test_location.filepath).parent / "__snapshots__")
+        return _snapshot_dir(test_location.filepath)
 
     def matches(self, *, serialized_data: SerializableData, snapshot_data: SerializableData) -> bool:
         if self.verdict is not None:  # OutcomeSnapshot.check compared these very outcomes a moment ago
@@ -171,6 +204,33 @@ class OutcomeSnapshotExtension(JSONSnapshotExtension):
         return not changes
 
 
+@functools.lru_cache(maxsize=4096)
+def _sanitized(filename: str) -> str:
+    return JSONSnapshotExtension._sanitize_filename(filename)
+
+
+@functools.lru_cache(maxsize=1024)
+def _snapshot_dir(test_file: str) -> str:
+    return str(Path(test_file).parent / "__snapshots__")
+
+
+def _plain_json(data: Any, depth: int = 0) -> bool:
+    """Whether ``data`` is JSON as ``json.dumps`` writes it and syrupy's walk would leave it: str keys, lists, tuples
+    and scalars, no deeper than syrupy's limit."""
+    if data is None or isinstance(data, (str, int, float)):
+        return True
+    if depth >= _SYRUPY_MAX_DEPTH:
+        return False
+    if type(data) is dict:  # not an OrderedDict, whose order syrupy keeps
+        return all(isinstance(k, str) and _plain_json(v, depth + 1) for k, v in data.items())
+    if type(data) in (list, tuple):  # not a namedtuple, which syrupy writes as an object
+        return all(_plain_json(v, depth + 1) for v in data)
+    return False
+
+
+_SYRUPY_MAX_DEPTH = JSONSnapshotExtension._max_depth
+
+
 @dataclass
 class OutcomeSnapshot:
     """A test's outcome snapshot: the syrupy assertion, where its file is, and what it held before this run."""
@@ -180,17 +240,34 @@ class OutcomeSnapshot:
     path: Path
     stored: dict[str, Any] | None
     asserted: bool = False
+    recalled: tuple[str, str] | None = None  # (syrupy's location, the text read there): syrupy need not read it again
 
     @classmethod
     def of(cls, request: pytest.FixtureRequest, options: CheckOptions) -> OutcomeSnapshot:
         extension = OutcomeSnapshotExtension.configured(options)
         assertion = request.getfixturevalue("snapshot").use_extension(extension)
-        path = Path(extension.get_location(test_location=assertion.test_location, index=assertion.index))
+        location = extension.get_location(test_location=assertion.test_location, index=assertion.index)
+        path = Path(location)
         try:
-            stored = json.loads(path.read_text())
+            text = path.read_text()
+            stored = json.loads(text)
         except (OSError, ValueError):
-            stored = None
-        return cls(assertion, options, path, stored if isinstance(stored, dict) else None)
+            return cls(assertion, options, path, None)
+        if not isinstance(stored, dict):
+            return cls(assertion, options, path, None)
+        return cls(assertion, options, path, stored, recalled=(location, text))
+
+    def _assert(self, data: dict[str, Any]) -> bool:
+        """syrupy's assertion of ``data`` (it records the snapshot as used, and writes it when updating), handed the
+        file's text read in ``of``."""
+        extension = self.assertion.extension
+        if not isinstance(extension, OutcomeSnapshotExtension):
+            return bool(self.assertion == data)
+        extension.recalled, extension.own_outcome = self.recalled, True
+        try:
+            return bool(self.assertion == data)
+        finally:
+            extension.recalled, extension.own_outcome = None, False
 
     def check(
         self, data: dict[str, Any], *, replayed: bool = False, replayed_ms: Mapping[str, float] | None = None
@@ -207,7 +284,7 @@ class OutcomeSnapshot:
         if isinstance(extension, OutcomeSnapshotExtension) and self.stored is not None:
             extension.verdict = not changes  # the stored outcome is the file syrupy reads: no second comparison
         try:
-            matched = self.assertion == data  # syrupy's: also records the snapshot as used, writes it if updating
+            matched = self._assert(data)
         finally:
             if isinstance(extension, OutcomeSnapshotExtension):
                 extension.verdict = None
@@ -228,4 +305,4 @@ class OutcomeSnapshot:
         snapshot. Asserting the stored outcome against itself marks it used and writes nothing.
         """
         if self.stored is not None:
-            _ = self.assertion == self.stored
+            self._assert(self.stored)
