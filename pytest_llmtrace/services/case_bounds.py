@@ -9,7 +9,8 @@ plugin's connections reconnect (the watchdog's own one here, the checks' cached 
 is left afterwards is counted again from the admin side, so a failure never says "ended" of a backend that runs on.
 
 The case itself runs where the session can walk away from it (``call_within``): the app's request and the checks
-each in a daemon thread the case stops waiting for once the deadline's work is done and a short grace passed.
+each in a daemon thread the case stops waiting for once the deadline's work is done and a short grace passed. The
+threads are reused from call to call; one whose call was abandoned is reused only once that call returns.
 
 ``MemoryWatch`` samples the pytest process's RSS during a case: an app that fetches a huge result (libpq keeps it
 all) or a check that would, makes the case fail with ``[memory]`` and its backends ended, before the machine swaps.
@@ -20,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import psutil
 
@@ -227,29 +229,75 @@ def call_within(fn: Callable[[], T], fired: Callable[[], float | None], done: th
     """``fn()`` in a daemon thread (with the caller's context variables: the test's OTel context), its result or
     exception; ``Abandoned`` when it has not returned ``ABANDON_GRACE_S`` after the watchdog acted (``done``, or
     ``ESCALATION_WAIT_S`` after ``fired()`` first gives the time the deadline passed)."""
-    box: dict[str, Any] = {}
-    context = contextvars.copy_context()
-
-    def run() -> None:
-        try:
-            box["value"] = context.run(fn)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="llmtrace-case", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.05)
+    job = in_daemon_thread(fn, CASE_THREAD)
+    while not job.ended.wait(0.05):
         at = fired()
-        if at is None or not thread.is_alive():
+        if at is None:
             continue
         done.wait(max(0.0, at + ESCALATION_WAIT_S - time.monotonic()))
-        thread.join(ABANDON_GRACE_S)
-        if thread.is_alive():
+        if not job.ended.wait(ABANDON_GRACE_S):
             raise Abandoned(fn)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    if job.error is not None:
+        raise job.error
+    return job.value  # type: ignore[no-any-return]
+
+
+CASE_THREAD = "llmtrace-case"  # the name of a daemon thread while it runs a case's call (an idle one: IDLE_THREAD)
+IDLE_THREAD = "llmtrace-idle"
+
+
+@dataclass
+class Job:
+    """One call in a daemon thread: ``ended`` is set when it returned (``value``) or raised (``error``)."""
+
+    fn: Callable[[], Any]
+    context: contextvars.Context
+    ended: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+
+class _DaemonThread:
+    """A daemon thread running one ``Job`` after another, idle in between.
+
+    Threads are reused, not started per call: starting one per call (three a case) was a millisecond of every case.
+    A call the case walked away from keeps its thread until it returns, and only then is the thread idle again.
+    """
+
+    _idle: ClassVar[list[_DaemonThread]] = []
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Job, str]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=IDLE_THREAD, daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def run(cls, job: Job, name: str) -> None:
+        with cls._lock:
+            worker = cls._idle.pop() if cls._idle else None
+        (worker or cls())._jobs.put((job, name))
+
+    def _loop(self) -> None:
+        while True:
+            job, name = self._jobs.get()
+            self._thread.name = name
+            try:
+                job.value = job.context.run(job.fn)
+            except BaseException as exc:  # re-raised in the caller's thread
+                job.error = exc
+            self._thread.name = IDLE_THREAD
+            with self._lock:
+                self._idle.append(self)  # before the caller hears of the end: its next call finds this thread idle
+            job.ended.set()
+            del job  # the result is the caller's now
+
+
+def in_daemon_thread(fn: Callable[[], Any], name: str) -> Job:
+    """Start ``fn()`` in an idle daemon thread (a new one when none is idle), with the caller's context variables."""
+    job = Job(fn, contextvars.copy_context())
+    _DaemonThread.run(job, name)
+    return job
 
 
 # -- memory -----------------------------------------------------------------------------------------------------------
@@ -262,11 +310,10 @@ class MemoryWatch:
     def __init__(self, limit_mb: float, exceeded: Callable[[float, float], None]) -> None:
         self.limit_mb = limit_mb
         self.exceeded = exceeded
-        self.process = psutil.Process()
+        self.process = _this_process()
         self.start_mb = self._rss_mb()
         self.peak_mb = self.start_mb
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="llmtrace-memory", daemon=True)
 
     def _rss_mb(self) -> float:
         return float(self.process.memory_info().rss) / (1024 * 1024)
@@ -281,9 +328,22 @@ class MemoryWatch:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[MemoryWatch]:
-        self._thread.start()
+        job = in_daemon_thread(self._loop, "llmtrace-memory")
         try:
             yield self
         finally:
             self._stop.set()
-            self._thread.join(5)
+            job.ended.wait(5)
+
+
+_PROCESSES: dict[int, psutil.Process] = {}
+
+
+def _this_process() -> psutil.Process:
+    """This process's ``psutil.Process``, made once (a few hundred microseconds each case otherwise); by pid, so a
+    forked child reads its own."""
+    pid = os.getpid()
+    found = _PROCESSES.get(pid)
+    if found is None:
+        found = _PROCESSES[pid] = psutil.Process(pid)
+    return found

@@ -8,6 +8,7 @@ The deadline test kills backends (SIGKILL resets every session of the server), s
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from pytest_llmtrace.checks.semantic import judge
 from pytest_llmtrace.checks.suite_build import SuiteBuilder, SuiteError
 from pytest_llmtrace.services import pg_databases, pg_leftovers
 from pytest_llmtrace.services.base import Endpoint
-from pytest_llmtrace.services.case_bounds import Abandoned, backend_killer
+from pytest_llmtrace.services.case_bounds import CASE_THREAD, Abandoned, backend_killer
 from pytest_llmtrace.services.pg_deadline import Deadline, Watchdog
 from pytest_llmtrace.services.pg_guard import SessionGuard
 from pytest_llmtrace.services.pg_roles import RoleLimits, SessionRoles
@@ -170,7 +171,7 @@ def test_a_build_the_deadline_abandoned_leaves_no_clone_behind(held: Held) -> No
     deadline = Deadline(0.5, "test", cancel=(held.builder.cancel,))
     _judged_under(held, deadline, "SELECT count(*) FROM orders WHERE amount > 1000")
     held.clones.close()  # what the session's end does
-    for thread in threading.enumerate():  # the abandoned build stops at its next step
-        if thread.name == "llmtrace-case":
-            thread.join(60)
+    until = time.monotonic() + 60  # the abandoned build stops at its next step, and its thread goes idle
+    while any(t.name == CASE_THREAD for t in threading.enumerate()) and time.monotonic() < until:
+        time.sleep(0.05)
     assert _suite_clones(held.admin) == set()
