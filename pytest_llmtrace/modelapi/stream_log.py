@@ -36,18 +36,28 @@ class StreamLog:
     """The timings one front measured, oldest first; thread-safe (the front answers in many threads)."""
 
     def __init__(self) -> None:
-        self._timings: collections.deque[FrontTiming] = collections.deque(maxlen=MAX_KEPT)
+        # (when it was added, on the spans' clock; the timing): added under the lock, so the times only grow
+        self._timings: collections.deque[tuple[int, FrontTiming]] = collections.deque(maxlen=MAX_KEPT)
         self._lock = threading.Lock()
         with _LOGS_LOCK:
             _LOGS.add(self)
 
     def add(self, timing: FrontTiming) -> None:
         with self._lock:
-            self._timings.append(timing)
+            self._timings.append((time.time_ns(), timing))
 
     def since(self, start_ns: int) -> list[FrontTiming]:
+        """The timings of requests received at ``start_ns`` or later, read from the newest back: one added before
+        ``start_ns`` was received before it too, so a case reads its own few, not the whole session's log."""
+        found = []
         with self._lock:
-            return [t for t in self._timings if t.received_ns >= start_ns]
+            for added_ns, timing in reversed(self._timings):
+                if added_ns < start_ns:
+                    break
+                if timing.received_ns >= start_ns:
+                    found.append(timing)
+        found.reverse()
+        return found
 
 
 class AnswerTiming:
