@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,37 @@ from pytest_llmtrace.trace.virtual import virtualize
 TRACE_PARAMETER = "trace"
 
 
-@dataclass(frozen=True)
 class GoldenCase:
-    """A golden file as collected: its trace, or why it could not be read."""
+    """A golden file as collected: its trace, or why it could not be read, read when first asked for.
 
-    path: Path
-    trace: Trace | None
-    error: TraceFormatError | None = None
+    Not at collection: each xdist worker collects every file, and reads only the traces of the cases it runs (a
+    serial run's header reads them all once collected). ``release`` forgets the trace once its case is recorded;
+    asked again, it is read again.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._read: tuple[Trace | None, TraceFormatError | None] | None = None
+
+    @property
+    def trace(self) -> Trace | None:
+        return self._load()[0]
+
+    @property
+    def error(self) -> TraceFormatError | None:
+        return self._load()[1]
+
+    def _load(self) -> tuple[Trace | None, TraceFormatError | None]:
+        if self._read is None:
+            try:
+                self._read = (read_trace(self.path, max_bytes=self.max_bytes), None)
+            except TraceFormatError as exc:
+                self._read = (None, exc)
+        return self._read
+
+    def release(self) -> None:
+        self._read = None
 
 
 CASE_KEY = pytest.StashKey[GoldenCase]()
@@ -89,11 +114,8 @@ class GoldenFile(pytest.File):
     """One golden trace file; yields one item named after the file, even when the file cannot be read."""
 
     def collect(self) -> Iterator[pytest.Item]:
-        try:
-            case = GoldenCase(self.path, read_trace(self.path, max_bytes=get_config(self.config).max_trace_bytes))
-        except TraceFormatError as exc:
-            case = GoldenCase(self.path, None, exc)
         config = get_config(self.config)
+        case = GoldenCase(self.path, config.max_trace_bytes)
         stem = self.path.stem
         for run in range(1, config.repeat + 1):
             # --llmtrace-repeat N: N items named like parametrized tests, case[1/N] ... case[N/N], sharing the case's
@@ -283,6 +305,8 @@ def sql_source_lines(items: list[pytest.Item]) -> list[str]:
     """The header's note on golden cases whose trace has no SQL span but a model call: the SQL judged is the model's
     answer (``checks.runner.sql_of``). Per source, because it is a source's habit, not a case's: Langfuse's default
     export keeps only spans with GenAI attributes, so its traces usually have no DB span."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's header is never shown: leave its traces unread
+        return []
     cases: dict[Path, Trace] = {}
     for item in items:
         case = item.stash.get(CASE_KEY, None)

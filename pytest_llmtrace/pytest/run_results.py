@@ -167,6 +167,8 @@ def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None
         _read_golden(state, case.trace, found)
         if state.mode != "replay" and state.live_models is None:
             state.live_models = _ask_server(item.config, state.mode)
+    if case is not None:
+        case.release()  # the case is done with its trace: a long run does not keep every trace it replayed
     repeat = item.stash.get(golden.REPEAT_KEY, None)
     if repeat is not None:
         for data in found:
