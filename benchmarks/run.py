@@ -8,7 +8,7 @@ Rows (each the median of ``--repeat`` alternating runs of the plugin and its bas
 - span_capture: a test making 20 spans with the plugin recording them (``llm_trace``), per test, against the same
   test with the bare OpenTelemetry SDK and an ``InMemorySpanExporter`` and the plugin disabled; target <= 1.05x.
 - replay: N generated golden cases through ``pytest`` (HTTP replay, real Postgres, all checks, snapshots) against a
-  plain loop making the same HTTP calls and SQL queries; target <= 1.5x, and 1,000 cases in <= 60 s.
+  plain loop making the same HTTP calls and SQL queries; target <= 1.5x, and 1,000 cases in <= 20 s.
 - replay_xdist: the same run with ``-n 2``; ratio = serial / parallel, target >= 1.6x.
 - startup: a session whose one test uses the embedded Postgres, against ``pytest -p no:llmtrace`` with a plain
   test; target <= 1.5 s extra. The first run builds the cached cluster (``pg_cluster_cache``); the median is a run
@@ -209,8 +209,8 @@ def replay_rows(ctx: Context) -> list[Row]:
 
     s, p, b = (median([r.wall_s for r in runs]) for runs in (serial, parallel, bare))
     cpu = median([r.cpu_s for r in serial]) / median([r.cpu_s for r in bare])
-    replay_target = "<= 1.5x" + (", <= 60 s" if ctx.cases >= 1000 else "")
-    replay_met = s / b <= 1.5 and (ctx.cases < 1000 or s <= 60)
+    replay_target = "<= 1.5x" + (", <= 20 s" if ctx.cases >= 1000 else "")
+    replay_met = s / b <= 1.5 and (ctx.cases < 1000 or s <= 20)
     note = f"{ctx.cases} cases, {s / ctx.cases * 1000:.1f} ms each; CPU ratio {cpu:.2f}"
     rows = [
         Row("replay", s, b, s / b, replay_target, replay_met, note),
