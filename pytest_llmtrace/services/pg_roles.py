@@ -138,6 +138,7 @@ class SessionRoles:
         self.notes = list(notes)  # what could not be locked down (a login that may not set temp_file_limit)
         self._conn: PgConnection | None = None
         self._superuser: bool | None = None  # whether the admin login may read password verifiers
+        self._prepared_on: PgConnection | None = None  # the connection _STATE_AND_VERIFIERS is prepared on
 
     @property
     def roles(self) -> tuple[SessionRole, ...]:
@@ -183,8 +184,8 @@ class SessionRoles:
         """What differs from what was set, one line per role and change; restores the roles when anything does."""
         found: list[str] = []
         with self._admin().cursor() as cur:
-            if self._superuser:  # twice a case: the state and the verifiers in one round trip
-                cur.execute(_STATE_AND_VERIFIERS, (list(self.names),))
+            if self._superuser:  # twice a case: the state and the verifiers in one round trip, planned once
+                cur.execute(self._prepared_state(cur), (list(self.names),))
                 rows = cur.fetchall()
                 state = {name: (login, settings) for name, login, settings, _ in rows}
                 verifiers: dict[str, str] | None = {name: password or "" for name, _, _, password in rows}
@@ -209,6 +210,14 @@ class SessionRoles:
         if found:
             self.assert_settings()
         return found
+
+    def _prepared_state(self, cur: Any) -> str:
+        """``_STATE_AND_VERIFIERS`` prepared on the admin connection (once per connection: a reconnect after a
+        server reset prepares it again); planning it was half of each call's time."""
+        if self._prepared_on is not cur.connection:
+            cur.execute(f"PREPARE {_STATE_STATEMENT}(name[]) AS " + _STATE_AND_VERIFIERS.replace("%s", "$1"))
+            self._prepared_on = cur.connection
+        return f"EXECUTE {_STATE_STATEMENT}(%s)"
 
     @property
     def sees_everything(self) -> bool:
@@ -268,6 +277,7 @@ FROM pg_roles r WHERE r.rolname = ANY(%s)
 _STATE_AND_VERIFIERS = f"""
 SELECT s.*, (SELECT a.rolpassword FROM pg_authid a WHERE a.rolname = s.rolname) FROM ({_STATE}) s
 """
+_STATE_STATEMENT = "llmtrace_role_state"
 _TERMINATE_ALL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)"
 # One row per database other than this one where the role has grants or objects, and a NULL row: none if no role.
 _DEPENDENT_DATABASES = """
