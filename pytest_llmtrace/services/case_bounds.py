@@ -273,6 +273,7 @@ class _DaemonThread:
 
     _idle: ClassVar[list[_DaemonThread]] = []
     _lock: ClassVar[threading.Lock] = threading.Lock()
+    _pid: ClassVar[int] = os.getpid()  # a forked child has none of its parent's threads: it starts its own
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Job, str]] = queue.SimpleQueue()
@@ -282,6 +283,8 @@ class _DaemonThread:
     @classmethod
     def run(cls, job: Job, name: str) -> None:
         with cls._lock:
+            if cls._pid != os.getpid():
+                cls._idle, cls._pid = [], os.getpid()
             worker = cls._idle.pop() if cls._idle else None
         (worker or cls())._jobs.put((job, name))
 
