@@ -22,9 +22,10 @@ from pytest_llmtrace.checks.names import (
 )
 from pytest_llmtrace.checks.options import CheckOptions, number_text
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement, Source, Status
+from pytest_llmtrace.core.memo import memo
 from pytest_llmtrace.trace.model import Span, SqlStatement, Trace
 from pytest_llmtrace.trace.stream_timing import StreamTiming, trace_streams
-from pytest_llmtrace.trace.views import memo, span_kind
+from pytest_llmtrace.trace.views import span_kind
 
 if TYPE_CHECKING:
     from pytest_llmtrace.trace.virtual import VirtualTrace

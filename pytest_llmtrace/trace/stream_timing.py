@@ -27,11 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from pytest_llmtrace.core.memo import memo
 from pytest_llmtrace.trace import sdk_attrs
 from pytest_llmtrace.trace.attr_values import loads_json
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.span import AttrValue, Span
-from pytest_llmtrace.trace.views import llm_call, memo
+from pytest_llmtrace.trace.views import llm_call
 
 TTFT_S = "gen_ai.server.time_to_first_token"
 TIME_PER_OUTPUT_TOKEN_S = "gen_ai.server.time_per_output_token"

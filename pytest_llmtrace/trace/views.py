@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
+from pytest_llmtrace.core.memo import memo
 from pytest_llmtrace.trace.attr_values import (
     content_text,
     event_body,
@@ -244,35 +245,13 @@ LLM_READERS: Mapping[str, LLMReader] = {
 
 
 def llm_call(span: Span) -> LLMCall | None:
-    """The LLM call this span records, or ``None`` when no known convention says it is one.
-
-    Read once per span and kept on it: a span never changes (a changed one is a new ``Span``), and the checks of one
-    case ask for the same span's call dozens of times (kinds, streams, usage, latencies, the waterfall).
-    """
+    """The LLM call this span records, or ``None`` when no known convention says it is one; read once per span (the
+    checks of a case ask for the same span's call dozens of times)."""
     return memo(span, "_llm_call", _read_llm_call)
 
 
 def _read_llm_call(span: Span) -> LLMCall | None:
-    for reader in LLM_READERS.values():
-        call = reader(span)
-        if call is not None:
-            return call
-    return None
-
-
-_UNREAD: Any = object()
-T = TypeVar("T")
-S = TypeVar("S")
-
-
-def memo(owner: S, name: str, read: Callable[[S], T]) -> T:
-    """``read(owner)``, computed once and kept in ``owner``'s ``__dict__`` under ``name``: for views of frozen
-    objects (a ``Span``, a ``Trace``) that are read many times. Not a dataclass field, so equality, ``repr`` and
-    ``dataclasses.replace`` ignore it (a replaced span reads its own)."""
-    found = owner.__dict__.get(name, _UNREAD)
-    if found is _UNREAD:
-        found = owner.__dict__[name] = read(owner)
-    return found  # type: ignore[no-any-return]
+    return next((call for call in (read(span) for read in LLM_READERS.values()) if call is not None), None)
 
 
 def span_kind(span: Span) -> str:
