@@ -4,19 +4,19 @@ Each file under the golden directory becomes one item whose id is the file stem,
 and xdist treat captured production traffic like any other test. An item is a ``pytest.Function`` over
 ``run_golden_case``: fixtures, markers and reports behave exactly as for a test function.
 
-The path of one case: ``GoldenFile.collect`` reads the trace (a malformed file still becomes an item, which fails
-saying why) -> ``run_golden_case`` starts the services through the ``llmtrace_app`` fixture, points the Ollama API at
-a ``ReplayBackend`` serving the recorded answers (replay mode), asks the app the recorded question, and collects
-the recorded spans, on virtual time when replaying (``trace.virtual``: each replayed call lasts its recorded
-duration) -> ``runner.run_checks`` gives the ``CaseOutcome`` -> ``failing.conclude`` keeps it on the item
-and fails the test with ``checks.report``'s text unless it passed.
+The path of one case: ``GoldenFile.collect`` makes its item (the trace is read when the case first needs it; a
+malformed file still becomes an item, which fails saying why) -> ``run_golden_case`` starts the services through
+the ``llmtrace_app`` fixture, points the Ollama API at a ``ReplayBackend`` serving the recorded answers (replay
+mode), asks the app the recorded question, and collects the recorded spans, on virtual time when replaying
+(``trace.virtual``: each replayed call lasts its recorded duration) -> ``runner.run_checks`` gives the
+``CaseOutcome`` -> ``failing.conclude`` keeps it on the item and fails the test with ``checks.report``'s text unless
+it passed.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -305,8 +305,6 @@ def sql_source_lines(items: list[pytest.Item]) -> list[str]:
     """The header's note on golden cases whose trace has no SQL span but a model call: the SQL judged is the model's
     answer (``checks.runner.sql_of``). Per source, because it is a source's habit, not a case's: Langfuse's default
     export keeps only spans with GenAI attributes, so its traces usually have no DB span."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's header is never shown: leave its traces unread
-        return []
     cases: dict[Path, Trace] = {}
     for item in items:
         case = item.stash.get(CASE_KEY, None)
