@@ -7,6 +7,7 @@ import http.server
 import importlib.util
 import json
 import shutil
+import signal
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,6 +20,14 @@ from pytest_llmtrace.sources.importing import import_file
 from pytest_llmtrace.trace.model import Trace
 from pytest_llmtrace.trace.safejson import DEFAULT_MAX_TRACE_BYTES
 from pytest_llmtrace.trace.span import AttrValue, Span, SpanEvent, Status
+
+
+def default_signals() -> None:
+    """For ``preexec_fn``: the child gets the signals as a terminal's foreground job does, whatever this suite
+    inherited: a shell starts a background job with SIGINT ignored, ``nohup`` ignores SIGHUP, and a child inherits
+    both (a plugin leaves an ignored signal ignored, so a test of its signal handling would wait in vain)."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def load_traces(path: str | Path, *, max_bytes: int = DEFAULT_MAX_TRACE_BYTES) -> list[Trace]:

@@ -21,6 +21,7 @@ import pytest
 from services_helpers import REPO, dead_owner_records, leftovers, make_project
 from services_helpers import own_tmpdir as own_tmpdir  # autouse: the inner runs' own TMPDIR
 from services_helpers import tmp_before as tmp_before
+from support import default_signals
 
 if TYPE_CHECKING:
     from pytest_llmtrace.services.postgres import PostgresDatabase
@@ -130,13 +131,6 @@ def _project_with_servers(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
     return ["--llmtrace-postgres=embedded", "--llmtrace-ollama=binary"]
 
 
-def _default_signals() -> None:
-    """The run gets the signals as a terminal's foreground job does, whatever this suite inherited: a shell starts a
-    background job with SIGINT ignored, and ``nohup`` ignores SIGHUP, and a child inherits both."""
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 def _start_and_wait(pytester: pytest.Pytester, *args: str) -> tuple[subprocess.Popen[str], str, int]:
     """Start pytest and wait until its test sleeps with both servers up; returns the run, the pgdata and the port."""
     proc = subprocess.Popen(
@@ -146,7 +140,7 @@ def _start_and_wait(pytester: pytest.Pytester, *args: str) -> tuple[subprocess.P
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        preexec_fn=_default_signals,
+        preexec_fn=default_signals,
     )
     _wait_for(proc, pytester.path / "servers.txt")
     pgdata, port = (pytester.path / "servers.txt").read_text().split()

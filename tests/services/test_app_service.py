@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import bundled_smollm2, live_model_missing
+from support import bundled_smollm2, default_signals, live_model_missing
 
 from pytest_llmtrace.services.base import free_port, http_ok, wait_until
 from pytest_llmtrace.trace.otlp import read_trace
@@ -272,7 +272,9 @@ def test_no_service_outlives_a_signal(
     _fake_project(pytester, "ok", monkeypatch)
     pytester.makepyfile(test_hold=HOLD)
     argv = [sys.executable, "-m", "pytest", "test_hold.py", f"--llmtrace-postgres={postgres_url}"]
-    proc = subprocess.Popen(argv, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=default_signals
+    )
     marker = pytester.path / "service.pid"
     try:
         deadline = time.monotonic() + 120
