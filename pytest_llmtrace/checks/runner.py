@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pytest_llmtrace.checks.budgets import check_latency, check_tokens, latencies_ms, tokens_of
-from pytest_llmtrace.checks.cost import SqlCost, check_cost, cost_of, measure_cost
+from pytest_llmtrace.checks.cost import SqlCost, check_cost, check_unchanged_cost, cost_of, measure_cost
 from pytest_llmtrace.checks.equivalence import check_results
 from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
 from pytest_llmtrace.checks.names import CHECKS, CheckName
@@ -105,15 +105,18 @@ def run_checks(case: CaseInput) -> CaseOutcome:
         raise ValueError(f"unknown checks {sorted(unknown)}; expected some of {', '.join(CHECKS)}")
     statement = sql if sql is not None else sql_of(now)
     golden_sql = sql_of(golden) if golden is not None else None
+    # The golden SQL's cost is measured on this database too: for the same statement, the same numbers.
+    cost_unchanged = statement is not None and golden_sql is not None and golden_sql.strip() == statement.strip()
+    measure = "cost" in selected and not cost_unchanged
     result: SqlOutcome | None = None
     if statement is not None and selected & _NEEDS_DATABASE:
         if database is None:
             raise ValueError(f"the {', '.join(sorted(selected & _NEEDS_DATABASE))} checks need a database")
         result = _timed_out_in_the_app(now, statement, options) if sql is None else None
         if result is None:
-            result = _execute(database, statement, options, cost="cost" in selected)
+            result = _execute(database, statement, options, cost=measure)
     replayed = case.mode == "replay"
-    costs = _costs(database, statement, golden_sql, result, options) if "cost" in selected else None
+    costs = _costs(database, statement, golden_sql, result, options) if measure else None
     timing: Trace = now  # the trace the timing checks judge: `now`, or `now` with its SQL re-timed
     reruns: tuple[float, ...] = ()
     if selected & {"latency", "snapshot"} and database is not None and statement is not None:
@@ -156,7 +159,11 @@ def run_checks(case: CaseInput) -> CaseOutcome:
     runs: dict[CheckName, Callable[[], CheckResult]] = {
         "sql": lambda: check_sql(statement, result, golden_sql=golden_sql, against_golden=golden is not None),
         "results": results,
-        "cost": lambda: check_cost(*(costs or (None, None)), tolerance=options.cost_tolerance),
+        "cost": lambda: (
+            check_unchanged_cost()
+            if cost_unchanged
+            else check_cost(*(costs or (None, None)), tolerance=options.cost_tolerance)
+        ),
         "latency": lambda: _with_reruns(_latency(golden, timing, options, replayed_ms), reruns),
         "tokens": lambda: with_cost(
             check_tokens(golden, now, tolerance=options.token_tolerance, maxima=options.token_max, replayed=replayed),
@@ -302,15 +309,12 @@ def _costs(
     result: SqlOutcome | None,
     options: CheckOptions,
 ) -> tuple[SqlCost, SqlCost] | None:
-    """(now, golden) cost of the two statements on this database; the same numbers when the text is the same.
+    """(now, golden) cost of two different statements on this database (the same one is ``check_unchanged_cost``).
 
     The SQL now was measured with its execution (``execute_readonly(cost=True)``)."""
     if database is None or statement is None or golden_sql is None or result is None:
         return None
-    now = cost_of(result)
-    if golden_sql.strip() == statement.strip():
-        return now, now
-    return now, measure_cost(database, golden_sql, timeout_ms=options.sql_timeout_ms, run=True)
+    return cost_of(result), measure_cost(database, golden_sql, timeout_ms=options.sql_timeout_ms, run=True)
 
 
 def _retimed(

@@ -327,6 +327,40 @@ def test_a_statement_that_may_not_run_is_costed_by_its_plan(owner_url: str) -> N
     assert _count(owner_url, "order_items") == before
 
 
+def test_the_cost_check_measures_only_sql_that_differs_from_the_golden_sql(
+    reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both statements are measured on this database, so the golden SQL itself would give the same numbers twice:
+    it passes unmeasured (replay's usual case). A changed statement is still run under EXPLAIN ANALYZE, both of them."""
+    asked: list[bool] = []
+    real = execute_untrusted
+
+    def recorded(dsn: str, sql: str, timeout_ms: int, **kwargs: Any) -> SqlOutcome:
+        asked.append(kwargs["cost"])
+        return real(dsn, sql, timeout_ms, **kwargs)
+
+    monkeypatch.setattr(runner, "execute_untrusted", recorded)
+    options = CheckOptions(checks=frozenset({"sql", "cost"}))
+    lookup = "SELECT * FROM order_items WHERE id = 5"
+
+    def cost_check(golden_sql: str, sql_now: str) -> Any:
+        golden, now = _sql_trace(golden_sql, 5), _sql_trace(f"  {sql_now}\n", 5)
+        outcome = run_checks(CaseInput(now, options=options, case_id="c", mode="live", golden=golden, database=reader))
+        return outcome.check("cost")
+
+    unchanged = cost_check(lookup, lookup)
+    assert asked == [False]
+    assert unchanged is not None
+    assert (unchanged.status, unchanged.measurements) == ("passed", ())
+    assert "golden SQL" in unchanged.reason
+
+    changed = cost_check(lookup, "SELECT * FROM order_items WHERE id + 0 = 5")  # the index no longer used
+    assert asked == [False, True]
+    assert changed is not None
+    assert changed.status == "failed"
+    assert [m.label for m in changed.measurements] == ["hit+read blocks", "planner cost"]
+
+
 # -- re-timing a SQL latency that failed ------------------------------------------------------------------------------
 
 
