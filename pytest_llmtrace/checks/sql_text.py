@@ -14,8 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 # A language tag is only taken as one when it is a known SQL tag or ends the fence line: in "```SELECT 1```" the first
 # word is SQL, not a language.
@@ -39,8 +38,7 @@ def strip_code_fences(text: str) -> str:
     return _OPEN_FENCE.sub("", text, count=1).strip()
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(NamedTuple):  # not a frozen dataclass: making those was most of the lexer's time
     kind: Literal["word", "punct", "literal"]
     text: str
     depth: int  # parenthesis depth before the token
@@ -51,14 +49,14 @@ _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ff
 # Postgres's scanner: whitespace is these ASCII characters only, and every byte of a non-ASCII character is an
 # identifier character (a no-break space or an em dash is part of a name, not a separator).
 _SPACE = frozenset(" \t\n\r\f\v")
+_SPACES = re.compile(r"[ \t\n\r\f\v]+")
+# The rest of a name: ASCII letters, digits, _ and $, and any non-ASCII character; matched as one run, not a
+# character at a time (that loop was most of the lexer's time).
+_IDENT_REST = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]*")
 
 
 def _ident_start(c: str) -> bool:
     return not c.isascii() or c.isalpha() or c == "_"
-
-
-def _ident_part(c: str) -> bool:
-    return not c.isascii() or c.isalnum() or c in "_$"
 
 
 def _tokens(sql: str) -> Iterator[_Token]:
@@ -72,7 +70,7 @@ def _tokens(sql: str) -> Iterator[_Token]:
         c = sql[i]
         start = i
         if c in _SPACE:
-            i += 1
+            i = _SPACES.match(sql, i).end()  # type: ignore[union-attr]  # c is one
         elif sql.startswith("--", i):
             end = sql.find("\n", i)
             i = n if end < 0 else end + 1
@@ -93,8 +91,7 @@ def _tokens(sql: str) -> Iterator[_Token]:
             i = n if close < 0 else close + len(m.group(0))
             yield _Token("literal", sql[start:i], depth, start)
         elif _ident_start(c):
-            while i < n and _ident_part(sql[i]):
-                i += 1
+            i = _IDENT_REST.match(sql, i + 1).end()  # type: ignore[union-attr]  # * matches the empty string too
             if i - start == 1 and c in "eE" and i < n and sql[i] == "'":
                 i = _skip_quoted(sql, i, "'", backslash=True)
                 yield _Token("literal", sql[start:i], depth, start)

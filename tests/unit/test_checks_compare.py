@@ -27,6 +27,7 @@ from pytest_llmtrace.checks.budgets import replayed_latencies_ms
 from pytest_llmtrace.checks.names import UnknownName
 from pytest_llmtrace.checks.outcome import CheckResult, Measurement
 from pytest_llmtrace.checks.reader_connections import ConnectFailed
+from pytest_llmtrace.checks.sql_text import _tokens
 from pytest_llmtrace.trace.model import Span, Trace
 from pytest_llmtrace.trace.otlp import read_trace
 from pytest_llmtrace.trace.virtual import ReplayedAnswer, virtualize
@@ -85,6 +86,14 @@ def test_strip_code_fences_on_the_golden_fenced_answer() -> None:
 )
 def test_split_statements(sql: str, statements: list[str]) -> None:
     assert split_statements(sql) == statements
+
+
+def test_a_name_runs_over_exactly_the_characters_postgres_puts_in_names() -> None:
+    """ASCII letters, digits, _ and $, and every non-ASCII character continue a name; anything else ends it."""
+    for c in [chr(i) for i in range(1, 0x80)] + ["é", "\u00a0", "€", "\U0001f600"]:
+        in_name = not c.isascii() or c.isalnum() or c in "_$"
+        words = [t.text for t in _tokens(f"a{c}b") if t.kind == "word"]
+        assert (words == [f"a{c}b".upper()]) is in_name, repr(c)
 
 
 def test_only_an_empty_text_is_refused_before_connecting() -> None:
