@@ -3,19 +3,17 @@
 The SQL is untrusted text from a language model, so safety does not depend on the role it runs as (see
 ``execute_readonly``), nor on any lexer's idea of where a statement ends: the text goes to Postgres over the extended
 query protocol, where a text holding several statements is refused by Postgres itself (42601 "cannot insert
-multiple commands into a prepared statement"). psycopg 3 sends a query that way when it declares a server-side
-cursor for it, and any statement whose results it asks for in binary (``_EXTENDED``); it never names a prepared
-statement here (``prepare_threshold = None``), so there is no client-side cache of them to keep in step with
-``DISCARD ALL``. A connection that
-cannot be made is an outcome like any SQL error (``execute_untrusted``): a case fails saying so, not with the
-driver's traceback.
+multiple commands into a prepared statement"). psycopg 3 sends a statement that way when its results are asked for
+in binary (``_EXTENDED``): the ``DECLARE ... CURSOR FOR`` the model's text goes in, or the text itself. It never
+names a prepared statement here (``prepare_threshold = None``), so there is no client-side cache of them to keep in
+step with ``DISCARD ALL``. A connection that cannot be made is an outcome like any SQL error
+(``execute_untrusted``): a case fails saying so, not with the driver's traceback.
 
 The connections are reused, and reset before reuse (``reader_connections.READERS``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -43,6 +41,7 @@ SAVEPOINT = "llmtrace_declare"
 _EXTENDED: dict[str, Any] = {"binary": True}
 _MAX_BATCH = 5000
 _ROW_HEADROOM = 4  # a batch is sized for rows up to this many times the largest seen so far
+_GROWTH = 16  # batches of 1, 16, 256 rows...: a result of up to 17 rows in two round trips
 
 
 def execute_readonly(
@@ -90,7 +89,7 @@ def execute_readonly(
     with readonly_transaction(dsn, timeout_ms, setup) as cur:
         started = time.perf_counter()
         try:
-            fetched = _run(cur, sql, max_rows, max_bytes)
+            fetched, cursor_open = _run(cur, sql, max_rows, max_bytes)
         except psycopg.Error as exc:
             elapsed = (time.perf_counter() - started) * 1000
             if _lost(cur.connection):  # the server ended the session (the deadline's watchdog): no outcome of SQL
@@ -112,7 +111,7 @@ def execute_readonly(
                 failed = dataclasses.replace(failed, plan_cost=plan_cost)
             return failed
         elapsed = (time.perf_counter() - started) * 1000
-        escaped = _escaped(cur)
+        escaped = _escaped(cur, close_cursor=cursor_open)
         if escaped is not None:
             cur.connection.close()
             return SqlOutcome(False, (), (), 0, False, escaped, None, elapsed)
@@ -132,10 +131,11 @@ def _lost(conn: psycopg.Connection[Any]) -> bool:
     return conn.closed or conn.info.transaction_status == load_psycopg().pq.TransactionStatus.UNKNOWN
 
 
-def _escaped(cur: psycopg.Cursor[Any]) -> str | None:
+def _escaped(cur: psycopg.Cursor[Any], *, close_cursor: bool = False) -> str | None:
     """Why the check's transaction is no longer its own read-only, unwritten transaction; ``None`` when it is.
 
-    An aborted transaction (the statement failed) is still ours: the rollback discards whatever it did.
+    An aborted transaction (the statement failed) is still ours: the rollback discards whatever it did. With
+    ``close_cursor``, the statement's cursor is closed in the same round trip, before the transaction is looked at.
     """
     psycopg = load_psycopg()
     status = cur.connection.info.transaction_status
@@ -143,7 +143,14 @@ def _escaped(cur: psycopg.Cursor[Any]) -> str | None:
         return None
     if status != psycopg.pq.TransactionStatus.INTRANS:
         return f"the statement ended the check's read-only transaction (the connection is {status.name}); refused"
-    row = cur.execute("SELECT current_setting('transaction_read_only'), txid_current_if_assigned()").fetchone()
+    close = f"CLOSE {_CURSOR}; " if close_cursor else ""  # ours, over the simple protocol: one round trip for both
+    try:
+        cur.execute(close + "SELECT current_setting('transaction_read_only'), txid_current_if_assigned()")
+        if close:
+            cur.nextset()
+        row = cur.fetchone()
+    except psycopg.Error as exc:  # our cursor gone, or the transaction no longer ours: nothing it did can stand
+        return f"the statement interfered with the check's transaction ({postgres_message(exc)}); refused"
     if row is None or row[0] != "on":
         return "the statement made the check's transaction writable; refused"
     if row[1] is not None:
@@ -207,45 +214,44 @@ def statement_cost(
 Fetched = tuple[tuple[str, ...], list[tuple[Any, ...]], str | None]
 
 
-def _run(cur: psycopg.Cursor[Any], statement: str, max_rows: int, max_bytes: int) -> Fetched:
-    """(columns, rows, why the result is too large or ``None``): through a server-side cursor when the statement
-    is a query, else run as it is (its result, if any, is small: SHOW, EXPLAIN)."""
+def _run(cur: psycopg.Cursor[Any], statement: str, max_rows: int, max_bytes: int) -> tuple[Fetched, bool]:
+    """(columns, rows, why the result is too large or ``None``), and whether the statement's cursor is still open:
+    through a cursor declared for the statement when it is a query (closed by ``_escaped``, in its round trip), else
+    run as it is (its result, if any, is small: SHOW, EXPLAIN)."""
     psycopg = load_psycopg()
-    conn = cur.connection
-    server = conn.cursor(name=_CURSOR, scrollable=False)
     try:
-        try:
-            server.execute(statement)  # DECLARE ... FOR <statement>, over the extended protocol
-        except psycopg.Error as exc:
-            if exc.sqlstate not in _NOT_A_CURSOR_QUERY or _MULTIPLE_COMMANDS in str(exc):
-                raise
-            cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-            cur.execute(statement, **_EXTENDED)
-            rows = cur.fetchall() if cur.description is not None else []
-            too_big = _too_big(len(rows), _result_bytes(cur.pgresult), max_rows, max_bytes)
-            return tuple(c.name for c in cur.description or ()), rows[:max_rows], too_big
-        return _fetch(server, max_rows, max_bytes)
-    finally:
-        with contextlib.suppress(psycopg.Error):  # closes it (CLOSE) only while the transaction can still run it
-            server.close()
+        # one statement over the extended protocol: Postgres refuses a text holding several (42601)
+        cur.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {statement}", **_EXTENDED)
+    except psycopg.Error as exc:
+        if exc.sqlstate not in _NOT_A_CURSOR_QUERY or _MULTIPLE_COMMANDS in str(exc):
+            raise
+        cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+        cur.execute(statement, **_EXTENDED)
+        rows = cur.fetchall() if cur.description is not None else []
+        too_big = _too_big(len(rows), _result_bytes(cur.pgresult), max_rows, max_bytes)
+        return (tuple(c.name for c in cur.description or ()), rows[:max_rows], too_big), False
+    return _fetch(cur, max_rows, max_bytes), True
 
 
-def _fetch(server: psycopg.ServerCursor[Any], max_rows: int, max_bytes: int) -> Fetched:
-    """Batches from the cursor until it is done or a limit is passed, counted as they arrive.
+def _fetch(cur: psycopg.Cursor[Any], max_rows: int, max_bytes: int) -> Fetched:
+    """Batches from the declared cursor until it is done or a limit is passed, counted as they arrive.
 
-    The first batch is one row; a batch then grows (x4, up to ``_MAX_BATCH``) only while ``_ROW_HEADROOM`` times
+    The first batch is one row; a batch then grows (x16, up to ``_MAX_BATCH``) only while ``_ROW_HEADROOM`` times
     the largest row seen so far fits in what is left of ``max_bytes``: a result of rows of tens of MB comes one row
     at a time and stops at the first past the cap, rather than after a whole batch of them reached this process.
+    Each ``FETCH`` (ours, simple protocol, text) brings the result's columns with its rows: no describe round trip.
     """
-    columns = tuple(c.name for c in server.description or ())
+    columns: tuple[str, ...] = ()
     rows: list[tuple[Any, ...]] = []
     size = 0
     largest = 0
     batch = 1
     while True:
-        wanted = min(batch, max_rows + 1 - len(rows))
-        got = server.fetchmany(wanted)
-        batch_bytes, batch_largest = _batch_bytes(server.pgresult)
+        wanted = min(batch, max_rows + 1 - len(rows))  # >= 1: FETCH 0 would fetch the current row again
+        cur.execute(f"FETCH FORWARD {wanted} FROM {_CURSOR}")
+        columns = tuple(c.name for c in cur.description or ())
+        got = cur.fetchall()
+        batch_bytes, batch_largest = _batch_bytes(cur.pgresult)
         size += batch_bytes
         largest = max(largest, batch_largest)
         rows.extend(got)
@@ -254,7 +260,7 @@ def _fetch(server: psycopg.ServerCursor[Any], max_rows: int, max_bytes: int) -> 
             return columns, rows[:max_rows], too_big
         if len(got) < wanted:
             return columns, rows, None
-        batch = max(1, min(_MAX_BATCH, batch * 4, (max_bytes - size) // max(_ROW_HEADROOM * largest, 1)))
+        batch = max(1, min(_MAX_BATCH, batch * _GROWTH, (max_bytes - size) // max(_ROW_HEADROOM * largest, 1)))
 
 
 def _too_big(rows: int, size: int, max_rows: int, max_bytes: int) -> str | None:

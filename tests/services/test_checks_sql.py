@@ -12,10 +12,10 @@ import pytest
 
 from pytest_llmtrace.checks import compare_results, execute_readonly, runner
 from pytest_llmtrace.checks.cost import check_cost, measure_cost
-from pytest_llmtrace.checks.execute import check_sql, execute_untrusted
+from pytest_llmtrace.checks.execute import _escaped, check_sql, execute_untrusted
 from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import SqlOutcome
-from pytest_llmtrace.checks.reader_connections import READERS
+from pytest_llmtrace.checks.reader_connections import READERS, readonly_transaction
 from pytest_llmtrace.checks.runner import CaseInput, run_checks
 from pytest_llmtrace.services.pg_databases import clone_database, drop_database
 from pytest_llmtrace.services.pg_lockdown import open_clone
@@ -206,6 +206,19 @@ def test_a_result_over_the_row_or_byte_limit_fails_and_says_so(reader: str) -> N
     assert big.row_count < 1000
     check = check_sql("SELECT ...", big, golden_sql=None, against_golden=False)
     assert check.reason == f"the SQL's result is too large: {big.error}"
+
+
+def test_a_cursor_the_check_cannot_close_refuses_the_statement(reader: str) -> None:
+    """The check closes the statement's cursor in the round trip that looks at its transaction: a cursor gone by
+    then (only the statement could have closed it) means the transaction is no longer the check's own."""
+    with readonly_transaction(reader, 5000) as cur:
+        cur.execute("DECLARE llmtrace_readonly NO SCROLL CURSOR FOR SELECT 1")
+        assert _escaped(cur, close_cursor=True) is None
+        assert _escaped(cur) is None  # closed: the transaction is still ours
+        found = _escaped(cur, close_cursor=True)
+    assert found == (
+        'the statement interfered with the check\'s transaction (cursor "llmtrace_readonly" does not exist); refused'
+    )
 
 
 def test_statements_that_are_not_queries_still_run(reader: str) -> None:
