@@ -56,6 +56,10 @@ _ROLE_BACKENDS_ELSEWHERE = (
     _ROLE_BACKENDS + "AND a.datid IS DISTINCT FROM (SELECT oid FROM pg_database WHERE datname = %s)\n"
 )
 
+# ``_ROLE_BACKENDS_ELSEWHERE`` as a prepared statement, on an admin connection that looks for strays after every
+# case (``prepare_strays``): planning it was half of each call.
+STRAYS_STATEMENT = "llmtrace_strays"
+
 BackendKiller = Callable[[Sequence[int]], int]
 """Kills backend processes of one server by pid; returns how many it killed."""
 
@@ -157,9 +161,18 @@ class Ended:
         return text
 
 
-def _pids(cur: Any, roles: Sequence[str], outside: str | None = None) -> set[int]:
+def prepare_strays(conn: Any) -> None:
+    """Prepare ``STRAYS_STATEMENT`` on ``conn`` (psycopg2, autocommit): once per connection."""
+    parameters = _ROLE_BACKENDS_ELSEWHERE.replace("%s", "$1", 1).replace("%s", "$2", 1)
+    with conn.cursor() as cur:
+        cur.execute(f"PREPARE {STRAYS_STATEMENT}(name[], name) AS {parameters}")
+
+
+def _pids(cur: Any, roles: Sequence[str], outside: str | None = None, *, prepared: bool = False) -> set[int]:
     if outside is None:
         cur.execute(_ROLE_BACKENDS, (list(roles),))
+    elif prepared:
+        cur.execute(f"EXECUTE {STRAYS_STATEMENT}(%s, %s)", (list(roles), outside))
     else:
         cur.execute(_ROLE_BACKENDS_ELSEWHERE, (list(roles), outside))
     return {int(row[0]) for row in cur.fetchall()}
@@ -173,13 +186,15 @@ def end_backends(
     *,
     grace_s: float = KILL_GRACE_S,
     outside: str | None = None,
+    prepared: bool = False,
 ) -> Ended:
     """End every backend of ``roles`` (any database; with ``outside``, those in any other database than that one):
     terminate, wait ``grace_s``, kill what is left (``killer``), and count again. ``connection`` gives the admin
     connection (autocommit, psycopg2), reconnecting when ``drop_connection`` dropped it. For a count that holds, the
-    roles are barred from logging in meanwhile (the caller does that)."""
+    roles are barred from logging in meanwhile (the caller does that). With ``prepared``, every connection
+    ``connection`` gives has ``STRAYS_STATEMENT`` prepared (``prepare_strays``)."""
     cur = connection().cursor()
-    pids = _pids(cur, roles, outside)
+    pids = _pids(cur, roles, outside, prepared=prepared)
     ended = Ended(found=len(pids))
     for pid in pids:
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from pytest_llmtrace.core.errors import number_text
-from pytest_llmtrace.services.case_bounds import Abandoned, BackendKiller, Ended, MemoryWatch, call_within, end_backends
+from pytest_llmtrace.services.case_bounds import (
+    Abandoned,
+    BackendKiller,
+    Ended,
+    MemoryWatch,
+    call_within,
+    end_backends,
+    prepare_strays,
+)
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
@@ -280,7 +288,14 @@ class Watchdog:
         a URL server leaves open) end with the case; the app's own connections to the clone are left to it."""
         with self._conn_lock:
             try:
-                end_backends(self._connection, self._drop_connection, self.roles, self.killer, outside=self.database)
+                end_backends(
+                    self._connection,
+                    self._drop_connection,
+                    self.roles,
+                    self.killer,
+                    outside=self.database,
+                    prepared=True,
+                )
             except Exception:  # the next case's, or the session's end, gets another chance
                 self._drop_connection()
 
@@ -326,6 +341,8 @@ class Watchdog:
         if self._conn is None or self._conn.closed:
             import psycopg2  # libpq; Postgres is up by now
 
-            self._conn = psycopg2.connect(self.admin_url, application_name="pytest-llmtrace-watchdog")
-            self._conn.autocommit = True
+            conn = psycopg2.connect(self.admin_url, application_name="pytest-llmtrace-watchdog")
+            conn.autocommit = True
+            prepare_strays(conn)  # looked for after every case (``_end_strays``)
+            self._conn = conn
         return self._conn
