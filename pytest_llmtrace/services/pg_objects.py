@@ -111,6 +111,9 @@ class ObjectGuard:
     def __init__(self, admin_clone_url: str) -> None:
         self.url = admin_clone_url
         self._conn: PgConnection | None = None
+        # The last snapshot and the rows it was made of: the same rows again (a case that left nothing) give the same
+        # snapshot, not a new one to compare object by object.
+        self._last: tuple[list[tuple[Any, ...]], Snapshot] | None = None
 
     def _connection(self) -> PgConnection:
         if self._conn is None or self._conn.closed:
@@ -136,14 +139,20 @@ class ObjectGuard:
         with self._connection().cursor() as cur:
             cur.execute("EXECUTE llmtrace_objects")
             rows = cur.fetchall()
-        return {
+        if self._last is not None and self._last[0] == rows:
+            return self._last[1]
+        snapshot = {
             (kind, oid): CatalogObject(kind, oid, name, on, owner, digest)
             for kind, oid, name, on, owner, digest in rows
         }
+        self._last = (rows, snapshot)
+        return snapshot
 
     def changes(self, before: Snapshot) -> list[str]:
         """What the case left, one line each, sorted; dropped (code) or given back (owners) before this returns."""
         after = self.snapshot()
+        if after is before:  # the same rows
+            return []
         left = [obj for key, obj in after.items() if obj.kind in CODE and key not in before]
         changed = [
             obj for key, obj in after.items() if obj.kind in CODE and key in before and before[key].digest != obj.digest

@@ -139,6 +139,7 @@ class SessionRoles:
         self._conn: PgConnection | None = None
         self._superuser: bool | None = None  # whether the admin login may read password verifiers
         self._prepared_on: PgConnection | None = None  # the connection _STATE_AND_VERIFIERS is prepared on
+        self._unchanged: list[tuple[Any, ...]] | None = None  # its rows when ``changes`` last found nothing
 
     @property
     def roles(self) -> tuple[SessionRole, ...]:
@@ -183,10 +184,13 @@ class SessionRoles:
     def changes(self) -> list[str]:
         """What differs from what was set, one line per role and change; restores the roles when anything does."""
         found: list[str] = []
+        rows: list[tuple[Any, ...]] | None = None  # read by the prepared statement (a superuser admin)
         with self._admin().cursor() as cur:
             if self._superuser:  # twice a case: the state and the verifiers in one round trip, planned once
                 cur.execute(self._prepared_state(cur), (list(self.names),))
                 rows = cur.fetchall()
+                if rows == self._unchanged:  # what the last check that found nothing read
+                    return []
                 state = {name: (login, settings) for name, login, settings, _ in rows}
                 verifiers: dict[str, str] | None = {name: password or "" for name, _, _, password in rows}
             else:
@@ -209,6 +213,8 @@ class SessionRoles:
                 found.append(f"role {role.name}: password changed")
         if found:
             self.assert_settings()
+        elif rows is not None:
+            self._unchanged = rows
         return found
 
     def _prepared_state(self, cur: Any) -> str:
@@ -267,15 +273,17 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + quote(database, safe="")))
 
 
-_STATE = """
-SELECT r.rolname, r.rolcanlogin,
-       (SELECT json_agg(json_build_array(coalesce(d.datname, ''), s.setconfig))
-        FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase WHERE s.setrole = r.oid)
+_SETTINGS_OF = """(SELECT json_agg(json_build_array(coalesce(d.datname, ''), s.setconfig))
+        FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase WHERE s.setrole = {role}.oid)"""
+_STATE = f"""
+SELECT r.rolname, r.rolcanlogin, {_SETTINGS_OF.format(role="r")}
 FROM pg_roles r WHERE r.rolname = ANY(%s)
 """
-# _STATE with each role's stored password verifier (pg_authid: a superuser admin only), as ``_verifiers`` reads it.
+# _STATE with each role's stored password verifier, as ``_verifiers`` reads it, straight from pg_authid (a superuser
+# admin only): the pg_roles view over it was a third of the query's time.
 _STATE_AND_VERIFIERS = f"""
-SELECT s.*, (SELECT a.rolpassword FROM pg_authid a WHERE a.rolname = s.rolname) FROM ({_STATE}) s
+SELECT a.rolname, a.rolcanlogin, {_SETTINGS_OF.format(role="a")}, a.rolpassword
+FROM pg_authid a WHERE a.rolname = ANY(%s)
 """
 _STATE_STATEMENT = "llmtrace_role_state"
 _TERMINATE_ALL = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)"

@@ -123,6 +123,8 @@ def test_a_role_that_changes_its_own_defaults_or_password_is_caught_and_restored
     llmtrace_postgres: PostgresDatabase, guard: SessionGuard
 ) -> None:
     before = guard.roles.config_snapshot()
+    assert guard.roles.changes() == []
+    assert guard.roles.changes() == []  # the same rows as the last clean check: nothing compared again
     conn = psycopg2.connect(llmtrace_postgres.reader_url)
     conn.autocommit = True
     try:
