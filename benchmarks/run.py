@@ -14,7 +14,9 @@ Rows (each the median of ``--repeat`` alternating runs of the plugin and its bas
   test; target <= 1.5 s extra. The first run builds the cached cluster (``pg_cluster_cache``); the median is a run
   that copies it, as every run after a user's first does.
 - peak_memory: peak resident memory of the replay run against the plain loop's; target <= 1.5x.
-- sql_cost: the replay run with the ``cost`` check against the same run without it; target <= 1.2x.
+- sql_cost: the replay run with the ``cost`` check against the same run without it; target <= 1.2x. Replayed SQL
+  is the golden SQL, which the check passes without measuring (``check_unchanged_cost``): this row is the price of
+  the check where replay usually leaves it; SQL that changed pays an EXPLAIN ANALYZE of each of the two statements.
 - semantic_suite / semantic_unchanged (``benchmarks/semantic.py``): building a semantic test suite for a new gold
   query, target <= 10 s; a case whose SQL is unchanged under ``llmtrace_result_match = suite``, target <= 50 ms.
 - main_job: the README's main job, ``pytest golden_traces`` in this checkout (23 shipped cases, one of them a slow
