@@ -58,7 +58,8 @@ OUTCOMES_KEY = pytest.StashKey[list[CaseOutcome]]()
 def conclude(item: pytest.Item, outcome: CaseOutcome, *, title: str | None = None) -> None:
     """Keep ``outcome`` on the test item (reports read ``item.stash[OUTCOMES_KEY]``) and fail unless it passed.
 
-    What is kept holds the first rows of the result only (``SqlOutcome.kept``): it lives until the session ends.
+    What is kept holds the first rows of the result only (``SqlOutcome.kept``). It lives until the teardown report,
+    when ``run_results.record`` turns it into the run's case record and takes it off the item.
     """
     __tracebackhide__ = True
     kept = outcome if outcome.result is None else replace(outcome, result=outcome.result.kept())

@@ -169,6 +169,8 @@ def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None
             state.live_models = _ask_server(item.config, state.mode)
     if case is not None:
         case.release()  # the case is done with its trace: a long run does not keep every trace it replayed
+    if OUTCOMES_KEY in item.stash:  # read into ``found``: the item lives until the session ends, its outcomes need not
+        del item.stash[OUTCOMES_KEY]
     repeat = item.stash.get(golden.REPEAT_KEY, None)
     if repeat is not None:
         for data in found:

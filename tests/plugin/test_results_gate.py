@@ -176,6 +176,39 @@ def test_a_met_gate_exits_0_and_xdist_and_shards_give_the_serial_totals(
     )
 
 
+def test_a_finished_case_leaves_its_record_in_the_run_and_nothing_heavy_on_its_item(
+    pytester: pytest.Pytester, pg_url: str
+) -> None:
+    """Items live until the session ends: a case's outcome and parsed trace on its item would keep a thousand cases'
+    rows, measurements and spans in memory twice (the run's records hold what the reports need)."""
+    _project(pytester)
+    pytester.makeconftest(
+        """
+        import json
+        from pytest_llmtrace.pytest.failing import OUTCOMES_KEY
+        from pytest_llmtrace.pytest.golden import CASE_KEY
+
+        def pytest_sessionfinish(session):
+            kept = {
+                item.name: {
+                    "outcomes": len(item.stash.get(OUTCOMES_KEY, [])),
+                    "trace_parsed": item.stash[CASE_KEY]._read is not None,
+                }
+                for item in session.items
+            }
+            with open("kept.json", "w") as out:
+                json.dump(kept, out)
+        """
+    )
+    result = _run(pytester, pg_url, "--llmtrace-report=reports")
+    result.assert_outcomes(passed=len(PASSING), failed=1)
+    kept = json.loads((pytester.path / "kept.json").read_text())
+    assert kept == {case: {"outcomes": 0, "trace_parsed": False} for case in (*PASSING, FAILING)}
+    cases = _results(pytester.path / "reports")["cases"]
+    first_checks = {c["case_id"]: [k["name"] for k in c["checks"]][:2] for c in cases}
+    assert first_checks == {case: ["sql", "results"] for case in (*PASSING, FAILING)}
+
+
 def test_a_malformed_gate_is_a_usage_error_with_a_valid_example(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\naddopts = -p no:phoenix -p no:randomly\n")
     result = pytester.runpytest("--llmtrace-gate", "sql_success_rate > 0.9")
