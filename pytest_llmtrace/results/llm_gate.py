@@ -14,10 +14,10 @@ rate metric of the gate (``sql_success_rate``, ``result_match_rate``) with ``>=`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from pytest_llmtrace.results.case_record import CaseRecord, usage_of
+from pytest_llmtrace.results.case_record import CaseRecord, LLMUsageRecord, usage_of
 
 METRICS = ("ttft_p95_ms", "tokens_per_s_p50", "cost_usd", "cost_usd_p95", "error_budget_remaining")
 SLO_RATES = ("sql_success_rate", "result_match_rate")
@@ -82,13 +82,19 @@ def error_budget(rate: float, threshold: float) -> float:
 def totals(cases: Sequence[CaseRecord]) -> dict[str, Any]:
     """The run's cost (``None`` when a case's is unknown), and per model its tokens, the cost of the calls whose cost
     is known and how many calls' cost is unknown."""
+    return usage_totals(usage_of(case) for case in cases)
+
+
+def usage_totals(usages: Iterable[LLMUsageRecord]) -> dict[str, Any]:
+    """``totals`` from each case's ``usage_of``, read in one pass: a run's ``CaseLog`` reads a case anew each time."""
     by_model: dict[str, dict[str, float]] = {}
     costs_of: dict[str, list[float]] = {}
+    costs: list[float] = []
     unknown = False
-    for case in cases:
-        usage = usage_of(case)
-        if usage["calls"] and usage["cost_usd"] is None:
-            unknown = True
+    for usage in usages:
+        if usage["calls"]:
+            unknown = unknown or usage["cost_usd"] is None
+            costs.append(float(usage["cost_usd"] or 0.0))
         for call in usage["calls"]:
             name = call["model"]
             model = by_model.setdefault(
@@ -100,6 +106,5 @@ def totals(cases: Sequence[CaseRecord]) -> dict[str, Any]:
             model["unknown_calls"] += call["cost_usd"] is None
     for name, found in costs_of.items():
         by_model[name]["cost_usd"] = math.fsum(found)
-    costs = [usage["cost_usd"] for c in cases for usage in [usage_of(c)] if usage["calls"]]
-    total = None if unknown or not costs else math.fsum(float(c or 0.0) for c in costs)
+    total = None if unknown or not costs else math.fsum(costs)
     return {"cost_usd": total, "models": by_model}

@@ -11,8 +11,8 @@ import html
 from collections.abc import Sequence
 
 from pytest_llmtrace.core.inert import one_line
-from pytest_llmtrace.results.case_record import CaseRecord, usage_of
-from pytest_llmtrace.results.llm_gate import totals
+from pytest_llmtrace.results.case_record import CaseRecord, LLMUsageRecord, usage_of
+from pytest_llmtrace.results.llm_gate import usage_totals
 
 MAX_ROWS = 50
 
@@ -25,11 +25,17 @@ def _cost(value: object) -> str:
     return f"${value:.6f}" if isinstance(value, (int, float)) else "unknown"
 
 
-def _rows(cases: Sequence[CaseRecord]) -> list[tuple[str, str, str, str, str, str]]:
-    """case, TTFT ms (now / golden), tokens/s, cost now, cost golden, replayed part of the TTFT."""
-    rows = []
+Row = tuple[str, str, str, str, str, str]
+
+
+def _table(cases: Sequence[CaseRecord]) -> tuple[list[Row], str | None]:
+    """The rows (case, TTFT ms now / golden, tokens/s, cost now, cost golden, replayed part of the TTFT) and the
+    total line, from one pass over the cases: a run's ``CaseLog`` reads a case anew each time."""
+    rows: list[Row] = []
+    usages = []
     for case in cases:
         now, golden = usage_of(case), usage_of(case, "golden_llm_usage")
+        usages.append(now)
         if not now["calls"] and not golden["calls"]:
             continue
         replayed = now["ttft_replayed_ms"]
@@ -43,24 +49,24 @@ def _rows(cases: Sequence[CaseRecord]) -> list[tuple[str, str, str, str, str, st
                 f"{replayed:.1f}" if replayed else "",
             )
         )
-    return rows
+    return rows, _total_line(usages)
 
 
-def total_line(cases: Sequence[CaseRecord]) -> str | None:
+def _total_line(usages: list[LLMUsageRecord]) -> str | None:
     """``cost: $0.012345 total over 23 cases (qwen-sql-prod $0.012345)``, or ``None`` when no case called a model."""
-    found = totals(cases)
+    found = usage_totals(usages)
     if not found["models"]:
         return None
     models = ", ".join(
         f"{name} {_cost(None if m.get('unknown_calls') else m['cost_usd'])}"
         for name, m in sorted(found["models"].items())
     )
-    counted = sum(1 for c in cases if usage_of(c)["calls"])
+    counted = sum(1 for usage in usages if usage["calls"])
     return f"cost: {_cost(found['cost_usd'])} total over {counted} cases ({models})"
 
 
 def terminal_lines(cases: Sequence[CaseRecord]) -> list[str]:
-    rows = _rows(cases)
+    rows, total = _table(cases)
     if not rows:
         return []
     width = max(len(r[0]) for r in rows)
@@ -70,12 +76,11 @@ def terminal_lines(cases: Sequence[CaseRecord]) -> list[str]:
         lines.append(one_line(f"{case_id:<{width}}  {ttft:<20}  {rate:>8}   {cost}   {golden}{note}"))
     if len(rows) > MAX_ROWS:
         lines.append(f"... {len(rows) - MAX_ROWS} more in results.json")
-    total = total_line(cases)
     return [*lines, total] if total else lines
 
 
 def markdown(cases: Sequence[CaseRecord]) -> list[str]:
-    rows = _rows(cases)
+    rows, total = _table(cases)
     if not rows:
         return []
     lines = [
@@ -87,12 +92,11 @@ def markdown(cases: Sequence[CaseRecord]) -> list[str]:
     for case_id, ttft, rate, cost, golden, replayed in rows[:MAX_ROWS]:
         ttft += f" ({replayed} replayed)" if replayed else ""
         lines.append(f"| {one_line(case_id).replace('|', '/')} | {ttft} | {rate} | {cost} | {golden} |")
-    total = total_line(cases)
     return [*lines, "", *([total, ""] if total else [])]
 
 
 def html_section(cases: Sequence[CaseRecord]) -> str:
-    rows = _rows(cases)
+    rows, total = _table(cases)
     if not rows:
         return ""
     body = "".join(
@@ -100,7 +104,6 @@ def html_section(cases: Sequence[CaseRecord]) -> str:
         f"</td><td>{rate}</td><td>{cost}</td><td>{golden}</td></tr>"
         for case_id, ttft, rate, cost, golden, rep in rows
     )
-    total = total_line(cases)
     foot = f"<p id='llm-total'>{html.escape(total)}</p>" if total else ""
     return (
         "<h2>Model calls</h2><table id='llm-usage'><thead><tr><th>case</th><th>TTFT ms now / golden</th>"
