@@ -172,10 +172,13 @@ def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None
     if OUTCOMES_KEY in item.stash:  # read into ``found``: the item lives until the session ends, its outcomes need not
         del item.stash[OUTCOMES_KEY]
     repeat = item.stash.get(golden.REPEAT_KEY, None)
-    if repeat is not None:
-        for data in found:
-            data[runs.REPEAT_FIELD] = {"run": repeat[0], "of": repeat[1], "case_nodeid": golden.case_nodeid(item)}
-    state.cases.extend(found)
+    for data in found:
+        if repeat is None:
+            state.cases.append(runs.whole_case(data))
+        else:
+            case_nodeid = golden.case_nodeid(item)
+            data[runs.REPEAT_FIELD] = {"run": repeat[0], "of": repeat[1], "case_nodeid": case_nodeid}
+            state.cases.append(data, repeat_of=case_nodeid)
 
 
 def _read_golden(state: RunResults, trace: Trace, found: list[CaseRecord]) -> None:
@@ -269,7 +272,7 @@ def sessionfinish(session: pytest.Session) -> None:
     if hasattr(config, "workerinput"):
         config.workeroutput[_WORKER_KEY] = json.dumps(  # type: ignore[attr-defined]
             {
-                "cases": state.cases,
+                "cases": state.cases.hand_over(),  # the controller keeps them as they are
                 "other_failures": state.other_failures,
                 "prompt_hashes": sorted(state.prompt_hashes),
                 "recorded_models": state.recorded_models,
@@ -277,7 +280,7 @@ def sessionfinish(session: pytest.Session) -> None:
             }
         )
         return
-    state.cases = runs.aggregate(state.cases, state.min_pass_rate)
+    state.cases = runs.fold_log(state.cases, state.min_pass_rate)
     if state.rules:
         state.gate_results = gate.evaluate(state.rules, state.cases, state.baseline, state.slo)
     meta = run_metadata(config)
@@ -309,7 +312,7 @@ def sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = gate.GATE_EXIT_STATUS
         elif state.other_failures == 0:
             session.exitstatus = pytest.ExitCode.OK  # failed cases are the gate's to judge, and it passed
-    elif state.repeat > 1 and state.other_failures == 0 and all(c["passed"] for c in state.cases):
+    elif state.repeat > 1 and state.other_failures == 0 and all(k.verdict == "passed" for k in state.cases.keys):
         session.exitstatus = pytest.ExitCode.OK  # each failed run's case still reached llmtrace_min_pass_rate
 
 
@@ -320,7 +323,7 @@ def testnodedown(node: Any) -> None:
     if state is None or payload is None:
         return
     data = json.loads(payload)
-    state.cases.extend(as_case(c) for c in data["cases"])  # this run's own workers: written by _case
+    state.cases.take(data["cases"])  # this run's own workers: written by _case
     state.other_failures += data["other_failures"]
     state.prompt_hashes.update(data["prompt_hashes"])
     for name, (digest, key) in data.get("recorded_models", {}).items():
@@ -335,7 +338,7 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(RESULTS_KEY, None)
     if state is None or hasattr(config, "workerinput"):
         return
-    if any(len(c.get("runs") or ()) > 1 for c in state.cases):
+    if state.repeat > 1 and any(len(c.get("runs") or ()) > 1 for c in state.cases):
         terminalreporter.section("llmtrace repeats")
         for line in runs.repeat_lines(state.cases, state.repeat, state.min_pass_rate):
             terminalreporter.line(one_line(line))
@@ -352,7 +355,8 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         terminalreporter.section("llmtrace gate")
         for result in state.gate_results:
             terminalreporter.line(gate.format_result(result), red=not result.passed, green=result.passed)
-    linked = [c for c in state.cases if c.get("verdict") != "passed" and c.get("phoenix_url")]
+    keys = state.cases.keys  # read only the cases shown
+    linked = [state.cases[i] for i, k in enumerate(keys) if k.verdict != "passed" and k.phoenix_url]
     if linked:
         terminalreporter.section("llmtrace failing cases in Phoenix")
         for case in linked:

@@ -10,6 +10,7 @@ import pytest
 
 from pytest_llmtrace.results import gate
 from pytest_llmtrace.results import model_digests as models
+from pytest_llmtrace.results.case_log import CaseLog
 from pytest_llmtrace.results.case_record import CaseRecord
 
 
@@ -27,7 +28,7 @@ class RunResults:
     slo: gate.Rule | None = None  # llmtrace_slo: what error_budget_remaining measures
     error_budget: float | None = None  # its value at session end
     metrics_error: str | None = None  # why --llmtrace-metrics / --llmtrace-pushgateway failed
-    cases: list[CaseRecord] = field(default_factory=list)  # one per outcome; per run of a repeated case
+    cases: CaseLog = field(default_factory=CaseLog)  # one per outcome; per run of a repeated case
     other_failures: int = 0  # failed items that are not cases: a gate does not excuse them
     gate_results: list[gate.GateResult] = field(default_factory=list)
     prompt_hashes: set[str] = field(default_factory=set)  # sha256 of each system prompt the cases' LLM calls hold

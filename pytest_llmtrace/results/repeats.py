@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+from pytest_llmtrace.results.case_log import CaseLog
 from pytest_llmtrace.results.case_record import CaseRecord, RunRecord, failed_checks, runs_passed, verdict_of
 
 # The field record() puts on each run of a repeated case before folding: {"run": k, "of": n, "case_nodeid": ...}.
@@ -85,6 +86,35 @@ def aggregate(cases: Sequence[CaseRecord], min_pass_rate: float) -> list[CaseRec
     folded = [_fold([case], 1.0) for case in single]
     folded += [_fold(runs, min_pass_rate) for runs in groups.values()]
     folded.sort(key=lambda c: (str(c.get("nodeid")), str(c.get("case_id"))))
+    return folded
+
+
+def whole_case(case: CaseRecord) -> CaseRecord:
+    """A case that is not repeated, as ``aggregate`` gives it: folded once, when it is kept (``fold_log``)."""
+    return _fold([case], 1.0)
+
+
+def fold_log(log: CaseLog, min_pass_rate: float) -> CaseLog:
+    """``aggregate`` over a run's ``CaseLog``, in which a case that is not repeated was kept as ``whole_case`` made
+    it: those are moved into place unread, and only the runs of a repeated case are read and folded."""
+    groups: dict[str, list[int]] = {}
+    whole: list[tuple[tuple[str, str], int, str | None]] = []  # (sort key, its index, None)
+    repeated: list[tuple[tuple[str, str], int, str | None]] = []  # (sort key, -1, the case its runs are of)
+    for index, key in enumerate(log.keys):
+        if key.repeat_of is None:
+            whole.append(((key.nodeid, key.case_id), index, None))
+        elif key.repeat_of in groups:
+            groups[key.repeat_of].append(index)
+        else:
+            groups[key.repeat_of] = [index]
+            repeated.append(((key.repeat_of, key.case_id), -1, key.repeat_of))  # a run's case id is its case's
+    folded = CaseLog()
+    # whole cases, then repeated ones, each in the order met, then a stable sort: the order ``aggregate`` gives
+    for _, index, repeat_of in sorted([*whole, *repeated], key=lambda entry: entry[0]):
+        if repeat_of is None:
+            folded.move(log, index)
+        else:
+            folded.append(_fold([log[i] for i in groups[repeat_of]], min_pass_rate))
     return folded
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def _make_report_dir(directory: Path, root: Path | None) -> None:
 
 def write_reports(
     directory: Path,
-    cases: list[CaseRecord],
+    records: Sequence[CaseRecord],
     meta: dict[str, Any],
     gate_results: list[gate.GateResult],
     baseline: list[CaseRecord] | None,
@@ -57,6 +58,7 @@ def write_reports(
     ``LLMTraceError`` says which path was refused.
     """
     _make_report_dir(directory, root)
+    cases = list(records)  # a run's CaseLog, read once: the three files are made from the same dicts
     doc = {
         "schema_version": gate.RESULTS_SCHEMA_VERSION,
         "run": meta,
