@@ -25,14 +25,14 @@ def _cost(value: object) -> str:
     return f"${value:.6f}" if isinstance(value, (int, float)) else "unknown"
 
 
-Row = tuple[str, str, str, str, str, str]
+_Row = tuple[str, str, str, str, str, str]
 
 
-def _table(cases: Sequence[CaseRecord]) -> tuple[list[Row], str | None]:
+def _table(cases: Sequence[CaseRecord]) -> tuple[list[_Row], str | None]:
     """The rows (case, TTFT ms now / golden, tokens/s, cost now, cost golden, replayed part of the TTFT) and the
     total line, from one pass over the cases: a run's ``CaseLog`` reads a case anew each time."""
-    rows: list[Row] = []
-    usages = []
+    rows: list[_Row] = []
+    usages: list[LLMUsageRecord] = []
     for case in cases:
         now, golden = usage_of(case), usage_of(case, "golden_llm_usage")
         usages.append(now)
