@@ -107,4 +107,4 @@ def test_a_thousand_records_take_a_fraction_of_the_memory_they_take_as_dicts() -
     finally:
         tracemalloc.stop()
     assert len(log) == 1000
-    assert log_bytes * 4 < dict_bytes, (log_bytes, dict_bytes)
+    assert log_bytes * 8 < dict_bytes, (log_bytes, dict_bytes)  # as plain JSON text they take a quarter
