@@ -173,12 +173,9 @@ def record(item: pytest.Item, report: pytest.TestReport, phoenix_url: str | None
         del item.stash[OUTCOMES_KEY]
     repeat = item.stash.get(golden.REPEAT_KEY, None)
     for data in found:
-        if repeat is None:
-            state.cases.append(runs.whole_case(data))
-        else:
-            case_nodeid = golden.case_nodeid(item)
-            data[runs.REPEAT_FIELD] = {"run": repeat[0], "of": repeat[1], "case_nodeid": case_nodeid}
-            state.cases.append(data, repeat_of=case_nodeid)
+        if repeat is not None:
+            data[runs.REPEAT_FIELD] = {"run": repeat[0], "of": repeat[1], "case_nodeid": golden.case_nodeid(item)}
+        runs.keep(state.cases, data)
 
 
 def _read_golden(state: RunResults, trace: Trace, found: list[CaseRecord]) -> None:

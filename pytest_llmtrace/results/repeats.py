@@ -73,30 +73,28 @@ def aggregate(cases: Sequence[CaseRecord], min_pass_rate: float) -> list[CaseRec
     """One dict per case, sorted by node id then case id; only runs of one repeated case are folded together.
 
     A test that called ``llmtrace_check`` twice has two outcomes under one node id: those stay two cases, as before.
-    A run that never produced an outcome (its stand-in, verdict ``error``) is a run that did not pass.
+    A run that never produced an outcome (its stand-in, verdict ``error``) is a run that did not pass. The cases
+    come back as results.json holds them (``CaseLog``: through JSON), as a run's end folds them (``fold_log``).
     """
-    groups: dict[str, list[CaseRecord]] = {}
-    single: list[CaseRecord] = []
+    log = CaseLog()
     for case in cases:
-        repeat = case.get(REPEAT_FIELD)
-        if repeat is None:
-            single.append(case)
-        else:
-            groups.setdefault(str(repeat["case_nodeid"]), []).append(case)
-    folded = [_fold([case], 1.0) for case in single]
-    folded += [_fold(runs, min_pass_rate) for runs in groups.values()]
-    folded.sort(key=lambda c: (str(c.get("nodeid")), str(c.get("case_id"))))
-    return folded
+        keep(log, case)
+    return list(fold_log(log, min_pass_rate))
 
 
-def whole_case(case: CaseRecord) -> CaseRecord:
-    """A case that is not repeated, as ``aggregate`` gives it: folded once, when it is kept (``fold_log``)."""
-    return _fold([case], 1.0)
+def keep(log: CaseLog, case: CaseRecord) -> None:
+    """Keep ``case`` in a run's ``log``: a run of a repeated case (``REPEAT_FIELD``) as it is, under the case it is a
+    run of; any other case already folded, so that ``fold_log`` moves it into place without reading it."""
+    repeat = case.get(REPEAT_FIELD)
+    if repeat is None:
+        log.append(_fold([case], 1.0))
+    else:
+        log.append(case, repeat_of=str(repeat["case_nodeid"]))
 
 
 def fold_log(log: CaseLog, min_pass_rate: float) -> CaseLog:
-    """``aggregate`` over a run's ``CaseLog``, in which a case that is not repeated was kept as ``whole_case`` made
-    it: those are moved into place unread, and only the runs of a repeated case are read and folded."""
+    """``aggregate`` over a run's ``CaseLog``, whose cases were kept by ``keep``: a case that is not repeated is
+    moved into place unread, and only the runs of a repeated case are read and folded."""
     groups: dict[str, list[int]] = {}
     whole: list[tuple[tuple[str, str], int, str | None]] = []  # (sort key, its index, None)
     repeated: list[tuple[tuple[str, str], int, str | None]] = []  # (sort key, -1, the case its runs are of)

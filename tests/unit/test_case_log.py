@@ -9,10 +9,13 @@ import math
 import tracemalloc
 from typing import Any
 
+import pytest
+
 from pytest_llmtrace.checks.outcome import CaseOutcome, CheckResult, Measurement
+from pytest_llmtrace.results import case_log
 from pytest_llmtrace.results.case_log import CaseKey, CaseLog
 from pytest_llmtrace.results.case_record import CaseRecord, as_case
-from pytest_llmtrace.results.repeats import REPEAT_FIELD, aggregate, fold_log, whole_case
+from pytest_llmtrace.results.repeats import REPEAT_FIELD, aggregate, fold_log, keep
 
 
 def _record(i: int, **more: Any) -> CaseRecord:
@@ -68,7 +71,9 @@ def test_a_record_with_numbers_json_writes_and_orjson_does_not_read_reads_back()
     assert log[0]["tokens"] == {"total": 2**70, "prompt": math.inf}
 
 
-def test_the_log_folds_whole_cases_unread_and_repeated_runs_into_the_cases_aggregate_gives() -> None:
+def test_the_log_folds_repeated_runs_reading_only_them_and_orders_cases_by_node_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def run(i: int, k: int, verdict: str) -> CaseRecord:
         record = _record(i, verdict=verdict, passed=verdict == "passed")
         record["nodeid"] += f"[{k}/2]"
@@ -77,19 +82,31 @@ def test_the_log_folds_whole_cases_unread_and_repeated_runs_into_the_cases_aggre
 
     records = [_record(5), run(3, 2, "failed"), _record(1), run(3, 1, "passed"), run(2, 1, "failed"), _record(4)]
     records += [run(2, 2, "failed"), _record(1, nodeid="golden_traces/c0000.json::c0000")]
-    expected = json.loads(json.dumps(aggregate(records, 0.5), default=str))
-    assert [c["nodeid"][14:19] for c in expected] == ["c0000", "c0001", "c0002", "c0003", "c0004", "c0005"]
-    assert [c["verdict"] for c in expected] == ["passed", "passed", "failed", "passed", "passed", "passed"]
-
     log = CaseLog()
     for record in records:  # as run_results.record keeps them
-        if REPEAT_FIELD in record:
-            log.append(record, repeat_of=record[REPEAT_FIELD]["case_nodeid"])
-        else:
-            log.append(whole_case(record))
+        keep(log, record)
+    reads: list[bytes] = []
+    read = case_log._read
+
+    def counted(blob: bytes) -> CaseRecord:
+        reads.append(blob)
+        return read(blob)
+
+    monkeypatch.setattr(case_log, "_read", counted)
     folded = fold_log(log, 0.5)
-    assert list(folded) == expected
-    assert [k.verdict for k in folded.keys] == [c["verdict"] for c in expected]
+    assert len(reads) == 4, "only the four runs of the two repeated cases are read"
+    monkeypatch.undo()
+
+    cases = list(folded)
+    assert [c["nodeid"] for c in cases] == [f"golden_traces/c000{i}.json::c000{i}" for i in range(6)]
+    assert [c["verdict"] for c in cases] == ["passed", "passed", "failed", "passed", "passed", "passed"]
+    assert [k.verdict for k in folded.keys] == [c["verdict"] for c in cases]
+    repeated, whole = cases[3], cases[1]
+    assert (repeated["pass_rate"], repeated["representative_run"]) == (0.5, 1)
+    assert [r["verdict"] for r in repeated["runs"]] == ["passed", "failed"]
+    assert REPEAT_FIELD not in repeated
+    assert (whole["pass_rate"], whole["representative_run"], len(whole["runs"])) == (1.0, 1, 1)
+    assert aggregate(records, 0.5) == cases
 
 
 def test_a_thousand_records_take_a_fraction_of_the_memory_they_take_as_dicts() -> None:
