@@ -3,11 +3,12 @@
 The SQL is untrusted text from a language model, so safety does not depend on the role it runs as (see
 ``execute_readonly``), nor on any lexer's idea of where a statement ends: the text goes to Postgres over the extended
 query protocol, where a text holding several statements is refused by Postgres itself (42601 "cannot insert
-multiple commands into a prepared statement"). psycopg 3 sends a statement that way when its results are asked for
-in binary (``_EXTENDED``): the ``DECLARE ... CURSOR FOR`` the model's text goes in, or the text itself. It never
-names a prepared statement here (``prepare_threshold = None``), so there is no client-side cache of them to keep in
-step with ``DISCARD ALL``. A connection that cannot be made is an outcome like any SQL error
-(``execute_untrusted``): a case fails saying so, not with the driver's traceback.
+multiple commands into a prepared statement"). The statement and its batches go straight through libpq
+(``_Session``, on the psycopg connection's ``pgconn``): ``PQexecParams`` for the ``DECLARE ... CURSOR FOR`` the
+model's text goes in (or the text itself), which is always the extended protocol and never names a prepared
+statement, so there is no client-side cache of them to keep in step with ``DISCARD ALL``; ``PQexec`` for our own
+statements (``reader_connections.run_libpq`` says why). A connection that cannot be made is an outcome like any SQL
+error (``execute_untrusted``): a case fails saying so, not with the driver's traceback.
 
 The connections are reused, and reset before reuse (``reader_connections.READERS``).
 """
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmtrace.checks.equivalence import normalize_value
 from pytest_llmtrace.checks.options import DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_ROWS, DEFAULT_SQL_TIMEOUT_MS
 from pytest_llmtrace.checks.outcome import CheckResult, SqlOutcome
-from pytest_llmtrace.checks.reader_connections import ConnectFailed, load_psycopg, readonly_transaction
+from pytest_llmtrace.checks.reader_connections import ConnectFailed, load_psycopg, readonly_transaction, run_libpq
 from pytest_llmtrace.checks.sql_text import split_statements
 from pytest_llmtrace.core.errors import first_line
 
@@ -87,9 +88,10 @@ def execute_readonly(
 
     setup = ("SET LOCAL cursor_tuple_fraction = 1", f"SAVEPOINT {SAVEPOINT}")
     with readonly_transaction(dsn, timeout_ms, setup) as cur:
+        session = _Session(cur.connection)
         started = time.perf_counter()
         try:
-            fetched, cursor_open = _run(cur, sql, max_rows, max_bytes)
+            fetched, cursor_open = _run(session, sql, max_rows, max_bytes)
         except psycopg.Error as exc:
             elapsed = (time.perf_counter() - started) * 1000
             if _lost(cur.connection):  # the server ended the session (the deadline's watchdog): no outcome of SQL
@@ -100,7 +102,7 @@ def execute_readonly(
                     _COPY_REFUSED if "COPY" in str(exc) else f"the check does not run this statement: {first_line(exc)}"
                 )
                 return SqlOutcome(False, (), (), 0, False, error, None, elapsed)
-            escaped = _escaped(cur)
+            escaped = _escaped(session)
             if escaped is not None:
                 cur.connection.close()
                 return SqlOutcome(False, (), (), 0, False, escaped, None, elapsed)
@@ -111,7 +113,7 @@ def execute_readonly(
                 failed = dataclasses.replace(failed, plan_cost=plan_cost)
             return failed
         elapsed = (time.perf_counter() - started) * 1000
-        escaped = _escaped(cur, close_cursor=cursor_open)
+        escaped = _escaped(session, close_cursor=cursor_open)
         if escaped is not None:
             cur.connection.close()
             return SqlOutcome(False, (), (), 0, False, escaped, None, elapsed)
@@ -124,6 +126,31 @@ def execute_readonly(
     return SqlOutcome(True, columns, rows, len(rows), False, None, None, elapsed, plan_cost, buffers)
 
 
+class _Session:
+    """The checked-out connection, driven through libpq (``run_libpq``); rows are loaded by psycopg's loaders, by
+    each column's type, as its cursors load them."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.encoding = conn.info.encoding
+        self._transformer: Any = None
+
+    def run(self, query: str, *, extended: bool = False) -> Any:
+        return run_libpq(self.conn, query, extended=extended)
+
+    def columns(self, result: Any) -> tuple[str, ...]:
+        return tuple(result.fname(i).decode(self.encoding) for i in range(result.nfields))
+
+    def rows(self, result: Any) -> list[tuple[Any, ...]]:
+        if not result.ntuples:
+            return []
+        if self._transformer is None:
+            self._transformer = load_psycopg().adapt.Transformer(self.conn)
+        self._transformer.set_pgresult(result)
+        rows: list[tuple[Any, ...]] = self._transformer.load_rows(0, result.ntuples, tuple)
+        return rows
+
+
 COST_RUN_MAX_MS = 1000.0
 
 
@@ -131,26 +158,26 @@ def _lost(conn: psycopg.Connection[Any]) -> bool:
     return conn.closed or conn.info.transaction_status == load_psycopg().pq.TransactionStatus.UNKNOWN
 
 
-def _escaped(cur: psycopg.Cursor[Any], *, close_cursor: bool = False) -> str | None:
+def _escaped(session: _Session, *, close_cursor: bool = False) -> str | None:
     """Why the check's transaction is no longer its own read-only, unwritten transaction; ``None`` when it is.
 
     An aborted transaction (the statement failed) is still ours: the rollback discards whatever it did. With
     ``close_cursor``, the statement's cursor is closed in the same round trip, before the transaction is looked at.
     """
     psycopg = load_psycopg()
-    status = cur.connection.info.transaction_status
+    status = session.conn.info.transaction_status
     if status == psycopg.pq.TransactionStatus.INERROR:
         return None
     if status != psycopg.pq.TransactionStatus.INTRANS:
         return f"the statement ended the check's read-only transaction (the connection is {status.name}); refused"
     close = f"CLOSE {_CURSOR}; " if close_cursor else ""  # ours, over the simple protocol: one round trip for both
     try:
-        cur.execute(close + "SELECT current_setting('transaction_read_only'), txid_current_if_assigned()")
-        if close:
-            cur.nextset()
-        row = cur.fetchone()
+        found = session.rows(
+            session.run(close + "SELECT current_setting('transaction_read_only'), txid_current_if_assigned()")
+        )
     except psycopg.Error as exc:  # our cursor gone, or the transaction no longer ours: nothing it did can stand
         return f"the statement interfered with the check's transaction ({postgres_message(exc)}); refused"
+    row = found[0] if found else None
     if row is None or row[0] != "on":
         return "the statement made the check's transaction writable; refused"
     if row[1] is not None:
@@ -214,26 +241,26 @@ def statement_cost(
 Fetched = tuple[tuple[str, ...], list[tuple[Any, ...]], str | None]
 
 
-def _run(cur: psycopg.Cursor[Any], statement: str, max_rows: int, max_bytes: int) -> tuple[Fetched, bool]:
+def _run(session: _Session, statement: str, max_rows: int, max_bytes: int) -> tuple[Fetched, bool]:
     """(columns, rows, why the result is too large or ``None``), and whether the statement's cursor is still open:
     through a cursor declared for the statement when it is a query (closed by ``_escaped``, in its round trip), else
     run as it is (its result, if any, is small: SHOW, EXPLAIN)."""
     psycopg = load_psycopg()
     try:
         # one statement over the extended protocol: Postgres refuses a text holding several (42601)
-        cur.execute(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {statement}", **_EXTENDED)
+        session.run(f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR {statement}", extended=True)
     except psycopg.Error as exc:
         if exc.sqlstate not in _NOT_A_CURSOR_QUERY or _MULTIPLE_COMMANDS in str(exc):
             raise
-        cur.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-        cur.execute(statement, **_EXTENDED)
-        rows = cur.fetchall() if cur.description is not None else []
-        too_big = _too_big(len(rows), _result_bytes(cur.pgresult), max_rows, max_bytes)
-        return (tuple(c.name for c in cur.description or ()), rows[:max_rows], too_big), False
-    return _fetch(cur, max_rows, max_bytes), True
+        session.run(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+        result = session.run(statement, extended=True)
+        rows = session.rows(result)
+        too_big = _too_big(len(rows), _result_bytes(result), max_rows, max_bytes)
+        return (session.columns(result), rows[:max_rows], too_big), False
+    return _fetch(session, max_rows, max_bytes), True
 
 
-def _fetch(cur: psycopg.Cursor[Any], max_rows: int, max_bytes: int) -> Fetched:
+def _fetch(session: _Session, max_rows: int, max_bytes: int) -> Fetched:
     """Batches from the declared cursor until it is done or a limit is passed, counted as they arrive.
 
     The first batch is one row; a batch then grows (x16, up to ``_MAX_BATCH``) only while ``_ROW_HEADROOM`` times
@@ -248,12 +275,12 @@ def _fetch(cur: psycopg.Cursor[Any], max_rows: int, max_bytes: int) -> Fetched:
     batch = 1
     while True:
         wanted = min(batch, max_rows + 1 - len(rows))  # >= 1: FETCH 0 would fetch the current row again
-        cur.execute(f"FETCH FORWARD {wanted} FROM {_CURSOR}")
-        columns = tuple(c.name for c in cur.description or ())
-        got = cur.fetchall()
-        batch_bytes, batch_largest = _batch_bytes(cur.pgresult)
+        result = session.run(f"FETCH FORWARD {wanted} FROM {_CURSOR}")
+        columns = session.columns(result)
+        batch_bytes, batch_largest = _batch_bytes(result)
         size += batch_bytes
         largest = max(largest, batch_largest)
+        got = session.rows(result)
         rows.extend(got)
         too_big = _too_big(len(rows), size, max_rows, max_bytes)
         if too_big is not None:

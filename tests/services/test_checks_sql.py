@@ -12,7 +12,7 @@ import pytest
 
 from pytest_llmtrace.checks import compare_results, execute_readonly, runner
 from pytest_llmtrace.checks.cost import check_cost, measure_cost
-from pytest_llmtrace.checks.execute import _escaped, check_sql, execute_untrusted
+from pytest_llmtrace.checks.execute import _escaped, _Session, check_sql, execute_untrusted
 from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import SqlOutcome
 from pytest_llmtrace.checks.reader_connections import READERS, readonly_transaction
@@ -213,12 +213,26 @@ def test_a_cursor_the_check_cannot_close_refuses_the_statement(reader: str) -> N
     then (only the statement could have closed it) means the transaction is no longer the check's own."""
     with readonly_transaction(reader, 5000) as cur:
         cur.execute("DECLARE llmtrace_readonly NO SCROLL CURSOR FOR SELECT 1")
-        assert _escaped(cur, close_cursor=True) is None
-        assert _escaped(cur) is None  # closed: the transaction is still ours
-        found = _escaped(cur, close_cursor=True)
+        session = _Session(cur.connection)
+        assert _escaped(session, close_cursor=True) is None
+        assert _escaped(session) is None  # closed: the transaction is still ours
+        found = _escaped(session, close_cursor=True)
     assert found == (
         'the statement interfered with the check\'s transaction (cursor "llmtrace_readonly" does not exist); refused'
     )
+
+
+def test_sql_that_cannot_be_encoded_fails_its_case_instead_of_raising(reader: str) -> None:
+    """A lone surrogate (a trace's JSON may hold one) cannot be sent to any server: the statement fails saying so,
+    and the next one runs."""
+    outcome = execute_untrusted(reader, "SELECT '\ud800' AS broken", 5000)
+    assert not outcome.ok
+    assert outcome.error is not None
+    assert outcome.error == (
+        "the check does not run this statement: the statement holds text the connection's encoding (utf-8) cannot "
+        "carry: surrogates not allowed"
+    )
+    assert execute_untrusted(reader, "SELECT 1 AS fine", 5000).rows == ((1,),)
 
 
 def test_statements_that_are_not_queries_still_run(reader: str) -> None:
