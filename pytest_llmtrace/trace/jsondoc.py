@@ -220,11 +220,71 @@ def keyed_items(doc: Doc) -> Iterator[tuple[str, Doc]]:
 
 def attributes_from_otlp(doc: Doc) -> dict[str, Any]:
     """An OTLP ``[{"key": ..., "value": AnyValue}]`` list into a dict; duplicate keys are an error."""
+    plain = _plain_attributes(doc.value)
+    return plain if plain is not None else _checked_attributes(doc)
+
+
+def _checked_attributes(doc: Doc) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, item in keyed_items(doc):
         value_doc = item.key("value")
         result[key] = attr_value_to_python(value_doc) if value_doc.value is not None else ""
     return result
+
+
+def _plain_attributes(value: Any) -> dict[str, Any] | None:
+    """The attributes of a list whose every item is a plain ``{"key": text, "value": {"<kind>Value": scalar}}`` (or
+    an ``arrayValue`` of such scalars), read without a ``Doc`` per value; ``None`` for anything else (a kvlist, bytes,
+    a number as a string with spaces, a duplicate key, a value too large...), which the checked reading above then
+    reads, or names the error of.
+
+    The result is what the checked reading gives for the same list: the checked path was three quarters of a golden
+    file's reading, and nearly every attribute is one of these.
+    """
+    if value is None:
+        return {}
+    if type(value) is not list:
+        return None
+    result: dict[str, Any] = {}
+    for item in value:
+        if type(item) is not dict or len(item) != 2:
+            return None
+        key = item.get("key")
+        if type(key) is not str or len(key) > MAX_ATTRIBUTE_CHARS or key in result:
+            return None
+        decoded = _plain_value(item.get("value"), array=True)
+        if decoded is _NOT_PLAIN:
+            return None
+        result[key] = decoded
+    return result
+
+
+_NOT_PLAIN = object()
+
+
+def _plain_value(any_value: Any, *, array: bool) -> Any:
+    """A scalar ``AnyValue`` (or, with ``array``, an ``arrayValue`` of them) as the checked reading decodes it, else
+    ``_NOT_PLAIN``."""
+    if type(any_value) is not dict or len(any_value) != 1:
+        return _NOT_PLAIN
+    ((kind, scalar),) = any_value.items()
+    if kind == "stringValue":
+        return scalar if type(scalar) is str and len(scalar) <= MAX_ATTRIBUTE_CHARS else _NOT_PLAIN
+    if kind == "intValue":
+        if type(scalar) is str and _DECIMAL.fullmatch(scalar):
+            scalar = int(scalar)
+        return scalar if type(scalar) is int and INT64_MIN <= scalar <= INT64_MAX else _NOT_PLAIN
+    if kind == "doubleValue":
+        return float(scalar) if type(scalar) is float or type(scalar) is int else _NOT_PLAIN
+    if kind == "boolValue":
+        return scalar if type(scalar) is bool else _NOT_PLAIN
+    if kind == "arrayValue" and array and type(scalar) is dict and len(scalar) == 1:
+        values = scalar.get("values")
+        if type(values) is not list:
+            return _NOT_PLAIN
+        decoded = tuple(_plain_value(v, array=False) for v in values)
+        return _NOT_PLAIN if _NOT_PLAIN in decoded else decoded
+    return _NOT_PLAIN
 
 
 def attr_value_to_otlp(value: Any) -> dict[str, Any]:

@@ -220,3 +220,82 @@ def test_attribute_values_round_trip(attributes: dict[str, AttrValue]) -> None:
 
     assert typed(dict(again.root.attributes)) == typed(attributes)
     assert dumps(again) == text
+
+
+# Attribute lists as files hold them: mostly plain values, each list with some of the values the checked reading
+# reads in its own way or refuses.
+_PLAIN_SCALAR = st.one_of(
+    st.builds(lambda v: {"stringValue": v}, st.text(max_size=5)),
+    st.builds(lambda v: {"intValue": str(v)}, st.integers(INT64_MIN, INT64_MAX)),
+    st.builds(lambda v: {"intValue": v}, st.integers(INT64_MIN, INT64_MAX)),
+    st.builds(lambda v: {"doubleValue": v}, st.one_of(st.floats(allow_nan=False), st.integers(-9, 9))),
+    st.builds(lambda v: {"boolValue": v}, st.booleans()),
+)
+_EDGE_SCALAR = st.sampled_from(
+    [
+        *({"intValue": v} for v in (True, 1.0, " 7", "007", "-0", "1e3", "", INT64_MAX + 1, INT64_MIN - 1)),
+        *({"intValue": str(v)} for v in (INT64_MAX + 1, INT64_MIN - 1)),
+        *({"boolValue": v} for v in ("true", 1, 0, None)),
+        *({"doubleValue": v} for v in (True, "NaN", "Infinity", "1.5", None)),
+        *({"stringValue": v} for v in (5, None, True)),
+        {"bytesValue": "AA=="},
+        {"string_value": "s"},
+        {"stringValue": "a", "intValue": "1"},
+        {},
+        None,
+    ]
+)
+_ARRAY = st.builds(
+    lambda vs: {"arrayValue": {"values": vs}}, st.lists(st.one_of(_PLAIN_SCALAR, _EDGE_SCALAR), max_size=3)
+)
+_ODD_ARRAYS = st.sampled_from(
+    [
+        {"arrayValue": {}},
+        {"arrayValue": {"values": None}},
+        {"arrayValue": {"values": [{"arrayValue": {}}]}},
+        {"arrayValue": {"values": []}, "x": 1},
+        {"kvlistValue": {"values": [{"key": "k", "value": {"stringValue": "v"}}]}},
+    ]
+)
+_ITEM = st.builds(
+    lambda k, v: {"key": k, "value": v},
+    st.text(min_size=1, max_size=4),
+    st.one_of(_PLAIN_SCALAR, _PLAIN_SCALAR, _ARRAY, _EDGE_SCALAR, _ODD_ARRAYS),
+)
+_ODD_ITEM = st.sampled_from(
+    [{"key": 1, "value": {"stringValue": "s"}}, {"key": "k"}, {"key": "a", "value": {"stringValue": "s"}, "x": 1}, "s"]
+)
+_ITEMS = st.lists(st.one_of(_ITEM, _ITEM, _ITEM, _ITEM, _ODD_ITEM), max_size=4)
+
+
+@settings(max_examples=800, deadline=None, database=None)
+@given(items=st.one_of(_ITEMS, st.none(), st.just({"key": "a"})))
+def test_plain_attributes_read_as_the_checked_reading_reads_them(items: Any) -> None:
+    """The fast reading of plain attributes gives what the checked reading gives, value for value and type for
+    type, and leaves to it everything it does not read (it never accepts what the checked reading refuses)."""
+    from pytest_llmtrace.core.errors import TraceFormatError
+    from pytest_llmtrace.trace.jsondoc import Doc, _checked_attributes, _plain_attributes
+
+    fast = _plain_attributes(items)
+    try:
+        checked: Any = _checked_attributes(Doc(items, "t.json", "$.attributes"))
+    except TraceFormatError:
+        checked = TraceFormatError
+    if fast is not None:
+        assert checked is not TraceFormatError
+        assert typed(fast) == typed(checked)
+
+
+def test_the_plain_reading_takes_the_usual_attributes_and_leaves_the_rest() -> None:
+    """The values golden files are made of go the fast way (else it would never run); a kvlist does not."""
+    from pytest_llmtrace.trace.jsondoc import _plain_attributes
+
+    usual = [
+        {"key": "s", "value": {"stringValue": "text"}},
+        {"key": "i", "value": {"intValue": "42"}},
+        {"key": "d", "value": {"doubleValue": 1}},
+        {"key": "b", "value": {"boolValue": False}},
+        {"key": "a", "value": {"arrayValue": {"values": [{"doubleValue": 0.5}, {"intValue": 2}]}}},
+    ]
+    assert typed(_plain_attributes(usual)) == typed({"s": "text", "i": 42, "d": 1.0, "b": False, "a": (0.5, 2)})
+    assert _plain_attributes([{"key": "k", "value": {"kvlistValue": {"values": []}}}]) is None
