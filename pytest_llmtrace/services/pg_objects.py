@@ -148,6 +148,11 @@ class ObjectGuard:
         self._last = (rows, snapshot)
         return snapshot
 
+    @property
+    def last(self) -> Snapshot | None:
+        """The snapshot the last ``snapshot`` read (``changes`` reads one too)."""
+        return self._last[1] if self._last is not None else None
+
     def changes(self, before: Snapshot) -> list[str]:
         """What the case left, one line each, sorted; dropped (code) or given back (owners) before this returns."""
         after = self.snapshot()

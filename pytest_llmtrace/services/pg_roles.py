@@ -171,6 +171,19 @@ class SessionRoles:
             if conn is not None:
                 conn.close()
 
+    def transactions(self) -> str:
+        """The server's transaction snapshot now, ``xmin:xmax:in-progress`` (``SessionGuard`` compares two of them).
+
+        Every change to roles or catalogs is a transaction that takes an id; while the snapshot stays the same, and
+        lists no transaction in progress, no transaction has ended anywhere on the server since it was taken.
+        """
+        conn = self._admin()
+        function = "pg_current_snapshot" if conn.server_version >= 130000 else "txid_current_snapshot"
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT {function}()::text")
+            row = cur.fetchone()
+        return str(row[0]) if row else ""
+
     def assert_settings(self) -> None:
         """Log-in, password and defaults as created, settings per database removed: one round trip."""
         from psycopg2 import sql

@@ -256,6 +256,29 @@ def test_code_that_was_there_before_the_case_is_not_the_cases(
         _rows(llmtrace_postgres.url, "DROP FUNCTION IF EXISTS llmtrace_helper()")
 
 
+def test_a_write_moves_the_servers_snapshot_and_a_change_right_after_a_quiet_case_is_found(
+    llmtrace_postgres: PostgresDatabase, guard: SessionGuard
+) -> None:
+    """The guard skips its reads while the server's transaction snapshot stays the one it verified (``pg_guard``):
+    a write must move it, and a case that changes its roles or leaves code right after a case that wrote nothing
+    must still be found, whether the reads around the quiet case were skipped or not."""
+    before = guard.roles.transactions()
+    _rows(llmtrace_postgres.url, "CREATE TABLE llmtrace_moves (x int); DROP TABLE llmtrace_moves")
+    assert guard.roles.transactions() != before
+    reader = llmtrace_postgres.reader_role
+    assert _sandbox(_case(guard, llmtrace_postgres.url, "SELECT 1")) == []
+    held = _case(
+        guard, llmtrace_postgres.reader_url, "BEGIN READ WRITE; ALTER ROLE CURRENT_USER SET work_mem = '64kB'; COMMIT"
+    )
+    assert held.after == [f"role {reader}: work_mem: (unset) -> 64kB"]
+    assert _sandbox(_case(guard, llmtrace_postgres.url, "SELECT 1")) == []
+    held = _case(
+        guard, llmtrace_postgres.url, "CREATE FUNCTION llmtrace_quiet() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+    )
+    assert _sandbox(held) == ["function public.llmtrace_quiet(): left behind (dropped)"]
+    assert _sandbox(_case(guard, llmtrace_postgres.url, "SELECT 1")) == []
+
+
 @pytest.fixture
 def other_role(pg_admin_url: str, llmtrace_postgres: PostgresDatabase) -> Iterator[str]:
     """A role the session's owner is a member of, so the owner may give its objects away to it (the new owner of a
