@@ -176,8 +176,8 @@ def _end(span: Span) -> int:
 def _enclosing(spans: Sequence[Span], answer: ReplayedAnswer, *, prefer_messages: bool) -> Span | None:
     """The span the app made around this request: encloses its window; same messages first, then the tightest."""
     around = [s for s in spans if s.start_time_unix_nano <= answer.received_ns and answer.answered_ns <= _end(s)]
-    if not around:
-        return None
+    if len(around) < 2:  # nothing to choose between: the messages (often kilobytes of prompt) need no comparing
+        return around[0] if around else None
 
     def key(span: Span) -> tuple[bool, int]:
         same = prefer_messages and _same_messages(span, answer.messages)
