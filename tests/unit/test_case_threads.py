@@ -62,3 +62,39 @@ def test_a_call_past_its_deadline_is_abandoned_and_its_thread_is_not_reused_whil
     running = [t for t in threading.enumerate() if t.name == CASE_THREAD]
     release.set()
     assert running, "the abandoned call's thread still runs it"
+
+
+# -- the memory watch --------------------------------------------------------------------------------------------------
+
+
+def test_a_memory_watch_trips_once_past_its_limit_and_never_after_its_case() -> None:
+    """One sampler thread serves every case's watch: past the limit ``exceeded`` is called once, with the growth; a
+    watch that has ended is never sampled again, however its end falls between two samples."""
+    import time
+
+    from pytest_llmtrace.services.case_bounds import MEMORY_SAMPLE_S, MemoryWatch
+
+    calls: list[tuple[float, float]] = []
+    with MemoryWatch(-1.0, lambda grown, peak: calls.append((grown, peak))).running() as watch:
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:  # the first sample comes after MEMORY_SAMPLE_S
+            time.sleep(MEMORY_SAMPLE_S)
+        time.sleep(5 * MEMORY_SAMPLE_S)  # more samples: still one call
+    assert len(calls) == 1
+    assert watch.tripped
+    assert calls[0][1] == watch.peak_mb >= watch.start_mb
+
+    late: list[int] = []
+    for i in range(90):  # watches that end at every point of the sampler's cycle
+        active = [True]
+
+        def exceeded(grown: float, peak: float, active: list[bool] = active, i: int = i) -> None:
+            if not active[0]:
+                late.append(i)
+
+        with MemoryWatch(-1.0, exceeded).running():
+            time.sleep(MEMORY_SAMPLE_S * (i % 3) / 2)
+        active[0] = False
+    time.sleep(3 * MEMORY_SAMPLE_S)
+    assert late == []
+    assert sum(1 for t in threading.enumerate() if t.name == "llmtrace-memory") == 1
