@@ -49,6 +49,7 @@ def test_spans_go_to_the_window_open_when_they_end(recorder: Recorder, provider:
     assert a is not None
     assert b is not None
     assert [s.name for s in recorder.open_spans(a)] == ["crosses tests"]  # still open when a ended
+    assert [s.name for s in recorder.trace(a).open_spans] == ["crosses tests"]  # a's trace shows it open, as then
     assert recorder.open_spans(b) == ()
 
 
