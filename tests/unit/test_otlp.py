@@ -268,7 +268,7 @@ _ODD_ITEM = st.sampled_from(
 _ITEMS = st.lists(st.one_of(_ITEM, _ITEM, _ITEM, _ITEM, _ODD_ITEM), max_size=4)
 
 
-@settings(max_examples=800, deadline=None, database=None)
+@settings(max_examples=500, deadline=None, database=None)
 @given(items=st.one_of(_ITEMS, st.none(), st.just({"key": "a"})))
 def test_plain_attributes_read_as_the_checked_reading_reads_them(items: Any) -> None:
     """The fast reading of plain attributes gives what the checked reading gives, value for value and type for
