@@ -25,11 +25,11 @@ from pytest_llmtrace.services.case_bounds import (
     Abandoned,
     BackendKiller,
     Ended,
-    MemoryWatch,
     call_within,
     end_backends,
     prepare_strays,
 )
+from pytest_llmtrace.services.memory_watch import MemoryWatch
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection

@@ -72,7 +72,7 @@ def test_a_memory_watch_trips_once_past_its_limit_and_never_after_its_case() -> 
     watch that has ended is never sampled again, however its end falls between two samples."""
     import time
 
-    from pytest_llmtrace.services.case_bounds import MEMORY_SAMPLE_S, MemoryWatch
+    from pytest_llmtrace.services.memory_watch import MEMORY_SAMPLE_S, MemoryWatch
 
     calls: list[tuple[float, float]] = []
     with MemoryWatch(-1.0, lambda grown, peak: calls.append((grown, peak))).running() as watch:
