@@ -63,11 +63,12 @@ class TestWindow:
 
     nodeid: str
     finished: list[ReadableSpan] = field(default_factory=list)  # ended since the test began, or since clear()
-    # Every span started during this test: which are still open is worked out from them when asked (at teardown, or
-    # when the test reads its trace), not kept up to date span by span. A list append per start and per end is all
-    # the span callbacks do: they run for every span the app makes, and keeping two dicts current there cost 10%
-    # over a bare exporter (the span_capture benchmark row).
+    # Every span started during this test, and the ended ones clear() took out of ``finished``: which spans are still
+    # open is worked out from these when asked (at teardown, or when the test reads its trace), not kept up to date
+    # span by span. A list append per start and per end is all the span callbacks do: they run for every span the
+    # app makes, and keeping two dicts current there cost 10% over a bare exporter (the span_capture benchmark row).
     started: list[ReadableSpan] = field(default_factory=list)
+    cleared: list[ReadableSpan] = field(default_factory=list)
     view_from: int = 0  # ``started[view_from:]``: the spans started since clear(); one started before stays out
     # Spans a service under test exported to the session's OTLP receiver, attributed to this test's case.
     received: list[Span] = field(default_factory=list)
@@ -75,20 +76,12 @@ class TestWindow:
     opened_ns: int = field(default_factory=time.time_ns)  # a span an SDK sends late from an earlier test started before
     refused_override: bool = False
 
-    # Once the window has ended: which of ``started`` were open then (by ``id``; the list keeps them alive).
-    open_at_end: frozenset[int] | None = None
-
     def still_open(self, *, since_clear: bool) -> list[ReadableSpan]:
-        """The spans started in this window (since clear(), or at all) that had not ended when it ended, or have not
-        yet while it is open. Call with the lock held.
-
-        A span is the object ``on_start`` was given, which the SDK gives its end time before it calls ``on_end``: one
-        without an end time is open. (Matching the ended spans by their ids was a tenth of a traced test's time.)
-        """
+        """The spans started in this window (since clear(), or at all) that have not ended. Call with the lock held."""
+        ended = {_key(span) for span in self.finished}
+        ended.update(_key(span) for span in self.cleared)
         started = self.started[self.view_from :] if since_clear else self.started
-        if self.open_at_end is not None:
-            return [span for span in started if id(span) in self.open_at_end]
-        return [span for span in started if span.end_time is None]
+        return [span for span in started if _key(span) not in ended]
 
 
 class _Processor(SpanProcessor):
@@ -262,8 +255,6 @@ class Recorder:
     def end(self) -> TestWindow | None:
         with self._lock:
             window, self._current = self._current, None
-            if window is not None:  # a span that ends later ends in another window, if any: here it stays open
-                window.open_at_end = frozenset(id(span) for span in window.still_open(since_clear=False))
         return window
 
     @property
@@ -327,6 +318,7 @@ class Recorder:
 
     def clear(self, window: TestWindow) -> None:
         with self._lock:
+            window.cleared.extend(window.finished)
             window.finished.clear()
             window.received.clear()
             window.view_from = len(window.started)
