@@ -30,6 +30,7 @@ from pytest_llmtrace.services.case_bounds import (
     prepare_strays,
 )
 from pytest_llmtrace.services.memory_watch import MemoryWatch
+from pytest_llmtrace.services.untraced import untraced
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
@@ -286,7 +287,7 @@ class Watchdog:
     def _end_strays(self) -> None:
         """The roles' backends in other databases than the clone (a dblink connection, or a login into a database
         a URL server leaves open) end with the case; the app's own connections to the clone are left to it."""
-        with self._conn_lock:
+        with self._conn_lock, untraced():
             try:
                 end_backends(
                     self._connection,

@@ -29,6 +29,7 @@ from pytest_llmtrace.services.case_bounds import RECOVERY_S
 from pytest_llmtrace.services.pg_deadline import Deadline, Finding, Watchdog
 from pytest_llmtrace.services.pg_objects import ObjectGuard, Snapshot
 from pytest_llmtrace.services.pg_roles import SessionRoles
+from pytest_llmtrace.services.untraced import untraced
 
 T = TypeVar("T")
 
@@ -121,7 +122,8 @@ class SessionGuard:
         until = time.monotonic() + RECOVERY_S
         while True:
             try:
-                return call()
+                with untraced():  # an app's driver instrumentation must not record the guard's reads
+                    return call()
             except psycopg2.DatabaseError as exc:  # "server closed the connection unexpectedly" (a bare
                 # DatabaseError), then "the database system is in recovery mode" for a moment; SQL errors are raised
                 lost = type(exc) is psycopg2.DatabaseError or isinstance(exc, psycopg2.OperationalError)

@@ -183,6 +183,10 @@ def test_auto_instrumented_traces_replay_with_the_verdicts_of_the_openinference_
     assert "sql='SELECT tier" in sql
 
     first = _run(pytester, pg_url, "golden_traces", "--snapshot-update", "-s")
+    # The app's spans only: none of the sandbox guard's own queries, which the app's psycopg2 instrumentation sees
+    for stored in (pytester.path / "golden_traces" / "__snapshots__").glob("*.json"):
+        roots = [line for line in json.loads(stored.read_text())["spans"] if not line.startswith(" ")]
+        assert roots == ["text2sql.workflow UNKNOWN UNSET"], (stored.name, roots)
     again = _run(pytester, pg_url, "golden_traces")
 
     assert _verdicts(first, names) == EXPECTED
