@@ -25,14 +25,21 @@ if TYPE_CHECKING:
 
     from opentelemetry.sdk.trace import TracerProvider
 
+    from pytest_llmtrace.pytest.recorder import Recorder
     from pytest_llmtrace.services.base import Endpoint
     from pytest_llmtrace.services.postgres import PostgresDatabase
 
 
+@pytest.fixture(scope="session")
+def _llmtrace_recorder(pytestconfig: pytest.Config) -> Recorder:
+    """The session's recorder, looked up once (``llm_trace`` runs for every traced test)."""
+    return recording.get_recorder(pytestconfig)
+
+
 @pytest.fixture
-def llm_trace(request: pytest.FixtureRequest) -> TestRecording:
+def llm_trace(_llmtrace_recorder: Recorder) -> TestRecording:
     """The spans recorded during this test: ``llm_trace.trace``, ``.llm_calls``, ``.sql_statements``, ``print()``."""
-    return recording.recording_of(request.node)
+    return recording.current_recording(_llmtrace_recorder)
 
 
 @pytest.fixture(scope="session")
