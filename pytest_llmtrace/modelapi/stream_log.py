@@ -59,6 +59,12 @@ class StreamLog:
         found.reverse()
         return found
 
+    def forget_before(self, start_ns: int) -> None:
+        """Drop the timings added before ``start_ns`` (``forget_before``)."""
+        with self._lock:
+            while self._timings and self._timings[0][0] < start_ns:
+                self._timings.popleft()
+
 
 class AnswerTiming:
     """One request's times as the front sends it: each content chunk's departure (``send_stream`` has written and
@@ -95,6 +101,18 @@ def recent(start_ns: int) -> list[FrontTiming]:
     with _LOGS_LOCK:
         logs = list(_LOGS)
     return sorted((t for log in logs for t in log.since(start_ns)), key=lambda t: t.received_ns)
+
+
+def forget_before(start_ns: int) -> None:
+    """Every live front forgets the timings added before ``start_ns``: a golden case calls it once it has read its
+    own, since no later case asks for an earlier one. A replayed answer's timing holds its recorded chunk offsets and
+    its chunk times, kilobytes of integers: kept to ``MAX_KEPT`` they were a quarter of what each case of a long run
+    left in memory. (A test that reads timings of its own after running golden cases in an in-process pytester run
+    that shares its front would find the earlier ones gone.)"""
+    with _LOGS_LOCK:
+        logs = list(_LOGS)
+    for log in logs:
+        log.forget_before(start_ns)
 
 
 def stream_answer(backend: ModelBackend, request: ChatRequest) -> Iterator[str | ChatResult]:

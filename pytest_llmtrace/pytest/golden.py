@@ -210,6 +210,7 @@ def _replay_case(
             return None
         # each model call's TTFT and chunk times, as the model front measured them, on the LLM span around it
         now = with_front_timings(llm_trace.trace, stream_log.recent(asked_ns))
+        stream_log.forget_before(asked_ns)  # what came before this case is no later case's
         deadline.checking = sql_of(now)
         replayed_ms, replayed_spans_ns = None, None
         if replay is not None:  # the recorded durations in place of the instant answers; the rest as measured
