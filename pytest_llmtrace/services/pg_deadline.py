@@ -154,6 +154,11 @@ class Watchdog:
         self._conn_lock = threading.Lock()
         self._conn: PgConnection | None = None
         self._armed: Deadline | None = None
+        # When the watchdog's wait ends by itself (``None``: it waits to be woken). Arming a deadline that falls
+        # after it, extending one, or disarming needs no wake-up: the watchdog looks again then (``_loop``).
+        self._wakes_at: float | None = None
+        self._idle_s: float | None = None  # the last armed deadline's seconds: how long it waits with none armed
+        self.wakeups = 0  # times its wait ended (for tests: a quiet case wakes it only when its deadline is sooner)
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._wait_arg: bool | None = None  # pg_terminate_backend(pid, timeout) exists (Postgres 14+)
@@ -183,14 +188,15 @@ class Watchdog:
         with self._cond:
             deadline.started = time.monotonic()
             self._armed = deadline
-            self._cond.notify_all()
+            self._idle_s = deadline.seconds
+            if self._wakes_at is None or self._wakes_at > deadline.at:
+                self._cond.notify_all()
         try:
             with self._memory_watch(deadline):
                 yield deadline
         finally:
             with self._cond:
-                self._armed = None
-                self._cond.notify_all()
+                self._armed = None  # the watchdog, waking when this deadline would have come, finds it gone
             deadline.ended = time.monotonic()
             if deadline.fired:
                 deadline.done.wait(60)  # the watchdog's work first, or it could bar the roles after this lets them in
@@ -206,14 +212,26 @@ class Watchdog:
             deadline.seconds += seconds
             deadline.source += f" + {number_text(round(seconds, 1))} s {why}"
             deadline.phase = phase
-            self._cond.notify_all()
+            if seconds < 0:  # sooner: the watchdog must wait less (later, it looks again when the old time comes)
+                self._cond.notify_all()
 
     def _loop(self) -> None:
+        """Wait for the armed deadline, or to be woken. A case arms, extends and disarms its deadline without
+        waking this thread unless the deadline comes sooner than the wait ends (three wake-ups a case, each taking
+        the GIL from the case, otherwise): it wakes when a deadline it waited for would have come, and looks again.
+        With none armed it waits as long as the last deadline lasted, so the next case's, armed later and as long,
+        comes after that wait ends and need not wake it either."""
         while True:
             with self._cond:
                 while not self._stopped and not self._due():
                     armed = self._armed
-                    self._cond.wait(None if armed is None or armed.fired else armed.at - time.monotonic())
+                    if armed is not None and not armed.fired:
+                        self._wakes_at = armed.at
+                    else:
+                        self._wakes_at = None if self._idle_s is None else time.monotonic() + self._idle_s
+                    self._cond.wait(None if self._wakes_at is None else self._wakes_at - time.monotonic())
+                    self.wakeups += 1
+                self._wakes_at = None
                 if self._stopped:
                     return
                 deadline = self._armed

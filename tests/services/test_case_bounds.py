@@ -161,6 +161,25 @@ def test_a_statement_that_ignores_cancel_is_killed_at_the_deadline_and_the_sessi
     assert execute_readonly(held.reader, "SELECT 1").rows == ((1,),)
 
 
+def test_quiet_cases_leave_the_watchdog_asleep_and_a_sooner_deadline_still_wakes_it(held: Held) -> None:
+    """Arming, extending and disarming a deadline wake the watchdog only when the deadline comes sooner than its
+    wait ends: thirty quiet cases cost it at most the first arm's wake-up (three each before), and a case with a
+    short deadline after them is still ended at it."""
+    for _ in range(30):
+        quiet = Deadline(600, "test")
+        with held.guard.case(quiet):
+            held.watchdog.extend(quiet, 60, "for the checks", phase="the checks")
+        assert not quiet.fired
+    assert held.watchdog.wakeups <= 1
+    deadline = Deadline(DEADLINE_S, "test", checking="SELECT pg_sleep(60)")
+    errors: list[str] = []
+    with held.guard.case(deadline) as case:
+        _app(held.reader, "SELECT pg_sleep(60)", errors)()
+    (finding,) = case.findings()
+    assert finding.name == "timeout", finding.reason
+    assert errors, "the app's statement was ended at the deadline, not finished"
+
+
 @pytest.mark.slow
 def test_on_a_server_it_did_not_start_the_case_walks_away_and_says_what_still_runs(private: Endpoint) -> None:
     from pytest_llmtrace.services.case_bounds import Abandoned
