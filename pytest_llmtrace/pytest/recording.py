@@ -117,8 +117,8 @@ def current_recording(recorder: Recorder) -> TestRecording:
     """The running test's recording; the ``llm_trace`` fixture. Marks the window viewed, so teardown checks it.
 
     The window is the one the setup hook opened for the test whose fixtures are being set up: the fixture needs no
-    ``request`` to find it (pytest builds a fixture definition for every ``request`` a fixture asks for, a third of
-    what recording a traced test costs on top of the test; the span_capture benchmark row)."""
+    ``request`` to find it (pytest builds a fixture definition, with a signature, for every ``request`` a fixture asks
+    for: about a seventh of what recording cost a traced test on top of the test, the span_capture benchmark row)."""
     window = recorder.current
     if window is None:
         raise RuntimeError("pytest-llmtrace is not recording this test (its setup hook did not run)")

@@ -140,6 +140,10 @@ class Deadline:
         return Finding("timeout", reason, tuple(details))
 
 
+# With no deadline armed the watchdog waits at least this long: a deadline of milliseconds must not make it spin.
+_IDLE_MIN_S = 1.0
+
+
 class Watchdog:
     """One daemon thread per session database, watching the ``Deadline`` a case holds it ``armed`` with."""
 
@@ -228,7 +232,8 @@ class Watchdog:
                     if armed is not None and not armed.fired:
                         self._wakes_at = armed.at
                     else:
-                        self._wakes_at = None if self._idle_s is None else time.monotonic() + self._idle_s
+                        idle = None if self._idle_s is None else max(self._idle_s, _IDLE_MIN_S)
+                        self._wakes_at = None if idle is None else time.monotonic() + idle
                     self._cond.wait(None if self._wakes_at is None else self._wakes_at - time.monotonic())
                     self.wakeups += 1
                 self._wakes_at = None
