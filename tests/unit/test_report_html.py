@@ -217,10 +217,11 @@ def devtools(tmp_path: Path) -> Iterator[_DevTools]:
     client = pytest.importorskip("websockets.sync.client", reason="websockets drives Chromium's DevTools")
     # Chromium's singleton socket lives in TMPDIR, and a unix socket path is limited to 107 bytes: under xdist the
     # test's own folder (.../popen-gw0/test_chromium_renders_the_repo0/) is too deep, so a short folder of its own
+    chromium = _chromium()  # skips without one: before the folder below exists, or the skip would leave it behind
     browser_tmp = Path(tempfile.mkdtemp(prefix="llt-chromium-"))
     browser = subprocess.Popen(
         [
-            _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
             "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank",
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
