@@ -60,6 +60,9 @@ class EmbeddedPhoenix:
         env = {
             **_clean_environ(),
             "PHOENIX_WORKING_DIR": str(self._server.workdir),
+            # Phoenix writes a pid file into $TMPDIR/.arize-phoenix/pids and removes it only at a clean exit: in the
+            # working dir, which the stop removes, none outlives the server (nor tells Phoenix tools it still runs)
+            "TMPDIR": str(self._server.workdir),
             "PHOENIX_HOST": "127.0.0.1",
             "PHOENIX_PORT": str(port),
             "PHOENIX_GRPC_PORT": str(grpc_port),

@@ -128,3 +128,10 @@ def test_phoenix_runs_without_telemetry_on_loopback(llmtrace_phoenix: Endpoint) 
     environ = psutil.Process(owners[0]).environ()
     assert environ["PHOENIX_TELEMETRY_ENABLED"] == "false"
     assert environ["PHOENIX_HOST"] == "127.0.0.1"
+    # its pid file (written once it serves, removed only at a clean exit) lands in the working dir the stop removes
+    assert Path(environ["TMPDIR"]) == Path(environ["PHOENIX_WORKING_DIR"])
+    pid_file = Path(environ["TMPDIR"], ".arize-phoenix", "pids", str(owners[0]))
+    until = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < until:
+        time.sleep(0.1)
+    assert pid_file.exists(), f"Phoenix wrote no pid file at {pid_file}"
