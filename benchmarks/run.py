@@ -310,9 +310,9 @@ def suite(ctx: Context) -> Row:
 
 
 def capture(ctx: Context) -> Row | None:
-    try:
-        import phoenix  # noqa: F401  (only to know whether arize-phoenix is installed)
-    except ImportError:
+    from pytest_llmtrace.services.phoenix import server_installed
+
+    if not server_installed():  # asked without importing phoenix, which makes ~/.phoenix and takes seconds
         print("capture: skipped (pip install -e '.[phoenix]' to measure it)", file=sys.stderr)
         return None
     from benchmarks.capture import measure

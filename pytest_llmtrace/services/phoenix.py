@@ -48,7 +48,7 @@ class EmbeddedPhoenix:
         self._server = ServerProcess("phoenix", self.backend, prefix="llmtrace-phoenix-", record=record)
 
     def start(self) -> Endpoint:
-        if not _server_installed():
+        if not server_installed():
             raise ServiceStartError(
                 "phoenix",
                 self.backend,
@@ -135,7 +135,7 @@ class UrlPhoenix:
         """Nothing to stop: the server belongs to the user."""
 
 
-def _server_installed() -> bool:
+def server_installed() -> bool:
     """Whether arize-phoenix (not only its client, which also lives under ``phoenix``) is installed.
 
     Asked without importing it: ``find_spec("phoenix.server")`` would import the ``phoenix`` package into the pytest

@@ -15,8 +15,8 @@ from pytest_llmtrace.services.phoenix import EmbeddedPhoenix
 def test_asking_whether_phoenix_is_installed_does_not_import_it() -> None:
     code = (
         "import sys\n"
-        "from pytest_llmtrace.services.phoenix import _server_installed\n"
-        "print(_server_installed(), 'phoenix' in sys.modules)\n"
+        "from pytest_llmtrace.services.phoenix import server_installed\n"
+        "print(server_installed(), 'phoenix' in sys.modules)\n"
     )
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert shown.stdout.split() == ["True", "False"]
