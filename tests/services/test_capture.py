@@ -348,6 +348,7 @@ def phoenix_with_auth(tmp_path_factory: Any) -> Iterator[tuple[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOENIX_")}
     env.update(
         PHOENIX_WORKING_DIR=str(workdir),
+        TMPDIR=str(workdir),  # Phoenix's pid file ($TMPDIR/.arize-phoenix) goes with the test's folder
         PHOENIX_HOST="127.0.0.1",
         PHOENIX_PORT=str(port),
         PHOENIX_GRPC_PORT=str(free_port()),
