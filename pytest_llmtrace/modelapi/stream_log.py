@@ -104,9 +104,9 @@ def recent(start_ns: int) -> list[FrontTiming]:
 
 
 def forget_before(start_ns: int) -> None:
-    """Every live front forgets the timings added before ``start_ns``: a golden case calls it once it has read its
-    own, since no later case asks for an earlier one. A replayed answer's timing holds its recorded chunk offsets and
-    its chunk times, kilobytes of integers: kept to ``MAX_KEPT`` they were a quarter of what each case of a long run
+    """Every live front forgets the timings added before ``start_ns``: a golden case calls it once it has read its own,
+    since no later case asks for an earlier one. A replayed answer's timing holds its recorded chunk offsets and its
+    chunk times, kilobytes of integers: kept to ``MAX_KEPT`` they were about a tenth of what each case of a long run
     left in memory. (A test that reads timings of its own after running golden cases in an in-process pytester run
     that shares its front would find the earlier ones gone.)"""
     with _LOGS_LOCK:

@@ -64,9 +64,10 @@ class TestWindow:
     nodeid: str
     finished: list[ReadableSpan] = field(default_factory=list)  # ended since the test began, or since clear()
     # Every span started during this test, and the ended ones clear() took out of ``finished``: which spans are still
-    # open is worked out from these when asked (at teardown, or when the test reads its trace), not kept up to date
-    # span by span. A list append per start and per end is all the span callbacks do: they run for every span the
-    # app makes, and keeping two dicts current there cost 10% over a bare exporter (the span_capture benchmark row).
+    # open is worked out from these when asked (from the end times when the window ends, ``Recorder.end``; by ids when
+    # the test reads its trace, ``still_open``), not kept up to date span by span. A list append per start and per end
+    # is all the span callbacks do: they run for every span the app makes, and keeping two dicts current there cost
+    # 10% over a bare exporter (the span_capture benchmark row).
     started: list[ReadableSpan] = field(default_factory=list)
     cleared: list[ReadableSpan] = field(default_factory=list)
     view_from: int = 0  # ``started[view_from:]``: the spans started since clear(); one started before stays out

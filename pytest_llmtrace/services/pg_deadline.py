@@ -220,11 +220,11 @@ class Watchdog:
                 self._cond.notify_all()
 
     def _loop(self) -> None:
-        """Wait for the armed deadline, or to be woken. A case arms, extends and disarms its deadline without
-        waking this thread unless the deadline comes sooner than the wait ends (three wake-ups a case, each taking
-        the GIL from the case, otherwise): it wakes when a deadline it waited for would have come, and looks again.
-        With none armed it waits as long as the last deadline lasted, so the next case's, armed later and as long,
-        comes after that wait ends and need not wake it either."""
+        """Wait for the armed deadline, or to be woken. A case arms, extends and disarms its deadline without waking
+        this thread unless the deadline comes sooner than the wait ends (otherwise each of the three notified it, and
+        a wake-up takes the GIL from the case): it wakes when a deadline it waited for would have come, and looks
+        again. With none armed it waits as long as the last deadline lasted, so the next case's, armed later and as
+        long, comes after that wait ends and need not wake it either."""
         while True:
             with self._cond:
                 while not self._stopped and not self._due():

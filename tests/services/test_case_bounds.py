@@ -162,8 +162,8 @@ def test_a_statement_that_ignores_cancel_is_killed_at_the_deadline_and_the_sessi
 
 
 def test_quiet_cases_leave_the_watchdog_asleep_and_a_sooner_deadline_still_wakes_it(held: Held) -> None:
-    """Arming, extending and disarming a deadline wake the watchdog only when the deadline comes sooner than its
-    wait ends: thirty quiet cases cost it at most the first arm's wake-up (three each before), and a case with a
+    """Arming, extending and disarming a deadline wake the watchdog only when the deadline comes sooner than its wait
+    ends: thirty quiet cases cost it at most the first arm's wake-up (at least one each before), and a case with a
     short deadline after them is still ended at it."""
     for _ in range(30):
         quiet = Deadline(600, "test")
