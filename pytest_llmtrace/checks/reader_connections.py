@@ -36,8 +36,16 @@ def load_psycopg() -> Any:
     return psycopg
 
 
+# Idle connections kept, over every DSN: the least recently used go first. A replay uses one DSN; a semantic suite
+# uses a clone per database and keeps several suites, and uncapped their idle connections, with every worker's and
+# inner run's, took 83 of a shared server's 100 slots in the slow tier (once all of them: "remaining connection
+# slots are reserved for roles with the SUPERUSER attribute").
+MAX_IDLE = 8
+
+
 class ReaderConnections:
-    """Idle connections per DSN, handed out one at a time and reset before they are handed out again."""
+    """Idle connections per DSN, handed out one at a time and reset before they are handed out again; at most
+    ``MAX_IDLE`` of them in all."""
 
     def __init__(self) -> None:
         self._idle: dict[str, list[psycopg.Connection[Any]]] = {}
@@ -59,6 +67,8 @@ class ReaderConnections:
         with self._lock:
             idle = self._idle.get(dsn)
             conn = idle.pop() if idle else None
+            if idle is not None and not idle:
+                del self._idle[dsn]
         if conn is not None and first is not None:
             try:
                 run_libpq(conn, first)
@@ -82,9 +92,32 @@ class ReaderConnections:
         finally:
             if clean and _reset(conn, rollback):
                 with self._lock:
-                    self._idle.setdefault(dsn, []).append(conn)
+                    kept = self._idle.pop(dsn, [])  # to the end: the DSN used last
+                    kept.append(conn)
+                    self._idle[dsn] = kept
+                    evicted = self._over_the_cap()
+                for old in evicted:
+                    old.close()
             else:
                 conn.close()
+
+    def _over_the_cap(self) -> list[psycopg.Connection[Any]]:
+        """Take the idle connections past ``MAX_IDLE`` out, the least recently used DSN's oldest first (the dict
+        keeps the DSNs in the order of their last use). Call with the lock held; close what it returns outside."""
+        evicted = []
+        count = sum(len(conns) for conns in self._idle.values())
+        while count > MAX_IDLE:
+            oldest = next(iter(self._idle))
+            conns = self._idle[oldest]
+            evicted.append(conns.pop(0))
+            if not conns:
+                del self._idle[oldest]
+            count -= 1
+        return evicted
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return sum(len(conns) for conns in self._idle.values())
 
     def close(self, dsn: str | None = None) -> None:
         """Close the idle connections to ``dsn`` (all DSNs when ``None``): before its database is dropped."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
@@ -15,7 +17,7 @@ from pytest_llmtrace.checks.cost import check_cost, measure_cost
 from pytest_llmtrace.checks.execute import _escaped, _Session, check_sql, execute_untrusted
 from pytest_llmtrace.checks.options import CheckOptions
 from pytest_llmtrace.checks.outcome import SqlOutcome
-from pytest_llmtrace.checks.reader_connections import READERS, readonly_transaction
+from pytest_llmtrace.checks.reader_connections import MAX_IDLE, READERS, ReaderConnections, readonly_transaction
 from pytest_llmtrace.checks.runner import CaseInput, run_checks
 from pytest_llmtrace.services.pg_databases import clone_database, drop_database
 from pytest_llmtrace.services.pg_lockdown import open_clone
@@ -594,3 +596,37 @@ def test_a_slow_statement_is_costed_by_its_plan_not_run_a_second_time(reader: st
     assert slow.elapsed_ms >= 1000
     assert slow.plan_cost is not None
     assert slow.buffers is None  # EXPLAIN ANALYZE would have slept another 1.1 s
+
+
+def test_idle_connections_are_capped_and_the_least_recently_used_go_first(reader: str, server_url: str) -> None:
+    """A semantic suite's clones each leave connections behind: kept without a cap they used up a shared server's
+    connection slots. Past ``MAX_IDLE`` the pool closes the least recently used, and keeps reusing the recent ones."""
+    pool = ReaderConnections()
+    dsns = [f"{reader}&fallback_application_name=cap{i}" for i in range(MAX_IDLE + 4)]  # a key each, one database
+    pids = {}
+    for dsn in dsns:
+        with pool.connection(dsn) as conn:
+            pids[dsn] = conn.info.backend_pid
+    try:
+        assert pool.idle_count() == MAX_IDLE
+        role = urlsplit(reader).username
+        admin = psycopg2.connect(server_url)
+        try:
+            admin.autocommit = True  # each count a new snapshot of pg_stat_activity
+            until = time.monotonic() + 30  # a closed session's backend leaves the view a moment after the close
+            with admin.cursor() as cur:
+                while True:
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,))
+                    open_now = cur.fetchone()[0]  # type: ignore[index]  # count(*) always gives a row
+                    if open_now <= MAX_IDLE or time.monotonic() > until:
+                        break
+                    time.sleep(0.05)
+            assert open_now == MAX_IDLE  # the evicted ones are closed, not only forgotten
+        finally:
+            admin.close()
+        with pool.connection(dsns[-1]) as conn:  # used last: still there
+            assert conn.info.backend_pid == pids[dsns[-1]]
+        with pool.connection(dsns[0]) as conn:  # used first: evicted, so a new session
+            assert conn.info.backend_pid != pids[dsns[0]]
+    finally:
+        pool.close()
